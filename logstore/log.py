@@ -1,0 +1,567 @@
+"""The durable LOG: an append-only sequence of opaque record payloads.
+
+Every record gets a LOG sequence number, ``seq``: contiguous, starting at 1
+for a fresh LOG, never reused (not even after everything has been trimmed).
+Shippers resume from a seq; a seq is the LOG's only notion of position.
+
+On-disk format
+==============
+
+A LOG is a directory::
+
+    LOCK                        flock()ed while a process has the LOG open
+    00000000000000000001.seg    segments, named after the first seq they hold,
+    00000000000000004097.seg    zero-padded to 20 digits: name order = seq order
+    ...
+
+A segment is a sequence of frames, nothing else (no file header)::
+
+    offset  size  field
+    0       4     payload_len   u32 big-endian
+    4       4     crc           u32 big-endian, CRC32C (Castagnoli) over bytes
+                                8..16 (the seq) followed by the payload
+    8       8     seq           u64 big-endian
+    16      len   payload       opaque (a serialized protobuf record)
+
+Frame seqs are contiguous within a segment, the first equals the number in the
+file name, and each segment starts at the seq after the previous segment's last.
+The newest segment is the active one; appends go there until the next frame
+would push it past ``segment_bytes``, then a new segment is started (a single
+record larger than that gets a segment of its own).
+
+Durability and recovery
+=======================
+
+``append`` writes the frame to the file (the page cache); ``sync`` makes every
+appended frame durable. Before a new segment is created, the previous one is
+fsynced, so only the newest segment can have an unsynced tail after a crash.
+``Log.open`` therefore scans just the newest segment. A bad frame there with
+no valid frame after it is a torn write: the tail is truncated, logged, and
+counted in ``recovered_truncated_bytes``. A bad frame followed by a valid one,
+or a well-formed frame with the wrong seq, cannot be explained by a crash and
+raises ``LogCorruptError`` naming the file and byte offset. Sealed segments are
+checked frame by frame whenever they are read (and all at once by ``verify()``
+or ``Log.open(verify_all=True)``); there a bad frame is always corruption.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from logstore.segment import (
+    HEADER_BYTES, MAX_PAYLOAD_BYTES, LogCorruptError, LogError, Segment, SegmentReader,
+    find_valid_frame, parse_segment_name, scan_segment, segment_name,
+)
+
+__all__ = [
+    "Log", "LogCursor", "LogError", "LogCorruptError", "LogGapError", "LogClosedError",
+    "SegmentInfo", "DEFAULT_SEGMENT_BYTES", "DEFAULT_MAX_RECORD_BYTES",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES = 64 << 20
+# NFSv3 WRITEs are at most a few MiB; a record much larger than that is a bug upstream.
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+_LOCK_NAME = "LOCK"
+
+
+class LogGapError(LogError):
+    """A read asked for a seq the LOG does not hold: trimmed away (below
+    ``first_seq``) or never written (beyond ``next_seq``)."""
+
+    def __init__(self, from_seq: int, first_seq: int, next_seq: int):
+        where = ("was trimmed; the LOG now starts at seq" if from_seq < first_seq
+                 else "was never written; the next seq will be")
+        bound = first_seq if from_seq < first_seq else next_seq
+        super().__init__(f"seq {from_seq} {where} {bound}")
+        self.from_seq = from_seq
+        self.first_seq = first_seq
+        self.next_seq = next_seq
+
+
+class LogClosedError(LogError):
+    """The LOG (or its committer) is closed, or failed and must be reopened."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One segment as listed by ``Log.segments``."""
+
+    path: str
+    first_seq: int
+    last_seq: int  # first_seq - 1 when empty
+    size_bytes: int
+    active: bool
+
+
+class Log:
+    """An append-only, crash-safe LOG of opaque payloads in a directory.
+
+    Thread-safe: one thread may append while another syncs or reads (the
+    ``GroupCommitter`` appends on the event loop and fsyncs in a worker
+    thread). Only one process may have a LOG open; ``open`` fails otherwise.
+    Use ``Log.open``, not the constructor.
+    """
+
+    def __init__(self, directory: str, segments: list[Segment], *, segment_bytes: int,
+                 max_record_bytes: int, dir_fd: int, lock_fd: int,
+                 recovered_truncated_bytes: int):
+        self._directory = directory
+        self._segments = segments  # ordered by base_seq; the last one is active
+        self._segment_bytes = segment_bytes
+        self._max_record_bytes = max_record_bytes
+        self._dir_fd = dir_fd
+        self._lock_fd = lock_fd
+        self._recovered_truncated_bytes = recovered_truncated_bytes
+        self._last_seq = segments[-1].last_seq
+        self._synced_seq = self._last_seq
+        self._size_bytes = sum(s.size for s in segments)
+        self._dir_dirty = False  # a segment was created since the last directory fsync
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()  # guards all state above
+        self._sync_lock = threading.Lock()  # one sync at a time; close waits for it
+        self._trim_listeners: list[Callable[[], None]] = []
+
+    # -- opening and recovery -------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *,
+             segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+             max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+             verify_all: bool = False) -> Log:
+        """Open (creating if needed) the LOG in ``directory`` and recover it.
+
+        Recovery truncates a torn tail of the newest segment and raises
+        ``LogCorruptError`` for damage a crash cannot explain (see the module
+        docstring). With ``verify_all`` every sealed segment is read and checked
+        too, which costs a full read of the LOG.
+        """
+        if segment_bytes <= HEADER_BYTES:
+            raise ValueError(f"segment_bytes must exceed {HEADER_BYTES}, got {segment_bytes}")
+        if not 0 <= max_record_bytes <= MAX_PAYLOAD_BYTES:
+            raise ValueError(f"max_record_bytes must be in [0, {MAX_PAYLOAD_BYTES}], "
+                             f"got {max_record_bytes}")
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        lock_fd = -1
+        try:
+            lock_fd = _lock_directory(directory)
+            segments, truncated = _recover(directory, dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            raise
+        log = cls(directory, segments, segment_bytes=segment_bytes,
+                  max_record_bytes=max_record_bytes, dir_fd=dir_fd, lock_fd=lock_fd,
+                  recovered_truncated_bytes=truncated)
+        if verify_all:
+            try:
+                log.verify()
+            except BaseException:
+                log.close()
+                raise
+        return log
+
+    # -- writing --------------------------------------------------------------
+
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
+        """Write one record (not yet durable; see ``sync``) and return its seq.
+
+        ``payload`` is written straight from the caller's buffer; it must not
+        be modified until this returns.
+        """
+        nbytes = memoryview(payload).nbytes
+        if nbytes > self._max_record_bytes:
+            raise ValueError(f"record of {nbytes} bytes exceeds max_record_bytes "
+                             f"({self._max_record_bytes})")
+        with self._lock:
+            self._check_usable()
+            segment = self._segments[-1]
+            if segment.size and segment.size + HEADER_BYTES + nbytes > self._segment_bytes:
+                segment = self._roll()
+            seq = self._last_seq + 1
+            self._size_bytes += segment.append(seq, payload, nbytes)
+            self._last_seq = seq
+        return seq
+
+    def _roll(self) -> Segment:
+        # Fsync the old segment before its successor exists: recovery then only
+        # ever has to repair the newest segment.
+        old = self._segments[-1]
+        self._durably(old.datasync)
+        old.seal()
+        self._synced_seq = max(self._synced_seq, old.last_seq)
+        new = Segment.create(self._directory, self._last_seq + 1)
+        self._segments.append(new)
+        self._dir_dirty = True
+        return new
+
+    def sync(self) -> int:
+        """Make every record appended so far durable; return ``synced_seq``.
+
+        Blocks for an fsync; records may be appended from other threads
+        meanwhile (they are covered by the next sync). If an fsync fails the LOG
+        refuses further use: after a failed fsync the kernel may have dropped
+        the dirty pages, so a retry could report success for lost data.
+        """
+        with self._sync_lock:
+            with self._lock:
+                self._check_usable()
+                target = self._last_seq
+                if target == self._synced_seq and not self._dir_dirty:
+                    return target
+                # A private fd: a concurrent roll may close the segment's own fd.
+                fd = os.dup(self._segments[-1].fd)
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+            try:
+                self._durably(lambda: os.fdatasync(fd))
+                if dir_dirty:
+                    self._durably(lambda: os.fsync(self._dir_fd))
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._synced_seq = max(self._synced_seq, target)
+                return self._synced_seq
+
+    def _durably(self, fsync: Callable[[], None]) -> None:
+        try:
+            fsync()
+        except OSError as exc:
+            self._failure = exc
+            raise LogError(f"{self._directory}: fsync failed; the LOG must be "
+                           f"reopened: {exc}") from exc
+
+    # -- reading --------------------------------------------------------------
+
+    def read(self, from_seq: int) -> LogCursor:
+        """A cursor yielding ``(seq, payload)`` from ``from_seq`` to the current end.
+
+        Raises ``LogGapError`` if ``from_seq`` is below ``first_seq`` or beyond
+        ``next_seq``. See ``LogCursor`` for how it follows new appends.
+        """
+        if from_seq < 1:
+            raise ValueError(f"seqs start at 1, got {from_seq}")
+        self._locate(from_seq)  # fail now, not on first next()
+        return LogCursor(self, from_seq)
+
+    def verify(self) -> int:
+        """Read and check every frame of every segment; return the record count.
+
+        Raises ``LogCorruptError`` at the first bad frame or seq discontinuity.
+        """
+        with self.read(self.first_seq) as cursor:
+            return sum(1 for _ in cursor)
+
+    def _locate(self, seq: int) -> tuple[Segment, int, int]:
+        """``(segment, offset, start_seq)`` from which a reader reaches ``seq``."""
+        with self._lock:
+            self._check_open()
+            first, next_seq = self._segments[0].base_seq, self._last_seq + 1
+            if not first <= seq <= next_seq:
+                raise LogGapError(seq, first, next_seq)
+            i = bisect.bisect_right(self._segments, seq, key=lambda s: s.base_seq) - 1
+            segment = self._segments[i]
+            if seq == next_seq and not segment.sealed:
+                return segment, segment.size, seq
+            start_seq, offset = segment.start_for(seq)
+            return segment, offset, start_seq
+
+    def _successor(self, finished: Segment, expect_seq: int) -> Segment:
+        """The segment after the sealed segment ``finished``, which must start at
+        ``expect_seq``."""
+        with self._lock:
+            self._check_open()
+            first = self._segments[0].base_seq
+            i = bisect.bisect_left(self._segments, expect_seq, key=lambda s: s.base_seq)
+            if i < len(self._segments) and self._segments[i].base_seq == expect_seq:
+                return self._segments[i]
+            if expect_seq < first:
+                raise LogGapError(expect_seq, first, self._last_seq + 1)
+            found = (f"the next segment starts at seq {self._segments[i].base_seq}"
+                     if i < len(self._segments) else "no segment follows")
+            raise LogCorruptError(finished.path, finished.size,
+                                  f"seq discontinuity: segment ends before seq {expect_seq} "
+                                  f"but {found}", discontinuity=True)
+
+    def _extent(self, segment: Segment) -> tuple[int, bool]:
+        """``(readable end, sealed)`` of a segment, as one consistent snapshot."""
+        with self._lock:
+            self._check_open()
+            return segment.size, segment.sealed
+
+    # -- trimming -------------------------------------------------------------
+
+    def trim(self, below_seq: int) -> int:
+        """Delete whole segments whose records are all below ``below_seq``.
+
+        Never deletes the active segment, so seqs keep counting up. Returns the
+        number of segments deleted and then notifies trim listeners. Open
+        cursors already reading a deleted segment finish it (POSIX unlink).
+        """
+        with self._lock:
+            self._check_open()
+            deleted = 0
+            while len(self._segments) > 1 and self._segments[1].base_seq <= below_seq:
+                victim = self._segments[0]
+                os.unlink(victim.path)
+                self._segments.pop(0)
+                self._size_bytes -= victim.size
+                deleted += 1
+            listeners = list(self._trim_listeners)
+        if deleted:
+            logger.info("%s: trimmed %d segment(s) below seq %d", self._directory, deleted,
+                        below_seq)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # one broken listener must not break retention
+                logger.exception("trim listener %r failed", listener)
+        return deleted
+
+    def add_trim_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the trimming thread) after every ``trim``."""
+        with self._lock:
+            self._trim_listeners.append(listener)
+
+    def remove_trim_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            if listener in self._trim_listeners:
+                self._trim_listeners.remove(listener)
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        return self._directory
+
+    @property
+    def first_seq(self) -> int:
+        """Lowest seq still held; equals ``next_seq`` when the LOG holds none."""
+        with self._lock:
+            return self._segments[0].base_seq
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq appended (0 for a fresh LOG)."""
+        return self._last_seq
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next ``append`` will return."""
+        return self._last_seq + 1
+
+    @property
+    def synced_seq(self) -> int:
+        """Highest seq known to be durable."""
+        return self._synced_seq
+
+    @property
+    def size_bytes(self) -> int:
+        """Total bytes of all segment files."""
+        return self._size_bytes
+
+    @property
+    def recovered_truncated_bytes(self) -> int:
+        """Bytes of torn tail that ``open`` cut from the newest segment."""
+        return self._recovered_truncated_bytes
+
+    @property
+    def segments(self) -> list[SegmentInfo]:
+        """The segments on disk, oldest first; the last one is active."""
+        with self._lock:
+            segments = list(self._segments)
+            last_seq = self._last_seq
+        infos = []
+        for i, s in enumerate(segments):
+            end = segments[i + 1].base_seq - 1 if i + 1 < len(segments) else last_seq
+            infos.append(SegmentInfo(s.path, s.base_seq, end, s.size, i + 1 == len(segments)))
+        return infos
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (f"<Log {self._directory!r} seqs {self.first_seq}..{self._last_seq} "
+                f"synced {self._synced_seq}, {len(self._segments)} segment(s), "
+                f"{self._size_bytes} bytes{', closed' if self._closed else ''}>")
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Sync what was appended (unless the LOG failed), then release the directory."""
+        if self._closed:
+            return
+        try:
+            if self._failure is None:
+                self.sync()
+        finally:
+            with self._sync_lock, self._lock:
+                if not self._closed:
+                    self._closed = True
+                    self._segments[-1].close()
+                    os.close(self._dir_fd)
+                    os.close(self._lock_fd)  # releases the flock
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self._directory}: the LOG is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._failure is not None:
+            raise LogClosedError(f"{self._directory}: the LOG failed and must be reopened: "
+                                 f"{self._failure}")
+
+
+class LogCursor:
+    """Iterator of ``(seq, payload)`` over a LOG, starting at a given seq.
+
+    Reads through segment boundaries and sees records appended after it was
+    created. Iteration stops at the LOG's current end; iterating the same
+    cursor again later resumes at ``next_seq`` and picks up newer records.
+    Payloads are memoryviews valid as long as they are referenced. Every
+    frame is validated; damage raises ``LogCorruptError``. One cursor must not
+    be shared between threads.
+    """
+
+    def __init__(self, log: Log, from_seq: int):
+        self._log = log
+        self.next_seq = from_seq  # the seq the next item will carry
+        self._segment: Segment | None = None
+        self._reader: SegmentReader | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, memoryview]]:
+        return self
+
+    def __next__(self) -> tuple[int, memoryview]:
+        while True:
+            if self._reader is None:
+                self._open_at(*self._log._locate(self.next_seq))
+            assert self._segment is not None and self._reader is not None
+            end, sealed = self._log._extent(self._segment)
+            frame = self._reader.next_frame(end)
+            if frame is None:
+                if not sealed:
+                    raise StopIteration
+                self._advance()
+                continue
+            if frame[0] >= self.next_seq:  # below it: skipping from an index point
+                self.next_seq = frame[0] + 1
+                return frame
+
+    def _open_at(self, segment: Segment, offset: int, start_seq: int) -> None:
+        self._segment = segment
+        self._reader = SegmentReader(segment.path, offset, start_seq)
+
+    def _advance(self) -> None:
+        assert self._segment is not None and self._reader is not None
+        expect = self._reader.expect_seq
+        successor = self._log._successor(self._segment, expect)
+        self._reader.close()
+        self._reader = None
+        self._open_at(successor, 0, expect)
+
+    def close(self) -> None:
+        """Release the open segment file."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> LogCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LogCursor {self._log.directory!r} next_seq {self.next_seq}>"
+
+
+def _lock_directory(directory: str) -> int:
+    fd = os.open(os.path.join(directory, _LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(f"{directory}: the LOG is already open (by this or another "
+                       "process)") from None
+    return fd
+
+
+def _recover(directory: str, dir_fd: int) -> tuple[list[Segment], int]:
+    """Load the segment list, repairing the newest segment's tail; returns
+    ``(segments, truncated_bytes)``. Creates segment 1 in an empty directory."""
+    bases = sorted(b for name in os.listdir(directory)
+                   if (b := parse_segment_name(name)) is not None)
+    if not bases:
+        segment = Segment.create(directory, 1)
+        os.fsync(dir_fd)
+        return [segment], 0
+    if bases[0] < 1:
+        raise LogCorruptError(os.path.join(directory, segment_name(bases[0])), 0,
+                              "segment names start at seq 1")
+    sealed = [_sealed_segment(directory, base) for base in bases[:-1]]
+    active, truncated = _recover_newest(directory, bases[-1])
+    os.fsync(dir_fd)
+    return sealed + [active], truncated
+
+
+def _sealed_segment(directory: str, base: int) -> Segment:
+    path = os.path.join(directory, segment_name(base))
+    size = os.stat(path).st_size
+    if size == 0:
+        # The newest segment is the only one a crash can leave empty.
+        raise LogCorruptError(path, 0, "sealed segment is empty")
+    return Segment(path, base, size, last_seq=None, sealed=True)
+
+
+def _recover_newest(directory: str, base: int) -> tuple[Segment, int]:
+    path = os.path.join(directory, segment_name(base))
+    scan = scan_segment(path, base)
+    truncated = 0
+    if scan.bad is not None:
+        _judge_bad_frame(path, scan.bad, scan.last_seq + 1)
+        truncated = scan.file_size - scan.valid_end
+        logger.warning("%s: truncated torn tail of %d bytes at offset %d after seq %d (%s)",
+                       path, truncated, scan.valid_end, scan.last_seq, scan.bad.reason)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if truncated:
+            os.ftruncate(fd, scan.valid_end)
+        # Whatever survived is now durable, so synced_seq may start at last_seq.
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    segment = Segment(path, base, scan.valid_end, last_seq=scan.last_seq, sealed=False,
+                      fd=fd, index=scan.index)
+    return segment, truncated
+
+
+def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int) -> None:
+    """Raise unless ``bad`` is a torn tail: damage with nothing valid after it."""
+    if bad.discontinuity:
+        raise bad
+    follower = find_valid_frame(path, bad.offset + 1, expect_seq)
+    if follower is not None:
+        offset, seq = follower
+        raise LogCorruptError(path, bad.offset, f"{bad.reason}, yet a valid frame "
+                              f"(seq {seq}) follows at offset {offset}") from bad

@@ -1,0 +1,157 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OP_UNSPECIFIED: _ClassVar[Op]
+    SETATTR: _ClassVar[Op]
+    WRITE: _ClassVar[Op]
+    CREATE: _ClassVar[Op]
+    MKDIR: _ClassVar[Op]
+    SYMLINK: _ClassVar[Op]
+    MKNOD: _ClassVar[Op]
+    REMOVE: _ClassVar[Op]
+    RMDIR: _ClassVar[Op]
+    RENAME: _ClassVar[Op]
+    LINK: _ClassVar[Op]
+    COMMIT: _ClassVar[Op]
+    BIND: _ClassVar[Op]
+OP_UNSPECIFIED: Op
+SETATTR: Op
+WRITE: Op
+CREATE: Op
+MKDIR: Op
+SYMLINK: Op
+MKNOD: Op
+REMOVE: Op
+RMDIR: Op
+RENAME: Op
+LINK: Op
+COMMIT: Op
+BIND: Op
+
+class Attr(_message.Message):
+    __slots__ = ("type", "mode", "nlink", "uid", "gid", "size", "used", "rdev_major", "rdev_minor", "fsid", "fileid", "atime_ns", "mtime_ns", "ctime_ns")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NLINK_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    RDEV_MAJOR_FIELD_NUMBER: _ClassVar[int]
+    RDEV_MINOR_FIELD_NUMBER: _ClassVar[int]
+    FSID_FIELD_NUMBER: _ClassVar[int]
+    FILEID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    used: int
+    rdev_major: int
+    rdev_minor: int
+    fsid: int
+    fileid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    def __init__(self, type: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., used: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., fsid: _Optional[int] = ..., fileid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
+
+class SetAttr(_message.Message):
+    __slots__ = ("mode", "uid", "gid", "size", "atime_ns", "atime_server", "mtime_ns", "mtime_server")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ATIME_SERVER_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_SERVER_FIELD_NUMBER: _ClassVar[int]
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    atime_server: bool
+    mtime_ns: int
+    mtime_server: bool
+    def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., atime_server: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., mtime_server: _Optional[bool] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count")
+    STAMP_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GIDS_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_NAME_FIELD_NUMBER: _ClassVar[int]
+    XID_FIELD_NUMBER: _ClassVar[int]
+    FH_FIELD_NUMBER: _ClassVar[int]
+    DIR_FH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_DIR_FH_FIELD_NUMBER: _ClassVar[int]
+    TO_NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    CREATE_MODE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    SYMLINK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MKNOD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RDEV_MAJOR_FIELD_NUMBER: _ClassVar[int]
+    RDEV_MINOR_FIELD_NUMBER: _ClassVar[int]
+    GUARD_CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    DIR_ATTR_FIELD_NUMBER: _ClassVar[int]
+    TO_DIR_ATTR_FIELD_NUMBER: _ClassVar[int]
+    REPLY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    stamp: bytes
+    op: Op
+    ok: bool
+    status: int
+    seq: int
+    client: str
+    uid: int
+    gid: int
+    gids: _containers.RepeatedScalarFieldContainer[int]
+    machine_name: str
+    xid: int
+    fh: bytes
+    dir_fh: bytes
+    name: str
+    to_dir_fh: bytes
+    to_name: str
+    offset: int
+    count: int
+    stable: int
+    data: bytes
+    set: SetAttr
+    create_mode: int
+    verifier: bytes
+    symlink_target: str
+    mknod_type: int
+    rdev_major: int
+    rdev_minor: int
+    guard_ctime_ns: int
+    attr: Attr
+    dir_attr: Attr
+    to_dir_attr: Attr
+    reply_count: int
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[str] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[str] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[str] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[str] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ...) -> None: ...

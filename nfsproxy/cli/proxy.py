@@ -1,0 +1,45 @@
+"""`nfsj proxy`: the journaling NFS proxy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from logstore.commit import Durability
+
+from ..journal import QuotaPolicy
+from ..proxyd import ProxyOptions, parse_hostport, run_proxy
+from . import app, setup_logging
+
+
+def _size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in units else t
+    if not number.isdigit():
+        raise typer.BadParameter(f"{text!r} is not a size; write e.g. 512M or 20G")
+    return int(number) * scale
+
+
+@app.command()
+def proxy(
+    listen: str = typer.Option("0.0.0.0:2049", help="HOST:PORT to serve NFSv3, MOUNT and portmap GETPORT on."),
+    backend: str = typer.Option(..., help="The NAS: HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT."),
+    log: str = typer.Option(..., "--log", help="Directory of the LOG (created if missing)."),
+    durability: Durability = typer.Option(Durability.SYNC, help="sync: reply after fsync (RPO 0); async: reply at once."),
+    segment_size: str = typer.Option("64M", help="LOG segment size."),
+    quota: str = typer.Option(None, help="LOG disk quota, e.g. 20G (default: none)."),
+    quota_policy: QuotaPolicy = typer.Option(QuotaPolicy.BLOCK, help="Over quota: block replies, or passthrough unjournaled."),
+    node_id: int = typer.Option(None, help="HLC node id (default: generated once and kept in the LOG dir)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Relay NFS to the NAS and journal every mutation."""
+    setup_logging(verbose)
+    host, port = parse_hostport(listen, 2049)
+    opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
+                        quota_policy, node_id)
+    asyncio.run(run_proxy(opts))

@@ -1,0 +1,177 @@
+"""Running the proxy as a daemon: the LOG, the clock, the relay, and shutdown.
+
+`ProxyOptions` is everything `nfsj proxy` takes; `run_proxy` opens the LOG
+(recovering it), starts the relay, and on SIGINT/SIGTERM stops accepting,
+lets journal writes finish, fsyncs and closes the LOG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import struct
+
+from logstore.commit import Durability, GroupCommitter
+from logstore.log import Log
+
+from .hlc import HLC
+from .journal import Journal, QuotaPolicy
+from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
+from .mount import MOUNT_PROGRAM, MOUNT_V3
+from .relay import BackendAddress, Proxy
+from .rpc import (RpcCall, RpcMessageReader, RpcReply, NEED_DATA, decode_body, encode_call,
+                  frame_rpc_message, parse_message)
+from .xdr import U32
+
+__all__ = ["ProxyOptions", "parse_backend", "parse_hostport", "resolve_backend", "run_proxy",
+           "start_proxy", "ConfigError"]
+
+logger = logging.getLogger(__name__)
+
+_BACKEND = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<nfs>\d+))?(?::(?P<mount>\d+))?:(?P<export>/.*)$")
+
+
+class ConfigError(ValueError):
+    """A user-supplied option is wrong; the message says how to fix it."""
+
+
+@dataclasses.dataclass(slots=True)
+class ProxyOptions:
+    listen_host: str
+    listen_port: int
+    backend: str
+    log_dir: str
+    durability: Durability = Durability.SYNC
+    segment_bytes: int = 64 << 20
+    quota_bytes: int | None = None
+    quota_policy: QuotaPolicy = QuotaPolicy.BLOCK
+    node_id: int | None = None
+    max_offset_ns: int = 500_000_000
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise ConfigError(f"{text!r}: expected HOST:PORT")
+        return host or "0.0.0.0", default_port
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_backend(text: str) -> tuple[str, int | None, int | None, str]:
+    """Parse `HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT`."""
+    m = _BACKEND.match(text)
+    if not m:
+        raise ConfigError(f"--backend {text!r}: expected HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT, "
+                          "e.g. nas.example:/export or 127.0.0.1:2049:20048:/export")
+    nfs = int(m["nfs"]) if m["nfs"] else None
+    mount = int(m["mount"]) if m["mount"] else None
+    return m["host"].strip("[]"), nfs, mount, m["export"]
+
+
+def _getport(host: str, prog: int, vers: int, timeout_s: float = 5.0) -> int:
+    """Ask the NAS's portmapper where `prog`/`vers` listens over TCP (0: nowhere)."""
+    call = encode_call(RpcCall(secrets.randbits(32), PMAP_PROG, PMAP_VERS, PmapProc.GETPORT))
+    Mapping.xdr.pack(call, Mapping(prog, vers, IPPROTO_TCP, 0))
+    message = call.getvalue()
+    reader = RpcMessageReader(1 << 16)
+    with socket.create_connection((host, PMAP_PORT), timeout=timeout_s) as sock:
+        sock.sendall(frame_rpc_message(len(message)) + message)
+        while (reply := reader.next_message()) is NEED_DATA:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("portmapper closed the connection")
+            reader.receive(chunk)
+    header, body = parse_message(reply)
+    if not isinstance(header, RpcReply) or not header.success:
+        raise ConnectionError(f"portmapper refused GETPORT: {header}")
+    return decode_body(U32, body)
+
+
+def resolve_backend(text: str) -> BackendAddress:
+    """Turn `--backend` into ports, asking the NAS's portmapper for what is not given."""
+    host, nfs, mount, export = parse_backend(text)
+    if mount is None:
+        try:
+            mount = _getport(host, MOUNT_PROGRAM, MOUNT_V3)
+        except (OSError, ConnectionError) as e:
+            raise ConfigError(f"cannot ask {host}'s portmapper for the MOUNT port ({e}); "
+                              f"give it as {host}:NFSPORT:MOUNTPORT:{export}") from None
+        if not mount:
+            raise ConfigError(f"{host} has no MOUNT v3 over TCP registered; give the port explicitly")
+    return BackendAddress(host, nfs or 2049, mount, export)
+
+
+def _node_id(log_dir: str, given: int | None) -> int:
+    """The proxy's HLC node id: given, or made once and kept beside the LOG."""
+    path = os.path.join(log_dir, "node_id")
+    if given is not None:
+        return given
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        node = struct.unpack(">I", secrets.token_bytes(4))[0] or 1
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{node}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return node
+
+
+class RunningProxy:
+    """A started proxy and the LOG under it; `stop()` shuts both down in order."""
+
+    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log):
+        self.proxy, self.committer, self.log = proxy, committer, log
+
+    async def stop(self) -> None:
+        await self.proxy.close()
+        await self.committer.close()
+        self.log.close()
+
+
+async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningProxy:
+    os.makedirs(opts.log_dir, exist_ok=True)
+    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes)
+    if log.recovered_truncated_bytes:
+        logger.warning("LOG recovery cut a torn tail of %d bytes", log.recovered_truncated_bytes)
+    clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
+                persist_path=os.path.join(opts.log_dir, "hlc.bound"))
+    committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
+    proxy = Proxy(backend, Journal(committer, opts.quota_policy), clock)
+    try:
+        await proxy.start(opts.listen_host, opts.listen_port)
+    except OSError as e:
+        await committer.close()
+        log.close()
+        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
+                          "pick a free port with --listen") from None
+    return RunningProxy(proxy, committer, log)
+
+
+async def run_proxy(opts: ProxyOptions) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    backend = resolve_backend(opts.backend)
+    running = await start_proxy(opts, backend)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
+          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value})", flush=True)
+    await stop.wait()
+    logger.info("shutting down")
+    await running.stop()

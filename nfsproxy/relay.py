@@ -1,0 +1,368 @@
+"""The journaling relay: the thin asyncio shell around the sans-IO parts.
+
+Each client connection (`ClientSession`) gets its own connections to the
+NAS (`BackendLink`, one for NFS and one for MOUNT, opened on first use).
+RPC messages are relayed both ways byte for byte; the proxy only parses the
+call header, the arguments of calls it watches, and their replies (matched
+by XID). A mutation's record is stamped when the call arrives and journaled
+when the reply arrives; with `sync` durability the reply reaches the client
+only after its record is fsynced.
+
+Flow control follows uvicorn: a peer whose write buffer passes the
+high-water mark pauses reading on the other side until it drains.
+
+A protocol error from a client closes that client alone. A NAS connection
+that fails or closes closes its client, which retries as it would against
+the NAS itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Callable
+
+from logstore.record import Record
+from logstore.stamp import Stamp
+
+from .capture import Capture, Pending
+from .hlc import HLC
+from .journal import Journal
+from .routing import Route, answer_portmap, reject, route
+from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
+                  frame_rpc_message, parse_message)
+
+__all__ = ["BackendAddress", "Proxy", "ClientSession"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendAddress:
+    """Where the NAS serves NFS and MOUNT, and which export clients mount."""
+
+    host: str
+    nfs_port: int
+    mount_port: int
+    export: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.nfs_port}:{self.mount_port}:{self.export}"
+
+
+class Stats:
+    """Plain counters the metrics layer reads."""
+
+    def __init__(self) -> None:
+        self.sessions_total = 0
+        self.sessions_open = 0
+        self.protocol_errors_total = 0
+        self.backend_failures_total = 0
+        self.calls_total: dict[tuple[int, int], int] = {}
+        self.records_total = 0
+        self.failed_mutations_total = 0
+
+
+class Proxy:
+    """Accepts clients and relays them to the NAS, journaling mutations."""
+
+    def __init__(self, backend: BackendAddress, journal: Journal | None, clock: HLC,
+                 *, capture: Capture | None = None, max_message_bytes: int = 4 << 20):
+        self.backend = backend
+        self.journal = journal
+        self.clock = clock
+        self.capture = capture or Capture()
+        self.max_message_bytes = max_message_bytes
+        self.port = 0
+        self.stats = Stats()
+        self.sessions: set[ClientSession] = set()
+        self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
+        self._tasks: set[asyncio.Task] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ClientSession(self), host, port,
+                                                reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("proxy listening on %s:%d, NAS %s", host, self.port, self.backend)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop listening, close clients, wait for journal writes, cancel the rest."""
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.close()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- stamps ----------------------------------------------------------------
+
+    def stamp_call(self, key: int) -> bytes:
+        """Stamp a call on arrival; the stamp counts as in flight until released."""
+        stamp = self.clock.now().to_bytes()
+        self._inflight[key] = stamp
+        return stamp
+
+    def hold(self, key: int, stamp: bytes) -> None:
+        """Keep `stamp` (or an older one already held under `key`) in flight."""
+        self._inflight[key] = min(stamp, self._inflight.get(key, stamp))
+
+    def release(self, key: int) -> None:
+        self._inflight.pop(key, None)
+
+    def stable_stamp(self) -> Stamp:
+        """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
+        now = self.clock.now()
+        if not self._inflight:
+            return now.to_stamp()
+        low = Stamp.from_bytes(min(self._inflight.values()))
+        if low.logical:
+            return Stamp(low.wall_ns, low.logical - 1, low.node_id)
+        return Stamp(low.wall_ns - 1, 0xFFFFFFFF, low.node_id)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class _Peer(asyncio.Protocol):
+    """A transport plus uvicorn-style write flow control."""
+
+    transport: asyncio.Transport | None = None
+
+    def __init__(self) -> None:
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.on_pause: Callable[[], None] = lambda: None
+        self.on_resume: Callable[[], None] = lambda: None
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+        self.on_pause()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+        self.on_resume()
+
+
+class ClientSession(_Peer):
+    """One client connection and its NAS connections."""
+
+    def __init__(self, proxy: Proxy):
+        super().__init__()
+        self.proxy = proxy
+        self.reader = RpcMessageReader(proxy.max_message_bytes)
+        self.pending: dict[int, Pending] = {}
+        self.links: dict[Route, BackendLink] = {}
+        self.peer = "?"
+        self.closed = False
+
+    # -- client side -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        self.proxy.sessions.add(self)
+        self.proxy.stats.sessions_total += 1
+        self.proxy.stats.sessions_open += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.receive(data)
+            while (message := self.reader.next_message()) is not NEED_DATA:
+                self._on_call(message)
+        except RpcDecodeError as e:
+            self.proxy.stats.protocol_errors_total += 1
+            logger.warning("client %s broke the RPC protocol (%s); closing its connection", self.peer, e)
+            self.close()
+
+    def _on_call(self, message: memoryview) -> None:
+        call, body = parse_message(message)
+        if not isinstance(call, RpcCall):
+            raise RpcDecodeError("a client sent a REPLY")
+        stats = self.proxy.stats.calls_total
+        stats[call.prog, call.proc] = stats.get((call.prog, call.proc), 0) + 1
+        where = route(call)
+        if where is Route.REJECT:
+            self.send(reject(call))
+        elif where is Route.PORTMAP:
+            self.send(answer_portmap(call, body, self.proxy.port))
+        else:
+            self._relay(where, call, body, message)
+
+    def _relay(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
+        proxy = self.proxy
+        pending = proxy.capture.begin(call, body, b"", self.peer)
+        if pending is not None:
+            if pending.record is not None:
+                pending.record.stamp = proxy.stamp_call(id(pending))
+            self.pending[call.xid] = pending
+        link = self.links.get(where)
+        if link is None:
+            link = self.links[where] = BackendLink(self, where)
+        link.send(message)
+
+    def send(self, message: bytes | memoryview) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines((frame_rpc_message(len(message)), message))
+
+    # -- replies -------------------------------------------------------------------
+
+    def on_reply(self, message: memoryview) -> None:
+        reply, body = parse_message(message)
+        if not isinstance(reply, RpcReply):
+            raise RpcDecodeError("the NAS sent a CALL")
+        pending = self.pending.pop(reply.xid, None)
+        if pending is None:
+            self.send(message)
+            return
+        proxy = self.proxy
+        records = proxy.capture.complete(pending, reply, body, lambda: proxy.clock.now().to_bytes())
+        if not records or proxy.journal is None:
+            proxy.release(id(pending))
+            self.send(message)
+            return
+        proxy.hold(id(pending), min(record.stamp for record, _ in records))
+        proxy.spawn(self._journal_then_reply(pending, records, message))
+
+    async def _journal_then_reply(self, pending: Pending, records: list[tuple[Record, memoryview | None]],
+                                  message: memoryview) -> None:
+        proxy = self.proxy
+        try:
+            for record, data in records:
+                await proxy.journal.append(record, data)
+                proxy.stats.records_total += 1
+                if not record.ok:
+                    proxy.stats.failed_mutations_total += 1
+        except Exception:
+            # Without a journaled record the client must not see success:
+            # drop the connection so it retries (and we retry journaling).
+            logger.exception("journaling failed; closing client %s", self.peer)
+            self.close()
+            return
+        finally:
+            proxy.release(id(pending))
+        self.send(message)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def backend_failed(self, where: Route, error: BaseException | None) -> None:
+        if not self.closed:
+            self.proxy.stats.backend_failures_total += 1
+            logger.warning("NAS %s connection for client %s ended (%s); closing the client",
+                           where.value, self.peer, error or "closed by the NAS")
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for link in self.links.values():
+            link.close()
+        for pending in self.pending.values():
+            self.proxy.release(id(pending))
+        self.pending.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        self.proxy.sessions.discard(self)
+        self.proxy.stats.sessions_open -= 1
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        for link in self.links.values():
+            link.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for link in self.links.values():
+            link.resume_reading()
+
+
+class BackendLink(_Peer):
+    """One connection to the NAS on behalf of one client session."""
+
+    def __init__(self, session: ClientSession, where: Route):
+        super().__init__()
+        self.session = session
+        self.where = where
+        self.reader = RpcMessageReader(session.proxy.max_message_bytes)
+        self.queue: list[memoryview] | None = []  # messages sent before the connection is up
+        self.closed = False
+        self.paused = False
+        session.proxy.spawn(self._connect())
+
+    async def _connect(self) -> None:
+        backend = self.session.proxy.backend
+        port = backend.mount_port if self.where is Route.MOUNT else backend.nfs_port
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: self, backend.host, port)
+        except OSError as e:
+            self.session.backend_failed(self.where, e)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if self.closed:
+            transport.close()
+            return
+        queued, self.queue = self.queue, None
+        for message in queued:
+            self.send(message)
+        if self.paused:
+            transport.pause_reading()
+
+    def send(self, message: memoryview) -> None:
+        if self.queue is not None:
+            self.queue.append(message)
+        elif not self.closed:
+            self.transport.writelines((frame_rpc_message(len(message)), message))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.receive(data)
+            while (message := self.reader.next_message()) is not NEED_DATA:
+                self.session.on_reply(message)
+        except RpcDecodeError as e:
+            self.session.backend_failed(self.where, e)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.session.transport is not None:
+            self.session.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.session.transport is not None and not self.session.closed:
+            self.session.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed, self.closed = self.closed, True
+        if not was_closed:
+            self.session.backend_failed(self.where, exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
