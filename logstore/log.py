@@ -150,7 +150,7 @@ class Log:
             raise ValueError(f"max_record_bytes must be in [0, {MAX_PAYLOAD_BYTES}], "
                              f"got {max_record_bytes}")
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
+        _make_durable_directory(directory)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         lock_fd = -1
         try:
@@ -199,9 +199,9 @@ class Log:
         # ever has to repair the newest segment.
         old = self._segments[-1]
         self._durably(old.datasync)
-        old.seal()
-        self._synced_seq = max(self._synced_seq, old.last_seq)
         new = Segment.create(self._directory, self._last_seq + 1)
+        old.seal()  # only now: if create failed, the old segment stays active
+        self._synced_seq = max(self._synced_seq, old.last_seq)
         self._segments.append(new)
         self._dir_dirty = True
         return new
@@ -492,6 +492,18 @@ class LogCursor:
 
     def __repr__(self) -> str:
         return f"<LogCursor {self._log.directory!r} next_seq {self.next_seq}>"
+
+
+def _make_durable_directory(directory: str) -> None:
+    if os.path.isdir(directory):
+        return
+    os.makedirs(directory)
+    # The new directory's own entry must survive a crash too, not just its files.
+    parent = os.open(os.path.dirname(os.path.abspath(directory)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(parent)
+    finally:
+        os.close(parent)
 
 
 def _lock_directory(directory: str) -> int:

@@ -7,8 +7,9 @@ end-to-end tests use to prove the codecs against a real server.
 Layering. Everything that knows a byte of the protocol lives in the sans-IO
 modules: `rpc` (record marking, call/reply headers), `nfs3` and `mount`
 (argument and result schemas). This module is only the shell around them:
-one TCP socket per program, an XID counter, AUTH_SYS credentials, and the
-translation of replies into return values or exceptions.
+a TCP connection to NFS (kept open; MOUNT's is opened per call), XIDs,
+AUTH_SYS credentials, and the translation of replies into return values or
+exceptions.
 
 One call is in flight at a time (this is not a pipelining client), so a
 reply whose XID is not the one we sent can only be a protocol violation.
@@ -63,7 +64,7 @@ from .nfs3 import (COMMIT3args, CREATE3args, CREATE3resok, Createhow3, CreateMod
                    COMMIT3resok, Sattr3, SetAtime, SetMtime, Specdata3, StableHow,
                    Symlinkdata3, TimeHow, WRITE3args, WRITE3resok)
 from .procedure import Procedure
-from .rpc import (NEED_DATA, AuthSys, OpaqueAuth, RpcCall, RpcDecodeError, RpcMessageReader,
+from .rpc import (NEED_DATA, AuthSys, RpcCall, RpcDecodeError, RpcMessageReader,
                   RpcReply, decode_body, encode_call, frame_rpc_message, parse_message)
 
 __all__ = [
@@ -79,8 +80,8 @@ SERVER_TIME: Final = TimeHow.SET_TO_SERVER_TIME
 _RECV_BYTES: Final = 256 * 1024
 _IOV_MAX: Final = 1024
 _RESERVED_PORTS: Final = range(1023, 511, -1)
-# Directory reply sizes when the caller does not choose: dtpref-sized pages are
-# what the kernel client asks for; maxcount leaves room for the attributes.
+# Directory reply sizes when the caller does not choose (dircount counts names
+# and cookies only; maxcount the whole reply, attributes and handles included).
 _DEFAULT_DIRCOUNT: Final = 8192
 _DEFAULT_MAXCOUNT: Final = 65536
 _COMMIT_RETRIES: Final = 3

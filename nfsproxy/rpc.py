@@ -40,6 +40,7 @@ LAST_FRAGMENT: Final = 0x80000000
 DEFAULT_MAX_MESSAGE_BYTES: Final = 4 << 20  # 1 MiB WRITE plus generous headroom
 
 _U32 = struct.Struct(">I")
+_CALL_FIELDS = struct.Struct(">4I")
 
 
 class RpcDecodeError(Exception):
@@ -262,7 +263,7 @@ def _enum(cls: type[enum.IntEnum], raw: int) -> enum.IntEnum:
 
 
 def _parse_call(u: Unpacker, xid: int) -> RpcCall:
-    rpcvers, prog, vers, proc = u.u32(), u.u32(), u.u32(), u.u32()
+    rpcvers, prog, vers, proc = _CALL_FIELDS.unpack_from(u._view, u._take(16))
     cred = OpaqueAuth.xdr.unpack(u)
     verf = OpaqueAuth.xdr.unpack(u)
     auth_sys = None

@@ -173,7 +173,9 @@ def nfs_rs_workload(nfs: RecordingRelay, mount: RecordingRelay) -> dict:
     assert [e.path for e in exports] == ["/export"]
 
     expected: dict[str, bytes] = {}
-    with nfs_rs.Client.connect(relay_url(nfs, mount), **timeouts) as c:
+    # Small directory replies, so that listing `many/` takes several READDIRPLUS pages.
+    with nfs_rs.Client.connect(relay_url(nfs, mount), readdir_buffer=(2048, 8192),
+                               **timeouts) as c:
         c.fs_info()
         c.fs_stat()
         c.mkdir("work")
@@ -222,7 +224,7 @@ def nfs_rs_workload(nfs: RecordingRelay, mount: RecordingRelay) -> dict:
             assert f.read() == big
 
         c.mkdir("many")
-        for i in range(300):  # READDIRPLUS needs several pages (cookies, verifier)
+        for i in range(300):
             with c.open(f"many/file-{i:04d}-{'p' * 40}", "wb") as f:
                 f.write(i.to_bytes(2, "big"))
         assert len(c.listdir("many")) == 300
@@ -506,6 +508,9 @@ def test_decoded_values_match_the_workload(capture):
                 and x.procedure.name == "SYMLINK"]
     assert {x.args.symlink.symlink_data for x in symlinks} == {
         "data.bin", "../../outside/target with spaces"}
+    pages = [x for x in ex if x.procedure and x.call.prog == NFS_PROGRAM
+             and x.procedure.name == "READDIRPLUS"]
+    assert any(x.args.cookie != 0 for x in pages), "no READDIRPLUS continued a listing"
     mnt = [x for x in ex if x.procedure and x.call.prog == MOUNT_PROGRAM
            and x.procedure.name == "MNT"]
     # libnfs first tries to mount the whole URL path (e.g. /export/work).

@@ -1,0 +1,3 @@
+"""End-to-end fixtures: real `nfsj` processes in front of the real NAS."""
+
+from e2e.proxy_fixture import proxy, proxy_factory  # noqa: F401  (pytest fixtures)

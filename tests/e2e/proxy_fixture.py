@@ -1,0 +1,111 @@
+"""A real `nfsj proxy` process in front of the test NAS."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
+
+
+class ProxyProcess:
+    """`nfsj proxy` run as a subprocess, the way a user runs it."""
+
+    def __init__(self, nas, log_dir: Path, *, durability: str = "sync", extra: list[str] = ()):
+        self.nas = nas
+        self.log_dir = Path(log_dir)
+        self.durability = durability
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.stderr_path = self.log_dir.parent / f"{self.log_dir.name}.stderr"
+
+    @property
+    def backend(self) -> str:
+        return f"127.0.0.1:{self.nas.nfs_port}:{self.nas.mount_port}:/export"
+
+    def start(self, timeout_s: float = 20.0) -> "ProxyProcess":
+        argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
+                "--backend", self.backend, "--log", str(self.log_dir),
+                "--durability", self.durability, *self.extra]
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        deadline = time.monotonic() + timeout_s
+        line = self.proc.stdout.readline()
+        m = _SERVING.search(line)
+        if not m or time.monotonic() > deadline:
+            self.kill()
+            raise RuntimeError(f"proxy did not start: {line!r}\n{self.stderr_text()}")
+        self.port = int(m.group(1))
+        return self
+
+    def url(self, path: str = "") -> str:
+        return f"nfs://127.0.0.1/export{path}?version=3&nfsport={self.port}&mountport={self.port}"
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def proxy_factory(nas, tmp_path):
+    """Start proxies (`factory(durability=..., extra=[...])`); all are stopped afterwards."""
+    started: list[ProxyProcess] = []
+
+    def factory(durability: str = "sync", extra: list[str] = (), log_dir: Path | None = None):
+        p = ProxyProcess(nas, log_dir or tmp_path / f"log{len(started)}", durability=durability,
+                         extra=list(extra)).start()
+        started.append(p)
+        return p
+
+    yield factory
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def proxy(proxy_factory):
+    """One running `nfsj proxy --durability sync` in front of `nas`."""
+    return proxy_factory()
+
+
+def read_log(log_dir: Path):
+    """Every record in a LOG directory, as (seq, Record), in LOG order."""
+    from logstore.log import Log
+    from logstore.record import parse_record
+    log = Log.open(str(log_dir))
+    try:
+        return [(seq, parse_record(payload, seq)) for seq, payload in log.read(log.first_seq)]
+    finally:
+        log.close()
+
+
+__all__ = ["ProxyProcess", "proxy_factory", "proxy", "read_log"]
+
