@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from logstore.log import Log, LogClosedError
+from logstore.segment import Payload, payload_parts
 
 __all__ = ["Durability", "GroupCommitter"]
 
@@ -74,14 +75,16 @@ class GroupCommitter:
 
     # -- appending ------------------------------------------------------------
 
-    async def append(self, payload: bytes | bytearray | memoryview) -> int:
+    async def append(self, payload: Payload) -> int:
         """Append one record and return its seq; in ``sync`` durability, only
-        once it is durable. The payload must stay unchanged until this returns.
+        once it is durable. ``payload`` is as for ``Log.append`` (bytes-like, or
+        a list/tuple of parts); it is written before the first await, so the
+        caller may reuse its buffers as soon as this coroutine is suspended.
         """
         self._check_usable()
         self._start()
+        nbytes = payload_parts(payload)[1]
         seq = self._log.append(payload)
-        nbytes = memoryview(payload).nbytes
         self.appends_total += 1
         self.appended_bytes_total += nbytes
         self._unsynced.append((seq, nbytes, self._clock()))

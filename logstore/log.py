@@ -10,6 +10,7 @@ On-disk format
 A LOG is a directory::
 
     LOCK                        flock()ed while a process has the LOG open
+    LOG_ID                      the LOG's identity (uuid), made when the LOG is created
     00000000000000000001.seg    segments, named after the first seq they hold,
     00000000000000004097.seg    zero-padded to 20 digits: name order = seq order
     ...
@@ -51,12 +52,14 @@ import fcntl
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from logstore.segment import (
-    HEADER_BYTES, MAX_PAYLOAD_BYTES, LogCorruptError, LogError, Segment, SegmentReader,
-    find_valid_frame, parse_segment_name, scan_segment, segment_name,
+    HEADER_BYTES, MAX_PAYLOAD_BYTES, LogCorruptError, LogError, Payload, Segment,
+    SegmentReader, find_valid_frame, parse_segment_name, payload_parts, scan_segment,
+    segment_name,
 )
 
 __all__ = [
@@ -70,6 +73,7 @@ DEFAULT_SEGMENT_BYTES = 64 << 20
 # NFSv3 WRITEs are at most a few MiB; a record much larger than that is a bug upstream.
 DEFAULT_MAX_RECORD_BYTES = 16 << 20
 _LOCK_NAME = "LOCK"
+_ID_NAME = "LOG_ID"
 
 
 class LogGapError(LogError):
@@ -127,6 +131,7 @@ class Log:
         self._closed = False
         self._failure: BaseException | None = None
         self._lock = threading.Lock()  # guards all state above
+        self.log_id = ""  # set by open(): see _log_identity
         self._sync_lock = threading.Lock()  # one sync at a time; close waits for it
         self._trim_listeners: list[Callable[[], None]] = []
 
@@ -155,6 +160,7 @@ class Log:
         lock_fd = -1
         try:
             lock_fd = _lock_directory(directory)
+            log_id = _log_identity(directory, dir_fd)
             segments, truncated = _recover(directory, dir_fd)
         except BaseException:
             os.close(dir_fd)
@@ -164,6 +170,7 @@ class Log:
         log = cls(directory, segments, segment_bytes=segment_bytes,
                   max_record_bytes=max_record_bytes, dir_fd=dir_fd, lock_fd=lock_fd,
                   recovered_truncated_bytes=truncated)
+        log.log_id = log_id
         if verify_all:
             try:
                 log.verify()
@@ -174,13 +181,15 @@ class Log:
 
     # -- writing --------------------------------------------------------------
 
-    def append(self, payload: bytes | bytearray | memoryview) -> int:
+    def append(self, payload: Payload) -> int:
         """Write one record (not yet durable; see ``sync``) and return its seq.
 
-        ``payload`` is written straight from the caller's buffer; it must not
-        be modified until this returns.
+        ``payload`` is a bytes-like object, or a list/tuple of them that form
+        the record when concatenated (they are written as one frame, without
+        being joined). It is written straight from the caller's buffers, which
+        must not change until this returns.
         """
-        nbytes = memoryview(payload).nbytes
+        parts, nbytes = payload_parts(payload)
         if nbytes > self._max_record_bytes:
             raise ValueError(f"record of {nbytes} bytes exceeds max_record_bytes "
                              f"({self._max_record_bytes})")
@@ -190,7 +199,7 @@ class Log:
             if segment.size and segment.size + HEADER_BYTES + nbytes > self._segment_bytes:
                 segment = self._roll()
             seq = self._last_seq + 1
-            self._size_bytes += segment.append(seq, payload, nbytes)
+            self._size_bytes += segment.append(seq, parts, nbytes)
             self._last_seq = seq
         return seq
 
@@ -577,3 +586,26 @@ def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int) -> None:
         offset, seq = follower
         raise LogCorruptError(path, bad.offset, f"{bad.reason}, yet a valid frame "
                               f"(seq {seq}) follows at offset {offset}") from bad
+
+
+def _log_identity(directory: str, dir_fd: int) -> str:
+    """This LOG's identity, made once when the LOG is created.
+
+    Shards key their streams by it: a LOG that restarts empty (a wiped or new
+    directory) gets a new identity, so no shard mistakes it for the old one.
+    """
+    path = os.path.join(directory, _ID_NAME)
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    log_id = uuid.uuid4().hex
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(log_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    os.fsync(dir_fd)
+    return log_id

@@ -11,14 +11,15 @@ import bisect
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import crc32c
 
 __all__ = [
     "HEADER", "HEADER_BYTES", "LogError", "LogCorruptError", "Segment", "SegmentReader",
-    "ScanResult", "frame_crc", "segment_name", "parse_segment_name", "scan_segment",
-    "find_valid_frame",
+    "ScanResult", "Buffer", "Payload", "frame_crc", "payload_parts", "segment_name",
+    "parse_segment_name", "scan_segment", "find_valid_frame",
 ]
 
 HEADER = struct.Struct(">IIQ")  # payload_len, crc32c(seq | payload), seq
@@ -28,6 +29,10 @@ _SEQ = struct.Struct(">Q")
 _NAME = re.compile(r"([0-9]{20})\.seg")
 _NONZERO = re.compile(rb"[^\x00]")
 _ZERO_HEADER = bytes(HEADER_BYTES)
+MAX_PARTS = 1000  # pwritev takes at most IOV_MAX (1024) buffers, one is the header
+
+Buffer = bytes | bytearray | memoryview
+Payload = Buffer | Sequence[Buffer]  # one buffer, or a list/tuple of parts
 READ_CHUNK_BYTES = 1 << 20
 # A sparse seq -> offset index lets a cursor start near its seq instead of at 0.
 INDEX_INTERVAL_BYTES = 64 << 10
@@ -61,9 +66,24 @@ def parse_segment_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def frame_crc(seq: int, payload: bytes | memoryview) -> int:
-    """CRC32C over the big-endian seq then the payload, without joining them."""
-    return crc32c.crc32c(payload, crc32c.crc32c(_SEQ.pack(seq)))
+def frame_crc(seq: int, *parts: Buffer) -> int:
+    """CRC32C over the big-endian seq then the payload parts, without joining them."""
+    crc = crc32c.crc32c(_SEQ.pack(seq))
+    for part in parts:
+        crc = crc32c.crc32c(part, crc)
+    return crc
+
+
+def payload_parts(payload: Payload) -> tuple[Sequence[Buffer], int]:
+    """``(parts, total bytes)`` of a payload given whole or as a list/tuple of parts.
+
+    Parts let a caller frame a record around a large buffer it does not own
+    (e.g. NFS WRITE data) without joining them into a new bytes.
+    """
+    parts = payload if isinstance(payload, (list, tuple)) else (payload,)
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"a payload has at most {MAX_PARTS} parts, got {len(parts)}")
+    return parts, sum(memoryview(part).nbytes for part in parts)
 
 
 class Segment:
@@ -99,15 +119,16 @@ class Segment:
             raise LogError(f"{self.path} is not open for writing")
         return self._fd
 
-    def append(self, seq: int, payload: bytes | memoryview, nbytes: int) -> int:
-        """Write one frame at the end; return the frame's size in bytes.
+    def append(self, seq: int, parts: Sequence[Buffer], nbytes: int) -> int:
+        """Write one frame whose payload is ``parts`` (``nbytes`` in all) at the
+        end; return the frame's size in bytes.
 
         On a failed or short write the file is cut back to the last complete
         frame, so the next append does not land behind a partial one.
         """
-        header = HEADER.pack(nbytes, frame_crc(seq, payload), seq)
+        header = HEADER.pack(nbytes, frame_crc(seq, *parts), seq)
         try:
-            _pwrite_all(self.fd, header, payload, self.size)
+            _pwrite_all(self.fd, [header, *parts], self.size)
         except BaseException:
             os.ftruncate(self.fd, self.size)
             raise
@@ -136,10 +157,10 @@ class Segment:
         return self._index[i - 1] if i else (self.base_seq, 0)
 
 
-def _pwrite_all(fd: int, header: bytes, payload: bytes | memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, buffers: list[Buffer], offset: int) -> None:
     # One vectored write: the payload goes to the kernel straight from the
-    # caller's buffer, never copied into a joined frame. Loops on short writes.
-    views = [memoryview(header), memoryview(payload).cast("B")]
+    # caller's buffers, never copied into a joined frame. Loops on short writes.
+    views = [memoryview(b).cast("B") for b in buffers]
     while views:
         written = os.pwritev(fd, views, offset)
         if written == 0:

@@ -77,7 +77,7 @@ class Capture:
     """Builds records from NFSv3 calls and replies; one per proxy."""
 
     def __init__(self, bindings: BindingCache | None = None):
-        self.bindings = bindings or BindingCache()
+        self.bindings = bindings if bindings is not None else BindingCache()  # an empty cache is falsy
 
     def begin(self, call: RpcCall, body: memoryview, stamp: bytes, client: str) -> Pending | None:
         """Decode a call worth watching. Raises RpcDecodeError for bad arguments.

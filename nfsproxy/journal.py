@@ -51,7 +51,7 @@ class Journal:
         elif self.passthrough_active:
             logger.warning("LOG back under quota; journaling resumed (a baseline closes the hole)")
             self.passthrough_active = False
-        seq = await self.committer.append(b"".join(record_parts(record, data)))
+        seq = await self.committer.append(record_parts(record, data))
         self.records_total += 1
         return seq
 

@@ -305,7 +305,7 @@ def parse_message(message: bytes | memoryview) -> tuple[RpcCall | RpcReply, memo
 
 def encode_call(call: RpcCall, p: Packer | None = None) -> Packer:
     """Encode a call header; append the procedure's arguments to the returned Packer."""
-    p = p or Packer()
+    p = p if p is not None else Packer()  # an empty Packer is falsy
     p.u32(call.xid)
     p.u32(MsgType.CALL)
     for v in (call.rpcvers, call.prog, call.vers, call.proc):
@@ -318,7 +318,7 @@ def encode_call(call: RpcCall, p: Packer | None = None) -> Packer:
 
 def encode_reply(reply: RpcReply, p: Packer | None = None) -> Packer:
     """Encode a reply header; append the procedure's results to the returned Packer."""
-    p = p or Packer()
+    p = p if p is not None else Packer()  # an empty Packer is falsy
     p.u32(reply.xid)
     p.u32(MsgType.REPLY)
     p.u32(reply.reply_stat)

@@ -155,3 +155,95 @@ class Record(_message.Message):
     to_dir_attr: Attr
     reply_count: int
     def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[str] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[str] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[str] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[str] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ...) -> None: ...
+
+class StreamId(_message.Message):
+    __slots__ = ("node_id", "log_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    log_id: str
+    def __init__(self, node_id: _Optional[int] = ..., log_id: _Optional[str] = ...) -> None: ...
+
+class ShippedRecord(_message.Message):
+    __slots__ = ("seq", "record")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    record: bytes
+    def __init__(self, seq: _Optional[int] = ..., record: _Optional[bytes] = ...) -> None: ...
+
+class IngestBatch(_message.Message):
+    __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    SENT_STAMP_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamId
+    after_seq: int
+    through_seq: int
+    records: _containers.RepeatedCompositeFieldContainer[ShippedRecord]
+    stable: bytes
+    sent_stamp: bytes
+    gap: bool
+    newest: bytes
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShippedRecord, _Mapping]]] = ..., stable: _Optional[bytes] = ..., sent_stamp: _Optional[bytes] = ..., gap: _Optional[bool] = ..., newest: _Optional[bytes] = ...) -> None: ...
+
+class IngestAck(_message.Message):
+    __slots__ = ("stream", "durable_seq", "frontier", "shard_stamp", "error", "shard_id")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FRONTIER_FIELD_NUMBER: _ClassVar[int]
+    SHARD_STAMP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamId
+    durable_seq: int
+    frontier: bytes
+    shard_stamp: bytes
+    error: str
+    shard_id: int
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ...) -> None: ...
+
+class StreamStatus(_message.Message):
+    __slots__ = ("stream", "durable_seq", "frontier", "newest", "gaps", "records", "updated_unix_ns")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FRONTIER_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamId
+    durable_seq: int
+    frontier: bytes
+    newest: bytes
+    gaps: _containers.RepeatedScalarFieldContainer[str]
+    records: int
+    updated_unix_ns: int
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., newest: _Optional[bytes] = ..., gaps: _Optional[_Iterable[str]] = ..., records: _Optional[int] = ..., updated_unix_ns: _Optional[int] = ...) -> None: ...
+
+class ShardStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard_id", "streams", "records", "bytes", "frontier", "shard_stamp", "data_id")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FRONTIER_FIELD_NUMBER: _ClassVar[int]
+    SHARD_STAMP_FIELD_NUMBER: _ClassVar[int]
+    DATA_ID_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    streams: _containers.RepeatedCompositeFieldContainer[StreamStatus]
+    records: int
+    bytes: int
+    frontier: bytes
+    shard_stamp: bytes
+    data_id: str
+    def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ...) -> None: ...

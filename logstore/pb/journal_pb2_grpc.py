@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from logstore.pb import journal_pb2 as logstore_dot_pb_dot_journal__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,121 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class JournalStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Ingest = channel.stream_stream(
+                '/nfsj.journal.v1.Journal/Ingest',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.IngestBatch.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.IngestAck.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/nfsj.journal.v1.Journal/Status',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatus.FromString,
+                _registered_method=True)
+
+
+class JournalServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Ingest(self, request_iterator, context):
+        """Proxies send batches; the shard answers each with an ack. The first ack
+        (sent before any batch arrives, once the first message names the
+        stream) tells the shipper where to resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JournalServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Ingest': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ingest,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.IngestBatch.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.IngestAck.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nfsj.journal.v1.Journal', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nfsj.journal.v1.Journal', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Journal:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Ingest(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nfsj.journal.v1.Journal/Ingest',
+            logstore_dot_pb_dot_journal__pb2.IngestBatch.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.IngestAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nfsj.journal.v1.Journal/Status',
+            logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.ShardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -96,6 +96,19 @@ def test_round_trip_across_rolls_and_reopen(records, segment_bytes, data):
 
 
 @SETTINGS
+@given(records=st.lists(st.lists(st.binary(max_size=80), max_size=5), min_size=1, max_size=20),
+       segment_bytes=st.integers(64, 1024))
+def test_parts_are_stored_as_their_concatenation(records, segment_bytes):
+    with temp_dir() as directory:
+        with Log.open(directory, segment_bytes=segment_bytes) as log:
+            for parts in records:
+                log.append([memoryview(p) for p in parts])
+        with Log.open(directory, segment_bytes=segment_bytes) as log:
+            assert read_all(log, 1) == [(seq, b"".join(parts))
+                                        for seq, parts in enumerate(records, 1)]
+
+
+@SETTINGS
 @given(records=payloads, segment_bytes=st.integers(64, 1024), data=st.data())
 def test_torn_last_frame_is_cut_at_any_point(records, segment_bytes, data):
     with temp_dir() as directory:

@@ -353,7 +353,7 @@ def test_restart_with_correct_clock_resumes_from_physical_time(tmp_path) -> None
 
 
 def test_persistence_happens_once_per_interval(tmp_path, monkeypatch) -> None:
-    import nfsproxy.hlc as hlc_mod
+    import logstore.hlc as hlc_mod
 
     writes = []
     real_write = hlc_mod._write_bound

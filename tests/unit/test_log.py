@@ -177,6 +177,28 @@ def test_append_accepts_memoryview_and_bytearray(tmp_path):
         assert read_all(log) == [(1, b"2345"), (2, b"0123456789"), (3, b"")]
 
 
+def test_append_of_parts_writes_one_record_without_joining(tmp_path):
+    data = bytearray(b"D" * 5000)
+    with Log.open(tmp_path, max_record_bytes=6000) as log:
+        assert log.append([b"head", b"\x12", memoryview(data)[:4000]]) == 1
+        assert log.append((b"solo",)) == 2
+        assert log.append([]) == 3
+        with pytest.raises(ValueError, match="max_record_bytes"):
+            log.append([b"x" * 3000, b"y" * 3001])
+        with pytest.raises(ValueError, match="parts"):
+            log.append([b"x"] * 1001)
+        assert read_all(log) == [(1, b"head\x12" + b"D" * 4000), (2, b"solo"), (3, b"")]
+
+    async def via_committer():
+        with Log.open(tmp_path) as log:
+            async with GroupCommitter(log) as committer:
+                assert await committer.append([b"a", memoryview(b"bc")]) == 4
+                assert committer.appended_bytes_total == 3
+            assert read_all(log, 4) == [(4, b"abc")]
+
+    asyncio.run(via_committer())
+
+
 def test_max_record_bytes_is_enforced(tmp_path):
     with Log.open(tmp_path, max_record_bytes=10) as log:
         log.append(b"x" * 10)
