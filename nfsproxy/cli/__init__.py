@@ -32,7 +32,7 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-from . import proxy  # noqa: E402,F401  (registers the subcommand)
+from . import proxy, up  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:

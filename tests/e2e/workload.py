@@ -32,9 +32,13 @@ below its own directory of `root`:
 
 Determinism. All content comes from `random.Random` seeded with `seed` and
 the part's name, so each part's bytes do not depend on the others. Clients
-are used one call at a time, and every write is at most 1 MiB, well under
-nfs-rs's 4 MiB WRITE size, so nfs-rs sends one WRITE per call (nfs-cp may
-keep several in flight; only `libnfs/` sees that).
+are used one call at a time.
+
+Transfer sizes. Every nfs-rs read and write moves at most `MAX_IO_BYTES`
+(1 MiB, the largest rsize/wsize of the Linux kernel client), well under
+nfs-rs's own 4 MiB limit, so nfs-rs sends exactly one READ or WRITE per
+call and never has several in flight (nfs-cp may; only `libnfs/` sees
+that). Transfers of nfs-rs's full 4 MiB are a separate test.
 
 Errors. nfs-rs's exception class does not always match the NFS status
 (TESTBED.md), so `ProvokedError.code_name` is the exception's `.code_name`
@@ -66,12 +70,13 @@ from typing import Callable, Iterator
 import nfs_rs
 
 __all__ = [
-    "ProvokedError", "run_workload", "url_with_path", "connect",
+    "ProvokedError", "run_workload", "url_with_path", "connect", "MAX_IO_BYTES",
     "BIG_FILES", "BIG_FILE_BYTES", "BIG_CHUNK_BYTES", "SMALL_FILE_COUNT",
     "LIBNFS_IN", "LIBNFS_IN_BYTES", "SCRIPTED_ERRORS",
 ]
 
 MiB = 1 << 20
+MAX_IO_BYTES = 1 * MiB
 
 BIG_FILES = ("big/b0.bin", "big/b1.bin", "big/b2.bin")
 BIG_FILE_BYTES = 4 * MiB
@@ -180,10 +185,18 @@ class _Workload:
     # -- helpers ------------------------------------------------------------
 
     def write_file(self, rel: str, data: bytes) -> None:
-        """Create (or truncate) and write a whole file; at most one WRITE per MiB."""
+        """Create (or truncate) and write a whole file, `MAX_IO_BYTES` per WRITE."""
         with self.c.open(self.p(rel), "wb") as f:
-            for pos in range(0, len(data), MiB):
-                f.write_at(data[pos:pos + MiB], pos)
+            for pos in range(0, len(data), MAX_IO_BYTES):
+                f.write_at(data[pos:pos + MAX_IO_BYTES], pos)
+
+    def read_file(self, rel: str) -> bytes:
+        """A whole file, `MAX_IO_BYTES` per READ."""
+        out = bytearray()
+        with self.c.open(self.p(rel), "rb") as f:
+            while chunk := f.read_at(len(out), MAX_IO_BYTES):
+                out += chunk
+        return bytes(out)
 
     def write_at(self, rel: str, data: bytes, offset: int) -> None:
         with self.c.open(self.p(rel), "r+b") as f:
@@ -327,9 +340,8 @@ class _Workload:
         for rel in (LIBNFS_IN, BIG_FILES[0]):
             local_out = self.tmp_dir / f"{self.root.replace('/', '_')}-out.bin"
             self._tool(tools["nfs-cp"], url_with_path(self.url, self.p(rel)), str(local_out))
-            with self.c.open(self.p(rel), "rb") as f:
-                if local_out.read_bytes() != f.read():
-                    raise AssertionError(f"nfs-cp copied {rel} out with other bytes than nfs-rs reads")
+            if local_out.read_bytes() != self.read_file(rel):
+                raise AssertionError(f"nfs-cp copied {rel} out with other bytes than nfs-rs reads")
             local_out.unlink()
 
         listing = self._tool(tools["nfs-ls"], url_with_path(self.url, self.p("libnfs")))

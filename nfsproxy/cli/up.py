@@ -1,0 +1,24 @@
+"""`nfsj up`: proxy, LOG and N shards (and a demo NAS) as one group."""
+
+from __future__ import annotations
+
+import typer
+
+from ..up import UpOptions, run_up
+from . import app, setup_logging
+
+
+@app.command()
+def up(
+    backend: str = typer.Option(None, help="The NAS: HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT. "
+                                "Default: start a local nfs-ganesha demo NAS."),
+    listen: str = typer.Option("0.0.0.0:2049", help="HOST:PORT clients mount."),
+    data: str = typer.Option("nfsj-data", help="Directory for the LOG, the shards and logs."),
+    shards: int = typer.Option(2, min=1, help="Number of recovery shards."),
+    shard_base_port: int = typer.Option(7400, help="Shard k listens on 127.0.0.1:BASE+k."),
+    durability: str = typer.Option("sync", help="sync (RPO 0) or async."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the whole stack on this machine until Ctrl-C."""
+    setup_logging(verbose)
+    run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability))
