@@ -22,7 +22,7 @@ from .nfs3 import NFS_PROGRAM, CreateMode, Fattr3, Ftype3, Nfsstat3, Proc3, Satt
 from .programs import lookup
 from .rpc import RpcCall, RpcReply, decode_body
 
-__all__ = ["Capture", "Pending", "BindingCache", "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
+__all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
 
 #: Record.status for replies the RPC layer refused: base + accept_stat (or + 0x100 + reject_stat).
 RPC_FAILURE_BASE = 0x10000
@@ -54,20 +54,30 @@ class BindingCache:
     def __init__(self, capacity: int = 1 << 20):
         self.capacity = capacity
         self._names: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()
+        self._handles: dict[tuple[bytes, str], bytes] = {}
 
     def learn(self, fh: bytes, dir_fh: bytes, name: str) -> bool:
         """Remember fh's name; True when it is news worth journaling."""
         key = (dir_fh, name)
+        self._handles[key] = fh
         if self._names.get(fh) == key:
             self._names.move_to_end(fh)
             return False
         self._names[fh] = key
         if len(self._names) > self.capacity:
-            self._names.popitem(last=False)
+            old_fh, old_key = self._names.popitem(last=False)
+            if self._handles.get(old_key) == old_fh:
+                del self._handles[old_key]
         return True
 
+    def handle_of(self, dir_fh: bytes, name: str) -> bytes | None:
+        """The handle last seen under `name` in `dir_fh`, if any."""
+        return self._handles.get((dir_fh, name))
+
     def forget(self, fh: bytes) -> None:
-        self._names.pop(fh, None)
+        key = self._names.pop(fh, None)
+        if key is not None and self._handles.get(key) == fh:
+            del self._handles[key]
 
     def __len__(self) -> int:
         return len(self._names)
@@ -99,6 +109,11 @@ class Capture:
             record.uid, record.gid, record.machine_name = a.uid, a.gid, a.machine_name
             record.gids.extend(a.gids)
         _CALLS[proc](record, args)
+        if proc in (Proc3.REMOVE, Proc3.RMDIR, Proc3.RENAME):
+            # Lets one object's history (per-file index) include its renames and removal.
+            named = self.bindings.handle_of(record.dir_fh, record.name)
+            if named is not None:
+                record.object_fh = named
         data = args.data if proc is Proc3.WRITE else None
         return Pending(proc, args, record, data)
 
@@ -143,7 +158,7 @@ class Capture:
             if self.bindings.learn(fh, dir_fh, name):
                 record = Record(stamp=stamp(), op=Op.BIND, ok=True, fh=fh, dir_fh=dir_fh, name=name)
                 if attrs is not None:
-                    _attr(record.attr, attrs)
+                    fattr_to_attr(record.attr, attrs)
                 records.append(record)
         return records
 
@@ -156,6 +171,8 @@ class Capture:
             self.bindings.learn(record.fh, record.dir_fh, record.name)
         elif record.op == Op.LINK:
             self.bindings.learn(record.fh, record.to_dir_fh, record.to_name)
+        elif record.op == Op.RENAME and record.object_fh:
+            self.bindings.learn(record.object_fh, record.to_dir_fh, record.to_name)
 
 
 def _rpc_failure(reply: RpcReply) -> int:
@@ -171,7 +188,8 @@ def _ns(t: nfs3.Nfstime3) -> int:
     return t.seconds * 1_000_000_000 + t.nseconds
 
 
-def _attr(out: Attr, a: Fattr3) -> None:
+def fattr_to_attr(out: Attr, a: Fattr3) -> None:
+    """Copy NFS attributes into a record's Attr (times in ns)."""
     out.type = int(a.type)
     out.mode, out.nlink, out.uid, out.gid = a.mode, a.nlink, a.uid, a.gid
     out.size, out.used = a.size, a.used
@@ -271,7 +289,7 @@ _CALLS: dict[Proc3, Callable[[Record, object], None]] = {
 
 def _wcc_after(out: Attr, wcc: nfs3.WccData) -> None:
     if wcc.after is not None:
-        _attr(out, wcc.after)
+        fattr_to_attr(out, wcc.after)
 
 
 def _reply_obj_wcc(r: Record, body, ok: bool) -> None:
@@ -290,7 +308,7 @@ def _reply_created(r: Record, body, ok: bool) -> None:
         if body.obj is not None:
             r.fh = body.obj
         if body.obj_attributes is not None:
-            _attr(r.attr, body.obj_attributes)
+            fattr_to_attr(r.attr, body.obj_attributes)
 
 
 def _reply_dir_wcc(r: Record, body, ok: bool) -> None:
@@ -304,7 +322,7 @@ def _reply_rename(r: Record, body, ok: bool) -> None:
 
 def _reply_link(r: Record, body, ok: bool) -> None:
     if body.file_attributes is not None:
-        _attr(r.attr, body.file_attributes)
+        fattr_to_attr(r.attr, body.file_attributes)
     _wcc_after(r.to_dir_attr, body.linkdir_wcc)
 
 

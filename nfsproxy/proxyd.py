@@ -1,8 +1,9 @@
 """Running the proxy as a daemon: the LOG, the clock, the relay, and shutdown.
 
 `ProxyOptions` is everything `nfsj proxy` takes; `run_proxy` opens the LOG
-(recovering it), starts the relay, and on SIGINT/SIGTERM stops accepting,
-lets journal writes finish, fsyncs and closes the LOG.
+(recovering it), starts the relay, one shipper per `--shard` and LOG
+retention, and on SIGINT/SIGTERM stops accepting, lets journal writes
+finish, stops shipping, fsyncs and closes the LOG.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from .journal import Journal, QuotaPolicy
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
 from .mount import MOUNT_PROGRAM, MOUNT_V3
 from .relay import BackendAddress, Proxy
+from .retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
 from .rpc import (RpcCall, RpcMessageReader, RpcReply, NEED_DATA, decode_body, encode_call,
                   frame_rpc_message, parse_message)
+from .shipper import Shipper
 from .xdr import U32
 
 __all__ = ["ProxyOptions", "parse_backend", "parse_hostport", "resolve_backend", "run_proxy",
@@ -53,6 +56,8 @@ class ProxyOptions:
     quota_policy: QuotaPolicy = QuotaPolicy.BLOCK
     node_id: int | None = None
     max_offset_ns: int = 500_000_000
+    shards: list[str] = dataclasses.field(default_factory=list)  # shard k = shards[k], HOST:PORT
+    log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -132,18 +137,32 @@ def _node_id(log_dir: str, given: int | None) -> int:
 
 
 class RunningProxy:
-    """A started proxy and the LOG under it; `stop()` shuts both down in order."""
+    """A started proxy, its shippers and the LOG under them; `stop()` shuts
+    them down in order."""
 
-    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log):
+    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log, *,
+                 shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None):
         self.proxy, self.committer, self.log = proxy, committer, log
+        self.shippers = shippers or []
+        self.retention = retention
 
     async def stop(self) -> None:
         await self.proxy.close()
+        if self.retention is not None:
+            await self.retention.stop()
+        for shipper in self.shippers:  # they read the LOG: stop them before it closes
+            await shipper.stop()
         await self.committer.close()
         self.log.close()
 
 
 async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningProxy:
+    try:
+        retain = parse_retention(opts.log_retain)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for address in opts.shards:
+        parse_hostport(address)  # ConfigError unless HOST:PORT
     os.makedirs(opts.log_dir, exist_ok=True)
     log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes)
     if log.recovered_truncated_bytes:
@@ -159,7 +178,17 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         log.close()
         raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
                           "pick a free port with --listen") from None
-    return RunningProxy(proxy, committer, log)
+    # No shards: journal only, and nothing is ever trimmed.
+    shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
+                        stable_stamp=proxy.stable_stamp)
+                for k, address in enumerate(opts.shards)]
+    for shipper in shippers:
+        shipper.start()
+    retention = None
+    if shippers:
+        retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
+        retention.start()
+    return RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
 
 
 async def run_proxy(opts: ProxyOptions) -> None:
@@ -170,8 +199,10 @@ async def run_proxy(opts: ProxyOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    shipping = (f"shipping to {len(opts.shards)} shard(s) {', '.join(opts.shards)}, "
+                f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
     print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
-          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value})", flush=True)
+          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}", flush=True)
     await stop.wait()
     logger.info("shutting down")
     await running.stop()

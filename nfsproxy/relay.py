@@ -29,6 +29,8 @@ from logstore.stamp import Stamp
 from .capture import Capture, Pending
 from .hlc import HLC
 from .journal import Journal
+from .limits import clamp_fsinfo_reply, max_message_bytes
+from .nfs3 import NFS_PROGRAM, Proc3
 from .routing import Route, answer_portmap, reject, route
 from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
                   frame_rpc_message, parse_message)
@@ -68,12 +70,13 @@ class Proxy:
     """Accepts clients and relays them to the NAS, journaling mutations."""
 
     def __init__(self, backend: BackendAddress, journal: Journal | None, clock: HLC,
-                 *, capture: Capture | None = None, max_message_bytes: int = 4 << 20):
+                 *, capture: Capture | None = None, max_payload_bytes: int = 4 << 20):
         self.backend = backend
         self.journal = journal
         self.clock = clock
         self.capture = capture or Capture()
-        self.max_message_bytes = max_message_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.max_message_bytes = max_message_bytes(max_payload_bytes)
         self.port = 0
         self.stats = Stats()
         self.sessions: set[ClientSession] = set()
@@ -161,6 +164,7 @@ class ClientSession(_Peer):
         self.proxy = proxy
         self.reader = RpcMessageReader(proxy.max_message_bytes)
         self.pending: dict[int, Pending] = {}
+        self.fsinfo_xids: set[int] = set()  # FSINFO calls whose replies get clamped
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
         self.closed = False
@@ -201,6 +205,8 @@ class ClientSession(_Peer):
 
     def _relay(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
+        if call.prog == NFS_PROGRAM and call.proc == Proc3.FSINFO:
+            self.fsinfo_xids.add(call.xid)
         pending = proxy.capture.begin(call, body, b"", self.peer)
         if pending is not None:
             if pending.record is not None:
@@ -223,6 +229,10 @@ class ClientSession(_Peer):
             raise RpcDecodeError("the NAS sent a CALL")
         pending = self.pending.pop(reply.xid, None)
         if pending is None:
+            if self.fsinfo_xids and reply.xid in self.fsinfo_xids:
+                self.fsinfo_xids.discard(reply.xid)
+                if reply.success:
+                    message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
             self.send(message)
             return
         proxy = self.proxy

@@ -22,6 +22,9 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LINK: _ClassVar[Op]
     COMMIT: _ClassVar[Op]
     BIND: _ClassVar[Op]
+    BASELINE: _ClassVar[Op]
+    BASELINE_BEGIN: _ClassVar[Op]
+    BASELINE_END: _ClassVar[Op]
 OP_UNSPECIFIED: Op
 SETATTR: Op
 WRITE: Op
@@ -35,6 +38,9 @@ RENAME: Op
 LINK: Op
 COMMIT: Op
 BIND: Op
+BASELINE: Op
+BASELINE_BEGIN: Op
+BASELINE_END: Op
 
 class Attr(_message.Message):
     __slots__ = ("type", "mode", "nlink", "uid", "gid", "size", "used", "rdev_major", "rdev_minor", "fsid", "fileid", "atime_ns", "mtime_ns", "ctime_ns")
@@ -89,7 +95,7 @@ class SetAttr(_message.Message):
     def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., atime_server: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., mtime_server: _Optional[bool] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count")
+    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh")
     STAMP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +128,11 @@ class Record(_message.Message):
     DIR_ATTR_FIELD_NUMBER: _ClassVar[int]
     TO_DIR_ATTR_FIELD_NUMBER: _ClassVar[int]
     REPLY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIRST_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FILES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FH_FIELD_NUMBER: _ClassVar[int]
     stamp: bytes
     op: Op
     ok: bool
@@ -154,7 +165,12 @@ class Record(_message.Message):
     dir_attr: Attr
     to_dir_attr: Attr
     reply_count: int
-    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[str] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[str] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[str] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[str] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ...) -> None: ...
+    baseline_id: bytes
+    baseline_first: bool
+    baseline_files: int
+    baseline_bytes: int
+    object_fh: bytes
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[str] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[str] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[str] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[str] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ...) -> None: ...
 
 class StreamId(_message.Message):
     __slots__ = ("node_id", "log_id")
@@ -247,3 +263,71 @@ class ShardStatus(_message.Message):
     shard_stamp: bytes
     data_id: str
     def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ...) -> None: ...
+
+class ScanRequest(_message.Message):
+    __slots__ = ("after", "until", "with_data", "ops")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WITH_DATA_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    after: bytes
+    until: bytes
+    with_data: bool
+    ops: _containers.RepeatedScalarFieldContainer[Op]
+    def __init__(self, after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ...) -> None: ...
+
+class FileRequest(_message.Message):
+    __slots__ = ("fh", "after", "until", "with_data")
+    FH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WITH_DATA_FIELD_NUMBER: _ClassVar[int]
+    fh: bytes
+    after: bytes
+    until: bytes
+    with_data: bool
+    def __init__(self, fh: _Optional[bytes] = ..., after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ...) -> None: ...
+
+class BaselineInfo(_message.Message):
+    __slots__ = ("baseline_id", "end", "files", "bytes")
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    baseline_id: bytes
+    end: bytes
+    files: int
+    bytes: int
+    def __init__(self, baseline_id: _Optional[bytes] = ..., end: _Optional[bytes] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class BaselineList(_message.Message):
+    __slots__ = ("baselines",)
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
+    baselines: _containers.RepeatedCompositeFieldContainer[BaselineInfo]
+    def __init__(self, baselines: _Optional[_Iterable[_Union[BaselineInfo, _Mapping]]] = ...) -> None: ...
+
+class BaselineRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BaselineProgress(_message.Message):
+    __slots__ = ("files", "bytes", "dirs", "current", "done", "baseline_id", "end", "error", "total_bytes_hint")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_HINT_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    bytes: int
+    dirs: int
+    current: str
+    done: bool
+    baseline_id: bytes
+    end: bytes
+    error: str
+    total_bytes_hint: int
+    def __init__(self, files: _Optional[int] = ..., bytes: _Optional[int] = ..., dirs: _Optional[int] = ..., current: _Optional[str] = ..., done: _Optional[bool] = ..., baseline_id: _Optional[bytes] = ..., end: _Optional[bytes] = ..., error: _Optional[str] = ..., total_bytes_hint: _Optional[int] = ...) -> None: ...

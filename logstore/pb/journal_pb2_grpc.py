@@ -141,3 +141,233 @@ class Journal:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RestoreStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Scan = channel.unary_stream(
+                '/nfsj.journal.v1.Restore/Scan',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.ScanRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.Record.FromString,
+                _registered_method=True)
+        self.FileRecords = channel.unary_stream(
+                '/nfsj.journal.v1.Restore/FileRecords',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.Record.FromString,
+                _registered_method=True)
+        self.Baselines = channel.unary_unary(
+                '/nfsj.journal.v1.Restore/Baselines',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.BaselineList.FromString,
+                _registered_method=True)
+
+
+class RestoreServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Scan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FileRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Baselines(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RestoreServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Scan': grpc.unary_stream_rpc_method_handler(
+                    servicer.Scan,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.ScanRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.Record.SerializeToString,
+            ),
+            'FileRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.FileRecords,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.FileRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.Record.SerializeToString,
+            ),
+            'Baselines': grpc.unary_unary_rpc_method_handler(
+                    servicer.Baselines,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.BaselineList.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nfsj.journal.v1.Restore', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nfsj.journal.v1.Restore', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Restore:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Scan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/Scan',
+            logstore_dot_pb_dot_journal__pb2.ScanRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.Record.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/FileRecords',
+            logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.Record.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Baselines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/Baselines',
+            logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.BaselineList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ControlStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Baseline = channel.unary_stream(
+                '/nfsj.journal.v1.Control/Baseline',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.BaselineRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.BaselineProgress.FromString,
+                _registered_method=True)
+
+
+class ControlServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Baseline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Baseline': grpc.unary_stream_rpc_method_handler(
+                    servicer.Baseline,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.BaselineRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.BaselineProgress.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nfsj.journal.v1.Control', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nfsj.journal.v1.Control', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Control:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Baseline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Control/Baseline',
+            logstore_dot_pb_dot_journal__pb2.BaselineRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.BaselineProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

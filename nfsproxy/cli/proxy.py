@@ -10,6 +10,7 @@ from logstore.commit import Durability
 
 from ..journal import QuotaPolicy
 from ..proxyd import ProxyOptions, parse_hostport, run_proxy
+from ..retention import DEFAULT_LOG_RETAIN, parse_retention
 from . import app, setup_logging
 
 
@@ -35,11 +36,19 @@ def proxy(
     quota: str = typer.Option(None, help="LOG disk quota, e.g. 20G (default: none)."),
     quota_policy: QuotaPolicy = typer.Option(QuotaPolicy.BLOCK, help="Over quota: block replies, or passthrough unjournaled."),
     node_id: int = typer.Option(None, help="HLC node id (default: generated once and kept in the LOG dir)."),
+    shard: list[str] = typer.Option([], "--shard", help="A recovery shard's HOST:PORT; repeat for each shard, "
+                                    "in the same order everywhere (shard k = the k-th --shard)."),
+    log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
+                                   "a size (10G), or both (1h,10G)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
     setup_logging(verbose)
     host, port = parse_hostport(listen, 2049)
+    try:
+        parse_retention(log_retain)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
-                        quota_policy, node_id)
+                        quota_policy, node_id, shards=list(shard), log_retain=log_retain)
     asyncio.run(run_proxy(opts))

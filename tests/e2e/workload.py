@@ -108,9 +108,12 @@ TOOL_TIMEOUT_S = 120.0
 class ProvokedError:
     """One failure the workload caused on purpose (or a random call that failed).
 
-    `path` is relative to the workload's root; `proc` is the NFSv3 procedure
+    `call` is the nfs-rs method; `path` (relative to the workload's root) is
+    the name the failure is about: the source of a rename, the new name of
+    a link, else the one path the call takes. `proc` is the NFSv3 procedure
     whose reply carries the failure (None when not known, as in the random
-    part); `code_name` is what the client reported, e.g. ``NFS3ERR_EXIST``.
+    part, where a missing parent fails the LOOKUP before the call proper);
+    `code_name` is what the client reported, e.g. ``NFS3ERR_EXIST``.
     """
 
     call: str
@@ -135,7 +138,9 @@ def connect(url: str) -> nfs_rs.Client:
 def run_workload(url: str, root: str = "workload", seed: int = 0, *, random_ops: int = 0,
                  libnfs: bool = True, tmp_dir: str | os.PathLike[str] | None = None,
                  ) -> list[ProvokedError]:
-    """Run the workload below `root` (created, must not exist) of the export at `url`.
+    """Run the workload below `root` of the export at `url`.
+
+    `root` is created by the workload (its parent must exist, it must not).
 
     Returns the provoked errors, in the order they happened. `libnfs=False`
     leaves out the libnfs-utils part; `tmp_dir` is where that part keeps its
@@ -440,7 +445,8 @@ class _RandomOps:
     def mkdir(self) -> None:
         # Mostly a new name; sometimes an existing one (NFS3ERR_EXIST).
         rel = self._pick() if self.rng.random() < 0.1 else self._new_name(self._pick("dir"))
-        if self._call("mkdir", rel, lambda: self.w.c.mkdir(self.w.p(rel), self.rng.choice(self._MODES))):
+        mode = self.rng.choice(self._MODES)
+        if self._call("mkdir", rel, lambda: self.w.c.mkdir(self.w.p(rel), mode)):
             self.kinds[rel] = "dir"
 
     def create(self) -> None:
@@ -499,7 +505,7 @@ class _RandomOps:
         if src is None:
             return self.create()
         dst = self._pick() if self.rng.random() < 0.15 else self._new_name(self._pick("dir"))
-        if self._call("link", src, lambda: self.w.c.link(self.w.p(src), self.w.p(dst))):
+        if self._call("link", dst, lambda: self.w.c.link(self.w.p(src), self.w.p(dst))):
             self.kinds[dst] = "file"
 
     def symlink(self) -> None:

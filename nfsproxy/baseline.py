@@ -1,0 +1,172 @@
+"""Baseline: a full read of the export, journaled like any mutation.
+
+A journal alone holds only changes; a restore needs a starting point. The
+baseline walks the export straight on the NAS (READDIRPLUS + READ with our
+own client, not through the relay) while clients keep writing through the
+proxy, and appends what it reads to the proxy's LOG as BASELINE records, so
+it is stamped by the same clock, shipped by the same shippers and exactly
+as durable as the journal (a wiped shard is rebuilt from the LOG with its
+baseline).
+
+Stamping rule: each piece is stamped *before* its bytes are read and is in
+flight (holding back the proxy's stable stamp) until it is in the LOG. Any
+change the NAS applied after that stamp has a later stamp, so a restore
+replays it on top of the piece; writes and truncates replayed over a state
+they partly produced give the same result (see proto/journal.proto, Op
+BASELINE).
+
+Layout of one baseline in the LOG: BASELINE_BEGIN (its stamp is the
+baseline's id), the root, then for every entry a piece with the binding
+(dir fh, name) and attributes, file contents in pieces of at most
+`chunk_bytes`, and BASELINE_END with the counts. A restore may start from a
+baseline only once its END is held (it "ended" at the END's stamp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import deque
+from typing import Callable
+
+from logstore.record import Op, Record
+
+from .capture import fattr_to_attr
+from .client import NfsClient
+from .nfs3 import Ftype3
+
+__all__ = ["BaselineProgress", "run_baseline"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(slots=True)
+class BaselineProgress:
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    current: str = ""
+    baseline_id: bytes = b""
+    end: bytes = b""
+    done: bool = False
+
+
+async def run_baseline(proxy, client_factory: Callable[[], NfsClient], *,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                       progress: Callable[[BaselineProgress], None] = lambda p: None) -> BaselineProgress:
+    """Scan the whole export into the proxy's LOG.
+
+    `proxy` is the running `nfsproxy.relay.Proxy` (its clock and journal);
+    `client_factory` opens an NfsClient straight to the NAS.
+    """
+    scan = _Scan(proxy, chunk_bytes, progress)
+    client = await asyncio.to_thread(client_factory)
+    try:
+        root = await asyncio.to_thread(client.mount)
+        await scan.begin()
+        await scan.walk(client, root)
+        await scan.end()
+    finally:
+        await asyncio.to_thread(client.close)
+    return scan.state
+
+
+class _Scan:
+    def __init__(self, proxy, chunk_bytes: int, progress: Callable[[BaselineProgress], None]):
+        self.proxy = proxy
+        self.chunk_bytes = chunk_bytes
+        self.progress = progress
+        self.state = BaselineProgress()
+        self._seen_fileids: set[int] = set()
+
+    async def _journal(self, record: Record, data: memoryview | bytes | None = None, key: object = None) -> None:
+        """Append `record` (already stamped under `key`, or stamped now) and release its stamp."""
+        key = key if key is not None else object()
+        if not record.stamp:
+            record.stamp = self.proxy.stamp_call(id(key))
+        try:
+            await self.proxy.journal.append(record, data)
+        finally:
+            self.proxy.release(id(key))
+
+    def _stamp(self, key: object) -> bytes:
+        return self.proxy.stamp_call(id(key))
+
+    async def begin(self) -> None:
+        record = Record(op=Op.BASELINE_BEGIN, ok=True)
+        key = object()
+        record.stamp = self._stamp(key)
+        record.baseline_id = record.stamp
+        self.state.baseline_id = record.stamp
+        await self._journal(record, key=key)
+
+    async def end(self) -> None:
+        s = self.state
+        record = Record(op=Op.BASELINE_END, ok=True, baseline_id=s.baseline_id,
+                        baseline_files=s.files, baseline_bytes=s.bytes)
+        key = object()
+        record.stamp = self._stamp(key)
+        s.end = record.stamp
+        await self._journal(record, key=key)
+        s.done = True
+        self.progress(s)
+
+    async def walk(self, client: NfsClient, start_fh: bytes) -> None:
+        attrs = (await asyncio.to_thread(client.getattr, start_fh)).obj_attributes
+        await self._piece(client, start_fh, b"", "", attrs, "/")
+        dirs: deque[tuple[bytes, str]] = deque([(start_fh, "")])
+        while dirs:
+            dir_fh, dir_path = dirs.popleft()
+            self.state.dirs += 1
+            entries = await asyncio.to_thread(lambda: list(client.readdirplus(dir_fh)))
+            for entry in entries:
+                if entry.name_handle is None:
+                    continue  # the NAS did not give a handle: look it up
+                path = f"{dir_path}/{entry.name}"
+                attrs = entry.name_attributes
+                if attrs is None:
+                    attrs = (await asyncio.to_thread(client.getattr, entry.name_handle)).obj_attributes
+                await self._piece(client, entry.name_handle, dir_fh, entry.name, attrs, path)
+                if attrs.type is Ftype3.NF3DIR:
+                    dirs.append((entry.name_handle, path))
+
+    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs, path: str) -> None:
+        """Journal one entry: its binding and attributes, and its content if it is new."""
+        s = self.state
+        s.current = path
+        first = attrs.fileid not in self._seen_fileids
+        self._seen_fileids.add(attrs.fileid)
+        record = Record(op=Op.BASELINE, ok=True, fh=fh, dir_fh=dir_fh, name=name,
+                        baseline_id=s.baseline_id, baseline_first=first)
+        key = object()
+        record.stamp = self._stamp(key)
+        if first and attrs.type is Ftype3.NF3LNK:
+            record.symlink_target = (await asyncio.to_thread(client.readlink, fh)).data
+        if not (first and attrs.type is Ftype3.NF3REG):
+            fattr_to_attr(record.attr, attrs)
+            await self._journal(record, key=key)
+            self.progress(s)
+            return
+        s.files += 1
+        await self._file(client, record, key, attrs)
+
+    async def _file(self, client: NfsClient, record: Record, key: object, attrs) -> None:
+        """Journal a regular file's content in pieces, each stamped before its read."""
+        s = self.state
+        offset = 0
+        while True:
+            res = await asyncio.to_thread(client.read, record.fh, offset, self.chunk_bytes)
+            fattr_to_attr(record.attr, res.file_attributes or attrs)
+            record.offset = offset
+            await self._journal(record, res.data, key=key)
+            s.bytes += len(res.data)
+            offset += len(res.data)
+            self.progress(s)
+            if res.eof or not res.data:
+                return
+            key = object()
+            record = Record(op=Op.BASELINE, ok=True, fh=record.fh, baseline_id=s.baseline_id,
+                            stamp=self._stamp(key))

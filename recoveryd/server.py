@@ -1,0 +1,264 @@
+"""The shard's gRPC face: the Journal service (ingest, status) and health.
+
+Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
+(what a batch may do to a stream). The contract is the comment block on
+``service Journal`` in proto/journal.proto; in short:
+
+* One ``Ingest`` call carries one stream, named by its first message.
+  Every ``IngestBatch`` gets exactly one ``IngestAck``, in order, sent once
+  the batch is durable (fsynced) or refused. Batches of a call are applied one
+  at a time, in order; the blocking RocksDB write runs in a thread so the event
+  loop keeps serving other streams, Status and health.
+* The first message may be a *hello*: an empty batch (``after_seq ==
+  through_seq``, no records). It is not applied; its ack tells the shipper the
+  durable position to resume from, whatever position the hello names.
+* A refused batch (it does not chain, it is malformed, or its ``sent_stamp``
+  is more than max offset ahead of this shard's clock) is answered with
+  ``error`` set and the stream's unchanged ``durable_seq``; nothing of it is
+  stored and the call goes on: the shipper rewinds to ``durable_seq``.
+* Clocks (logstore/hlc.py, channel 2): the shard updates its HLC from each
+  batch's ``sent_stamp`` and every ack carries the shard's ``now()``. A stamp
+  too far ahead is refused and counted (``clock_refusals_total`` here,
+  ``rejections_total`` on the HLC). Note: hlc.py's docstring says such a
+  batch is still stored; this server follows the shard's brief and refuses
+  it, so a proxy with a bad clock stops advancing the consistent point
+  instead of silently ordering its records wrongly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+from typing import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
+from logstore.pb import journal_pb2_grpc
+from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, ShardStatus, ShardStatusRequest)
+
+from .frontier import BatchRefused, StreamKey, StreamState
+from .store import ShardStore, stream_id, stream_key, stream_status
+
+__all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError",
+           "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "is_hello", "start_server"]
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_SERVICE = "nfsj.journal.v1.Journal"
+# The largest IngestBatch accepted: 256 NFS WRITEs of 1 MiB fit. Shippers
+# should cut batches well below this.
+MAX_MESSAGE_BYTES = 512 << 20
+
+
+class ServeError(Exception):
+    """The server cannot start as asked (e.g. the port is taken)."""
+
+
+@dataclasses.dataclass(slots=True)
+class IngestCounters:
+    """Plain counters, for /metrics later (nfsj_shard_*_total)."""
+
+    batches_total: int = 0        # batches applied (hellos and refusals excluded)
+    records_total: int = 0        # records received in applied batches (duplicates included)
+    bytes_total: int = 0          # their serialized bytes
+    refusals_total: int = 0       # batches refused, for any reason
+    clock_refusals_total: int = 0  # ... of which because sent_stamp was beyond max offset
+    hellos_total: int = 0
+    streams_open: int = 0         # Ingest calls in progress
+
+
+def is_hello(batch: IngestBatch) -> bool:
+    """An empty batch that only names its stream and asks where to resume."""
+    return batch.after_seq == batch.through_seq and not batch.records and not batch.gap
+
+
+class JournalServicer(journal_pb2_grpc.JournalServicer):
+    """The Journal service over one ``ShardStore`` and the shard's ``HLC``.
+
+    Blocking work (RocksDB writes with fsync, the HLC's bound file) runs on
+    ``executor``; the servicer does not own the store, the clock or the executor.
+    """
+
+    def __init__(self, store: ShardStore, hlc: HLC, executor: concurrent.futures.Executor) -> None:
+        self._store = store
+        self._hlc = hlc
+        self._executor = executor
+        self._counters = IngestCounters()
+        self._counters_lock = threading.Lock()
+
+    @property
+    def counters(self) -> IngestCounters:
+        """A copy of the counters."""
+        with self._counters_lock:
+            return dataclasses.replace(self._counters)
+
+    def _count(self, **deltas: int) -> None:
+        with self._counters_lock:
+            for name, delta in deltas.items():
+                setattr(self._counters, name, getattr(self._counters, name) + delta)
+
+    async def Ingest(self, request_iterator: AsyncIterator[IngestBatch],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[IngestAck]:
+        loop = asyncio.get_running_loop()
+        peer = context.peer()
+        key: StreamKey | None = None
+        self._count(streams_open=1)
+        try:
+            async for batch in request_iterator:
+                if key is None:
+                    if not batch.HasField("stream") or not batch.stream.log_id:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            "the first IngestBatch of a call must name its stream "
+                                            "(node_id and log_id)")
+                    key = stream_key(batch.stream)
+                    hello = is_hello(batch)
+                    logger.info("stream %s: ingest from %s", key, peer)
+                else:
+                    hello = False
+                    if batch.HasField("stream") and stream_key(batch.stream) != key:
+                        other = stream_key(batch.stream)
+                        self._count(refusals_total=1)
+                        yield await loop.run_in_executor(
+                            self._executor, self._ack_current, key,
+                            f"this Ingest call carries stream {key}; a batch for stream {other} "
+                            "needs its own call")
+                        continue
+                try:
+                    ack = await loop.run_in_executor(self._executor, self._handle, key, batch, hello)
+                except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
+                    logger.exception("stream %s: storing batch (%d, %d] failed", key,
+                                     batch.after_seq, batch.through_seq)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"shard {self._store.shard_id} could not store the batch: {e}")
+                yield ack
+        finally:
+            self._count(streams_open=-1)
+            if key is not None:
+                logger.info("stream %s: ingest from %s ended", key, peer)
+
+    def _handle(self, key: StreamKey, batch: IngestBatch, hello: bool) -> IngestAck:
+        """Apply one batch (in the executor) and build its ack."""
+        try:
+            if batch.sent_stamp:
+                self._hlc.update(ClockStamp.from_bytes(batch.sent_stamp))
+            if hello:
+                self._count(hellos_total=1)
+                return self._ack(key, self._store.stream_state(key))
+            state = self._store.ingest(key, batch)
+        except BatchRefused as e:
+            self._count(refusals_total=1)
+            logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
+                           batch.through_seq, e)
+            return self._ack(key, e.state, f"refused: {e}")
+        except UntrustworthyStampError as e:
+            self._count(refusals_total=1, clock_refusals_total=1)
+            logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
+                           batch.through_seq, e)
+            return self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
+        except ValueError as e:  # a sent_stamp that is not 16 bytes
+            self._count(refusals_total=1)
+            return self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
+        self._count(batches_total=1, records_total=len(batch.records),
+                    bytes_total=sum(len(r.record) for r in batch.records))
+        return self._ack(key, state)
+
+    def _ack_current(self, key: StreamKey, error: str) -> IngestAck:
+        return self._ack(key, self._store.stream_state(key), error)
+
+    def _ack(self, key: StreamKey, state: StreamState, error: str = "") -> IngestAck:
+        return IngestAck(stream=stream_id(key), durable_seq=state.durable_seq,
+                         frontier=state.frontier.to_bytes(), shard_stamp=self._hlc.now().to_bytes(),
+                         error=error, shard_id=self._store.shard_id)
+
+    async def Status(self, request: ShardStatusRequest,
+                     context: grpc.aio.ServicerContext) -> ShardStatus:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.status)
+
+    def status(self) -> ShardStatus:
+        """The shard's status (blocking: reads the clock, which may fsync its bound)."""
+        store = self._store
+        infos = store.stream_infos()
+        frontier = store.frontier()
+        return ShardStatus(
+            shard_id=store.shard_id,
+            streams=[stream_status(k, infos[k]) for k in sorted(infos)],
+            records=store.records_total, bytes=store.bytes_total,
+            frontier=frontier.to_bytes() if frontier is not None else b"",
+            shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id)
+
+
+class JournalServer:
+    """A running grpc.aio server with the Journal and health services."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: JournalServicer,
+                 health_servicer: health.aio.HealthServicer, port: int,
+                 executor: concurrent.futures.ThreadPoolExecutor, clock_task: asyncio.Task) -> None:
+        self.server = server
+        self.servicer = servicer
+        self.health = health_servicer
+        self.port = port
+        self._executor = executor
+        self._clock_task = clock_task
+        self._stopped = False
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop listening, let calls finish for ``grace_s``, cancel the rest, and
+        wait for every write already started. The store is the caller's to close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        self._clock_task.cancel()
+        await self.server.stop(grace_s)
+        # A cancelled call's write may still be running in a thread; it must
+        # finish before the store closes.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+
+async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
+                       workers: int = 8) -> JournalServer:
+    """Serve Journal and grpc.health.v1 on ``host:port`` (port 0: any free port).
+
+    Raises ``ServeError`` if the address cannot be bound.
+    """
+    server = grpc.aio.server(options=[
+        # Without this, gRPC sets SO_REUSEPORT and a second shard on the same
+        # port would start "fine" and split the traffic.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ])
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                     thread_name_prefix=f"shard{store.shard_id}")
+    servicer = JournalServicer(store, hlc, executor)
+    journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        executor.shutdown(wait=False)
+        raise ServeError(f"cannot listen on {address}: the address is in use or not local "
+                         f"({e.args[0].split(';')[0] if e.args else e})") from None
+    if bound == 0:
+        executor.shutdown(wait=False)
+        raise ServeError(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(JOURNAL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    clock_task = asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical")
+    return JournalServer(server, servicer, health_servicer, bound, executor, clock_task)
+
+
+async def _watch_clock(hlc: HLC) -> None:
+    # logstore/hlc.py: read the physical clock every half jump threshold so
+    # idle time is not counted as a forward jump.
+    interval_s = hlc.max_offset_ns / 2e9
+    while True:
+        await asyncio.sleep(interval_s)
+        hlc.check_physical()

@@ -1,0 +1,448 @@
+"""A shard's durable store: records, the per-file index and stream state, in RocksDB.
+
+One RocksDB (through rocksdict, raw bytes) per shard. Every key is fixed-width
+big-endian after its prefix, so byte order is stamp order and every scan is a
+seek plus an iterate upper bound:
+
+* ``r/<stamp16>``              -> a serialized ``Record``, as shipped;
+* ``f/<fhkey8>/<stamp16>``     -> ``b""``: the per-file index, one entry under
+  every handle a record names (``fh``, ``dir_fh``, ``to_dir_fh``,
+  ``object_fh``), so one file's history is one prefix scan (RocksDB's
+  "multimap" prefix-seek case). ``fhkey8`` is ``fh_key(fh)``, the first 8
+  bytes of blake2b(fh); a collision only costs a wasted read, since
+  ``file_records`` checks the handle on the record itself;
+* ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
+  durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
+  records it brought;
+* ``m/<name>``                 -> meta: ``shard_id`` (u32), ``data_id`` (a
+  uuid made when the store is created), ``node_id`` (u32, the shard's HLC node
+  id), ``format`` (u32), and the ``records``/``bytes`` counters (u64).
+
+Durability: ``ingest`` writes a batch's records, their index entries, the
+stream's new state and the counters in ONE WriteBatch with sync, so after any
+crash the stream state never runs ahead of the records it describes (the
+invariant ``recoveryd.frontier`` relies on). A record that arrives twice (its
+``r/`` key already exists, or it repeats within a batch) is neither rewritten
+nor counted again: resends after a lost ack are harmless.
+
+Range reads follow the Restore API's convention (``ScanRequest``): stamps
+strictly above ``lo`` and at or below ``hi``; ``None`` means unbounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import struct
+import threading
+import time
+import uuid
+from typing import Iterator
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from logstore.pb.journal_pb2 import IngestBatch, Record, StreamId, StreamStatus
+from logstore.stamp import Stamp
+
+from .frontier import BatchRefused, StreamKey, StreamState, apply, shard_frontier
+
+__all__ = [
+    "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
+    "stream_status", "FORMAT",
+]
+
+FORMAT = 1  # m/format; bump (and migrate or refuse) when the key layout changes
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_STAMP_BYTES = Stamp.BYTES
+
+_RECORD = b"r/"
+_FILE = b"f/"
+_STREAM = b"s/"
+_META_SHARD_ID = b"m/shard_id"
+_META_DATA_ID = b"m/data_id"
+_META_NODE_ID = b"m/node_id"
+_META_FORMAT = b"m/format"
+_META_RECORDS = b"m/records"
+_META_BYTES = b"m/bytes"
+
+_MULTIGET_CHUNK = 256
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used as asked; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A stream's state plus what status reports about it."""
+
+    state: StreamState
+    records: int = 0              # distinct records this stream brought to this shard
+    updated_unix_ns: int = 0      # when its state last changed
+
+
+def fh_key(fh: bytes) -> bytes:
+    """The 8-byte index key of a file handle: the first 8 bytes of blake2b(fh)."""
+    return hashlib.blake2b(fh).digest()[:8]
+
+
+def stream_key(pb: StreamId) -> StreamKey:
+    return StreamKey(pb.node_id, pb.log_id)
+
+
+def stream_id(key: StreamKey) -> StreamId:
+    return StreamId(node_id=key.node_id, log_id=key.log_id)
+
+
+def stream_status(key: StreamKey, info: StreamInfo) -> StreamStatus:
+    """The wire (and on-disk) form of a stream's state."""
+    s = info.state
+    return StreamStatus(stream=stream_id(key), durable_seq=s.durable_seq,
+                        frontier=s.frontier.to_bytes(), newest=s.newest.to_bytes(),
+                        gaps=list(s.gaps), records=info.records,
+                        updated_unix_ns=info.updated_unix_ns)
+
+
+def _stream_info(pb: StreamStatus) -> StreamInfo:
+    # `pinned` is not stored: frontier.apply sets it exactly when it records a
+    # gap, so "has gaps" is the same fact.
+    state = StreamState(durable_seq=pb.durable_seq, frontier=_stamp_or_zero(pb.frontier),
+                        pinned=bool(pb.gaps), gaps=tuple(pb.gaps),
+                        newest=_stamp_or_zero(pb.newest))
+    return StreamInfo(state, pb.records, pb.updated_unix_ns)
+
+
+def _stamp_or_zero(raw: bytes) -> Stamp:
+    return Stamp.from_bytes(raw) if raw else Stamp.ZERO
+
+
+def _stream_row_key(key: StreamKey) -> bytes:
+    return _STREAM + _U32.pack(key.node_id) + key.log_id.encode("utf-8")
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The least key above every key starting with ``prefix`` (prefix never ends in 0xff here)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _after(prefix: bytes, lo: Stamp | None) -> bytes:
+    # Keys are fixed width, so key + b"\0" is the least key above key.
+    return prefix if lo is None else prefix + lo.to_bytes() + b"\0"
+
+
+def _through(prefix: bytes, hi: Stamp | None) -> bytes:
+    return _prefix_end(prefix) if hi is None else prefix + hi.to_bytes() + b"\0"
+
+
+class ShardStore:
+    """The RocksDB store of recovery shard ``shard_id`` at ``path`` (a directory).
+
+    Creates the store if ``path`` is missing or empty. Raises ``StoreError`` if
+    ``path`` holds another shard's store, something that is not a shard store,
+    or a store another process has open. Thread-safe: ``ingest`` calls are
+    serialized; reads may run alongside them.
+
+    ``sync=False`` skips the fsync of each write (benchmarks only: a crash
+    may then lose acknowledged batches).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], shard_id: int, *, sync: bool = True) -> None:
+        if not 0 <= shard_id <= 0xFFFF_FFFF:
+            raise StoreError(f"shard id {shard_id} does not fit in u32")
+        self._path = os.fspath(path)
+        self._shard_id = shard_id
+        self._write_lock = threading.Lock()   # one ingest at a time: read state, apply, write
+        self._mem_lock = threading.Lock()     # guards the in-memory mirror below
+        self._closed = False
+        _check_data_dir(self._path)
+
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.increase_parallelism(max(2, os.cpu_count() or 2))
+        options.set_keep_log_file_num(5)
+        try:
+            self._db = Rdict(self._path, options)
+        except Exception as e:  # rocksdict raises a bare Exception for RocksDB errors
+            if "lock" in str(e).lower():
+                raise StoreError(f"shard store {self._path} is in use by another process "
+                                 f"(RocksDB LOCK held): {e}") from None
+            raise StoreError(f"cannot open shard store {self._path}: {e}") from None
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync
+        try:
+            self._open_meta()
+            self._streams: dict[StreamKey, StreamInfo] = self._load_streams()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- opening ---------------------------------------------------------------
+
+    def _open_meta(self) -> None:
+        raw = self._db.get([_META_SHARD_ID, _META_DATA_ID, _META_NODE_ID, _META_FORMAT,
+                            _META_RECORDS, _META_BYTES])
+        shard_raw, data_raw, node_raw, format_raw, records_raw, bytes_raw = raw
+        if shard_raw is None:
+            if not self._is_empty():
+                raise StoreError(f"{self._path} holds a RocksDB database that is not an "
+                                 "nfs-journal shard store (no shard id); refusing to use it")
+            self._create_meta()
+            return
+        owner = _U32.unpack(shard_raw)[0]
+        data_id = data_raw.decode("ascii") if data_raw else "?"
+        if owner != self._shard_id:
+            raise StoreError(f"{self._path} belongs to shard {owner} (data id {data_id}), "
+                             f"not shard {self._shard_id}; give it --shard-id {owner} or use "
+                             "another data directory")
+        fmt = _U32.unpack(format_raw)[0] if format_raw else None
+        if fmt != FORMAT:
+            raise StoreError(f"{self._path} has store format {fmt}; this version reads "
+                             f"format {FORMAT} only")
+        if data_raw is None or node_raw is None or records_raw is None or bytes_raw is None:
+            raise StoreError(f"{self._path}: shard store meta is incomplete; refusing to guess")
+        self._data_id = data_id
+        self._node_id = _U32.unpack(node_raw)[0]
+        self._records_total = _U64.unpack(records_raw)[0]
+        self._bytes_total = _U64.unpack(bytes_raw)[0]
+
+    def _is_empty(self) -> bool:
+        it = self._db.iter()
+        try:
+            it.seek_to_first()
+            return not it.valid()
+        finally:
+            del it
+
+    def _create_meta(self) -> None:
+        self._data_id = uuid.uuid4().hex
+        self._node_id = int.from_bytes(os.urandom(4), "big")
+        self._records_total = self._bytes_total = 0
+        wb = WriteBatch(raw_mode=True)
+        wb.put(_META_SHARD_ID, _U32.pack(self._shard_id))
+        wb.put(_META_DATA_ID, self._data_id.encode("ascii"))
+        wb.put(_META_NODE_ID, _U32.pack(self._node_id))
+        wb.put(_META_FORMAT, _U32.pack(FORMAT))
+        wb.put(_META_RECORDS, _U64.pack(0))
+        wb.put(_META_BYTES, _U64.pack(0))
+        self._db.write(wb, self._sync_opts())
+
+    def _sync_opts(self) -> WriteOptions:
+        opts = WriteOptions()
+        opts.sync = True
+        return opts
+
+    def _load_streams(self) -> dict[StreamKey, StreamInfo]:
+        streams = {}
+        for _, value in self._scan(_STREAM, _prefix_end(_STREAM)):
+            pb = StreamStatus.FromString(value)
+            streams[stream_key(pb.stream)] = _stream_info(pb)
+        return streams
+
+    # -- identity and totals ---------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def shard_id(self) -> int:
+        return self._shard_id
+
+    @property
+    def data_id(self) -> str:
+        """This data directory's identity (a uuid made when the store was created)."""
+        return self._data_id
+
+    @property
+    def node_id(self) -> int:
+        """The shard's HLC node id (random, made with the store)."""
+        return self._node_id
+
+    @property
+    def records_total(self) -> int:
+        """Distinct records held."""
+        return self._records_total
+
+    @property
+    def bytes_total(self) -> int:
+        """Bytes of the serialized records held."""
+        return self._bytes_total
+
+    def streams(self) -> dict[StreamKey, StreamState]:
+        with self._mem_lock:
+            return {k: v.state for k, v in self._streams.items()}
+
+    def stream_infos(self) -> dict[StreamKey, StreamInfo]:
+        with self._mem_lock:
+            return dict(self._streams)
+
+    def stream_state(self, key: StreamKey) -> StreamState:
+        """The stream's state; a stream never seen is at seq 0 with frontier ZERO."""
+        with self._mem_lock:
+            info = self._streams.get(key)
+        return info.state if info is not None else StreamState()
+
+    def frontier(self) -> Stamp | None:
+        """The shard's frontier: the least over its streams (None: no stream yet)."""
+        return shard_frontier(self.streams().values())
+
+    # -- writing ---------------------------------------------------------------
+
+    def ingest(self, stream: StreamKey, batch: IngestBatch) -> StreamState:
+        """Make ``batch`` durable and return the stream's new state.
+
+        Raises ``BatchRefused`` (carrying the unchanged state) when the batch
+        does not continue the stream (``frontier.apply``) or is malformed: a
+        record outside ``(after_seq, through_seq]``, a record that does not
+        parse or has no 16-byte stamp, a bad ``stable``/``newest`` stamp.
+        Nothing of a refused batch is written.
+        """
+        self._check_open()
+        try:
+            rows, stable, newest = _parse_batch(batch)
+        except ValueError as e:
+            raise BatchRefused(self.stream_state(stream), f"malformed batch: {e}") from None
+        with self._write_lock:
+            self._check_open()
+            with self._mem_lock:
+                old = self._streams.get(stream) or StreamInfo(StreamState())
+            state = apply(old.state, batch.after_seq, batch.through_seq, stable,
+                          gap=batch.gap, newest=newest)
+            keys = [_RECORD + stamp for stamp in rows]
+            present: list = []
+            for i in range(0, len(keys), _MULTIGET_CHUNK):
+                present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
+            wb = WriteBatch(raw_mode=True)
+            new_records = new_bytes = 0
+            for key, (stamp, (value, handles)), have in zip(keys, rows.items(), present):
+                if have is not None:
+                    continue
+                wb.put(key, value)
+                for fh in handles:
+                    wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
+                new_records += 1
+                new_bytes += len(value)
+            if new_records == 0 and state == old.state:
+                return state  # a resend of what is already held: nothing to write
+            info = StreamInfo(state, old.records + new_records, time.time_ns())
+            records_total = self._records_total + new_records
+            bytes_total = self._bytes_total + new_bytes
+            wb.put(_stream_row_key(stream), stream_status(stream, info).SerializeToString())
+            wb.put(_META_RECORDS, _U64.pack(records_total))
+            wb.put(_META_BYTES, _U64.pack(bytes_total))
+            self._db.write(wb, self._write_opts)
+            with self._mem_lock:
+                self._streams[stream] = info
+                self._records_total, self._bytes_total = records_total, bytes_total
+            return state
+
+    # -- reading ---------------------------------------------------------------
+
+    def records(self, lo: Stamp | None = None, hi: Stamp | None = None) -> Iterator[Record]:
+        """Records with ``lo < stamp <= hi``, in stamp order (``None``: unbounded).
+
+        Reads one RocksDB snapshot (taken at the first ``next()``).
+        """
+        self._check_open()
+        for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi)):
+            yield Record.FromString(value)
+
+    def file_records(self, fh: bytes, hi: Stamp | None = None, *,
+                     lo: Stamp | None = None) -> Iterator[Record]:
+        """Every record naming ``fh`` (as fh, dir_fh, to_dir_fh or object_fh)
+        with ``lo < stamp <= hi``, in stamp order, through the per-file index."""
+        self._check_open()
+        if not fh:
+            raise ValueError("file_records needs a non-empty file handle")
+        prefix = _FILE + fh_key(fh) + b"/"
+        skip = len(prefix)
+        keys: list[bytes] = []
+        for key, _ in self._scan(_after(prefix, lo), _through(prefix, hi)):
+            keys.append(_RECORD + key[skip:])
+            if len(keys) == _MULTIGET_CHUNK:
+                yield from self._fetch_naming(keys, fh)
+                keys = []
+        if keys:
+            yield from self._fetch_naming(keys, fh)
+
+    def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[Record]:
+        for value in self._db.get(keys):
+            if value is None:  # an index entry is written with its record; never expected
+                continue
+            record = Record.FromString(value)
+            if fh in _handles(record):  # an fh_key collision names another file
+                yield record
+
+    def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        read_opts = ReadOptions()
+        read_opts.set_iterate_upper_bound(end)
+        it = self._db.iter(read_opts)
+        try:
+            it.seek(start)
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+            it.status()  # raises if the iteration stopped on an error, not at the end
+        finally:
+            # An open iterator keeps RocksDB open (and its LOCK held) after close().
+            del it
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"shard store {self._path} is closed")
+
+    def close(self) -> None:
+        """Close the store; idempotent. Finish or drop every iterator from
+        ``records``/``file_records`` first: a live one keeps RocksDB open."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> ShardStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardStore({self._path!r}, shard_id={self._shard_id})"
+
+
+def _handles(record: Record) -> set[bytes]:
+    return {h for h in (record.fh, record.dir_fh, record.to_dir_fh, record.object_fh) if h}
+
+
+def _parse_batch(batch: IngestBatch) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None]:
+    """Check a batch and index its records by stamp; raises ValueError naming the fault."""
+    stable = Stamp.from_bytes(batch.stable) if batch.stable else None
+    newest = Stamp.from_bytes(batch.newest) if batch.newest else None
+    rows: dict[bytes, tuple[bytes, set[bytes]]] = {}
+    after, through = batch.after_seq, batch.through_seq
+    for shipped in batch.records:
+        if not after < shipped.seq <= through:
+            raise ValueError(f"record seq {shipped.seq} lies outside ({after}, {through}]")
+        try:
+            record = Record.FromString(shipped.record)
+        except Exception as e:  # google.protobuf.message.DecodeError
+            raise ValueError(f"record at seq {shipped.seq} does not parse: {e}") from None
+        if len(record.stamp) != _STAMP_BYTES:
+            raise ValueError(f"record at seq {shipped.seq} has a {len(record.stamp)}-byte stamp, "
+                             f"not {_STAMP_BYTES}")
+        # A stamp twice in one batch is one record (stamps are unique): keep the first.
+        rows.setdefault(record.stamp, (shipped.record, _handles(record)))
+    return rows, stable, newest
+
+
+def _check_data_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreError(f"shard data path {path} is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "CURRENT")):
+        raise StoreError(f"{path} is not empty and holds no shard store; "
+                         "give an empty or new directory")

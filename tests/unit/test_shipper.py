@@ -1,0 +1,682 @@
+"""Unit tests of nfsproxy.shipper against an in-memory fake shard.
+
+The fake shard is a real grpc.aio `Journal` server on loopback (a fake
+transport peer, as STYLE.md allows in unit tests) that keeps the chaining
+rule with `recoveryd.frontier.apply`. Nothing here is mocked: the shipper
+reads a real LOG, talks real gRPC, and updates a real HLC. No assertion has
+a time limit: waits poll until their condition holds (pytest-timeout guards
+against hangs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from logstore.commit import GroupCommitter
+from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
+from logstore.log import Log
+from logstore.pb import journal_pb2 as pb
+from logstore.pb import journal_pb2_grpc as pb_grpc
+from logstore.record import Op, Record, parse_record
+from logstore.stamp import Stamp
+from nfsproxy.proxyd import ProxyOptions, start_proxy
+from nfsproxy.relay import BackendAddress, Proxy
+from nfsproxy.retention import RetentionLoop, RetentionPolicy
+from nfsproxy.sharding import shards_of
+from nfsproxy.shipper import Backoff, Shipper, ShipperOptions, StableClaims
+from recoveryd.frontier import BatchRefused, StreamKey, StreamState, apply
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST = ShipperOptions(sample_interval_s=0.01, heartbeat_interval_s=0.02, poll_interval_s=0.005,
+                      backoff_initial_s=0.01, backoff_max_s=0.1)
+NO_NAS = BackendAddress("127.0.0.1", 1, 1, "/export")  # never contacted: no client connects
+
+
+# -- the fake shard --------------------------------------------------------------
+
+
+def _heartbeat(state: StreamState, stable: Stamp | None, newest: Stamp | None) -> StreamState:
+    """An empty batch at the durable position with a stable stamp.
+
+    `frontier.apply` takes `(P, P]` at the durable position P for a harmless
+    duplicate and drops its stable stamp, so heartbeats could never move an
+    idle stream's frontier; the fake applies them here instead.
+    """
+    frontier = state.frontier
+    if stable is not None and not state.pinned and stable > frontier:
+        frontier = stable
+    seen = max(state.newest, newest) if newest is not None else state.newest
+    return dataclasses.replace(state, frontier=frontier, newest=seen)
+
+
+class FakeShard(pb_grpc.JournalServicer):
+    """An in-memory recovery shard: the Ingest contract of proto/journal.proto."""
+
+    def __init__(self, shard_id: int = 0):
+        self.shard_id = shard_id
+        self.clock = HLC(1000 + shard_id)
+        self.streams: dict[StreamKey, StreamState] = {}
+        self.records: dict[StreamKey, dict[int, bytes]] = {}
+        self.batches: list[pb.IngestBatch] = []
+        self.ack_delay_s = 0.0
+        self.acks_open = asyncio.Event()
+        self.acks_open.set()
+        self.unacked_bytes = 0
+        self.max_unacked_bytes = 0
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    # -- serving
+
+    async def start(self, port: int = 0) -> str:
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        pb_grpc.add_JournalServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        await self.server.start()
+        return self.address
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=None)
+            self.server = None
+
+    async def Ingest(self, request_iterator, context):
+        queue: asyncio.Queue[tuple[pb.IngestBatch, int] | None] = asyncio.Queue()
+
+        async def pump() -> None:  # read eagerly, so "unacked" counts what the shipper sent
+            async for batch in request_iterator:
+                nbytes = sum(len(r.record) for r in batch.records)
+                self.unacked_bytes += nbytes
+                self.max_unacked_bytes = max(self.max_unacked_bytes, self.unacked_bytes)
+                await queue.put((batch, nbytes))
+            await queue.put(None)
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (item := await queue.get()) is not None:
+                batch, nbytes = item
+                await self.acks_open.wait()
+                if self.ack_delay_s:
+                    await asyncio.sleep(self.ack_delay_s)
+                ack = self.ingest(batch)
+                self.unacked_bytes -= nbytes
+                await context.write(ack)
+        finally:
+            reader.cancel()
+
+    def ingest(self, batch: pb.IngestBatch) -> pb.IngestAck:
+        self.batches.append(batch)
+        if batch.sent_stamp:
+            try:
+                self.clock.update(ClockStamp.from_bytes(batch.sent_stamp))
+            except UntrustworthyStampError:
+                pass
+        key = StreamKey(batch.stream.node_id, batch.stream.log_id)
+        state = self.streams.get(key, StreamState())
+        stable = Stamp.from_bytes(batch.stable) if batch.stable else None
+        newest = Stamp.from_bytes(batch.newest) if batch.newest else None
+        error = ""
+        try:
+            if batch.after_seq == batch.through_seq == state.durable_seq and not batch.gap:
+                new = _heartbeat(state, stable, newest)
+            else:
+                new = apply(state, batch.after_seq, batch.through_seq, stable, gap=batch.gap,
+                            newest=newest)
+            if new.durable_seq > state.durable_seq:
+                held = self.records.setdefault(key, {})
+                for r in batch.records:
+                    assert batch.after_seq < r.seq <= batch.through_seq
+                    held[r.seq] = r.record
+            self.streams[key] = new
+        except BatchRefused as e:
+            new, error = e.state, str(e)
+        return pb.IngestAck(stream=batch.stream, durable_seq=new.durable_seq,
+                            frontier=new.frontier.to_bytes(), shard_stamp=self.clock.now().to_bytes(),
+                            error=error, shard_id=self.shard_id)
+
+    # -- inspection
+
+    def lose_everything(self) -> None:
+        """The shard's disk is gone: it remembers nothing."""
+        self.streams.clear()
+        self.records.clear()
+
+    def state_of(self, log: Log, clock: HLC) -> StreamState:
+        return self.streams.get(StreamKey(clock.node_id, log.log_id), StreamState())
+
+    def held(self, log: Log, clock: HLC) -> dict[int, bytes]:
+        return self.records.get(StreamKey(clock.node_id, log.log_id), {})
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def run_async(test):
+    """Run an `async def` test on a fresh event loop (no pytest plugin needed)."""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+    return wrapper
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until `condition()` holds (no deadline: pytest-timeout catches hangs)."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+OPS = [Op.WRITE, Op.SETATTR, Op.COMMIT, Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE,
+       Op.RMDIR, Op.RENAME, Op.LINK, Op.BIND, Op.BASELINE]
+
+
+def make_record(rng: random.Random, clock: HLC, *, data_bytes: int = 0,
+                op: int | None = None) -> Record:
+    op = rng.choice(OPS) if op is None else op
+    handle = lambda: rng.randbytes(rng.choice((8, 28, 32)))  # noqa: E731
+    record = Record(stamp=clock.now().to_bytes(), op=op, ok=True, fh=handle(), dir_fh=handle(),
+                    name=f"n{rng.randrange(1000)}")
+    if op == Op.LINK:
+        record.to_dir_fh, record.to_name = handle(), "linked"
+    if op in (Op.WRITE, Op.BASELINE):
+        record.data = rng.randbytes(data_bytes) if data_bytes else b"x" * rng.randrange(64)
+    return record
+
+
+def append_records(log: Log, clock: HLC, count: int, *, seed: int = 0, data_bytes: int = 0,
+                   ops: list[int] | None = None) -> list[int]:
+    rng = random.Random(seed)
+    seqs = [log.append(make_record(rng, clock, data_bytes=data_bytes,
+                                   op=rng.choice(ops) if ops else None).SerializeToString())
+            for _ in range(count)]
+    log.sync()
+    return seqs
+
+
+def log_payloads(log: Log) -> dict[int, bytes]:
+    with log.read(log.first_seq) as cursor:
+        return {seq: bytes(payload) for seq, payload in cursor}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    with Log.open(tmp_path / "log", segment_bytes=16 << 10) as opened:
+        yield opened
+
+
+@pytest.fixture
+def clock() -> HLC:
+    return HLC(7)
+
+
+@pytest.fixture
+def proxy(clock: HLC) -> Proxy:
+    """A real relay, never started: the source of stable stamps."""
+    return Proxy(NO_NAS, None, clock)
+
+
+def shipper_for(shard_address: str, log: Log, proxy: Proxy, *, shard_id: int = 0,
+                n_shards: int = 1, options: ShipperOptions = FAST) -> Shipper:
+    return Shipper(shard_address, shard_id=shard_id, n_shards=n_shards, log=log, clock=proxy.clock,
+                   stable_stamp=proxy.stable_stamp, options=options)
+
+
+def caught_up(shard: FakeShard, log: Log, clock: HLC) -> Callable[[], bool]:
+    return lambda: shard.state_of(log, clock).durable_seq == log.last_seq
+
+
+# -- StableClaims and Backoff (sans-IO) ------------------------------------------------
+
+
+def S(wall: int) -> Stamp:
+    return Stamp(wall, 0, 7)
+
+
+def test_claims_need_the_batch_to_reach_the_sampled_log_end():
+    claims = StableClaims()
+    assert claims.claim(100) is None
+    claims.observe(10, S(100))
+    claims.observe(20, S(200))
+    assert claims.claim(9) is None
+    assert claims.claim(10) == S(100)
+    assert claims.claim(19) == S(100)
+    assert claims.claim(25) == S(200)
+    # A rewind asks for a lower range again: claims are facts about the LOG,
+    # so a high enough range still gets the best one; a lower range none.
+    assert claims.claim(15) is None
+    assert claims.claim(20) == S(200)
+
+
+def test_claims_never_go_back_and_idle_samples_coalesce():
+    claims = StableClaims()
+    claims.observe(5, S(300))
+    claims.observe(5, S(400))
+    claims.observe(6, S(350))  # a lower H at a later E: the earlier claim still holds there
+    assert len(claims) == 2
+    assert claims.claim(5) == S(400)
+    assert claims.claim(6) == S(400)
+    with pytest.raises(ValueError):
+        claims.observe(4, S(500))
+
+
+def test_claims_thin_out_but_stay_correct():
+    claims = StableClaims(max_samples=8)
+    for e in range(1, 101):
+        claims.observe(e, S(e * 10))
+    assert len(claims) <= 9
+    for through in range(0, 101):
+        got = claims.claim(through)
+        # Never claims more than the truth for that range (H = 10 * E for E <= through).
+        assert got is None or got <= S(through * 10)
+    assert claims.claim(100) == S(1000)
+
+
+def test_backoff_grows_to_its_cap_with_jitter():
+    backoff = Backoff(0.1, 5.0, random.Random(1))
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert delays[0] == 0.1
+    assert all(0.1 <= d <= 5.0 for d in delays)
+    assert max(delays[6:]) > 1.0
+    backoff.reset()
+    assert backoff.next_delay() == 0.1
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError):
+        ShipperOptions(max_batch_records=0)
+
+
+# -- shipping ------------------------------------------------------------------------
+
+
+@run_async
+async def test_every_record_reaches_exactly_its_shard(log: Log, clock: HLC, proxy: Proxy):
+    shards = [FakeShard(0), FakeShard(1)]
+    for shard in shards:
+        await shard.start()
+    seqs = append_records(log, clock, 600)
+    marker = log.append(Record(stamp=clock.now().to_bytes(), op=Op.BASELINE_BEGIN,
+                               ok=True).SerializeToString())
+    log.sync()
+    shippers = [shipper_for(s.address, log, proxy, shard_id=k, n_shards=2)
+                for k, s in enumerate(shards)]
+    try:
+        for shipper in shippers:
+            shipper.start()
+        for shard in shards:
+            await eventually(caught_up(shard, log, clock))
+        payloads = log_payloads(log)
+        held = [shard.held(log, clock) for shard in shards]
+        for seq in seqs:
+            expect = list(shards_of(parse_record(payloads[seq]), 2))
+            assert len(expect) == 1
+            assert [k for k in (0, 1) if seq in held[k]] == expect
+            assert held[expect[0]][seq] == payloads[seq]
+        assert marker in held[0] and marker in held[1]  # markers go to every shard
+        assert 150 < len(held[0]) < 450  # both shards got a real share
+        # Batches chain and cover the whole LOG on each shard.
+        for shard in shards:
+            ranges = [(b.after_seq, b.through_seq) for b in shard.batches
+                      if b.through_seq > b.after_seq]
+            assert ranges[0][0] == 0
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        # Once idle, heartbeats bring every frontier past every record.
+        newest = max(Stamp.from_bytes(parse_record(p).stamp) for p in payloads.values())
+        for shard, shipper in zip(shards, shippers):
+            await eventually(lambda: shard.state_of(log, clock).frontier > newest)
+            await eventually(lambda: shipper.frontier > newest)
+            state = shipper.state()
+            assert state.connected and state.acked_seq == log.last_seq
+            assert state.lag_records == 0 and state.lag_seconds is not None
+            assert state.records_sent_total == len(shard.held(log, clock))
+            assert state.gaps_total == 0 and state.rewinds_total == 0
+        assert shards[0].state_of(log, clock).newest == newest
+    finally:
+        for shipper in shippers:
+            await shipper.stop()
+        for shard in shards:
+            await shard.stop()
+
+
+@run_async
+async def test_a_shard_that_loses_its_data_gets_everything_again(log: Log, clock: HLC, proxy: Proxy):
+    shard = FakeShard()
+    await shard.start()
+    append_records(log, clock, 300)
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(caught_up(shard, log, clock))
+        assert shipper.state().rewinds_total == 0
+        shard.lose_everything()  # the stream stays up; the next heartbeat is refused
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+        assert shipper.state().rewinds_total >= 1
+        # More records after the rewind ship as usual.
+        append_records(log, clock, 50, seed=1)
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_a_shard_that_restarts_empty_is_rebuilt_after_the_hello(log: Log, clock: HLC,
+                                                                      proxy: Proxy):
+    shard = FakeShard()
+    address = await shard.start()
+    append_records(log, clock, 200)
+    shipper = shipper_for(address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(caught_up(shard, log, clock))
+        await shard.stop()
+        await eventually(lambda: not shipper.connected)
+        append_records(log, clock, 100, seed=2)  # the LOG grows while the shard is down
+        replacement = FakeShard()
+        await replacement.start(shard.port)
+        shard = replacement
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+        state = shipper.state()
+        assert state.rewinds_total == 1 and state.reconnects_total >= 1
+        hellos = [b for b in shard.batches if b.after_seq == b.through_seq == 0 and not b.stable]
+        assert hellos and shard.batches[0] is hellos[0]
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_gap_when_the_log_was_trimmed_past_the_shard(log: Log, clock: HLC, proxy: Proxy):
+    append_records(log, clock, 400, data_bytes=200)
+    log.trim(150)
+    first = log.first_seq
+    assert 1 < first <= 150
+    shard = FakeShard()
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(caught_up(shard, log, clock))
+        stream = shard.state_of(log, clock)
+        assert stream.pinned and stream.frontier == Stamp.ZERO
+        assert stream.gaps == (f"0..{first - 1}: the proxy LOG no longer holds these records",)
+        gaps = [b for b in shard.batches if b.gap]
+        assert [(b.after_seq, b.through_seq, len(b.records), b.stable) for b in gaps] == \
+            [(0, first - 1, 0, b"")]
+        assert shard.held(log, clock) == log_payloads(log)  # everything from first_seq on
+        state = shipper.state()
+        assert state.gaps_total == 1
+        assert state.gaps[0].startswith(f"0..{first - 1}:")
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_heartbeats_move_the_frontier_only_past_calls_no_longer_in_flight(
+        log: Log, clock: HLC, proxy: Proxy):
+    shard = FakeShard()
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        before = clock.now()
+        await eventually(lambda: shard.state_of(log, clock).frontier > before)
+        assert shard.state_of(log, clock).durable_seq == 0  # an empty LOG: heartbeats only
+
+        # A call arrives and is stamped; its reply (and record) is slow.
+        slow = Stamp.from_bytes(proxy.stamp_call(1))
+        # Later calls complete and are journaled meanwhile.
+        append_records(log, clock, 20)
+        await eventually(caught_up(shard, log, clock))
+        seen = len(shard.batches)
+        await eventually(lambda: len(shard.batches) > seen + 10)  # many heartbeats later
+        assert shard.state_of(log, clock).frontier < slow
+
+        # The slow call's record lands in the LOG, then leaves flight.
+        record = Record(stamp=slow.to_bytes(), op=Op.WRITE, ok=True, fh=b"slow-file")
+        seq = log.append(record.SerializeToString())
+        log.sync()
+        proxy.release(1)
+        await eventually(lambda: shard.state_of(log, clock).frontier > slow)
+        assert seq in shard.held(log, clock)
+        assert shipper.state().heartbeats_sent_total > 10
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_only_synced_records_are_shipped(log: Log, clock: HLC, proxy: Proxy):
+    shard = FakeShard()
+    await shard.start()
+    append_records(log, clock, 10)
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(caught_up(shard, log, clock))
+        rng = random.Random(3)
+        for _ in range(5):
+            log.append(make_record(rng, clock).SerializeToString())  # written, not fsynced
+        seen = len(shard.batches)
+        await eventually(lambda: len(shard.batches) > seen + 10)
+        assert shard.state_of(log, clock).durable_seq == 10 < log.last_seq
+        assert max(b.through_seq for b in shard.batches) == 10
+        log.sync()
+        await eventually(caught_up(shard, log, clock))
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_a_shard_down_at_start_catches_up_when_it_comes_up(log: Log, clock: HLC,
+                                                                 proxy: Proxy):
+    port = free_port()
+    shipper = shipper_for(f"127.0.0.1:{port}", log, proxy)
+    shipper.start()
+    shard = FakeShard()
+    try:
+        append_records(log, clock, 100)
+        await eventually(lambda: shipper.state().reconnects_total >= 3)
+        state = shipper.state()
+        assert not state.connected and state.acked_seq == 0 and state.lag_records == 100
+        assert state.last_error
+        append_records(log, clock, 100, seed=1)  # the LOG keeps growing meanwhile
+        await shard.start(port)
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+        assert shipper.connected
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_unacked_bytes_stay_within_the_in_flight_bound(log: Log, clock: HLC, proxy: Proxy):
+    options = dataclasses.replace(FAST, max_inflight_bytes=64 << 10, max_batch_bytes=16 << 10)
+    append_records(log, clock, 300, data_bytes=4096, ops=[Op.WRITE])
+    record_bytes = max(len(p) for p in log_payloads(log).values())
+    shard = FakeShard()
+    shard.acks_open.clear()  # the shard takes batches but acks none yet
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy, options=options)
+    shipper.start()
+    try:
+        # The shipper fills its window, then waits.
+        await eventually(lambda: shard.unacked_bytes > options.max_inflight_bytes - record_bytes)
+        assert shard.max_unacked_bytes <= options.max_inflight_bytes
+        assert shipper.state().inflight_bytes <= options.max_inflight_bytes
+        # Acks come back slowly; the window slides but never grows past the bound.
+        shard.ack_delay_s = 0.002
+        shard.acks_open.set()
+        await eventually(caught_up(shard, log, clock))
+        assert shard.max_unacked_bytes <= options.max_inflight_bytes
+        assert shard.held(log, clock) == log_payloads(log)
+        sizes = [sum(len(r.record) for r in b.records) for b in shard.batches]
+        assert max(sizes) <= options.max_batch_bytes
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_a_record_larger_than_a_batch_goes_alone(log: Log, clock: HLC, proxy: Proxy):
+    options = dataclasses.replace(FAST, max_inflight_bytes=8 << 10, max_batch_bytes=4 << 10)
+    append_records(log, clock, 3, data_bytes=100, ops=[Op.WRITE])
+    append_records(log, clock, 1, data_bytes=12 << 10, ops=[Op.WRITE], seed=1)
+    append_records(log, clock, 3, data_bytes=100, ops=[Op.WRITE], seed=2)
+    shard = FakeShard()
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy, options=options)
+    shipper.start()
+    try:
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+        big = [b for b in shard.batches if any(len(r.record) > 4 << 10 for r in b.records)]
+        assert len(big) == 1 and len(big[0].records) == 1
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_acks_update_the_proxy_clock(log: Log, clock: HLC, proxy: Proxy):
+    shard = FakeShard()
+    ahead_ns = 100_000_000  # within max_offset: a shard clock 100 ms ahead is trusted
+    shard.clock = HLC(1000, physical_clock=lambda: __import__("time").time_ns() + ahead_ns)
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(lambda: len(shard.batches) > 3)
+        mark = shard.clock.now()
+        await eventually(lambda: len(shard.batches) > 6)
+        assert clock.now() > mark
+        assert shipper.state().hlc_rejections_total == 0
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
+async def test_an_untrustworthy_shard_clock_is_refused_and_counted(log: Log, clock: HLC,
+                                                                   proxy: Proxy):
+    shard = FakeShard()
+    shard.clock = HLC(1000, physical_clock=lambda: __import__("time").time_ns() + 3_600_000_000_000)
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        append_records(log, clock, 5)
+        await eventually(caught_up(shard, log, clock))
+        await eventually(lambda: shipper.state().hlc_rejections_total >= 2)
+        assert clock.now().wall_ns < shard.clock.now().wall_ns - 1_000_000_000_000
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+# -- retention with real shippers ----------------------------------------------------------
+
+
+@run_async
+async def test_retention_trims_only_what_every_shard_acked(tmp_path: Path, clock: HLC,
+                                                           proxy: Proxy):
+    log = Log.open(tmp_path / "log", segment_bytes=8 << 10)
+    committer = GroupCommitter(log)
+    up = FakeShard(0)
+    await up.start()
+    down_port = free_port()
+    shippers = [shipper_for(up.address, log, proxy, shard_id=0, n_shards=2),
+                shipper_for(f"127.0.0.1:{down_port}", log, proxy, shard_id=1, n_shards=2)]
+    acked = lambda: [s.acked_seq for s in shippers]  # noqa: E731
+    no_window = RetentionLoop(committer, acked, RetentionPolicy(0.0, 0))
+    late = FakeShard(1)
+    try:
+        append_records(log, clock, 400, data_bytes=100)
+        assert len(log.segments) > 5
+        for shipper in shippers:
+            shipper.start()
+        await eventually(caught_up(up, log, clock))
+        # Shard 1 is down and has acked nothing: nothing may go.
+        assert await no_window.run_once() == 0
+        assert log.first_seq == 1
+        await late.start(down_port)
+        await eventually(caught_up(late, log, clock))
+        # Within an hour's window nothing goes either.
+        hour = RetentionLoop(committer, acked, RetentionPolicy(3600.0, 0))
+        assert await hour.run_once() == 0
+        # Past the window, everything acked by both goes (whole segments, never the active one).
+        assert await no_window.run_once() > 0
+        assert log.first_seq == log.segments[-1].first_seq
+        assert log.first_seq <= min(acked()) + 1
+    finally:
+        for shipper in shippers:
+            await shipper.stop()
+        await up.stop()
+        await late.stop()
+        await committer.close()
+        log.close()
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+@run_async
+async def test_start_proxy_ships_to_every_shard_and_stops_cleanly(tmp_path: Path):
+    shards = [FakeShard(0), FakeShard(1)]
+    for shard in shards:
+        await shard.start()
+    opts = ProxyOptions("127.0.0.1", 0, "unused:/export", str(tmp_path / "log"),
+                        shards=[s.address for s in shards], log_retain="1h,1G")
+    running = await start_proxy(opts, NO_NAS)
+    try:
+        assert [s.address for s in running.shippers] == opts.shards
+        assert running.retention is not None
+        rng = random.Random(5)
+        for _ in range(100):
+            await running.committer.append(make_record(rng, running.proxy.clock).SerializeToString())
+        for shard in shards:
+            await eventually(caught_up(shard, running.log, running.proxy.clock))
+        total = sum(len(s.held(running.log, running.proxy.clock)) for s in shards)
+        assert total == 100
+    finally:
+        await running.stop()
+        for shard in shards:
+            await shard.stop()
+    assert running.log.closed
+    assert all(not s.connected for s in running.shippers)
+
+
+@run_async
+async def test_start_proxy_without_shards_journals_only(tmp_path: Path):
+    opts = ProxyOptions("127.0.0.1", 0, "unused:/export", str(tmp_path / "log"))
+    running = await start_proxy(opts, NO_NAS)
+    try:
+        assert running.shippers == [] and running.retention is None
+    finally:
+        await running.stop()
