@@ -39,6 +39,15 @@ class Journal:
         self.blocked_now = 0
         self.passthrough_active = False
 
+    def must_hold(self) -> bool:
+        """True when a mutation must wait before reaching the NAS (block policy, over quota)."""
+        return self.policy is QuotaPolicy.BLOCK and self.committer.over_quota
+
+    async def wait_until_journaling(self) -> None:
+        """Return once a mutation may proceed under the quota policy."""
+        if self.must_hold():
+            await self._wait_for_space()
+
     async def append(self, record: Record, data: memoryview | None = None) -> int | None:
         """Journal one record; returns its LOG seq, or None if the quota dropped it.
 

@@ -39,6 +39,9 @@ __all__ = ["BackendAddress", "Proxy", "ClientSession"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a closed client's relayed mutations may take to be answered and journaled.
+DRAIN_TIMEOUT_S = 30.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendAddress:
@@ -168,6 +171,7 @@ class ClientSession(_Peer):
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
         self.closed = False
+        self.held = False  # a call waits for LOG space; later calls wait behind it
 
     # -- client side -------------------------------------------------------------
 
@@ -180,9 +184,12 @@ class ClientSession(_Peer):
         self.proxy.stats.sessions_open += 1
 
     def data_received(self, data: bytes) -> None:
+        self.reader.receive(data)
+        self._process()
+
+    def _process(self) -> None:
         try:
-            self.reader.receive(data)
-            while (message := self.reader.next_message()) is not NEED_DATA:
+            while not self.held and (message := self.reader.next_message()) is not NEED_DATA:
                 self._on_call(message)
         except RpcDecodeError as e:
             self.proxy.stats.protocol_errors_total += 1
@@ -215,7 +222,24 @@ class ClientSession(_Peer):
         link = self.links.get(where)
         if link is None:
             link = self.links[where] = BackendLink(self, where)
+        if pending is not None and pending.record is not None and proxy.journal is not None \
+                and proxy.journal.must_hold():
+            # Block policy: a mutation must not reach the NAS while its record
+            # could not be journaled. Hold it, and read nothing more meanwhile.
+            self.held = True
+            self.transport.pause_reading()
+            proxy.spawn(self._send_when_space(link, message))
+            return
         link.send(message)
+
+    async def _send_when_space(self, link: "BackendLink", message: memoryview) -> None:
+        await self.proxy.journal.wait_until_journaling()
+        if self.closed:
+            return
+        link.send(message)
+        self.held = False
+        self.transport.resume_reading()
+        self._process()
 
     def send(self, message: bytes | memoryview) -> None:
         if self.transport is not None and not self.closed:
@@ -273,16 +297,39 @@ class ClientSession(_Peer):
         self.close()
 
     def close(self) -> None:
+        """Close the client. Mutations already relayed still run on the NAS, so
+        their NAS connections stay open until the replies are journaled."""
         if self.closed:
             return
         self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if self._mutations_in_flight():
+            self.proxy.spawn(self._drain())
+        else:
+            self._close_links()
+
+    def _mutations_in_flight(self) -> bool:
+        return any(p.record is not None for p in self.pending.values()) and \
+            any(not link.closed for link in self.links.values())
+
+    async def _drain(self) -> None:
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        self._close_links()
+
+    def _close_links(self) -> None:
         for link in self.links.values():
             link.close()
+        lost = [p for p in self.pending.values() if p.record is not None]
+        if lost:
+            logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
+                         "unknown and they are not journaled (the next baseline covers them)",
+                         self.peer, len(lost))
         for pending in self.pending.values():
             self.proxy.release(id(pending))
         self.pending.clear()
-        if self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

@@ -178,19 +178,18 @@ class RetentionLoop:
         self.failures_total = 0
         self.last_below_seq = 0
 
-    def below_seq(self) -> int:
-        """What one round would trim below, now."""
-        acked = list(self._acked_seqs())
+    def below_seq(self, acked: Sequence[int]) -> int:
+        """What a round would trim below, given every shard's acked seq (blocking: stats files)."""
         if not acked:
             return 0
-        log = self.committer.log
-        return segments_to_trim(segment_facts(log), min(acked), self._wall_clock(),
-                                self.policy.age_s, self.policy.bytes)
+        return segments_to_trim(segment_facts(self.committer.log), min(acked),
+                                self._wall_clock(), self.policy.age_s, self.policy.bytes)
 
     async def run_once(self) -> int:
         """One round; returns the number of segments deleted."""
         log = self.committer.log
-        below = await asyncio.to_thread(self.below_seq)
+        acked = list(self._acked_seqs())  # on the loop, where the shippers live
+        below = await asyncio.to_thread(self.below_seq, acked)
         if below <= log.first_seq:
             return 0
         # Unlinking big files can take a while: keep it off the event loop.

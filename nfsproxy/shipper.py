@@ -89,10 +89,10 @@ __all__ = ["Shipper", "ShipperOptions", "ShipperState", "StableClaims", "Backoff
 
 logger = logging.getLogger(__name__)
 
-# gRPC servers refuse messages over 4 MiB unless configured otherwise: stay
-# under that by default. A single record larger than the batch limit still
-# goes out alone, so shards should accept at least the LOG's max record size.
-DEFAULT_MAX_BATCH_BYTES = 3 << 20
+# A single record larger than this still goes out alone, so a shard must
+# accept messages of at least the LOG's max record size (recoveryd.server
+# accepts far more than both; gRPC's own default limit is 4 MiB).
+DEFAULT_MAX_BATCH_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -268,6 +268,9 @@ class Shipper:
         self._pending: deque[_Sent] = deque()  # batches sent on this call, awaiting their ack
         self._inflight_bytes = 0
         self._blocked_by = 0                 # bytes the next record needs in flight (0: unknown)
+        self._last_rewind_to = -1            # seq of the last rewind, until progress past it
+        self._hold_until = 0.0               # no sending before this (monotonic), after rewinds
+        self._rewind_backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
         self._last_send_at = 0.0
         self._frontier = Stamp.ZERO
         self._newest = Stamp.ZERO
@@ -417,7 +420,8 @@ class Shipper:
                 if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason += (" (a batch exceeded the shard's message size limit: lower "
                                "max_batch_bytes or raise grpc.max_receive_message_length there)")
-            except (_ShardRefused, ConnectionError, TimeoutError, LogError) as e:
+            except (_ShardRefused, ConnectionError, TimeoutError, LogError,
+                    grpc.aio.UsageError, asyncio.InvalidStateError) as e:
                 reason = f"{type(e).__name__}: {e}"
             except Exception as e:  # noqa: BLE001  a bug; keep the proxy serving and retry
                 logger.exception("shard %d: shipper failed", self.shard_id)
@@ -451,7 +455,11 @@ class Shipper:
             hello = self._batch(0, 0, claim=False)
             hello.sent_stamp = self._clock.now().to_bytes()
             await call.write(hello)
-            ack = await asyncio.wait_for(call.read(), self.options.hello_timeout_s)
+            try:
+                ack = await asyncio.wait_for(call.read(), self.options.hello_timeout_s)
+            except TimeoutError:
+                raise TimeoutError(f"no answer to the hello for "
+                                   f"{self.options.hello_timeout_s:g}s") from None
             if ack is grpc.aio.EOF:
                 raise ConnectionError("the shard closed the stream before answering the hello")
             self._resume(ack)
@@ -463,8 +471,9 @@ class Shipper:
                 for task in (reader, writer):
                     task.cancel()
                 await asyncio.gather(reader, writer, return_exceptions=True)
-            for task in done:
-                task.result()  # raises what ended the session
+            for task in (reader, writer):  # the reader's error says more when both failed
+                if task in done:
+                    task.result()  # raises what ended the session
         finally:
             call.cancel()
 
@@ -524,12 +533,18 @@ class Shipper:
             if durable < previous:
                 reason += f"; its durable position went back from {previous}: it lost or wiped data"
             self._rewind(durable, reason)
-        elif durable > self._sent_seq:
-            # The shard already holds more than was sent (it got it earlier): skip ahead.
-            logger.info("shard %d holds through seq %d, past what was sent; skipping ahead",
-                        self.shard_id, durable)
-            self._epoch += 1
-            self._sent_seq = durable
+            return
+        if durable > self._last_rewind_to:
+            self._last_rewind_to = -1  # progress since the last rewind
+        if durable > self._sent_seq:
+            self._skip_ahead(durable)
+
+    def _skip_ahead(self, durable: int) -> None:
+        # The shard already holds more than was sent (it got it earlier).
+        logger.info("shard %d holds through seq %d, past what was sent; skipping ahead",
+                    self.shard_id, durable)
+        self._epoch += 1
+        self._sent_seq = durable
 
     def _set_acked(self, ack: pb.IngestAck) -> None:
         self._acked_seq = ack.durable_seq
@@ -545,8 +560,18 @@ class Shipper:
         self._epoch += 1
         self._sent_seq = durable
         self._blocked_by = 0
-        logger.warning("shard %d: rewinding to resend from seq %d: %s", self.shard_id,
-                       durable + 1, reason)
+        delay = 0.0
+        if durable == self._last_rewind_to:
+            # Refused again at the same place without progress (e.g. the shard
+            # refuses our clock): resending at once would spin. Back off.
+            delay = self._rewind_backoff.next_delay()
+            self._hold_until = time.monotonic() + delay
+        else:
+            self._rewind_backoff.reset()
+        self._last_rewind_to = durable
+        log = logger.warning if delay == 0.0 or self.rewinds_total % 50 == 0 else logger.debug
+        log("shard %d: rewinding to resend from seq %d%s: %s", self.shard_id, durable + 1,
+            f" in {delay:.2f}s" if delay else "", reason)
 
     def _update_clock(self, ack: pb.IngestAck) -> None:
         if not ack.shard_stamp:
@@ -573,6 +598,9 @@ class Shipper:
             now = time.monotonic()
             if self._pending and now - self._pending[0].sent_at > opts.ack_timeout_s:
                 raise TimeoutError(f"no ack for {opts.ack_timeout_s:g}s")
+            if now < self._hold_until:
+                await asyncio.sleep(self._hold_until - now)
+                continue
             first_seq = self._log.first_seq
             synced = self._log.synced_seq
             if self._sent_seq + 1 < first_seq:

@@ -70,13 +70,14 @@ def apply(state: StreamState, after_seq: int, through_seq: int, stable: Stamp | 
     """The stream's state once the batch ``(after_seq, through_seq]`` is durable.
 
     Raises BatchRefused when the batch does not start at the durable position.
-    A batch that ends at or below it is a harmless duplicate and changes
-    nothing (its records are idempotent puts).
+    A batch that starts below it and ends at or below it is a harmless
+    duplicate and changes nothing (its records are idempotent puts). An empty
+    batch at the durable position is a heartbeat: only its stable stamp counts.
     """
     if through_seq < after_seq:
-        raise BatchRefused(state, f"empty range ({after_seq}, {through_seq}]")
-    if through_seq <= state.durable_seq and after_seq <= state.durable_seq:
-        return state  # already held: a resend after a lost ack
+        raise BatchRefused(state, f"backwards range ({after_seq}, {through_seq}]")
+    if after_seq != state.durable_seq and through_seq <= state.durable_seq:
+        return state  # already held: a resend after a lost ack, or a stale heartbeat
     if after_seq != state.durable_seq:
         raise BatchRefused(state, f"batch starts after seq {after_seq}, shard holds through {state.durable_seq}")
     frontier, pinned, gaps = state.frontier, state.pinned, state.gaps

@@ -34,6 +34,7 @@ def setup_logging(verbose: bool) -> None:
 
 from . import proxy, up  # noqa: E402,F401  (register the subcommands)
 from . import recoveryd  # noqa: E402,F401  (registers the subcommand)
+from . import status  # noqa: E402,F401  (registers the subcommand)
 
 
 def main() -> None:

@@ -39,9 +39,10 @@ own:
 
 Before the first run a few GiB of memory are touched and freed (see
 `prewarm_memory`: on a VM, never-touched guest pages make page-cache writes
-several times slower the first time). After each run the file is removed through NFS and the LOG directory deleted,
-so runs do not leave dirty pages behind for the next one. There are no
-thresholds; every number names its machine (STYLE.md: benchmarks stay apart).
+several times slower the first time). After each run the file is removed
+through NFS and the LOG directory deleted, so runs do not leave dirty pages
+behind for the next one. There are no thresholds; every number names its
+machine (STYLE.md: benchmarks stay apart).
 """
 
 from __future__ import annotations
@@ -160,10 +161,14 @@ def _dpkg_version(package: str) -> str:
 
 
 def _git_head() -> str:
-    try:  # read-only
+    """The commit measured, and whether the code under test differs from it (read-only git)."""
+    try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "?"
+        head = out.stdout.strip() or "?"
+        diff = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
+                               "nfsproxy", "logstore"], capture_output=True, timeout=10)
+        return head + (" + uncommitted changes in nfsproxy/ or logstore/" if diff.returncode == 1 else "")
     except (OSError, subprocess.TimeoutExpired):
         return "?"
 
@@ -269,6 +274,9 @@ class Proxy:
         line = self.proc.stdout.readline()
         m = _SERVING.search(line)
         if not m:
+            if use_perf and self.proc.poll() is None:  # perf's child first, by its pid
+                for child in self._children():
+                    os.kill(child, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"proxy did not start: {line!r}\n{self.stderr_path.read_text()[-3000:]}")
@@ -278,10 +286,17 @@ class Proxy:
     def _proxy_pid(self) -> int:
         if not self.use_perf:
             return self.proc.pid
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        children = self._children()
         if len(children) != 1:
             raise RuntimeError(f"perf stat has children {children}, expected the proxy alone")
         return int(children[0])
+
+    def _children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
 
     @property
     def target(self) -> NfsTarget:
@@ -343,12 +358,13 @@ def run_one(case: Case, config: str, rnd: int, nas, workdir: Path, use_perf: boo
             ops, client_cpu, latencies = res.ops, res.client_cpu_s, None
         t1, c1, m1, n1 = time.perf_counter(), time.process_time(), machine_busy_s(), process_cpu_s(nas.pid)
         p1 = process_cpu_s(proxy.pid) if proxy else 0.0
+        # The latency case's wall clock includes connecting and creating (it only
+        # scales `other CPU`); a throughput case's is the load generator's own.
         elapsed = t1 - t0 if case.latency else res.elapsed_s
         run = Run(config, ops, ops * case.block_bytes, elapsed,
                   client_cpu if client_cpu is not None else c1 - c0, n1 - n0,
                   max(0.0, (m1 - m0) - (n1 - n0) - (p1 - p0) - (c1 - c0)),
                   proxy_cpu_s=(p1 - p0) if proxy else None, latencies_s=latencies)
-        # For the latency case the wall clock includes connecting and creating.
         if proxy:
             run.log_records, run.log_bytes, run.fsyncs = proxy.stop()
             proxy = None
@@ -408,11 +424,11 @@ def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds:
                 out.append(f"{title if config == 'direct' else '':<24} {config:<7} "
                            f"{med:>11,.0f} {label.split()[-1]:<4} {ratio:>6}   {rnds:<34}")
     out.append("")
-    out.append("Cost per unit written (medians). CPU-s/GiB: CPU seconds per GiB of client data; "
+    out.append("Cost per unit written (medians). s/GiB: CPU seconds per GiB of client data; "
                "us/write: CPU microseconds per write call.")
     out.append("")
     hdr = (f"{'case':<24} {'config':<7} {'proxy s/GiB':>11} {'us/write':>8} {'ganesha s/GiB':>13} "
-           f"{'client s/GiB':>12} {'LOG records':>11} {'LOG MiB':>8} {'fsyncs':>7} "
+           f"{'client us/write':>15} {'LOG records':>11} {'LOG MiB':>8} {'fsyncs':>7} "
            f"{'rec/fsync':>9} {'other CPU':>9}")
     out.append(hdr)
     out.append("-" * len(hdr))
@@ -430,15 +446,15 @@ def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds:
                 f"{'-' if proxy is None else f'{proxy / gib:11.2f}':>11} "
                 f"{'-' if proxy is None else f'{proxy / rs[0].ops * 1e6:8.1f}':>8} "
                 f"{_median(r.nas_cpu_s for r in rs) / gib:13.2f} "
-                f"{_median(r.client_cpu_s for r in rs) / gib:12.2f} "
+                f"{_median(r.client_cpu_s for r in rs) / rs[0].ops * 1e6:15.1f} "
                 f"{_fmt_int(records):>11} {'-' if log_mib is None else f'{log_mib:8.1f}':>8} "
                 f"{_fmt_int(fsyncs):>7} {'-' if per_fsync is None else f'{per_fsync:9.1f}':>9} "
                 f"{_median(r.other_cpu_s / r.elapsed_s for r in rs):6.2f} c")
     out.append("")
     out.append("other CPU: cores busy with anything but client, proxy and ganesha during the "
                "load (other processes, kernel threads: loopback TCP softirqs, writeback).")
-    out.append("client s/GiB for the QD1 case includes connect, mount and create (one ctypes call "
-               "per write, no Python callback).")
+    out.append("client us/write: the load generator's own CPU (Python + libnfs); for the QD1 case it "
+               "includes connect, mount and create.")
     return out
 
 

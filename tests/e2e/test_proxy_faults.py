@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import random
 import socket
 import struct
@@ -34,9 +35,11 @@ from logstore.record import Op
 from nfsproxy import nfs3, xdr
 from nfsproxy.client import ClientError, NfsClient
 from nfsproxy.ganesha import start_ganesha
+from nfsproxy.limits import max_message_bytes
 from nfsproxy.mount import MOUNT_PROGRAM
 from nfsproxy.nfs3 import NFS_PROGRAM, Proc3, StableHow
 from nfsproxy.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, Mapping, PmapProc
+from nfsproxy.relay import Proxy
 from nfsproxy.rpc import (NEED_DATA, AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall,
                           RpcMessageReader, RpcReply, decode_body, encode_call, encode_reply,
                           frame_rpc_message, parse_message)
@@ -44,7 +47,9 @@ from nfsproxy.rpc import (NEED_DATA, AcceptStat, AuthSys, RejectStat, ReplyStat,
 pytestmark = pytest.mark.ganesha
 
 MiB = 1 << 20
-MAX_MESSAGE_BYTES = 4 * MiB  # the proxy's default
+# The largest RPC message `nfsj proxy` takes: its default payload cap plus header room.
+MAX_MESSAGE_BYTES = max_message_bytes(
+    inspect.signature(Proxy).parameters["max_payload_bytes"].default)
 # Timeouts only detect hangs; no assertion is about speed.
 SOCKET_TIMEOUT_S = 20.0
 NFS_RS_CONNECT_TIMEOUT_S = 3.0
@@ -164,8 +169,8 @@ def _huge_header(fh: bytes) -> list[bytes]:
 
 def _oversized_in_fragments(fh: bytes) -> list[bytes]:
     # Each fragment is small enough; their sum is not.
-    first = 3 * MiB
-    return [struct.pack(">I", first) + bytes(first), struct.pack(">I", 0x80000000 | (2 * MiB))]
+    first = MAX_MESSAGE_BYTES - MiB
+    return [struct.pack(">I", first) + bytes(first), struct.pack(">I", 0x80000000 | (MiB + 1))]
 
 
 def _bad_message_type(fh: bytes) -> list[bytes]:
@@ -485,3 +490,26 @@ def test_quota_block_holds_the_reply_of_a_write_past_the_quota(nas, proxy_factor
     assert [(r.offset, bytes(r.data)) for r in writes] == \
         [(i * CHUNK, chunks[i]) for i in acked]
     assert log_bytes(proxy.log_dir) <= quota + CHUNK + 4096
+
+
+@pytest.mark.parametrize("then", ["disconnect", "garbage"])
+def test_write_relayed_before_the_client_vanished_is_journaled(nas, proxy, then):
+    """A WRITE the proxy already relayed reaches the NAS even when its client is gone
+    before the reply; the LOG must still get its record, or a restore misses the change."""
+    with direct_client(nas) as direct:
+        fh = bytes(direct.create(direct.root_fh, "vanish.bin", 0o644).obj)
+    data = block(98, 4096)
+    sock = raw_connect(proxy.port)
+    nfs_null(sock, 1)  # the session's NAS link is up
+    tail = b"GET / HTTP/1.1\r\n\r\n" if then == "garbage" else b""
+    sock.sendall(framed(_write_call(fh, 0x77, data)) + tail)
+    if then == "garbage":
+        closed_by_peer(sock)
+    sock.close()
+    deadline = time.monotonic() + 20
+    while (nas.export_dir / "vanish.bin").read_bytes() != data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (nas.export_dir / "vanish.bin").read_bytes() == data  # the NAS applied it
+    assert proxy.stop() == 0
+    writes = [r for _, r in read_log(proxy.log_dir) if r.op == Op.WRITE]
+    assert [(r.offset, bytes(r.data)) for r in writes] == [(0, data)]

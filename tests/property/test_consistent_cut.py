@@ -48,9 +48,12 @@ Checked after every step:
   loses nothing, even across crashes: "kill -9 loses no acknowledged record").
 
 At the end of every run (``teardown``) delivery becomes reliable, all calls
-complete, and the shippers run until every shard holds every LOG; then, in
-the liveness test, C must pass every stamp unless a stream is pinned by a gap
-(then C must not exceed the pinned frontier).
+complete, time passes (and, where shards refuse batches from clocks beyond
+max offset, clocks are fixed), and the shippers run until every shard holds
+every LOG; the checks above run again. Then, in the liveness test, C must
+pass every stamp unless a stream is pinned by a gap (then C must not exceed
+the pinned frontier). That test is marked xfail (strict) for now: see
+HEARTBEAT_BUG below.
 
 Membership: C here is ``consistent_point`` with the consistency group's
 streams known up front (``proven_point``). The raw ``consistent_point`` only
@@ -69,7 +72,7 @@ import os
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -234,6 +237,8 @@ class Proxy:
             stable = max((h for e, h in self.samples if e <= through), default=None)
             gap = False
         sh.send_pos = through
+        if gap:
+            event("gap sent")
         return Batch(self.index, shard, self.key, after, through, records, stable, gap,
                      self.newest, self.hlc.now())
 
@@ -250,14 +255,19 @@ class Proxy:
         else:
             sh.acked_seq = max(sh.acked_seq, ack.durable_seq)
 
-    def trim(self, upto: int) -> None:
+    def trim(self, keep: int) -> None:
+        """Drop the LOG below the lowest ack, keeping `keep` more records (the retention window)."""
         limit = min(sh.acked_seq for sh in self.shippers)
-        self.trimmed_through = max(self.trimmed_through, min(upto, limit))
+        self.trimmed_through = max(self.trimmed_through, limit - keep)
 
 
 class Shard:
-    def __init__(self, index: int, world: World, offset_ns: int, max_offset_ns: int) -> None:
+    def __init__(self, index: int, world: World, offset_ns: int, max_offset_ns: int,
+                 refuse_far_ahead: bool) -> None:
         self.index = index
+        # recoveryd/server.py refuses a batch whose sent_stamp is beyond max
+        # offset; logstore/hlc.py says such a batch is still stored. Both run.
+        self.refuse_far_ahead = refuse_far_ahead
         self.world = world
         self.offset_ns = offset_ns
         self.hlc = HLC(10_000 + index, physical_clock=lambda: world.true_ns + self.offset_ns,
@@ -270,28 +280,34 @@ class Shard:
         self.wipes = 0
 
     def receive(self, batch: Batch) -> Ack | None:
-        for stamp in (max((r.stamp for r in batch.records), default=None), batch.sent_stamp):
+        state = self.memory.get(batch.key, StreamState())
+        for stamp in (batch.sent_stamp, max((r.stamp for r in batch.records), default=None)):
             if stamp is None:
                 continue
             try:
                 self.hlc.update(stamp)
-            except UntrustworthyStampError:
+            except UntrustworthyStampError as e:
                 event("shard refused a proxy stamp")
-        state = self.memory.get(batch.key, StreamState())
+                if self.refuse_far_ahead:
+                    return self.refusal(batch, f"sent_stamp: {e}")
         try:
             new = apply(state, batch.after_seq, batch.through_seq, batch.stable,
                         gap=batch.gap, newest=batch.newest)
         except BatchRefused as e:
             event("batch refused")
             assert e.state == state
-            durable = self.durable.get(batch.key, StreamState())
-            return Ack(batch.proxy, self.index, durable.durable_seq, durable.frontier, str(e),
-                       self.hlc.now())
+            return self.refusal(batch, str(e))
         if batch.gap and new is not state:
             event("gap applied")
         self.memory[batch.key] = new
         self.pending.append((batch, new))
         return None
+
+    def refusal(self, batch: Batch, error: str) -> Ack:
+        # The durable position, not the in-memory one: the proxy trims by acks.
+        durable = self.durable.get(batch.key, StreamState())
+        return Ack(batch.proxy, self.index, durable.durable_seq, durable.frontier, error,
+                   self.hlc.now())
 
     def commit(self, n: int) -> list[Ack]:
         """Group commit of the first n pending batches: records and state together."""
@@ -322,14 +338,17 @@ class ConsistentCut(RuleBasedStateMachine):
     CHECK_LIVENESS = False
 
     @initialize(n_proxies=st.integers(1, 3), n_shards=st.integers(1, 3),
-                max_offset_ns=st.integers(200, 5_000), data=st.data())
-    def setup(self, n_proxies: int, n_shards: int, max_offset_ns: int, data) -> None:
+                max_offset_ns=st.integers(200, 5_000), refuse_far_ahead=st.booleans(),
+                data=st.data())
+    def setup(self, n_proxies: int, n_shards: int, max_offset_ns: int, refuse_far_ahead: bool,
+              data) -> None:
         self.world = World()
+        self.refuse_far_ahead = refuse_far_ahead
         offsets = st.integers(-3_000, 3_000)
         self.proxies = [Proxy(i, self.world, data.draw(offsets, label=f"proxy {i} offset"),
                               max_offset_ns, n_shards) for i in range(n_proxies)]
         self.shards = [Shard(s, self.world, data.draw(offsets, label=f"shard {s} offset"),
-                             max_offset_ns) for s in range(n_shards)]
+                             max_offset_ns, refuse_far_ahead) for s in range(n_shards)]
         self.members = [p.key for p in self.proxies]
         self.last_point = Stamp.ZERO
         self.last_frontiers: dict[tuple[int, StreamKey], Stamp] = {}
@@ -348,15 +367,36 @@ class ConsistentCut(RuleBasedStateMachine):
 
     # -- proxies
 
-    @rule(p=index, fh=st.integers(0, 31))
-    def arrive(self, p: int, fh: int) -> None:
-        self.proxy(p).arrive(fh, len(self.shards))
+    @rule(p=index, fhs=st.lists(st.integers(0, 31), min_size=1, max_size=4))
+    def arrive(self, p: int, fhs: list[int]) -> None:
+        self._arrive(p, fhs)
+
+    def _arrive(self, p: int, fhs: list[int]) -> None:
+        for fh in fhs:
+            self.proxy(p).arrive(fh, len(self.shards))
 
     @precondition(lambda self: any(p.inflight for p in self.proxies))
-    @rule(p=index, i=st.integers(0, 15))
-    def complete(self, p: int, i: int) -> None:
+    @rule(p=index, picks=st.lists(st.integers(0, 15), min_size=1, max_size=3))
+    def complete(self, p: int, picks: list[int]) -> None:
+        """Calls complete in any order; each lands at the LOG's end."""
+        self._complete(p, picks)
+
+    def _complete(self, p: int, picks: list[int]) -> None:
+        if not any(x.inflight for x in self.proxies):
+            return
         proxy = self.pick(self.proxies, p, lambda x: bool(x.inflight))
-        proxy.complete(i % len(proxy.inflight))
+        for i in picks:
+            if proxy.inflight:
+                proxy.complete(i % len(proxy.inflight))
+
+    @rule(p=index, fhs=st.lists(st.integers(0, 31), min_size=1, max_size=4),
+          picks=st.lists(st.integers(0, 15), max_size=4))
+    def traffic(self, p: int, fhs: list[int], picks: list[int]) -> None:
+        """Calls arrive, and some in-flight ones complete. (Also in `arrive` and
+        `complete`: Hypothesis switches rules off at random per run, and most
+        runs should still see records.)"""
+        self._arrive(p, fhs)
+        self._complete(p, picks)
 
     @rule(p=index)
     def sample(self, p: int) -> None:
@@ -372,9 +412,23 @@ class ConsistentCut(RuleBasedStateMachine):
             event("heartbeat sent")
         self.shards[batch.shard].inbox.append(batch)
 
-    @rule(p=index, upto=st.integers(0, 40))
-    def trim(self, p: int, upto: int) -> None:
-        self.proxy(p).trim(upto)
+    @rule(p=index, limit=st.integers(0, 6))
+    def ship_all(self, p: int, limit: int) -> None:
+        proxy = self.proxy(p)
+        proxy.sample()
+        for shard in self.shards:
+            shard.inbox.append(proxy.batch_for(shard.index, limit))
+
+    @rule(p=index, keep=st.integers(0, 3))
+    def trim(self, p: int, keep: int) -> None:
+        self._trim(p, keep)
+
+    def _trim(self, p: int, keep: int) -> None:
+        proxy = self.proxy(p)
+        before = proxy.trimmed_through
+        proxy.trim(keep)
+        if proxy.trimmed_through > before:
+            event("LOG trimmed")
 
     # -- network
 
@@ -398,6 +452,38 @@ class ConsistentCut(RuleBasedStateMachine):
         if how != "drop":
             proxy.receive_ack(ack)
 
+    @precondition(lambda self: any(s.inbox for s in self.shards))
+    @rule(s=index)
+    def pump(self, s: int) -> None:
+        """The network towards one shard works for a moment: deliver all, in order, and commit."""
+        shard = self.pick(self.shards, s, lambda x: bool(x.inbox))
+        while shard.inbox:
+            self.deliver(shard, shard.inbox.pop(0))
+        self.commit_all(shard)
+
+    @precondition(lambda self: any(p.acks for p in self.proxies))
+    @rule(p=index, trim=st.booleans())
+    def pump_acks(self, p: int, trim: bool) -> None:
+        proxy = self.pick(self.proxies, p, lambda x: bool(x.acks))
+        while proxy.acks:
+            proxy.receive_ack(proxy.acks.pop(0))
+        if trim:
+            self._trim(self.proxies.index(proxy), 0)
+
+    @rule(p=index, limit=st.integers(1, 6), keep=st.integers(0, 2))
+    def healthy_round(self, p: int, limit: int, keep: int) -> None:
+        """A moment of working network for one proxy: ship to every shard,
+        deliver everything in order, commit, ack, and trim the LOG."""
+        proxy = self.proxy(p)
+        self.ship_all(p, limit)
+        for shard in self.shards:
+            while shard.inbox:
+                self.deliver(shard, shard.inbox.pop(0))
+            self.commit_all(shard)
+        while proxy.acks:
+            proxy.receive_ack(proxy.acks.pop(0))
+        self._trim(p, keep)
+
     # -- shards
 
     @precondition(lambda self: any(s.pending for s in self.shards))
@@ -405,6 +491,10 @@ class ConsistentCut(RuleBasedStateMachine):
     def commit(self, s: int, n: int) -> None:
         shard = self.pick(self.shards, s, lambda x: bool(x.pending))
         for ack in shard.commit(n):
+            self.proxies[ack.proxy].acks.append(ack)
+
+    def commit_all(self, shard: Shard) -> None:
+        for ack in shard.commit(len(shard.pending)):
             self.proxies[ack.proxy].acks.append(ack)
 
     @rule(s=index, how=st.sampled_from(["crash", "crash", "crash", "wipe"]))
@@ -506,6 +596,11 @@ class ConsistentCut(RuleBasedStateMachine):
         for proxy in self.proxies:
             while proxy.inflight:
                 proxy.complete(0)
+        if self.refuse_far_ahead:
+            # Shards refuse every batch of a proxy whose clock is beyond max
+            # offset: nothing moves until its clock is fixed.
+            for node in (*self.proxies, *self.shards):
+                node.offset_ns = 0
         caught_up_rounds = 0
         for _ in range(SETTLE_ROUNDS):
             # Time passes too: a proxy whose clock lags, and which refused the
@@ -518,8 +613,7 @@ class ConsistentCut(RuleBasedStateMachine):
             for shard in self.shards:
                 while shard.inbox:
                     self.deliver(shard, shard.inbox.pop(0))
-                for ack in shard.commit(len(shard.pending)):
-                    self.proxies[ack.proxy].acks.append(ack)
+                self.commit_all(shard)
             for proxy in self.proxies:
                 while proxy.acks:
                     proxy.receive_ack(proxy.acks.pop(0))
@@ -552,8 +646,21 @@ class ConsistentCutLiveness(ConsistentCut):
     CHECK_LIVENESS = True
 
 
-ConsistentCutLiveness.TestCase.settings = _profile()
-TestConsistentCutLiveness = ConsistentCutLiveness.TestCase
+# HEARTBEAT_BUG: recoveryd.frontier.apply treats a heartbeat (pos, pos] at the
+# durable position as a duplicate and drops its stable stamp, so a frontier
+# moves only when new LOG positions arrive. Smallest run Hypothesis finds: two
+# proxies, one shard; proxy 0 journals one call, proxy 1 none. Every batch of
+# proxy 1 is (0, 0], so its frontier stays 0.0@0 and C stays 0 forever.
+# Checked: with the fix (apply a batch with through_seq == after_seq ==
+# durable_seq; still ignore through_seq < durable_seq, or == with after_seq
+# below it) this test passes, also under NFSJ_HYPOTHESIS_PROFILE=ci.
+# Remove the mark and the phases override together with the fix.
+HEARTBEAT_BUG = ("recoveryd.frontier.apply drops the stable stamp of a heartbeat (pos, pos]: "
+                 "an idle proxy's frontier never moves, and C with it")
+ConsistentCutLiveness.TestCase.settings = settings(
+    _profile(), phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking while xfail
+TestConsistentCutLiveness = pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)(
+    ConsistentCutLiveness.TestCase)
 
 
 # -- minimal examples ----------------------------------------------------------
@@ -566,14 +673,25 @@ def s(wall_ns: int, node_id: int = 1) -> Stamp:
     return Stamp(wall_ns, 0, node_id)
 
 
+@pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)
 def test_heartbeat_moves_frontier() -> None:
     # A proxy shipped seq 1 while a call stamped 10 was still in flight
     # (stable 10); the call then completed as seq 2 and went out with the same
     # sample. Now idle, it says: nothing new, everything below 30 is sent.
     state = apply(StreamState(), 0, 1, s(10))
     state = apply(state, 1, 2, s(10))
-    state = apply(state, 2, 2, s(30))
+    state = apply(state, 2, 2, s(30), newest=s(12))
     assert state.frontier == s(30)
+    assert state.newest == s(12)
+
+
+@pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)
+def test_idle_proxy_lets_consistent_point_move() -> None:
+    # Proxy 2 has journaled nothing yet (a standby proxy, or reads only):
+    # all it can send is (0, 0] with its stable stamp.
+    shard = {P1: apply(StreamState(), 0, 1, s(20)),
+             P2: apply(StreamState(), 0, 0, s(25, node_id=2))}
+    assert consistent_point([shard]) == s(20)
 
 
 def test_heartbeat_on_pinned_stream_does_not_move_frontier() -> None:
@@ -600,11 +718,17 @@ def test_wiped_shard_holds_consistent_point_back() -> None:
     assert consistent_point([held, {P1: StreamState(5, s(20))}]) == s(10)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "consistent_point() only counts streams some shard knows; the consistency group's "
+    "membership must be an input (see proven_point)"))
 def test_unknown_stream_holds_back_consistent_point() -> None:
-    # Proxy 2 stamped a record at 5 (its shipper has not got through to any
-    # shard yet, or the only shard that knew the stream was wiped). Proxy 1
-    # stamped later records and shipped them with stable 20. No shard knows
-    # proxy 2's stream, so consistent_point() says 20: a restore at 20 would
-    # show proxy 1's records without proxy 2's earlier one.
+    # Proxy 2 stamped a record at 5, but no shard knows its stream yet: its
+    # shipper has not got through (shard unreachable from it, proxy just
+    # started), or the only shard that knew it was wiped and proxy 1 got
+    # there first. Proxy 1 shipped later records with stable 20. A restore at
+    # consistent_point() = 20 would show proxy 1's records without proxy 2's
+    # earlier one.
     shard = {P1: StreamState(3, s(20))}
-    assert consistent_point([shard]) < s(5, node_id=2)
+    assert consistent_point([shard]) <= s(5, node_id=2)
+    # What the model uses instead: membership known up front.
+    assert proven_point([shard], [P1, P2]) == Stamp.ZERO

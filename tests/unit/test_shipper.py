@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import random
+import re
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +73,7 @@ class FakeShard(pb_grpc.JournalServicer):
         self.records: dict[StreamKey, dict[int, bytes]] = {}
         self.batches: list[pb.IngestBatch] = []
         self.ack_delay_s = 0.0
+        self.refuse = ""  # set: refuse every batch that covers a range, with this reason
         self.acks_open = asyncio.Event()
         self.acks_open.set()
         self.unacked_bytes = 0
@@ -132,6 +136,8 @@ class FakeShard(pb_grpc.JournalServicer):
         newest = Stamp.from_bytes(batch.newest) if batch.newest else None
         error = ""
         try:
+            if self.refuse and batch.through_seq > batch.after_seq:
+                raise BatchRefused(state, self.refuse)
             if batch.after_seq == batch.through_seq == state.durable_seq and not batch.gap:
                 new = _heartbeat(state, stable, newest)
             else:
@@ -470,6 +476,30 @@ async def test_heartbeats_move_the_frontier_only_past_calls_no_longer_in_flight(
 
 
 @run_async
+async def test_repeated_refusals_back_off_then_recover(log: Log, clock: HLC, proxy: Proxy, caplog):
+    caplog.set_level(logging.DEBUG, logger="nfsproxy.shipper")
+    shard = FakeShard()
+    shard.refuse = "sent_stamp too far ahead"  # as a shard refuses a proxy's bad clock
+    await shard.start()
+    append_records(log, clock, 50)
+    shipper = shipper_for(shard.address, log, proxy)
+    shipper.start()
+    try:
+        await eventually(lambda: shipper.state().rewinds_total >= 5)
+        delays = [float(m.group(1)) for r in caplog.records
+                  if (m := re.search(r"from seq 1 in ([0-9.]+)s", r.getMessage()))]
+        # Every refusal after the first waits (Backoff's growth is tested above).
+        assert len(delays) >= 4 and min(delays) >= FAST.backoff_initial_s
+        assert shard.state_of(log, clock).durable_seq == 0
+        shard.refuse = ""
+        await eventually(caught_up(shard, log, clock))
+        assert shard.held(log, clock) == log_payloads(log)
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
 async def test_only_synced_records_are_shipped(log: Log, clock: HLC, proxy: Proxy):
     shard = FakeShard()
     await shard.start()
@@ -518,14 +548,15 @@ async def test_a_shard_down_at_start_catches_up_when_it_comes_up(log: Log, clock
 @run_async
 async def test_unacked_bytes_stay_within_the_in_flight_bound(log: Log, clock: HLC, proxy: Proxy):
     options = dataclasses.replace(FAST, max_inflight_bytes=64 << 10, max_batch_bytes=16 << 10)
-    append_records(log, clock, 300, data_bytes=4096, ops=[Op.WRITE])
-    record_bytes = max(len(p) for p in log_payloads(log).values())
     shard = FakeShard()
-    shard.acks_open.clear()  # the shard takes batches but acks none yet
     await shard.start()
     shipper = shipper_for(shard.address, log, proxy, options=options)
     shipper.start()
     try:
+        await eventually(lambda: shipper.connected)
+        shard.acks_open.clear()  # from now on the shard takes batches but acks none
+        append_records(log, clock, 300, data_bytes=4096, ops=[Op.WRITE])
+        record_bytes = max(len(p) for p in log_payloads(log).values())
         # The shipper fills its window, then waits.
         await eventually(lambda: shard.unacked_bytes > options.max_inflight_bytes - record_bytes)
         assert shard.max_unacked_bytes <= options.max_inflight_bytes
@@ -567,7 +598,7 @@ async def test_a_record_larger_than_a_batch_goes_alone(log: Log, clock: HLC, pro
 async def test_acks_update_the_proxy_clock(log: Log, clock: HLC, proxy: Proxy):
     shard = FakeShard()
     ahead_ns = 100_000_000  # within max_offset: a shard clock 100 ms ahead is trusted
-    shard.clock = HLC(1000, physical_clock=lambda: __import__("time").time_ns() + ahead_ns)
+    shard.clock = HLC(1000, physical_clock=lambda: time.time_ns() + ahead_ns)
     await shard.start()
     shipper = shipper_for(shard.address, log, proxy)
     shipper.start()
@@ -586,7 +617,7 @@ async def test_acks_update_the_proxy_clock(log: Log, clock: HLC, proxy: Proxy):
 async def test_an_untrustworthy_shard_clock_is_refused_and_counted(log: Log, clock: HLC,
                                                                    proxy: Proxy):
     shard = FakeShard()
-    shard.clock = HLC(1000, physical_clock=lambda: __import__("time").time_ns() + 3_600_000_000_000)
+    shard.clock = HLC(1000, physical_clock=lambda: time.time_ns() + 3_600_000_000_000)
     await shard.start()
     shipper = shipper_for(shard.address, log, proxy)
     shipper.start()
@@ -614,7 +645,8 @@ async def test_retention_trims_only_what_every_shard_acked(tmp_path: Path, clock
     shippers = [shipper_for(up.address, log, proxy, shard_id=0, n_shards=2),
                 shipper_for(f"127.0.0.1:{down_port}", log, proxy, shard_id=1, n_shards=2)]
     acked = lambda: [s.acked_seq for s in shippers]  # noqa: E731
-    no_window = RetentionLoop(committer, acked, RetentionPolicy(0.0, 0))
+    later = lambda: time.time() + 1.0  # noqa: E731  every segment is past a 0 s window
+    no_window = RetentionLoop(committer, acked, RetentionPolicy(0.0, 0), wall_clock=later)
     late = FakeShard(1)
     try:
         append_records(log, clock, 400, data_bytes=100)
@@ -627,8 +659,9 @@ async def test_retention_trims_only_what_every_shard_acked(tmp_path: Path, clock
         assert log.first_seq == 1
         await late.start(down_port)
         await eventually(caught_up(late, log, clock))
+        await eventually(lambda: min(acked()) == log.last_seq)  # the acks reached the shippers
         # Within an hour's window nothing goes either.
-        hour = RetentionLoop(committer, acked, RetentionPolicy(3600.0, 0))
+        hour = RetentionLoop(committer, acked, RetentionPolicy(3600.0, 0), wall_clock=later)
         assert await hour.run_once() == 0
         # Past the window, everything acked by both goes (whole segments, never the active one).
         assert await no_window.run_once() > 0

@@ -1,0 +1,129 @@
+"""`nfsj status`: what the shards hold, what is proven, and how far behind they are."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import typer
+
+from recoveryd.status import DEFAULT_TIMEOUT_S, ProxyStatusError, fetch_status, overall, read_proxy_status
+
+from . import app, fail
+
+
+@app.command("status")
+def status_command(
+    shard: Optional[list[str]] = typer.Option(
+        None, "--shard", metavar="HOST:PORT",
+        help="A recovery shard to ask (repeat for each). Default: the shards in the proxy's status."),
+    log: Optional[str] = typer.Option(
+        None, "--log", metavar="DIR", help="A proxy's LOG directory: show its shipping status."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", metavar="SECONDS",
+                                  help="How long to wait for each shard."),
+) -> None:
+    """Show each shard's frontier, records and lag, and the consistent point.
+
+    Exits 1 when a shard is down (the consistent point is then unknown).
+    """
+    if not shard and not log:
+        fail("nothing to ask: pass --shard HOST:PORT (once per shard) and/or --log DIR (a proxy's LOG)")
+    proxy_status = None
+    if log:
+        try:
+            proxy_status = read_proxy_status(log)
+        except ProxyStatusError as e:
+            fail(str(e))
+    addresses = list(shard or [])
+    if not addresses and proxy_status:
+        addresses = [s["address"] for s in proxy_status.get("shards") or [] if s.get("address")]
+    view = overall(fetch_status(addresses, timeout), proxy_status)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, sort_keys=True))
+    else:
+        typer.echo(render(view))
+    if view["shards_down"]:
+        raise typer.Exit(1)
+
+
+# -- human form ------------------------------------------------------------------
+
+
+def render(view: dict[str, Any]) -> str:
+    """The tables `nfsj status` prints."""
+    lines = []
+    point = view["consistent_point"]
+    if point is not None:
+        lines.append(f"consistent point: {point['stamp']}  {point['time']}")
+        if view["consistent_point_reason"]:
+            lines.append(f"  {view['consistent_point_reason']}")
+    else:
+        lines.append(f"consistent point: none ({view['consistent_point_reason']})")
+    if view["shards"]:
+        lines.append("")
+        rows = [("SHARD", "ADDRESS", "STATE", "FRONTIER", "FRONTIER TIME", "AGE", "LAG",
+                 "RECORDS", "BYTES", "GAPS")]
+        for s in view["shards"]:
+            if not s["up"]:
+                rows.append(("-", s["address"], "DOWN", "-", "-", "-", "-", "-", "-", "-"))
+                continue
+            frontier = s["frontier"]
+            rows.append((str(s["shard_id"]), s["address"], "up",
+                         frontier["stamp"] if frontier else "-",
+                         (frontier["time"] or "-") if frontier else "-",
+                         _seconds(s["frontier_age_seconds"]), _seconds(s["lag_seconds"]),
+                         str(s["records"]), _bytes(s["bytes"]), str(len(s["gaps"]))))
+        lines.extend(_table(rows))
+        for s in view["shards"]:
+            if not s["up"]:
+                lines.append(f"  {s['address']}: {s['error']}")
+            for gap in s["gaps"]:
+                lines.append(f"  shard {s['shard_id']} gap: {gap}")
+    for warning in view["warnings"]:
+        lines.append(f"warning: {warning}")
+    proxy = view["proxy"]
+    if proxy:
+        lines.append("")
+        lines.append(
+            f"proxy node {proxy.get('node_id')} LOG {proxy.get('log_id')}: last seq "
+            f"{proxy.get('last_seq')}, synced {proxy.get('synced_seq')}, newest {proxy.get('newest')} "
+            f"(status written {_seconds(proxy.get('age_seconds'))} ago)")
+        rows = [("SHIPPER", "CONNECTED", "ACKED", "FRONTIER", "LAG RECORDS", "LAG", "GAPS")]
+        for s in proxy.get("shards") or []:
+            rows.append((str(s.get("address")), "yes" if s.get("connected") else "NO",
+                         str(s.get("acked_seq")), _frontier_text(s.get("frontier")),
+                         str(s.get("lag_records")), _seconds(s.get("lag_seconds")),
+                         str(s.get("gaps_total"))))
+        if len(rows) > 1:
+            lines.extend(_table(rows))
+    return "\n".join(lines)
+
+
+def _frontier_text(text: object) -> str:
+    return "-" if not text or text == "0.0@0" else str(text)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(value)

@@ -1,0 +1,360 @@
+"""What the shards (and a proxy) can prove right now: the library behind `nfsj status`.
+
+Two sources, either may be missing:
+
+* the shards, asked over gRPC (``Journal.Status``, proto/journal.proto):
+  ``fetch_status`` asks all of them at once and reports a shard that does not
+  answer as *down*, with the error, instead of failing;
+* a proxy's ``status.json``, which the proxy rewrites in its LOG directory
+  every second (``write_proxy_status``; read with ``read_proxy_status``). It
+  says how far the proxy's shippers got, so ``nfsj status`` can show lag
+  growing even while every shard is down.
+
+``overall`` turns them into one plain dict (the ``--json`` output), with the
+consistent point: ``recoveryd.frontier.consistent_point`` over the streams of
+every shard. It is only known when every shard answered: a shard that is
+down may be the one holding it back, so then it is ``None`` and the reason
+says which shard. It is never guessed. When a proxy status is given, that
+proxy's stream counts even if no shard has heard of it yet (it then proves
+nothing), since ``consistent_point`` only sees the streams some shard knows.
+
+Proxy status file (``<LOG dir>/status.json``), keys::
+
+    node_id, log_id             the proxy's stream (HLC node id, LOG identity)
+    last_seq, synced_seq        the LOG's last and last fsynced sequence
+    newest                      the newest stamp the proxy handed out (stamp text)
+    shards: [ {address, connected, acked_seq, frontier, lag_records,
+               lag_seconds, gaps_total}, ... ]   one per shipper, in --shard order
+
+``write_proxy_status`` adds ``written_unix_ns``; ``read_proxy_status`` adds
+``age_seconds`` (how long ago the file was written: a dead proxy's file
+stops aging well).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import grpc
+
+from logstore.pb import journal_pb2_grpc
+from logstore.pb.journal_pb2 import ShardStatus, ShardStatusRequest, StreamStatus
+from logstore.stamp import Stamp
+
+from .frontier import StreamKey, StreamState, consistent_point
+
+__all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
+           "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view"]
+
+PROXY_STATUS_FILE = "status.json"
+DEFAULT_TIMEOUT_S = 3.0
+
+
+class ProxyStatusError(Exception):
+    """A proxy status file is missing or unreadable; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardReport:
+    """One shard's answer to ``Journal.Status``, or why there is none."""
+
+    address: str
+    status: ShardStatus | None   # None: the shard is down (see error)
+    error: str = ""
+
+    @property
+    def up(self) -> bool:
+        return self.status is not None
+
+
+# -- asking the shards ----------------------------------------------------------
+
+
+def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[ShardReport]:
+    """Ask every shard for its ``ShardStatus``, all at once, each within ``timeout_s``.
+
+    Returns one report per address, in order. A shard that cannot be reached,
+    times out or fails the call is reported down with the gRPC status; this
+    never raises for a shard's sake.
+    """
+    channels: list[grpc.Channel] = []
+    pending: list[tuple[str, Any, str]] = []
+    try:
+        for address in addresses:
+            try:
+                channel = grpc.insecure_channel(address)
+            except Exception as e:  # noqa: BLE001  a target grpc cannot even parse
+                pending.append((address, None, f"cannot connect to {address!r}: {e}"))
+                continue
+            channels.append(channel)
+            stub = journal_pb2_grpc.JournalStub(channel)
+            pending.append((address, stub.Status.future(ShardStatusRequest(), timeout=timeout_s), ""))
+        reports = []
+        for address, future, error in pending:
+            if future is None:
+                reports.append(ShardReport(address, None, error))
+                continue
+            try:
+                reports.append(ShardReport(address, future.result()))
+            except grpc.RpcError as e:
+                reports.append(ShardReport(address, None, _rpc_error(e, timeout_s)))
+        return reports
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def _rpc_error(e: grpc.RpcError, timeout_s: float) -> str:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"DEADLINE_EXCEEDED: no answer within {timeout_s:g} s"
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {details}" if details else name
+
+
+# -- the overall view -------------------------------------------------------------
+
+
+def stamp_view(stamp: Stamp | None) -> dict[str, str | None] | None:
+    """A stamp as ``{"stamp": <text>, "time": <ISO-8601>}``; None stays None.
+
+    ``Stamp.ZERO`` ("nothing proven") has no time.
+    """
+    if stamp is None:
+        return None
+    return {"stamp": str(stamp), "time": stamp.iso() if stamp != Stamp.ZERO else None}
+
+
+def _stamp(raw: bytes) -> Stamp:
+    return Stamp.from_bytes(raw) if raw else Stamp.ZERO
+
+
+def _state(pb: StreamStatus) -> StreamState:
+    # A stream with gaps is pinned: frontier.apply pins exactly when it records one.
+    return StreamState(durable_seq=pb.durable_seq, frontier=_stamp(pb.frontier),
+                       pinned=bool(pb.gaps), gaps=tuple(pb.gaps), newest=_stamp(pb.newest))
+
+
+def _lag_seconds(state: StreamState) -> float | None:
+    """How far the frontier trails the newest stamp the proxy reported (None: no frontier yet)."""
+    if state.frontier == Stamp.ZERO:
+        return None
+    if state.newest == Stamp.ZERO:
+        return 0.0
+    return max(0.0, (state.newest.wall_ns - state.frontier.wall_ns) / 1e9)
+
+
+def _age_seconds(stamp: Stamp, now_ns: int) -> float | None:
+    if stamp == Stamp.ZERO:
+        return None
+    return max(0.0, (now_ns - stamp.wall_ns) / 1e9)
+
+
+def _max_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _shard_view(report: ShardReport, now_ns: int) -> dict[str, Any]:
+    if report.status is None:
+        return {"address": report.address, "up": False, "error": report.error,
+                "shard_id": None, "data_id": None, "frontier": None,
+                "frontier_age_seconds": None, "records": None, "bytes": None,
+                "lag_seconds": None, "gaps": [], "streams": []}
+    status = report.status
+    streams = []
+    for pb in status.streams:
+        key = StreamKey(pb.stream.node_id, pb.stream.log_id)
+        state = _state(pb)
+        streams.append({
+            "stream": str(key), "node_id": key.node_id, "log_id": key.log_id,
+            "durable_seq": state.durable_seq,
+            "frontier": stamp_view(state.frontier), "newest": stamp_view(state.newest),
+            "lag_seconds": _lag_seconds(state), "pinned": state.pinned,
+            "gaps": list(state.gaps), "records": pb.records,
+            "updated_unix_ns": pb.updated_unix_ns,
+        })
+    frontier = _stamp(status.frontier) if status.frontier else None
+    if frontier is None and streams:
+        frontier = min(_state(pb).frontier for pb in status.streams)
+    lags = [s["lag_seconds"] for s in streams]
+    return {
+        "address": report.address, "up": True, "error": "",
+        "shard_id": status.shard_id, "data_id": status.data_id,
+        "frontier": stamp_view(frontier),
+        "frontier_age_seconds": _age_seconds(frontier, now_ns) if frontier is not None else None,
+        "records": status.records, "bytes": status.bytes,
+        # A stream with no frontier yet trails without bound: then the lag is unknown.
+        "lag_seconds": None if any(lag is None for lag in lags) else _max_or_none(lags),
+        "gaps": [f"{s['stream']} {g}" for s in streams for g in s["gaps"]],
+        "streams": streams,
+    }
+
+
+def _proxy_stream(proxy_status: dict[str, Any] | None) -> StreamKey | None:
+    if not proxy_status:
+        return None
+    try:
+        return StreamKey(int(proxy_status["node_id"]), str(proxy_status["log_id"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = None, *,
+            now_ns: int | None = None) -> dict[str, Any]:
+    """Everything ``nfsj status`` shows, as a JSON-ready dict.
+
+    Keys: ``consistent_point`` (``{"stamp", "time"}`` or None),
+    ``consistent_point_reason`` (why it is None, or what holds it back),
+    ``held_back_by`` (the shard and stream whose frontier it is, or None),
+    ``shards`` (per shard: address, up, error, shard_id, data_id, frontier,
+    frontier_age_seconds, records, bytes, lag_seconds, gaps, streams),
+    ``shards_up``, ``shards_down``, ``warnings`` and ``proxy`` (the proxy
+    status as given, or None). ``now_ns`` (default: the wall clock) is only
+    used for ages.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    shards = [_shard_view(r, now_ns) for r in reports]
+    down = [r for r in reports if not r.up]
+    warnings = _warnings(reports)
+
+    point: Stamp | None = None
+    held_back_by = None
+    if not reports:
+        reason = "no shard was asked: pass --shard (or --log of a proxy that ships to shards)"
+    elif down:
+        names = ", ".join(r.address for r in down)
+        reason = (f"unknown: {len(down)} of {len(reports)} shard(s) down ({names}), "
+                  "and a shard that does not answer may be the one holding it back")
+    else:
+        held: list[dict[StreamKey, StreamState]] = [
+            {StreamKey(pb.stream.node_id, pb.stream.log_id): _state(pb) for pb in r.status.streams}
+            for r in reports]
+        members = set().union(*held)
+        proxy_key = _proxy_stream(proxy_status)
+        if proxy_key is not None:
+            members.add(proxy_key)
+        if not members:
+            reason = "nothing is proven yet: no shard holds any stream"
+            point = Stamp.ZERO
+        else:
+            # A roster that knows every member at MAX: a shard lacking a
+            # member (the proxy's, say) then counts ZERO for it.
+            roster = {key: StreamState(frontier=Stamp.MAX) for key in members}
+            point = consistent_point([*held, roster])
+            # Which (shard, stream) it is, for the reason.
+            for report, streams in zip(reports, held):
+                for key in sorted(members):
+                    state = streams.get(key)
+                    frontier = state.frontier if state is not None else Stamp.ZERO
+                    if frontier == point and held_back_by is None:
+                        held_back_by = {"address": report.address, "shard_id": report.status.shard_id,
+                                        "stream": str(key), "known": state is not None,
+                                        "pinned": bool(state and state.pinned)}
+            reason = _held_back_reason(point, held_back_by)
+    return {
+        "consistent_point": stamp_view(point) if point not in (None, Stamp.ZERO) else None,
+        "consistent_point_reason": reason,
+        "held_back_by": held_back_by,
+        "shards": shards,
+        "shards_up": len(reports) - len(down),
+        "shards_down": len(down),
+        "warnings": warnings,
+        "proxy": proxy_status,
+    }
+
+
+def _held_back_reason(point: Stamp, by: dict[str, Any] | None) -> str:
+    if by is None:
+        return ""
+    where = f"stream {by['stream']} on shard {by['shard_id']} ({by['address']})"
+    if not by["known"]:
+        return f"nothing is proven yet: {where} has not received anything"
+    if by["pinned"]:
+        return (f"held back by {where}: pinned by a gap (the proxy LOG no longer held "
+                "records this shard needed); only a new baseline makes later moments provable")
+    if point == Stamp.ZERO:
+        return f"nothing is proven yet: {where} has no frontier"
+    return f"held back by {where}"
+
+
+def _warnings(reports: list[ShardReport]) -> list[str]:
+    out = []
+    by_id: dict[int, list[str]] = {}
+    by_data: dict[str, list[str]] = {}
+    for r in reports:
+        if r.status is not None:
+            by_id.setdefault(r.status.shard_id, []).append(r.address)
+            if r.status.data_id:
+                by_data.setdefault(r.status.data_id, []).append(r.address)
+    for data_id, addresses in by_data.items():
+        if len(addresses) > 1:
+            out.append(f"{', '.join(addresses)} are the same shard (data id {data_id})")
+    for shard_id, addresses in by_id.items():
+        if len(addresses) > 1 and len({r.status.data_id for r in reports
+                                        if r.address in addresses and r.status}) > 1:
+            out.append(f"{', '.join(addresses)} all claim shard id {shard_id}")
+    return out
+
+
+# -- the proxy's status file ---------------------------------------------------------
+
+
+def write_proxy_status(path: str | os.PathLike[str], status: dict[str, Any]) -> None:
+    """Replace ``path`` with ``status`` as JSON, atomically (temp file + rename).
+
+    Stamps may be given as ``Stamp`` (written as text). Not fsynced: the file
+    is rewritten every second and only informs; after a power loss a reader
+    may find it old or empty, and ``read_proxy_status`` says so.
+    """
+    path = os.fspath(path)
+    body = dict(status)
+    body.setdefault("written_unix_ns", time.time_ns())
+    data = json.dumps(body, default=str, sort_keys=True, indent=1) + "\n"
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_proxy_status(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The status a proxy last wrote into its LOG directory, plus ``age_seconds``.
+
+    Raises ``ProxyStatusError`` if there is no readable status file.
+    """
+    path = os.path.join(os.fspath(log_dir), PROXY_STATUS_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+            mtime_ns = os.fstat(f.fileno()).st_mtime_ns
+    except FileNotFoundError:
+        if not os.path.isdir(log_dir):
+            raise ProxyStatusError(f"{log_dir} is not a directory") from None
+        raise ProxyStatusError(f"no {PROXY_STATUS_FILE} in {log_dir}: is it a proxy's --log "
+                               "directory, and has that proxy run?") from None
+    except OSError as e:
+        raise ProxyStatusError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        status = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProxyStatusError(f"{path} is not valid JSON ({e}); the proxy rewrites it "
+                               "every second") from None
+    if not isinstance(status, dict):
+        raise ProxyStatusError(f"{path} does not hold a JSON object")
+    written_ns = status.get("written_unix_ns")
+    if not isinstance(written_ns, int):
+        written_ns = mtime_ns
+    status["age_seconds"] = max(0.0, (time.time_ns() - written_ns) / 1e9)
+    return status

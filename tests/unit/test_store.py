@@ -1,0 +1,293 @@
+"""Unit tests of recoveryd.store: a real RocksDB in a temp dir, no mocks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from logstore.pb.journal_pb2 import IngestBatch, Op, Record, ShippedRecord, StreamId
+from logstore.stamp import Stamp
+from recoveryd.frontier import BatchRefused, StreamKey, StreamState
+from recoveryd.store import ShardStore, StoreError, fh_key
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE = 11
+STREAM = StreamKey(NODE, "log-a")
+WALL0 = 1_700_000_000_000_000_000
+
+
+def stamp(i: int, node: int = NODE) -> Stamp:
+    return Stamp(WALL0 + i * 1000, 0, node)
+
+
+def write_record(i: int, fh: bytes, data: bytes = b"x" * 64, node: int = NODE) -> Record:
+    return Record(stamp=stamp(i, node).to_bytes(), op=Op.WRITE, ok=True, fh=fh,
+                  offset=i * len(data), count=len(data), data=data)
+
+
+def batch(after: int, through: int, records: list[tuple[int, Record]] = (), *,
+          stable: Stamp | None = None, gap: bool = False, newest: Stamp | None = None,
+          stream: StreamKey = STREAM) -> IngestBatch:
+    return IngestBatch(
+        stream=StreamId(node_id=stream.node_id, log_id=stream.log_id),
+        after_seq=after, through_seq=through,
+        records=[ShippedRecord(seq=seq, record=r.SerializeToString()) for seq, r in records],
+        stable=stable.to_bytes() if stable else b"", gap=gap,
+        newest=newest.to_bytes() if newest else b"")
+
+
+def stamps_of(records) -> list[Stamp]:
+    return [Stamp.from_bytes(r.stamp) for r in records]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = ShardStore(tmp_path / "shard", 3)
+    yield s
+    s.close()
+
+
+def test_new_store_identity(tmp_path: Path, store: ShardStore) -> None:
+    assert store.shard_id == 3
+    assert len(store.data_id) == 32 and int(store.data_id, 16) >= 0
+    assert store.records_total == 0 and store.bytes_total == 0
+    assert store.streams() == {} and store.frontier() is None
+    assert store.stream_state(STREAM) == StreamState()
+    assert list(store.records()) == []
+
+
+def test_ingest_chains_and_counts(store: ShardStore) -> None:
+    r1, r3, r4 = write_record(1, b"A"), write_record(3, b"B"), write_record(4, b"A")
+    # (0, 3] holds LOG seqs 1..3, of which seq 2 belongs to another shard.
+    s1 = store.ingest(STREAM, batch(0, 3, [(1, r1), (3, r3)], stable=stamp(2), newest=stamp(3)))
+    assert (s1.durable_seq, s1.frontier, s1.newest) == (3, stamp(2), stamp(3))
+    s2 = store.ingest(STREAM, batch(3, 5, [(5, r4)], stable=stamp(5)))
+    assert (s2.durable_seq, s2.frontier) == (5, stamp(5))
+    assert store.streams() == {STREAM: s2}
+    assert store.frontier() == stamp(5)
+    assert store.records_total == 3
+    assert store.bytes_total == sum(len(r.SerializeToString()) for r in (r1, r3, r4))
+    assert list(store.records()) == [r1, r3, r4]
+    assert store.stream_infos()[STREAM].records == 3
+
+
+def test_refused_batch_writes_nothing(store: ShardStore) -> None:
+    store.ingest(STREAM, batch(0, 5, [(1, write_record(1, b"A"))]))
+    with pytest.raises(BatchRefused) as info:
+        store.ingest(STREAM, batch(7, 9, [(8, write_record(8, b"A"))], stable=stamp(9)))
+    assert info.value.state.durable_seq == 5
+    assert "shard holds through 5" in str(info.value)
+    assert store.records_total == 1 and len(list(store.records())) == 1
+    assert store.stream_state(STREAM).durable_seq == 5
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (batch(0, 3, [(4, write_record(1, b"A"))]), "outside (0, 3]"),
+    (batch(0, 3, [(0, write_record(1, b"A"))]), "outside (0, 3]"),
+    (batch(0, 3, [(2, Record(stamp=b"short", fh=b"A"))]), "5-byte stamp"),
+    (IngestBatch(after_seq=0, through_seq=1, records=[ShippedRecord(seq=1, record=b"\xff\xff")]),
+     "does not parse"),
+    (IngestBatch(after_seq=0, through_seq=1, stable=b"123"), "a stamp is 16 bytes"),
+])
+def test_malformed_batch_refused(store: ShardStore, bad: IngestBatch, reason: str) -> None:
+    with pytest.raises(BatchRefused, match="malformed batch") as info:
+        store.ingest(STREAM, bad)
+    assert reason in str(info.value)
+    assert info.value.state == StreamState()
+    assert store.records_total == 0 and store.streams() == {}
+
+
+def test_resend_after_lost_ack_is_idempotent(store: ShardStore) -> None:
+    recs = [(i, write_record(i, b"A")) for i in range(1, 5)]
+    first = store.ingest(STREAM, batch(0, 4, recs, stable=stamp(3)))
+    total, nbytes = store.records_total, store.bytes_total
+    again = store.ingest(STREAM, batch(0, 4, recs, stable=stamp(3)))
+    assert again == first
+    assert (store.records_total, store.bytes_total) == (total, nbytes)
+    assert len(list(store.records())) == 4
+    assert len(list(store.file_records(b"A"))) == 4
+
+
+def test_duplicate_records_counted_once(store: ShardStore) -> None:
+    r1 = write_record(1, b"A")
+    # The same stamp twice in one batch is one record.
+    store.ingest(STREAM, batch(0, 2, [(1, r1), (2, r1)]))
+    assert store.records_total == 1
+    # A record already held arriving on another stream is not stored twice.
+    other = StreamKey(NODE, "log-b")
+    store.ingest(other, batch(0, 2, [(1, r1), (2, write_record(2, b"A"))], stream=other))
+    assert store.records_total == 2
+    assert store.stream_infos()[other].records == 1
+    assert stamps_of(store.records()) == [stamp(1), stamp(2)]
+    assert stamps_of(store.file_records(b"A")) == [stamp(1), stamp(2)]
+
+
+def test_gap_pins_frontier_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    with ShardStore(path, 1) as s:
+        s.ingest(STREAM, batch(0, 2, stable=stamp(2)))
+        pinned = s.ingest(STREAM, batch(2, 6, gap=True))
+        assert pinned.pinned and pinned.frontier == stamp(2) and pinned.durable_seq == 6
+        after = s.ingest(STREAM, batch(6, 8, [(7, write_record(7, b"A"))], stable=stamp(8)))
+        assert after.frontier == stamp(2)
+    with ShardStore(path, 1) as s:
+        assert s.streams() == {STREAM: after}
+        assert s.stream_state(STREAM).gaps == after.gaps and s.stream_state(STREAM).pinned
+
+
+def test_reopen_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    s = ShardStore(path, 5)
+    data_id, node_id = s.data_id, s.node_id
+    recs = [(i, write_record(i, bytes([i % 3]))) for i in range(1, 21)]
+    s.ingest(STREAM, batch(0, 10, recs[:10], stable=stamp(9)))
+    state = s.ingest(STREAM, batch(10, 20, recs[10:], stable=stamp(19), newest=stamp(20)))
+    totals = (s.records_total, s.bytes_total)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        s.ingest(STREAM, batch(20, 21))
+    with ShardStore(path, 5) as s:
+        assert (s.data_id, s.node_id) == (data_id, node_id)
+        assert (s.records_total, s.bytes_total) == totals
+        assert s.streams() == {STREAM: state}
+        assert s.stream_infos()[STREAM].records == 20
+        assert [r.SerializeToString() for r in s.records()] == [r.SerializeToString() for _, r in recs]
+        # and it goes on from where it was
+        assert s.ingest(STREAM, batch(20, 21)).durable_seq == 21
+
+
+def test_refuses_another_shards_data(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    with ShardStore(path, 1) as s:
+        data_id = s.data_id
+    with pytest.raises(StoreError) as info:
+        ShardStore(path, 2)
+    message = str(info.value)
+    assert "belongs to shard 1" in message and "not shard 2" in message and data_id in message
+    with ShardStore(path, 1) as s:  # still fine for its owner
+        assert s.data_id == data_id
+
+
+def test_refuses_store_in_use(store: ShardStore) -> None:
+    with pytest.raises(StoreError, match="in use"):
+        ShardStore(store.path, 3)
+
+
+def test_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not empty and holds no shard store"):
+        ShardStore(tmp_path, 1)
+    assert os.listdir(tmp_path) == ["precious.txt"]
+
+
+def test_per_file_index_1000_records_over_10_files(store: ShardStore) -> None:
+    rng = random.Random(7)
+    files = [f"fh-{k}".encode() * 4 for k in range(10)]
+    # Stamps are assigned in one order, LOG seqs in another: records reach
+    # the LOG (and the shard) out of stamp order.
+    by_stamp = [(i, rng.choice(files)) for i in range(1000)]
+    shipped = by_stamp[:]
+    rng.shuffle(shipped)
+    seq = 0
+    for start in range(0, 1000, 100):
+        chunk = [(seq + 1 + j, write_record(i, fh, data=os.urandom(32))) for j, (i, fh) in enumerate(shipped[start:start + 100])]
+        store.ingest(STREAM, batch(seq, seq + 100, chunk))
+        seq += 100
+    assert store.records_total == 1000
+    for fh in files:
+        expected = sorted(stamp(i) for i, f in by_stamp if f == fh)
+        got = list(store.file_records(fh))
+        assert stamps_of(got) == expected
+        assert all(r.fh == fh for r in got)
+        # bounds: lo < stamp <= hi
+        lo, hi = expected[len(expected) // 4], expected[3 * len(expected) // 4]
+        assert stamps_of(store.file_records(fh, hi, lo=lo)) == [s for s in expected if lo < s <= hi]
+        assert stamps_of(store.file_records(fh, expected[0])) == [expected[0]]
+    assert list(store.file_records(b"no-such-file")) == []
+    assert stamps_of(store.records()) == sorted(stamp(i) for i in range(1000))
+
+
+def test_index_covers_every_handle_a_record_names(store: ShardStore) -> None:
+    rename = Record(stamp=stamp(1).to_bytes(), op=Op.RENAME, ok=True, dir_fh=b"D1", name="a",
+                    to_dir_fh=b"D2", to_name="b", object_fh=b"F")
+    create = Record(stamp=stamp(2).to_bytes(), op=Op.CREATE, ok=True, fh=b"G", dir_fh=b"D1", name="g")
+    write = write_record(3, b"F")
+    store.ingest(STREAM, batch(0, 3, [(1, rename), (2, create), (3, write)]))
+    assert list(store.file_records(b"D1")) == [rename, create]
+    assert list(store.file_records(b"D2")) == [rename]
+    assert list(store.file_records(b"F")) == [rename, write]
+    assert list(store.file_records(b"G")) == [create]
+
+
+def test_records_range_is_after_lo_through_hi(store: ShardStore) -> None:
+    recs = [(i, write_record(i, b"A")) for i in range(1, 11)]
+    store.ingest(STREAM, batch(0, 10, recs))
+    assert stamps_of(store.records(stamp(3), stamp(6))) == [stamp(4), stamp(5), stamp(6)]
+    assert stamps_of(store.records(hi=stamp(2))) == [stamp(1), stamp(2)]
+    assert stamps_of(store.records(lo=stamp(9))) == [stamp(10)]
+    assert list(store.records(stamp(6), stamp(6))) == []
+    assert stamps_of(store.records(Stamp.ZERO, Stamp.MAX)) == [stamp(i) for i in range(1, 11)]
+    assert fh_key(b"A") == __import__("hashlib").blake2b(b"A").digest()[:8]
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from logstore.pb.journal_pb2 import IngestBatch, Op, Record, ShippedRecord, StreamId
+    from logstore.stamp import Stamp
+    from recoveryd.frontier import StreamKey
+    from recoveryd.store import ShardStore
+
+    store = ShardStore(sys.argv[1], 9)
+    key = StreamKey(4, "L")
+    seq = store.stream_state(key).durable_seq
+    while True:
+        records = [ShippedRecord(seq=seq + j, record=Record(
+            stamp=Stamp(1_700_000_000_000_000_000 + seq + j, 0, 4).to_bytes(), op=Op.WRITE,
+            fh=b"F%d" % ((seq + j) % 5), data=b"d" * 4096).SerializeToString()) for j in range(1, 17)]
+        state = store.ingest(key, IngestBatch(stream=StreamId(node_id=4, log_id="L"), after_seq=seq,
+                             through_seq=seq + 16, records=records))
+        seq = state.durable_seq
+        print(seq, flush=True)  # acknowledged: durable
+""")
+
+
+def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    rng = random.Random(3)
+    acked = 0
+    for round_ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
+                                text=True, env=env, cwd=REPO_ROOT)
+        try:
+            for _ in range(rng.randint(5, 40)):
+                line = proc.stdout.readline()
+                assert line, "the writer died"
+                acked = int(line)
+            time.sleep(rng.random() * 0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        with ShardStore(path, 9) as s:
+            state = s.stream_state(StreamKey(4, "L"))
+            # Nothing acknowledged is lost ...
+            assert state.durable_seq >= acked
+            # ... and the state never claims more than the records held: every
+            # record through durable_seq is there, none beyond, and the
+            # counters agree with what is stored.
+            held = [r.stamp for r in s.records()]
+            assert [Stamp.from_bytes(st).wall_ns - 1_700_000_000_000_000_000 for st in held] == \
+                list(range(1, state.durable_seq + 1))
+            assert s.records_total == len(held) == state.durable_seq
+            assert s.bytes_total == sum(len(r.SerializeToString()) for r in s.records())
+            for k in range(5):
+                assert len(list(s.file_records(b"F%d" % k))) == len([q for q in range(1, state.durable_seq + 1) if q % 5 == k])
