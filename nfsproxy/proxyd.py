@@ -17,10 +17,16 @@ import secrets
 import signal
 import socket
 import struct
+import time
+
+import grpc
 
 from logstore.commit import Durability, GroupCommitter
 from logstore.log import Log
 
+from recoveryd.status import write_proxy_status
+
+from .control import start_control
 from .hlc import HLC
 from .journal import Journal, QuotaPolicy
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
@@ -58,6 +64,7 @@ class ProxyOptions:
     max_offset_ns: int = 500_000_000
     shards: list[str] = dataclasses.field(default_factory=list)  # shard k = shards[k], HOST:PORT
     log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
+    control: str = "127.0.0.1:0"  # --control: where `nfsj baseline` reaches this proxy
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -145,8 +152,35 @@ class RunningProxy:
         self.proxy, self.committer, self.log = proxy, committer, log
         self.shippers = shippers or []
         self.retention = retention
+        self.control: grpc.aio.Server | None = None
+        self.control_address = ""
+        self._status_task: asyncio.Task | None = None
+
+    def status(self) -> dict:
+        """What `nfsj status --log DIR` shows about this proxy (written to status.json)."""
+        return {
+            "node_id": self.proxy.clock.node_id, "log_id": self.log.log_id,
+            "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
+            "newest": str(self.proxy.clock.now().to_stamp()),
+            "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
+            "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),
+            "shards": [_shipper_status(s) for s in self.shippers],
+        }
+
+    async def _write_status(self, interval_s: float = 1.0) -> None:
+        path = os.path.join(self.log.directory, "status.json")
+        while True:
+            try:
+                write_proxy_status(path, self.status())
+            except OSError as e:
+                logger.warning("cannot write %s: %s", path, e)
+            await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+        if self.control is not None:
+            await self.control.stop(grace=1.0)
         await self.proxy.close()
         if self.retention is not None:
             await self.retention.stop()
@@ -188,7 +222,24 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     if shippers:
         retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
         retention.start()
-    return RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
+    running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
+    control_host, control_port = parse_hostport(opts.control)
+    try:
+        running.control, bound = await start_control(proxy, control_host, control_port)
+    except (OSError, RuntimeError) as e:
+        await running.stop()
+        raise ConfigError(f"cannot serve the control API on {opts.control} ({e}); "
+                          "pick a free port with --control") from None
+    running.control_address = f"{control_host}:{bound}"
+    running._status_task = asyncio.get_running_loop().create_task(running._write_status())
+    return running
+
+
+def _shipper_status(shipper: Shipper) -> dict:
+    st = shipper.state()
+    return {"address": st.address, "connected": st.connected, "acked_seq": st.acked_seq,
+            "frontier": str(st.frontier), "lag_records": st.lag_records,
+            "lag_seconds": st.lag_seconds, "gaps_total": st.gaps_total}
 
 
 async def run_proxy(opts: ProxyOptions) -> None:
@@ -202,7 +253,8 @@ async def run_proxy(opts: ProxyOptions) -> None:
     shipping = (f"shipping to {len(opts.shards)} shard(s) {', '.join(opts.shards)}, "
                 f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
     print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
-          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}", flush=True)
+          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}, "
+          f"control {running.control_address}", flush=True)
     await stop.wait()
     logger.info("shutting down")
     await running.stop()

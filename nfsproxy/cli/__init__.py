@@ -32,9 +32,7 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-from . import proxy, up  # noqa: E402,F401  (register the subcommands)
-from . import recoveryd  # noqa: E402,F401  (registers the subcommand)
-from . import status  # noqa: E402,F401  (registers the subcommand)
+from . import baseline, proxy, recoveryd, status, up  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ def proxy(
     node_id: int = typer.Option(None, help="HLC node id (default: generated once and kept in the LOG dir)."),
     shard: list[str] = typer.Option([], "--shard", help="A recovery shard's HOST:PORT; repeat for each shard, "
                                     "in the same order everywhere (shard k = the k-th --shard)."),
+    control: str = typer.Option("127.0.0.1:0", help="HOST:PORT of the control API (`nfsj baseline`); "
+                                "0 picks a free port, printed at start and kept in LOG/status.json."),
     log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
                                    "a size (10G), or both (1h,10G)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -50,5 +52,6 @@ def proxy(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
-                        quota_policy, node_id, shards=list(shard), log_retain=log_retain)
+                        quota_policy, node_id, shards=list(shard), log_retain=log_retain,
+                        control=control)
     asyncio.run(run_proxy(opts))

@@ -1,0 +1,57 @@
+"""`nfsj baseline`: ask a running proxy to read the whole export into its LOG."""
+
+from __future__ import annotations
+
+import grpc
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from logstore.pb import journal_pb2 as pb
+from logstore.pb import journal_pb2_grpc as pb_grpc
+from logstore.stamp import Stamp
+from recoveryd.status import read_proxy_status
+
+from . import app, fail
+
+
+def _control_address(proxy: str | None, log: str | None) -> str:
+    if proxy:
+        return proxy
+    if log:
+        try:
+            address = read_proxy_status(log).get("control")
+        except (OSError, ValueError) as e:
+            fail(f"cannot read the proxy status in {log} ({e}); is `nfsj proxy --log {log}` running?")
+        if address:
+            return address
+    fail("name the proxy: --proxy HOST:PORT (its control address) or --log DIR (its LOG directory)")
+
+
+@app.command()
+def baseline(
+    proxy: str = typer.Option(None, help="The proxy's control address HOST:PORT."),
+    log: str = typer.Option(None, help="The proxy's LOG directory (its control address is read from there)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Read the whole export into the journal; the earliest restorable moment is the end of the first one."""
+    address = _control_address(proxy, log)
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ControlStub(channel)
+        columns = (TextColumn("baseline"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[files]} files"),
+                   TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
+        with Progress(*columns, disable=quiet, transient=True) as bar:
+            task = bar.add_task("baseline", total=None, files=0, current="")
+            last = None
+            try:
+                for update in stub.Baseline(pb.BaselineRequest()):
+                    if update.error:
+                        fail(update.error)
+                    last = update
+                    bar.update(task, completed=update.bytes, files=update.files, current=update.current[-40:])
+            except grpc.RpcError as e:
+                fail(f"proxy at {address}: {e.details() or e.code().name}")
+    if last is None or not last.done:
+        fail("the proxy ended the baseline without finishing it; see its log")
+    start, end = Stamp.from_bytes(last.baseline_id), Stamp.from_bytes(last.end)
+    typer.echo(f"baseline {start} done: {last.files} files, {last.bytes} bytes, {last.dirs} directories; "
+               f"restorable from {end} ({end.iso()})")
