@@ -81,6 +81,18 @@ class GroupCommitter:
         a list/tuple of parts); it is written before the first await, so the
         caller may reuse its buffers as soon as this coroutine is suspended.
         """
+        seq, durable = self.append_nowait(payload)
+        if durable is not None:
+            await durable
+        return seq
+
+    def append_nowait(self, payload: Payload) -> tuple[int, asyncio.Future[int] | None]:
+        """Append one record now (on the loop's thread) without a coroutine.
+
+        Returns its seq and, in ``sync`` durability, a future that resolves
+        once it is durable (None in ``async``). The relay uses this to release
+        a reply from a callback instead of a task per record.
+        """
         self._check_usable()
         self._start()
         nbytes = payload_parts(payload)[1]
@@ -92,9 +104,18 @@ class GroupCommitter:
         assert self._pending is not None
         self._pending.set()
         if self._durability is Durability.ASYNC:
-            return seq
-        await self._wait_synced(seq)
-        return seq
+            return seq, None
+        return seq, self._durable_future(seq)
+
+    def _durable_future(self, seq: int) -> asyncio.Future[int]:
+        assert self._loop is not None and self._urgent is not None
+        future: asyncio.Future[int] = self._loop.create_future()
+        if self._log.synced_seq >= seq:
+            future.set_result(seq)
+            return future
+        self._waiters.append((seq, future))
+        self._urgent.set()
+        return future
 
     async def flush(self) -> int:
         """Fsync everything appended so far, now; return the synced seq."""
@@ -106,12 +127,9 @@ class GroupCommitter:
     async def _wait_synced(self, seq: int) -> None:
         if self._log.synced_seq >= seq:
             return
-        assert self._loop is not None and self._urgent is not None and self._pending is not None
-        future: asyncio.Future[int] = self._loop.create_future()
-        self._waiters.append((seq, future))
+        assert self._pending is not None
         self._pending.set()
-        self._urgent.set()
-        await future
+        await self._durable_future(seq)
 
     # -- the flusher ----------------------------------------------------------
 

@@ -12,15 +12,20 @@ adds what happens when the LOG is over its disk quota:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 
 from logstore.commit import GroupCommitter
 from logstore.record import Record, record_parts
 
-__all__ = ["QuotaPolicy", "Journal"]
+__all__ = ["QuotaPolicy", "QuotaWait", "Journal"]
 
 logger = logging.getLogger(__name__)
+
+
+class QuotaWait(Exception):
+    """The LOG is over quota: this record must take the policy's slow path."""
 
 
 class QuotaPolicy(str, enum.Enum):
@@ -47,6 +52,24 @@ class Journal:
         """Return once a mutation may proceed under the quota policy."""
         if self.must_hold():
             await self._wait_for_space()
+
+    @property
+    def fast_path_open(self) -> bool:
+        """True when records may be appended without consulting the quota policy."""
+        return not (self.committer.over_quota or self.passthrough_active)
+
+    def append_nowait(self, record: Record, data: memoryview | None = None) -> asyncio.Future[int] | None:
+        """Journal one record now, when the quota allows it without waiting.
+
+        Returns a future that resolves once the record is durable (sync
+        durability) or None (async: it already counts as journaled). Raise
+        `QuotaWait` when the caller must take the waiting path (`append`).
+        """
+        if not self.fast_path_open:
+            raise QuotaWait()
+        _, durable = self.committer.append_nowait(record_parts(record, data))
+        self.records_total += 1
+        return durable
 
     async def append(self, record: Record, data: memoryview | None = None) -> int | None:
         """Journal one record; returns its LOG seq, or None if the quota dropped it.

@@ -28,7 +28,7 @@ from logstore.stamp import Stamp
 
 from .capture import Capture, Pending
 from .hlc import HLC
-from .journal import Journal
+from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
 from .nfs3 import NFS_PROGRAM, Proc3
 from .routing import Route, answer_portmap, reject, route
@@ -140,23 +140,42 @@ class Proxy:
 
 
 class _Peer(asyncio.Protocol):
-    """A transport plus uvicorn-style write flow control."""
+    """A transport whose outgoing RPC messages are coalesced per loop turn.
+
+    Messages sent while handling one read (or one turn of the loop) leave in
+    one `writelines`, so a burst of pipelined calls costs one send() instead
+    of one per message. Large messages are written one by one: the transport
+    sends a buffer straight from the memoryview when it can, where
+    `writelines` would first join (copy) them.
+    """
 
     transport: asyncio.Transport | None = None
+    _COALESCE_BYTES = 256 << 10
 
     def __init__(self) -> None:
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-        self.on_pause: Callable[[], None] = lambda: None
-        self.on_resume: Callable[[], None] = lambda: None
+        self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
 
-    def pause_writing(self) -> None:
-        self.can_write.clear()
-        self.on_pause()
+    def _queue_out(self, message: bytes | memoryview) -> None:
+        self._out.append(frame_rpc_message(len(message)))
+        self._out.append(message)
+        self._out_bytes += len(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def resume_writing(self) -> None:
-        self.can_write.set()
-        self.on_resume()
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        big, self._out_bytes = self._out_bytes >= self._COALESCE_BYTES, 0
+        if not out or self.transport is None or self.transport.is_closing():
+            return
+        if big:
+            for part in out:
+                self.transport.write(part)
+        else:
+            self.transport.writelines(out)
 
 
 class ClientSession(_Peer):
@@ -243,7 +262,7 @@ class ClientSession(_Peer):
 
     def send(self, message: bytes | memoryview) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.writelines((frame_rpc_message(len(message)), message))
+            self._queue_out(message)
 
     # -- replies -------------------------------------------------------------------
 
@@ -266,7 +285,42 @@ class ClientSession(_Peer):
             self.send(message)
             return
         proxy.hold(id(pending), min(record.stamp for record, _ in records))
-        proxy.spawn(self._journal_then_reply(pending, records, message))
+        try:
+            durable = self._journal_now(records)
+        except QuotaWait:
+            proxy.spawn(self._journal_then_reply(pending, records, message))
+            return
+        except Exception:
+            logger.exception("journaling failed; closing client %s", self.peer)
+            proxy.release(id(pending))
+            self.close()
+            return
+        proxy.release(id(pending))  # written: the stamp is in the LOG now
+        if durable is None:
+            self.send(message)
+        else:
+            durable.add_done_callback(lambda f: self._reply_if_durable(f, message))
+
+    def _journal_now(self, records: list[tuple[Record, memoryview | None]]) -> asyncio.Future | None:
+        """The fast path: append without a task; the last record's durability covers all."""
+        if not self.proxy.journal.fast_path_open:
+            raise QuotaWait()
+        durable = None
+        stats = self.proxy.stats
+        for record, data in records:
+            durable = self.proxy.journal.append_nowait(record, data)
+            stats.records_total += 1
+            if not record.ok:
+                stats.failed_mutations_total += 1
+        return durable
+
+    def _reply_if_durable(self, durable: asyncio.Future, message: memoryview) -> None:
+        if durable.cancelled() or durable.exception() is not None:
+            logger.error("LOG fsync failed (%s); closing client %s without its reply",
+                         durable.exception() if not durable.cancelled() else "cancelled", self.peer)
+            self.close()
+            return
+        self.send(message)
 
     async def _journal_then_reply(self, pending: Pending, records: list[tuple[Record, memoryview | None]],
                                   message: memoryview) -> None:
@@ -337,12 +391,10 @@ class ClientSession(_Peer):
         self.proxy.stats.sessions_open -= 1
 
     def pause_writing(self) -> None:
-        super().pause_writing()
         for link in self.links.values():
             link.pause_reading()
 
     def resume_writing(self) -> None:
-        super().resume_writing()
         for link in self.links.values():
             link.resume_reading()
 
@@ -384,7 +436,7 @@ class BackendLink(_Peer):
         if self.queue is not None:
             self.queue.append(message)
         elif not self.closed:
-            self.transport.writelines((frame_rpc_message(len(message)), message))
+            self._queue_out(message)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -395,12 +447,10 @@ class BackendLink(_Peer):
             self.session.backend_failed(self.where, e)
 
     def pause_writing(self) -> None:
-        super().pause_writing()
         if self.session.transport is not None:
             self.session.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        super().resume_writing()
         if self.session.transport is not None and not self.session.closed:
             self.session.transport.resume_reading()
 

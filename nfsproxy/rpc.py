@@ -120,22 +120,36 @@ class RpcMessageReader:
         while (msg := reader.next_message()) is not NEED_DATA:
             handle(msg)
 
-    A message that is one fragment is returned as a `memoryview` of a
-    private copy; multi-fragment messages are joined once.
+    A single-fragment message is a `memoryview` into the bytes the caller
+    passed to `receive` when it arrived whole in one chunk (no copy), or into
+    a private buffer that gathered it across chunks (copied once, on
+    arrival). Multi-fragment messages are joined once. Returned views stay
+    valid for as long as the caller keeps them: a buffer is never changed
+    after a view into it has been handed out (`_growable` tracks that).
     """
 
-    __slots__ = ("max_message_bytes", "_buf", "_pos", "_fragments", "_fragments_len")
+    __slots__ = ("max_message_bytes", "_buf", "_pos", "_growable", "_fragments", "_fragments_len")
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
+        self._growable = False  # _buf is our bytearray and no view of it is out
         self._fragments: list[bytes] = []
         self._fragments_len = 0
 
     def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes read from the peer."""
-        if self._pos and self._pos * 2 > len(self._buf):
+        """Add bytes read from the peer (kept by reference when possible)."""
+        pending = len(self._buf) - self._pos
+        if not pending:
+            self._buf, self._pos, self._growable = (
+                (data, 0, False) if isinstance(data, bytes) else (bytearray(data), 0, True))
+            return
+        if not self._growable:
+            # Start our own buffer with just the unfinished tail.
+            self._buf = bytearray(memoryview(self._buf)[self._pos:])
+            self._pos, self._growable = 0, True
+        elif self._pos * 2 > len(self._buf):
             # Compact only when the consumed prefix dominates, so a stream of
             # small messages does not memmove the buffer on every message.
             del self._buf[:self._pos]
@@ -168,11 +182,11 @@ class RpcMessageReader:
                 raise RpcDecodeError("empty non-final RPC fragment")
             if len(buf) - pos - 4 < size:
                 return NEED_DATA
-            fragment = bytes(buf[pos + 4:pos + 4 + size])
-            self._pos = pos + 4 + size
+            self._pos = end = pos + 4 + size
             if last and not self._fragments:
-                return memoryview(fragment)
-            self._fragments.append(fragment)
+                self._growable = False  # a view of it is about to be out
+                return memoryview(buf)[pos + 4:end]
+            self._fragments.append(bytes(memoryview(buf)[pos + 4:end]))
             self._fragments_len += size
             if last:
                 whole = b"".join(self._fragments)

@@ -5,6 +5,7 @@ says what to do and exit 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -25,6 +26,14 @@ def fail(message: str) -> None:
     """Print a one-line error and exit 2."""
     typer.echo(f"nfsj: error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def run_event_loop(main) -> None:
+    """Run a daemon's coroutine on uvloop (libuv): the relay spends most of its
+    time in socket calls, where uvloop is markedly cheaper than the default loop."""
+    import uvloop
+    uvloop.install()
+    asyncio.run(main)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from logstore.commit import Durability
@@ -11,7 +9,7 @@ from logstore.commit import Durability
 from ..journal import QuotaPolicy
 from ..proxyd import ProxyOptions, parse_hostport, run_proxy
 from ..retention import DEFAULT_LOG_RETAIN, parse_retention
-from . import app, setup_logging
+from . import app, run_event_loop, setup_logging
 
 
 def _size(text: str | None) -> int | None:
@@ -54,4 +52,4 @@ def proxy(
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
                         control=control)
-    asyncio.run(run_proxy(opts))
+    run_event_loop(run_proxy(opts))

@@ -85,10 +85,14 @@ def render(view: dict[str, Any]) -> str:
     proxy = view["proxy"]
     if proxy:
         lines.append("")
+        extra = "".join(f", {label} {value}" for label, value in (
+            ("stable", proxy.get("stable")),
+            ("LOG size", _bytes(proxy["log_bytes"]) if isinstance(proxy.get("log_bytes"), int) else None),
+        ) if value is not None)
         lines.append(
             f"proxy node {proxy.get('node_id')} LOG {proxy.get('log_id')}: last seq "
-            f"{proxy.get('last_seq')}, synced {proxy.get('synced_seq')}, newest {proxy.get('newest')} "
-            f"(status written {_seconds(proxy.get('age_seconds'))} ago)")
+            f"{proxy.get('last_seq')}, synced {proxy.get('synced_seq')}, newest {proxy.get('newest')}"
+            f"{extra} (status written {_seconds(proxy.get('age_seconds'))} ago)")
         rows = [("SHIPPER", "CONNECTED", "ACKED", "FRONTIER", "LAG RECORDS", "LAG", "GAPS")]
         for s in proxy.get("shards") or []:
             rows.append((str(s.get("address")), "yes" if s.get("connected") else "NO",

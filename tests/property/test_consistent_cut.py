@@ -52,8 +52,8 @@ complete, time passes (and, where shards refuse batches from clocks beyond
 max offset, clocks are fixed), and the shippers run until every shard holds
 every LOG; the checks above run again. Then, in the liveness test, C must
 pass every stamp unless a stream is pinned by a gap (then C must not exceed
-the pinned frontier). That test is marked xfail (strict) for now: see
-HEARTBEAT_BUG below.
+the pinned frontier). It found the heartbeat bug (see
+``test_idle_proxy_lets_consistent_point_move``).
 
 Membership: C here is ``consistent_point`` with the consistency group's
 streams known up front (``proven_point``). The raw ``consistent_point`` only
@@ -72,7 +72,7 @@ import os
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -646,21 +646,13 @@ class ConsistentCutLiveness(ConsistentCut):
     CHECK_LIVENESS = True
 
 
-# HEARTBEAT_BUG: recoveryd.frontier.apply treats a heartbeat (pos, pos] at the
-# durable position as a duplicate and drops its stable stamp, so a frontier
-# moves only when new LOG positions arrive. Smallest run Hypothesis finds: two
-# proxies, one shard; proxy 0 journals one call, proxy 1 none. Every batch of
-# proxy 1 is (0, 0], so its frontier stays 0.0@0 and C stays 0 forever.
-# Checked: with the fix (apply a batch with through_seq == after_seq ==
-# durable_seq; still ignore through_seq < durable_seq, or == with after_seq
-# below it) this test passes, also under NFSJ_HYPOTHESIS_PROFILE=ci.
-# Remove the mark and the phases override together with the fix.
-HEARTBEAT_BUG = ("recoveryd.frontier.apply drops the stable stamp of a heartbeat (pos, pos]: "
-                 "an idle proxy's frontier never moves, and C with it")
-ConsistentCutLiveness.TestCase.settings = settings(
-    _profile(), phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking while xfail
-TestConsistentCutLiveness = pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)(
-    ConsistentCutLiveness.TestCase)
+# Liveness found a bug in recoveryd.frontier.apply (fixed in ebcc3ec): a
+# heartbeat (pos, pos] at the durable position was taken for a duplicate and
+# its stable stamp dropped, so a frontier moved only when new LOG positions
+# arrived. Smallest run: two proxies, one shard; proxy 0 journals one call,
+# proxy 1 none; every batch of proxy 1 is (0, 0], so C stayed 0.0@0 forever.
+ConsistentCutLiveness.TestCase.settings = _profile()
+TestConsistentCutLiveness = ConsistentCutLiveness.TestCase
 
 
 # -- minimal examples ----------------------------------------------------------
@@ -673,7 +665,6 @@ def s(wall_ns: int, node_id: int = 1) -> Stamp:
     return Stamp(wall_ns, 0, node_id)
 
 
-@pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)
 def test_heartbeat_moves_frontier() -> None:
     # A proxy shipped seq 1 while a call stamped 10 was still in flight
     # (stable 10); the call then completed as seq 2 and went out with the same
@@ -685,7 +676,6 @@ def test_heartbeat_moves_frontier() -> None:
     assert state.newest == s(12)
 
 
-@pytest.mark.xfail(reason=HEARTBEAT_BUG, strict=True)
 def test_idle_proxy_lets_consistent_point_move() -> None:
     # Proxy 2 has journaled nothing yet (a standby proxy, or reads only):
     # all it can send is (0, 0] with its stable stamp.
