@@ -27,6 +27,7 @@ from logstore.log import Log
 from recoveryd.status import write_proxy_status
 
 from .control import start_control
+from .metrics import ProxyCollector, serve_metrics
 from .hlc import HLC
 from .journal import Journal, QuotaPolicy
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
@@ -65,6 +66,7 @@ class ProxyOptions:
     shards: list[str] = dataclasses.field(default_factory=list)  # shard k = shards[k], HOST:PORT
     log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
     control: str = "127.0.0.1:0"  # --control: where `nfsj baseline` reaches this proxy
+    metrics: str = "127.0.0.1:0"  # --metrics: Prometheus /metrics
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -154,6 +156,7 @@ class RunningProxy:
         self.retention = retention
         self.control: grpc.aio.Server | None = None
         self.control_address = ""
+        self.metrics_address = ""
         self._status_task: asyncio.Task | None = None
 
     def status(self) -> dict:
@@ -163,6 +166,7 @@ class RunningProxy:
             "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
             "newest": str(self.proxy.clock.now().to_stamp()),
             "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
+            "metrics": self.metrics_address,
             "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),
             "shards": [_shipper_status(s) for s in self.shippers],
         }
@@ -231,6 +235,12 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         raise ConfigError(f"cannot serve the control API on {opts.control} ({e}); "
                           "pick a free port with --control") from None
     running.control_address = f"{control_host}:{bound}"
+    metrics_host, metrics_port = parse_hostport(opts.metrics)
+    try:
+        running.metrics_address = f"{metrics_host}:{serve_metrics(ProxyCollector(running), metrics_host, metrics_port)}"
+    except OSError as e:
+        await running.stop()
+        raise ConfigError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
 
@@ -254,7 +264,7 @@ async def run_proxy(opts: ProxyOptions) -> None:
                 f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
     print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
           f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}, "
-          f"control {running.control_address}", flush=True)
+          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics", flush=True)
     await stop.wait()
     logger.info("shutting down")
     await running.stop()

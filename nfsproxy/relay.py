@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Callable
 
 from logstore.record import Record
@@ -31,6 +32,7 @@ from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
 from .nfs3 import NFS_PROGRAM, Proc3
+from .stats import RelayStats
 from .routing import Route, answer_portmap, reject, route
 from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
                   frame_rpc_message, parse_message)
@@ -56,19 +58,6 @@ class BackendAddress:
         return f"{self.host}:{self.nfs_port}:{self.mount_port}:{self.export}"
 
 
-class Stats:
-    """Plain counters the metrics layer reads."""
-
-    def __init__(self) -> None:
-        self.sessions_total = 0
-        self.sessions_open = 0
-        self.protocol_errors_total = 0
-        self.backend_failures_total = 0
-        self.calls_total: dict[tuple[int, int], int] = {}
-        self.records_total = 0
-        self.failed_mutations_total = 0
-
-
 class Proxy:
     """Accepts clients and relays them to the NAS, journaling mutations."""
 
@@ -81,7 +70,7 @@ class Proxy:
         self.max_payload_bytes = max_payload_bytes
         self.max_message_bytes = max_message_bytes(max_payload_bytes)
         self.port = 0
-        self.stats = Stats()
+        self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
         self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
         self._tasks: set[asyncio.Task] = set()
@@ -187,6 +176,7 @@ class ClientSession(_Peer):
         self.reader = RpcMessageReader(proxy.max_message_bytes)
         self.pending: dict[int, Pending] = {}
         self.fsinfo_xids: set[int] = set()  # FSINFO calls whose replies get clamped
+        self.timings: dict[int, tuple[tuple[int, int], float]] = {}  # xid -> (prog, proc), arrival
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
         self.closed = False
@@ -219,8 +209,8 @@ class ClientSession(_Peer):
         call, body = parse_message(message)
         if not isinstance(call, RpcCall):
             raise RpcDecodeError("a client sent a REPLY")
-        stats = self.proxy.stats.calls_total
-        stats[call.prog, call.proc] = stats.get((call.prog, call.proc), 0) + 1
+        key = (call.prog, call.proc)
+        self.proxy.stats.call(key, len(message))
         where = route(call)
         if where is Route.REJECT:
             self.send(reject(call))
@@ -231,6 +221,7 @@ class ClientSession(_Peer):
 
     def _relay(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
+        self.timings[call.xid] = (call.prog, call.proc), time.perf_counter()
         if call.prog == NFS_PROGRAM and call.proc == Proc3.FSINFO:
             self.fsinfo_xids.add(call.xid)
         pending = proxy.capture.begin(call, body, b"", self.peer)
@@ -260,9 +251,12 @@ class ClientSession(_Peer):
         self.transport.resume_reading()
         self._process()
 
-    def send(self, message: bytes | memoryview) -> None:
+    def send(self, message: bytes | memoryview, timing: tuple[tuple[int, int], float] | None = None) -> None:
+        """Send a reply; `timing` (the call's key and arrival) records client-seen latency."""
         if self.transport is not None and not self.closed:
             self._queue_out(message)
+            if timing is not None:
+                self.proxy.stats.client_reply(timing[0], time.perf_counter() - timing[1])
 
     # -- replies -------------------------------------------------------------------
 
@@ -270,25 +264,28 @@ class ClientSession(_Peer):
         reply, body = parse_message(message)
         if not isinstance(reply, RpcReply):
             raise RpcDecodeError("the NAS sent a CALL")
+        timing = self.timings.pop(reply.xid, None)
+        if timing is not None:
+            self.proxy.stats.backend_reply(timing[0], len(message), time.perf_counter() - timing[1])
         pending = self.pending.pop(reply.xid, None)
         if pending is None:
             if self.fsinfo_xids and reply.xid in self.fsinfo_xids:
                 self.fsinfo_xids.discard(reply.xid)
                 if reply.success:
                     message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
-            self.send(message)
+            self.send(message, timing)
             return
         proxy = self.proxy
         records = proxy.capture.complete(pending, reply, body, lambda: proxy.clock.now().to_bytes())
         if not records or proxy.journal is None:
             proxy.release(id(pending))
-            self.send(message)
+            self.send(message, timing)
             return
         proxy.hold(id(pending), min(record.stamp for record, _ in records))
         try:
             durable = self._journal_now(records)
         except QuotaWait:
-            proxy.spawn(self._journal_then_reply(pending, records, message))
+            proxy.spawn(self._journal_then_reply(pending, records, message, timing))
             return
         except Exception:
             logger.exception("journaling failed; closing client %s", self.peer)
@@ -297,9 +294,9 @@ class ClientSession(_Peer):
             return
         proxy.release(id(pending))  # written: the stamp is in the LOG now
         if durable is None:
-            self.send(message)
+            self.send(message, timing)
         else:
-            durable.add_done_callback(lambda f: self._reply_if_durable(f, message))
+            durable.add_done_callback(lambda f: self._reply_if_durable(f, message, timing))
 
     def _journal_now(self, records: list[tuple[Record, memoryview | None]]) -> asyncio.Future | None:
         """The fast path: append without a task; the last record's durability covers all."""
@@ -314,16 +311,16 @@ class ClientSession(_Peer):
                 stats.failed_mutations_total += 1
         return durable
 
-    def _reply_if_durable(self, durable: asyncio.Future, message: memoryview) -> None:
+    def _reply_if_durable(self, durable: asyncio.Future, message: memoryview, timing) -> None:
         if durable.cancelled() or durable.exception() is not None:
             logger.error("LOG fsync failed (%s); closing client %s without its reply",
                          durable.exception() if not durable.cancelled() else "cancelled", self.peer)
             self.close()
             return
-        self.send(message)
+        self.send(message, timing)
 
     async def _journal_then_reply(self, pending: Pending, records: list[tuple[Record, memoryview | None]],
-                                  message: memoryview) -> None:
+                                  message: memoryview, timing) -> None:
         proxy = self.proxy
         try:
             for record, data in records:
@@ -339,7 +336,7 @@ class ClientSession(_Peer):
             return
         finally:
             proxy.release(id(pending))
-        self.send(message)
+        self.send(message, timing)
 
     # -- lifecycle -------------------------------------------------------------------
 

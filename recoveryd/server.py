@@ -42,6 +42,7 @@ from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, ShardStatus, ShardStatusRequest)
 
 from .frontier import BatchRefused, StreamKey, StreamState
+from .restore_service import RestoreServicer
 from .store import ShardStore, stream_id, stream_key, stream_status
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError",
@@ -222,7 +223,7 @@ class JournalServer:
 
 async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                        workers: int = 8) -> JournalServer:
-    """Serve Journal and grpc.health.v1 on ``host:port`` (port 0: any free port).
+    """Serve Journal, Restore and grpc.health.v1 on ``host:port`` (port 0: any free port).
 
     Raises ``ServeError`` if the address cannot be bound.
     """
@@ -236,6 +237,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                                                      thread_name_prefix=f"shard{store.shard_id}")
     servicer = JournalServicer(store, hlc, executor)
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
+    journal_pb2_grpc.add_RestoreServicer_to_server(RestoreServicer(store, executor), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

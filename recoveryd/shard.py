@@ -24,6 +24,7 @@ import socket
 
 from logstore.hlc import DEFAULT_MAX_OFFSET_NS, HLC
 
+from .metrics import ShardCollector, serve_metrics
 from .server import JournalServer, ServeError, start_server
 from .store import ShardStore, StoreError
 
@@ -47,6 +48,7 @@ class ShardOptions:
     # JournalServer.stop), and a batch whose ack is cut off is resent and
     # deduplicated.
     grace_s: float = 1.0
+    metrics: str = "127.0.0.1:0"  # HOST:PORT of Prometheus /metrics
 
 
 @dataclasses.dataclass(slots=True)
@@ -101,8 +103,14 @@ async def run_shard(opts: ShardOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    metrics_host, _, metrics_port = opts.metrics.rpartition(":")
+    try:
+        metrics_port = serve_metrics(ShardCollector(running), metrics_host, int(metrics_port))
+    except OSError as e:
+        await running.stop()
+        raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
-          f"data {opts.data_dir}", flush=True)
+          f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
     try:
         await stop.wait()
         logger.info("shutting down")

@@ -41,7 +41,7 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-from . import baseline, proxy, recoveryd, status, up  # noqa: E402,F401  (register the subcommands)
+from . import baseline, export, proxy, recoveryd, restore, status, up  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:

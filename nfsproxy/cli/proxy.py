@@ -38,6 +38,7 @@ def proxy(
                                     "in the same order everywhere (shard k = the k-th --shard)."),
     control: str = typer.Option("127.0.0.1:0", help="HOST:PORT of the control API (`nfsj baseline`); "
                                 "0 picks a free port, printed at start and kept in LOG/status.json."),
+    metrics: str = typer.Option("127.0.0.1:0", help="HOST:PORT for Prometheus /metrics (0: a free port, printed at start)."),
     log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
                                    "a size (10G), or both (1h,10G)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -51,5 +52,5 @@ def proxy(
         raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
-                        control=control)
+                        control=control, metrics=metrics)
     run_event_loop(run_proxy(opts))

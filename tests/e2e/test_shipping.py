@@ -243,6 +243,12 @@ class Background:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def check(self) -> bool:
+        """True while it runs or ended well; raises what it raised."""
+        if self.error is not None:
+            raise self.error
+        return True
+
     def join(self, timeout_s: float = HANG_S * 2):
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -279,30 +285,53 @@ def run_baseline(stack: Stack) -> None:
 # -- the scenarios ---------------------------------------------------------------
 
 
-def test_kill_9_shard_mid_workload(stack: Stack, tmp_path: Path):
+def test_kill_9_shard_mid_workload(stack: Stack):
     """kill -9 of shard 1 while clients write, twice, each time restarted on the same
     directory and port; the LOG reaches the shards whole."""
     shard = stack.shards[1]
-    work = Background(lambda: run_workload(stack.proxy.url(), root="w", seed=11))
-    for round_no in range(2):
-        # Mid-workload: shard 1 has acked some of the LOG, and the LOG is still growing.
-        acked = wait_for("shard 1 to ack records",
-                         lambda: (a := shipper(stack, 1)["acked_seq"]) > 0 and a)
+    stop_writing = threading.Event()
+    work = Background(lambda: run_workload(stack.proxy.url(), root="w", seed=11, random_ops=600))
+    # A writer that keeps going until told: the LOG grows through every kill.
+    steady = Background(lambda: write_until(stack.proxy.url(), "steady", stop_writing))
+    caught_up_to = 0
+    for round_no in range(3):
+        # Mid-workload: shard 1 has acked past the previous kill (so it came back
+        # and caught up), and the LOG is still growing.
+        acked = wait_for(f"shard 1 to ack past seq {caught_up_to}",
+                         lambda: (a := shipper(stack, 1)["acked_seq"]) > caught_up_to and a)
         shard.kill()
         seq_at_kill = log_last_seq(stack)
-        # While it is down the proxy keeps journaling (unless the workload is done).
-        wait_for("the LOG to grow while shard 1 is down",
-                 lambda: log_last_seq(stack) > seq_at_kill or not work.running())
+        # While it is down the proxy keeps journaling: clients are not held up.
+        seq_down = wait_for("the LOG to grow while shard 1 is down",
+                            lambda: steady.check() and (n := log_last_seq(stack)) > seq_at_kill and n)
         shard.start()  # the same data directory, the same port
         print(f"round {round_no}: killed shard 1 at acked seq {acked}, LOG seq {seq_at_kill}; "
-              f"restarted on {shard.address}")
+              f"LOG at seq {seq_down} when restarted on {shard.address}"
+              f"{'' if work.running() else ' (workload done)'}")
         assert shard.starts == round_no + 2
+        caught_up_to = seq_down
     work.join()
+    stop_writing.set()
+    steady.join()
     point, _ = drain(stack)
     check_shards_hold_log(stack, point)
 
 
-def test_wiped_shard_is_rebuilt_from_the_log(stack: Stack, tmp_path: Path):
+def write_until(url: str, prefix: str, stop: threading.Event) -> int:
+    """Write 4 KiB blocks into one file, via nfs-rs, until `stop` is set; returns the count."""
+    with connect(url) as client:
+        client.mkdir(prefix, 0o755)
+        n = 0
+        with client.open(f"{prefix}/blocks", "w+b") as f:
+            while not stop.is_set():
+                f.write_at(n.to_bytes(8, "big") * 512, n * 4096 % (8 << 20))
+                n += 1
+                time.sleep(0.002)
+        return n
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_wiped_shard_is_rebuilt_from_the_log(stack: Stack, how: str):
     """A shard that loses its data directory comes back empty on the same port; the
     shipper rewinds to seq 1 and resends, while clients keep writing."""
     run_workload(stack.proxy.url(), root="w", seed=22, libnfs=False)
@@ -312,12 +341,12 @@ def test_wiped_shard_is_rebuilt_from_the_log(stack: Stack, tmp_path: Path):
     old = before["shards"][0]
     assert old["records"] > 0
 
+    more = Background(lambda: write_files(stack.proxy.url(), "during-wipe", 200, 8192))
     victim = stack.shards[0]
-    victim.kill()
+    getattr(victim, how)()  # kill -9, or a clean stop
     victim.wipe()
     assert not victim.data_dir.exists()
     victim.start()  # empty, on the same port
-    more = Background(lambda: write_files(stack.proxy.url(), "after-wipe", 100, 8192))
     more.join()
 
     point, after = drain(stack)
@@ -357,6 +386,10 @@ def test_both_shards_down_back_pressure_not_loss(stack: Stack, tmp_path: Path):
         lag1, lag2 = p1["shards"][k]["lag_records"], p2["shards"][k]["lag_records"]
         assert 0 < lag1 < lag2, f"shipper {k}: lag_records {lag1} then {lag2}, not growing"
         assert p2["shards"][k]["acked_seq"] == p1["shards"][k]["acked_seq"]
+    human = nfsj("status", "--log", str(stack.proxy.log_dir))
+    assert human.returncode == 1
+    assert human.stdout.startswith("consistent point: none"), human.stdout
+    assert sum(" DOWN " in line for line in human.stdout.splitlines()) == N_SHARDS, human.stdout
 
     for shard in stack.shards:
         shard.start()

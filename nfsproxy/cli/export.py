@@ -1,0 +1,49 @@
+"""`nfsj export`: a read-only NFSv3 export of the tree as it was at TIME."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+import typer
+
+from recoveryd.restore import RestoreError
+from recoveryd.timespec import FORMS, parse_time
+
+from ..exportd import ExportOptions, run_export
+from ..proxyd import parse_hostport
+from . import app, fail, setup_logging
+
+
+@app.command("export")
+def export_command(
+    at: str = typer.Option(..., "--at", metavar="TIME", help=f"The moment to serve. TIME: {FORMS}."),
+    listen: str = typer.Option("0.0.0.0:2049", "--listen", metavar="HOST:PORT",
+                               help="Where to serve NFSv3, MOUNT v3 and portmap GETPORT (port 0: any free port)."),
+    shard: Optional[list[str]] = typer.Option(
+        None, "--shard", metavar="HOST:PORT",
+        help="A recovery shard's HOST:PORT; repeat for each shard, in the same order as the proxy's --shard."),
+    allow_unproven: bool = typer.Option(
+        False, "--allow-unproven",
+        help="Serve a moment at or after the consistent point (records may be missing)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the export as it was at TIME, read-only, over NFSv3 (nothing is written out first).
+
+    Mount it as HOST:/ with the port given (nfsport = mountport = PORT).
+    """
+    setup_logging(verbose)
+    if not shard:
+        fail("no shards given: pass --shard HOST:PORT once per recovery shard, in the same order "
+             "as the proxy's --shard")
+    try:
+        parse_time(at)
+    except ValueError as e:
+        fail(f"--at: {e}")
+    host, port = parse_hostport(listen, 2049)
+    try:
+        asyncio.run(run_export(ExportOptions(at, host, port, list(shard), allow_unproven)))
+    except RestoreError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot serve on {listen} ({e.strerror or e}); pick a free port with --listen")

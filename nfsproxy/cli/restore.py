@@ -1,0 +1,186 @@
+"""`nfsj restore`, `nfsj cat`, `nfsj history`: the past, through the Restore API.
+
+Each command parses its flags and calls one method of
+``recoveryd.restore.RestoreClient``; everything it knows about cuts,
+baselines and shards lives there. Errors are one line (``nfsj: error: ...``,
+exit 2). Every command that delivers content prints the cut it delivered,
+with its proof, to stderr at the end.
+
+Restore targets: today a local directory (``--to``). Push-back onto the NAS
+(``--to-nas``) plugs in at ``_deliver``: one more option, one more branch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from logstore.stamp import Stamp
+from recoveryd.restore import (Cut, RestoreClient, RestoreError, RestoreProgress, RestoreSummary,
+                               Shards)
+from recoveryd.timespec import FORMS, parse_time
+from recoveryd.tree import REG
+
+from . import app, fail
+
+_SHARD_HELP = ("A recovery shard's HOST:PORT; repeat for each shard, in the same order as the "
+               "proxy's --shard. Required.")
+_TIME_HELP = f"TIME: {FORMS}."
+_NO_SHARDS = ("no shards given: pass --shard HOST:PORT once per recovery shard, in the same order "
+              "as the proxy's --shard")
+
+
+def _time(text: str, option: str) -> Stamp:
+    try:
+        return parse_time(text)
+    except ValueError as e:
+        fail(f"{option}: {e}")
+
+
+def _client(shard: list[str] | None) -> RestoreClient:
+    if not shard:
+        fail(_NO_SHARDS)
+    try:
+        return RestoreClient(Shards(shard))
+    except RestoreError as e:
+        fail(str(e))
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _report_cut(cut: Cut) -> None:
+    err = _stderr()
+    if cut.unproven:
+        err.print("[bold red]WARNING: UNPROVEN CUT[/]: this moment lies at or after the consistent "
+                  "point; records stamped before it may not have reached every shard yet, so the "
+                  "result may miss changes.", highlight=False)
+    typer.echo(f"delivered {cut}", err=True)
+
+
+@app.command("restore")
+def restore_command(
+    at: str = typer.Option(..., "--at", metavar="TIME", help=f"The moment to restore. {_TIME_HELP}"),
+    to: str = typer.Option(..., "--to", metavar="DIR",
+                           help="Where to write the tree: a new or empty directory (never overwritten)."),
+    path: Optional[str] = typer.Option(None, "--path", metavar="SUBTREE",
+                                       help="Restore only this path of the export (default: all of it)."),
+    allow_unproven: bool = typer.Option(
+        False, "--allow-unproven",
+        help="Restore a moment at or after the consistent point (records may be missing)."),
+    shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
+    moment = _time(at, "--at")
+    client = _client(shard)
+    try:
+        cut = client.cut(moment, allow_unproven=allow_unproven)
+        if cut.unproven:
+            _stderr().print("[bold red]WARNING: --allow-unproven[/]: restoring an UNPROVEN cut",
+                            highlight=False)
+        summary = _deliver(client, cut, to, path, quiet)
+    except RestoreError as e:
+        fail(str(e))
+    finally:
+        client.close()
+        client.shards.close()
+    typer.echo(str(summary), err=True)
+    _report_cut(cut)
+
+
+def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: bool) -> RestoreSummary:
+    """Write the cut to its target. Extension point: `--to-nas` adds a branch here."""
+    columns = (TextColumn("restore"), BarColumn(), DownloadColumn(),
+               TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[current]}"))
+    with Progress(*columns, console=_stderr(), disable=quiet, transient=True) as bar:
+        task = bar.add_task("restore", total=None, files="", current="")
+
+        def progress(p: RestoreProgress) -> None:
+            bar.update(task, completed=p.bytes_done, total=max(p.bytes_hint, p.bytes_done) or None,
+                       files=f"{p.files_done}/{p.files_total} files" if p.phase != "tree" else "reading tree",
+                       current=p.current[-40:])
+
+        return client.restore_to_dir(cut, to, path=path, progress=progress)
+
+
+@app.command("cat")
+def cat_command(
+    path: str = typer.Argument(..., metavar="PATH", help="The file, as a path from the export root."),
+    at: str = typer.Option(..., "--at", metavar="TIME", help=f"The moment. {_TIME_HELP}"),
+    allow_unproven: bool = typer.Option(False, "--allow-unproven",
+                                        help="Allow a moment at or after the consistent point."),
+    shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+) -> None:
+    """Write one file's bytes as they were at TIME to stdout."""
+    moment = _time(at, "--at")
+    client = _client(shard)
+    try:
+        cut = client.cut(moment, allow_unproven=allow_unproven)
+        tree = client.tree(cut)
+        fh = tree.lookup(path)
+        if fh is None:
+            fail(f"{path} did not exist at {at}")
+        node = tree.nodes[fh]
+        if node.type != REG:
+            fail(f"{path} was not a regular file at {at} (it was a {node.type_name})")
+        with tempfile.TemporaryFile(prefix="nfsj-cat-") as tmp:
+            client.write_file(cut, fh, tmp.fileno())
+            tmp.seek(0)
+            try:
+                shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(1) from None
+    except RestoreError as e:
+        fail(str(e))
+    finally:
+        client.close()
+        client.shards.close()
+    _report_cut(cut)
+
+
+@app.command("history")
+def history_command(
+    path: str = typer.Argument(..., metavar="PATH", help="A path from the export root."),
+    since: Optional[str] = typer.Option(None, "--since", metavar="TIME",
+                                        help="Only records stamped after TIME."),
+    until: Optional[str] = typer.Option(None, "--until", metavar="TIME",
+                                        help="Only records up to TIME (default: now); PATH is looked up "
+                                             f"as it was then. {_TIME_HELP}"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+) -> None:
+    """What changed PATH, when, from which client and uid."""
+    lo = _time(since, "--since") if since else None
+    hi = _time(until, "--until") if until else None
+    client = _client(shard)
+    try:
+        entries = client.history(path, lo, hi)
+    except RestoreError as e:
+        fail(str(e))
+    finally:
+        client.close()
+        client.shards.close()
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry.to_dict(), sort_keys=True))
+        return
+    rows = [("TIME", "STAMP", "OP", "CLIENT", "UID", "STATUS", "DETAILS")]
+    for e in entries:
+        rows.append((e.time, str(e.stamp), e.op, e.client or "-", str(e.uid),
+                     "ok" if e.ok else e.status_name, e.details))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip())

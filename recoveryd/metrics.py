@@ -1,0 +1,81 @@
+"""Prometheus metrics of a recovery shard, built at scrape time.
+
+Also home of `serve_metrics`, shared by every daemon (recoveryd sits below
+nfsproxy, so the proxy imports it from here).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["ShardCollector", "serve_metrics"]
+
+
+class ShardCollector(Collector):
+    """Everything `nfsj recoveryd` exports; `running` is a `recoveryd.shard.RunningShard`."""
+
+    def __init__(self, running):
+        self.running = running
+
+    def collect(self) -> Iterator:
+        store, servicer = self.running.store, self.running.server.servicer
+        c = servicer.counters
+        shard = str(store.shard_id)
+        for name, doc, value in (
+                ("nfsj_shard_ingested_batches", "Batches applied", c.batches_total),
+                ("nfsj_shard_ingested_records", "Records received in applied batches (resends included)",
+                 c.records_total),
+                ("nfsj_shard_ingested_bytes", "Record bytes received in applied batches", c.bytes_total),
+                ("nfsj_shard_refused_batches", "Batches refused (not continuing their stream, or malformed)",
+                 c.refusals_total),
+                ("nfsj_hlc_rejections", "Batches refused because the sender's clock was beyond max offset",
+                 c.clock_refusals_total)):
+            yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
+        for name, doc, value in (
+                ("nfsj_shard_records", "Records held", store.records_total),
+                ("nfsj_shard_bytes", "Record bytes held", store.bytes_total),
+                ("nfsj_shard_streams_open", "Ingest streams connected", c.streams_open)):
+            yield _one(GaugeMetricFamily(name, doc, labels=["shard"]), shard, value)
+        yield from self._streams(shard)
+        restore = getattr(self.running.server, "restore_counters", None)
+        if restore is not None:
+            for name, doc, value in (
+                    ("nfsj_restore_served_records", "Records streamed to restore clients", restore.records_total),
+                    ("nfsj_restore_served_bytes", "Record bytes streamed to restore clients", restore.bytes_total)):
+                yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
+
+    def _streams(self, shard: str) -> Iterator:
+        now_s = time.time()
+        age = GaugeMetricFamily("nfsj_frontier_age_seconds",
+                                "Now minus this shard's frontier for a proxy stream (the stream's RPO here)",
+                                labels=["shard", "stream"])
+        durable = GaugeMetricFamily("nfsj_shard_durable_seq", "A stream's durable LOG position here",
+                                    labels=["shard", "stream"])
+        pinned = GaugeMetricFamily("nfsj_shard_gap_pinned",
+                                   "1 when a stream's frontier is pinned by a gap (records lost before shipping)",
+                                   labels=["shard", "stream"])
+        for key, state in self.running.store.streams().items():
+            labels = [shard, str(key)]
+            wall = state.frontier.wall_ns
+            age.add_metric(labels, max(0.0, now_s - wall / 1e9) if wall else float("inf"))
+            durable.add_metric(labels, state.durable_seq)
+            pinned.add_metric(labels, 1 if state.pinned else 0)
+        yield from (age, durable, pinned)
+
+
+def _one(family, label: str, value):
+    family.add_metric([label], value)
+    return family
+
+
+def serve_metrics(collector: Collector, host: str, port: int) -> int:
+    """Serve /metrics for `collector` on host:port (0: a free port); returns the port."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server.server_address[1]

@@ -1,0 +1,474 @@
+"""Point-in-time restore end to end: real ganesha, two real recoveryd shards,
+a real `nfsj proxy`, and the `nfsj` commands a user types.
+
+The scenario (one per module, `scenario` fixture):
+
+1. files are put straight on the NAS (the proxy never sees them made): a
+   multi-MiB file (several baseline pieces), hard links across directories,
+   a symlink, an empty file, nested directories;
+2. the proxy starts, shipping to both shards, and `nfsj baseline` reads the
+   export;
+3. phase 1, through the proxy with nfs-rs (and our own client for a FIFO):
+   writes at offsets leaving holes, truncate and extend, chmod, chown, utime,
+   renames across directories and over an existing name, a symlink, hard
+   links, mkdir/rmdir, remove, writes under another uid;
+   then T1 is taken, `status` must prove it (consistent point above T1), and
+   the export directory is snapshotted as truth 1;
+4. phase 2: more of the same, on the same and on new names; T2, truth 2.
+
+Then: `nfsj restore --at T1` and `--at T2` give truth 1 and truth 2
+(content, sizes, modes, owners, symlink targets, link counts and hard-link
+groups, mtimes of regular files); `nfsj cat` gives a file's bytes at T1;
+restores before the first baseline and after the consistent point are
+refused with one line; `--path` restores a subtree and reads no other file's
+records; `nfsj history` lists a file's writes with client and uid.
+
+Truth is read from the export's local directory (tests/e2e/treecompare.py),
+never through the code under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e.proxy_fixture import ProxyProcess
+from e2e.treecompare import diff, snapshot
+from e2e.workload import connect
+from logstore.stamp import Stamp
+from nfsproxy.client import NfsClient
+from nfsproxy.ganesha import start_ganesha
+from nfsproxy.nfs3 import Ftype3
+from recoveryd.restore import RestoreClient, Shards
+from recoveryd.status import fetch_status, overall
+from recoveryd.timespec import format_time
+
+pytestmark = pytest.mark.ganesha
+
+MiB = 1 << 20
+M32 = (1 << 32) - 1
+OTHER_UID = OTHER_GID = 4242
+_SERVING = re.compile(r"shard (\d+) serving on [^ ]+:(\d+),")
+NFSJ = [sys.executable, "-m", "nfsproxy"]
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+class ShardProcess:
+    """`nfsj recoveryd` as a user runs it."""
+
+    def __init__(self, data: Path, shard_id: int):
+        self.data = data
+        self.shard_id = shard_id
+        self.stderr_path = data.parent / f"{data.name}.stderr"
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [*NFSJ, "recoveryd", "--listen", "127.0.0.1:0", "--data", str(data),
+             "--shard-id", str(shard_id)], stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        line = self.proc.stdout.readline()
+        m = _SERVING.search(line)
+        if not m:
+            self.stop()
+            raise RuntimeError(f"recoveryd did not start: {line!r}\n{self.stderr_path.read_text()}")
+        self.address = f"127.0.0.1:{m.group(2)}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def nfsj(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([*NFSJ, *args], capture_output=True, timeout=timeout_s)
+
+
+def shard_args(addresses: list[str]) -> list[str]:
+    return [a for address in addresses for a in ("--shard", address)]
+
+
+def now_bound() -> Stamp:
+    """A bound above every stamp handed out so far (the proxy's HLC reads the same clock)."""
+    time.sleep(0.05)
+    bound = Stamp(time.time_ns(), M32, M32)
+    time.sleep(0.05)
+    return bound
+
+
+def wait_proven(addresses: list[str], moment: Stamp, timeout_s: float = 30.0) -> Stamp:
+    """Wait until the consistent point passes `moment`; return it."""
+    deadline = time.monotonic() + timeout_s
+    view = None
+    while time.monotonic() < deadline:
+        view = overall(fetch_status(addresses))
+        point = view["consistent_point"]
+        if point is not None and Stamp.parse(point["stamp"]) > moment:
+            return Stamp.parse(point["stamp"])
+        time.sleep(0.1)
+    raise AssertionError(f"the consistent point did not pass {moment} in {timeout_s}s: {view}")
+
+
+# -- the scenario ---------------------------------------------------------------------------
+
+
+def _data(seed: int, n: int) -> bytes:
+    import random
+    return random.Random(seed).randbytes(n)
+
+
+def _write(c, path: str, data: bytes, offset: int = 0, mode: str = "r+b") -> None:
+    with c.open(path, mode) as f:
+        for pos in range(0, len(data), MiB):
+            f.write_at(data[pos:pos + MiB], offset + pos)
+
+
+def _on_the_nas(c) -> None:
+    """Straight on ganesha, before the proxy exists."""
+    for d in ("docs", "docs/deep", "docs/deep/er", "old", "keep", "keep/sub"):
+        c.mkdir(d, 0o755)
+    _write(c, "docs/big.bin", _data(1, 2 * MiB + 12345), mode="wb")   # three baseline pieces
+    _write(c, "docs/a.txt", b"alpha\n" * 100, mode="wb")
+    _write(c, "docs/deep/er/note", b"deep note\n", mode="wb")
+    _write(c, "old/shared", b"one inode, two names\n", mode="wb")
+    c.link("old/shared", "docs/shared-too")
+    c.symlink("a.txt", "docs/to-a")
+    c.touch("docs/empty")
+    _write(c, "keep/k1", _data(2, 5000), mode="wb")
+    _write(c, "keep/sub/k2", _data(3, 70000), mode="wb")
+    c.chmod("keep/k1", 0o600)
+    c.utime("keep/k1", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    c.mkdir("shared", 0o777)
+    c.chmod("shared", 0o777)
+
+
+def _phase1(c, other, port: int) -> None:
+    # Writes at offsets with holes, overwriting a baseline file in place.
+    _write(c, "docs/big.bin", b"\xaa" * 3000, offset=MiB - 1000)   # across a piece boundary
+    c.mkdir("data", 0o755)
+    with c.open("data/sparse.bin", "wb") as f:
+        f.write_at(_data(4, 4096), 0)
+        f.write_at(_data(5, 5000), MiB + 7)
+    _write(c, "data/sparse.bin", b"\xff" * 300, offset=MiB)
+    # Truncate and extend.
+    _write(c, "data/grow.bin", _data(6, 300_000), mode="wb")
+    c.truncate("data/grow.bin", 123_457)
+    c.truncate("data/grow.bin", 2 * MiB + 1)
+    _write(c, "data/grow.bin", b"end", offset=2 * MiB - 2)
+    c.truncate("docs/a.txt", 50)
+    # Attributes.
+    c.chmod("docs/big.bin", 0o640)
+    c.chown("docs/a.txt", 1234, 5678)
+    c.utime("data/grow.bin", ns=(1_700_000_000_111_111_111, 1_700_000_000_222_222_222))
+    c.chmod("docs/deep", 0o711)
+    # Renames: across directories (a file and a directory with content), over an existing name.
+    c.rename("docs/deep/er/note", "old/note-moved")
+    c.rename("docs/deep/er", "old/er-moved")
+    _write(c, "data/victim", b"to be replaced\n", mode="wb")
+    _write(c, "data/winner", b"the winner\n", mode="wb")
+    c.rename("data/winner", "data/victim")
+    # Symlinks, hard links.
+    c.symlink("../docs/big.bin", "data/to-big")
+    c.symlink("/nowhere/at/all", "data/dangling")
+    c.link("data/sparse.bin", "docs/sparse-link")
+    c.link("old/shared", "data/shared-3")
+    # mkdir/rmdir, remove.
+    c.mkdir("data/gone", 0o755)
+    c.rmdir("data/gone")
+    _write(c, "data/doomed", b"short-lived\n", mode="wb")
+    c.remove("data/doomed")
+    c.remove("docs/empty")
+    # Another uid writes in a directory anyone may write.
+    _write(other, "shared/theirs.bin", _data(7, 9000), mode="wb")
+    _write(other, "shared/theirs.bin", b"patched", offset=100)
+    # A FIFO (nfs-rs cannot send MKNOD).
+    with NfsClient("127.0.0.1", port, port, "/export", timeout_s=15.0) as ours:
+        ours.mount()
+        data_fh = ours.lookup_path("data")
+        ours.mknod(data_fh, "fifo", Ftype3.NF3FIFO, 0o640)
+
+
+def _phase2(c, other) -> None:
+    _write(c, "data/sparse.bin", b"second phase", offset=3 * MiB)       # extends with a hole
+    c.truncate("docs/big.bin", MiB // 2)                                 # shrinks a baseline file
+    _write(c, "docs/big.bin", b"tail", offset=MiB // 2 - 2)
+    c.remove("docs/sparse-link")
+    c.rename("data/victim", "old/victim")
+    c.rename("old/shared", "keep-no-more")                               # to the root
+    c.chmod("data/grow.bin", 0o2755)
+    c.mkdir("new", 0o750)
+    _write(c, "new/fresh.txt", b"made in phase 2\n", mode="wb")
+    c.link("new/fresh.txt", "new/fresh-link")
+    c.symlink("fresh.txt", "new/to-fresh")
+    c.rename("data/to-big", "new/to-big")
+    _write(other, "shared/theirs.bin", b"again", offset=9000)           # extends
+    c.remove("data/fifo")
+    c.rmdir("docs/deep")                                                 # emptied in phase 1
+
+
+@dataclasses.dataclass
+class Scenario:
+    tmp: Path
+    export: Path
+    shards: list[str]
+    log_dir: Path
+    before_baseline: Stamp
+    baseline_end: Stamp
+    t1: Stamp
+    t2: Stamp
+    truth1: dict
+    truth2: dict
+    cat_truth1: bytes
+    other_client: str = ""
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restore")
+    nas = start_ganesha(tmp / "export", tmp / "ganesha")
+    shards: list[ShardProcess] = []
+    proxy = None
+    try:
+        with connect(nas.url(version=3)) as c:
+            _on_the_nas(c)
+        shards = [ShardProcess(tmp / f"shard{k}", k) for k in range(2)]
+        addresses = [s.address for s in shards]
+        proxy = ProxyProcess(nas, tmp / "log", extra=shard_args(addresses)).start()
+        before_baseline = now_bound()
+        done = nfsj("baseline", "--log", str(proxy.log_dir), "--quiet")
+        assert done.returncode == 0, done.stderr.decode()
+        m = re.search(rb"restorable from (\S+)", done.stdout)
+        assert m, done.stdout
+        baseline_end = Stamp.parse(m.group(1).decode())
+
+        with connect(proxy.url()) as c, connect_as(proxy.url(), OTHER_UID, OTHER_GID) as other:
+            _phase1(c, other, proxy.port)
+            t1 = now_bound()
+            wait_proven(addresses, t1)
+            truth1 = snapshot(nas.export_dir, mtimes=True)
+            cat_truth1 = (nas.export_dir / "data/sparse.bin").read_bytes()
+            _phase2(c, other)
+            t2 = now_bound()
+            wait_proven(addresses, t2)
+            truth2 = snapshot(nas.export_dir, mtimes=True)
+        yield Scenario(tmp, nas.export_dir, addresses, proxy.log_dir, before_baseline,
+                       baseline_end, t1, t2, truth1, truth2, cat_truth1)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for s in shards:
+            s.stop()
+        nas.stop()
+
+
+def connect_as(url: str, uid: int, gid: int):
+    import nfs_rs
+    return nfs_rs.Client.connect(url, uid=uid, gid=gid, connect_timeout=5.0, operation_timeout=30.0)
+
+
+def compare(truth: dict, restored_dir: Path) -> None:
+    restored = snapshot(restored_dir, mtimes=True)
+    problems = diff(truth, restored, names=("truth", "restore"))
+    for rel, entry in truth.items():
+        if entry.type == "reg" and rel in restored and restored[rel].mtime_ns != entry.mtime_ns:
+            problems.append(f"{rel}: mtime_ns {entry.mtime_ns} in truth, {restored[rel].mtime_ns} "
+                            "in restore")
+    assert not problems, "\n".join(problems)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    err = done.stderr.decode()
+    assert done.returncode == 2, (done.returncode, err)
+    assert err.startswith("nfsj: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", ["t1", "t2"])
+def test_restore_gives_the_tree_as_it_was(scenario, moment, tmp_path):
+    s = scenario
+    at = getattr(s, moment)
+    truth = s.truth1 if moment == "t1" else s.truth2
+    dest = tmp_path / f"restored-{moment}"
+    # T1 as ISO-8601 with nanoseconds, T2 as an exact stamp: both forms users type.
+    text = format_time(at) if moment == "t1" else str(at)
+    done = nfsj("restore", "--at", text, "--to", str(dest), *shard_args(s.shards))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    compare(truth, dest)
+    # The cut it delivered, with its proof.
+    m = re.search(r"delivered cut (\S+) .*baseline (\S+) ended (\S+).*consistent point (\S+) .*; proven",
+                  err)
+    assert m, err
+    assert Stamp.parse(m.group(1)) == at
+    assert Stamp.parse(m.group(3)) == s.baseline_end
+    assert Stamp.parse(m.group(4)) > at
+    assert "UNPROVEN" not in err
+    assert not list(tmp_path.glob("*.nfsj-tmp-*"))
+
+
+def test_restore_into_an_empty_directory_and_never_over_content(scenario, tmp_path):
+    s = scenario
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = nfsj("restore", "--at", str(s.t1), "--to", str(empty), "--quiet", *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    compare(s.truth1, empty)
+    # Now it has content: refused, and nothing is touched.
+    before = snapshot(empty, mtimes=True)
+    err = one_line_error(nfsj("restore", "--at", str(s.t1), "--to", str(empty), *shard_args(s.shards)))
+    assert "not empty" in err and "never overwrites" in err
+    assert snapshot(empty, mtimes=True) == before
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    err = one_line_error(nfsj("restore", "--at", str(s.t1), "--to", str(a_file), *shard_args(s.shards)))
+    assert "not a directory" in err and a_file.read_text() == "mine"
+
+
+def test_cat_gives_the_bytes_at_t1(scenario):
+    s = scenario
+    done = nfsj("cat", "data/sparse.bin", "--at", format_time(s.t1), *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == s.cat_truth1
+    assert len(done.stdout) == MiB + 7 + 5000
+    assert "delivered cut" in done.stderr.decode()
+    # A path that did not exist, and one that is no regular file.
+    assert "did not exist" in one_line_error(nfsj("cat", "new/fresh.txt", "--at", str(s.t1),
+                                                  *shard_args(s.shards)))
+    assert "not a regular file" in one_line_error(nfsj("cat", "data", "--at", str(s.t1),
+                                                       *shard_args(s.shards)))
+
+
+def test_refused_before_the_first_baseline(scenario, tmp_path):
+    s = scenario
+    err = one_line_error(nfsj("restore", "--at", str(s.before_baseline), "--to", str(tmp_path / "x"),
+                              *shard_args(s.shards)))
+    assert "before the earliest restorable moment" in err
+    assert "valid range: " in err and str(s.baseline_end) in err
+    assert not (tmp_path / "x").exists()
+    # The earliest moment printed in the message is itself accepted.
+    earliest = re.search(r"valid range: (\S+) \.\. (\S+)", err).group(1)
+    done = nfsj("restore", "--at", earliest, "--to", str(tmp_path / "earliest"), "--quiet",
+                *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_refused_after_the_consistent_point_unless_allowed(scenario, tmp_path):
+    s = scenario
+    future = format_time(Stamp(time.time_ns() + 3600 * 10**9, 0, 0))
+    err = one_line_error(nfsj("restore", "--at", future, "--to", str(tmp_path / "x"),
+                              *shard_args(s.shards)))
+    assert "consistent point" in err and "valid range: " in err and "--allow-unproven" in err
+    assert not (tmp_path / "x").exists()
+    # Forced: delivered, and said loudly.
+    done = nfsj("restore", "--at", future, "--to", str(tmp_path / "forced"), "--path", "keep",
+                "--allow-unproven", *shard_args(s.shards))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "UNPROVEN" in err
+    assert (tmp_path / "forced" / "k1").read_bytes() == (s.export / "keep/k1").read_bytes()
+
+
+def test_usage_errors_are_one_line(scenario, tmp_path):
+    s = scenario
+    err = one_line_error(nfsj("restore", "--at", "yesterday", "--to", str(tmp_path / "x"),
+                              *shard_args(s.shards)))
+    assert "ISO-8601" in err and "-10m" in err
+    err = one_line_error(nfsj("restore", "--at", "now", "--to", str(tmp_path / "x")))
+    assert "--shard" in err
+    err = one_line_error(nfsj("restore", "--at", str(s.t1), "--to", str(tmp_path / "x"),
+                              "--shard", s.shards[0], "--shard", "127.0.0.1:1"))
+    assert "127.0.0.1:1" in err and "shard 1" in err
+    err = one_line_error(nfsj("restore", "--at", str(s.t1), "--to", str(tmp_path / "x"),
+                              "--path", "no/such/dir", *shard_args(s.shards)))
+    assert "did not exist" in err
+
+
+def test_path_restores_a_subtree_reading_only_its_files(scenario, tmp_path):
+    s = scenario
+    dest = tmp_path / "sub"
+    done = nfsj("restore", "--at", str(s.t2), "--to", str(dest), "--path", "/keep",
+                *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    truth = {rel[len("keep/"):] if rel != "keep" else "": e
+             for rel, e in s.truth2.items() if rel == "keep" or rel.startswith("keep/")}
+    compare(truth, dest)
+
+    # Through the library: which files' records did it read?
+    with Shards(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t2)
+        tree = client.tree(cut)
+        read: list[bytes] = []
+        real = client.file_records
+
+        def spy(cut_, fh, **kw):
+            read.append(fh)
+            return real(cut_, fh, **kw)
+
+        client.file_records = spy  # type: ignore[method-assign]
+        summary = client.restore_to_dir(cut, tmp_path / "lib", path="keep")
+    assert sorted(read) == sorted({tree.lookup("keep/k1"), tree.lookup("keep/sub/k2")})
+    assert summary.files == 2 and summary.dirs == 2
+
+
+def test_library_read_serves_byte_ranges(scenario):
+    s = scenario
+    with Shards(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t1)
+        fh = client.tree(cut).lookup("data/sparse.bin")
+        assert client.read(cut, fh, 0, 100) == s.cat_truth1[:100]
+        assert client.read(cut, fh, MiB - 10, 400) == s.cat_truth1[MiB - 10:MiB + 390]
+        assert client.read(cut, fh, len(s.cat_truth1) - 5, 100) == s.cat_truth1[-5:]
+        assert client.read(cut, fh, 10 * MiB, 100) == b""
+        attr = client.file_attr(cut, fh)
+        assert attr.size == len(s.cat_truth1)
+        assert attr.mtime_ns == s.truth1["data/sparse.bin"].mtime_ns
+
+
+def test_history_lists_writes_with_client_and_uid(scenario):
+    s = scenario
+    done = nfsj("history", "shared/theirs.bin", "--json", *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    entries = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    writes = [e for e in entries if e["op"] == "WRITE"]
+    assert [w["details"] for w in writes] == ["offset=0 count=9000", "offset=100 count=7",
+                                              "offset=9000 count=5"]
+    for w in writes:
+        assert w["uid"] == OTHER_UID and w["gid"] == OTHER_GID and w["ok"]
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", w["client"]), w
+    assert entries[0]["op"] == "CREATE" and entries[0]["uid"] == OTHER_UID
+    stamps = [Stamp.parse(e["stamp"]) for e in entries]
+    assert stamps == sorted(stamps)
+
+    # --since/--until bound it: only phase 1's writes.
+    done = nfsj("history", "shared/theirs.bin", "--json", "--until", str(s.t1), *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    entries = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [e["details"] for e in entries if e["op"] == "WRITE"] == ["offset=0 count=9000",
+                                                                     "offset=100 count=7"]
+    done = nfsj("history", "shared/theirs.bin", "--json", "--since", str(s.t1), *shard_args(s.shards))
+    entries = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [e["details"] for e in entries if e["op"] == "WRITE"] == ["offset=9000 count=5"]
+
+    # The table form, and a rename seen in another file's history.
+    done = nfsj("history", "old/victim", *shard_args(s.shards))
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert "RENAME" in out and "/data/winner -> /data/victim" in out
+    assert "/data/victim -> /old/victim" in out
