@@ -39,6 +39,7 @@ import dataclasses
 import logging
 from typing import Any, Callable, Final
 
+from .exportd import cut_tree
 from .client import NfsClient, NfsError, ProtocolError, created_fh, sattr3
 from .nfs3 import Ftype3, Nfsstat3, StableHow
 
@@ -100,7 +101,7 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = Non
     when the caller already has the cut's tree. Returns a `PushResult`.
     """
     if tree is None:
-        tree = client.tree(cut)
+        tree = cut_tree(client, cut)  # with files' attributes as of the cut (see there)
     src_parts = _split(path or "")
     src_rel = "/".join(src_parts)
     src_fh = tree.lookup(src_rel)
@@ -133,6 +134,7 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = Non
             pusher.push_children(src_fh, top_fh, target)
         else:
             pusher.push_object(src_fh, top_fh, src_parts[-1], f"{target}/{src_parts[-1]}")
+            pusher._setattr(top_fh, target, "mode", mode=0o755)  # a plain holder for one object
         pusher.finish()
         return pusher.result
 
@@ -274,8 +276,8 @@ class _Pusher:
         return None
 
     def _write_content(self, fh: bytes, nas_fh: bytes, rel: str) -> None:
-        node = self.tree.node(fh)
-        size = node.attr.size if node.attr is not None else None
+        # The content as RestoreClient materialises it has the file's size at
+        # the cut (holes read as zeros), so it is written whole.
         for _ in range(_COMMIT_ATTEMPTS):
             verfs: set[bytes] = set()
             offset, need_commit = 0, False
@@ -295,9 +297,6 @@ class _Pusher:
                 offset += len(data)
                 if len(data) < CHUNK_BYTES:
                     break
-            if size is not None and offset < size:
-                # Content shorter than the size at the cut: the rest is a hole.
-                self.nfs.setattr(nas_fh, sattr3(size=size))
             if not need_commit or verfs == {self.nfs.commit(nas_fh).verf}:
                 self.result.bytes += offset
                 return

@@ -11,15 +11,31 @@ import sys
 
 import typer
 
+from ..config import default_map, load_config
 from ..proxyd import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  context_settings={"auto_envvar_prefix": "NFSJ"},
                   help="nfs-journal: continuous data protection for NAS/NFS.")
 
 
 @app.callback()
-def _root() -> None:
-    """nfs-journal: continuous data protection for NAS/NFS."""
+def _root(ctx: typer.Context,
+          config: str = typer.Option(None, "--config", envvar="NFSJ_CONFIG",
+                                     help="TOML file of options (see README: Configuration).")) -> None:
+    """nfs-journal: continuous data protection for NAS/NFS.
+
+    Options come from flags, then NFSJ_<COMMAND>_<OPTION> environment
+    variables, then the --config file, then defaults.
+    """
+    if config:
+        ctx.default_map = default_map(load_config(config), command_options(ctx.command), source=config)
+
+
+def command_options(group) -> dict[str, set[str]]:
+    """Each subcommand's option names (as click stores them)."""
+    return {name: {p.name for p in cmd.params} for name, cmd in group.commands.items()
+            if hasattr(cmd, "params")}
 
 
 def fail(message: str) -> None:
@@ -41,7 +57,7 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-from . import baseline, export, proxy, recoveryd, restore, status, up  # noqa: E402,F401  (register the subcommands)
+from . import baseline, config, export, proxy, recoveryd, restore, status, up  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:

@@ -103,7 +103,10 @@ def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: 
     columns = (TextColumn("restore"), BarColumn(), DownloadColumn(),
                TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
                TextColumn("{task.fields[current]}"))
-    with Progress(*columns, console=_stderr(), disable=quiet, transient=True) as bar:
+    console = _stderr()
+    # Not a terminal (a log, a pipe): no bar, so errors stay one clean line.
+    with Progress(*columns, console=console, disable=quiet or not console.is_terminal,
+                  transient=True) as bar:
         task = bar.add_task("restore", total=None, files="", current="")
 
         def progress(p: RestoreProgress) -> None:

@@ -1,0 +1,408 @@
+"""How fast recovery shards ingest the LOG, end to end over gRPC (a script, not a test).
+
+    python3 tests/bench/bench_ingest.py [--records N] [--rounds R] [--profile]
+
+The records: N WRITE records with 4 KiB of data each (random bytes, so
+compression does not flatter anyone), a new file handle every 100 records,
+increasing stamps. They are written once into a real proxy LOG
+(`logstore.log.Log`) and fsynced before anything is timed.
+
+Configurations, measured in the same run on the same disk and interleaved
+within each of `--rounds` rounds (tables show the median):
+
+* plain       - a rocksdict loop: the same serialized records put under
+                `r/<stamp16>` keys, 512 per WriteBatch (the shipper's batch
+                size), no fsync. The reference the target is stated against.
+* plain+sync  - the same with each WriteBatch fsynced (as the shard does).
+* 1 shard     - one real `nfsj recoveryd` subprocess, fed by the real
+                `nfsproxy.shipper.Shipper` reading the LOG, with its
+                production defaults.
+* 2 shards    - two of them, one shipper each (each shipper reads the whole
+                LOG and sends its shard's half).
+
+End to end is timed from the shippers' start until every shipper's
+`acked_seq` reaches the LOG's end: every record is then fsynced in a shard's
+RocksDB. Each run gets fresh shard data directories. After each run the
+shards' record counts are checked against N.
+
+Rates are LOG records per second and MB/s (10^6 bytes of serialized records
+per second); ratios are against `plain` of the same round. Target (from the
+issue): 1 shard >= 0.5 x plain.
+
+`--profile` adds one more 1-shard run with py-spy sampling both the shard
+process and this process (the shipper side) and prints where the time goes
+(self time by function, and the top inclusive frames).
+
+There are no thresholds; every number names its machine (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import mmap
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import grpc  # noqa: E402
+import rocksdict  # noqa: E402
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions  # noqa: E402
+
+from e2e.shard_fixture import ShardProcess  # noqa: E402
+from logstore.hlc import HLC  # noqa: E402
+from logstore.log import Log  # noqa: E402
+from logstore.record import Op, Record  # noqa: E402
+from logstore.stamp import Stamp  # noqa: E402
+from nfsproxy.shipper import Shipper, ShipperOptions  # noqa: E402
+from recoveryd.status import fetch_status  # noqa: E402
+
+MiB = 1 << 20
+DATA_BYTES = 4096
+RECORDS_PER_FH = 100
+PLAIN_BATCH = ShipperOptions().max_batch_records
+NODE_ID = 0x0B0E
+HANG_S = 600.0
+
+
+# --------------------------------------------------------------------------
+# The machine
+
+
+def machine(workdir: Path) -> list[str]:
+    cpu, virt = platform.processor() or "?", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+        cpu = m.group(1).strip() if m else cpu
+        if re.search(r"^flags\s*:.*\bhypervisor\b", info, re.M):
+            virt = " (virtual machine)"
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        mem = f"{int(m.group(1)) / (1 << 20):.1f} GiB" if m else "?"
+    except OSError:
+        pass
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return [
+        f"machine: {platform.platform()}; cpu: {cpu}{virt}; cores: {os.cpu_count()}; "
+        f"memory: {mem}; load average before start: {load}",
+        f"disk: {workdir} on {_filesystem(workdir)}",
+        f"python: {platform.python_implementation()} {platform.python_version()}; "
+        f"rocksdict {getattr(rocksdict, '__version__', '?')}; grpcio {grpc.__version__}",
+        f"code: {_git_head()}",
+    ]
+
+
+def _filesystem(path: Path) -> str:
+    best, fs = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        dev, mnt, kind = line.split()[:3]
+        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
+            best, fs = mnt, f"{kind} ({dev} mounted on {mnt})"
+    return fs
+
+
+def _git_head() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        head = out.stdout.strip() or "?"
+        diff = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
+                               "nfsproxy", "recoveryd", "logstore"], capture_output=True, timeout=10)
+        return head + (" + uncommitted changes" if diff.returncode == 1 else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def prewarm_memory(nbytes: int) -> None:
+    """Touch `nbytes` of anonymous memory once (see bench_proxy.prewarm_memory: on a
+    VM, never-touched guest pages make the first page-cache writes much slower)."""
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        chunk = b"\1" * (64 * MiB)
+        for offset in range(0, nbytes, len(chunk)):
+            area[offset:offset + len(chunk)] = chunk[:nbytes - offset]
+    finally:
+        area.close()
+
+
+def process_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------
+# The records
+
+
+def write_log(log_dir: Path, n: int) -> tuple[list[tuple[bytes, bytes]], Stamp]:
+    """Write the N records into a fresh LOG; returns (key, serialized record) pairs
+    for the plain loop, and a stamp above every record."""
+    rng = random.Random(4096)
+    pool = rng.randbytes(8 * MiB)
+    base_ns = time.time_ns()
+    rows = []
+    with Log.open(log_dir) as log:
+        for i in range(n):
+            stamp = Stamp(base_ns + i * 1000, 0, NODE_ID)
+            start = rng.randrange(0, len(pool) - DATA_BYTES)
+            record = Record(stamp=stamp.to_bytes(), op=Op.WRITE, ok=True, status=0,
+                            client="127.0.0.1:900", uid=1000, gid=1000, xid=i,
+                            fh=(i // RECORDS_PER_FH).to_bytes(8, "big") * 4,
+                            offset=(i % RECORDS_PER_FH) * DATA_BYTES, count=DATA_BYTES, stable=0,
+                            data=pool[start:start + DATA_BYTES], reply_count=DATA_BYTES)
+            payload = record.SerializeToString()
+            seq = log.append(payload)
+            assert seq == i + 1
+            rows.append((b"r/" + stamp.to_bytes(), payload))
+        log.sync()
+    return rows, Stamp(base_ns + n * 1000, 0, NODE_ID)
+
+
+# --------------------------------------------------------------------------
+# The configurations
+
+
+def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> float:
+    """Batched puts of the records into a fresh rocksdict; returns seconds."""
+    options = Options(raw_mode=True)  # as recoveryd.store opens its RocksDB
+    options.create_if_missing(True)
+    options.increase_parallelism(max(2, os.cpu_count() or 2))
+    write_opts = WriteOptions()
+    write_opts.sync = sync
+    db = Rdict(str(db_dir), options)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), PLAIN_BATCH):
+            wb = WriteBatch(raw_mode=True)
+            for key, value in rows[i:i + PLAIN_BATCH]:
+                wb.put(key, value)
+            db.write(wb, write_opts)
+        return time.perf_counter() - t0
+    finally:
+        db.close()
+
+
+async def _ship(log: Log, addresses: list[str], top: Stamp) -> float:
+    clock = HLC(NODE_ID)
+    shippers = [Shipper(a, shard_id=k, n_shards=len(addresses), log=log, clock=clock,
+                        stable_stamp=lambda: top) for k, a in enumerate(addresses)]
+    end = log.last_seq
+    t0 = time.perf_counter()
+    for s in shippers:
+        s.start()
+    try:
+        while any(s.acked_seq < end for s in shippers):
+            if time.perf_counter() - t0 > HANG_S:
+                raise RuntimeError(f"hang: shippers at {[s.acked_seq for s in shippers]} of {end} "
+                                   f"after {HANG_S:g}s: {[s.state().last_error for s in shippers]}")
+            await asyncio.sleep(0.002)
+        return time.perf_counter() - t0
+    finally:
+        for s in shippers:
+            await s.stop()
+
+
+def run_shards(log: Log, n_shards: int, workdir: Path, top: Stamp, n_records: int,
+               profile_dir: Path | None = None) -> tuple[float, float]:
+    """Ship the LOG to `n_shards` fresh `nfsj recoveryd`; returns (seconds, shard CPU-seconds)."""
+    shards = [ShardProcess(workdir / f"shard{k}", k) for k in range(n_shards)]
+    spies: list[subprocess.Popen] = []
+    try:
+        for shard in shards:
+            shard.start()
+        cpu0 = [process_cpu_s(s.proc.pid) for s in shards]
+        if profile_dir is not None:
+            spies = [start_py_spy(shards[0].proc.pid, profile_dir / "shard.txt"),
+                     start_py_spy(os.getpid(), profile_dir / "shipper.txt")]
+            time.sleep(1.0)  # py-spy attaches
+        elapsed = asyncio.run(_ship(log, [s.address for s in shards], top))
+        cpu = sum(process_cpu_s(s.proc.pid) - c for s, c in zip(shards, cpu0))
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.wait(timeout=60)
+        held = sum(r.status.records for r in fetch_status([s.address for s in shards], 10.0))
+        if held != n_records:
+            raise RuntimeError(f"the shards hold {held} records, not {n_records}")
+        return elapsed, cpu
+    finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.kill()
+        for shard in shards:
+            shard.stop()
+            shutil.rmtree(shard.data_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Profiling (py-spy)
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen:
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy (python3 -m pip install py-spy)")
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--threads",
+                             "--rate", "250", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def summarize_profile(path: Path, title: str, top: int = 14) -> list[str]:
+    """Self time per function, and inclusive time per function, from py-spy's raw output
+    (one `frame;frame;... count` line per distinct stack; idle threads included)."""
+    if not path.exists():
+        return [f"{title}: no profile written ({path})"]
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";")]
+        total += n
+        leaf = frames[-1]
+        if _is_idle(leaf):
+            idle += n
+            continue
+        self_t[leaf] += n
+        for f in set(frames[1:]):  # frames[0] is the thread
+            incl[f] += n
+    busy = total - idle
+    out = [f"{title}: {total} samples over all threads, {busy} busy "
+           f"(the rest waiting: epoll, futex, queue get, sleep)"]
+    if not busy:
+        return out
+    out.append("  self time (busy samples):")
+    for func, n in self_t.most_common(top):
+        out.append(f"    {100 * n / busy:5.1f}%  {func}")
+    out.append("  inclusive (busy samples):")
+    for func, n in incl.most_common(top):
+        out.append(f"    {100 * n / busy:5.1f}%  {func}")
+    return out
+
+
+def _short(frame: str) -> str:
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    file = m["file"]
+    for marker in ("site-packages/", "/lib/python3.11/", str(REPO) + "/"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    return f"{m['func']} ({file})"
+
+
+_IDLE = ("select", "poll", "epoll", "wait", "_wait", "acquire", "sleep", "get (queue", "_worker",
+         "accept", "recv (", "cygrpc", "__call__ (grpc/_cython")
+
+
+def _is_idle(leaf: str) -> bool:
+    name = leaf.split(" (", 1)[0]
+    return name in ("select", "poll", "wait", "_wait", "acquire", "sleep", "get", "_poll",
+                    "run_forever", "_run_once") and "rocksdict" not in leaf
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=40_000, help="records in the LOG (40000)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of all configurations (3)")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="work directory (default: a new one under $TMPDIR); it is deleted after")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more 1-shard run under py-spy: where the time goes")
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="nfsj-bench-ingest-", dir=args.dir))
+    for line in machine(workdir):
+        print(line)
+    try:
+        prewarm_memory(2 << 30)
+        rows, top = write_log(workdir / "log", args.records)
+        nbytes = sum(len(v) for _, v in rows)
+        print(f"LOG: {args.records} WRITE records, {DATA_BYTES} B of data each, "
+              f"{nbytes / args.records:.0f} B serialized on average, {nbytes / 1e6:.1f} MB; "
+              f"a new fh every {RECORDS_PER_FH} records; shipper defaults: "
+              f"{ShipperOptions().max_batch_records} records/batch, "
+              f"{ShipperOptions().max_inflight_bytes >> 20} MiB in flight")
+        print()
+        log = Log.open(workdir / "log")
+        configs = ["plain", "plain+sync", "1 shard", "2 shards"]
+        times: dict[str, list[float]] = {c: [] for c in configs}
+        ratios: dict[str, list[float]] = {c: [] for c in configs}
+        cpus: dict[str, list[float]] = {c: [] for c in configs}
+        try:
+            for rnd in range(args.rounds):
+                plain = run_plain(rows, workdir / "plain", sync=False)
+                shutil.rmtree(workdir / "plain")
+                got = {"plain": plain}
+                got["plain+sync"] = run_plain(rows, workdir / "plain", sync=True)
+                shutil.rmtree(workdir / "plain")
+                for n in (1, 2):
+                    got[f"{n} shard{'s' if n > 1 else ''}"], cpu = run_shards(
+                        log, n, workdir, top, args.records)
+                    cpus[f"{n} shard{'s' if n > 1 else ''}"].append(cpu)
+                for c in configs:
+                    times[c].append(got[c])
+                    ratios[c].append(plain / got[c])
+                print(f"round {rnd + 1}: " + ", ".join(
+                    f"{c} {args.records / got[c]:,.0f} rec/s" for c in configs), flush=True)
+            print()
+            print(f"median of {args.rounds} round(s), {args.records} records, "
+                  f"{nbytes / 1e6:.1f} MB each:")
+            print(f"  {'configuration':<14}{'records/s':>12}{'MB/s':>9}{'x plain':>9}"
+                  f"{'shard CPU-s':>13}")
+            for c in configs:
+                t = statistics.median(times[c])
+                cpu = f"{statistics.median(cpus[c]):.2f}" if cpus[c] else "-"
+                print(f"  {c:<14}{args.records / t:>12,.0f}{nbytes / t / 1e6:>9.1f}"
+                      f"{statistics.median(ratios[c]):>9.2f}{cpu:>13}")
+            one = statistics.median(ratios["1 shard"])
+            print(f"target: 1 shard >= 0.50 x plain: {'met' if one >= 0.5 else 'NOT met'} ({one:.2f})")
+
+            if args.profile:
+                profile_dir = workdir / "profile"
+                profile_dir.mkdir()
+                t, _ = run_shards(log, 1, workdir, top, args.records, profile_dir)
+                print()
+                print(f"profile: one more 1-shard run under py-spy ({args.records / t:,.0f} rec/s "
+                      "while sampled)")
+                for name, title in (("shard.txt", "shard process (nfsj recoveryd)"),
+                                    ("shipper.txt", "this process (the shipper)")):
+                    for line in summarize_profile(profile_dir / name, title):
+                        print(line)
+        finally:
+            log.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
