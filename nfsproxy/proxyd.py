@@ -209,19 +209,22 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
     committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     proxy = Proxy(backend, Journal(committer, opts.quota_policy), clock)
-    try:
-        await proxy.start(opts.listen_host, opts.listen_port)
-    except OSError as e:
-        await committer.close()
-        log.close()
-        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
-                          "pick a free port with --listen") from None
     # No shards: journal only, and nothing is ever trimmed.
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
                         stable_stamp=proxy.stable_stamp)
                 for k, address in enumerate(opts.shards)]
     for shipper in shippers:
         shipper.start()
+    await _register_stream(opts.log_dir, shippers)
+    try:
+        await proxy.start(opts.listen_host, opts.listen_port)
+    except OSError as e:
+        for shipper in shippers:
+            await shipper.stop()
+        await committer.close()
+        log.close()
+        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
+                          "pick a free port with --listen") from None
     retention = None
     if shippers:
         retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
@@ -243,6 +246,28 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         raise ConfigError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+async def _register_stream(log_dir: str, shippers: list[Shipper]) -> None:
+    """Before a new LOG's first client, make every shard know its stream.
+
+    A shard counts a proxy in its frontier only once it knows the proxy's
+    stream. If no shard knew a new proxy, the consistent point would pass
+    that proxy's first records unnoticed. So a new LOG serves no client
+    until every shard has durably registered it (once: a marker remembers).
+    """
+    marker = os.path.join(log_dir, "registered")
+    if not shippers or os.path.exists(marker):
+        return
+    waiting = [s for s in shippers if not s.registered.is_set()]
+    if waiting:
+        logger.warning("new LOG: waiting for every shard to register its stream before serving "
+                       "clients (%s)", ", ".join(s.address for s in waiting))
+    await asyncio.gather(*(s.registered.wait() for s in shippers))
+    with open(marker, "w") as f:
+        f.write("every shard knows this LOG's stream\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _shipper_status(shipper: Shipper) -> dict:

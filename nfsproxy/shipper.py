@@ -275,6 +275,7 @@ class Shipper:
         self._frontier = Stamp.ZERO
         self._newest = Stamp.ZERO
         self._connected = False
+        self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
         # Counters; state() and metrics read them.
         self.gaps: list[str] = []
@@ -498,6 +499,7 @@ class Shipper:
         self._epoch += 1
         self._sent_seq = durable
         self._connected = True
+        self.registered.set()
         self._last_send_at = 0.0
         logger.info("shipping to shard %d at %s: resuming after seq %d (frontier %s)",
                     self.shard_id, self.address, durable, self._frontier)

@@ -724,25 +724,41 @@ class RestoreClient:
         """What changed ``path`` with stamps in (since, until] (until default: now).
 
         The path is resolved in the tree at ``until`` (an unproven cut is fine
-        for a question), so it must exist then; every record that names its
-        handle is listed: mutations (failed ones too), learned names (BIND)
-        and the baseline's reading of it.
+        for a question), so it must exist then. Listed: every record that
+        names its handle (failed calls too), the baseline's reading of it, and
+        the names the proxy learned for it (BIND). A directory's history also
+        holds the calls that changed its entries. Paths in the details are
+        the paths as they were when each record was stamped (bare names
+        before the baseline the cut starts from).
         """
         bound = until if until is not None else Stamp(time.time_ns(), *END_OF_NS)
         cut = self.cut(bound, allow_unproven=True)
-        tree = self.tree(cut)
         rel = _clean_path(path)
-        fh = tree.lookup(rel)
+        fh = self.tree(cut).lookup(rel)
         if fh is None:
             raise RestoreRefused(f"/{rel} did not exist at {_iso(bound)} ({bound}); give --until a "
                                  "moment when it did")
         request = FileRequest(fh=fh, after=since.to_bytes() if since is not None else b"",
                               until=bound.to_bytes(), with_data=False)
+        # The tree as it was at each record: replayed alongside, up to just before it.
+        after, until_raw = cut.window()
+        tree = Tree(baseline_id=cut.baseline.baseline_id)
+        namespace = self.shards.scan(ScanRequest(after=after, until=until_raw, with_data=False,
+                                                 ops=sorted(TREE_OPS)))
+        pending = next(namespace, None)
         out = []
-        for record in self.shards.file_records(request):
-            if record.op == Op.BASELINE and not record.baseline_first:
-                continue  # content pieces after the first say nothing new
-            out.append(_history_entry(record, fh, tree))
+        try:
+            for record in self.shards.file_records(request):
+                if record.op in (Op.BASELINE, Op.BIND) and record.fh != fh:
+                    continue  # a child read or named: its history, not this one's
+                if record.op == Op.BASELINE and not record.baseline_first:
+                    continue  # content pieces after the first say nothing new
+                while pending is not None and pending.stamp < record.stamp:
+                    tree.apply(pending)
+                    pending = next(namespace, None)
+                out.append(_history_entry(record, fh, tree))
+        finally:
+            namespace.close()
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -839,7 +855,9 @@ def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
                  for n in ("mode", "uid", "gid", "size", "atime_ns", "mtime_ns") if s.HasField(n)]
         parts += [f"{n}=server" for n in ("atime", "mtime") if getattr(s, f"{n}_server")]
         details = " ".join(parts)
-    elif r.op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR, Op.BIND):
+    elif r.op == Op.BIND:
+        details = f"seen as {where(r.dir_fh, r.name)}"
+    elif r.op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR):
         details = where(r.dir_fh, r.name)
         if r.op == Op.SYMLINK:
             details += f" -> {r.symlink_target}"

@@ -148,8 +148,11 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             if batch.sent_stamp:
                 self._hlc.update(ClockStamp.from_bytes(batch.sent_stamp))
             if hello:
+                # A hello registers the stream durably before it is answered: from
+                # then on this shard's frontier counts the proxy even before any
+                # record arrives (see recoveryd/frontier.py, membership).
                 self._count(hellos_total=1)
-                return self._ack(key, self._store.stream_state(key))
+                return self._ack(key, self._store.register(key))
             state = self._store.ingest(key, batch)
         except BatchRefused as e:
             self._count(refusals_total=1)

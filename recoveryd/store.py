@@ -291,6 +291,22 @@ class ShardStore:
 
     # -- writing ---------------------------------------------------------------
 
+    def register(self, stream: StreamKey) -> StreamState:
+        """Make the stream known durably (an empty state if new); return its state."""
+        self._check_open()
+        with self._write_lock:
+            with self._mem_lock:
+                info = self._streams.get(stream)
+            if info is not None:
+                return info.state
+            info = StreamInfo(StreamState(), 0, time.time_ns())
+            wb = WriteBatch(raw_mode=True)
+            wb.put(_stream_row_key(stream), stream_status(stream, info).SerializeToString())
+            self._db.write(wb, self._write_opts)
+            with self._mem_lock:
+                self._streams[stream] = info
+            return info.state
+
     def ingest(self, stream: StreamKey, batch: IngestBatch) -> StreamState:
         """Make ``batch`` durable and return the stream's new state.
 

@@ -55,7 +55,7 @@ def _client(shard: list[str] | None) -> RestoreClient:
 
 
 def _stderr() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _report_cut(cut: Cut) -> None:
@@ -182,7 +182,8 @@ def history_command(
         return
     rows = [("TIME", "STAMP", "OP", "CLIENT", "UID", "STATUS", "DETAILS")]
     for e in entries:
-        rows.append((e.time, str(e.stamp), e.op, e.client or "-", str(e.uid),
+        # No client: a baseline read or a learned name, not a call (no uid either).
+        rows.append((e.time, str(e.stamp), e.op, e.client or "-", str(e.uid) if e.client else "-",
                      "ok" if e.ok else e.status_name, e.details))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

@@ -43,12 +43,13 @@ from e2e.treecompare import Entry, diff, hard_link_groups, snapshot
 from e2e.workload import connect
 from logstore.stamp import Stamp
 from nfsproxy.client import NfsClient, NfsError, sattr3
-from nfsproxy.nfs3 import Nfsstat3, StableHow
+from nfsproxy.nfs3 import Ftype3, Nfsstat3, StableHow
 from recoveryd.status import read_proxy_status
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]
 
 MiB = 1 << 20
+OTHER_UID = OTHER_GID = 4242
 N_SHARDS = 2
 N_SMALL = 300
 BIG_BYTES = 5 * MiB + 12345
@@ -174,7 +175,7 @@ def make_before_baseline(c: nfs_rs.Client, rng: random.Random) -> None:
     _write(c, "changed/rewritten", rng.randbytes(2 * MiB), 0o644)
 
 
-def make_after_baseline(c: nfs_rs.Client, rng: random.Random) -> None:
+def make_after_baseline(c: nfs_rs.Client, rng: random.Random, proxy: ProxyProcess) -> None:
     """Changes the journal must replay on top of the baseline."""
     c.mkdir("many", 0o755)
     for i in range(N_SMALL):
@@ -193,6 +194,12 @@ def make_after_baseline(c: nfs_rs.Client, rng: random.Random) -> None:
     c.chmod("tree/a/linked", 0o640)
     c.mkdir("tree/a/b/new-dir", 0o750)
     c.symlink("../many/f000", "tree/to-f000")
+    c.chown("tree/a/b/deep-moved", OTHER_UID, OTHER_GID)
+    c.utime("tree/a/one", ns=(1_500_000_000_123_456_789, 1_500_000_000_987_654_321))
+    # nfs-rs has no mknod: a FIFO through the proxy with our own client.
+    with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export") as ours:
+        ours.mount()
+        ours.mknod(ours.lookup_path("tree/x"), "pipe", Ftype3.NF3FIFO, 0o640)
 
 
 def make_after_t(c: nfs_rs.Client, rng: random.Random) -> None:
@@ -222,7 +229,7 @@ def restorable(stack: Stack) -> Restorable:
         make_before_baseline(c, rng)
     run_baseline(stack)
     with connect(url) as c:
-        make_after_baseline(c, rng)
+        make_after_baseline(c, rng, stack.proxy)
     at = proxy_newest_after(stack.proxy, time.time_ns())
     truth = snapshot(stack.nas.export_dir)
     truth_mtimes = regular_mtimes(stack.nas.export_dir)
@@ -348,8 +355,9 @@ def nfs_rs_snapshot(url: str, **connect_kw) -> tuple[dict[str, Entry], dict[str,
         c.close()
 
 
-_NFS_LS = re.compile(r"^([-dlpscb])([-rwxsStT]{9})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(.*)$")
-_LS_TYPES = {"-": "reg", "d": "dir", "l": "lnk", "p": "fifo", "s": "sock", "c": "chr", "b": "blk"}
+_NFS_LS = re.compile(r"^([-dl])?([-rwxsStT]{9})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(.*)$")
+# nfs-ls prints a type letter only for these; other types get none.
+_LS_TYPES = {"-": "reg", "d": "dir", "l": "lnk", None: "special"}
 
 
 def _ls_mode(bits: str) -> int:
@@ -379,7 +387,10 @@ def libnfs_listing(url: str) -> dict[str, tuple[str, int, int, int, int, int | N
 
 
 def expected_listing(truth: dict[str, Entry]):
-    return {rel: (e.type, e.mode, e.nlink, e.uid, e.gid, None if e.type == "dir" else e.size)
+    def kind(e: Entry) -> str:
+        return e.type if e.type in ("reg", "dir", "lnk") else "special"
+    return {rel: (kind(e), e.mode, e.nlink, e.uid, e.gid,
+                  None if e.type == "dir" else (e.size or 0))
             for rel, e in truth.items() if rel}
 
 

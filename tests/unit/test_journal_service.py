@@ -275,7 +275,7 @@ def test_restart_keeps_position(tmp_path: Path) -> None:
 
 # -- `nfsj recoveryd` as a process --------------------------------------------
 
-_READY = re.compile(r"^nfsj recoveryd: shard (\d+) serving on 127\.0\.0\.1:(\d+), data (.+)$")
+_READY = re.compile(r"^nfsj recoveryd: shard (\d+) serving on 127\.0\.0\.1:(\d+), data (.+?), metrics (\S+)$")
 
 
 def start_daemon(data: Path, shard_id: int, listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen, int]:

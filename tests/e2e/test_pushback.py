@@ -1,0 +1,146 @@
+"""`nfsj restore --to-nas`: the tree as it was at T, written back onto the NAS over NFS.
+
+The stack and the tree are test_export.py's (`restorable`): real ganesha,
+two shards and the proxy; a tree made partly before and partly after the
+baseline, the truth snapshotted at T, more changes after T. Push-back writes
+to the NAS itself (`--nas`, the proxy's `--backend` syntax), and the result
+is judged from ganesha's export directory, never through the code under
+test:
+
+* `--into restored1`: a new subdirectory holding the whole tree as it was at
+  T (paths, types, contents, sizes, modes, owners, symlink targets, link
+  counts and hard-link groups, mtimes of regular files); nothing else on the
+  export changes; the same `--into` again is refused;
+* without `--into`: a name deleted or renamed after T comes back in its
+  original place; a path that exists is refused with one line, and nothing
+  changes; `--path P --into S` puts one subtree beside the live one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.test_export import Restorable, nfsj, restorable, stack  # noqa: F401  (fixtures)
+from e2e.treecompare import Entry, diff, snapshot
+from nfsproxy.client import NfsClient
+from nfsproxy.pushback import PushbackError, push_to_nas
+
+pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]
+
+
+def nas_address(r: Restorable) -> str:
+    nas = r.stack.nas
+    return f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export"
+
+
+def push(r: Restorable, *args: str):
+    return nfsj("restore", "--at", str(r.at), "--to-nas", "--nas", nas_address(r), "--quiet",
+                *r.stack.shard_args, *args, timeout_s=300)
+
+
+def one_line_error(done) -> str:
+    assert done.returncode == 2, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nfsj: error: "), done.stderr
+    return lines[0]
+
+
+def subtree(tree: dict[str, Entry], prefix: str) -> dict[str, Entry]:
+    """The entries below `prefix`, re-rooted (prefix itself becomes "")."""
+    out = {}
+    for rel, e in tree.items():
+        if rel == prefix:
+            out[""] = e
+        elif rel.startswith(prefix + "/"):
+            out[rel[len(prefix) + 1:]] = e
+    return out
+
+
+def without(tree: dict[str, Entry], prefix: str) -> dict[str, Entry]:
+    return {rel: e for rel, e in tree.items()
+            if rel and rel != prefix and not rel.startswith(prefix + "/")}
+
+
+def test_push_into_a_new_subdirectory_gives_the_tree_at_t(restorable):
+    r = restorable
+    done = push(r, "--into", "restored1")
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert f"delivered cut {r.at} " in done.stderr
+
+    restored_dir = r.stack.nas.export_dir / "restored1"
+    restored = snapshot(restored_dir, mtimes=True)
+    problems = diff(r.truth, restored, names=("the truth at T", "restored1"))
+    assert not problems, "restored1 differs from the truth at T:\n" + "\n".join(problems[:60])
+    mtimes = {rel: e.mtime_ns for rel, e in restored.items() if e.type == "reg"}
+    assert mtimes == r.truth_mtimes
+    assert restored["tree/x/linked-2"].link_group == ("tree/a/linked", "tree/x/linked-2",
+                                                      "tree/x/linked-3")
+    assert restored["tree/x/pipe"].type == "fifo"
+    assert restored["tree/a/b/deep-moved"].uid == 4242
+
+    # Nothing else on the export changed.
+    now = snapshot(r.stack.nas.export_dir)
+    assert not diff(without(r.later, "restored1"), without(now, "restored1"))
+
+    # A second push into the same name is refused, and changes nothing.
+    again = push(r, "--into", "restored1")
+    assert "restored1 already exists" in one_line_error(again)
+    assert not diff(restored, snapshot(restored_dir, mtimes=True), mtimes=True)
+
+
+def test_push_back_in_place_restores_what_was_deleted_and_never_overwrites(restorable):
+    r = restorable
+    export_dir = r.stack.nas.export_dir
+    # Deleted, renamed away, and one name of a hard-linked file: all gone after T.
+    for path in ("many/f001", "tree/a/one", "tree/x/linked-2"):
+        assert not (export_dir / path).exists()
+        done = push(r, "--path", path)
+        assert done.returncode == 0, f"{path}: {done.stdout}\n{done.stderr}"
+        got = snapshot(export_dir / path)[""]
+        want = r.truth[path]
+        for field in ("type", "mode", "uid", "gid", "size", "sha256"):
+            assert getattr(got, field) == getattr(want, field), (path, field)
+
+    # Whatever exists is refused, with one line, and nothing changes.
+    before = snapshot(export_dir)
+    for path in ("tree/a", "many/f000", "big/big.bin"):
+        line = one_line_error(push(r, "--path", path))
+        assert f"{path} exists on the NAS" in line and "--into" in line
+    line = one_line_error(push(r))
+    assert "export root" in line and "--into" in line
+    assert not diff(before, snapshot(export_dir))
+
+    # A subtree beside the live one.
+    done = push(r, "--path", "tree/a", "--into", "tree-a-at-t")
+    assert done.returncode == 0, done.stderr
+    got = subtree(snapshot(export_dir / "tree-a-at-t"), "")
+    want = subtree(r.truth, "tree/a")
+    strip = lambda t: {k: (e.type, e.mode, e.uid, e.gid, e.size, e.sha256, e.target)  # noqa: E731
+                       for k, e in t.items()}
+    assert strip(got) == strip(want)
+
+
+def test_library_push_reports_progress_and_counts(restorable):
+    from recoveryd.restore import RestoreClient, Shards
+    r = restorable
+    nas = r.stack.nas
+    calls = []
+    with RestoreClient(Shards([s.address for s in r.stack.shards])) as client:
+        try:
+            cut = client.cut(r.at)
+            with NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port, "/export") as nfs:
+                result = push_to_nas(client, cut, nfs, path="tree", into="lib-tree",
+                                     progress=lambda *a: calls.append(a))
+                with pytest.raises(PushbackError, match="did not exist at the cut"):
+                    push_to_nas(client, cut, nfs, path="later", into="lib-later")
+                with pytest.raises(PushbackError, match="parent .* does not exist"):
+                    push_to_nas(client, cut, nfs, path="tree", into="no/such/place")
+        finally:
+            client.shards.close()
+    want = subtree(r.truth, "tree")
+    assert result.target == "lib-tree"
+    assert result.files == sum(1 for e in want.values() if e.type == "reg") - result.hard_links
+    assert result.symlinks == sum(1 for e in want.values() if e.type == "lnk")
+    assert result.specials == 1 and result.hard_links >= 1 and not result.skipped
+    assert result.dirs == sum(1 for e in want.values() if e.type == "dir") - 1
+    assert calls and calls[-1][0] == result.objects
