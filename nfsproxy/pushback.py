@@ -37,13 +37,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Callable, Final
 
-from .exportd import cut_tree
-from .client import NfsClient, NfsError, ProtocolError, created_fh, sattr3
-from .nfs3 import Ftype3, Nfsstat3, StableHow
+from recoveryd.restore import RestoreRefused
 
-__all__ = ["push_to_nas", "PushbackError", "PushResult", "CHUNK_BYTES"]
+from .client import ClientError, NfsClient, NfsError, ProtocolError, created_fh, sattr3
+from .exportd import cut_tree
+from .nfs3 import Ftype3, Nfsstat3, StableHow
+from .proxyd import ConfigError, resolve_backend
+from .relay import BackendAddress
+
+__all__ = ["push_to_nas", "PushbackError", "PushResult", "CHUNK_BYTES", "nas_target", "connect_nas"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +65,9 @@ _TYPE_NAMES: Final = {REG: "file", DIR: "directory", LNK: "symlink", FIFO: "fifo
                       CHR: "character device", BLK: "block device"}
 
 
-class PushbackError(Exception):
-    """The push-back cannot start (or go on) for a reason the user can fix."""
+class PushbackError(RestoreRefused):
+    """The push-back cannot start (or go on); the message is one line saying why
+    and what to do. A RestoreRefused, so every restore command reports it alike."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,9 +84,26 @@ class PushResult:
     skipped: int = 0            # names whose object's type the journal never saw
     warnings: list[str] = dataclasses.field(default_factory=list)
 
+    nas: str = ""               # the NAS, as --nas names it
+
     @property
     def objects(self) -> int:
         return self.dirs + self.files + self.symlinks + self.specials + self.hard_links
+
+    def __str__(self) -> str:
+        parts = [f"{self.files} files ({self.bytes} bytes)", f"{self.dirs} directories",
+                 f"{self.symlinks} symlinks"]
+        if self.specials:
+            parts.append(f"{self.specials} special files")
+        if self.hard_links:
+            parts.append(f"{self.hard_links} extra hard links")
+        where = f"{self.nas.rstrip('/')}/{self.target}" if self.nas else f"/{self.target}"
+        text = f"pushed {', '.join(parts)} onto the NAS at {where}"
+        if self.skipped:
+            text += f"; skipped {self.skipped} of unknown type"
+        if self.warnings:
+            text += f"; {len(self.warnings)} attribute(s) not set (first: {self.warnings[0]})"
+        return text
 
 
 def _split(path: str) -> list[str]:
@@ -106,12 +129,23 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = Non
     src_rel = "/".join(src_parts)
     src_fh = tree.lookup(src_rel)
     if src_fh is None or tree.node(src_fh) is None or not tree.node(src_fh).type:
-        raise PushbackError(f"{src_rel or '/'} did not exist at the cut {cut}; "
+        raise PushbackError(f"/{src_rel} did not exist at the cut {getattr(cut, 'at', cut)}; "
                             "nothing to push back")
+    pusher = _Pusher(client, cut, nfs, tree, progress)
+    try:
+        return _push(pusher, src_fh, src_parts, src_rel, into)
+    except (NfsError, ClientError, OSError) as e:
+        where = f" at {pusher.current}" if pusher.current else ""
+        left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
+        raise PushbackError(f"the NAS failed{where}: {e}{left}") from None
+
+
+def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[str], src_rel: str,
+          into: str | None) -> PushResult:
+    nfs, tree, cut = pusher.nfs, pusher.tree, pusher.cut
     src = tree.node(src_fh)
     if nfs.root_fh is None:
         nfs.mount()
-    pusher = _Pusher(client, cut, nfs, tree, progress)
 
     if into is not None:
         into_parts = _split(into)
@@ -166,6 +200,7 @@ class _Pusher:
         self.tree = tree
         self.progress = progress
         self.result = PushResult("")
+        self.current = ""
         self.pushed: dict[bytes, bytes] = {}   # tree handle -> NAS handle (hard links)
         # (tree handle, NAS handle, path) of every directory made, parents first
         self.dir_attrs: list[tuple[bytes, bytes, str]] = []
@@ -226,6 +261,7 @@ class _Pusher:
                     guard_top: bool = False) -> bytes | None:
         """Make `name` in `nas_dir` for the tree's object `fh`. Returns the NAS handle of
         a directory made (its children are pushed by the caller), else None."""
+        self.current = rel
         node = self.tree.node(fh)
         kind = node.type if node is not None else 0
         if kind not in _TYPE_NAMES or (kind == DIR and fh in self.pushed):
@@ -331,3 +367,39 @@ class _Pusher:
         """Directory attributes, bottom-up (children were listed after their parents)."""
         for fh, nas_fh, rel in reversed(self.dir_attrs):
             self._set_attrs(self.tree.node(fh), nas_fh, rel)
+
+
+# --------------------------------------------------------------------------
+# The command line's part: `nfsj restore --to-nas --nas ... [--into SUBDIR]`
+
+
+def nas_target(*, to: str | None, to_nas: bool, nas: str | None,
+               into: str | None) -> BackendAddress | None:
+    """Check the restore target options; the NAS's address for --to-nas, else None.
+
+    Raises PushbackError (one line) for a wrong combination or a NAS address
+    that cannot be resolved.
+    """
+    if to_nas and to:
+        raise PushbackError("give one target: --to DIR (a local directory) or --to-nas")
+    if not to_nas:
+        if nas or into:
+            raise PushbackError(f"{'--nas' if nas else '--into'} goes with --to-nas")
+        if not to:
+            raise PushbackError("give a target: --to DIR (a local directory) or --to-nas --nas "
+                                "HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT")
+        return None
+    if not nas:
+        raise PushbackError("--to-nas needs the NAS: --nas HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT "
+                            "(as the proxy's --backend)")
+    try:
+        return resolve_backend(nas)
+    except ConfigError as e:
+        raise PushbackError(str(e).replace("--backend", "--nas")) from None
+
+
+def connect_nas(address: BackendAddress, *, timeout_s: float = 30.0) -> NfsClient:
+    """An NfsClient of the NAS's export, as root (owners are restored), from a reserved
+    port when we may bind one (a NAS exporting with `secure` insists)."""
+    return NfsClient(address.host, address.nfs_port, address.mount_port, address.export,
+                     uid=0, gid=0, timeout_s=timeout_s, privileged_port=os.geteuid() == 0)

@@ -21,6 +21,12 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
+from logstore.pb import journal_pb2 as pb
+from logstore.pb import journal_pb2_grpc as pb_grpc
+from logstore.stamp import Stamp
+
 from .ganesha import GaneshaError, GaneshaInstance, start_ganesha
 from .proxyd import ConfigError, parse_backend, parse_hostport
 
@@ -49,6 +55,7 @@ class Child:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.restarts = 0
+        self.ready_line = ""
 
     def start(self, timeout_s: float = 30.0) -> None:
         log = open(self.log_path, "ab")
@@ -62,8 +69,14 @@ class Child:
             raise ConfigError(f"{self.name} did not start: {_last_line(self.log_path)} "
                               f"(full log: {self.log_path})")
         self.port = int(m.group(1))
+        self.ready_line = line.strip()
         # Keep draining stdout so a chatty child never blocks on a full pipe.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def field(self, name: str) -> str:
+        """A `name ADDRESS` field of the ready line (e.g. metrics, control)."""
+        m = re.search(rf"\b{name} (\S+?)(,|$)", self.ready_line)
+        return m.group(1) if m else ""
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -126,6 +139,18 @@ class Stack:
         self.proxy = Child("proxy", argv, self.data / "logs" / "proxy.log")
         self.proxy.start()
 
+    def baseline(self) -> str:
+        """Take a baseline through the proxy's control API; returns its summary line."""
+        with grpc.insecure_channel(self.proxy.field("control")) as channel:
+            last = None
+            for last in pb_grpc.ControlStub(channel).Baseline(pb.BaselineRequest()):
+                if last.error:
+                    raise ConfigError(f"the first baseline failed: {last.error}")
+        if last is None or not last.done:
+            raise ConfigError(f"the first baseline did not finish; see {self.proxy.log_path}")
+        end = Stamp.from_bytes(last.end)
+        return (f"baseline: {last.files} files, {last.bytes} bytes; restorable from {end} ({end.iso()})")
+
     def _start_demo_nas(self) -> None:
         try:
             self.nas = start_ganesha(self.data / "demo-export", self.data / "demo-ganesha")
@@ -167,6 +192,9 @@ class Stack:
             f"  mount    mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port} {shown}:{export} /mnt",
             f"  url      nfs://{shown}{export}?version=3&nfsport={port}&mountport={port}",
             f"  status   nfsj status {shards} --log {self.data / 'log'}",
+            f"  restore  nfsj restore --at -5m --to ./restored {shards}",
+            f"  metrics  {self.proxy.field('metrics')} (proxy); "
+            + ", ".join(c.field("metrics") for c in self.shards) + " (shards)",
             f"  data     {self.data} (logs in {self.data / 'logs'})",
             "Stop with Ctrl-C.",
         ]
@@ -184,6 +212,7 @@ def run_up(opts: UpOptions) -> None:
     try:
         stack.start()
         print(stack.banner(), flush=True)
+        print(stack.baseline(), flush=True)
         while not stopping.wait(1.0):
             stack.supervise_once()
     finally:

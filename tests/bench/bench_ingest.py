@@ -314,10 +314,6 @@ def _short(frame: str) -> str:
     return f"{m['func']} ({file})"
 
 
-_IDLE = ("select", "poll", "epoll", "wait", "_wait", "acquire", "sleep", "get (queue", "_worker",
-         "accept", "recv (", "cygrpc", "__call__ (grpc/_cython")
-
-
 def _is_idle(leaf: str) -> bool:
     name = leaf.split(" (", 1)[0]
     return name in ("select", "poll", "wait", "_wait", "acquire", "sleep", "get", "_poll",

@@ -44,15 +44,18 @@ import pytest
 from e2e.proxy_fixture import ProxyProcess
 from e2e.treecompare import diff, snapshot
 from e2e.workload import connect
+from logstore.pb.journal_pb2 import (Attr, FileRequest, IngestBatch, Op, Record, ScanRequest,
+                                     ShardStatusRequest, ShippedRecord, StreamId)
+from logstore.pb.journal_pb2_grpc import JournalStub, RestoreStub
 from logstore.stamp import Stamp
 from nfsproxy.client import NfsClient
 from nfsproxy.ganesha import start_ganesha
 from nfsproxy.nfs3 import Ftype3
-from recoveryd.restore import RestoreClient, Shards
+from recoveryd.restore import RestoreClient, RestoreRefused, ShardError, Shards
 from recoveryd.status import fetch_status, overall
 from recoveryd.timespec import format_time
 
-pytestmark = pytest.mark.ganesha
+ganesha = pytest.mark.ganesha  # the scenario's tests; the service contract tests need no NAS
 
 MiB = 1 << 20
 M32 = (1 << 32) - 1
@@ -283,7 +286,7 @@ def compare(truth: dict, restored_dir: Path) -> None:
     restored = snapshot(restored_dir, mtimes=True)
     problems = diff(truth, restored, names=("truth", "restore"))
     for rel, entry in truth.items():
-        if entry.type == "reg" and rel in restored and restored[rel].mtime_ns != entry.mtime_ns:
+        if entry.type in ("reg", "dir", "lnk", "fifo") and rel in restored and restored[rel].mtime_ns != entry.mtime_ns:
             problems.append(f"{rel}: mtime_ns {entry.mtime_ns} in truth, {restored[rel].mtime_ns} "
                             "in restore")
     assert not problems, "\n".join(problems)
@@ -300,6 +303,7 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 # -- the tests ---------------------------------------------------------------------------------
 
 
+@ganesha
 @pytest.mark.parametrize("moment", ["t1", "t2"])
 def test_restore_gives_the_tree_as_it_was(scenario, moment, tmp_path):
     s = scenario
@@ -323,6 +327,7 @@ def test_restore_gives_the_tree_as_it_was(scenario, moment, tmp_path):
     assert not list(tmp_path.glob("*.nfsj-tmp-*"))
 
 
+@ganesha
 def test_restore_into_an_empty_directory_and_never_over_content(scenario, tmp_path):
     s = scenario
     empty = tmp_path / "empty"
@@ -341,6 +346,7 @@ def test_restore_into_an_empty_directory_and_never_over_content(scenario, tmp_pa
     assert "not a directory" in err and a_file.read_text() == "mine"
 
 
+@ganesha
 def test_cat_gives_the_bytes_at_t1(scenario):
     s = scenario
     done = nfsj("cat", "data/sparse.bin", "--at", format_time(s.t1), *shard_args(s.shards))
@@ -355,6 +361,7 @@ def test_cat_gives_the_bytes_at_t1(scenario):
                                                        *shard_args(s.shards)))
 
 
+@ganesha
 def test_refused_before_the_first_baseline(scenario, tmp_path):
     s = scenario
     err = one_line_error(nfsj("restore", "--at", str(s.before_baseline), "--to", str(tmp_path / "x"),
@@ -369,6 +376,7 @@ def test_refused_before_the_first_baseline(scenario, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
 
 
+@ganesha
 def test_refused_after_the_consistent_point_unless_allowed(scenario, tmp_path):
     s = scenario
     future = format_time(Stamp(time.time_ns() + 3600 * 10**9, 0, 0))
@@ -385,6 +393,7 @@ def test_refused_after_the_consistent_point_unless_allowed(scenario, tmp_path):
     assert (tmp_path / "forced" / "k1").read_bytes() == (s.export / "keep/k1").read_bytes()
 
 
+@ganesha
 def test_usage_errors_are_one_line(scenario, tmp_path):
     s = scenario
     err = one_line_error(nfsj("restore", "--at", "yesterday", "--to", str(tmp_path / "x"),
@@ -400,6 +409,7 @@ def test_usage_errors_are_one_line(scenario, tmp_path):
     assert "did not exist" in err
 
 
+@ganesha
 def test_path_restores_a_subtree_reading_only_its_files(scenario, tmp_path):
     s = scenario
     dest = tmp_path / "sub"
@@ -430,6 +440,7 @@ def test_path_restores_a_subtree_reading_only_its_files(scenario, tmp_path):
     assert summary.files == 2 and summary.dirs == 2
 
 
+@ganesha
 def test_library_read_serves_byte_ranges(scenario):
     s = scenario
     with Shards(s.shards) as shards, RestoreClient(shards) as client:
@@ -444,6 +455,7 @@ def test_library_read_serves_byte_ranges(scenario):
         assert attr.mtime_ns == s.truth1["data/sparse.bin"].mtime_ns
 
 
+@ganesha
 def test_history_lists_writes_with_client_and_uid(scenario):
     s = scenario
     done = nfsj("history", "shared/theirs.bin", "--json", *shard_args(s.shards))
@@ -475,3 +487,124 @@ def test_history_lists_writes_with_client_and_uid(scenario):
     assert done.returncode == 0, done.stderr.decode()
     assert "RENAME" in out and "/data/winner -> /data/victim" in out
     assert "/data/victim -> /old/victim" in out
+
+
+# -- the Restore service contract (real shards, hand-made records, no NAS) ---------------------
+
+
+def _stamp(wall: int, node: int = 7) -> bytes:
+    return Stamp(wall, 0, node).to_bytes()
+
+
+def ingest(address: str, batches: list[IngestBatch]) -> None:
+    import grpc
+    with grpc.insecure_channel(address) as channel:
+        acks = list(JournalStub(channel).Ingest(iter(batches), timeout=30))
+    assert [a.error for a in acks] == [""] * len(batches), acks
+
+
+def shipped(after: int, records: list[Record], stable_wall: int | None, *, node: int = 7,
+            log_id: str = "L") -> IngestBatch:
+    b = IngestBatch(stream=StreamId(node_id=node, log_id=log_id), after_seq=after,
+                    through_seq=after + max(len(records), 1),
+                    records=[ShippedRecord(seq=after + i + 1, record=r.SerializeToString())
+                             for i, r in enumerate(records)],
+                    sent_stamp=Stamp(time.time_ns(), 0, node).to_bytes())
+    if stable_wall is not None:
+        b.stable = _stamp(stable_wall, 0)
+    return b
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    shards = [ShardProcess(tmp_path / f"shard{k}", k) for k in range(2)]
+    try:
+        yield [s.address for s in shards]
+    finally:
+        for s in shards:
+            s.stop()
+
+
+def test_scan_file_records_and_baselines_contract(two_shards):
+    import grpc
+    a0, a1 = two_shards
+    begin = Record(stamp=_stamp(100), op=Op.BASELINE_BEGIN, ok=True, baseline_id=_stamp(100))
+    root = Record(stamp=_stamp(110), op=Op.BASELINE, ok=True, fh=b"R", baseline_id=_stamp(100),
+                  baseline_first=True, attr=Attr(type=2, mode=0o755))
+    piece = Record(stamp=_stamp(120), op=Op.BASELINE, ok=True, fh=b"F", dir_fh=b"R", name="f",
+                   baseline_id=_stamp(100), baseline_first=True, data=b"base",
+                   attr=Attr(type=1, size=4))
+    end = Record(stamp=_stamp(130), op=Op.BASELINE_END, ok=True, baseline_id=_stamp(100),
+                 baseline_files=1, baseline_bytes=4)
+    write = Record(stamp=_stamp(140), op=Op.WRITE, ok=True, fh=b"F", offset=2, count=3, data=b"XYZ",
+                   reply_count=3, attr=Attr(type=1, size=5))
+    rename = Record(stamp=_stamp(150), op=Op.RENAME, ok=True, dir_fh=b"R", name="f", to_dir_fh=b"R",
+                    to_name="g", object_fh=b"F")
+    # Shard 0 holds the root's records and BEGIN; shard 1 the file's. END comes later.
+    ingest(a0, [shipped(0, [begin, root, rename], None)])
+    # (A stable stamp is a promise: nothing stamped below it comes later, so END's 130 is above it.)
+    ingest(a1, [shipped(0, [begin, piece, write], 125)])
+    with grpc.insecure_channel(a0) as c0, grpc.insecure_channel(a1) as c1:
+        s0, s1 = RestoreStub(c0), RestoreStub(c1)
+        got = list(s1.Scan(ScanRequest()))
+        assert [r.stamp for r in got] == [begin.stamp, piece.stamp, write.stamp]
+        assert [r.data for r in got] == [b"", b"", b""]  # no data unless asked
+        got = list(s1.Scan(ScanRequest(after=piece.stamp, until=write.stamp, with_data=True)))
+        assert [(r.stamp, r.data) for r in got] == [(write.stamp, b"XYZ")]  # after exclusive, until inclusive
+        got = list(s1.Scan(ScanRequest(ops=[Op.BASELINE], with_data=True)))
+        assert [(r.op, r.data) for r in got] == [(Op.BASELINE, b"base")]
+        # Every record naming F, as fh or object_fh, on its own shard.
+        assert [r.op for r in s0.FileRecords(FileRequest(fh=b"F"))] == [Op.RENAME]
+        assert [r.data for r in s1.FileRecords(FileRequest(fh=b"F", with_data=True))] == [b"base", b"XYZ"]
+        assert [r.op for r in s1.FileRecords(FileRequest(fh=b"F", until=piece.stamp))] == [Op.BASELINE]
+        with pytest.raises(grpc.RpcError) as bad:
+            list(s0.Scan(ScanRequest(after=b"short")))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # BEGIN held, END not yet: listed without an end.
+        assert [(b.baseline_id, b.end) for b in s0.Baselines(ShardStatusRequest()).baselines] == [
+            (begin.stamp, b"")]
+
+        with Shards([a0, a1]) as shards, RestoreClient(shards) as client:
+            with pytest.raises(RestoreRefused, match="no baseline is complete yet"):
+                client.cut(Stamp(1000, 0, 0), allow_unproven=True)
+            # Merged from both shards in stamp order; BEGIN (on both) once.
+            assert [r.stamp for r in shards.scan(ScanRequest())] == [
+                begin.stamp, root.stamp, piece.stamp, write.stamp, rename.stamp]
+
+            # END reaches shard 1 only: still incomplete, and the message names shard 0.
+            ingest(a1, [shipped(3, [end], 500)])
+            assert [b.end for b in s1.Baselines(ShardStatusRequest()).baselines] == [end.stamp]
+            with pytest.raises(RestoreRefused, match=r"shard 0 \("):
+                client.cut(Stamp(1000, 0, 0), allow_unproven=True)
+            ingest(a0, [shipped(3, [end], 500)])
+            assert [b.end for b in s0.Baselines(ShardStatusRequest()).baselines] == [end.stamp]
+
+            # Complete now. Before its END: refused; past the consistent point: refused unless allowed.
+            with pytest.raises(RestoreRefused, match="before the earliest restorable moment"):
+                client.cut(Stamp(125, 0, 0))
+            with pytest.raises(RestoreRefused, match="consistent point"):
+                client.cut(Stamp(600, 0, 0))
+            cut = client.cut(Stamp(145, 0, 0))
+            assert cut.baseline.end == end.stamp and not cut.unproven
+            assert cut.consistent_point == Stamp(500, 0, 0)
+            tree = client.tree(cut)
+            assert tree.lookup("f") == b"F" and tree.lookup("g") is None
+            assert client.read(cut, b"F", 0, 100) == b"baXYZ"
+            later = client.cut(Stamp(600, 0, 0), allow_unproven=True)
+            assert later.unproven and "UNPROVEN" in str(later)
+            assert client.tree(later).lookup("g") == b"F"
+            assert [e.op for e in client.history("g")] == ["BASELINE", "WRITE", "RENAME"]
+
+        # A new stream bringing an old BEGIN is found (the index rescans).
+        old_begin = Record(stamp=_stamp(50, 9), op=Op.BASELINE_BEGIN, ok=True, baseline_id=_stamp(50, 9))
+        ingest(a0, [shipped(0, [old_begin], 600, node=9, log_id="M")])
+        assert [b.baseline_id for b in s0.Baselines(ShardStatusRequest()).baselines] == [
+            old_begin.stamp, begin.stamp]
+
+
+def test_a_shard_that_does_not_answer_is_named(two_shards):
+    with Shards([two_shards[0], "127.0.0.1:1"]) as shards, RestoreClient(shards) as client:
+        with pytest.raises(ShardError, match=r"shard 1 \(127\.0\.0\.1:1\) does not answer"):
+            client.cut(Stamp(1, 0, 0))
+        with pytest.raises(ShardError, match=r"shard 1 \(127\.0\.0\.1:1\)"):
+            list(shards.scan(ScanRequest()))
