@@ -6,8 +6,11 @@ says what to do and exit 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
 import sys
+import time
 
 import typer
 
@@ -22,12 +25,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def _root(ctx: typer.Context,
           config: str = typer.Option(None, "--config", envvar="NFSJ_CONFIG",
-                                     help="TOML file of options (see README: Configuration).")) -> None:
+                                     help="TOML file of options (see README: Configuration)."),
+          log_format: str = typer.Option("text", "--log-format", envvar="NFSJ_LOG_FORMAT",
+                                         help="Daemon logs on stderr: text or json (one object per line).")) -> None:
     """nfs-journal: continuous data protection for NAS/NFS.
 
     Options come from flags, then NFSJ_<COMMAND>_<OPTION> environment
     variables, then the --config file, then defaults.
     """
+    if log_format not in ("text", "json"):
+        fail(f"--log-format {log_format!r}: use text or json")
+    _LOG_FORMAT[0] = log_format
     if config:
         ctx.default_map = default_map(load_config(config), command_options(ctx.command), source=config)
 
@@ -53,8 +61,24 @@ def run_event_loop(main) -> None:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr, as text or JSON lines (`--log-format`), with UTC timestamps."""
+    handler = logging.StreamHandler(sys.stderr)
+    text = logging.Formatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s")
+    text.converter = time.gmtime
+    handler.setFormatter(_JsonFormatter() if _LOG_FORMAT[0] == "json" else text)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+_LOG_FORMAT = ["text"]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(),
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 from . import baseline, config, export, proxy, recoveryd, restore, status, up  # noqa: E402,F401  (register the subcommands)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Optional
 
 import typer
@@ -12,7 +11,7 @@ from recoveryd.timespec import FORMS, parse_time
 
 from ..exportd import ExportOptions, run_export
 from ..proxyd import parse_hostport
-from . import app, fail, setup_logging
+from . import app, fail, run_event_loop, setup_logging
 
 
 @app.command("export")
@@ -42,7 +41,7 @@ def export_command(
         fail(f"--at: {e}")
     host, port = parse_hostport(listen, 2049)
     try:
-        asyncio.run(run_export(ExportOptions(at, host, port, list(shard), allow_unproven)))
+        run_event_loop(run_export(ExportOptions(at, host, port, list(shard), allow_unproven)))
     except RestoreError as e:
         fail(str(e))
     except OSError as e:

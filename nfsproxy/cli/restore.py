@@ -29,6 +29,7 @@ from recoveryd.restore import (Cut, RestoreClient, RestoreError, RestoreProgress
 from recoveryd.timespec import FORMS, parse_time
 from recoveryd.tree import REG
 
+from ..pushback import PushResult, connect_nas, nas_target, push_to_nas
 from . import app, fail
 
 _SHARD_HELP = ("A recovery shard's HOST:PORT; repeat for each shard, in the same order as the "
@@ -70,8 +71,15 @@ def _report_cut(cut: Cut) -> None:
 @app.command("restore")
 def restore_command(
     at: str = typer.Option(..., "--at", metavar="TIME", help=f"The moment to restore. {_TIME_HELP}"),
-    to: str = typer.Option(..., "--to", metavar="DIR",
-                           help="Where to write the tree: a new or empty directory (never overwritten)."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="DIR",
+                                     help="Where to write the tree: a new or empty directory (never overwritten)."),
+    to_nas: bool = typer.Option(False, "--to-nas", help="Write the tree back onto the NAS over NFS "
+                                "(--nas), into --into SUBDIR or, without it, to its original path, "
+                                "which must not exist (never overwritten)."),
+    nas: Optional[str] = typer.Option(None, "--nas", metavar="HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT",
+                                      help="With --to-nas: the NAS, as the proxy's --backend."),
+    into: Optional[str] = typer.Option(None, "--into", metavar="SUBDIR",
+                                       help="With --to-nas: a new subdirectory of the export to write into."),
     path: Optional[str] = typer.Option(None, "--path", metavar="SUBTREE",
                                        help="Restore only this path of the export (default: all of it)."),
     allow_unproven: bool = typer.Option(
@@ -84,11 +92,13 @@ def restore_command(
     moment = _time(at, "--at")
     client = _client(shard)
     try:
+        nas_address = nas_target(to=to, to_nas=to_nas, nas=nas, into=into)
         cut = client.cut(moment, allow_unproven=allow_unproven)
         if cut.unproven:
             _stderr().print("[bold red]WARNING: --allow-unproven[/]: restoring an UNPROVEN cut",
                             highlight=False)
-        summary = _deliver(client, cut, to, path, quiet)
+        summary = (_push(client, cut, nas_address, path, into, quiet) if to_nas
+                   else _deliver(client, cut, to, path, quiet))
     except RestoreError as e:
         fail(str(e))
     finally:
@@ -115,6 +125,21 @@ def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: 
                        current=p.current[-40:])
 
         return client.restore_to_dir(cut, to, path=path, progress=progress)
+
+
+def _push(client: RestoreClient, cut: Cut, nas, path: str | None, into: str | None,
+          quiet: bool) -> PushResult:
+    """--to-nas: write the cut back onto the NAS (nfsproxy/pushback.py)."""
+    console = _stderr()
+    columns = (TextColumn("push"), DownloadColumn(), TextColumn("{task.fields[objects]} objects"),
+               TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
+    with Progress(*columns, console=console, disable=quiet or not console.is_terminal,
+                  transient=True) as bar, connect_nas(nas) as nfs:
+        task = bar.add_task("push", total=None, objects=0, current="")
+        result = push_to_nas(client, cut, nfs, path=path, into=into, progress=lambda n, b, rel: bar.update(
+            task, completed=b, objects=n, current=rel[-40:]))
+    result.nas = str(nas)
+    return result
 
 
 @app.command("cat")
