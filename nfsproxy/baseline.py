@@ -116,11 +116,14 @@ class _Scan:
 
     async def walk(self, client: NfsClient, start_fh: bytes) -> None:
         attrs = (await asyncio.to_thread(client.getattr, start_fh)).obj_attributes
-        await self._piece(client, start_fh, b"", "", attrs, "/")
-        dirs: deque[tuple[bytes, str]] = deque([(start_fh, "")])
+        root_stamp = await self._piece(client, start_fh, b"", "", attrs, "/")
+        dirs: deque[tuple[bytes, str, bytes]] = deque([(start_fh, "", root_stamp)])
         while dirs:
-            dir_fh, dir_path = dirs.popleft()
+            dir_fh, dir_path, piece_stamp = dirs.popleft()
             self.state.dirs += 1
+            # The directory's piece (which resets its entries at restore) is
+            # older than this listing: let every call stamped before it land first.
+            await self.proxy.settle_below(piece_stamp)
             entries = await asyncio.to_thread(lambda: list(client.readdirplus(dir_fh)))
             for entry in entries:
                 if entry.name_handle is None:
@@ -129,12 +132,14 @@ class _Scan:
                 attrs = entry.name_attributes
                 if attrs is None:
                     attrs = (await asyncio.to_thread(client.getattr, entry.name_handle)).obj_attributes
-                await self._piece(client, entry.name_handle, dir_fh, entry.name, attrs, path)
+                stamp = await self._piece(client, entry.name_handle, dir_fh, entry.name, attrs, path)
                 if attrs.type is Ftype3.NF3DIR:
-                    dirs.append((entry.name_handle, path))
+                    dirs.append((entry.name_handle, path, stamp))
 
-    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs, path: str) -> None:
-        """Journal one entry: its binding and attributes, and its content if it is new."""
+    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs, path: str) -> bytes:
+        """Journal one entry: its binding and attributes, and its content if it is new.
+
+        Returns the stamp of its (first) piece."""
         s = self.state
         s.current = path
         first = attrs.fileid not in self._seen_fileids
@@ -142,22 +147,24 @@ class _Scan:
         record = Record(op=Op.BASELINE, ok=True, fh=fh, dir_fh=dir_fh, name=name,
                         baseline_id=s.baseline_id, baseline_first=first)
         key = object()
-        record.stamp = self._stamp(key)
+        record.stamp = stamp = self._stamp(key)
         if first and attrs.type is Ftype3.NF3LNK:
             record.symlink_target = (await asyncio.to_thread(client.readlink, fh)).data
         if not (first and attrs.type is Ftype3.NF3REG):
             fattr_to_attr(record.attr, attrs)
             await self._journal(record, key=key)
             self.progress(s)
-            return
+            return stamp
         s.files += 1
         await self._file(client, record, key, attrs)
+        return stamp
 
     async def _file(self, client: NfsClient, record: Record, key: object, attrs) -> None:
         """Journal a regular file's content in pieces, each stamped before its read."""
         s = self.state
         offset = 0
         while True:
+            await self.proxy.settle_below(record.stamp, id(key))
             res = await asyncio.to_thread(client.read, record.fh, offset, self.chunk_bytes)
             fattr_to_attr(record.attr, res.file_attributes or attrs)
             record.offset = offset

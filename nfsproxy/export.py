@@ -47,8 +47,7 @@ import stat
 from typing import Any, Callable, Final, Iterable, Mapping
 
 from . import mount, nfs3
-from .mount import EXPORTS, MOUNT_PROGRAM, MOUNT_V3, Exportnode, MountProc3, Mountres3, \
-    Mountres3Ok, Mountstat3
+from .mount import MOUNT_PROGRAM, MOUNT_V3, Exportnode, Mountres3, Mountres3Ok, Mountstat3
 from .nfs3 import (ACCESS3_EXECUTE, ACCESS3_LOOKUP, ACCESS3_READ, FSF3_HOMOGENEOUS, FSF3_LINK,
                    FSF3_SYMLINK, NFS_PROGRAM, NFS_V3, ACCESS3res, ACCESS3resfail, ACCESS3resok,
                    COMMIT3res, COMMIT3resfail, CREATE3res, CREATE3resfail, Dirlist3,

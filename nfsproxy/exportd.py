@@ -28,8 +28,9 @@ import signal
 from typing import Any
 
 from .export import ExportHandler
-from .rpc import (DEFAULT_MAX_MESSAGE_BYTES, NEED_DATA, AcceptStat, RpcCall, RpcDecodeError,
-                  RpcMessageReader, RpcReply, encode_reply, frame_rpc_message, parse_message)
+from .limits import max_message_bytes
+from .rpc import (NEED_DATA, AcceptStat, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
+                  encode_reply, frame_rpc_message, parse_message)
 
 __all__ = ["ExportServer", "ExportSession", "ExportOptions", "start_export", "run_export"]
 
@@ -39,13 +40,16 @@ logger = logging.getLogger(__name__)
 MAX_READS_IN_FLIGHT = 32
 #: Threads reading content through the Restore API, for all clients together.
 READ_WORKERS = 4
+#: The largest call we take whole: a 4 MiB WRITE (nfs-rs's most) still gets its
+#: NFS3ERR_ROFS instead of a closed connection, as at the proxy.
+MAX_MESSAGE_BYTES = max_message_bytes(4 << 20)
 
 
 class ExportServer:
     """Accepts clients and answers them from one `ExportHandler`."""
 
     def __init__(self, handler: ExportHandler, *, read_workers: int = READ_WORKERS,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.handler = handler
         self.max_message_bytes = max_message_bytes
         self.sessions: set[ExportSession] = set()

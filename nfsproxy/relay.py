@@ -111,6 +111,16 @@ class Proxy:
     def release(self, key: int) -> None:
         self._inflight.pop(key, None)
 
+    async def settle_below(self, stamp: bytes, own_key: int | None = None) -> None:
+        """Wait until every call stamped below `stamp` (but `own_key`'s) has its reply.
+
+        The baseline reads an object only after this: a call stamped before
+        the piece is then applied on the NAS and visible in what it reads.
+        Calls stamped later are replayed on top of the piece at restore time.
+        """
+        while any(s < stamp for k, s in self._inflight.items() if k != own_key):
+            await asyncio.sleep(0.0005)
+
     def stable_stamp(self) -> Stamp:
         """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
         now = self.clock.now()

@@ -90,6 +90,7 @@ from .tree import BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES
 __all__ = [
     "Shards", "RestoreClient", "Cut", "RestoreError", "RestoreRefused", "ShardError",
     "RestoreProgress", "RestoreSummary", "HistoryEntry", "TREE_OPS", "DEFAULT_CACHE_BYTES",
+    "check_dest",
 ]
 
 #: What a tree rebuild asks the shards for.
@@ -538,7 +539,7 @@ class RestoreClient:
                     _pwrite_all(fd, record.data, record.offset)
             elif op == Op.WRITE:
                 data = record.data
-                if record.reply_count < len(data):
+                if 0 < record.reply_count < len(data):
                     data = data[:record.reply_count]  # the NAS accepted only this much
                 if data:
                     _pwrite_all(fd, data, record.offset)
@@ -621,7 +622,7 @@ class RestoreClient:
         into place at the end, so ``dest`` appears complete or not at all.
         """
         dest = Path(os.path.abspath(dest))
-        _check_dest(dest)
+        check_dest(dest)
         report = progress or (lambda p: None)
         state = RestoreProgress()
         report(state)
@@ -631,13 +632,11 @@ class RestoreClient:
         if start is None:
             raise RestoreRefused(f"/{rel} did not exist at {_iso(cut.at)} ({cut.at})")
         start_node = tree.nodes[start]
+        summary = RestoreSummary(str(dest), cut, path=f"/{rel}", owners=os.geteuid() == 0)
+        tmp: Path | None = None
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RestoreRefused(f"cannot create {dest.parent}: {e.strerror}") from None
-        tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.nfsj-tmp-", dir=dest.parent))
-        summary = RestoreSummary(str(dest), cut, path=f"/{rel}", owners=os.geteuid() == 0)
-        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.nfsj-tmp-", dir=dest.parent))
             if start_node.type == DIR:
                 self._build(cut, tree, start, tmp, summary, state, report)
                 os.rename(tmp, dest)
@@ -645,12 +644,17 @@ class RestoreClient:
             else:
                 # One non-directory: built inside the temporary directory, then moved.
                 self._build(cut, tree, start, tmp / "object", summary, state, report, single=True)
-                if dest.exists():
+                if os.path.lexists(dest):
                     raise RestoreRefused(f"{dest} appeared while restoring; not overwriting it")
                 os.rename(tmp / "object", dest)
                 tmp.rmdir()
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                where = f" ({e.filename})" if e.filename else ""
+                raise RestoreError(f"restoring to {dest} failed: {e.strerror or e}{where}; "
+                                   "nothing was left behind") from e
             raise
         state.phase, state.current = "done", ""
         report(state)
@@ -676,7 +680,7 @@ class RestoreClient:
                 summary.dirs += 1
                 continue
             if fh in first_path:
-                os.link(first_path[fh], target)
+                os.link(first_path[fh], target, follow_symlinks=False)  # a symlink's own inode
                 summary.hard_links += 1
                 continue
             state.current = f"/{rel}"
@@ -740,9 +744,18 @@ class RestoreClient:
                                  "moment when it did")
         request = FileRequest(fh=fh, after=since.to_bytes() if since is not None else b"",
                               until=bound.to_bytes(), with_data=False)
-        # The tree as it was at each record: replayed alongside, up to just before it.
-        after, until_raw = cut.window()
-        tree = Tree(baseline_id=cut.baseline.baseline_id)
+        # The tree as it was at each record: replayed alongside, up to just
+        # before it, from the newest complete baseline that began by `since`
+        # (the oldest one when there is no `since`), so that the paths of
+        # records older than the cut's own baseline are known too.
+        complete = self._complete_baselines()
+        start = complete[0]
+        for b in complete:
+            if since is not None and b.baseline_id <= since.to_bytes():
+                start = b
+        replay = dataclasses.replace(cut, baseline=start)
+        after, until_raw = replay.window()
+        tree = Tree(baseline_id=start.baseline_id)
         namespace = self.shards.scan(ScanRequest(after=after, until=until_raw, with_data=False,
                                                  ops=sorted(TREE_OPS)))
         pending = next(namespace, None)
@@ -789,7 +802,10 @@ def _clean_path(path: str | None) -> str:
     return "/".join(parts)
 
 
-def _check_dest(dest: Path) -> None:
+def check_dest(dest: str | os.PathLike[str]) -> None:
+    """Refuse (RestoreRefused) a restore destination that exists and is not an
+    empty directory: a restore never overwrites."""
+    dest = Path(dest)
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise RestoreRefused(f"{dest} exists and is not a directory; a restore never overwrites: "
                              "give a new or empty directory")

@@ -32,6 +32,9 @@ Rules (DESIGN.md "Point-in-time reconstruction"; proto/journal.proto, Op):
   POSIX, renaming a name onto another name of the same object changes
   nothing.
 * ``LINK`` binds ``(to_dir_fh, to_name) -> fh``.
+* A name that no POSIX file system holds ("", ".", "..", or one containing
+  "/" or NUL) is never bound: such a record is corrupt, and a restore must not
+  be steered outside its destination by it.
 * ``BIND`` changes nothing: a BIND is stamped when its LOOKUP/READDIRPLUS
   *reply* arrived, after calls that may have removed or renamed the name in
   the meantime, so replaying it could resurrect a removed name (and its
@@ -214,6 +217,8 @@ class Tree:
         return node
 
     def _bind(self, dir_fh: bytes, name: str, fh: bytes) -> None:
+        if not _valid_name(name):
+            return  # no NAS accepts it: a corrupt record, and a restore must never write outside its root
         directory = self._node(dir_fh)
         if not directory.type:
             directory.type = DIR  # only a directory has entries
@@ -318,6 +323,10 @@ class Tree:
         if node.type == DIR:
             return 2 + sum(1 for c in node.entries.values() if self.nodes[c].type == DIR)
         return len(node.names)
+
+
+def _valid_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def _copy(attr: Attr) -> Attr:

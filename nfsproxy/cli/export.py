@@ -29,7 +29,9 @@ def export_command(
 ) -> None:
     """Serve the export as it was at TIME, read-only, over NFSv3 (nothing is written out first).
 
-    Mount it as HOST:/ with the port given (nfsport = mountport = PORT).
+    NFS and MOUNT share the one port. With the Linux client:
+    mount -t nfs -o ro,vers=3,proto=tcp,port=PORT,mountport=PORT,nolock HOST:/ DIR
+    (nolock: there is no lock manager; nothing here can change).
     """
     setup_logging(verbose)
     if not shard:

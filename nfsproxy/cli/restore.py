@@ -6,8 +6,9 @@ baselines and shards lives there. Errors are one line (``nfsj: error: ...``,
 exit 2). Every command that delivers content prints the cut it delivered,
 with its proof, to stderr at the end.
 
-Restore targets: today a local directory (``--to``). Push-back onto the NAS
-(``--to-nas``) plugs in at ``_deliver``: one more option, one more branch.
+Restore targets: a local directory (``--to``, ``_deliver``) or back onto the
+NAS (``--to-nas``, ``_push`` over nfsproxy/pushback.py). A new target is one
+more option and one more branch beside them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from logstore.stamp import Stamp
 from recoveryd.restore import (Cut, RestoreClient, RestoreError, RestoreProgress, RestoreSummary,
-                               Shards)
+                               Shards, check_dest)
 from recoveryd.timespec import FORMS, parse_time
 from recoveryd.tree import REG
 
@@ -90,6 +91,11 @@ def restore_command(
 ) -> None:
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
     moment = _time(at, "--at")
+    if to is not None and not to_nas:
+        try:
+            check_dest(to)  # before asking any shard anything
+        except RestoreError as e:
+            fail(str(e))
     client = _client(shard)
     try:
         nas_address = nas_target(to=to, to_nas=to_nas, nas=nas, into=into)

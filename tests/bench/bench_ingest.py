@@ -29,9 +29,12 @@ Rates are LOG records per second and MB/s (10^6 bytes of serialized records
 per second); ratios are against `plain` of the same round. Target (from the
 issue): 1 shard >= 0.5 x plain.
 
-`--profile` adds one more 1-shard run with py-spy sampling both the shard
-process and this process (the shipper side) and prints where the time goes
-(self time by function, and the top inclusive frames).
+`--profile` adds one more 1-shard run with py-spy sampling the shard process
+(with native frames: RocksDB, gRPC core, libc; this pauses it per sample, so
+that run is slower) and this process (the shipper side; Python frames only),
+and prints where the time goes: per thread, the share of wall time it was
+busy rather than waiting and its busiest leaf frames; and what the time
+inside `ShardStore.ingest`, `Shipper._read_range` and `Shipper._send` went to.
 
 There are no thresholds; every number names its machine (STYLE.md).
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import importlib.metadata
 import mmap
 import os
 import platform
@@ -59,7 +63,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import grpc  # noqa: E402
-import rocksdict  # noqa: E402
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions  # noqa: E402
 
 from e2e.shard_fixture import ShardProcess  # noqa: E402
@@ -104,9 +107,17 @@ def machine(workdir: Path) -> list[str]:
         f"memory: {mem}; load average before start: {load}",
         f"disk: {workdir} on {_filesystem(workdir)}",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"rocksdict {getattr(rocksdict, '__version__', '?')}; grpcio {grpc.__version__}",
+        f"rocksdict {_version('rocksdict')}; grpcio {grpc.__version__}; "
+        f"protobuf {_version('protobuf')}",
         f"code: {_git_head()}",
     ]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _filesystem(path: Path) -> str:
@@ -221,27 +232,30 @@ async def _ship(log: Log, addresses: list[str], top: Stamp) -> float:
 
 
 def run_shards(log: Log, n_shards: int, workdir: Path, top: Stamp, n_records: int,
-               profile_dir: Path | None = None) -> tuple[float, float]:
-    """Ship the LOG to `n_shards` fresh `nfsj recoveryd`; returns (seconds, shard CPU-seconds)."""
+               profile_dir: Path | None = None) -> tuple[float, float, float]:
+    """Ship the LOG to `n_shards` fresh `nfsj recoveryd`; returns (seconds, shard CPU-seconds,
+    this process's CPU-seconds: the shippers, the LOG reads, gRPC's client side)."""
     shards = [ShardProcess(workdir / f"shard{k}", k) for k in range(n_shards)]
     spies: list[subprocess.Popen] = []
     try:
         for shard in shards:
             shard.start()
         cpu0 = [process_cpu_s(s.proc.pid) for s in shards]
+        own0 = process_cpu_s(os.getpid())
         if profile_dir is not None:
-            spies = [start_py_spy(shards[0].proc.pid, profile_dir / "shard.txt"),
-                     start_py_spy(os.getpid(), profile_dir / "shipper.txt")]
+            spies = [start_py_spy(shards[0].proc.pid, profile_dir / "shard.txt", native=True),
+                     start_py_spy(os.getpid(), profile_dir / "shipper.txt", native=False)]
             time.sleep(1.0)  # py-spy attaches
         elapsed = asyncio.run(_ship(log, [s.address for s in shards], top))
         cpu = sum(process_cpu_s(s.proc.pid) - c for s, c in zip(shards, cpu0))
+        own = process_cpu_s(os.getpid()) - own0
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(timeout=60)
         held = sum(r.status.records for r in fetch_status([s.address for s in shards], 10.0))
         if held != n_records:
             raise RuntimeError(f"the shards hold {held} records, not {n_records}")
-        return elapsed, cpu
+        return elapsed, cpu, own
     finally:
         for spy in spies:
             if spy.poll() is None:
@@ -255,69 +269,96 @@ def run_shards(log: Log, n_shards: int, workdir: Path, top: Stamp, n_records: in
 # Profiling (py-spy)
 
 
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen:
+def start_py_spy(pid: int, out: Path, native: bool) -> subprocess.Popen:
+    """py-spy sampling every thread of `pid`, waiting ones too (--idle). `native` adds
+    native frames (RocksDB, gRPC core, libc) but pauses `pid` for every sample."""
     exe = shutil.which("py-spy")
     if exe is None:
         raise SystemExit("--profile needs py-spy (python3 -m pip install py-spy)")
+    mode = ["--native", "--rate", "100"] if native else ["--nonblocking", "--rate", "250"]
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--threads",
-                             "--rate", "250", "--output", str(out), "--nonblocking"],
+                             "--idle", *mode, "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+# Leaf frames of a thread that waits rather than works.
+_WAITING = re.compile(r"^(epoll_wait|epoll_pwait|poll|ppoll|select|pselect6?|pthread_cond_\w*wait|"
+                      r"__futex_abstimed_wait_common\w*|futex_wait|syscall|sem_\w*wait|"
+                      r"clock_nanosleep|nanosleep|__GI___\w*wait\w*|accept4?|read|recvmsg|"
+                      r"do_futex_wait\w*)$")
+_PY_FRAME = re.compile(r"\((?:[^()]*\.py|<[^<>]+>):\d+\)$")  # "func (dir/x.py:12)"
 
 
-def summarize_profile(path: Path, title: str, top: int = 14) -> list[str]:
-    """Self time per function, and inclusive time per function, from py-spy's raw output
-    (one `frame;frame;... count` line per distinct stack; idle threads included)."""
-    if not path.exists():
-        return [f"{title}: no profile written ({path})"]
-    self_t: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    total = idle = 0
+def summarize_profile(path: Path, title: str, focus: tuple[str, ...], top: int = 8) -> list[str]:
+    """Where one process's threads spent the sampled wall time (py-spy raw output:
+    one `thread;frame;...;leaf count` line per distinct stack, outermost first)."""
+    if not path.exists() or not path.stat().st_size:
+        return [f"{title}: py-spy wrote no profile ({path})"]
+    threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    totals: collections.Counter[str] = collections.Counter()
+    inside: dict[str, collections.Counter[str]] = {f: collections.Counter() for f in focus}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
-        frames = [_short(f) for f in stack.split(";")]
-        total += n
-        leaf = frames[-1]
-        if _is_idle(leaf):
-            idle += n
+        frames = stack.split(";")
+        thread = re.sub(r"^thread \(\d+\):?\s*", "", frames[0]) or "?"
+        thread = re.sub(r"_\d+$", "", thread)  # executor threads: one line per pool
+        totals[thread] += n
+        leaf = _name(frames[-1])
+        if _waiting(frames):
             continue
-        self_t[leaf] += n
-        for f in set(frames[1:]):  # frames[0] is the thread
-            incl[f] += n
-    busy = total - idle
-    out = [f"{title}: {total} samples over all threads, {busy} busy "
-           f"(the rest waiting: epoll, futex, queue get, sleep)"]
-    if not busy:
-        return out
-    out.append("  self time (busy samples):")
-    for func, n in self_t.most_common(top):
-        out.append(f"    {100 * n / busy:5.1f}%  {func}")
-    out.append("  inclusive (busy samples):")
-    for func, n in incl.most_common(top):
-        out.append(f"    {100 * n / busy:5.1f}%  {func}")
+        threads[thread][leaf] += n
+        for f in focus:
+            marks = [i for i, fr in enumerate(frames) if fr.startswith(f + " (")]
+            if marks:
+                below = frames[marks[-1] + 1:]
+                step = next((fr for fr in below if not _PY_FRAME.search(fr)), None) if below else None
+                inside[f][_name(below[0]) if below and _PY_FRAME.search(below[0])
+                          else (_name(step) if step else f"{f} itself (Python)")] += n
+    out = [f"{title}: threads, share of wall time busy (not waiting), and the busiest leaves:"]
+    for thread, total in totals.most_common():
+        busy = sum(threads[thread].values())
+        if total < 0.05 * max(totals.values()) or not busy:
+            continue
+        leaves = ", ".join(f"{_short(k)} {100 * v / busy:.0f}%"
+                           for k, v in threads[thread].most_common(4))
+        out.append(f"  {thread or 'main'}: busy {100 * busy / total:.0f}% of {total} samples; {leaves}")
+    for f, counter in inside.items():
+        n = sum(counter.values())
+        if not n:
+            continue
+        out.append(f"  inside {f} ({n} busy samples), by the first call below it:")
+        for k, v in counter.most_common(top):
+            out.append(f"    {100 * v / n:5.1f}%  {_short(k)}")
     return out
 
 
-def _short(frame: str) -> str:
-    m = _FRAME.match(frame.strip())
-    if not m:
-        return frame.strip()
-    file = m["file"]
-    for marker in ("site-packages/", "/lib/python3.11/", str(REPO) + "/"):
-        if marker in file:
-            file = file.split(marker, 1)[1]
-    return f"{m['func']} ({file})"
+def _name(frame: str) -> str:
+    name, _, where = frame.strip().partition(" (")
+    if name.startswith("0x"):  # no symbol: name the library ("libc.so.6:?")
+        return where.rstrip(")").rsplit("/", 1)[-1] + ":?"
+    return name
 
 
-def _is_idle(leaf: str) -> bool:
-    name = leaf.split(" (", 1)[0]
-    return name in ("select", "poll", "wait", "_wait", "acquire", "sleep", "get", "_poll",
-                    "run_forever", "_run_once") and "rocksdict" not in leaf
+def _waiting(frames: list[str]) -> bool:
+    """Whether a sample shows its thread waiting (for work, I/O readiness, a lock)."""
+    if _WAITING.match(_name(frames[-1])):
+        return True
+    py = [f for f in frames if _PY_FRAME.search(f)]
+    return bool(py) and _name(py[-1]) in _WAITING_PY
+
+
+# Python functions that, as the innermost Python frame, mean "blocked in C waiting".
+_WAITING_PY = {"_worker", "EpollSelector.select", "select", "Condition.wait", "Event.wait",
+               "_poll_wrapper", "Thread.run", "serve_forever",
+               "run_shards", "Popen._wait"}  # this script waiting for py-spy
+
+
+def _short(name: str) -> str:
+    name = re.sub(r"<[^<>]*(<[^<>]*>[^<>]*)*>", "<>", name)  # C++ template arguments
+    return name if len(name) <= 70 else name[:67] + "..."
 
 
 # --------------------------------------------------------------------------
@@ -353,6 +394,7 @@ def main() -> int:
         times: dict[str, list[float]] = {c: [] for c in configs}
         ratios: dict[str, list[float]] = {c: [] for c in configs}
         cpus: dict[str, list[float]] = {c: [] for c in configs}
+        own_cpus: dict[str, list[float]] = {c: [] for c in configs}
         try:
             for rnd in range(args.rounds):
                 plain = run_plain(rows, workdir / "plain", sync=False)
@@ -361,9 +403,10 @@ def main() -> int:
                 got["plain+sync"] = run_plain(rows, workdir / "plain", sync=True)
                 shutil.rmtree(workdir / "plain")
                 for n in (1, 2):
-                    got[f"{n} shard{'s' if n > 1 else ''}"], cpu = run_shards(
-                        log, n, workdir, top, args.records)
-                    cpus[f"{n} shard{'s' if n > 1 else ''}"].append(cpu)
+                    name = f"{n} shard{'s' if n > 1 else ''}"
+                    got[name], cpu, own = run_shards(log, n, workdir, top, args.records)
+                    cpus[name].append(cpu)
+                    own_cpus[name].append(own)
                 for c in configs:
                     times[c].append(got[c])
                     ratios[c].append(plain / got[c])
@@ -373,25 +416,29 @@ def main() -> int:
             print(f"median of {args.rounds} round(s), {args.records} records, "
                   f"{nbytes / 1e6:.1f} MB each:")
             print(f"  {'configuration':<14}{'records/s':>12}{'MB/s':>9}{'x plain':>9}"
-                  f"{'shard CPU-s':>13}")
+                  f"{'seconds':>9}{'shard CPU-s':>13}{'shipper CPU-s':>15}")
             for c in configs:
                 t = statistics.median(times[c])
                 cpu = f"{statistics.median(cpus[c]):.2f}" if cpus[c] else "-"
+                own = f"{statistics.median(own_cpus[c]):.2f}" if own_cpus[c] else "-"
                 print(f"  {c:<14}{args.records / t:>12,.0f}{nbytes / t / 1e6:>9.1f}"
-                      f"{statistics.median(ratios[c]):>9.2f}{cpu:>13}")
+                      f"{statistics.median(ratios[c]):>9.2f}{t:>9.2f}{cpu:>13}{own:>15}")
             one = statistics.median(ratios["1 shard"])
             print(f"target: 1 shard >= 0.50 x plain: {'met' if one >= 0.5 else 'NOT met'} ({one:.2f})")
 
             if args.profile:
                 profile_dir = workdir / "profile"
                 profile_dir.mkdir()
-                t, _ = run_shards(log, 1, workdir, top, args.records, profile_dir)
+                t, _, _ = run_shards(log, 1, workdir, top, args.records, profile_dir)
                 print()
                 print(f"profile: one more 1-shard run under py-spy ({args.records / t:,.0f} rec/s "
                       "while sampled)")
-                for name, title in (("shard.txt", "shard process (nfsj recoveryd)"),
-                                    ("shipper.txt", "this process (the shipper)")):
-                    for line in summarize_profile(profile_dir / name, title):
+                for name, title, focus in (
+                        ("shard.txt", "shard process (nfsj recoveryd)",
+                         ("ShardStore.ingest", "_parse_batch")),
+                        ("shipper.txt", "this process (the shipper, LOG reads, gRPC client)",
+                         ("Shipper._read_range", "Shipper._send"))):
+                    for line in summarize_profile(profile_dir / name, title, focus):
                         print(line)
         finally:
             log.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import re
 import signal
@@ -194,6 +193,9 @@ def make_after_baseline(c: nfs_rs.Client, rng: random.Random, proxy: ProxyProces
     c.chmod("tree/a/linked", 0o640)
     c.mkdir("tree/a/b/new-dir", 0o750)
     c.symlink("../many/f000", "tree/to-f000")
+    c.mkdir("gone", 0o751)
+    c.mkdir("gone/sub", 0o705)
+    _write(c, "gone/sub/file", b"its directories go after T\n", 0o604)
     c.chown("tree/a/b/deep-moved", OTHER_UID, OTHER_GID)
     c.utime("tree/a/one", ns=(1_500_000_000_123_456_789, 1_500_000_000_987_654_321))
     # nfs-rs has no mknod: a FIFO through the proxy with our own client.
@@ -214,6 +216,9 @@ def make_after_t(c: nfs_rs.Client, rng: random.Random) -> None:
     _write(c, "later/file", b"only after T\n")
     c.rename("tree/a/one", "tree/a/uno")
     c.remove("tree/x/linked-2")
+    c.remove("gone/sub/file")
+    c.rmdir("gone/sub")
+    c.rmdir("gone")
 
 
 def regular_mtimes(root: Path) -> dict[str, int]:

@@ -101,6 +101,14 @@ def test_push_back_in_place_restores_what_was_deleted_and_never_overwrites(resto
         for field in ("type", "mode", "uid", "gid", "size", "sha256"):
             assert getattr(got, field) == getattr(want, field), (path, field)
 
+    # A file whose directories are gone too: they come back with their modes at T.
+    done = push(r, "--path", "gone/sub/file")
+    assert done.returncode == 0, done.stderr
+    back = snapshot(export_dir / "gone")
+    for rel, want in subtree(r.truth, "gone").items():
+        assert (back[rel].type, back[rel].mode, back[rel].sha256) == \
+            (want.type, want.mode, want.sha256), rel
+
     # Whatever exists is refused, with one line, and nothing changes.
     before = snapshot(export_dir)
     for path in ("tree/a", "many/f000", "big/big.bin"):
@@ -113,7 +121,7 @@ def test_push_back_in_place_restores_what_was_deleted_and_never_overwrites(resto
     # A subtree beside the live one.
     done = push(r, "--path", "tree/a", "--into", "tree-a-at-t")
     assert done.returncode == 0, done.stderr
-    got = subtree(snapshot(export_dir / "tree-a-at-t"), "")
+    got = snapshot(export_dir / "tree-a-at-t")
     want = subtree(r.truth, "tree/a")
     strip = lambda t: {k: (e.type, e.mode, e.uid, e.gid, e.size, e.sha256, e.target)  # noqa: E731
                        for k, e in t.items()}

@@ -14,17 +14,22 @@ The scenario (one per module, `scenario` fixture):
    links, mkdir/rmdir, remove, writes under another uid;
    then T1 is taken, `status` must prove it (consistent point above T1), and
    the export directory is snapshotted as truth 1;
-4. phase 2: more of the same, on the same and on new names; T2, truth 2.
+4. phase 2: more of the same, on the same and on new names; T2, truth 2;
+5. a second baseline, phase 3 on top of it; T3, truth 3.
 
-Then: `nfsj restore --at T1` and `--at T2` give truth 1 and truth 2
-(content, sizes, modes, owners, symlink targets, link counts and hard-link
-groups, mtimes of regular files); `nfsj cat` gives a file's bytes at T1;
+Then: `nfsj restore --at T1/T2/T3` give truths 1/2/3 (content, sizes,
+modes, owners, symlink targets, link counts and hard-link groups, and the
+mtimes of every entry), T3 from the second baseline and a moment inside the
+second baseline from the first; `nfsj cat` gives a file's bytes at T1;
 restores before the first baseline and after the consistent point are
-refused with one line; `--path` restores a subtree and reads no other file's
-records; `nfsj history` lists a file's writes with client and uid.
+refused with one line (and forced with --allow-unproven); `--path` restores
+a subtree and reads no other file's records; `nfsj history` lists a file's
+writes with client and uid.
 
 Truth is read from the export's local directory (tests/e2e/treecompare.py),
-never through the code under test.
+never through the code under test. The last tests check the Restore
+service's contract (Scan, FileRecords, Baselines) on real shards fed
+hand-made records, without a NAS.
 """
 
 from __future__ import annotations
@@ -222,6 +227,23 @@ def _phase2(c, other) -> None:
     c.rmdir("docs/deep")                                                 # emptied in phase 1
 
 
+def _phase3(c) -> None:
+    """After a second baseline: changes on top of it."""
+    _write(c, "keep-no-more", b"rewritten after the second baseline\n", mode="wb")
+    c.rename("new/fresh-link", "data/fresh-link-moved")
+    c.chmod("keep/sub", 0o700)
+    _write(c, "data/sparse.bin", b"3", offset=10)
+
+
+def run_baseline(log_dir: Path) -> tuple[Stamp, Stamp]:
+    """`nfsj baseline`; returns its (BEGIN, END) stamps."""
+    done = nfsj("baseline", "--log", str(log_dir), "--quiet")
+    assert done.returncode == 0, done.stderr.decode()
+    m = re.search(rb"baseline (\S+) done.*restorable from (\S+)", done.stdout)
+    assert m, done.stdout
+    return Stamp.parse(m.group(1).decode()), Stamp.parse(m.group(2).decode())
+
+
 @dataclasses.dataclass
 class Scenario:
     tmp: Path
@@ -235,7 +257,9 @@ class Scenario:
     truth1: dict
     truth2: dict
     cat_truth1: bytes
-    other_client: str = ""
+    baseline2: tuple[Stamp, Stamp]   # BEGIN, END of the second baseline (after T2)
+    t3: Stamp
+    truth3: dict
 
 
 @pytest.fixture(scope="module")
@@ -251,11 +275,7 @@ def scenario(tmp_path_factory):
         addresses = [s.address for s in shards]
         proxy = ProxyProcess(nas, tmp / "log", extra=shard_args(addresses)).start()
         before_baseline = now_bound()
-        done = nfsj("baseline", "--log", str(proxy.log_dir), "--quiet")
-        assert done.returncode == 0, done.stderr.decode()
-        m = re.search(rb"restorable from (\S+)", done.stdout)
-        assert m, done.stdout
-        baseline_end = Stamp.parse(m.group(1).decode())
+        _, baseline_end = run_baseline(proxy.log_dir)
 
         with connect(proxy.url()) as c, connect_as(proxy.url(), OTHER_UID, OTHER_GID) as other:
             _phase1(c, other, proxy.port)
@@ -267,8 +287,13 @@ def scenario(tmp_path_factory):
             t2 = now_bound()
             wait_proven(addresses, t2)
             truth2 = snapshot(nas.export_dir, mtimes=True)
+            baseline2 = run_baseline(proxy.log_dir)
+            _phase3(c)
+            t3 = now_bound()
+            wait_proven(addresses, t3)
+            truth3 = snapshot(nas.export_dir, mtimes=True)
         yield Scenario(tmp, nas.export_dir, addresses, proxy.log_dir, before_baseline,
-                       baseline_end, t1, t2, truth1, truth2, cat_truth1)
+                       baseline_end, t1, t2, truth1, truth2, cat_truth1, baseline2, t3, truth3)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -307,7 +332,7 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 def test_restore_gives_the_tree_as_it_was(scenario, moment, tmp_path):
     s = scenario
     at = getattr(s, moment)
-    truth = s.truth1 if moment == "t1" else s.truth2
+    truth = getattr(s, f"truth{moment[1]}")
     dest = tmp_path / f"restored-{moment}"
     # T1 as ISO-8601 with nanoseconds, T2 as an exact stamp: both forms users type.
     text = format_time(at) if moment == "t1" else str(at)
@@ -324,6 +349,24 @@ def test_restore_gives_the_tree_as_it_was(scenario, moment, tmp_path):
     assert Stamp.parse(m.group(4)) > at
     assert "UNPROVEN" not in err
     assert not list(tmp_path.glob("*.nfsj-tmp-*"))
+
+
+@ganesha
+def test_restore_starts_from_the_newest_baseline_that_ended(scenario, tmp_path):
+    s = scenario
+    begin2, end2 = s.baseline2
+    done = nfsj("restore", "--at", str(s.t3), "--to", str(tmp_path / "t3"), *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    compare(s.truth3, tmp_path / "t3")
+    assert f"baseline {begin2} ended {end2}" in done.stderr.decode()
+    # Just before the second baseline's END: still from the first one, whose
+    # replay passes over the second one's pieces without applying them.
+    just_before = Stamp(end2.wall_ns, end2.logical, end2.node_id - 1)
+    done = nfsj("restore", "--at", str(just_before), "--to", str(tmp_path / "mid"),
+                *shard_args(s.shards))
+    assert done.returncode == 0, done.stderr.decode()
+    compare(s.truth2, tmp_path / "mid")
+    assert f"ended {s.baseline_end}" in done.stderr.decode()
 
 
 @ganesha

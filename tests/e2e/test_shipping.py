@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -356,7 +355,7 @@ def test_wiped_shard_is_rebuilt_from_the_log(stack: Stack, how: str):
     check_shards_hold_log(stack, point)
 
 
-def test_both_shards_down_back_pressure_not_loss(stack: Stack, tmp_path: Path):
+def test_both_shards_down_back_pressure_not_loss(stack: Stack):
     """With every shard down the proxy keeps serving and the LOG grows; `nfsj status`
     shows the lag growing; when the shards return, everything drains."""
     write_files(stack.proxy.url(), "before", 20, 4096)

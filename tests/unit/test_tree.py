@@ -294,3 +294,12 @@ def test_records_must_come_in_stamp_order():
 def test_lookup_without_a_root():
     assert Tree().lookup("x") is None
     assert list(Tree().walk()) == []
+
+
+def test_names_no_file_system_holds_are_never_bound(feed):
+    for bad in ("", ".", "..", "a/b", "../../etc", "nul\0"):
+        feed(Op.CREATE, fh=b"f" + bad.encode(), dir_fh=ROOT, name=bad)
+        feed.piece(b"p" + bad.encode(), ROOT, bad)
+        feed(Op.LINK, fh=b"l", to_dir_fh=ROOT, to_name=bad)
+    assert names(feed.tree) == {}
+    assert paths(feed.tree) == [""]
