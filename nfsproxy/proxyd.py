@@ -244,6 +244,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     except OSError as e:
         await running.stop()
         raise ConfigError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
+    # Written once before the ready line, so `nfsj status --log` works as soon as we serve.
+    write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
 

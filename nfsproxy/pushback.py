@@ -25,6 +25,9 @@ Where it goes (nothing live is ever overwritten):
 
 The top object is made with a call that fails if the name exists (MKDIR, or
 CREATE GUARDED), so the "does not exist" check cannot race with the NAS.
+The NFS client may talk to the NAS itself or to a proxy in front of it
+(`--nas HOST:PORT:PORT:/EXPORT` with the proxy's port): then the push-back is
+journaled like any other change.
 
 Errors: `PushbackError` (a one-line message saying what to do) for what the
 user can fix; `NfsError`/`OSError` from the NAS mid-way propagate after

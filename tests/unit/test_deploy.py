@@ -39,7 +39,7 @@ import yaml
 
 from nfsproxy.cli import app, command_options
 from nfsproxy.config import default_map, load_config
-from nfsproxy.proxyd import parse_backend, parse_hostport
+from nfsproxy.proxyd import ConfigError, parse_backend, parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -167,7 +167,10 @@ def parse_invocation(argv: list[str], env: dict[str, str], configs: dict[str, Pa
     if config:
         assert config in configs, f"{where}: config file {config} is not one deploy/ provides"
         path = configs[config]
-        defaults = default_map(load_config(str(path)), command_options(group), source=str(path))[name]
+        try:
+            defaults = default_map(load_config(str(path)), command_options(group), source=str(path))[name]
+        except ConfigError as e:
+            raise AssertionError(f"{where}: {e}") from None
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NFSJ_")}
     clean.update(env)
     with mock.patch.dict(os.environ, clean, clear=True):
@@ -863,6 +866,9 @@ def exposed(text: str) -> dict[str, set[str]]:
 def live_metrics(nas, tmp_path) -> dict[str, set[str]]:
     """Metric names and labels of a real shard and a real proxy (with some NFS traffic)."""
     import nfs_rs
+    # Empty directories made beforehand, as tmpfiles.d / StateDirectory= / volumes do.
+    (tmp_path / "shard0").mkdir(mode=0o700)
+    (tmp_path / "log").mkdir(mode=0o700)
     shard = Daemon(["recoveryd", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "shard0"),
                     "--shard-id", "0", "--metrics", "127.0.0.1:0"], tmp_path / "shard.stderr")
     proxy = None
