@@ -73,6 +73,11 @@ class IngestCounters:
     streams_open: int = 0         # Ingest calls in progress
 
 
+#: Batches read ahead of the one being written, and the most written together.
+_READ_AHEAD_BATCHES = 16
+_GROUP_BATCHES = 16
+
+
 def is_hello(batch: IngestBatch) -> bool:
     """An empty batch that only names its stream and asks where to resume."""
     return batch.after_seq == batch.through_seq and not batch.records and not batch.gap
@@ -105,74 +110,110 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
 
     async def Ingest(self, request_iterator: AsyncIterator[IngestBatch],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[IngestAck]:
+        """One stream per call. Batches are read ahead while earlier ones are
+        being written, and every batch that queued up meanwhile is written
+        with them in one synced write (group commit); each still gets its own
+        ack, in order."""
         loop = asyncio.get_running_loop()
         peer = context.peer()
+        queue: asyncio.Queue[IngestBatch | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
+        reader = loop.create_task(self._read_ahead(request_iterator, queue))
         key: StreamKey | None = None
         self._count(streams_open=1)
         try:
-            async for batch in request_iterator:
+            while (batch := await queue.get()) is not None:
                 if key is None:
                     if not batch.HasField("stream") or not batch.stream.log_id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                             "the first IngestBatch of a call must name its stream "
                                             "(node_id and log_id)")
                     key = stream_key(batch.stream)
-                    hello = is_hello(batch)
                     logger.info("stream %s: ingest from %s", key, peer)
-                else:
-                    hello = False
-                    if batch.HasField("stream") and stream_key(batch.stream) != key:
-                        other = stream_key(batch.stream)
-                        self._count(refusals_total=1)
-                        yield await loop.run_in_executor(
-                            self._executor, self._ack_current, key,
-                            f"this Ingest call carries stream {key}; a batch for stream {other} "
-                            "needs its own call")
+                    if is_hello(batch):
+                        yield await loop.run_in_executor(self._executor, self._hello, key, batch)
                         continue
+                group = [batch]
+                while len(group) < _GROUP_BATCHES and not queue.empty():
+                    if (more := queue.get_nowait()) is None:
+                        queue.put_nowait(None)  # the end: seen again by the outer loop
+                        break
+                    group.append(more)
                 try:
-                    ack = await loop.run_in_executor(self._executor, self._handle, key, batch, hello)
+                    acks = await loop.run_in_executor(self._executor, self._handle_group, key, group)
                 except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
-                    logger.exception("stream %s: storing batch (%d, %d] failed", key,
-                                     batch.after_seq, batch.through_seq)
+                    logger.exception("stream %s: storing %d batch(es) from (%d, ...] failed", key,
+                                     len(group), group[0].after_seq)
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"shard {self._store.shard_id} could not store the batch: {e}")
-                yield ack
+                for ack in acks:
+                    yield ack
         finally:
+            reader.cancel()
             self._count(streams_open=-1)
             if key is not None:
                 logger.info("stream %s: ingest from %s ended", key, peer)
 
-    def _handle(self, key: StreamKey, batch: IngestBatch, hello: bool) -> IngestAck:
-        """Apply one batch (in the executor) and build its ack."""
+    @staticmethod
+    async def _read_ahead(request_iterator: AsyncIterator[IngestBatch],
+                          queue: asyncio.Queue[IngestBatch | None]) -> None:
+        try:
+            async for batch in request_iterator:
+                await queue.put(batch)
+        finally:
+            await queue.put(None)
+
+    def _handle_group(self, key: StreamKey, group: list[IngestBatch]) -> list[IngestAck]:
+        """Apply consecutive batches of one stream with one synced write (in the executor)."""
+        acks: list[IngestAck | None] = [None] * len(group)
+        accepted: list[int] = []
+        for i, batch in enumerate(group):
+            if batch.HasField("stream") and stream_key(batch.stream) != key:
+                self._count(refusals_total=1)
+                acks[i] = self._ack(key, self._store.stream_state(key),
+                                    f"this Ingest call carries stream {key}; a batch for stream "
+                                    f"{stream_key(batch.stream)} needs its own call")
+                continue
+            try:
+                if batch.sent_stamp:
+                    self._hlc.update(ClockStamp.from_bytes(batch.sent_stamp))
+            except UntrustworthyStampError as e:
+                self._count(refusals_total=1, clock_refusals_total=1)
+                acks[i] = self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
+                continue
+            except ValueError as e:  # a sent_stamp that is not 16 bytes
+                self._count(refusals_total=1)
+                acks[i] = self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
+                continue
+            accepted.append(i)
+        outcomes = self._store.ingest_many(key, [group[i] for i in accepted]) if accepted else []
+        for i, outcome in zip(accepted, outcomes):
+            batch = group[i]
+            if isinstance(outcome, BatchRefused):
+                self._count(refusals_total=1)
+                logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
+                               batch.through_seq, outcome)
+                acks[i] = self._ack(key, outcome.state, f"refused: {outcome}")
+            else:
+                self._count(batches_total=1, records_total=len(batch.records),
+                            bytes_total=sum(len(r.record) for r in batch.records))
+                acks[i] = self._ack(key, outcome)
+        return acks
+
+    def _hello(self, key: StreamKey, batch: IngestBatch) -> IngestAck:
+        """Answer a hello (in the executor) with the stream's durable position.
+
+        A hello registers the stream durably before it is answered: from then
+        on this shard's frontier counts the proxy even before any record
+        arrives (see recoveryd/frontier.py and nfsproxy/proxyd.py).
+        """
+        self._count(hellos_total=1)
         try:
             if batch.sent_stamp:
                 self._hlc.update(ClockStamp.from_bytes(batch.sent_stamp))
-            if hello:
-                # A hello registers the stream durably before it is answered: from
-                # then on this shard's frontier counts the proxy even before any
-                # record arrives (see recoveryd/frontier.py, membership).
-                self._count(hellos_total=1)
-                return self._ack(key, self._store.register(key))
-            state = self._store.ingest(key, batch)
-        except BatchRefused as e:
-            self._count(refusals_total=1)
-            logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
-                           batch.through_seq, e)
-            return self._ack(key, e.state, f"refused: {e}")
-        except UntrustworthyStampError as e:
-            self._count(refusals_total=1, clock_refusals_total=1)
-            logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
-                           batch.through_seq, e)
-            return self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
-        except ValueError as e:  # a sent_stamp that is not 16 bytes
-            self._count(refusals_total=1)
-            return self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
-        self._count(batches_total=1, records_total=len(batch.records),
-                    bytes_total=sum(len(r.record) for r in batch.records))
-        return self._ack(key, state)
-
-    def _ack_current(self, key: StreamKey, error: str) -> IngestAck:
-        return self._ack(key, self._store.stream_state(key), error)
+        except (UntrustworthyStampError, ValueError) as e:
+            self._count(clock_refusals_total=1)
+            logger.warning("stream %s: hello with an unusable sent_stamp: %s", key, e)
+        return self._ack(key, self._store.register(key))
 
     def _ack(self, key: StreamKey, state: StreamState, error: str = "") -> IngestAck:
         return IngestAck(stream=stream_id(key), durable_seq=state.durable_seq,

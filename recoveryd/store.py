@@ -316,33 +316,51 @@ class ShardStore:
         parse or has no 16-byte stamp, a bad ``stable``/``newest`` stamp.
         Nothing of a refused batch is written.
         """
+        outcome = self.ingest_many(stream, [batch])[0]
+        if isinstance(outcome, BatchRefused):
+            raise outcome
+        return outcome
+
+    def ingest_many(self, stream: StreamKey, batches: list[IngestBatch]) -> list[StreamState | BatchRefused]:
+        """Group commit: apply consecutive batches of one stream with ONE synced write.
+
+        Each batch is checked against the state the batches before it left
+        (so a refused one makes the rest refuse too, as they no longer chain).
+        Returns, per batch, its resulting state or the BatchRefused it earned;
+        all accepted batches become durable together, or (on an I/O error,
+        raised) none does.
+        """
         self._check_open()
-        try:
-            rows, stable, newest = _parse_batch(batch)
-        except ValueError as e:
-            raise BatchRefused(self.stream_state(stream), f"malformed batch: {e}") from None
+        parsed = []
+        for batch in batches:
+            try:
+                parsed.append(_parse_batch(batch))
+            except ValueError as e:
+                parsed.append(e)
         with self._write_lock:
             self._check_open()
             with self._mem_lock:
                 old = self._streams.get(stream) or StreamInfo(StreamState())
-            state = apply(old.state, batch.after_seq, batch.through_seq, stable,
-                          gap=batch.gap, newest=newest)
-            keys = [_RECORD + stamp for stamp in rows]
-            present: list = []
-            for i in range(0, len(keys), _MULTIGET_CHUNK):
-                present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
             wb = WriteBatch(raw_mode=True)
+            state, written, outcomes = old.state, set(), []
             new_records = new_bytes = 0
-            for key, (stamp, (value, handles)), have in zip(keys, rows.items(), present):
-                if have is not None:
+            for batch, item in zip(batches, parsed):
+                if isinstance(item, ValueError):
+                    outcomes.append(BatchRefused(state, f"malformed batch: {item}"))
                     continue
-                wb.put(key, value)
-                for fh in handles:
-                    wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
-                new_records += 1
-                new_bytes += len(value)
+                rows, stable, newest = item
+                try:
+                    state = apply(state, batch.after_seq, batch.through_seq, stable,
+                                  gap=batch.gap, newest=newest)
+                except BatchRefused as refused:
+                    outcomes.append(refused)
+                    continue
+                n, nbytes = self._put_new(wb, rows, written)
+                new_records += n
+                new_bytes += nbytes
+                outcomes.append(state)
             if new_records == 0 and state == old.state:
-                return state  # a resend of what is already held: nothing to write
+                return outcomes  # resends of what is already held: nothing to write
             info = StreamInfo(state, old.records + new_records, time.time_ns())
             records_total = self._records_total + new_records
             bytes_total = self._bytes_total + new_bytes
@@ -353,7 +371,25 @@ class ShardStore:
             with self._mem_lock:
                 self._streams[stream] = info
                 self._records_total, self._bytes_total = records_total, bytes_total
-            return state
+            return outcomes
+
+    def _put_new(self, wb: WriteBatch, rows, written: set[bytes]) -> tuple[int, int]:
+        """Add the records (and index entries) not yet held to `wb`; returns (count, bytes)."""
+        keys = [_RECORD + stamp for stamp in rows]
+        present: list = []
+        for i in range(0, len(keys), _MULTIGET_CHUNK):
+            present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
+        count = nbytes = 0
+        for key, (stamp, (value, handles)), have in zip(keys, rows.items(), present):
+            if have is not None or key in written:
+                continue
+            written.add(key)
+            wb.put(key, value)
+            for fh in handles:
+                wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
+            count += 1
+            nbytes += len(value)
+        return count, nbytes
 
     # -- reading ---------------------------------------------------------------
 

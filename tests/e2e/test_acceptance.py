@@ -80,7 +80,7 @@ PROVEN_TIMEOUT_S = 60.0
 
 BASE_SEED = int(os.environ.get("NFSJ_ACCEPTANCE_SEED", "20250117"))
 MOMENTS = 4
-OPS_PER_MOMENT = 120
+OPS_PER_MOMENT = 300
 CAT_FILES_PER_MOMENT = 2
 PUSH_MOMENTS = (1, 3)        # 0-based: pushed back onto the NAS (time: one push ~ a restore)
 EXPORT_MOMENT = 2            # served by `nfsj export` and walked with nfs-rs
