@@ -62,11 +62,19 @@ class ControlService(pb_grpc.ControlServicer):
                     logger.info("baseline done: %d files, %d bytes", item.files, item.bytes)
 
 
-async def start_control(proxy: Proxy, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Serve Control on host:port (0 picks a free port); returns the server and its port."""
+async def start_control(proxy: Proxy, host: str, port: int, *,
+                        credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
+    """Serve Control on host:port (0 picks a free port); returns the server and its port.
+
+    ``credentials``: serve TLS (recoveryd.security.server_credentials; the
+    proxy passes its own certificate, and requires client certificates when
+    it has a CA). None: plaintext.
+    """
     server = grpc.aio.server()
     pb_grpc.add_ControlServicer_to_server(ControlService(proxy), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()

@@ -24,6 +24,7 @@ import grpc
 from logstore.commit import Durability, GroupCommitter
 from logstore.log import Log
 
+from recoveryd.security import SecurityError, TlsOptions, channel_credentials, server_credentials
 from recoveryd.status import write_proxy_status
 
 from .control import start_control
@@ -67,6 +68,10 @@ class ProxyOptions:
     log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
     control: str = "127.0.0.1:0"  # --control: where `nfsj baseline` reaches this proxy
     metrics: str = "127.0.0.1:0"  # --metrics: Prometheus /metrics
+    # --tls-ca/--tls-cert/--tls-key: TLS to the shards (mTLS with a cert). The
+    # Control API is served with the same cert and key when given, and then
+    # requires client certificates signed by the same CA.
+    tls: TlsOptions | None = None
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -156,6 +161,7 @@ class RunningProxy:
         self.retention = retention
         self.control: grpc.aio.Server | None = None
         self.control_address = ""
+        self.control_tls = False
         self.metrics_address = ""
         self._status_task: asyncio.Task | None = None
 
@@ -166,6 +172,7 @@ class RunningProxy:
             "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
             "newest": str(self.proxy.clock.now().to_stamp()),
             "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
+            "control_tls": self.control_tls,
             "metrics": self.metrics_address,
             "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),
             "shards": [_shipper_status(s) for s in self.shippers],
@@ -201,6 +208,11 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         raise ConfigError(str(e)) from None
     for address in opts.shards:
         parse_hostport(address)  # ConfigError unless HOST:PORT
+    try:
+        shard_credentials = channel_credentials(opts.tls)
+        control_credentials = server_credentials(control_tls(opts.tls))
+    except SecurityError as e:
+        raise ConfigError(str(e)) from None
     os.makedirs(opts.log_dir, exist_ok=True)
     log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes)
     if log.recovered_truncated_bytes:
@@ -211,7 +223,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     proxy = Proxy(backend, Journal(committer, opts.quota_policy), clock)
     # No shards: journal only, and nothing is ever trimmed.
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
-                        stable_stamp=proxy.stable_stamp)
+                        stable_stamp=proxy.stable_stamp, credentials=shard_credentials)
                 for k, address in enumerate(opts.shards)]
     for shipper in shippers:
         shipper.start()
@@ -232,12 +244,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
     control_host, control_port = parse_hostport(opts.control)
     try:
-        running.control, bound = await start_control(proxy, control_host, control_port)
+        running.control, bound = await start_control(proxy, control_host, control_port,
+                                                     credentials=control_credentials)
     except (OSError, RuntimeError) as e:
         await running.stop()
         raise ConfigError(f"cannot serve the control API on {opts.control} ({e}); "
                           "pick a free port with --control") from None
     running.control_address = f"{control_host}:{bound}"
+    running.control_tls = control_credentials is not None
     metrics_host, metrics_port = parse_hostport(opts.metrics)
     try:
         running.metrics_address = f"{metrics_host}:{serve_metrics(ProxyCollector(running), metrics_host, metrics_port)}"
@@ -248,6 +262,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+def control_tls(tls: TlsOptions | None) -> TlsOptions | None:
+    """How the Control API is served: with the proxy's own certificate when it
+    has one, requiring client certificates from its CA when it names one."""
+    if tls is None or not (tls.cert and tls.key):
+        return None
+    return TlsOptions(cert=tls.cert, key=tls.key, ca=tls.ca, require_client_cert=bool(tls.ca))
 
 
 async def _register_stream(log_dir: str, shippers: list[Shipper]) -> None:
@@ -289,9 +311,12 @@ async def run_proxy(opts: ProxyOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     shipping = (f"shipping to {len(opts.shards)} shard(s) {', '.join(opts.shards)}, "
                 f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
+    security = (f"shards over {(opts.tls or TlsOptions()).describe(server=False)}, control over "
+                f"{(control_tls(opts.tls) or TlsOptions()).describe(server=True)}")
     print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
           f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}, "
-          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics", flush=True)
+          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics, "
+          f"{security}", flush=True)
     await stop.wait()
     logger.info("shutting down")
     await running.stop()

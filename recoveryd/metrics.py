@@ -48,6 +48,17 @@ class ShardCollector(Collector):
                     ("nfsj_restore_served_records", "Records streamed to restore clients", restore.records_total),
                     ("nfsj_restore_served_bytes", "Record bytes streamed to restore clients", restore.bytes_total)):
                 yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
+        auth = getattr(self.running.server, "restore_auth", None)
+        if auth is not None:  # Restore needs credentials (recoveryd/security.py)
+            refused = CounterMetricFamily("nfsj_restore_refused_calls",
+                                          "Restore calls refused as UNAUTHENTICATED, by reason",
+                                          labels=["shard", "reason"])
+            for reason in ("missing credentials", "wrong token", "expired token"):
+                refused.add_metric([shard, reason], auth.counters.refused_total.get(reason, 0))
+            yield refused
+            yield _one(CounterMetricFamily("nfsj_restore_admitted_calls",
+                                           "Restore calls admitted with a client certificate or token",
+                                           labels=["shard"]), shard, auth.counters.admitted_total)
 
     def _streams(self, shard: str) -> Iterator:
         now_s = time.time()

@@ -80,6 +80,14 @@ def _bound(raw: bytes, what: str) -> Stamp | None:
         raise _BadRequest(f"{what}: {e}") from None
 
 
+@dataclasses.dataclass
+class ServedCounters:
+    """What restore clients read from this shard (nfsj_restore_served_*)."""
+
+    records_total: int = 0
+    bytes_total: int = 0
+
+
 class RestoreServicer(journal_pb2_grpc.RestoreServicer):
     """Restore over one ``ShardStore``; blocking reads run on ``executor``."""
 
@@ -87,6 +95,7 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         self._store = store
         self._executor = executor
         self._baselines = _BaselineIndex(store)
+        self.counters = ServedCounters()
 
     async def Scan(self, request: ScanRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Record]:
         try:
@@ -123,6 +132,8 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         try:
             while True:
                 chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
+                self.counters.records_total += len(chunk)
+                self.counters.bytes_total += sum(r.ByteSize() for r in chunk)
                 for record in chunk:
                     yield record
                 if done:

@@ -43,9 +43,10 @@ from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, ShardStatus, ShardS
 
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer
+from .security import RestoreAuth, SecurityError, TlsOptions, server_credentials
 from .store import ShardStore, stream_id, stream_key, stream_status
 
-__all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError",
+__all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
            "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "is_hello", "start_server"]
 
 logger = logging.getLogger(__name__)
@@ -242,11 +243,14 @@ class JournalServer:
 
     def __init__(self, server: grpc.aio.Server, servicer: JournalServicer,
                  health_servicer: health.aio.HealthServicer, port: int,
-                 executor: concurrent.futures.ThreadPoolExecutor, clock_task: asyncio.Task) -> None:
+                 executor: concurrent.futures.ThreadPoolExecutor, clock_task: asyncio.Task,
+                 restore_auth: RestoreAuth | None = None, security: str = "plaintext") -> None:
         self.server = server
         self.servicer = servicer
         self.health = health_servicer
         self.port = port
+        self.restore_auth = restore_auth
+        self.security = security  # one line: transport and who may restore
         self._executor = executor
         self._clock_task = clock_task
         self._stopped = False
@@ -266,12 +270,24 @@ class JournalServer:
 
 
 async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
-                       workers: int = 8) -> JournalServer:
+                       workers: int = 8, tls: TlsOptions | None = None,
+                       restore_tokens: str | None = None,
+                       restore_identities: tuple[str, ...] | list[str] = ()) -> JournalServer:
     """Serve Journal, Restore and grpc.health.v1 on ``host:port`` (port 0: any free port).
 
-    Raises ``ServeError`` if the address cannot be bound.
+    ``tls``: serve TLS, and with ``tls.require_client_cert`` only to clients
+    whose certificate chains to ``tls.ca`` (mTLS). ``restore_tokens`` (a
+    tokens file) and ``restore_identities`` (client certificate names; empty:
+    any verified one) say who may call Restore (recoveryd/security.py). With
+    neither tokens nor mTLS, Restore is open and a WARNING says so.
+
+    Raises ``ServeError`` if the address cannot be bound, ``SecurityError``
+    for TLS or token settings that cannot work.
     """
-    server = grpc.aio.server(options=[
+    credentials = server_credentials(tls)
+    mtls = credentials is not None and tls is not None and tls.require_client_cert
+    auth = RestoreAuth(restore_tokens, restore_identities, verified_client_certs=mtls)
+    server = grpc.aio.server(interceptors=[auth] if auth.enabled else None, options=[
         # Without this, gRPC sets SO_REUSEPORT and a second shard on the same
         # port would start "fine" and split the traffic.
         ("grpc.so_reuseport", 0),
@@ -281,12 +297,14 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                                                      thread_name_prefix=f"shard{store.shard_id}")
     servicer = JournalServicer(store, hlc, executor)
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
-    journal_pb2_grpc.add_RestoreServicer_to_server(RestoreServicer(store, executor), server)
+    restore = RestoreServicer(store, executor)
+    journal_pb2_grpc.add_RestoreServicer_to_server(restore, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
     except RuntimeError as e:
         executor.shutdown(wait=False)
         raise ServeError(f"cannot listen on {address}: the address is in use or not local "
@@ -297,8 +315,24 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(JOURNAL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    if not auth.enabled:
+        logger.warning("Restore is not authenticated; anyone who can reach %s can read every byte "
+                       "written to the NAS (give --restore-tokens FILE, or --tls-ca FILE for client "
+                       "certificates)", where)
+    elif restore_tokens and credentials is None:
+        logger.warning("restore tokens travel in clear text to %s: anyone on the network path can "
+                       "copy them (give --tls-cert and --tls-key)", where)
+    if not mtls:
+        logger.warning("Journal ingest is not authenticated; anyone who can reach %s can add records "
+                       "that restores will replay (give --tls-cert, --tls-key and --tls-ca so that "
+                       "only proxies with a certificate can ship)", where)
+    security = f"{(tls or TlsOptions()).describe(server=True)}, {auth.describe()}"
     clock_task = asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical")
-    return JournalServer(server, servicer, health_servicer, bound, executor, clock_task)
+    running = JournalServer(server, servicer, health_servicer, bound, executor, clock_task,
+                            auth if auth.enabled else None, security)
+    running.restore_counters = restore.counters  # read by recoveryd.metrics
+    return running
 
 
 async def _watch_clock(hlc: HLC) -> None:

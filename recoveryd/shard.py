@@ -25,10 +25,12 @@ import socket
 from logstore.hlc import DEFAULT_MAX_OFFSET_NS, HLC
 
 from .metrics import ShardCollector, serve_metrics
+from .security import SecurityError, TlsOptions
 from .server import JournalServer, ServeError, start_server
 from .store import ShardStore, StoreError
 
-__all__ = ["ShardOptions", "RunningShard", "start_shard", "run_shard", "ServeError", "StoreError"]
+__all__ = ["ShardOptions", "RunningShard", "start_shard", "run_shard", "ServeError", "StoreError",
+           "SecurityError"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,12 @@ class ShardOptions:
     # deduplicated.
     grace_s: float = 1.0
     metrics: str = "127.0.0.1:0"  # HOST:PORT of Prometheus /metrics
+    # Who may talk to the shard (recoveryd/security.py): TLS (mTLS with
+    # tls.require_client_cert), the Restore tokens file, and the client
+    # certificate names allowed to restore (empty: any verified one).
+    tls: TlsOptions | None = None
+    restore_tokens: str | None = None
+    restore_identities: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,8 +79,9 @@ class RunningShard:
 async def start_shard(opts: ShardOptions) -> RunningShard:
     """Open the shard's data directory and start serving.
 
-    Raises ``StoreError`` (another shard's data, not a store, in use) or
-    ``ServeError`` (the address is taken).
+    Raises ``StoreError`` (another shard's data, not a store, in use),
+    ``ServeError`` (the address is taken) or ``SecurityError`` (TLS or token
+    settings that cannot work).
     """
     if opts.listen_port:
         _check_port_free(opts.listen_host, opts.listen_port)
@@ -87,7 +96,9 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
                       persist_path=os.path.join(opts.data_dir, HLC_BOUND_FILE))
         except ValueError as e:
             raise StoreError(str(e)) from None
-        server = await start_server(store, hlc, opts.listen_host, opts.listen_port)
+        server = await start_server(store, hlc, opts.listen_host, opts.listen_port, tls=opts.tls,
+                                    restore_tokens=opts.restore_tokens,
+                                    restore_identities=opts.restore_identities)
     except BaseException:
         store.close()
         raise
@@ -110,7 +121,8 @@ async def run_shard(opts: ShardOptions) -> None:
         await running.stop()
         raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
-          f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
+          f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics, "
+          f"{running.server.security}", flush=True)
     try:
         await stop.wait()
         logger.info("shutting down")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from recoveryd.shard import ServeError, ShardOptions, StoreError, run_shard
+from recoveryd.shard import SecurityError, ServeError, ShardOptions, StoreError, run_shard
 
 from ..proxyd import parse_hostport
 from . import app, fail, run_event_loop, setup_logging
+from .security_options import (restore_identity_option, restore_tokens_option, server_tls,
+                               tls_ca_option, tls_cert_option, tls_key_option)
 
 
 @app.command()
@@ -16,12 +20,20 @@ def recoveryd(
     data: str = typer.Option(..., "--data", help="The shard's data directory (created if missing)."),
     shard_id: int = typer.Option(..., "--shard-id", min=0, max=0xFFFF_FFFF, help="This shard's id; the data directory remembers it."),
     metrics: str = typer.Option("127.0.0.1:0", help="HOST:PORT for Prometheus /metrics (0: a free port, printed at start)."),
+    tls_cert: Optional[str] = tls_cert_option(server=True),
+    tls_key: Optional[str] = tls_key_option(server=True),
+    tls_ca: Optional[str] = tls_ca_option(server=True),
+    restore_tokens: Optional[str] = restore_tokens_option(),
+    restore_identity: Optional[list[str]] = restore_identity_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Receive journal records from proxies and keep them in RocksDB."""
     setup_logging(verbose)
     host, port = parse_hostport(listen)
+    opts = ShardOptions(host, port, data, shard_id, metrics=metrics,
+                        tls=server_tls(tls_ca, tls_cert, tls_key), restore_tokens=restore_tokens,
+                        restore_identities=tuple(restore_identity or ()))
     try:
-        run_event_loop(run_shard(ShardOptions(host, port, data, shard_id, metrics=metrics)))
-    except (StoreError, ServeError) as e:
+        run_event_loop(run_shard(opts))
+    except (StoreError, ServeError, SecurityError) as e:
         fail(str(e))
