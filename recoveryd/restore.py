@@ -83,6 +83,7 @@ from logstore.pb.journal_pb2 import (Attr, BaselineInfo, FileRequest, Op, Record
 from logstore.stamp import Stamp
 
 from .restore_service import predecessor
+from .security import BearerToken, open_channel
 from .status import ShardReport, overall
 from .timespec import END_OF_NS, format_time
 from .tree import BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key
@@ -126,10 +127,13 @@ class Shards:
     """gRPC channels to every recovery shard, in the proxy's ``--shard`` order.
 
     ``credentials``: ``grpc.ChannelCredentials`` for TLS/mTLS (None: plain
-    text, for private networks). Close it (or use it as a context manager).
+    text, for private networks). ``token``: a bearer token sent with every
+    call, for shards that want one to restore (recoveryd/security.py). Close
+    it (or use it as a context manager).
     """
 
     def __init__(self, addresses: Sequence[str], *, credentials: grpc.ChannelCredentials | None = None,
+                 token: BearerToken | None = None,
                  status_timeout_s: float = STATUS_TIMEOUT_S) -> None:
         self.addresses = list(addresses)
         if not self.addresses:
@@ -141,8 +145,7 @@ class Shards:
         self._channels: list[grpc.Channel] = []
         for address in self.addresses:
             try:
-                channel = (grpc.secure_channel(address, credentials, options) if credentials is not None
-                           else grpc.insecure_channel(address, options))
+                channel = open_channel(address, credentials=credentials, token=token, options=options)
             except Exception as e:  # noqa: BLE001  a target grpc cannot parse
                 self.close()
                 raise ShardError(f"shard {len(self._channels)} ({address}): cannot connect: {e}") from None
@@ -161,11 +164,13 @@ class Shards:
         details = (e.details() if hasattr(e, "details") else "") or ""
         details = details.splitlines()[0] if details else ""
         if code is grpc.StatusCode.UNAVAILABLE:
-            why = "does not answer (is `nfsj recoveryd` running there?)"
+            why = _unavailable(details)
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             why = "did not answer in time"
         elif code is grpc.StatusCode.UNIMPLEMENTED:
             why = "does not serve the Restore API (an older recoveryd?)"
+        elif code is grpc.StatusCode.UNAUTHENTICATED:
+            why = "refused the call"
         else:
             why = f"failed: {code.name if code else 'error'}"
         return ShardError(f"{self.name(k)} {why} while {doing}" + (f": {details}" if details else ""))
@@ -224,6 +229,17 @@ class Shards:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unavailable(details: str) -> str:
+    text = details.lower()
+    if "handshake" in text or "ssl" in text or "certificate" in text:
+        return ("failed the TLS handshake (check --tls-ca, and --tls-cert/--tls-key, against the "
+                "shard's certificates)")
+    if "socket closed" in text or "connection reset" in text:
+        return ("closed the connection (does it serve TLS? then pass --tls-ca, and --tls-cert/"
+                "--tls-key if it wants client certificates)")
+    return "does not answer (is `nfsj recoveryd` running there?)"
 
 
 def _merge(streams: list[Iterator[Record]]) -> Iterator[Record]:

@@ -46,6 +46,7 @@ from logstore.pb.journal_pb2 import ShardStatus, ShardStatusRequest, StreamStatu
 from logstore.stamp import Stamp
 
 from .frontier import StreamKey, StreamState, consistent_point
+from .security import open_channel
 
 __all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
            "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view"]
@@ -74,8 +75,12 @@ class ShardReport:
 # -- asking the shards ----------------------------------------------------------
 
 
-def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[ShardReport]:
+def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                 credentials: grpc.ChannelCredentials | None = None) -> list[ShardReport]:
     """Ask every shard for its ``ShardStatus``, all at once, each within ``timeout_s``.
+
+    ``credentials``: TLS/mTLS channel credentials (recoveryd/security.py;
+    None: plaintext).
 
     Returns one report per address, in order. A shard that cannot be reached,
     times out or fails the call is reported down with the gRPC status; this
@@ -86,7 +91,7 @@ def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     try:
         for address in addresses:
             try:
-                channel = grpc.insecure_channel(address)
+                channel = open_channel(address, credentials=credentials)
             except Exception as e:  # noqa: BLE001  a target grpc cannot even parse
                 pending.append((address, None, f"cannot connect to {address!r}: {e}"))
                 continue

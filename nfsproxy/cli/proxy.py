@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from logstore.commit import Durability
@@ -10,6 +12,7 @@ from ..journal import QuotaPolicy
 from ..proxyd import ProxyOptions, parse_hostport, run_proxy
 from ..retention import DEFAULT_LOG_RETAIN, parse_retention
 from . import app, run_event_loop, setup_logging
+from .security_options import client_tls, tls_ca_option, tls_cert_option, tls_key_option
 
 
 def _size(text: str | None) -> int | None:
@@ -41,6 +44,12 @@ def proxy(
     metrics: str = typer.Option("127.0.0.1:0", help="HOST:PORT for Prometheus /metrics (0: a free port, printed at start)."),
     log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
                                    "a size (10G), or both (1h,10G)."),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(
+        help="This proxy's certificate (PEM): presented to the shards (mTLS) and used to serve the "
+             "control API over TLS (which then requires client certificates signed by --tls-ca). "
+             "Needs --tls-key."),
+    tls_key: Optional[str] = tls_key_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
@@ -52,5 +61,5 @@ def proxy(
         raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
-                        control=control, metrics=metrics)
+                        control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key))
     run_event_loop(run_proxy(opts))

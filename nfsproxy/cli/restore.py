@@ -32,6 +32,8 @@ from recoveryd.tree import REG
 
 from ..pushback import PushResult, connect_nas, nas_target, push_to_nas
 from . import app, fail
+from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
+                               token_file_option)
 
 _SHARD_HELP = ("A recovery shard's HOST:PORT; repeat for each shard, in the same order as the "
                "proxy's --shard. Required.")
@@ -47,11 +49,13 @@ def _time(text: str, option: str) -> Stamp:
         fail(f"{option}: {e}")
 
 
-def _client(shard: list[str] | None) -> RestoreClient:
+def _client(shard: list[str] | None, tls_ca: str | None = None, tls_cert: str | None = None,
+            tls_key: str | None = None, token_file: str | None = None) -> RestoreClient:
     if not shard:
         fail(_NO_SHARDS)
+    credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
-        return RestoreClient(Shards(shard))
+        return RestoreClient(Shards(shard, credentials=credentials, token=token))
     except RestoreError as e:
         fail(str(e))
 
@@ -87,6 +91,10 @@ def restore_command(
         False, "--allow-unproven",
         help="Restore a moment at or after the consistent point (records may be missing)."),
     shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(),
+    tls_key: Optional[str] = tls_key_option(),
+    token_file: Optional[str] = token_file_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
@@ -96,7 +104,7 @@ def restore_command(
             check_dest(to)  # before asking any shard anything
         except RestoreError as e:
             fail(str(e))
-    client = _client(shard)
+    client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
         nas_address = nas_target(to=to, to_nas=to_nas, nas=nas, into=into)
         cut = client.cut(moment, allow_unproven=allow_unproven)
@@ -155,10 +163,14 @@ def cat_command(
     allow_unproven: bool = typer.Option(False, "--allow-unproven",
                                         help="Allow a moment at or after the consistent point."),
     shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(),
+    tls_key: Optional[str] = tls_key_option(),
+    token_file: Optional[str] = token_file_option(),
 ) -> None:
     """Write one file's bytes as they were at TIME to stdout."""
     moment = _time(at, "--at")
-    client = _client(shard)
+    client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
         cut = client.cut(moment, allow_unproven=allow_unproven)
         tree = client.tree(cut)
@@ -195,11 +207,15 @@ def history_command(
                                              f"as it was then. {_TIME_HELP}"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     shard: Optional[list[str]] = typer.Option(None, "--shard", metavar="HOST:PORT", help=_SHARD_HELP),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(),
+    tls_key: Optional[str] = tls_key_option(),
+    token_file: Optional[str] = token_file_option(),
 ) -> None:
     """What changed PATH, when, from which client and uid."""
     lo = _time(since, "--since") if since else None
     hi = _time(until, "--until") if until else None
-    client = _client(shard)
+    client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
         entries = client.history(path, lo, hi)
     except RestoreError as e:

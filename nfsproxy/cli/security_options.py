@@ -29,10 +29,11 @@ __all__ = ["tls_cert_option", "tls_key_option", "tls_ca_option", "token_file_opt
            "server_tls"]
 
 
-def tls_cert_option(*, server: bool = False) -> Any:
-    help_ = ("This shard's TLS certificate (PEM, with its chain); serve TLS. Needs --tls-key."
-             if server else
-             "A client certificate (PEM) to present to servers that require one (mTLS). Needs --tls-key.")
+def tls_cert_option(*, server: bool = False, help: str | None = None) -> Any:  # noqa: A002
+    help_ = help or ("This shard's TLS certificate (PEM, with its chain); serve TLS. Needs --tls-key."
+                     if server else
+                     "A client certificate (PEM) to present to servers that require one (mTLS). "
+                     "Needs --tls-key.")
     return typer.Option(None, "--tls-cert", metavar="FILE", help=help_)
 
 

@@ -10,6 +10,7 @@ import typer
 from recoveryd.status import DEFAULT_TIMEOUT_S, ProxyStatusError, fetch_status, overall, read_proxy_status
 
 from . import app, fail
+from .security_options import client_security, tls_ca_option, tls_cert_option, tls_key_option
 
 
 @app.command("status")
@@ -22,6 +23,9 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", metavar="SECONDS",
                                   help="How long to wait for each shard."),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(),
+    tls_key: Optional[str] = tls_key_option(),
 ) -> None:
     """Show each shard's frontier, records and lag, and the consistent point.
 
@@ -38,7 +42,8 @@ def status_command(
     addresses = list(shard or [])
     if not addresses and proxy_status:
         addresses = [s["address"] for s in proxy_status.get("shards") or [] if s.get("address")]
-    view = overall(fetch_status(addresses, timeout), proxy_status)
+    credentials, _ = client_security(tls_ca, tls_cert, tls_key)
+    view = overall(fetch_status(addresses, timeout, credentials=credentials), proxy_status)
     if as_json:
         typer.echo(json.dumps(view, indent=2, sort_keys=True))
     else:
