@@ -215,6 +215,8 @@ class ExportOptions:
     listen_port: int
     shards: list[str]
     allow_unproven: bool = False
+    credentials: Any = None  # grpc.ChannelCredentials for TLS/mTLS to the shards (None: plaintext)
+    token: Any = None        # recoveryd.security.BearerToken for shards that want one to restore
 
 
 @dataclasses.dataclass(slots=True)
@@ -247,7 +249,7 @@ async def start_export(opts: ExportOptions) -> RunningExport:
     from recoveryd.timespec import parse_time
 
     at = parse_time(opts.at)
-    client = RestoreClient(Shards(list(opts.shards)))
+    client = RestoreClient(Shards(list(opts.shards), credentials=opts.credentials, token=opts.token))
     try:
         loop = asyncio.get_running_loop()
         cut = await loop.run_in_executor(

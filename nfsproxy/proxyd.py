@@ -311,12 +311,11 @@ async def run_proxy(opts: ProxyOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     shipping = (f"shipping to {len(opts.shards)} shard(s) {', '.join(opts.shards)}, "
                 f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
-    security = (f"shards over {(opts.tls or TlsOptions()).describe(server=False)}, control over "
-                f"{(control_tls(opts.tls) or TlsOptions()).describe(server=True)}")
     print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
           f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}, "
-          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics, "
-          f"{security}", flush=True)
+          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics", flush=True)
+    logger.info("shards over %s; control API over %s", (opts.tls or TlsOptions()).describe(server=False),
+                (control_tls(opts.tls) or TlsOptions()).describe(server=True))
     await stop.wait()
     logger.info("shutting down")
     await running.stop()

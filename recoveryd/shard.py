@@ -121,8 +121,8 @@ async def run_shard(opts: ShardOptions) -> None:
         await running.stop()
         raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
-          f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics, "
-          f"{running.server.security}", flush=True)
+          f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
+    logger.info("shard %d: %s", opts.shard_id, running.server.security)
     try:
         await stop.wait()
         logger.info("shutting down")

@@ -11,7 +11,10 @@ from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.stamp import Stamp
 from recoveryd.status import read_proxy_status
 
+from recoveryd.security import open_channel
+
 from . import app, fail
+from .security_options import client_security, tls_ca_option, tls_cert_option, tls_key_option
 
 
 def _control_address(proxy: str | None, log: str | None) -> str:
@@ -27,15 +30,29 @@ def _control_address(proxy: str | None, log: str | None) -> str:
     fail("name the proxy: --proxy HOST:PORT (its control address) or --log DIR (its LOG directory)")
 
 
+def _control_tls(log: str) -> bool:
+    try:
+        return bool(read_proxy_status(log).get("control_tls"))
+    except (OSError, ValueError):
+        return False
+
+
 @app.command()
 def baseline(
     proxy: str = typer.Option(None, help="The proxy's control address HOST:PORT."),
     log: str = typer.Option(None, help="The proxy's LOG directory (its control address is read from there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    tls_ca: str = tls_ca_option(),
+    tls_cert: str = tls_cert_option(),
+    tls_key: str = tls_key_option(),
 ) -> None:
     """Read the whole export into the journal; the earliest restorable moment is the end of the first one."""
     address = _control_address(proxy, log)
-    with grpc.insecure_channel(address) as channel:
+    credentials, _ = client_security(tls_ca, tls_cert, tls_key)
+    if credentials is None and log and _control_tls(log):
+        fail("the proxy serves its control API over TLS: pass --tls-ca, and --tls-cert/--tls-key "
+             "(it wants a client certificate when it has a CA)")
+    with open_channel(address, credentials=credentials) as channel:
         stub = pb_grpc.ControlStub(channel)
         columns = (TextColumn("baseline"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[files]} files"),
                    TimeElapsedColumn(), TextColumn("{task.fields[current]}"))

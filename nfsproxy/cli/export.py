@@ -12,6 +12,8 @@ from recoveryd.timespec import FORMS, parse_time
 from ..exportd import ExportOptions, run_export
 from ..proxyd import parse_hostport
 from . import app, fail, run_event_loop, setup_logging
+from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
+                               token_file_option)
 
 
 @app.command("export")
@@ -25,6 +27,10 @@ def export_command(
     allow_unproven: bool = typer.Option(
         False, "--allow-unproven",
         help="Serve a moment at or after the consistent point (records may be missing)."),
+    tls_ca: Optional[str] = tls_ca_option(),
+    tls_cert: Optional[str] = tls_cert_option(),
+    tls_key: Optional[str] = tls_key_option(),
+    token_file: Optional[str] = token_file_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the export as it was at TIME, read-only, over NFSv3 (nothing is written out first).
@@ -42,8 +48,10 @@ def export_command(
     except ValueError as e:
         fail(f"--at: {e}")
     host, port = parse_hostport(listen, 2049)
+    credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
-        run_event_loop(run_export(ExportOptions(at, host, port, list(shard), allow_unproven)))
+        run_event_loop(run_export(ExportOptions(at, host, port, list(shard), allow_unproven,
+                                                credentials=credentials, token=token)))
     except RestoreError as e:
         fail(str(e))
     except OSError as e:

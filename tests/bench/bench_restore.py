@@ -1,0 +1,394 @@
+"""How fast the past comes back (a script, not a test).
+
+    python3 tests/bench/bench_restore.py [--quick] [--shards N] [--workdir DIR] [--keep]
+
+What runs, on one disk (everything lives under one work directory):
+
+1. A tree of `--bytes` (default 1 GiB) in `--files` (default 10,000) regular
+   files, sizes drawn log-normally, 100 files per directory, two directory
+   levels, random (incompressible) content, varied modes and mtimes, is
+   written straight into the directory ganesha will export, BEFORE ganesha
+   starts (the proxy never sees it made). `--quick`: 100 MiB in 1,000 files.
+2. nfs-ganesha serves it; `--shards` (default 2) `nfsj recoveryd` shards and
+   `nfsj proxy --durability sync` start; `nfsj baseline` journals the whole
+   tree (the baseline reads it over NFS into the proxy's LOG, which ships it
+   to the shards). Timed: the baseline command, and until the consistent
+   point passes its end (everything durable in the shards' RocksDB).
+3. Whole-tree restore: `nfsj restore --at T1 --to DIR` of that moment,
+   timed as a user runs it (CLI start-up included), then `sync`. The
+   reference: `cp -a` of the same tree (the export directory) to the same
+   disk, in the same run, then `sync`. Both start after a `sync`; the source
+   tree and the shards' files are in the page cache for both (nothing drops
+   caches: this machine is shared). The restored tree is then compared with
+   the source (paths, types, contents, modes, mtimes), untimed.
+4. A file with 10,000 records: `hot/hot.bin`, made through the proxy after
+   the baseline and written 10,000 times (small writes at varying offsets,
+   our own NFS client). Time to first byte of `nfsj cat hot/hot.bin --at T2`
+   (from process start to the first byte on stdout, median of 3), next to
+   the same for a one-record file of the tree and to bare CLI start-up
+   (`nfsj cat --help`); and in-process with a fresh `RestoreClient`: the
+   cut, the tree, the first `read` (which rebuilds the file from its
+   records), a second `read` (cached).
+
+Rates: MB/s are 10^6 bytes of file content per second; files/s count
+regular files. There are no thresholds; every number names its machine
+(STYLE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import grpc  # noqa: E402
+
+from e2e.proxy_fixture import ProxyProcess  # noqa: E402
+from e2e.shard_fixture import ShardProcess  # noqa: E402
+from e2e.treecompare import diff, snapshot  # noqa: E402
+from logstore.stamp import Stamp  # noqa: E402
+from nfsproxy.client import NfsClient, created_fh  # noqa: E402
+from nfsproxy.ganesha import start_ganesha  # noqa: E402
+from nfsproxy.nfs3 import StableHow  # noqa: E402
+from recoveryd.restore import RestoreClient, Shards  # noqa: E402
+from recoveryd.status import fetch_status, overall  # noqa: E402
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+M32 = (1 << 32) - 1
+NFSJ = [sys.executable, "-m", "nfsproxy"]
+FILES_PER_DIR = 100
+HOT_WRITES = 10_000
+TTFB_RUNS = 3
+HANG_S = 1800.0
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def machine(workdir: Path) -> list[str]:
+    cpu, virt = platform.processor() or "?", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+        cpu = m.group(1).strip() if m else cpu
+        if re.search(r"^flags\s*:.*\bhypervisor\b", info, re.M):
+            virt = " (virtual machine)"
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        mem = f"{int(m.group(1)) / (1 << 20):.1f} GiB" if m else "?"
+    except OSError:
+        pass
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    free = shutil.disk_usage(workdir).free / GiB
+    return [
+        f"machine: {platform.platform()}; cpu: {cpu}{virt}; cores: {os.cpu_count()}; "
+        f"memory: {mem}; load average before start: {load}",
+        f"disk: {workdir} on {_filesystem(workdir)}; {free:.0f} GiB free",
+        f"python: {platform.python_implementation()} {platform.python_version()}; "
+        f"rocksdict {_version('rocksdict')}; grpcio {grpc.__version__}; "
+        f"protobuf {_version('protobuf')}; ganesha {_ganesha_version()}",
+        f"code: {_git_head()}",
+    ]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _ganesha_version() -> str:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nfs-ganesha"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def _filesystem(path: Path) -> str:
+    best, fs = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        dev, mnt, kind = line.split()[:3]
+        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
+            best, fs = mnt, f"{kind} ({dev} mounted on {mnt})"
+    return fs
+
+
+def _git_head() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        head = out.stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
+                                "nfsproxy", "recoveryd", "logstore"], capture_output=True, timeout=10)
+        return head + (" + uncommitted changes" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def nfsj(*args: str, timeout_s: float = HANG_S) -> subprocess.CompletedProcess:
+    done = subprocess.run([*NFSJ, *args], capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise SystemExit(f"nfsj {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def now_bound() -> Stamp:
+    """A stamp above every stamp handed out so far (the proxy's HLC reads this clock)."""
+    time.sleep(0.02)
+    bound = Stamp(time.time_ns(), M32, M32)
+    time.sleep(0.02)
+    return bound
+
+
+def wait_proven(addresses: list[str], at: Stamp, timeout_s: float = HANG_S) -> Stamp:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        point = overall(fetch_status(addresses))["consistent_point"]
+        if point is not None and Stamp.parse(point["stamp"]) > at:
+            return Stamp.parse(point["stamp"])
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the consistent point did not pass {at} in {timeout_s:g}s")
+        time.sleep(0.1)
+
+
+def timed(fn, *args, **kw) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t0, out
+
+
+def sync() -> float:
+    t, _ = timed(os.sync)
+    return t
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+def make_tree(root: Path, total_bytes: int, files: int, seed: int = 1) -> tuple[int, int, str]:
+    """`files` regular files of `total_bytes` in all under `root`; returns
+    (files, bytes, a path of a small file, relative to the export)."""
+    rng = random.Random(seed)
+    weights = [rng.lognormvariate(0, 1.5) for _ in range(files)]
+    scale = total_bytes / sum(weights)
+    sizes = [max(0, int(w * scale)) for w in weights]
+    sizes[0] += total_bytes - sum(sizes)
+    pool = os.urandom(64 * MiB + 1 * MiB)          # random: no compression flatters anyone
+    modes = (0o644, 0o600, 0o640, 0o755, 0o664)
+    small = ""
+    n_dirs = (files + FILES_PER_DIR - 1) // FILES_PER_DIR
+    for d in range(n_dirs):
+        directory = root / f"d{d // 10:02d}" / f"s{d % 10}"
+        directory.mkdir(parents=True, exist_ok=True)
+        for i in range(d * FILES_PER_DIR, min(files, (d + 1) * FILES_PER_DIR)):
+            path = directory / f"f{i:05d}.bin"
+            size = sizes[i]
+            with open(path, "wb") as f:
+                pos = 0
+                while pos < size:
+                    n = min(size - pos, 64 * MiB)
+                    start = rng.randrange(0, len(pool) - n + 1)
+                    f.write(memoryview(pool)[start:start + n])
+                    pos += n
+            os.chmod(path, rng.choice(modes))
+            mtime_ns = rng.randrange(1_500_000_000, 1_700_000_000) * 10**9 + rng.randrange(10**9)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+            if not small and 4 * KiB <= size <= 64 * KiB:
+                small = str(path.relative_to(root.parent))
+    return files, sum(sizes), small
+
+
+# -- the measurements ---------------------------------------------------------------------------
+
+
+def cat_ttfb(path: str, at: Stamp, shard_args: list[str], expect_bytes: int | None) -> tuple[float, float]:
+    """(seconds to the first byte on stdout, seconds to exit) of `nfsj cat`."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*NFSJ, "cat", path, "--at", str(at), *shard_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.read(1)
+    t_first = time.perf_counter() - t0
+    rest = proc.stdout.read()
+    err = proc.stderr.read()
+    proc.wait()
+    t_all = time.perf_counter() - t0
+    if proc.returncode != 0 or not first:
+        raise SystemExit(f"nfsj cat {path} failed: {err.decode()}")
+    if expect_bytes is not None and len(first) + len(rest) != expect_bytes:
+        raise SystemExit(f"nfsj cat {path}: {len(first) + len(rest)} bytes, expected {expect_bytes}")
+    return t_first, t_all
+
+
+def cli_startup() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([*NFSJ, "cat", "--help"], capture_output=True, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100 MiB in 1,000 files")
+    ap.add_argument("--bytes", type=int, default=None, help="tree size in bytes (default 1 GiB)")
+    ap.add_argument("--files", type=int, default=None, help="regular files (default 10,000)")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--hot-writes", type=int, default=HOT_WRITES)
+    ap.add_argument("--workdir", default=None, help="where everything goes (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    total = args.bytes or (100 * MiB if args.quick else 1 * GiB)
+    files = args.files or (1_000 if args.quick else 10_000)
+
+    base = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="nfsj-bench-restore-", dir=base))
+    for line in machine(work):
+        say(line)
+    say(f"tree: {total / MiB:.0f} MiB in {files} files ({'--quick' if args.quick else 'full size'}); "
+        f"{args.shards} shard(s); proxy --durability sync; work dir {work}")
+    say("")
+
+    nas = shards = proxy = None
+    try:
+        export = work / "export"
+        t_make, (n_files, n_bytes, small) = timed(make_tree, export / "data", total, files)
+        say(f"tree written straight into the export dir (before ganesha starts): "
+            f"{n_files} files, {n_bytes} bytes in {t_make:.1f}s")
+        nas = start_ganesha(export, work / "ganesha")
+        shards = [ShardProcess(work / f"shard{k}", k).start() for k in range(args.shards)]
+        addresses = [s.address for s in shards]
+        shard_args = [a for addr in addresses for a in ("--shard", addr)]
+        proxy = ProxyProcess(nas, work / "log", durability="sync",
+                             extra=[*shard_args, "--log-retain", "1h"]).start()
+
+        # -- baseline -----------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        done = nfsj("baseline", "--log", str(proxy.log_dir), "--quiet")
+        t_baseline = time.perf_counter() - t0
+        m = re.search(r"restorable from (\S+)", done.stdout)
+        end = Stamp.parse(m.group(1))
+        t1 = now_bound()
+        wait_proven(addresses, max(end, t1))
+        t_shipped = time.perf_counter() - t0
+        say(f"baseline: nfsj baseline {t_baseline:.1f}s ({n_bytes / 1e6 / t_baseline:.1f} MB/s); "
+            f"durable in the shards (consistent point past its end) after {t_shipped:.1f}s "
+            f"({n_bytes / 1e6 / t_shipped:.1f} MB/s)")
+
+        # -- whole-tree restore vs cp -a ------------------------------------------------------------
+        dest = work / "restored"
+        sync()
+        t0 = time.perf_counter()
+        done = nfsj("restore", "--at", str(t1), "--to", str(dest), "--quiet", *shard_args)
+        t_restore = time.perf_counter() - t0
+        t_restore_sync = sync()
+        copy = work / "copied"
+        sync()
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-a", str(export), str(copy)], check=True)
+        t_cp = time.perf_counter() - t0
+        t_cp_sync = sync()
+
+        problems = diff(snapshot(export / "data", mtimes=True), snapshot(dest / "data", mtimes=True),
+                        mtimes=True, names=("source", "restore"))
+        if problems:
+            raise SystemExit("the restored tree differs from the source:\n" + "\n".join(problems[:40]))
+
+        def rates(seconds: float) -> str:
+            return (f"{seconds:7.2f}s  {n_bytes / 1e6 / seconds:8.1f} MB/s  "
+                    f"{n_files / seconds:8.0f} files/s")
+
+        say("")
+        say(f"whole-tree restore of {n_bytes / MiB:.0f} MiB in {n_files} files (verified equal to the source):")
+        say(f"  nfsj restore --to DIR       {rates(t_restore)}   (+ sync {t_restore_sync:.2f}s)")
+        say(f"  cp -a (same tree, same disk) {rates(t_cp)}   (+ sync {t_cp_sync:.2f}s)")
+        say(f"  ratio restore / cp -a: throughput {t_cp / t_restore:.3f}x "
+            f"(with sync: {(t_cp + t_cp_sync) / (t_restore + t_restore_sync):.3f}x)")
+
+        # -- a file with 10,000 records ----------------------------------------------------------------
+        rng = random.Random(2)
+        size = 0
+        t0 = time.perf_counter()
+        with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export", timeout_s=30) as c:
+            c.mount()
+            hot_dir = created_fh(c, c.mkdir(c.root, "hot", 0o755), c.root, "hot")
+            hot = created_fh(c, c.create(hot_dir, "hot.bin", 0o644), hot_dir, "hot.bin")
+            for _ in range(args.hot_writes - 1):
+                offset = rng.randrange(0, 200 * KiB)
+                data = rng.randbytes(rng.randrange(1, 256))
+                c.write(hot, offset, data, StableHow.UNSTABLE)
+                size = max(size, offset + len(data))
+            c.commit(hot)
+        t_hot = time.perf_counter() - t0
+        t2 = now_bound()
+        wait_proven(addresses, t2)
+        say("")
+        say(f"hot/hot.bin: CREATE + {args.hot_writes - 1} WRITEs + COMMIT through the proxy in {t_hot:.1f}s "
+            f"({size} bytes)")
+        startup = statistics.median(cli_startup() for _ in range(TTFB_RUNS))
+        hot_runs = [cat_ttfb("hot/hot.bin", t2, shard_args, size) for _ in range(TTFB_RUNS)]
+        small_size = (export / small).stat().st_size
+        small_runs = [cat_ttfb(small, t2, shard_args, small_size) for _ in range(TTFB_RUNS)]
+        say(f"  nfsj cat, time to first byte (median of {TTFB_RUNS}; process start to first byte):")
+        say(f"    hot/hot.bin ({args.hot_writes} records)     "
+            f"{statistics.median(r[0] for r in hot_runs):6.3f}s  (exit {statistics.median(r[1] for r in hot_runs):.3f}s)")
+        say(f"    {small} (1 record)  {statistics.median(r[0] for r in small_runs):6.3f}s  "
+            f"(exit {statistics.median(r[1] for r in small_runs):.3f}s)")
+        say(f"    for reference, `nfsj cat --help` (CLI start-up): {startup:.3f}s")
+
+        with Shards(addresses) as sh, RestoreClient(sh) as client:
+            t_cut, cut = timed(client.cut, t2)
+            t_tree, tree = timed(client.tree, cut)
+            fh = tree.lookup("hot/hot.bin")
+            t_read1, first = timed(client.read, cut, fh, 0, 64 * KiB)
+            t_read2, again = timed(client.read, cut, fh, 0, 64 * KiB)
+            if first != again or not first:
+                raise SystemExit("RestoreClient.read gave different bytes twice")
+            small_fh = tree.lookup(small)
+            t_small, _ = timed(client.read, cut, small_fh, 0, 64 * KiB)
+        n_entries = len(tree.nodes)
+        say(f"  RestoreClient in-process (fresh client): cut {t_cut * 1e3:.0f} ms; "
+            f"tree ({n_entries} objects) {t_tree * 1e3:.0f} ms;")
+        say(f"    read of hot/hot.bin: first (rebuilds from {args.hot_writes} records) "
+            f"{t_read1 * 1e3:.0f} ms, again (cached) {t_read2 * 1e3:.2f} ms; "
+            f"first byte after cut = {(t_cut + t_tree + t_read1) * 1e3:.0f} ms")
+        say(f"    read of {small} (1 record): first {t_small * 1e3:.1f} ms")
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for s in shards or []:
+            s.stop()
+        if nas is not None:
+            nas.stop()
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
