@@ -33,7 +33,7 @@ from typing import Callable
 from logstore.record import Op, Record
 
 from .capture import fattr_to_attr
-from .client import NfsClient
+from .client import NfsClient, NfsError
 from .nfs3 import Ftype3
 
 __all__ = ["BaselineProgress", "run_baseline"]
@@ -115,31 +115,67 @@ class _Scan:
         self.progress(s)
 
     async def walk(self, client: NfsClient, start_fh: bytes) -> None:
+        """Breadth-first over the export, then over whatever moved into
+        directories already listed while the walk went on (see `_catch_moves`)."""
         attrs = (await asyncio.to_thread(client.getattr, start_fh)).obj_attributes
         root_stamp = await self._piece(client, start_fh, b"", "", attrs, "/")
         dirs: deque[tuple[bytes, str, bytes]] = deque([(start_fh, "", root_stamp)])
+        moved: list[tuple[bytes, str]] = []
+        watch = lambda record: moved.append((record.to_dir_fh, record.to_name))  # noqa: E731
+        self.proxy.namespace_watchers.add(watch)
+        try:
+            await self._walk(client, dirs)
+            while moved:
+                batch, moved[:] = list(moved), []
+                await self._catch_moves(client, batch, dirs)
+                await self._walk(client, dirs)
+        finally:
+            self.proxy.namespace_watchers.discard(watch)
+
+    async def _walk(self, client: NfsClient, dirs: deque[tuple[bytes, str, bytes]]) -> None:
         while dirs:
             dir_fh, dir_path, piece_stamp = dirs.popleft()
             self.state.dirs += 1
             # The directory's piece (which resets its entries at restore) is
             # older than this listing: let every call stamped before it land first.
             await self.proxy.settle_below(piece_stamp)
-            entries = await asyncio.to_thread(lambda: list(client.readdirplus(dir_fh)))
+            try:
+                entries = await asyncio.to_thread(lambda: list(client.readdirplus(dir_fh)))
+            except NfsError as e:
+                if e.status.name != "NFS3ERR_STALE":
+                    raise
+                continue  # removed since its piece: the RMDIR is in the journal
             for entry in entries:
                 if entry.name_handle is None:
-                    continue  # the NAS did not give a handle: look it up
-                path = f"{dir_path}/{entry.name}"
-                attrs = entry.name_attributes
-                if attrs is None:
-                    attrs = (await asyncio.to_thread(client.getattr, entry.name_handle)).obj_attributes
-                stamp = await self._piece(client, entry.name_handle, dir_fh, entry.name, attrs, path)
-                if attrs.type is Ftype3.NF3DIR:
-                    dirs.append((entry.name_handle, path, stamp))
+                    continue
+                await self._entry(client, dirs, dir_fh, entry.name, entry.name_handle,
+                                  entry.name_attributes, f"{dir_path}/{entry.name}")
 
-    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs, path: str) -> bytes:
+    async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: str, fh: bytes, attrs,
+                     path: str) -> None:
+        if attrs is None:
+            attrs = (await asyncio.to_thread(client.getattr, fh)).obj_attributes
+        stamp = await self._piece(client, fh, dir_fh, name, attrs, path)
+        if stamp is not None and attrs.type is Ftype3.NF3DIR:
+            dirs.append((fh, path, stamp))
+
+    async def _catch_moves(self, client: NfsClient, moved: list[tuple[bytes, str]], dirs) -> None:
+        """An object renamed (or linked) during the walk from a directory not yet
+        listed into one already listed would be in neither listing. Read every
+        such target once more; objects already read are only bound again."""
+        for dir_fh, name in moved:
+            try:
+                found = await asyncio.to_thread(client.lookup, dir_fh, name)
+            except NfsError:
+                continue  # gone again: the journal has what happened to it
+            await self._entry(client, dirs, dir_fh, name, found.object, found.obj_attributes,
+                              f"(moved)/{name}")
+
+    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs,
+                     path: str) -> bytes | None:
         """Journal one entry: its binding and attributes, and its content if it is new.
 
-        Returns the stamp of its (first) piece."""
+        Returns the stamp of its (first) piece, or None if it vanished first."""
         s = self.state
         s.current = path
         first = attrs.fileid not in self._seen_fileids
@@ -148,9 +184,20 @@ class _Scan:
                         baseline_id=s.baseline_id, baseline_first=first)
         key = object()
         record.stamp = stamp = self._stamp(key)
-        if first and attrs.type is Ftype3.NF3LNK:
-            record.symlink_target = (await asyncio.to_thread(client.readlink, fh)).data
         if not (first and attrs.type is Ftype3.NF3REG):
+            # The listing's attributes predate this stamp: a SETATTR stamped
+            # in between would be replayed first and then overwritten by them.
+            # Read them again once every call stamped before the piece landed.
+            await self.proxy.settle_below(stamp, id(key))
+            try:
+                attrs = (await asyncio.to_thread(client.getattr, fh)).obj_attributes
+                if first and attrs.type is Ftype3.NF3LNK:
+                    record.symlink_target = (await asyncio.to_thread(client.readlink, fh)).data
+            except NfsError as e:
+                self.proxy.release(id(key))
+                if e.status.name != "NFS3ERR_STALE":
+                    raise
+                return None  # removed since the listing: its REMOVE is in the journal
             fattr_to_attr(record.attr, attrs)
             await self._journal(record, key=key)
             self.progress(s)

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Callable
 
-from logstore.record import Record
+from logstore.record import Op, Record
 from logstore.stamp import Stamp
 
 from .capture import Capture, Pending
@@ -75,6 +75,8 @@ class Proxy:
         self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
+        #: Called with every successful RENAME/LINK record (a running baseline listens).
+        self.namespace_watchers: set[Callable[[Record], None]] = set()
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -291,6 +293,11 @@ class ClientSession(_Peer):
             proxy.release(id(pending))
             self.send(message, timing)
             return
+        if proxy.namespace_watchers:
+            for record, _ in records:
+                if record.ok and record.op in (Op.RENAME, Op.LINK):
+                    for watch in list(proxy.namespace_watchers):
+                        watch(record)
         proxy.hold(id(pending), min(record.stamp for record, _ in records))
         try:
             durable = self._journal_now(records)

@@ -13,7 +13,8 @@ of ganesha. Writes go through the proxy with our own `nfsproxy.client.NfsClient`
   ``b/`` (`OTHER_WRITES` each), so the hot file's records are interleaved in
   stamp order with everyone else's;
 * moments T_before (no hot write yet), T_middle, T_end, each a stamp above
-  every hot write answered so far and below every later one.
+  every hot write answered so far and below every later one (T_end also
+  after every write of the other files).
 
 The proxy is then stopped and its LOG read directly (logstore): that gives,
 independently of the shards, every record and which file it names.
@@ -45,7 +46,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -53,7 +53,7 @@ import pytest
 from e2e.proxy_fixture import ProxyProcess, read_log
 from e2e.shard_fixture import ShardProcess
 from e2e.test_acceptance import nfsj, now_bound, wait_proven
-from logstore.pb.journal_pb2 import FileRequest, Op, Record, ScanRequest
+from logstore.pb.journal_pb2 import FileRequest, Op, Record
 from logstore.stamp import Stamp
 from nfsproxy.client import NfsClient, created_fh
 from nfsproxy.ganesha import GaneshaInstance, start_ganesha
@@ -231,6 +231,9 @@ def history(tmp_path_factory) -> Iterator[History]:
             for w in writers:
                 w.start()
             for n in range(HOT_WRITES + 1):
+                if n == HOT_WRITES:
+                    for w in writers:  # T_end is after every write of every file
+                        w.join(timeout=600)
                 for name, at_n in HOT_MOMENTS.items():
                     if n == at_n:
                         moments[name] = now_bound()
@@ -246,9 +249,8 @@ def history(tmp_path_factory) -> Iterator[History]:
                 assert resok.count == len(data)
                 _apply(model, offset, data)
             c.commit(hot)
-            for w in writers:
-                w.join(timeout=600)
         assert not errors, errors
+        assert not any(w.is_alive() for w in writers), "the other writers hang"
         print(f"\n{HOT_WRITES} hot writes + {2 * OTHER_WRITES} others through the proxy in "
               f"{time.monotonic() - started:.1f}s")
         wait_proven(_Addresses(addresses), max(moments.values()), cli=False)
