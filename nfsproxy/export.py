@@ -44,7 +44,7 @@ import dataclasses
 import hashlib
 import logging
 import stat
-from typing import Any, Callable, Final, Iterable, Mapping
+from typing import Any, Callable, Final, Iterable
 
 from . import mount, nfs3
 from .mount import MOUNT_PROGRAM, MOUNT_V3, Exportnode, Mountres3, Mountres3Ok, Mountstat3
@@ -148,7 +148,7 @@ class ExportObject:
     attr: Fattr3
     parent: bytes
     target: str | None = None
-    entries: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    entries: dict[str, bytes] = dataclasses.field(default_factory=dict)
     names: tuple[str, ...] = ()
 
     @property

@@ -145,7 +145,7 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = Non
 
 def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[str], src_rel: str,
           into: str | None) -> PushResult:
-    nfs, tree, cut = pusher.nfs, pusher.tree, pusher.cut
+    nfs, tree = pusher.nfs, pusher.tree
     src = tree.node(src_fh)
     if nfs.root_fh is None:
         nfs.mount()

@@ -61,7 +61,6 @@ Limits worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import heapq

@@ -72,6 +72,8 @@ from libnfs_load import (Connection, NfsTarget, library_path, write_latency_qd1,
 from logstore.log import Log  # noqa: E402
 from nfsproxy.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
+from host import host_line  # noqa: E402  (tests/bench is the script's directory)
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONFIGS = ("direct", "async", "sync")
 _SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
@@ -128,25 +130,8 @@ class Run:
 
 
 def machine() -> list[str]:
-    cpu, virt = platform.processor() or "?", ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-        cpu = m.group(1).strip() if m else cpu
-        if re.search(r"^flags\s*:.*\bhypervisor\b", info, re.M):
-            virt = " (virtual machine)"
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        mem = f"{int(m.group(1)) / (1 << 20):.1f} GiB" if m else "?"
-    except OSError:
-        pass
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
     return [
-        f"machine: {platform.platform()}; cpu: {cpu}{virt}; cores: {os.cpu_count()}; "
-        f"memory: {mem}; load average before start: {load}",
+        host_line(),
         f"python: {platform.python_implementation()} {platform.python_version()} ({sys.executable})",
     ]
 

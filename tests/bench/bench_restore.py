@@ -66,6 +66,8 @@ from nfsproxy.nfs3 import StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 from recoveryd.status import fetch_status, overall  # noqa: E402
 
+from host import host_line  # noqa: E402  (tests/bench is the script's directory)
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 M32 = (1 << 32) - 1
 NFSJ = [sys.executable, "-m", "nfsproxy"]
@@ -79,26 +81,9 @@ HANG_S = 1800.0
 
 
 def machine(workdir: Path) -> list[str]:
-    cpu, virt = platform.processor() or "?", ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-        cpu = m.group(1).strip() if m else cpu
-        if re.search(r"^flags\s*:.*\bhypervisor\b", info, re.M):
-            virt = " (virtual machine)"
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        mem = f"{int(m.group(1)) / (1 << 20):.1f} GiB" if m else "?"
-    except OSError:
-        pass
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     free = shutil.disk_usage(workdir).free / GiB
     return [
-        f"machine: {platform.platform()}; cpu: {cpu}{virt}; cores: {os.cpu_count()}; "
-        f"memory: {mem}; load average before start: {load}",
+        host_line(),
         f"disk: {workdir} on {_filesystem(workdir)}; {free:.0f} GiB free",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
         f"rocksdict {_version('rocksdict')}; grpcio {grpc.__version__}; "
