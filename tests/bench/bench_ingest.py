@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import importlib.metadata
-import mmap
 import os
 import platform
 import random
@@ -73,7 +71,7 @@ from logstore.stamp import Stamp  # noqa: E402
 from nfsproxy.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
 
-from host import host_line  # noqa: E402  (tests/bench is the script's directory)
+from host import dist_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 
 MiB = 1 << 20
 DATA_BYTES = 4096
@@ -90,52 +88,12 @@ HANG_S = 600.0
 def machine(workdir: Path) -> list[str]:
     return [
         host_line(),
-        f"disk: {workdir} on {_filesystem(workdir)}",
+        f"disk: {workdir} on {filesystem(workdir)}",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"rocksdict {_version('rocksdict')}; grpcio {grpc.__version__}; "
-        f"protobuf {_version('protobuf')}",
-        f"code: {_git_head()}",
+        f"rocksdict {dist_version('rocksdict')}; grpcio {grpc.__version__}; "
+        f"protobuf {dist_version('protobuf')}",
+        f"code: {git_head(REPO)}",
     ]
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _filesystem(path: Path) -> str:
-    best, fs = "", "?"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        dev, mnt, kind = line.split()[:3]
-        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
-            best, fs = mnt, f"{kind} ({dev} mounted on {mnt})"
-    return fs
-
-
-def _git_head() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        head = out.stdout.strip() or "?"
-        diff = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
-                               "nfsproxy", "recoveryd", "logstore"], capture_output=True, timeout=10)
-        return head + (" + uncommitted changes" if diff.returncode == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def prewarm_memory(nbytes: int) -> None:
-    """Touch `nbytes` of anonymous memory once (see bench_proxy.prewarm_memory: on a
-    VM, never-touched guest pages make the first page-cache writes much slower)."""
-    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        chunk = b"\1" * (64 * MiB)
-        for offset in range(0, nbytes, len(chunk)):
-            area[offset:offset + len(chunk)] = chunk[:nbytes - offset]
-    finally:
-        area.close()
 
 
 def process_cpu_s(pid: int) -> float:

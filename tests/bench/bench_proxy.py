@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import mmap
 import os
 import platform
 import re
@@ -72,7 +71,7 @@ from libnfs_load import (Connection, NfsTarget, library_path, write_latency_qd1,
 from logstore.log import Log  # noqa: E402
 from nfsproxy.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
-from host import host_line  # noqa: E402  (tests/bench is the script's directory)
+from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONFIGS = ("direct", "async", "sync")
@@ -134,60 +133,6 @@ def machine() -> list[str]:
         host_line(),
         f"python: {platform.python_implementation()} {platform.python_version()} ({sys.executable})",
     ]
-
-
-def _dpkg_version(package: str) -> str:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def _git_head() -> str:
-    """The commit measured, and whether the code under test differs from it (read-only git)."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        head = out.stdout.strip() or "?"
-        diff = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
-                               "nfsproxy", "logstore"], capture_output=True, timeout=10)
-        return head + (" + uncommitted changes in nfsproxy/ or logstore/" if diff.returncode == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def _filesystem(path: Path) -> str:
-    best, fs = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            dev, mnt, kind = line.split()[:3]
-            if str(path).startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
-                best, fs = mnt, f"{kind} on {dev}"
-    except OSError:
-        pass
-    return fs
-
-
-def prewarm_memory(nbytes: int) -> float:
-    """Touch `nbytes` of anonymous memory once and free it; returns seconds taken.
-
-    On a virtual machine the first touch of a guest page costs the host a
-    fault: here, page-cache writes into never-touched memory ran about 6x
-    slower (dd to tmpfs: 0.55 GB/s the first time, 3.2 GB/s after). Pages the
-    kernel has freed are handed out again first, so touching a few GiB up
-    front keeps that one-off cost out of whichever run would hit it first.
-    """
-    t0 = time.perf_counter()
-    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        chunk = b"\1" * (64 * MiB)
-        for offset in range(0, nbytes, len(chunk)):
-            area[offset:offset + len(chunk)] = chunk[:nbytes - offset]
-    finally:
-        area.close()
-    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------
@@ -460,10 +405,10 @@ def main() -> int:
         print(line)
     workdir = Path(tempfile.mkdtemp(prefix="nfsj-bench-"))
     use_perf = perf_works()
-    print(f"software: nfs-journal {_git_head()}; nfs-ganesha {_dpkg_version('nfs-ganesha')} "
-          f"(FSAL VFS); libnfs {_dpkg_version('libnfs13')} ({library_path()}); "
-          f"proxy event loop: asyncio default")
-    print(f"storage: ganesha export, LOG and work files in {workdir} ({_filesystem(workdir)}); "
+    print(f"software: nfs-journal {git_head(REPO)}; nfs-ganesha {dpkg_version('nfs-ganesha')} "
+          f"(FSAL VFS); libnfs {dpkg_version('libnfs13')} ({library_path()}); "
+          f"proxy event loop: uvloop (nfsproxy.cli.run_event_loop)")
+    print(f"storage: ganesha export, LOG and work files in {workdir} ({filesystem(workdir)}); "
           f"fsync counts: {'perf stat syscall tracepoints' if use_perf else 'unavailable (no usable perf)'}")
     for case in cases:
         size = (f"{case.n} timed calls" if case.latency

@@ -38,7 +38,6 @@ regular files. There are no thresholds; every number names its machine
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import random
@@ -66,7 +65,7 @@ from nfsproxy.nfs3 import StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 from recoveryd.status import fetch_status, overall  # noqa: E402
 
-from host import host_line  # noqa: E402  (tests/bench is the script's directory)
+from host import dist_version, dpkg_version, filesystem, git_head, host_line  # noqa: E402  (tests/bench is the script's directory)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 M32 = (1 << 32) - 1
@@ -84,49 +83,12 @@ def machine(workdir: Path) -> list[str]:
     free = shutil.disk_usage(workdir).free / GiB
     return [
         host_line(),
-        f"disk: {workdir} on {_filesystem(workdir)}; {free:.0f} GiB free",
+        f"disk: {workdir} on {filesystem(workdir)}; {free:.0f} GiB free",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
-        f"rocksdict {_version('rocksdict')}; grpcio {grpc.__version__}; "
-        f"protobuf {_version('protobuf')}; ganesha {_ganesha_version()}",
-        f"code: {_git_head()}",
+        f"rocksdict {dist_version('rocksdict')}; grpcio {grpc.__version__}; "
+        f"protobuf {dist_version('protobuf')}; ganesha {dpkg_version('nfs-ganesha')}",
+        f"code: {git_head(REPO)}",
     ]
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _ganesha_version() -> str:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nfs-ganesha"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def _filesystem(path: Path) -> str:
-    best, fs = "", "?"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        dev, mnt, kind = line.split()[:3]
-        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
-            best, fs = mnt, f"{kind} ({dev} mounted on {mnt})"
-    return fs
-
-
-def _git_head() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        head = out.stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--",
-                                "nfsproxy", "recoveryd", "logstore"], capture_output=True, timeout=10)
-        return head + (" + uncommitted changes" if dirty.returncode == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import mmap
 import os
 import platform
 import re
+import subprocess
+import time
 from pathlib import Path
 
-__all__ = ["host_line"]
+__all__ = ["host_line", "filesystem", "git_head", "dist_version", "dpkg_version", "prewarm_memory"]
 
 
 def host_line() -> str:
@@ -30,3 +34,65 @@ def host_line() -> str:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
     return (f"machine: {platform.platform()}; cpu: {cpu}{virt}; cores: {os.cpu_count()}; "
             f"memory: {mem}; load average before start: {load}")
+
+
+def filesystem(path: Path) -> str:
+    """The filesystem holding `path`, e.g. `ext4 (/dev/vda mounted on /)`."""
+    best, fs = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, kind = line.split()[:3]
+            if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best):
+                best, fs = mnt, f"{kind} ({dev} mounted on {mnt})"
+    except OSError:
+        pass
+    return fs
+
+
+def git_head(repo: Path) -> str:
+    """The commit measured, and whether the code under test differs from it (read-only git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        head = out.stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--",
+                                "nfsproxy", "recoveryd", "logstore"], capture_output=True, timeout=10)
+        return head + (" + uncommitted changes" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def dist_version(dist: str) -> str:
+    """A Python distribution's version, or `?`."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def dpkg_version(package: str) -> str:
+    """A Debian package's version, or `?`."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def prewarm_memory(nbytes: int) -> float:
+    """Touch `nbytes` of anonymous memory once; returns the seconds it took.
+
+    On a VM, never-touched guest pages make the first page-cache writes several
+    times slower; touching them up front keeps that one-off cost out of
+    whichever measured run would hit it first.
+    """
+    t0 = time.perf_counter()
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        chunk = b"\1" * (64 << 20)
+        for offset in range(0, nbytes, len(chunk)):
+            area[offset:offset + len(chunk)] = chunk[:nbytes - offset]
+    finally:
+        area.close()
+    return time.perf_counter() - t0
