@@ -1,7 +1,7 @@
 """The read-only NFS export of a moment in the past, sans-IO.
 
-`nfsj export --at T` serves the file tree as it was at a cut (DESIGN.md,
-"Point-in-time reconstruction", restore targets) over NFSv3 and MOUNT v3,
+`nfsj export --at T` serves the file tree as it was at a cut (README.md,
+"The guarantee") over NFSv3 and MOUNT v3,
 with a portmapper GETPORT answer on the same port, like the proxy. The tree
 comes from the Restore API (`RestoreClient.tree(cut)`); file content is read
 through `RestoreClient.read(cut, fh, offset, count)` when a client READs it.

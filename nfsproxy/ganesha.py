@@ -1,7 +1,7 @@
 """Run nfs-ganesha on loopback as a local NAS (end-to-end tests, `nfsj up` demos).
 
 Library code only: no pytest in here. The facts it relies on were measured on
-Debian 12 with ganesha 4.3 (see TESTBED.md):
+Debian 12 with ganesha 4.3 (measured here):
 
 * ganesha registers with rpcbind at start-up and exits ("Cannot register NFS
   V3 on TCP") without one. We start `rpcbind -f` only when `rpcinfo -p

@@ -987,7 +987,7 @@ MUTATING: Final = frozenset({
     Proc3.SETATTR, Proc3.WRITE, Proc3.CREATE, Proc3.MKDIR, Proc3.SYMLINK, Proc3.MKNOD,
     Proc3.REMOVE, Proc3.RMDIR, Proc3.RENAME, Proc3.LINK, Proc3.COMMIT,
 })
-"""The procedures the proxy journals (DESIGN.md, data path step 2)."""
+"""The procedures the proxy journals (README.md, "How it works")."""
 
 _CODECS: dict[Proc3, tuple[Codec, Codec]] = {
     Proc3.NULL: (VOID, VOID),

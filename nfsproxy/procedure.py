@@ -21,7 +21,7 @@ class Procedure:
 
     `args` and `res` are XDR codecs (`nfsproxy.xdr.Codec`) for the call and
     reply bodies; `mutating` is True only for calls that change the exported
-    file system (the NFSv3 procedures that DESIGN.md lists as captured).
+    file system (the NFSv3 procedures that README.md lists as journaled).
     """
 
     prog: int

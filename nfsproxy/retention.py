@@ -1,6 +1,6 @@
 """LOG retention: which segments may be deleted, and the loop that deletes them.
 
-The rule (DESIGN.md, "Data path" step 4): the LOG is trimmed only below the
+The rule (README.md, "How it works"): the LOG is trimmed only below the
 lowest ack over all shards, and only past a retention window, so that a
 shard that loses its disk can be rebuilt from the LOG.
 

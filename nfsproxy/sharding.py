@@ -1,6 +1,6 @@
 """Which recovery shard a record belongs to. Sans-IO: records in, shard numbers out.
 
-The rule (DESIGN.md, "Data path" step 4): records are sharded by file handle,
+The rule (README.md, "How it works"): records are sharded by file handle,
 so that everything a restore needs to rebuild one file, or one directory's
 entries, lies on one shard.
 

@@ -1,4 +1,4 @@
-"""Shipping the LOG to recovery shards (DESIGN.md, "Data path" step 4).
+"""Shipping the LOG to recovery shards (README.md, "How it works").
 
 One ``Shipper`` per shard runs as asyncio tasks in the proxy process. It
 tails the LOG, keeps the records that belong to its shard (``sharding``),

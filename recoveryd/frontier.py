@@ -3,7 +3,7 @@
 Sans-IO; the store persists `StreamState` atomically with the records it
 describes, so after any crash the state and the records agree.
 
-Definitions (DESIGN.md, "Ordering and the consistent cut"):
+Definitions (README.md, "The guarantee"):
 
 * A *stream* is one proxy LOG as seen by one shard. Its position is a LOG
   sequence number; batches cover ranges ``(after_seq, through_seq]`` and

@@ -6,8 +6,8 @@ point-in-time NFS export and push-back to the NAS. They are thin clients of
 this module, which is itself a client of every shard's Restore service
 (proto/journal.proto, recoveryd/restore_service.py).
 
-The cut (DESIGN.md, "Ordering and the consistent cut")
--------------------------------------------------------
+The cut (README.md, "The guarantee")
+-------------------------------------
 A restore at ``T`` delivers every record stamped at or below ``T`` and none
 above: the *cut* at ``T``. ``RestoreClient.cut`` decides whether ``T`` can
 be delivered, and proves it:
@@ -27,8 +27,8 @@ be delivered, and proves it:
 A ``Cut`` carries the frontiers that proved it; ``str(cut)`` prints the cut
 and its proof in one line, which every restore shows its user at the end.
 
-Reconstruction (DESIGN.md, "Point-in-time reconstruction")
-------------------------------------------------------------
+Reconstruction
+--------------
 With the baseline ``B`` (BEGIN stamp ``b``) and the bound ``T``:
 
 * the namespace: ``tree(cut)`` merges every shard's ``Scan`` of the stamps

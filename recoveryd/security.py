@@ -1,8 +1,8 @@
 """Who may talk to a shard: TLS and mTLS for every gRPC channel, and who may restore.
 
 The journal holds every byte written to the NAS, so the Restore service is a
-read API for all of it. DESIGN.md: "gRPC over TLS or mTLS when the network is
-not private. Restore calls need credentials." This module is that sentence.
+read API for all of it. The rule: gRPC over TLS or mTLS when the network is not
+private, and Restore calls need credentials (README.md, "Security").
 
 Transport (``TlsOptions``)
 --------------------------

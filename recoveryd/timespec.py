@@ -12,8 +12,8 @@ Accepted forms (``FORMS``, also the text of every error):
 * an exact stamp as nfs-journal prints it: ``<wall_ns>.<logical>@<node>``.
 
 A parsed time is a *query bound*, a plain ``Stamp``: it only selects records
-(stamp <= bound) and must never be fed to a clock (logstore/hlc.py, STYLE.md
-"Types mark capability"). A wall time given without logical and node covers
+(stamp <= bound) and must never be fed to a clock (logstore/hlc.py:
+types mark capability). A wall time given without logical and node covers
 everything stamped in that nanosecond: it becomes
 ``Stamp(wall_ns, 2**32-1, 2**32-1)``, the greatest stamp of that nanosecond.
 

@@ -7,7 +7,7 @@ names (directory handle, name) the object is bound under. It reads no
 socket, no disk and no clock: ``recoveryd.restore`` feeds it the records of
 a cut, the read-only export and ``history`` ask it for paths.
 
-Rules (DESIGN.md "Point-in-time reconstruction"; proto/journal.proto, Op):
+Rules (README.md "How it works"; proto/journal.proto, Op):
 
 * Only records with ``ok`` change anything: a failed call changed nothing on
   the NAS.

@@ -17,7 +17,7 @@ Each case runs for about `--seconds` (after a calibration), split in 5
 slices; the median slice is reported. The ratio column is per-call time
 divided by the struct baseline's for the same message: how many times more
 CPU the codec spends. There are no thresholds; every number names its
-machine (STYLE.md: benchmarks stay apart).
+machine (benchmarks stay apart from the test run).
 """
 
 from __future__ import annotations

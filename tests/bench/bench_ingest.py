@@ -36,7 +36,7 @@ and prints where the time goes: per thread, the share of wall time it was
 busy rather than waiting and its busiest leaf frames; and what the time
 inside `ShardStore.ingest`, `Shipper._read_range` and `Shipper._send` went to.
 
-There are no thresholds; every number names its machine (STYLE.md).
+There are no thresholds; every number names its machine.
 """
 
 from __future__ import annotations

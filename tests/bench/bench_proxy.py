@@ -42,7 +42,7 @@ Before the first run a few GiB of memory are touched and freed (see
 several times slower the first time). After each run the file is removed
 through NFS and the LOG directory deleted, so runs do not leave dirty pages
 behind for the next one. There are no thresholds; every number names its
-machine (STYLE.md: benchmarks stay apart).
+machine (benchmarks stay apart from the test run).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ What runs, on one disk (everything lives under one work directory):
    records), a second `read` (cached).
 
 Rates: MB/s are 10^6 bytes of file content per second; files/s count
-regular files. There are no thresholds; every number names its machine
-(STYLE.md).
+regular files. There are no thresholds; every number names its
+machine.
 """
 
 from __future__ import annotations
