@@ -1,0 +1,282 @@
+"""The Linux kernel's own NFS client, booted under qemu, for end-to-end tests.
+
+This machine's kernel has no NFS client, but Debian's kernel has one as
+modules. `build_image()` makes, once (cached by kernel version), a bootable
+pair from Debian packages without touching the host's own kernel:
+
+* the kernel: `linux-image-amd64` fetched with `apt-get download` and
+  unpacked with `dpkg-deb -x`; the ELF `vmlinux` is cut out of the bzImage
+  (its xz payload, Python's `lzma`) so that qemu boots it through its PVH
+  entry point and the guest does not spend seconds decompressing itself;
+* an initramfs: static busybox, the NFS client modules in dependency order
+  and an `/init` script, written as a newc cpio by Python (so `/dev/console`
+  needs no root mknod).
+
+`Guest.run(script, mounts=...)` appends a second small cpio with that run's
+mounts and script (the kernel unpacks concatenated archives), boots under
+TCG (KVM hung here), and returns the script's exit code and the console. The
+guest reaches the host's loopback services at 10.0.2.2 (qemu's user-mode
+network); they see its connections come from 127.0.0.1.
+
+Library code for tests only; no pytest in here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["KernelImage", "Mount", "Guest", "GuestResult", "build_image", "GuestUnavailable",
+           "HOST_FROM_GUEST"]
+
+#: The host's loopback as the guest sees it (qemu user-mode networking).
+HOST_FROM_GUEST = "10.0.2.2"
+
+# insmod order: each module after the ones its .modinfo `depends=` names.
+_MODULES = (
+    "net/sunrpc/sunrpc.ko", "fs/nfs_common/grace.ko", "fs/lockd/lockd.ko",
+    "fs/nfs_common/nfs_acl.ko", "net/sunrpc/auth_gss/auth_rpcgss.ko", "fs/netfs/netfs.ko",
+    "fs/fscache/fscache.ko", "fs/nfs/nfs.ko", "fs/nfs/nfsv3.ko", "net/dns_resolver/dns_resolver.ko",
+    "fs/nfs/nfsv4.ko", "drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",
+    "net/core/failover.ko", "drivers/net/net_failover.ko", "drivers/net/virtio_net.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+)
+
+_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+for m in $(cat /modules.order); do insmod /modules/$m || echo "nfsj-guest: insmod $m failed"; done
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "nfsj-guest: up"
+sh -e /run/mounts.sh
+rc=$?
+if [ $rc -eq 0 ]; then
+    cd /
+    sh -e /run/script.sh
+    rc=$?
+    sync
+    for m in $(tac /run/mountpoints 2>/dev/null || cat /run/mountpoints); do umount $m || rc=99; done
+fi
+echo "nfsj-guest: exit $rc"
+poweroff -f
+"""
+
+_EXIT = re.compile(r"nfsj-guest: exit (\d+)")
+
+
+class GuestUnavailable(RuntimeError):
+    """The kernel, busybox or qemu could not be found or built (says how to install them)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KernelImage:
+    """A bootable kernel and its base initramfs."""
+
+    version: str
+    vmlinux: Path
+    initrd: Path
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mount:
+    """One NFS mount inside the guest; `options` as `mount -o` takes them."""
+
+    port: int
+    mountpoint: str = "/mnt"
+    options: str = "vers=3,proto=tcp,nolock"
+    export: str = "/export"
+    mount_port: int | None = None  # None: the same port (the proxy serves MOUNT there)
+
+    def command(self) -> str:
+        host = HOST_FROM_GUEST
+        opts = self.options
+        if "vers=3" in opts:
+            mport = self.mount_port or self.port
+            opts += f",port={self.port},mountport={mport},mountproto=tcp,mountaddr={host}"
+        else:
+            opts += f",port={self.port}"
+        # busybox's mount wants the server address in the options.
+        return (f"mkdir -p {self.mountpoint}\n"
+                f"mount -t nfs -o {opts},addr={host} {host}:{self.export} {self.mountpoint}\n")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuestResult:
+    exit_code: int | None  # None: the guest never reported (hung, panicked, timed out)
+    console: str
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GuestUnavailable(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def _kernel_package() -> str:
+    out = _run(["apt-cache", "depends", "linux-image-amd64"])
+    m = re.search(r"Depends: (linux-image-[0-9][^\s]*-amd64)", out)
+    if not m:
+        raise GuestUnavailable("apt-cache knows no linux-image-amd64 (run apt-get update)")
+    return m.group(1)
+
+
+def _unpack_kernel(package: str, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    _run(["apt-get", "download", package], cwd=into)
+    deb = next(into.glob(f"{package}_*.deb"))
+    root = into / "root"
+    _run(["dpkg-deb", "-x", str(deb), str(root)])
+    deb.unlink()
+    return root
+
+
+def _vmlinux_from_bzimage(bzimage: bytes) -> bytes:
+    start = bzimage.find(b"\xfd7zXZ\x00")
+    if start < 0:
+        raise GuestUnavailable("the kernel image holds no xz payload")
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(bzimage[start:])
+
+
+class _Cpio:
+    """A newc ("070701") cpio archive, written without root."""
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+        self._ino = 1
+
+    def _add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+        self._ino += 1
+        self._out += b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._out += name.encode() + b"\0"
+        self._out += b"\0" * (-len(self._out) % 4)
+        self._out += data
+        self._out += b"\0" * (-len(self._out) % 4)
+
+    def dir(self, name: str) -> None:
+        self._add(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._add(name, stat.S_IFREG | mode, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._add(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._add("TRAILER!!!", 0)
+        return bytes(self._out)
+
+
+def _busybox() -> bytes:
+    for path in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(path):
+            return Path(path).read_bytes()
+    raise GuestUnavailable("no static busybox: apt-get install busybox-static")
+
+
+def _base_initrd(modules_root: Path) -> bytes:
+    cpio = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "modules", "mnt"):
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.file("bin/busybox", _busybox(), 0o755)
+    cpio.file("init", _INIT.encode(), 0o755)
+    names = []
+    for rel in _MODULES:
+        path = modules_root / rel
+        if not path.exists():
+            raise GuestUnavailable(f"the kernel package has no {rel}")
+        names.append(path.name)
+        cpio.file(f"modules/{path.name}", path.read_bytes())
+    cpio.file("modules.order", "\n".join(names).encode() + b"\n")
+    return cpio.finish()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NFSJ_KERNEL_CACHE", Path.home() / ".cache" / "nfsj-kernel"))
+
+
+def build_image(cache_dir: Path | None = None) -> KernelImage:
+    """The kernel and base initramfs, built once per kernel version and cached."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise GuestUnavailable("qemu-system-x86_64 not found: "
+                               "apt-get install --no-install-recommends qemu-system-x86")
+    package = _kernel_package()
+    version = package.removeprefix("linux-image-")
+    home = (cache_dir or default_cache_dir()) / version
+    image = KernelImage(version, home / "vmlinux", home / "initrd.cpio")
+    if image.vmlinux.exists() and image.initrd.exists():
+        return image
+    with tempfile.TemporaryDirectory(dir=home.parent if home.parent.exists() else None) as work:
+        root = _unpack_kernel(package, Path(work))
+        bzimage = (root / "boot" / f"vmlinuz-{version}").read_bytes()
+        modules = root / "lib" / "modules" / version / "kernel"
+        home.mkdir(parents=True, exist_ok=True)
+        _write_atomic(image.initrd, _base_initrd(modules))
+        _write_atomic(image.vmlinux, _vmlinux_from_bzimage(bzimage))
+    return image
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+class Guest:
+    """Boots `image` to run one script per call; each run is a fresh boot."""
+
+    def __init__(self, image: KernelImage, workdir: Path, *, memory_mib: int = 512):
+        self.image = image
+        self.workdir = Path(workdir)
+        self.memory_mib = memory_mib
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._runs = 0
+
+    def run(self, script: str, mounts: list[Mount] = (), *, timeout_s: float = 300.0) -> GuestResult:
+        """Mount `mounts` in order, run `script` with `sh -e`, unmount; return its exit code."""
+        self._runs += 1
+        initrd = self.workdir / f"initrd-{self._runs}.cpio"
+        extra = _Cpio()
+        extra.file("run/mounts.sh", "".join(m.command() for m in mounts).encode())
+        extra.file("run/mountpoints", "\n".join(m.mountpoint for m in mounts).encode() + b"\n")
+        extra.file("run/script.sh", script.encode())
+        with open(initrd, "wb") as out:
+            out.write(self.image.initrd.read_bytes())
+            out.write(extra.finish())
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
+                "-nographic", "-no-reboot", "-kernel", str(self.image.vmlinux),
+                "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet",
+                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout_s)
+            console = done.stdout.decode(errors="replace")
+        except subprocess.TimeoutExpired as e:
+            console = (e.stdout or b"").decode(errors="replace") + "\n[timed out]"
+        finally:
+            initrd.unlink(missing_ok=True)
+        (self.workdir / f"console-{self._runs}.txt").write_text(console)
+        m = _EXIT.search(console)
+        return GuestResult(int(m.group(1)) if m else None, console)
