@@ -188,7 +188,8 @@ class Stack:
         lines = [
             "nfsj up: the stack is running" + (" (demo NAS: nfs-ganesha on a temp export)" if self.nas else ""),
             f"  NAS      {self.backend}",
-            f"  mount    mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port} {shown}:{export} /mnt",
+            # nolock: the proxy does not relay NLM yet, so locks stay on the client machine.
+            f"  mount    mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock {shown}:{export} /mnt",
             f"  url      nfs://{shown}{export}?version=3&nfsport={port}&mountport={port}",
             f"  status   nfsj status {shards} --log {self.data / 'log'}",
             f"  restore  nfsj restore --at -5m --to ./restored {shards}",

@@ -8,11 +8,14 @@ pair from Debian packages without touching the host's own kernel:
   unpacked with `dpkg-deb -x`; the ELF `vmlinux` is cut out of the bzImage
   (its xz payload, Python's `lzma`) so that qemu boots it through its PVH
   entry point and the guest does not spend seconds decompressing itself;
-* an initramfs: static busybox, the NFS client modules in dependency order
-  and an `/init` script, written as a newc cpio by Python (so `/dev/console`
-  needs no root mknod).
+* an initramfs: static busybox, the NFS client modules in dependency order,
+  the user-space half of a real Linux NFS client from Debian's nfs-common and
+  rpcbind (`mount.nfs`, `rpc.statd`, `rpcbind`, with the shared libraries
+  they load, taken from this Debian host) and an `/init` script, written as a
+  newc cpio by Python (so `/dev/console` needs no root mknod). So a mount
+  line typed by a user works in the guest as it is.
 
-`Guest.run(script, mounts=...)` appends a second small cpio with that run's
+`Guest.run(script, mounts=[mount command lines])` appends a second small cpio with that run's
 mounts and script (the kernel unpacks concatenated archives), boots under
 TCG (KVM hung here), and returns the script's exit code and the console. The
 guest reaches the host's loopback services at 10.0.2.2 (qemu's user-mode
@@ -33,7 +36,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["KernelImage", "Mount", "Guest", "GuestResult", "build_image", "GuestUnavailable",
+__all__ = ["KernelImage", "Guest", "GuestResult", "build_image", "mount_line", "GuestUnavailable",
            "HOST_FROM_GUEST"]
 
 #: The host's loopback as the guest sees it (qemu user-mode networking).
@@ -50,8 +53,25 @@ _MODULES = (
     "drivers/virtio/virtio_pci.ko",
 )
 
+# Debian packages whose programs the guest runs, and those programs.
+_USERLAND_PACKAGES = ("nfs-common", "rpcbind", "libtirpc3", "libtirpc-common", "libnfsidmap1")
+_USERLAND_PROGRAMS = ("sbin/mount.nfs", "sbin/rpc.statd", "sbin/rpcbind", "sbin/sm-notify",
+                      "usr/sbin/rpcinfo")
+_USERLAND_LINKS = {"sbin/mount.nfs4": "mount.nfs", "sbin/umount.nfs": "mount.nfs",
+                   "sbin/umount.nfs4": "mount.nfs"}
+_USERLAND_FILES = ("etc/netconfig",)
+_ETC = {
+    "etc/hosts": "127.0.0.1 localhost\n",
+    "etc/passwd": "root:x:0:0:root:/:/bin/sh\nstatd:x:104:65534::/var/lib/nfs:/bin/false\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/services": "sunrpc 111/tcp portmapper\nsunrpc 111/udp portmapper\nnfs 2049/tcp\n",
+    "etc/protocols": "ip 0 IP\ntcp 6 TCP\nudp 17 UDP\n",
+    "etc/fstab": "",
+}
+
 _INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
+ln -s /proc/mounts /etc/mtab
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
@@ -77,6 +97,13 @@ poweroff -f
 
 _EXIT = re.compile(r"nfsj-guest: exit (\d+)")
 
+#: Directories of the base initramfs.
+_DIRS = ("bin", "dev", "proc", "sys", "tmp", "run", "modules", "mnt", "etc", "var", "var/lib",
+         "var/lib/nfs", "var/lib/nfs/sm", "var/lib/nfs/sm.bak")
+
+#: Bump when the initramfs's contents change, so that a cached one is rebuilt.
+_INITRD_FORMAT = 2
+
 
 class GuestUnavailable(RuntimeError):
     """The kernel, busybox or qemu could not be found or built (says how to install them)."""
@@ -91,27 +118,14 @@ class KernelImage:
     initrd: Path
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Mount:
-    """One NFS mount inside the guest; `options` as `mount -o` takes them."""
+def mount_line(port: int, mountpoint: str = "/mnt", *, options: str = "vers=3,proto=tcp,nolock",
+               mount_port: int | None = None, export: str = "/export") -> str:
+    """The mount command a user types for a server on the host (the README's form).
 
-    port: int
-    mountpoint: str = "/mnt"
-    options: str = "vers=3,proto=tcp,nolock"
-    export: str = "/export"
-    mount_port: int | None = None  # None: the same port (the proxy serves MOUNT there)
-
-    def command(self) -> str:
-        host = HOST_FROM_GUEST
-        opts = self.options
-        if "vers=3" in opts:
-            mport = self.mount_port or self.port
-            opts += f",port={self.port},mountport={mport},mountproto=tcp,mountaddr={host}"
-        else:
-            opts += f",port={self.port}"
-        # busybox's mount wants the server address in the options.
-        return (f"mkdir -p {self.mountpoint}\n"
-                f"mount -t nfs -o {opts},addr={host} {host}:{self.export} {self.mountpoint}\n")
+    `mount_port` None: MOUNT is served on `port` too, as the proxy does.
+    """
+    return (f"mount -t nfs -o {options},port={port},mountport={mount_port or port} "
+            f"{HOST_FROM_GUEST}:{export} {mountpoint}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,13 +152,14 @@ def _kernel_package() -> str:
     return m.group(1)
 
 
-def _unpack_kernel(package: str, into: Path) -> Path:
+def _unpack(packages: tuple[str, ...], into: Path) -> Path:
+    """`apt-get download` the packages (not installed on the host) and unpack them into one root."""
     into.mkdir(parents=True, exist_ok=True)
-    _run(["apt-get", "download", package], cwd=into)
-    deb = next(into.glob(f"{package}_*.deb"))
+    _run(["apt-get", "download", *packages], cwd=into)
     root = into / "root"
-    _run(["dpkg-deb", "-x", str(deb), str(root)])
-    deb.unlink()
+    for deb in into.glob("*.deb"):
+        _run(["dpkg-deb", "-x", str(deb), str(root)])
+        deb.unlink()
     return root
 
 
@@ -177,6 +192,9 @@ class _Cpio:
     def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
         self._add(name, stat.S_IFREG | mode, data)
 
+    def symlink(self, name: str, target: str) -> None:
+        self._add(name, stat.S_IFLNK | 0o777, target.encode())
+
     def chardev(self, name: str, major: int, minor: int) -> None:
         self._add(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
 
@@ -192,12 +210,14 @@ def _busybox() -> bytes:
     raise GuestUnavailable("no static busybox: apt-get install busybox-static")
 
 
-def _base_initrd(modules_root: Path) -> bytes:
+def _base_initrd(modules_root: Path, userland_root: Path) -> bytes:
     cpio = _Cpio()
-    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "modules", "mnt"):
+    for d in _DIRS:
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.file("bin/busybox", _busybox(), 0o755)
+    for name, text in _ETC.items():
+        cpio.file(name, text.encode())
     cpio.file("init", _INIT.encode(), 0o755)
     names = []
     for rel in _MODULES:
@@ -207,7 +227,38 @@ def _base_initrd(modules_root: Path) -> bytes:
         names.append(path.name)
         cpio.file(f"modules/{path.name}", path.read_bytes())
     cpio.file("modules.order", "\n".join(names).encode() + b"\n")
+    _add_userland(cpio, userland_root)
     return cpio.finish()
+
+
+def _add_userland(cpio: _Cpio, root: Path) -> None:
+    """nfs-common's programs from `root`, and every shared library they load."""
+    libdirs = [root / "lib" / "x86_64-linux-gnu", root / "usr" / "lib" / "x86_64-linux-gnu"]
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(map(str, libdirs)))
+    libraries: dict[str, Path] = {}
+    for rel in _USERLAND_PROGRAMS:
+        program = root / rel
+        out = subprocess.run(["ldd", str(program)], env=env, capture_output=True, text=True).stdout
+        for m in re.finditer(r"(?:=> )?(/\S+) \(0x", out):
+            found = Path(m.group(1))
+            # A library unpacked from a package goes where the guest's loader looks.
+            where = (f"lib/x86_64-linux-gnu/{found.name}" if root in found.parents
+                     else str(found).lstrip("/"))
+            libraries[where] = found
+    made = {".", *_DIRS}
+    for rel in sorted({*_USERLAND_PROGRAMS, *_USERLAND_LINKS, *_USERLAND_FILES, *libraries}):
+        for parent in reversed(Path(rel).parents):
+            if str(parent) not in made:
+                cpio.dir(str(parent))
+                made.add(str(parent))
+    for rel in _USERLAND_PROGRAMS:
+        cpio.file(rel, (root / rel).read_bytes(), 0o755)
+    for rel, target in _USERLAND_LINKS.items():
+        cpio.symlink(rel, target)
+    for rel in _USERLAND_FILES:
+        cpio.file(rel, (root / rel).read_bytes())
+    for where, found in sorted(libraries.items()):
+        cpio.file(where, found.read_bytes(), 0o755)
 
 
 def default_cache_dir() -> Path:
@@ -222,15 +273,16 @@ def build_image(cache_dir: Path | None = None) -> KernelImage:
     package = _kernel_package()
     version = package.removeprefix("linux-image-")
     home = (cache_dir or default_cache_dir()) / version
-    image = KernelImage(version, home / "vmlinux", home / "initrd.cpio")
+    image = KernelImage(version, home / "vmlinux", home / f"initrd-{_INITRD_FORMAT}.cpio")
     if image.vmlinux.exists() and image.initrd.exists():
         return image
-    with tempfile.TemporaryDirectory(dir=home.parent if home.parent.exists() else None) as work:
-        root = _unpack_kernel(package, Path(work))
+    with tempfile.TemporaryDirectory() as work:
+        root = _unpack((package,), Path(work) / "kernel")
+        userland = _unpack(_USERLAND_PACKAGES, Path(work) / "userland")
         bzimage = (root / "boot" / f"vmlinuz-{version}").read_bytes()
         modules = root / "lib" / "modules" / version / "kernel"
         home.mkdir(parents=True, exist_ok=True)
-        _write_atomic(image.initrd, _base_initrd(modules))
+        _write_atomic(image.initrd, _base_initrd(modules, userland))
         _write_atomic(image.vmlinux, _vmlinux_from_bzimage(bzimage))
     return image
 
@@ -254,13 +306,16 @@ class Guest:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._runs = 0
 
-    def run(self, script: str, mounts: list[Mount] = (), *, timeout_s: float = 300.0) -> GuestResult:
-        """Mount `mounts` in order, run `script` with `sh -e`, unmount; return its exit code."""
+    def run(self, script: str, mounts: list[str] = (), *, timeout_s: float = 300.0) -> GuestResult:
+        """Run each mount command line (its mount point is made first), then `script`
+        with `sh -e`, then unmount; return the script's exit code and the console."""
         self._runs += 1
         initrd = self.workdir / f"initrd-{self._runs}.cpio"
+        mountpoints = [line.split()[-1] for line in mounts]
         extra = _Cpio()
-        extra.file("run/mounts.sh", "".join(m.command() for m in mounts).encode())
-        extra.file("run/mountpoints", "\n".join(m.mountpoint for m in mounts).encode() + b"\n")
+        extra.file("run/mounts.sh", "".join(f"mkdir -p {mp}\n{line}\n"
+                                            for mp, line in zip(mountpoints, mounts)).encode())
+        extra.file("run/mountpoints", "\n".join(mountpoints).encode() + b"\n")
         extra.file("run/script.sh", script.encode())
         with open(initrd, "wb") as out:
             out.write(self.image.initrd.read_bytes())
@@ -280,3 +335,9 @@ class Guest:
         (self.workdir / f"console-{self._runs}.txt").write_text(console)
         m = _EXIT.search(console)
         return GuestResult(int(m.group(1)) if m else None, console)
+
+
+if __name__ == "__main__":
+    # `.ci/run` builds the image before the tests, so that a missing package fails early and plainly.
+    built = build_image()
+    print(f"kernel NFS client test bed: {built.version} ({built.vmlinux}, {built.initrd})")

@@ -19,14 +19,18 @@ host's address, 10.0.2.2).
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from e2e.test_acceptance import NFSJ, nfsj, now_bound, run_baseline, wait_proven
 from e2e.test_metrics import _free_port, scrape, value
-from e2e.test_acceptance import nfsj, now_bound, run_baseline, wait_proven
+from e2e.test_up import _read_until
 from e2e.treecompare import diff, snapshot
-from kernel_guest import Mount
+from kernel_guest import HOST_FROM_GUEST, mount_line
 from nfsproxy.ganesha import start_ganesha
 
 # One workload, run in the directory given as $1. Deterministic content, so the
@@ -106,8 +110,8 @@ def other_nas(tmp_path):
         nas.stop()
 
 
-def _mount_nas(nas, mountpoint: str) -> Mount:
-    return Mount(nas.nfs_port, mountpoint, mount_port=nas.mount_port)
+def _mount_nas(nas, mountpoint: str) -> str:
+    return mount_line(nas.nfs_port, mountpoint, mount_port=nas.mount_port)
 
 
 def test_kernel_client_workload_through_the_proxy_equals_direct_and_restores(
@@ -117,7 +121,7 @@ def test_kernel_client_workload_through_the_proxy_equals_direct_and_restores(
     run_baseline(proxy)
 
     result = guest.run(WORKLOAD, [_mount_nas(other_nas, "/mnt/direct"),
-                                  Mount(proxy.port, "/mnt/proxied")])
+                                  mount_line(proxy.port, "/mnt/proxied")])
     assert result.exit_code == 0, f"the guest's workload failed:\n{result.console[-4000:]}"
     assert "workload done" in result.console
 
@@ -174,8 +178,8 @@ def test_nconnect_spreads_one_client_over_four_connections_and_restores(
     proxy = proxy_factory(extra=["--shard", shard.address, "--metrics", f"127.0.0.1:{metrics_port}"])
     run_baseline(proxy)
 
-    result = guest.run(NCONNECT_WORKLOAD, [Mount(proxy.port, "/mnt",
-                                                 options="vers=3,proto=tcp,nolock,nconnect=4")])
+    result = guest.run(NCONNECT_WORKLOAD, [mount_line(proxy.port, "/mnt",
+                                                      options="vers=3,proto=tcp,nolock,nconnect=4")])
     assert result.exit_code == 0, f"the guest's workload failed:\n{result.console[-4000:]}"
     assert "nconnect done" in result.console
 
@@ -191,3 +195,23 @@ def test_nconnect_spreads_one_client_over_four_connections_and_restores(
     assert done.returncode == 0, done.stderr
     assert not (problems := diff(truth, snapshot(restored, mtimes=True), mtimes=True)), \
         "\n".join(problems)
+
+
+@pytest.mark.ganesha
+def test_the_mount_line_nfsj_up_prints_works_in_the_kernel_client(guest, tmp_path: Path):
+    port, shard_base = _free_port(), _free_port() + 1000
+    proc = subprocess.Popen([*NFSJ, "up", "--data", str(tmp_path / "data"),
+                             "--listen", f"127.0.0.1:{port}", "--shard-base-port", str(shard_base)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = "".join(_read_until(proc, r"^baseline: "))
+        line = re.search(r"^  mount +(mount .*)$", banner, re.M).group(1)
+        # As printed; only the host's loopback is 10.0.2.2 from inside the guest.
+        result = guest.run("echo through-the-printed-line > /mnt/hello\ngrep ' /mnt nfs' /proc/mounts",
+                           [line.replace("127.0.0.1:", f"{HOST_FROM_GUEST}:")])
+        assert result.exit_code == 0, f"{line}\n{result.console[-3000:]}"
+        assert (tmp_path / "data" / "demo-export" / "hello").read_text() == "through-the-printed-line\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

@@ -42,7 +42,7 @@ def test_up_runs_the_stack_and_stops_it(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = "".join(_read_until(proc, r"^baseline: "))
-        assert f"mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port} 127.0.0.1:/export /mnt" in banner
+        assert f"mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock 127.0.0.1:/export /mnt" in banner
         assert f"nfs://127.0.0.1/export?version=3&nfsport={port}&mountport={port}" in banner
         assert re.search(r"metrics +http://127\.0\.0\.1:\d+/metrics \(proxy\)", banner)
         assert f"nfsj status --shard 127.0.0.1:{shard_base} --shard 127.0.0.1:{shard_base + 1}" in banner
