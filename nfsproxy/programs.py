@@ -1,7 +1,7 @@
 """The dispatch table: `(prog, vers, proc) -> Procedure`, in one place.
 
-Every ONC-RPC procedure the proxy understands (NFSv3, MOUNT v3, portmapper
-v2) is listed here with its argument and result codecs and whether it is
+Every ONC-RPC procedure the proxy understands (NFSv3, MOUNT v3, NFSACL v3,
+portmapper v2) is listed here with its argument and result codecs and whether it is
 journaled. The relay looks a call up with `lookup()`; a miss is answered or
 passed through by the caller, and `versions()` gives the range to put in a
 PROG_MISMATCH reply.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from . import mount, nfs3, portmap
+from . import mount, nfs3, nfsacl, portmap
 from .procedure import Procedure
 
 __all__ = ["Procedure", "PROGRAMS", "lookup", "versions"]
@@ -22,7 +22,7 @@ __all__ = ["Procedure", "PROGRAMS", "lookup", "versions"]
 
 def _build() -> dict[tuple[int, int, int], Procedure]:
     table: dict[tuple[int, int, int], Procedure] = {}
-    for procedures in (nfs3.PROCEDURES, mount.PROCEDURES, portmap.PROCEDURES):
+    for procedures in (nfs3.PROCEDURES, mount.PROCEDURES, nfsacl.PROCEDURES, portmap.PROCEDURES):
         for p in procedures.values():
             key = (p.prog, p.vers, p.proc)
             if key in table:

@@ -282,16 +282,16 @@ def test_programs_cover_every_procedure():
     assert {k for k in PROGRAMS if k[0] == 100003} == {(100003, 3, p) for p in range(22)}
     assert {k for k in PROGRAMS if k[0] == 100005} == {(100005, 3, p) for p in range(6)}
     assert {k for k in PROGRAMS if k[0] == 100000} == {(100000, 2, p) for p in range(6)}
-    assert len(PROGRAMS) == 34
+    assert {k for k in PROGRAMS if k[0] == 100227} == {(100227, 3, p) for p in range(3)}
+    assert len(PROGRAMS) == 37
     for key, proc in PROGRAMS.items():
         assert isinstance(proc, Procedure)
         assert (proc.prog, proc.vers, proc.proc) == key
 
 
-def test_only_nfs3_mutations_are_journaled():
-    mutating = {p.name for p in PROGRAMS.values() if p.mutating}
-    assert mutating == _NFS_MUTATING
-    assert all(p.prog == 100003 for p in PROGRAMS.values() if p.mutating)
+def test_only_nfs3_mutations_and_nfsacl_setacl_are_journaled():
+    mutating = {(p.prog, p.name) for p in PROGRAMS.values() if p.mutating}
+    assert mutating == {(100003, name) for name in _NFS_MUTATING} | {(100227, "SETACL")}
     assert not lookup(100005, 3, mount.MountProc3.MNT).mutating
 
 
@@ -302,7 +302,8 @@ def test_lookup_and_versions():
     assert write.res is nfs3.WRITE3res.xdr
     assert lookup(100003, 3, 22) is None
     assert lookup(100003, 4, 0) is None
-    assert lookup(100227, 3, 0) is None
+    assert lookup(100227, 3, 3) is None
+    assert lookup(100227, 3, 2).name == "SETACL"
     assert versions(100003) == (3, 3)
     assert versions(100005) == (3, 3)
     assert versions(100000) == (2, 2)
