@@ -6,7 +6,9 @@ RPC messages are relayed both ways byte for byte; the proxy only parses the
 call header, the arguments of calls it watches, and their replies (matched
 by XID). A mutation's record is stamped when the call arrives and journaled
 when the reply arrives; with `sync` durability the reply reaches the client
-only after its record is fsynced.
+only after its record is fsynced. A mutation that conflicts with one still in
+flight waits for that one's reply and is stamped when it leaves
+(`nfsproxy.conflict`), so stamp order is the NAS's order for conflicting calls.
 
 Flow control follows uvicorn: a peer whose write buffer passes the
 high-water mark pauses reading on the other side until it drains.

@@ -256,6 +256,44 @@ def test_restore_keeps_the_nas_order_of_conflicting_calls(nas, shard_factory, pr
     assert holds > 0, "no call was ever held: the race was not exercised"
 
 
+def test_held_calls_go_when_their_clients_disconnect(nas, shard_factory, proxy_factory, tmp_path):
+    """A holds a file with a 1 MiB WRITE, B's WRITE waits behind it, C's
+    truncation behind both; A and B hang up as soon as they have sent. C
+    still gets its reply, nothing stays in flight (the consistent point
+    passes the trials), and the restore equals the NAS."""
+    shard = shard_factory(0)
+    metrics_port = _free_port()
+    proxy = proxy_factory(extra=["--shard", shard.address, "--metrics", f"127.0.0.1:{metrics_port}"])
+    _nfsj_ok("baseline", "--log", str(proxy.log_dir), "--quiet")
+    setup = NfsClient("127.0.0.1", proxy.port, proxy.port, "/export", timeout_s=60.0)
+    root = setup.mount()
+    d = created_fh(setup, setup.mkdir(root, "gone", 0o755), root, "gone")
+    for i in range(10):
+        fh = _create(setup, d, f"f{i}")
+        a, b, c = (Wire(proxy.port, f"client-{n}") for n in "abc")
+        messages = [a.encode(Proc3.WRITE, WRITE3args(fh, 0, len(A_DATA), StableHow.UNSTABLE, A_DATA)),
+                    b.encode(Proc3.WRITE, WRITE3args(fh, 0, len(B_DATA), StableHow.UNSTABLE, B_DATA)),
+                    c.encode(Proc3.SETATTR, SETATTR3args(fh, sattr3(size=TRUNCATED_SIZE), None))]
+        for wire, (_, message) in zip((a, b, c), messages):
+            wire.send(message)
+        a.close()
+        b.close()
+        assert c.reply(messages[2][0], Proc3.SETATTR).status is Nfsstat3.NFS3_OK
+        c.close()
+    setup.close()
+
+    moment = _now_bound()
+    _wait_proven([shard.address], moment)
+    dest = tmp_path / "restored"
+    _nfsj_ok("restore", "--at", str(moment), "--to", str(dest), "--shard", shard.address)
+    problems = diff(snapshot(nas.export_dir, mtimes=True), snapshot(dest, mtimes=True), mtimes=True,
+                    names=("NAS", "restore"))
+    assert not problems, "\n".join(problems)
+    samples = _scrape(metrics_port)
+    assert samples.get("nfsj_proxy_conflict_holds_total", 0) > 0
+    assert samples.get("nfsj_proxy_conflict_held_calls") == 0
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 
