@@ -12,7 +12,8 @@ the NAS applied the earlier call, so the two stamps are in the NAS's order.
 What conflicts (`Claims.conflicts`):
 
 * on one file handle: WRITEs with overlapping byte ranges, and a size change
-  (SETATTR with a size) against any WRITE or size change;
+  (SETATTR with a size, or an UNCHECKED CREATE with a size over a name whose
+  handle the proxy knows) against any WRITE or size change;
 * any two calls naming the same directory entry (dir fh, name): CREATE,
   MKDIR, SYMLINK, MKNOD, REMOVE and RMDIR their name, RENAME both names,
   LINK the new name.
@@ -36,9 +37,11 @@ the calls `release` hands back.
 from __future__ import annotations
 
 import dataclasses
-from typing import Hashable
+from typing import Any, Callable, Hashable
 
 from logstore.record import Op, Record
+
+from .nfs3 import CreateMode
 
 __all__ = ["Claims", "ConflictTable", "claims_of"]
 
@@ -80,13 +83,22 @@ class Claims:
         return a0 < b1 and b0 < a1
 
 
-def claims_of(record: Record) -> Claims:
-    """The claims of a mutation's record, as capture builds it when the call arrives."""
+def claims_of(record: Record, handle_of: Callable[[bytes, Any], bytes | None] | None = None) -> Claims:
+    """The claims of a mutation's record, as capture builds it when the call arrives.
+
+    `handle_of(dir_fh, name)` (the proxy's binding cache) names the file an
+    UNCHECKED CREATE with a size would truncate, if the name exists.
+    """
     op = record.op
     if op == Op.WRITE:
         return Claims(fh=record.fh, written=(record.offset, record.offset + record.count))
     if op == Op.SETATTR:
         return Claims(fh=record.fh, size=True) if record.set.HasField("size") else Claims()
+    if op == Op.CREATE and record.create_mode == CreateMode.UNCHECKED and record.set.HasField("size") \
+            and handle_of is not None:
+        existing = handle_of(record.dir_fh, record.name)
+        if existing is not None:
+            return Claims(fh=existing, size=True, entries=((record.dir_fh, record.name),))
     if op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR):
         return Claims(entries=((record.dir_fh, record.name),))
     if op == Op.RENAME:

@@ -277,7 +277,7 @@ class ClientSession(_Peer):
         order is the NAS's order. Later calls of this session keep flowing.
         """
         proxy = self.proxy
-        if proxy.conflicts.admit(id(pending), claims_of(pending.record)):
+        if proxy.conflicts.admit(id(pending), claims_of(pending.record, proxy.capture.bindings.handle_of)):
             return False
         proxy.release(id(pending))
         proxy._held_calls[id(pending)] = (self, pending, link, message)

@@ -25,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from logstore.record import Op, Record
 from nfsproxy.conflict import Claims, ConflictTable, claims_of
+from nfsproxy.nfs3 import CreateMode
 
 FHS = (b"file-a", b"file-b")
 ENTRIES = tuple((d, n) for d in (b"dir-1", b"dir-2") for n in ("x", "y"))
@@ -165,6 +166,17 @@ def _record(op: Op, **fields) -> Record:
 def test_claims_of_records(a: Record, b: Record, conflict: bool):
     assert claims_of(a).conflicts(claims_of(b)) is conflict
     assert claims_of(b).conflicts(claims_of(a)) is conflict
+
+
+def test_an_unchecked_create_with_a_size_truncates_the_file_it_names():
+    create = _record(Op.CREATE, dir_fh=b"d", name="x", size=0)
+    known = {(b"d", "x"): b"f"}.get
+    write = claims_of(_record(Op.WRITE, fh=b"f", offset=0, count=1))
+    assert claims_of(create, lambda d, n: known((d, n))).conflicts(write)
+    assert not claims_of(create).conflicts(write)  # a name the proxy has not seen: the entry only
+    assert not claims_of(_record(Op.CREATE, dir_fh=b"d", name="x"), lambda d, n: known((d, n))).conflicts(write)
+    guarded = _record(Op.CREATE, dir_fh=b"d", name="x", size=0, create_mode=CreateMode.GUARDED)
+    assert not claims_of(guarded, lambda d, n: known((d, n))).conflicts(write)  # fails if x exists
 
 
 @given(claims(), claims())
