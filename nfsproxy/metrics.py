@@ -58,7 +58,9 @@ class ProxyCollector(Collector):
         yield _histogram("nfsj_proxy_backend_latency_seconds", "Call arrival to the NAS's reply",
                          stats.backend_latency)
         for name, doc, value in (
-                ("nfsj_proxy_sessions_open", "Client connections open", stats.sessions_open),):
+                ("nfsj_proxy_sessions_open", "Client connections open", stats.sessions_open),
+                ("nfsj_proxy_conflict_held_calls", "Mutations waiting now for a conflicting call's reply",
+                 self.running.proxy.conflicts.held_now)):
             yield GaugeMetricFamily(name, doc, value=value)
         for name, doc, value in (
                 ("nfsj_proxy_sessions", "Client connections accepted", stats.sessions_total),
@@ -66,6 +68,8 @@ class ProxyCollector(Collector):
                  stats.protocol_errors_total),
                 ("nfsj_proxy_backend_failures", "Client connections closed because the NAS connection ended",
                  stats.backend_failures_total),
+                ("nfsj_proxy_conflict_holds", "Mutations held until an earlier conflicting call's reply was back",
+                 stats.conflict_holds_total),
                 ("nfsj_journal_records", "Records journaled (mutations, bindings, baseline pieces)",
                  stats.records_total),
                 ("nfsj_journal_failed_mutations", "Mutations the NAS refused (journaled as failed)",

@@ -6,7 +6,9 @@ RPC messages are relayed both ways byte for byte; the proxy only parses the
 call header, the arguments of calls it watches, and their replies (matched
 by XID). A mutation's record is stamped when the call arrives and journaled
 when the reply arrives; with `sync` durability the reply reaches the client
-only after its record is fsynced.
+only after its record is fsynced. A mutation that conflicts with one still in
+flight waits for that one's reply and is stamped when it leaves
+(`nfsproxy.conflict`), so stamp order is the NAS's order for conflicting calls.
 
 Flow control follows uvicorn: a peer whose write buffer passes the
 high-water mark pauses reading on the other side until it drains.
@@ -28,6 +30,7 @@ from logstore.record import Op, Record
 from logstore.stamp import Stamp
 
 from .capture import Capture, Pending
+from .conflict import ConflictTable, claims_of
 from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
@@ -73,6 +76,9 @@ class Proxy:
         self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
         self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
+        #: Mutations of all sessions in flight or held behind a conflicting one (nfsproxy.conflict).
+        self.conflicts = ConflictTable()
+        self._held_calls: dict[int, tuple[ClientSession, Pending, BackendLink, memoryview]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
@@ -122,6 +128,13 @@ class Proxy:
         """
         while any(s < stamp for k, s in self._inflight.items() if k != own_key):
             await asyncio.sleep(0.0005)
+
+    def release_conflicts(self, key: int) -> None:
+        """A mutation's reply is back (or it is abandoned): send the calls held behind it."""
+        self._held_calls.pop(key, None)  # abandoned while held
+        for freed in self.conflicts.release(key):
+            session, pending, link, message = self._held_calls.pop(freed)
+            session.send_released(pending, link, message)
 
     def stable_stamp(self) -> Stamp:
         """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
@@ -244,6 +257,8 @@ class ClientSession(_Peer):
         link = self.links.get(where)
         if link is None:
             link = self.links[where] = BackendLink(self, where)
+        if pending is not None and pending.record is not None and self._held_back(pending, link, message):
+            return
         if pending is not None and pending.record is not None and proxy.journal is not None \
                 and proxy.journal.must_hold():
             # Block policy: a mutation must not reach the NAS while its record
@@ -251,6 +266,48 @@ class ClientSession(_Peer):
             self.held = True
             self.transport.pause_reading()
             proxy.spawn(self._send_when_space(link, message))
+            return
+        link.send(message)
+
+    def _held_back(self, pending: Pending, link: "BackendLink", message: memoryview) -> bool:
+        """Hold a mutation that conflicts with one in flight, until that one's reply is back.
+
+        Its arrival stamp is dropped: `send_released` stamps it when it leaves,
+        after the NAS applied the earlier call, so for conflicting calls stamp
+        order is the NAS's order. Later calls of this session keep flowing.
+        """
+        proxy = self.proxy
+        if proxy.conflicts.admit(id(pending), claims_of(pending.record, proxy.capture.bindings.handle_of)):
+            return False
+        proxy.release(id(pending))
+        proxy._held_calls[id(pending)] = (self, pending, link, message)
+        proxy.stats.conflict_holds_total += 1
+        return True
+
+    def send_released(self, pending: Pending, link: "BackendLink", message: memoryview) -> None:
+        """Send a held mutation whose earlier conflicting calls are all answered.
+
+        Sent even if the client has gone meanwhile, as it would have been had
+        it not waited (its session drains before closing the NAS link). If
+        that link is closed, the call never reaches the NAS and is forgotten.
+        """
+        proxy = self.proxy
+        if link.closed:
+            proxy.release_conflicts(id(pending))
+            return
+        pending.record.stamp = proxy.stamp_call(id(pending))
+        if proxy.journal is not None and proxy.journal.must_hold():
+            proxy.spawn(self._send_released_when_space(pending, link, message))
+            return
+        link.send(message)
+
+    async def _send_released_when_space(self, pending: Pending, link: "BackendLink",
+                                        message: memoryview) -> None:
+        # Block policy: as in `_send_when_space`, nothing reaches the NAS unjournaled.
+        await self.proxy.journal.wait_until_journaling()
+        if link.closed:
+            self.proxy.release(id(pending))
+            self.proxy.release_conflicts(id(pending))
             return
         link.send(message)
 
@@ -280,6 +337,8 @@ class ClientSession(_Peer):
         if timing is not None:
             self.proxy.stats.backend_reply(timing[0], len(message), time.perf_counter() - timing[1])
         pending = self.pending.pop(reply.xid, None)
+        if pending is not None and pending.record is not None:
+            self.proxy.release_conflicts(id(pending))  # the NAS applied it: held calls may go
         if pending is None:
             if self.fsinfo_xids and reply.xid in self.fsinfo_xids:
                 self.fsinfo_xids.discard(reply.xid)
@@ -390,6 +449,7 @@ class ClientSession(_Peer):
     def _close_links(self) -> None:
         for link in self.links.values():
             link.close()
+        self._forget_held()
         lost = [p for p in self.pending.values() if p.record is not None]
         if lost:
             logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
@@ -397,7 +457,18 @@ class ClientSession(_Peer):
                          self.peer, len(lost))
         for pending in self.pending.values():
             self.proxy.release(id(pending))
+            self.proxy.release_conflicts(id(pending))
         self.pending.clear()
+
+    def _forget_held(self) -> None:
+        """Held calls that can no longer be sent (the NAS links are closed) never
+        reached the NAS: forget them, and let calls held behind them go."""
+        held = {xid: p for xid, p in self.pending.items()
+                if p.record is not None and self.proxy.conflicts.is_held(id(p))}
+        for xid, pending in held.items():
+            del self.pending[xid]
+        for pending in held.values():
+            self.proxy.release_conflicts(id(pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

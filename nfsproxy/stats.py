@@ -50,6 +50,7 @@ class RelayStats:
         self.backend_failures_total = 0
         self.records_total = 0
         self.failed_mutations_total = 0
+        self.conflict_holds_total = 0  # mutations held behind a conflicting call in flight
         self.calls_total: dict[tuple[int, int], int] = {}
         self.call_bytes_total: dict[tuple[int, int], int] = {}
         self.reply_bytes_total: dict[tuple[int, int], int] = {}
