@@ -186,6 +186,7 @@ def test_a_cancelled_baseline_stops_and_the_next_runs_alone(stack_of, how):
     stack = stack_of(many_files)
     first = stack.start_baseline()
     stack.wait_baseline_begun()
+    time.sleep(0.5)  # into the files of big/
     first.send_signal(how)
     first.communicate(timeout=CLI_TIMEOUT_S)
     assert first.returncode != 0, "the first baseline ended before it was cancelled: nothing was tested"
