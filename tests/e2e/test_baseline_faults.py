@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -216,6 +215,6 @@ def test_a_second_baseline_waits_for_the_running_one(stack_of):
     assert second.returncode == 0, f"the second nfsj baseline failed:\n{second.stdout}\n{second.stderr}"
     assert "waiting: another baseline is running on this proxy" in second.stderr, second.stderr
     stack.proxy.stop()
-    (a, first_pieces), (b, second_pieces) = sorted(pieces_by_baseline(stack.proxy.log_dir).items())
+    (_, first_pieces), (_, second_pieces) = sorted(pieces_by_baseline(stack.proxy.log_dir).items())
     first_end = max(r.stamp for r in first_pieces)
     assert first_end < min(r.stamp for r in second_pieces), "the two baselines overlapped"
