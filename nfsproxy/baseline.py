@@ -20,6 +20,12 @@ baseline's id), the root, then for every entry a piece with the binding
 (dir fh, name) and attributes, file contents in pieces of at most
 `chunk_bytes`, and BASELINE_END with the counts. A restore may start from a
 baseline only once its END is held (it "ended" at the END's stamp).
+
+Every stamp the scan takes is released on every path: journaled, the object
+gone (`NFS3ERR_STALE`/`NOENT` between listing and reading: skipped and
+counted, its REMOVE is in the journal), an NFS or transport error (the
+baseline fails), or a cancelled baseline. A stamp left in flight would hold
+the proxy's stable stamp, and so the consistent point, back for good.
 """
 
 from __future__ import annotations
@@ -28,19 +34,26 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from logstore.record import Op, Record
 
 from .capture import fattr_to_attr
 from .client import NfsClient, NfsError
-from .nfs3 import Ftype3
+from .nfs3 import Ftype3, Nfsstat3
 
 __all__ = ["BaselineProgress", "run_baseline"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+
+#: What the NAS answers for an object removed since it was listed.
+_GONE = (Nfsstat3.NFS3ERR_STALE, Nfsstat3.NFS3ERR_NOENT)
+
+
+def _gone(e: NfsError) -> bool:
+    return e.status in _GONE
 
 
 @dataclasses.dataclass(slots=True)
@@ -52,6 +65,7 @@ class BaselineProgress:
     baseline_id: bytes = b""
     end: bytes = b""
     done: bool = False
+    vanished: int = 0  # objects removed between their listing and their read: skipped
 
 
 async def run_baseline(proxy, client_factory: Callable[[], NfsClient], *,
@@ -60,16 +74,19 @@ async def run_baseline(proxy, client_factory: Callable[[], NfsClient], *,
     """Scan the whole export into the proxy's LOG.
 
     `proxy` is the running `nfsproxy.relay.Proxy` (its clock and journal);
-    `client_factory` opens an NfsClient straight to the NAS.
+    `client_factory` opens an NfsClient straight to the NAS. Cancelling the
+    task stops the scan and releases every stamp it holds; the baseline then
+    has no END and no restore starts from it.
     """
     scan = _Scan(proxy, chunk_bytes, progress)
     client = await asyncio.to_thread(client_factory)
     try:
-        root = await asyncio.to_thread(client.mount)
+        root = await scan.nfs(client.mount)
         await scan.begin()
         await scan.walk(client, root)
         await scan.end()
     finally:
+        scan.release_all()
         await asyncio.to_thread(client.close)
     return scan.state
 
@@ -81,44 +98,75 @@ class _Scan:
         self.progress = progress
         self.state = BaselineProgress()
         self._seen_fileids: set[int] = set()
+        # Stamps in flight, by key; the key objects stay alive so that their
+        # ids cannot be reused by the relay's calls while they are held.
+        self._held: dict[int, object] = {}
 
-    async def _journal(self, record: Record, data: memoryview | bytes | None = None, key: object = None) -> None:
-        """Append `record` (already stamped under `key`, or stamped now) and release its stamp."""
-        key = key if key is not None else object()
-        if not record.stamp:
-            record.stamp = self.proxy.stamp_call(id(key))
+    # -- stamps and NFS calls ---------------------------------------------------
+
+    def _stamp(self) -> tuple[int, bytes]:
+        """A fresh stamp, in flight under the returned key until `_release`."""
+        token = object()
+        key = id(token)
+        self._held[key] = token
+        return key, self.proxy.stamp_call(key)
+
+    def _release(self, key: int) -> None:
+        self._held.pop(key, None)
+        self.proxy.release(key)
+
+    def release_all(self) -> None:
+        """Release every stamp still held (the scan failed or was cancelled)."""
+        for key in list(self._held):
+            self._release(key)
+
+    async def nfs(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run one blocking NFS call in a thread. On cancellation, wait for the
+        call to end first: the client must not be closed (its socket's fd
+        reused) under a thread still reading from it."""
+        running = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait([running])
+            raise
+
+    async def _journal(self, record: Record, key: int, data: memoryview | bytes | None = None) -> None:
+        """Append `record` (stamped under `key`) and release its stamp."""
         try:
             await self.proxy.journal.append(record, data)
         finally:
-            self.proxy.release(id(key))
+            self._release(key)
 
-    def _stamp(self, key: object) -> bytes:
-        return self.proxy.stamp_call(id(key))
+    def _vanished(self, path: str) -> None:
+        self.state.vanished += 1
+        logger.debug("baseline: %s was removed before it was read; skipped", path)
+
+    # -- the walk -----------------------------------------------------------------
 
     async def begin(self) -> None:
-        record = Record(op=Op.BASELINE_BEGIN, ok=True)
-        key = object()
-        record.stamp = self._stamp(key)
-        record.baseline_id = record.stamp
-        self.state.baseline_id = record.stamp
-        await self._journal(record, key=key)
+        key, stamp = self._stamp()
+        record = Record(op=Op.BASELINE_BEGIN, ok=True, stamp=stamp, baseline_id=stamp)
+        self.state.baseline_id = stamp
+        await self._journal(record, key)
 
     async def end(self) -> None:
         s = self.state
-        record = Record(op=Op.BASELINE_END, ok=True, baseline_id=s.baseline_id,
+        key, stamp = self._stamp()
+        record = Record(op=Op.BASELINE_END, ok=True, stamp=stamp, baseline_id=s.baseline_id,
                         baseline_files=s.files, baseline_bytes=s.bytes)
-        key = object()
-        record.stamp = self._stamp(key)
-        s.end = record.stamp
-        await self._journal(record, key=key)
+        s.end = stamp
+        await self._journal(record, key)
         s.done = True
         self.progress(s)
 
     async def walk(self, client: NfsClient, start_fh: bytes) -> None:
         """Breadth-first over the export, then over whatever moved into
         directories already listed while the walk went on (see `_catch_moves`)."""
-        attrs = (await asyncio.to_thread(client.getattr, start_fh)).obj_attributes
+        attrs = (await self.nfs(client.getattr, start_fh)).obj_attributes
         root_stamp = await self._piece(client, start_fh, b"", "", attrs, "/")
+        if root_stamp is None:
+            raise RuntimeError("the export's root vanished during the baseline")
         dirs: deque[tuple[bytes, str, bytes]] = deque([(start_fh, "", root_stamp)])
         moved: list[tuple[bytes, str]] = []
         watch = lambda record: moved.append((record.to_dir_fh, record.to_name))  # noqa: E731
@@ -140,11 +188,12 @@ class _Scan:
             # older than this listing: let every call stamped before it land first.
             await self.proxy.settle_below(piece_stamp)
             try:
-                entries = await asyncio.to_thread(lambda: list(client.readdirplus(dir_fh)))
+                entries = await self.nfs(lambda: list(client.readdirplus(dir_fh)))
             except NfsError as e:
-                if e.status.name != "NFS3ERR_STALE":
+                if not _gone(e):
                     raise
-                continue  # removed since its piece: the RMDIR is in the journal
+                self._vanished(dir_path or "/")  # its RMDIR is in the journal
+                continue
             for entry in entries:
                 if entry.name_handle is None:
                     continue
@@ -154,7 +203,13 @@ class _Scan:
     async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: str, fh: bytes, attrs,
                      path: str) -> None:
         if attrs is None:
-            attrs = (await asyncio.to_thread(client.getattr, fh)).obj_attributes
+            try:
+                attrs = (await self.nfs(client.getattr, fh)).obj_attributes
+            except NfsError as e:
+                if not _gone(e):
+                    raise
+                self._vanished(path)
+                return
         stamp = await self._piece(client, fh, dir_fh, name, attrs, path)
         if stamp is not None and attrs.type is Ftype3.NF3DIR:
             dirs.append((fh, path, stamp))
@@ -165,7 +220,7 @@ class _Scan:
         such target once more; objects already read are only bound again."""
         for dir_fh, name in moved:
             try:
-                found = await asyncio.to_thread(client.lookup, dir_fh, name)
+                found = await self.nfs(client.lookup, dir_fh, name)
             except NfsError:
                 continue  # gone again: the journal has what happened to it
             await self._entry(client, dirs, dir_fh, name, found.object, found.obj_attributes,
@@ -180,47 +235,67 @@ class _Scan:
         s.current = path
         first = attrs.fileid not in self._seen_fileids
         self._seen_fileids.add(attrs.fileid)
-        record = Record(op=Op.BASELINE, ok=True, fh=fh, dir_fh=dir_fh, name=name,
+        key, stamp = self._stamp()
+        record = Record(op=Op.BASELINE, ok=True, stamp=stamp, fh=fh, dir_fh=dir_fh, name=name,
                         baseline_id=s.baseline_id, baseline_first=first)
-        key = object()
-        record.stamp = stamp = self._stamp(key)
-        if not (first and attrs.type is Ftype3.NF3REG):
-            # The listing's attributes predate this stamp: a SETATTR stamped
-            # in between would be replayed first and then overwritten by them.
-            # Read them again once every call stamped before the piece landed.
-            await self.proxy.settle_below(stamp, id(key))
-            try:
-                attrs = (await asyncio.to_thread(client.getattr, fh)).obj_attributes
-                if first and attrs.type is Ftype3.NF3LNK:
-                    record.symlink_target = (await asyncio.to_thread(client.readlink, fh)).data
-            except NfsError as e:
-                self.proxy.release(id(key))
-                if e.status.name != "NFS3ERR_STALE":
-                    raise
-                return None  # removed since the listing: its REMOVE is in the journal
-            fattr_to_attr(record.attr, attrs)
-            await self._journal(record, key=key)
-            self.progress(s)
-            return stamp
-        s.files += 1
-        await self._file(client, record, key, attrs)
+        try:
+            if first and attrs.type is Ftype3.NF3REG:
+                return stamp if await self._file(client, record, key, attrs, path) else None
+            if not await self._attributes(client, record, key, first, path):
+                return None
+        finally:
+            self._release(key)  # a no-op once journaled
+        self.progress(s)
         return stamp
 
-    async def _file(self, client: NfsClient, record: Record, key: object, attrs) -> None:
-        """Journal a regular file's content in pieces, each stamped before its read."""
+    async def _attributes(self, client: NfsClient, record: Record, key: int, first: bool,
+                          path: str) -> bool:
+        """Journal a piece holding the object's attributes (and a new symlink's
+        target); False if the object is gone."""
+        # The listing's attributes predate this stamp: a SETATTR stamped
+        # in between would be replayed first and then overwritten by them.
+        # Read them again once every call stamped before the piece landed.
+        await self.proxy.settle_below(record.stamp, key)
+        try:
+            attrs = (await self.nfs(client.getattr, record.fh)).obj_attributes
+            if first and attrs.type is Ftype3.NF3LNK:
+                record.symlink_target = (await self.nfs(client.readlink, record.fh)).data
+        except NfsError as e:
+            if not _gone(e):
+                raise
+            self._vanished(path)  # its REMOVE is in the journal
+            return False
+        fattr_to_attr(record.attr, attrs)
+        await self._journal(record, key)
+        return True
+
+    async def _file(self, client: NfsClient, record: Record, key: int, attrs, path: str) -> bool:
+        """Journal a regular file's content in pieces, each stamped before its read.
+
+        False if it was gone before its first piece. Gone later, it keeps the
+        pieces already journaled: its REMOVE is stamped after them."""
         s = self.state
         offset = 0
         while True:
-            await self.proxy.settle_below(record.stamp, id(key))
-            res = await asyncio.to_thread(client.read, record.fh, offset, self.chunk_bytes)
+            await self.proxy.settle_below(record.stamp, key)
+            try:
+                res = await self.nfs(client.read, record.fh, offset, self.chunk_bytes)
+            except NfsError as e:
+                if not _gone(e):
+                    raise
+                self._release(key)
+                self._vanished(path)
+                return offset > 0
+            if offset == 0:
+                s.files += 1
             fattr_to_attr(record.attr, res.file_attributes or attrs)
             record.offset = offset
-            await self._journal(record, res.data, key=key)
+            await self._journal(record, key, res.data)
             s.bytes += len(res.data)
             offset += len(res.data)
             self.progress(s)
             if res.eof or not res.data:
-                return
-            key = object()
+                return True
+            key, stamp = self._stamp()
             record = Record(op=Op.BASELINE, ok=True, fh=record.fh, baseline_id=s.baseline_id,
-                            stamp=self._stamp(key))
+                            stamp=stamp)

@@ -79,6 +79,7 @@ class Proxy:
         #: Mutations of all sessions in flight or held behind a conflicting one (nfsproxy.conflict).
         self.conflicts = ConflictTable()
         self._held_calls: dict[int, tuple[ClientSession, Pending, BackendLink, memoryview]] = {}
+        self._settling: list[_Settling] = []  # settle_below calls waiting for releases
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
@@ -114,10 +115,18 @@ class Proxy:
 
     def hold(self, key: int, stamp: bytes) -> None:
         """Keep `stamp` (or an older one already held under `key`) in flight."""
-        self._inflight[key] = min(stamp, self._inflight.get(key, stamp))
+        held = self._inflight[key] = min(stamp, self._inflight.get(key, stamp))
+        for waiter in self._settling:
+            if held < waiter.below and key != waiter.own_key:
+                waiter.blockers.add(key)
 
     def release(self, key: int) -> None:
+        """The stamp held under `key` is in the LOG (or will never be): wake whoever waited on it."""
         self._inflight.pop(key, None)
+        for waiter in self._settling:
+            waiter.blockers.discard(key)
+            if not waiter.blockers and not waiter.woken.done():
+                waiter.woken.set_result(None)
 
     async def settle_below(self, stamp: bytes, own_key: int | None = None) -> None:
         """Wait until every call stamped below `stamp` (but `own_key`'s) has its reply.
@@ -125,9 +134,21 @@ class Proxy:
         The baseline reads an object only after this: a call stamped before
         the piece is then applied on the NAS and visible in what it reads.
         Calls stamped later are replayed on top of the piece at restore time.
+        Woken by `release` of the last such call, never by polling.
         """
-        while any(s < stamp for k, s in self._inflight.items() if k != own_key):
-            await asyncio.sleep(0.0005)
+        while True:
+            blockers = {k for k, s in self._inflight.items() if s < stamp and k != own_key}
+            if not blockers:
+                return
+            # Stamps taken from now on are above `stamp` (the clock is monotonic),
+            # so only these keys can hold it back; `hold` adds any lowered below it.
+            # Looking again after the wake-up covers a key set some other way.
+            waiter = _Settling(stamp, own_key, blockers, asyncio.get_running_loop().create_future())
+            self._settling.append(waiter)
+            try:
+                await waiter.woken
+            finally:
+                self._settling.remove(waiter)
 
     def release_conflicts(self, key: int) -> None:
         """A mutation's reply is back (or it is abandoned): send the calls held behind it."""
@@ -151,6 +172,16 @@ class Proxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Settling:
+    """One `settle_below` call: woken once every key in `blockers` is released."""
+
+    below: bytes
+    own_key: int | None
+    blockers: set[int]
+    woken: asyncio.Future
 
 
 class _Peer(asyncio.Protocol):

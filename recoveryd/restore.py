@@ -61,7 +61,10 @@ Limits worth knowing:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import heapq
 import os
@@ -649,19 +652,21 @@ class RestoreClient:
         start_node = tree.nodes[start]
         summary = RestoreSummary(str(dest), cut, path=f"/{rel}", owners=os.geteuid() == 0)
         tmp: Path | None = None
+        empty_dir_given = dest.is_dir() and not dest.is_symlink()
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.nfsj-tmp-", dir=dest.parent))
             if start_node.type == DIR:
                 self._build(cut, tree, start, tmp, summary, state, report)
-                os.rename(tmp, dest)
+                _place(tmp, dest, over_empty_dir=empty_dir_given)
                 _set_attrs(dest, start_node.attr, DIR, summary.owners)  # rename leaves it, but be sure
             else:
                 # One non-directory: built inside the temporary directory, then moved.
                 self._build(cut, tree, start, tmp / "object", summary, state, report, single=True)
-                if os.path.lexists(dest):
-                    raise RestoreRefused(f"{dest} appeared while restoring; not overwriting it")
-                os.rename(tmp / "object", dest)
+                if empty_dir_given:
+                    raise RestoreRefused(f"{dest} is a directory and /{rel} is not; give a path "
+                                         "that does not exist for one object")
+                _place(tmp / "object", dest, over_empty_dir=False)
                 tmp.rmdir()
         except BaseException as e:
             if tmp is not None:
@@ -832,6 +837,66 @@ def check_dest(dest: str | os.PathLike[str]) -> None:
         if not empty:
             raise RestoreRefused(f"{dest} is not empty; a restore never overwrites: give a new "
                                  "or empty directory")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2():
+    """glibc's renameat2 (None where libc lacks it)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move ``src`` to ``dst`` in one step that fails (FileExistsError) if ``dst``
+    exists, however late it appeared: a restore never replaces what someone
+    created meanwhile. renameat2(RENAME_NOREPLACE) where the kernel and file
+    system have it; else link + unlink for a non-directory (link refuses an
+    existing name just as atomically), mkdir + rename for a directory (the
+    rename then replaces only the empty directory it just made, and fails if
+    anything was put in it)."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # EINVAL: the flag is not supported
+            raise OSError(err, os.strerror(err), os.fsdecode(dst))
+    if os.path.isdir(src) and not os.path.islink(src):
+        os.mkdir(dst, 0o700)
+        try:
+            os.rename(src, dst)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(dst)  # ours, unless someone filled it (then rmdir fails, as it should)
+            raise
+    else:
+        os.link(src, dst, follow_symlinks=False)
+        os.unlink(src)
+
+
+def _place(built: Path, dest: Path, *, over_empty_dir: bool) -> None:
+    """Move the finished restore into place without ever replacing anything but
+    the empty directory the user gave (a rename fails if it is no longer empty)."""
+    try:
+        if over_empty_dir:
+            os.rename(built, dest)
+        else:
+            rename_noreplace(built, dest)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise RestoreRefused(f"{dest} appeared (or was filled) while restoring; a restore never "
+                                 "overwrites: give a new or empty directory") from None
+        raise
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

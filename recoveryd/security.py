@@ -36,7 +36,9 @@ Tokens file: one token per line, optionally followed by
 is read again whenever it changes (mtime, size or inode), so a token is
 revoked by deleting its line, without a restart. A line that does not parse
 at start-up stops the shard; after a change it is skipped and logged, which
-refuses that token (fail closed).
+refuses that token (fail closed). A tokens file that group or others may read
+or write is refused the same way: at start-up the shard stops, after a
+change (a chmod counts) every token is refused until it is private again.
 
 Client side: ``BearerToken.from_file`` reads a token (the first token line of
 the file, same format). Over TLS it travels as call credentials
@@ -55,6 +57,7 @@ import inspect
 import logging
 import os
 import ssl
+import stat
 import threading
 import time
 from typing import Any, Iterable, Sequence
@@ -257,6 +260,12 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _exposed(mode: int) -> str:
+    """How group or others can get at a tokens file ("" if they cannot)."""
+    can = [what for what, bits in (("read", 0o044), ("written", 0o022)) if mode & bits]
+    return " and ".join(can)
+
+
 class _TokensFile:
     """A tokens file, read again when it changes."""
 
@@ -287,6 +296,15 @@ class _TokensFile:
                          self.path, e.strerror or e)
             self._tokens, self._version = {}, version
             return
+        exposed = _exposed(mode)
+        if exposed:
+            problem = (f"restore tokens {self.path} can be {exposed} by other users "
+                       f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+            if strict:
+                raise SecurityError(problem)
+            logger.error("%s: every token is refused until then", problem)
+            self._tokens, self._version = {}, version
+            return
         errors: list[str] | None = None if strict else []
         entries = parse_tokens(text, source=f"restore tokens {self.path}", errors=errors)
         for message in errors or ():
@@ -294,9 +312,6 @@ class _TokensFile:
         self._tokens = {_digest(e.token): e for e in entries}
         self._version = version
         if strict:
-            if mode & 0o004:
-                logger.warning("restore tokens %s can be read by every user of this machine; "
-                               "chmod 600 it", self.path)
             if not entries:
                 logger.warning("restore tokens %s lists no token: only client certificates "
                                "(if any) can restore", self.path)

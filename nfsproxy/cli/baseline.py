@@ -63,6 +63,9 @@ def baseline(
                 for update in stub.Baseline(pb.BaselineRequest()):
                     if update.error:
                         fail(update.error)
+                    if not update.baseline_id and update.current:
+                        typer.echo(update.current, err=True)  # why it has not begun yet
+                        continue
                     last = update
                     bar.update(task, completed=update.bytes, files=update.files, current=update.current[-40:])
             except grpc.RpcError as e:
