@@ -23,7 +23,7 @@ from logstore.pb.journal_pb2 import RetireRequest
 
 from .frontier import StreamKey
 from .security import BearerToken, open_channel
-from .status import DEFAULT_TIMEOUT_S, fetch_status
+from .status import DEFAULT_TIMEOUT_S, ProxyStatusError, fetch_status, read_proxy_status
 from .store import stream_id
 
 __all__ = ["RetireError", "RetireOutcome", "parse_stream", "log_end", "retire"]
@@ -56,14 +56,9 @@ def log_end(log_dir: str) -> tuple[StreamKey, int]:
     has not ended)."""
     from logstore.log import Log, LogError  # only this command reads a LOG
 
-    try:
-        with open(os.path.join(log_dir, "node_id")) as f:
-            node_id = int(f.read().strip())
-    except (OSError, ValueError) as e:
-        raise RetireError(f"{log_dir}: no readable node_id file ({e}); is it a proxy's --log "
-                          "directory? Name the stream with --stream NODE_ID/LOG_ID instead") from None
     if not os.path.isdir(log_dir):
         raise RetireError(f"{log_dir} is not a directory")
+    node_id = _node_id(log_dir)
     try:
         log = Log.open(log_dir)
     except (LogError, OSError) as e:
@@ -73,6 +68,22 @@ def log_end(log_dir: str) -> tuple[StreamKey, int]:
         return StreamKey(node_id, log.log_id), log.last_seq
     finally:
         log.close()
+
+
+def _node_id(log_dir: str) -> int:
+    """The proxy's node id: its node_id file (a generated id), else the
+    status it last wrote (an id given with --node-id)."""
+    try:
+        with open(os.path.join(log_dir, "node_id")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    try:
+        return int(read_proxy_status(log_dir)["node_id"])
+    except (ProxyStatusError, KeyError, TypeError, ValueError) as e:
+        raise RetireError(f"{log_dir}: neither a node_id file nor a status.json naming the "
+                          f"proxy's node id ({e}); is it a proxy's --log directory? Name the "
+                          "stream with --stream NODE_ID/LOG_ID instead") from None
 
 
 def retire(addresses: list[str], key: StreamKey, through_seq: int, *,
