@@ -107,29 +107,56 @@ _GROUP_BATCHES = 16
 
 class _Budget:
     """Bytes that may be held at once; ``acquire`` waits for room. A request
-    larger than the whole budget waits until nothing else is held."""
+    larger than the whole budget waits until nothing else is held.
+    ``release`` is synchronous, so a call's cleanup never awaits."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._changed: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def acquire(self, n: int) -> None:
-        changed = self._condition()
-        async with changed:
-            await changed.wait_for(lambda: self.held == 0 or self.held + n <= self.limit)
-            self.held += n
+        while self.held and self.held + n > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.held += n
 
-    async def release(self, n: int) -> None:
-        changed = self._condition()
-        async with changed:
-            self.held -= n
-            changed.notify_all()
+    def release(self, n: int) -> None:
+        self.held -= n
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each checks again for room
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _ReadAhead:
+    """One Ingest call's read-ahead bytes: bounded by its own budget and by
+    the shard's, which it gives back whole when the call ends."""
+
+    def __init__(self, shard: _Budget) -> None:
+        self._own = _Budget(READ_AHEAD_BYTES)
+        self._shard = shard
+        self.held = 0   # bytes this call holds of the shard's budget
+
+    async def acquire(self, n: int) -> None:
+        await self._own.acquire(n)
+        await self._shard.acquire(n)
+        self.held += n
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        self._own.release(n)
+        self._shard.release(n)
+
+    def close(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self._shard.release(held)
 
 
 def is_hello(batch: IngestBatch) -> bool:
@@ -182,7 +209,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                                "missing credentials: ingest needs a valid ingest token (nfsj proxy "
                                "--ingest-token-file FILE) or a client certificate")
         queue: asyncio.Queue[tuple[IngestBatch, int] | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
-        budget = _Budget(READ_AHEAD_BYTES)
+        budget = _ReadAhead(self._shard_budget)
         reader = loop.create_task(self._read_ahead(request_iterator, queue, budget))
         key: StreamKey | None = None
         self._count(streams_open=1)
@@ -199,7 +226,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                     logger.info("stream %s: ingest from %s", key, peer)
                     if is_hello(batch):
                         yield await loop.run_in_executor(self._executor, self._hello, key, batch)
-                        await self._release(budget, [item])
+                        budget.release(item[1])
                         continue
                 group = [item]
                 while len(group) < _GROUP_BATCHES and not queue.empty():
@@ -215,17 +242,12 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                                      len(group), group[0][0].after_seq)
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"shard {self._store.shard_id} could not store the batch: {e}")
-                await self._release(budget, group)
+                budget.release(sum(size for _, size in group))
                 for ack in acks:
                     yield ack
         finally:
             reader.cancel()
-            try:
-                await reader
-            except BaseException:  # noqa: BLE001  cancelled, or the peer's stream failed
-                pass
-            if budget.held:
-                await self._shard_budget.release(budget.held)
+            budget.close()
             self._count(streams_open=-1)
             if key is not None:
                 logger.info("stream %s: ingest from %s ended", key, peer)
@@ -254,22 +276,21 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                        f" for stream {key}" if key is not None else "", why)
         await context.abort(code, why)
 
-    async def _release(self, budget: _Budget, items: list[tuple[IngestBatch, int]]) -> None:
-        n = sum(size for _, size in items)
-        await budget.release(n)
-        await self._shard_budget.release(n)
-
     async def _read_ahead(self, request_iterator: AsyncIterator[IngestBatch],
                           queue: asyncio.Queue[tuple[IngestBatch, int] | None],
-                          budget: _Budget) -> None:
+                          budget: _ReadAhead) -> None:
+        cancelled = False
         try:
             async for batch in request_iterator:
                 size = batch.ByteSize()
                 await budget.acquire(size)
-                await self._shard_budget.acquire(size)
                 await queue.put((batch, size))
+        except asyncio.CancelledError:
+            cancelled = True  # the call is over: nobody reads the queue any more
+            raise
         finally:
-            await queue.put(None)
+            if not cancelled:
+                await queue.put(None)
 
     def _handle_group(self, key: StreamKey, group: list[IngestBatch]) -> list[IngestAck]:
         """Apply consecutive batches of one stream with one synced write (in the executor)."""
