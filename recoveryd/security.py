@@ -28,8 +28,9 @@ A grpc.aio server interceptor. It guards every method of the Restore service
 
 Anything else is aborted with UNAUTHENTICATED and a one-line reason
 (missing credentials, wrong token, expired token). The Journal service is
-not guarded here: ingest is authenticated by mTLS (the shard requires client
-certificates), and ``Journal.Status`` shows counters and frontiers, no data.
+not guarded here: ``IngestAuth`` (below) decides who may ship, and
+``Journal.Status`` shows stream keys only to callers this interceptor would
+admit or that hold an ingest credential (recoveryd/server.py).
 
 Tokens file: one token per line, optionally followed by
 ``expires=<ISO-8601>`` (a naive time is UTC); ``#`` starts a comment. The file
