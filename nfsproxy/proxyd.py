@@ -24,7 +24,8 @@ import grpc
 from logstore.commit import Durability, GroupCommitter
 from logstore.log import Log
 
-from recoveryd.security import SecurityError, TlsOptions, channel_credentials, server_credentials
+from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
+                                server_credentials)
 from recoveryd.status import write_proxy_status
 
 from .control import start_control
@@ -72,6 +73,9 @@ class ProxyOptions:
     # Control API is served with the same cert and key when given, and then
     # requires client certificates signed by the same CA.
     tls: TlsOptions | None = None
+    # --ingest-token-file: this proxy's ingest token, sent with every Ingest
+    # call (the shards' --ingest-tokens list it for this node id).
+    ingest_token_file: str | None = None
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -211,6 +215,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     try:
         shard_credentials = channel_credentials(opts.tls)
         control_credentials = server_credentials(control_tls(opts.tls))
+        ingest_token = BearerToken.from_file(opts.ingest_token_file) if opts.ingest_token_file else None
     except SecurityError as e:
         raise ConfigError(str(e)) from None
     os.makedirs(opts.log_dir, exist_ok=True)
@@ -223,7 +228,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     proxy = Proxy(backend, Journal(committer, opts.quota_policy), clock)
     # No shards: journal only, and nothing is ever trimmed.
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
-                        stable_stamp=proxy.stable_stamp, credentials=shard_credentials)
+                        stable_stamp=proxy.stable_stamp, credentials=shard_credentials,
+                        token=ingest_token)
                 for k, address in enumerate(opts.shards)]
     for shipper in shippers:
         shipper.start()

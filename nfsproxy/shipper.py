@@ -247,7 +247,7 @@ class Shipper:
 
     def __init__(self, address: str, *, shard_id: int, n_shards: int, log: Log, clock: HLC,
                  stable_stamp: Callable[[], Stamp], options: ShipperOptions | None = None,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None, token=None):
         if not 0 <= shard_id < n_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, {n_shards})")
         self.address = address
@@ -258,6 +258,9 @@ class Shipper:
         self._clock = clock
         self._stable_stamp = stable_stamp
         self._credentials = credentials
+        # The ingest token (recoveryd.security.BearerToken): shards with
+        # --ingest-tokens admit this proxy's stream only with it.
+        self._metadata = token.metadata if token is not None else None
         self.stream = pb.StreamId(node_id=clock.node_id, log_id=log.log_id)
         self._claims = StableClaims(self.options.max_samples)
         # Position and flow control.
@@ -418,6 +421,8 @@ class Shipper:
                 raise
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details()}"
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    reason += " (the shard refuses this proxy's stream: check --ingest-token-file)"
                 if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason += (" (a batch exceeded the shard's message size limit: lower "
                                "max_batch_bytes or raise grpc.max_receive_message_length there)")
@@ -451,7 +456,7 @@ class Shipper:
 
     async def _session(self) -> None:
         assert self._channel is not None
-        call = pb_grpc.JournalStub(self._channel).Ingest()
+        call = pb_grpc.JournalStub(self._channel).Ingest(metadata=self._metadata)
         try:
             hello = self._batch(0, 0, claim=False)
             hello.sent_stamp = self._clock.now().to_bytes()

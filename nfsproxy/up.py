@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.stamp import Stamp
 
 from .ganesha import GaneshaError, GaneshaInstance, start_ganesha
-from .proxyd import ConfigError, parse_backend, parse_hostport
+from .proxyd import ConfigError, _node_id, parse_backend, parse_hostport
 
 __all__ = ["UpOptions", "Stack", "run_up"]
 
@@ -119,20 +121,37 @@ class Stack:
         self.proxy: Child | None = None
         self.backend = opts.backend
 
+    def _ingest_credentials(self) -> tuple[Path, Path]:
+        """A fresh ingest token for the proxy's node id: (the shards' tokens
+        file, the proxy's token file), both readable by this user only."""
+        (self.data / "log").mkdir(parents=True, exist_ok=True)
+        node = _node_id(str(self.data / "log"), None)  # made once and kept, as the proxy does
+        token = secrets.token_urlsafe(32)
+        shards_file, proxy_file = self.data / "ingest-tokens", self.data / "ingest-token"
+        for path, text in ((shards_file, f"{node} {token}\n"), (proxy_file, f"{token}\n")):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(path, 0o600)
+        return shards_file, proxy_file
+
     def start(self) -> None:
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
         if self.backend is None:
             self._start_demo_nas()
         else:
             parse_backend(self.backend)
+        shards_tokens, proxy_token = self._ingest_credentials()
         for k in range(self.opts.shards):
             child = Child(f"shard {k}", ["recoveryd", "--listen", f"127.0.0.1:{self.opts.shard_base_port + k}",
-                                         "--data", str(self.data / f"shard-{k}"), "--shard-id", str(k)],
+                                         "--data", str(self.data / f"shard-{k}"), "--shard-id", str(k),
+                                         "--ingest-tokens", str(shards_tokens)],
                           self.data / "logs" / f"shard-{k}.log")
             child.start()
             self.shards.append(child)
         argv = ["proxy", "--listen", self.opts.listen, "--backend", self.backend,
-                "--log", str(self.data / "log"), "--durability", self.opts.durability]
+                "--log", str(self.data / "log"), "--durability", self.opts.durability,
+                "--ingest-token-file", str(proxy_token)]
         for child in self.shards:
             argv += ["--shard", f"127.0.0.1:{child.port}"]
         self.proxy = Child("proxy", argv, self.data / "logs" / "proxy.log")

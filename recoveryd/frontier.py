@@ -19,7 +19,12 @@ Definitions (README.md, "The guarantee"):
   thing that can make later moments provable again.
 * The *consistent point* is the minimum frontier over every shard and every
   stream any shard has seen. A shard that has not seen a stream another
-  shard knows contributes ``Stamp.ZERO`` for it: it proves nothing.
+  shard knows contributes ``Stamp.ZERO`` for it: it proves nothing. The
+  proxies a deployment expects (*members*, by node id) count even before
+  any shard has seen a stream of theirs: such a member holds the point at
+  ``Stamp.ZERO`` (a proxy that has not got through, or a wiped shard).
+  A retired stream (``nfsj retire``: an old LOG that will never send
+  again, held in full) no longer counts.
 
 Invariant (tested in tests/property/test_consistent_cut.py): for stamps
 a < b, a cut at or below the consistent point that contains b contains a.
@@ -95,10 +100,12 @@ def shard_frontier(streams: Iterable[StreamState]) -> Stamp | None:
     return min((s.frontier for s in streams), default=None)
 
 
-def consistent_point(shards: Iterable[dict[StreamKey, StreamState]]) -> Stamp:
-    """The minimum frontier over all shards and every stream any shard knows."""
+def consistent_point(shards: Iterable[dict[StreamKey, StreamState]],
+                     members: Iterable[int] = ()) -> Stamp:
+    """The minimum frontier over all shards and every stream any shard knows;
+    ``Stamp.ZERO`` while a member node id has no stream on any shard."""
     shards = list(shards)
     known = set().union(*(s.keys() for s in shards)) if shards else set()
-    if not known:
+    if not known or set(members) - {key.node_id for key in known}:
         return Stamp.ZERO
     return min(shard.get(key, StreamState()).frontier for shard in shards for key in known)

@@ -34,7 +34,15 @@ class ShardCollector(Collector):
                 ("nfsj_shard_refused_batches", "Batches refused (not continuing their stream, or malformed)",
                  c.refusals_total),
                 ("nfsj_hlc_rejections", "Batches refused because the sender's clock was beyond max offset",
-                 c.clock_refusals_total)):
+                 c.clock_refusals_total),
+                ("nfsj_shard_ingest_refused_calls",
+                 "Ingest calls refused: no valid credential, another node's stream, not a member",
+                 c.auth_refusals_total),
+                ("nfsj_shard_conflicting_records",
+                 "Records refused because their stamp is held with other bytes", store.conflicts_total),
+                ("nfsj_shard_foreign_stamp_batches",
+                 "Batches refused because a record is stamped by another node than its stream's",
+                 store.node_refusals_total)):
             yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
         for name, doc, value in (
                 ("nfsj_shard_records", "Records held", store.records_total),

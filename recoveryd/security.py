@@ -28,8 +28,9 @@ A grpc.aio server interceptor. It guards every method of the Restore service
 
 Anything else is aborted with UNAUTHENTICATED and a one-line reason
 (missing credentials, wrong token, expired token). The Journal service is
-not guarded here: ingest is authenticated by mTLS (the shard requires client
-certificates), and ``Journal.Status`` shows counters and frontiers, no data.
+not guarded here: ``IngestAuth`` (below) decides who may ship, and
+``Journal.Status`` shows stream keys only to callers this interceptor would
+admit or that hold an ingest credential (recoveryd/server.py).
 
 Tokens file: one token per line, optionally followed by
 ``expires=<ISO-8601>`` (a naive time is UTC); ``#`` starts a comment. The file
@@ -39,6 +40,19 @@ at start-up stops the shard; after a change it is skipped and logged, which
 refuses that token (fail closed). A tokens file that group or others may read
 or write is refused the same way: at start-up the shard stops, after a
 change (a chmod counts) every token is refused until it is private again.
+
+Ingest authorization (``IngestAuth``)
+-------------------------------------
+A stream belongs to the proxy whose HLC node id it carries. A shard with an
+ingest tokens file (``--ingest-tokens``: lines ``NODE_ID TOKEN
+[expires=ISO-8601]``, same rules as above, re-read when it changes) admits
+an ``Ingest`` call for node N only with a bearer token listed for N. Under
+mTLS, a node with no token listed is bound to the first client certificate
+that registers one of its streams (``ShardStore.bind_owner``, persisted);
+another certificate is refused for it from then on. The node ids of the
+tokens file and ``--member`` are the shard's members: a stream of any other
+node is refused. With neither tokens nor mTLS, ingest is open (a WARNING
+says so at start).
 
 Client side: ``BearerToken.from_file`` reads a token (the first token line of
 the file, same format). Over TLS it travels as call credentials
@@ -67,7 +81,7 @@ import grpc
 __all__ = [
     "TlsOptions", "SecurityError", "server_credentials", "channel_credentials", "open_channel",
     "RestoreAuth", "BearerToken", "TokenEntry", "parse_tokens", "RESTORE_SERVICE",
-    "MIN_TOKEN_CHARS",
+    "MIN_TOKEN_CHARS", "IngestAuth", "Admission",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,6 +207,10 @@ class TokenEntry:
     token: str
     expires: datetime.datetime | None = None   # aware (UTC when the file said nothing)
     line: int = 0
+    node_id: int | None = None                 # ingest tokens: the proxy node it ships for
+
+    def valid(self, now: float | None = None) -> bool:
+        return self.expires is None or self.expires.timestamp() > (time.time() if now is None else now)
 
     def __repr__(self) -> str:  # never print a token
         return f"TokenEntry(line={self.line}, expires={self.expires})"
@@ -218,9 +236,10 @@ def _expiry(text: str) -> datetime.datetime:
 
 
 def parse_tokens(text: str, *, source: str = "tokens file",
-                 errors: list[str] | None = None) -> list[TokenEntry]:
+                 errors: list[str] | None = None, with_node: bool = False) -> list[TokenEntry]:
     """The entries of a tokens file. A bad line raises ``SecurityError``, or,
-    when ``errors`` is given, is skipped and described there."""
+    when ``errors`` is given, is skipped and described there. ``with_node``:
+    every line starts with the proxy node id the token ships for."""
     entries = []
     for number, raw in enumerate(text.splitlines(), 1):
         fields = []
@@ -230,6 +249,17 @@ def parse_tokens(text: str, *, source: str = "tokens file",
             fields.append(field)
         if not fields:
             continue
+        node_id = None
+        if with_node:
+            node_text = fields.pop(0)
+            if not node_text.isdigit() or int(node_text) > 0xFFFF_FFFF or not fields:
+                message = (f"{source} line {number}: expected NODE_ID TOKEN [expires=ISO-8601] "
+                           "(NODE_ID: the proxy's HLC node id, a number)")
+                if errors is None:
+                    raise SecurityError(message)
+                errors.append(message)
+                continue
+            node_id = int(node_text)
         token, expires, problem = fields[0], None, _valid_token(fields[0])
         if problem:
             problem = f"the token {problem}"
@@ -250,7 +280,7 @@ def parse_tokens(text: str, *, source: str = "tokens file",
                 raise SecurityError(message)
             errors.append(message)
             continue
-        entries.append(TokenEntry(token, expires, number))
+        entries.append(TokenEntry(token, expires, number, node_id))
     return entries
 
 
@@ -269,8 +299,10 @@ def _exposed(mode: int) -> str:
 class _TokensFile:
     """A tokens file, read again when it changes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, what: str = "restore tokens", with_node: bool = False) -> None:
         self.path = path
+        self.what = what
+        self.with_node = with_node
         self._lock = threading.Lock()
         self._version: tuple | None = None
         self._tokens: dict[bytes, TokenEntry] = {}
@@ -291,14 +323,14 @@ class _TokensFile:
                 mode = os.fstat(f.fileno()).st_mode
         except OSError as e:
             if strict:
-                raise SecurityError(f"restore tokens {self.path}: {e.strerror or e}") from None
-            logger.error("restore tokens %s: %s; every token is refused until it is readable",
-                         self.path, e.strerror or e)
+                raise SecurityError(f"{self.what} {self.path}: {e.strerror or e}") from None
+            logger.error("%s %s: %s; every token is refused until it is readable",
+                         self.what, self.path, e.strerror or e)
             self._tokens, self._version = {}, version
             return
         exposed = _exposed(mode)
         if exposed:
-            problem = (f"restore tokens {self.path} can be {exposed} by other users "
+            problem = (f"{self.what} {self.path} can be {exposed} by other users "
                        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
             if strict:
                 raise SecurityError(problem)
@@ -306,23 +338,29 @@ class _TokensFile:
             self._tokens, self._version = {}, version
             return
         errors: list[str] | None = None if strict else []
-        entries = parse_tokens(text, source=f"restore tokens {self.path}", errors=errors)
+        entries = parse_tokens(text, source=f"{self.what} {self.path}", errors=errors,
+                               with_node=self.with_node)
         for message in errors or ():
             logger.error("%s; that token is refused", message)
         self._tokens = {_digest(e.token): e for e in entries}
         self._version = version
         if strict:
             if not entries:
-                logger.warning("restore tokens %s lists no token: only client certificates "
-                               "(if any) can restore", self.path)
+                logger.warning("%s %s lists no token: only client certificates "
+                               "(if any) are admitted", self.what, self.path)
         else:
-            logger.info("restore tokens %s changed: %d token(s)", self.path, len(entries))
+            logger.info("%s %s changed: %d token(s)", self.what, self.path, len(entries))
 
     def lookup(self, token: str) -> TokenEntry | None:
         with self._lock:
             if self._stat() != self._version:
                 self._load(strict=False)
             return self._tokens.get(_digest(token))
+
+    def nodes(self) -> frozenset[int]:
+        """The node ids listed (ingest tokens), as last read."""
+        with self._lock:
+            return frozenset(e.node_id for e in self._tokens.values() if e.node_id is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +545,94 @@ class RestoreAuth(grpc.aio.ServerInterceptor):
         self.counters.refused_total[reason] = self.counters.refused_total.get(reason, 0) + 1
         logger.warning("refused a Restore call from %s: %s", context.peer(), why)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+
+# -- the server side: who may ship ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of ``IngestAuth.admit``: refused (``refusal`` says why), or
+    admitted as ``identity`` ("token:N", "cert:CN", or "" when ingest is
+    open). ``bind``: the identity must be bound to the node (first use wins)."""
+
+    identity: str = ""
+    refusal: str | None = None
+    bind: bool = False
+
+
+class IngestAuth:
+    """Who may ship the streams of which proxy node (module docstring).
+
+    ``tokens_file``: the ingest tokens file (None: none). ``verified_client_certs``:
+    the server requires and verifies client certificates (mTLS). ``members``:
+    node ids expected besides those of the tokens file.
+    """
+
+    def __init__(self, tokens_file: str | os.PathLike[str] | None = None, *,
+                 verified_client_certs: bool = False, members: Iterable[int] = ()) -> None:
+        self.tokens_file = os.fspath(tokens_file) if tokens_file is not None else None
+        self.verified_client_certs = verified_client_certs
+        self._tokens = (_TokensFile(self.tokens_file, what="ingest tokens", with_node=True)
+                        if self.tokens_file is not None else None)
+        self.members = frozenset(members) | (self._tokens.nodes() if self._tokens else frozenset())
+
+    @property
+    def enabled(self) -> bool:
+        """False: ingest is open to anyone who reaches the shard."""
+        return self._tokens is not None or self.verified_client_certs
+
+    def describe(self) -> str:
+        ways = []
+        if self._tokens is not None:
+            ways.append("an ingest token for its node")
+        if self.verified_client_certs:
+            ways.append("the client certificate its node is bound to")
+        how = "ingest needs " + " or ".join(ways) if ways else "ingest is open to anyone"
+        if self.members:
+            how += f"; members: nodes {', '.join(str(n) for n in sorted(self.members))}"
+        return how
+
+    def _token_entries(self, metadata: Iterable[tuple[str, Any]], now: float | None
+                       ) -> list[TokenEntry]:
+        if self._tokens is None:
+            return []
+        found = (self._tokens.lookup(t) for t in _bearer_tokens(metadata))
+        return [e for e in found if e is not None and e.valid(now)]
+
+    def authenticated(self, metadata: Iterable[tuple[str, Any]],
+                      auth_context: dict[str, list[bytes]], now: float | None = None) -> bool:
+        """Whether the caller holds some valid ingest credential (a token or a verified certificate)."""
+        if self.verified_client_certs and auth_context.get("x509_common_name"):
+            return True
+        return bool(self._token_entries(metadata, now))
+
+    def admit(self, node_id: int, metadata: Iterable[tuple[str, Any]],
+              auth_context: dict[str, list[bytes]], now: float | None = None) -> Admission:
+        """Whether the caller may ship a stream of proxy ``node_id``."""
+        if self.members and node_id not in self.members:
+            return Admission(refusal=f"node {node_id} is not a member of this shard (members: "
+                             f"{', '.join(str(n) for n in sorted(self.members))}; see --member "
+                             "and --ingest-tokens)")
+        if not self.enabled:
+            return Admission()
+        entries = self._token_entries(metadata, now)
+        if any(e.node_id == node_id for e in entries):
+            return Admission(f"token:{node_id}")
+        if entries:
+            nodes = ", ".join(str(e.node_id) for e in entries)
+            return Admission(refusal=f"wrong token: the ingest token is for node {nodes}, "
+                             f"not node {node_id}")
+        listed = self._tokens is not None and node_id in self._tokens.nodes()
+        names = auth_context.get("x509_common_name") if self.verified_client_certs else None
+        if names and not listed:
+            return Admission(f"cert:{names[0].decode(errors='replace')}", bind=True)
+        if listed:
+            return Admission(refusal=f"missing credentials: node {node_id} ships with an ingest "
+                             "token (nfsj proxy --ingest-token-file FILE)")
+        return Admission(refusal="missing credentials: ingest needs an ingest token (nfsj proxy "
+                         "--ingest-token-file FILE)" + (" or a client certificate"
+                                                        if self.verified_client_certs else ""))
 
 
 def _bearer_tokens(metadata: Iterable[tuple[str, Any]]) -> list[str]:

@@ -16,6 +16,20 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
   is more than max offset ahead of this shard's clock) is answered with
   ``error`` set and the stream's unchanged ``durable_seq``; nothing of it is
   stored and the call goes on: the shipper rewinds to ``durable_seq``.
+* Who may ship (recoveryd/security.py, ``IngestAuth``): a call without any
+  valid ingest credential is refused before anything is read (when ingest
+  credentials are configured); the stream its first message names must
+  belong to a member node the caller holds a credential for, and a
+  certificate identity is bound to the node at first use. Refusals abort
+  the call (UNAUTHENTICATED, PERMISSION_DENIED) and are counted. Records
+  stamped by another node, and records whose stamp is held with other bytes,
+  are refused with their batch (recoveryd/store.py).
+* Memory: a message is at most ``MAX_INGEST_MESSAGE_BYTES``; batches read
+  ahead of the one being written are bounded in bytes per call
+  (``READ_AHEAD_BYTES``) and over all calls (``SHARD_READ_AHEAD_BYTES``), so
+  gRPC flow control holds back a peer that sends faster than the disk.
+* ``Status`` shows stream keys and members only to callers that may restore
+  or hold an ingest credential; others get frontiers and counters.
 * Clocks (logstore/hlc.py, channel 2): the shard updates its HLC from each
   batch's ``sent_stamp`` and every ack carries the shard's ``now()``. A stamp
   too far ahead is refused and counted (``clock_refusals_total`` here,
@@ -39,15 +53,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, ShardStatus, ShardStatusRequest)
+from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, RetireRequest, ShardStatus,
+                                     ShardStatusRequest, StreamStatus)
 
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer
-from .security import RestoreAuth, SecurityError, TlsOptions, server_credentials
-from .store import ShardStore, stream_id, stream_key, stream_status
+from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
+from .store import RetireRefused, ShardStore, stream_id, stream_key, stream_status
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
-           "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "is_hello", "start_server"]
+           "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "MAX_INGEST_MESSAGE_BYTES", "READ_AHEAD_BYTES",
+           "SHARD_READ_AHEAD_BYTES", "is_hello", "start_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +71,14 @@ JOURNAL_SERVICE = "nfsj.journal.v1.Journal"
 # The largest IngestBatch accepted: 256 NFS WRITEs of 1 MiB fit. Shippers
 # should cut batches well below this.
 MAX_MESSAGE_BYTES = 512 << 20
+# What a shard accepts from any one peer in one message: a shipper's batch
+# (4 MiB by default; one record up to the LOG's 16 MiB goes alone) with room.
+MAX_INGEST_MESSAGE_BYTES = 64 << 20
+#: Bytes of batches read ahead of the one being written: per Ingest call, and
+#: over all calls of the shard. Past them the call's reads wait (gRPC flow
+#: control then stops the peer), so a peer cannot fill the shard's memory.
+READ_AHEAD_BYTES = 64 << 20
+SHARD_READ_AHEAD_BYTES = 256 << 20
 
 
 class ServeError(Exception):
@@ -72,11 +96,67 @@ class IngestCounters:
     clock_refusals_total: int = 0  # ... of which because sent_stamp was beyond max offset
     hellos_total: int = 0
     streams_open: int = 0         # Ingest calls in progress
+    auth_refusals_total: int = 0  # Ingest calls refused: no credential, wrong node, not a member
+    retired_total: int = 0        # streams retired (nfsj retire)
 
 
 #: Batches read ahead of the one being written, and the most written together.
 _READ_AHEAD_BATCHES = 16
 _GROUP_BATCHES = 16
+
+
+class _Budget:
+    """Bytes that may be held at once; ``acquire`` waits for room. A request
+    larger than the whole budget waits until nothing else is held.
+    ``release`` is synchronous, so a call's cleanup never awaits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self, n: int) -> None:
+        while self.held and self.held + n > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.held += n
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each checks again for room
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _ReadAhead:
+    """One Ingest call's read-ahead bytes: bounded by its own budget and by
+    the shard's, which it gives back whole when the call ends."""
+
+    def __init__(self, shard: _Budget) -> None:
+        self._own = _Budget(READ_AHEAD_BYTES)
+        self._shard = shard
+        self.held = 0   # bytes this call holds of the shard's budget
+
+    async def acquire(self, n: int) -> None:
+        await self._own.acquire(n)
+        await self._shard.acquire(n)
+        self.held += n
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        self._own.release(n)
+        self._shard.release(n)
+
+    def close(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self._shard.release(held)
 
 
 def is_hello(batch: IngestBatch) -> bool:
@@ -91,12 +171,17 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
     ``executor``; the servicer does not own the store, the clock or the executor.
     """
 
-    def __init__(self, store: ShardStore, hlc: HLC, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, store: ShardStore, hlc: HLC, executor: concurrent.futures.Executor, *,
+                 ingest_auth: IngestAuth | None = None,
+                 restore_auth: RestoreAuth | None = None) -> None:
         self._store = store
         self._hlc = hlc
         self._executor = executor
+        self._ingest_auth = ingest_auth or IngestAuth()
+        self._restore_auth = restore_auth
         self._counters = IngestCounters()
         self._counters_lock = threading.Lock()
+        self._shard_budget = _Budget(SHARD_READ_AHEAD_BYTES)
 
     @property
     def counters(self) -> IngestCounters:
@@ -117,51 +202,95 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         ack, in order."""
         loop = asyncio.get_running_loop()
         peer = context.peer()
-        queue: asyncio.Queue[IngestBatch | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
-        reader = loop.create_task(self._read_ahead(request_iterator, queue))
+        metadata = context.invocation_metadata() or ()
+        auth_context = context.auth_context() or {}
+        if self._ingest_auth.enabled and not self._ingest_auth.authenticated(metadata, auth_context):
+            await self._refuse(context, peer, None, grpc.StatusCode.UNAUTHENTICATED,
+                               "missing credentials: ingest needs a valid ingest token (nfsj proxy "
+                               "--ingest-token-file FILE) or a client certificate")
+        queue: asyncio.Queue[tuple[IngestBatch, int] | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
+        budget = _ReadAhead(self._shard_budget)
+        reader = loop.create_task(self._read_ahead(request_iterator, queue, budget))
         key: StreamKey | None = None
         self._count(streams_open=1)
         try:
-            while (batch := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
+                batch = item[0]
                 if key is None:
                     if not batch.HasField("stream") or not batch.stream.log_id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                             "the first IngestBatch of a call must name its stream "
                                             "(node_id and log_id)")
                     key = stream_key(batch.stream)
+                    await self._admit(context, peer, key, metadata, auth_context)
                     logger.info("stream %s: ingest from %s", key, peer)
                     if is_hello(batch):
                         yield await loop.run_in_executor(self._executor, self._hello, key, batch)
+                        budget.release(item[1])
                         continue
-                group = [batch]
+                group = [item]
                 while len(group) < _GROUP_BATCHES and not queue.empty():
                     if (more := queue.get_nowait()) is None:
                         queue.put_nowait(None)  # the end: seen again by the outer loop
                         break
                     group.append(more)
                 try:
-                    acks = await loop.run_in_executor(self._executor, self._handle_group, key, group)
+                    acks = await loop.run_in_executor(self._executor, self._handle_group, key,
+                                                      [b for b, _ in group])
                 except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
                     logger.exception("stream %s: storing %d batch(es) from (%d, ...] failed", key,
-                                     len(group), group[0].after_seq)
+                                     len(group), group[0][0].after_seq)
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"shard {self._store.shard_id} could not store the batch: {e}")
+                budget.release(sum(size for _, size in group))
                 for ack in acks:
                     yield ack
         finally:
             reader.cancel()
+            budget.close()
             self._count(streams_open=-1)
             if key is not None:
                 logger.info("stream %s: ingest from %s ended", key, peer)
 
-    @staticmethod
-    async def _read_ahead(request_iterator: AsyncIterator[IngestBatch],
-                          queue: asyncio.Queue[IngestBatch | None]) -> None:
+    async def _admit(self, context: grpc.aio.ServicerContext, peer: str, key: StreamKey,
+                     metadata, auth_context) -> None:
+        """Abort the call unless the caller may ship ``key`` (binding a
+        certificate identity to the node at first use)."""
+        admission = self._ingest_auth.admit(key.node_id, metadata, auth_context)
+        if admission.refusal is not None:
+            code = (grpc.StatusCode.UNAUTHENTICATED if admission.refusal.startswith(("missing", "wrong"))
+                    else grpc.StatusCode.PERMISSION_DENIED)
+            await self._refuse(context, peer, key, code, admission.refusal)
+        if admission.bind:
+            bound = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._store.bind_owner, key.node_id, admission.identity)
+            if bound != admission.identity:
+                await self._refuse(context, peer, key, grpc.StatusCode.PERMISSION_DENIED,
+                                   f"node {key.node_id} is bound to another identity; "
+                                   f"{admission.identity} may not ship its streams")
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, peer: str, key: StreamKey | None,
+                      code: grpc.StatusCode, why: str) -> None:
+        self._count(auth_refusals_total=1)
+        logger.warning("refused an Ingest call from %s%s: %s", peer,
+                       f" for stream {key}" if key is not None else "", why)
+        await context.abort(code, why)
+
+    async def _read_ahead(self, request_iterator: AsyncIterator[IngestBatch],
+                          queue: asyncio.Queue[tuple[IngestBatch, int] | None],
+                          budget: _ReadAhead) -> None:
+        cancelled = False
         try:
             async for batch in request_iterator:
-                await queue.put(batch)
+                size = batch.ByteSize()
+                await budget.acquire(size)
+                await queue.put((batch, size))
+        except asyncio.CancelledError:
+            cancelled = True  # the call is over: nobody reads the queue any more
+            raise
         finally:
-            await queue.put(None)
+            if not cancelled:
+                await queue.put(None)
 
     def _handle_group(self, key: StreamKey, group: list[IngestBatch]) -> list[IngestAck]:
         """Apply consecutive batches of one stream with one synced write (in the executor)."""
@@ -205,7 +334,8 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
 
         A hello registers the stream durably before it is answered: from then
         on this shard's frontier counts the proxy even before any record
-        arrives (see recoveryd/frontier.py and nfsproxy/proxyd.py).
+        arrives (see recoveryd/frontier.py and nfsproxy/proxyd.py). A retired
+        stream is not registered again; the ack says it is retired.
         """
         self._count(hellos_total=1)
         try:
@@ -214,28 +344,68 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         except (UntrustworthyStampError, ValueError) as e:
             self._count(clock_refusals_total=1)
             logger.warning("stream %s: hello with an unusable sent_stamp: %s", key, e)
-        return self._ack(key, self._store.register(key))
+        state = self._store.register(key)
+        if self._store.is_retired(key):
+            return self._ack(key, state, f"stream {key} was retired (nfsj retire); it may not ship again")
+        return self._ack(key, state)
 
     def _ack(self, key: StreamKey, state: StreamState, error: str = "") -> IngestAck:
         return IngestAck(stream=stream_id(key), durable_seq=state.durable_seq,
                          frontier=state.frontier.to_bytes(), shard_stamp=self._hlc.now().to_bytes(),
                          error=error, shard_id=self._store.shard_id)
 
+    def _authenticated(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller may see stream keys: it may restore (or Restore
+        is open to all), or it holds an ingest credential."""
+        metadata = context.invocation_metadata() or ()
+        auth_context = context.auth_context() or {}
+        restore = self._restore_auth
+        if restore is None or not restore.enabled or restore.refusal(metadata, auth_context) is None:
+            return True
+        return self._ingest_auth.authenticated(metadata, auth_context)
+
     async def Status(self, request: ShardStatusRequest,
                      context: grpc.aio.ServicerContext) -> ShardStatus:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.status)
+        reveal = self._authenticated(context)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.status, reveal)
 
-    def status(self) -> ShardStatus:
-        """The shard's status (blocking: reads the clock, which may fsync its bound)."""
+    def status(self, reveal: bool = True) -> ShardStatus:
+        """The shard's status (blocking: reads the clock, which may fsync its
+        bound). ``reveal`` False leaves out stream keys and members."""
         store = self._store
-        infos = store.stream_infos()
+        infos = store.stream_infos() if reveal else {}
         frontier = store.frontier()
         return ShardStatus(
             shard_id=store.shard_id,
             streams=[stream_status(k, infos[k]) for k in sorted(infos)],
             records=store.records_total, bytes=store.bytes_total,
             frontier=frontier.to_bytes() if frontier is not None else b"",
-            shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id)
+            shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id,
+            members=sorted(store.members) if reveal else [], streams_hidden=not reveal)
+
+    async def Retire(self, request: RetireRequest, context: grpc.aio.ServicerContext) -> StreamStatus:
+        """Retire a stream held in full (``ShardStore.retire``); needs the
+        credentials that reveal stream keys."""
+        if not self._authenticated(context):
+            self._count(auth_refusals_total=1)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing credentials: retiring a stream needs a restore token, an "
+                                "ingest token or a client certificate (--token-file FILE)")
+        if not request.HasField("stream") or not request.stream.log_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the stream (node_id and log_id)")
+        key = stream_key(request.stream)
+        if key not in self._store.streams() and not self._store.is_retired(key):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"shard {self._store.shard_id} has no stream {key}")
+        try:
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._store.retire, key, request.through_seq)
+        except RetireRefused as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        self._count(retired_total=1)
+        logger.warning("stream %s retired through seq %d (asked by %s): it no longer holds the "
+                       "frontier back, and may not ship again", key, request.through_seq, context.peer())
+        return stream_status(key, info)
 
 
 class JournalServer:
@@ -272,7 +442,8 @@ class JournalServer:
 async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                        workers: int = 8, tls: TlsOptions | None = None,
                        restore_tokens: str | None = None,
-                       restore_identities: tuple[str, ...] | list[str] = ()) -> JournalServer:
+                       restore_identities: tuple[str, ...] | list[str] = (),
+                       ingest_tokens: str | None = None) -> JournalServer:
     """Serve Journal, Restore and grpc.health.v1 on ``host:port`` (port 0: any free port).
 
     ``tls``: serve TLS, and with ``tls.require_client_cert`` only to clients
@@ -280,6 +451,10 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     tokens file) and ``restore_identities`` (client certificate names; empty:
     any verified one) say who may call Restore (recoveryd/security.py). With
     neither tokens nor mTLS, Restore is open and a WARNING says so.
+    ``ingest_tokens`` (a file of ``NODE_ID TOKEN`` lines) and mTLS say who may
+    ship which proxy's streams; the store's ``members`` are the expected
+    proxies (with the tokens file's nodes). With neither, ingest is open and
+    a WARNING says so.
 
     Raises ``ServeError`` if the address cannot be bound, ``SecurityError``
     for TLS or token settings that cannot work.
@@ -287,15 +462,18 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     credentials = server_credentials(tls)
     mtls = credentials is not None and tls is not None and tls.require_client_cert
     auth = RestoreAuth(restore_tokens, restore_identities, verified_client_certs=mtls)
+    ingest_auth = IngestAuth(ingest_tokens, verified_client_certs=mtls, members=store.members)
+    store.expect(ingest_auth.members)
     server = grpc.aio.server(interceptors=[auth] if auth.enabled else None, options=[
         # Without this, gRPC sets SO_REUSEPORT and a second shard on the same
         # port would start "fine" and split the traffic.
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_INGEST_MESSAGE_BYTES),
     ])
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
                                                      thread_name_prefix=f"shard{store.shard_id}")
-    servicer = JournalServicer(store, hlc, executor)
+    servicer = JournalServicer(store, hlc, executor, ingest_auth=ingest_auth,
+                               restore_auth=auth if auth.enabled else None)
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
     restore = RestoreServicer(store, executor)
     journal_pb2_grpc.add_RestoreServicer_to_server(restore, server)
@@ -323,15 +501,25 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     elif restore_tokens and credentials is None:
         logger.warning("restore tokens travel in clear text to %s: anyone on the network path can "
                        "copy them (give --tls-cert and --tls-key)", where)
-    if not mtls:
-        logger.warning("Journal ingest is not authenticated; anyone who can reach %s can add records "
-                       "that restores will replay (give --tls-cert, --tls-key and --tls-ca so that "
-                       "only proxies with a certificate can ship)", where)
+    if not ingest_auth.enabled:
+        logger.warning("INGEST IS OPEN: Journal ingest is not authenticated; anyone who can reach %s "
+                       "can register streams and add records that restores will replay, or hold "
+                       "the consistent point back (give --ingest-tokens FILE with a token per "
+                       "proxy node, or --tls-cert, --tls-key and --tls-ca for client certificates)",
+                       where)
+    elif ingest_tokens and credentials is None:
+        logger.warning("ingest tokens travel in clear text to %s: anyone on the network path can "
+                       "copy them (give --tls-cert and --tls-key)", where)
+    if not ingest_auth.members:
+        logger.warning("no member list: a proxy no shard has heard of yet does not hold the "
+                       "consistent point back (give --member NODE_ID for each proxy, or "
+                       "--ingest-tokens)")
     security = f"{(tls or TlsOptions()).describe(server=True)}, {auth.describe()}"
     clock_task = asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical")
     running = JournalServer(server, servicer, health_servicer, bound, executor, clock_task,
                             auth if auth.enabled else None, security)
     running.restore_counters = restore.counters  # read by recoveryd.metrics
+    running.ingest_security = ingest_auth.describe()
     return running
 
 

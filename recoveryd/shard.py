@@ -57,6 +57,11 @@ class ShardOptions:
     tls: TlsOptions | None = None
     restore_tokens: str | None = None
     restore_identities: tuple[str, ...] = ()
+    # Who may ship (recoveryd/security.py, IngestAuth): a file of
+    # "NODE_ID TOKEN" lines, and the proxy node ids this shard expects
+    # besides those (--member).
+    ingest_tokens: str | None = None
+    members: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,7 +94,8 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
         os.makedirs(opts.data_dir, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create data directory {opts.data_dir}: {e.strerror}") from None
-    store = ShardStore(os.path.join(opts.data_dir, STORE_DIR), opts.shard_id)
+    store = ShardStore(os.path.join(opts.data_dir, STORE_DIR), opts.shard_id,
+                       members=frozenset(opts.members))
     try:
         try:
             hlc = HLC(store.node_id, max_offset_ns=opts.max_offset_ns,
@@ -98,7 +104,8 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
             raise StoreError(str(e)) from None
         server = await start_server(store, hlc, opts.listen_host, opts.listen_port, tls=opts.tls,
                                     restore_tokens=opts.restore_tokens,
-                                    restore_identities=opts.restore_identities)
+                                    restore_identities=opts.restore_identities,
+                                    ingest_tokens=opts.ingest_tokens)
     except BaseException:
         store.close()
         raise
@@ -122,7 +129,8 @@ async def run_shard(opts: ShardOptions) -> None:
         raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
           f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
-    logger.info("shard %d: %s", opts.shard_id, running.server.security)
+    logger.info("shard %d: %s; %s", opts.shard_id, running.server.security,
+                running.server.ingest_security)
     try:
         await stop.wait()
         logger.info("shutting down")

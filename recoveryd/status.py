@@ -46,7 +46,7 @@ from logstore.pb.journal_pb2 import ShardStatus, ShardStatusRequest, StreamStatu
 from logstore.stamp import Stamp
 
 from .frontier import StreamKey, StreamState, consistent_point
-from .security import open_channel
+from .security import BearerToken, open_channel
 
 __all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
            "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view"]
@@ -76,11 +76,13 @@ class ShardReport:
 
 
 def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
-                 credentials: grpc.ChannelCredentials | None = None) -> list[ShardReport]:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: BearerToken | None = None) -> list[ShardReport]:
     """Ask every shard for its ``ShardStatus``, all at once, each within ``timeout_s``.
 
     ``credentials``: TLS/mTLS channel credentials (recoveryd/security.py;
-    None: plaintext).
+    None: plaintext). ``token``: a bearer token (restore or ingest); a shard
+    that wants credentials shows its streams only with one.
 
     Returns one report per address, in order. A shard that cannot be reached,
     times out or fails the call is reported down with the gRPC status; this
@@ -91,7 +93,7 @@ def fetch_status(addresses: list[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
     try:
         for address in addresses:
             try:
-                channel = open_channel(address, credentials=credentials)
+                channel = open_channel(address, credentials=credentials, token=token)
             except Exception as e:  # noqa: BLE001  a target grpc cannot even parse
                 pending.append((address, None, f"cannot connect to {address!r}: {e}"))
                 continue
@@ -236,6 +238,18 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
         names = ", ".join(r.address for r in down)
         reason = (f"unknown: {len(down)} of {len(reports)} shard(s) down ({names}), "
                   "and a shard that does not answer may be the one holding it back")
+    elif any(r.status.streams_hidden for r in reports):
+        # Without stream keys the shards cannot be compared stream by stream;
+        # each shard's own frontier already counts its members, and the least
+        # of them is the point.
+        point = min(_stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO for r in reports)
+        lowest = min(reports, key=lambda r: _stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO)
+        held_back_by = {"address": lowest.address, "shard_id": lowest.status.shard_id,
+                        "stream": None, "known": True, "pinned": False}
+        reason = (f"held back by shard {lowest.status.shard_id} ({lowest.address}); stream keys "
+                  "are hidden: pass credentials (--token-file) to see streams")
+        if point == Stamp.ZERO:
+            reason = "nothing is proven yet: " + reason
     else:
         held: list[dict[StreamKey, StreamState]] = [
             {StreamKey(pb.stream.node_id, pb.stream.log_id): _state(pb) for pb in r.status.streams}
@@ -244,7 +258,13 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
         proxy_key = _proxy_stream(proxy_status)
         if proxy_key is not None:
             members.add(proxy_key)
-        if not members:
+        expected = set().union(*(r.status.members for r in reports))
+        absent = sorted(expected - {key.node_id for key in members})
+        if absent:
+            point = Stamp.ZERO
+            reason = (f"nothing is proven yet: member node {absent[0]} has no stream on any "
+                      "shard (its proxy has not registered)")
+        elif not members:
             reason = "nothing is proven yet: no shard holds any stream"
             point = Stamp.ZERO
         else:

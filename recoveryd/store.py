@@ -14,6 +14,11 @@ seek plus an iterate upper bound:
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
   durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
   records it brought;
+* ``o/<node_id u32>``          -> the identity that owns a proxy node id (utf-8,
+  e.g. ``cert:proxy-a``): bound by the first authenticated registration, so
+  no other identity can ship streams of that node (``bind_owner``);
+* ``x/<node_id u32><log_id>``  -> a retired stream: the ``StreamStatus`` it had
+  when ``retire`` removed it from the frontier; batches for it are refused;
 * ``m/<name>``                 -> meta: ``shard_id`` (u32), ``data_id`` (a
   uuid made when the store is created), ``node_id`` (u32, the shard's HLC node
   id), ``format`` (u32), and the ``records``/``bytes`` counters (u64).
@@ -23,7 +28,11 @@ stream's new state and the counters in ONE WriteBatch with sync, so after any
 crash the stream state never runs ahead of the records it describes (the
 invariant ``recoveryd.frontier`` relies on). A record that arrives twice (its
 ``r/`` key already exists, or it repeats within a batch) is neither rewritten
-nor counted again: resends after a lost ack are harmless.
+nor counted again: resends after a lost ack are harmless. A record under a
+stamp already held with *different* bytes is refused with its whole batch
+and counted (``conflicts_total``): the first write must not silently hide
+the second. A record whose stamp's node id is not its stream's is refused:
+a proxy stamps only with its own node id.
 
 Range reads follow the Restore API's convention (``ScanRequest``): stamps
 strictly above ``lo`` and at or below ``hi``; ``None`` means unbounded.
@@ -49,7 +58,7 @@ from .frontier import BatchRefused, StreamKey, StreamState, apply, shard_frontie
 
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
-    "stream_status", "FORMAT",
+    "stream_status", "FORMAT", "RetireRefused",
 ]
 
 FORMAT = 1  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -61,6 +70,8 @@ _STAMP_BYTES = Stamp.BYTES
 _RECORD = b"r/"
 _FILE = b"f/"
 _STREAM = b"s/"
+_OWNER = b"o/"
+_RETIRED = b"x/"
 _META_SHARD_ID = b"m/shard_id"
 _META_DATA_ID = b"m/data_id"
 _META_NODE_ID = b"m/node_id"
@@ -73,6 +84,14 @@ _MULTIGET_CHUNK = 256
 
 class StoreError(Exception):
     """The store cannot be opened or used as asked; the message says why."""
+
+
+class RetireRefused(Exception):
+    """A stream cannot be retired (not held through the asked seq, unknown, or gapped)."""
+
+
+class _Conflict(ValueError):
+    """A record under a stamp already held with other bytes."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,10 +165,13 @@ class ShardStore:
     serialized; reads may run alongside them.
 
     ``sync=False`` skips the fsync of each write (benchmarks only: a crash
-    may then lose acknowledged batches).
+    may then lose acknowledged batches). ``members``: the proxy node ids this
+    shard expects; ``frontier()`` counts ``Stamp.ZERO`` for a member it holds
+    no stream of (a wiped store does not forget who ships to it).
     """
 
-    def __init__(self, path: str | os.PathLike[str], shard_id: int, *, sync: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], shard_id: int, *, sync: bool = True,
+                 members: frozenset[int] | set[int] = frozenset()) -> None:
         if not 0 <= shard_id <= 0xFFFF_FFFF:
             raise StoreError(f"shard id {shard_id} does not fit in u32")
         self._path = os.fspath(path)
@@ -157,6 +179,9 @@ class ShardStore:
         self._write_lock = threading.Lock()   # one ingest at a time: read state, apply, write
         self._mem_lock = threading.Lock()     # guards the in-memory mirror below
         self._closed = False
+        self._members = frozenset(members)
+        self.conflicts_total = 0  # records refused: their stamp is held with other bytes
+        self.node_refusals_total = 0  # records refused: stamped by another node than the stream's
         _check_data_dir(self._path)
 
         options = Options(raw_mode=True)
@@ -175,6 +200,8 @@ class ShardStore:
         try:
             self._open_meta()
             self._streams: dict[StreamKey, StreamInfo] = self._load_streams()
+            self._owners: dict[int, str] = self._load_owners()
+            self._retired: dict[StreamKey, StreamInfo] = self._load_streams(_RETIRED)
         except BaseException:
             self._db.close()
             raise
@@ -234,12 +261,16 @@ class ShardStore:
         opts.sync = True
         return opts
 
-    def _load_streams(self) -> dict[StreamKey, StreamInfo]:
+    def _load_streams(self, prefix: bytes = _STREAM) -> dict[StreamKey, StreamInfo]:
         streams = {}
-        for _, value in self._scan(_STREAM, _prefix_end(_STREAM)):
+        for _, value in self._scan(prefix, _prefix_end(prefix)):
             pb = StreamStatus.FromString(value)
             streams[stream_key(pb.stream)] = _stream_info(pb)
         return streams
+
+    def _load_owners(self) -> dict[int, str]:
+        return {_U32.unpack(key[len(_OWNER):])[0]: value.decode("utf-8")
+                for key, value in self._scan(_OWNER, _prefix_end(_OWNER))}
 
     # -- identity and totals ---------------------------------------------------
 
@@ -285,18 +316,102 @@ class ShardStore:
             info = self._streams.get(key)
         return info.state if info is not None else StreamState()
 
+    @property
+    def members(self) -> frozenset[int]:
+        """The proxy node ids this shard expects (configured; may be empty)."""
+        return self._members
+
+    def expect(self, members) -> None:
+        """Add proxy node ids to the members this shard expects."""
+        self._members = self._members | frozenset(members)
+
+    def missing_members(self) -> list[int]:
+        """Members of which this shard holds no stream (each holds the frontier at ZERO)."""
+        nodes = {key.node_id for key in self.streams()}
+        return sorted(self._members - nodes)
+
     def frontier(self) -> Stamp | None:
-        """The shard's frontier: the least over its streams (None: no stream yet)."""
+        """The shard's frontier: the least over its streams, ZERO while a
+        member has no stream here (None: no stream and no member)."""
+        if self.missing_members():
+            return Stamp.ZERO
         return shard_frontier(self.streams().values())
+
+    def owner(self, node_id: int) -> str | None:
+        """The identity bound to a proxy node id (None: not bound yet)."""
+        with self._mem_lock:
+            return self._owners.get(node_id)
+
+    def retired(self) -> dict[StreamKey, StreamInfo]:
+        """Retired streams, with the state each had when it was retired."""
+        with self._mem_lock:
+            return dict(self._retired)
+
+    def is_retired(self, key: StreamKey) -> bool:
+        with self._mem_lock:
+            return key in self._retired
 
     # -- writing ---------------------------------------------------------------
 
-    def register(self, stream: StreamKey) -> StreamState:
-        """Make the stream known durably (an empty state if new); return its state."""
+    def bind_owner(self, node_id: int, identity: str) -> str:
+        """Bind ``node_id`` to ``identity`` durably unless it is bound already;
+        returns the identity it is bound to (compare it with yours)."""
+        self._check_open()
+        with self._write_lock:
+            with self._mem_lock:
+                bound = self._owners.get(node_id)
+            if bound is not None:
+                return bound
+            self._db.write(_one(_OWNER + _U32.pack(node_id), identity.encode("utf-8")),
+                           self._write_opts)
+            with self._mem_lock:
+                self._owners[node_id] = identity
+            return identity
+
+    def retire(self, stream: StreamKey, through_seq: int) -> StreamInfo:
+        """Remove ``stream`` from the frontier for good, once it is held through
+        ``through_seq`` (the last seq its LOG ever had) and has no gap.
+
+        Its records stay. Later batches for it are refused. Raises
+        ``RetireRefused`` saying why it cannot; retiring twice is a no-op.
+        """
         self._check_open()
         with self._write_lock:
             with self._mem_lock:
                 info = self._streams.get(stream)
+                retired = self._retired.get(stream)
+            if info is None:
+                if retired is not None:
+                    return retired
+                raise RetireRefused(f"shard {self._shard_id} has no stream {stream}")
+            state = info.state
+            if state.durable_seq < through_seq:
+                raise RetireRefused(
+                    f"shard {self._shard_id} holds stream {stream} only through seq "
+                    f"{state.durable_seq}, not through {through_seq}: records it sent are "
+                    "not all held; let its shipper finish first")
+            if state.gaps:
+                raise RetireRefused(
+                    f"shard {self._shard_id}: stream {stream} has gaps ({'; '.join(state.gaps)}): "
+                    "records it stamped may be missing; retiring it would hide that")
+            wb = WriteBatch(raw_mode=True)
+            wb.delete(_stream_row_key(stream))
+            wb.put(_RETIRED + _stream_row_key(stream)[len(_STREAM):],
+                   stream_status(stream, info).SerializeToString())
+            self._db.write(wb, self._write_opts)
+            with self._mem_lock:
+                del self._streams[stream]
+                self._retired[stream] = info
+            return info
+
+    def register(self, stream: StreamKey) -> StreamState:
+        """Make the stream known durably (an empty state if new); return its
+        state. A retired stream is not registered again: its last state is
+        returned."""
+        self._check_open()
+        with self._write_lock:
+            with self._mem_lock:
+                info = self._streams.get(stream) or self._retired.get(stream)
             if info is not None:
                 return info.state
             info = StreamInfo(StreamState(), 0, time.time_ns())
@@ -334,15 +449,22 @@ class ShardStore:
         parsed = []
         for batch in batches:
             try:
-                parsed.append(_parse_batch(batch))
+                parsed.append(_parse_batch(batch, stream.node_id))
+            except _ForeignStamp as e:
+                self.node_refusals_total += 1
+                parsed.append(e)
             except ValueError as e:
                 parsed.append(e)
         with self._write_lock:
             self._check_open()
             with self._mem_lock:
+                if stream in self._retired:
+                    info = self._retired[stream]
+                    return [BatchRefused(info.state, f"stream {stream} was retired "
+                                         "(nfsj retire); it may not ship again")] * len(batches)
                 old = self._streams.get(stream) or StreamInfo(StreamState())
             wb = WriteBatch(raw_mode=True)
-            state, written, outcomes = old.state, set(), []
+            state, written, outcomes = old.state, {}, []
             new_records = new_bytes = 0
             for batch, item in zip(batches, parsed):
                 if isinstance(item, ValueError):
@@ -350,12 +472,18 @@ class ShardStore:
                     continue
                 rows, stable, newest = item
                 try:
-                    state = apply(state, batch.after_seq, batch.through_seq, stable,
-                                  gap=batch.gap, newest=newest)
+                    new_state = apply(state, batch.after_seq, batch.through_seq, stable,
+                                      gap=batch.gap, newest=newest)
                 except BatchRefused as refused:
                     outcomes.append(refused)
                     continue
-                n, nbytes = self._put_new(wb, rows, written)
+                try:
+                    n, nbytes = self._put_new(wb, rows, written)
+                except _Conflict as e:
+                    self.conflicts_total += 1
+                    outcomes.append(BatchRefused(state, str(e)))
+                    continue
+                state = new_state
                 new_records += n
                 new_bytes += nbytes
                 outcomes.append(state)
@@ -373,17 +501,24 @@ class ShardStore:
                 self._records_total, self._bytes_total = records_total, bytes_total
             return outcomes
 
-    def _put_new(self, wb: WriteBatch, rows, written: set[bytes]) -> tuple[int, int]:
-        """Add the records (and index entries) not yet held to `wb`; returns (count, bytes)."""
+    def _put_new(self, wb: WriteBatch, rows, written: dict[bytes, bytes]) -> tuple[int, int]:
+        """Add the records (and index entries) not yet held to `wb`; returns
+        (count, bytes). Raises ``_Conflict`` (adding nothing) when a stamp is
+        already held, or written earlier in this group, with other bytes."""
         keys = [_RECORD + stamp for stamp in rows]
         present: list = []
         for i in range(0, len(keys), _MULTIGET_CHUNK):
             present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
+        for key, (value, _), have in zip(keys, rows.values(), present):
+            held = have if have is not None else written.get(key)
+            if held is not None and held != value:
+                raise _Conflict(f"a record under stamp {Stamp.from_bytes(key[len(_RECORD):])} is "
+                                "already held with different contents; refusing the batch")
         count = nbytes = 0
         for key, (stamp, (value, handles)), have in zip(keys, rows.items(), present):
             if have is not None or key in written:
                 continue
-            written.add(key)
+            written[key] = value
             wb.put(key, value)
             for fh in handles:
                 wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
@@ -471,8 +606,20 @@ def _handles(record: Record) -> set[bytes]:
     return {h for h in (record.fh, record.dir_fh, record.to_dir_fh, record.object_fh) if h}
 
 
-def _parse_batch(batch: IngestBatch) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None]:
-    """Check a batch and index its records by stamp; raises ValueError naming the fault."""
+class _ForeignStamp(ValueError):
+    """A record stamped by another node than its stream's proxy."""
+
+
+def _one(key: bytes, value: bytes) -> WriteBatch:
+    wb = WriteBatch(raw_mode=True)
+    wb.put(key, value)
+    return wb
+
+
+def _parse_batch(batch: IngestBatch, node_id: int
+                 ) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None]:
+    """Check a batch of stream node ``node_id`` and index its records by
+    stamp; raises ValueError naming the fault."""
     stable = Stamp.from_bytes(batch.stable) if batch.stable else None
     newest = Stamp.from_bytes(batch.newest) if batch.newest else None
     rows: dict[bytes, tuple[bytes, set[bytes]]] = {}
@@ -487,7 +634,12 @@ def _parse_batch(batch: IngestBatch) -> tuple[dict[bytes, tuple[bytes, set[bytes
         if len(record.stamp) != _STAMP_BYTES:
             raise ValueError(f"record at seq {shipped.seq} has a {len(record.stamp)}-byte stamp, "
                              f"not {_STAMP_BYTES}")
-        # A stamp twice in one batch is one record (stamps are unique): keep the first.
+        stamp = Stamp.from_bytes(record.stamp)
+        if stamp.node_id != node_id:
+            raise _ForeignStamp(f"record at seq {shipped.seq} is stamped {stamp} by node "
+                                f"{stamp.node_id}, not by this stream's node {node_id}")
+        if (held := rows.get(record.stamp)) is not None and held[0] != shipped.record:
+            raise ValueError(f"two different records under stamp {stamp} in one batch")
         rows.setdefault(record.stamp, (shipped.record, _handles(record)))
     return rows, stable, newest
 

@@ -247,7 +247,7 @@ class ShardStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard_id", "streams", "records", "bytes", "frontier", "shard_stamp", "data_id")
+    __slots__ = ("shard_id", "streams", "records", "bytes", "frontier", "shard_stamp", "data_id", "members", "streams_hidden")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,8 @@ class ShardStatus(_message.Message):
     FRONTIER_FIELD_NUMBER: _ClassVar[int]
     SHARD_STAMP_FIELD_NUMBER: _ClassVar[int]
     DATA_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_HIDDEN_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     streams: _containers.RepeatedCompositeFieldContainer[StreamStatus]
     records: int
@@ -262,7 +264,17 @@ class ShardStatus(_message.Message):
     frontier: bytes
     shard_stamp: bytes
     data_id: str
-    def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[int]
+    streams_hidden: bool
+    def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ..., members: _Optional[_Iterable[int]] = ..., streams_hidden: _Optional[bool] = ...) -> None: ...
+
+class RetireRequest(_message.Message):
+    __slots__ = ("stream", "through_seq")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamId
+    through_seq: int
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., through_seq: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("after", "until", "with_data", "ops")

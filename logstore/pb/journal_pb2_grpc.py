@@ -44,6 +44,11 @@ class JournalStub:
                 request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
                 response_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatus.FromString,
                 _registered_method=True)
+        self.Retire = channel.unary_unary(
+                '/nfsj.journal.v1.Journal/Retire',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.RetireRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.StreamStatus.FromString,
+                _registered_method=True)
 
 
 class JournalServicer:
@@ -64,6 +69,14 @@ class JournalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retire(self, request, context):
+        """Answers the retired stream's last state; FAILED_PRECONDITION when it is
+        not held in full, NOT_FOUND when the shard never had it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JournalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_JournalServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.FromString,
                     response_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatus.SerializeToString,
+            ),
+            'Retire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retire,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.RetireRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.StreamStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Journal:
             '/nfsj.journal.v1.Journal/Status',
             logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
             logstore_dot_pb_dot_journal__pb2.ShardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nfsj.journal.v1.Journal/Retire',
+            logstore_dot_pb_dot_journal__pb2.RetireRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.StreamStatus.FromString,
             options,
             channel_credentials,
             insecure,

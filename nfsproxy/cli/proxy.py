@@ -12,7 +12,8 @@ from ..journal import QuotaPolicy
 from ..proxyd import ProxyOptions, parse_hostport, run_proxy
 from ..retention import DEFAULT_LOG_RETAIN, parse_retention
 from . import app, run_event_loop, setup_logging
-from .security_options import client_tls, tls_ca_option, tls_cert_option, tls_key_option
+from .security_options import (client_tls, ingest_token_file_option, tls_ca_option, tls_cert_option,
+                               tls_key_option)
 
 
 def _size(text: str | None) -> int | None:
@@ -50,6 +51,7 @@ def proxy(
              "control API over TLS (which then requires client certificates signed by --tls-ca). "
              "Needs --tls-key."),
     tls_key: Optional[str] = tls_key_option(),
+    ingest_token_file: Optional[str] = ingest_token_file_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
@@ -61,5 +63,6 @@ def proxy(
         raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
-                        control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key))
+                        control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
+                        ingest_token_file=ingest_token_file)
     run_event_loop(run_proxy(opts))

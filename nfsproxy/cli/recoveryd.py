@@ -10,8 +10,9 @@ from recoveryd.shard import SecurityError, ServeError, ShardOptions, StoreError,
 
 from ..proxyd import parse_hostport
 from . import app, fail, run_event_loop, setup_logging
-from .security_options import (restore_identity_option, restore_tokens_option, server_tls,
-                               tls_ca_option, tls_cert_option, tls_key_option)
+from .security_options import (ingest_tokens_option, member_option, restore_identity_option,
+                               restore_tokens_option, server_tls, tls_ca_option, tls_cert_option,
+                               tls_key_option)
 
 
 @app.command()
@@ -25,6 +26,8 @@ def recoveryd(
     tls_ca: Optional[str] = tls_ca_option(server=True),
     restore_tokens: Optional[str] = restore_tokens_option(),
     restore_identity: Optional[list[str]] = restore_identity_option(),
+    ingest_tokens: Optional[str] = ingest_tokens_option(),
+    member: Optional[list[int]] = member_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Receive journal records from proxies and keep them in RocksDB."""
@@ -32,7 +35,8 @@ def recoveryd(
     host, port = parse_hostport(listen)
     opts = ShardOptions(host, port, data, shard_id, metrics=metrics,
                         tls=server_tls(tls_ca, tls_cert, tls_key), restore_tokens=restore_tokens,
-                        restore_identities=tuple(restore_identity or ()))
+                        restore_identities=tuple(restore_identity or ()),
+                        ingest_tokens=ingest_tokens, members=tuple(member or ()))
     try:
         run_event_loop(run_shard(opts))
     except (StoreError, ServeError, SecurityError) as e:

@@ -26,7 +26,7 @@ from . import fail
 
 __all__ = ["tls_cert_option", "tls_key_option", "tls_ca_option", "token_file_option",
            "restore_tokens_option", "restore_identity_option", "client_tls", "client_security",
-           "server_tls"]
+           "server_tls", "ingest_tokens_option", "member_option", "ingest_token_file_option"]
 
 
 def tls_cert_option(*, server: bool = False, help: str | None = None) -> Any:  # noqa: A002
@@ -67,6 +67,25 @@ def restore_identity_option() -> Any:
                         help="With --tls-ca: a client certificate common name allowed to call "
                              "Restore (repeat for each; default: any certificate the CA signed). "
                              "Others need a token.")
+
+
+def ingest_tokens_option() -> Any:
+    return typer.Option(None, "--ingest-tokens", metavar="FILE",
+                        help="Who may ship: one 'NODE_ID TOKEN [expires=ISO-8601]' line per proxy "
+                             "(its HLC node id); those nodes are members. Re-read when it changes. "
+                             "Without it (and without --tls-ca) ingest is open to anyone.")
+
+
+def member_option() -> Any:
+    return typer.Option(None, "--member", metavar="NODE_ID", min=0, max=0xFFFF_FFFF,
+                        help="A proxy node id this shard expects (repeat for each): it holds the "
+                             "consistent point back until its stream is here; other nodes are refused.")
+
+
+def ingest_token_file_option() -> Any:
+    return typer.Option(None, "--ingest-token-file", metavar="FILE",
+                        help="A file holding this proxy's ingest token (listed for its node id in "
+                             "the shards' --ingest-tokens).")
 
 
 def client_tls(tls_ca: Optional[str], tls_cert: Optional[str], tls_key: Optional[str]) -> TlsOptions | None:

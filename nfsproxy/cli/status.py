@@ -10,7 +10,8 @@ import typer
 from recoveryd.status import DEFAULT_TIMEOUT_S, ProxyStatusError, fetch_status, overall, read_proxy_status
 
 from . import app, fail
-from .security_options import client_security, tls_ca_option, tls_cert_option, tls_key_option
+from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
+                               token_file_option)
 
 
 @app.command("status")
@@ -26,6 +27,7 @@ def status_command(
     tls_ca: Optional[str] = tls_ca_option(),
     tls_cert: Optional[str] = tls_cert_option(),
     tls_key: Optional[str] = tls_key_option(),
+    token_file: Optional[str] = token_file_option(),
 ) -> None:
     """Show each shard's frontier, records and lag, and the consistent point.
 
@@ -42,8 +44,9 @@ def status_command(
     addresses = list(shard or [])
     if not addresses and proxy_status:
         addresses = [s["address"] for s in proxy_status.get("shards") or [] if s.get("address")]
-    credentials, _ = client_security(tls_ca, tls_cert, tls_key)
-    view = overall(fetch_status(addresses, timeout, credentials=credentials), proxy_status)
+    credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
+    view = overall(fetch_status(addresses, timeout, credentials=credentials, token=token),
+                   proxy_status)
     if as_json:
         typer.echo(json.dumps(view, indent=2, sort_keys=True))
     else:

@@ -720,17 +720,15 @@ def test_wiped_shard_holds_consistent_point_back() -> None:
     assert consistent_point([held, {P1: StreamState(5, s(20))}]) == s(10)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "consistent_point() only counts streams some shard knows; the consistency group's "
-    "membership must be an input (see proven_point)"))
 def test_unknown_stream_holds_back_consistent_point() -> None:
     # Proxy 2 stamped a record at 5, but no shard knows its stream yet: its
     # shipper has not got through (shard unreachable from it, proxy just
     # started), or the only shard that knew it was wiped and proxy 1 got
     # there first. Proxy 1 shipped later records with stable 20. A restore at
     # consistent_point() = 20 would show proxy 1's records without proxy 2's
-    # earlier one.
+    # earlier one. The shards' member list (proxy node ids) closes this.
     shard = {P1: StreamState(3, s(20))}
-    assert consistent_point([shard]) <= s(5, node_id=2)
-    # What the model uses instead: membership known up front.
+    assert consistent_point([shard], members={P1.node_id, P2.node_id}) <= s(5, node_id=2)
+    assert consistent_point([shard], members={P1.node_id}) == s(20)
+    # The model's roster gives the same answer.
     assert proven_point([shard], [P1, P2]) == Stamp.ZERO

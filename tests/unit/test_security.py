@@ -505,3 +505,46 @@ def test_client_commands_fail_in_one_line_on_a_bad_token_file(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"nfsj: error: token file {tmp_path / 'nope'}: No such file or directory"]
+
+
+# -- who may ship (IngestAuth) over real gRPC -----------------------------------------------
+
+
+def ingest_hello(shard: Shard, node: int, *, credentials=None, token: str | None = None):
+    """A hello for stream (node, "log"): its ack, or the RpcError that refused it."""
+    with open_channel(shard.address, credentials=credentials,
+                      token=BearerToken(token) if token else None) as channel:
+        try:
+            return list(JournalStub(channel).Ingest(
+                iter([IngestBatch(stream=pb.StreamId(node_id=node, log_id="log"))]),
+                timeout=CALL_TIMEOUT_S))[0]
+        except grpc.RpcError as e:
+            return e
+
+
+def test_mtls_binds_a_node_to_the_first_certificate_that_ships_it(pki, shard_with):
+    shard = shard_with(**mtls(pki))
+    assert ingest_hello(shard, 5, credentials=client(pki, "proxy")).error == ""
+    assert ingest_hello(shard, 5, credentials=client(pki, "proxy")).error == ""  # same name: fine
+    refused_ = ingest_hello(shard, 5, credentials=client(pki, "client"))
+    assert refused_.code() is grpc.StatusCode.PERMISSION_DENIED and "bound to" in refused_.details()
+    assert ingest_hello(shard, 6, credentials=client(pki, "client")).error == ""
+    owners = shard.store.owner(5), shard.store.owner(6)
+    assert all(o.startswith("cert:") for o in owners) and owners[0] != owners[1]
+    assert shard.server.servicer.counters.auth_refusals_total == 1
+
+
+def test_ingest_tokens_and_hidden_status(pki, shard_with, tmp_path):
+    ingest = tmp_path / "ingest-tokens"
+    ingest.write_text(f"9 {GOOD}\n")
+    ingest.chmod(0o600)
+    shard = shard_with(restore_tokens=tokens_file(tmp_path, f"{OTHER}\n"), ingest_tokens=str(ingest))
+    assert ingest_hello(shard, 9).code() is grpc.StatusCode.UNAUTHENTICATED
+    assert ingest_hello(shard, 9, token=OTHER).code() is grpc.StatusCode.UNAUTHENTICATED
+    assert ingest_hello(shard, 9, token=GOOD).error == ""
+    assert ingest_hello(shard, 10, token=GOOD).code() is grpc.StatusCode.PERMISSION_DENIED  # no member
+    hidden = call(shard, "status")
+    assert hidden.streams_hidden and not hidden.streams and not hidden.members
+    for token in (GOOD, OTHER):  # an ingest token or a restore token shows them
+        shown = call(shard, "status", token=token)
+        assert [s.stream.node_id for s in shown.streams] == [9] and list(shown.members) == [9]

@@ -199,7 +199,7 @@ def test_status_json_shape(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -
               records=10, nbytes=1000)
     asked = []
 
-    def fake_fetch(addresses, timeout_s, credentials=None):
+    def fake_fetch(addresses, timeout_s, credentials=None, token=None):
         assert credentials is None  # no --tls-ca: plaintext
         asked.append((list(addresses), timeout_s))
         return [up(addresses[0], a)]
