@@ -94,6 +94,7 @@ def test_certificates_bind_nodes_without_tokens(tmp_path: Path) -> None:
 def test_bad_tokens_file_line_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad"
     path.write_text(f"{TOKEN_A}\n")  # no node id
+    path.chmod(0o600)
     with pytest.raises(SecurityError, match="NODE_ID TOKEN"):
         IngestAuth(path)
 
