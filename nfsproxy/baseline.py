@@ -31,6 +31,7 @@ from collections import deque
 from typing import Callable
 
 from logstore.record import Op, Record
+from recoveryd.tree import show_name
 
 from .capture import fattr_to_attr
 from .client import NfsClient, NfsError
@@ -118,9 +119,9 @@ class _Scan:
         """Breadth-first over the export, then over whatever moved into
         directories already listed while the walk went on (see `_catch_moves`)."""
         attrs = (await asyncio.to_thread(client.getattr, start_fh)).obj_attributes
-        root_stamp = await self._piece(client, start_fh, b"", "", attrs, "/")
-        dirs: deque[tuple[bytes, str, bytes]] = deque([(start_fh, "", root_stamp)])
-        moved: list[tuple[bytes, str]] = []
+        root_stamp = await self._piece(client, start_fh, b"", b"", attrs, b"/")
+        dirs: deque[tuple[bytes, bytes, bytes]] = deque([(start_fh, b"", root_stamp)])
+        moved: list[tuple[bytes, bytes]] = []
         watch = lambda record: moved.append((record.to_dir_fh, record.to_name))  # noqa: E731
         self.proxy.namespace_watchers.add(watch)
         try:
@@ -132,7 +133,7 @@ class _Scan:
         finally:
             self.proxy.namespace_watchers.discard(watch)
 
-    async def _walk(self, client: NfsClient, dirs: deque[tuple[bytes, str, bytes]]) -> None:
+    async def _walk(self, client: NfsClient, dirs: deque[tuple[bytes, bytes, bytes]]) -> None:
         while dirs:
             dir_fh, dir_path, piece_stamp = dirs.popleft()
             self.state.dirs += 1
@@ -149,17 +150,17 @@ class _Scan:
                 if entry.name_handle is None:
                     continue
                 await self._entry(client, dirs, dir_fh, entry.name, entry.name_handle,
-                                  entry.name_attributes, f"{dir_path}/{entry.name}")
+                                  entry.name_attributes, dir_path + b"/" + entry.name)
 
-    async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: str, fh: bytes, attrs,
-                     path: str) -> None:
+    async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: bytes, fh: bytes, attrs,
+                     path: bytes) -> None:
         if attrs is None:
             attrs = (await asyncio.to_thread(client.getattr, fh)).obj_attributes
         stamp = await self._piece(client, fh, dir_fh, name, attrs, path)
         if stamp is not None and attrs.type is Ftype3.NF3DIR:
             dirs.append((fh, path, stamp))
 
-    async def _catch_moves(self, client: NfsClient, moved: list[tuple[bytes, str]], dirs) -> None:
+    async def _catch_moves(self, client: NfsClient, moved: list[tuple[bytes, bytes]], dirs) -> None:
         """An object renamed (or linked) during the walk from a directory not yet
         listed into one already listed would be in neither listing. Read every
         such target once more; objects already read are only bound again."""
@@ -169,15 +170,15 @@ class _Scan:
             except NfsError:
                 continue  # gone again: the journal has what happened to it
             await self._entry(client, dirs, dir_fh, name, found.object, found.obj_attributes,
-                              f"(moved)/{name}")
+                              b"(moved)/" + name)
 
-    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs,
-                     path: str) -> bytes | None:
+    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: bytes, attrs,
+                     path: bytes) -> bytes | None:
         """Journal one entry: its binding and attributes, and its content if it is new.
 
         Returns the stamp of its (first) piece, or None if it vanished first."""
         s = self.state
-        s.current = path
+        s.current = show_name(path)  # for people: progress goes out as a proto string
         first = attrs.fileid not in self._seen_fileids
         self._seen_fileids.add(attrs.fileid)
         record = Record(op=Op.BASELINE, ok=True, fh=fh, dir_fh=dir_fh, name=name,
