@@ -134,7 +134,8 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
     src_rel = b"/".join(src_parts)
     src_fh = tree.lookup(src_rel)
     if src_fh is None or tree.node(src_fh) is None or not tree.node(src_fh).type:
-        raise PushbackError(f"{show_name(b'/' + src_rel)} did not exist at the cut {getattr(cut, 'at', cut)}; "
+        raise PushbackError(f"{show_name(b'/' + src_rel)} did not exist at the cut "
+                            f"{getattr(cut, 'at', cut)}; "
                             "nothing to push back")
     pusher = _Pusher(client, cut, nfs, tree, progress)
     try:
@@ -219,7 +220,8 @@ class _Pusher:
             attrs = self.nfs.getattr(fh).obj_attributes
         except NfsError as e:
             if e.status in (Nfsstat3.NFS3ERR_NOENT, Nfsstat3.NFS3ERR_NOTDIR):
-                raise PushbackError(f"{what} {show_name(b'/' + path)} does not exist on the NAS") from None
+                raise PushbackError(
+                    f"{what} {show_name(b'/' + path)} does not exist on the NAS") from None
             raise
         if attrs.type is not Ftype3.NF3DIR:
             raise PushbackError(f"{what} {show_name(b'/' + path)} is not a directory on the NAS")
@@ -295,7 +297,8 @@ class _Pusher:
         except NfsError as e:
             if guard_top and e.status is Nfsstat3.NFS3ERR_EXIST:
                 raise _Exists() from None
-            raise PushbackError(f"{show_name(rel)}: the NAS refused to create it ({e.status.name})") from None
+            raise PushbackError(
+                f"{show_name(rel)}: the NAS refused to create it ({e.status.name})") from None
         nas_fh = created_fh(self.nfs, made, nas_dir, name)
         self.pushed[fh] = nas_fh
         if kind == DIR:
@@ -344,8 +347,8 @@ class _Pusher:
                 return
             logger.info("%s: the NAS's write verifier changed before COMMIT; writing it again",
                         show_name(rel))
-        raise PushbackError(f"{show_name(rel)}: the NAS kept losing uncommitted writes (its write verifier "
-                            f"changed {_COMMIT_ATTEMPTS} times); is it restarting?")
+        raise PushbackError(f"{show_name(rel)}: the NAS kept losing uncommitted writes (its write "
+                            f"verifier changed {_COMMIT_ATTEMPTS} times); is it restarting?")
 
     def _set_attrs(self, node: Any, nas_fh: bytes, rel: bytes) -> None:
         attr = node.attr

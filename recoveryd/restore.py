@@ -723,7 +723,8 @@ class RestoreClient:
                 try:
                     os.mknod(target, kind | 0o600, rdev)
                 except PermissionError:
-                    summary.skipped.append(f"{show_name(b'/' + rel)} ({TYPE_NAMES[node.type]}: mknod needs root)")
+                    summary.skipped.append(
+                        f"{show_name(b'/' + rel)} ({TYPE_NAMES[node.type]}: mknod needs root)")
                     continue
                 _set_attrs(target, node.attr, node.type, summary.owners)
                 summary.specials += 1
@@ -758,8 +759,8 @@ class RestoreClient:
         rel = _clean_path(path)
         fh = self.tree(cut).lookup(rel)
         if fh is None:
-            raise RestoreRefused(f"{show_name(b'/' + rel)} did not exist at {_iso(bound)} ({bound}); give --until a "
-                                 "moment when it did")
+            raise RestoreRefused(f"{show_name(b'/' + rel)} did not exist at {_iso(bound)} ({bound}); "
+                                 "give --until a moment when it did")
         request = FileRequest(fh=fh, after=since.to_bytes() if since is not None else b"",
                               until=bound.to_bytes(), with_data=False)
         # The tree as it was at each record: replayed alongside, up to just
