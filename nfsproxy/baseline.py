@@ -37,6 +37,7 @@ from collections import deque
 from typing import Any, Callable
 
 from logstore.record import Op, Record
+from recoveryd.tree import show_name
 
 from .capture import fattr_to_attr
 from .client import NfsClient, NfsError
@@ -138,9 +139,9 @@ class _Scan:
         finally:
             self._release(key)
 
-    def _vanished(self, path: str) -> None:
+    def _vanished(self, path: bytes) -> None:
         self.state.vanished += 1
-        logger.debug("baseline: %s was removed before it was read; skipped", path)
+        logger.debug("baseline: %s was removed before it was read; skipped", show_name(path))
 
     # -- the walk -----------------------------------------------------------------
 
@@ -164,11 +165,11 @@ class _Scan:
         """Breadth-first over the export, then over whatever moved into
         directories already listed while the walk went on (see `_catch_moves`)."""
         attrs = (await self.nfs(client.getattr, start_fh)).obj_attributes
-        root_stamp = await self._piece(client, start_fh, b"", "", attrs, "/")
+        root_stamp = await self._piece(client, start_fh, b"", b"", attrs, b"/")
         if root_stamp is None:
             raise RuntimeError("the export's root vanished during the baseline")
-        dirs: deque[tuple[bytes, str, bytes]] = deque([(start_fh, "", root_stamp)])
-        moved: list[tuple[bytes, str]] = []
+        dirs: deque[tuple[bytes, bytes, bytes]] = deque([(start_fh, b"", root_stamp)])
+        moved: list[tuple[bytes, bytes]] = []
         watch = lambda record: moved.append((record.to_dir_fh, record.to_name))  # noqa: E731
         self.proxy.namespace_watchers.add(watch)
         try:
@@ -180,7 +181,7 @@ class _Scan:
         finally:
             self.proxy.namespace_watchers.discard(watch)
 
-    async def _walk(self, client: NfsClient, dirs: deque[tuple[bytes, str, bytes]]) -> None:
+    async def _walk(self, client: NfsClient, dirs: deque[tuple[bytes, bytes, bytes]]) -> None:
         while dirs:
             dir_fh, dir_path, piece_stamp = dirs.popleft()
             self.state.dirs += 1
@@ -192,16 +193,16 @@ class _Scan:
             except NfsError as e:
                 if not _gone(e):
                     raise
-                self._vanished(dir_path or "/")  # its RMDIR is in the journal
+                self._vanished(dir_path or b"/")  # its RMDIR is in the journal
                 continue
             for entry in entries:
                 if entry.name_handle is None:
                     continue
                 await self._entry(client, dirs, dir_fh, entry.name, entry.name_handle,
-                                  entry.name_attributes, f"{dir_path}/{entry.name}")
+                                  entry.name_attributes, dir_path + b"/" + entry.name)
 
-    async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: str, fh: bytes, attrs,
-                     path: str) -> None:
+    async def _entry(self, client: NfsClient, dirs, dir_fh: bytes, name: bytes, fh: bytes, attrs,
+                     path: bytes) -> None:
         if attrs is None:
             try:
                 attrs = (await self.nfs(client.getattr, fh)).obj_attributes
@@ -214,7 +215,7 @@ class _Scan:
         if stamp is not None and attrs.type is Ftype3.NF3DIR:
             dirs.append((fh, path, stamp))
 
-    async def _catch_moves(self, client: NfsClient, moved: list[tuple[bytes, str]], dirs) -> None:
+    async def _catch_moves(self, client: NfsClient, moved: list[tuple[bytes, bytes]], dirs) -> None:
         """An object renamed (or linked) during the walk from a directory not yet
         listed into one already listed would be in neither listing. Read every
         such target once more; objects already read are only bound again."""
@@ -224,15 +225,15 @@ class _Scan:
             except NfsError:
                 continue  # gone again: the journal has what happened to it
             await self._entry(client, dirs, dir_fh, name, found.object, found.obj_attributes,
-                              f"(moved)/{name}")
+                              b"(moved)/" + name)
 
-    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: str, attrs,
-                     path: str) -> bytes | None:
+    async def _piece(self, client: NfsClient, fh: bytes, dir_fh: bytes, name: bytes, attrs,
+                     path: bytes) -> bytes | None:
         """Journal one entry: its binding and attributes, and its content if it is new.
 
         Returns the stamp of its (first) piece, or None if it vanished first."""
         s = self.state
-        s.current = path
+        s.current = show_name(path)  # for people: progress goes out as a proto string
         first = attrs.fileid not in self._seen_fileids
         self._seen_fileids.add(attrs.fileid)
         key, stamp = self._stamp()
@@ -249,7 +250,7 @@ class _Scan:
         return stamp
 
     async def _attributes(self, client: NfsClient, record: Record, key: int, first: bool,
-                          path: str) -> bool:
+                          path: bytes) -> bool:
         """Journal a piece holding the object's attributes (and a new symlink's
         target); False if the object is gone."""
         # The listing's attributes predate this stamp: a SETATTR stamped
@@ -269,7 +270,7 @@ class _Scan:
         await self._journal(record, key)
         return True
 
-    async def _file(self, client: NfsClient, record: Record, key: int, attrs, path: str) -> bool:
+    async def _file(self, client: NfsClient, record: Record, key: int, attrs, path: bytes) -> bool:
         """Journal a regular file's content in pieces, each stamped before its read.
 
         False if it was gone before its first piece. Gone later, it keeps the

@@ -53,10 +53,10 @@ class BindingCache:
 
     def __init__(self, capacity: int = 1 << 20):
         self.capacity = capacity
-        self._names: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()
-        self._handles: dict[tuple[bytes, str], bytes] = {}
+        self._names: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
+        self._handles: dict[tuple[bytes, bytes], bytes] = {}
 
-    def learn(self, fh: bytes, dir_fh: bytes, name: str) -> bool:
+    def learn(self, fh: bytes, dir_fh: bytes, name: bytes) -> bool:
         """Remember fh's name; True when it is news worth journaling."""
         key = (dir_fh, name)
         self._handles[key] = fh
@@ -70,7 +70,7 @@ class BindingCache:
                 del self._handles[old_key]
         return True
 
-    def handle_of(self, dir_fh: bytes, name: str) -> bytes | None:
+    def handle_of(self, dir_fh: bytes, name: bytes) -> bytes | None:
         """The handle last seen under `name` in `dir_fh`, if any."""
         return self._handles.get((dir_fh, name))
 
@@ -152,7 +152,7 @@ class Capture:
         else:
             found = [(e.name_handle, pending.args.dir, e.name, e.name_attributes)
                      for e in res.body.reply.entries
-                     if e.name_handle is not None and e.name not in (".", "..")]
+                     if e.name_handle is not None and e.name not in (b".", b"..")]
         records = []
         for fh, dir_fh, name, attrs in found:
             if self.bindings.learn(fh, dir_fh, name):

@@ -340,13 +340,15 @@ class NfsClient:
 
     Each NFS procedure has a thin method that builds the `*3args`, makes the
     call and returns the decoded resok body (or raises `NfsError`); handles
-    are `bytes`. Helpers (`lookup_path`, `read_all`, `write_all`,
+    are `bytes`. Names and symlink targets are `bytes` in replies, exactly
+    as the server sent them; arguments take `bytes` (sent as is) or `str`
+    (sent as UTF-8). Helpers (`lookup_path`, `read_all`, `write_all`,
     `readdirplus` over all pages) sit on top.
     """
 
     def __init__(self, host: str, nfs_port: int, mount_port: int, export: str, *,
                  uid: int = 0, gid: int = 0, gids: tuple[int, ...] = (),
-                 machine_name: str | None = None, timeout_s: float = 10.0,
+                 machine_name: bytes | str | None = None, timeout_s: float = 10.0,
                  privileged_port: bool = False):
         self.host = host
         self.nfs_port = nfs_port
@@ -354,8 +356,10 @@ class NfsClient:
         self.export = export
         self.timeout_s = timeout_s
         self.privileged_port = privileged_port
-        name = (machine_name if machine_name is not None else socket.gethostname())
-        name = name.encode("utf-8", "surrogateescape")[:255].decode("utf-8", "ignore")
+        name = machine_name if machine_name is not None else socket.gethostname()
+        if isinstance(name, str):
+            name = name.encode("utf-8", "surrogateescape")
+        name = name[:255]  # AUTH_SYS allows 255 bytes; any bytes, as a hostile client may send
         # The credential is the same on every call: encode it once.
         self.auth_sys = AuthSys(int(time.time()) & 0xFFFFFFFF, name, uid, gid, tuple(gids))
         self._cred = self.auth_sys.to_opaque()
@@ -460,7 +464,7 @@ class NfsClient:
         """SETATTR `attrs` (see `sattr3()`); `guard` is the expected ctime, or None."""
         return self._call(Proc3.SETATTR, SETATTR3args(fh, attrs, guard))
 
-    def lookup(self, dir_fh: bytes, name: str) -> LOOKUP3resok:
+    def lookup(self, dir_fh: bytes, name: bytes | str) -> LOOKUP3resok:
         """LOOKUP `name` in `dir_fh`; `.object` is the handle."""
         return self._call(Proc3.LOOKUP, LOOKUP3args(Diropargs3(dir_fh, name)), repr(name))
 
@@ -469,7 +473,7 @@ class NfsClient:
         return self._call(Proc3.ACCESS, ACCESS3args(fh, access))
 
     def readlink(self, fh: bytes) -> READLINK3resok:
-        """READLINK; `.data` is the target text."""
+        """READLINK; `.data` is the target, as bytes."""
         return self._call(Proc3.READLINK, READLINK3args(fh))
 
     def read(self, fh: bytes, offset: int, count: int) -> READ3resok:
@@ -483,7 +487,7 @@ class NfsClient:
         view = memoryview(data).cast("B")
         return self._call(Proc3.WRITE, WRITE3args(fh, offset, len(view), stable, view))
 
-    def create(self, dir_fh: bytes, name: str, attrs: Sattr3 | int | None = 0o644,
+    def create(self, dir_fh: bytes, name: bytes | str, attrs: Sattr3 | int | None = 0o644,
                how: CreateMode = CreateMode.GUARDED, *, verf: bytes | None = None) -> CREATE3resok:
         """CREATE a regular file. `attrs` is an `Sattr3` or a mode.
 
@@ -499,18 +503,18 @@ class NfsClient:
         return self._call(Proc3.CREATE, CREATE3args(Diropargs3(dir_fh, name), Createhow3(how, body)),
                           repr(name))
 
-    def mkdir(self, dir_fh: bytes, name: str, attrs: Sattr3 | int | None = 0o755) -> MKDIR3resok:
+    def mkdir(self, dir_fh: bytes, name: bytes | str, attrs: Sattr3 | int | None = 0o755) -> MKDIR3resok:
         """MKDIR `name` in `dir_fh`; `attrs` is an `Sattr3` or a mode."""
         return self._call(Proc3.MKDIR, MKDIR3args(Diropargs3(dir_fh, name), _attrs(attrs)),
                           repr(name))
 
-    def symlink(self, dir_fh: bytes, name: str, target: str,
+    def symlink(self, dir_fh: bytes, name: bytes | str, target: bytes | str,
                 attrs: Sattr3 | int | None = None) -> SYMLINK3resok:
         """SYMLINK `name` -> `target` (stored as given, not resolved)."""
         args = SYMLINK3args(Diropargs3(dir_fh, name), Symlinkdata3(_attrs(attrs), target))
         return self._call(Proc3.SYMLINK, args, repr(name))
 
-    def mknod(self, dir_fh: bytes, name: str, type: Ftype3, attrs: Sattr3 | int | None = None,
+    def mknod(self, dir_fh: bytes, name: bytes | str, type: Ftype3, attrs: Sattr3 | int | None = None,
               spec: tuple[int, int] = (0, 0)) -> MKNOD3resok:
         """MKNOD a device (NF3CHR/NF3BLK, with `spec` = (major, minor)), a FIFO or a socket."""
         if type in (Ftype3.NF3CHR, Ftype3.NF3BLK):
@@ -522,20 +526,21 @@ class NfsClient:
         return self._call(Proc3.MKNOD, MKNOD3args(Diropargs3(dir_fh, name), Mknoddata3(type, body)),
                           repr(name))
 
-    def remove(self, dir_fh: bytes, name: str) -> REMOVE3resok:
+    def remove(self, dir_fh: bytes, name: bytes | str) -> REMOVE3resok:
         """REMOVE a non-directory `name` from `dir_fh`."""
         return self._call(Proc3.REMOVE, REMOVE3args(Diropargs3(dir_fh, name)), repr(name))
 
-    def rmdir(self, dir_fh: bytes, name: str) -> RMDIR3resok:
+    def rmdir(self, dir_fh: bytes, name: bytes | str) -> RMDIR3resok:
         """RMDIR an empty directory `name` from `dir_fh`."""
         return self._call(Proc3.RMDIR, RMDIR3args(Diropargs3(dir_fh, name)), repr(name))
 
-    def rename(self, from_dir: bytes, from_name: str, to_dir: bytes, to_name: str) -> RENAME3resok:
+    def rename(self, from_dir: bytes, from_name: bytes | str, to_dir: bytes,
+               to_name: bytes | str) -> RENAME3resok:
         """RENAME `from_dir`/`from_name` to `to_dir`/`to_name` (replacing a target)."""
         args = RENAME3args(Diropargs3(from_dir, from_name), Diropargs3(to_dir, to_name))
         return self._call(Proc3.RENAME, args, f"{from_name!r} -> {to_name!r}")
 
-    def link(self, fh: bytes, dir_fh: bytes, name: str) -> LINK3resok:
+    def link(self, fh: bytes, dir_fh: bytes, name: bytes | str) -> LINK3resok:
         """LINK: a new name `name` in `dir_fh` for the file `fh`."""
         return self._call(Proc3.LINK, LINK3args(fh, Diropargs3(dir_fh, name)), repr(name))
 
@@ -580,7 +585,7 @@ class NfsClient:
             resok = page(cookie, cookieverf)
             entries = resok.reply.entries
             for e in entries:
-                if dots or e.name not in (".", ".."):
+                if dots or e.name not in (b".", b".."):
                     yield e
             if resok.reply.eof:
                 return
@@ -610,14 +615,15 @@ class NfsClient:
 
     # -- helpers -----------------------------------------------------------
 
-    def lookup_path(self, path: str, start: bytes | None = None) -> bytes:
+    def lookup_path(self, path: bytes | str, start: bytes | None = None) -> bytes:
         """The handle of `path` ("a/b/c", relative to `start`, default the root).
 
         Empty and "." components are skipped; ".." is looked up on the server.
+        A `str` path is taken as `os.fsencode` would give its bytes.
         """
         fh = self.root if start is None else start
-        for name in path.split("/"):
-            if name in ("", "."):
+        for name in os.fsencode(path).split(b"/"):
+            if name in (b"", b"."):
                 continue
             fh = _fh(self.lookup(fh, name).object)
         return fh
@@ -676,7 +682,7 @@ class NfsClient:
         raise ProtocolError(f"write verifier kept changing over {_COMMIT_RETRIES} attempts")
 
 
-def created_fh(client: NfsClient, resok: Any, dir_fh: bytes, name: str) -> bytes:
+def created_fh(client: NfsClient, resok: Any, dir_fh: bytes, name: bytes | str) -> bytes:
     """The handle of an object just made by CREATE/MKDIR/SYMLINK/MKNOD: from the
     reply when the server sent one (post_op_fh3 is optional), else by LOOKUP."""
     if resok.obj is not None:

@@ -147,9 +147,9 @@ class ExportObject:
     fh: bytes
     attr: Fattr3
     parent: bytes
-    target: str | None = None
-    entries: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    names: tuple[str, ...] = ()
+    target: bytes | None = None
+    entries: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    names: tuple[bytes, ...] = ()
 
     @property
     def type(self) -> Ftype3:
@@ -199,7 +199,7 @@ def index_tree(tree: Any) -> tuple[bytes, dict[bytes, ExportObject]]:
         raise ValueError("the tree has no root directory (no baseline before the cut?)")
     nodes = tree.nodes
     parents: dict[bytes, bytes] = {root: root}
-    listed: dict[bytes, tuple[str, ...]] = {}
+    listed: dict[bytes, tuple[bytes, ...]] = {}
     links: dict[bytes, int] = {}
     subdirs: dict[bytes, int] = {}
     order = [root]
@@ -237,8 +237,7 @@ def index_tree(tree: Any) -> tuple[bytes, dict[bytes, ExportObject]]:
                                    {n: node.entries[n] for n in names}, names)
         elif kind == Ftype3.NF3LNK:
             target = node.symlink_target
-            size = len(target.encode("utf-8", "surrogateescape"))
-            out[fh] = ExportObject(fh, _fattr3(kind, node.attr, fh, links[fh], size, (0, 0)),
+            out[fh] = ExportObject(fh, _fattr3(kind, node.attr, fh, links[fh], len(target), (0, 0)),
                                    parents[fh], target)
         else:
             rdev = node.rdev if kind in (Ftype3.NF3CHR, Ftype3.NF3BLK) else (0, 0)
@@ -358,37 +357,39 @@ class ExportHandler:
     def _mount_null(self, _: None) -> None:
         return None
 
-    def mount_handle(self, path: str) -> bytes:
+    def mount_handle(self, path: bytes | str) -> bytes:
         """The handle MNT answers for `path`: the directory it names, else the root.
 
         The path is tried whole and then without leading components, so the
         NAS's export name in front ("/export/a") is optional.
         """
-        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if isinstance(path, str):
+            path = path.encode("utf-8", "surrogateescape")
+        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
         for start in range(len(parts)):
             fh = self._walk(parts[start:])
             if fh is not None and self.objects[fh].type == Ftype3.NF3DIR:
                 return fh
         return self.root
 
-    def _walk(self, parts: Iterable[str]) -> bytes | None:
+    def _walk(self, parts: Iterable[bytes]) -> bytes | None:
         fh = self.root
         for name in parts:
             obj = self.objects[fh]
             if obj.type != Ftype3.NF3DIR:
                 return None
-            fh = obj.parent if name == ".." else obj.entries.get(name)
+            fh = obj.parent if name == b".." else obj.entries.get(name)
             if fh is None:
                 return None
         return fh
 
-    def _mount_mnt(self, path: str) -> Mountres3:
+    def _mount_mnt(self, path: bytes) -> Mountres3:
         return Mountres3(Mountstat3.MNT3_OK, Mountres3Ok(self.mount_handle(path), _AUTH_FLAVORS))
 
     def _mount_dump(self, _: None) -> tuple:
         return ()  # we keep no mount list: it is advisory (RFC 1813 appendix I)
 
-    def _mount_umnt(self, _: str) -> None:
+    def _mount_umnt(self, _: bytes) -> None:
         return None
 
     def _mount_umntall(self, _: None) -> None:
@@ -415,11 +416,11 @@ class ExportHandler:
         if d.type != Ftype3.NF3DIR:
             return LOOKUP3res(Nfsstat3.NFS3ERR_NOTDIR, LOOKUP3resfail(d.attr))
         name = a.what.name
-        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        if len(name) > NAME_MAX:
             return LOOKUP3res(Nfsstat3.NFS3ERR_NAMETOOLONG, LOOKUP3resfail(d.attr))
-        if name == ".":
+        if name == b".":
             fh = d.fh
-        elif name == "..":
+        elif name == b"..":
             fh = d.parent
         else:
             fh = d.entries.get(name)
@@ -466,8 +467,8 @@ class ExportHandler:
         eof = a.offset + len(data) >= size or len(data) < want
         return READ3res(Nfsstat3.NFS3_OK, READ3resok(obj.attr, len(data), eof, data))
 
-    def _listing(self, d: ExportObject) -> list[tuple[str, bytes]]:
-        return [(".", d.fh), ("..", d.parent), *((n, d.entries[n]) for n in d.names)]
+    def _listing(self, d: ExportObject) -> list[tuple[bytes, bytes]]:
+        return [(b".", d.fh), (b"..", d.parent), *((n, d.entries[n]) for n in d.names)]
 
     def _start(self, d: ExportObject, cookie: int, cookieverf: bytes) -> int | None:
         """The index of the first entry to list after `cookie`, or None for a bad cookie."""
@@ -493,7 +494,7 @@ class ExportHandler:
         entries: list[Entry3] = []
         for i in range(start, len(listing)):
             name, fh = listing[i]
-            cost = _entry_bytes(len(name.encode("utf-8", "surrogateescape")))
+            cost = _entry_bytes(len(name))
             if used + cost > a.count:
                 break
             used += cost
@@ -518,7 +519,7 @@ class ExportHandler:
         entries: list[Entryplus3] = []
         for i in range(start, len(listing)):
             name, fh = listing[i]
-            name_len = len(name.encode("utf-8", "surrogateescape"))
+            name_len = len(name)
             cost = _entryplus_bytes(name_len, len(fh))
             dir_cost = _entry_bytes(name_len)
             if used + cost > a.maxcount:

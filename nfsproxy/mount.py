@@ -84,8 +84,8 @@ class Mountres3:
 class Mountbody:
     """One DUMP row (the `ml_next` link is the enclosing tuple)."""
 
-    ml_hostname: str = xf(NAME)
-    ml_directory: str = xf(DIRPATH)
+    ml_hostname: bytes = xf(NAME)
+    ml_directory: bytes = xf(DIRPATH)
 
 
 MOUNTLIST: Codec = LinkedList(Mountbody.xdr)
@@ -96,8 +96,8 @@ MOUNTLIST: Codec = LinkedList(Mountbody.xdr)
 class Exportnode:
     """One EXPORT row; `ex_groups` is the `groups` list as a tuple of names."""
 
-    ex_dir: str = xf(DIRPATH)
-    ex_groups: tuple[str, ...] = xf(LinkedList(NAME))
+    ex_dir: bytes = xf(DIRPATH)
+    ex_groups: tuple[bytes, ...] = xf(LinkedList(NAME))
 
 
 EXPORTS: Codec = LinkedList(Exportnode.xdr)

@@ -308,7 +308,7 @@ class Diropargs3:
     """A name in a directory."""
 
     dir: bytes = xf(NFS_FH3)
-    name: str = xf(FILENAME3)
+    name: bytes = xf(FILENAME3)
 
 
 SATTRGUARD3: Codec = Optional(Nfstime3.xdr)
@@ -440,7 +440,7 @@ class READLINK3args:
 @xdr_struct
 class READLINK3resok:
     symlink_attributes: Fattr3 | None = xf(POST_OP_ATTR)
-    data: str = xf(NFSPATH3)
+    data: bytes = xf(NFSPATH3)
 
 
 @xdr_struct
@@ -585,7 +585,7 @@ class MKDIR3res:
 @xdr_struct
 class Symlinkdata3:
     symlink_attributes: Sattr3 = xf(Sattr3.xdr)
-    symlink_data: str = xf(NFSPATH3)
+    symlink_data: bytes = xf(NFSPATH3)
 
 
 @xdr_struct
@@ -779,7 +779,7 @@ class Entry3:
     """One READDIR entry (the RFC's `nextentry` link is the enclosing tuple)."""
 
     fileid: int = xf(U64)
-    name: str = xf(FILENAME3)
+    name: bytes = xf(FILENAME3)
     cookie: int = xf(U64)
 
 
@@ -825,7 +825,7 @@ class Entryplus3:
     """One READDIRPLUS entry (the `nextentry` link is the enclosing tuple)."""
 
     fileid: int = xf(U64)
-    name: str = xf(FILENAME3)
+    name: bytes = xf(FILENAME3)
     cookie: int = xf(U64)
     name_attributes: Fattr3 | None = xf(POST_OP_ATTR)
     name_handle: bytes | None = xf(POST_OP_FH3)

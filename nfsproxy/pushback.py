@@ -44,6 +44,7 @@ import os
 from typing import Any, Callable, Final
 
 from recoveryd.restore import RestoreRefused
+from recoveryd.tree import show_name
 
 from .client import ClientError, NfsClient, NfsError, ProtocolError, created_fh, sattr3
 from .exportd import cut_tree
@@ -109,15 +110,16 @@ class PushResult:
         return text
 
 
-def _split(path: str) -> list[str]:
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise PushbackError(f"{path!r}: '..' is not allowed in a push-back path")
+def _split(path: bytes | str) -> list[bytes]:
+    # Names are bytes; a path from a command line is os.fsencoded back into them.
+    parts = [p for p in os.fsencode(path).split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise PushbackError(f"{show_name(path)}: '..' is not allowed in a push-back path")
     return parts
 
 
-def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = None,
-                into: str | None = None,
+def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | None = None,
+                into: bytes | str | None = None,
                 progress: Callable[..., None] | None = None, tree: Any = None) -> PushResult:
     """Write the tree as of `cut` (or the subtree at `path`) back onto the NAS.
 
@@ -128,23 +130,24 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: str | None = Non
     """
     if tree is None:
         tree = cut_tree(client, cut)  # with files' attributes as of the cut (see there)
-    src_parts = _split(path or "")
-    src_rel = "/".join(src_parts)
+    src_parts = _split(path or b"")
+    src_rel = b"/".join(src_parts)
     src_fh = tree.lookup(src_rel)
     if src_fh is None or tree.node(src_fh) is None or not tree.node(src_fh).type:
-        raise PushbackError(f"/{src_rel} did not exist at the cut {getattr(cut, 'at', cut)}; "
+        raise PushbackError(f"{show_name(b'/' + src_rel)} did not exist at the cut "
+                            f"{getattr(cut, 'at', cut)}; "
                             "nothing to push back")
     pusher = _Pusher(client, cut, nfs, tree, progress)
     try:
         return _push(pusher, src_fh, src_parts, src_rel, into)
     except (NfsError, ClientError, OSError) as e:
-        where = f" at {pusher.current}" if pusher.current else ""
+        where = f" at {show_name(pusher.current)}" if pusher.current else ""
         left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
         raise PushbackError(f"the NAS failed{where}: {e}{left}") from None
 
 
-def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[str], src_rel: str,
-          into: str | None) -> PushResult:
+def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[bytes], src_rel: bytes,
+          into: bytes | str | None) -> PushResult:
     nfs, tree = pusher.nfs, pusher.tree
     src = tree.node(src_fh)
     if nfs.root_fh is None:
@@ -156,21 +159,21 @@ def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[str], src_rel: str,
             raise PushbackError("--into needs a subdirectory name, e.g. --into restored-2024-05-01")
         parent = pusher.existing_dir(into_parts[:-1], "--into's parent")
         name = into_parts[-1]
-        target = "/".join(into_parts)
+        target = b"/".join(into_parts)
         try:
             top = nfs.mkdir(parent, name, _DIR_MODE_WHILE_FILLING)
         except NfsError as e:
             if e.status is Nfsstat3.NFS3ERR_EXIST:
-                raise PushbackError(f"{target} already exists on the NAS; --into needs a new "
+                raise PushbackError(f"{show_name(target)} already exists on the NAS; --into needs a new "
                                     "name, so that nothing there is overwritten") from None
             raise
         top_fh = created_fh(nfs, top, parent, name)
-        pusher.result.target = target
+        pusher.result.target = show_name(target)
         if src.type == DIR:
             pusher.dir_attrs.append((src_fh, top_fh, target))
             pusher.push_children(src_fh, top_fh, target)
         else:
-            pusher.push_object(src_fh, top_fh, src_parts[-1], f"{target}/{src_parts[-1]}")
+            pusher.push_object(src_fh, top_fh, src_parts[-1], target + b"/" + src_parts[-1])
             pusher._setattr(top_fh, target, "mode", mode=0o755)  # a plain holder for one object
         pusher.finish()
         return pusher.result
@@ -180,11 +183,11 @@ def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[str], src_rel: str,
                             "push it into a new subdirectory with --into SUBDIR, or name a "
                             "deleted subtree with --path")
     parent = pusher.make_parents(src_parts[:-1])
-    pusher.result.target = src_rel
+    pusher.result.target = show_name(src_rel)
     try:
         pusher.push_object(src_fh, parent, src_parts[-1], src_rel, guard_top=True)
     except _Exists:
-        raise PushbackError(f"{src_rel} exists on the NAS and would be overwritten; move it "
+        raise PushbackError(f"{show_name(src_rel)} exists on the NAS and would be overwritten; move it "
                             "away first, or push beside it with --into SUBDIR") from None
     pusher.finish()
     return pusher.result
@@ -203,31 +206,33 @@ class _Pusher:
         self.tree = tree
         self.progress = progress
         self.result = PushResult("")
-        self.current = ""
+        self.current = b""
         self.pushed: dict[bytes, bytes] = {}   # tree handle -> NAS handle (hard links)
         # (tree handle, NAS handle, path) of every directory made, parents first
-        self.dir_attrs: list[tuple[bytes, bytes, str]] = []
+        self.dir_attrs: list[tuple[bytes, bytes, bytes]] = []
 
     # -- where ------------------------------------------------------------------
 
-    def existing_dir(self, parts: list[str], what: str) -> bytes:
+    def existing_dir(self, parts: list[bytes], what: str) -> bytes:
+        path = b"/".join(parts)
         try:
-            fh = self.nfs.lookup_path("/".join(parts))
+            fh = self.nfs.lookup_path(path)
             attrs = self.nfs.getattr(fh).obj_attributes
         except NfsError as e:
             if e.status in (Nfsstat3.NFS3ERR_NOENT, Nfsstat3.NFS3ERR_NOTDIR):
-                raise PushbackError(f"{what} /{'/'.join(parts)} does not exist on the NAS") from None
+                raise PushbackError(
+                    f"{what} {show_name(b'/' + path)} does not exist on the NAS") from None
             raise
         if attrs.type is not Ftype3.NF3DIR:
-            raise PushbackError(f"{what} /{'/'.join(parts)} is not a directory on the NAS")
+            raise PushbackError(f"{what} {show_name(b'/' + path)} is not a directory on the NAS")
         return fh
 
-    def make_parents(self, parts: list[str]) -> bytes:
+    def make_parents(self, parts: list[bytes]) -> bytes:
         """The NAS handle of the directory `parts`, making what is missing (with the
         tree's attributes, applied at the end)."""
         fh = self.nfs.root
         for i, name in enumerate(parts):
-            rel = "/".join(parts[:i + 1])
+            rel = b"/".join(parts[:i + 1])
             try:
                 fh = self.nfs.lookup(fh, name).object
                 continue
@@ -245,7 +250,7 @@ class _Pusher:
 
     # -- what ---------------------------------------------------------------------
 
-    def push_children(self, dir_fh: bytes, nas_dir: bytes, rel: str) -> None:
+    def push_children(self, dir_fh: bytes, nas_dir: bytes, rel: bytes) -> None:
         """Everything below the directory `dir_fh`, whose NAS copy is `nas_dir`."""
         stack = [(dir_fh, nas_dir, rel)]
         while stack:
@@ -254,13 +259,13 @@ class _Pusher:
             subdirs = []
             for name in sorted(node.entries):
                 child = node.entries[name]
-                child_rel = f"{d_rel}/{name}" if d_rel else name
+                child_rel = d_rel + b"/" + name if d_rel else name
                 made = self.push_object(child, nas_d, name, child_rel)
                 if made is not None:
                     subdirs.append((child, made, child_rel))
             stack.extend(reversed(subdirs))
 
-    def push_object(self, fh: bytes, nas_dir: bytes, name: str, rel: str, *,
+    def push_object(self, fh: bytes, nas_dir: bytes, name: bytes, rel: bytes, *,
                     guard_top: bool = False) -> bytes | None:
         """Make `name` in `nas_dir` for the tree's object `fh`. Returns the NAS handle of
         a directory made (its children are pushed by the caller), else None."""
@@ -270,7 +275,7 @@ class _Pusher:
         if kind not in _TYPE_NAMES or (kind == DIR and fh in self.pushed):
             # An object the journal never described, or a directory's second name.
             self.result.skipped += 1
-            logger.warning("%s: skipped (%s)", rel, "type unknown at the cut"
+            logger.warning("%s: skipped (%s)", show_name(rel), "type unknown at the cut"
                            if kind not in _TYPE_NAMES else "a second name of a directory")
             return None
         try:
@@ -292,7 +297,8 @@ class _Pusher:
         except NfsError as e:
             if guard_top and e.status is Nfsstat3.NFS3ERR_EXIST:
                 raise _Exists() from None
-            raise PushbackError(f"{rel}: the NAS refused to create it ({e.status.name})") from None
+            raise PushbackError(
+                f"{show_name(rel)}: the NAS refused to create it ({e.status.name})") from None
         nas_fh = created_fh(self.nfs, made, nas_dir, name)
         self.pushed[fh] = nas_fh
         if kind == DIR:
@@ -314,7 +320,7 @@ class _Pusher:
         self._progress(rel)
         return None
 
-    def _write_content(self, fh: bytes, nas_fh: bytes, rel: str) -> None:
+    def _write_content(self, fh: bytes, nas_fh: bytes, rel: bytes) -> None:
         # The content as RestoreClient materialises it has the file's size at
         # the cut (holes read as zeros), so it is written whole.
         for _ in range(_COMMIT_ATTEMPTS):
@@ -329,7 +335,7 @@ class _Pusher:
                 while done < len(view):
                     res = self.nfs.write(nas_fh, offset + done, view[done:], StableHow.UNSTABLE)
                     if res.count == 0:
-                        raise ProtocolError(f"{rel}: WRITE at {offset + done} wrote nothing")
+                        raise ProtocolError(f"{show_name(rel)}: WRITE at {offset + done} wrote nothing")
                     done += res.count
                     verfs.add(res.verf)
                     need_commit |= res.committed is not StableHow.FILE_SYNC
@@ -339,14 +345,15 @@ class _Pusher:
             if not need_commit or verfs == {self.nfs.commit(nas_fh).verf}:
                 self.result.bytes += offset
                 return
-            logger.info("%s: the NAS's write verifier changed before COMMIT; writing it again", rel)
-        raise PushbackError(f"{rel}: the NAS kept losing uncommitted writes (its write verifier "
-                            f"changed {_COMMIT_ATTEMPTS} times); is it restarting?")
+            logger.info("%s: the NAS's write verifier changed before COMMIT; writing it again",
+                        show_name(rel))
+        raise PushbackError(f"{show_name(rel)}: the NAS kept losing uncommitted writes (its write "
+                            f"verifier changed {_COMMIT_ATTEMPTS} times); is it restarting?")
 
-    def _set_attrs(self, node: Any, nas_fh: bytes, rel: str) -> None:
+    def _set_attrs(self, node: Any, nas_fh: bytes, rel: bytes) -> None:
         attr = node.attr
         if attr is None:
-            self.result.warnings.append(f"{rel}: no attributes at the cut; left as created")
+            self.result.warnings.append(f"{show_name(rel)}: no attributes at the cut; left as created")
             return
         # Owner first: a chown clears setuid/setgid bits, the mode after restores them.
         self._setattr(nas_fh, rel, "owner", uid=attr.uid, gid=attr.gid)
@@ -354,17 +361,17 @@ class _Pusher:
         self._setattr(nas_fh, rel, "mode and times", mode=mode,
                       atime=max(attr.atime_ns, 0), mtime=max(attr.mtime_ns, 0))
 
-    def _setattr(self, nas_fh: bytes, rel: str, what: str, **attrs: Any) -> None:
+    def _setattr(self, nas_fh: bytes, rel: bytes, what: str, **attrs: Any) -> None:
         try:
             self.nfs.setattr(nas_fh, sattr3(**attrs))
         except NfsError as e:
-            message = f"{rel}: the NAS refused to set its {what} ({e.status.name})"
+            message = f"{show_name(rel)}: the NAS refused to set its {what} ({e.status.name})"
             logger.warning("%s", message)
             self.result.warnings.append(message)
 
-    def _progress(self, rel: str) -> None:
+    def _progress(self, rel: bytes) -> None:
         if self.progress is not None:
-            self.progress(self.result.objects, self.result.bytes, rel)
+            self.progress(self.result.objects, self.result.bytes, show_name(rel))
 
     def finish(self) -> None:
         """Directory attributes, bottom-up (children were listed after their parents)."""

@@ -222,7 +222,7 @@ class AuthSys:
     """AUTH_SYS credentials (RFC 5531 appendix A)."""
 
     stamp: int = xf(U32)
-    machine_name: str = xf(String(255))
+    machine_name: bytes = xf(String(255))
     uid: int = xf(U32)
     gid: int = xf(U32)
     gids: tuple[int, ...] = xf(Array(U32, 16))

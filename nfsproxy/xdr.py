@@ -246,19 +246,21 @@ class FixedOpaque(Codec):
 
 
 class String(Codec):
-    """`string<max>`. Names on the wire are bytes; we decode them as UTF-8
-    with surrogateescape so that any byte sequence round-trips exactly."""
+    """`string<max>`: bytes, exactly as on the wire. Names are never assumed
+    to be UTF-8 (RFC 1813 leaves their encoding to the server), so decoding
+    gives `bytes`; packing also takes a `str`, encoded as UTF-8 (with
+    surrogateescape, so an `os.fsdecode`d name packs back to its bytes)."""
 
     __slots__ = ("maxlen",)
 
     def __init__(self, maxlen: int = 0xFFFFFFFF):
         self.maxlen = maxlen
 
-    def pack(self, p: Packer, v: str) -> None:
-        p.var(v.encode("utf-8", "surrogateescape"), self.maxlen)
+    def pack(self, p: Packer, v: bytes | str) -> None:
+        p.var(v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v, self.maxlen)
 
-    def unpack(self, u: Unpacker) -> str:
-        return bytes(u.var(self.maxlen)).decode("utf-8", "surrogateescape")
+    def unpack(self, u: Unpacker) -> bytes:
+        return bytes(u.var(self.maxlen))
 
 
 class Enum(Codec):

@@ -88,7 +88,8 @@ from .restore_service import predecessor
 from .security import BearerToken, open_channel
 from .status import ShardReport, overall
 from .timespec import END_OF_NS, format_time
-from .tree import BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key
+from .tree import (BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key,
+                   show_name)
 
 __all__ = [
     "Shards", "RestoreClient", "Cut", "RestoreError", "RestoreRefused", "ShardError",
@@ -631,7 +632,7 @@ class RestoreClient:
 
     # -- a whole tree --------------------------------------------------------------------------
 
-    def restore_to_dir(self, cut: Cut, dest: str | os.PathLike[str], path: str | None = None,
+    def restore_to_dir(self, cut: Cut, dest: str | os.PathLike[str], path: bytes | str | None = None,
                        progress: Callable[[RestoreProgress], None] | None = None) -> RestoreSummary:
         """Write the export (or the subtree at ``path``) as it was at ``cut`` to ``dest``.
 
@@ -648,9 +649,9 @@ class RestoreClient:
         rel = _clean_path(path)
         start = tree.lookup(rel)
         if start is None:
-            raise RestoreRefused(f"/{rel} did not exist at {_iso(cut.at)} ({cut.at})")
+            raise RestoreRefused(f"{show_name(b'/' + rel)} did not exist at {_iso(cut.at)} ({cut.at})")
         start_node = tree.nodes[start]
-        summary = RestoreSummary(str(dest), cut, path=f"/{rel}", owners=os.geteuid() == 0)
+        summary = RestoreSummary(str(dest), cut, path=show_name(b"/" + rel), owners=os.geteuid() == 0)
         tmp: Path | None = None
         empty_dir_given = dest.is_dir() and not dest.is_symlink()
         try:
@@ -692,7 +693,8 @@ class RestoreClient:
         first_path: dict[bytes, Path] = {}
         dirs: list[tuple[Path, Any]] = []
         for rel, fh, node in entries:
-            target = root / rel if rel else root
+            # Names are bytes; os.fsdecode gives the str that the OS turns back into exactly them.
+            target = root / os.fsdecode(rel) if rel else root
             if node.type == DIR:
                 if rel or single:
                     target.mkdir(mode=0o700)
@@ -703,7 +705,7 @@ class RestoreClient:
                 os.link(first_path[fh], target, follow_symlinks=False)  # a symlink's own inode
                 summary.hard_links += 1
                 continue
-            state.current = f"/{rel}"
+            state.current = show_name(b"/" + rel)
             if node.type == REG:
                 fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
@@ -726,12 +728,14 @@ class RestoreClient:
                 try:
                     os.mknod(target, kind | 0o600, rdev)
                 except PermissionError:
-                    summary.skipped.append(f"/{rel} ({TYPE_NAMES[node.type]}: mknod needs root)")
+                    summary.skipped.append(
+                        f"{show_name(b'/' + rel)} ({TYPE_NAMES[node.type]}: mknod needs root)")
                     continue
                 _set_attrs(target, node.attr, node.type, summary.owners)
                 summary.specials += 1
             else:
-                summary.skipped.append(f"/{rel} (type unknown: never created or read in this cut)")
+                summary.skipped.append(f"{show_name(b'/' + rel)} (type unknown: never created or read "
+                                       "in this cut)")
                 continue
             first_path[fh] = target
         # Directories last and bottom-up: entries made inside a directory
@@ -743,7 +747,7 @@ class RestoreClient:
 
     # -- history ---------------------------------------------------------------------------------
 
-    def history(self, path: str, since: Stamp | None = None,
+    def history(self, path: bytes | str, since: Stamp | None = None,
                 until: Stamp | None = None) -> list[HistoryEntry]:
         """What changed ``path`` with stamps in (since, until] (until default: now).
 
@@ -760,8 +764,8 @@ class RestoreClient:
         rel = _clean_path(path)
         fh = self.tree(cut).lookup(rel)
         if fh is None:
-            raise RestoreRefused(f"/{rel} did not exist at {_iso(bound)} ({bound}); give --until a "
-                                 "moment when it did")
+            raise RestoreRefused(f"{show_name(b'/' + rel)} did not exist at {_iso(bound)} ({bound}); "
+                                 "give --until a moment when it did")
         request = FileRequest(fh=fh, after=since.to_bytes() if since is not None else b"",
                               until=bound.to_bytes(), with_data=False)
         # The tree as it was at each record: replayed alongside, up to just
@@ -815,11 +819,13 @@ class RestoreClient:
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def _clean_path(path: str | None) -> str:
-    parts = [p for p in (path or "").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise RestoreRefused(f"path {path!r} contains '..': give a path from the export root")
-    return "/".join(parts)
+def _clean_path(path: bytes | str | None) -> bytes:
+    """A path from the export root as bytes (a str from a command line is
+    os.fsencoded back into the bytes the user typed)."""
+    parts = [p for p in os.fsencode(path or b"").split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise RestoreRefused(f"path {show_name(path)} contains '..': give a path from the export root")
+    return b"/".join(parts)
 
 
 def check_dest(dest: str | os.PathLike[str]) -> None:
@@ -934,10 +940,10 @@ def _set_attrs(path: Path, attr: Attr | None, kind: int, owners: bool) -> None:
 
 
 def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
-    def where(dir_fh: bytes, name: str) -> str:
+    def where(dir_fh: bytes, name: bytes) -> str:
         paths = tree.paths_of(dir_fh) if dir_fh else []
-        base = f"/{paths[0]}" if paths and paths[0] else ""
-        return f"{base}/{name}" if paths else name
+        base = b"/" + paths[0] if paths and paths[0] else b""
+        return show_name(base + b"/" + name if paths else name)
 
     op = Op.Name(r.op) if r.op in Op.values() else str(r.op)
     details = ""
@@ -956,7 +962,7 @@ def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
     elif r.op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR):
         details = where(r.dir_fh, r.name)
         if r.op == Op.SYMLINK:
-            details += f" -> {r.symlink_target}"
+            details += f" -> {show_name(r.symlink_target)}"
     elif r.op == Op.RENAME:
         details = f"{where(r.dir_fh, r.name)} -> {where(r.to_dir_fh, r.to_name)}"
     elif r.op == Op.LINK:

@@ -32,6 +32,9 @@ Rules (README.md "How it works"; proto/journal.proto, Op):
   POSIX, renaming a name onto another name of the same object changes
   nothing.
 * ``LINK`` binds ``(to_dir_fh, to_name) -> fh``.
+* Names, paths and symlink targets are ``bytes``, exactly as the NAS has
+  them (never assumed UTF-8); ``lookup`` also takes a ``str`` path and
+  ``os.fsencode``s it. ``show_name`` makes one readable, for people only.
 * A name that no POSIX file system holds ("", ".", "..", or one containing
   "/" or NUL) is never bound: such a record is corrupt, and a restore must not
   be steered outside its destination by it.
@@ -58,12 +61,13 @@ a directory 2 plus one per subdirectory.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 from logstore.pb.journal_pb2 import Attr, Op, Record
 
 __all__ = ["Tree", "Node", "REG", "DIR", "BLK", "CHR", "LNK", "SOCK", "FIFO", "TYPE_NAMES",
-           "attr_key", "NAMESPACE_OPS"]
+           "attr_key", "NAMESPACE_OPS", "show_name"]
 
 # ftype3 (RFC 1813), as in Attr.type.
 REG, DIR, BLK, CHR, LNK, SOCK, FIFO = 1, 2, 3, 4, 5, 6, 7
@@ -90,10 +94,10 @@ class Node:
     type: int = 0                           # ftype3; 0: not known (seen only as a handle)
     attr: Attr | None = None                # the newest attributes (see the module rules)
     attr_key: tuple[int, bytes] = (0, b"")  # ... and their place in attr_key order
-    symlink_target: str = ""
+    symlink_target: bytes = b""
     rdev: tuple[int, int] = (0, 0)
-    entries: dict[str, bytes] = dataclasses.field(default_factory=dict)  # directories
-    names: set[tuple[bytes, str]] = dataclasses.field(default_factory=set)
+    entries: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # directories
+    names: set[tuple[bytes, bytes]] = dataclasses.field(default_factory=set)
 
     @property
     def type_name(self) -> str:
@@ -173,7 +177,7 @@ class Tree:
             node.type = kind
             node.entries.clear()
             node.attr, node.attr_key = None, (0, b"")
-            node.symlink_target = r.symlink_target if r.op == Op.SYMLINK else ""
+            node.symlink_target = r.symlink_target if r.op == Op.SYMLINK else b""
             node.rdev = (r.rdev_major, r.rdev_minor) if r.op == Op.MKNOD else (0, 0)
         self._bind(r.dir_fh, r.name, r.fh)
 
@@ -216,7 +220,7 @@ class Tree:
             node = self.nodes[fh] = Node(fh)
         return node
 
-    def _bind(self, dir_fh: bytes, name: str, fh: bytes) -> None:
+    def _bind(self, dir_fh: bytes, name: bytes, fh: bytes) -> None:
         if not _valid_name(name):
             return  # no NAS accepts it: a corrupt record, and a restore must never write outside its root
         directory = self._node(dir_fh)
@@ -230,7 +234,7 @@ class Tree:
         directory.entries[name] = fh
         self._node(fh).names.add((dir_fh, name))
 
-    def _unbind(self, dir_fh: bytes, name: str) -> None:
+    def _unbind(self, dir_fh: bytes, name: bytes) -> None:
         directory = self.nodes.get(dir_fh)
         if directory is None:
             return
@@ -246,19 +250,19 @@ class Tree:
     def __contains__(self, fh: bytes) -> bool:
         return fh in self.nodes
 
-    def lookup(self, path: str) -> bytes | None:
+    def lookup(self, path: bytes | str) -> bytes | None:
         """The handle at `path` ("/"-separated, relative to the export root; "" or
         "/" is the root), without following symlinks; None if there is none."""
         fh = self.root
         if fh is None:
             return None
-        for part in path.split("/"):
-            if part in ("", "."):
+        for part in os.fsencode(path).split(b"/"):
+            if part in (b"", b"."):
                 continue
             node = self.nodes.get(fh)
             if node is None or node.type != DIR:
                 return None
-            if part == "..":
+            if part == b"..":
                 parents = sorted(node.names)
                 fh = parents[0][0] if parents and fh != self.root else fh
                 continue
@@ -267,13 +271,13 @@ class Tree:
                 return None
         return fh
 
-    def paths_of(self, fh: bytes) -> list[str]:
-        """Every path (relative, "/"-separated; "" is the root) that names `fh`, sorted."""
-        out: list[str] = []
-        self._paths(fh, "", set(), out)
+    def paths_of(self, fh: bytes) -> list[bytes]:
+        """Every path (relative, "/"-separated; b"" is the root) that names `fh`, sorted."""
+        out: list[bytes] = []
+        self._paths(fh, b"", set(), out)
         return sorted(out)
 
-    def _paths(self, fh: bytes, suffix: str, seen: set[bytes], out: list[str]) -> None:
+    def _paths(self, fh: bytes, suffix: bytes, seen: set[bytes], out: list[bytes]) -> None:
         if fh == self.root:
             out.append(suffix)
             return
@@ -284,14 +288,14 @@ class Tree:
             return
         seen = seen | {fh}
         for dir_fh, name in node.names:
-            self._paths(dir_fh, f"{name}/{suffix}" if suffix else name, seen, out)
+            self._paths(dir_fh, name + b"/" + suffix if suffix else name, seen, out)
 
-    def walk(self, fh: bytes | None = None, prefix: str = "") -> Iterator[tuple[str, bytes, Node]]:
+    def walk(self, fh: bytes | None = None, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes, Node]]:
         """(relpath, fh, node) for `fh` (default: the root) and everything below
         it, parents before children, names sorted. An object with several names
         comes once per name; a directory's subtree is walked once.
 
-        `prefix` is the path given to `fh` itself ("" by default)."""
+        `prefix` is the path given to `fh` itself (b"" by default)."""
         start = self.root if fh is None else fh
         if start is None or start not in self.nodes:
             return
@@ -306,7 +310,7 @@ class Tree:
             children = []
             for name in sorted(node.entries, reverse=True):
                 child = node.entries[name]
-                child_rel = f"{rel}/{name}" if rel else name
+                child_rel = rel + b"/" + name if rel else name
                 child_node = self.nodes[child]
                 if child_node.type == DIR:
                     if child in seen:
@@ -325,8 +329,25 @@ class Tree:
         return len(node.names)
 
 
-def _valid_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
+def _valid_name(name: bytes) -> bool:
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+# Bytes that are not UTF-8 (surrogates after surrogateescape), control
+# characters and the backslash itself are all escaped, so that two different
+# names never look the same.
+_SHOWN = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0xDC00 + c: f"\\x{c:02x}" for c in range(0x80, 0x100)} | {
+    ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
+def show_name(name: bytes | str) -> str:
+    """A name, path or symlink target for people (messages, `history`, progress):
+    UTF-8 shown as is, any other byte as ``\\xNN``, backslashes doubled and
+    control characters escaped. Never use it where the name is data."""
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    return name.decode("utf-8", "surrogateescape").translate(_SHOWN)
 
 
 def _copy(attr: Attr) -> Attr:

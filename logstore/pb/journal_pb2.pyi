@@ -142,13 +142,13 @@ class Record(_message.Message):
     uid: int
     gid: int
     gids: _containers.RepeatedScalarFieldContainer[int]
-    machine_name: str
+    machine_name: bytes
     xid: int
     fh: bytes
     dir_fh: bytes
-    name: str
+    name: bytes
     to_dir_fh: bytes
-    to_name: str
+    to_name: bytes
     offset: int
     count: int
     stable: int
@@ -156,7 +156,7 @@ class Record(_message.Message):
     set: SetAttr
     create_mode: int
     verifier: bytes
-    symlink_target: str
+    symlink_target: bytes
     mknod_type: int
     rdev_major: int
     rdev_minor: int
@@ -170,7 +170,7 @@ class Record(_message.Message):
     baseline_files: int
     baseline_bytes: int
     object_fh: bytes
-    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[str] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[str] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[str] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[str] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ...) -> None: ...
 
 class StreamId(_message.Message):
     __slots__ = ("node_id", "log_id")

@@ -28,7 +28,7 @@ from logstore.stamp import Stamp
 from recoveryd.restore import (Cut, RestoreClient, RestoreError, RestoreProgress, RestoreSummary,
                                Shards, check_dest)
 from recoveryd.timespec import FORMS, parse_time
-from recoveryd.tree import REG
+from recoveryd.tree import REG, show_name
 
 from ..pushback import PushResult, connect_nas, nas_target, push_to_nas
 from . import app, fail
@@ -138,7 +138,8 @@ def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: 
                        files=f"{p.files_done}/{p.files_total} files" if p.phase != "tree" else "reading tree",
                        current=p.current[-40:])
 
-        return client.restore_to_dir(cut, to, path=path, progress=progress)
+        return client.restore_to_dir(cut, to, path=None if path is None else os.fsencode(path),
+                                     progress=progress)
 
 
 def _push(client: RestoreClient, cut: Cut, nas, path: str | None, into: str | None,
@@ -174,12 +175,12 @@ def cat_command(
     try:
         cut = client.cut(moment, allow_unproven=allow_unproven)
         tree = client.tree(cut)
-        fh = tree.lookup(path)
+        fh = tree.lookup(os.fsencode(path))  # the bytes the user typed, not assumed UTF-8
         if fh is None:
-            fail(f"{path} did not exist at {at}")
+            fail(f"{show_name(path)} did not exist at {at}")
         node = tree.nodes[fh]
         if node.type != REG:
-            fail(f"{path} was not a regular file at {at} (it was a {node.type_name})")
+            fail(f"{show_name(path)} was not a regular file at {at} (it was a {node.type_name})")
         with tempfile.TemporaryFile(prefix="nfsj-cat-") as tmp:
             client.write_file(cut, fh, tmp.fileno())
             tmp.seek(0)
@@ -217,7 +218,7 @@ def history_command(
     hi = _time(until, "--until") if until else None
     client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
-        entries = client.history(path, lo, hi)
+        entries = client.history(os.fsencode(path), lo, hi)
     except RestoreError as e:
         fail(str(e))
     finally:

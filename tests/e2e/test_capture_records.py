@@ -85,7 +85,7 @@ class Captured:
         """The record that made the object now at `rel` (workload-relative), matched by
         name and inode (inode numbers are reused, so the last match counts)."""
         ino = os.lstat(self.local(rel)).st_ino
-        name = rel.rsplit("/", 1)[-1]
+        name = rel.rsplit("/", 1)[-1].encode()
         found = [r for r in self.records if r.ok and r.op in (*CREATING, Op.MKNOD)
                  and r.name == name and r.attr.fileid == ino]
         assert found, f"no creating record for {rel} (inode {ino})"
@@ -97,7 +97,7 @@ class Captured:
 
     @property
     def root_fh(self) -> bytes:
-        (mkdir,) = self.ok(Op.MKDIR, name=ROOT)
+        (mkdir,) = self.ok(Op.MKDIR, name=ROOT.encode())
         return mkdir.fh
 
     @property
@@ -174,26 +174,26 @@ def test_every_kind_of_mutation_is_journaled(captured):
     assert c.created("tree/a/b").dir_fh == c.created("tree/a").fh
     many = c.created("many")
     creates = c.ok(Op.CREATE, dir_fh=many.fh)
-    assert sorted(r.name for r in creates) == [f"f{i:03d}" for i in range(SMALL_FILE_COUNT)]
+    assert sorted(r.name for r in creates) == [b"f%03d" % i for i in range(SMALL_FILE_COUNT)]
     targets = {r.name: r.symlink_target for r in c.ok(Op.SYMLINK)}
-    assert {"to-one": "one", "dangling": "../../nowhere/at all", "absolute": "/absolute/target",
-            "to-dir": "a/b"}.items() <= targets.items()
+    assert {b"to-one": b"one", b"dangling": b"../../nowhere/at all",
+            b"absolute": b"/absolute/target", b"to-dir": b"a/b"}.items() <= targets.items()
 
     # link, rename (within, across, over a target, a directory), remove, rmdir
     linked = c.created("tree/a/linked")
     links = c.ok(Op.LINK, fh=linked.fh)
-    assert [(r.to_name, r.attr.nlink) for r in links][:2] == [("linked-2", 2), ("linked-3", 3)]
+    assert [(r.to_name, r.attr.nlink) for r in links][:2] == [(b"linked-2", 2), (b"linked-3", 3)]
     assert links[1].to_dir_fh == c.created("tree/x").fh
     renames = {(r.name, r.to_name): r for r in c.ok(Op.RENAME)}
-    for pair in (("linked-3", "linked-renamed"), ("one", "uno"), ("two", "two"),
-                 ("three", "victim"), ("moving", "moved")):
+    for pair in ((b"linked-3", b"linked-renamed"), (b"one", b"uno"), (b"two", b"two"),
+                 (b"three", b"victim"), (b"moving", b"moved")):
         assert pair in renames, pair
-    assert renames["two", "two"].dir_fh == c.created("tree/a").fh
-    assert renames["two", "two"].to_dir_fh == c.created("tree/a/b/c").fh
+    assert renames[b"two", b"two"].dir_fh == c.created("tree/a").fh
+    assert renames[b"two", b"two"].to_dir_fh == c.created("tree/a/b/c").fh
     removed = sorted(r.name for r in c.ok(Op.REMOVE, dir_fh=many.fh))
-    assert removed == [f"f{i:03d}" for i in range(0, SMALL_FILE_COUNT, 4)]
-    assert c.ok(Op.REMOVE, name="doomed", dir_fh=c.created("tree/x").fh)
-    assert c.ok(Op.RMDIR, name="empty-then-gone", dir_fh=c.created("tree/x").fh)
+    assert removed == [b"f%03d" % i for i in range(0, SMALL_FILE_COUNT, 4)]
+    assert c.ok(Op.REMOVE, name=b"doomed", dir_fh=c.created("tree/x").fh)
+    assert c.ok(Op.RMDIR, name=b"empty-then-gone", dir_fh=c.created("tree/x").fh)
 
     # setattr: mode, owner, times, size (shrink and extend)
     attrs = c.of(c.created("data/attrs.bin").fh)
@@ -222,7 +222,7 @@ def test_provoked_failures_are_journaled_as_failed(captured):
         return (op, status, name if op in NAMED else "")
 
     def record_key(r: Record) -> tuple[int, int, str]:
-        return key(r.op, r.status, r.to_name if r.op == Op.LINK else r.name)
+        return key(r.op, r.status, (r.to_name if r.op == Op.LINK else r.name).decode())
 
     journaled = collections.Counter(record_key(r) for r in failed)
 
@@ -311,7 +311,7 @@ def test_records_say_who_and_carry_post_op_attributes(captured):
     # nfs-rs (two connections), libnfs, our client: distinct connections.
     assert len({r.client for r in mutations}) >= 3
     assert c.libnfs_client != c.created(BIG_FILES[0]).client
-    ours = [r for r in mutations if r.machine_name == OUR_MACHINE]
+    ours = [r for r in mutations if r.machine_name == OUR_MACHINE.encode()]
     assert len(ours) == 8  # MKNOD x2, CREATE x2, WRITE x2, COMMIT, SETATTR
     assert all(list(r.gids) == list(OUR_GIDS) for r in ours)
     assert len({r.client for r in ours}) == 1
@@ -380,11 +380,11 @@ def test_stamps_are_unique_and_ordered_per_handle(captured):
 def test_bind_records_name_what_lookup_and_readdirplus_taught(captured):
     c = captured
     binds = [r for r in c.records if r.op == Op.BIND]
-    assert all(r.ok and r.fh and r.dir_fh and r.name not in ("", ".", "..") for r in binds)
+    assert all(r.ok and r.fh and r.dir_fh and r.name not in (b"", b".", b"..") for r in binds)
     by_name = collections.defaultdict(list)
     for r in binds:
-        by_name[r.name].append(r)
-    export_root = c.ok(Op.MKDIR, name=ROOT)[0].dir_fh
+        by_name[r.name.decode()].append(r)
+    export_root = c.ok(Op.MKDIR, name=ROOT.encode())[0].dir_fh
 
     def only(name: str) -> Record:
         assert len(by_name[name]) == 1, f"{len(by_name[name])} BIND records for {name!r}"
@@ -414,14 +414,14 @@ def test_mknod_exclusive_create_and_commit_from_our_client(captured):
     assert [(r.ok, r.status) for r in mknods] == [(True, 0), (False, Nfsstat3.NFS3ERR_EXIST)]
     made, refused = mknods
     for r in mknods:
-        assert (r.name, r.dir_fh, r.mknod_type) == ("fifo", c.root_fh, Ftype3.NF3FIFO)
+        assert (r.name, r.dir_fh, r.mknod_type) == (b"fifo", c.root_fh, Ftype3.NF3FIFO)
         assert r.set.mode == 0o640
     assert made.fh == c.ours["fifo"]
     assert made.attr.type == Ftype3.NF3FIFO and made.attr.fileid == os.lstat(fifo).st_ino
     assert made.attr.mode & 0o7777 == 0o640
     assert not refused.fh
 
-    (excl,) = c.ok(Op.CREATE, name="excl.bin")
+    (excl,) = c.ok(Op.CREATE, name=b"excl.bin")
     assert excl.create_mode == CreateMode.EXCLUSIVE and excl.verifier == OUR_VERIFIER
     assert excl.fh == c.ours["excl.bin"]
 

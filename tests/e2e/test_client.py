@@ -221,7 +221,7 @@ def test_readdirplus_and_readdir_over_many_pages(nas, client, nfs_rs_client):
     del client.readdirplus_page
     assert len(pages) > 3, pages
 
-    got = [e.name for e in entries]
+    got = [e.name.decode() for e in entries]
     assert len(got) == len(set(got)), "an entry came back twice"
     assert set(got) == set(names)
     assert set(nfs_rs_client.listdir("many")) - {".", ".."} == set(names)
@@ -229,26 +229,26 @@ def test_readdirplus_and_readdir_over_many_pages(nas, client, nfs_rs_client):
 
     by_type = {"subdir": Ftype3.NF3DIR, "link": Ftype3.NF3LNK}
     for e in entries:
-        local = os.lstat(nas.export_dir / "many" / e.name)
+        local = os.lstat(nas.export_dir / "many" / e.name.decode())
         assert e.fileid == local.st_ino
         assert e.name_attributes is not None and e.name_handle is not None
-        assert e.name_attributes.type is by_type.get(e.name, Ftype3.NF3REG)
+        assert e.name_attributes.type is by_type.get(e.name.decode(), Ftype3.NF3REG)
         assert e.name_attributes.fileid == local.st_ino
         if e.name_attributes.type is Ftype3.NF3REG:
             assert e.name_attributes.size == local.st_size
-            assert e.name_attributes.size == nfs_rs_client.stat(f"many/{e.name}").size
+            assert e.name_attributes.size == nfs_rs_client.stat(f"many/{e.name.decode()}").size
     # The handles READDIRPLUS hands out are live.
     for e in entries[::37]:
         assert client.getattr(e.name_handle).obj_attributes.fileid == e.fileid
 
-    with_dots = {e.name for e in client.readdirplus(dir_fh, dircount=1024, maxcount=4096,
+    with_dots = {e.name.decode() for e in client.readdirplus(dir_fh, dircount=1024, maxcount=4096,
                                                     dots=True)}
     assert with_dots - {".", ".."} == set(names)
 
     first = client.readdir_page(dir_fh, count=1024)
     assert not first.reply.eof  # READDIR pages too
     plain = list(client.readdir(dir_fh, count=1024))
-    assert sorted(e.name for e in plain) == sorted(names)
+    assert sorted(e.name.decode() for e in plain) == sorted(names)
     assert {e.name: e.fileid for e in plain} == {e.name: e.fileid for e in entries}
 
 
@@ -336,7 +336,7 @@ def test_symlink_readlink(nas, client, nfs_rs_client):
     resok = client.symlink(client.root, "ln", target)
     fh = created_fh(client, resok, client.root, "ln")
     assert client.getattr(fh).obj_attributes.type is Ftype3.NF3LNK
-    assert client.readlink(fh).data == target
+    assert client.readlink(fh).data == target.encode()
     assert nfs_rs_client.readlink("ln") == target
     assert nfs_rs_client.stat("ln").type.value == "symlink"
     assert os.readlink(nas.export_dir / "ln") == target

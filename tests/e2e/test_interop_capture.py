@@ -501,18 +501,19 @@ def test_decoded_values_match_the_workload(capture):
     assert written >= (3 + 5) * 1024 * 1024
     lookups = {x.args.what.name for x in ex if x.procedure and x.call.prog == NFS_PROGRAM
                and x.procedure.name == "LOOKUP"}
-    assert "ünïcödé ✓ name.txt" in lookups or any(
-        x.procedure and x.procedure.name == "CREATE" and x.args.where.name == "ünïcödé ✓ name.txt"
+    assert "ünïcödé ✓ name.txt".encode() in lookups or any(
+        x.procedure and x.procedure.name == "CREATE"
+        and x.args.where.name == "ünïcödé ✓ name.txt".encode()
         for x in ex if x.call.prog == NFS_PROGRAM)
     symlinks = [x for x in ex if x.procedure and x.call.prog == NFS_PROGRAM
                 and x.procedure.name == "SYMLINK"]
     assert {x.args.symlink.symlink_data for x in symlinks} == {
-        "data.bin", "../../outside/target with spaces"}
+        b"data.bin", b"../../outside/target with spaces"}
     pages = [x for x in ex if x.procedure and x.call.prog == NFS_PROGRAM
              and x.procedure.name == "READDIRPLUS"]
     assert any(x.args.cookie != 0 for x in pages), "no READDIRPLUS continued a listing"
     mnt = [x for x in ex if x.procedure and x.call.prog == MOUNT_PROGRAM
            and x.procedure.name == "MNT"]
     # libnfs first tries to mount the whole URL path (e.g. /export/work).
-    assert {x.args for x in mnt if x.res.status.name == "MNT3_OK"} >= {"/export"}
-    assert all(x.args.startswith("/export") for x in mnt), [x.args for x in mnt]
+    assert {x.args for x in mnt if x.res.status.name == "MNT3_OK"} >= {b"/export"}
+    assert all(x.args.startswith(b"/export") for x in mnt), [x.args for x in mnt]

@@ -576,15 +576,15 @@ def test_scan_file_records_and_baselines_contract(two_shards):
     begin = Record(stamp=_stamp(100), op=Op.BASELINE_BEGIN, ok=True, baseline_id=_stamp(100))
     root = Record(stamp=_stamp(110), op=Op.BASELINE, ok=True, fh=b"R", baseline_id=_stamp(100),
                   baseline_first=True, attr=Attr(type=2, mode=0o755))
-    piece = Record(stamp=_stamp(120), op=Op.BASELINE, ok=True, fh=b"F", dir_fh=b"R", name="f",
+    piece = Record(stamp=_stamp(120), op=Op.BASELINE, ok=True, fh=b"F", dir_fh=b"R", name=b"f",
                    baseline_id=_stamp(100), baseline_first=True, data=b"base",
                    attr=Attr(type=1, size=4))
     end = Record(stamp=_stamp(130), op=Op.BASELINE_END, ok=True, baseline_id=_stamp(100),
                  baseline_files=1, baseline_bytes=4)
     write = Record(stamp=_stamp(140), op=Op.WRITE, ok=True, fh=b"F", offset=2, count=3, data=b"XYZ",
                    reply_count=3, attr=Attr(type=1, size=5))
-    rename = Record(stamp=_stamp(150), op=Op.RENAME, ok=True, dir_fh=b"R", name="f", to_dir_fh=b"R",
-                    to_name="g", object_fh=b"F")
+    rename = Record(stamp=_stamp(150), op=Op.RENAME, ok=True, dir_fh=b"R", name=b"f", to_dir_fh=b"R",
+                    to_name=b"g", object_fh=b"F")
     # Shard 0 holds the root's records and BEGIN; shard 1 the file's. END comes later.
     ingest(a0, [shipped(0, [begin, root, rename], None)])
     # (A stable stamp is a promise: nothing stamped below it comes later, so END's 130 is above it.)

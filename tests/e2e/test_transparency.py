@@ -69,8 +69,8 @@ def test_workload_through_proxy_leaves_the_same_tree(nas, proxy_factory, tmp_pat
     assert proxy.stop() == 0, proxy.stderr_text()
     records = read_log(proxy.log_dir)
     roots = {r.name for _, r in records
-             if r.op == Op.MKDIR and r.ok and r.name in ("direct", "proxied")}
-    assert roots == {"proxied"}
+             if r.op == Op.MKDIR and r.ok and r.name in (b"direct", b"proxied")}
+    assert roots == {b"proxied"}
 
 
 @pytest.mark.parametrize("direction", ["write", "read"])

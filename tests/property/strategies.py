@@ -32,14 +32,12 @@ _INTS = {
 _cache: dict[int, st.SearchStrategy] = {}
 
 
-def _strings(maxlen: int) -> st.SearchStrategy[str]:
+def _strings(maxlen: int) -> st.SearchStrategy[bytes]:
     cap = min(maxlen, MAX_BYTES)
-    # Bytes decoded with surrogateescape are exactly the strings the decoder
-    # produces (any wire bytes); plain text covers multi-byte UTF-8. Both
-    # survive encode -> decode unchanged, unlike arbitrary lone surrogates.
-    from_bytes = st.binary(max_size=cap).map(lambda b: b.decode("utf-8", "surrogateescape"))
-    text = st.text(max_size=cap).filter(lambda s: len(s.encode("utf-8")) <= cap)
-    return st.one_of(from_bytes, text)
+    # Strings are bytes on the wire and after decoding (names are never
+    # assumed UTF-8): any bytes, and encoded text for multi-byte UTF-8.
+    text = st.text(max_size=cap).map(lambda s: s.encode("utf-8")).filter(lambda b: len(b) <= cap)
+    return st.one_of(st.binary(max_size=cap), text)
 
 
 def _opaque(codec: xdr.Opaque) -> st.SearchStrategy:

@@ -25,7 +25,7 @@ from nfsproxy.rpc import (AcceptStat, AuthStat, AuthSys, RejectStat, ReplyStat, 
                           RpcDecodeError, RpcReply, encode_call, encode_reply, parse_message)
 
 CLIENT = "192.0.2.7:871"
-CRED = AuthSys(1700000000, "client-a", 1000, 100, (100, 4, 27))
+CRED = AuthSys(1700000000, b"client-a", 1000, 100, (100, 4, 27))
 CALL_STAMP = Stamp(1_700_000_000_000_000_000, 3, 42).to_bytes()
 
 DIR = b"\x01dir-handle"
@@ -259,7 +259,7 @@ def test_create_records_the_name_attributes_and_the_new_handle(drv: Driver, mode
     assert data is None
     assert_who(record, Op.CREATE, xid)
     assert_ok(record)
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "new.txt", FILE)
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"new.txt", FILE)
     assert record.create_mode == int(mode)
     assert (record.set.mode, record.set.uid, record.set.gid, record.set.size) == (0o640, 7, 8, 0)
     assert record.verifier == b""
@@ -288,7 +288,7 @@ def test_create_of_an_existing_name_fails_with_the_dir_attributes(drv: Driver):
         nfs3.CREATE3res(Nfsstat3.NFS3ERR_EXIST, nfs3.CREATE3resfail(wcc(dir_after))))
     assert_failed(record, Nfsstat3.NFS3ERR_EXIST)
     assert data is None
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "taken", b"")
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"taken", b"")
     assert_attr(record.dir_attr, dir_after)
 
 
@@ -299,7 +299,7 @@ def test_mkdir(drv: Driver):
         nfs3.MKDIR3res(Nfsstat3.NFS3_OK, nfs3.MKDIR3resok(FILE2, obj, wcc(dir_after))))
     assert_who(record, Op.MKDIR)
     assert_ok(record)
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "sub", FILE2)
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"sub", FILE2)
     assert record.set.mode == 0o750 and record.set.mtime_ns == T_M
     assert not record.set.HasField("uid")
     assert_attr(record.attr, obj)
@@ -315,8 +315,8 @@ def test_symlink_records_its_target(drv: Driver):
         nfs3.SYMLINK3res(Nfsstat3.NFS3_OK, nfs3.SYMLINK3resok(FILE2, obj, wcc(None))))
     assert_who(record, Op.SYMLINK)
     assert_ok(record)
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "link", FILE2)
-    assert record.symlink_target == "../target ü"
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"link", FILE2)
+    assert record.symlink_target == "../target ü".encode()
     assert record.set.mode == 0o777
     assert_attr(record.attr, obj)
 
@@ -330,7 +330,7 @@ def test_mknod_device_records_type_and_rdev(drv: Driver, kind: Ftype3):
         nfs3.MKNOD3res(Nfsstat3.NFS3_OK, nfs3.MKNOD3resok(FILE2, obj, wcc(None))))
     assert_who(record, Op.MKNOD)
     assert_ok(record)
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "dev", FILE2)
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"dev", FILE2)
     assert record.mknod_type == int(kind)
     assert (record.rdev_major, record.rdev_minor) == (8, 17)
     assert record.set.mode == 0o660 and record.set.gid == 6
@@ -369,7 +369,7 @@ def test_remove_and_rmdir_success_and_noent(drv: Driver, proc, args_cls, res_cls
     assert_who(record, op)
     assert_ok(record)
     assert data is None
-    assert (record.dir_fh, record.name, record.fh) == (DIR, "gone", b"")
+    assert (record.dir_fh, record.name, record.fh) == (DIR, b"gone", b"")
     assert_attr(record.dir_attr, dir_after)
 
     record, data = drv.roundtrip(proc, args_cls(Diropargs3(DIR, "never-was")),
@@ -377,7 +377,7 @@ def test_remove_and_rmdir_success_and_noent(drv: Driver, proc, args_cls, res_cls
     assert_who(record, op)
     assert_failed(record, Nfsstat3.NFS3ERR_NOENT)
     assert data is None
-    assert (record.dir_fh, record.name) == (DIR, "never-was")
+    assert (record.dir_fh, record.name) == (DIR, b"never-was")
     assert_attr(record.dir_attr, dir_after)
 
 
@@ -388,7 +388,7 @@ def test_rename_records_both_entries_and_both_directories(drv: Driver):
         Nfsstat3.NFS3_OK, nfs3.RENAME3resok(wcc(from_after), wcc(to_after))))
     assert_who(record, Op.RENAME)
     assert_ok(record)
-    assert (record.dir_fh, record.name, record.to_dir_fh, record.to_name) == (DIR, "old", DIR2, "new")
+    assert (record.dir_fh, record.name, record.to_dir_fh, record.to_name) == (DIR, b"old", DIR2, b"new")
     assert_attr(record.dir_attr, from_after)
     assert_attr(record.to_dir_attr, to_after)
 
@@ -406,8 +406,8 @@ def test_link_records_the_file_and_the_new_name(drv: Driver):
         nfs3.LINK3res(Nfsstat3.NFS3_OK, nfs3.LINK3resok(file_after, wcc(dir_after))))
     assert_who(record, Op.LINK)
     assert_ok(record)
-    assert (record.fh, record.to_dir_fh, record.to_name) == (FILE, DIR2, "hard")
-    assert (record.dir_fh, record.name) == (b"", "")
+    assert (record.fh, record.to_dir_fh, record.to_name) == (FILE, DIR2, b"hard")
+    assert (record.dir_fh, record.name) == (b"", b"")
     assert_attr(record.attr, file_after)
     assert_attr(record.to_dir_attr, dir_after)
 
@@ -485,7 +485,7 @@ def test_call_without_auth_sys_has_no_identity(drv: Driver):
     xid, pending = drv.begin(Proc3.REMOVE, nfs3.REMOVE3args(Diropargs3(DIR, "y")), auth=None)
     [(record, _)] = drv.complete(xid, pending, Proc3.REMOVE,
                                  nfs3.REMOVE3res(Nfsstat3.NFS3_OK, nfs3.REMOVE3resok(wcc(None))))
-    assert (record.uid, record.gid, list(record.gids), record.machine_name) == (0, 0, [], "")
+    assert (record.uid, record.gid, list(record.gids), record.machine_name) == (0, 0, [], b"")
     assert record.client == CLIENT
 
 
@@ -524,7 +524,7 @@ def test_lookup_binds_the_handle_to_its_name_once(drv: Driver):
     [(record, data)] = lookup(drv, DIR, "a.txt", lookup_ok(FILE, attrs))
     assert data is None
     assert record.op == Op.BIND and record.ok is True
-    assert (record.fh, record.dir_fh, record.name) == (FILE, DIR, "a.txt")
+    assert (record.fh, record.dir_fh, record.name) == (FILE, DIR, b"a.txt")
     assert record.stamp == drv.bind_stamps[0]  # stamped at reply time, not call time
     assert_attr(record.attr, attrs)
     assert record.client == ""  # a binding is a fact about the NAS, not about who asked
@@ -535,7 +535,7 @@ def test_lookup_binds_the_handle_to_its_name_once(drv: Driver):
     assert len(drv.bind_stamps) == 1
     # The same handle under another name (a rename seen from outside) is news again.
     [(moved, _)] = lookup(drv, DIR2, "b.txt", lookup_ok(FILE))
-    assert (moved.fh, moved.dir_fh, moved.name) == (FILE, DIR2, "b.txt")
+    assert (moved.fh, moved.dir_fh, moved.name) == (FILE, DIR2, b"b.txt")
     assert not moved.HasField("attr")
     assert moved.stamp == drv.bind_stamps[1] and moved.stamp != record.stamp
 
@@ -563,7 +563,7 @@ def test_readdirplus_binds_each_named_entry_with_a_handle(drv: Driver):
     out = drv.complete(xid, pending, Proc3.READDIRPLUS, res)
     records = [r for r, _ in out]
     assert [(r.op, r.fh, r.dir_fh, r.name) for r in records] == [
-        (Op.BIND, FILE, DIR, "one"), (Op.BIND, FILE2, DIR, "two")]
+        (Op.BIND, FILE, DIR, b"one"), (Op.BIND, FILE2, DIR, b"two")]
     assert [r.stamp for r in records] == drv.bind_stamps  # one fresh stamp each
     assert len(set(drv.bind_stamps)) == 2
     assert_attr(records[0].attr, fattr(size=1))

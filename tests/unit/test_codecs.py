@@ -83,8 +83,8 @@ def test_readdirplus3res_golden():
         dir_attributes=None,
         cookieverf=bytes.fromhex("0102030405060708"),
         reply=nfs3.Dirlistplus3(entries=(
-            nfs3.Entryplus3(5, "a", 1, None, bytes.fromhex("deadbeef")),
-            nfs3.Entryplus3(6, "bcde", 2, None, None),
+            nfs3.Entryplus3(5, b"a", 1, None, bytes.fromhex("deadbeef")),
+            nfs3.Entryplus3(6, b"bcde", 2, None, None),
         ), eof=True)))
     wire = hx("""
         00000000              # NFS3_OK
@@ -109,7 +109,7 @@ def test_readdirplus3res_golden():
 
 
 def test_readdirplus3res_with_attributes_and_failure():
-    entry = nfs3.Entryplus3(9, "f", 3, _FATTR, b"\x0a")
+    entry = nfs3.Entryplus3(9, b"f", 3, _FATTR, b"\x0a")
     res = nfs3.READDIRPLUS3res(Nfsstat3.NFS3_OK, nfs3.READDIRPLUS3resok(
         _FATTR, b"\0" * 8, nfs3.Dirlistplus3((entry,), False)))
     wire = hx("00000000 00000001" + _FATTR_WIRE + """
@@ -147,7 +147,7 @@ def test_setattr3args_golden():
 
 
 def test_create3args_exclusive_golden():
-    args = nfs3.CREATE3args(nfs3.Diropargs3(b"\x01", "f"),
+    args = nfs3.CREATE3args(nfs3.Diropargs3(b"\x01", b"f"),
                             nfs3.Createhow3(CreateMode.EXCLUSIVE, b"12345678"))
     wire = hx("""
         00000001 01000000     # where.dir
@@ -160,15 +160,15 @@ def test_create3args_exclusive_golden():
 
 def test_mknod3args_arms():
     where = hx("00000001 01000000 00000001 66000000")
-    regular = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", "f"), nfs3.Mknoddata3(Ftype3.NF3REG))
+    regular = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", b"f"), nfs3.Mknoddata3(Ftype3.NF3REG))
     check(nfs3.MKNOD3args.xdr, regular, where + hx("00000001"))
     empty = nfs3.Sattr3(None, None, None, None, nfs3.SetAtime(TimeHow.DONT_CHANGE),
                         nfs3.SetMtime(TimeHow.DONT_CHANGE))
-    chr_dev = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", "f"), nfs3.Mknoddata3(
+    chr_dev = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", b"f"), nfs3.Mknoddata3(
         Ftype3.NF3CHR, nfs3.Devicedata3(empty, nfs3.Specdata3(4, 64))))
     check(nfs3.MKNOD3args.xdr, chr_dev,
           where + hx("00000004" + "00000000" * 6 + "00000004 00000040"))
-    fifo = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", "f"), nfs3.Mknoddata3(Ftype3.NF3FIFO, empty))
+    fifo = nfs3.MKNOD3args(nfs3.Diropargs3(b"\x01", b"f"), nfs3.Mknoddata3(Ftype3.NF3FIFO, empty))
     check(nfs3.MKNOD3args.xdr, fifo, where + hx("00000007" + "00000000" * 6))
 
 
@@ -188,7 +188,7 @@ def test_write3res_ok_golden():
 
 
 def test_rename3args_from_is_first():
-    args = nfs3.RENAME3args(nfs3.Diropargs3(b"A", "x"), nfs3.Diropargs3(b"B", "y"))
+    args = nfs3.RENAME3args(nfs3.Diropargs3(b"A", b"x"), nfs3.Diropargs3(b"B", b"y"))
     check(nfs3.RENAME3args.xdr, args,
           hx("00000001 41000000 00000001 78000000 00000001 42000000 00000001 79000000"))
 
@@ -227,12 +227,24 @@ def test_nfsstat3_is_complete():
     assert Nfsstat3.NFS3ERR_JUKEBOX == 10008 and Nfsstat3.NFS3ERR_BADHANDLE == 10001
 
 
+def test_names_are_bytes_never_assumed_utf8():
+    # b"caf\xe9" is Latin-1: not UTF-8, and decoded as the very same bytes.
+    args = nfs3.LOOKUP3args(nfs3.Diropargs3(b"\x01", b"caf\xe9"))
+    check(nfs3.LOOKUP3args.xdr, args, hx("""
+        00000001 01000000     # dir
+        00000004 636166e9     # name, 4 bytes, no pad
+    """))
+    # A str packs as UTF-8 (surrogateescape: an os.fsdecode'd name gives its bytes back).
+    assert encode(nfs3.FILENAME3, "caf\udce9") == encode(nfs3.FILENAME3, b"caf\xe9")
+    assert encode(nfs3.FILENAME3, "é") == encode(nfs3.FILENAME3, b"\xc3\xa9")
+
+
 # --------------------------------------------------------------------------
 # MOUNT and portmap
 
 
 def test_mount_mnt_golden():
-    check(mount.DIRPATH, "/export", hx("00000007 2f657870 6f727400"))
+    check(mount.DIRPATH, b"/export", hx("00000007 2f657870 6f727400"))
     ok = mount.Mountres3(mount.Mountstat3.MNT3_OK, mount.Mountres3Ok(b"\xab\xcd", (1, 0)))
     check(mount.Mountres3.xdr, ok, hx("""
         00000000              # MNT3_OK
@@ -243,7 +255,7 @@ def test_mount_mnt_golden():
 
 
 def test_mount_export_golden():
-    exports = (mount.Exportnode("/a", ("g1", "host")), mount.Exportnode("/b", ()))
+    exports = (mount.Exportnode(b"/a", (b"g1", b"host")), mount.Exportnode(b"/b", ()))
     check(mount.EXPORTS, exports, hx("""
         00000001              # exportnode follows
         00000002 2f610000     # ex_dir "/a"
@@ -258,7 +270,7 @@ def test_mount_export_golden():
 
 
 def test_mount_dump_golden():
-    rows = (mount.Mountbody("c1", "/x"),)
+    rows = (mount.Mountbody(b"c1", b"/x"),)
     check(mount.MOUNTLIST, rows, hx("00000001 00000002 63310000 00000002 2f780000 00000000"))
 
 

@@ -86,13 +86,13 @@ class _Pieces:
         self.n += 1
         self.tree.apply(Record(
             stamp=Stamp(1_600_000_000_000_000_000 + self.n, 0, 7).to_bytes(), op=Op.BASELINE,
-            ok=True, fh=handle, dir_fh=parent or b"", name=name if parent else "",
-            attr=_attr(handle, kind, mode, size), baseline_first=True, symlink_target=target))
+            ok=True, fh=handle, dir_fh=parent or b"", name=name.encode() if parent else b"",
+            attr=_attr(handle, kind, mode, size), baseline_first=True, symlink_target=target.encode()))
 
     def link(self, handle: bytes, parent: bytes, name: str) -> None:
         self.n += 1
         self.tree.apply(Record(stamp=Stamp(1_600_000_000_000_000_000 + self.n, 0, 7).to_bytes(),
-                               op=Op.LINK, ok=True, fh=handle, to_dir_fh=parent, to_name=name))
+                               op=Op.LINK, ok=True, fh=handle, to_dir_fh=parent, to_name=name.encode()))
 
 
 def build_tree() -> Tree:
@@ -209,7 +209,7 @@ def test_mnt_answers_the_root_or_the_directory_named(handler, path, expected):
 
 def test_mount_export_dump_umnt(handler):
     exports = mnt(handler, MountProc3.EXPORT)
-    assert [(e.ex_dir, e.ex_groups) for e in exports] == [("/", ())]
+    assert [(e.ex_dir, e.ex_groups) for e in exports] == [(b"/", ())]
     assert mnt(handler, MountProc3.DUMP) == ()
     assert mnt(handler, MountProc3.UMNT, "/export") is None
     assert mnt(handler, MountProc3.UMNTALL) is None
@@ -283,7 +283,7 @@ def test_access_grants_reading_only(handler):
 
 
 def test_readlink(handler):
-    assert ok(nfs(handler, Proc3.READLINK, nfs3.READLINK3args(LINK))).data == "hello.txt"
+    assert ok(nfs(handler, Proc3.READLINK, nfs3.READLINK3args(LINK))).data == b"hello.txt"
     assert nfs(handler, Proc3.READLINK, nfs3.READLINK3args(HELLO)).status is Nfsstat3.NFS3ERR_INVAL
 
 
@@ -354,19 +354,19 @@ def _readdir_all(handler, directory: bytes, count: int):
 def test_readdir_lists_dots_then_sorted_names_with_index_cookies(handler):
     names, pages = _readdir_all(handler, ROOT, 65536)
     assert pages == 1
-    assert [n for n, _, _ in names] == [".", "..", "a", "big.bin", "empty", "fifo", "hello.txt",
-                                        "link", "many", "run.sh"]
+    assert [n for n, _, _ in names] == [b".", b"..", b"a", b"big.bin", b"empty", b"fifo", b"hello.txt",
+                                        b"link", b"many", b"run.sh"]
     assert [c for _, c, _ in names] == list(range(1, len(names) + 1))
     assert names[0][2] == FILEIDS[ROOT] and names[1][2] == FILEIDS[ROOT]
     sub, _ = _readdir_all(handler, B, 65536)
-    assert [(n, f) for n, _, f in sub] == [(".", FILEIDS[B]), ("..", FILEIDS[A]),
-                                           ("deep.txt", FILEIDS[DEEP])]
+    assert [(n, f) for n, _, f in sub] == [(b".", FILEIDS[B]), (b"..", FILEIDS[A]),
+                                           (b"deep.txt", FILEIDS[DEEP])]
 
 
 @pytest.mark.parametrize("count", [200, 1024, 4096])
 def test_readdir_pages_a_large_directory_within_count(handler, count):
     names, pages = _readdir_all(handler, MANY, count)
-    assert [n for n, _, _ in names] == [".", ".."] + [f"f{i:04d}" for i in range(N_MANY)]
+    assert [n for n, _, _ in names] == [b".", b".."] + [f"f{i:04d}".encode() for i in range(N_MANY)]
     assert pages > 1
     # And each page's reply really fits in count.
     res = nfs(handler, Proc3.READDIR, nfs3.READDIR3args(MANY, 0, bytes(8), count))
@@ -378,7 +378,7 @@ def test_readdir_resumes_at_any_cookie_and_checks_the_verifier(handler):
     verf = cookieverf_for(CUT)
     res = ok(nfs(handler, Proc3.READDIR, nfs3.READDIR3args(MANY, 102, verf, 65536)))
     assert res.cookieverf == verf
-    assert res.reply.entries[0].name == "f0100" and res.reply.entries[0].cookie == 103
+    assert res.reply.entries[0].name == b"f0100" and res.reply.entries[0].cookie == 103
     last = ok(nfs(handler, Proc3.READDIR, nfs3.READDIR3args(MANY, N_MANY + 2, verf, 4096)))
     assert last.reply.entries == () and last.reply.eof
     # A zero verifier is accepted (some clients never send one back).
@@ -412,7 +412,7 @@ def test_readdirplus_pages_with_handles_and_attributes(handler, dircount, maxcou
         if body.reply.eof:
             break
         cookie, verf = body.reply.entries[-1].cookie, body.cookieverf
-    assert [e.name for e in got] == [".", ".."] + [f"f{i:04d}" for i in range(N_MANY)]
+    assert [e.name for e in got] == [b".", b".."] + [f"f{i:04d}".encode() for i in range(N_MANY)]
     assert [e.cookie for e in got] == list(range(1, N_MANY + 3))
     assert got[0].name_handle == MANY and got[1].name_handle == ROOT
     for i, e in enumerate(got[2:]):
@@ -606,14 +606,14 @@ def test_shell_serves_the_tree_to_an_nfs_client(served):
         while stack:
             path, d = stack.pop()
             for e in c.readdirplus(d, maxcount=2048):
-                rel = f"{path}/{e.name}" if path else e.name
+                rel = f"{path}/{e.name.decode()}" if path else e.name.decode()
                 seen[rel] = e
                 if e.name_attributes.type is Ftype3.NF3DIR:
                     stack.append((rel, e.name_handle))
         assert len([p for p in seen if p.startswith("many/")]) == N_MANY
         assert c.read_all(seen["big.bin"].name_handle) == CONTENT[BIG]
         assert c.read_all(seen["a/b/deep.txt"].name_handle) == CONTENT[DEEP]
-        assert c.readlink(seen["link"].name_handle).data == "hello.txt"
+        assert c.readlink(seen["link"].name_handle).data == b"hello.txt"
         assert c.getattr(seen["a/hard"].name_handle).obj_attributes.nlink == 2
         with pytest.raises(NfsError) as e:
             c.write(seen["hello.txt"].name_handle, 0, b"x" * MiB)  # a 1 MiB WRITE is refused, not dropped
@@ -670,7 +670,7 @@ def test_names_of_objects_of_unknown_type_are_left_out(reader):
     p.link(fh("unknown"), ROOT, "mystery")
     h = ExportHandler(p.tree, reader, cut_id=CUT)
     names, _ = _readdir_all(h, ROOT, 65536)
-    assert [n for n, _, _ in names] == [".", "..", "hello.txt"]
+    assert [n for n, _, _ in names] == [b".", b"..", b"hello.txt"]
     assert nfs(h, Proc3.LOOKUP, nfs3.LOOKUP3args(Diropargs3(ROOT, "mystery"))).status \
         is Nfsstat3.NFS3ERR_NOENT
     assert nfs(h, Proc3.GETATTR, nfs3.GETATTR3args(fh("unknown"))).status is Nfsstat3.NFS3ERR_STALE

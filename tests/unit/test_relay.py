@@ -188,7 +188,7 @@ def test_malformed_portmap_arguments_raise_rpc_decode_error(proc: PmapProc, raw:
 
 def full_record() -> Record:
     record = Record(stamp=Stamp(1_700_000_000_123_456_789, 7, 42).to_bytes(), op=Op.WRITE, ok=True,
-                    status=0, client="10.0.0.5:871", uid=1000, gid=100, machine_name="host-a",
+                    status=0, client="10.0.0.5:871", uid=1000, gid=100, machine_name=b"host-a",
                     xid=0xDEADBEEF, fh=b"\x01\x02fh", offset=1 << 40, count=4096, stable=2,
                     reply_count=4096)
     record.gids.extend([100, 4, 27])
@@ -230,11 +230,11 @@ def test_record_with_data_set_and_a_payload_is_refused():
 
 
 def test_parse_record_accepts_a_memoryview_and_leaves_seq_alone_without_one():
-    record = Record(op=Op.BIND, ok=True, fh=b"f", dir_fh=b"d", name="n", stamp=Stamp(5, 0, 1).to_bytes())
+    record = Record(op=Op.BIND, ok=True, fh=b"f", dir_fh=b"d", name=b"n", stamp=Stamp(5, 0, 1).to_bytes())
     payload = memoryview(b"".join(record_parts(record, memoryview(b"xyz"))))
     back = parse_record(payload)
     assert back.seq == 0
-    assert (back.op, back.fh, back.dir_fh, back.name, back.data) == (Op.BIND, b"f", b"d", "n", b"xyz")
+    assert (back.op, back.fh, back.dir_fh, back.name, back.data) == (Op.BIND, b"f", b"d", b"n", b"xyz")
     assert record_stamp(back) == Stamp(5, 0, 1)
 
 

@@ -188,7 +188,7 @@ def test_auth_sys_call_decodes_from_hand_built_bytes():
             + u32(1, len(cred_body)) + cred_body           # cred: AUTH_SYS
             + u32(0, 0))                                   # verf: AUTH_NONE
     call, body = parse_message(wire)
-    assert call.auth_sys == AuthSys(0x5EED, "host5", 1000, 100, (10, 20))
+    assert call.auth_sys == AuthSys(0x5EED, b"host5", 1000, 100, (10, 20))
     assert call.cred.flavor == AuthFlavor.AUTH_SYS
     assert call.cred.body == cred_body
     assert (call.xid, call.prog, call.vers, call.proc, call.rpcvers) == (0x22, 100003, 3, 7, 2)
@@ -197,7 +197,7 @@ def test_auth_sys_call_decodes_from_hand_built_bytes():
 
 
 def test_auth_sys_call_roundtrip():
-    sys_cred = AuthSys(1, "client.example", 0, 0, tuple(range(16)))
+    sys_cred = AuthSys(1, b"client.example", 0, 0, tuple(range(16)))
     call = RpcCall(5, 100005, 3, 1, auth_sys=sys_cred)
     parsed, _ = parse_message(encode_call(call).getvalue())
     assert parsed.auth_sys == sys_cred

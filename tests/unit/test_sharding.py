@@ -18,7 +18,7 @@ FH, DIR, TO_DIR = b"object-handle", b"directory-handle", b"target-directory"
 
 
 def record(op: int) -> Record:
-    return Record(op=op, fh=FH, dir_fh=DIR, name="a", to_dir_fh=TO_DIR, to_name="b")
+    return Record(op=op, fh=FH, dir_fh=DIR, name=b"a", to_dir_fh=TO_DIR, to_name=b"b")
 
 
 @pytest.mark.parametrize("op, handle", [
@@ -70,9 +70,9 @@ def test_a_file_and_its_namespace_stay_together():
     file_fh, dir_fh = b"file-1", b"dir-1"
     write = Record(op=Op.WRITE, fh=file_fh)
     setattr_ = Record(op=Op.SETATTR, fh=file_fh)
-    create = Record(op=Op.CREATE, dir_fh=dir_fh, name="f", fh=file_fh)
-    remove = Record(op=Op.REMOVE, dir_fh=dir_fh, name="f")
-    bind = Record(op=Op.BIND, dir_fh=dir_fh, name="f", fh=file_fh)
+    create = Record(op=Op.CREATE, dir_fh=dir_fh, name=b"f", fh=file_fh)
+    remove = Record(op=Op.REMOVE, dir_fh=dir_fh, name=b"f")
+    bind = Record(op=Op.BIND, dir_fh=dir_fh, name=b"f", fh=file_fh)
     for n in (2, 5):
         assert shard_of(write, n) == shard_of(setattr_, n) == shard_of_handle(file_fh, n)
         assert shard_of(create, n) == shard_of(remove, n) == shard_of(bind, n) == shard_of_handle(dir_fh, n)

@@ -195,9 +195,9 @@ def make_record(rng: random.Random, clock: HLC, *, data_bytes: int = 0,
     op = rng.choice(OPS) if op is None else op
     handle = lambda: rng.randbytes(rng.choice((8, 28, 32)))  # noqa: E731
     record = Record(stamp=clock.now().to_bytes(), op=op, ok=True, fh=handle(), dir_fh=handle(),
-                    name=f"n{rng.randrange(1000)}")
+                    name=b"n%d" % rng.randrange(1000))
     if op == Op.LINK:
-        record.to_dir_fh, record.to_name = handle(), "linked"
+        record.to_dir_fh, record.to_name = handle(), b"linked"
     if op in (Op.WRITE, Op.BASELINE):
         record.data = rng.randbytes(data_bytes) if data_bytes else b"x" * rng.randrange(64)
     return record

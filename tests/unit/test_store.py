@@ -217,9 +217,9 @@ def test_per_file_index_1000_records_over_10_files(store: ShardStore) -> None:
 
 
 def test_index_covers_every_handle_a_record_names(store: ShardStore) -> None:
-    rename = Record(stamp=stamp(1).to_bytes(), op=Op.RENAME, ok=True, dir_fh=b"D1", name="a",
-                    to_dir_fh=b"D2", to_name="b", object_fh=b"F")
-    create = Record(stamp=stamp(2).to_bytes(), op=Op.CREATE, ok=True, fh=b"G", dir_fh=b"D1", name="g")
+    rename = Record(stamp=stamp(1).to_bytes(), op=Op.RENAME, ok=True, dir_fh=b"D1", name=b"a",
+                    to_dir_fh=b"D2", to_name=b"b", object_fh=b"F")
+    create = Record(stamp=stamp(2).to_bytes(), op=Op.CREATE, ok=True, fh=b"G", dir_fh=b"D1", name=b"g")
     write = write_record(3, b"F")
     store.ingest(STREAM, batch(0, 3, [(1, rename), (2, create), (3, write)]))
     assert list(store.file_records(b"D1")) == [rename, create]
