@@ -45,7 +45,7 @@ from .nfs3 import CreateMode
 
 __all__ = ["Claims", "ConflictTable", "claims_of"]
 
-Entry = tuple[bytes, bytes | str]  # (dir fh, name)
+Entry = tuple[bytes, bytes]  # (dir fh, name)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -152,16 +152,16 @@ def _record(op: Op, **fields) -> Record:
     (_record(Op.SETATTR, fh=b"f", mode=0o600), _record(Op.WRITE, fh=b"f", offset=0, count=1), False),
     (_record(Op.SETATTR, fh=b"f", mode=0o600), _record(Op.SETATTR, fh=b"f", size=0), False),
     (_record(Op.COMMIT, fh=b"f", offset=0, count=0), _record(Op.SETATTR, fh=b"f", size=0), False),
-    (_record(Op.CREATE, dir_fh=b"d", name="x"), _record(Op.REMOVE, dir_fh=b"d", name="x"), True),
-    (_record(Op.CREATE, dir_fh=b"d", name="x"), _record(Op.REMOVE, dir_fh=b"d", name="y"), False),
-    (_record(Op.CREATE, dir_fh=b"d", name="x"), _record(Op.REMOVE, dir_fh=b"e", name="x"), False),
-    (_record(Op.MKDIR, dir_fh=b"d", name="x"), _record(Op.RMDIR, dir_fh=b"d", name="x"), True),
-    (_record(Op.RENAME, dir_fh=b"d", name="a", to_dir_fh=b"e", to_name="x"),
-     _record(Op.SYMLINK, dir_fh=b"e", name="x"), True),
-    (_record(Op.RENAME, dir_fh=b"d", name="a", to_dir_fh=b"e", to_name="x"),
-     _record(Op.MKNOD, dir_fh=b"d", name="a"), True),
-    (_record(Op.LINK, fh=b"f", to_dir_fh=b"d", to_name="x"), _record(Op.REMOVE, dir_fh=b"d", name="x"), True),
-    (_record(Op.LINK, fh=b"f", to_dir_fh=b"d", to_name="x"), _record(Op.WRITE, fh=b"f", offset=0, count=9), False),
+    (_record(Op.CREATE, dir_fh=b"d", name=b"x"), _record(Op.REMOVE, dir_fh=b"d", name=b"x"), True),
+    (_record(Op.CREATE, dir_fh=b"d", name=b"x"), _record(Op.REMOVE, dir_fh=b"d", name=b"y"), False),
+    (_record(Op.CREATE, dir_fh=b"d", name=b"x"), _record(Op.REMOVE, dir_fh=b"e", name=b"x"), False),
+    (_record(Op.MKDIR, dir_fh=b"d", name=b"x"), _record(Op.RMDIR, dir_fh=b"d", name=b"x"), True),
+    (_record(Op.RENAME, dir_fh=b"d", name=b"a", to_dir_fh=b"e", to_name=b"x"),
+     _record(Op.SYMLINK, dir_fh=b"e", name=b"x"), True),
+    (_record(Op.RENAME, dir_fh=b"d", name=b"a", to_dir_fh=b"e", to_name=b"x"),
+     _record(Op.MKNOD, dir_fh=b"d", name=b"a"), True),
+    (_record(Op.LINK, fh=b"f", to_dir_fh=b"d", to_name=b"x"), _record(Op.REMOVE, dir_fh=b"d", name=b"x"), True),
+    (_record(Op.LINK, fh=b"f", to_dir_fh=b"d", to_name=b"x"), _record(Op.WRITE, fh=b"f", offset=0, count=9), False),
 ])
 def test_claims_of_records(a: Record, b: Record, conflict: bool):
     assert claims_of(a).conflicts(claims_of(b)) is conflict
@@ -169,13 +169,13 @@ def test_claims_of_records(a: Record, b: Record, conflict: bool):
 
 
 def test_an_unchecked_create_with_a_size_truncates_the_file_it_names():
-    create = _record(Op.CREATE, dir_fh=b"d", name="x", size=0)
-    known = {(b"d", "x"): b"f"}.get
+    create = _record(Op.CREATE, dir_fh=b"d", name=b"x", size=0)
+    known = {(b"d", b"x"): b"f"}.get
     write = claims_of(_record(Op.WRITE, fh=b"f", offset=0, count=1))
     assert claims_of(create, lambda d, n: known((d, n))).conflicts(write)
     assert not claims_of(create).conflicts(write)  # a name the proxy has not seen: the entry only
-    assert not claims_of(_record(Op.CREATE, dir_fh=b"d", name="x"), lambda d, n: known((d, n))).conflicts(write)
-    guarded = _record(Op.CREATE, dir_fh=b"d", name="x", size=0, create_mode=CreateMode.GUARDED)
+    assert not claims_of(_record(Op.CREATE, dir_fh=b"d", name=b"x"), lambda d, n: known((d, n))).conflicts(write)
+    guarded = _record(Op.CREATE, dir_fh=b"d", name=b"x", size=0, create_mode=CreateMode.GUARDED)
     assert not claims_of(guarded, lambda d, n: known((d, n))).conflicts(write)  # fails if x exists
 
 
