@@ -2,9 +2,11 @@
 
 Each client connection (`ClientSession`) gets its own connections to the
 NAS (`BackendLink`, one for NFS and one for MOUNT, opened on first use).
-RPC messages are relayed both ways byte for byte; the proxy only parses the
-call header, the arguments of calls it watches, and their replies (matched
-by XID). A mutation's record is stamped when the call arrives and journaled
+RPC messages are relayed both ways byte for byte but for the XID: each call
+gets its own XID on the NAS connection, so replies match calls one to one
+even when a client reuses an XID (`xid_table` says why). The proxy only
+parses the call header, the arguments of calls it watches, and their
+replies. A mutation's record is stamped when the call arrives and journaled
 when the reply arrives; with `sync` durability the reply reaches the client
 only after its record is fsynced.
 
@@ -27,12 +29,13 @@ from typing import Callable
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
 
-from .capture import Capture, Pending
+from .capture import Capture
 from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
 from .nfs3 import NFS_PROGRAM, Proc3
 from .stats import RelayStats
+from .xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
 from .routing import Route, answer_portmap, reject, route
 from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
                   frame_rpc_message, parse_message)
@@ -73,6 +76,7 @@ class Proxy:
         self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
         self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
+        self.next_nas_xid = nas_xid_counter()  # proxy-wide: no NAS connection sees an XID twice
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
@@ -158,9 +162,13 @@ class _Peer(asyncio.Protocol):
         self._out_bytes = 0
         self._flush_scheduled = False
 
-    def _queue_out(self, message: bytes | memoryview) -> None:
-        self._out.append(frame_rpc_message(len(message)))
-        self._out.append(message)
+    def _queue_out(self, message: bytes | memoryview, xid: int | None = None) -> None:
+        """Queue one message; with `xid`, its XID is replaced on the way out."""
+        if xid is None:
+            self._out.append(frame_rpc_message(len(message)))
+            self._out.append(message)
+        else:
+            self._out.extend(framed_with_xid(xid, message))
         self._out_bytes += len(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -186,9 +194,7 @@ class ClientSession(_Peer):
         super().__init__()
         self.proxy = proxy
         self.reader = RpcMessageReader(proxy.max_message_bytes)
-        self.pending: dict[int, Pending] = {}
-        self.fsinfo_xids: set[int] = set()  # FSINFO calls whose replies get clamped
-        self.timings: dict[int, tuple[tuple[int, int], float]] = {}  # xid -> (prog, proc), arrival
+        self.calls = XidTable(proxy.next_nas_xid)  # relayed calls not yet answered
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
         self.closed = False
@@ -231,16 +237,18 @@ class ClientSession(_Peer):
         else:
             self._relay(where, call, body, message)
 
-    def _relay(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
+    def _relay(self, where: Route, rpc_call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
-        self.timings[call.xid] = (call.prog, call.proc), time.perf_counter()
-        if call.prog == NFS_PROGRAM and call.proc == Proc3.FSINFO:
-            self.fsinfo_xids.add(call.xid)
-        pending = proxy.capture.begin(call, body, b"", self.peer)
-        if pending is not None:
-            if pending.record is not None:
-                pending.record.stamp = proxy.stamp_call(id(pending))
-            self.pending[call.xid] = pending
+        pending = proxy.capture.begin(rpc_call, body, b"", self.peer)
+        call = self.calls.admit(
+            rpc_call.xid, message, route=where, pending=pending,
+            proc_key=(rpc_call.prog, rpc_call.proc), arrival_s=time.perf_counter(),
+            clamp_fsinfo=rpc_call.prog == NFS_PROGRAM and rpc_call.proc == Proc3.FSINFO)
+        if call is None:
+            proxy.stats.retransmissions_absorbed_total += 1
+            return
+        if pending is not None and pending.record is not None:
+            pending.record.stamp = proxy.stamp_call(id(pending))
         link = self.links.get(where)
         if link is None:
             link = self.links[where] = BackendLink(self, where)
@@ -250,48 +258,82 @@ class ClientSession(_Peer):
             # could not be journaled. Hold it, and read nothing more meanwhile.
             self.held = True
             self.transport.pause_reading()
-            proxy.spawn(self._send_when_space(link, message))
+            proxy.spawn(self._send_when_space(link, call))
             return
-        link.send(message)
+        self._send_call(link, call)
 
-    async def _send_when_space(self, link: "BackendLink", message: memoryview) -> None:
-        await self.proxy.journal.wait_until_journaling()
-        if self.closed:
+    def _send_call(self, link: "BackendLink", call: Call) -> None:
+        call.sent = True
+        link.send(call.message, call.nas_xid)
+
+    async def _send_when_space(self, link: "BackendLink", call: Call) -> None:
+        try:
+            await self.proxy.journal.wait_until_journaling()
+        except Exception:  # noqa: BLE001  the LOG failed: nothing can be journaled
+            # The call never reached the NAS; close() drops it and its stamp,
+            # and the client retries on a new connection.
+            logger.exception("cannot journal; closing client %s with a call held unsent", self.peer)
+            self.close()
             return
-        link.send(message)
+        if self.closed:
+            return  # close() dropped the call and released its stamp
+        self._send_call(link, call)
         self.held = False
         self.transport.resume_reading()
         self._process()
 
-    def send(self, message: bytes | memoryview, timing: tuple[tuple[int, int], float] | None = None) -> None:
-        """Send a reply; `timing` (the call's key and arrival) records client-seen latency."""
+    def send(self, message: bytes | memoryview) -> None:
+        """Send a message the proxy made itself (a refusal, a portmap answer)."""
         if self.transport is not None and not self.closed:
             self._queue_out(message)
-            if timing is not None:
-                self.proxy.stats.client_reply(timing[0], time.perf_counter() - timing[1])
+
+    def _answer(self, call: Call, message: bytes | memoryview) -> None:
+        """Send the NAS's reply to `call` under the client's XID; record client-seen latency."""
+        if self.transport is not None and not self.closed:
+            self._queue_out(message, call.client_xid)
+            self.proxy.stats.client_reply(call.proc_key, time.perf_counter() - call.arrival_s)
 
     # -- replies -------------------------------------------------------------------
 
     def on_reply(self, message: memoryview) -> None:
+        """Match a NAS reply to its call, journal what it completes, answer the client.
+
+        Raises RpcDecodeError when the reply does not decode; its call then
+        stays in the table, as a call without a reply (outcome unknown).
+        """
         reply, body = parse_message(message)
         if not isinstance(reply, RpcReply):
             raise RpcDecodeError("the NAS sent a CALL")
-        timing = self.timings.pop(reply.xid, None)
-        if timing is not None:
-            self.proxy.stats.backend_reply(timing[0], len(message), time.perf_counter() - timing[1])
-        pending = self.pending.pop(reply.xid, None)
-        if pending is None:
-            if self.fsinfo_xids and reply.xid in self.fsinfo_xids:
-                self.fsinfo_xids.discard(reply.xid)
-                if reply.success:
-                    message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
-            self.send(message, timing)
+        call = self.calls.match(reply.xid)
+        if call is None:
+            # Every call has its own NAS XID: this reply answers nothing we sent.
+            self.proxy.stats.unmatched_replies_total += 1
+            logger.warning("NAS reply to XID %#010x matches no call of client %s; dropped",
+                           reply.xid, self.peer)
+            return
+        self.proxy.stats.backend_reply(call.proc_key, len(message), time.perf_counter() - call.arrival_s)
+        if call.pending is None:
+            self.calls.finish(call)
+            if call.clamp_fsinfo and reply.success:
+                message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
+            self._answer(call, message)
             return
         proxy = self.proxy
-        records = proxy.capture.complete(pending, reply, body, lambda: proxy.clock.now().to_bytes())
+        records = proxy.capture.complete(call.pending, reply, body, lambda: proxy.clock.now().to_bytes())
+        self.calls.finish(call)
+        try:
+            self._journal_reply(call, records, message)
+        except Exception:
+            logger.exception("journaling failed; closing client %s", self.peer)
+            proxy.release(id(call.pending))
+            self.close()
+
+    def _journal_reply(self, call: Call, records: list[tuple[Record, memoryview | None]],
+                       message: memoryview) -> None:
+        proxy, pending = self.proxy, call.pending
         if not records or proxy.journal is None:
             proxy.release(id(pending))
-            self.send(message, timing)
+            self._answer(call, message)
             return
         if proxy.namespace_watchers:
             for record, _ in records:
@@ -302,18 +344,13 @@ class ClientSession(_Peer):
         try:
             durable = self._journal_now(records)
         except QuotaWait:
-            proxy.spawn(self._journal_then_reply(pending, records, message, timing))
-            return
-        except Exception:
-            logger.exception("journaling failed; closing client %s", self.peer)
-            proxy.release(id(pending))
-            self.close()
+            proxy.spawn(self._journal_then_reply(call, records, message))
             return
         proxy.release(id(pending))  # written: the stamp is in the LOG now
         if durable is None:
-            self.send(message, timing)
+            self._answer(call, message)
         else:
-            durable.add_done_callback(lambda f: self._reply_if_durable(f, message, timing))
+            durable.add_done_callback(lambda f: self._reply_if_durable(f, call, message))
 
     def _journal_now(self, records: list[tuple[Record, memoryview | None]]) -> asyncio.Future | None:
         """The fast path: append without a task; the last record's durability covers all."""
@@ -328,16 +365,16 @@ class ClientSession(_Peer):
                 stats.failed_mutations_total += 1
         return durable
 
-    def _reply_if_durable(self, durable: asyncio.Future, message: memoryview, timing) -> None:
+    def _reply_if_durable(self, durable: asyncio.Future, call: Call, message: memoryview) -> None:
         if durable.cancelled() or durable.exception() is not None:
             logger.error("LOG fsync failed (%s); closing client %s without its reply",
                          durable.exception() if not durable.cancelled() else "cancelled", self.peer)
             self.close()
             return
-        self.send(message, timing)
+        self._answer(call, message)
 
-    async def _journal_then_reply(self, pending: Pending, records: list[tuple[Record, memoryview | None]],
-                                  message: memoryview, timing) -> None:
+    async def _journal_then_reply(self, call: Call, records: list[tuple[Record, memoryview | None]],
+                                  message: memoryview) -> None:
         proxy = self.proxy
         try:
             for record, data in records:
@@ -352,8 +389,8 @@ class ClientSession(_Peer):
             self.close()
             return
         finally:
-            proxy.release(id(pending))
-        self.send(message, timing)
+            proxy.release(id(call.pending))
+        self._answer(call, message)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -372,32 +409,51 @@ class ClientSession(_Peer):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        self._drop_unsent()
         if self._mutations_in_flight():
             self.proxy.spawn(self._drain())
         else:
             self._close_links()
 
+    def _drop_unsent(self) -> None:
+        # A call held back (block quota) never reached the NAS: nothing to wait for.
+        for call in self.calls:
+            if not call.sent:
+                self.calls.finish(call)
+                self._release(call)
+
     def _mutations_in_flight(self) -> bool:
-        return any(p.record is not None for p in self.pending.values()) and \
-            any(not link.closed for link in self.links.values())
+        """True while a relayed mutation may still get its reply (its NAS connection is open)."""
+        for call in self.calls:
+            if call.pending is not None and call.pending.record is not None:
+                link = self.links.get(call.route)
+                if link is not None and not link.closed:
+                    return True
+        return False
 
     async def _drain(self) -> None:
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
-        while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        self._close_links()
+        try:
+            deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+            while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:  # also when the proxy shuts down and cancels the drain
+            self._close_links()
 
     def _close_links(self) -> None:
         for link in self.links.values():
             link.close()
-        lost = [p for p in self.pending.values() if p.record is not None]
+        calls = self.calls.clear()
+        lost = [c for c in calls if c.pending is not None and c.pending.record is not None]
         if lost:
             logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
                          "unknown and they are not journaled (the next baseline covers them)",
                          self.peer, len(lost))
-        for pending in self.pending.values():
-            self.proxy.release(id(pending))
-        self.pending.clear()
+        for call in calls:
+            self._release(call)
+
+    def _release(self, call: Call) -> None:
+        if call.pending is not None:
+            self.proxy.release(id(call.pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
@@ -421,7 +477,7 @@ class BackendLink(_Peer):
         self.session = session
         self.where = where
         self.reader = RpcMessageReader(session.proxy.max_message_bytes)
-        self.queue: list[memoryview] | None = []  # messages sent before the connection is up
+        self.queue: list[tuple[memoryview, int]] | None = []  # calls sent before the connection is up
         self.closed = False
         self.paused = False
         session.proxy.spawn(self._connect())
@@ -441,16 +497,17 @@ class BackendLink(_Peer):
             transport.close()
             return
         queued, self.queue = self.queue, None
-        for message in queued:
-            self.send(message)
+        for message, xid in queued:
+            self.send(message, xid)
         if self.paused:
             transport.pause_reading()
 
-    def send(self, message: memoryview) -> None:
+    def send(self, message: memoryview, xid: int) -> None:
+        """Send a call under `xid` (the NAS-side XID the session gave it)."""
         if self.queue is not None:
-            self.queue.append(message)
+            self.queue.append((message, xid))
         elif not self.closed:
-            self._queue_out(message)
+            self._queue_out(message, xid)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -458,6 +515,9 @@ class BackendLink(_Peer):
             while (message := self.reader.next_message()) is not NEED_DATA:
                 self.session.on_reply(message)
         except RpcDecodeError as e:
+            # The NAS broke the protocol: nothing more from this connection can be
+            # trusted, so the calls still waiting on it will get no reply.
+            self.close()
             self.session.backend_failed(self.where, e)
 
     def pause_writing(self) -> None:

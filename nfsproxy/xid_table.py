@@ -1,0 +1,142 @@
+"""Matching the NAS's replies to one client's calls, sans-IO.
+
+A client may reuse an XID while its first call is still in flight: a
+retransmission, a buggy client, or a hostile one. Keyed by the client's XID,
+a second call would overwrite the first, and the NAS's duplicate request
+cache (DRC) makes it worse: ganesha drops a same-XID call that arrives
+while the first is in progress, or answers it from the cache without
+running it, so "first reply answers the oldest call with that XID" can leave
+a call waiting forever or journal an outcome the NAS never produced.
+
+So the relay never lets the NAS see a client's XID. Every call gets its own
+XID on the NAS connection (`XidTable.admit` rewrites the 4 XID bytes going
+out; `Call.client_xid` maps the reply back), unique among the calls in
+flight and taken from a proxy-wide counter, so the NAS's DRC never sees a
+duplicate: each NAS reply is one real execution of exactly one call, and
+matching is a dict lookup that cannot overwrite anything.
+
+What the DRC did for the client is then the proxy's job: a byte-identical
+retransmission of a call still in flight is not sent again; the original's
+reply answers it (ganesha does the same for an in-progress duplicate). A
+retransmission that arrives after the reply went out is relayed as a new
+call and journaled with whatever outcome the NAS gives it, so the journal
+stays true even where a DRC would have hidden the second execution.
+
+`XidTable` is per client connection and holds only calls in flight: a call
+leaves it when its reply is matched or it is dropped unsent (`finish`), or
+when the session ends (`clear`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import struct
+from typing import Any, Callable, Iterator
+
+from .rpc import frame_rpc_message
+
+__all__ = ["Call", "XidTable", "nas_xid_counter", "framed_with_xid"]
+
+_XID = struct.Struct(">I")
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Call:
+    """One client call on its way to the NAS, or waiting for its reply."""
+
+    client_xid: int
+    nas_xid: int
+    message: memoryview          # as the client sent it: recognises a retransmission
+    route: Any = None            # which NAS connection carries it
+    pending: Any = None          # what capture must complete (None: not watched)
+    proc_key: tuple[int, int] = (0, 0)   # (program, procedure), for the stats
+    arrival_s: float = 0.0       # when the call arrived (perf_counter), for latency
+    clamp_fsinfo: bool = False   # an FSINFO whose reply gets clamped
+    sent: bool = False           # handed to the NAS connection
+    retransmissions: int = 0     # identical copies absorbed while in flight
+
+
+
+def nas_xid_counter(start: int | None = None) -> Callable[[], int]:
+    """A source of NAS-side XIDs, one per proxy.
+
+    It starts at a random point so that a restarted proxy, whose new NAS
+    connection may reuse an old source port (ganesha keeps a closed TCP
+    connection's DRC for its address), does not replay old XIDs into it.
+    """
+    counter = itertools.count(random.getrandbits(32) if start is None else start)
+    return lambda: next(counter) & 0xFFFFFFFF
+
+
+def framed_with_xid(xid: int, message: bytes | memoryview) -> tuple[bytes, memoryview]:
+    """`message` (an RPC message) framed for TCP with its XID replaced, as two
+    parts: the record mark and the new XID, then the rest of the message
+    (a view: the body is not copied)."""
+    return frame_rpc_message(len(message)) + _XID.pack(xid), memoryview(message)[4:]
+
+
+class XidTable:
+    """The calls of one client connection that the NAS has not answered yet."""
+
+    def __init__(self, next_nas_xid: Callable[[], int]):
+        self._next_nas_xid = next_nas_xid
+        self._by_nas: dict[int, Call] = {}
+        self._by_client: dict[int, list[Call]] = {}
+
+    def admit(self, client_xid: int, message: memoryview, **fields: Any) -> Call | None:
+        """Take a call in; None when it is a retransmission of a call in flight.
+
+        A retransmission is byte-identical to a call in flight with the same
+        XID (counted on that call). Anything else, the same XID included,
+        is a new call with a NAS XID of its own.
+        """
+        same = self._by_client.get(client_xid)
+        if same:
+            for earlier in same:
+                if _identical(earlier.message, message):
+                    earlier.retransmissions += 1
+                    return None
+        nas_xid = self._next_nas_xid()
+        while nas_xid in self._by_nas:  # only after 2^32 calls, with one still in flight
+            nas_xid = self._next_nas_xid()
+        call = Call(client_xid, nas_xid, message, **fields)
+        self._by_nas[nas_xid] = call
+        self._by_client.setdefault(client_xid, []).append(call)
+        return call
+
+    def match(self, nas_xid: int) -> Call | None:
+        """The call a NAS reply answers (still in the table until `finish`)."""
+        return self._by_nas.get(nas_xid)
+
+    def finish(self, call: Call) -> None:
+        """The call is answered (or given up): forget it."""
+        if self._by_nas.pop(call.nas_xid, None) is None:
+            return
+        same = self._by_client[call.client_xid]
+        same.remove(call)
+        if not same:
+            del self._by_client[call.client_xid]
+
+    def clear(self) -> list[Call]:
+        """Forget every call; returns them (the session is over)."""
+        calls = list(self._by_nas.values())
+        self._by_nas.clear()
+        self._by_client.clear()
+        return calls
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(list(self._by_nas.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_nas)
+
+    def client_xids(self) -> int:
+        """How many distinct client XIDs are in flight (for checks: never above len())."""
+        return len(self._by_client)
+
+
+def _identical(a: memoryview, b: memoryview) -> bool:
+    # Only reached on an XID collision: the common path never compares bodies.
+    return len(a) == len(b) and a.tobytes() == b.tobytes()
