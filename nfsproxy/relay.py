@@ -213,6 +213,11 @@ class ClientSession(_Peer):
     def data_received(self, data: bytes) -> None:
         self.reader.receive(data)
         self._process()
+        if self.held and self.reader.buffered_bytes > self.proxy.max_message_bytes:
+            # Calls queue behind a held one; past one message's worth, stop reading.
+            # Reading on until then lets a client that hangs up be noticed (and its
+            # held call dropped) instead of waiting for LOG space that may never come.
+            self.transport.pause_reading()
 
     def _process(self) -> None:
         try:
@@ -255,9 +260,8 @@ class ClientSession(_Peer):
         if pending is not None and pending.record is not None and proxy.journal is not None \
                 and proxy.journal.must_hold():
             # Block policy: a mutation must not reach the NAS while its record
-            # could not be journaled. Hold it, and read nothing more meanwhile.
+            # could not be journaled. Hold it, and later calls behind it.
             self.held = True
-            self.transport.pause_reading()
             proxy.spawn(self._send_when_space(link, call))
             return
         self._send_call(link, call)
