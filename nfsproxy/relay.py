@@ -493,6 +493,7 @@ class BackendLink(_Peer):
         try:
             await loop.create_connection(lambda: self, backend.host, port)
         except OSError as e:
+            self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
