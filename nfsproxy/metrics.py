@@ -57,8 +57,14 @@ class ProxyCollector(Collector):
                          stats.client_latency)
         yield _histogram("nfsj_proxy_backend_latency_seconds", "Call arrival to the NAS's reply",
                          stats.backend_latency)
+        proxy = self.running.proxy
+        stable_age_s = max(0.0, (time.time_ns() - proxy.stable_stamp().wall_ns) / 1e9)
         for name, doc, value in (
-                ("nfsj_proxy_sessions_open", "Client connections open", stats.sessions_open),):
+                ("nfsj_proxy_sessions_open", "Client connections open", stats.sessions_open),
+                ("nfsj_proxy_stamps_in_flight", "Stamps taken and not yet released (calls awaiting "
+                 "their reply or their LOG write)", proxy.stamps_in_flight()),
+                ("nfsj_proxy_stable_age_seconds", "How far the proxy's stable stamp trails the clock "
+                 "(grows while a stamp stays in flight)", stable_age_s)):
             yield GaugeMetricFamily(name, doc, value=value)
         for name, doc, value in (
                 ("nfsj_proxy_sessions", "Client connections accepted", stats.sessions_total),

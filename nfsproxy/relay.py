@@ -127,6 +127,10 @@ class Proxy:
         while any(s < stamp for k, s in self._inflight.items() if k != own_key):
             await asyncio.sleep(0.0005)
 
+    def stamps_in_flight(self) -> int:
+        """How many stamps are taken and not yet released (calls awaiting reply or LOG)."""
+        return len(self._inflight)
+
     def stable_stamp(self) -> Stamp:
         """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
         now = self.clock.now()

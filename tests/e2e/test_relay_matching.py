@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.proxy_fixture import ProxyProcess, read_log
 from e2e.shard_fixture import ShardProcess
 from logstore.record import Op
 from logstore.stamp import Stamp
-from nfsproxy.client import NfsClient, created_fh, sattr3
+from nfsproxy.client import ClientError, NfsClient, created_fh, sattr3
 from nfsproxy.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, FSINFO3args,
                            GETATTR3args, Nfsstat3, Proc3, REMOVE3args, StableHow, WRITE3args)
 from recoveryd.status import fetch_status, overall
@@ -225,3 +228,61 @@ def test_a_client_gone_with_mutations_in_flight_leaves_no_stamp_behind(stack):
     assert creates == on_nas, "a CREATE the NAS ran is missing from the LOG, or the other way round"
     size = (stack.nas.export_dir / "target").stat().st_size
     assert size == 65536 * (1 + max((w.offset // 65536 for w in writes if w.ok), default=-1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stamps_in_flight(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nfsj_proxy_stamps_in_flight":
+                return sample.value
+    raise AssertionError("nfsj_proxy_stamps_in_flight is not exported")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: a LOG on it runs out of space (ENOSPC) mid-workload."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_failed_log_write_leaves_no_stamp_in_flight(nas, proxy_factory, small_disk):
+    """The LOG's disk fills up: the writes that cannot be journaled fail (the client is
+    disconnected), and afterwards no stamp is left in flight (the proxy's gauge)."""
+    metrics_port = _free_port()
+    proxy = proxy_factory(extra=["--metrics", f"127.0.0.1:{metrics_port}", "--segment-size", "1M"],
+                          log_dir=small_disk / "log")
+    try:
+        chunk = b"z" * 65536
+        failed = None
+        with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export", timeout_s=30.0) as c:
+            c.mount()
+            fh = created_fh(c, c.create(c.root, "big"), c.root, "big")
+            for i in range(256):  # 16 MiB, far past the disk
+                try:
+                    c.write(fh, i * len(chunk), chunk, StableHow.FILE_SYNC)
+                except (OSError, ClientError) as e:
+                    failed = e
+                    break
+        assert failed is not None, "16 MiB were journaled on a 3 MiB disk"
+        deadline = time.monotonic() + HANG_S
+        while (left := stamps_in_flight(metrics_port)) != 0:
+            assert time.monotonic() < deadline, f"hang: {left:g} stamp(s) stay in flight"
+            time.sleep(0.2)
+        assert proxy.alive(), proxy.stderr_text()[-3000:]
+    finally:
+        proxy.stop()
