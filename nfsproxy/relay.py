@@ -37,7 +37,7 @@ from .nfs3 import NFS_PROGRAM, Proc3
 from .stats import RelayStats
 from .xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
 from .routing import Route, answer_portmap, reject, route
-from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
+from .rpc import (AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
                   frame_rpc_message, parse_message)
 
 __all__ = ["BackendAddress", "Proxy", "ClientSession"]
@@ -251,6 +251,7 @@ class ClientSession(_Peer):
         pending = proxy.capture.begin(rpc_call, body, b"", self.peer)
         call = self.calls.admit(
             rpc_call.xid, message, route=where, pending=pending,
+            keep_xid=rpc_call.cred.flavor == AuthFlavor.RPCSEC_GSS,
             proc_key=(rpc_call.prog, rpc_call.proc), arrival_s=time.perf_counter(),
             clamp_fsinfo=rpc_call.prog == NFS_PROGRAM and rpc_call.proc == Proc3.FSINFO)
         if call is None:

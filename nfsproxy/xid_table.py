@@ -22,6 +22,11 @@ retransmission that arrives after the reply went out is relayed as a new
 call and journaled with whatever outcome the NAS gives it, so the journal
 stays true even where a DRC would have hidden the second execution.
 
+One exception: an RPCSEC_GSS call's verifier is a checksum over its header,
+XID included, so its XID must reach the NAS unchanged (`keep_xid`). Such a
+call may not reuse an XID still in flight with another call: a client that
+does so is refused (`XidInUse`), as no reply could be told apart.
+
 `XidTable` is per client connection and holds only calls in flight: a call
 leaves it when its reply is matched or it is dropped unsent (`finish`), or
 when the session ends (`clear`).
@@ -35,11 +40,15 @@ import random
 import struct
 from typing import Any, Callable, Iterator
 
-from .rpc import frame_rpc_message
+from .rpc import RpcDecodeError, frame_rpc_message
 
-__all__ = ["Call", "XidTable", "nas_xid_counter", "framed_with_xid"]
+__all__ = ["Call", "XidTable", "XidInUse", "nas_xid_counter", "framed_with_xid"]
 
 _XID = struct.Struct(">I")
+
+
+class XidInUse(RpcDecodeError):
+    """A call that must keep its XID reuses one still in flight: close that client."""
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -85,12 +94,14 @@ class XidTable:
         self._by_nas: dict[int, Call] = {}
         self._by_client: dict[int, list[Call]] = {}
 
-    def admit(self, client_xid: int, message: memoryview, **fields: Any) -> Call | None:
+    def admit(self, client_xid: int, message: memoryview, *, keep_xid: bool = False,
+              **fields: Any) -> Call | None:
         """Take a call in; None when it is a retransmission of a call in flight.
 
         A retransmission is byte-identical to a call in flight with the same
         XID (counted on that call). Anything else, the same XID included,
-        is a new call with a NAS XID of its own.
+        is a new call with a NAS XID of its own; with `keep_xid` that is the
+        client's XID, and XidInUse is raised when it is in flight already.
         """
         same = self._by_client.get(client_xid)
         if same:
@@ -98,9 +109,14 @@ class XidTable:
                 if _identical(earlier.message, message):
                     earlier.retransmissions += 1
                     return None
-        nas_xid = self._next_nas_xid()
-        while nas_xid in self._by_nas:  # only after 2^32 calls, with one still in flight
+        if keep_xid:
+            nas_xid = client_xid
+            if nas_xid in self._by_nas:
+                raise XidInUse(f"XID {client_xid:#010x} is still in flight with another call")
+        else:
             nas_xid = self._next_nas_xid()
+            while nas_xid in self._by_nas:  # after 2^32 calls, or a kept XID in the way
+                nas_xid = self._next_nas_xid()
         call = Call(client_xid, nas_xid, message, **fields)
         self._by_nas[nas_xid] = call
         self._by_client.setdefault(client_xid, []).append(call)

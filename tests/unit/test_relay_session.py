@@ -27,7 +27,7 @@ from nfsproxy.journal import Journal
 from nfsproxy.nfs3 import NFS_PROGRAM, Diropargs3, Proc3, REMOVE3args
 from nfsproxy.nfs3 import PROCEDURES as NFS3
 from nfsproxy.relay import BackendAddress, Proxy
-from nfsproxy.rpc import (NEED_DATA, AuthSys, RpcCall, RpcMessageReader, RpcReply, encode_call,
+from nfsproxy.rpc import (NEED_DATA, AuthFlavor, AuthSys, OpaqueAuth, RpcCall, RpcMessageReader, RpcReply, encode_call,
                           encode_reply, frame_rpc_message, parse_message)
 
 HANG_S = 10.0
@@ -331,6 +331,24 @@ def test_a_client_gone_is_drained_then_its_replies_are_journaled(tmp_path):
                 nas.send(reply(call.xid, REMOVE_OK_BODY))
             await settled(proxy)
             assert proxy.stats.records_total == 2
+        finally:
+            await stop()
+    asyncio.run(run())
+
+
+def test_an_rpcsec_gss_call_reaches_the_nas_under_its_own_xid(tmp_path):
+    """Its verifier is a checksum over the header, XID included: the XID must not change."""
+    gss = OpaqueAuth(AuthFlavor.RPCSEC_GSS, b"\x00\x00\x00\x01" + bytes(16))
+    call = encode_call(RpcCall(0xC0FFEE, NFS_PROGRAM, 3, Proc3.NULL, cred=gss,
+                               verf=OpaqueAuth(AuthFlavor.RPCSEC_GSS, b"mic!"))).getvalue()
+
+    async def run():
+        nas, proxy, stop = await started(tmp_path, lambda c, body: reply(c.xid, b""))
+        try:
+            client = await Client.connect(proxy.port)
+            client.send(call)
+            (r, _), = await client.replies(1)
+            assert r.xid == 0xC0FFEE and [c.xid for c in nas.calls] == [0xC0FFEE]
         finally:
             await stop()
     asyncio.run(run())

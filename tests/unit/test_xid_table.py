@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfsproxy.rpc import frame_rpc_message, parse_message
-from nfsproxy.xid_table import XidTable, framed_with_xid, nas_xid_counter
+from nfsproxy.xid_table import XidInUse, XidTable, framed_with_xid, nas_xid_counter
 
 
 def message(xid: int, body: bytes) -> memoryview:
@@ -100,3 +101,21 @@ def test_a_reply_decodes_after_the_xid_is_put_back():
     head, tail = framed_with_xid(7, reply)
     header, _ = parse_message(head[4:] + bytes(tail))
     assert header.xid == 7
+
+
+def test_a_call_that_keeps_its_xid_goes_to_the_nas_unchanged():
+    table = XidTable(nas_xid_counter(500))
+    gss = table.admit(7, message(7, b"gss call"), keep_xid=True)
+    assert gss.nas_xid == 7
+    assert table.admit(7, message(7, b"gss call"), keep_xid=True) is None  # a retransmission
+    with pytest.raises(XidInUse):
+        table.admit(7, message(7, b"another gss call"), keep_xid=True)
+    assert table.admit(7, message(7, b"an auth_sys call")).nas_xid == 500
+    table.finish(gss)
+    assert table.admit(7, message(7, b"another gss call"), keep_xid=True).nas_xid == 7
+
+
+def test_counter_xids_step_around_a_kept_one():
+    table = XidTable(nas_xid_counter(7))
+    table.admit(7, message(7, b"gss"), keep_xid=True)
+    assert table.admit(1, message(1, b"sys")).nas_xid == 8
