@@ -40,11 +40,13 @@ import random
 import struct
 from typing import Any, Callable, Iterator
 
-from .rpc import RpcDecodeError, frame_rpc_message
+from .rpc import RpcDecodeError
 
 __all__ = ["Call", "XidTable", "XidInUse", "nas_xid_counter", "framed_with_xid"]
 
-_XID = struct.Struct(">I")
+_MARK_AND_XID = struct.Struct(">II")
+_LAST_FRAGMENT = 0x80000000
+MAX_FRAGMENT_BYTES = _LAST_FRAGMENT - 1
 
 
 class XidInUse(RpcDecodeError):
@@ -79,11 +81,11 @@ def nas_xid_counter(start: int | None = None) -> Callable[[], int]:
     return lambda: next(counter) & 0xFFFFFFFF
 
 
-def framed_with_xid(xid: int, message: bytes | memoryview) -> tuple[bytes, memoryview]:
-    """`message` (an RPC message) framed for TCP with its XID replaced, as two
-    parts: the record mark and the new XID, then the rest of the message
-    (a view: the body is not copied)."""
-    return frame_rpc_message(len(message)) + _XID.pack(xid), memoryview(message)[4:]
+def framed_with_xid(xid: int, message: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+    """`message` (an RPC message, at most `MAX_FRAGMENT_BYTES`) framed for TCP
+    with its XID replaced, as two parts: the record mark and the new XID, then
+    the rest of the message (a view when `message` is one: no copy)."""
+    return _MARK_AND_XID.pack(_LAST_FRAGMENT | len(message), xid), message[4:]
 
 
 class XidTable:
@@ -94,8 +96,9 @@ class XidTable:
         self._by_nas: dict[int, Call] = {}
         self._by_client: dict[int, list[Call]] = {}
 
-    def admit(self, client_xid: int, message: memoryview, *, keep_xid: bool = False,
-              **fields: Any) -> Call | None:
+    def admit(self, client_xid: int, message: memoryview, route: Any = None, pending: Any = None,
+              proc_key: tuple[int, int] = (0, 0), arrival_s: float = 0.0, clamp_fsinfo: bool = False,
+              keep_xid: bool = False) -> Call | None:
         """Take a call in; None when it is a retransmission of a call in flight.
 
         A retransmission is byte-identical to a call in flight with the same
@@ -117,7 +120,7 @@ class XidTable:
             nas_xid = self._next_nas_xid()
             while nas_xid in self._by_nas:  # after 2^32 calls, or a kept XID in the way
                 nas_xid = self._next_nas_xid()
-        call = Call(client_xid, nas_xid, message, **fields)
+        call = Call(client_xid, nas_xid, message, route, pending, proc_key, arrival_s, clamp_fsinfo)
         self._by_nas[nas_xid] = call
         self._by_client.setdefault(client_xid, []).append(call)
         return call
