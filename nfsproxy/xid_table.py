@@ -3,9 +3,9 @@
 A client may reuse an XID while its first call is still in flight: a
 retransmission, a buggy client, or a hostile one. Keyed by the client's XID,
 a second call would overwrite the first, and the NAS's duplicate request
-cache (DRC) makes it worse: ganesha drops a same-XID call that arrives
-while the first is in progress, or answers it from the cache without
-running it, so "first reply answers the oldest call with that XID" can leave
+cache (DRC) makes it worse: a DRC such as ganesha's drops a same-XID call
+that arrives while the first is in progress, or answers it from the cache
+without running it, so "first reply answers the oldest call with that XID" can leave
 a call waiting forever or journal an outcome the NAS never produced.
 
 So the relay never lets the NAS see a client's XID. Every call gets its own
@@ -35,6 +35,7 @@ when the session ends (`clear`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import random
 import struct
@@ -59,7 +60,7 @@ class Call:
 
     client_xid: int
     nas_xid: int
-    message: memoryview          # as the client sent it: recognises a retransmission
+    message: memoryview          # as the client sent it (kept, not copied, until the reply)
     route: Any = None            # which NAS connection carries it
     pending: Any = None          # what capture must complete (None: not watched)
     proc_key: tuple[int, int] = (0, 0)   # (program, procedure), for the stats
@@ -67,14 +68,13 @@ class Call:
     clamp_fsinfo: bool = False   # an FSINFO whose reply gets clamped
     sent: bool = False           # handed to the NAS connection
     retransmissions: int = 0     # identical copies absorbed while in flight
-
-
+    digest: bytes | None = None  # of `message`, once another call in flight shares its XID
 
 def nas_xid_counter(start: int | None = None) -> Callable[[], int]:
     """A source of NAS-side XIDs, one per proxy.
 
     It starts at a random point so that a restarted proxy, whose new NAS
-    connection may reuse an old source port (ganesha keeps a closed TCP
+    connection may reuse an old source port (a NAS may keep a closed TCP
     connection's DRC for its address), does not replay old XIDs into it.
     """
     counter = itertools.count(random.getrandbits(32) if start is None else start)
@@ -88,13 +88,39 @@ def framed_with_xid(xid: int, message: bytes | memoryview) -> tuple[bytes, bytes
     return _MARK_AND_XID.pack(_LAST_FRAGMENT | len(message), xid), message[4:]
 
 
+class _SameXid:
+    """The calls in flight under one client XID, and the digests of those compared."""
+
+    __slots__ = ("calls", "by_digest")
+
+    def __init__(self) -> None:
+        self.calls: dict[int, Call] = {}       # nas_xid -> call
+        self.by_digest: dict[bytes, Call] = {}
+
+    def find_copy(self, message: memoryview) -> tuple[Call | None, bytes]:
+        """The call in flight identical to `message`, if any; and `message`'s digest.
+
+        Digests are taken only on a collision (the common path never reads a
+        body twice), and then found in a dict: a client sending thousands of
+        calls under one XID costs one digest each, not a comparison with every
+        earlier one.
+        """
+        if len(self.by_digest) < len(self.calls):  # the call that was alone until now
+            for call in self.calls.values():
+                if call.digest is None:
+                    call.digest = _digest(call.message)
+                    self.by_digest.setdefault(call.digest, call)
+        digest = _digest(message)
+        return self.by_digest.get(digest), digest
+
+
 class XidTable:
     """The calls of one client connection that the NAS has not answered yet."""
 
     def __init__(self, next_nas_xid: Callable[[], int]):
         self._next_nas_xid = next_nas_xid
         self._by_nas: dict[int, Call] = {}
-        self._by_client: dict[int, list[Call]] = {}
+        self._by_client: dict[int, _SameXid] = {}
 
     def admit(self, client_xid: int, message: memoryview, route: Any = None, pending: Any = None,
               proc_key: tuple[int, int] = (0, 0), arrival_s: float = 0.0, clamp_fsinfo: bool = False,
@@ -107,11 +133,12 @@ class XidTable:
         client's XID, and XidInUse is raised when it is in flight already.
         """
         same = self._by_client.get(client_xid)
-        if same:
-            for earlier in same:
-                if _identical(earlier.message, message):
-                    earlier.retransmissions += 1
-                    return None
+        digest = None
+        if same is not None:
+            earlier, digest = same.find_copy(message)
+            if earlier is not None:
+                earlier.retransmissions += 1
+                return None
         if keep_xid:
             nas_xid = client_xid
             if nas_xid in self._by_nas:
@@ -122,7 +149,12 @@ class XidTable:
                 nas_xid = self._next_nas_xid()
         call = Call(client_xid, nas_xid, message, route, pending, proc_key, arrival_s, clamp_fsinfo)
         self._by_nas[nas_xid] = call
-        self._by_client.setdefault(client_xid, []).append(call)
+        if same is None:
+            same = self._by_client[client_xid] = _SameXid()
+        same.calls[nas_xid] = call
+        if digest is not None:
+            call.digest = digest
+            same.by_digest[digest] = call
         return call
 
     def match(self, nas_xid: int) -> Call | None:
@@ -131,11 +163,14 @@ class XidTable:
 
     def finish(self, call: Call) -> None:
         """The call is answered (or given up): forget it."""
-        if self._by_nas.pop(call.nas_xid, None) is None:
-            return
+        if self._by_nas.get(call.nas_xid) is not call:
+            return  # finished already
+        del self._by_nas[call.nas_xid]
         same = self._by_client[call.client_xid]
-        same.remove(call)
-        if not same:
+        del same.calls[call.nas_xid]
+        if call.digest is not None and same.by_digest.get(call.digest) is call:
+            del same.by_digest[call.digest]
+        if not same.calls:
             del self._by_client[call.client_xid]
 
     def clear(self) -> list[Call]:
@@ -156,6 +191,6 @@ class XidTable:
         return len(self._by_client)
 
 
-def _identical(a: memoryview, b: memoryview) -> bool:
-    # Only reached on an XID collision: the common path never compares bodies.
-    return len(a) == len(b) and a.tobytes() == b.tobytes()
+def _digest(message: memoryview) -> bytes:
+    # A cryptographic digest: a client cannot make two different calls look alike.
+    return hashlib.blake2b(message, digest_size=16).digest()

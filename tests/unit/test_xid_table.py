@@ -119,3 +119,23 @@ def test_counter_xids_step_around_a_kept_one():
     table = XidTable(nas_xid_counter(7))
     table.admit(7, message(7, b"gss"), keep_xid=True)
     assert table.admit(1, message(1, b"sys")).nas_xid == 8
+
+
+def test_thousands_of_calls_under_one_xid_cost_one_digest_each():
+    table = XidTable(nas_xid_counter(0))
+    calls = [table.admit(7, message(7, i.to_bytes(4, "big") * 64)) for i in range(20_000)]
+    assert all(c is not None for c in calls) and len(table) == 20_000
+    assert table.admit(7, message(7, (12345).to_bytes(4, "big") * 64)) is None
+    for call in calls:
+        table.finish(call)
+    assert len(table) == 0 and table.client_xids() == 0
+
+
+def test_finish_twice_leaves_a_later_call_alone():
+    table = XidTable(nas_xid_counter(0))
+    first = table.admit(7, message(7, b"a"), keep_xid=True)
+    table.finish(first)
+    later = table.admit(7, message(7, b"b"), keep_xid=True)
+    assert later.nas_xid == first.nas_xid
+    table.finish(first)
+    assert table.match(7) is later and len(table) == 1
