@@ -89,29 +89,20 @@ def framed_with_xid(xid: int, message: bytes | memoryview) -> tuple[bytes, bytes
 
 
 class _SameXid:
-    """The calls in flight under one client XID, and the digests of those compared."""
+    """The calls in flight under one client XID, once there is more than one.
+
+    Retransmissions are then found by digest, in a dict: a client sending
+    thousands of calls under one XID costs one digest each, not a
+    comparison with every earlier one. The common path (an XID alone in
+    flight) never reads a body twice.
+    """
 
     __slots__ = ("calls", "by_digest")
 
-    def __init__(self) -> None:
-        self.calls: dict[int, Call] = {}       # nas_xid -> call
-        self.by_digest: dict[bytes, Call] = {}
-
-    def find_copy(self, message: memoryview) -> tuple[Call | None, bytes]:
-        """The call in flight identical to `message`, if any; and `message`'s digest.
-
-        Digests are taken only on a collision (the common path never reads a
-        body twice), and then found in a dict: a client sending thousands of
-        calls under one XID costs one digest each, not a comparison with every
-        earlier one.
-        """
-        if len(self.by_digest) < len(self.calls):  # the call that was alone until now
-            for call in self.calls.values():
-                if call.digest is None:
-                    call.digest = _digest(call.message)
-                    self.by_digest.setdefault(call.digest, call)
-        digest = _digest(message)
-        return self.by_digest.get(digest), digest
+    def __init__(self, alone: Call) -> None:
+        alone.digest = _digest(alone.message)
+        self.calls: dict[int, Call] = {alone.nas_xid: alone}
+        self.by_digest: dict[bytes, Call] = {alone.digest: alone}
 
 
 class XidTable:
@@ -120,7 +111,7 @@ class XidTable:
     def __init__(self, next_nas_xid: Callable[[], int]):
         self._next_nas_xid = next_nas_xid
         self._by_nas: dict[int, Call] = {}
-        self._by_client: dict[int, _SameXid] = {}
+        self._by_client: dict[int, Call | _SameXid] = {}  # a lone call, or several
 
     def admit(self, client_xid: int, message: memoryview, route: Any = None, pending: Any = None,
               proc_key: tuple[int, int] = (0, 0), arrival_s: float = 0.0, clamp_fsinfo: bool = False,
@@ -135,7 +126,10 @@ class XidTable:
         same = self._by_client.get(client_xid)
         digest = None
         if same is not None:
-            earlier, digest = same.find_copy(message)
+            if type(same) is Call:
+                same = self._by_client[client_xid] = _SameXid(same)
+            digest = _digest(message)
+            earlier = same.by_digest.get(digest)
             if earlier is not None:
                 earlier.retransmissions += 1
                 return None
@@ -150,10 +144,10 @@ class XidTable:
         call = Call(client_xid, nas_xid, message, route, pending, proc_key, arrival_s, clamp_fsinfo)
         self._by_nas[nas_xid] = call
         if same is None:
-            same = self._by_client[client_xid] = _SameXid()
-        same.calls[nas_xid] = call
-        if digest is not None:
+            self._by_client[client_xid] = call
+        else:
             call.digest = digest
+            same.calls[nas_xid] = call
             same.by_digest[digest] = call
         return call
 
@@ -167,8 +161,11 @@ class XidTable:
             return  # finished already
         del self._by_nas[call.nas_xid]
         same = self._by_client[call.client_xid]
+        if same is call:
+            del self._by_client[call.client_xid]
+            return
         del same.calls[call.nas_xid]
-        if call.digest is not None and same.by_digest.get(call.digest) is call:
+        if same.by_digest.get(call.digest) is call:
             del same.by_digest[call.digest]
         if not same.calls:
             del self._by_client[call.client_xid]
