@@ -49,17 +49,26 @@ class BindingCache:
 
     Used to journal a BIND only when a binding is new or changed, so that a
     client listing the same directory all day adds nothing to the LOG.
+    Both directions (handle -> name, name -> handle) hold at most `capacity`
+    bindings each: a workload that makes and renames files forever (write a
+    temporary name, rename it over the real one) must not grow either.
     """
 
     def __init__(self, capacity: int = 1 << 20):
         self.capacity = capacity
         self._names: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
-        self._handles: dict[tuple[bytes, bytes], bytes] = {}
+        self._handles: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
 
     def learn(self, fh: bytes, dir_fh: bytes, name: bytes) -> bool:
         """Remember fh's name; True when it is news worth journaling."""
         key = (dir_fh, name)
+        replaced = self._handles.get(key)
+        if replaced is not None and replaced != fh and self._names.get(replaced) == key:
+            del self._names[replaced]  # that handle lost this name: seeing it here again is news
         self._handles[key] = fh
+        self._handles.move_to_end(key)
+        if len(self._handles) > self.capacity:
+            self._evict(*self._handles.popitem(last=False))
         if self._names.get(fh) == key:
             self._names.move_to_end(fh)
             return False
@@ -69,6 +78,16 @@ class BindingCache:
             if self._handles.get(old_key) == old_fh:
                 del self._handles[old_key]
         return True
+
+    def _evict(self, key: tuple[bytes, bytes], fh: bytes) -> None:
+        if self._names.get(fh) == key:
+            del self._names[fh]
+
+    def unbind(self, dir_fh: bytes, name: bytes) -> None:
+        """The name is gone (removed, or renamed away): forget what it named."""
+        fh = self._handles.pop((dir_fh, name), None)
+        if fh is not None:
+            self._evict((dir_fh, name), fh)
 
     def handle_of(self, dir_fh: bytes, name: bytes) -> bytes | None:
         """The handle last seen under `name` in `dir_fh`, if any."""
@@ -80,7 +99,13 @@ class BindingCache:
             del self._handles[key]
 
     def __len__(self) -> int:
+        """How many handles have a known name."""
         return len(self._names)
+
+    @property
+    def names_known(self) -> int:
+        """How many names have a known handle (at most `capacity`, like `len()`)."""
+        return len(self._handles)
 
 
 class Capture:
@@ -167,6 +192,8 @@ class Capture:
         # current so a later LOOKUP of the same name is not journaled again.
         if not record.ok:
             return
+        if record.op in (Op.REMOVE, Op.RMDIR, Op.RENAME):
+            self.bindings.unbind(record.dir_fh, record.name)
         if record.op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD) and record.fh:
             self.bindings.learn(record.fh, record.dir_fh, record.name)
         elif record.op == Op.LINK:

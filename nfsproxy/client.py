@@ -13,6 +13,11 @@ exceptions.
 
 One call is in flight at a time (this is not a pipelining client), so a
 reply whose XID is not the one we sent can only be a protocol violation.
+The exception is the raw layer (`call_message`, `send_messages`,
+`receive_reply`): it sends calls as given, with any XID, several at once,
+and hands back replies in arrival order. Tests use it to retransmit, or to
+reuse an XID while the first call is still in flight, as real (or hostile)
+clients do.
 
 Errors, from the outside in:
 
@@ -275,6 +280,30 @@ class _Connection:
             self.close()
             raise
 
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        """Send messages (each already framed) without waiting for any reply."""
+        sock = self._sock or self._connect()
+        try:
+            _send_parts(sock, parts)
+        except BaseException:
+            self.close()
+            raise
+
+    def receive(self) -> tuple[RpcReply, memoryview]:
+        """The next reply to arrive, whatever its XID."""
+        sock = self._sock or self._connect()
+        try:
+            header, body = parse_message(self._receive_message(sock))
+            if not isinstance(header, RpcReply):
+                raise ProtocolError(f"{self.host}:{self.port} sent a CALL where a REPLY was due")
+            return header, body
+        except RpcDecodeError as e:
+            self.close()
+            raise ProtocolError(f"undecodable reply from {self.host}:{self.port}: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
     def _receive_message(self, sock: socket.socket) -> memoryview:
         reader = self._reader
         view = memoryview(self._buf)
@@ -410,6 +439,34 @@ class NfsClient:
         except RpcDecodeError as e:
             conn.close()
             raise ProtocolError(f"undecodable {_describe(procedure)} reply: {e}") from None
+
+    # -- raw calls (any XID, pipelined) ----------------------------------------
+
+    def call_message(self, proc: Proc3, args: Any, xid: int | None = None) -> bytes:
+        """One NFSv3 call message (unframed), with `xid` or the next one of ours."""
+        procedure = nfs3.PROCEDURES[proc]
+        p = encode_call(RpcCall(self._next_xid() if xid is None else xid, procedure.prog,
+                                procedure.vers, procedure.proc, cred=self._cred))
+        procedure.args.pack(p, args)
+        return p.getvalue()
+
+    def send_messages(self, messages: list[bytes]) -> None:
+        """Send call messages back to back on the NFS connection (one sendmsg when
+        they fit), without waiting: their replies come from `receive_reply`."""
+        parts: list[bytes] = []
+        for message in messages:
+            parts += (frame_rpc_message(len(message)), message)
+        self._nfs.send(parts)
+
+    def receive_reply(self) -> tuple[RpcReply, memoryview]:
+        """The next reply on the NFS connection, in arrival order: (header, raw body).
+        Decode the body with `decode_reply`."""
+        return self._nfs.receive()
+
+    @staticmethod
+    def decode_reply(proc: Proc3, body: memoryview) -> Any:
+        """The decoded result (`*3res`, with `.status`) of a `proc` reply body."""
+        return decode_body(nfs3.PROCEDURES[proc].res, body)
 
     def _call(self, proc: Proc3, args: Any, context: str = "") -> Any:
         """An NFSv3 call: the resok body, or NfsError with the resfail body."""

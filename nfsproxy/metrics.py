@@ -57,10 +57,16 @@ class ProxyCollector(Collector):
                          stats.client_latency)
         yield _histogram("nfsj_proxy_backend_latency_seconds", "Call arrival to the NAS's reply",
                          stats.backend_latency)
+        proxy = self.running.proxy
+        stable_age_s = max(0.0, (time.time_ns() - proxy.stable_stamp().wall_ns) / 1e9)
         for name, doc, value in (
                 ("nfsj_proxy_sessions_open", "Client connections open", stats.sessions_open),
                 ("nfsj_proxy_conflict_held_calls", "Mutations waiting now for a conflicting call's reply",
-                 self.running.proxy.conflicts.held_now)):
+                 proxy.conflicts.held_now),
+                ("nfsj_proxy_stamps_in_flight", "Stamps taken and not yet released (calls awaiting "
+                 "their reply or their LOG write)", proxy.stamps_in_flight()),
+                ("nfsj_proxy_stable_age_seconds", "How far the proxy's stable stamp trails the clock "
+                 "(grows while a stamp stays in flight)", stable_age_s)):
             yield GaugeMetricFamily(name, doc, value=value)
         for name, doc, value in (
                 ("nfsj_proxy_sessions", "Client connections accepted", stats.sessions_total),
@@ -70,6 +76,10 @@ class ProxyCollector(Collector):
                  stats.backend_failures_total),
                 ("nfsj_proxy_conflict_holds", "Mutations held until an earlier conflicting call's reply was back",
                  stats.conflict_holds_total),
+                ("nfsj_proxy_retransmissions_absorbed", "Calls identical to one in flight, answered by its reply",
+                 stats.retransmissions_absorbed_total),
+                ("nfsj_proxy_unmatched_replies", "NAS replies that answered no call in flight (dropped)",
+                 stats.unmatched_replies_total),
                 ("nfsj_journal_records", "Records journaled (mutations, bindings, baseline pieces)",
                  stats.records_total),
                 ("nfsj_journal_failed_mutations", "Mutations the NAS refused (journaled as failed)",

@@ -2,9 +2,11 @@
 
 Each client connection (`ClientSession`) gets its own connections to the
 NAS (`BackendLink`, one for NFS and one for MOUNT, opened on first use).
-RPC messages are relayed both ways byte for byte; the proxy only parses the
-call header, the arguments of calls it watches, and their replies (matched
-by XID). A mutation's record is stamped when the call arrives and journaled
+RPC messages are relayed both ways byte for byte but for the XID: each call
+gets its own XID on the NAS connection, so replies match calls one to one
+even when a client reuses an XID (`xid_table` says why). The proxy only
+parses the call header, the arguments of calls it watches, and their
+replies. A mutation's record is stamped when the call arrives and journaled
 when the reply arrives; with `sync` durability the reply reaches the client
 only after its record is fsynced. A mutation that conflicts with one still in
 flight waits for that one's reply and is stamped when it leaves
@@ -29,15 +31,16 @@ from typing import Callable
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
 
-from .capture import Capture, Pending
+from .capture import Capture
 from .conflict import ConflictTable, claims_of
 from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
 from .nfs3 import NFS_PROGRAM, Proc3
 from .stats import RelayStats
+from .xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
 from .routing import Route, answer_portmap, reject, route
-from .rpc import (RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
+from .rpc import (AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
                   frame_rpc_message, parse_message)
 
 __all__ = ["BackendAddress", "Proxy", "ClientSession"]
@@ -76,9 +79,10 @@ class Proxy:
         self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
         self._inflight: dict[int, bytes] = {}  # id(pending) -> stamp bytes, not yet in the LOG
+        self.next_nas_xid = nas_xid_counter()  # proxy-wide: no NAS connection sees an XID twice
         #: Mutations of all sessions in flight or held behind a conflicting one (nfsproxy.conflict).
         self.conflicts = ConflictTable()
-        self._held_calls: dict[int, tuple[ClientSession, Pending, BackendLink, memoryview]] = {}
+        self._held_calls: dict[int, tuple[ClientSession, Call, BackendLink]] = {}
         self._settling: list[_Settling] = []  # settle_below calls waiting for releases
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
@@ -154,8 +158,12 @@ class Proxy:
         """A mutation's reply is back (or it is abandoned): send the calls held behind it."""
         self._held_calls.pop(key, None)  # abandoned while held
         for freed in self.conflicts.release(key):
-            session, pending, link, message = self._held_calls.pop(freed)
-            session.send_released(pending, link, message)
+            session, call, link = self._held_calls.pop(freed)
+            session.send_released(call, link)
+
+    def stamps_in_flight(self) -> int:
+        """How many stamps are taken and not yet released (calls awaiting reply or LOG)."""
+        return len(self._inflight)
 
     def stable_stamp(self) -> Stamp:
         """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
@@ -202,9 +210,13 @@ class _Peer(asyncio.Protocol):
         self._out_bytes = 0
         self._flush_scheduled = False
 
-    def _queue_out(self, message: bytes | memoryview) -> None:
-        self._out.append(frame_rpc_message(len(message)))
-        self._out.append(message)
+    def _queue_out(self, message: bytes | memoryview, xid: int | None = None) -> None:
+        """Queue one message; with `xid`, its XID is replaced on the way out."""
+        if xid is None:
+            self._out.append(frame_rpc_message(len(message)))
+            self._out.append(message)
+        else:
+            self._out.extend(framed_with_xid(xid, message))
         self._out_bytes += len(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -230,9 +242,7 @@ class ClientSession(_Peer):
         super().__init__()
         self.proxy = proxy
         self.reader = RpcMessageReader(proxy.max_message_bytes)
-        self.pending: dict[int, Pending] = {}
-        self.fsinfo_xids: set[int] = set()  # FSINFO calls whose replies get clamped
-        self.timings: dict[int, tuple[tuple[int, int], float]] = {}  # xid -> (prog, proc), arrival
+        self.calls = XidTable(proxy.next_nas_xid)  # relayed calls not yet answered
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
         self.closed = False
@@ -251,6 +261,11 @@ class ClientSession(_Peer):
     def data_received(self, data: bytes) -> None:
         self.reader.receive(data)
         self._process()
+        if self.held and self.reader.buffered_bytes > self.proxy.max_message_bytes:
+            # Calls queue behind a held one; past one message's worth, stop reading.
+            # Reading on until then lets a client that hangs up be noticed (and its
+            # held call dropped) instead of waiting for LOG space that may never come.
+            self.transport.pause_reading()
 
     def _process(self) -> None:
         try:
@@ -275,113 +290,156 @@ class ClientSession(_Peer):
         else:
             self._relay(where, call, body, message)
 
-    def _relay(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
+    def _relay(self, where: Route, rpc_call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
-        self.timings[call.xid] = (call.prog, call.proc), time.perf_counter()
-        if call.prog == NFS_PROGRAM and call.proc == Proc3.FSINFO:
-            self.fsinfo_xids.add(call.xid)
-        pending = proxy.capture.begin(call, body, b"", self.peer)
-        if pending is not None:
-            if pending.record is not None:
-                pending.record.stamp = proxy.stamp_call(id(pending))
-            self.pending[call.xid] = pending
+        pending = proxy.capture.begin(rpc_call, body, b"", self.peer)
+        call = self.calls.admit(
+            rpc_call.xid, message, route=where, pending=pending,
+            keep_xid=rpc_call.cred.flavor == AuthFlavor.RPCSEC_GSS,
+            proc_key=(rpc_call.prog, rpc_call.proc), arrival_s=time.perf_counter(),
+            clamp_fsinfo=rpc_call.prog == NFS_PROGRAM and rpc_call.proc == Proc3.FSINFO)
+        if call is None:
+            proxy.stats.retransmissions_absorbed_total += 1
+            return
+        if pending is not None and pending.record is not None:
+            pending.record.stamp = proxy.stamp_call(id(pending))
         link = self.links.get(where)
         if link is None:
             link = self.links[where] = BackendLink(self, where)
-        if pending is not None and pending.record is not None and self._held_back(pending, link, message):
+        if pending is not None and pending.record is not None and self._held_back(call, link):
             return
         if pending is not None and pending.record is not None and proxy.journal is not None \
                 and proxy.journal.must_hold():
             # Block policy: a mutation must not reach the NAS while its record
-            # could not be journaled. Hold it, and read nothing more meanwhile.
+            # could not be journaled. Hold it, and later calls behind it.
             self.held = True
-            self.transport.pause_reading()
-            proxy.spawn(self._send_when_space(link, message))
+            proxy.spawn(self._send_when_space(link, call))
             return
-        link.send(message)
+        self._send_call(link, call)
 
-    def _held_back(self, pending: Pending, link: "BackendLink", message: memoryview) -> bool:
+    def _send_call(self, link: "BackendLink", call: Call) -> None:
+        call.sent = True
+        link.send(call.message, call.nas_xid)
+
+    def _held_back(self, call: Call, link: "BackendLink") -> bool:
         """Hold a mutation that conflicts with one in flight, until that one's reply is back.
 
         Its arrival stamp is dropped: `send_released` stamps it when it leaves,
         after the NAS applied the earlier call, so for conflicting calls stamp
         order is the NAS's order. Later calls of this session keep flowing.
         """
-        proxy = self.proxy
+        proxy, pending = self.proxy, call.pending
         if proxy.conflicts.admit(id(pending), claims_of(pending.record, proxy.capture.bindings.handle_of)):
             return False
         proxy.release(id(pending))
-        proxy._held_calls[id(pending)] = (self, pending, link, message)
+        proxy._held_calls[id(pending)] = (self, call, link)
         proxy.stats.conflict_holds_total += 1
         return True
 
-    def send_released(self, pending: Pending, link: "BackendLink", message: memoryview) -> None:
+    def send_released(self, call: Call, link: "BackendLink") -> None:
         """Send a held mutation whose earlier conflicting calls are all answered.
 
-        Sent even if the client has gone meanwhile, as it would have been had
-        it not waited (its session drains before closing the NAS link). If
-        that link is closed, the call never reaches the NAS and is forgotten.
+        A held call of a client that left was dropped with its stamp when it
+        closed (`_drop_unsent`): it never reached the NAS, and the client,
+        which got no reply, retries it. If the NAS link is closed, likewise.
         """
-        proxy = self.proxy
+        proxy, pending = self.proxy, call.pending
         if link.closed:
+            self.calls.finish(call)
             proxy.release_conflicts(id(pending))
             return
         pending.record.stamp = proxy.stamp_call(id(pending))
         if proxy.journal is not None and proxy.journal.must_hold():
-            proxy.spawn(self._send_released_when_space(pending, link, message))
+            proxy.spawn(self._send_released_when_space(call, link))
             return
-        link.send(message)
+        self._send_call(link, call)
 
-    async def _send_released_when_space(self, pending: Pending, link: "BackendLink",
-                                        message: memoryview) -> None:
+    async def _send_released_when_space(self, call: Call, link: "BackendLink") -> None:
         # Block policy: as in `_send_when_space`, nothing reaches the NAS unjournaled.
-        await self.proxy.journal.wait_until_journaling()
-        if link.closed:
-            self.proxy.release(id(pending))
-            self.proxy.release_conflicts(id(pending))
+        try:
+            await self.proxy.journal.wait_until_journaling()
+        except Exception:  # noqa: BLE001  the LOG failed: nothing can be journaled
+            logger.exception("cannot journal; closing client %s with a call held unsent", self.peer)
+            self.close()
             return
-        link.send(message)
-
-    async def _send_when_space(self, link: "BackendLink", message: memoryview) -> None:
-        await self.proxy.journal.wait_until_journaling()
         if self.closed:
+            return  # close() dropped the call and released its stamp
+        if link.closed:
+            self.calls.finish(call)
+            self._release(call)
             return
-        link.send(message)
+        self._send_call(link, call)
+
+    async def _send_when_space(self, link: "BackendLink", call: Call) -> None:
+        try:
+            await self.proxy.journal.wait_until_journaling()
+        except Exception:  # noqa: BLE001  the LOG failed: nothing can be journaled
+            # The call never reached the NAS; close() drops it and its stamp,
+            # and the client retries on a new connection.
+            logger.exception("cannot journal; closing client %s with a call held unsent", self.peer)
+            self.close()
+            return
+        if self.closed:
+            return  # close() dropped the call and released its stamp
+        self._send_call(link, call)
         self.held = False
         self.transport.resume_reading()
         self._process()
 
-    def send(self, message: bytes | memoryview, timing: tuple[tuple[int, int], float] | None = None) -> None:
-        """Send a reply; `timing` (the call's key and arrival) records client-seen latency."""
+    def send(self, message: bytes | memoryview) -> None:
+        """Send a message the proxy made itself (a refusal, a portmap answer)."""
         if self.transport is not None and not self.closed:
             self._queue_out(message)
-            if timing is not None:
-                self.proxy.stats.client_reply(timing[0], time.perf_counter() - timing[1])
+
+    def _answer(self, call: Call, message: bytes | memoryview) -> None:
+        """Send the NAS's reply to `call` under the client's XID; record client-seen latency."""
+        if self.transport is not None and not self.closed:
+            self._queue_out(message, call.client_xid)
+            self.proxy.stats.client_reply(call.proc_key, time.perf_counter() - call.arrival_s)
 
     # -- replies -------------------------------------------------------------------
 
     def on_reply(self, message: memoryview) -> None:
+        """Match a NAS reply to its call, journal what it completes, answer the client.
+
+        Raises RpcDecodeError when the reply does not decode; its call then
+        stays in the table, as a call without a reply (outcome unknown).
+        """
         reply, body = parse_message(message)
         if not isinstance(reply, RpcReply):
             raise RpcDecodeError("the NAS sent a CALL")
-        timing = self.timings.pop(reply.xid, None)
-        if timing is not None:
-            self.proxy.stats.backend_reply(timing[0], len(message), time.perf_counter() - timing[1])
-        pending = self.pending.pop(reply.xid, None)
-        if pending is not None and pending.record is not None:
-            self.proxy.release_conflicts(id(pending))  # the NAS applied it: held calls may go
-        if pending is None:
-            if self.fsinfo_xids and reply.xid in self.fsinfo_xids:
-                self.fsinfo_xids.discard(reply.xid)
-                if reply.success:
-                    message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
-            self.send(message, timing)
+        call = self.calls.match(reply.xid)
+        if call is None:
+            # Every call has its own NAS XID: this reply answers nothing we sent.
+            self.proxy.stats.unmatched_replies_total += 1
+            logger.warning("NAS reply to XID %#010x matches no call of client %s; dropped",
+                           reply.xid, self.peer)
+            return
+        self.proxy.stats.backend_reply(call.proc_key, len(message), time.perf_counter() - call.arrival_s)
+        if call.pending is not None and call.pending.record is not None:
+            self.proxy.release_conflicts(id(call.pending))  # the NAS applied it: held calls may go
+        if call.pending is None:
+            self.calls.finish(call)
+            if call.clamp_fsinfo and reply.success:
+                message = clamp_fsinfo_reply(reply, body, self.proxy.max_payload_bytes) or message
+            self._answer(call, message)
             return
         proxy = self.proxy
-        records = proxy.capture.complete(pending, reply, body, lambda: proxy.clock.now().to_bytes())
+        records = proxy.capture.complete(call.pending, reply, body, lambda: proxy.clock.now().to_bytes())
+        self.calls.finish(call)
+        try:
+            self._journal_reply(call, records, message)
+        except Exception:
+            logger.exception("journaling failed; closing client %s", self.peer)
+            proxy.release(id(call.pending))
+            self.close()
+
+    def _journal_reply(self, call: Call, records: list[tuple[Record, memoryview | None]],
+                       message: memoryview) -> None:
+        proxy, pending = self.proxy, call.pending
         if not records or proxy.journal is None:
             proxy.release(id(pending))
-            self.send(message, timing)
+            self._answer(call, message)
             return
         if proxy.namespace_watchers:
             for record, _ in records:
@@ -392,18 +450,13 @@ class ClientSession(_Peer):
         try:
             durable = self._journal_now(records)
         except QuotaWait:
-            proxy.spawn(self._journal_then_reply(pending, records, message, timing))
-            return
-        except Exception:
-            logger.exception("journaling failed; closing client %s", self.peer)
-            proxy.release(id(pending))
-            self.close()
+            proxy.spawn(self._journal_then_reply(call, records, message))
             return
         proxy.release(id(pending))  # written: the stamp is in the LOG now
         if durable is None:
-            self.send(message, timing)
+            self._answer(call, message)
         else:
-            durable.add_done_callback(lambda f: self._reply_if_durable(f, message, timing))
+            durable.add_done_callback(lambda f: self._reply_if_durable(f, call, message))
 
     def _journal_now(self, records: list[tuple[Record, memoryview | None]]) -> asyncio.Future | None:
         """The fast path: append without a task; the last record's durability covers all."""
@@ -418,16 +471,16 @@ class ClientSession(_Peer):
                 stats.failed_mutations_total += 1
         return durable
 
-    def _reply_if_durable(self, durable: asyncio.Future, message: memoryview, timing) -> None:
+    def _reply_if_durable(self, durable: asyncio.Future, call: Call, message: memoryview) -> None:
         if durable.cancelled() or durable.exception() is not None:
             logger.error("LOG fsync failed (%s); closing client %s without its reply",
                          durable.exception() if not durable.cancelled() else "cancelled", self.peer)
             self.close()
             return
-        self.send(message, timing)
+        self._answer(call, message)
 
-    async def _journal_then_reply(self, pending: Pending, records: list[tuple[Record, memoryview | None]],
-                                  message: memoryview, timing) -> None:
+    async def _journal_then_reply(self, call: Call, records: list[tuple[Record, memoryview | None]],
+                                  message: memoryview) -> None:
         proxy = self.proxy
         try:
             for record, data in records:
@@ -442,8 +495,8 @@ class ClientSession(_Peer):
             self.close()
             return
         finally:
-            proxy.release(id(pending))
-        self.send(message, timing)
+            proxy.release(id(call.pending))
+        self._answer(call, message)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -462,44 +515,53 @@ class ClientSession(_Peer):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        self._drop_unsent()
         if self._mutations_in_flight():
             self.proxy.spawn(self._drain())
         else:
             self._close_links()
 
+    def _drop_unsent(self) -> None:
+        # A call held back (block quota) never reached the NAS: nothing to wait for.
+        for call in self.calls:
+            if not call.sent:
+                self.calls.finish(call)
+                self._release(call)
+
     def _mutations_in_flight(self) -> bool:
-        return any(p.record is not None for p in self.pending.values()) and \
-            any(not link.closed for link in self.links.values())
+        """True while a relayed mutation may still get its reply (its NAS connection is open)."""
+        for call in self.calls:
+            if call.pending is not None and call.pending.record is not None:
+                link = self.links.get(call.route)
+                if link is not None and not link.closed:
+                    return True
+        return False
 
     async def _drain(self) -> None:
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
-        while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        self._close_links()
+        try:
+            deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+            while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:  # also when the proxy shuts down and cancels the drain
+            self._close_links()
 
     def _close_links(self) -> None:
         for link in self.links.values():
             link.close()
-        self._forget_held()
-        lost = [p for p in self.pending.values() if p.record is not None]
+        calls = self.calls.clear()
+        lost = [c for c in calls if c.pending is not None and c.pending.record is not None]
         if lost:
             logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
                          "unknown and they are not journaled (the next baseline covers them)",
                          self.peer, len(lost))
-        for pending in self.pending.values():
-            self.proxy.release(id(pending))
-            self.proxy.release_conflicts(id(pending))
-        self.pending.clear()
+        for call in calls:
+            self._release(call)
 
-    def _forget_held(self) -> None:
-        """Held calls that can no longer be sent (the NAS links are closed) never
-        reached the NAS: forget them, and let calls held behind them go."""
-        held = {xid: p for xid, p in self.pending.items()
-                if p.record is not None and self.proxy.conflicts.is_held(id(p))}
-        for xid, pending in held.items():
-            del self.pending[xid]
-        for pending in held.values():
-            self.proxy.release_conflicts(id(pending))
+    def _release(self, call: Call) -> None:
+        if call.pending is not None:
+            self.proxy.release(id(call.pending))
+            if call.pending.record is not None:
+                self.proxy.release_conflicts(id(call.pending))  # calls held behind it may go
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
@@ -523,7 +585,7 @@ class BackendLink(_Peer):
         self.session = session
         self.where = where
         self.reader = RpcMessageReader(session.proxy.max_message_bytes)
-        self.queue: list[memoryview] | None = []  # messages sent before the connection is up
+        self.queue: list[tuple[memoryview, int]] | None = []  # calls sent before the connection is up
         self.closed = False
         self.paused = False
         session.proxy.spawn(self._connect())
@@ -535,6 +597,7 @@ class BackendLink(_Peer):
         try:
             await loop.create_connection(lambda: self, backend.host, port)
         except OSError as e:
+            self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -543,16 +606,17 @@ class BackendLink(_Peer):
             transport.close()
             return
         queued, self.queue = self.queue, None
-        for message in queued:
-            self.send(message)
+        for message, xid in queued:
+            self.send(message, xid)
         if self.paused:
             transport.pause_reading()
 
-    def send(self, message: memoryview) -> None:
+    def send(self, message: memoryview, xid: int) -> None:
+        """Send a call under `xid` (the NAS-side XID the session gave it)."""
         if self.queue is not None:
-            self.queue.append(message)
+            self.queue.append((message, xid))
         elif not self.closed:
-            self._queue_out(message)
+            self._queue_out(message, xid)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -560,6 +624,9 @@ class BackendLink(_Peer):
             while (message := self.reader.next_message()) is not NEED_DATA:
                 self.session.on_reply(message)
         except RpcDecodeError as e:
+            # The NAS broke the protocol: nothing more from this connection can be
+            # trusted, so the calls still waiting on it will get no reply.
+            self.close()
             self.session.backend_failed(self.where, e)
 
     def pause_writing(self) -> None:

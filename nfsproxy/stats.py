@@ -48,6 +48,8 @@ class RelayStats:
         self.sessions_open = 0
         self.protocol_errors_total = 0
         self.backend_failures_total = 0
+        self.retransmissions_absorbed_total = 0
+        self.unmatched_replies_total = 0
         self.records_total = 0
         self.failed_mutations_total = 0
         self.conflict_holds_total = 0  # mutations held behind a conflicting call in flight
