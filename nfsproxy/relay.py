@@ -69,6 +69,7 @@ class Proxy:
         self.capture = capture or Capture()
         self.max_payload_bytes = max_payload_bytes
         self.max_message_bytes = max_message_bytes(max_payload_bytes)
+        self.drain_timeout_s = DRAIN_TIMEOUT_S  # a closed client's relayed mutations get this long
         self.port = 0
         self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
@@ -382,7 +383,7 @@ class ClientSession(_Peer):
             any(not link.closed for link in self.links.values())
 
     async def _drain(self) -> None:
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + self.proxy.drain_timeout_s
         while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         self._close_links()
@@ -393,8 +394,13 @@ class ClientSession(_Peer):
         lost = [p for p in self.pending.values() if p.record is not None]
         if lost:
             logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
-                         "unknown and they are not journaled (the next baseline covers them)",
-                         self.peer, len(lost))
+                         "unknown and they are not journaled: marking a gap", self.peer, len(lost))
+            if self.proxy.journal is not None:
+                for pending in lost:  # held in flight by the journal until its GAP record is written
+                    self.proxy.journal.mark_gap(
+                        pending.record.stamp, "no_reply",
+                        f"a {Op.Name(pending.record.op)} from client {self.peer} was relayed to "
+                        "the NAS, but its reply never came: its outcome is unknown")
         for pending in self.pending.values():
             self.proxy.release(id(pending))
         self.pending.clear()

@@ -83,7 +83,8 @@ from logstore.stamp import Stamp
 
 from .restore_service import predecessor
 from .security import BearerToken, open_channel
-from .status import ShardReport, overall
+from .frontier import restore_baseline
+from .status import ShardReport, overall, report_gaps
 from .timespec import END_OF_NS, format_time
 from .tree import BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key
 
@@ -466,7 +467,22 @@ class RestoreClient:
                      else "beyond anything proven")
             raise RestoreRefused(f"{_iso(at)} ({at}) is {where}: not every shard provably holds "
                                  f"every record up to it; {valid}; --allow-unproven restores it anyway")
-        baseline = [b for b in complete if Stamp.from_bytes(b.end) <= at][-1]
+        gaps = [g for _, _, g in report_gaps(reports)]
+        by_begin = {Stamp.from_bytes(b.baseline_id): b for b in complete}
+        proven = restore_baseline(at, gaps, [(begin, Stamp.from_bytes(b.end))
+                                             for begin, b in by_begin.items()])
+        if proven is None:
+            gap = max((g for g in gaps if g.from_stamp <= at), key=lambda g: g.through)
+            if not allow_unproven:
+                raise RestoreRefused(
+                    f"{_iso(at)} ({at}) lies past a gap: {gap.reason} ({gap.cause}); records stamped "
+                    f"from {gap.from_stamp} through {gap.through} may be missing, and no baseline "
+                    f"that began after {gap.through} ended by then; take a baseline (`nfsj "
+                    f"baseline`) and restore after its end; --allow-unproven restores it anyway")
+            unproven = True
+            baseline = [b for b in complete if Stamp.from_bytes(b.end) <= at][-1]
+        else:
+            baseline = by_begin[proven[0]]
         return Cut(at, baseline, point, frontiers, unproven)
 
     def _complete_baselines(self) -> list[BaselineInfo]:

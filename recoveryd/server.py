@@ -32,14 +32,15 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, ShardStatus, ShardStatusRequest)
+from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, ShardStatus,
+                                     ShardStatusRequest)
 
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer
@@ -97,6 +98,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         self._executor = executor
         self._counters = IngestCounters()
         self._counters_lock = threading.Lock()
+        # The baselines this shard holds (set by start_server): status reports them,
+        # so whoever computes the consistent point can tell which gaps are healed.
+        self.baselines: Callable[[], BaselineList] | None = None
 
     @property
     def counters(self) -> IngestCounters:
@@ -235,7 +239,8 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             streams=[stream_status(k, infos[k]) for k in sorted(infos)],
             records=store.records_total, bytes=store.bytes_total,
             frontier=frontier.to_bytes() if frontier is not None else b"",
-            shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id)
+            shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id,
+            baselines=[b for b in self.baselines().baselines if b.end] if self.baselines else [])
 
 
 class JournalServer:
@@ -299,6 +304,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
     restore = RestoreServicer(store, executor)
     journal_pb2_grpc.add_RestoreServicer_to_server(restore, server)
+    servicer.baselines = restore.baselines
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
