@@ -14,7 +14,9 @@ Two sources, either may be missing:
 consistent point: ``recoveryd.frontier.consistent_point`` over the streams of
 every shard. It is only known when every shard answered: a shard that is
 down may be the one holding it back, so then it is ``None`` and the reason
-says which shard. It is never guessed. When a proxy status is given, that
+says which shard. It is never guessed. A gap no baseline has healed lowers
+it to the gap's start (``frontier.limit_by_gaps``, over the baselines every
+shard holds the END of), and ``gaps`` lists every gap. When a proxy status is given, that
 proxy's stream counts even if no shard has heard of it yet (it then proves
 nothing), since ``consistent_point`` only sees the streams some shard knows.
 
@@ -25,6 +27,9 @@ Proxy status file (``<LOG dir>/status.json``), keys::
     newest                      the newest stamp the proxy handed out (stamp text)
     shards: [ {address, connected, acked_seq, frontier, lag_records,
                lag_seconds, gaps_total}, ... ]   one per shipper, in --shard order
+    gaps_total, gaps, unmarked_gaps   records that may be missing, by cause; the
+                                      newest GAP records' text; 1 while a gap
+                                      waits for its GAP record
 
 ``write_proxy_status`` adds ``written_unix_ns``; ``read_proxy_status`` adds
 ``age_seconds`` (how long ago the file was written: a dead proxy's file
