@@ -46,7 +46,7 @@ To tell a torn tail from corruption, the LOG keeps a *sync mark*: the file
 ``SYNCED`` holds one position (segment, byte offset, seq) that was durable
 when it was written. It is rewritten after every sync without an fsync of its
 own (so every version the disk may hold is a position that *was* synced),
-and fsynced at most every ``mark_interval_s``, at each roll and on close.
+and fsynced at most every ``mark_interval_s`` and on close (exact then).
 Why not an exact synced position: that needs a second fsync in every group
 commit, doubling the latency of every stable reply. The lazy mark bounds the
 doubt to the last interval before an unclean stop, where a crash explains
