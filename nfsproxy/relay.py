@@ -384,9 +384,11 @@ class ClientSession(_Peer):
 
     async def _drain(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.proxy.drain_timeout_s
-        while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        self._close_links()
+        try:
+            while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:  # also when shutdown cancels the wait: what is still out becomes a gap
+            self._close_links()
 
     def _close_links(self) -> None:
         for link in self.links.values():
