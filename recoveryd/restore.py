@@ -23,6 +23,10 @@ be delivered, and proves it:
   shard provably hold every record stamped at or below ``T``. Refused,
   naming the valid range, unless the caller allows an *unproven* cut, which
   says so in every report.
+* past a *gap* (records that may be missing: recoveryd/frontier.py), ``T``
+  is proven only from a baseline that began after the gap and ended at or
+  before ``T`` (``frontier.restore_baseline``); the restore starts from the
+  newest such baseline. Otherwise it is refused the same way.
 
 A ``Cut`` carries the frontiers that proved it; ``str(cut)`` prints the cut
 and its proof in one line, which every restore shows its user at the end.
