@@ -11,6 +11,8 @@ A LOG is a directory::
 
     LOCK                        flock()ed while a process has the LOG open
     LOG_ID                      the LOG's identity (uuid), made when the LOG is created
+    SYNCED                      the sync mark: a position known to be durable
+    TORN                        torn tails cut by recovery, until their markers are synced
     00000000000000000001.seg    segments, named after the first seq they hold,
     00000000000000004097.seg    zero-padded to 20 digits: name order = seq order
     ...
@@ -34,27 +36,63 @@ Durability and recovery
 =======================
 
 ``append`` writes the frame to the file (the page cache); ``sync`` makes every
-appended frame durable. Before a new segment is created, the previous one is
-fsynced, so only the newest segment can have an unsynced tail after a crash.
-``Log.open`` therefore scans just the newest segment. A bad frame there with
-no valid frame after it is a torn write: the tail is truncated, logged, and
-counted in ``recovered_truncated_bytes``. A bad frame followed by a valid one,
-or a well-formed frame with the wrong seq, cannot be explained by a crash and
-raises ``LogCorruptError`` naming the file and byte offset. Sealed segments are
-checked frame by frame whenever they are read (and all at once by ``verify()``
-or ``Log.open(verify_all=True)``); there a bad frame is always corruption.
+appended frame durable. A segment counts as synced only once its directory
+entry is fsynced too: a roll fsyncs the old segment, and the directory if a
+segment was created since its last fsync, before the new one exists. So only
+the newest segment can have an unsynced tail after a crash, and ``Log.open``
+scans just that one.
+
+To tell a torn tail from corruption, the LOG keeps a *sync mark*: the file
+``SYNCED`` holds one position (segment, byte offset, seq) that was durable
+when it was written. It is rewritten after every sync without an fsync of its
+own (so every version the disk may hold is a position that *was* synced),
+and fsynced at most every ``mark_interval_s`` and on close (exact then).
+Why not an exact synced position: that needs a second fsync in every group
+commit, doubling the latency of every stable reply. The lazy mark bounds the
+doubt to the last interval before an unclean stop, where a crash explains
+damage far better than a failing disk, and what recovery cuts there is
+marked as a gap (below), never dropped silently.
+
+Recovery of the newest segment, with ``L`` the mark's offset in it (0 when
+the mark names an older segment):
+
+* damage (a frame that is short, zeroed or fails its CRC) at or after ``L``
+  is a torn tail, even when frames follow it: pages written back out of
+  order after a power cut leave zeros or garbage followed by frames that were
+  never synced. The tail is truncated, logged, and counted in
+  ``recovered_truncated_bytes``;
+* damage before ``L``, a file shorter than ``L``, or a well-formed frame with
+  the wrong seq anywhere, cannot be explained by a crash and raises
+  ``LogCorruptError`` naming the file and byte offset;
+* without a readable mark (a LOG written before marks existed) damage with
+  a valid frame after it is refused, as before.
+
+Records in a cut tail were never reported synced, but a client may have
+seen its reply (``async`` durability), so the cut is a gap in the journal.
+Before truncating, recovery notes the torn tail in ``TORN`` (fsynced). If
+``Log.open`` is given ``torn_marker``, it appends the payload that function
+makes for each noted tail (the proxy's gap record), syncs, and only then
+forgets the notes; otherwise they wait for an open that can write them, so a
+second crash cannot lose the fact. Sealed segments are checked frame by
+frame whenever they are read (and all at once by ``verify()`` or
+``Log.open(verify_all=True)``); there a bad frame is always corruption.
 """
 
 from __future__ import annotations
 
 import bisect
 import fcntl
+import json
 import logging
 import os
+import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import crc32c
 
 from logstore.segment import (
     HEADER_BYTES, MAX_PAYLOAD_BYTES, LogCorruptError, LogError, Payload, Segment,
@@ -64,7 +102,8 @@ from logstore.segment import (
 
 __all__ = [
     "Log", "LogCursor", "LogError", "LogCorruptError", "LogGapError", "LogClosedError",
-    "SegmentInfo", "DEFAULT_SEGMENT_BYTES", "DEFAULT_MAX_RECORD_BYTES",
+    "SegmentInfo", "TornTail", "DEFAULT_SEGMENT_BYTES", "DEFAULT_MAX_RECORD_BYTES",
+    "DEFAULT_MARK_INTERVAL_S",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,8 +111,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEGMENT_BYTES = 64 << 20
 # NFSv3 WRITEs are at most a few MiB; a record much larger than that is a bug upstream.
 DEFAULT_MAX_RECORD_BYTES = 16 << 20
+DEFAULT_MARK_INTERVAL_S = 1.0
 _LOCK_NAME = "LOCK"
 _ID_NAME = "LOG_ID"
+_MARK_NAME = "SYNCED"
+_TORN_NAME = "TORN"
+# The sync mark: magic, segment base seq, byte offset in it, seq, CRC32C of the rest.
+_MARK = struct.Struct(">4sQQQI")
+_MARK_MAGIC = b"NJSM"
 
 
 class LogGapError(LogError):
@@ -92,6 +137,21 @@ class LogGapError(LogError):
 
 class LogClosedError(LogError):
     """The LOG (or its committer) is closed, or failed and must be reopened."""
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """A torn tail that recovery cut from the newest segment: records appended
+    after ``after_seq`` that were never reported synced, and are now gone."""
+
+    segment: str          # the segment file's path
+    offset: int           # where the cut was made
+    truncated_bytes: int
+    after_seq: int        # the last record that survived
+
+    def __str__(self) -> str:
+        return (f"{self.truncated_bytes} bytes of torn tail cut from {self.segment} at offset "
+                f"{self.offset}, after seq {self.after_seq}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +176,8 @@ class Log:
 
     def __init__(self, directory: str, segments: list[Segment], *, segment_bytes: int,
                  max_record_bytes: int, dir_fd: int, lock_fd: int,
-                 recovered_truncated_bytes: int):
+                 recovered_truncated_bytes: int, mark_fd: int,
+                 mark_interval_s: float = DEFAULT_MARK_INTERVAL_S):
         self._directory = directory
         self._segments = segments  # ordered by base_seq; the last one is active
         self._segment_bytes = segment_bytes
@@ -134,6 +195,10 @@ class Log:
         self.log_id = ""  # set by open(): see _log_identity
         self._sync_lock = threading.Lock()  # one sync at a time; close waits for it
         self._trim_listeners: list[Callable[[], None]] = []
+        self._mark_fd = mark_fd  # the SYNCED file
+        self._mark_interval_s = mark_interval_s
+        self._mark_synced_at = float("-inf")
+        self.torn_tails: tuple[TornTail, ...] = ()  # set by open(): the tails it found noted
 
     # -- opening and recovery -------------------------------------------------
 
@@ -141,13 +206,18 @@ class Log:
     def open(cls, directory: str | os.PathLike[str], *,
              segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-             verify_all: bool = False) -> Log:
+             verify_all: bool = False,
+             torn_marker: Callable[[TornTail], Payload] | None = None,
+             mark_interval_s: float = DEFAULT_MARK_INTERVAL_S) -> Log:
         """Open (creating if needed) the LOG in ``directory`` and recover it.
 
         Recovery truncates a torn tail of the newest segment and raises
         ``LogCorruptError`` for damage a crash cannot explain (see the module
         docstring). With ``verify_all`` every sealed segment is read and checked
-        too, which costs a full read of the LOG.
+        too, which costs a full read of the LOG. ``torn_marker`` makes the
+        payload appended (and synced) for every torn tail noted so far;
+        ``torn_tails`` lists them. ``mark_interval_s`` is how often the sync
+        mark is fsynced (0: with every sync).
         """
         if segment_bytes <= HEADER_BYTES:
             raise ValueError(f"segment_bytes must exceed {HEADER_BYTES}, got {segment_bytes}")
@@ -157,27 +227,43 @@ class Log:
         directory = os.fspath(directory)
         _make_durable_directory(directory)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        lock_fd = -1
+        lock_fd = mark_fd = -1
         try:
             lock_fd = _lock_directory(directory)
             log_id = _log_identity(directory, dir_fd)
-            segments, truncated = _recover(directory, dir_fd)
+            segments, truncated = _recover(directory, dir_fd, _read_mark(directory))
+            mark_fd = os.open(os.path.join(directory, _MARK_NAME),
+                              os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.fsync(dir_fd)  # the mark's entry, should it be new
         except BaseException:
-            os.close(dir_fd)
-            if lock_fd >= 0:
-                os.close(lock_fd)
+            for fd in (dir_fd, lock_fd):
+                if fd >= 0:
+                    os.close(fd)
             raise
         log = cls(directory, segments, segment_bytes=segment_bytes,
                   max_record_bytes=max_record_bytes, dir_fd=dir_fd, lock_fd=lock_fd,
-                  recovered_truncated_bytes=truncated)
+                  recovered_truncated_bytes=truncated, mark_fd=mark_fd,
+                  mark_interval_s=mark_interval_s)
         log.log_id = log_id
-        if verify_all:
-            try:
+        try:
+            log.torn_tails = _read_torn(directory)
+            if torn_marker is not None and log.torn_tails:
+                log._mark_torn_tails(torn_marker)
+            if verify_all:
                 log.verify()
-            except BaseException:
-                log.close()
-                raise
+        except BaseException:
+            log.close()
+            raise
         return log
+
+    def _mark_torn_tails(self, torn_marker: Callable[[TornTail], Payload]) -> None:
+        # The notes go only once their markers are durable: a crash in
+        # between writes the markers again (a duplicate gap, never a lost one).
+        for torn in self.torn_tails:
+            self.append(torn_marker(torn))
+        self.sync()
+        os.unlink(os.path.join(self._directory, _TORN_NAME))
+        os.fsync(self._dir_fd)
 
     # -- writing --------------------------------------------------------------
 
@@ -208,9 +294,15 @@ class Log:
         # ever has to repair the newest segment.
         old = self._segments[-1]
         self._durably(old.datasync)
+        if self._dir_dirty:
+            # The old segment may be new itself: its records count as synced
+            # only once its directory entry is durable too.
+            self._durably(lambda: os.fsync(self._dir_fd))
+            self._dir_dirty = False
         new = Segment.create(self._directory, self._last_seq + 1)
         old.seal()  # only now: if create failed, the old segment stays active
         self._synced_seq = max(self._synced_seq, old.last_seq)
+        self._write_mark(old.base_seq, old.size, old.last_seq)
         self._segments.append(new)
         self._dir_dirty = True
         return new
@@ -230,7 +322,9 @@ class Log:
                 if target == self._synced_seq and not self._dir_dirty:
                     return target
                 # A private fd: a concurrent roll may close the segment's own fd.
-                fd = os.dup(self._segments[-1].fd)
+                active = self._segments[-1]
+                fd = os.dup(active.fd)
+                position = (active.base_seq, active.size, target)
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
             try:
                 self._durably(lambda: os.fdatasync(fd))
@@ -239,8 +333,26 @@ class Log:
             finally:
                 os.close(fd)
             with self._lock:
+                if target >= self._synced_seq:
+                    self._write_mark(*position)
+            now = time.monotonic()
+            if now - self._mark_synced_at >= self._mark_interval_s:
+                self._mark_synced_at = now
+                self._durably(lambda: os.fdatasync(self._mark_fd))
+            with self._lock:
                 self._synced_seq = max(self._synced_seq, target)
                 return self._synced_seq
+
+    def _write_mark(self, base_seq: int, offset: int, seq: int) -> None:
+        """Record a durable position in the sync mark (under ``_lock``).
+
+        Only positions already durable are written, so whatever version of the
+        mark survives a crash is a lower bound of what was synced; its own
+        fsync is rationed and done by ``sync`` outside the lock (see the
+        module docstring).
+        """
+        body = _MARK.pack(_MARK_MAGIC, base_seq, offset, seq, 0)[:-4]
+        os.pwrite(self._mark_fd, body + struct.pack(">I", crc32c.crc32c(body)), 0)
 
     def _durably(self, fsync: Callable[[], None]) -> None:
         try:
@@ -326,6 +438,10 @@ class Log:
                 self._segments.pop(0)
                 self._size_bytes -= victim.size
                 deleted += 1
+            if deleted:
+                # A power cut must not bring back a segment whose successor
+                # was trimmed: the LOG would have a hole.
+                os.fsync(self._dir_fd)
             listeners = list(self._trim_listeners)
         if deleted:
             logger.info("%s: trimmed %d segment(s) below seq %d", self._directory, deleted,
@@ -414,12 +530,19 @@ class Log:
         try:
             if self._failure is None:
                 self.sync()
+                with self._lock:
+                    # A clean stop leaves an exact mark: then any damage is corruption.
+                    active = self._segments[-1]
+                    self._write_mark(active.base_seq, active.size, self._synced_seq)
+                self._durably(lambda: os.fdatasync(self._mark_fd))
         finally:
             with self._sync_lock, self._lock:
                 if not self._closed:
                     self._closed = True
                     self._segments[-1].close()
                     os.close(self._dir_fd)
+                    if self._mark_fd >= 0:
+                        os.close(self._mark_fd)
                     os.close(self._lock_fd)  # releases the flock
 
     def __enter__(self) -> Log:
@@ -527,9 +650,11 @@ def _lock_directory(directory: str) -> int:
     return fd
 
 
-def _recover(directory: str, dir_fd: int) -> tuple[list[Segment], int]:
+def _recover(directory: str, dir_fd: int,
+             mark: tuple[int, int, int] | None) -> tuple[list[Segment], int]:
     """Load the segment list, repairing the newest segment's tail; returns
-    ``(segments, truncated_bytes)``. Creates segment 1 in an empty directory."""
+    ``(segments, truncated_bytes)``. Creates segment 1 in an empty directory.
+    ``mark`` is the sync mark ``(base_seq, offset, seq)`` (None: none readable)."""
     bases = sorted(b for name in os.listdir(directory)
                    if (b := parse_segment_name(name)) is not None)
     if not bases:
@@ -540,7 +665,15 @@ def _recover(directory: str, dir_fd: int) -> tuple[list[Segment], int]:
         raise LogCorruptError(os.path.join(directory, segment_name(bases[0])), 0,
                               "segment names start at seq 1")
     sealed = [_sealed_segment(directory, base) for base in bases[:-1]]
-    active, truncated = _recover_newest(directory, bases[-1])
+    synced_offset = None
+    if mark is not None:
+        mark_base, mark_offset, mark_seq = mark
+        if mark_base > bases[-1]:
+            raise LogCorruptError(os.path.join(directory, segment_name(mark_base)), mark_offset,
+                                  f"segment missing, yet the LOG had synced it through seq "
+                                  f"{mark_seq}")
+        synced_offset = mark_offset if mark_base == bases[-1] else 0
+    active, truncated = _recover_newest(directory, dir_fd, bases[-1], synced_offset)
     os.fsync(dir_fd)
     return sealed + [active], truncated
 
@@ -554,15 +687,20 @@ def _sealed_segment(directory: str, base: int) -> Segment:
     return Segment(path, base, size, last_seq=None, sealed=True)
 
 
-def _recover_newest(directory: str, base: int) -> tuple[Segment, int]:
+def _recover_newest(directory: str, dir_fd: int, base: int,
+                    synced_offset: int | None) -> tuple[Segment, int]:
     path = os.path.join(directory, segment_name(base))
     scan = scan_segment(path, base)
+    if synced_offset is not None and scan.file_size < synced_offset:
+        raise LogCorruptError(path, scan.file_size, f"the file ends here, but the LOG had "
+                              f"synced it through offset {synced_offset}")
     truncated = 0
     if scan.bad is not None:
-        _judge_bad_frame(path, scan.bad, scan.last_seq + 1)
+        _judge_bad_frame(path, scan.bad, scan.last_seq + 1, synced_offset)
         truncated = scan.file_size - scan.valid_end
         logger.warning("%s: truncated torn tail of %d bytes at offset %d after seq %d (%s)",
                        path, truncated, scan.valid_end, scan.last_seq, scan.bad.reason)
+        _note_torn(directory, dir_fd, TornTail(path, scan.valid_end, truncated, scan.last_seq))
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         if truncated:
@@ -577,10 +715,17 @@ def _recover_newest(directory: str, base: int) -> tuple[Segment, int]:
     return segment, truncated
 
 
-def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int) -> None:
-    """Raise unless ``bad`` is a torn tail: damage with nothing valid after it."""
+def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int,
+                     synced_offset: int | None) -> None:
+    """Raise unless ``bad`` is a torn tail: damage past the sync mark, or (no
+    mark) damage with nothing valid after it."""
     if bad.discontinuity:
         raise bad
+    if synced_offset is not None:
+        if bad.offset < synced_offset:
+            raise LogCorruptError(path, bad.offset, f"{bad.reason}, inside the region the LOG "
+                                  f"had synced (through offset {synced_offset})") from bad
+        return
     follower = find_valid_frame(path, bad.offset + 1, expect_seq)
     if follower is not None:
         offset, seq = follower
@@ -609,3 +754,51 @@ def _log_identity(directory: str, dir_fd: int) -> str:
     os.replace(tmp, path)
     os.fsync(dir_fd)
     return log_id
+
+
+def _read_mark(directory: str) -> tuple[int, int, int] | None:
+    """The sync mark ``(base_seq, offset, seq)``, or None if missing or torn."""
+    try:
+        with open(os.path.join(directory, _MARK_NAME), "rb") as f:
+            raw = f.read(_MARK.size)
+    except FileNotFoundError:
+        return None  # a LOG from before sync marks: recovery keeps the older, stricter rule
+    if not raw:
+        return 0, 0, 0  # no sync was ever marked: nothing is known synced
+    magic, base, offset, seq, crc = _MARK.unpack(raw.ljust(_MARK.size, b"\0"))
+    if magic != _MARK_MAGIC or crc != crc32c.crc32c(raw[:_MARK.size - 4]):
+        logger.warning("%s: the sync mark is damaged; recovery trusts no part of the newest "
+                       "segment as synced", directory)
+        return 0, 0, 0
+    return base, offset, seq
+
+
+def _note_torn(directory: str, dir_fd: int, torn: TornTail) -> None:
+    """Durably note a torn tail before it is cut (see ``Log.open``'s ``torn_marker``)."""
+    path = os.path.join(directory, _TORN_NAME)
+    line = json.dumps({"segment": torn.segment, "offset": torn.offset,
+                       "truncated_bytes": torn.truncated_bytes, "after_seq": torn.after_seq})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.fsync(dir_fd)
+
+
+def _read_torn(directory: str) -> tuple[TornTail, ...]:
+    try:
+        with open(os.path.join(directory, _TORN_NAME), "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return ()
+    out = []
+    for line in lines:
+        try:
+            d = json.loads(line.decode("utf-8"))
+            out.append(TornTail(str(d["segment"]), int(d["offset"]), int(d["truncated_bytes"]),
+                                int(d["after_seq"])))
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            continue  # a line torn by a crash while it was noted: its tail is noted again
+    return tuple(out)

@@ -85,8 +85,19 @@ class ProxyCollector(Collector):
                 ("nfsj_journal_failed_mutations", "Mutations the NAS refused (journaled as failed)",
                  stats.failed_mutations_total),
                 ("nfsj_journal_dropped_records", "Records NOT journaled under the passthrough quota policy",
-                 self.running.proxy.journal.dropped_total)):
+                 self.running.proxy.journal.dropped_total),
+                ("nfsj_journal_gap_records", "GAP records written to the LOG",
+                 self.running.proxy.journal.gap_records_total)):
             yield CounterMetricFamily(name, doc, value=value)
+        journal = self.running.proxy.journal
+        gaps = CounterMetricFamily("nfsj_journal_gaps", "Records that may be missing from the journal, by cause "
+                                   "(log_write_failed, quota_drop, torn_tail, no_reply)", labels=["cause"])
+        for cause in ("log_write_failed", "quota_drop", "torn_tail", "no_reply"):
+            gaps.add_metric([cause], journal.gaps_total.get(cause, 0))
+        yield gaps
+        yield GaugeMetricFamily("nfsj_journal_unmarked_gaps",
+                                "1 while a gap waits for its GAP record to reach the LOG (e.g. the disk is full)",
+                                value=journal.unmarked_gaps)
 
     def _log(self) -> Iterator:
         committer, log, journal = self.running.committer, self.running.log, self.running.proxy.journal

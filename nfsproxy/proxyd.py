@@ -22,7 +22,8 @@ import time
 import grpc
 
 from logstore.commit import Durability, GroupCommitter
-from logstore.log import Log
+from logstore.log import Log, TornTail
+from logstore.record import Record, record_parts
 
 from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
                                 server_credentials)
@@ -31,7 +32,7 @@ from recoveryd.status import write_proxy_status
 from .control import start_control
 from .metrics import ProxyCollector, serve_metrics
 from .hlc import HLC
-from .journal import Journal, QuotaPolicy
+from .journal import Journal, QuotaPolicy, gap_record
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
 from .mount import MOUNT_PROGRAM, MOUNT_V3
 from .relay import BackendAddress, Proxy
@@ -76,6 +77,7 @@ class ProxyOptions:
     # --ingest-token-file: this proxy's ingest token, sent with every Ingest
     # call (the shards' --ingest-tokens list it for this node id).
     ingest_token_file: str | None = None
+    drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -179,6 +181,9 @@ class RunningProxy:
             "control_tls": self.control_tls,
             "metrics": self.metrics_address,
             "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),
+            "gaps_total": dict(self.proxy.journal.gaps_total),
+            "gaps": list(self.proxy.journal.gaps),
+            "unmarked_gaps": self.proxy.journal.unmarked_gaps,
             "shards": [_shipper_status(s) for s in self.shippers],
         }
 
@@ -197,6 +202,7 @@ class RunningProxy:
         if self.control is not None:
             await self.control.stop(grace=1.0)
         await self.proxy.close()
+        await self.proxy.journal.close()
         if self.retention is not None:
             await self.retention.stop()
         for shipper in self.shippers:  # they read the LOG: stop them before it closes
@@ -219,13 +225,19 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     except SecurityError as e:
         raise ConfigError(str(e)) from None
     os.makedirs(opts.log_dir, exist_ok=True)
-    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes)
-    if log.recovered_truncated_bytes:
-        logger.warning("LOG recovery cut a torn tail of %d bytes", log.recovered_truncated_bytes)
+    # The clock first: a torn tail's GAP record must be stamped after every record it lost.
     clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
+    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes,
+                   torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
     committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
-    proxy = Proxy(backend, Journal(committer, opts.quota_policy), clock)
+    journal = Journal(committer, opts.quota_policy)
+    for torn in log.torn_tails:
+        logger.warning("LOG recovery cut a torn tail (%s): marked as a gap", torn)
+        journal.count_gap("torn_tail", f"torn_tail: {torn}")
+    proxy = Proxy(backend, journal, clock)
+    journal.attach(proxy)
+    proxy.drain_timeout_s = opts.drain_timeout_s
     # No shards: journal only, and nothing is ever trimmed.
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
                         stable_stamp=proxy.stable_stamp, credentials=shard_credentials,
@@ -268,6 +280,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+def torn_gap_record(clock: HLC, torn: TornTail) -> Record:
+    """The GAP record for a torn tail: it lost records appended after ``torn.after_seq``
+    that were never synced (in async durability their replies may have gone out)."""
+    return gap_record(clock.now().to_bytes(), "torn_tail",
+                      f"the LOG lost a torn tail at an unclean stop ({torn.truncated_bytes} bytes "
+                      f"after seq {torn.after_seq}): records not yet synced may be missing")
 
 
 def control_tls(tls: TlsOptions | None) -> TlsOptions | None:

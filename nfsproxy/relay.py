@@ -75,6 +75,7 @@ class Proxy:
         self.capture = capture or Capture()
         self.max_payload_bytes = max_payload_bytes
         self.max_message_bytes = max_message_bytes(max_payload_bytes)
+        self.drain_timeout_s = DRAIN_TIMEOUT_S  # a closed client's relayed mutations get this long
         self.port = 0
         self.stats = RelayStats()
         self.sessions: set[ClientSession] = set()
@@ -538,11 +539,11 @@ class ClientSession(_Peer):
         return False
 
     async def _drain(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.proxy.drain_timeout_s
         try:
-            deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
             while self._mutations_in_flight() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
-        finally:  # also when the proxy shuts down and cancels the drain
+        finally:  # also when shutdown cancels the wait: what is still out becomes a gap
             self._close_links()
 
     def _close_links(self) -> None:
@@ -552,8 +553,14 @@ class ClientSession(_Peer):
         lost = [c for c in calls if c.pending is not None and c.pending.record is not None]
         if lost:
             logger.error("client %s: %d relayed mutation(s) got no NAS reply; their outcome is "
-                         "unknown and they are not journaled (the next baseline covers them)",
-                         self.peer, len(lost))
+                         "unknown and they are not journaled: marking a gap", self.peer, len(lost))
+            if self.proxy.journal is not None:
+                for call in lost:  # held in flight by the journal until its GAP record is written
+                    record = call.pending.record
+                    self.proxy.journal.mark_gap(
+                        record.stamp, "no_reply",
+                        f"a {Op.Name(record.op)} from client {self.peer} was relayed to "
+                        "the NAS, but its reply never came: its outcome is unknown")
         for call in calls:
             self._release(call)
 

@@ -13,8 +13,9 @@ entries, lies on one shard.
   knowledge about ``dir_fh``'s entries: ``dir_fh``.
 * BASELINE pieces carry an object's content as the baseline read it: ``fh``,
   so a file's baseline lies beside the WRITEs replayed on top of it.
-* BASELINE_BEGIN and BASELINE_END mark a whole baseline and name no handle:
-  they go to *every* shard (``EVERY_SHARD``), so each shard knows which
+* BASELINE_BEGIN and BASELINE_END mark a whole baseline and name no handle,
+  and a GAP marker may stand for a lost record of any shard: they go to
+  *every* shard (``EVERY_SHARD``), so each shard knows which
   baselines exist and ended. The same record (same stamp) then sits on
   several shards; whoever merges shards' records dedupes by stamp.
 
@@ -66,6 +67,8 @@ ROUTING_FIELD: Mapping[int, str] = MappingProxyType({
     Op.BASELINE: "fh",
     Op.BASELINE_BEGIN: EVERY_SHARD,
     Op.BASELINE_END: EVERY_SHARD,
+    # a gap may hide a record of any shard: every shard learns it
+    Op.GAP: EVERY_SHARD,
 })
 
 

@@ -26,7 +26,8 @@ shipping, which is also how a wiped shard is rebuilt. Batches sent before a
 rewind are stale: their acks are matched and ignored. If the LOG was trimmed
 past what the shard needs (``D + 1 < log.first_seq``) the shipper sends a
 ``gap`` batch over the missing range, logs an error and counts it; the
-shard pins its frontier there. Nothing is ever skipped silently.
+shard records a gap there (recoveryd/frontier.py): cuts past it are unproven
+until a baseline begun after it has ended. Nothing is ever skipped silently.
 
 Stable stamps and heartbeats
 ----------------------------
@@ -650,8 +651,8 @@ class Shipper:
         del self.gaps[:-100]
         self.gaps_total += 1
         logger.error("shard %d needs LOG seqs %d..%d, but the LOG now starts at seq %d: "
-                     "sending a gap (its frontier for this proxy stops at the gap; a new "
-                     "baseline is needed to restore past it)", self.shard_id, after + 1,
+                     "sending a gap (restores past it are unproven until a baseline begun "
+                     "after it has ended)", self.shard_id, after + 1,
                      through_seq, through_seq + 1)
         await self._send(call, batch, 0)
 

@@ -13,6 +13,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from logstore.stamp import Stamp
+
+from .frontier import healed_by
+
 __all__ = ["ShardCollector", "serve_metrics"]
 
 
@@ -75,16 +79,23 @@ class ShardCollector(Collector):
                                 labels=["shard", "stream"])
         durable = GaugeMetricFamily("nfsj_shard_durable_seq", "A stream's durable LOG position here",
                                     labels=["shard", "stream"])
-        pinned = GaugeMetricFamily("nfsj_shard_gap_pinned",
-                                   "1 when a stream's frontier is pinned by a gap (records lost before shipping)",
-                                   labels=["shard", "stream"])
+        gaps = GaugeMetricFamily("nfsj_shard_gaps",
+                                 "Gaps in a stream: stretches where the proxy LOG may lack records",
+                                 labels=["shard", "stream"])
+        unhealed = GaugeMetricFamily("nfsj_shard_unhealed_gaps",
+                                     "Gaps no baseline held here has healed yet (cuts past them are unproven)",
+                                     labels=["shard", "stream"])
+        listing = getattr(self.running.server.servicer, "baselines", None)
+        baselines = [(Stamp.from_bytes(b.baseline_id), Stamp.from_bytes(b.end))
+                     for b in (listing().baselines if listing else []) if b.end]
         for key, state in self.running.store.streams().items():
             labels = [shard, str(key)]
             wall = state.frontier.wall_ns
             age.add_metric(labels, max(0.0, now_s - wall / 1e9) if wall else float("inf"))
             durable.add_metric(labels, state.durable_seq)
-            pinned.add_metric(labels, 1 if state.pinned else 0)
-        yield from (age, durable, pinned)
+            gaps.add_metric(labels, len(state.gaps))
+            unhealed.add_metric(labels, sum(1 for g in state.gaps if healed_by(g, baselines) is None))
+        yield from (age, durable, gaps, unhealed)
 
 
 def _one(family, label: str, value):

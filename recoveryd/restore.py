@@ -23,6 +23,10 @@ be delivered, and proves it:
   shard provably hold every record stamped at or below ``T``. Refused,
   naming the valid range, unless the caller allows an *unproven* cut, which
   says so in every report.
+* past a *gap* (records that may be missing: recoveryd/frontier.py), ``T``
+  is proven only from a baseline that began after the gap and ended at or
+  before ``T`` (``frontier.restore_baseline``); the restore starts from the
+  newest such baseline. Otherwise it is refused the same way.
 
 A ``Cut`` carries the frontiers that proved it; ``str(cut)`` prints the cut
 and its proof in one line, which every restore shows its user at the end.
@@ -86,7 +90,8 @@ from logstore.stamp import Stamp
 
 from .restore_service import predecessor
 from .security import BearerToken, open_channel
-from .status import ShardReport, overall
+from .frontier import restore_baseline
+from .status import ShardReport, overall, report_gaps
 from .timespec import END_OF_NS, format_time
 from .tree import (BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key,
                    show_name)
@@ -470,7 +475,22 @@ class RestoreClient:
                      else "beyond anything proven")
             raise RestoreRefused(f"{_iso(at)} ({at}) is {where}: not every shard provably holds "
                                  f"every record up to it; {valid}; --allow-unproven restores it anyway")
-        baseline = [b for b in complete if Stamp.from_bytes(b.end) <= at][-1]
+        gaps = [g for _, _, g in report_gaps(reports)]
+        by_begin = {Stamp.from_bytes(b.baseline_id): b for b in complete}
+        proven = restore_baseline(at, gaps, [(begin, Stamp.from_bytes(b.end))
+                                             for begin, b in by_begin.items()])
+        if proven is None:
+            gap = max((g for g in gaps if g.from_stamp <= at), key=lambda g: g.through)
+            if not allow_unproven:
+                raise RestoreRefused(
+                    f"{_iso(at)} ({at}) lies past a gap: {gap.reason} ({gap.cause}); records stamped "
+                    f"from {gap.from_stamp} through {gap.through} may be missing, and no baseline "
+                    f"that began after {gap.through} ended by then; take a baseline (`nfsj "
+                    f"baseline`) and restore after its end; --allow-unproven restores it anyway")
+            unproven = True
+            baseline = [b for b in complete if Stamp.from_bytes(b.end) <= at][-1]
+        else:
+            baseline = by_begin[proven[0]]
         return Cut(at, baseline, point, frontiers, unproven)
 
     def _complete_baselines(self) -> list[BaselineInfo]:

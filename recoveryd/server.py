@@ -46,14 +46,14 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, RetireRequest, ShardStatus,
+from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, RetireRequest, ShardStatus,
                                      ShardStatusRequest, StreamStatus)
 
 from .frontier import BatchRefused, StreamKey, StreamState
@@ -182,6 +182,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         self._counters = IngestCounters()
         self._counters_lock = threading.Lock()
         self._shard_budget = _Budget(SHARD_READ_AHEAD_BYTES)
+        # The baselines this shard holds (set by start_server): status reports them,
+        # so whoever computes the consistent point can tell which gaps are healed.
+        self.baselines: Callable[[], BaselineList] | None = None
 
     @property
     def counters(self) -> IngestCounters:
@@ -381,7 +384,8 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             records=store.records_total, bytes=store.bytes_total,
             frontier=frontier.to_bytes() if frontier is not None else b"",
             shard_stamp=self._hlc.now().to_bytes(), data_id=store.data_id,
-            members=sorted(store.members) if reveal else [], streams_hidden=not reveal)
+            members=sorted(store.members) if reveal else [], streams_hidden=not reveal,
+            baselines=[b for b in self.baselines().baselines if b.end] if self.baselines else [])
 
     async def Retire(self, request: RetireRequest, context: grpc.aio.ServicerContext) -> StreamStatus:
         """Retire a stream held in full (``ShardStore.retire``); needs the
@@ -477,6 +481,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
     restore = RestoreServicer(store, executor)
     journal_pb2_grpc.add_RestoreServicer_to_server(restore, server)
+    servicer.baselines = restore.baselines
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

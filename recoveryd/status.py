@@ -14,7 +14,9 @@ Two sources, either may be missing:
 consistent point: ``recoveryd.frontier.consistent_point`` over the streams of
 every shard. It is only known when every shard answered: a shard that is
 down may be the one holding it back, so then it is ``None`` and the reason
-says which shard. It is never guessed. When a proxy status is given, that
+says which shard. It is never guessed. A gap no baseline has healed lowers
+it to the gap's start (``frontier.limit_by_gaps``, over the baselines every
+shard holds the END of), and ``gaps`` lists every gap. When a proxy status is given, that
 proxy's stream counts even if no shard has heard of it yet (it then proves
 nothing), since ``consistent_point`` only sees the streams some shard knows.
 
@@ -25,6 +27,9 @@ Proxy status file (``<LOG dir>/status.json``), keys::
     newest                      the newest stamp the proxy handed out (stamp text)
     shards: [ {address, connected, acked_seq, frontier, lag_records,
                lag_seconds, gaps_total}, ... ]   one per shipper, in --shard order
+    gaps_total, gaps, unmarked_gaps   records that may be missing, by cause; the
+                                      newest GAP records' text; 1 while a gap
+                                      waits for its GAP record
 
 ``write_proxy_status`` adds ``written_unix_ns``; ``read_proxy_status`` adds
 ``age_seconds`` (how long ago the file was written: a dead proxy's file
@@ -45,11 +50,13 @@ from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import ShardStatus, ShardStatusRequest, StreamStatus
 from logstore.stamp import Stamp
 
-from .frontier import StreamKey, StreamState, consistent_point
+from .frontier import Gap, StreamKey, StreamState, consistent_point, healed_by, limit_by_gaps
 from .security import BearerToken, open_channel
+from .store import stream_gaps
 
 __all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
-           "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view"]
+           "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view",
+           "report_gaps", "complete_baselines"]
 
 PROXY_STATUS_FILE = "status.json"
 DEFAULT_TIMEOUT_S = 3.0
@@ -142,9 +149,30 @@ def _stamp(raw: bytes) -> Stamp:
 
 
 def _state(pb: StreamStatus) -> StreamState:
-    # A stream with gaps is pinned: frontier.apply pins exactly when it records one.
     return StreamState(durable_seq=pb.durable_seq, frontier=_stamp(pb.frontier),
-                       pinned=bool(pb.gaps), gaps=tuple(pb.gaps), newest=_stamp(pb.newest))
+                       gaps=stream_gaps(pb), newest=_stamp(pb.newest))
+
+
+def report_gaps(reports: list[ShardReport]) -> list[tuple[ShardReport, StreamKey, Gap]]:
+    """Every gap every answering shard holds, with where it was found."""
+    out = []
+    for report in reports:
+        if report.status is None:
+            continue
+        for pb in report.status.streams:
+            key = StreamKey(pb.stream.node_id, pb.stream.log_id)
+            out.extend((report, key, gap) for gap in stream_gaps(pb))
+    return out
+
+
+def complete_baselines(reports: list[ShardReport]) -> list[tuple[Stamp, Stamp]]:
+    """``(begin, end)`` of the baselines every shard holds the END of, oldest first."""
+    held = [{(b.baseline_id, b.end) for b in r.status.baselines if b.end}
+            for r in reports if r.status is not None]
+    if not held or len(held) < len(reports):
+        return []
+    common = set.intersection(*held)
+    return sorted((_stamp(begin), _stamp(end)) for begin, end in common)
 
 
 def _lag_seconds(state: StreamState) -> float | None:
@@ -182,8 +210,8 @@ def _shard_view(report: ShardReport, now_ns: int) -> dict[str, Any]:
             "stream": str(key), "node_id": key.node_id, "log_id": key.log_id,
             "durable_seq": state.durable_seq,
             "frontier": stamp_view(state.frontier), "newest": stamp_view(state.newest),
-            "lag_seconds": _lag_seconds(state), "pinned": state.pinned,
-            "gaps": list(state.gaps), "records": pb.records,
+            "lag_seconds": _lag_seconds(state),
+            "gaps": [str(g) for g in state.gaps], "records": pb.records,
             "updated_unix_ns": pb.updated_unix_ns,
         })
     frontier = _stamp(status.frontier) if status.frontier else None
@@ -218,7 +246,11 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
 
     Keys: ``consistent_point`` (``{"stamp", "time"}`` or None),
     ``consistent_point_reason`` (why it is None, or what holds it back),
-    ``held_back_by`` (the shard and stream whose frontier it is, or None),
+    ``held_back_by`` (the shard and stream whose frontier it is, or None;
+    ``gap`` says when a gap holds it back), ``gaps`` (every gap: stream,
+    shards, LOG range, ``from``/``through`` stamps, cause, reason and
+    ``healed_by``, the end of the baseline that made later cuts provable
+    again, or None),
     ``shards`` (per shard: address, up, error, shard_id, data_id, frontier,
     frontier_age_seconds, records, bytes, lag_seconds, gaps, streams),
     ``shards_up``, ``shards_down``, ``warnings`` and ``proxy`` (the proxy
@@ -239,17 +271,16 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
         reason = (f"unknown: {len(down)} of {len(reports)} shard(s) down ({names}), "
                   "and a shard that does not answer may be the one holding it back")
     elif any(r.status.streams_hidden for r in reports):
-        # Without stream keys the shards cannot be compared stream by stream;
-        # each shard's own frontier already counts its members, and the least
-        # of them is the point.
-        point = min(_stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO for r in reports)
+        # Without stream keys neither the streams nor their gaps can be
+        # compared, so no point can be proven; the least shard frontier is
+        # only an upper bound (a gap may hold the point below it).
         lowest = min(reports, key=lambda r: _stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO)
+        bound = _stamp(lowest.status.frontier) if lowest.status.frontier else Stamp.ZERO
         held_back_by = {"address": lowest.address, "shard_id": lowest.status.shard_id,
-                        "stream": None, "known": True, "pinned": False}
-        reason = (f"held back by shard {lowest.status.shard_id} ({lowest.address}); stream keys "
-                  "are hidden: pass credentials (--token-file) to see streams")
-        if point == Stamp.ZERO:
-            reason = "nothing is proven yet: " + reason
+                        "stream": None, "known": True, "gap": None}
+        reason = (f"unknown: stream keys and gaps are hidden from callers without credentials "
+                  f"(pass --token-file); it is at most {bound}, the frontier of shard "
+                  f"{lowest.status.shard_id} ({lowest.address})")
     else:
         held: list[dict[StreamKey, StreamState]] = [
             {StreamKey(pb.stream.node_id, pb.stream.log_id): _state(pb) for pb in r.status.streams}
@@ -279,13 +310,20 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
                     frontier = state.frontier if state is not None else Stamp.ZERO
                     if frontier == point and held_back_by is None:
                         held_back_by = {"address": report.address, "shard_id": report.status.shard_id,
-                                        "stream": str(key), "known": state is not None,
-                                        "pinned": bool(state and state.pinned)}
+                                        "stream": str(key), "known": state is not None, "gap": None}
+            found = report_gaps(reports)
+            limited, gap = limit_by_gaps(point, [g for _, _, g in found], complete_baselines(reports))
+            if gap is not None:
+                where = next((r, k) for r, k, g in found if g is gap)
+                point = limited
+                held_back_by = {"address": where[0].address, "shard_id": where[0].status.shard_id,
+                                "stream": str(where[1]), "known": True, "gap": _gap_view(where[1], gap, None)}
             reason = _held_back_reason(point, held_back_by)
     return {
         "consistent_point": stamp_view(point) if point not in (None, Stamp.ZERO) else None,
         "consistent_point_reason": reason,
         "held_back_by": held_back_by,
+        "gaps": _gaps_view(reports),
         "shards": shards,
         "shards_up": len(reports) - len(down),
         "shards_down": len(down),
@@ -300,12 +338,37 @@ def _held_back_reason(point: Stamp, by: dict[str, Any] | None) -> str:
     where = f"stream {by['stream']} on shard {by['shard_id']} ({by['address']})"
     if not by["known"]:
         return f"nothing is proven yet: {where} has not received anything"
-    if by["pinned"]:
-        return (f"held back by {where}: pinned by a gap (the proxy LOG no longer held "
-                "records this shard needed); only a new baseline makes later moments provable")
+    if by["gap"]:
+        gap = by["gap"]
+        return (f"held back by a gap in {where}: {gap['reason']} ({gap['cause']}, LOG seqs "
+                f"{gap['after_seq']}..{gap['through_seq']}); records stamped from {gap['from']['stamp']} "
+                f"through {gap['through']['stamp']} may be missing; a baseline started after "
+                f"{gap['through']['stamp']} makes later moments provable again (`nfsj baseline`)")
     if point == Stamp.ZERO:
         return f"nothing is proven yet: {where} has no frontier"
     return f"held back by {where}"
+
+
+def _gap_view(key: StreamKey, gap: Gap, healed: Stamp | None) -> dict[str, Any]:
+    return {"stream": str(key), "after_seq": gap.after_seq, "through_seq": gap.through_seq,
+            "from": stamp_view(gap.from_stamp), "through": stamp_view(gap.through),
+            "cause": gap.cause, "reason": gap.reason, "healed_by": stamp_view(healed)}
+
+
+def _gaps_view(reports: list[ShardReport]) -> list[dict[str, Any]]:
+    """Every gap once (a GAP marker reaches every shard), with the shards that hold it."""
+    baselines = complete_baselines(reports)
+    views: dict[tuple, dict[str, Any]] = {}
+    for report, key, gap in report_gaps(reports):
+        ident = (str(key), gap.after_seq, gap.through_seq, gap.cause, gap.through)
+        view = views.get(ident)
+        if view is None:
+            view = views[ident] = _gap_view(key, gap, healed_by(gap, baselines))
+            view["shards"] = []
+        elif gap.from_stamp < Stamp.parse(view["from"]["stamp"]):
+            view["from"] = stamp_view(gap.from_stamp)
+        view["shards"].append(report.status.shard_id)
+    return list(views.values())
 
 
 def _warnings(reports: list[ShardReport]) -> list[str]:

@@ -51,14 +51,14 @@ from typing import Iterator
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
-from logstore.pb.journal_pb2 import IngestBatch, Record, StreamId, StreamStatus
+from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
 from logstore.stamp import Stamp
 
-from .frontier import BatchRefused, StreamKey, StreamState, apply, shard_frontier
+from .frontier import BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier
 
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
-    "stream_status", "FORMAT", "RetireRefused",
+    "stream_status", "stream_gaps", "gap_pb", "FORMAT", "RetireRefused",
 ]
 
 FORMAT = 1  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -121,16 +121,37 @@ def stream_status(key: StreamKey, info: StreamInfo) -> StreamStatus:
     s = info.state
     return StreamStatus(stream=stream_id(key), durable_seq=s.durable_seq,
                         frontier=s.frontier.to_bytes(), newest=s.newest.to_bytes(),
-                        gaps=list(s.gaps), records=info.records,
-                        updated_unix_ns=info.updated_unix_ns)
+                        gaps=[str(g) for g in s.gaps], records=info.records,
+                        updated_unix_ns=info.updated_unix_ns,
+                        gap_ranges=[gap_pb(g) for g in s.gaps])
+
+
+def gap_pb(gap: Gap) -> StreamGap:
+    return StreamGap(after_seq=gap.after_seq, through_seq=gap.through_seq,
+                     **{"from": gap.from_stamp.to_bytes()}, through=gap.through.to_bytes(),
+                     cause=gap.cause, reason=gap.reason)
+
+
+def stream_gaps(pb: StreamStatus) -> tuple[Gap, ...]:
+    """A StreamStatus's gaps. Gaps stored before they had stamps (text only)
+    are taken as the old rule had them: from ZERO, never healed."""
+    if pb.gap_ranges:
+        return tuple(Gap(g.after_seq, g.through_seq, _stamp_or_zero(getattr(g, "from")),
+                         _stamp_or_zero(g.through), g.cause, g.reason) for g in pb.gap_ranges)
+    out = []
+    for text in pb.gaps:
+        seqs, _, reason = text.partition(": ")
+        after, _, through = seqs.partition("..")
+        try:
+            out.append(Gap(int(after), int(through), Stamp.ZERO, Stamp.MAX, "trimmed", reason))
+        except ValueError:
+            out.append(Gap(0, 0, Stamp.ZERO, Stamp.MAX, "unknown", text))
+    return tuple(out)
 
 
 def _stream_info(pb: StreamStatus) -> StreamInfo:
-    # `pinned` is not stored: frontier.apply sets it exactly when it records a
-    # gap, so "has gaps" is the same fact.
     state = StreamState(durable_seq=pb.durable_seq, frontier=_stamp_or_zero(pb.frontier),
-                        pinned=bool(pb.gaps), gaps=tuple(pb.gaps),
-                        newest=_stamp_or_zero(pb.newest))
+                        gaps=stream_gaps(pb), newest=_stamp_or_zero(pb.newest))
     return StreamInfo(state, pb.records, pb.updated_unix_ns)
 
 
@@ -392,7 +413,7 @@ class ShardStore:
                     "not all held; let its shipper finish first")
             if state.gaps:
                 raise RetireRefused(
-                    f"shard {self._shard_id}: stream {stream} has gaps ({'; '.join(state.gaps)}): "
+                    f"shard {self._shard_id}: stream {stream} has gaps ({'; '.join(map(str, state.gaps))}): "
                     "records it stamped may be missing; retiring it would hide that")
             wb = WriteBatch(raw_mode=True)
             wb.delete(_stream_row_key(stream))
@@ -470,10 +491,11 @@ class ShardStore:
                 if isinstance(item, ValueError):
                     outcomes.append(BatchRefused(state, f"malformed batch: {item}"))
                     continue
-                rows, stable, newest = item
+                rows, stable, newest, markers = item
                 try:
                     new_state = apply(state, batch.after_seq, batch.through_seq, stable,
-                                      gap=batch.gap, newest=newest)
+                                      gap=batch.gap, newest=newest, markers=markers,
+                                      sent=_sent_stamp(batch))
                 except BatchRefused as refused:
                     outcomes.append(refused)
                     continue
@@ -616,13 +638,22 @@ def _one(key: bytes, value: bytes) -> WriteBatch:
     return wb
 
 
+def _sent_stamp(batch: IngestBatch) -> Stamp | None:
+    try:
+        return Stamp.from_bytes(batch.sent_stamp) if batch.sent_stamp else None
+    except ValueError:
+        return None
+
+
 def _parse_batch(batch: IngestBatch, node_id: int
-                 ) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None]:
-    """Check a batch of stream node ``node_id`` and index its records by
-    stamp; raises ValueError naming the fault."""
+                 ) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None,
+                            tuple[GapMarker, ...]]:
+    """Check a batch of stream node ``node_id``, index its records by stamp and
+    pick out its gap markers; raises ValueError naming the fault."""
     stable = Stamp.from_bytes(batch.stable) if batch.stable else None
     newest = Stamp.from_bytes(batch.newest) if batch.newest else None
     rows: dict[bytes, tuple[bytes, set[bytes]]] = {}
+    markers: list[GapMarker] = []
     after, through = batch.after_seq, batch.through_seq
     for shipped in batch.records:
         if not after < shipped.seq <= through:
@@ -640,8 +671,11 @@ def _parse_batch(batch: IngestBatch, node_id: int
                                 f"{stamp.node_id}, not by this stream's node {node_id}")
         if (held := rows.get(record.stamp)) is not None and held[0] != shipped.record:
             raise ValueError(f"two different records under stamp {stamp} in one batch")
+        if record.op == Op.GAP:
+            markers.append(GapMarker(shipped.seq, stamp, record.gap_cause or "unknown",
+                                     record.gap_reason))
         rows.setdefault(record.stamp, (shipped.record, _handles(record)))
-    return rows, stable, newest
+    return rows, stable, newest, tuple(markers)
 
 
 def _check_data_dir(path: str) -> None:

@@ -141,7 +141,7 @@ class Tree:
         elif op == Op.LINK:
             if record.fh and record.to_dir_fh:
                 self._bind(record.to_dir_fh, record.to_name, record.fh)
-        elif op in (Op.BASELINE_BEGIN, Op.BASELINE_END):
+        elif op in (Op.BASELINE_BEGIN, Op.BASELINE_END, Op.GAP):
             return
         self.applied += 1
         self._attributes(record)

@@ -25,6 +25,7 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE: _ClassVar[Op]
     BASELINE_BEGIN: _ClassVar[Op]
     BASELINE_END: _ClassVar[Op]
+    GAP: _ClassVar[Op]
 OP_UNSPECIFIED: Op
 SETATTR: Op
 WRITE: Op
@@ -41,6 +42,7 @@ BIND: Op
 BASELINE: Op
 BASELINE_BEGIN: Op
 BASELINE_END: Op
+GAP: Op
 
 class Attr(_message.Message):
     __slots__ = ("type", "mode", "nlink", "uid", "gid", "size", "used", "rdev_major", "rdev_minor", "fsid", "fileid", "atime_ns", "mtime_ns", "ctime_ns")
@@ -95,7 +97,7 @@ class SetAttr(_message.Message):
     def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., atime_server: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., mtime_server: _Optional[bool] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh")
+    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh", "gap_from", "gap_cause", "gap_reason")
     STAMP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +135,9 @@ class Record(_message.Message):
     BASELINE_FILES_FIELD_NUMBER: _ClassVar[int]
     BASELINE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FH_FIELD_NUMBER: _ClassVar[int]
+    GAP_FROM_FIELD_NUMBER: _ClassVar[int]
+    GAP_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    GAP_REASON_FIELD_NUMBER: _ClassVar[int]
     stamp: bytes
     op: Op
     ok: bool
@@ -170,7 +175,10 @@ class Record(_message.Message):
     baseline_files: int
     baseline_bytes: int
     object_fh: bytes
-    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ...) -> None: ...
+    gap_from: bytes
+    gap_cause: str
+    gap_reason: str
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ..., gap_from: _Optional[bytes] = ..., gap_cause: _Optional[str] = ..., gap_reason: _Optional[str] = ...) -> None: ...
 
 class StreamId(_message.Message):
     __slots__ = ("node_id", "log_id")
@@ -224,8 +232,23 @@ class IngestAck(_message.Message):
     shard_id: int
     def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ...) -> None: ...
 
+class StreamGap(_message.Message):
+    __slots__ = ("after_seq", "through_seq", "through", "cause", "reason")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    through_seq: int
+    through: bytes
+    cause: str
+    reason: str
+    def __init__(self, after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., through: _Optional[bytes] = ..., cause: _Optional[str] = ..., reason: _Optional[str] = ..., **kwargs) -> None: ...
+
 class StreamStatus(_message.Message):
-    __slots__ = ("stream", "durable_seq", "frontier", "newest", "gaps", "records", "updated_unix_ns")
+    __slots__ = ("stream", "durable_seq", "frontier", "newest", "gaps", "records", "updated_unix_ns", "gap_ranges")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRONTIER_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +256,7 @@ class StreamStatus(_message.Message):
     GAPS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    GAP_RANGES_FIELD_NUMBER: _ClassVar[int]
     stream: StreamId
     durable_seq: int
     frontier: bytes
@@ -240,14 +264,15 @@ class StreamStatus(_message.Message):
     gaps: _containers.RepeatedScalarFieldContainer[str]
     records: int
     updated_unix_ns: int
-    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., newest: _Optional[bytes] = ..., gaps: _Optional[_Iterable[str]] = ..., records: _Optional[int] = ..., updated_unix_ns: _Optional[int] = ...) -> None: ...
+    gap_ranges: _containers.RepeatedCompositeFieldContainer[StreamGap]
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., newest: _Optional[bytes] = ..., gaps: _Optional[_Iterable[str]] = ..., records: _Optional[int] = ..., updated_unix_ns: _Optional[int] = ..., gap_ranges: _Optional[_Iterable[_Union[StreamGap, _Mapping]]] = ...) -> None: ...
 
 class ShardStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard_id", "streams", "records", "bytes", "frontier", "shard_stamp", "data_id", "members", "streams_hidden")
+    __slots__ = ("shard_id", "streams", "records", "bytes", "frontier", "shard_stamp", "data_id", "baselines", "members", "streams_hidden")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +280,7 @@ class ShardStatus(_message.Message):
     FRONTIER_FIELD_NUMBER: _ClassVar[int]
     SHARD_STAMP_FIELD_NUMBER: _ClassVar[int]
     DATA_ID_FIELD_NUMBER: _ClassVar[int]
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     STREAMS_HIDDEN_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
@@ -264,9 +290,10 @@ class ShardStatus(_message.Message):
     frontier: bytes
     shard_stamp: bytes
     data_id: str
+    baselines: _containers.RepeatedCompositeFieldContainer[BaselineInfo]
     members: _containers.RepeatedScalarFieldContainer[int]
     streams_hidden: bool
-    def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ..., members: _Optional[_Iterable[int]] = ..., streams_hidden: _Optional[bool] = ...) -> None: ...
+    def __init__(self, shard_id: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamStatus, _Mapping]]] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., data_id: _Optional[str] = ..., baselines: _Optional[_Iterable[_Union[BaselineInfo, _Mapping]]] = ..., members: _Optional[_Iterable[int]] = ..., streams_hidden: _Optional[bool] = ...) -> None: ...
 
 class RetireRequest(_message.Message):
     __slots__ = ("stream", "through_seq")

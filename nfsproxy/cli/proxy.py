@@ -45,6 +45,9 @@ def proxy(
     metrics: str = typer.Option("127.0.0.1:0", help="HOST:PORT for Prometheus /metrics (0: a free port, printed at start)."),
     log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
                                    "a size (10G), or both (1h,10G)."),
+    drain_timeout: float = typer.Option(30.0, metavar="SECONDS",
+                                        help="How long a closed client's relayed mutations may wait for "
+                                        "the NAS's replies; past it each is marked as a gap."),
     tls_ca: Optional[str] = tls_ca_option(),
     tls_cert: Optional[str] = tls_cert_option(
         help="This proxy's certificate (PEM): presented to the shards (mTLS) and used to serve the "
@@ -64,5 +67,6 @@ def proxy(
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
                         control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
-                        ingest_token_file=ingest_token_file)
+                        ingest_token_file=ingest_token_file,
+                        drain_timeout_s=drain_timeout)
     run_event_loop(run_proxy(opts))

@@ -86,8 +86,13 @@ def render(view: dict[str, Any]) -> str:
         for s in view["shards"]:
             if not s["up"]:
                 lines.append(f"  {s['address']}: {s['error']}")
-            for gap in s["gaps"]:
-                lines.append(f"  shard {s['shard_id']} gap: {gap}")
+    for gap in view.get("gaps") or []:
+        healed = gap["healed_by"]
+        state = (f"healed: proven again from the end of baseline {healed['stamp']}" if healed
+                 else f"UNHEALED: cuts from {gap['from']['stamp']} on are unproven until a "
+                      f"baseline started after {gap['through']['stamp']} ends")
+        lines.append(f"gap in stream {gap['stream']} (LOG seqs {gap['after_seq']}..{gap['through_seq']}, "
+                     f"{gap['cause']}): {gap['reason']}; {state}")
     for warning in view["warnings"]:
         lines.append(f"warning: {warning}")
     proxy = view["proxy"]
@@ -95,6 +100,7 @@ def render(view: dict[str, Any]) -> str:
         lines.append("")
         extra = "".join(f", {label} {value}" for label, value in (
             ("stable", proxy.get("stable")),
+            ("gaps marked", sum((proxy.get("gaps_total") or {}).values()) or None),
             ("LOG size", _bytes(proxy["log_bytes"]) if isinstance(proxy.get("log_bytes"), int) else None),
         ) if value is not None)
         lines.append(

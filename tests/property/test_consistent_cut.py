@@ -31,7 +31,8 @@ that can happen in any order):
   refused, rewinds to 0 and resends from its LOG.
 * A proxy trims its LOG below the lowest ack over its shippers. A shipper
   whose shard needs trimmed records (only possible after a wipe, since acks
-  report durable positions) sends a gap batch, which pins that stream.
+  report durable positions) sends a gap batch; with no baseline in the model,
+  the gap holds C at its start for good.
 * HLCs are exchanged as in production: a shard updates its clock from the
   stamps in each batch, a proxy from the shard stamp in each ack; refusals of
   stamps too far ahead are part of the model.
@@ -45,7 +46,7 @@ Checked after every step:
   wiped or a stream appeared that no shard knew; a stream's frontier on a
   shard never moves back unless that shard was wiped;
 * a shard durably holds exactly its records of a stream's prefix
-  ``(0, durable_seq]`` minus reported gaps; C is at most any pinned frontier;
+  ``(0, durable_seq]`` minus reported gaps; C is at most the start of any gap;
 * a shard that was never wiped never has a gap (trimming below durable acks
   loses nothing, even across crashes: "kill -9 loses no acknowledged record").
 
@@ -53,8 +54,8 @@ At the end of every run (``teardown``) delivery becomes reliable, all calls
 complete, time passes (and, where shards refuse batches from clocks beyond
 max offset, clocks are fixed), and the shippers run until every shard holds
 every LOG; the checks above run again. Then, in the liveness test, C must
-pass every stamp unless a stream is pinned by a gap (then C must not exceed
-the pinned frontier). It found the heartbeat bug (see
+pass every stamp unless a stream has a gap (then C must not exceed the
+gap's start). It found the heartbeat bug (see
 ``test_idle_proxy_lets_consistent_point_move``).
 
 Membership: C here is ``consistent_point`` with the consistency group's
@@ -80,7 +81,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.stamp import Stamp
-from recoveryd.frontier import BatchRefused, StreamKey, StreamState, apply, consistent_point
+from recoveryd.frontier import (BatchRefused, StreamKey, StreamState, apply, consistent_point,
+                                limit_by_gaps, restore_baseline)
 
 # -- profiles ------------------------------------------------------------------
 
@@ -130,16 +132,15 @@ def proven_point(durable: list[dict[StreamKey, StreamState]], members: list[Stre
     lowering anything itself.
     """
     roster = {key: StreamState(frontier=Stamp.MAX) for key in members}
-    return consistent_point([*durable, roster])
+    point = consistent_point([*durable, roster])
+    # No baseline in this model: a gap holds the point at its start for good.
+    gaps = [g for shard in durable for state in shard.values() for g in state.gaps]
+    return limit_by_gaps(point, gaps, [])[0]
 
 
 def gap_ranges(state: StreamState) -> list[tuple[int, int]]:
-    """The ranges of ``state.gaps`` ("after..through: reason")."""
-    out = []
-    for text in state.gaps:
-        after, through = text.split(":", 1)[0].split("..")
-        out.append((int(after), int(through)))
-    return out
+    """The LOG ranges of ``state.gaps``."""
+    return [(g.after_seq, g.through_seq) for g in state.gaps]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -586,8 +587,8 @@ class ConsistentCut(RuleBasedStateMachine):
                 assert expected <= held <= mine, (
                     f"shard {shard.index} stream {key} through {state.durable_seq}: "
                     f"holds {sorted(held)}, should hold {sorted(expected)}")
-                if state.pinned:
-                    assert point <= state.frontier
+                for gap in state.gaps:
+                    assert point <= gap.from_stamp
                 if shard.wipes == 0:
                     assert not state.gaps, (
                         f"shard {shard.index} was never wiped but lost records: {state.gaps}")
@@ -638,10 +639,10 @@ class ConsistentCut(RuleBasedStateMachine):
 
     def check_liveness(self) -> None:
         point = self.point()
-        pinned = [state.frontier for s in self.shards for state in s.durable.values() if state.pinned]
-        if pinned:
-            event("settled with a pinned stream")
-            assert point <= min(pinned)
+        starts = [g.from_stamp for s in self.shards for state in s.durable.values() for g in state.gaps]
+        if starts:
+            event("settled with a gap")
+            assert point <= min(starts)
             return
         for rec in self.all_records():
             assert rec.stamp < point, (
@@ -696,12 +697,19 @@ def test_idle_proxy_lets_consistent_point_move() -> None:
     assert consistent_point([shard]) == s(20)
 
 
-def test_heartbeat_on_pinned_stream_does_not_move_frontier() -> None:
+def test_a_gap_holds_the_point_at_its_start_until_a_later_baseline_ends() -> None:
     state = apply(StreamState(), 0, 3, s(10))
-    state = apply(state, 3, 9, None, gap=True)
+    state = apply(state, 3, 9, None, gap=True, sent=s(20))
     state = apply(state, 9, 9, s(50))
     state = apply(state, 9, 12, s(60))
-    assert state.pinned and state.frontier == s(10)
+    (gap,) = state.gaps
+    assert state.frontier == s(60) and (gap.from_stamp, gap.through) == (s(10), s(20))
+    assert limit_by_gaps(state.frontier, state.gaps, []) == (s(10), gap)
+    assert limit_by_gaps(state.frontier, state.gaps, [(s(15), s(30))]) == (s(10), gap)  # began inside
+    assert limit_by_gaps(state.frontier, state.gaps, [(s(25), s(30))]) == (s(60), None)
+    assert restore_baseline(s(28), state.gaps, [(s(25), s(30))]) is None   # before its end
+    assert restore_baseline(s(35), state.gaps, [(s(1), s(2)), (s(25), s(30))]) == (s(25), s(30))
+    assert restore_baseline(s(5), state.gaps, [(s(1), s(2))]) == (s(1), s(2))  # before the gap
 
 
 def test_duplicate_and_refused_batches_change_nothing() -> None:

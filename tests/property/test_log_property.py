@@ -46,6 +46,14 @@ def newest_segment(directory: Path) -> Path:
     return sorted(directory.glob("*.seg"))[-1]
 
 
+def unsync_from(directory: Path, path: Path, offset: int, seq: int) -> None:
+    """Set the sync mark as if the last sync ended at ``offset`` (after ``seq``) of ``path``."""
+    import crc32c
+    from logstore.log import _MARK, _MARK_MAGIC
+    body = _MARK.pack(_MARK_MAGIC, int(path.stem), offset, seq, 0)[:-4]
+    (directory / "SYNCED").write_bytes(body + crc32c.crc32c(body).to_bytes(4, "big"))
+
+
 def frame_offsets(path: Path) -> list[int]:
     data = path.read_bytes()
     offsets, pos = [], 0
@@ -117,6 +125,7 @@ def test_torn_last_frame_is_cut_at_any_point(records, segment_bytes, data):
         last = frame_offsets(path)[-1]
         size = path.stat().st_size
         cut = data.draw(st.integers(last, size - 1), label="cut")
+        unsync_from(directory, path, last, len(records) - 1)  # a crash: the last frame was unsynced
         os.truncate(path, cut)
         with Log.open(directory, segment_bytes=segment_bytes) as log:
             assert log.recovered_truncated_bytes == cut - last

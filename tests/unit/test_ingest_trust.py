@@ -216,9 +216,12 @@ def test_status_counts_members_no_shard_has_seen() -> None:
     assert overall([report])["consistent_point"]["stamp"] == str(stamp(5))
 
 
-def test_status_without_stream_keys_uses_shard_frontiers() -> None:
+def test_status_without_stream_keys_proves_nothing() -> None:
+    # Hidden streams hide their gaps too: the least shard frontier is only an upper bound.
     reports = [ShardReport("h:1", shard_status(stamp(7), hidden=True)),
                ShardReport("h:2", shard_status(stamp(4), hidden=True))]
     view = overall(reports)
-    assert view["consistent_point"]["stamp"] == str(stamp(4))
-    assert "hidden" in view["consistent_point_reason"] and view["held_back_by"]["address"] == "h:2"
+    assert view["consistent_point"] is None
+    reason = view["consistent_point_reason"]
+    assert "hidden" in reason and str(stamp(4)) in reason and "--token-file" in reason
+    assert view["held_back_by"]["address"] == "h:2"

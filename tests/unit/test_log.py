@@ -311,10 +311,20 @@ def test_torn_tail_is_truncated_and_reported(tmp_path, caplog, tail):
         assert_intact(log, 1, 21)
 
 
+def write_mark(directory: Path, base_seq: int, offset: int, seq: int) -> None:
+    """Set the sync mark as an earlier sync left it (logstore.log's SYNCED format)."""
+    from logstore.log import _MARK, _MARK_MAGIC
+    import crc32c
+    body = _MARK.pack(_MARK_MAGIC, base_seq, offset, seq, 0)[:-4]
+    (directory / "SYNCED").write_bytes(body + crc32c.crc32c(body).to_bytes(4, "big"))
+
+
 def test_torn_first_frame_of_new_segment_leaves_it_empty(tmp_path):
     with Log.open(tmp_path, segment_bytes=1024) as log:
         fill(log, 30)
-        newest = log.segments[-1]
+        previous, newest = log.segments[-2:]
+    # As a crash leaves it: the last sync was before the roll, the new segment's first frame is torn.
+    write_mark(tmp_path, previous.first_seq, previous.size_bytes, previous.last_seq)
     with open(newest.path, "r+b") as f:
         f.truncate(HEADER_BYTES + 3)
     with Log.open(tmp_path, segment_bytes=1024) as log:

@@ -57,7 +57,7 @@ def _heartbeat(state: StreamState, stable: Stamp | None, newest: Stamp | None) -
     idle stream's frontier; the fake applies them here instead.
     """
     frontier = state.frontier
-    if stable is not None and not state.pinned and stable > frontier:
+    if stable is not None and stable > frontier:
         frontier = stable
     seen = max(state.newest, newest) if newest is not None else state.newest
     return dataclasses.replace(state, frontier=frontier, newest=seen)
@@ -142,7 +142,7 @@ class FakeShard(pb_grpc.JournalServicer):
                 new = _heartbeat(state, stable, newest)
             else:
                 new = apply(state, batch.after_seq, batch.through_seq, stable, gap=batch.gap,
-                            newest=newest)
+                            newest=newest, sent=Stamp.from_bytes(batch.sent_stamp))
             if new.durable_seq > state.durable_seq:
                 held = self.records.setdefault(key, {})
                 for r in batch.records:
@@ -427,8 +427,14 @@ async def test_gap_when_the_log_was_trimmed_past_the_shard(log: Log, clock: HLC,
     try:
         await eventually(caught_up(shard, log, clock))
         stream = shard.state_of(log, clock)
-        assert stream.pinned and stream.frontier == Stamp.ZERO
-        assert stream.gaps == (f"0..{first - 1}: the proxy LOG no longer holds these records",)
+        # The gap starts where the stream's frontier was (nothing held yet: ZERO) and
+        # reaches the gap batch's sent stamp; the frontier goes on past it.
+        (gap,) = stream.gaps
+        assert str(gap) == f"0..{first - 1}: the proxy LOG no longer holds these records"
+        assert gap.from_stamp == Stamp.ZERO and gap.cause == "trimmed"
+        gap_batch = next(b for b in shard.batches if b.gap)
+        assert gap.through == Stamp.from_bytes(gap_batch.sent_stamp)
+        assert stream.frontier > gap.from_stamp  # not pinned: it moved on past the gap
         gaps = [b for b in shard.batches if b.gap]
         assert [(b.after_seq, b.through_seq, len(b.records), b.stable) for b in gaps] == \
             [(0, first - 1, 0, b"")]

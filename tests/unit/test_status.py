@@ -97,16 +97,37 @@ def test_a_down_shard_makes_the_consistent_point_unknown() -> None:
     assert view["shards"][0]["frontier"]["stamp"] == str(st(T0 + 5 * S))
 
 
-def test_a_gap_pins_the_consistent_point_and_is_reported() -> None:
-    gap = "7..12: the proxy LOG no longer holds these records"
-    a = shard(0, stream(1, "L1", durable_seq=12, frontier=st(T0 + 2 * S), gaps=(gap,)))
-    b = shard(1, stream(1, "L1", durable_seq=12, frontier=st(T0 + 9 * S)))
-    view = overall([up("h:1", a), up("h:2", b)])
+def test_a_gap_holds_the_consistent_point_until_a_later_baseline_ends() -> None:
+    from logstore.pb.journal_pb2 import BaselineInfo, StreamGap
+    gap = StreamGap(after_seq=7, through_seq=12, through=st(T0 + 3 * S).to_bytes(), cause="trimmed",
+                    reason="the proxy LOG no longer holds these records",
+                    **{"from": st(T0 + 2 * S).to_bytes()})
+    text = "7..12: the proxy LOG no longer holds these records"
+
+    def shards(*baselines):
+        a = shard(0, stream(1, "L1", durable_seq=12, frontier=st(T0 + 9 * S), gaps=(text,)))
+        a.streams[0].gap_ranges.append(gap)
+        b = shard(1, stream(1, "L1", durable_seq=12, frontier=st(T0 + 9 * S)))
+        for s in (a, b):
+            s.baselines.extend(BaselineInfo(baseline_id=st(b0).to_bytes(), end=st(e).to_bytes())
+                               for b0, e in baselines)
+        return [up("h:1", a), up("h:2", b)]
+
+    view = overall(shards())
     assert view["consistent_point"]["stamp"] == str(st(T0 + 2 * S))
-    assert view["held_back_by"]["pinned"] is True
-    assert "pinned by a gap" in view["consistent_point_reason"]
-    assert view["shards"][0]["gaps"] == [f"1/L1 {gap}"]
-    assert view["shards"][0]["streams"][0]["pinned"] is True
+    assert view["held_back_by"]["gap"]["cause"] == "trimmed"
+    assert "held back by a gap" in view["consistent_point_reason"]
+    assert view["shards"][0]["gaps"] == [f"1/L1 {text}"]
+    (g,) = view["gaps"]
+    assert g["healed_by"] is None and g["shards"] == [0]
+    # A baseline that began before the gap's end heals nothing ...
+    view = overall(shards((T0 + 1 * S, T0 + 4 * S)))
+    assert view["consistent_point"]["stamp"] == str(st(T0 + 2 * S))
+    # ... one that began after it does, from its end on.
+    view = overall(shards((T0 + 1 * S, T0 + 4 * S), (T0 + 5 * S, T0 + 6 * S)))
+    assert view["consistent_point"]["stamp"] == str(st(T0 + 9 * S))
+    assert view["gaps"][0]["healed_by"]["stamp"] == str(st(T0 + 6 * S))
+    assert view["held_back_by"]["gap"] is None
 
 
 def test_a_stream_one_shard_lacks_proves_nothing() -> None:
@@ -116,7 +137,7 @@ def test_a_stream_one_shard_lacks_proves_nothing() -> None:
     assert view["consistent_point"] is None
     assert "nothing is proven yet" in view["consistent_point_reason"]
     assert view["held_back_by"] == {"address": "h:2", "shard_id": 1, "stream": "1/L1",
-                                    "known": False, "pinned": False}
+                                    "known": False, "gap": None}
     assert view["shards"][1]["frontier"] is None
 
 
@@ -210,7 +231,7 @@ def test_status_json_shape(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -
     assert asked == [(["h:1"], 0.5)]
     view = json.loads(result.output)
     assert set(view) == {"consistent_point", "consistent_point_reason", "held_back_by", "shards",
-                         "shards_up", "shards_down", "warnings", "proxy"}
+                         "shards_up", "shards_down", "warnings", "proxy", "gaps"}
     assert view["consistent_point"] == {"stamp": str(st(T0 + 5 * S)), "time": st(T0 + 5 * S).iso()}
     (s0,) = view["shards"]
     assert {"address", "up", "error", "shard_id", "frontier", "records", "bytes", "lag_seconds",

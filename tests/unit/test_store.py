@@ -130,17 +130,34 @@ def test_duplicate_records_counted_once(store: ShardStore) -> None:
     assert stamps_of(store.file_records(b"A")) == [stamp(1), stamp(2)]
 
 
-def test_gap_pins_frontier_and_survives_reopen(tmp_path: Path) -> None:
+def test_gap_is_remembered_with_its_stamps_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "shard"
     with ShardStore(path, 1) as s:
         s.ingest(STREAM, batch(0, 2, stable=stamp(2)))
-        pinned = s.ingest(STREAM, batch(2, 6, gap=True))
-        assert pinned.pinned and pinned.frontier == stamp(2) and pinned.durable_seq == 6
+        gap_batch = batch(2, 6, gap=True)
+        gap_batch.sent_stamp = stamp(5).to_bytes()
+        gapped = s.ingest(STREAM, gap_batch)
+        (gap,) = gapped.gaps
+        assert (gap.from_stamp, gap.through, gap.cause) == (stamp(2), stamp(5), "trimmed")
+        assert gapped.frontier == stamp(2) and gapped.durable_seq == 6
         after = s.ingest(STREAM, batch(6, 8, [(7, write_record(7, b"A"))], stable=stamp(8)))
-        assert after.frontier == stamp(2)
+        assert after.frontier == stamp(8)  # the frontier goes on; the gap stays on record
+        assert after.gaps == gapped.gaps
     with ShardStore(path, 1) as s:
         assert s.streams() == {STREAM: after}
-        assert s.stream_state(STREAM).gaps == after.gaps and s.stream_state(STREAM).pinned
+
+
+def test_a_gap_record_in_a_batch_is_a_gap_from_the_frontier_before_it(tmp_path: Path) -> None:
+    from logstore.record import Op
+    with ShardStore(tmp_path / "shard", 1) as s:
+        s.ingest(STREAM, batch(0, 2, stable=stamp(2)))
+        marker = Record(op=Op.GAP, ok=True, stamp=stamp(9).to_bytes(), gap_cause="quota_drop",
+                        gap_reason="dropped")
+        state = s.ingest(STREAM, batch(2, 4, [(3, write_record(3, b"A")), (4, marker)],
+                                       stable=stamp(10)))
+        (gap,) = state.gaps
+        assert (gap.after_seq, gap.through_seq, gap.from_stamp, gap.through) == (3, 4, stamp(2), stamp(9))
+        assert (gap.cause, gap.reason, state.frontier) == ("quota_drop", "dropped", stamp(10))
 
 
 def test_reopen_after_close(tmp_path: Path) -> None:
