@@ -25,6 +25,7 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE: _ClassVar[Op]
     BASELINE_BEGIN: _ClassVar[Op]
     BASELINE_END: _ClassVar[Op]
+    SETACL: _ClassVar[Op]
 OP_UNSPECIFIED: Op
 SETATTR: Op
 WRITE: Op
@@ -41,6 +42,7 @@ BIND: Op
 BASELINE: Op
 BASELINE_BEGIN: Op
 BASELINE_END: Op
+SETACL: Op
 
 class Attr(_message.Message):
     __slots__ = ("type", "mode", "nlink", "uid", "gid", "size", "used", "rdev_major", "rdev_minor", "fsid", "fileid", "atime_ns", "mtime_ns", "ctime_ns")
@@ -94,8 +96,18 @@ class SetAttr(_message.Message):
     mtime_server: bool
     def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., atime_server: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., mtime_server: _Optional[bool] = ...) -> None: ...
 
+class AclEntry(_message.Message):
+    __slots__ = ("type", "id", "perm")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PERM_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    id: int
+    perm: int
+    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., perm: _Optional[int] = ...) -> None: ...
+
 class Record(_message.Message):
-    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh")
+    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh", "acl", "default_acl", "acl_mask")
     STAMP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +145,9 @@ class Record(_message.Message):
     BASELINE_FILES_FIELD_NUMBER: _ClassVar[int]
     BASELINE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FH_FIELD_NUMBER: _ClassVar[int]
+    ACL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ACL_FIELD_NUMBER: _ClassVar[int]
+    ACL_MASK_FIELD_NUMBER: _ClassVar[int]
     stamp: bytes
     op: Op
     ok: bool
@@ -170,7 +185,10 @@ class Record(_message.Message):
     baseline_files: int
     baseline_bytes: int
     object_fh: bytes
-    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ...) -> None: ...
+    acl: _containers.RepeatedCompositeFieldContainer[AclEntry]
+    default_acl: _containers.RepeatedCompositeFieldContainer[AclEntry]
+    acl_mask: int
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ..., acl: _Optional[_Iterable[_Union[AclEntry, _Mapping]]] = ..., default_acl: _Optional[_Iterable[_Union[AclEntry, _Mapping]]] = ..., acl_mask: _Optional[int] = ...) -> None: ...
 
 class StreamId(_message.Message):
     __slots__ = ("node_id", "log_id")
