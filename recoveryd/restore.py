@@ -1023,7 +1023,7 @@ def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
         details = f"baseline {Stamp.from_bytes(r.baseline_id) if r.baseline_id else '?'} read it"
         if r.dir_fh:
             details += f" as {where(r.dir_fh, r.name)}"
-        if r.acl_mask:
+        if r.acl or r.default_acl:  # an object without ACLs needs no word on them
             details += f" acl {_acl_details(r)}"
     stamp = Stamp.from_bytes(r.stamp)
     return HistoryEntry(stamp, _iso(stamp), op, r.client, r.uid, r.gid, r.ok, r.status, details)

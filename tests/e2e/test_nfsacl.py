@@ -223,6 +223,13 @@ def test_a_successful_setacl_is_restored_and_pushed_back(tmp_path):
             assert os.getxattr(dest / "f", XATTR_ACCESS) == to_xattr(file_acl)
             assert os.getxattr(dest / "d", XATTR_DEFAULT) == to_xattr(dir_default)
             assert _read_acl(dest / "d", XATTR_ACCESS) == ()
+            history = client.history("f", until=Stamp(400, 0, 0))
+            assert [(e.op, e.ok, e.details) for e in history if e.op == "SETACL"] == [
+                ("SETACL", True, "user::rw-,user:1234:r--,group::r--,mask::r--,other::r--"),
+                ("SETACL", False, "user::rwx,group::rwx,other::rwx")]
+            [d_setacl] = [e for e in client.history("d", until=Stamp(400, 0, 0)) if e.op == "SETACL"]
+            assert d_setacl.details == ("default:user::rwx,default:group::r-x,default:group:77:r-x,"
+                                        "default:mask::r-x,default:other::---")
 
             # Push-back: SETACL through NFSACL; ganesha 4.3 refuses it, and that is
             # reported with a count, never silently.
