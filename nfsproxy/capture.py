@@ -25,7 +25,8 @@ from .nfs3 import NFS_PROGRAM, CreateMode, Fattr3, Ftype3, Nfsstat3, Proc3, Satt
 from .programs import lookup
 from .rpc import RpcCall, RpcReply, decode_body
 
-__all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "set_acl_fields", "ACL_PARTS", "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
+__all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "set_acl_fields", "ACL_PARTS",
+           "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
 
 #: Record.status for replies the RPC layer refused: base + accept_stat (or + 0x100 + reject_stat).
 RPC_FAILURE_BASE = 0x10000

@@ -8,7 +8,10 @@ on the exported file system (its VFS FSAL is built without POSIX ACLs), and
 every SETACL is refused with GARBAGE_ARGS ("Bad xdr_free for NFSACL_SETACL"
 in its log). So the path "a SETACL that succeeded is restored" is tested
 with hand-made records fed to real shards, the way the Restore service's
-contract tests feed them.
+contract tests feed them. The last test has the Linux kernel client's own
+`setfacl` (Debian's acl tools added to the guest) go through the proxy: it
+gets EIO, and each of the kernel's three tries (it retries GARBAGE_ARGS
+twice) is journaled as a failed SETACL.
 """
 
 from __future__ import annotations
