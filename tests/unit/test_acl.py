@@ -217,3 +217,30 @@ def test_a_file_system_without_acls_is_warned_about_once_and_counted(tmp_path, m
     assert summary.acls == 0 and summary.acls_refused == 2
     assert len([r for r in caplog.records if "POSIX ACLs" in r.getMessage()]) == 1
     assert "2 POSIX ACLs NOT restored" in str(summary)
+
+
+@given(st.binary(max_size=200))
+def test_any_setacl_body_gives_a_record_or_a_clean_rejection(body):
+    from nfsproxy.rpc import RpcDecodeError
+    message = encode_call(RpcCall(5, nfsacl.NFSACL_PROGRAM, 3, 2)).getvalue() + body
+    call, parsed = parse_message(message)
+    try:
+        pending = Capture().begin(call, parsed, STAMP, "c")
+    except RpcDecodeError:
+        return
+    assert pending.record.op == Op.SETACL and pending.record.acl_mask & ~0x5 == 0
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 8, 0x10, 0x20]), st.integers(0, U),
+                          st.integers(0, 7)), max_size=8),
+       st.sampled_from([nfsacl.NFS_ACL, nfsacl.NFS_DFACL, nfsacl.NFS_ACL | nfsacl.NFS_DFACL]))
+def test_setacl_records_hold_exactly_the_parts_the_mask_names(entries, mask):
+    proc = nfsacl.PROCEDURES[nfsacl.AclProc3.SETACL]
+    acl = _aclent(entries)
+    args = nfsacl.SETACL3args(FILE, mask, acl, _aclent(entries, nfsacl.NFS_ACL_DEFAULT))
+    message = encode_call(RpcCall(5, nfsacl.NFSACL_PROGRAM, 3, 2)).getvalue() + xdr.encode(proc.args, args)
+    call, body = parse_message(message)
+    record = Capture().begin(call, body, STAMP, "c").record
+    want = [tuple(e) for e in entries]
+    assert [(e.type, e.id, e.perm) for e in record.acl] == (want if mask & nfsacl.NFS_ACL else [])
+    assert [(e.type, e.id, e.perm) for e in record.default_acl] == (want if mask & nfsacl.NFS_DFACL else [])
