@@ -26,6 +26,12 @@ gone (`NFS3ERR_STALE`/`NOENT` between listing and reading: skipped and
 counted, its REMOVE is in the journal), an NFS or transport error (the
 baseline fails), or a cancelled baseline. A stamp left in flight would hold
 the proxy's stable stamp, and so the consistent point, back for good.
+
+POSIX ACLs: where the NAS serves NFSACL v3 (asked once, with the first
+object's GETACL: PROG_UNAVAIL or PROG_MISMATCH means it has none, and the
+scan goes on without), each object's first piece also carries its access
+ACL, and a directory's its default ACL (Record.acl_mask says which), read
+after its attributes, so that ACLs that exist on the NAS are restorable.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from typing import Any, Callable
 from logstore.record import Op, Record
 from recoveryd.tree import show_name
 
-from .capture import fattr_to_attr
-from .client import NfsClient, NfsError
+from . import nfsacl
+from .capture import fattr_to_attr, set_acl_fields
+from .client import NfsClient, NfsError, RpcError
 from .nfs3 import Ftype3, Nfsstat3
+from .rpc import AcceptStat
 
 __all__ = ["BaselineProgress", "run_baseline"]
 
@@ -67,6 +75,7 @@ class BaselineProgress:
     end: bytes = b""
     done: bool = False
     vanished: int = 0  # objects removed between their listing and their read: skipped
+    acls: bool | None = None  # the NAS serves NFSACL (None: not asked yet)
 
 
 async def run_baseline(proxy, client_factory: Callable[[], NfsClient], *,
@@ -261,6 +270,8 @@ class _Scan:
             attrs = (await self.nfs(client.getattr, record.fh)).obj_attributes
             if first and attrs.type is Ftype3.NF3LNK:
                 record.symlink_target = (await self.nfs(client.readlink, record.fh)).data
+            if first and attrs.type is not Ftype3.NF3LNK:  # a symlink has no ACL of its own
+                await self._acls(client, record, attrs.type is Ftype3.NF3DIR)
         except NfsError as e:
             if not _gone(e):
                 raise
@@ -269,6 +280,33 @@ class _Scan:
         fattr_to_attr(record.attr, attrs)
         await self._journal(record, key)
         return True
+
+    async def _acls(self, client: NfsClient, record: Record, is_dir: bool) -> None:
+        """Put the object's POSIX ACLs into its first piece, where the NAS has NFSACL.
+
+        Raises NfsError for an object that is gone (the caller skips it);
+        another NFS failure leaves the piece without ACLs (none known)."""
+        if self.state.acls is False:
+            return
+        mask = nfsacl.NFS_ACL | nfsacl.NFS_ACLCNT
+        if is_dir:
+            mask |= nfsacl.NFS_DFACL | nfsacl.NFS_DFACLCNT
+        try:
+            res = await self.nfs(client.getacl, record.fh, mask)
+        except RpcError as e:  # NFSACL is asked on the NFS connection, as Linux does
+            if e.reply.accept_stat in (AcceptStat.PROG_UNAVAIL, AcceptStat.PROG_MISMATCH):
+                self.state.acls = False
+                logger.info("baseline: the NAS does not serve NFSACL v3 (%s); reading no ACLs", e)
+                return
+            raise
+        except NfsError as e:
+            if _gone(e):
+                raise
+            logger.debug("baseline: GETACL of %s failed (%s); its ACLs stay unknown",
+                         record.fh.hex(), e.status.name)
+            return
+        self.state.acls = True
+        set_acl_fields(record, res.mask & mask, res.acl.entries, res.default_acl.entries)
 
     async def _file(self, client: NfsClient, record: Record, key: int, attrs, path: bytes) -> bool:
         """Journal a regular file's content in pieces, each stamped before its read.
@@ -281,6 +319,8 @@ class _Scan:
             await self.proxy.settle_below(record.stamp, key)
             try:
                 res = await self.nfs(client.read, record.fh, offset, self.chunk_bytes)
+                if offset == 0 and record.baseline_first:
+                    await self._acls(client, record, False)
             except NfsError as e:
                 if not _gone(e):
                     raise

@@ -1,4 +1,4 @@
-"""Capture: turning an NFSv3 call and the NAS's reply into journal records.
+"""Capture: turning an NFSv3 (or NFSACL v3 SETACL) call and the NAS's reply into journal records.
 
 Sans-IO. The relay hands over the decoded call header and the raw body at
 call time (`begin`), and the reply header and raw body at reply time
@@ -7,6 +7,8 @@ socket or a clock: the stamp is taken by the caller when the call arrives.
 
 Which calls matter is a table: `MUTATIONS` (journaled) and `BINDERS`
 (non-mutating calls whose replies teach us `fh -> (dir fh, name)`).
+NFSACL's SETACL (program 100227, on the NFS port) is journaled as a change
+of the object's ACLs: op SETACL, `fh` the object, the ACLs it set.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import dataclasses
 from collections import OrderedDict
 from typing import Callable
 
+from logstore.pb.journal_pb2 import AclEntry
 from logstore.record import Attr, Op, Record, SetAttr
 
-from . import nfs3
+from . import nfs3, nfsacl
 from .nfs3 import NFS_PROGRAM, CreateMode, Fattr3, Ftype3, Nfsstat3, Proc3, Sattr3, TimeHow
 from .programs import lookup
 from .rpc import RpcCall, RpcReply, decode_body
 
-__all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
+__all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "set_acl_fields", "ACL_PARTS",
+           "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
 
 #: Record.status for replies the RPC layer refused: base + accept_stat (or + 0x100 + reject_stat).
 RPC_FAILURE_BASE = 0x10000
@@ -38,10 +42,11 @@ BINDERS = frozenset({Proc3.LOOKUP, Proc3.READDIRPLUS})
 class Pending:
     """A call we are waiting on: what the reply must complete."""
 
-    proc: Proc3
+    proc: Proc3 | nfsacl.AclProc3
     args: object
     record: Record | None  # None for BINDERS: they journal only what they teach
     data: memoryview | None = None
+    prog: int = NFS_PROGRAM
 
 
 class BindingCache:
@@ -119,6 +124,9 @@ class Capture:
 
         Returns None for calls that neither mutate nor teach names.
         """
+        if call.prog == nfsacl.NFSACL_PROGRAM and call.vers == nfsacl.NFSACL_V3 \
+                and call.proc == nfsacl.AclProc3.SETACL:
+            return self._begin_setacl(call, body, stamp, client)
         if call.prog != NFS_PROGRAM or call.vers != 3:
             return None
         proc = call.proc
@@ -128,11 +136,7 @@ class Capture:
         args = decode_body(lookup(NFS_PROGRAM, 3, proc).args, body)
         if proc in BINDERS:
             return Pending(proc, args, None)
-        record = Record(stamp=stamp, op=int(proc), client=client, xid=call.xid)
-        if call.auth_sys is not None:
-            a = call.auth_sys
-            record.uid, record.gid, record.machine_name = a.uid, a.gid, a.machine_name
-            record.gids.extend(a.gids)
+        record = _new_record(call, int(proc), stamp, client)
         _CALLS[proc](record, args)
         if proc in (Proc3.REMOVE, Proc3.RMDIR, Proc3.RENAME):
             # Lets one object's history (per-file index) include its renames and removal.
@@ -141,6 +145,14 @@ class Capture:
                 record.object_fh = named
         data = args.data if proc is Proc3.WRITE else None
         return Pending(proc, args, record, data)
+
+    def _begin_setacl(self, call: RpcCall, body: memoryview, stamp: bytes, client: str) -> Pending:
+        proc = nfsacl.AclProc3.SETACL
+        args = decode_body(nfsacl.PROCEDURES[proc].args, body)
+        record = _new_record(call, Op.SETACL, stamp, client)
+        record.fh = args.fh
+        set_acl_fields(record, args.mask, args.acl.entries, args.default_acl.entries)
+        return Pending(proc, args, record, None, nfsacl.NFSACL_PROGRAM)
 
     def complete(self, pending: Pending, reply: RpcReply, body: memoryview,
                  stamp: Callable[[], bytes]) -> list[tuple[Record, memoryview | None]]:
@@ -155,13 +167,18 @@ class Capture:
             pending.record.ok = False
             pending.record.status = _rpc_failure(reply)
             return [(pending.record, None)]
-        res = decode_body(lookup(NFS_PROGRAM, 3, pending.proc).res, body)
+        res = decode_body(lookup(pending.prog, 3, pending.proc).res, body)
         if pending.record is None:
             return [(r, None) for r in self._bindings_from(pending, res, stamp)]
         record = pending.record
         record.status = int(res.status)
         record.ok = res.status is Nfsstat3.NFS3_OK
-        _REPLIES[pending.proc](record, res.body, record.ok)
+        if pending.prog == nfsacl.NFSACL_PROGRAM:
+            after = res.body.attr if record.ok else res.body  # post-op attributes either way
+            if after is not None:
+                fattr_to_attr(record.attr, after)
+        else:
+            _REPLIES[pending.proc](record, res.body, record.ok)
         out = [(record, pending.data if record.ok else None)]
         self._learn_from_mutation(record)
         return out
@@ -200,6 +217,30 @@ class Capture:
             self.bindings.learn(record.fh, record.to_dir_fh, record.to_name)
         elif record.op == Op.RENAME and record.object_fh:
             self.bindings.learn(record.object_fh, record.to_dir_fh, record.to_name)
+
+
+def _new_record(call: RpcCall, op: int, stamp: bytes, client: str) -> Record:
+    record = Record(stamp=stamp, op=op, client=client, xid=call.xid)
+    if call.auth_sys is not None:
+        a = call.auth_sys
+        record.uid, record.gid, record.machine_name = a.uid, a.gid, a.machine_name
+        record.gids.extend(a.gids)
+    return record
+
+
+#: The ACL parts a record can hold (NFSACL mask bits); the counts bits say nothing of their own.
+ACL_PARTS = nfsacl.NFS_ACL | nfsacl.NFS_DFACL
+
+
+def set_acl_fields(record: Record, mask: int, acl, default_acl) -> None:
+    """Put NFSACL ACLs (`Aclent`s) into a record: the parts `mask` names."""
+    record.acl_mask = mask & ACL_PARTS
+    if mask & nfsacl.NFS_ACL:
+        record.acl.extend(AclEntry(type=e.type, id=e.id, perm=e.perm) for e in acl)
+    if mask & nfsacl.NFS_DFACL:
+        # Linux marks default entries with NFS_ACL_DEFAULT on the wire; the list says it already.
+        record.default_acl.extend(AclEntry(type=e.type & ~nfsacl.NFS_ACL_DEFAULT, id=e.id, perm=e.perm)
+                                  for e in default_acl)
 
 
 def _rpc_failure(reply: RpcReply) -> int:

@@ -55,7 +55,7 @@ import time
 from contextlib import suppress
 from typing import Any, Final, Iterator
 
-from . import mount, nfs3
+from . import mount, nfs3, nfsacl
 from .mount import MountProc3, Mountstat3
 from .nfs3 import (COMMIT3args, CREATE3args, CREATE3resok, Createhow3, CreateMode, Devicedata3,
                    Diropargs3, Entry3, Entryplus3, FSINFO3args, FSINFO3resok, FSSTAT3args,
@@ -600,6 +600,29 @@ class NfsClient:
     def link(self, fh: bytes, dir_fh: bytes, name: bytes | str) -> LINK3resok:
         """LINK: a new name `name` in `dir_fh` for the file `fh`."""
         return self._call(Proc3.LINK, LINK3args(fh, Diropargs3(dir_fh, name)), repr(name))
+
+    # -- NFSACL v3 (POSIX ACLs), on the NFS connection as Linux sends it ----------
+
+    def getacl(self, fh: bytes, mask: int = nfsacl.NFS_ACL | nfsacl.NFS_ACLCNT
+               | nfsacl.NFS_DFACL | nfsacl.NFS_DFACLCNT) -> nfsacl.GETACL3resok:
+        """NFSACL GETACL: `.acl` and `.default_acl` of `fh`. RpcError (PROG_UNAVAIL,
+        PROG_MISMATCH) when the server has no NFSACL; NfsError when it fails the call."""
+        return self._acl_call(nfsacl.AclProc3.GETACL, nfsacl.GETACL3args(fh, mask))
+
+    def setacl(self, fh: bytes, acl: tuple[nfsacl.Aclent, ...] = (),
+               default_acl: tuple[nfsacl.Aclent, ...] | None = None) -> nfsacl.SETACL3resok:
+        """NFSACL SETACL: replace `fh`'s access ACL, and its default ACL when
+        `default_acl` is given (directories only). Raises as `getacl`."""
+        mask = nfsacl.NFS_ACL | (nfsacl.NFS_DFACL if default_acl is not None else 0)
+        dfl = tuple(default_acl or ())
+        args = nfsacl.SETACL3args(fh, mask, nfsacl.Acl(len(acl), tuple(acl)), nfsacl.Acl(len(dfl), dfl))
+        return self._acl_call(nfsacl.AclProc3.SETACL, args)
+
+    def _acl_call(self, proc: nfsacl.AclProc3, args: Any) -> Any:
+        res = self._rpc(self._nfs, nfsacl.PROCEDURES[proc], args)
+        if res.status is not Nfsstat3.NFS3_OK:
+            raise NfsError(res.status, proc, res.body)
+        return res.body
 
     def readdir_page(self, dir_fh: bytes, cookie: int = 0, cookieverf: bytes = COOKIEVERF_ZERO,
                      count: int = _DEFAULT_MAXCOUNT) -> READDIR3resok:

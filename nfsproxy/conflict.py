@@ -14,13 +14,18 @@ What conflicts (`Claims.conflicts`):
 * on one file handle: WRITEs with overlapping byte ranges, and a size change
   (SETATTR with a size, or an UNCHECKED CREATE with a size over a name whose
   handle the proxy knows) against any WRITE or size change;
+* on one file handle: two NFSACL SETACLs that set the same ACL (access or
+  default): restore replays them in stamp order, the last one wins;
 * any two calls naming the same directory entry (dir fh, name): CREATE,
   MKDIR, SYMLINK, MKNOD, REMOVE and RMDIR their name, RENAME both names,
   LINK the new name.
 
 Nothing else waits. Other attributes (mode, owner, times) need no hold:
 restore keeps an object's attributes from the record with the newest ctime,
-which is the NAS's order whatever the stamps say. COMMIT changes no content.
+which is the NAS's order whatever the stamps say. COMMIT changes no content. A SETACL does not wait for a mode change (nor
+the other way round) although a chmod rewrites an ACL's owner, mask and
+other entries: restore sets the ACL first and the newest mode after it, so
+those entries come out as the NAS's last word whichever call was first.
 
 Order. A call waits for every earlier call it conflicts with that is still
 in the table, in flight or itself waiting, so a later conflicting call never
@@ -56,16 +61,17 @@ class Claims:
     written: tuple[int, int] | None = None  # [start, end) a WRITE changes (may be empty)
     size: bool = False                      # changes the file's size (SETATTR size)
     entries: tuple[Entry, ...] = ()
+    acl: int = 0                            # the ACLs a SETACL replaces (NFSACL mask bits)
 
     def __post_init__(self) -> None:
-        if (self.written is not None or self.size) and self.fh is None:
+        if (self.written is not None or self.size or self.acl) and self.fh is None:
             raise ValueError("a data claim needs a file handle")
         if self.written is not None and not 0 <= self.written[0] <= self.written[1]:
             raise ValueError(f"bad byte range {self.written}")
 
     @property
     def empty(self) -> bool:
-        return self.written is None and not self.size and not self.entries
+        return self.written is None and not self.size and not self.entries and not self.acl
 
     def conflicts(self, other: "Claims") -> bool:
         """True when the NAS's result depends on the order of the two calls."""
@@ -73,6 +79,8 @@ class Claims:
             return True
         if self.fh is None or self.fh != other.fh:
             return False
+        if self.acl & other.acl:
+            return True
         if self.size:
             return other.size or other.written is not None
         if other.size:
@@ -105,7 +113,14 @@ def claims_of(record: Record, handle_of: Callable[[bytes, Any], bytes | None] | 
         return Claims(entries=((record.dir_fh, record.name), (record.to_dir_fh, record.to_name)))
     if op == Op.LINK:
         return Claims(entries=((record.to_dir_fh, record.to_name),))
+    if op == Op.SETACL:
+        return Claims(fh=record.fh, acl=record.acl_mask) if record.acl_mask else Claims()
     return Claims()
+
+
+def _claims_fh(claims: Claims) -> bool:
+    """Whether the claims touch their file handle's bytes, size or ACLs."""
+    return claims.fh is not None and (claims.written is not None or claims.size or bool(claims.acl))
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -143,7 +158,7 @@ class ConflictTable:
         if claims.empty:
             return True  # touches nothing another call could reorder
         earlier = set()
-        if claims.fh is not None and (claims.written is not None or claims.size):
+        if _claims_fh(claims):
             earlier |= self._by_fh.get(claims.fh, set())
         for entry in claims.entries:
             earlier |= self._by_entry.get(entry, set())
@@ -152,7 +167,7 @@ class ConflictTable:
         self._calls[token] = _Call(token, self._seq, claims, waits_for)
         for t in waits_for:
             self._calls[t].blocks.append(token)
-        if claims.written is not None or claims.size:
+        if _claims_fh(claims):
             self._by_fh.setdefault(claims.fh, set()).add(token)
         for entry in claims.entries:
             self._by_entry.setdefault(entry, set()).add(token)
@@ -197,7 +212,7 @@ class ConflictTable:
 
     def _unindex(self, token: Hashable, claims: Claims) -> None:
         keys = [(self._by_entry, e) for e in claims.entries]
-        if claims.written is not None or claims.size:
+        if _claims_fh(claims):
             keys.append((self._by_fh, claims.fh))
         for index, key in keys:
             tokens = index.get(key)

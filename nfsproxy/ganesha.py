@@ -211,6 +211,8 @@ class Ganesha:
     export_id: int = 1
     lease_lifetime_s: int = 20
     start_timeout_s: float = 30.0
+    #: Serve NFSACL v3 (POSIX ACLs, program 100227) on the NFS port.
+    nfsacl: bool = False
 
     def config_text(self, nfs_port: int, mount_port: int) -> str:
         """The ganesha.conf for the given ports."""
@@ -231,7 +233,7 @@ NFS_CORE_PARAM {{
     Enable_NLM = false;
     Enable_RQUOTA = false;
     Enable_UDP = false;
-    mount_path_pseudo = true;
+{"    Enable_NFSACL = true;" + chr(10) if self.nfsacl else ""}    mount_path_pseudo = true;
 }}
 
 NFSV4 {{
@@ -412,7 +414,10 @@ class GaneshaInstance:
 
 def start_ganesha(export_dir: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
                   nfs_port: int | None = None, mount_port: int | None = None,
-                  bind: str = "127.0.0.1", start_timeout_s: float = 30.0) -> GaneshaInstance:
-    """Start ganesha serving `export_dir` as `/export`; its files go to `workdir`."""
+                  bind: str = "127.0.0.1", start_timeout_s: float = 30.0,
+                  nfsacl: bool = False) -> GaneshaInstance:
+    """Start ganesha serving `export_dir` as `/export`; its files go to `workdir`.
+
+    `nfsacl`: also serve NFSACL v3 (POSIX ACLs) on the NFS port."""
     return Ganesha(Path(export_dir), Path(workdir), nfs_port, mount_port, bind,
-                   start_timeout_s=start_timeout_s).start()
+                   start_timeout_s=start_timeout_s, nfsacl=nfsacl).start()

@@ -34,6 +34,13 @@ user can fix; `NfsError`/`OSError` from the NAS mid-way propagate after
 naming the path they were about. Attribute changes the NAS refuses (an
 owner change on a root-squashed export, times on a symlink) do not stop the
 restore: they are counted in `PushResult.warnings`.
+
+POSIX ACLs the tree knows (journaled SETACLs, ACLs a baseline read) are set
+with NFSACL v3 SETACL before the mode (a mode change then rewrites the
+ACL's owner, mask and other entries as the NAS's own mode did). A NAS
+without NFSACL, or one that fails SETACL (ganesha 4.3 refuses every SETACL
+with GARBAGE_ARGS), gets the objects without their ACLs: counted in
+`PushResult.acls_not_set` and reported, never silently.
 """
 
 from __future__ import annotations
@@ -46,11 +53,13 @@ from typing import Any, Callable, Final
 from recoveryd.restore import RestoreRefused
 from recoveryd.tree import show_name
 
-from .client import ClientError, NfsClient, NfsError, ProtocolError, created_fh, sattr3
+from . import nfsacl
+from .client import ClientError, NfsClient, NfsError, ProtocolError, RpcError, created_fh, sattr3
 from .exportd import cut_tree
 from .nfs3 import Ftype3, Nfsstat3, StableHow
 from .proxyd import ConfigError, resolve_backend
 from .relay import BackendAddress
+from .rpc import AcceptStat
 
 __all__ = ["push_to_nas", "PushbackError", "PushResult", "CHUNK_BYTES", "nas_target", "connect_nas"]
 
@@ -86,6 +95,8 @@ class PushResult:
     hard_links: int = 0
     bytes: int = 0
     skipped: int = 0            # names whose object's type the journal never saw
+    acls: int = 0               # objects whose POSIX ACLs were set (NFSACL SETACL)
+    acls_not_set: int = 0       # objects whose ACLs the NAS did not take (no NFSACL, or SETACL failed)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     nas: str = ""               # the NAS, as --nas names it
@@ -105,6 +116,10 @@ class PushResult:
         text = f"pushed {', '.join(parts)} onto the NAS at {where}"
         if self.skipped:
             text += f"; skipped {self.skipped} of unknown type"
+        if self.acls:
+            text += f"; POSIX ACLs set on {self.acls}"
+        if self.acls_not_set:
+            text += f"; POSIX ACLs NOT set on {self.acls_not_set} object(s)"
         if self.warnings:
             text += f"; {len(self.warnings)} attribute(s) not set (first: {self.warnings[0]})"
         return text
@@ -210,6 +225,7 @@ class _Pusher:
         self.pushed: dict[bytes, bytes] = {}   # tree handle -> NAS handle (hard links)
         # (tree handle, NAS handle, path) of every directory made, parents first
         self.dir_attrs: list[tuple[bytes, bytes, bytes]] = []
+        self.nas_has_nfsacl = True  # until it answers PROG_UNAVAIL/PROG_MISMATCH
 
     # -- where ------------------------------------------------------------------
 
@@ -355,11 +371,39 @@ class _Pusher:
         if attr is None:
             self.result.warnings.append(f"{show_name(rel)}: no attributes at the cut; left as created")
             return
+        if node.type != LNK:
+            self._set_acls(node, nas_fh, rel)
         # Owner first: a chown clears setuid/setgid bits, the mode after restores them.
         self._setattr(nas_fh, rel, "owner", uid=attr.uid, gid=attr.gid)
         mode = None if node.type == LNK else attr.mode & 0o7777  # a symlink's mode is meaningless
         self._setattr(nas_fh, rel, "mode and times", mode=mode,
                       atime=max(attr.atime_ns, 0), mtime=max(attr.mtime_ns, 0))
+
+    def _set_acls(self, node: Any, nas_fh: bytes, rel: bytes) -> None:
+        """SETACL of the ACLs the tree knows (an object made here has none of its own)."""
+        acl = node.acl or ()
+        default = (node.default_acl or ()) if node.type == DIR else ()
+        if not acl and not default:
+            return
+        if not self.nas_has_nfsacl:
+            self.result.acls_not_set += 1
+            return
+        entries = tuple(nfsacl.Aclent(a.type, a.id, a.perm) for a in acl)
+        dflt = tuple(nfsacl.Aclent(a.type | nfsacl.NFS_ACL_DEFAULT, a.id, a.perm) for a in default)
+        try:
+            self.nfs.setacl(nas_fh, entries, dflt if node.type == DIR else None)
+        except (RpcError, NfsError) as e:
+            self.result.acls_not_set += 1
+            if isinstance(e, RpcError) and e.reply.accept_stat in (AcceptStat.PROG_UNAVAIL,
+                                                                    AcceptStat.PROG_MISMATCH):
+                self.nas_has_nfsacl = False
+                message = f"the NAS does not serve NFSACL v3 ({e}): POSIX ACLs are not set"
+            else:
+                message = f"{show_name(rel)}: the NAS refused to set its POSIX ACLs ({e})"
+            logger.warning("%s", message)
+            self.result.warnings.append(message)
+            return
+        self.result.acls += 1
 
     def _setattr(self, nas_fh: bytes, rel: bytes, what: str, **attrs: Any) -> None:
         try:

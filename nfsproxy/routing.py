@@ -8,7 +8,14 @@ has NFS and MOUNT on separate ports. `route()` decides per call:
   NFS port untouched, so the NAS gives its own answer;
 * NFS versions other than 3 are refused with PROG_MISMATCH(3, 3): relaying
   them would let mutations past the journal unrecorded;
-* portmapper v2 is answered here, pointing NFS and MOUNT at this port.
+* portmapper v2 is answered here, pointing NFS, MOUNT and NFSACL v3 at this
+  port.
+
+NFSACL is advertised whether or not the NAS serves it: its calls go to the
+NAS's NFS port, so a NAS without it answers PROG_UNAVAIL, which clients
+take as "no ACL support" (Linux then falls back to the mode bits, as with
+a NAS that never registered it). Linux's client does not even ask: it
+sends NFSACL on its NFS connection.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .xdr import BOOL, U32, VOID, Packer
 __all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap"]
 
 from .nfs3 import NFS_PROGRAM
+from .nfsacl import NFSACL_PROGRAM, NFSACL_V3
 NFS_VERSION = 3
 MOUNT_VERSIONS = (1, 3)
 
@@ -63,11 +71,12 @@ def reject(call: RpcCall) -> bytes:
 def _mappings(port: int) -> tuple[Mapping, ...]:
     return (Mapping(PMAP_PROG, PMAP_VERS, IPPROTO_TCP, port),
             Mapping(NFS_PROGRAM, NFS_VERSION, IPPROTO_TCP, port),
-            *(Mapping(MOUNT_PROG, v, IPPROTO_TCP, port) for v in MOUNT_VERSIONS))
+            *(Mapping(MOUNT_PROG, v, IPPROTO_TCP, port) for v in MOUNT_VERSIONS),
+            Mapping(NFSACL_PROGRAM, NFSACL_V3, IPPROTO_TCP, port))
 
 
 def answer_portmap(call: RpcCall, body: memoryview, port: int) -> bytes:
-    """Answer a portmapper v2 call: NFS v3 and MOUNT over TCP live on `port`.
+    """Answer a portmapper v2 call: NFS v3, MOUNT and NFSACL v3 over TCP live on `port`.
 
     Raises RpcDecodeError for malformed arguments.
     """

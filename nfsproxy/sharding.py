@@ -4,7 +4,7 @@ The rule (README.md, "How it works"): records are sharded by file handle,
 so that everything a restore needs to rebuild one file, or one directory's
 entries, lies on one shard.
 
-* Data and attribute calls (WRITE, SETATTR, COMMIT) go by the object they
+* Data and attribute calls (WRITE, SETATTR, COMMIT, NFSACL's SETACL) go by the object they
   change: ``fh``.
 * Namespace calls (CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME) go by
   the directory whose entries they change: ``dir_fh`` (for RENAME, the source
@@ -52,6 +52,7 @@ ROUTING_FIELD: Mapping[int, str] = MappingProxyType({
     Op.WRITE: "fh",
     Op.SETATTR: "fh",
     Op.COMMIT: "fh",
+    Op.SETACL: "fh",          # an attribute of the object (NFSACL)
     # namespace: the directory whose entries change
     Op.CREATE: "dir_fh",
     Op.MKDIR: "dir_fh",

@@ -71,6 +71,7 @@ import dataclasses
 import errno
 import hashlib
 import heapq
+import logging
 import os
 import shutil
 import stat
@@ -93,6 +94,7 @@ from .security import BearerToken, open_channel
 from .frontier import restore_baseline
 from .status import ShardReport, overall, report_gaps
 from .timespec import END_OF_NS, format_time
+from .acl import XATTR_ACCESS, XATTR_DEFAULT, to_text, to_xattr
 from .tree import (BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key,
                    show_name)
 
@@ -103,9 +105,12 @@ __all__ = [
 ]
 
 #: What a tree rebuild asks the shards for.
-TREE_OPS = frozenset(NAMESPACE_OPS | {Op.SETATTR, Op.BASELINE, Op.BASELINE_BEGIN, Op.BASELINE_END})
+TREE_OPS = frozenset(NAMESPACE_OPS | {Op.SETATTR, Op.SETACL, Op.BASELINE, Op.BASELINE_BEGIN,
+                                      Op.BASELINE_END})
 #: Ops that change a regular file's bytes or size (``write_file``).
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 1 << 30
 STATUS_TIMEOUT_S = 5.0
@@ -364,6 +369,8 @@ class RestoreSummary:
     hard_links: int = 0      # extra names made with link()
     bytes: int = 0
     owners: bool = True      # uid/gid were restored (only root can)
+    acls: int = 0            # POSIX ACLs set (access and default count apart)
+    acls_refused: int = 0    # ACLs the destination's file system would not take (EOPNOTSUPP)
     skipped: list[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
@@ -374,8 +381,13 @@ class RestoreSummary:
         if self.hard_links:
             parts.append(f"{self.hard_links} extra hard links")
         text = f"restored {', '.join(parts)} to {self.dest}"
+        if self.acls:
+            text += f", {self.acls} POSIX ACLs"
         if not self.owners:
             text += " (owners not restored: not running as root)"
+        if self.acls_refused:
+            text += (f"; {self.acls_refused} POSIX ACLs NOT restored: the destination's file "
+                     "system does not support them")
         if self.skipped:
             text += f"; skipped {len(self.skipped)}: {', '.join(self.skipped[:5])}"
         return text
@@ -718,7 +730,7 @@ class RestoreClient:
             if node.type == DIR:
                 if rel or single:
                     target.mkdir(mode=0o700)
-                dirs.append((target, node.attr))
+                dirs.append((target, node))
                 summary.dirs += 1
                 continue
             if fh in first_path:
@@ -732,6 +744,7 @@ class RestoreClient:
                     size, attr = self._write_file(cut, fh, fd)
                 finally:
                     os.close(fd)
+                _set_acls(target, node, summary)
                 _set_attrs(target, attr or node.attr, REG, summary.owners)
                 summary.files += 1
                 summary.bytes += size
@@ -751,6 +764,7 @@ class RestoreClient:
                     summary.skipped.append(
                         f"{show_name(b'/' + rel)} ({TYPE_NAMES[node.type]}: mknod needs root)")
                     continue
+                _set_acls(target, node, summary)
                 _set_attrs(target, node.attr, node.type, summary.owners)
                 summary.specials += 1
             else:
@@ -762,8 +776,9 @@ class RestoreClient:
         # change its mtime, so it is set after all of them.
         state.phase, state.current = "attributes", ""
         report(state)
-        for target, attr in reversed(dirs):
-            _set_attrs(target, attr, DIR, summary.owners)
+        for target, node in reversed(dirs):
+            _set_acls(target, node, summary)
+            _set_attrs(target, node.attr, DIR, summary.owners)
 
     # -- history ---------------------------------------------------------------------------------
 
@@ -948,6 +963,31 @@ def _newest_attr(fh: bytes, records: Iterable[Record]) -> Attr | None:
     return attr
 
 
+def _set_acls(path: Path, node: Any, summary: RestoreSummary) -> None:
+    """Set the POSIX ACLs the tree knows for ``node`` (before its mode: a chmod
+    then rewrites the owner, mask and other entries as the NAS's mode says).
+    A file system without ACLs (EOPNOTSUPP) is warned about once and counted."""
+    for name, acl in ((XATTR_ACCESS, node.acl),
+                      (XATTR_DEFAULT, node.default_acl if node.type == DIR else None)):
+        if acl is None:
+            continue  # not known
+        if not acl:
+            # None on the NAS; one may have been inherited from the destination's parent.
+            with contextlib.suppress(OSError):
+                os.removexattr(path, name, follow_symlinks=False)
+            continue
+        try:
+            os.setxattr(path, name, to_xattr(acl), follow_symlinks=False)
+            summary.acls += 1
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            if not summary.acls_refused:
+                logger.warning("%s does not support POSIX ACLs: restoring without them",
+                               path.parent)
+            summary.acls_refused += 1
+
+
 def _set_attrs(path: Path, attr: Attr | None, kind: int, owners: bool) -> None:
     """Owner, then mode (chown clears setuid/setgid), then times; symlinks keep their mode."""
     if attr is None:
@@ -957,6 +997,16 @@ def _set_attrs(path: Path, attr: Attr | None, kind: int, owners: bool) -> None:
     if kind != LNK:
         os.chmod(path, stat.S_IMODE(attr.mode))
     os.utime(path, ns=(attr.atime_ns, attr.mtime_ns), follow_symlinks=False)
+
+
+def _acl_details(r: Record) -> str:
+    """An ACL record's lists in getfacl's short form; "(none)" for an empty list."""
+    parts = []
+    if r.acl_mask & 0x1:
+        parts.append(to_text(r.acl) or "(none)")
+    if r.acl_mask & 0x4:
+        parts.append(to_text(r.default_acl, "default:") or "default:(none)")
+    return ",".join(parts)
 
 
 def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
@@ -977,6 +1027,8 @@ def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
                  for n in ("mode", "uid", "gid", "size", "atime_ns", "mtime_ns") if s.HasField(n)]
         parts += [f"{n}=server" for n in ("atime", "mtime") if getattr(s, f"{n}_server")]
         details = " ".join(parts)
+    elif r.op == Op.SETACL:
+        details = _acl_details(r)
     elif r.op == Op.BIND:
         details = f"seen as {where(r.dir_fh, r.name)}"
     elif r.op in (Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR):
@@ -991,5 +1043,7 @@ def _history_entry(r: Record, fh: bytes, tree: Tree) -> HistoryEntry:
         details = f"baseline {Stamp.from_bytes(r.baseline_id) if r.baseline_id else '?'} read it"
         if r.dir_fh:
             details += f" as {where(r.dir_fh, r.name)}"
+        if r.acl or r.default_acl:  # an object without ACLs needs no word on them
+            details += f" acl {_acl_details(r)}"
     stamp = Stamp.from_bytes(r.stamp)
     return HistoryEntry(stamp, _iso(stamp), op, r.client, r.uid, r.gid, r.ok, r.status, details)

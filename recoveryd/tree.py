@@ -53,6 +53,15 @@ Rules (README.md "How it works"; proto/journal.proto, Op):
   records) it is exactly stamp order. A ``baseline_first`` piece sets the
   attributes unconditionally (it starts the object afresh).
 
+* ACLs (``SETACL``, and baseline pieces read where the NAS serves NFSACL):
+  ``acl_mask`` says which of the access ACL (0x1) and the default ACL (0x4)
+  a record holds; those replace the node's, the others stay. A
+  ``baseline_first`` piece sets both (unknown, ``None``, when it holds
+  none), a new object starts with none known. An empty list means "no
+  ACL": only the mode bits. ACLs a new object inherits from its
+  directory's default ACL on the NAS are not journaled (no call carries
+  them): they are known only once a baseline has read them.
+
 Link counts are counted from the names the tree holds (``link_count``), as
 the restored file system will count them: a regular file has one per name,
 a directory 2 plus one per subdirectory.
@@ -66,8 +75,10 @@ from typing import Iterator
 
 from logstore.pb.journal_pb2 import Attr, Op, Record
 
+from .acl import Ace, aces
+
 __all__ = ["Tree", "Node", "REG", "DIR", "BLK", "CHR", "LNK", "SOCK", "FIFO", "TYPE_NAMES",
-           "attr_key", "NAMESPACE_OPS", "show_name"]
+           "attr_key", "NAMESPACE_OPS", "show_name", "ACL_ACCESS", "ACL_DEFAULT"]
 
 # ftype3 (RFC 1813), as in Attr.type.
 REG, DIR, BLK, CHR, LNK, SOCK, FIFO = 1, 2, 3, 4, 5, 6, 7
@@ -75,6 +86,9 @@ TYPE_NAMES = {0: "unknown", REG: "reg", DIR: "dir", BLK: "blk", CHR: "chr", LNK:
               SOCK: "sock", FIFO: "fifo"}
 
 _CREATING = {Op.CREATE: REG, Op.MKDIR: DIR, Op.SYMLINK: LNK}
+
+#: Record.acl_mask bits (NFSACL's): the access ACL, the default ACL.
+ACL_ACCESS, ACL_DEFAULT = 0x1, 0x4
 
 #: Ops that change the namespace (what a tree rebuild must see besides baseline pieces).
 NAMESPACE_OPS = frozenset({Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.MKNOD, Op.REMOVE, Op.RMDIR,
@@ -98,6 +112,8 @@ class Node:
     rdev: tuple[int, int] = (0, 0)
     entries: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # directories
     names: set[tuple[bytes, bytes]] = dataclasses.field(default_factory=set)
+    acl: tuple[Ace, ...] | None = None          # the access ACL (None: not known)
+    default_acl: tuple[Ace, ...] | None = None  # the default ACL (directories; None: not known)
 
     @property
     def type_name(self) -> str:
@@ -141,6 +157,9 @@ class Tree:
         elif op == Op.LINK:
             if record.fh and record.to_dir_fh:
                 self._bind(record.to_dir_fh, record.to_name, record.fh)
+        elif op == Op.SETACL:
+            if record.fh:
+                _set_acls(self._node(record.fh), record)
         elif op in (Op.BASELINE_BEGIN, Op.BASELINE_END, Op.GAP):
             return
         self.applied += 1
@@ -158,6 +177,8 @@ class Tree:
             if r.HasField("attr"):
                 node.attr = _copy(r.attr)
                 node.attr_key = attr_key(r.attr, r.stamp)
+            node.acl = node.default_acl = None
+            _set_acls(node, r)
         if not r.dir_fh:
             # The root's piece has no binding; a file's content pieces after
             # its first carry none either (and are no directory).
@@ -179,6 +200,7 @@ class Tree:
             node.attr, node.attr_key = None, (0, b"")
             node.symlink_target = r.symlink_target if r.op == Op.SYMLINK else b""
             node.rdev = (r.rdev_major, r.rdev_minor) if r.op == Op.MKNOD else (0, 0)
+            node.acl = node.default_acl = None
         self._bind(r.dir_fh, r.name, r.fh)
 
     def _rename(self, r: Record) -> None:
@@ -327,6 +349,13 @@ class Tree:
         if node.type == DIR:
             return 2 + sum(1 for c in node.entries.values() if self.nodes[c].type == DIR)
         return len(node.names)
+
+
+def _set_acls(node: Node, r: Record) -> None:
+    if r.acl_mask & ACL_ACCESS:
+        node.acl = aces(r.acl)
+    if r.acl_mask & ACL_DEFAULT:
+        node.default_acl = aces(r.default_acl)
 
 
 def _valid_name(name: bytes) -> bool:

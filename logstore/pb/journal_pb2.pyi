@@ -26,6 +26,7 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE_BEGIN: _ClassVar[Op]
     BASELINE_END: _ClassVar[Op]
     GAP: _ClassVar[Op]
+    SETACL: _ClassVar[Op]
 OP_UNSPECIFIED: Op
 SETATTR: Op
 WRITE: Op
@@ -43,6 +44,7 @@ BASELINE: Op
 BASELINE_BEGIN: Op
 BASELINE_END: Op
 GAP: Op
+SETACL: Op
 
 class Attr(_message.Message):
     __slots__ = ("type", "mode", "nlink", "uid", "gid", "size", "used", "rdev_major", "rdev_minor", "fsid", "fileid", "atime_ns", "mtime_ns", "ctime_ns")
@@ -96,8 +98,18 @@ class SetAttr(_message.Message):
     mtime_server: bool
     def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., atime_server: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., mtime_server: _Optional[bool] = ...) -> None: ...
 
+class AclEntry(_message.Message):
+    __slots__ = ("type", "id", "perm")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PERM_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    id: int
+    perm: int
+    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., perm: _Optional[int] = ...) -> None: ...
+
 class Record(_message.Message):
-    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh", "gap_from", "gap_cause", "gap_reason")
+    __slots__ = ("stamp", "op", "ok", "status", "seq", "client", "uid", "gid", "gids", "machine_name", "xid", "fh", "dir_fh", "name", "to_dir_fh", "to_name", "offset", "count", "stable", "data", "set", "create_mode", "verifier", "symlink_target", "mknod_type", "rdev_major", "rdev_minor", "guard_ctime_ns", "attr", "dir_attr", "to_dir_attr", "reply_count", "baseline_id", "baseline_first", "baseline_files", "baseline_bytes", "object_fh", "gap_from", "gap_cause", "gap_reason", "acl", "default_acl", "acl_mask")
     STAMP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +150,9 @@ class Record(_message.Message):
     GAP_FROM_FIELD_NUMBER: _ClassVar[int]
     GAP_CAUSE_FIELD_NUMBER: _ClassVar[int]
     GAP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ACL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ACL_FIELD_NUMBER: _ClassVar[int]
+    ACL_MASK_FIELD_NUMBER: _ClassVar[int]
     stamp: bytes
     op: Op
     ok: bool
@@ -178,7 +193,10 @@ class Record(_message.Message):
     gap_from: bytes
     gap_cause: str
     gap_reason: str
-    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ..., gap_from: _Optional[bytes] = ..., gap_cause: _Optional[str] = ..., gap_reason: _Optional[str] = ...) -> None: ...
+    acl: _containers.RepeatedCompositeFieldContainer[AclEntry]
+    default_acl: _containers.RepeatedCompositeFieldContainer[AclEntry]
+    acl_mask: int
+    def __init__(self, stamp: _Optional[bytes] = ..., op: _Optional[_Union[Op, str]] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., seq: _Optional[int] = ..., client: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., gids: _Optional[_Iterable[int]] = ..., machine_name: _Optional[bytes] = ..., xid: _Optional[int] = ..., fh: _Optional[bytes] = ..., dir_fh: _Optional[bytes] = ..., name: _Optional[bytes] = ..., to_dir_fh: _Optional[bytes] = ..., to_name: _Optional[bytes] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., stable: _Optional[int] = ..., data: _Optional[bytes] = ..., set: _Optional[_Union[SetAttr, _Mapping]] = ..., create_mode: _Optional[int] = ..., verifier: _Optional[bytes] = ..., symlink_target: _Optional[bytes] = ..., mknod_type: _Optional[int] = ..., rdev_major: _Optional[int] = ..., rdev_minor: _Optional[int] = ..., guard_ctime_ns: _Optional[int] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., to_dir_attr: _Optional[_Union[Attr, _Mapping]] = ..., reply_count: _Optional[int] = ..., baseline_id: _Optional[bytes] = ..., baseline_first: _Optional[bool] = ..., baseline_files: _Optional[int] = ..., baseline_bytes: _Optional[int] = ..., object_fh: _Optional[bytes] = ..., gap_from: _Optional[bytes] = ..., gap_cause: _Optional[str] = ..., gap_reason: _Optional[str] = ..., acl: _Optional[_Iterable[_Union[AclEntry, _Mapping]]] = ..., default_acl: _Optional[_Iterable[_Union[AclEntry, _Mapping]]] = ..., acl_mask: _Optional[int] = ...) -> None: ...
 
 class StreamId(_message.Message):
     __slots__ = ("node_id", "log_id")

@@ -119,7 +119,7 @@ def getport(prog: int, vers: int, prot: int = IPPROTO_TCP) -> int:
 
 
 @pytest.mark.parametrize("prog, vers", [
-    (NFS_PROGRAM, 3), (MOUNT_PROGRAM, 3), (MOUNT_PROGRAM, 1), (PMAP_PROG, 2)])
+    (NFS_PROGRAM, 3), (MOUNT_PROGRAM, 3), (MOUNT_PROGRAM, 1), (PMAP_PROG, 2), (NFSACL_PROGRAM, 3)])
 def test_getport_points_what_we_serve_at_the_proxy(prog: int, vers: int):
     assert getport(prog, vers) == PROXY_PORT
 
@@ -130,7 +130,8 @@ def test_getport_points_what_we_serve_at_the_proxy(prog: int, vers: int):
     (NFS_PROGRAM, 4, IPPROTO_TCP),
     (NFS_PROGRAM, 2, IPPROTO_TCP),
     (NLM_PROGRAM, 4, IPPROTO_TCP),
-    (NFSACL_PROGRAM, 3, IPPROTO_TCP),
+    (NFSACL_PROGRAM, 3, IPPROTO_UDP),
+    (NFSACL_PROGRAM, 2, IPPROTO_TCP),
 ])
 def test_getport_for_anything_else_is_zero(prog: int, vers: int, prot: int):
     assert getport(prog, vers, prot) == 0
@@ -150,6 +151,7 @@ def test_portmap_dump_lists_our_tcp_mappings():
         (NFS_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
         (MOUNT_PROGRAM, 1, IPPROTO_TCP, PROXY_PORT),
         (MOUNT_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
+        (NFSACL_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
     }
 
 
