@@ -9,14 +9,15 @@ pair from Debian packages without touching the host's own kernel:
   (its xz payload, Python's `lzma`) so that qemu boots it through its PVH
   entry point and the guest does not spend seconds decompressing itself;
 * an initramfs: static busybox, the NFS client modules in dependency order,
-  the user-space half of a real Linux NFS client from Debian's nfs-common and
-  rpcbind (`mount.nfs`, `rpc.statd`, `rpcbind`, with the shared libraries
-  they load, taken from this Debian host) and an `/init` script, written as a
-  newc cpio by Python (so `/dev/console` needs no root mknod). So a mount
-  line typed by a user works in the guest as it is.
+  the user-space half of a real Linux NFS client from Debian's nfs-common,
+  rpcbind and acl packages (`mount.nfs`, `rpc.statd`, `rpcbind`, `setfacl`,
+  `getfacl`, with the shared libraries they load, taken from this Debian
+  host) and an `/init` script, written as a newc cpio by Python (so
+  `/dev/console` needs no root mknod). So a mount line typed by a user works
+  in the guest as it is.
 
-`Guest.run(script, mounts=[mount command lines])` appends a second small cpio with that run's
-mounts and script (the kernel unpacks concatenated archives), boots under
+`Guest.run(script, mounts=[mount command lines])` appends a second small
+cpio with that run's mounts and script (the kernel unpacks concatenated archives), boots under
 TCG (KVM hung here), and returns the script's exit code and the console. The
 guest reaches the host's loopback services at 10.0.2.2 (qemu's user-mode
 network); they see its connections come from 127.0.0.1.
@@ -54,9 +55,10 @@ _MODULES = (
 )
 
 # Debian packages whose programs the guest runs, and those programs.
-_USERLAND_PACKAGES = ("nfs-common", "rpcbind", "libtirpc3", "libtirpc-common", "libnfsidmap1")
+_USERLAND_PACKAGES = ("nfs-common", "rpcbind", "libtirpc3", "libtirpc-common", "libnfsidmap1",
+                      "acl", "libacl1")
 _USERLAND_PROGRAMS = ("sbin/mount.nfs", "sbin/rpc.statd", "sbin/rpcbind", "sbin/sm-notify",
-                      "usr/sbin/rpcinfo")
+                      "usr/sbin/rpcinfo", "bin/setfacl", "bin/getfacl")
 _USERLAND_LINKS = {"sbin/mount.nfs4": "mount.nfs", "sbin/umount.nfs": "mount.nfs",
                    "sbin/umount.nfs4": "mount.nfs"}
 _USERLAND_FILES = ("etc/netconfig",)
@@ -102,7 +104,7 @@ _DIRS = ("bin", "dev", "proc", "sys", "tmp", "run", "modules", "mnt", "etc", "va
          "var/lib/nfs", "var/lib/nfs/sm", "var/lib/nfs/sm.bak")
 
 #: Bump when the initramfs's contents change, so that a cached one is rebuilt.
-_INITRD_FORMAT = 2
+_INITRD_FORMAT = 3
 
 
 class GuestUnavailable(RuntimeError):

@@ -252,31 +252,10 @@ def test_a_successful_setacl_is_restored_and_pushed_back(tmp_path):
 
 # -- the Linux kernel client's own setfacl/getfacl ----------------------------------------------
 
-_ACL_TOOLS = ("setfacl", "getfacl")
-
-
-def _with_acl_tools(image, workdir: Path):
-    """`image` with Debian's `acl` programs (and libacl) added to its initramfs, as a
-    second cpio archive after the base one (the kernel unpacks them in turn)."""
-    import kernel_guest as kg
-    root = kg._unpack(("acl", "libacl1"), workdir / "acl")
-    cpio = kg._Cpio()
-    for d in ("usr", "usr/bin", "lib", "lib/x86_64-linux-gnu"):
-        cpio.dir(d)
-    for name in _ACL_TOOLS:
-        cpio.file(f"usr/bin/{name}", (root / "bin" / name).read_bytes(), 0o755)
-    for lib in sorted((root / "usr/lib/x86_64-linux-gnu").glob("libacl.so.1*")):
-        if not lib.is_symlink():
-            cpio.file("lib/x86_64-linux-gnu/libacl.so.1", lib.read_bytes(), 0o755)
-    initrd = workdir / "initrd-acl.cpio"
-    initrd.write_bytes(image.initrd.read_bytes() + cpio.finish())
-    return kg.KernelImage(image.version, image.vmlinux, initrd)
-
-
 KERNEL_SCRIPT = r"""
 echo kernel-acl > /mnt/k
-/usr/bin/getfacl -n /mnt/k && echo getfacl-ok
-if /usr/bin/setfacl -m u:1234:r /mnt/k; then echo setfacl-exit=0; else echo setfacl-exit=$?; fi
+getfacl -n /mnt/k && echo getfacl-ok
+if setfacl -m u:1234:r /mnt/k; then echo setfacl-exit=0; else echo setfacl-exit=$?; fi
 echo acl-script-done
 """
 
@@ -289,7 +268,7 @@ def test_kernel_setfacl_through_the_proxy_is_journaled(kernel_image, tmp_path):
     try:
         proxy = ProxyProcess(nas, tmp_path / "log", extra=shard_args([shard.address])).start()
         run_baseline(proxy.log_dir)
-        guest = Guest(_with_acl_tools(kernel_image, tmp_path), tmp_path / "guest")
+        guest = Guest(kernel_image, tmp_path / "guest")
         before = now_bound()
         result = guest.run(KERNEL_SCRIPT, [mount_line(proxy.port, "/mnt")])
         assert result.exit_code == 0 and "acl-script-done" in result.console, result.console[-4000:]
