@@ -151,6 +151,8 @@ class _Verify:
 
     def run(self, rel: bytes, sample: int | None, rng: random.Random) -> VerifyReport:
         started = time.time_ns()
+        if self.nfs.root_fh is None:
+            self.nfs.mount()
         cut = self._cut()
         self._phase("tree")
         tree = self.client.tree(cut)
