@@ -63,6 +63,8 @@ WAIT_S: Final = 120.0
 _READ_BYTES: Final = 1 << 20
 _M32: Final = (1 << 32) - 1
 _POLL_S: Final = 0.1
+#: The content "hash" of a file that went away while it was read: equal to no hash.
+GONE: Final = "(gone while it was read)"
 
 
 class VerifyError(RestoreError):
@@ -73,7 +75,7 @@ class VerifyError(RestoreError):
 class VerifyProgress:
     """Where a verify is; handed to its ``progress`` callback."""
 
-    phase: str = "tree"      # tree, nas, content, window, recheck, done
+    phase: str = "tree"      # tree, nas, content, window, journal, recheck, done
     done: int = 0
     total: int = 0
     bytes_done: int = 0
@@ -173,10 +175,12 @@ class _Verify:
                 raise RestoreRefused(f"{show_name(b'/' + rel)} exists neither in the journal at the "
                                      "consistent point nor on the NAS")
         self._journal_attrs(cut, journal, paths)
+        # The NAS's content is read before the bound, so the window covers it too.
+        self._nas_content(journal, nas, paths)
         bound = self._bound()
         self._phase("window")
         window = self._window(cut.at, bound)
-        self._content(cut, journal, nas, window, paths)
+        self._journal_content(cut, journal, nas, window, paths)
         first = compare(journal, nas, window, paths)
         out = VerifyReport(cut, show_name(b"/" + rel), sample, started_unix_ns=started)
         out.checked, out.skipped = first.checked, first.skipped
@@ -249,13 +253,12 @@ class _Verify:
             sha = self.journal_sha[fh] = h.hexdigest()
         return sha
 
-    def _content(self, cut: Cut, journal: dict[bytes, Described], nas: dict[bytes, Described],
-                 window: Window, paths: list[bytes] | None) -> None:
-        todo = needs_content(journal, nas, window, paths)
-        self._phase("content", len(todo))
+    def _journal_content(self, cut: Cut, journal: dict[bytes, Described], nas: dict[bytes, Described],
+                         window: Window, paths: list[bytes] | None) -> None:
+        todo = [p for p in needs_content(journal, nas, window, paths) if nas[p].sha256 is not None]
+        self._phase("journal", len(todo))
         for p in todo:
             journal[p] = dataclasses.replace(journal[p], sha256=self._journal_sha(cut, journal[p].fh))
-            nas[p] = dataclasses.replace(nas[p], sha256=self._nas_sha(nas[p].fh))
             self._step(p)
 
     # -- the NAS's side -------------------------------------------------------------------------------
@@ -328,11 +331,25 @@ class _Verify:
         return Described(fh, kind, entry, mode=a.mode & 0o7777, uid=a.uid, gid=a.gid, size=a.size,
                          mtime_ns=nfstime3_ns(a.mtime), target=target, rdev=rdev)
 
+    def _nas_content(self, journal: dict[bytes, Described], nas: dict[bytes, Described],
+                     paths: list[bytes] | None) -> None:
+        todo = needs_content(journal, nas, Window(), paths)
+        self._phase("content", len(todo))
+        for p in todo:
+            nas[p] = dataclasses.replace(nas[p], sha256=self._nas_sha(nas[p].fh))
+            self._step(p)
+
     def _nas_sha(self, fh: bytes) -> str:
+        """The content's SHA-256; GONE if the file went away while it was read."""
         h = hashlib.sha256()
         offset = 0
         while True:
-            resok = self.nfs.read(fh, offset, _READ_BYTES)
+            try:
+                resok = self.nfs.read(fh, offset, _READ_BYTES)
+            except NfsError as e:
+                if e.status in (Nfsstat3.NFS3ERR_STALE, Nfsstat3.NFS3ERR_NOENT):
+                    return GONE
+                raise
             h.update(resok.data)
             offset += resok.count
             self.state.bytes_done += resok.count
@@ -352,12 +369,13 @@ class _Verify:
             now.pop(p, None)
             now.update(self._nas_path(p) if p else {b"": self._nas_root()})
             self._step(p)
-        later = self._bound()
-        window.merge(self._window(bound, later))
-        todo = needs_content(journal, now, window, again)
-        for p in todo:
-            journal[p] = dataclasses.replace(journal[p], sha256=self._journal_sha(cut, journal[p].fh))
+        for p in needs_content(journal, now, Window(), again):
             now[p] = dataclasses.replace(now[p], sha256=self._nas_sha(now[p].fh))
+        later = self._bound()  # after the re-reads: the second window covers them
+        window.merge(self._window(bound, later))
+        for p in needs_content(journal, now, window, again):
+            if now[p].sha256 is not None:
+                journal[p] = dataclasses.replace(journal[p], sha256=self._journal_sha(cut, journal[p].fh))
         second = compare(journal, now, window, again)
         out.skipped += second.skipped
         out.checked -= second.skipped
