@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pty
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -38,6 +42,8 @@ from logstore.stamp import Stamp
 from recoveryd.status import read_proxy_status
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(600)]
+
+NFSJ = [sys.executable, "-m", "nfsproxy"]
 
 N_SHARDS = 2
 FILES = 12
@@ -72,6 +78,25 @@ class Stack:
             text = r.read().decode()
         return {m.group(1): float(m.group(2))
                 for m in re.finditer(r"^(nfsj_verify_\w+) (\S+)$", text, re.MULTILINE)}
+
+
+def on_a_terminal(argv: list[str]) -> str:
+    """Run `argv` with stderr on a pseudo-terminal; what it showed there."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, shown.decode(errors="replace")
+    return shown.decode(errors="replace")
 
 
 def _write(c, path: str, data: bytes, mode: str = "wb") -> None:
@@ -130,10 +155,15 @@ def test_a_clean_stack_verifies_clean_and_the_metric_says_so(stack):
     assert metrics["nfsj_verify_last_run_timestamp_seconds"] >= before_ns / 1e9
     assert metrics["nfsj_verify_checked_files"] == report["checked"]
     assert metrics["nfsj_verify_differences"] == 0
-    # The plain form: a summary line, exit 0.
-    done = nfsj("verify", "--log", str(stack.proxy.log_dir), *stack.shard_args, "--quiet")
+    # The plain form: a summary line, exit 0; progress as plain lines when stderr is no terminal.
+    done = nfsj("verify", "--log", str(stack.proxy.log_dir), *stack.shard_args)
     assert done.returncode == 0, done.stderr
     assert "no differences" in done.stdout and "DIFFERS" not in done.stdout
+    assert "verify: nas" in done.stderr and "verify: content" in done.stderr, done.stderr
+    # On a terminal: a progress bar.
+    shown = on_a_terminal([*NFSJ, "verify", "--log", str(stack.proxy.log_dir), *stack.shard_args])
+    assert "verify content" in shown or "verify nas" in shown, shown
+    assert "\x1b[" in shown and "verify: nas" not in shown
 
 
 def test_a_write_that_bypassed_the_proxy_is_reported(stack):
