@@ -7,8 +7,8 @@ sides it compares and the window of records it must leave out:
 1. The cut ``C``: just below the consistent point when verify starts (every
    shard provably holds every record up to it). The journal's tree at ``C``
    describes the paths (`RestoreClient.tree`); a regular file's attributes
-   come from its own records (`RestoreClient.file_attr`), its content from
-   replaying them (`RestoreClient.write_file`).
+   and content come from one replay of its own records
+   (`RestoreClient.replay_file`).
 2. The NAS, read with our NFS client straight from the NAS (never through
    the proxy): the whole subtree (READDIRPLUS, READLINK, READ) or, with
    ``sample``, N regular files picked at random from the journal's tree
@@ -40,7 +40,7 @@ import tempfile
 import time
 from typing import Any, Callable, Final
 
-from logstore.pb.journal_pb2 import ScanRequest
+from logstore.pb.journal_pb2 import Attr, ScanRequest
 from logstore.stamp import Stamp
 from recoveryd.restore import Cut, RestoreClient, RestoreError, RestoreRefused
 from recoveryd.restore_service import predecessor
@@ -75,7 +75,7 @@ class VerifyError(RestoreError):
 class VerifyProgress:
     """Where a verify is; handed to its ``progress`` callback."""
 
-    phase: str = "tree"      # tree, nas, content, window, journal, recheck, done
+    phase: str = "tree"      # tree, nas, journal, content, window, recheck, done
     done: int = 0
     total: int = 0
     bytes_done: int = 0
@@ -149,7 +149,7 @@ class _Verify:
         self.client, self.nfs, self.report = client, nfs, report
         self.wait_s, self.margin_ns = wait_s, margin_ns
         self.state = VerifyProgress()
-        self.journal_sha: dict[bytes, str] = {}
+        self.journal_files: dict[bytes, tuple[Attr | None, str]] = {}
 
     def run(self, rel: bytes, sample: int | None, rng: random.Random) -> VerifyReport:
         started = time.time_ns()
@@ -174,13 +174,12 @@ class _Verify:
             if not journal and not nas:
                 raise RestoreRefused(f"{show_name(b'/' + rel)} exists neither in the journal at the "
                                      "consistent point nor on the NAS")
-        self._journal_attrs(cut, journal, paths)
+        self._journal_files(cut, journal, nas, paths)
         # The NAS's content is read before the bound, so the window covers it too.
         self._nas_content(journal, nas, paths)
         bound = self._bound()
         self._phase("window")
         window = self._window(cut.at, bound)
-        self._journal_content(cut, journal, nas, window, paths)
         first = compare(journal, nas, window, paths)
         out = VerifyReport(cut, show_name(b"/" + rel), sample, started_unix_ns=started)
         out.checked, out.skipped = first.checked, first.skipped
@@ -230,36 +229,31 @@ class _Verify:
 
     # -- the journal's side -------------------------------------------------------------------------
 
-    def _journal_attrs(self, cut: Cut, journal: dict[bytes, Described], paths: list[bytes] | None) -> None:
-        """Regular files' own newest attributes (a tree holds no WRITEs)."""
-        wanted = journal if paths is None else paths
-        for p in wanted:
-            d = journal.get(p)
-            if d is not None and d.type == REG:
-                attr = self.client.file_attr(cut, d.fh)
-                if attr is not None:
-                    journal[p] = describe_attr(d.fh, REG, attr, entry=d.entry)
+    def _journal_files(self, cut: Cut, journal: dict[bytes, Described], nas: dict[bytes, Described],
+                       paths: list[bytes] | None) -> None:
+        """The regular files that are regular files on the NAS too: their own newest
+        attributes (a tree holds no WRITEs) and content, from one replay each."""
+        todo = [p for p in (journal if paths is None else paths)
+                if p in journal and p in nas and journal[p].type == REG and nas[p].type == REG]
+        self._phase("journal", len(todo))
+        for p in todo:
+            journal[p] = self._journal_file(cut, journal[p])
+            self._step(p)
 
-    def _journal_sha(self, cut: Cut, fh: bytes) -> str:
-        sha = self.journal_sha.get(fh)
-        if sha is None:
+    def _journal_file(self, cut: Cut, d: Described) -> Described:
+        done = self.journal_files.get(d.fh)  # hard links: one replay
+        if done is None:
             with tempfile.TemporaryFile(prefix="nfsj-verify-") as tmp:
-                self.client.write_file(cut, fh, tmp.fileno())
+                _, attr = self.client.replay_file(cut, d.fh, tmp.fileno())
                 tmp.seek(0)
                 h = hashlib.sha256()
                 while chunk := tmp.read(_READ_BYTES):
                     h.update(chunk)
                     self.state.bytes_done += len(chunk)
-            sha = self.journal_sha[fh] = h.hexdigest()
-        return sha
-
-    def _journal_content(self, cut: Cut, journal: dict[bytes, Described], nas: dict[bytes, Described],
-                         window: Window, paths: list[bytes] | None) -> None:
-        todo = [p for p in needs_content(journal, nas, window, paths) if nas[p].sha256 is not None]
-        self._phase("journal", len(todo))
-        for p in todo:
-            journal[p] = dataclasses.replace(journal[p], sha256=self._journal_sha(cut, journal[p].fh))
-            self._step(p)
+            done = self.journal_files[d.fh] = (attr, h.hexdigest())
+        attr, sha = done
+        described = describe_attr(d.fh, REG, attr, entry=d.entry) if attr is not None else d
+        return dataclasses.replace(described, entry=d.entry, sha256=sha)
 
     # -- the NAS's side -------------------------------------------------------------------------------
 
@@ -369,13 +363,11 @@ class _Verify:
             now.pop(p, None)
             now.update(self._nas_path(p) if p else {b"": self._nas_root()})
             self._step(p)
+        self._journal_files(cut, journal, now, again)
         for p in needs_content(journal, now, Window(), again):
             now[p] = dataclasses.replace(now[p], sha256=self._nas_sha(now[p].fh))
         later = self._bound()  # after the re-reads: the second window covers them
         window.merge(self._window(bound, later))
-        for p in needs_content(journal, now, window, again):
-            if now[p].sha256 is not None:
-                journal[p] = dataclasses.replace(journal[p], sha256=self._journal_sha(cut, journal[p].fh))
         second = compare(journal, now, window, again)
         out.skipped += second.skipped
         out.checked -= second.skipped

@@ -127,17 +127,17 @@ def verify_command(
     finally:
         client.close()
         shards.close()
-    if log:
-        try:
-            write_result(log, report.result())
-        except OSError as e:
-            fail(f"cannot write the result into {log}: {e.strerror}")
     if as_json:
         typer.echo(json.dumps(report.to_dict(), sort_keys=True))
     else:
         for difference in report.differences:
             typer.echo(f"DIFFERS {difference}")
         typer.echo(report.summary())
-        typer.echo(f"cut {report.cut}", err=True)
+        typer.echo(f"compared with the {report.cut}", err=True)
+    if log:
+        try:
+            write_result(log, report.result())
+        except OSError as e:
+            fail(f"cannot write the result into {log} (for the proxy's metrics): {e.strerror}")
     if not report.ok:
         raise typer.Exit(1)
