@@ -136,6 +136,18 @@ def verify(client: RestoreClient, nfs: NfsClient, *, path: bytes | str | None = 
         _clean(path), sample, rng or random.Random())
 
 
+def consistent_point(client: RestoreClient) -> tuple[Stamp | None, str]:
+    """The consistent point over every shard now (None: nothing proven), and why
+    it is where it is; VerifyError if a shard does not answer."""
+    reports = client.shards.status()
+    down = [r for r in reports if not r.up]
+    if down:
+        raise VerifyError("; ".join(r.error for r in down))
+    view = overall(reports)
+    point = view["consistent_point"]
+    return (Stamp.parse(point["stamp"]) if point else None), view.get("consistent_point_reason") or ""
+
+
 def _clean(path: bytes | str | None) -> bytes:
     parts = [p for p in os.fsencode(path or b"").split(b"/") if p not in (b"", b".")]
     if b".." in parts:
@@ -194,13 +206,7 @@ class _Verify:
     # -- the cut and the window -------------------------------------------------------------------
 
     def _point(self) -> tuple[Stamp | None, str]:
-        reports = self.client.shards.status()
-        down = [r for r in reports if not r.up]
-        if down:
-            raise VerifyError("; ".join(r.error for r in down))
-        view = overall(reports)
-        point = view["consistent_point"]
-        return (Stamp.parse(point["stamp"]) if point else None), view.get("consistent_point_reason") or ""
+        return consistent_point(self.client)
 
     def _cut(self) -> Cut:
         point, why = self._point()
