@@ -258,8 +258,8 @@ class _Verify:
                     self.state.bytes_done += len(chunk)
             done = self.journal_files[d.fh] = (attr, h.hexdigest())
         attr, sha = done
-        described = describe_attr(d.fh, REG, attr, entry=d.entry) if attr is not None else d
-        return dataclasses.replace(described, entry=d.entry, sha256=sha)
+        described = describe_attr(d.fh, REG, attr, binding=d.binding) if attr is not None else d
+        return dataclasses.replace(described, binding=d.binding, sha256=sha)
 
     # -- the NAS's side -------------------------------------------------------------------------------
 
@@ -295,12 +295,12 @@ class _Verify:
             here = stack.pop()
             dir_fh = out[here].fh
             try:
-                entries = list(self.nfs.readdirplus(dir_fh))
+                listing = list(self.nfs.readdirplus(dir_fh))
             except NfsError as e:
                 if e.status in (Nfsstat3.NFS3ERR_NOENT, Nfsstat3.NFS3ERR_STALE):
                     continue  # gone meanwhile: the window or the recheck will tell
                 raise
-            for e in entries:
+            for e in listing:
                 child_rel = here + b"/" + e.name if here else e.name
                 fh, attrs = e.name_handle, e.name_attributes
                 try:
@@ -322,13 +322,13 @@ class _Verify:
     def _nas_root(self) -> Described:
         return self._describe(self.nfs.root, self.nfs.getattr(self.nfs.root).obj_attributes, (b"", b""))
 
-    def _describe(self, fh: bytes, a: Fattr3, entry: tuple[bytes, bytes]) -> Described:
+    def _describe(self, fh: bytes, a: Fattr3, binding: tuple[bytes, bytes]) -> Described:
         kind = int(a.type)
         target = b""
         if kind == LNK:
             target = bytes(self.nfs.readlink(fh).data)
         rdev = (a.rdev.specdata1, a.rdev.specdata2) if kind in (CHR, BLK) else (0, 0)
-        return Described(fh, kind, entry, mode=a.mode & 0o7777, uid=a.uid, gid=a.gid, size=a.size,
+        return Described(fh, kind, binding, mode=a.mode & 0o7777, uid=a.uid, gid=a.gid, size=a.size,
                          mtime_ns=nfstime3_ns(a.mtime), target=target, rdev=rdev)
 
     def _nas_content(self, journal: dict[bytes, Described], nas: dict[bytes, Described],

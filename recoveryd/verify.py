@@ -57,12 +57,12 @@ VERIFY_RESULT_FILE = "verify.json"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Described:
-    """One path as one side sees it. ``entry`` is the (directory handle, name)
+    """One path as one side sees it. ``binding`` is the (directory handle, name)
     it is found under (``(b"", b"")`` for the root)."""
 
     fh: bytes
     type: int
-    entry: tuple[bytes, bytes] = (b"", b"")
+    binding: tuple[bytes, bytes] = (b"", b"")
     mode: int = 0
     uid: int = 0
     gid: int = 0
@@ -77,12 +77,12 @@ class Described:
         return TYPE_NAMES.get(self.type, f"type{self.type}")
 
 
-def describe_attr(fh: bytes, kind: int, attr: Attr | None, *, entry: tuple[bytes, bytes] = (b"", b""),
+def describe_attr(fh: bytes, kind: int, attr: Attr | None, *, binding: tuple[bytes, bytes] = (b"", b""),
                   target: bytes = b"", rdev: tuple[int, int] | None = None) -> Described:
     """A ``Described`` from journaled attributes (None: only the type is known)."""
     if attr is None:
-        return Described(fh, kind, entry, target=target, rdev=rdev or (0, 0))
-    return Described(fh, kind, entry, mode=stat.S_IMODE(attr.mode), uid=attr.uid, gid=attr.gid,
+        return Described(fh, kind, binding, target=target, rdev=rdev or (0, 0))
+    return Described(fh, kind, binding, mode=stat.S_IMODE(attr.mode), uid=attr.uid, gid=attr.gid,
                      size=attr.size, mtime_ns=attr.mtime_ns, target=target,
                      rdev=rdev if rdev is not None else (attr.rdev_major, attr.rdev_minor))
 
@@ -98,15 +98,15 @@ def describe_tree(tree: Tree, start: bytes = b"") -> dict[bytes, Described]:
     if fh is None:
         return {}
     out: dict[bytes, Described] = {}
-    root_entry = _entry_of(tree, fh, start)
+    root_binding = _binding_of(tree, fh, start)
     for rel, obj, node in tree.walk(fh, start):
-        entry = root_entry if rel == start else _entry_of(tree, obj, rel)
-        out[rel] = describe_attr(obj, node.type, node.attr, entry=entry, target=node.symlink_target,
+        binding = root_binding if rel == start else _binding_of(tree, obj, rel)
+        out[rel] = describe_attr(obj, node.type, node.attr, binding=binding, target=node.symlink_target,
                                  rdev=node.rdev if node.type in (CHR, BLK) else None)
     return out
 
 
-def _entry_of(tree: Tree, fh: bytes, rel: bytes) -> tuple[bytes, bytes]:
+def _binding_of(tree: Tree, fh: bytes, rel: bytes) -> tuple[bytes, bytes]:
     if not rel:
         return (b"", b"")
     parent, _, name = rel.rpartition(b"/")
@@ -116,11 +116,11 @@ def _entry_of(tree: Tree, fh: bytes, rel: bytes) -> tuple[bytes, bytes]:
 @dataclasses.dataclass(slots=True)
 class Window:
     """What records stamped after the cut changed: ``objects`` (handles whose
-    content or attributes changed) and ``entries`` ((directory handle, name)
+    content or attributes changed) and ``bindings`` ((directory handle, name)
     pairs that were added, removed or renamed)."""
 
     objects: set[bytes] = dataclasses.field(default_factory=set)
-    entries: set[tuple[bytes, bytes]] = dataclasses.field(default_factory=set)
+    bindings: set[tuple[bytes, bytes]] = dataclasses.field(default_factory=set)
     records: int = 0
 
     @classmethod
@@ -144,11 +144,11 @@ class Window:
             if dir_fh:
                 self.objects.add(dir_fh)  # its mtime moves with its entries
                 if name:
-                    self.entries.add((dir_fh, name))
+                    self.bindings.add((dir_fh, name))
 
     def merge(self, other: Window) -> None:
         self.objects |= other.objects
-        self.entries |= other.entries
+        self.bindings |= other.bindings
         self.records += other.records
 
 
@@ -183,11 +183,11 @@ def _prefixes(path: bytes) -> list[bytes]:
 
 
 def _in_window(path: bytes, sides: tuple[Mapping[bytes, Described], ...], window: Window) -> bool:
-    """Whether an entry on the way to ``path`` (or its own) changed after the cut."""
+    """Whether a name on the way to ``path`` (or its own) changed after the cut."""
     for prefix in _prefixes(path):
         for side in sides:
             d = side.get(prefix)
-            if d is not None and d.entry in window.entries:
+            if d is not None and d.binding in window.bindings:
                 return True
     return False
 

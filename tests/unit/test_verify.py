@@ -15,10 +15,10 @@ from recoveryd.verify import (Described, Window, compare, describe_tree, needs_c
 ROOT = b"fh-root"
 
 
-def d(fh: bytes, kind: int = REG, entry=(ROOT, b""), **kw) -> Described:
+def d(fh: bytes, kind: int = REG, binding=(ROOT, b""), **kw) -> Described:
     kw.setdefault("mode", 0o644)
     kw.setdefault("mtime_ns", 1_700_000_000_000_000_000)
-    return Described(fh, kind, entry, **kw)
+    return Described(fh, kind, binding, **kw)
 
 
 def sides():
@@ -100,8 +100,8 @@ def test_a_rename_in_the_window_skips_both_subtrees():
     for p in (b"docs", b"docs/a", b"docs/link"):
         old = n.pop(p)
         new = b"moved" + p[4:]
-        entry = (ROOT, b"moved") if p == b"docs" else old.entry
-        n[new] = dataclasses.replace(old, entry=entry)
+        binding = (ROOT, b"moved") if p == b"docs" else old.binding
+        n[new] = dataclasses.replace(old, binding=binding)
     window = Window.from_records([Record(op=Op.RENAME, dir_fh=ROOT, name=b"docs", to_dir_fh=ROOT,
                                          to_name=b"moved", ok=True)])
     result = compare(j, n, window)
@@ -113,7 +113,7 @@ def test_failed_calls_count_and_readings_do_not():
         Record(op=Op.SETATTR, fh=b"fh-1", ok=False),        # the reply may never have come
         Record(op=Op.BIND, dir_fh=ROOT, name=b"x", fh=b"fh-2", ok=True),
         Record(op=Op.BASELINE, dir_fh=ROOT, name=b"y", fh=b"fh-3", ok=True)])
-    assert window.objects == {b"fh-1"} and window.entries == set() and window.records == 1
+    assert window.objects == {b"fh-1"} and window.bindings == set() and window.records == 1
 
 
 def test_sampled_paths_only_are_compared():
@@ -150,8 +150,8 @@ def test_describe_tree_gives_paths_handles_and_entries():
           attr=Attr(type=LNK, mode=0o777))
     described = describe_tree(tree)
     assert set(described) == {b"", b"d", b"d/s"}
-    assert described[b""].mode == 0o755 and described[b"d"].entry == (ROOT, b"d")
-    assert described[b"d/s"].entry == (b"fh-d", b"s") and described[b"d/s"].target == b"../x"
+    assert described[b""].mode == 0o755 and described[b"d"].binding == (ROOT, b"d")
+    assert described[b"d/s"].binding == (b"fh-d", b"s") and described[b"d/s"].target == b"../x"
     assert set(describe_tree(tree, b"d")) == {b"d", b"d/s"}
     assert describe_tree(tree, b"nowhere") == {}
 
