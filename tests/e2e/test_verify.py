@@ -276,3 +276,7 @@ def test_usage_errors_are_one_line(stack):
     assert done.returncode == 2 and done.stderr.startswith("nfsj: error: name the NAS")
     done = nfsj("verify", "--log", str(stack.proxy.log_dir), *stack.shard_args, "--path", "no/such")
     assert done.returncode == 2 and "exists neither" in done.stderr, done.stderr
+    stack.shards[1].stop()  # a shard down: nothing can be proven, so nothing is compared
+    done = nfsj("verify", "--log", str(stack.proxy.log_dir), *stack.shard_args)
+    assert done.returncode == 2 and done.stderr.startswith("nfsj: error: shard 1 ("), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
