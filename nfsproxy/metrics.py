@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from recoveryd.metrics import serve_metrics
+from recoveryd.verify import read_result
 
 from .programs import lookup
 
@@ -38,6 +39,7 @@ class ProxyCollector(Collector):
         yield from self._log()
         yield from self._shipping()
         yield from self._clock()
+        yield from self._verify()
 
     def _relay(self) -> Iterator:
         stats = self.running.proxy.stats
@@ -178,6 +180,24 @@ class ProxyCollector(Collector):
                 ("nfsj_hlc_forward_jumps", "Forward jumps of the physical clock beyond the threshold",
                  clock.forward_jumps_total)):
             yield CounterMetricFamily(name, doc, value=value)
+
+    def _verify(self) -> Iterator:
+        """The last `nfsj verify --log DIR` of this LOG (no samples until one has run)."""
+        result = read_result(self.running.log.directory) or {}
+        for name, doc, key, scale in (
+                ("nfsj_verify_last_run_timestamp_seconds", "When the last `nfsj verify` finished (Unix time)",
+                 "finished_unix_ns", 1e-9),
+                ("nfsj_verify_checked_files", "Paths the last `nfsj verify` compared with the NAS",
+                 "checked", 1),
+                ("nfsj_verify_skipped_files", "Paths the last `nfsj verify` left out (changed after its cut)",
+                 "skipped", 1),
+                ("nfsj_verify_differences", "Differences between the journal and the NAS the last "
+                 "`nfsj verify` found (0: none)", "differences", 1)):
+            family = GaugeMetricFamily(name, doc)
+            value = result.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                family.add_metric([], value * scale)
+            yield family
 
 
 def _histogram(name: str, doc: str, table) -> HistogramMetricFamily:

@@ -178,6 +178,7 @@ class RunningProxy:
             "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
             "newest": str(self.proxy.clock.now().to_stamp()),
             "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
+            "backend": str(self.proxy.backend),
             "control_tls": self.control_tls,
             "metrics": self.metrics_address,
             "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),

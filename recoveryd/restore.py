@@ -570,6 +570,11 @@ class RestoreClient:
         """Replay ``fh``'s content at ``cut`` onto the open file ``fd``; returns its size."""
         return self._write_file(cut, fh, fd)[0]
 
+    def replay_file(self, cut: Cut, fh: bytes, fd: int) -> tuple[int, Attr | None]:
+        """``write_file``, also returning the file's newest attributes at ``cut``
+        (None if no record carried any): one pass over its records for both."""
+        return self._write_file(cut, fh, fd)
+
     def _write_file(self, cut: Cut, fh: bytes, fd: int) -> tuple[int, Attr | None]:
         attr: Attr | None = None
         key = (0, b"")

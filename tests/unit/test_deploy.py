@@ -415,7 +415,8 @@ def test_grafana_provisioning_matches_compose():
 # systemd
 
 
-UNITS = ("nfsj-proxy.service", "nfsj-recoveryd@.service", "nfsj-recoveryd.target")
+UNITS = ("nfsj-proxy.service", "nfsj-recoveryd@.service", "nfsj-recoveryd.target", "nfsj-verify.service",
+         "nfsj-verify.timer")
 HARDENING = ("ProtectSystem", "ReadWritePaths", "PrivateTmp", "NoNewPrivileges", "ProtectHome",
              "CapabilityBoundingSet", "RestrictAddressFamilies", "SystemCallFilter", "Restart",
              "LimitNOFILE", "User")
@@ -470,6 +471,29 @@ def test_systemd_recoveryd_instances_run_valid_shards(instance):
     assert unit_values(unit, "Service", "StateDirectory") == ["nfsj/shard-%i"]
 
 
+def test_systemd_verify_timer_runs_a_valid_verify():
+    argv, env = unit_invocation(SYSTEMD / "nfsj-verify.service")
+    name, params = parse_invocation(argv, env, {k: v for k, v in ETC_TO_REPO.items() if v.suffix == ".toml"},
+                                    "nfsj-verify.service")
+    assert name == "verify" and params["sample"] and params["quiet"]
+    _, proxy = parse_invocation(*unit_invocation(SYSTEMD / "nfsj-proxy.service"),
+                                {k: v for k, v in ETC_TO_REPO.items() if v.suffix == ".toml"}, "nfsj-proxy.service")
+    # the proxy's LOG (the NAS's address is read there, the result written there) and its shards
+    assert params["log"] == proxy["log"] and params["shard"] == proxy["shard"]
+    unit = parse_unit(SYSTEMD / "nfsj-verify.service")
+    service = dict(unit["Service"])
+    assert service["Type"] == "oneshot" and service["User"] == "nfsj"
+    assert params["log"] in unit_values(unit, "Service", "ReadWritePaths")
+    for key in set(HARDENING) - {"Restart", "LimitNOFILE"}:
+        assert key in service, f"nfsj-verify.service: no {key}="
+    assert service["CapabilityBoundingSet"] == "" and service["ProtectSystem"] == "strict"
+    timer = parse_unit(SYSTEMD / "nfsj-verify.timer")
+    assert dict(timer["Timer"])["Unit"] == "nfsj-verify.service"
+    assert dict(timer["Timer"])["OnCalendar"] == "hourly" and dict(timer["Timer"])["Persistent"] == "true"
+    assert "3 * 3600" in next(r["expr"] for r in alert_rules() if r["alert"] == "NfsjVerifyNotRun"), \
+        "the not-run alert allows two missed hourly runs"
+
+
 def test_systemd_tmpfiles_and_sysusers():
     entries = []
     for line in (SYSTEMD / "nfsj-logstore.conf").read_text().splitlines():
@@ -510,7 +534,8 @@ def test_systemd_analyze_verify(tmp_path):
         text = (SYSTEMD / name).read_text().replace(INSTALLED_NFSJ, nfsj)
         (tmp_path / name).write_text(text)
     shutil.copy(tmp_path / "nfsj-recoveryd@.service", tmp_path / "nfsj-recoveryd@0.service")
-    targets = ["nfsj-proxy.service", "nfsj-recoveryd@0.service", "nfsj-recoveryd.target"]
+    targets = ["nfsj-proxy.service", "nfsj-recoveryd@0.service", "nfsj-recoveryd.target",
+               "nfsj-verify.service", "nfsj-verify.timer"]
     done = subprocess.run([analyze, "verify", "--man=no", "--generators=no", *targets], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"})
@@ -734,6 +759,34 @@ def test_k8s_proxy_deployment(tmp_path):
                    capture_output=True, cwd=ROOT, timeout=60)
 
 
+def test_k8s_verify_cronjob(tmp_path):
+    cronjob = k8s_object("CronJob", "nfsj-verify")
+    assert cronjob["apiVersion"] == "batch/v1" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    config = k8s_config_path(tmp_path)
+    name, params = parse_invocation(container["command"] + container.get("args", []), env,
+                                    {"/etc/nfsj/nfsj.toml": config}, "CronJob nfsj-verify")
+    assert name == "verify" and params["sample"]
+    proxy = k8s_object("Deployment", "nfsj-proxy")
+    proxy_volumes = {v["name"]: v for v in pod_spec(proxy)["volumes"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for m in container["volumeMounts"]:
+        assert m["name"] in volumes, f"CronJob nfsj-verify: volumeMount {m['name']} has no volume"
+    # The proxy's LOG volume, at the path the config names: the NAS's address and the result live there.
+    assert volumes["log"]["persistentVolumeClaim"] == proxy_volumes["log"]["persistentVolumeClaim"]
+    assert params["log"].startswith(mounts["log"] + "/")
+    assert params["log"] == load_config(str(config))["proxy"]["log"]
+    # ReadWriteOnce: on the proxy's node.
+    (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"].items() <= proxy["spec"]["template"]["metadata"]["labels"].items()
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert spec["securityContext"]["runAsUser"] == pod_spec(proxy)["securityContext"]["runAsUser"], \
+        "the LOG directory is the proxy user's (0700)"
+
+
 def test_k8s_servicemonitor_scrapes_proxy_and_shards():
     monitor = k8s_object("ServiceMonitor", "nfs-journal")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -797,6 +850,8 @@ def test_alerts_and_dashboard_cover_the_brief():
         "NfsjHlcOffsetLarge": ("abs(nfsj_hlc_offset_seconds) > 0.25", "5m"),
         "NfsjHlcRejections": ("increase(nfsj_hlc_rejections_total[10m]) > 0", None),
         "NfsjShippingGaps": ("increase(nfsj_shipping_gaps_total[15m]) > 0", None),
+        "NfsjVerifyDifferences": ("nfsj_verify_differences > 0", None),
+        "NfsjVerifyNotRun": ("time() - nfsj_verify_last_run_timestamp_seconds > 3 * 3600", "10m"),
     }
     for alert, (expr, duration) in expected.items():
         assert alert in names, f"no alert {alert}"
