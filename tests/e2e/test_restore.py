@@ -389,6 +389,26 @@ def test_restore_into_an_empty_directory_and_never_over_content(scenario, tmp_pa
 
 
 @ganesha
+def test_restore_prints_plain_progress_lines_when_not_on_a_terminal(scenario, tmp_path):
+    s = scenario
+    dest = tmp_path / "restored"
+    done = subprocess.run([*NFSJ, "restore", "--at", str(s.t1), "--to", str(dest),
+                           *shard_args(s.shards)], capture_output=True, timeout=120,
+                          env={**os.environ, "NFSJ_PROGRESS_INTERVAL": "0"})
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("restore (files): ") for line in lines), err
+    assert "\r" not in err and "\x1b" not in err  # lines for a log, no bar drawing
+    restored = re.search(r"^restored (\d+) files \((\d+) bytes\)", err, re.M)
+    final = [line for line in lines if line.startswith("restore: done: ")]
+    assert restored and len(final) == 1, err
+    assert final[0].startswith(f"restore: done: {restored.group(1)} files ({restored.group(2)} bytes)")
+    assert str(dest) in final[0]
+    compare(s.truth1, dest)
+
+
+@ganesha
 def test_cat_gives_the_bytes_at_t1(scenario):
     s = scenario
     done = nfsj("cat", "data/sparse.bin", "--at", format_time(s.t1), *shard_args(s.shards))
