@@ -173,21 +173,30 @@ def cat_command(
     import tempfile
 
     from recoveryd.restore import RestoreError
-    from recoveryd.tree import REG, show_name
+    from recoveryd.tree import REG, TYPE_NAMES, Tree, show_name
 
     moment = _time(at, "--at")
     client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
         cut = client.cut(moment, allow_unproven=allow_unproven)
-        tree = client.tree(cut)
-        fh = tree.lookup(os.fsencode(path))  # the bytes the user typed, not assumed UTF-8
-        if fh is None:
+        found = client.resolve(cut, os.fsencode(path))  # the bytes the user typed, not assumed UTF-8
+        if found is None:
             fail(f"{show_name(path)} did not exist at {at}")
-        node = tree.nodes[fh]
-        if node.type != REG:
-            fail(f"{show_name(path)} was not a regular file at {at} (it was a {node.type_name})")
+        fh, kind = found
+
+        def not_regular(kind: int) -> None:
+            fail(f"{show_name(path)} was not a regular file at {at} (it was a {TYPE_NAMES.get(kind, kind)})")
+
+        if kind and kind != REG:
+            not_regular(kind)
+        # One pass over the file's records: its bytes, and (from the same
+        # records) its type, for when the directory's records did not say.
+        own = Tree(baseline_id=cut.baseline.baseline_id)
         with tempfile.TemporaryFile(prefix="nfsj-cat-") as tmp:
-            client.write_file(cut, fh, tmp.fileno())
+            client.write_file(cut, fh, tmp.fileno(), seen=own.apply)
+            node = own.node(fh)
+            if node is None or node.type != REG:
+                not_regular(node.type if node is not None else 0)
             tmp.seek(0)
             try:
                 shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)

@@ -35,6 +35,7 @@ hand-made records, without a NAS.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -421,6 +422,51 @@ def test_cat_gives_the_bytes_at_t1(scenario):
                                                   *shard_args(s.shards)))
     assert "not a regular file" in one_line_error(nfsj("cat", "data", "--at", str(s.t1),
                                                        *shard_args(s.shards)))
+
+
+@ganesha
+@pytest.mark.parametrize("moment", ["t1", "t2", "t3"])
+def test_a_path_resolves_as_of_the_cut_without_the_whole_tree(scenario, moment, tmp_path):
+    """`resolve` walks only the directories on the way; through renames across
+    directories, renames over a name, removes and re-creations it finds what
+    the whole tree finds, and nothing that existed only earlier or later."""
+    s = scenario
+    at = getattr(s, moment)
+    truth = getattr(s, f"truth{moment[1]}")
+    every_path = set(s.truth1) | set(s.truth2) | set(s.truth3)
+    with Shards(s.shards) as shards, RestoreClient(shards) as walker, \
+            Shards(s.shards) as shards2, RestoreClient(shards2) as whole:
+        cut = walker.cut(at)
+        tree = whole.tree(whole.cut(at))
+        for path in sorted(every_path):
+            found = walker.resolve(cut, path)
+            if path not in truth:
+                assert found is None, f"{path} resolved at {moment}, where it did not exist"
+                continue
+            assert found is not None, f"{path} did not resolve at {moment}"
+            assert found[0] == tree.lookup(path), path
+            assert found[1] in (0, tree.nodes[found[0]].type), path
+            if truth[path].type == "reg":
+                with open(tmp_path / "f", "w+b") as f:
+                    walker.write_file(cut, found[0], f.fileno())
+                    f.seek(0)
+                    assert hashlib.sha256(f.read()).hexdigest() == truth[path].sha256, path
+        assert walker._trees == {}  # resolved without rebuilding the whole tree
+
+
+@ganesha
+def test_cat_follows_renames_and_replacements_in_the_window(scenario):
+    s = scenario
+    cases = [("t1", "old/note-moved"), ("t1", "data/victim"), ("t2", "old/victim"),
+             ("t2", "keep-no-more"), ("t3", "keep-no-more"), ("t3", "data/fresh-link-moved")]
+    for moment, path in cases:
+        truth = getattr(s, f"truth{moment[1]}")
+        done = nfsj("cat", path, "--at", str(getattr(s, moment)), *shard_args(s.shards))
+        assert done.returncode == 0, done.stderr.decode()
+        assert hashlib.sha256(done.stdout).hexdigest() == truth[path].sha256, (moment, path)
+    for moment, path in [("t2", "data/victim"), ("t1", "keep-no-more"), ("t2", "docs/sparse-link")]:
+        assert "did not exist" in one_line_error(
+            nfsj("cat", path, "--at", str(getattr(s, moment)), *shard_args(s.shards)))
 
 
 @ganesha
