@@ -62,9 +62,9 @@ Limits worth knowing:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
+import functools
 import hashlib
 import heapq
 import os
@@ -101,6 +101,8 @@ __all__ = [
 TREE_OPS = frozenset(NAMESPACE_OPS | {Op.SETATTR, Op.BASELINE, Op.BASELINE_BEGIN, Op.BASELINE_END})
 #: Ops that change a regular file's bytes or size (``write_file``).
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
+# Plain ints for the per-record loops (an enum wrapper's attribute costs a call).
+_BASELINE, _WRITE, _SETATTR, _CREATE = int(Op.BASELINE), int(Op.WRITE), int(Op.SETATTR), int(Op.CREATE)
 
 DEFAULT_CACHE_BYTES = 1 << 30
 STATUS_TIMEOUT_S = 5.0
@@ -636,7 +638,7 @@ class RestoreClient:
         baseline_id = cut.baseline.baseline_id
         for record in self.shards.file_records(FileRequest(fh=fh, after=after, until=until,
                                                            with_data=with_data)):
-            if record.op == Op.BASELINE and record.baseline_id != baseline_id:
+            if record.op == _BASELINE and record.baseline_id != baseline_id:
                 continue
             yield record
 
@@ -662,26 +664,26 @@ class RestoreClient:
                 continue
             if record.fh == fh and record.HasField("attr"):
                 k = attr_key(record.attr, record.stamp)
-                if attr is None or k >= key or (record.op == Op.BASELINE and record.baseline_first):
+                if attr is None or k >= key or (record.op == _BASELINE and record.baseline_first):
                     attr, key = record.attr, k
             if record.fh != fh or record.op not in DATA_OPS:
                 continue
             op = record.op
-            if op == Op.BASELINE:
+            if op == _BASELINE:
                 if record.baseline_first:
                     os.ftruncate(fd, 0)
                 if record.data:
                     _pwrite_all(fd, record.data, record.offset)
-            elif op == Op.WRITE:
+            elif op == _WRITE:
                 data = record.data
                 if 0 < record.reply_count < len(data):
                     data = data[:record.reply_count]  # the NAS accepted only this much
                 if data:
                     _pwrite_all(fd, data, record.offset)
-            elif op == Op.SETATTR:
+            elif op == _SETATTR:
                 if record.set.HasField("size"):
                     os.ftruncate(fd, record.set.size)
-            elif op == Op.CREATE:
+            elif op == _CREATE:
                 if record.HasField("attr"):
                     os.ftruncate(fd, record.attr.size)
                 elif record.set.HasField("size"):
@@ -970,8 +972,11 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
+@functools.cache
 def _renameat2():
-    """glibc's renameat2 (None where libc lacks it)."""
+    """glibc's renameat2 (None where libc lacks it); looked up on first use."""
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
@@ -980,8 +985,6 @@ def _renameat2():
     fn.restype = ctypes.c_int
     return fn
 
-
-_RENAMEAT2 = _renameat2()
 
 
 def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -992,9 +995,11 @@ def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     existing name just as atomically), mkdir + rename for a directory (the
     rename then replaces only the empty directory it just made, and fails if
     anything was put in it)."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
+        import ctypes
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # EINVAL: the flag is not supported
             raise OSError(err, os.strerror(err), os.fsdecode(dst))

@@ -39,7 +39,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 import grpc
 
@@ -48,7 +48,8 @@ from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, Op
                                      RecordChunk, ScanRequest, ShardStatusRequest)
 from logstore.stamp import Stamp
 
-from .store import ShardStore
+if TYPE_CHECKING:  # restore clients import this module for `predecessor`: no RocksDB for them
+    from .store import ShardStore
 
 __all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor"]
 
