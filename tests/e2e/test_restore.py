@@ -668,6 +668,19 @@ def test_scan_file_records_and_baselines_contract(two_shards):
         assert [r.op for r in s0.FileRecords(FileRequest(fh=b"F"))] == [Op.RENAME]
         assert [r.data for r in s1.FileRecords(FileRequest(fh=b"F", with_data=True))] == [b"base", b"XYZ"]
         assert [r.op for r in s1.FileRecords(FileRequest(fh=b"F", until=piece.stamp))] == [Op.BASELINE]
+        # The same records in chunks: serialized as stored, data only when asked.
+        for request in (FileRequest(fh=b"F", with_data=True), FileRequest(fh=b"F"),
+                        FileRequest(fh=b"F", after=piece.stamp, with_data=True)):
+            chunked = [Record.FromString(raw) for chunk in s1.FileRecordChunks(request)
+                       for raw in chunk.records]
+            assert chunked == list(s1.FileRecords(request))
+        assert [r.data for r in s1.FileRecords(FileRequest(fh=b"F"))] == [b"", b""]
+        with pytest.raises(grpc.RpcError) as bad:
+            list(s1.FileRecordChunks(FileRequest(fh=b"")))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A limit stops the scan early.
+        assert [r.stamp for r in s1.Scan(ScanRequest(limit=2))] == [begin.stamp, piece.stamp]
+        assert [r.stamp for r in s1.Scan(ScanRequest(ops=[Op.WRITE], limit=1))] == [write.stamp]
         with pytest.raises(grpc.RpcError) as bad:
             list(s0.Scan(ScanRequest(after=b"short")))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -698,6 +711,9 @@ def test_scan_file_records_and_baselines_contract(two_shards):
             cut = client.cut(Stamp(145, 0, 0))
             assert cut.baseline.end == end.stamp and not cut.unproven
             assert cut.consistent_point == Stamp(500, 0, 0)
+            # The path walk, from the root piece through R's own records.
+            assert client.resolve(cut, "f") == (b"F", 1) and client.resolve(cut, "g") is None
+            assert client.resolve(cut, "") == (b"R", 2) and client.resolve(cut, "f/x") is None
             tree = client.tree(cut)
             assert tree.lookup("f") == b"F" and tree.lookup("g") is None
             assert client.read(cut, b"F", 0, 100) == b"baXYZ"
