@@ -33,6 +33,8 @@ def export_command(
     """Serve the export as it was at TIME, read-only, over NFSv3 (nothing is written out first).
 
     NFS and MOUNT share the one port. With the Linux client:
+
+    \b
     mount -t nfs -o ro,vers=3,proto=tcp,port=PORT,mountport=PORT,nolock HOST:/ DIR
     (nolock: there is no lock manager; nothing here can change).
     """
