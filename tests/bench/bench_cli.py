@@ -53,21 +53,28 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 NFSJ = [sys.executable, "-m", "nfsproxy"]
 
 
-def wall(argv: list[str]) -> float:
+def wall(argv: list[str], env: dict) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, capture_output=True, env=ENV, check=False)
+    # cwd: `python -m` looks there first, before PYTHONPATH.
+    subprocess.run(argv, capture_output=True, env=env, check=False, cwd=env["PYTHONPATH"])
     return time.perf_counter() - t0
 
 
-def median_ms(argv: list[str], runs: int) -> str:
-    wall(argv)  # warm the page cache and .pyc files
-    times = [wall(argv) for _ in range(runs)]
-    return f"{statistics.median(times) * 1e3:6.0f} ms (min {min(times) * 1e3:.0f})"
+def median_ms(argv: list[str], runs: int, envs: list[dict]) -> str:
+    """Median wall time per checkout, runs interleaved so load hits them alike."""
+    times: list[list[float]] = [[] for _ in envs]
+    for env in envs:
+        wall(argv, env)  # warm the page cache and .pyc files
+    for _ in range(runs):
+        for k, env in enumerate(envs):
+            times[k].append(wall(argv, env))
+    return "  vs  ".join(f"{statistics.median(t) * 1e3:6.0f} ms (min {min(t) * 1e3:.0f})" for t in times)
 
 
-def cat_ttfb(argv: list[str], expect: bytes) -> tuple[float, float]:
+def cat_ttfb(argv: list[str], expect: bytes, env: dict = ENV) -> tuple[float, float]:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=env["PYTHONPATH"])
     first = proc.stdout.read(1)
     t_first = time.perf_counter() - t0
     rest = proc.stdout.read()
@@ -85,6 +92,9 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process cat (top 25)")
+    ap.add_argument("--compare", metavar="CHECKOUT", default=None,
+                    help="also run the CLI figures with the nfsj of another checkout (e.g. the "
+                         "main branch), against the same stack, interleaved")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nfsj-bench-cli-"))
     say(host_line())
@@ -123,19 +133,26 @@ def main() -> None:
         expect = (export / "hot" / "hot.bin").read_bytes()
         say(f"hot/hot.bin: CREATE + {args.records - 2} WRITEs + COMMIT ({len(expect)} bytes) "
             f"through the proxy in {t_hot:.1f}s")
+        envs = [ENV] + ([{**ENV, "PYTHONPATH": os.path.abspath(args.compare)}] if args.compare else [])
         say("")
-        say(f"CLI start-up, wall time of the whole process (median of {args.runs}):")
-        say(f"  python -c pass            {median_ms([sys.executable, '-c', 'pass'], args.runs)}")
-        say(f"  nfsj --help               {median_ms([*NFSJ, '--help'], args.runs)}")
-        say(f"  nfsj status --help        {median_ms([*NFSJ, 'status', '--help'], args.runs)}")
-        say(f"  nfsj status (live shards) {median_ms([*NFSJ, 'status', *shard_args], args.runs)}")
+        say(f"CLI start-up, wall time of the whole process (median of {args.runs}"
+            + (f"; this checkout vs {args.compare}" if args.compare else "") + "):")
+        say(f"  python -c pass            {median_ms([sys.executable, '-c', 'pass'], args.runs, [ENV])}")
+        say(f"  nfsj --help               {median_ms([*NFSJ, '--help'], args.runs, envs)}")
+        say(f"  nfsj status --help        {median_ms([*NFSJ, 'status', '--help'], args.runs, envs)}")
+        say(f"  nfsj status (live shards) {median_ms([*NFSJ, 'status', *shard_args], args.runs, envs)}")
 
         argv = [*NFSJ, "cat", "hot/hot.bin", "--at", str(at), *shard_args]
-        cat_ttfb(argv, expect)
-        runs = [cat_ttfb(argv, expect) for _ in range(args.runs)]
-        say(f"nfsj cat hot/hot.bin ({args.records} records): first byte "
-            f"{statistics.median(r[0] for r in runs) * 1e3:.0f} ms, exit "
-            f"{statistics.median(r[1] for r in runs) * 1e3:.0f} ms (median of {args.runs})")
+        for env in envs:
+            cat_ttfb(argv, expect, env)
+        runs: list[list[tuple[float, float]]] = [[] for _ in envs]
+        for _ in range(args.runs):
+            for k, env in enumerate(envs):
+                runs[k].append(cat_ttfb(argv, expect, env))
+        for k, env in enumerate(envs):
+            say(f"nfsj cat hot/hot.bin ({args.records} records), {env['PYTHONPATH']}: first byte "
+                f"{statistics.median(r[0] for r in runs[k]) * 1e3:.0f} ms, exit "
+                f"{statistics.median(r[1] for r in runs[k]) * 1e3:.0f} ms (median of {args.runs})")
 
         with Shards(addresses) as sh, RestoreClient(sh) as client:
             t0 = time.perf_counter()
