@@ -60,11 +60,14 @@ def install() -> None:
                                    ctx=ctx, param=param) from None
 
     def fast_build(descriptor):
-        leaf = _plain_leaf(descriptor)
-        if leaf is None:
-            return build(descriptor)
-        return Plain(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation,
-                     leaf=leaf)
+        try:
+            leaf = _plain_leaf(descriptor)
+            if leaf is not None:
+                return Plain(parameter_info=descriptor.parameter_info,
+                             annotation=descriptor.annotation, leaf=leaf)
+        except (AttributeError, TypeError):
+            pass  # a typer whose internals moved on: let it coerce as it does
+        return build(descriptor)
 
     fast_build.nfsj_plain = True
     core.build_runtime_param = fast_build
