@@ -3,13 +3,26 @@
 The lowest layer of nfs-journal: it imports neither recoveryd nor nfsproxy.
 """
 
-from logstore.commit import Durability, GroupCommitter
-from logstore.log import (
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES, Log, LogClosedError, LogCursor,
-    LogGapError, SegmentInfo, TornTail,
-)
-from logstore.segment import LogCorruptError, LogError
-from logstore.stamp import Stamp
+import importlib
+
+#: Where each name lives. Loaded on first use, so that `logstore.stamp`
+#: alone (as the CLI needs it) does not load the LOG and its CRC code.
+_HOME = {
+    "Durability": "commit", "GroupCommitter": "commit",
+    "DEFAULT_MAX_RECORD_BYTES": "log", "DEFAULT_SEGMENT_BYTES": "log", "Log": "log",
+    "LogClosedError": "log", "LogCursor": "log", "LogGapError": "log", "SegmentInfo": "log",
+    "TornTail": "log",
+    "LogCorruptError": "segment", "LogError": "segment",
+    "Stamp": "stamp",
+}
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'logstore' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"logstore.{home}"), name)
+
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES", "DEFAULT_SEGMENT_BYTES", "Durability", "GroupCommitter",

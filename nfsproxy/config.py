@@ -22,9 +22,11 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-from .proxyd import ConfigError
+__all__ = ["load_config", "default_map", "ConfigError"]
 
-__all__ = ["load_config", "default_map"]
+
+class ConfigError(ValueError):
+    """A user-supplied option is wrong; the message says how to fix it."""
 
 
 def load_config(path: str) -> dict[str, Any]:

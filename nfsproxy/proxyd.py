@@ -29,6 +29,7 @@ from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_
                                 server_credentials)
 from recoveryd.status import write_proxy_status
 
+from .config import ConfigError
 from .control import start_control
 from .metrics import ProxyCollector, serve_metrics
 from .hlc import HLC
@@ -48,10 +49,6 @@ __all__ = ["ProxyOptions", "parse_backend", "parse_hostport", "resolve_backend",
 logger = logging.getLogger(__name__)
 
 _BACKEND = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<nfs>\d+))?(?::(?P<mount>\d+))?:(?P<export>/.*)$")
-
-
-class ConfigError(ValueError):
-    """A user-supplied option is wrong; the message says how to fix it."""
 
 
 @dataclasses.dataclass(slots=True)

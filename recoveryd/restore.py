@@ -66,9 +66,9 @@ Limits worth knowing:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
+import functools
 import hashlib
 import heapq
 import logging
@@ -95,8 +95,8 @@ from .frontier import restore_baseline
 from .status import ShardReport, overall, report_gaps
 from .timespec import END_OF_NS, format_time
 from .acl import XATTR_ACCESS, XATTR_DEFAULT, to_text, to_xattr
-from .tree import (BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Tree, attr_key,
-                   show_name)
+from .tree import (BLK, CHR, DIR, FIFO, LNK, NAMESPACE_OPS, REG, SOCK, TYPE_NAMES, Node, Tree,
+                   attr_key, show_name)
 
 __all__ = [
     "Shards", "RestoreClient", "Cut", "RestoreError", "RestoreRefused", "ShardError",
@@ -109,6 +109,8 @@ TREE_OPS = frozenset(NAMESPACE_OPS | {Op.SETATTR, Op.SETACL, Op.BASELINE, Op.BAS
                                       Op.BASELINE_END})
 #: Ops that change a regular file's bytes or size (``write_file``).
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
+# Plain ints for the per-record loops (an enum wrapper's attribute costs a call).
+_BASELINE, _WRITE, _SETATTR, _CREATE = int(Op.BASELINE), int(Op.WRITE), int(Op.SETATTR), int(Op.CREATE)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,15 @@ class RestoreRefused(RestoreError):
 
 class ShardError(RestoreError):
     """A shard did not answer or failed a call; the message names it."""
+
+
+#: Renames into a directory whose object is looked up in the source directory,
+#: nested this deep, before resolving a path falls back to the whole tree.
+_MAX_RENAME_CHAIN = 8
+
+
+class _NeedTree(Exception):
+    """A directory's own records do not tell its entries: rebuild the whole tree."""
 
 
 # -- the shards ---------------------------------------------------------------------
@@ -165,6 +176,7 @@ class Shards:
             self._channels.append(channel)
         self._restore = [journal_pb2_grpc.RestoreStub(c) for c in self._channels]
         self._journal = [journal_pb2_grpc.JournalStub(c) for c in self._channels]
+        self._no_chunks: set[int] = set()   # shards without FileRecordChunks
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -219,9 +231,29 @@ class Shards:
                        for k in range(len(self))])
 
     def file_records(self, request: FileRequest) -> Iterator[Record]:
-        """Every shard's FileRecords merged in stamp order, equal stamps once."""
-        return _merge([self._stream(k, self._restore[k].FileRecords, request, "reading a file's records")
-                       for k in range(len(self))])
+        """Every shard's FileRecords merged in stamp order, equal stamps once.
+
+        Asked as ``FileRecordChunks`` (many records to a message); a shard
+        that predates it is asked ``FileRecords``, one message per record."""
+        return _merge([self._file_stream(k, request) for k in range(len(self))])
+
+    def _file_stream(self, k: int, request: FileRequest) -> Iterator[Record]:
+        doing = "reading a file's records"
+        if k in self._no_chunks:
+            yield from self._stream(k, self._restore[k].FileRecords, request, doing)
+            return
+        call = self._restore[k].FileRecordChunks(request)
+        try:
+            for chunk in call:
+                for raw in chunk.records:
+                    yield Record.FromString(raw)
+        except grpc.RpcError as e:
+            if e.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise self._error(k, e, doing) from None
+            self._no_chunks.add(k)  # an older recoveryd: it failed before sending anything
+            yield from self._stream(k, self._restore[k].FileRecords, request, doing)
+        finally:
+            call.cancel()
 
     def _stream(self, k: int, method, request, doing: str) -> Iterator[Record]:
         call = method(request)
@@ -549,16 +581,96 @@ class RestoreClient:
                 self._trees.popitem(last=False)
         return tree
 
+    # -- one path, without the whole tree -------------------------------------------------------
+
+    def resolve(self, cut: Cut, path: bytes | str) -> tuple[bytes, int] | None:
+        """(handle, type) of what ``path`` named at ``cut`` (None: nothing), as
+        ``tree(cut).lookup`` finds it, but reading only the records of the
+        directories on the way. The type is as the parent directory's records
+        show it (0: they do not say; the object's own records do).
+
+        Every change to a directory's entries names that directory (``dir_fh``
+        or ``to_dir_fh``), and so does every baseline piece of an entry, so
+        a directory's own records (the per-file index) give its entries at
+        the cut. A RENAME into it from another directory that does not say
+        which object moved (``object_fh`` empty) is looked up in the source
+        directory's own records as they were just before it.
+        """
+        rel = _clean_path(path)
+        with self._lock:
+            cached = self._trees.get(cut.key)
+        fh = None if cached is not None else self._root(cut)
+        if fh is None:
+            return _found(self.tree(cut), rel)
+        kind = DIR
+        for part in rel.split(b"/") if rel else ():
+            try:
+                tree, directory = self._directory(cut, fh)
+            except _NeedTree:
+                return _found(self.tree(cut), rel)
+            if directory is None or directory.type != DIR:
+                return None
+            fh = directory.entries.get(part)
+            if fh is None:
+                return None
+            kind = tree.nodes[fh].type
+        return fh, kind
+
+    def _root(self, cut: Cut) -> bytes | None:
+        """The export root's handle: its piece is the baseline's first (recoveryd.tree)."""
+        after, until = cut.window()
+        request = ScanRequest(after=after, until=until, with_data=False, ops=[Op.BASELINE], limit=1)
+        records = self.shards.scan(request)
+        try:
+            for record in records:
+                if record.baseline_id != cut.baseline.baseline_id:
+                    continue
+                if record.ok and not record.dir_fh and not record.name and record.baseline_first:
+                    return record.fh
+                return None
+        finally:
+            records.close()
+        return None
+
+    def _directory(self, cut: Cut, fh: bytes, until: Stamp | None = None,
+                   depth: int = 0) -> tuple[Tree, Node | None]:
+        """A tree of ``fh``'s own records at ``cut`` (or up to ``until``), and its
+        node there (type, entries)."""
+        tree = Tree(baseline_id=cut.baseline.baseline_id)
+        for record in self.file_records(cut, fh, with_data=False, until=until):
+            if record.op == Op.RENAME and record.to_dir_fh == fh and record.dir_fh != fh and record.ok:
+                # Moved in from another directory, whose entries are not known
+                # here: the object is the record's object_fh, or else the one the
+                # source directory's own records bound to the name just before.
+                moved = Record()
+                moved.CopyFrom(record)
+                moved.ClearField("dir_fh")
+                if not moved.object_fh:
+                    moved.object_fh = self._entry_before(cut, record.dir_fh, record.name,
+                                                         Stamp.from_bytes(record.stamp), depth + 1) or b""
+                record = moved
+            tree.apply(record)
+        return tree, tree.node(fh)
+
+    def _entry_before(self, cut: Cut, dir_fh: bytes, name: bytes, stamp: Stamp,
+                      depth: int) -> bytes | None:
+        if depth > _MAX_RENAME_CHAIN:
+            raise _NeedTree()
+        _, node = self._directory(cut, dir_fh, predecessor(stamp), depth)
+        return node.entries.get(name) if node is not None else None
+
     # -- one file -----------------------------------------------------------------------------
 
-    def file_records(self, cut: Cut, fh: bytes, *, with_data: bool = True) -> Iterator[Record]:
-        """Every record naming ``fh`` with a stamp in [baseline_id, at], in stamp
-        order, from every shard (pieces of other baselines left out)."""
-        after, until = cut.window()
+    def file_records(self, cut: Cut, fh: bytes, *, with_data: bool = True,
+                     until: Stamp | None = None) -> Iterator[Record]:
+        """Every record naming ``fh`` with a stamp in [baseline_id, at] (or up to
+        ``until``, below ``at``), in stamp order, from every shard (pieces of
+        other baselines left out)."""
+        after, until = cut.window() if until is None else (cut.window()[0], until.to_bytes())
         baseline_id = cut.baseline.baseline_id
         for record in self.shards.file_records(FileRequest(fh=fh, after=after, until=until,
                                                            with_data=with_data)):
-            if record.op == Op.BASELINE and record.baseline_id != baseline_id:
+            if record.op == _BASELINE and record.baseline_id != baseline_id:
                 continue
             yield record
 
@@ -566,43 +678,49 @@ class RestoreClient:
         """The newest attributes of ``fh`` at ``cut`` from all its records (no data read)."""
         return _newest_attr(fh, self.file_records(cut, fh, with_data=False))
 
-    def write_file(self, cut: Cut, fh: bytes, fd: int) -> int:
-        """Replay ``fh``'s content at ``cut`` onto the open file ``fd``; returns its size."""
-        return self._write_file(cut, fh, fd)[0]
+    def write_file(self, cut: Cut, fh: bytes, fd: int,
+                   seen: Callable[[Record], None] | None = None) -> int:
+        """Replay ``fh``'s content at ``cut`` onto the open file ``fd``; returns its size.
+        ``seen`` is shown every record on the way (``Tree.apply``, say, to learn
+        the object's type in the same pass)."""
+        return self._write_file(cut, fh, fd, seen)[0]
 
     def replay_file(self, cut: Cut, fh: bytes, fd: int) -> tuple[int, Attr | None]:
         """``write_file``, also returning the file's newest attributes at ``cut``
         (None if no record carried any): one pass over its records for both."""
         return self._write_file(cut, fh, fd)
 
-    def _write_file(self, cut: Cut, fh: bytes, fd: int) -> tuple[int, Attr | None]:
+    def _write_file(self, cut: Cut, fh: bytes, fd: int,
+                    seen: Callable[[Record], None] | None = None) -> tuple[int, Attr | None]:
         attr: Attr | None = None
         key = (0, b"")
         for record in self.file_records(cut, fh):
+            if seen is not None:
+                seen(record)
             if not record.ok:
                 continue
             if record.fh == fh and record.HasField("attr"):
                 k = attr_key(record.attr, record.stamp)
-                if attr is None or k >= key or (record.op == Op.BASELINE and record.baseline_first):
+                if attr is None or k >= key or (record.op == _BASELINE and record.baseline_first):
                     attr, key = record.attr, k
             if record.fh != fh or record.op not in DATA_OPS:
                 continue
             op = record.op
-            if op == Op.BASELINE:
+            if op == _BASELINE:
                 if record.baseline_first:
                     os.ftruncate(fd, 0)
                 if record.data:
                     _pwrite_all(fd, record.data, record.offset)
-            elif op == Op.WRITE:
+            elif op == _WRITE:
                 data = record.data
                 if 0 < record.reply_count < len(data):
                     data = data[:record.reply_count]  # the NAS accepted only this much
                 if data:
                     _pwrite_all(fd, data, record.offset)
-            elif op == Op.SETATTR:
+            elif op == _SETATTR:
                 if record.set.HasField("size"):
                     os.ftruncate(fd, record.set.size)
-            elif op == Op.CREATE:
+            elif op == _CREATE:
                 if record.HasField("attr"):
                     os.ftruncate(fd, record.attr.size)
                 elif record.set.HasField("size"):
@@ -859,6 +977,11 @@ class RestoreClient:
 # -- helpers ------------------------------------------------------------------------------------------
 
 
+def _found(tree: Tree, rel: bytes) -> tuple[bytes, int] | None:
+    fh = tree.lookup(rel)
+    return None if fh is None else (fh, tree.nodes[fh].type)
+
+
 def _clean_path(path: bytes | str | None) -> bytes:
     """A path from the export root as bytes (a str from a command line is
     os.fsencoded back into the bytes the user typed)."""
@@ -889,8 +1012,11 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
+@functools.cache
 def _renameat2():
-    """glibc's renameat2 (None where libc lacks it)."""
+    """glibc's renameat2 (None where libc lacks it); looked up on first use."""
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
@@ -899,8 +1025,6 @@ def _renameat2():
     fn.restype = ctypes.c_int
     return fn
 
-
-_RENAMEAT2 = _renameat2()
 
 
 def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -911,9 +1035,11 @@ def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     existing name just as atomically), mkdir + rename for a directory (the
     rename then replaces only the empty directory it just made, and fails if
     anything was put in it)."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
+        import ctypes
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # EINVAL: the flag is not supported
             raise OSError(err, os.strerror(err), os.fsdecode(dst))

@@ -8,6 +8,10 @@ access to the records one shard holds, for ``recoveryd.restore`` to merge.
 * ``FileRecords``: every record naming one handle (as ``fh``, ``dir_fh``,
   ``to_dir_fh`` or ``object_fh``) in the same window, through the per-file
   index (``ShardStore.file_records``).
+* ``FileRecordChunks``: the same records, serialized, many to a message
+  (``RecordChunk``): a file written 10,000 times is a few messages, not
+  10,000, and records with data go out as stored, not parsed and
+  serialized again.
 * ``Baselines``: the baselines whose ``BASELINE_BEGIN`` this shard holds,
   oldest first, with their ``BASELINE_END`` when held. Markers go to every
   shard (nfsproxy/sharding.py); a baseline is complete only when *every*
@@ -35,16 +39,17 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 import grpc
 
 from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, Op, Record,
-                                     ScanRequest, ShardStatusRequest)
+                                     RecordChunk, ScanRequest, ShardStatusRequest)
 from logstore.stamp import Stamp
 
-from .store import ShardStore
+if TYPE_CHECKING:  # restore clients import this module for `predecessor`: no RocksDB for them
+    from .store import ShardStore
 
 __all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor"]
 
@@ -53,6 +58,8 @@ logger = logging.getLogger(__name__)
 RESTORE_SERVICE = "nfsj.journal.v1.Restore"
 CHUNK_RECORDS = 256          # records read per executor call
 CHUNK_BYTES = 8 << 20        # ... or fewer once their data passes this
+RECORD_CHUNK_RECORDS = 4096  # records in one RecordChunk message
+RECORD_CHUNK_BYTES = 2 << 20 # ... or fewer once their bytes pass this
 
 def predecessor(stamp: Stamp) -> Stamp | None:
     """The greatest stamp below `stamp` (None below ZERO): turns an inclusive
@@ -107,28 +114,40 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         except _BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         records = self._store.records(lo, hi)
-        async for record in self._stream(records, ops, request.with_data):
+        async for record in self._stream(records, ops, request.with_data, request.limit):
             yield record
 
     async def FileRecords(self, request: FileRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Record]:
-        try:
-            lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
-            if not request.fh:
-                raise _BadRequest("fh is empty: name the file handle whose records you want")
-        except _BadRequest as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        lo, hi = await _file_window(request, context)
         records = self._store.file_records(request.fh, hi, lo=lo)
         async for record in self._stream(records, frozenset(), request.with_data):
             yield record
+
+    async def FileRecordChunks(self, request: FileRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[RecordChunk]:
+        lo, hi = await _file_window(request, context)
+        loop = asyncio.get_running_loop()
+        reader = _ChunkReader(self._store.file_record_values(request.fh, hi, lo=lo), request.with_data)
+        try:
+            while True:
+                chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
+                if chunk:
+                    self.counters.records_total += len(chunk)
+                    self.counters.bytes_total += sum(len(r) for r in chunk)
+                    yield RecordChunk(records=chunk)
+                if done:
+                    return
+        finally:
+            await asyncio.shield(loop.run_in_executor(self._executor, reader.close))
 
     async def Baselines(self, request: ShardStatusRequest, context: grpc.aio.ServicerContext) -> BaselineList:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._baselines.list)
 
     async def _stream(self, records: Iterator[Record], ops: frozenset[int],
-                      with_data: bool) -> AsyncIterator[Record]:
+                      with_data: bool, limit: int = 0) -> AsyncIterator[Record]:
         loop = asyncio.get_running_loop()
-        reader = _Reader(records, ops, with_data)
+        reader = _Reader(records, ops, with_data, limit)
         try:
             while True:
                 chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
@@ -149,13 +168,25 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         return self._baselines.list()
 
 
+async def _file_window(request: FileRequest, context) -> tuple[Stamp | None, Stamp | None]:
+    try:
+        lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
+        if not request.fh:
+            raise _BadRequest("fh is empty: name the file handle whose records you want")
+    except _BadRequest as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    return lo, hi
+
+
 class _Reader:
     """A store iterator read a chunk at a time from executor threads."""
 
-    def __init__(self, records: Iterator[Record], ops: frozenset[int], with_data: bool) -> None:
+    def __init__(self, records: Iterator[Record], ops: frozenset[int], with_data: bool,
+                 limit: int = 0) -> None:
         self._records = records
         self._ops = ops
         self._with_data = with_data
+        self._left = limit or -1   # records still to send (-1: no limit)
         self._lock = threading.Lock()
 
     def next_chunk(self) -> tuple[list[Record], bool]:
@@ -163,6 +194,8 @@ class _Reader:
         out: list[Record] = []
         nbytes = 0
         with self._lock:
+            if self._left == 0:
+                return out, True
             for record in self._records:
                 if self._ops and record.op not in self._ops:
                     continue
@@ -170,6 +203,9 @@ class _Reader:
                     record.ClearField("data")
                 nbytes += len(record.data)
                 out.append(record)
+                self._left -= 1
+                if self._left == 0:
+                    return out, True
                 if len(out) >= CHUNK_RECORDS or nbytes >= CHUNK_BYTES:
                     return out, False
         return out, True
@@ -177,6 +213,34 @@ class _Reader:
     def close(self) -> None:
         with self._lock:
             self._records.close()
+
+
+class _ChunkReader:
+    """(record, stored bytes) pairs gathered into RecordChunk payloads from executor threads."""
+
+    def __init__(self, values: Iterator[tuple[Record, bytes]], with_data: bool) -> None:
+        self._values = values
+        self._with_data = with_data
+        self._lock = threading.Lock()
+
+    def next_chunk(self) -> tuple[list[bytes], bool]:
+        """The next serialized records to send, and whether the iterator is exhausted."""
+        out: list[bytes] = []
+        nbytes = 0
+        with self._lock:
+            for record, raw in self._values:
+                if not self._with_data and record.data:
+                    record.ClearField("data")
+                    raw = record.SerializeToString()
+                out.append(raw)
+                nbytes += len(raw)
+                if len(out) >= RECORD_CHUNK_RECORDS or nbytes >= RECORD_CHUNK_BYTES:
+                    return out, False
+        return out, True
+
+    def close(self) -> None:
+        with self._lock:
+            self._values.close()
 
 
 @dataclasses.dataclass(slots=True)

@@ -563,6 +563,12 @@ class ShardStore:
                      lo: Stamp | None = None) -> Iterator[Record]:
         """Every record naming ``fh`` (as fh, dir_fh, to_dir_fh or object_fh)
         with ``lo < stamp <= hi``, in stamp order, through the per-file index."""
+        for record, _ in self.file_record_values(fh, hi, lo=lo):
+            yield record
+
+    def file_record_values(self, fh: bytes, hi: Stamp | None = None, *,
+                           lo: Stamp | None = None) -> Iterator[tuple[Record, bytes]]:
+        """``file_records``, each with its bytes as stored (to send on unchanged)."""
         self._check_open()
         if not fh:
             raise ValueError("file_records needs a non-empty file handle")
@@ -577,13 +583,13 @@ class ShardStore:
         if keys:
             yield from self._fetch_naming(keys, fh)
 
-    def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[Record]:
+    def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[tuple[Record, bytes]]:
         for value in self._db.get(keys):
             if value is None:  # an index entry is written with its record; never expected
                 continue
             record = Record.FromString(value)
             if fh in _handles(record):  # an fh_key collision names another file
-                yield record
+                yield record, value
 
     def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         read_opts = ReadOptions()

@@ -322,16 +322,18 @@ class RetireRequest(_message.Message):
     def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., through_seq: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("after", "until", "with_data", "ops")
+    __slots__ = ("after", "until", "with_data", "ops", "limit")
     AFTER_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     WITH_DATA_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     after: bytes
     until: bytes
     with_data: bool
     ops: _containers.RepeatedScalarFieldContainer[Op]
-    def __init__(self, after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ...) -> None: ...
+    limit: int
+    def __init__(self, after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class FileRequest(_message.Message):
     __slots__ = ("fh", "after", "until", "with_data")
@@ -344,6 +346,12 @@ class FileRequest(_message.Message):
     until: bytes
     with_data: bool
     def __init__(self, fh: _Optional[bytes] = ..., after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ...) -> None: ...
+
+class RecordChunk(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class BaselineInfo(_message.Message):
     __slots__ = ("baseline_id", "end", "files", "bytes")

@@ -207,6 +207,11 @@ class RestoreStub:
                 request_serializer=logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
                 response_deserializer=logstore_dot_pb_dot_journal__pb2.Record.FromString,
                 _registered_method=True)
+        self.FileRecordChunks = channel.unary_stream(
+                '/nfsj.journal.v1.Restore/FileRecordChunks',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
+                _registered_method=True)
         self.Baselines = channel.unary_unary(
                 '/nfsj.journal.v1.Restore/Baselines',
                 request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
@@ -229,6 +234,13 @@ class RestoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileRecordChunks(self, request, context):
+        """FileRecords in chunks (shards older than it answer UNIMPLEMENTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Baselines(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -247,6 +259,11 @@ def add_RestoreServicer_to_server(servicer, server):
                     servicer.FileRecords,
                     request_deserializer=logstore_dot_pb_dot_journal__pb2.FileRequest.FromString,
                     response_serializer=logstore_dot_pb_dot_journal__pb2.Record.SerializeToString,
+            ),
+            'FileRecordChunks': grpc.unary_stream_rpc_method_handler(
+                    servicer.FileRecordChunks,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.FileRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.SerializeToString,
             ),
             'Baselines': grpc.unary_unary_rpc_method_handler(
                     servicer.Baselines,
@@ -308,6 +325,33 @@ class Restore:
             '/nfsj.journal.v1.Restore/FileRecords',
             logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
             logstore_dot_pb_dot_journal__pb2.Record.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileRecordChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/FileRecordChunks',
+            logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
             options,
             channel_credentials,
             insecure,

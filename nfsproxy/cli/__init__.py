@@ -1,11 +1,16 @@
 """`nfsj`: the command line. One module per subcommand; each parses its
 flags and calls one library function. Expected errors print one line that
 says what to do and exit 2; anything else is a bug and keeps its traceback.
+
+Start-up: every command module imports only typer and light modules at the
+top, and its heavy ones (gRPC, protobuf, RocksDB, the restore engine,
+uvloop, prometheus, rich) inside the command function, so `nfsj --help` and
+a quick command pay only for what they use (tests/unit/test_cli_startup.py
+keeps it so). Help is plain click formatting: rich's would cost ~100 ms.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import logging
@@ -14,10 +19,12 @@ import time
 
 import typer
 
-from ..config import default_map, load_config
-from ..proxyd import ConfigError
+from ..config import ConfigError, default_map, load_config
+from . import plain_params
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+plain_params.install()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"auto_envvar_prefix": "NFSJ"},
                   help="nfs-journal: continuous data protection for NAS/NFS.")
 
@@ -55,6 +62,8 @@ def fail(message: str) -> None:
 def run_event_loop(main) -> None:
     """Run a daemon's coroutine on uvloop (libuv): the relay spends most of its
     time in socket calls, where uvloop is markedly cheaper than the default loop."""
+    import asyncio
+
     import uvloop
     uvloop.install()
     asyncio.run(main)

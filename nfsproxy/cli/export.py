@@ -6,11 +6,8 @@ from typing import Optional
 
 import typer
 
-from recoveryd.restore import RestoreError
-from recoveryd.timespec import FORMS, parse_time
+from recoveryd.timespec import FORMS
 
-from ..exportd import ExportOptions, run_export
-from ..proxyd import parse_hostport
 from . import app, fail, run_event_loop, setup_logging
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
@@ -36,9 +33,17 @@ def export_command(
     """Serve the export as it was at TIME, read-only, over NFSv3 (nothing is written out first).
 
     NFS and MOUNT share the one port. With the Linux client:
+
+    \b
     mount -t nfs -o ro,vers=3,proto=tcp,port=PORT,mountport=PORT,nolock HOST:/ DIR
     (nolock: there is no lock manager; nothing here can change).
     """
+    from recoveryd.restore import RestoreError
+    from recoveryd.timespec import parse_time
+
+    from ..exportd import ExportOptions, run_export
+    from ..proxyd import parse_hostport
+
     setup_logging(verbose)
     if not shard:
         fail("no shards given: pass --shard HOST:PORT once per recovery shard, in the same order "

@@ -6,11 +6,6 @@ from typing import Optional
 
 import typer
 
-from logstore.commit import Durability
-
-from ..journal import QuotaPolicy
-from ..proxyd import ProxyOptions, parse_hostport, run_proxy
-from ..retention import DEFAULT_LOG_RETAIN, parse_retention
 from . import app, run_event_loop, setup_logging
 from .security_options import (client_tls, ingest_token_file_option, tls_ca_option, tls_cert_option,
                                tls_key_option)
@@ -28,15 +23,31 @@ def _size(text: str | None) -> int | None:
     return int(number) * scale
 
 
+#: nfsproxy.retention.DEFAULT_LOG_RETAIN; the choices below are the values of
+#: logstore.commit.Durability and nfsproxy.journal.QuotaPolicy. Spelled here so
+#: that --help loads neither the LOG nor the relay (a unit test keeps them equal).
+DEFAULT_LOG_RETAIN = "1h"
+DURABILITIES = ("sync", "async")
+QUOTA_POLICIES = ("block", "passthrough")
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
+    return value
+
+
 @app.command()
 def proxy(
     listen: str = typer.Option("0.0.0.0:2049", help="HOST:PORT to serve NFSv3, MOUNT and portmap GETPORT on."),
     backend: str = typer.Option(..., help="The NAS: HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT."),
     log: str = typer.Option(..., "--log", help="Directory of the LOG (created if missing)."),
-    durability: Durability = typer.Option(Durability.SYNC, help="sync: reply after fsync (RPO 0); async: reply at once."),
+    durability: str = typer.Option("sync", metavar="sync|async",
+                                   help="sync: reply after fsync (RPO 0); async: reply at once."),
     segment_size: str = typer.Option("64M", help="LOG segment size."),
     quota: str = typer.Option(None, help="LOG disk quota, e.g. 20G (default: none)."),
-    quota_policy: QuotaPolicy = typer.Option(QuotaPolicy.BLOCK, help="Over quota: block replies, or passthrough unjournaled."),
+    quota_policy: str = typer.Option("block", metavar="block|passthrough",
+                                     help="Over quota: block replies, or passthrough unjournaled."),
     node_id: int = typer.Option(None, help="HLC node id (default: generated once and kept in the LOG dir)."),
     shard: list[str] = typer.Option([], "--shard", help="A recovery shard's HOST:PORT; repeat for each shard, "
                                     "in the same order everywhere (shard k = the k-th --shard)."),
@@ -58,6 +69,14 @@ def proxy(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
+    from logstore.commit import Durability
+
+    from ..journal import QuotaPolicy
+    from ..proxyd import ProxyOptions, parse_hostport, run_proxy
+    from ..retention import parse_retention
+
+    durability = Durability(_choice(durability, DURABILITIES, "--durability"))
+    quota_policy = QuotaPolicy(_choice(quota_policy, QUOTA_POLICIES, "--quota-policy"))
     setup_logging(verbose)
     host, port = parse_hostport(listen, 2049)
     try:

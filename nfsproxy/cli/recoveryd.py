@@ -6,9 +6,6 @@ from typing import Optional
 
 import typer
 
-from recoveryd.shard import SecurityError, ServeError, ShardOptions, StoreError, run_shard
-
-from ..proxyd import parse_hostport
 from . import app, fail, run_event_loop, setup_logging
 from .security_options import (ingest_tokens_option, member_option, restore_identity_option,
                                restore_tokens_option, server_tls, tls_ca_option, tls_cert_option,
@@ -31,6 +28,10 @@ def recoveryd(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Receive journal records from proxies and keep them in RocksDB."""
+    from recoveryd.shard import SecurityError, ServeError, ShardOptions, StoreError, run_shard
+
+    from ..proxyd import parse_hostport
+
     setup_logging(verbose)
     host, port = parse_hostport(listen)
     opts = ShardOptions(host, port, data, shard_id, metrics=metrics,

@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from logstore.stamp import Stamp
-from recoveryd.restore import (Cut, RestoreClient, RestoreError, RestoreProgress, RestoreSummary,
-                               Shards, check_dest)
-from recoveryd.timespec import FORMS, parse_time
-from recoveryd.tree import REG, show_name
+from recoveryd.timespec import FORMS
 
-from ..pushback import PushResult, connect_nas, nas_target, push_to_nas
 from . import app, fail
+from .progress import Progress
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
+
+if TYPE_CHECKING:  # the restore engine (gRPC, protobuf) loads when a command runs
+    from logstore.stamp import Stamp
+    from recoveryd.restore import Cut, RestoreClient, RestoreSummary
+
+    from ..pushback import PushResult
 
 _SHARD_HELP = ("A recovery shard's HOST:PORT; repeat for each shard, in the same order as the "
                "proxy's --shard. Required.")
@@ -43,6 +41,8 @@ _NO_SHARDS = ("no shards given: pass --shard HOST:PORT once per recovery shard, 
 
 
 def _time(text: str, option: str) -> Stamp:
+    from recoveryd.timespec import parse_time
+
     try:
         return parse_time(text)
     except ValueError as e:
@@ -51,6 +51,8 @@ def _time(text: str, option: str) -> Stamp:
 
 def _client(shard: list[str] | None, tls_ca: str | None = None, tls_cert: str | None = None,
             tls_key: str | None = None, token_file: str | None = None) -> RestoreClient:
+    from recoveryd.restore import RestoreClient, RestoreError, Shards
+
     if not shard:
         fail(_NO_SHARDS)
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
@@ -60,16 +62,17 @@ def _client(shard: list[str] | None, tls_ca: str | None = None, tls_cert: str | 
         fail(str(e))
 
 
-def _stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+def _warn(text: str) -> None:
+    """A warning that must not be missed: bold red on a terminal."""
+    tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    typer.echo(f"\x1b[1;31m{text}\x1b[0m" if tty else text, err=True)
 
 
 def _report_cut(cut: Cut) -> None:
-    err = _stderr()
     if cut.unproven:
-        err.print("[bold red]WARNING: UNPROVEN CUT[/]: this moment lies at or after the consistent "
-                  "point; records stamped before it may not have reached every shard yet, so the "
-                  "result may miss changes.", highlight=False)
+        _warn("WARNING: UNPROVEN CUT: this moment lies at or after the consistent point; records "
+              "stamped before it may not have reached every shard yet, so the result may miss "
+              "changes.")
     typer.echo(f"delivered {cut}", err=True)
 
 
@@ -95,9 +98,13 @@ def restore_command(
     tls_cert: Optional[str] = tls_cert_option(),
     tls_key: Optional[str] = tls_key_option(),
     token_file: Optional[str] = token_file_option(),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar or lines) on stderr."),
 ) -> None:
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
+    from recoveryd.restore import RestoreError, check_dest
+
+    from ..pushback import nas_target
+
     moment = _time(at, "--at")
     if to is not None and not to_nas:
         try:
@@ -109,8 +116,7 @@ def restore_command(
         nas_address = nas_target(to=to, to_nas=to_nas, nas=nas, into=into)
         cut = client.cut(moment, allow_unproven=allow_unproven)
         if cut.unproven:
-            _stderr().print("[bold red]WARNING: --allow-unproven[/]: restoring an UNPROVEN cut",
-                            highlight=False)
+            _warn("WARNING: --allow-unproven: restoring an UNPROVEN cut")
         summary = (_push(client, cut, nas_address, path, into, quiet) if to_nas
                    else _deliver(client, cut, to, path, quiet))
     except RestoreError as e:
@@ -124,35 +130,28 @@ def restore_command(
 
 def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: bool) -> RestoreSummary:
     """Write the cut to its target. Extension point: `--to-nas` adds a branch here."""
-    columns = (TextColumn("restore"), BarColumn(), DownloadColumn(),
-               TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
-               TextColumn("{task.fields[current]}"))
-    console = _stderr()
-    # Not a terminal (a log, a pipe): no bar, so errors stay one clean line.
-    with Progress(*columns, console=console, disable=quiet or not console.is_terminal,
-                  transient=True) as bar:
-        task = bar.add_task("restore", total=None, files="", current="")
+    with Progress("restore", items="files", quiet=quiet) as shown:
+        def progress(p) -> None:
+            shown.update(done_bytes=p.bytes_done, total_bytes=max(p.bytes_hint, p.bytes_done),
+                         done_items=p.files_done, total_items=p.files_total,
+                         phase=p.phase if p.phase != "done" else None, current=p.current[-40:])
 
-        def progress(p: RestoreProgress) -> None:
-            bar.update(task, completed=p.bytes_done, total=max(p.bytes_hint, p.bytes_done) or None,
-                       files=f"{p.files_done}/{p.files_total} files" if p.phase != "tree" else "reading tree",
-                       current=p.current[-40:])
-
-        return client.restore_to_dir(cut, to, path=None if path is None else os.fsencode(path),
-                                     progress=progress)
+        summary = client.restore_to_dir(cut, to, path=None if path is None else os.fsencode(path),
+                                        progress=progress)
+        shown.finish(f"{summary.files} files ({summary.bytes} bytes), {summary.dirs} directories "
+                     f"to {summary.dest}")
+    return summary
 
 
 def _push(client: RestoreClient, cut: Cut, nas, path: str | None, into: str | None,
           quiet: bool) -> PushResult:
     """--to-nas: write the cut back onto the NAS (nfsproxy/pushback.py)."""
-    console = _stderr()
-    columns = (TextColumn("push"), DownloadColumn(), TextColumn("{task.fields[objects]} objects"),
-               TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
-    with Progress(*columns, console=console, disable=quiet or not console.is_terminal,
-                  transient=True) as bar, connect_nas(nas) as nfs:
-        task = bar.add_task("push", total=None, objects=0, current="")
-        result = push_to_nas(client, cut, nfs, path=path, into=into, progress=lambda n, b, rel: bar.update(
-            task, completed=b, objects=n, current=rel[-40:]))
+    from ..pushback import connect_nas, push_to_nas
+
+    with Progress("push", items="objects", quiet=quiet) as shown, connect_nas(nas) as nfs:
+        result = push_to_nas(client, cut, nfs, path=path, into=into, progress=lambda n, b, rel: shown.update(
+            done_bytes=b, done_items=n, current=rel[-40:]))
+        shown.finish(f"{shown.done_items} objects ({shown.done_bytes} bytes) onto {nas}")
     result.nas = str(nas)
     return result
 
@@ -170,19 +169,34 @@ def cat_command(
     token_file: Optional[str] = token_file_option(),
 ) -> None:
     """Write one file's bytes as they were at TIME to stdout."""
+    import shutil
+    import tempfile
+
+    from recoveryd.restore import RestoreError
+    from recoveryd.tree import REG, TYPE_NAMES, Tree, show_name
+
     moment = _time(at, "--at")
     client = _client(shard, tls_ca, tls_cert, tls_key, token_file)
     try:
         cut = client.cut(moment, allow_unproven=allow_unproven)
-        tree = client.tree(cut)
-        fh = tree.lookup(os.fsencode(path))  # the bytes the user typed, not assumed UTF-8
-        if fh is None:
+        found = client.resolve(cut, os.fsencode(path))  # the bytes the user typed, not assumed UTF-8
+        if found is None:
             fail(f"{show_name(path)} did not exist at {at}")
-        node = tree.nodes[fh]
-        if node.type != REG:
-            fail(f"{show_name(path)} was not a regular file at {at} (it was a {node.type_name})")
+        fh, kind = found
+
+        def not_regular(kind: int) -> None:
+            fail(f"{show_name(path)} was not a regular file at {at} (it was a {TYPE_NAMES.get(kind, kind)})")
+
+        if kind and kind != REG:
+            not_regular(kind)
+        # One pass over the file's records: its bytes, and (from the same
+        # records) its type, for when the directory's records did not say.
+        own = Tree(baseline_id=cut.baseline.baseline_id)
         with tempfile.TemporaryFile(prefix="nfsj-cat-") as tmp:
-            client.write_file(cut, fh, tmp.fileno())
+            client.write_file(cut, fh, tmp.fileno(), seen=own.apply)
+            node = own.node(fh)
+            if node is None or node.type != REG:
+                not_regular(node.type if node is not None else 0)
             tmp.seek(0)
             try:
                 shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
@@ -214,6 +228,8 @@ def history_command(
     token_file: Optional[str] = token_file_option(),
 ) -> None:
     """What changed PATH, when, from which client and uid."""
+    from recoveryd.restore import RestoreError
+
     lo = _time(since, "--since") if since else None
     hi = _time(until, "--until") if until else None
     client = _client(shard, tls_ca, tls_cert, tls_key, token_file)

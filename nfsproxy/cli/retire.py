@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from recoveryd.retire import RetireError, log_end, parse_stream, retire
-
 from . import app, fail
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
@@ -31,6 +29,8 @@ def retire_command(
     token_file: Optional[str] = token_file_option(),
 ) -> None:
     """Retire an old proxy LOG's stream once every shard holds all of it."""
+    from recoveryd.retire import RetireError, log_end, parse_stream, retire
+
     if (log is None) == (stream is None):
         fail("name the stream once: --log DIR (a stopped proxy's old LOG) or --stream NODE_ID/LOG_ID")
     if stream is not None and through_seq is None:

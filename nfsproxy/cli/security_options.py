@@ -15,14 +15,16 @@ missing, unreadable or not PEM.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import grpc
 import typer
 
-from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials)
-
 from . import fail
+
+if TYPE_CHECKING:  # gRPC and the security module load only when a command runs
+    import grpc
+
+    from recoveryd.security import BearerToken, TlsOptions
 
 __all__ = ["tls_cert_option", "tls_key_option", "tls_ca_option", "token_file_option",
            "restore_tokens_option", "restore_identity_option", "client_tls", "client_security",
@@ -90,6 +92,8 @@ def ingest_token_file_option() -> Any:
 
 def client_tls(tls_ca: Optional[str], tls_cert: Optional[str], tls_key: Optional[str]) -> TlsOptions | None:
     """The client's TlsOptions (None: plaintext), checked now."""
+    from recoveryd.security import SecurityError, TlsOptions, channel_credentials
+
     opts = TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca)
     if not opts.enabled:
         return None
@@ -104,6 +108,8 @@ def client_security(tls_ca: Optional[str], tls_cert: Optional[str], tls_key: Opt
                     token_file: Optional[str] = None
                     ) -> tuple[grpc.ChannelCredentials | None, BearerToken | None]:
     """(channel credentials, bearer token) for a client command; fails with one line."""
+    from recoveryd.security import BearerToken, SecurityError, TlsOptions, channel_credentials
+
     try:
         credentials = channel_credentials(TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca))
         token = BearerToken.from_file(token_file) if token_file else None
@@ -114,5 +120,7 @@ def client_security(tls_ca: Optional[str], tls_cert: Optional[str], tls_key: Opt
 
 def server_tls(tls_ca: Optional[str], tls_cert: Optional[str], tls_key: Optional[str]) -> TlsOptions | None:
     """A server's TlsOptions: --tls-ca means client certificates are required."""
+    from recoveryd.security import TlsOptions
+
     opts = TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca, require_client_cert=bool(tls_ca))
     return opts if opts.enabled else None

@@ -7,11 +7,12 @@ from typing import Any, Optional
 
 import typer
 
-from recoveryd.status import DEFAULT_TIMEOUT_S, ProxyStatusError, fetch_status, overall, read_proxy_status
-
 from . import app, fail
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
+
+#: recoveryd.status.DEFAULT_TIMEOUT_S, spelled here so that --help loads no gRPC.
+DEFAULT_TIMEOUT_S = 3.0
 
 
 @app.command("status")
@@ -33,6 +34,8 @@ def status_command(
 
     Exits 1 when a shard is down (the consistent point is then unknown).
     """
+    from recoveryd.status import ProxyStatusError, fetch_status, overall, read_proxy_status
+
     if not shard and not log:
         fail("nothing to ask: pass --shard HOST:PORT (once per shard) and/or --log DIR (a proxy's LOG)")
     proxy_status = None

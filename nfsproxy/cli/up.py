@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ..up import UpOptions, run_up
 from . import app, setup_logging
 
 
@@ -20,5 +19,7 @@ def up(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C."""
+    from ..up import UpOptions, run_up
+
     setup_logging(verbose)
     run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability))

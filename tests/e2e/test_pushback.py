@@ -18,6 +18,8 @@ test:
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from e2e.test_export import Restorable, nfsj, restorable, stack  # noqa: F401  (fixtures)
@@ -152,3 +154,21 @@ def test_library_push_reports_progress_and_counts(restorable):
     assert result.specials == 1 and result.hard_links >= 1 and not result.skipped
     assert result.dirs == sum(1 for e in want.values() if e.type == "dir") - 1
     assert calls and calls[-1][0] == result.objects
+
+
+def test_push_prints_plain_progress_lines_when_not_on_a_terminal(restorable, monkeypatch):
+    r = restorable
+    monkeypatch.setenv("NFSJ_PROGRESS_INTERVAL", "0")  # a line at every step
+    target = r.stack.nas.export_dir / "restored-progress"
+    try:
+        done = nfsj("restore", "--at", str(r.at), "--to-nas", "--nas", nas_address(r),
+                    "--into", "restored-progress", *r.stack.shard_args, timeout_s=300)
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.splitlines()
+        assert any(line.startswith("push: ") and " objects" in line for line in lines), done.stderr
+        assert "\r" not in done.stderr and "\x1b" not in done.stderr
+        final = [line for line in lines if line.startswith("push: done: ")]
+        assert len(final) == 1 and " objects (" in final[0] and "onto 127.0.0.1:" in final[0], done.stderr
+        assert not diff(r.truth, snapshot(target, mtimes=True), names=("the truth at T", "pushed"))
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

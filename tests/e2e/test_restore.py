@@ -35,6 +35,7 @@ hand-made records, without a NAS.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -389,6 +390,26 @@ def test_restore_into_an_empty_directory_and_never_over_content(scenario, tmp_pa
 
 
 @ganesha
+def test_restore_prints_plain_progress_lines_when_not_on_a_terminal(scenario, tmp_path):
+    s = scenario
+    dest = tmp_path / "restored"
+    done = subprocess.run([*NFSJ, "restore", "--at", str(s.t1), "--to", str(dest),
+                           *shard_args(s.shards)], capture_output=True, timeout=120,
+                          env={**os.environ, "NFSJ_PROGRESS_INTERVAL": "0"})
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("restore (files): ") for line in lines), err
+    assert "\r" not in err and "\x1b" not in err  # lines for a log, no bar drawing
+    restored = re.search(r"^restored (\d+) files \((\d+) bytes\)", err, re.M)
+    final = [line for line in lines if line.startswith("restore: done: ")]
+    assert restored and len(final) == 1, err
+    assert final[0].startswith(f"restore: done: {restored.group(1)} files ({restored.group(2)} bytes)")
+    assert str(dest) in final[0]
+    compare(s.truth1, dest)
+
+
+@ganesha
 def test_cat_gives_the_bytes_at_t1(scenario):
     s = scenario
     done = nfsj("cat", "data/sparse.bin", "--at", format_time(s.t1), *shard_args(s.shards))
@@ -401,6 +422,51 @@ def test_cat_gives_the_bytes_at_t1(scenario):
                                                   *shard_args(s.shards)))
     assert "not a regular file" in one_line_error(nfsj("cat", "data", "--at", str(s.t1),
                                                        *shard_args(s.shards)))
+
+
+@ganesha
+@pytest.mark.parametrize("moment", ["t1", "t2", "t3"])
+def test_a_path_resolves_as_of_the_cut_without_the_whole_tree(scenario, moment, tmp_path):
+    """`resolve` walks only the directories on the way; through renames across
+    directories, renames over a name, removes and re-creations it finds what
+    the whole tree finds, and nothing that existed only earlier or later."""
+    s = scenario
+    at = getattr(s, moment)
+    truth = getattr(s, f"truth{moment[1]}")
+    every_path = set(s.truth1) | set(s.truth2) | set(s.truth3)
+    with Shards(s.shards) as shards, RestoreClient(shards) as walker, \
+            Shards(s.shards) as shards2, RestoreClient(shards2) as whole:
+        cut = walker.cut(at)
+        tree = whole.tree(whole.cut(at))
+        for path in sorted(every_path):
+            found = walker.resolve(cut, path)
+            if path not in truth:
+                assert found is None, f"{path} resolved at {moment}, where it did not exist"
+                continue
+            assert found is not None, f"{path} did not resolve at {moment}"
+            assert found[0] == tree.lookup(path), path
+            assert found[1] in (0, tree.nodes[found[0]].type), path
+            if truth[path].type == "reg":
+                with open(tmp_path / "f", "w+b") as f:
+                    walker.write_file(cut, found[0], f.fileno())
+                    f.seek(0)
+                    assert hashlib.sha256(f.read()).hexdigest() == truth[path].sha256, path
+        assert walker._trees == {}  # resolved without rebuilding the whole tree
+
+
+@ganesha
+def test_cat_follows_renames_and_replacements_in_the_window(scenario):
+    s = scenario
+    cases = [("t1", "old/note-moved"), ("t1", "data/victim"), ("t2", "old/victim"),
+             ("t2", "keep-no-more"), ("t3", "keep-no-more"), ("t3", "data/fresh-link-moved")]
+    for moment, path in cases:
+        truth = getattr(s, f"truth{moment[1]}")
+        done = nfsj("cat", path, "--at", str(getattr(s, moment)), *shard_args(s.shards))
+        assert done.returncode == 0, done.stderr.decode()
+        assert hashlib.sha256(done.stdout).hexdigest() == truth[path].sha256, (moment, path)
+    for moment, path in [("t2", "data/victim"), ("t1", "keep-no-more"), ("t2", "docs/sparse-link")]:
+        assert "did not exist" in one_line_error(
+            nfsj("cat", path, "--at", str(getattr(s, moment)), *shard_args(s.shards)))
 
 
 @ganesha
@@ -602,6 +668,19 @@ def test_scan_file_records_and_baselines_contract(two_shards):
         assert [r.op for r in s0.FileRecords(FileRequest(fh=b"F"))] == [Op.RENAME]
         assert [r.data for r in s1.FileRecords(FileRequest(fh=b"F", with_data=True))] == [b"base", b"XYZ"]
         assert [r.op for r in s1.FileRecords(FileRequest(fh=b"F", until=piece.stamp))] == [Op.BASELINE]
+        # The same records in chunks: serialized as stored, data only when asked.
+        for request in (FileRequest(fh=b"F", with_data=True), FileRequest(fh=b"F"),
+                        FileRequest(fh=b"F", after=piece.stamp, with_data=True)):
+            chunked = [Record.FromString(raw) for chunk in s1.FileRecordChunks(request)
+                       for raw in chunk.records]
+            assert chunked == list(s1.FileRecords(request))
+        assert [r.data for r in s1.FileRecords(FileRequest(fh=b"F"))] == [b"", b""]
+        with pytest.raises(grpc.RpcError) as bad:
+            list(s1.FileRecordChunks(FileRequest(fh=b"")))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A limit stops the scan early.
+        assert [r.stamp for r in s1.Scan(ScanRequest(limit=2))] == [begin.stamp, piece.stamp]
+        assert [r.stamp for r in s1.Scan(ScanRequest(ops=[Op.WRITE], limit=1))] == [write.stamp]
         with pytest.raises(grpc.RpcError) as bad:
             list(s0.Scan(ScanRequest(after=b"short")))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -632,6 +711,9 @@ def test_scan_file_records_and_baselines_contract(two_shards):
             cut = client.cut(Stamp(145, 0, 0))
             assert cut.baseline.end == end.stamp and not cut.unproven
             assert cut.consistent_point == Stamp(500, 0, 0)
+            # The path walk, from the root piece through R's own records.
+            assert client.resolve(cut, "f") == (b"F", 1) and client.resolve(cut, "g") is None
+            assert client.resolve(cut, "") == (b"R", 2) and client.resolve(cut, "f/x") is None
             tree = client.tree(cut)
             assert tree.lookup("f") == b"F" and tree.lookup("g") is None
             assert client.read(cut, b"F", 0, 100) == b"baXYZ"

@@ -13,8 +13,8 @@ from recoveryd import restore
 def mover(request, monkeypatch):
     """The primitive as the kernel offers it, and its fallback (no renameat2)."""
     if request.param == "fallback":
-        monkeypatch.setattr(restore, "_RENAMEAT2", None)
-    elif restore._RENAMEAT2 is None:  # noqa: SLF001
+        monkeypatch.setattr(restore, "_renameat2", lambda: None)
+    elif restore._renameat2() is None:  # noqa: SLF001
         pytest.skip("this libc has no renameat2")
     return restore.rename_noreplace
 

@@ -24,7 +24,6 @@ from logstore.pb.journal_pb2 import (IngestBatch, Record, ShardStatus, ShippedRe
                                      StreamStatus)
 from logstore.stamp import Stamp
 from nfsproxy.cli import app
-from nfsproxy.cli import status as status_cli
 from recoveryd.status import (PROXY_STATUS_FILE, ProxyStatusError, ShardReport, fetch_status,
                               overall, read_proxy_status, write_proxy_status)
 
@@ -225,7 +224,9 @@ def test_status_json_shape(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -
         asked.append((list(addresses), timeout_s))
         return [up(addresses[0], a)]
 
-    monkeypatch.setattr(status_cli, "fetch_status", fake_fetch)
+    import recoveryd.status  # the command imports it when it runs
+
+    monkeypatch.setattr(recoveryd.status, "fetch_status", fake_fetch)
     result = runner.invoke(app, ["status", "--shard", "h:1", "--json", "--timeout", "0.5"])
     assert result.exit_code == 0, result.output
     assert asked == [(["h:1"], 0.5)]

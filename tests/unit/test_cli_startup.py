@@ -1,0 +1,95 @@
+"""`nfsj` loads only what a command uses (`python -X importtime` names every
+module a run imports), and its help stays complete. No timings here:
+tests/bench/bench_cli.py measures them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: What a help page or `nfsj status` must not load: each costs tens of ms.
+NEVER_FOR_HELP = ("grpc", "google.protobuf", "rocksdict", "uvloop", "prometheus_client", "rich",
+                  "pydantic", "asyncio", "recoveryd.restore", "recoveryd.store", "logstore.log",
+                  "logstore.commit", "nfsproxy.relay", "nfsproxy.nfs3", "crc32c")
+NEVER_FOR_STATUS = tuple(m for m in NEVER_FOR_HELP if m not in ("grpc", "google.protobuf", "asyncio"))
+
+
+def imported(*args: str, env: dict | None = None) -> set[str]:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "nfsproxy", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return {m.group(1) for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", done.stderr, re.M)}
+
+
+def loaded(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["restore", "--help"],
+                                  ["cat", "--help"], ["baseline", "--help"], ["proxy", "--help"],
+                                  ["recoveryd", "--help"], ["export", "--help"]])
+def test_help_loads_nothing_heavy(args):
+    modules = imported(*args)
+    assert "nfsproxy.cli" in modules  # the run really was measured
+    assert loaded(modules, NEVER_FOR_HELP) == []
+
+
+def test_status_loads_grpc_but_no_store_restore_engine_or_pydantic():
+    modules = imported("status", "--shard", "127.0.0.1:1", "--timeout", "0.2", "--json")
+    assert "grpc" in modules
+    assert loaded(modules, NEVER_FOR_STATUS) == []
+
+
+def test_root_help_lists_every_command_and_each_help_every_option():
+    from nfsproxy.cli import app
+
+    group = typer.main.get_command(app)
+    root = subprocess.run([sys.executable, "-m", "nfsproxy", "--help"], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    for name, command in group.commands.items():
+        assert re.search(rf"^\s+{name}\s", root, re.M), name
+        if not hasattr(command, "params") or name == "config":
+            continue
+        page = subprocess.run([sys.executable, "-m", "nfsproxy", name, "--help"], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--"):
+                    assert opt in page, f"nfsj {name} --help lacks {opt}"
+
+
+def test_constants_spelled_in_the_cli_match_their_homes():
+    from logstore.commit import Durability
+    from nfsproxy.cli import proxy, status
+    from nfsproxy.journal import QuotaPolicy
+    from nfsproxy.retention import DEFAULT_LOG_RETAIN
+    from recoveryd.status import DEFAULT_TIMEOUT_S
+
+    assert status.DEFAULT_TIMEOUT_S == DEFAULT_TIMEOUT_S
+    assert proxy.DEFAULT_LOG_RETAIN == DEFAULT_LOG_RETAIN
+    assert set(proxy.DURABILITIES) == {d.value for d in Durability}
+    assert set(proxy.QUOTA_POLICIES) == {q.value for q in QuotaPolicy}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nfsproxy", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_plain_parameters_are_still_checked():
+    done = run_cli("status", "--shard", "127.0.0.1:1", "--timeout", "soon")
+    assert done.returncode == 2 and "'soon' is not a valid float" in done.stderr
+    done = run_cli("proxy", "--backend", "h:/e", "--log", "/nonexistent/x", "--durability", "maybe")
+    assert done.returncode == 2 and "--durability" in done.stderr and "sync, async" in done.stderr
+    # Bounded numbers still go through typer's own checks.
+    done = run_cli("recoveryd", "--listen", "127.0.0.1:0", "--data", "/nonexistent/x",
+                   "--shard-id", "-1")
+    assert done.returncode == 2 and "--shard-id" in done.stderr
