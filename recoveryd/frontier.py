@@ -50,7 +50,8 @@ from typing import Iterable
 from logstore.stamp import Stamp
 
 __all__ = ["StreamKey", "StreamState", "Gap", "GapMarker", "BatchRefused", "apply",
-           "shard_frontier", "consistent_point", "healed_by", "limit_by_gaps", "restore_baseline"]
+           "shard_frontier", "consistent_point", "healed_by", "limit_by_gaps", "restore_baseline",
+           "stream_gaps"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -187,3 +188,25 @@ def restore_baseline(at: Stamp, gaps: Iterable[Gap],
     floor = max((g.through for g in gaps if g.from_stamp <= at), default=None)
     usable = [(b, e) for b, e in baselines if e <= at and (floor is None or b > floor)]
     return max(usable, key=lambda be: be[1], default=None)
+
+
+def stream_gaps(pb) -> tuple[Gap, ...]:
+    """The gaps of a StreamStatus message (duck-typed: this module stays free of
+    protobuf). Gaps stored before they had stamps (text only) are taken as the
+    old rule had them: from ZERO, never healed."""
+    if pb.gap_ranges:
+        return tuple(Gap(g.after_seq, g.through_seq, _stamp_or_zero(getattr(g, "from")),
+                         _stamp_or_zero(g.through), g.cause, g.reason) for g in pb.gap_ranges)
+    out = []
+    for text in pb.gaps:
+        seqs, _, reason = text.partition(": ")
+        after, _, through = seqs.partition("..")
+        try:
+            out.append(Gap(int(after), int(through), Stamp.ZERO, Stamp.MAX, "trimmed", reason))
+        except ValueError:
+            out.append(Gap(0, 0, Stamp.ZERO, Stamp.MAX, "unknown", text))
+    return tuple(out)
+
+
+def _stamp_or_zero(raw: bytes) -> Stamp:
+    return Stamp.from_bytes(raw) if raw else Stamp.ZERO

@@ -50,9 +50,9 @@ from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import ShardStatus, ShardStatusRequest, StreamStatus
 from logstore.stamp import Stamp
 
-from .frontier import Gap, StreamKey, StreamState, consistent_point, healed_by, limit_by_gaps
+from .frontier import (Gap, StreamKey, StreamState, consistent_point, healed_by, limit_by_gaps,
+                       stream_gaps)
 from .security import BearerToken, open_channel
-from .store import stream_gaps
 
 __all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
            "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view",

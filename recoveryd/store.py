@@ -54,11 +54,12 @@ from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
 from logstore.stamp import Stamp
 
-from .frontier import BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier
+from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier,
+                       stream_gaps)
 
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
-    "stream_status", "stream_gaps", "gap_pb", "FORMAT", "RetireRefused",
+    "stream_status", "gap_pb", "FORMAT", "RetireRefused",
 ]
 
 FORMAT = 1  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -130,23 +131,6 @@ def gap_pb(gap: Gap) -> StreamGap:
     return StreamGap(after_seq=gap.after_seq, through_seq=gap.through_seq,
                      **{"from": gap.from_stamp.to_bytes()}, through=gap.through.to_bytes(),
                      cause=gap.cause, reason=gap.reason)
-
-
-def stream_gaps(pb: StreamStatus) -> tuple[Gap, ...]:
-    """A StreamStatus's gaps. Gaps stored before they had stamps (text only)
-    are taken as the old rule had them: from ZERO, never healed."""
-    if pb.gap_ranges:
-        return tuple(Gap(g.after_seq, g.through_seq, _stamp_or_zero(getattr(g, "from")),
-                         _stamp_or_zero(g.through), g.cause, g.reason) for g in pb.gap_ranges)
-    out = []
-    for text in pb.gaps:
-        seqs, _, reason = text.partition(": ")
-        after, _, through = seqs.partition("..")
-        try:
-            out.append(Gap(int(after), int(through), Stamp.ZERO, Stamp.MAX, "trimmed", reason))
-        except ValueError:
-            out.append(Gap(0, 0, Stamp.ZERO, Stamp.MAX, "unknown", text))
-    return tuple(out)
 
 
 def _stream_info(pb: StreamStatus) -> StreamInfo:

@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recoveryd.restore import RestoreClient, RestoreError, Shards
-from recoveryd.status import ProxyStatusError, read_proxy_status
-from recoveryd.verify import write_result
-
-from ..client import ClientError
-from ..proxyd import ConfigError, resolve_backend
-from ..pushback import connect_nas
-from ..verify import WAIT_S, VerifyProgress, verify
 from . import app, fail
+from .progress import Progress
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
 
-_PLAIN_EVERY_S = 5.0
+#: nfsproxy.verify.WAIT_S, repeated so that `--help` does not import the verifier.
+WAIT_S = 120.0
 
 
 def _nas_address(nas: str | None, log: str | None) -> str:
+    from recoveryd.status import ProxyStatusError, read_proxy_status
     if nas:
         return nas
     if log:
@@ -47,35 +39,12 @@ def _nas_address(nas: str | None, log: str | None) -> str:
          "or --log DIR (the proxy's LOG directory)")
 
 
-class _Progress:
-    """A bar on a terminal; otherwise a plain line per phase and every few seconds."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.console = Console(stderr=True, soft_wrap=True)
-        self.plain = not quiet and not self.console.is_terminal
-        self.bar = Progress(TextColumn("verify {task.fields[phase]}"), BarColumn(), DownloadColumn(),
-                            TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
-                            TextColumn("{task.fields[current]}"), console=self.console,
-                            disable=quiet or self.plain, transient=True)
-        self.task = self.bar.add_task("verify", total=None, phase="", count="", current="")
-        self.phase, self.last_line_s = "", 0.0
-
-    def __enter__(self) -> _Progress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def __call__(self, p: VerifyProgress) -> None:
-        count = f"{p.done}/{p.total}" if p.total else (str(p.done) if p.done else "")
-        self.bar.update(self.task, completed=p.bytes_done, phase=p.phase, count=count,
-                        current=p.current[-40:])
-        if self.plain:
-            now = time.monotonic()
-            if p.phase != self.phase or now - self.last_line_s >= _PLAIN_EVERY_S:
-                typer.echo(f"verify: {p.phase} {count} {p.bytes_done} bytes read".rstrip(), err=True)
-                self.phase, self.last_line_s = p.phase, now
+def _show(progress: Progress):
+    """The verifier's progress callback, drawn by the commands' one progress display."""
+    def update(p) -> None:  # p: nfsproxy.verify.VerifyProgress
+        progress.update(phase=p.phase, done_items=p.done, total_items=p.total,
+                        done_bytes=p.bytes_done, current=p.current[-40:])
+    return update
 
 
 @app.command("verify")
@@ -103,6 +72,13 @@ def verify_command(
     token_file: Optional[str] = token_file_option(),
 ) -> None:
     """Compare the journal at the consistent point with the live NAS; exit 1 on any difference."""
+    from recoveryd.restore import RestoreClient, RestoreError, Shards
+    from recoveryd.verify import write_result
+
+    from ..client import ClientError
+    from ..proxyd import ConfigError, resolve_backend
+    from ..pushback import connect_nas
+    from ..verify import verify
     if not shard:
         fail("no shards given: pass --shard HOST:PORT once per recovery shard, in the same order "
              "as the proxy's --shard")
@@ -117,9 +93,10 @@ def verify_command(
         fail(str(e))
     client = RestoreClient(shards)
     try:
-        with _Progress(quiet) as progress, connect_nas(address) as nfs:
+        with Progress("verify", quiet=quiet) as progress, connect_nas(address) as nfs:
             report = verify(client, nfs, path=path, sample=sample, rng=random.Random(),
-                            progress=progress, wait_s=wait)
+                            progress=_show(progress), wait_s=wait)
+            progress.finish(report.summary())
     except RestoreError as e:
         fail(str(e))
     except (ClientError, OSError) as e:

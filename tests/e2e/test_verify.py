@@ -142,7 +142,7 @@ def stack(nas, shard_factory, proxy_factory) -> Stack:
     return stack
 
 
-def test_a_clean_stack_verifies_clean_and_the_metric_says_so(stack):
+def test_a_clean_stack_verifies_clean_and_the_metric_says_so(stack, monkeypatch):
     assert stack.metrics() == {}, "no verify has run: the nfsj_verify_* gauges have no samples"
     before_ns = time.time_ns()
     code, report = stack.verify()
@@ -155,15 +155,18 @@ def test_a_clean_stack_verifies_clean_and_the_metric_says_so(stack):
     assert metrics["nfsj_verify_last_run_timestamp_seconds"] >= before_ns / 1e9
     assert metrics["nfsj_verify_checked_files"] == report["checked"]
     assert metrics["nfsj_verify_differences"] == 0
-    # The plain form: a summary line, exit 0; progress as plain lines when stderr is no terminal.
+    # The plain form: a summary line, exit 0; progress as plain lines when stderr is no
+    # terminal (one per update here: NFSJ_PROGRESS_INTERVAL=0), and a final "done" line.
+    monkeypatch.setenv("NFSJ_PROGRESS_INTERVAL", "0")
     done = nfsj("verify", "--log", str(stack.proxy.log_dir), *stack.shard_args)
     assert done.returncode == 0, done.stderr
     assert "no differences" in done.stdout and "DIFFERS" not in done.stdout
-    assert "verify: nas" in done.stderr and "verify: content" in done.stderr, done.stderr
-    # On a terminal: a progress bar.
+    assert "verify (nas):" in done.stderr and "verify (content):" in done.stderr, done.stderr
+    assert "verify: done: " in done.stderr, done.stderr
+    # On a terminal: a progress bar, redrawn in place; no plain lines.
     shown = on_a_terminal([*NFSJ, "verify", "--log", str(stack.proxy.log_dir), *stack.shard_args])
-    assert re.search(r"verify (tree|nas|journal|content|window|done) ", shown), shown
-    assert "\x1b[" in shown and "verify: nas" not in shown
+    assert re.search(r"verify \((tree|nas|journal|content|window|done)\)", shown), shown
+    assert "\x1b[" in shown and "verify: done" not in shown
 
 
 def test_a_write_that_bypassed_the_proxy_is_reported(stack):
