@@ -851,6 +851,7 @@ def test_k8s_recoveryd_statefulset(tmp_path):
         argv = shell_argv(command[2], {"HOSTNAME": pod, **env}, tmp_path)
         name, params = parse_invocation(argv, env, {"/etc/nfsj/nfsj.toml": config}, f"{pod}")
         assert name == "recoveryd" and params["shard_id"] == ordinal
+        assert_ingest_authenticated(params, pod)
         assert port_of(params["listen"]) == grpc_port
         data_mount = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data"]
         assert params["data"].startswith(data_mount[0] + "/")
@@ -868,6 +869,7 @@ def test_k8s_proxy_deployment(tmp_path):
     name, params = parse_invocation(container["command"] + container.get("args", []), env,
                                     {"/etc/nfsj/nfsj.toml": config}, "Deployment nfsj-proxy")
     assert name == "proxy"
+    assert_proxy_has_ingest_token(params, "Deployment nfsj-proxy")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port_of(params["listen"]) == ports["nfs"] == 2049
     assert port_of(params["metrics"]) == ports["metrics"]
@@ -882,6 +884,73 @@ def test_k8s_proxy_deployment(tmp_path):
     # the recoveryd table of the config is valid for `nfsj recoveryd` too
     subprocess.run([sys.executable, "-m", "nfsproxy", "config", "check", str(config)], check=True,
                    capture_output=True, cwd=ROOT, timeout=60)
+
+
+INGEST_SECRET = "nfsj-ingest"
+
+
+def k8s_ingest_file(workload: dict, path: str, secret_dir: Path, tmp_path: Path) -> Path:
+    """Start `workload`'s pod here as far as its credential at `path` goes: the
+    Secret's files as the kubelet writes them (group-readable), then the init
+    containers; returns where `path` of the main container ended up."""
+    name = workload["metadata"]["name"]
+    spec = pod_spec(workload)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (main,) = spec["containers"]
+    (mount,) = [m for m in main["volumeMounts"] if Path(path).parent == Path(m["mountPath"])]
+    assert "emptyDir" in volumes[mount["name"]] and mount.get("readOnly"), \
+        f"{name}: {path} should be on a read-only mount of a pod-private emptyDir"
+    assert volumes[mount["name"]]["emptyDir"].get("medium") == "Memory", f"{name}: keep credentials off disk"
+    host_dirs = {}  # volume name -> host directory
+    for vname, v in volumes.items():
+        if v.get("secret", {}).get("secretName") != INGEST_SECRET:
+            continue
+        secret = v["secret"]
+        assert not secret.get("optional"), f"{name}: without the Secret the pod must not start"
+        assert secret["defaultMode"] & 0o007 == 0, f"{name}: Secret files readable by others"
+        host_dirs[vname] = tmp_path / f"{name}-{vname}"
+        host_dirs[vname].mkdir()
+        for item in secret["items"]:  # only the keys this pod needs
+            copy = host_dirs[vname] / item["path"]
+            shutil.copyfile(secret_dir / item["key"], copy)
+            copy.chmod(secret["defaultMode"] | 0o440)  # fsGroup adds group read
+    assert host_dirs, f"{name}: no volume of Secret {INGEST_SECRET}"
+    host_dirs[mount["name"]] = tmp_path / f"{name}-{mount['name']}"
+    host_dirs[mount["name"]].mkdir(mode=0o777)
+    inits = spec.get("initContainers", [])
+    assert inits, f"{name}: nothing copies the credential out of the Secret"
+    for init in inits:
+        assert init["image"] == main["image"] and init["securityContext"] == main["securityContext"], \
+            f"{name}: init container {init['name']} runs differently from the pod's container"
+        mounts = {m["mountPath"]: host_dirs[m["name"]] for m in init["volumeMounts"]}
+        run_mapped(init["command"] + init.get("args", []), mounts, f"{name} init container {init['name']}")
+    return host_dirs[mount["name"]] / Path(path).relative_to(mount["mountPath"])
+
+
+def test_k8s_ingest_credentials(tmp_path):
+    """Secret nfsj-ingest, made as deploy/README.md says, becomes private files every shard
+    and the proxy read, for the proxy's node id; no Secret (no token) is committed."""
+    assert not [d for _, d in k8s_objects() if d["kind"] == "Secret"], "never commit a token"
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"create secret generic {INGEST_SECRET}" in readme
+    config = k8s_config_path(tmp_path)
+    deployment = k8s_object("Deployment", "nfsj-proxy")
+    (container,) = pod_spec(deployment)["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    _, proxy = parse_invocation(container["command"], env, {"/etc/nfsj/nfsj.toml": config}, "nfsj-proxy")
+    node = proxy["node_id"]
+    assert f"sh deploy/ingest-token.sh {node} " in readme
+    secret_dir = tmp_path / "secret"  # `kubectl create secret --from-file`: keys are the file names
+    assert make_credentials(node, secret_dir).returncode == 0
+    token = k8s_ingest_file(deployment, proxy["ingest_token_file"], secret_dir, tmp_path)
+    sts = k8s_object("StatefulSet", "nfsj-recoveryd")
+    (container,) = pod_spec(sts)["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    argv = shell_argv(container["command"][2], {"HOSTNAME": "nfsj-recoveryd-0", **env}, tmp_path)
+    _, shard = parse_invocation(argv, env, {"/etc/nfsj/nfsj.toml": config}, "nfsj-recoveryd-0")
+    tokens = k8s_ingest_file(sts, shard["ingest_tokens"], secret_dir, tmp_path)
+    assert not (tokens.parent / Path(proxy["ingest_token_file"]).name).exists(), "shards get the proxy's token"
+    check_credentials(tokens, token, node, "Kubernetes")
 
 
 def test_k8s_servicemonitor_scrapes_proxy_and_shards():
