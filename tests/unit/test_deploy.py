@@ -1083,20 +1083,25 @@ def exposed(text: str) -> dict[str, set[str]]:
 
 @pytest.fixture
 def live_metrics(nas, tmp_path) -> dict[str, set[str]]:
-    """Metric names and labels of a real shard and a real proxy (with some NFS traffic)."""
+    """Metric names and labels of a real shard and a real proxy (with some NFS traffic),
+    shipping with ingest credentials made by deploy/ingest-token.sh, as deployed."""
     import nfs_rs
     # Empty directories made beforehand, as tmpfiles.d / StateDirectory= / volumes do.
     (tmp_path / "shard0").mkdir(mode=0o700)
     (tmp_path / "log").mkdir(mode=0o700)
+    assert make_credentials(1, tmp_path / "etc").returncode == 0
     shard = Daemon(["recoveryd", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "shard0"),
-                    "--shard-id", "0", "--metrics", "127.0.0.1:0"], tmp_path / "shard.stderr")
+                    "--shard-id", "0", "--metrics", "127.0.0.1:0",
+                    "--ingest-tokens", str(tmp_path / "etc" / "ingest-tokens")], tmp_path / "shard.stderr")
     proxy = None
     try:
         address = re.search(r"serving on (\S+?),", shard.line).group(1)
         proxy = Daemon(["proxy", "--listen", "127.0.0.1:0",
                         "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
                         "--log", str(tmp_path / "log"), "--shard", address, "--quota", "1G",
-                        "--metrics", "127.0.0.1:0"], tmp_path / "proxy.stderr")
+                        "--metrics", "127.0.0.1:0", "--node-id", "1",
+                        "--ingest-token-file", str(tmp_path / "etc" / "ingest-token")],
+                       tmp_path / "proxy.stderr")
         port = int(re.search(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),", proxy.line).group(1))
         url = f"nfs://127.0.0.1/export?version=3&nfsport={port}&mountport={port}"
         client = nfs_rs.Client.connect(url, connect_timeout=5.0, operation_timeout=15.0)
@@ -1116,6 +1121,10 @@ def live_metrics(nas, tmp_path) -> dict[str, set[str]]:
             time.sleep(0.2)
         for name, labels in shard_names.items():
             names.setdefault(name, set()).update(labels)
+        log = (tmp_path / "shard.stderr").read_text(errors="replace")
+        assert "INGEST IS OPEN" not in log
+        assert "stream" in shard_names.get("nfsj_frontier_age_seconds", ()), \
+            f"the proxy's stream never reached the shard:\n{log[-3000:]}"
         return names
     finally:
         if proxy is not None:
