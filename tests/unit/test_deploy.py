@@ -15,6 +15,11 @@
 * systemd units pass `systemd-analyze verify` when it is installed (else they
   are parsed as INI); the Kubernetes kustomization renders with
   `kubectl kustomize` when kubectl is installed.
+* Ingest is authenticated everywhere: every shard has --ingest-tokens (or
+  mTLS), every proxy --ingest-token-file and a fixed --node-id, and the
+  credentials each deployment makes (deploy/ingest-token.sh, run the way that
+  deployment runs it) are private files a real shard loads, admitting that
+  proxy node with that token.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -40,6 +46,7 @@ import yaml
 from nfsproxy.cli import app, command_options
 from nfsproxy.config import default_map, load_config
 from nfsproxy.proxyd import ConfigError, parse_backend, parse_hostport
+from recoveryd.security import BearerToken, IngestAuth
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,6 +55,7 @@ K8S = DEPLOY / "kubernetes"
 PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 COMPOSE = DEPLOY / "docker-compose.yml"
+INGEST_TOKEN_SH = DEPLOY / "ingest-token.sh"
 DASHBOARD = GRAFANA / "dashboard.json"
 
 ALLOW_SKIP_PROMTOOL = "NFSJ_ALLOW_SKIP_PROMTOOL"
@@ -223,6 +231,74 @@ def shell_argv(script: str, env: dict[str, str], tmp_path: Path) -> list[str]:
     done = subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, f"sh -c {script!r} failed: {done.stderr}"
     return ["nfsj", *json.loads(out.read_text())]
+
+
+# ---------------------------------------------------------------------------
+# helpers: ingest credentials
+
+
+def assert_ingest_authenticated(params: dict, where: str) -> None:
+    """A shard that does not take records from just anyone."""
+    assert params.get("ingest_tokens") or params.get("tls_ca"), \
+        f"{where}: ingest is OPEN (no --ingest-tokens, no --tls-ca)"
+
+
+def assert_proxy_has_ingest_token(params: dict, where: str) -> None:
+    assert params.get("ingest_token_file"), f"{where}: the proxy sends no ingest token (--ingest-token-file)"
+    # the shards' tokens file names the node: it cannot be one made up at first start
+    assert params.get("node_id") is not None, f"{where}: the proxy's --node-id must be fixed"
+
+
+def make_credentials(node_id: int, directory: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run deploy/ingest-token.sh NODE_ID DIR as deploy/README.md says."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["/bin/sh", str(INGEST_TOKEN_SH), str(node_id), str(directory), *extra],
+                          capture_output=True, text=True, timeout=30)
+
+
+def check_credentials(tokens_file: Path, token_file: Path, node_id: int, where: str) -> None:
+    """A real shard loads `tokens_file` and admits proxy `node_id` with `token_file`'s token."""
+    for path in (tokens_file, token_file):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{where}: {path.name} has mode {mode:04o}; credentials must be 0600"
+    auth = IngestAuth(tokens_file)  # strict, as at a shard's start: refuses exposed or bad files
+    assert auth.enabled and auth.members == {node_id}, f"{where}: {auth.describe()}"
+    token = BearerToken.from_file(str(token_file))
+    admission = auth.admit(node_id, token.metadata, {})
+    assert admission.refusal is None and admission.identity == f"token:{node_id}", f"{where}: {admission}"
+    assert auth.admit(node_id, [], {}).refusal, f"{where}: a proxy without the token is admitted"
+
+
+def run_mapped(argv: list[str], mounts: dict[str, Path], where: str) -> None:
+    """Run a container's command here, its mount paths replaced by the host paths standing in for them."""
+    def host(arg: str) -> str:
+        for inside in sorted(mounts, key=len, reverse=True):
+            if arg == inside or arg.startswith(inside.rstrip("/") + "/"):
+                return str(mounts[inside]) + arg[len(inside):]
+        assert not arg.startswith("/") or Path(arg).parts[1] in ("bin", "usr"), \
+            f"{where}: {arg} is on no volume the command's container mounts"
+        return arg
+    done = subprocess.run([host(a) for a in argv], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"{where}: {shlex.join(argv)} failed: {done.stderr}"
+
+
+def test_ingest_token_script_makes_private_credentials_once(tmp_path):
+    done = make_credentials(7, tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    tokens, token = tmp_path / "a" / "ingest-tokens", tmp_path / "a" / "ingest-token"
+    check_credentials(tokens, token, 7, "ingest-token.sh")
+    before = (tokens.read_text(), token.read_text())
+    again = make_credentials(7, tmp_path / "a")  # every start of the compose stack does this
+    assert again.returncode == 0 and (tokens.read_text(), token.read_text()) == before, "credentials replaced"
+    assert make_credentials(7, tmp_path / "b").returncode == 0
+    assert (tmp_path / "b" / "ingest-token").read_text() != token.read_text(), "the token is not random"
+    token.unlink()
+    half = make_credentials(7, tmp_path / "a")
+    assert half.returncode == 1 and "only one of" in half.stderr and tokens.read_text() == before[0]
+    for bad in ("", "one", "-1", "4294967296", "99999999999"):
+        refused = make_credentials(bad, tmp_path / "c")  # type: ignore[arg-type]
+        assert refused.returncode == 2 and refused.stderr, bad
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p.parent.name == "c") == []
 
 
 # ---------------------------------------------------------------------------
@@ -452,6 +528,9 @@ def test_systemd_proxy_unit_runs_a_valid_proxy():
     writable = unit_values(unit, "Service", "ReadWritePaths")
     assert params["log"] in writable, "the LOG directory must be in ReadWritePaths="
     assert params["log"] in " ".join(unit_values(unit, "Unit", "RequiresMountsFor"))
+    assert_proxy_has_ingest_token(params, "nfsj-proxy.service")
+    # no token file: the unit fails at once (not after StartLimitBurst restarts)
+    assert unit_values(unit, "Unit", "AssertFileNotEmpty") == [params["ingest_token_file"]]
     # shard k of the config is the instance nfsj-recoveryd@k (its env file's port)
     for k, shard in enumerate(params["shard"]):
         _, shard_env = unit_invocation(SYSTEMD / "nfsj-recoveryd@.service", str(k))
@@ -469,6 +548,29 @@ def test_systemd_recoveryd_instances_run_valid_shards(instance):
     assert port_of(params["metrics"]) == 9410 + int(instance)
     unit = parse_unit(SYSTEMD / "nfsj-recoveryd@.service")
     assert unit_values(unit, "Service", "StateDirectory") == ["nfsj/shard-%i"]
+    assert_ingest_authenticated(params, f"nfsj-recoveryd@{instance}.service")
+    assert unit_values(unit, "Unit", "AssertFileNotEmpty") == [params["ingest_tokens"]]
+
+
+def test_systemd_ingest_credentials(tmp_path):
+    """The command deploy/README.md gives makes the files both units read, for the proxy's node id."""
+    argv, env = unit_invocation(SYSTEMD / "nfsj-proxy.service")
+    _, proxy = parse_invocation(argv, env, {k: v for k, v in ETC_TO_REPO.items() if v.suffix == ".toml"},
+                                "nfsj-proxy.service")
+    node = proxy["node_id"]
+    command = f"sh ingest-token.sh {node} /etc/nfsj nfsj:nfsj"
+    assert command in (DEPLOY / "README.md").read_text(), f"deploy/README.md should say: {command}"
+    etc = tmp_path / "etc-nfsj"
+    done = make_credentials(node, etc, f"{os.getuid()}:{os.getgid()}")
+    assert done.returncode == 0, done.stderr
+    shards = []
+    for instance in ("0", "1"):
+        argv, env = unit_invocation(SYSTEMD / "nfsj-recoveryd@.service", instance)
+        shards.append(parse_invocation(argv, env, {}, f"nfsj-recoveryd@{instance}.service")[1])
+    for shard in shards:
+        assert Path(shard["ingest_tokens"]).parent == Path(proxy["ingest_token_file"]).parent == Path("/etc/nfsj")
+        check_credentials(etc / Path(shard["ingest_tokens"]).name, etc / Path(proxy["ingest_token_file"]).name,
+                          node, "systemd")
 
 
 def test_systemd_verify_timer_runs_a_valid_verify():
@@ -602,7 +704,7 @@ def test_compose_nfsj_commands_use_real_flags():
     services = compose()["services"]
     parsed = {}
     for name, s in services.items():
-        if s.get("image", "").startswith("nfs-journal:"):
+        if s.get("image", "").startswith("nfs-journal:") and compose_command(s)[0] == "nfsj":
             parsed[name] = parse_invocation(compose_command(s), compose_env(s), {}, f"compose {name}")
             health = s.get("healthcheck", {}).get("test", [])
             if len(health) > 1 and health[1] == "nfsj":
@@ -620,6 +722,54 @@ def test_compose_nfsj_commands_use_real_flags():
         assert port_of(params["listen"]) == port
         assert "healthcheck" in services[host]
     assert services["proxy"]["ports"] == ["2049:2049/tcp"] and port_of(proxy["listen"]) == 2049
+    assert_proxy_has_ingest_token(proxy, "compose proxy")
+    for name, (command, params) in parsed.items():
+        if command == "recoveryd":
+            assert_ingest_authenticated(params, f"compose {name}")
+
+
+def compose_mounts(service: dict) -> dict[str, str]:
+    """{path in the container: volume name or bind source}."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        out[target] = source
+    return out
+
+
+def test_compose_ingest_credentials(tmp_path):
+    """The one-shot service makes, in a volume the shards and the proxy mount, the files they read."""
+    services = compose()["services"]
+    init = services["ingest-token"]
+    assert init.get("restart") == "no", "a one-shot service must not be restarted"
+    volumes = {}  # compose volume name -> a host directory standing in for it
+    mounts = {}
+    for inside, source in compose_mounts(init).items():
+        if source.startswith("."):
+            mounts[inside] = (DEPLOY / source).resolve()
+        else:
+            mounts[inside] = volumes.setdefault(source, tmp_path / source)
+            mounts[inside].mkdir()
+    assert INGEST_TOKEN_SH in mounts.values(), "the ingest-token service should run deploy/ingest-token.sh"
+    run_mapped(compose_command(init), mounts, "compose ingest-token")
+    _, proxy = parse_invocation(compose_command(services["proxy"]), {}, {}, "compose proxy")
+
+    def on_host(service: str, path: str) -> Path:
+        for inside, source in compose_mounts(services[service]).items():
+            if Path(path).parent == Path(inside) and source in volumes:
+                return volumes[source] / Path(path).name
+        raise AssertionError(f"compose {service}: {path} is not on the ingest-token service's volume")
+
+    token = on_host("proxy", proxy["ingest_token_file"])
+    shards = [n for n, s in services.items() if "command" in s and compose_command(s)[:2] == ["nfsj", "recoveryd"]]
+    assert len(shards) == 2
+    for name in ["proxy", *shards]:
+        how = (services[name].get("depends_on") or {}).get("ingest-token") or {}
+        assert how.get("condition") == "service_completed_successfully", \
+            f"compose {name} must wait for the ingest-token service to finish"
+    for name in shards:
+        _, shard = parse_invocation(compose_command(services[name]), {}, {}, f"compose {name}")
+        check_credentials(on_host(name, shard["ingest_tokens"]), token, proxy["node_id"], f"compose {name}")
 
 
 def test_compose_prometheus_targets_are_the_metrics_ports():
@@ -726,6 +876,7 @@ def test_k8s_recoveryd_statefulset(tmp_path):
         argv = shell_argv(command[2], {"HOSTNAME": pod, **env}, tmp_path)
         name, params = parse_invocation(argv, env, {"/etc/nfsj/nfsj.toml": config}, f"{pod}")
         assert name == "recoveryd" and params["shard_id"] == ordinal
+        assert_ingest_authenticated(params, pod)
         assert port_of(params["listen"]) == grpc_port
         data_mount = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data"]
         assert params["data"].startswith(data_mount[0] + "/")
@@ -743,6 +894,7 @@ def test_k8s_proxy_deployment(tmp_path):
     name, params = parse_invocation(container["command"] + container.get("args", []), env,
                                     {"/etc/nfsj/nfsj.toml": config}, "Deployment nfsj-proxy")
     assert name == "proxy"
+    assert_proxy_has_ingest_token(params, "Deployment nfsj-proxy")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port_of(params["listen"]) == ports["nfs"] == 2049
     assert port_of(params["metrics"]) == ports["metrics"]
@@ -785,6 +937,73 @@ def test_k8s_verify_cronjob(tmp_path):
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert spec["securityContext"]["runAsUser"] == pod_spec(proxy)["securityContext"]["runAsUser"], \
         "the LOG directory is the proxy user's (0700)"
+
+
+INGEST_SECRET = "nfsj-ingest"
+
+
+def k8s_ingest_file(workload: dict, path: str, secret_dir: Path, tmp_path: Path) -> Path:
+    """Start `workload`'s pod here as far as its credential at `path` goes: the
+    Secret's files as the kubelet writes them (group-readable), then the init
+    containers; returns where `path` of the main container ended up."""
+    name = workload["metadata"]["name"]
+    spec = pod_spec(workload)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (main,) = spec["containers"]
+    (mount,) = [m for m in main["volumeMounts"] if Path(path).parent == Path(m["mountPath"])]
+    assert "emptyDir" in volumes[mount["name"]] and mount.get("readOnly"), \
+        f"{name}: {path} should be on a read-only mount of a pod-private emptyDir"
+    assert volumes[mount["name"]]["emptyDir"].get("medium") == "Memory", f"{name}: keep credentials off disk"
+    host_dirs = {}  # volume name -> host directory
+    for vname, v in volumes.items():
+        if v.get("secret", {}).get("secretName") != INGEST_SECRET:
+            continue
+        secret = v["secret"]
+        assert not secret.get("optional"), f"{name}: without the Secret the pod must not start"
+        assert secret["defaultMode"] & 0o007 == 0, f"{name}: Secret files readable by others"
+        host_dirs[vname] = tmp_path / f"{name}-{vname}"
+        host_dirs[vname].mkdir()
+        for item in secret["items"]:  # only the keys this pod needs
+            copy = host_dirs[vname] / item["path"]
+            shutil.copyfile(secret_dir / item["key"], copy)
+            copy.chmod(secret["defaultMode"] | 0o440)  # fsGroup adds group read
+    assert host_dirs, f"{name}: no volume of Secret {INGEST_SECRET}"
+    host_dirs[mount["name"]] = tmp_path / f"{name}-{mount['name']}"
+    host_dirs[mount["name"]].mkdir(mode=0o777)
+    inits = spec.get("initContainers", [])
+    assert inits, f"{name}: nothing copies the credential out of the Secret"
+    for init in inits:
+        assert init["image"] == main["image"] and init["securityContext"] == main["securityContext"], \
+            f"{name}: init container {init['name']} runs differently from the pod's container"
+        mounts = {m["mountPath"]: host_dirs[m["name"]] for m in init["volumeMounts"]}
+        run_mapped(init["command"] + init.get("args", []), mounts, f"{name} init container {init['name']}")
+    return host_dirs[mount["name"]] / Path(path).relative_to(mount["mountPath"])
+
+
+def test_k8s_ingest_credentials(tmp_path):
+    """Secret nfsj-ingest, made as deploy/README.md says, becomes private files every shard
+    and the proxy read, for the proxy's node id; no Secret (no token) is committed."""
+    assert not [d for _, d in k8s_objects() if d["kind"] == "Secret"], "never commit a token"
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"create secret generic {INGEST_SECRET}" in readme
+    config = k8s_config_path(tmp_path)
+    deployment = k8s_object("Deployment", "nfsj-proxy")
+    (container,) = pod_spec(deployment)["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    _, proxy = parse_invocation(container["command"], env, {"/etc/nfsj/nfsj.toml": config}, "nfsj-proxy")
+    node = proxy["node_id"]
+    assert f"sh deploy/ingest-token.sh {node} " in readme
+    secret_dir = tmp_path / "secret"  # `kubectl create secret --from-file`: keys are the file names
+    assert make_credentials(node, secret_dir).returncode == 0
+    token = k8s_ingest_file(deployment, proxy["ingest_token_file"], secret_dir, tmp_path)
+    sts = k8s_object("StatefulSet", "nfsj-recoveryd")
+    (container,) = pod_spec(sts)["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    argv = shell_argv(container["command"][2], {"HOSTNAME": "nfsj-recoveryd-0", **env}, tmp_path)
+    _, shard = parse_invocation(argv, env, {"/etc/nfsj/nfsj.toml": config}, "nfsj-recoveryd-0")
+    tokens = k8s_ingest_file(sts, shard["ingest_tokens"], secret_dir, tmp_path)
+    assert not (tokens.parent / Path(proxy["ingest_token_file"]).name).exists(), "shards get the proxy's token"
+    check_credentials(tokens, token, node, "Kubernetes")
 
 
 def test_k8s_servicemonitor_scrapes_proxy_and_shards():
@@ -919,20 +1138,25 @@ def exposed(text: str) -> dict[str, set[str]]:
 
 @pytest.fixture
 def live_metrics(nas, tmp_path) -> dict[str, set[str]]:
-    """Metric names and labels of a real shard and a real proxy (with some NFS traffic)."""
+    """Metric names and labels of a real shard and a real proxy (with some NFS traffic),
+    shipping with ingest credentials made by deploy/ingest-token.sh, as deployed."""
     import nfs_rs
     # Empty directories made beforehand, as tmpfiles.d / StateDirectory= / volumes do.
     (tmp_path / "shard0").mkdir(mode=0o700)
     (tmp_path / "log").mkdir(mode=0o700)
+    assert make_credentials(1, tmp_path / "etc").returncode == 0
     shard = Daemon(["recoveryd", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "shard0"),
-                    "--shard-id", "0", "--metrics", "127.0.0.1:0"], tmp_path / "shard.stderr")
+                    "--shard-id", "0", "--metrics", "127.0.0.1:0",
+                    "--ingest-tokens", str(tmp_path / "etc" / "ingest-tokens")], tmp_path / "shard.stderr")
     proxy = None
     try:
         address = re.search(r"serving on (\S+?),", shard.line).group(1)
         proxy = Daemon(["proxy", "--listen", "127.0.0.1:0",
                         "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
                         "--log", str(tmp_path / "log"), "--shard", address, "--quota", "1G",
-                        "--metrics", "127.0.0.1:0"], tmp_path / "proxy.stderr")
+                        "--metrics", "127.0.0.1:0", "--node-id", "1",
+                        "--ingest-token-file", str(tmp_path / "etc" / "ingest-token")],
+                       tmp_path / "proxy.stderr")
         port = int(re.search(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),", proxy.line).group(1))
         url = f"nfs://127.0.0.1/export?version=3&nfsport={port}&mountport={port}"
         client = nfs_rs.Client.connect(url, connect_timeout=5.0, operation_timeout=15.0)
@@ -952,6 +1176,10 @@ def live_metrics(nas, tmp_path) -> dict[str, set[str]]:
             time.sleep(0.2)
         for name, labels in shard_names.items():
             names.setdefault(name, set()).update(labels)
+        log = (tmp_path / "shard.stderr").read_text(errors="replace")
+        assert "INGEST IS OPEN" not in log
+        assert "stream" in shard_names.get("nfsj_frontier_age_seconds", ()), \
+            f"the proxy's stream never reached the shard:\n{log[-3000:]}"
         return names
     finally:
         if proxy is not None:
