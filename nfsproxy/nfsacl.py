@@ -23,7 +23,7 @@ from typing import Final
 
 from .nfs3 import NFS_FH3, POST_OP_ATTR, Fattr3, Nfsstat3, _result
 from .procedure import Procedure
-from .xdr import U32, VOID, Array, Codec, xdr_struct, xf
+from .xdr import U32, VOID, Array, Codec, Optional, Unpacker, xdr_struct, xf
 
 __all__ = [
     "NFSACL_PROGRAM", "NFSACL_V3", "NFS_ACL", "NFS_ACLCNT", "NFS_DFACL", "NFS_DFACLCNT",
@@ -80,6 +80,20 @@ class Acl:
     entries: tuple[Aclent, ...] = xf(Array(Aclent.xdr, NFS_ACL_MAX_ENTRIES))
 
 
+class _FailureAttr(Optional):
+    """The body of a failed GETACL/SETACL reply: post-op attributes as Linux
+    sends them, or nothing at all, as ganesha 4.3 sends it (its XDR has a void
+    default arm). Both decode; a missing body is None. Packed as Linux does."""
+
+    __slots__ = ()
+
+    def unpack(self, u: Unpacker) -> Fattr3 | None:
+        return super().unpack(u) if u.remaining else None
+
+
+FAILURE_ATTR: Codec = _FailureAttr(Fattr3.xdr)
+
+
 @xdr_struct
 class GETACL3args:
     fh: bytes = xf(NFS_FH3)
@@ -94,7 +108,7 @@ class GETACL3resok:
     default_acl: Acl = xf(Acl.xdr)
 
 
-@_result(GETACL3resok, POST_OP_ATTR)
+@_result(GETACL3resok, FAILURE_ATTR)
 class GETACL3res:
     """GETACL reply; `body` is GETACL3resok, or the post-op attributes on failure."""
 
@@ -114,7 +128,7 @@ class SETACL3resok:
     attr: Fattr3 | None = xf(POST_OP_ATTR)
 
 
-@_result(SETACL3resok, POST_OP_ATTR)
+@_result(SETACL3resok, FAILURE_ATTR)
 class SETACL3res:
     """SETACL reply; `body` is SETACL3resok, or the post-op attributes on failure."""
 

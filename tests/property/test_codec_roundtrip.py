@@ -43,10 +43,17 @@ def test_roundtrip(procedure, side, data):
 @given(data=st.data())
 def test_truncated_or_trailing_is_xdr_error(procedure, side, data):
     codec = getattr(procedure, side)
-    wire = encode(codec, data.draw(values_for(codec), label="value"))
+    value = data.draw(values_for(codec), label="value")
+    wire = encode(codec, value)
     for cut in range(len(wire)):
+        if cut == 4 and _bare_failure_allowed(procedure, side, value):
+            continue  # a failed NFSACL reply may stop after its status (as ganesha sends it)
         with pytest.raises(XdrError):
             decode(codec, wire[:cut])
     garbage = data.draw(st.binary(min_size=1, max_size=12), label="garbage")
     with pytest.raises(XdrError):
         decode(codec, wire + garbage)
+
+
+def _bare_failure_allowed(procedure, side, value) -> bool:
+    return procedure.prog == 100227 and side == "res" and procedure.proc != 0 and value.status != 0

@@ -7,6 +7,8 @@ and decoder (a swapped field, a missing pad); these byte strings can.
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from nfsproxy import mount, nfs3, portmap
@@ -325,3 +327,16 @@ def test_lookup_and_versions():
 def test_procedure_is_frozen():
     with pytest.raises(AttributeError):
         lookup(100003, 3, 0).mutating = True  # type: ignore[misc]
+
+
+def test_a_failed_nfsacl_reply_without_attributes_decodes():
+    # ganesha 4.3 sends a failed GETACL/SETACL as the status alone (its XDR's
+    # default arm is void); Linux adds post-op attributes. Both must decode,
+    # or a baseline racing a REMOVE fails on an "undecodable" reply.
+    from nfsproxy import nfsacl
+    from nfsproxy.nfs3 import Nfsstat3
+    for res in (nfsacl.GETACL3res, nfsacl.SETACL3res):
+        bare = decode(res.xdr, struct.pack(">I", Nfsstat3.NFS3ERR_STALE))
+        assert bare.status is Nfsstat3.NFS3ERR_STALE and bare.body is None
+        linux = decode(res.xdr, struct.pack(">II", Nfsstat3.NFS3ERR_STALE, 0))
+        assert linux == bare
