@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from recoveryd.acl import AclTag
+
 from .nfs3 import NFS_FH3, POST_OP_ATTR, Fattr3, Nfsstat3, _result
 from .procedure import Procedure
 from .xdr import U32, VOID, Array, Codec, Optional, Unpacker, xdr_struct, xf
@@ -44,17 +46,6 @@ NFS_DFACLCNT: Final = 0x0008
 NFS_ACL_DEFAULT: Final = 0x1000
 #: Linux's cap on entries per ACL (NFS_ACL_MAX_ENTRIES); more is refused as malformed.
 NFS_ACL_MAX_ENTRIES: Final = 1024
-
-
-class AclTag(enum.IntEnum):
-    """POSIX ACL entry tags, as Linux numbers them on the wire and in xattrs."""
-
-    USER_OBJ = 0x01
-    USER = 0x02
-    GROUP_OBJ = 0x04
-    GROUP = 0x08
-    MASK = 0x10
-    OTHER = 0x20
 
 
 class AclProc3(enum.IntEnum):
