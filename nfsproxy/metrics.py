@@ -93,8 +93,9 @@ class ProxyCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
         journal = self.running.proxy.journal
         gaps = CounterMetricFamily("nfsj_journal_gaps", "Records that may be missing from the journal, by cause "
-                                   "(log_write_failed, quota_drop, torn_tail, no_reply)", labels=["cause"])
-        for cause in ("log_write_failed", "quota_drop", "torn_tail", "no_reply"):
+                                   "(log_write_failed, quota_drop, torn_tail, no_reply, unclean_stop)",
+                                   labels=["cause"])
+        for cause in ("log_write_failed", "quota_drop", "torn_tail", "no_reply", "unclean_stop"):
             gaps.add_metric([cause], journal.gaps_total.get(cause, 0))
         yield gaps
         yield GaugeMetricFamily("nfsj_journal_unmarked_gaps",

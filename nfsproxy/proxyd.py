@@ -207,6 +207,7 @@ class RunningProxy:
             await shipper.stop()
         await self.committer.close()
         self.log.close()
+        _clear_running(self.log.directory)  # every relayed call was answered or marked
 
 
 async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningProxy:
@@ -228,11 +229,19 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
     log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes,
                    torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
+    unclean = _mark_running(opts.log_dir) and not log.torn_tails
+    if unclean:  # a torn tail's GAP record already spans the same stamps
+        log.append(record_parts(unclean_stop_gap_record(clock)))
+        log.sync()
     committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     journal = Journal(committer, opts.quota_policy)
     for torn in log.torn_tails:
         logger.warning("LOG recovery cut a torn tail (%s): marked as a gap", torn)
         journal.count_gap("torn_tail", f"torn_tail: {torn}")
+    if unclean:
+        logger.warning("the proxy did not stop cleanly last time: calls it had relayed may have "
+                       "changed the NAS without a record; marked as a gap (a baseline heals it)")
+        journal.count_gap("unclean_stop", "unclean_stop: the previous run of this LOG did not stop cleanly")
     proxy = Proxy(backend, journal, clock)
     journal.attach(proxy)
     proxy.drain_timeout_s = opts.drain_timeout_s
@@ -251,6 +260,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
             await shipper.stop()
         await committer.close()
         log.close()
+        _clear_running(opts.log_dir)
         raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
                           "pick a free port with --listen") from None
     retention = None
@@ -278,6 +288,52 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+#: Present while a proxy serves from a LOG directory. Found at start, it says
+#: the last run did not stop cleanly (kill -9, a crash, power loss): calls it
+#: had relayed may have changed the NAS while their records never reached the
+#: LOG, so the start marks a gap instead of passing over them in silence.
+RUNNING_MARK = "RUNNING"
+
+
+def _mark_running(log_dir: str) -> bool:
+    """Durably note that a proxy serves from `log_dir`; True if the note was
+    already there (the previous run did not stop cleanly)."""
+    path = os.path.join(log_dir, RUNNING_MARK)
+    was_there = os.path.exists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(log_dir)
+    return was_there
+
+
+def _clear_running(log_dir: str) -> None:
+    try:
+        os.unlink(os.path.join(log_dir, RUNNING_MARK))
+        _fsync_dir(log_dir)
+    except OSError as e:
+        logger.warning("cannot clear %s in %s (%s): the next start will mark a gap",
+                       RUNNING_MARK, log_dir, e.strerror)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unclean_stop_gap_record(clock: HLC) -> Record:
+    """The GAP record for a run that did not stop cleanly: it spans from the
+    shards' frontier (below every stamp then in flight) to now."""
+    return gap_record(clock.now().to_bytes(), "unclean_stop",
+                      "the proxy did not stop cleanly: calls it had relayed to the NAS when it "
+                      "stopped may have changed the NAS without a record")
 
 
 def torn_gap_record(clock: HLC, torn: TornTail) -> Record:

@@ -297,3 +297,46 @@ def test_a_mutation_whose_nas_reply_never_came_is_a_gap(nas, shard, proxy_factor
     finally:
         os.kill(nas.pid, signal.SIGCONT)
     check_gap_lifecycle(stack, "no_reply", before_gap, tmp_path)
+
+
+def test_a_proxy_killed_with_a_call_at_the_nas_is_a_gap(nas, shard, proxy_factory, tmp_path):
+    # kill -9 while a REMOVE sits at the (frozen) NAS: the NAS may apply it after the
+    # proxy is gone, and no record of it will ever reach the LOG. The next start of
+    # that LOG marks the gap; without it the restore past the kill would call itself
+    # proven while showing a file the NAS no longer has.
+    log_dir = tmp_path / "log-killed"
+    stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir)
+    stack.write_file("victim", b"removed behind the journal's back\n")
+    stack.baseline()
+    stack.proven_past(now_bound())
+    before_gap = now_bound()
+    c = stack.client(timeout_s=2.0)
+    root = c.mount()
+    os.kill(nas.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(Exception):  # the NAS is frozen: no reply
+            c.remove(root, "victim")
+        stack.proxy.kill()  # SIGKILL, with the REMOVE relayed and unanswered
+    finally:
+        os.kill(nas.pid, signal.SIGCONT)
+        c.close()
+    stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
+    assert "did not stop cleanly" in stack.proxy.stderr_text()
+    check_gap_lifecycle(stack, "unclean_stop", before_gap, tmp_path)
+    # Healed by the baseline: a restore now shows what the NAS holds, whatever it did.
+    later = now_bound()
+    stack.proven_past(later)
+    assert stack.restore(later, tmp_path / "after").returncode == 0
+    assert (tmp_path / "after" / "victim").exists() == (nas.export_dir / "victim").exists()
+
+
+def test_a_clean_stop_marks_no_gap(nas, shard, proxy_factory, tmp_path):
+    log_dir = tmp_path / "log-clean"
+    stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir)
+    stack.write_file("f", b"x\n")
+    assert stack.proxy.stop() == 0
+    stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
+    stack.write_file("g", b"y\n")
+    stack.proven_past(now_bound())
+    assert stack.status()["gaps"] == []
+    assert "did not stop cleanly" not in stack.proxy.stderr_text()
