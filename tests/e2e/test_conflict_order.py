@@ -35,21 +35,19 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.test_restore import now_bound, wait_proven
 from e2e.treecompare import diff, snapshot
-from logstore.stamp import Stamp
 from nfsproxy import nfs3
 from nfsproxy.client import NfsClient, created_fh, sattr3
 from nfsproxy.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, Nfsstat3, Proc3,
                            REMOVE3args, RENAME3args, SETATTR3args, StableHow, WRITE3args)
 from nfsproxy.rpc import (NEED_DATA, AuthSys, RpcCall, RpcMessageReader, RpcReply, decode_body,
                           encode_call, frame_rpc_message, parse_message)
-from recoveryd.status import fetch_status, overall
 
 TRIALS = 40
 MiB = 1 << 20
 TRUNCATED_SIZE = 1000
 NFSJ = [sys.executable, "-m", "nfsproxy"]
-M32 = (1 << 32) - 1
 
 
 # -- a pipelining connection ------------------------------------------------------------
@@ -242,8 +240,8 @@ def test_restore_keeps_the_nas_order_of_conflicting_calls(nas, shard_factory, pr
 
     reordered, failed = race(proxy.port, proxy.port, nas.export_dir)
 
-    moment = _now_bound()
-    _wait_proven([shard.address], moment)
+    moment = now_bound()
+    wait_proven([shard.address], moment, timeout_s=60.0)
     dest = tmp_path / "restored"
     _nfsj_ok("restore", "--at", str(moment), "--to", str(dest), "--shard", shard.address)
     holds = _scrape(metrics_port).get("nfsj_proxy_conflict_holds_total", 0)
@@ -282,8 +280,8 @@ def test_held_calls_go_when_their_clients_disconnect(nas, shard_factory, proxy_f
         c.close()
     setup.close()
 
-    moment = _now_bound()
-    _wait_proven([shard.address], moment)
+    moment = now_bound()
+    wait_proven([shard.address], moment, timeout_s=60.0)
     dest = tmp_path / "restored"
     _nfsj_ok("restore", "--at", str(moment), "--to", str(dest), "--shard", shard.address)
     problems = diff(snapshot(nas.export_dir, mtimes=True), snapshot(dest, mtimes=True), mtimes=True,
@@ -301,26 +299,6 @@ def _nfsj_ok(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([*NFSJ, *args], capture_output=True, timeout=300)
     assert done.returncode == 0, f"nfsj {args[0]} failed:\n{done.stdout.decode()}\n{done.stderr.decode()}"
     return done
-
-
-def _now_bound() -> Stamp:
-    """A bound above every stamp handed out so far (the proxy's HLC reads the same clock)."""
-    time.sleep(0.05)
-    bound = Stamp(time.time_ns(), M32, M32)
-    time.sleep(0.05)
-    return bound
-
-
-def _wait_proven(addresses: list[str], moment: Stamp, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    view = None
-    while time.monotonic() < deadline:
-        view = overall(fetch_status(addresses))
-        point = view["consistent_point"]
-        if point is not None and Stamp.parse(point["stamp"]) > moment:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the consistent point did not pass {moment} in {timeout_s}s: {view}")
 
 
 def _free_port() -> int:
