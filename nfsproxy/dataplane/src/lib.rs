@@ -1,0 +1,15 @@
+//! nfs-journal's native data plane.
+//!
+//! The hot path (accept, RPC framing, XID matching, capture, stamping, record
+//! encoding, LOG append with group commit) runs here on its own threads and
+//! never takes the GIL per call; Python keeps the control plane and reaches
+//! this crate through the `nfsproxy._dataplane` extension module.
+
+use pyo3::prelude::*;
+
+/// The extension module `nfsproxy._dataplane`.
+#[pymodule]
+fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
