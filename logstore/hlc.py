@@ -78,8 +78,12 @@ is a plain ``Stamp``, and ``HLC.update()`` raises ``TypeError`` for it.
    the proxy calls ``update()`` with it. This is how several proxies in front
    of one NAS form one consistency group: a proxy's clock catches up with
    every stamp that reached the shards it writes to. UPDATES a clock (both
-   directions). A refusal only keeps the clock still: the record is still
-   stored and the ack still acknowledges; the receiver counts it.
+   directions). A shard refuses a batch whose ``sent_stamp`` is beyond
+   ``max_offset_ns``: it stores none of its records, counts the refusal
+   (``clock_refusals_total``) and acks with an error at its old position, so
+   the proxy rewinds and resends, and its frontier (hence the consistent
+   point) stays where it was until its clock is back in range. A proxy that
+   gets such an ack keeps its clock still and counts ``rejections_total``.
 3. Heartbeats (same stream). They carry the proxy's *stable stamp*: a derived
    bound below every stamp still in flight, not a clock reading. They move a
    shard's frontier and never a clock: "improving" a stable stamp would let a

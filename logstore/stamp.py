@@ -2,7 +2,7 @@
 
 A stamp is ``(wall_ns, logical, node_id)``, compared lexicographically; it is
 unique and totally ordered (README.md, "The guarantee").
-``nfsproxy.hlc`` issues them; everything else only carries, stores and compares
+``logstore.hlc`` issues them; everything else only carries, stores and compares
 them. That is why the type lives here, in the lowest layer: logstore and
 recoveryd must be able to use stamps without importing nfsproxy.
 

@@ -1,3 +1,3 @@
-from .cli import main
+from nfsproxy.cli import main
 
 main()

@@ -57,7 +57,7 @@ Limits worth knowing:
   the piece's read (a call still in flight when the baseline read the file)
   is replayed before the piece and so is lost under it. The baseline can
   prevent this by reading a file only once the proxy's stable stamp has
-  passed the piece's stamp (nfsproxy/baseline.py).
+  passed the piece's stamp (nfsproxy/nas/baseline.py).
 * An object the tree never saw created or read (moved into the export's
   scanned part mid-baseline, say) has no type; it is skipped and listed in
   the summary.

@@ -33,10 +33,9 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
 * Clocks (logstore/hlc.py, channel 2): the shard updates its HLC from each
   batch's ``sent_stamp`` and every ack carries the shard's ``now()``. A stamp
   too far ahead is refused and counted (``clock_refusals_total`` here,
-  ``rejections_total`` on the HLC). Note: hlc.py's docstring says such a
-  batch is still stored; this server follows the shard's brief and refuses
-  it, so a proxy with a bad clock stops advancing the consistent point
-  instead of silently ordering its records wrongly.
+  ``rejections_total`` on the HLC): the batch is not stored, so a proxy
+  with a bad clock stops advancing the consistent point instead of silently
+  ordering its records wrongly.
 """
 
 from __future__ import annotations
@@ -337,7 +336,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
 
         A hello registers the stream durably before it is answered: from then
         on this shard's frontier counts the proxy even before any record
-        arrives (see recoveryd/frontier.py and nfsproxy/proxyd.py). A retired
+        arrives (see recoveryd/frontier.py and nfsproxy/daemon/proxyd.py). A retired
         stream is not registered again; the ack says it is retired.
         """
         self._count(hellos_total=1)

@@ -1,6 +1,6 @@
 """Verify: the journal's view of the export against the live NAS. Sans-IO.
 
-``nfsj verify`` (nfsproxy/verify.py reads both sides; nfsproxy/cli/verify.py
+``nfsj verify`` (nfsproxy/nas/verify.py reads both sides; nfsproxy/cli/verify.py
 is the command) describes the same paths twice, as the journal holds them at
 a proven cut ``C`` and as the NAS holds them now, and asks ``compare`` what
 differs. Nothing here reads a socket, a disk or a clock.

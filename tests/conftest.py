@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from nfsproxy.ganesha import GaneshaInstance, GaneshaNotInstalledError, find_ganesha, start_ganesha
+from nfsproxy.demo.ganesha import GaneshaInstance, GaneshaNotInstalledError, find_ganesha, start_ganesha
 
 ALLOW_SKIP_ENV = "NFSJ_ALLOW_SKIP_GANESHA"
 LIBNFS_UTILS = ("nfs-ls", "nfs-cp", "nfs-cat")

@@ -19,7 +19,7 @@ import time
 
 import typer
 
-from ..config import ConfigError, default_map, load_config
+from nfsproxy.daemon.config import ConfigError, default_map, load_config
 from . import plain_params
 
 plain_params.install()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 import typer.main
 
-from ..config import default_map, load_config
+from nfsproxy.daemon.config import default_map, load_config
 from . import app, command_options
 
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)

@@ -41,8 +41,8 @@ def export_command(
     from recoveryd.restore import RestoreError
     from recoveryd.timespec import parse_time
 
-    from ..exportd import ExportOptions, run_export
-    from ..proxyd import parse_hostport
+    from nfsproxy.export.server import ExportOptions, run_export
+    from nfsproxy.daemon.proxyd import parse_hostport
 
     setup_logging(verbose)
     if not shard:

@@ -23,8 +23,8 @@ def _size(text: str | None) -> int | None:
     return int(number) * scale
 
 
-#: nfsproxy.retention.DEFAULT_LOG_RETAIN; the choices below are the values of
-#: logstore.commit.Durability and nfsproxy.journal.QuotaPolicy. Spelled here so
+#: nfsproxy.ship.retention.DEFAULT_LOG_RETAIN; the choices below are the values of
+#: logstore.commit.Durability and nfsproxy.relay.journal.QuotaPolicy. Spelled here so
 #: that --help loads neither the LOG nor the relay (a unit test keeps them equal).
 DEFAULT_LOG_RETAIN = "1h"
 DURABILITIES = ("sync", "async")
@@ -71,9 +71,9 @@ def proxy(
     """Relay NFS to the NAS and journal every mutation."""
     from logstore.commit import Durability
 
-    from ..journal import QuotaPolicy
-    from ..proxyd import ProxyOptions, parse_hostport, run_proxy
-    from ..retention import parse_retention
+    from nfsproxy.relay.journal import QuotaPolicy
+    from nfsproxy.daemon.proxyd import ProxyOptions, parse_hostport, run_proxy
+    from nfsproxy.ship.retention import parse_retention
 
     durability = Durability(_choice(durability, DURABILITIES, "--durability"))
     quota_policy = QuotaPolicy(_choice(quota_policy, QUOTA_POLICIES, "--quota-policy"))

@@ -7,7 +7,7 @@ exit 2). Every command that delivers content prints the cut it delivered,
 with its proof, to stderr at the end.
 
 Restore targets: a local directory (``--to``, ``_deliver``) or back onto the
-NAS (``--to-nas``, ``_push`` over nfsproxy/pushback.py). A new target is one
+NAS (``--to-nas``, ``_push`` over nfsproxy/nas/pushback.py). A new target is one
 more option and one more branch beside them.
 """
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the restore engine (gRPC, protobuf) loads when a command ru
     from logstore.stamp import Stamp
     from recoveryd.restore import Cut, RestoreClient, RestoreSummary
 
-    from ..pushback import PushResult
+    from nfsproxy.nas.pushback import PushResult
 
 _SHARD_HELP = ("A recovery shard's HOST:PORT; repeat for each shard, in the same order as the "
                "proxy's --shard. Required.")
@@ -103,7 +103,7 @@ def restore_command(
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
     from recoveryd.restore import RestoreError, check_dest
 
-    from ..pushback import nas_target
+    from nfsproxy.nas.pushback import nas_target
 
     moment = _time(at, "--at")
     if to is not None and not to_nas:
@@ -145,8 +145,8 @@ def _deliver(client: RestoreClient, cut: Cut, to: str, path: str | None, quiet: 
 
 def _push(client: RestoreClient, cut: Cut, nas, path: str | None, into: str | None,
           quiet: bool) -> PushResult:
-    """--to-nas: write the cut back onto the NAS (nfsproxy/pushback.py)."""
-    from ..pushback import connect_nas, push_to_nas
+    """--to-nas: write the cut back onto the NAS (nfsproxy/nas/pushback.py)."""
+    from nfsproxy.nas.pushback import connect_nas, push_to_nas
 
     with Progress("push", items="objects", quiet=quiet) as shown, connect_nas(nas) as nfs:
         result = push_to_nas(client, cut, nfs, path=path, into=into, progress=lambda n, b, rel: shown.update(

@@ -19,7 +19,7 @@ def up(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C."""
-    from ..up import UpOptions, run_up
+    from nfsproxy.daemon.up import UpOptions, run_up
 
     setup_logging(verbose)
     run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability))

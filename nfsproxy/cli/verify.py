@@ -1,6 +1,6 @@
 """`nfsj verify`: the journal at the consistent point against the live NAS.
 
-Parses its flags and calls ``nfsproxy.verify.verify``. Exit 0: everything
+Parses its flags and calls ``nfsproxy.nas.verify.verify``. Exit 0: everything
 compared is equal; 1: differences (each printed); 2: it could not verify
 (``nfsj: error: ...``). With ``--log DIR`` the result is also written to the
 proxy's LOG directory, where the proxy's /metrics exports it.
@@ -19,7 +19,7 @@ from .progress import Progress
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
 
-#: nfsproxy.verify.WAIT_S, repeated so that `--help` does not import the verifier.
+#: nfsproxy.nas.verify.WAIT_S, repeated so that `--help` does not import the verifier.
 WAIT_S = 120.0
 
 
@@ -41,7 +41,7 @@ def _nas_address(nas: str | None, log: str | None) -> str:
 
 def _show(progress: Progress):
     """The verifier's progress callback, drawn by the commands' one progress display."""
-    def update(p) -> None:  # p: nfsproxy.verify.VerifyProgress
+    def update(p) -> None:  # p: nfsproxy.nas.verify.VerifyProgress
         progress.update(phase=p.phase, done_items=p.done, total_items=p.total,
                         done_bytes=p.bytes_done, current=p.current[-40:])
     return update
@@ -75,10 +75,10 @@ def verify_command(
     from recoveryd.restore import RestoreClient, RestoreError, Shards
     from recoveryd.verify import write_result
 
-    from ..client import ClientError
-    from ..proxyd import ConfigError, resolve_backend
-    from ..pushback import connect_nas
-    from ..verify import verify
+    from nfsproxy.nas.client import ClientError
+    from nfsproxy.daemon.proxyd import ConfigError, resolve_backend
+    from nfsproxy.nas.pushback import connect_nas
+    from nfsproxy.nas.verify import verify
     if not shard:
         fail("no shards given: pass --shard HOST:PORT once per recovery shard, in the same order "
              "as the proxy's --shard")

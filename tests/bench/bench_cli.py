@@ -37,9 +37,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from e2e.proxy_fixture import ProxyProcess  # noqa: E402
 from e2e.shard_fixture import ShardProcess  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
-from nfsproxy.client import NfsClient, created_fh  # noqa: E402
-from nfsproxy.ganesha import start_ganesha  # noqa: E402
-from nfsproxy.nfs3 import StableHow  # noqa: E402
+from nfsproxy.nas.client import NfsClient, created_fh  # noqa: E402
+from nfsproxy.demo.ganesha import start_ganesha  # noqa: E402
+from nfsproxy.wire.nfs3 import StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 
 from bench_restore import now_bound, say, wait_proven  # noqa: E402  (tests/bench is the script's directory)

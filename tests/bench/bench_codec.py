@@ -34,9 +34,9 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nfsproxy.nfs3 import (GETATTR3res, GETATTR3resok, NFS_PROGRAM, NFS_V3, Fattr3,  # noqa: E402
+from nfsproxy.wire.nfs3 import (GETATTR3res, GETATTR3resok, NFS_PROGRAM, NFS_V3, Fattr3,  # noqa: E402
                            Ftype3, Nfsstat3, Nfstime3, Proc3, Specdata3, StableHow, WRITE3args)
-from nfsproxy.rpc import (AuthSys, RpcCall, RpcReply, decode_body, encode_call,  # noqa: E402
+from nfsproxy.wire.rpc import (AuthSys, RpcCall, RpcReply, decode_body, encode_call,  # noqa: E402
                           encode_reply, parse_message)
 
 SLICES = 5

@@ -15,7 +15,7 @@ within each of `--rounds` rounds (tables show the median):
                 size), no fsync. The reference the target is stated against.
 * plain+sync  - the same with each WriteBatch fsynced (as the shard does).
 * 1 shard     - one real `nfsj recoveryd` subprocess, fed by the real
-                `nfsproxy.shipper.Shipper` reading the LOG, with its
+                `nfsproxy.ship.shipper.Shipper` reading the LOG, with its
                 production defaults.
 * 2 shards    - two of them, one shipper each (each shipper reads the whole
                 LOG and sends its shard's half).
@@ -68,7 +68,7 @@ from logstore.hlc import HLC  # noqa: E402
 from logstore.log import Log  # noqa: E402
 from logstore.record import Op, Record  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
-from nfsproxy.shipper import Shipper, ShipperOptions  # noqa: E402
+from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
 
 from host import dist_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)

@@ -69,7 +69,7 @@ sys.path.insert(0, str(HERE))
 from libnfs_load import (Connection, NfsTarget, library_path, write_latency_qd1,  # noqa: E402
                          write_throughput)
 from logstore.log import Log  # noqa: E402
-from nfsproxy.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
+from nfsproxy.demo.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
 from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 

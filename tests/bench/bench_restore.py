@@ -59,9 +59,9 @@ from e2e.proxy_fixture import ProxyProcess  # noqa: E402
 from e2e.shard_fixture import ShardProcess  # noqa: E402
 from e2e.treecompare import diff, snapshot  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
-from nfsproxy.client import NfsClient, created_fh  # noqa: E402
-from nfsproxy.ganesha import start_ganesha  # noqa: E402
-from nfsproxy.nfs3 import StableHow  # noqa: E402
+from nfsproxy.nas.client import NfsClient, created_fh  # noqa: E402
+from nfsproxy.demo.ganesha import start_ganesha  # noqa: E402
+from nfsproxy.wire.nfs3 import StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 from recoveryd.status import fetch_status, overall  # noqa: E402
 

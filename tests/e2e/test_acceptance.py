@@ -74,7 +74,7 @@ from e2e.test_export import ExportProcess
 from e2e.treecompare import Entry, diff, hard_link_groups, snapshot
 from e2e.workload import connect
 from logstore.stamp import Stamp
-from nfsproxy.ganesha import GaneshaInstance, start_ganesha
+from nfsproxy.demo.ganesha import GaneshaInstance, start_ganesha
 from recoveryd.status import fetch_status, overall
 from recoveryd.timespec import format_time
 

@@ -38,7 +38,7 @@ from e2e.treecompare import diff, snapshot
 from e2e.workload import connect
 from logstore.record import Op
 from logstore.stamp import Stamp
-from nfsproxy.ganesha import start_ganesha
+from nfsproxy.demo.ganesha import start_ganesha
 from recoveryd.restore import Shards
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(600)]

@@ -1,6 +1,6 @@
 """Every path through a baseline scan releases its stamps, made deterministic.
 
-The scan (`nfsproxy.baseline.run_baseline`) runs in-process against the real
+The scan (`nfsproxy.nas.baseline.run_baseline`) runs in-process against the real
 ganesha, with a real `Proxy` (its clock and in-flight stamps) and a real
 LOG. Its NFS client is our own, with one hook: just before a chosen call on
 a chosen object, the test acts on the NAS through a second client (removes
@@ -24,12 +24,12 @@ import pytest
 from logstore.commit import GroupCommitter
 from logstore.log import Log
 from logstore.record import Op, parse_record
-from nfsproxy.baseline import run_baseline
-from nfsproxy.client import NfsClient, NfsError
-from nfsproxy.hlc import HLC
-from nfsproxy.journal import Journal
-from nfsproxy.nfs3 import Nfsstat3, Proc3
-from nfsproxy.relay import BackendAddress, Proxy
+from nfsproxy.nas.baseline import run_baseline
+from nfsproxy.nas.client import NfsClient, NfsError
+from logstore.hlc import HLC
+from nfsproxy.relay.journal import Journal
+from nfsproxy.wire.nfs3 import Nfsstat3, Proc3
+from nfsproxy.relay.session import BackendAddress, Proxy
 
 pytestmark = pytest.mark.ganesha
 

@@ -3,7 +3,7 @@ UTF-8 are relayed, journaled and restored byte for byte, end to end.
 
 Real processes throughout: nfs-ganesha, two `nfsj recoveryd` shards and
 `nfsj proxy` in front of ganesha (test_export.py's `stack`). Our own codec
-client (nfsproxy/client.py) sends what an ordinary client library will not:
+client (nfsproxy/nas/client.py) sends what an ordinary client library will not:
 names like b"caf\\xe9" (Latin-1, not UTF-8), a 255-byte name, names holding a
 newline, a backslash or a leading "-", a symlink target that is not UTF-8, and
 an AUTH_SYS machine name that is not UTF-8. Some names are made straight on
@@ -35,8 +35,8 @@ from e2e.test_export import (ExportProcess, Stack, check_same, proxy_newest_afte
                              run_baseline, stack, wait_until_proven)
 from e2e.treecompare import snapshot
 from logstore.record import Op
-from nfsproxy.client import NfsClient, created_fh
-from nfsproxy.nfs3 import Ftype3
+from nfsproxy.nas.client import NfsClient, created_fh
+from nfsproxy.wire.nfs3 import Ftype3
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]
 

@@ -8,7 +8,7 @@ running `nfsj proxy`:
    with provoked failures and a seeded random part);
 2. nfs-rs listing one of the unseen directories twice (READDIRPLUS) and
    looking up a path in the other (LOOKUP), which must yield BIND records;
-3. our own client (`nfsproxy.client.NfsClient`), for what nfs-rs cannot
+3. our own client (`nfsproxy.nas.client.NfsClient`), for what nfs-rs cannot
    send: MKNOD of a FIFO (and a failing one), an EXCLUSIVE CREATE, an
    UNSTABLE WRITE and an explicit COMMIT, a failing WRITE and a failing
    guarded SETATTR, under a credential of its own.
@@ -35,9 +35,9 @@ from e2e.proxy_fixture import ProxyProcess, read_log
 from e2e.workload import (BIG_CHUNK_BYTES, BIG_FILE_BYTES, BIG_FILES, LIBNFS_IN, SCRIPTED_ERRORS,
                           SMALL_FILE_COUNT, ProvokedError, connect, run_workload)
 from logstore.record import Op, Record, record_stamp
-from nfsproxy.client import NfsClient, NfsError, created_fh, nfstime3, sattr3
-from nfsproxy.ganesha import start_ganesha
-from nfsproxy.nfs3 import CreateMode, Ftype3, Nfsstat3, StableHow
+from nfsproxy.nas.client import NfsClient, NfsError, created_fh, nfstime3, sattr3
+from nfsproxy.demo.ganesha import start_ganesha
+from nfsproxy.wire.nfs3 import CreateMode, Ftype3, Nfsstat3, StableHow
 
 pytestmark = pytest.mark.ganesha
 

@@ -1,4 +1,4 @@
-"""Our codecs as a tiny NFSv3 client (`nfsproxy.client`) against real ganesha.
+"""Our codecs as a tiny NFSv3 client (`nfsproxy.nas.client`) against real ganesha.
 
 Every change made through `NfsClient` is checked twice, independently of our
 code: through nfs-rs (a separate NFS client implementation) and on the local
@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from nfsproxy.client import (SERVER_TIME, MountError, NfsClient, NfsError, RpcError, created_fh,
+from nfsproxy.nas.client import (SERVER_TIME, MountError, NfsClient, NfsError, RpcError, created_fh,
                              nfstime3_ns, sattr3)
-from nfsproxy.mount import Mountstat3
-from nfsproxy.nfs3 import (ACCESS3_LOOKUP, ACCESS3_MODIFY, ACCESS3_READ, CreateMode, Ftype3,
+from nfsproxy.wire.mount import Mountstat3
+from nfsproxy.wire.nfs3 import (ACCESS3_LOOKUP, ACCESS3_MODIFY, ACCESS3_READ, CreateMode, Ftype3,
                            NFS_PROGRAM, Nfsstat3, Nfstime3, StableHow)
-from nfsproxy.procedure import Procedure
-from nfsproxy.rpc import AcceptStat
-from nfsproxy.xdr import VOID
+from nfsproxy.wire.procedure import Procedure
+from nfsproxy.wire.rpc import AcceptStat
+from nfsproxy.wire.xdr import VOID
 
 pytestmark = pytest.mark.ganesha
 

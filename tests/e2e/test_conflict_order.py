@@ -37,11 +37,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.test_restore import now_bound, wait_proven
 from e2e.treecompare import diff, snapshot
-from nfsproxy import nfs3
-from nfsproxy.client import NfsClient, created_fh, sattr3
-from nfsproxy.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, Nfsstat3, Proc3,
+from nfsproxy.wire import nfs3
+from nfsproxy.nas.client import NfsClient, created_fh, sattr3
+from nfsproxy.wire.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, Nfsstat3, Proc3,
                            REMOVE3args, RENAME3args, SETATTR3args, StableHow, WRITE3args)
-from nfsproxy.rpc import (NEED_DATA, AuthSys, RpcCall, RpcMessageReader, RpcReply, decode_body,
+from nfsproxy.wire.rpc import (NEED_DATA, AuthSys, RpcCall, RpcMessageReader, RpcReply, decode_body,
                           encode_call, frame_rpc_message, parse_message)
 
 TRIALS = 40

@@ -29,8 +29,8 @@ from e2e.proxy_fixture import read_log
 from logstore.log import Log
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
-from nfsproxy.client import ClientError, NfsClient, created_fh
-from nfsproxy.nfs3 import StableHow
+from nfsproxy.nas.client import ClientError, NfsClient, created_fh
+from nfsproxy.wire.nfs3 import StableHow
 
 pytestmark = pytest.mark.ganesha
 

@@ -41,8 +41,8 @@ from e2e.shard_fixture import ShardProcess
 from e2e.treecompare import Entry, diff, hard_link_groups, snapshot
 from e2e.workload import connect
 from logstore.stamp import Stamp
-from nfsproxy.client import NfsClient, NfsError, sattr3
-from nfsproxy.nfs3 import Ftype3, Nfsstat3, StableHow
+from nfsproxy.nas.client import NfsClient, NfsError, sattr3
+from nfsproxy.wire.nfs3 import Ftype3, Nfsstat3, StableHow
 from recoveryd.status import read_proxy_status
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]

@@ -40,8 +40,8 @@ import pytest
 from e2e.proxy_fixture import ProxyProcess
 from logstore.segment import HEADER, HEADER_BYTES
 from logstore.stamp import Stamp
-from nfsproxy.client import NfsClient
-from nfsproxy.nfs3 import StableHow
+from nfsproxy.nas.client import NfsClient
+from nfsproxy.wire.nfs3 import StableHow
 from recoveryd.status import read_proxy_status
 
 pytestmark = pytest.mark.ganesha

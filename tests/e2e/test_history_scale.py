@@ -2,7 +2,7 @@
 rebuilt at several moments, reading only its own records.
 
 Real processes: nfs-ganesha, two `nfsj recoveryd` shards, `nfsj proxy` in front
-of ganesha. Writes go through the proxy with our own `nfsproxy.client.NfsClient`
+of ganesha. Writes go through the proxy with our own `nfsproxy.nas.client.NfsClient`
 (fast, and the point here is the store, not interop):
 
 * before `nfsj baseline`: ``a/hot.bin`` (64 KiB) and the other files, in two
@@ -55,9 +55,9 @@ from e2e.shard_fixture import ShardProcess
 from e2e.test_acceptance import nfsj, now_bound, wait_proven
 from logstore.pb.journal_pb2 import FileRequest, Op, Record
 from logstore.stamp import Stamp
-from nfsproxy.client import NfsClient, created_fh
-from nfsproxy.ganesha import GaneshaInstance, start_ganesha
-from nfsproxy.nfs3 import StableHow
+from nfsproxy.nas.client import NfsClient, created_fh
+from nfsproxy.demo.ganesha import GaneshaInstance, start_ganesha
+from nfsproxy.wire.nfs3 import StableHow
 from recoveryd.restore import TREE_OPS, Cut, RestoreClient, Shards
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from nfsproxy import programs, xdr
-from nfsproxy.ganesha import GaneshaInstance, start_ganesha
-from nfsproxy.rpc import (NEED_DATA, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
+from nfsproxy.wire import programs, xdr
+from nfsproxy.demo.ganesha import GaneshaInstance, start_ganesha
+from nfsproxy.wire.rpc import (NEED_DATA, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
                           decode_body, encode_call, encode_reply, parse_message)
 
 pytestmark = pytest.mark.ganesha

@@ -31,7 +31,7 @@ from e2e.test_metrics import _free_port, scrape, value
 from e2e.test_up import _read_until
 from e2e.treecompare import diff, snapshot
 from kernel_guest import HOST_FROM_GUEST, mount_line
-from nfsproxy.ganesha import start_ganesha
+from nfsproxy.demo.ganesha import start_ganesha
 
 # One workload, run in the directory given as $1. Deterministic content, so the
 # direct and the proxied run write the same bytes.

@@ -30,11 +30,11 @@ from e2e.test_restore import (ShardProcess, _stamp, ingest, nfsj, now_bound, run
                               shard_args, shipped, wait_proven)
 from logstore.pb.journal_pb2 import AclEntry, Attr, Op, Record, ScanRequest
 from logstore.stamp import Stamp
-from nfsproxy import nfsacl
-from nfsproxy.client import NfsClient, RpcError, created_fh
-from nfsproxy.ganesha import start_ganesha
-from nfsproxy.pushback import push_to_nas
-from nfsproxy.rpc import AcceptStat
+from nfsproxy.wire import nfsacl
+from nfsproxy.nas.client import NfsClient, RpcError, created_fh
+from nfsproxy.demo.ganesha import start_ganesha
+from nfsproxy.nas.pushback import push_to_nas
+from nfsproxy.wire.rpc import AcceptStat
 from recoveryd.acl import XATTR_ACCESS, XATTR_DEFAULT, aces, from_xattr, to_xattr
 from recoveryd.restore import RestoreClient, Shards
 

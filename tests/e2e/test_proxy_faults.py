@@ -11,7 +11,7 @@
   `block` holds replies.
 
 The misbehaving clients speak over raw sockets, with messages built by our
-codecs (`nfsproxy.rpc`, `nfsproxy.xdr`), so each breaks exactly one rule.
+codecs (`nfsproxy.wire.rpc`, `nfsproxy.wire.xdr`), so each breaks exactly one rule.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import pytest
 
 from e2e.proxy_fixture import read_log
 from logstore.record import Op
-from nfsproxy import nfs3, xdr
-from nfsproxy.client import ClientError, NfsClient
-from nfsproxy.ganesha import start_ganesha
-from nfsproxy.limits import max_message_bytes
-from nfsproxy.mount import MOUNT_PROGRAM
-from nfsproxy.nfs3 import NFS_PROGRAM, Proc3, StableHow
-from nfsproxy.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, Mapping, PmapProc
-from nfsproxy.relay import Proxy
-from nfsproxy.rpc import (NEED_DATA, AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall,
+from nfsproxy.wire import nfs3, xdr
+from nfsproxy.nas.client import ClientError, NfsClient
+from nfsproxy.demo.ganesha import start_ganesha
+from nfsproxy.relay.limits import max_message_bytes
+from nfsproxy.wire.mount import MOUNT_PROGRAM
+from nfsproxy.wire.nfs3 import NFS_PROGRAM, Proc3, StableHow
+from nfsproxy.wire.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, Mapping, PmapProc
+from nfsproxy.relay.session import Proxy
+from nfsproxy.wire.rpc import (NEED_DATA, AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall,
                           RpcMessageReader, RpcReply, decode_body, encode_call, encode_reply,
                           frame_rpc_message, parse_message)
 

@@ -24,8 +24,8 @@ import pytest
 
 from e2e.test_export import Restorable, nfsj, restorable, stack  # noqa: F401  (fixtures)
 from e2e.treecompare import Entry, diff, snapshot
-from nfsproxy.client import NfsClient
-from nfsproxy.pushback import PushbackError, push_to_nas
+from nfsproxy.nas.client import NfsClient
+from nfsproxy.nas.pushback import PushbackError, push_to_nas
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]
 

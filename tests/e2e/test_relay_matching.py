@@ -30,8 +30,8 @@ from e2e.proxy_fixture import ProxyProcess, read_log
 from e2e.shard_fixture import ShardProcess
 from logstore.record import Op
 from logstore.stamp import Stamp
-from nfsproxy.client import ClientError, NfsClient, created_fh, sattr3
-from nfsproxy.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, FSINFO3args,
+from nfsproxy.nas.client import ClientError, NfsClient, created_fh, sattr3
+from nfsproxy.wire.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, FSINFO3args,
                            GETATTR3args, Nfsstat3, Proc3, REMOVE3args, StableHow, WRITE3args)
 from recoveryd.status import fetch_status, overall
 

@@ -54,9 +54,9 @@ from logstore.pb.journal_pb2 import (Attr, FileRequest, IngestBatch, Op, Record,
                                      ShardStatusRequest, ShippedRecord, StreamId)
 from logstore.pb.journal_pb2_grpc import JournalStub, RestoreStub
 from logstore.stamp import Stamp
-from nfsproxy.client import NfsClient
-from nfsproxy.ganesha import start_ganesha
-from nfsproxy.nfs3 import Ftype3
+from nfsproxy.nas.client import NfsClient
+from nfsproxy.demo.ganesha import start_ganesha
+from nfsproxy.wire.nfs3 import Ftype3
 from recoveryd.restore import RestoreClient, RestoreRefused, ShardError, Shards
 from recoveryd.status import fetch_status, overall
 from recoveryd.timespec import format_time

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from nfsproxy.ganesha import EXPORT_PATH, GaneshaError, rpcbind_running, start_ganesha
+from nfsproxy.demo.ganesha import EXPORT_PATH, GaneshaError, rpcbind_running, start_ganesha
 
 pytestmark = pytest.mark.ganesha
 

@@ -12,7 +12,7 @@ import time
 import nfs_rs
 import pytest
 
-from nfsproxy.ganesha import find_ganesha
+from nfsproxy.demo.ganesha import find_ganesha
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from nfsproxy import xdr
+from nfsproxy.wire import xdr
 
 __all__ = ["values_for", "MAX_BYTES", "MAX_ITEMS"]
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsproxy.programs import PROGRAMS
-from nfsproxy.xdr import XdrError, decode, encode
+from nfsproxy.wire.programs import PROGRAMS
+from nfsproxy.wire.xdr import XdrError, decode, encode
 from strategies import values_for
 
 CASES = [(p, side) for _, p in sorted(PROGRAMS.items()) for side in ("args", "res")]

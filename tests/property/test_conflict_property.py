@@ -1,4 +1,4 @@
-"""The conflict table (`nfsproxy.conflict`), against a model of the relay.
+"""The conflict table (`nfsproxy.relay.conflict`), against a model of the relay.
 
 A Hypothesis state machine plays calls from many sessions arriving, replies
 coming back in any order, and calls abandoned while in flight or while held
@@ -24,8 +24,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from logstore.record import Op, Record
-from nfsproxy.conflict import Claims, ConflictTable, claims_of
-from nfsproxy.nfs3 import CreateMode
+from nfsproxy.relay.conflict import Claims, ConflictTable, claims_of
+from nfsproxy.wire.nfs3 import CreateMode
 
 FHS = (b"file-a", b"file-b")
 ENTRIES = tuple((d, n) for d in (b"dir-1", b"dir-2") for n in ("x", "y"))

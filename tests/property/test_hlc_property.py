@@ -1,4 +1,4 @@
-"""Property tests for nfsproxy.hlc: nodes with bad clocks exchanging stamps.
+"""Property tests for logstore.hlc: nodes with bad clocks exchanging stamps.
 
 The world has a true time ``T`` that only moves forward. Node i's physical
 clock reads ``T + off_i``, and ``off_i`` is kept inside a drawn band
@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from logstore.stamp import Stamp
-from nfsproxy.hlc import HLC, ClockStamp, UntrustworthyStampError
+from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 
 BASE_NS = 1_700_000_000_000_000_000
 STEPS = 60  # stateful steps per example

@@ -1,4 +1,4 @@
-"""Property tests for the ONC-RPC layer (nfsproxy.rpc).
+"""Property tests for the ONC-RPC layer (nfsproxy.wire.rpc).
 
 As in h11's fuzzer: bytes fed whole and then one byte at a time give the
 same messages, or the same RpcDecodeError, and nothing else.
@@ -11,7 +11,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsproxy.rpc import (LAST_FRAGMENT, NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys,
+from nfsproxy.wire.rpc import (LAST_FRAGMENT, NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys,
                           OpaqueAuth, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcMessageReader, RpcReply, encode_call, encode_reply,
                           frame_rpc_message, parse_message)

@@ -11,13 +11,13 @@ from hypothesis import given, strategies as st
 
 from logstore.pb.journal_pb2 import AclEntry, Attr, Op, Record
 from logstore.stamp import Stamp
-from nfsproxy import nfsacl, xdr
-from nfsproxy.capture import RPC_FAILURE_BASE, Capture
-from nfsproxy.conflict import Claims, ConflictTable, claims_of
-from nfsproxy.nfs3 import Fattr3, Ftype3, Nfsstat3, Specdata3
-from nfsproxy.client import nfstime3
-from nfsproxy.rpc import AcceptStat, AuthSys, RpcCall, RpcReply, encode_call, encode_reply, parse_message
-from nfsproxy.sharding import routing_handle
+from nfsproxy.wire import nfsacl, xdr
+from nfsproxy.relay.capture import RPC_FAILURE_BASE, Capture
+from nfsproxy.relay.conflict import Claims, ConflictTable, claims_of
+from nfsproxy.wire.nfs3 import Fattr3, Ftype3, Nfsstat3, Specdata3
+from nfsproxy.nas.client import nfstime3
+from nfsproxy.wire.rpc import AcceptStat, AuthSys, RpcCall, RpcReply, encode_call, encode_reply, parse_message
+from nfsproxy.ship.sharding import routing_handle
 from recoveryd.acl import XATTR_ACCESS, Ace, aces, from_xattr, to_text, to_xattr
 from recoveryd.tree import DIR, REG, Tree
 
@@ -221,7 +221,7 @@ def test_a_file_system_without_acls_is_warned_about_once_and_counted(tmp_path, m
 
 @given(st.binary(max_size=200))
 def test_any_setacl_body_gives_a_record_or_a_clean_rejection(body):
-    from nfsproxy.rpc import RpcDecodeError
+    from nfsproxy.wire.rpc import RpcDecodeError
     message = encode_call(RpcCall(5, nfsacl.NFSACL_PROGRAM, 3, 2)).getvalue() + body
     call, parsed = parse_message(message)
     try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsproxy import nfs3
-from nfsproxy.capture import BindingCache, Capture
-from nfsproxy.nfs3 import CreateMode, Diropargs3, Nfsstat3, Proc3
+from nfsproxy.wire import nfs3
+from nfsproxy.relay.capture import BindingCache, Capture
+from nfsproxy.wire.nfs3 import CreateMode, Diropargs3, Nfsstat3, Proc3
 
 from unit.test_capture import DIR, Driver, sattr3, wcc
 

@@ -1,4 +1,4 @@
-"""`nfsproxy.capture.Capture`, sans-IO: encoded NFSv3 calls and replies in, Records out.
+"""`nfsproxy.relay.capture.Capture`, sans-IO: encoded NFSv3 calls and replies in, Records out.
 
 Every message is built the way a client and the NAS would send it: the RPC
 header with `rpc.encode_call` / `rpc.encode_reply`, the body with
@@ -15,13 +15,13 @@ import pytest
 
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
-from nfsproxy import nfs3, xdr
-from nfsproxy.capture import RPC_FAILURE_BASE, BindingCache, Capture, Pending
-from nfsproxy.client import SERVER_TIME, nfstime3, sattr3
-from nfsproxy.mount import MOUNT_PROGRAM
-from nfsproxy.nfs3 import (CreateMode, Diropargs3, Fattr3, Ftype3, NFS_PROGRAM, Nfsstat3, Nfstime3,
+from nfsproxy.wire import nfs3, xdr
+from nfsproxy.relay.capture import RPC_FAILURE_BASE, BindingCache, Capture, Pending
+from nfsproxy.nas.client import SERVER_TIME, nfstime3, sattr3
+from nfsproxy.wire.mount import MOUNT_PROGRAM
+from nfsproxy.wire.nfs3 import (CreateMode, Diropargs3, Fattr3, Ftype3, NFS_PROGRAM, Nfsstat3, Nfstime3,
                            Proc3, Specdata3, StableHow, WccAttr, WccData)
-from nfsproxy.rpc import (AcceptStat, AuthStat, AuthSys, RejectStat, ReplyStat, RpcCall,
+from nfsproxy.wire.rpc import (AcceptStat, AuthStat, AuthSys, RejectStat, ReplyStat, RpcCall,
                           RpcDecodeError, RpcReply, encode_call, encode_reply, parse_message)
 
 CLIENT = "192.0.2.7:871"
@@ -425,7 +425,7 @@ def test_commit_records_the_range_and_post_op_attr(drv: Driver):
 
 
 def test_every_mutation_has_a_capture_and_only_mutations_are_journaled(drv: Driver):
-    from nfsproxy.capture import MUTATIONS
+    from nfsproxy.relay.capture import MUTATIONS
     assert MUTATIONS == nfs3.MUTATING
     for proc in MUTATIONS:  # op == proc for every journaled call
         assert Op.Name(int(proc)) == proc.name

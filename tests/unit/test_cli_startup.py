@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: What a help page or `nfsj status` must not load: each costs tens of ms.
 NEVER_FOR_HELP = ("grpc", "google.protobuf", "rocksdict", "uvloop", "prometheus_client", "rich",
                   "pydantic", "asyncio", "recoveryd.restore", "recoveryd.store", "logstore.log",
-                  "logstore.commit", "nfsproxy.relay", "nfsproxy.nfs3", "crc32c")
+                  "logstore.commit", "nfsproxy.relay.session", "nfsproxy.wire.nfs3", "crc32c")
 NEVER_FOR_STATUS = tuple(m for m in NEVER_FOR_HELP if m not in ("grpc", "google.protobuf", "asyncio"))
 
 
@@ -69,8 +69,8 @@ def test_root_help_lists_every_command_and_each_help_every_option():
 def test_constants_spelled_in_the_cli_match_their_homes():
     from logstore.commit import Durability
     from nfsproxy.cli import proxy, status
-    from nfsproxy.journal import QuotaPolicy
-    from nfsproxy.retention import DEFAULT_LOG_RETAIN
+    from nfsproxy.relay.journal import QuotaPolicy
+    from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN
     from recoveryd.status import DEFAULT_TIMEOUT_S
 
     assert status.DEFAULT_TIMEOUT_S == DEFAULT_TIMEOUT_S

@@ -11,10 +11,10 @@ import struct
 
 import pytest
 
-from nfsproxy import mount, nfs3, portmap
-from nfsproxy.nfs3 import CreateMode, Ftype3, Nfsstat3, Proc3, StableHow, TimeHow
-from nfsproxy.programs import PROGRAMS, Procedure, lookup, versions
-from nfsproxy.xdr import XdrError, decode, encode
+from nfsproxy.wire import mount, nfs3, portmap
+from nfsproxy.wire.nfs3 import CreateMode, Ftype3, Nfsstat3, Proc3, StableHow, TimeHow
+from nfsproxy.wire.programs import PROGRAMS, Procedure, lookup, versions
+from nfsproxy.wire.xdr import XdrError, decode, encode
 
 
 def hx(text: str) -> bytes:
@@ -333,8 +333,8 @@ def test_a_failed_nfsacl_reply_without_attributes_decodes():
     # ganesha 4.3 sends a failed GETACL/SETACL as the status alone (its XDR's
     # default arm is void); Linux adds post-op attributes. Both must decode,
     # or a baseline racing a REMOVE fails on an "undecodable" reply.
-    from nfsproxy import nfsacl
-    from nfsproxy.nfs3 import Nfsstat3
+    from nfsproxy.wire import nfsacl
+    from nfsproxy.wire.nfs3 import Nfsstat3
     for res in (nfsacl.GETACL3res, nfsacl.SETACL3res):
         bare = decode(res.xdr, struct.pack(">I", Nfsstat3.NFS3ERR_STALE))
         assert bare.status is Nfsstat3.NFS3ERR_STALE and bare.body is None

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nfsproxy.cli import app
-from nfsproxy.config import default_map
-from nfsproxy.proxyd import ConfigError
+from nfsproxy.daemon.config import default_map
+from nfsproxy.daemon.proxyd import ConfigError
 
 runner = CliRunner()
 

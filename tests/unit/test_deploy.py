@@ -44,8 +44,8 @@ import typer.main
 import yaml
 
 from nfsproxy.cli import app, command_options
-from nfsproxy.config import default_map, load_config
-from nfsproxy.proxyd import ConfigError, parse_backend, parse_hostport
+from nfsproxy.daemon.config import default_map, load_config
+from nfsproxy.daemon.proxyd import ConfigError, parse_backend, parse_hostport
 from recoveryd.security import BearerToken, IngestAuth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def parse_invocation(argv: list[str], env: dict[str, str], configs: dict[str, Pa
 def check_values(command: str, params: dict, where: str) -> None:
     """The values the daemons parse at start-up (beyond click's types) are valid too."""
     from nfsproxy.cli.proxy import _size
-    from nfsproxy.retention import parse_retention
+    from nfsproxy.ship.retention import parse_retention
     for key in ("listen", "metrics", "control"):
         if params.get(key):
             parse_hostport(params[key], 2049 if key == "listen" and command == "proxy" else None)
@@ -788,8 +788,8 @@ def test_compose_prometheus_targets_are_the_metrics_ports():
 
 
 def test_compose_ganesha_config_is_the_test_nas_config():
-    """The demo NAS keeps every setting nfsproxy/ganesha.py relies on."""
-    from nfsproxy.ganesha import Ganesha
+    """The demo NAS keeps every setting nfsproxy/demo/ganesha.py relies on."""
+    from nfsproxy.demo.ganesha import Ganesha
     ours = (DEPLOY / "docker" / "ganesha.conf").read_text()
     theirs = Ganesha(Path("/export"), Path("/var/lib/nfs")).config_text(2049, 20048)
 

@@ -1,11 +1,11 @@
-"""The read-only point-in-time export's protocol (`nfsproxy.export`), sans-IO.
+"""The read-only point-in-time export's protocol (`nfsproxy.export.handler`), sans-IO.
 
 A hand-built `recoveryd.tree.Tree` (fed baseline pieces, as a restore feeds
 it) and a fake content reader stand in for the Restore API. Calls are
 encoded with our codecs, handed to `ExportHandler.handle`, and the reply
 bytes decoded again, so every answer is checked as it goes on the wire.
 
-The last tests run the asyncio shell (`nfsproxy.exportd`) on loopback and
+The last tests run the asyncio shell (`nfsproxy.export.server`) on loopback and
 walk the tree with our blocking `NfsClient`.
 """
 
@@ -22,20 +22,20 @@ import pytest
 
 from logstore.pb.journal_pb2 import Attr, Op, Record
 from logstore.stamp import Stamp
-from nfsproxy import mount, nfs3
-from nfsproxy.client import NfsClient, NfsError, sattr3
-from nfsproxy.export import RTMAX_BYTES, ExportHandler, cookieverf_for
-from nfsproxy.exportd import ExportServer
-from nfsproxy.mount import MOUNT_PROGRAM, MountProc3, Mountstat3
-from nfsproxy.nfs3 import (ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND, ACCESS3_LOOKUP,
+from nfsproxy.wire import mount, nfs3
+from nfsproxy.nas.client import NfsClient, NfsError, sattr3
+from nfsproxy.export.handler import RTMAX_BYTES, ExportHandler, cookieverf_for
+from nfsproxy.export.server import ExportServer
+from nfsproxy.wire.mount import MOUNT_PROGRAM, MountProc3, Mountstat3
+from nfsproxy.wire.nfs3 import (ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND, ACCESS3_LOOKUP,
                            ACCESS3_MODIFY, ACCESS3_READ, FSF3_CANSETTIME, NFS_PROGRAM,
                            Createhow3, CreateMode, Diropargs3, Ftype3, Mknoddata3, Nfsstat3,
                            Proc3, StableHow, Symlinkdata3)
-from nfsproxy.portmap import IPPROTO_TCP, PMAP_PROG, Mapping, PmapProc
-from nfsproxy.rpc import (NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys, OpaqueAuth,
+from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, Mapping, PmapProc
+from nfsproxy.wire.rpc import (NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys, OpaqueAuth,
                           RejectStat, ReplyStat, RpcCall, RpcDecodeError, RpcMessageReader,
                           RpcReply, decode_body, encode_call, frame_rpc_message, parse_message)
-from nfsproxy.xdr import U32, VOID, Packer
+from nfsproxy.wire.xdr import U32, VOID, Packer
 from recoveryd.tree import Tree
 
 CRED = AuthSys(1, "client", 1000, 1000, ())

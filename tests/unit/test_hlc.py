@@ -1,4 +1,4 @@
-"""Unit tests for nfsproxy.hlc, driven by a manual physical clock.
+"""Unit tests for logstore.hlc, driven by a manual physical clock.
 
 The table tests follow CockroachDB's hlc_test.go: each step sets the physical
 clock, performs a send (``now()``) or a receive (``update(input)`` then
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from logstore.stamp import Stamp
-from nfsproxy.hlc import HLC, ClockStamp, UntrustworthyStampError
+from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 
 MS = 1_000_000
 S = 1_000 * MS

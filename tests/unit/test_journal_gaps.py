@@ -1,5 +1,5 @@
 """The proxy's journal marks gaps: a stamp that may be missing stays in flight until a
-GAP record stands for it in the LOG (nfsproxy/journal.py)."""
+GAP record stands for it in the LOG (nfsproxy/relay/journal.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from logstore import GroupCommitter, Log
 from logstore.hlc import HLC
 from logstore.record import Op, Record, parse_record
 from logstore.stamp import Stamp
-from nfsproxy.journal import Journal, QuotaPolicy
-from nfsproxy.relay import BackendAddress, Proxy
+from nfsproxy.relay.journal import Journal, QuotaPolicy
+from nfsproxy.relay.session import BackendAddress, Proxy
 
 
 def last_records(log: Log, n: int) -> list[Record]:

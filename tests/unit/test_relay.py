@@ -1,4 +1,4 @@
-"""The relay's sans-IO decisions: where each call goes (`nfsproxy.routing`), the
+"""The relay's sans-IO decisions: where each call goes (`nfsproxy.relay.routing`), the
 replies the proxy makes itself, and the record format the relay hands the LOG
 (`logstore.record.record_parts` / `parse_record`).
 """
@@ -9,12 +9,12 @@ import pytest
 
 from logstore.record import Attr, Op, Record, parse_record, record_parts, record_stamp
 from logstore.stamp import Stamp
-from nfsproxy import xdr
-from nfsproxy.mount import MOUNT_PROGRAM
-from nfsproxy.nfs3 import NFS_PROGRAM
-from nfsproxy.portmap import (IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAPLIST, Mapping, PmapProc)
-from nfsproxy.routing import Route, answer_portmap, reject, route
-from nfsproxy.rpc import (AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
+from nfsproxy.wire import xdr
+from nfsproxy.wire.mount import MOUNT_PROGRAM
+from nfsproxy.wire.nfs3 import NFS_PROGRAM
+from nfsproxy.wire.portmap import (IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAPLIST, Mapping, PmapProc)
+from nfsproxy.relay.routing import Route, answer_portmap, reject, route
+from nfsproxy.wire.rpc import (AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcReply, decode_body, encode_call, parse_message)
 
 NLM_PROGRAM = 100021

@@ -21,13 +21,13 @@ import pytest
 from logstore.commit import GroupCommitter
 from logstore.log import Log, LogClosedError
 from logstore.stamp import Stamp
-from nfsproxy import relay
-from nfsproxy.hlc import HLC
-from nfsproxy.journal import Journal
-from nfsproxy.nfs3 import NFS_PROGRAM, Diropargs3, Proc3, REMOVE3args
-from nfsproxy.nfs3 import PROCEDURES as NFS3
-from nfsproxy.relay import BackendAddress, Proxy
-from nfsproxy.rpc import (NEED_DATA, AuthFlavor, AuthSys, OpaqueAuth, RpcCall, RpcMessageReader, RpcReply, encode_call,
+from nfsproxy.relay import session as relay
+from logstore.hlc import HLC
+from nfsproxy.relay.journal import Journal
+from nfsproxy.wire.nfs3 import NFS_PROGRAM, Diropargs3, Proc3, REMOVE3args
+from nfsproxy.wire.nfs3 import PROCEDURES as NFS3
+from nfsproxy.relay.session import BackendAddress, Proxy
+from nfsproxy.wire.rpc import (NEED_DATA, AuthFlavor, AuthSys, OpaqueAuth, RpcCall, RpcMessageReader, RpcReply, encode_call,
                           encode_reply, frame_rpc_message, parse_message)
 
 HANG_S = 10.0

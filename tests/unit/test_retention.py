@@ -1,4 +1,4 @@
-"""Unit tests of nfsproxy.retention: what may be trimmed, and the loop that trims."""
+"""Unit tests of nfsproxy.ship.retention: what may be trimmed, and the loop that trims."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from logstore.commit import GroupCommitter
 from logstore.log import Log
-from nfsproxy.retention import (
+from nfsproxy.ship.retention import (
     RetentionLoop, RetentionPolicy, SegmentFacts, parse_retention, segment_facts,
     segments_to_trim,
 )

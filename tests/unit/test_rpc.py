@@ -1,4 +1,4 @@
-"""Unit tests for nfsproxy.rpc: record marking, headers, credentials, bodies."""
+"""Unit tests for nfsproxy.wire.rpc: record marking, headers, credentials, bodies."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import struct
 
 import pytest
 
-from nfsproxy import nfs3
-from nfsproxy.rpc import (LAST_FRAGMENT, NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys,
+from nfsproxy.wire import nfs3
+from nfsproxy.wire.rpc import (LAST_FRAGMENT, NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys,
                           OpaqueAuth, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcMessageReader, RpcReply, decode_body, encode_call, encode_reply,
                           frame_rpc_message, parse_message)
-from nfsproxy.xdr import encode
+from nfsproxy.wire.xdr import encode
 
 
 def u32(*values: int) -> bytes:

@@ -439,8 +439,8 @@ class _NoJournal:
 
 
 def test_control_api_over_mtls(pki):
-    from nfsproxy.control import start_control
-    from nfsproxy.proxyd import control_tls
+    from nfsproxy.daemon.control import start_control
+    from nfsproxy.daemon.proxyd import control_tls
 
     proxy_tls = TlsOptions(pki.proxy.cert, pki.proxy.key, pki.ca)
     loop = asyncio.new_event_loop()

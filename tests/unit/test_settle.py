@@ -12,8 +12,8 @@ import asyncio
 
 import pytest
 
-from nfsproxy.hlc import HLC
-from nfsproxy.relay import BackendAddress, Proxy
+from logstore.hlc import HLC
+from nfsproxy.relay.session import BackendAddress, Proxy
 
 NO_NAS = BackendAddress("127.0.0.1", 1, 1, "/export")
 

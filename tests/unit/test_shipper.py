@@ -1,4 +1,4 @@
-"""Unit tests of nfsproxy.shipper against an in-memory fake shard.
+"""Unit tests of nfsproxy.ship.shipper against an in-memory fake shard.
 
 The fake shard is a real grpc.aio `Journal` server on loopback (a fake
 transport peer, as STYLE.md allows in unit tests) that keeps the chaining
@@ -32,11 +32,11 @@ from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import Op, Record, parse_record
 from logstore.stamp import Stamp
-from nfsproxy.proxyd import ProxyOptions, start_proxy
-from nfsproxy.relay import BackendAddress, Proxy
-from nfsproxy.retention import RetentionLoop, RetentionPolicy
-from nfsproxy.sharding import shards_of
-from nfsproxy.shipper import Backoff, Shipper, ShipperOptions, StableClaims
+from nfsproxy.daemon.proxyd import ProxyOptions, start_proxy
+from nfsproxy.relay.session import BackendAddress, Proxy
+from nfsproxy.ship.retention import RetentionLoop, RetentionPolicy
+from nfsproxy.ship.sharding import shards_of
+from nfsproxy.ship.shipper import Backoff, Shipper, ShipperOptions, StableClaims
 from recoveryd.frontier import BatchRefused, StreamKey, StreamState, apply
 
 pytestmark = pytest.mark.timeout(120)
@@ -483,7 +483,7 @@ async def test_heartbeats_move_the_frontier_only_past_calls_no_longer_in_flight(
 
 @run_async
 async def test_repeated_refusals_back_off_then_recover(log: Log, clock: HLC, proxy: Proxy, caplog):
-    caplog.set_level(logging.DEBUG, logger="nfsproxy.shipper")
+    caplog.set_level(logging.DEBUG, logger="nfsproxy.ship.shipper")
     shard = FakeShard()
     shard.refuse = "sent_stamp too far ahead"  # as a shard refuses a proxy's bad clock
     await shard.start()

@@ -1,4 +1,4 @@
-"""nfsproxy.verify's second look, against a fake NAS and fake shards.
+"""nfsproxy.nas.verify's second look, against a fake NAS and fake shards.
 
 A difference found on the first read is read again after a later window:
 a record that now explains it skips it, a NAS that now equals the journal
@@ -19,8 +19,8 @@ import pytest
 
 from logstore.pb.journal_pb2 import Attr, BaselineInfo, Op, Record
 from logstore.stamp import Stamp
-from nfsproxy import verify as verify_module
-from nfsproxy.nfs3 import Fattr3, Ftype3, Nfstime3, Specdata3
+from nfsproxy.nas import verify as verify_module
+from nfsproxy.wire.nfs3 import Fattr3, Ftype3, Nfstime3, Specdata3
 from recoveryd.restore import Cut
 from recoveryd.tree import DIR, REG, Tree
 

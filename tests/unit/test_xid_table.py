@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsproxy.rpc import frame_rpc_message, parse_message
-from nfsproxy.xid_table import XidInUse, XidTable, framed_with_xid, nas_xid_counter
+from nfsproxy.wire.rpc import frame_rpc_message, parse_message
+from nfsproxy.relay.xid_table import XidInUse, XidTable, framed_with_xid, nas_xid_counter
 
 
 def message(xid: int, body: bytes) -> memoryview:

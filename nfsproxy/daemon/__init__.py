@@ -1,0 +1,3 @@
+"""The daemons' wiring: the proxy daemon, its control service, `nfsj up`, configuration
+and the proxy's metrics.
+"""

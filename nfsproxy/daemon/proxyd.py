@@ -1,0 +1,401 @@
+"""Running the proxy as a daemon: the LOG, the clock, the relay, and shutdown.
+
+`ProxyOptions` is everything `nfsj proxy` takes; `run_proxy` opens the LOG
+(recovering it), starts the relay, one shipper per `--shard` and LOG
+retention, and on SIGINT/SIGTERM stops accepting, lets journal writes
+finish, stops shipping, fsyncs and closes the LOG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import struct
+import time
+
+import grpc
+
+from logstore.commit import Durability, GroupCommitter
+from logstore.log import Log, TornTail
+from logstore.record import Record, record_parts
+
+from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
+                                server_credentials)
+from recoveryd.status import write_proxy_status
+
+from nfsproxy.daemon.config import ConfigError
+from nfsproxy.daemon.control import start_control
+from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
+from logstore.hlc import HLC
+from nfsproxy.relay.journal import Journal, QuotaPolicy, gap_record
+from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
+from nfsproxy.wire.mount import MOUNT_PROGRAM, MOUNT_V3
+from nfsproxy.relay.session import BackendAddress, Proxy
+from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
+from nfsproxy.wire.rpc import (RpcCall, RpcMessageReader, RpcReply, NEED_DATA, decode_body, encode_call,
+                  frame_rpc_message, parse_message)
+from nfsproxy.ship.shipper import Shipper
+from nfsproxy.wire.xdr import U32
+
+__all__ = ["ProxyOptions", "parse_backend", "parse_hostport", "resolve_backend", "run_proxy",
+           "start_proxy", "ConfigError"]
+
+logger = logging.getLogger(__name__)
+
+_BACKEND = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<nfs>\d+))?(?::(?P<mount>\d+))?:(?P<export>/.*)$")
+
+
+@dataclasses.dataclass(slots=True)
+class ProxyOptions:
+    listen_host: str
+    listen_port: int
+    backend: str
+    log_dir: str
+    durability: Durability = Durability.SYNC
+    segment_bytes: int = 64 << 20
+    quota_bytes: int | None = None
+    quota_policy: QuotaPolicy = QuotaPolicy.BLOCK
+    node_id: int | None = None
+    max_offset_ns: int = 500_000_000
+    shards: list[str] = dataclasses.field(default_factory=list)  # shard k = shards[k], HOST:PORT
+    log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
+    control: str = "127.0.0.1:0"  # --control: where `nfsj baseline` reaches this proxy
+    metrics: str = "127.0.0.1:0"  # --metrics: Prometheus /metrics
+    # --tls-ca/--tls-cert/--tls-key: TLS to the shards (mTLS with a cert). The
+    # Control API is served with the same cert and key when given, and then
+    # requires client certificates signed by the same CA.
+    tls: TlsOptions | None = None
+    # --ingest-token-file: this proxy's ingest token, sent with every Ingest
+    # call (the shards' --ingest-tokens list it for this node id).
+    ingest_token_file: str | None = None
+    drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise ConfigError(f"{text!r}: expected HOST:PORT")
+        return host or "0.0.0.0", default_port
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_backend(text: str) -> tuple[str, int | None, int | None, str]:
+    """Parse `HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT`."""
+    m = _BACKEND.match(text)
+    if not m:
+        raise ConfigError(f"--backend {text!r}: expected HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT, "
+                          "e.g. nas.example:/export or 127.0.0.1:2049:20048:/export")
+    nfs = int(m["nfs"]) if m["nfs"] else None
+    mount = int(m["mount"]) if m["mount"] else None
+    return m["host"].strip("[]"), nfs, mount, m["export"]
+
+
+def _getport(host: str, prog: int, vers: int, timeout_s: float = 5.0) -> int:
+    """Ask the NAS's portmapper where `prog`/`vers` listens over TCP (0: nowhere)."""
+    call = encode_call(RpcCall(secrets.randbits(32), PMAP_PROG, PMAP_VERS, PmapProc.GETPORT))
+    Mapping.xdr.pack(call, Mapping(prog, vers, IPPROTO_TCP, 0))
+    message = call.getvalue()
+    reader = RpcMessageReader(1 << 16)
+    with socket.create_connection((host, PMAP_PORT), timeout=timeout_s) as sock:
+        sock.sendall(frame_rpc_message(len(message)) + message)
+        while (reply := reader.next_message()) is NEED_DATA:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("portmapper closed the connection")
+            reader.receive(chunk)
+    header, body = parse_message(reply)
+    if not isinstance(header, RpcReply) or not header.success:
+        raise ConnectionError(f"portmapper refused GETPORT: {header}")
+    return decode_body(U32, body)
+
+
+def resolve_backend(text: str) -> BackendAddress:
+    """Turn `--backend` into ports, asking the NAS's portmapper for what is not given."""
+    host, nfs, mount, export = parse_backend(text)
+    if mount is None:
+        try:
+            mount = _getport(host, MOUNT_PROGRAM, MOUNT_V3)
+        except (OSError, ConnectionError) as e:
+            raise ConfigError(f"cannot ask {host}'s portmapper for the MOUNT port ({e}); "
+                              f"give it as {host}:NFSPORT:MOUNTPORT:{export}") from None
+        if not mount:
+            raise ConfigError(f"{host} has no MOUNT v3 over TCP registered; give the port explicitly")
+    return BackendAddress(host, nfs or 2049, mount, export)
+
+
+def _node_id(log_dir: str, given: int | None) -> int:
+    """The proxy's HLC node id: given, or made once and kept beside the LOG."""
+    path = os.path.join(log_dir, "node_id")
+    if given is not None:
+        return given
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        node = struct.unpack(">I", secrets.token_bytes(4))[0] or 1
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{node}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return node
+
+
+class RunningProxy:
+    """A started proxy, its shippers and the LOG under them; `stop()` shuts
+    them down in order."""
+
+    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log, *,
+                 shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None):
+        self.proxy, self.committer, self.log = proxy, committer, log
+        self.shippers = shippers or []
+        self.retention = retention
+        self.control: grpc.aio.Server | None = None
+        self.control_address = ""
+        self.control_tls = False
+        self.metrics_address = ""
+        self._status_task: asyncio.Task | None = None
+
+    def status(self) -> dict:
+        """What `nfsj status --log DIR` shows about this proxy (written to status.json)."""
+        return {
+            "node_id": self.proxy.clock.node_id, "log_id": self.log.log_id,
+            "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
+            "newest": str(self.proxy.clock.now().to_stamp()),
+            "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
+            "backend": str(self.proxy.backend),
+            "control_tls": self.control_tls,
+            "metrics": self.metrics_address,
+            "log_bytes": self.log.size_bytes, "updated_unix_ns": time.time_ns(),
+            "gaps_total": dict(self.proxy.journal.gaps_total),
+            "gaps": list(self.proxy.journal.gaps),
+            "unmarked_gaps": self.proxy.journal.unmarked_gaps,
+            "shards": [_shipper_status(s) for s in self.shippers],
+        }
+
+    async def _write_status(self, interval_s: float = 1.0) -> None:
+        path = os.path.join(self.log.directory, "status.json")
+        while True:
+            try:
+                write_proxy_status(path, self.status())
+            except OSError as e:
+                logger.warning("cannot write %s: %s", path, e)
+            await asyncio.sleep(interval_s)
+
+    async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+        if self.control is not None:
+            await self.control.stop(grace=1.0)
+        await self.proxy.close()
+        await self.proxy.journal.close()
+        if self.retention is not None:
+            await self.retention.stop()
+        for shipper in self.shippers:  # they read the LOG: stop them before it closes
+            await shipper.stop()
+        await self.committer.close()
+        self.log.close()
+        _clear_running(self.log.directory)  # every relayed call was answered or marked
+
+
+async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningProxy:
+    try:
+        retain = parse_retention(opts.log_retain)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for address in opts.shards:
+        parse_hostport(address)  # ConfigError unless HOST:PORT
+    try:
+        shard_credentials = channel_credentials(opts.tls)
+        control_credentials = server_credentials(control_tls(opts.tls))
+        ingest_token = BearerToken.from_file(opts.ingest_token_file) if opts.ingest_token_file else None
+    except SecurityError as e:
+        raise ConfigError(str(e)) from None
+    os.makedirs(opts.log_dir, exist_ok=True)
+    # The clock first: a torn tail's GAP record must be stamped after every record it lost.
+    clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
+                persist_path=os.path.join(opts.log_dir, "hlc.bound"))
+    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes,
+                   torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
+    unclean = _mark_running(opts.log_dir) and not log.torn_tails
+    if unclean:  # a torn tail's GAP record already spans the same stamps
+        log.append(record_parts(unclean_stop_gap_record(clock)))
+        log.sync()
+    committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
+    journal = Journal(committer, opts.quota_policy)
+    for torn in log.torn_tails:
+        logger.warning("LOG recovery cut a torn tail (%s): marked as a gap", torn)
+        journal.count_gap("torn_tail", f"torn_tail: {torn}")
+    if unclean:
+        logger.warning("the proxy did not stop cleanly last time: calls it had relayed may have "
+                       "changed the NAS without a record; marked as a gap (a baseline heals it)")
+        journal.count_gap("unclean_stop", "unclean_stop: the previous run of this LOG did not stop cleanly")
+    proxy = Proxy(backend, journal, clock)
+    journal.attach(proxy)
+    proxy.drain_timeout_s = opts.drain_timeout_s
+    # No shards: journal only, and nothing is ever trimmed.
+    shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
+                        stable_stamp=proxy.stable_stamp, credentials=shard_credentials,
+                        token=ingest_token)
+                for k, address in enumerate(opts.shards)]
+    for shipper in shippers:
+        shipper.start()
+    await _register_stream(opts.log_dir, shippers)
+    try:
+        await proxy.start(opts.listen_host, opts.listen_port)
+    except OSError as e:
+        for shipper in shippers:
+            await shipper.stop()
+        await committer.close()
+        log.close()
+        _clear_running(opts.log_dir)
+        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
+                          "pick a free port with --listen") from None
+    retention = None
+    if shippers:
+        retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
+        retention.start()
+    running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
+    control_host, control_port = parse_hostport(opts.control)
+    try:
+        running.control, bound = await start_control(proxy, control_host, control_port,
+                                                     credentials=control_credentials)
+    except (OSError, RuntimeError) as e:
+        await running.stop()
+        raise ConfigError(f"cannot serve the control API on {opts.control} ({e}); "
+                          "pick a free port with --control") from None
+    running.control_address = f"{control_host}:{bound}"
+    running.control_tls = control_credentials is not None
+    metrics_host, metrics_port = parse_hostport(opts.metrics)
+    try:
+        running.metrics_address = f"{metrics_host}:{serve_metrics(ProxyCollector(running), metrics_host, metrics_port)}"
+    except OSError as e:
+        await running.stop()
+        raise ConfigError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
+    # Written once before the ready line, so `nfsj status --log` works as soon as we serve.
+    write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
+    running._status_task = asyncio.get_running_loop().create_task(running._write_status())
+    return running
+
+
+#: Present while a proxy serves from a LOG directory. Found at start, it says
+#: the last run did not stop cleanly (kill -9, a crash, power loss): calls it
+#: had relayed may have changed the NAS while their records never reached the
+#: LOG, so the start marks a gap instead of passing over them in silence.
+RUNNING_MARK = "RUNNING"
+
+
+def _mark_running(log_dir: str) -> bool:
+    """Durably note that a proxy serves from `log_dir`; True if the note was
+    already there (the previous run did not stop cleanly)."""
+    path = os.path.join(log_dir, RUNNING_MARK)
+    was_there = os.path.exists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(log_dir)
+    return was_there
+
+
+def _clear_running(log_dir: str) -> None:
+    try:
+        os.unlink(os.path.join(log_dir, RUNNING_MARK))
+        _fsync_dir(log_dir)
+    except OSError as e:
+        logger.warning("cannot clear %s in %s (%s): the next start will mark a gap",
+                       RUNNING_MARK, log_dir, e.strerror)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unclean_stop_gap_record(clock: HLC) -> Record:
+    """The GAP record for a run that did not stop cleanly: it spans from the
+    shards' frontier (below every stamp then in flight) to now."""
+    return gap_record(clock.now().to_bytes(), "unclean_stop",
+                      "the proxy did not stop cleanly: calls it had relayed to the NAS when it "
+                      "stopped may have changed the NAS without a record")
+
+
+def torn_gap_record(clock: HLC, torn: TornTail) -> Record:
+    """The GAP record for a torn tail: it lost records appended after ``torn.after_seq``
+    that were never synced (in async durability their replies may have gone out)."""
+    return gap_record(clock.now().to_bytes(), "torn_tail",
+                      f"the LOG lost a torn tail at an unclean stop ({torn.truncated_bytes} bytes "
+                      f"after seq {torn.after_seq}): records not yet synced may be missing")
+
+
+def control_tls(tls: TlsOptions | None) -> TlsOptions | None:
+    """How the Control API is served: with the proxy's own certificate when it
+    has one, requiring client certificates from its CA when it names one."""
+    if tls is None or not (tls.cert and tls.key):
+        return None
+    return TlsOptions(cert=tls.cert, key=tls.key, ca=tls.ca, require_client_cert=bool(tls.ca))
+
+
+async def _register_stream(log_dir: str, shippers: list[Shipper]) -> None:
+    """Before a new LOG's first client, make every shard know its stream.
+
+    A shard counts a proxy in its frontier only once it knows the proxy's
+    stream. If no shard knew a new proxy, the consistent point would pass
+    that proxy's first records unnoticed. So a new LOG serves no client
+    until every shard has durably registered it (once: a marker remembers).
+    """
+    marker = os.path.join(log_dir, "registered")
+    if not shippers or os.path.exists(marker):
+        return
+    waiting = [s for s in shippers if not s.registered.is_set()]
+    if waiting:
+        logger.warning("new LOG: waiting for every shard to register its stream before serving "
+                       "clients (%s)", ", ".join(s.address for s in waiting))
+    await asyncio.gather(*(s.registered.wait() for s in shippers))
+    with open(marker, "w") as f:
+        f.write("every shard knows this LOG's stream\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _shipper_status(shipper: Shipper) -> dict:
+    st = shipper.state()
+    return {"address": st.address, "connected": st.connected, "acked_seq": st.acked_seq,
+            "frontier": str(st.frontier), "lag_records": st.lag_records,
+            "lag_seconds": st.lag_seconds, "gaps_total": st.gaps_total}
+
+
+async def run_proxy(opts: ProxyOptions) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    backend = resolve_backend(opts.backend)
+    running = await start_proxy(opts, backend)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    shipping = (f"shipping to {len(opts.shards)} shard(s) {', '.join(opts.shards)}, "
+                f"LOG retained {opts.log_retain}" if opts.shards else "no shards (journal only)")
+    print(f"nfsj proxy: serving NFSv3+MOUNT on {opts.listen_host}:{running.proxy.port}, "
+          f"NAS {backend}, LOG {opts.log_dir} ({opts.durability.value}), {shipping}, "
+          f"control {running.control_address}, metrics http://{running.metrics_address}/metrics", flush=True)
+    logger.info("shards over %s; control API over %s", (opts.tls or TlsOptions()).describe(server=False),
+                (control_tls(opts.tls) or TlsOptions()).describe(server=True))
+    await stop.wait()
+    logger.info("shutting down")
+    await running.stop()

@@ -1,0 +1,760 @@
+"""Shipping the LOG to recovery shards (README.md, "How it works").
+
+One ``Shipper`` per shard runs as asyncio tasks in the proxy process. It
+tails the LOG, keeps the records that belong to its shard (``sharding``),
+and streams them over the bidirectional gRPC call ``Journal.Ingest``
+(proto/journal.proto holds the contract; this docstring says how the
+proxy side keeps it).
+
+Positions
+---------
+A stream is this proxy's LOG as seen by one shard, named
+``StreamId(node_id=<proxy HLC node id>, log_id=<LOG identity>)``. Each batch
+covers a LOG range ``(after_seq, through_seq]`` and carries exactly the
+records of that range that belong to the shard; a range holding none of
+them is still sent, so the shard's position (and frontier) moves on and
+contiguity is checked on ranges. Only records up to ``log.synced_seq`` are
+shipped: a shard never holds a record the LOG could still lose in a crash.
+
+Every (re)connection starts with a *hello*: an empty batch ``(0, 0]``. The
+shard answers with its durable position ``D`` for the stream, and shipping
+resumes at ``D + 1``. The shard answers every batch with one ack, in order;
+an ack that refuses a batch (``error``) or reports a durable position below
+the batch's end (the shard lost or wiped data) *rewinds* the shipper to the
+ack's ``durable_seq``: it resends from there down the same path as normal
+shipping, which is also how a wiped shard is rebuilt. Batches sent before a
+rewind are stale: their acks are matched and ignored. If the LOG was trimmed
+past what the shard needs (``D + 1 < log.first_seq``) the shipper sends a
+``gap`` batch over the missing range, logs an error and counts it; the
+shard records a gap there (recoveryd/frontier.py): cuts past it are unproven
+until a baseline begun after it has ended. Nothing is ever skipped silently.
+
+Stable stamps and heartbeats
+----------------------------
+A record is stamped when its call arrives and lands in the LOG when the NAS
+replies, so LOG order is not stamp order. ``Proxy.stable_stamp()`` is below
+every stamp not yet in the LOG. Every ``sample_interval_s`` (and right
+before each heartbeat) the shipper samples, on the event loop and with no
+await in between, ``H = stable_stamp()`` and *then* ``E = log.last_seq``.
+Every record stamped below ``H`` was in the LOG when ``H`` was taken, so at a
+seq ``<= E``. Hence a batch whose ``through_seq >= E`` may claim
+``stable = H``; it carries the highest such ``H`` (``StableClaims``). When
+there is nothing to send, an empty batch ``(P, P]`` at the current position
+carries the newest claim every ``heartbeat_interval_s``: the heartbeat that
+moves an idle shard's frontier. A stable stamp is never a clock reading:
+it never moves a clock (logstore.hlc, channel 3).
+
+Clocks: each batch's ``sent_stamp`` is ``clock.now()``; each ack's
+``shard_stamp`` updates the proxy clock (refusals are counted and logged,
+channel 2). ``newest`` is the newest record stamp the shipper has read from
+the LOG.
+
+Flow control: a batch holds at most ``max_batch_records`` of the shard's
+records and ``max_batch_bytes`` of their payloads (one larger record gets a
+batch of its own), and scans at most ``max_scan_records`` LOG records.
+Unacked payload bytes stay under ``max_inflight_bytes`` (and batches under
+``max_inflight_batches``); past that the shipper waits for acks. A shard
+that is down is retried with exponential backoff and jitter
+(``backoff_initial_s`` .. ``backoff_max_s``); meanwhile the proxy serves
+clients and the LOG grows (up to its quota). A stream that gets no ack for
+``ack_timeout_s`` is dropped and reconnected.
+
+``Shipper.state()`` is the per-shard status for ``nfsj status`` and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
+from logstore.log import Log, LogCursor, LogError, LogGapError
+from logstore.pb import journal_pb2 as pb
+from logstore.pb import journal_pb2_grpc as pb_grpc
+from logstore.record import parse_record
+from logstore.stamp import Stamp
+
+from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
+
+__all__ = ["Shipper", "ShipperOptions", "ShipperState", "StableClaims", "Backoff"]
+
+logger = logging.getLogger(__name__)
+
+# A single record larger than this still goes out alone, so a shard must
+# accept messages of at least the LOG's max record size (recoveryd.server
+# accepts far more than both; gRPC's own default limit is 4 MiB).
+DEFAULT_MAX_BATCH_BYTES = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShipperOptions:
+    """Tunables of one shipper; the defaults suit production."""
+
+    max_batch_records: int = 512
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_scan_records: int = 8192
+    max_inflight_bytes: int = 16 << 20
+    max_inflight_batches: int = 64
+    sample_interval_s: float = 0.1
+    heartbeat_interval_s: float = 0.2
+    poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
+    hello_timeout_s: float = 10.0
+    ack_timeout_s: float = 60.0
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    max_samples: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_records", "max_batch_bytes", "max_scan_records",
+                     "max_inflight_bytes", "max_inflight_batches", "max_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ShipperOptions.{name} must be >= 1")
+        if self.max_samples < 2:
+            raise ValueError("ShipperOptions.max_samples must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShipperState:
+    """One shard as its shipper sees it (for status and metrics)."""
+
+    address: str
+    shard_id: int
+    connected: bool
+    acked_seq: int               # the shard's durable position, as last acked
+    sent_seq: int                # end of the last range sent on this connection
+    frontier: Stamp              # the stream's frontier on the shard, as last acked
+    lag_records: int             # log.last_seq - acked_seq
+    lag_seconds: float | None    # now - frontier's wall time (None: no frontier yet)
+    gaps_total: int
+    gaps: tuple[str, ...]        # "after..through: reason", newest last
+    reconnects_total: int
+    rewinds_total: int
+    bytes_sent_total: int
+    records_sent_total: int
+    batches_sent_total: int
+    heartbeats_sent_total: int
+    hlc_rejections_total: int
+    unroutable_total: int
+    inflight_bytes: int
+    last_error: str
+
+
+class StableClaims:
+    """Samples ``(E, H)``: every record stamped below ``H`` lies at a seq ``<= E``.
+
+    Sans-IO. ``claim(through_seq)`` is the highest ``H`` whose ``E`` is at or
+    below ``through_seq`` (None: no sample qualifies yet). Samples are
+    kept in ``E`` order with ``H`` made non-decreasing (a claim that holds
+    for ``E`` holds for every larger ``E`` too). Samples a claim has passed
+    are folded into one ``floor``; past ``max_samples`` every other sample
+    is dropped, which only makes claims coarser, never wrong.
+    """
+
+    def __init__(self, max_samples: int = 4096):
+        self._samples: deque[tuple[int, Stamp]] = deque()
+        self._floor: tuple[int, Stamp] | None = None
+        self._max = max_samples
+
+    def observe(self, last_seq: int, stable: Stamp) -> None:
+        newest = self._samples[-1] if self._samples else self._floor
+        if newest is not None:
+            if last_seq < newest[0]:
+                raise ValueError(f"LOG position went back from {newest[0]} to {last_seq}")
+            stable = max(stable, newest[1])
+            if last_seq == newest[0]:
+                if self._samples:
+                    self._samples[-1] = (last_seq, stable)
+                else:
+                    self._floor = (last_seq, stable)
+                return
+        self._samples.append((last_seq, stable))
+        if len(self._samples) > self._max:
+            kept = list(self._samples)[1::2]  # ends with the newest when the length is even
+            if kept[-1] != self._samples[-1]:
+                kept.append(self._samples[-1])
+            self._samples = deque(kept)
+
+    def claim(self, through_seq: int) -> Stamp | None:
+        while self._samples and self._samples[0][0] <= through_seq:
+            self._floor = self._samples.popleft()
+        if self._floor is not None and self._floor[0] <= through_seq:
+            return self._floor[1]
+        return None
+
+    def __len__(self) -> int:
+        return len(self._samples) + (self._floor is not None)
+
+
+class Backoff:
+    """Exponential backoff with full jitter between ``initial_s`` and ``max_s``."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None):
+        self.initial_s, self.max_s = initial_s, max_s
+        self._next = initial_s
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = self._next
+        self._next = min(self.max_s, self._next * 2)
+        return self.initial_s + self._rng.random() * (ceiling - self.initial_s)
+
+    def reset(self) -> None:
+        self._next = self.initial_s
+
+
+class _ShardRefused(Exception):
+    """The shard broke the Ingest protocol; the stream is dropped and redone."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Sent:
+    after_seq: int
+    through_seq: int
+    nbytes: int
+    epoch: int
+    sent_at: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Range:
+    """A LOG range read for a batch (built in a worker thread)."""
+
+    through_seq: int
+    records: list[pb.ShippedRecord]
+    nbytes: int
+    newest: Stamp
+    unroutable: int
+    blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
+
+
+class Shipper:
+    """Ships this proxy's LOG to one recovery shard (see the module docstring).
+
+    ``shard_id`` is the shard's index among ``n_shards`` (the k-th
+    ``--shard``). ``stable_stamp`` is ``Proxy.stable_stamp``. ``start()``
+    needs a running event loop; ``stop()`` ends the tasks and waits for any
+    LOG read in progress, so the LOG may be closed right after.
+    """
+
+    def __init__(self, address: str, *, shard_id: int, n_shards: int, log: Log, clock: HLC,
+                 stable_stamp: Callable[[], Stamp], options: ShipperOptions | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, token=None):
+        if not 0 <= shard_id < n_shards:
+            raise ValueError(f"shard_id {shard_id} is not in [0, {n_shards})")
+        self.address = address
+        self.shard_id = shard_id
+        self.n_shards = n_shards
+        self.options = options or ShipperOptions()
+        self._log = log
+        self._clock = clock
+        self._stable_stamp = stable_stamp
+        self._credentials = credentials
+        # The ingest token (recoveryd.security.BearerToken): shards with
+        # --ingest-tokens admit this proxy's stream only with it.
+        self._metadata = token.metadata if token is not None else None
+        self.stream = pb.StreamId(node_id=clock.node_id, log_id=log.log_id)
+        self._claims = StableClaims(self.options.max_samples)
+        # Position and flow control.
+        self._acked_seq = 0
+        self._ever_acked = False
+        self._sent_seq = 0
+        self._epoch = 0                      # bumped by every rewind and reconnection
+        self._pending: deque[_Sent] = deque()  # batches sent on this call, awaiting their ack
+        self._inflight_bytes = 0
+        self._blocked_by = 0                 # bytes the next record needs in flight (0: unknown)
+        self._last_rewind_to = -1            # seq of the last rewind, until progress past it
+        self._hold_until = 0.0               # no sending before this (monotonic), after rewinds
+        self._rewind_backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
+        self._last_send_at = 0.0
+        self._frontier = Stamp.ZERO
+        self._newest = Stamp.ZERO
+        self._connected = False
+        self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
+        self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
+        # Counters; state() and metrics read them.
+        self.gaps: list[str] = []
+        self.gaps_total = 0
+        self.reconnects_total = 0
+        self.rewinds_total = 0
+        self.bytes_sent_total = 0
+        self.records_sent_total = 0
+        self.batches_sent_total = 0
+        self.heartbeats_sent_total = 0
+        self.hlc_rejections_total = 0
+        self.unroutable_total = 0
+        self.last_error = ""
+        self._last_rejection_log = 0.0
+        # Runtime.
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake: asyncio.Event | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reading: concurrent.futures.Future[_Range | None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start shipping (on the running loop); returns at once."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"nfsj-ship-{self.shard_id}")
+        backoff_ms = int(self.options.backoff_initial_s * 1000)
+        channel_options = [
+            # Our own backoff paces retries; keep gRPC's from adding a longer one.
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", int(self.options.backoff_max_s * 1000)),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ]
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(self.address, self._credentials,
+                                                    options=channel_options)
+        self._sample()
+        self._tasks = [
+            loop.create_task(self._run(), name=f"nfsj-shipper-{self.shard_id}"),
+            loop.create_task(self._sample_forever(), name=f"nfsj-shipper-{self.shard_id}-samples"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop shipping; waits for a LOG read in progress and closes the channel."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # noqa: BLE001  already failed; shutting down anyway
+                logger.exception("shipper for shard %d failed", self.shard_id)
+        if self._reading is not None and not self._reading.done():
+            await asyncio.wrap_future(self._reading)  # the LOG must outlive the read
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self._connected = False
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def acked_seq(self) -> int:
+        """The shard's durable position for this stream, as last acked (0: unknown yet)."""
+        return self._acked_seq
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def frontier(self) -> Stamp:
+        return self._frontier
+
+    def state(self) -> ShipperState:
+        lag_seconds = None
+        if self._frontier != Stamp.ZERO:
+            lag_seconds = max(0.0, (time.time_ns() - self._frontier.wall_ns) / 1e9)
+        return ShipperState(
+            address=self.address, shard_id=self.shard_id, connected=self._connected,
+            acked_seq=self._acked_seq, sent_seq=self._sent_seq, frontier=self._frontier,
+            lag_records=max(0, self._log.last_seq - self._acked_seq), lag_seconds=lag_seconds,
+            gaps_total=self.gaps_total, gaps=tuple(self.gaps),
+            reconnects_total=self.reconnects_total, rewinds_total=self.rewinds_total,
+            bytes_sent_total=self.bytes_sent_total, records_sent_total=self.records_sent_total,
+            batches_sent_total=self.batches_sent_total,
+            heartbeats_sent_total=self.heartbeats_sent_total,
+            hlc_rejections_total=self.hlc_rejections_total,
+            unroutable_total=self.unroutable_total, inflight_bytes=self._inflight_bytes,
+            last_error=self.last_error)
+
+    def __repr__(self) -> str:
+        return (f"<Shipper shard {self.shard_id} {self.address} "
+                f"{'connected' if self._connected else 'down'} acked {self._acked_seq} "
+                f"sent {self._sent_seq} frontier {self._frontier}>")
+
+    # -- stable stamps -------------------------------------------------------------
+
+    def _sample(self) -> None:
+        # H before E, with no await between: every record stamped below H is
+        # in the LOG by now, so at a seq <= E even if another thread appends.
+        stable = self._stable_stamp()
+        self._claims.observe(self._log.last_seq, stable)
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.sample_interval_s)
+            try:
+                self._sample()
+            except Exception:  # noqa: BLE001  e.g. the HLC bound could not be persisted
+                logger.exception("shard %d: sampling the stable stamp failed", self.shard_id)
+
+    # -- connection loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
+        failures_in_row = 0
+        while True:
+            try:
+                await self._session()
+                reason = "the shard ended the stream"
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    reason += " (the shard refuses this proxy's stream: check --ingest-token-file)"
+                if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reason += (" (a batch exceeded the shard's message size limit: lower "
+                               "max_batch_bytes or raise grpc.max_receive_message_length there)")
+            except (_ShardRefused, ConnectionError, TimeoutError, LogError,
+                    grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+                reason = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001  a bug; keep the proxy serving and retry
+                logger.exception("shard %d: shipper failed", self.shard_id)
+                reason = f"{type(e).__name__}: {e}"
+            was_connected = self._connected
+            self._disconnected()
+            self.reconnects_total += 1
+            self.last_error = reason
+            if was_connected:
+                backoff.reset()
+                failures_in_row = 0
+            failures_in_row += 1
+            delay = backoff.next_delay()
+            log = logger.warning if failures_in_row == 1 or failures_in_row % 50 == 0 else logger.debug
+            log("shard %d at %s: %s; retrying in %.2fs (acked through seq %d, %d record(s) behind)",
+                self.shard_id, self.address, reason, delay, self._acked_seq,
+                max(0, self._log.last_seq - self._acked_seq))
+            await asyncio.sleep(delay)
+
+    def _disconnected(self) -> None:
+        self._connected = False
+        self._pending.clear()
+        self._inflight_bytes = 0
+        self._blocked_by = 0
+        self._epoch += 1
+
+    async def _session(self) -> None:
+        assert self._channel is not None
+        call = pb_grpc.JournalStub(self._channel).Ingest(metadata=self._metadata)
+        try:
+            hello = self._batch(0, 0, claim=False)
+            hello.sent_stamp = self._clock.now().to_bytes()
+            await call.write(hello)
+            try:
+                ack = await asyncio.wait_for(call.read(), self.options.hello_timeout_s)
+            except TimeoutError:
+                raise TimeoutError(f"no answer to the hello for "
+                                   f"{self.options.hello_timeout_s:g}s") from None
+            if ack is grpc.aio.EOF:
+                raise ConnectionError("the shard closed the stream before answering the hello")
+            self._resume(ack)
+            reader = asyncio.create_task(self._read_acks(call))
+            writer = asyncio.create_task(self._write_batches(call))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+            for task in (reader, writer):  # the reader's error says more when both failed
+                if task in done:
+                    task.result()  # raises what ended the session
+        finally:
+            call.cancel()
+
+    def _resume(self, ack: pb.IngestAck) -> None:
+        self._update_clock(ack)
+        durable = ack.durable_seq
+        if ack.error:
+            logger.warning("shard %d answered the hello with an error (%s); resuming after "
+                           "seq %d", self.shard_id, ack.error, durable)
+        if self._ever_acked and durable < self._acked_seq:
+            self.rewinds_total += 1
+            logger.warning("shard %d holds this stream only through seq %d, below the %d it "
+                           "acked before: it lost or wiped data; resending from seq %d",
+                           self.shard_id, durable, self._acked_seq, durable + 1)
+        if durable > self._log.last_seq:
+            logger.error("shard %d holds this stream through seq %d, but this LOG ends at "
+                         "seq %d; waiting for the LOG to pass it", self.shard_id, durable,
+                         self._log.last_seq)
+        self._set_acked(ack)
+        self._pending.clear()
+        self._inflight_bytes = 0
+        self._epoch += 1
+        self._sent_seq = durable
+        self._connected = True
+        self.registered.set()
+        self._last_send_at = 0.0
+        logger.info("shipping to shard %d at %s: resuming after seq %d (frontier %s)",
+                    self.shard_id, self.address, durable, self._frontier)
+
+    # -- acks ------------------------------------------------------------------------
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            ack = await call.read()
+            if ack is grpc.aio.EOF:
+                raise ConnectionError("the shard ended the stream")
+            self._on_ack(ack)
+
+    def _on_ack(self, ack: pb.IngestAck) -> None:
+        if not self._pending:
+            raise _ShardRefused(f"an ack (durable seq {ack.durable_seq}) for no batch")
+        sent = self._pending.popleft()
+        self._inflight_bytes -= sent.nbytes
+        self._update_clock(ack)
+        previous = self._acked_seq
+        durable = ack.durable_seq
+        self._set_acked(ack)
+        assert self._wake is not None
+        self._wake.set()
+        if sent.epoch != self._epoch:
+            return  # a batch sent before a rewind: its refusal is expected
+        if ack.error or durable < sent.through_seq:
+            if ack.error:
+                reason = f"the shard refused ({sent.after_seq}, {sent.through_seq}]: {ack.error}"
+            else:
+                reason = (f"the shard acked ({sent.after_seq}, {sent.through_seq}] but holds "
+                          f"only through seq {durable}")
+            if durable < previous:
+                reason += f"; its durable position went back from {previous}: it lost or wiped data"
+            self._rewind(durable, reason)
+            return
+        if durable > self._last_rewind_to:
+            self._last_rewind_to = -1  # progress since the last rewind
+        if durable > self._sent_seq:
+            self._skip_ahead(durable)
+
+    def _skip_ahead(self, durable: int) -> None:
+        # The shard already holds more than was sent (it got it earlier).
+        logger.info("shard %d holds through seq %d, past what was sent; skipping ahead",
+                    self.shard_id, durable)
+        self._epoch += 1
+        self._sent_seq = durable
+
+    def _set_acked(self, ack: pb.IngestAck) -> None:
+        self._acked_seq = ack.durable_seq
+        self._ever_acked = True
+        if ack.frontier:
+            try:
+                self._frontier = Stamp.from_bytes(ack.frontier)
+            except ValueError as e:
+                logger.warning("shard %d sent a malformed frontier (%s)", self.shard_id, e)
+
+    def _rewind(self, durable: int, reason: str) -> None:
+        self.rewinds_total += 1
+        self._epoch += 1
+        self._sent_seq = durable
+        self._blocked_by = 0
+        delay = 0.0
+        if durable == self._last_rewind_to:
+            # Refused again at the same place without progress (e.g. the shard
+            # refuses our clock): resending at once would spin. Back off.
+            delay = self._rewind_backoff.next_delay()
+            self._hold_until = time.monotonic() + delay
+        else:
+            self._rewind_backoff.reset()
+        self._last_rewind_to = durable
+        log = logger.warning if delay == 0.0 or self.rewinds_total % 50 == 0 else logger.debug
+        log("shard %d: rewinding to resend from seq %d%s: %s", self.shard_id, durable + 1,
+            f" in {delay:.2f}s" if delay else "", reason)
+
+    def _update_clock(self, ack: pb.IngestAck) -> None:
+        if not ack.shard_stamp:
+            return
+        try:
+            self._clock.update(ClockStamp.from_bytes(ack.shard_stamp))
+        except UntrustworthyStampError as e:
+            self.hlc_rejections_total += 1
+            now = time.monotonic()
+            if now - self._last_rejection_log >= 60.0:
+                self._last_rejection_log = now
+                logger.warning("shard %d: %s (%d refused so far)", self.shard_id, e,
+                               self.hlc_rejections_total)
+        except ValueError as e:
+            logger.warning("shard %d sent a malformed shard_stamp (%s)", self.shard_id, e)
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def _write_batches(self, call: grpc.aio.StreamStreamCall) -> None:
+        opts = self.options
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            if self._pending and now - self._pending[0].sent_at > opts.ack_timeout_s:
+                raise TimeoutError(f"no ack for {opts.ack_timeout_s:g}s")
+            if now < self._hold_until:
+                await asyncio.sleep(self._hold_until - now)
+                continue
+            first_seq = self._log.first_seq
+            synced = self._log.synced_seq
+            if self._sent_seq + 1 < first_seq:
+                await self._send_gap(call, first_seq - 1)
+                continue
+            if synced > self._sent_seq:
+                if self._room():
+                    sent = await self._send_range(call, synced)
+                    if sent:
+                        continue
+            elif now - self._last_send_at >= opts.heartbeat_interval_s:
+                self._sample()
+                await self._send(call, self._batch(self._sent_seq, self._sent_seq), 0)
+                self.heartbeats_sent_total += 1
+                continue
+            wait_s = opts.poll_interval_s
+            if synced <= self._sent_seq:
+                wait_s = min(wait_s, max(0.0, self._last_send_at + opts.heartbeat_interval_s - now))
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+            except TimeoutError:
+                pass
+
+    def _room(self) -> bool:
+        """Whether a batch may go out now without passing the in-flight bounds."""
+        if not self._pending:
+            return True
+        opts = self.options
+        need = max(1, self._blocked_by)
+        return (len(self._pending) < opts.max_inflight_batches
+                and self._inflight_bytes + need <= opts.max_inflight_bytes
+                and need <= opts.max_batch_bytes)
+
+    async def _send_gap(self, call: grpc.aio.StreamStreamCall, through_seq: int) -> None:
+        after = self._sent_seq
+        batch = self._batch(after, through_seq, claim=False)
+        batch.gap = True
+        gap = f"{after}..{through_seq}: the LOG was trimmed to seq {through_seq + 1} before shard {self.shard_id} held these"
+        self.gaps.append(gap)
+        del self.gaps[:-100]
+        self.gaps_total += 1
+        logger.error("shard %d needs LOG seqs %d..%d, but the LOG now starts at seq %d: "
+                     "sending a gap (restores past it are unproven until a baseline begun "
+                     "after it has ended)", self.shard_id, after + 1,
+                     through_seq, through_seq + 1)
+        await self._send(call, batch, 0)
+
+    async def _send_range(self, call: grpc.aio.StreamStreamCall, synced: int) -> bool:
+        """Read and send the next batch; False if nothing could be sent now."""
+        opts = self.options
+        after = self._sent_seq
+        epoch = self._epoch
+        budget = min(opts.max_batch_bytes, opts.max_inflight_bytes - self._inflight_bytes)
+        limit = min(synced, after + opts.max_scan_records)
+        assert self._executor is not None
+        self._reading = self._executor.submit(self._read_range, after + 1, limit, budget,
+                                              not self._pending)
+        try:
+            got = await asyncio.wrap_future(self._reading)
+        except LogGapError:
+            return False  # trimmed meanwhile: the next round sends a gap
+        if epoch != self._epoch:
+            return False  # rewound meanwhile
+        self._blocked_by = got.blocked_by
+        if got.through_seq == after:
+            return False  # the next record waits for in-flight room
+        if got.unroutable:
+            self.unroutable_total += got.unroutable
+        if got.newest > self._newest:
+            self._newest = got.newest
+        batch = self._batch(after, got.through_seq)
+        batch.records.extend(got.records)
+        await self._send(call, batch, got.nbytes)
+        self.records_sent_total += len(got.records)
+        self.bytes_sent_total += got.nbytes
+        return True
+
+    def _read_range(self, from_seq: int, limit_seq: int, budget: int,
+                    allow_oversize: bool) -> _Range | None:
+        """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
+        cursor = self._cursor
+        if cursor is None or cursor.next_seq != from_seq:
+            if cursor is not None:
+                cursor.close()
+            self._cursor = None
+            cursor = self._cursor = self._log.read(from_seq)
+        opts = self.options
+        records: list[pb.ShippedRecord] = []
+        nbytes = unroutable = blocked_by = 0
+        through = from_seq - 1
+        newest = Stamp.ZERO
+        while cursor.next_seq <= limit_seq and len(records) < opts.max_batch_records:
+            try:
+                seq, payload = next(cursor)
+            except StopIteration:
+                break
+            mine, stamp, bad = self._route(seq, payload)
+            unroutable += bad
+            if mine:
+                size = len(payload)
+                if nbytes + size > budget and not (allow_oversize and not records):
+                    # It does not fit: the batch ends before it; the next read
+                    # reopens the cursor at its seq.
+                    blocked_by = size
+                    break
+                records.append(pb.ShippedRecord(seq=seq, record=bytes(payload)))
+                nbytes += size
+            if stamp is not None and stamp > newest:
+                newest = stamp
+            through = seq
+        return _Range(through, records, nbytes, newest, unroutable, blocked_by)
+
+    def _route(self, seq: int, payload: memoryview) -> tuple[bool, Stamp | None, int]:
+        """(belongs to this shard, its stamp, 1 if it could not be routed)."""
+        try:
+            record = parse_record(payload)
+        except DecodeError as e:
+            logger.error("LOG seq %d is not a Record (%s); shipping it to shard 0", seq, e)
+            return self.shard_id == 0, None, 1
+        stamp = None
+        if len(record.stamp) == Stamp.BYTES:
+            stamp = Stamp.from_bytes(record.stamp)
+        try:
+            return belongs_to(record, self.shard_id, self.n_shards), stamp, 0
+        except UnroutableRecordError as e:
+            # Never drop it: give it a fixed home so it is stored exactly once.
+            logger.error("LOG seq %d: %s; shipping it to shard 0", seq, e)
+            return self.shard_id == 0, stamp, 1
+
+    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True) -> pb.IngestBatch:
+        batch = pb.IngestBatch(stream=self.stream, after_seq=after_seq, through_seq=through_seq)
+        if claim:
+            stable = self._claims.claim(through_seq)
+            if stable is not None:
+                batch.stable = stable.to_bytes()
+        if self._newest != Stamp.ZERO:
+            batch.newest = self._newest.to_bytes()
+        return batch
+
+    async def _send(self, call: grpc.aio.StreamStreamCall, batch: pb.IngestBatch,
+                    nbytes: int) -> None:
+        batch.sent_stamp = self._clock.now().to_bytes()
+        now = time.monotonic()
+        self._pending.append(_Sent(batch.after_seq, batch.through_seq, nbytes, self._epoch, now))
+        self._inflight_bytes += nbytes
+        self._sent_seq = batch.through_seq
+        self._last_send_at = now
+        self.batches_sent_total += 1
+        await call.write(batch)

@@ -1,0 +1,86 @@
+"""Portmapper version 2 (RFC 1833 section 3) as XDR schemas, sans-IO.
+
+Program 100000, version 2: enough for the proxy to answer GETPORT for the
+programs it serves on its one port. `pmaplist` decodes to a tuple of
+`Mapping`. CALLIT's `args` and `res` are opaque bodies of another program,
+kept as zero-copy memoryviews.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from nfsproxy.wire.procedure import Procedure
+from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, LinkedList, Opaque, xdr_struct, xf
+
+__all__ = [
+    "PMAP_PROG", "PMAP_VERS", "PMAP_PORT", "IPPROTO_TCP", "IPPROTO_UDP", "PmapProc",
+    "Mapping", "PMAPLIST", "CallArgs", "CallResult", "PROCEDURES",
+]
+
+PMAP_PROG: Final = 100000
+PMAP_VERS: Final = 2
+PMAP_PORT: Final = 111
+
+IPPROTO_TCP: Final = 6
+IPPROTO_UDP: Final = 17
+
+
+class PmapProc(enum.IntEnum):
+    """Portmapper v2 procedure numbers."""
+
+    NULL = 0
+    SET = 1
+    UNSET = 2
+    GETPORT = 3
+    DUMP = 4
+    CALLIT = 5
+
+
+@xdr_struct
+class Mapping:
+    """A (program, version, protocol) -> port mapping; `prot` is IPPROTO_*."""
+
+    prog: int = xf(U32)
+    vers: int = xf(U32)
+    prot: int = xf(U32)
+    port: int = xf(U32)
+
+
+PMAPLIST: Codec = LinkedList(Mapping.xdr)
+"""pmaplist: a tuple of Mapping."""
+
+
+@xdr_struct
+class CallArgs:
+    """CALLIT arguments (the RFC's call_args); `args` is the callee's encoded arguments."""
+
+    prog: int = xf(U32)
+    vers: int = xf(U32)
+    proc: int = xf(U32)
+    args: memoryview = xf(Opaque())
+
+
+@xdr_struct
+class CallResult:
+    """CALLIT result (the RFC's call_result); `res` is the callee's encoded results."""
+
+    port: int = xf(U32)
+    res: memoryview = xf(Opaque())
+
+
+_CODECS: dict[PmapProc, tuple[Codec, Codec]] = {
+    PmapProc.NULL: (VOID, VOID),
+    PmapProc.SET: (Mapping.xdr, BOOL),
+    PmapProc.UNSET: (Mapping.xdr, BOOL),
+    PmapProc.GETPORT: (Mapping.xdr, U32),
+    PmapProc.DUMP: (VOID, PMAPLIST),
+    PmapProc.CALLIT: (CallArgs.xdr, CallResult.xdr),
+}
+
+PROCEDURES: Final[dict[PmapProc, Procedure]] = {
+    proc: Procedure(PMAP_PROG, PMAP_VERS, int(proc), proc.name, args, res, False)
+    for proc, (args, res) in _CODECS.items()
+}
+"""Every portmapper v2 procedure, keyed by `PmapProc`."""
