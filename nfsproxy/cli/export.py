@@ -42,7 +42,7 @@ def export_command(
     from recoveryd.timespec import parse_time
 
     from nfsproxy.export.server import ExportOptions, run_export
-    from nfsproxy.daemon.proxyd import parse_hostport
+    from nfsproxy.daemon.address import parse_hostport
 
     setup_logging(verbose)
     if not shard:

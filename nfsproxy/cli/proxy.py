@@ -72,7 +72,8 @@ def proxy(
     from logstore.commit import Durability
 
     from nfsproxy.relay.journal import QuotaPolicy
-    from nfsproxy.daemon.proxyd import ProxyOptions, parse_hostport, run_proxy
+    from nfsproxy.daemon.proxyd import ProxyOptions, run_proxy
+    from nfsproxy.daemon.address import parse_hostport
     from nfsproxy.ship.retention import parse_retention
 
     durability = Durability(_choice(durability, DURABILITIES, "--durability"))

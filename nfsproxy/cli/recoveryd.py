@@ -30,7 +30,7 @@ def recoveryd(
     """Receive journal records from proxies and keep them in RocksDB."""
     from recoveryd.shard import SecurityError, ServeError, ShardOptions, StoreError, run_shard
 
-    from nfsproxy.daemon.proxyd import parse_hostport
+    from nfsproxy.daemon.address import parse_hostport
 
     setup_logging(verbose)
     host, port = parse_hostport(listen)

@@ -76,7 +76,8 @@ def verify_command(
     from recoveryd.verify import write_result
 
     from nfsproxy.nas.client import ClientError
-    from nfsproxy.daemon.proxyd import ConfigError, resolve_backend
+    from nfsproxy.daemon.address import resolve_backend
+    from nfsproxy.daemon.config import ConfigError
     from nfsproxy.nas.pushback import connect_nas
     from nfsproxy.nas.verify import verify
     if not shard:

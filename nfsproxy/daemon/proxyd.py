@@ -12,16 +12,15 @@ import asyncio
 import dataclasses
 import logging
 import os
-import re
 import secrets
 import signal
-import socket
 import struct
 import time
 
 import grpc
 
 from logstore.commit import Durability, GroupCommitter
+from logstore.hlc import HLC
 from logstore.log import Log, TornTail
 from logstore.record import Record, record_parts
 
@@ -29,27 +28,18 @@ from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_
                                 server_credentials)
 from recoveryd.status import write_proxy_status
 
+from nfsproxy.daemon.address import parse_hostport, resolve_backend
 from nfsproxy.daemon.config import ConfigError
 from nfsproxy.daemon.control import start_control
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
-from logstore.hlc import HLC
 from nfsproxy.relay.journal import Journal, QuotaPolicy, gap_record
-from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
-from nfsproxy.wire.mount import MOUNT_PROGRAM, MOUNT_V3
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
-from nfsproxy.wire.rpc import (RpcCall, RpcMessageReader, RpcReply, NEED_DATA, decode_body, encode_call,
-                  frame_rpc_message, parse_message)
 from nfsproxy.ship.shipper import Shipper
-from nfsproxy.wire.xdr import U32
 
-__all__ = ["ProxyOptions", "parse_backend", "parse_hostport", "resolve_backend", "run_proxy",
-           "start_proxy", "ConfigError"]
+__all__ = ["ProxyOptions", "run_proxy", "start_proxy"]
 
 logger = logging.getLogger(__name__)
-
-_BACKEND = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<nfs>\d+))?(?::(?P<mount>\d+))?:(?P<export>/.*)$")
-
 
 @dataclasses.dataclass(slots=True)
 class ProxyOptions:
@@ -75,63 +65,6 @@ class ProxyOptions:
     # call (the shards' --ingest-tokens list it for this node id).
     ingest_token_file: str | None = None
     drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
-
-
-def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, ""
-    if not port:
-        if default_port is None:
-            raise ConfigError(f"{text!r}: expected HOST:PORT")
-        return host or "0.0.0.0", default_port
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{text!r}: the port must be a number from 0 to 65535")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def parse_backend(text: str) -> tuple[str, int | None, int | None, str]:
-    """Parse `HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT`."""
-    m = _BACKEND.match(text)
-    if not m:
-        raise ConfigError(f"--backend {text!r}: expected HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT, "
-                          "e.g. nas.example:/export or 127.0.0.1:2049:20048:/export")
-    nfs = int(m["nfs"]) if m["nfs"] else None
-    mount = int(m["mount"]) if m["mount"] else None
-    return m["host"].strip("[]"), nfs, mount, m["export"]
-
-
-def _getport(host: str, prog: int, vers: int, timeout_s: float = 5.0) -> int:
-    """Ask the NAS's portmapper where `prog`/`vers` listens over TCP (0: nowhere)."""
-    call = encode_call(RpcCall(secrets.randbits(32), PMAP_PROG, PMAP_VERS, PmapProc.GETPORT))
-    Mapping.xdr.pack(call, Mapping(prog, vers, IPPROTO_TCP, 0))
-    message = call.getvalue()
-    reader = RpcMessageReader(1 << 16)
-    with socket.create_connection((host, PMAP_PORT), timeout=timeout_s) as sock:
-        sock.sendall(frame_rpc_message(len(message)) + message)
-        while (reply := reader.next_message()) is NEED_DATA:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("portmapper closed the connection")
-            reader.receive(chunk)
-    header, body = parse_message(reply)
-    if not isinstance(header, RpcReply) or not header.success:
-        raise ConnectionError(f"portmapper refused GETPORT: {header}")
-    return decode_body(U32, body)
-
-
-def resolve_backend(text: str) -> BackendAddress:
-    """Turn `--backend` into ports, asking the NAS's portmapper for what is not given."""
-    host, nfs, mount, export = parse_backend(text)
-    if mount is None:
-        try:
-            mount = _getport(host, MOUNT_PROGRAM, MOUNT_V3)
-        except (OSError, ConnectionError) as e:
-            raise ConfigError(f"cannot ask {host}'s portmapper for the MOUNT port ({e}); "
-                              f"give it as {host}:NFSPORT:MOUNTPORT:{export}") from None
-        if not mount:
-            raise ConfigError(f"{host} has no MOUNT v3 over TCP registered; give the port explicitly")
-    return BackendAddress(host, nfs or 2049, mount, export)
 
 
 def _node_id(log_dir: str, given: int | None) -> int:

@@ -29,7 +29,9 @@ from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.stamp import Stamp
 
 from nfsproxy.demo.ganesha import GaneshaError, GaneshaInstance, start_ganesha
-from nfsproxy.daemon.proxyd import ConfigError, _node_id, parse_backend, parse_hostport
+from nfsproxy.daemon.proxyd import _node_id
+from nfsproxy.daemon.address import parse_backend, parse_hostport
+from nfsproxy.daemon.config import ConfigError
 
 __all__ = ["UpOptions", "Stack", "run_up"]
 

@@ -57,7 +57,8 @@ from nfsproxy.wire import nfsacl
 from nfsproxy.nas.client import ClientError, NfsClient, NfsError, ProtocolError, RpcError, created_fh, sattr3
 from nfsproxy.export.server import cut_tree
 from nfsproxy.wire.nfs3 import Ftype3, Nfsstat3, StableHow
-from nfsproxy.daemon.proxyd import ConfigError, resolve_backend
+from nfsproxy.daemon.address import resolve_backend
+from nfsproxy.daemon.config import ConfigError
 from nfsproxy.relay.session import BackendAddress
 from nfsproxy.wire.rpc import AcceptStat
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from nfsproxy.cli import app
 from nfsproxy.daemon.config import default_map
-from nfsproxy.daemon.proxyd import ConfigError
+from nfsproxy.daemon.config import ConfigError
 
 runner = CliRunner()
 

@@ -45,7 +45,8 @@ import yaml
 
 from nfsproxy.cli import app, command_options
 from nfsproxy.daemon.config import default_map, load_config
-from nfsproxy.daemon.proxyd import ConfigError, parse_backend, parse_hostport
+from nfsproxy.daemon.address import parse_backend, parse_hostport
+from nfsproxy.daemon.config import ConfigError
 from recoveryd.security import BearerToken, IngestAuth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""The layers import downwards only: nfsproxy -> recoveryd -> logstore.
+"""The layers import downwards only: nfsproxy -> recoveryd -> logstore, and
+inside nfsproxy, each concept's sub-package only what it is designed to use.
 
 The journal format and the LOG (logstore) know nothing of shards or NFS; a
 shard (recoveryd) knows nothing of NFS. A violation fails here, naming the
@@ -58,3 +59,56 @@ def test_the_check_sees_a_violation(tmp_path):
     fake.mkdir()
     (fake / "bad.py").write_text("def f():\n    from nfsproxy import relay\n")
     assert _violations("logstore", tmp_path) == ["logstore/bad.py:2 imports nfsproxy"]
+
+
+#: nfsproxy sub-package -> the sibling rooms it may import. A name with a dot
+#: allows one module: the NAS client side needs the user's addresses and
+#: their ConfigError, never a daemon.
+NFSPROXY_ALLOWED = {
+    "wire": set(),
+    "relay": {"wire"},
+    "ship": set(),
+    "export": {"wire", "relay"},
+    "nas": {"wire", "relay", "export", "daemon.config", "daemon.address"},
+    "demo": set(),
+    "daemon": {"wire", "relay", "ship", "nas", "export", "demo"},
+    "cli": {"daemon", "wire", "relay", "ship", "nas", "export", "demo"},
+}
+
+
+def _room_violations(root: Path = ROOT) -> list[str]:
+    bad = []
+    for path in sorted((root / "nfsproxy").rglob("*.py")):
+        parts = path.relative_to(root / "nfsproxy").parts
+        room = parts[0] if len(parts) > 1 else None
+        for line, module in _imports(path):
+            names = module.split(".")
+            if names[0] != "nfsproxy" or len(names) < 2 or names[1] == room:
+                continue
+            allowed = NFSPROXY_ALLOWED.get(room, set()) if room else set(NFSPROXY_ALLOWED)
+            if names[1] not in allowed and ".".join(names[1:3]) not in allowed:
+                bad.append(f"{path.relative_to(root)}:{line} imports {module}")
+    return bad
+
+
+def test_every_nfsproxy_module_lives_in_a_room():
+    flat = sorted(p.name for p in (ROOT / "nfsproxy").glob("*.py"))
+    assert flat == ["__init__.py", "__main__.py"]
+    rooms = {p.name for p in (ROOT / "nfsproxy").iterdir() if (p / "__init__.py").exists()}
+    assert rooms == set(NFSPROXY_ALLOWED)
+
+
+def test_nfsproxy_rooms_import_as_designed():
+    assert _room_violations() == []
+
+
+def test_the_room_check_sees_a_violation(tmp_path):
+    wire = tmp_path / "nfsproxy" / "wire"
+    wire.mkdir(parents=True)
+    (wire / "bad.py").write_text("from nfsproxy.relay.session import Proxy\n")
+    nas = tmp_path / "nfsproxy" / "nas"
+    nas.mkdir()
+    (nas / "ok.py").write_text("from nfsproxy.daemon.address import parse_hostport\n")
+    (nas / "bad.py").write_text("from nfsproxy.daemon.proxyd import run_proxy\n")
+    assert _room_violations(tmp_path) == ["nfsproxy/nas/bad.py:1 imports nfsproxy.daemon.proxyd",
+                                          "nfsproxy/wire/bad.py:1 imports nfsproxy.relay.session"]
