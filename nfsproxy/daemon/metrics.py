@@ -83,7 +83,7 @@ class ProxyCollector(Collector):
                 ("nfsj_proxy_unmatched_replies", "NAS replies that answered no call in flight (dropped)",
                  stats.unmatched_replies_total),
                 ("nfsj_journal_records", "Records journaled (mutations, bindings, baseline pieces)",
-                 stats.records_total),
+                 self.running.proxy.journal.records_total),
                 ("nfsj_journal_failed_mutations", "Mutations the NAS refused (journaled as failed)",
                  stats.failed_mutations_total),
                 ("nfsj_journal_dropped_records", "Records NOT journaled under the passthrough quota policy",

@@ -51,7 +51,7 @@ import os
 from typing import Any, Callable, Final
 
 from recoveryd.restore import RestoreRefused
-from recoveryd.tree import show_name
+from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
 
 from nfsproxy.wire import nfsacl
 from nfsproxy.nas.client import ClientError, NfsClient, NfsError, ProtocolError, RpcError, created_fh, sattr3
@@ -72,7 +72,6 @@ _COMMIT_ATTEMPTS: Final = 3
 _DIR_MODE_WHILE_FILLING: Final = 0o700
 _FILE_MODE_WHILE_FILLING: Final = 0o600
 
-REG, DIR, BLK, CHR, LNK, SOCK, FIFO = 1, 2, 3, 4, 5, 6, 7
 _MKNOD_TYPES: Final = {FIFO: Ftype3.NF3FIFO, SOCK: Ftype3.NF3SOCK, CHR: Ftype3.NF3CHR,
                        BLK: Ftype3.NF3BLK}
 _TYPE_NAMES: Final = {REG: "file", DIR: "directory", LNK: "symlink", FIFO: "fifo", SOCK: "socket",

@@ -98,11 +98,6 @@ class BindingCache:
         """The handle last seen under `name` in `dir_fh`, if any."""
         return self._handles.get((dir_fh, name))
 
-    def forget(self, fh: bytes) -> None:
-        key = self._names.pop(fh, None)
-        if key is not None and self._handles.get(key) == fh:
-            del self._handles[key]
-
     def __len__(self) -> int:
         """How many handles have a known name."""
         return len(self._names)

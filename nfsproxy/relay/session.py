@@ -467,7 +467,6 @@ class ClientSession(_Peer):
         stats = self.proxy.stats
         for record, data in records:
             durable = self.proxy.journal.append_nowait(record, data)
-            stats.records_total += 1
             if not record.ok:
                 stats.failed_mutations_total += 1
         return durable
@@ -486,7 +485,6 @@ class ClientSession(_Peer):
         try:
             for record, data in records:
                 await proxy.journal.append(record, data)
-                proxy.stats.records_total += 1
                 if not record.ok:
                     proxy.stats.failed_mutations_total += 1
         except Exception:

@@ -50,7 +50,6 @@ class RelayStats:
         self.backend_failures_total = 0
         self.retransmissions_absorbed_total = 0
         self.unmatched_replies_total = 0
-        self.records_total = 0
         self.failed_mutations_total = 0
         self.conflict_holds_total = 0  # mutations held behind a conflicting call in flight
         self.calls_total: dict[tuple[int, int], int] = {}

@@ -3,8 +3,7 @@
 Every ONC-RPC procedure the proxy understands (NFSv3, MOUNT v3, NFSACL v3,
 portmapper v2) is listed here with its argument and result codecs and whether it is
 journaled. The relay looks a call up with `lookup()`; a miss is answered or
-passed through by the caller, and `versions()` gives the range to put in a
-PROG_MISMATCH reply.
+passed through by the caller.
 
 `Procedure` is defined in `nfsproxy.wire.procedure` (so the per-program modules
 can use it without importing this one) and re-exported here.
@@ -17,7 +16,7 @@ from typing import Final
 from nfsproxy.wire import mount, nfs3, nfsacl, portmap
 from nfsproxy.wire.procedure import Procedure
 
-__all__ = ["Procedure", "PROGRAMS", "lookup", "versions"]
+__all__ = ["Procedure", "PROGRAMS", "lookup"]
 
 
 def _build() -> dict[tuple[int, int, int], Procedure]:
@@ -34,18 +33,7 @@ def _build() -> dict[tuple[int, int, int], Procedure]:
 PROGRAMS: Final[dict[tuple[int, int, int], Procedure]] = _build()
 """Every known procedure, keyed `(prog, vers, proc)`."""
 
-_VERSIONS: Final[dict[int, tuple[int, int]]] = {}
-for _prog, _vers, _ in PROGRAMS:
-    _low, _high = _VERSIONS.get(_prog, (_vers, _vers))
-    _VERSIONS[_prog] = (min(_low, _vers), max(_high, _vers))
-del _prog, _vers, _low, _high
-
 
 def lookup(prog: int, vers: int, proc: int) -> Procedure | None:
     """The procedure called `proc` of version `vers` of program `prog`, or None."""
     return PROGRAMS.get((prog, vers, proc))
-
-
-def versions(prog: int) -> tuple[int, int] | None:
-    """The (lowest, highest) version of `prog` we know, for PROG_MISMATCH; None if unknown."""
-    return _VERSIONS.get(prog)

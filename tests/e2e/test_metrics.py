@@ -74,3 +74,24 @@ def test_metrics_move_with_a_workload(nas, shard_factory, proxy_factory):
         s = scrape(port)
         assert value(s, "nfsj_shard_streams_open") == 1
         assert value(s, "nfsj_frontier_age_seconds") < 3600
+
+
+def test_every_log_append_is_counted_once_as_a_journal_record(nas, proxy_factory):
+    """nfsj_journal_records_total counts relayed mutations, bindings AND baseline
+    pieces: every LOG append is a journal record or a GAP record, once."""
+    from e2e.journal_cli import baseline
+
+    for i in range(12):
+        (nas.export_dir / f"pre{i}").write_bytes(b"b" * (1000 + i))
+    port = _free_port()
+    proxy = proxy_factory(extra=["--metrics", f"127.0.0.1:{port}"])
+    client = nfs_rs.Client.connect(proxy.url())
+    client.mkdir("/m")
+    with client.open("/m/f", "w+b") as f:
+        f.write_at(b"x" * 4096, 0)
+    baseline(proxy.log_dir)
+
+    after = scrape(port)
+    appends = value(after, "nfsj_log_appends_total")
+    assert appends >= 3 + 12  # MKDIR, CREATE, WRITE, then at least one baseline piece per file
+    assert value(after, "nfsj_journal_records_total") + value(after, "nfsj_journal_gap_records_total") == appends

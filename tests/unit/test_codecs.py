@@ -13,7 +13,7 @@ import pytest
 
 from nfsproxy.wire import mount, nfs3, portmap
 from nfsproxy.wire.nfs3 import CreateMode, Ftype3, Nfsstat3, Proc3, StableHow, TimeHow
-from nfsproxy.wire.programs import PROGRAMS, Procedure, lookup, versions
+from nfsproxy.wire.programs import PROGRAMS, Procedure, lookup
 from nfsproxy.wire.xdr import XdrError, decode, encode
 
 
@@ -309,7 +309,7 @@ def test_only_nfs3_mutations_and_nfsacl_setacl_are_journaled():
     assert not lookup(100005, 3, mount.MountProc3.MNT).mutating
 
 
-def test_lookup_and_versions():
+def test_lookup():
     write = lookup(100003, 3, 7)
     assert write is nfs3.PROCEDURES[Proc3.WRITE]
     assert write.name == "WRITE" and write.args is nfs3.WRITE3args.xdr
@@ -318,10 +318,6 @@ def test_lookup_and_versions():
     assert lookup(100003, 4, 0) is None
     assert lookup(100227, 3, 3) is None
     assert lookup(100227, 3, 2).name == "SETACL"
-    assert versions(100003) == (3, 3)
-    assert versions(100005) == (3, 3)
-    assert versions(100000) == (2, 2)
-    assert versions(100021) is None
 
 
 def test_procedure_is_frozen():

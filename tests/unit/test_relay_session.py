@@ -182,7 +182,7 @@ def test_each_call_has_its_own_nas_xid_and_the_client_gets_its_own_back(tmp_path
             assert sorted(r.xid for r, _ in got) == [7, 7, 8]
             assert len({c.xid for c in nas.calls}) == 3, "the NAS saw an XID twice"
             await settled(proxy)
-            assert proxy.stats.records_total == 3
+            assert proxy.journal.records_total == 3
         finally:
             await stop()
     asyncio.run(run())
@@ -205,7 +205,7 @@ def test_a_retransmission_in_flight_is_answered_once_and_not_sent_again(tmp_path
             await asyncio.sleep(0.05)
             assert client.messages.next_message() is NEED_DATA and client.reader._buffer == b""
             await settled(proxy)
-            assert proxy.stats.records_total == 2
+            assert proxy.journal.records_total == 2
         finally:
             await stop()
     asyncio.run(run())
@@ -242,7 +242,7 @@ def test_an_undecodable_reply_releases_its_stamp_and_closes_the_client(tmp_path)
             client.send(remove_call(7, "a"))
             assert await client.closed_by_proxy()
             await settled(proxy)
-            assert proxy.stats.records_total == 0
+            assert proxy.journal.records_total == 0
         finally:
             await stop()
     asyncio.run(run())
@@ -330,7 +330,7 @@ def test_a_client_gone_is_drained_then_its_replies_are_journaled(tmp_path):
             for call in answers:  # the session is draining: its NAS replies are journaled
                 nas.send(reply(call.xid, REMOVE_OK_BODY))
             await settled(proxy)
-            assert proxy.stats.records_total == 2
+            assert proxy.journal.records_total == 2
         finally:
             await stop()
     asyncio.run(run())
