@@ -46,7 +46,7 @@ import logging
 import stat
 from typing import Any, Callable, Final, Iterable
 
-from nfsproxy.wire import mount, nfs3
+from nfsproxy.wire import nfs3
 from nfsproxy.wire.mount import MOUNT_PROGRAM, MOUNT_V3, Exportnode, Mountres3, Mountres3Ok, Mountstat3
 from nfsproxy.wire.nfs3 import (ACCESS3_EXECUTE, ACCESS3_LOOKUP, ACCESS3_READ, FSF3_HOMOGENEOUS, FSF3_LINK,
                    FSF3_SYMLINK, NFS_PROGRAM, NFS_V3, ACCESS3res, ACCESS3resfail, ACCESS3resok,
@@ -62,10 +62,12 @@ from nfsproxy.wire.nfs3 import (ACCESS3_EXECUTE, ACCESS3_LOOKUP, ACCESS3_READ, F
                    RENAME3resfail, RMDIR3res, RMDIR3resfail, SETATTR3res, SETATTR3resfail,
                    SYMLINK3res, SYMLINK3resfail, Specdata3, WRITE3res, WRITE3resfail, WccAttr,
                    WccData)
-from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PMAPLIST, Mapping, PmapProc
+from nfsproxy.wire import portmap
+from nfsproxy.wire.programs import PROGRAMS
+from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, Mapping
 from nfsproxy.wire.rpc import (RPC_VERSION, AcceptStat, AuthFlavor, AuthStat, RejectStat, ReplyStat,
                   RpcCall, RpcReply, decode_body, encode_reply)
-from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, Packer
+from nfsproxy.wire.xdr import Codec
 
 __all__ = ["ExportHandler", "ExportObject", "ContentReader", "index_tree", "cookieverf_for",
            "RTMAX_BYTES", "EXPORT_PATH"]
@@ -279,12 +281,15 @@ class ExportHandler:
         self.cookieverf = cookieverf_for(cut_id)
         self._fs_bytes = sum(o.attr.used for o in self.objects.values())
         self._dispatch: dict[tuple[int, int, int], tuple[Codec, Codec, Callable[[Any], Any]]] = {}
-        for proc, procedure in nfs3.PROCEDURES.items():
-            method = getattr(self, f"_nfs_{proc.name.lower()}", None) or self._nfs_rofs(proc)
-            self._dispatch[NFS_PROGRAM, NFS_V3, int(proc)] = (procedure.args, procedure.res, method)
-        for proc, procedure in mount.PROCEDURES.items():
-            method = getattr(self, f"_mount_{proc.name.lower()}")
-            self._dispatch[MOUNT_PROGRAM, MOUNT_V3, int(proc)] = (procedure.args, procedure.res, method)
+        for key, procedure in PROGRAMS.items():
+            if key[:2] == (NFS_PROGRAM, NFS_V3):
+                method = (self._nfs_rofs(Proc3(procedure.proc)) if procedure.mutating
+                          else getattr(self, f"_nfs_{procedure.name.lower()}"))
+            elif key[:2] == (MOUNT_PROGRAM, MOUNT_V3):
+                method = getattr(self, f"_mount_{procedure.name.lower()}")
+            else:
+                continue
+            self._dispatch[key] = (procedure.args, procedure.res, method)
 
     # -- entry points ----------------------------------------------------------
 
@@ -307,7 +312,7 @@ class ExportHandler:
         if call.prog == PMAP_PROG:
             if call.vers != PMAP_VERS:
                 return _accept_error(xid, AcceptStat.PROG_MISMATCH, (PMAP_VERS, PMAP_VERS))
-            return self._portmap(call, body)
+            return portmap.answer(call, body, self.mappings())
         served = {NFS_PROGRAM: NFS_V3, MOUNT_PROGRAM: MOUNT_V3}.get(call.prog)
         if served is None:
             return _accept_error(xid, AcceptStat.PROG_UNAVAIL)
@@ -327,30 +332,6 @@ class ExportHandler:
         return (Mapping(PMAP_PROG, PMAP_VERS, IPPROTO_TCP, port),
                 Mapping(NFS_PROGRAM, NFS_V3, IPPROTO_TCP, port),
                 Mapping(MOUNT_PROGRAM, MOUNT_V3, IPPROTO_TCP, port))
-
-    def _portmap(self, call: RpcCall, body: memoryview | bytes) -> bytes:
-        # Like routing.answer_portmap, but without MOUNT v1: we serve v3 only.
-        p = Packer()
-        if call.proc == PmapProc.NULL:
-            decode_body(VOID, body)
-            encode_reply(RpcReply(call.xid), p)
-        elif call.proc == PmapProc.GETPORT:
-            want = decode_body(Mapping.xdr, body)
-            found = any((m.prog, m.vers, m.prot) == (want.prog, want.vers, want.prot)
-                        for m in self.mappings())
-            encode_reply(RpcReply(call.xid), p)
-            U32.pack(p, self.port if found else 0)
-        elif call.proc == PmapProc.DUMP:
-            decode_body(VOID, body)
-            encode_reply(RpcReply(call.xid), p)
-            PMAPLIST.pack(p, self.mappings())
-        elif call.proc in (PmapProc.SET, PmapProc.UNSET):
-            decode_body(Mapping.xdr, body)
-            encode_reply(RpcReply(call.xid), p)
-            BOOL.pack(p, False)
-        else:
-            encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
-        return p.getvalue()
 
     # -- MOUNT v3 -----------------------------------------------------------------
 

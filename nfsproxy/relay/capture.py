@@ -5,8 +5,9 @@ call time (`begin`), and the reply header and raw body at reply time
 (`complete`); capture returns the `Record`s to journal. Nothing here reads a
 socket or a clock: the stamp is taken by the caller when the call arrives.
 
-Which calls matter is a table: `MUTATIONS` (journaled) and `BINDERS`
-(non-mutating calls whose replies teach us `fh -> (dir fh, name)`).
+Which calls matter is the programs table's say (`nfsproxy.wire.programs`):
+`mutating` calls are journaled, `binder` calls' replies teach us
+`fh -> (dir fh, name)`.
 NFSACL's SETACL (program 100227, on the NFS port) is journaled as a change
 of the object's ACLs: op SETACL, `fh` the object, the ACLs it set.
 """
@@ -26,16 +27,11 @@ from nfsproxy.wire.programs import lookup
 from nfsproxy.wire.rpc import RpcCall, RpcReply, decode_body
 
 __all__ = ["Capture", "Pending", "BindingCache", "fattr_to_attr", "set_acl_fields", "ACL_PARTS",
-           "MUTATIONS", "BINDERS", "RPC_FAILURE_BASE"]
+           "RPC_FAILURE_BASE"]
 
 #: Record.status for replies the RPC layer refused: base + accept_stat (or + 0x100 + reject_stat).
 RPC_FAILURE_BASE = 0x10000
 
-MUTATIONS = frozenset({
-    Proc3.SETATTR, Proc3.WRITE, Proc3.CREATE, Proc3.MKDIR, Proc3.SYMLINK, Proc3.MKNOD,
-    Proc3.REMOVE, Proc3.RMDIR, Proc3.RENAME, Proc3.LINK, Proc3.COMMIT,
-})
-BINDERS = frozenset({Proc3.LOOKUP, Proc3.READDIRPLUS})
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,7 +40,7 @@ class Pending:
 
     proc: Proc3 | nfsacl.AclProc3
     args: object
-    record: Record | None  # None for BINDERS: they journal only what they teach
+    record: Record | None  # None for binders: they journal only what they teach
     data: memoryview | None = None
     prog: int = NFS_PROGRAM
 
@@ -119,17 +115,14 @@ class Capture:
 
         Returns None for calls that neither mutate nor teach names.
         """
-        if call.prog == nfsacl.NFSACL_PROGRAM and call.vers == nfsacl.NFSACL_V3 \
-                and call.proc == nfsacl.AclProc3.SETACL:
+        procedure = lookup(call.prog, call.vers, call.proc)
+        if procedure is None or not (procedure.mutating or procedure.binder):
+            return None
+        if call.prog == nfsacl.NFSACL_PROGRAM:
             return self._begin_setacl(call, body, stamp, client)
-        if call.prog != NFS_PROGRAM or call.vers != 3:
-            return None
-        proc = call.proc
-        if proc not in MUTATIONS and proc not in BINDERS:
-            return None
-        proc = Proc3(proc)
-        args = decode_body(lookup(NFS_PROGRAM, 3, proc).args, body)
-        if proc in BINDERS:
+        proc = Proc3(call.proc)
+        args = decode_body(procedure.args, body)
+        if procedure.binder:
             return Pending(proc, args, None)
         record = _new_record(call, int(proc), stamp, client)
         _CALLS[proc](record, args)

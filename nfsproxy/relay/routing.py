@@ -23,10 +23,9 @@ from __future__ import annotations
 import enum
 
 from nfsproxy.wire.mount import MOUNT_PROGRAM as MOUNT_PROG
-from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PMAPLIST, Mapping, PmapProc
-from nfsproxy.wire.rpc import (AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, decode_body,
-                  encode_reply, RPC_VERSION)
-from nfsproxy.wire.xdr import BOOL, U32, VOID, Packer
+from nfsproxy.wire import portmap
+from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, Mapping
+from nfsproxy.wire.rpc import AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, encode_reply, RPC_VERSION
 
 __all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap"]
 
@@ -80,25 +79,4 @@ def answer_portmap(call: RpcCall, body: memoryview, port: int) -> bytes:
 
     Raises RpcDecodeError for malformed arguments.
     """
-    p = Packer()
-    header = RpcReply(call.xid)
-    if call.proc == PmapProc.NULL:
-        decode_body(VOID, body)
-        encode_reply(header, p)
-    elif call.proc == PmapProc.GETPORT:
-        want = decode_body(Mapping.xdr, body)
-        found = any(m.prog == want.prog and m.vers == want.vers and m.prot == want.prot
-                    for m in _mappings(port))
-        encode_reply(header, p)
-        U32.pack(p, port if found else 0)
-    elif call.proc == PmapProc.DUMP:
-        encode_reply(header, p)
-        PMAPLIST.pack(p, _mappings(port))
-    elif call.proc in (PmapProc.SET, PmapProc.UNSET):
-        decode_body(Mapping.xdr, body)
-        encode_reply(header, p)
-        BOOL.pack(p, False)  # registrations belong to the host's own portmapper
-    else:
-        encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
-    return p.getvalue()
-
+    return portmap.answer(call, body, _mappings(port))

@@ -989,6 +989,9 @@ MUTATING: Final = frozenset({
 })
 """The procedures the proxy journals (README.md, "How it works")."""
 
+BINDERS: Final = frozenset({Proc3.LOOKUP, Proc3.READDIRPLUS})
+"""Calls that change nothing but whose replies name handles (BIND records)."""
+
 _CODECS: dict[Proc3, tuple[Codec, Codec]] = {
     Proc3.NULL: (VOID, VOID),
     Proc3.GETATTR: (GETATTR3args.xdr, GETATTR3res.xdr),
@@ -1015,7 +1018,8 @@ _CODECS: dict[Proc3, tuple[Codec, Codec]] = {
 }
 
 PROCEDURES: Final[dict[Proc3, Procedure]] = {
-    proc: Procedure(NFS_PROGRAM, NFS_V3, int(proc), proc.name, args, res, proc in MUTATING)
+    proc: Procedure(NFS_PROGRAM, NFS_V3, int(proc), proc.name, args, res, proc in MUTATING,
+                    proc in BINDERS)
     for proc, (args, res) in _CODECS.items()
 }
 """Every NFSv3 procedure, keyed by `Proc3`."""

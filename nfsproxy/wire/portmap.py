@@ -3,20 +3,23 @@
 Program 100000, version 2: enough for the proxy to answer GETPORT for the
 programs it serves on its one port. `pmaplist` decodes to a tuple of
 `Mapping`. CALLIT's `args` and `res` are opaque bodies of another program,
-kept as zero-copy memoryviews.
+kept as zero-copy memoryviews. `answer` is the one portmapper the proxy and
+the export both run: it answers from a fixed list of mappings.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Final
 
 from nfsproxy.wire.procedure import Procedure
-from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, LinkedList, Opaque, xdr_struct, xf
+from nfsproxy.wire.rpc import AcceptStat, RpcCall, RpcReply, decode_body, encode_reply
+from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, LinkedList, Opaque, Packer, xdr_struct, xf
 
 __all__ = [
     "PMAP_PROG", "PMAP_VERS", "PMAP_PORT", "IPPROTO_TCP", "IPPROTO_UDP", "PmapProc",
-    "Mapping", "PMAPLIST", "CallArgs", "CallResult", "PROCEDURES",
+    "Mapping", "PMAPLIST", "CallArgs", "CallResult", "PROCEDURES", "answer",
 ]
 
 PMAP_PROG: Final = 100000
@@ -84,3 +87,34 @@ PROCEDURES: Final[dict[PmapProc, Procedure]] = {
     for proc, (args, res) in _CODECS.items()
 }
 """Every portmapper v2 procedure, keyed by `PmapProc`."""
+
+
+def answer(call: RpcCall, body: memoryview | bytes, mappings: Sequence[Mapping]) -> bytes:
+    """The encoded reply to portmapper v2 call `call`, served from `mappings`.
+
+    GETPORT finds a mapping by (prog, vers, prot) and answers its port, or 0;
+    SET and UNSET are refused (registrations belong to the host's own
+    portmapper). Raises RpcDecodeError for malformed arguments.
+    """
+    p = Packer()
+    header = RpcReply(call.xid)
+    if call.proc == PmapProc.NULL:
+        decode_body(VOID, body)
+        encode_reply(header, p)
+    elif call.proc == PmapProc.GETPORT:
+        want = decode_body(Mapping.xdr, body)
+        port = next((m.port for m in mappings
+                     if (m.prog, m.vers, m.prot) == (want.prog, want.vers, want.prot)), 0)
+        encode_reply(header, p)
+        U32.pack(p, port)
+    elif call.proc == PmapProc.DUMP:
+        decode_body(VOID, body)
+        encode_reply(header, p)
+        PMAPLIST.pack(p, tuple(mappings))
+    elif call.proc in (PmapProc.SET, PmapProc.UNSET):
+        decode_body(Mapping.xdr, body)
+        encode_reply(header, p)
+        BOOL.pack(p, False)
+    else:
+        encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
+    return p.getvalue()

@@ -31,3 +31,4 @@ class Procedure:
     args: Codec
     res: Codec
     mutating: bool = False
+    binder: bool = False
