@@ -60,6 +60,11 @@ clients and the LOG grows (up to its quota). A stream that gets no ack for
 ``ack_timeout_s`` is dropped and reconnected.
 
 ``Shipper.state()`` is the per-shard status for ``nfsj status`` and metrics.
+
+The positions, epochs, acks, rewinds and gaps above are kept by the sans-IO
+``nfsproxy.ship.stream.IngestStream``; ``Shipper`` is its driver: the gRPC
+call, the LOG reads (in a worker thread), the clock and the stable-stamp
+samples.
 """
 
 from __future__ import annotations
@@ -68,9 +73,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import random
 import time
-from collections import deque
 from collections.abc import Callable
 
 import grpc
@@ -85,43 +88,12 @@ from logstore.record import parse_record
 from logstore.stamp import Stamp
 
 from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
+from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
+                                  ShardRefused, ShipperOptions, StableClaims, Wait)
 
 __all__ = ["Shipper", "ShipperOptions", "ShipperState", "StableClaims", "Backoff"]
 
 logger = logging.getLogger(__name__)
-
-# A single record larger than this still goes out alone, so a shard must
-# accept messages of at least the LOG's max record size (recoveryd.server
-# accepts far more than both; gRPC's own default limit is 4 MiB).
-DEFAULT_MAX_BATCH_BYTES = 4 << 20
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ShipperOptions:
-    """Tunables of one shipper; the defaults suit production."""
-
-    max_batch_records: int = 512
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
-    max_scan_records: int = 8192
-    max_inflight_bytes: int = 16 << 20
-    max_inflight_batches: int = 64
-    sample_interval_s: float = 0.1
-    heartbeat_interval_s: float = 0.2
-    poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
-    hello_timeout_s: float = 10.0
-    ack_timeout_s: float = 60.0
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
-    max_samples: int = 4096
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_records", "max_batch_bytes", "max_scan_records",
-                     "max_inflight_bytes", "max_inflight_batches", "max_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ShipperOptions.{name} must be >= 1")
-        if self.max_samples < 2:
-            raise ValueError("ShipperOptions.max_samples must be >= 2")
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShipperState:
@@ -147,82 +119,6 @@ class ShipperState:
     unroutable_total: int
     inflight_bytes: int
     last_error: str
-
-
-class StableClaims:
-    """Samples ``(E, H)``: every record stamped below ``H`` lies at a seq ``<= E``.
-
-    Sans-IO. ``claim(through_seq)`` is the highest ``H`` whose ``E`` is at or
-    below ``through_seq`` (None: no sample qualifies yet). Samples are
-    kept in ``E`` order with ``H`` made non-decreasing (a claim that holds
-    for ``E`` holds for every larger ``E`` too). Samples a claim has passed
-    are folded into one ``floor``; past ``max_samples`` every other sample
-    is dropped, which only makes claims coarser, never wrong.
-    """
-
-    def __init__(self, max_samples: int = 4096):
-        self._samples: deque[tuple[int, Stamp]] = deque()
-        self._floor: tuple[int, Stamp] | None = None
-        self._max = max_samples
-
-    def observe(self, last_seq: int, stable: Stamp) -> None:
-        newest = self._samples[-1] if self._samples else self._floor
-        if newest is not None:
-            if last_seq < newest[0]:
-                raise ValueError(f"LOG position went back from {newest[0]} to {last_seq}")
-            stable = max(stable, newest[1])
-            if last_seq == newest[0]:
-                if self._samples:
-                    self._samples[-1] = (last_seq, stable)
-                else:
-                    self._floor = (last_seq, stable)
-                return
-        self._samples.append((last_seq, stable))
-        if len(self._samples) > self._max:
-            kept = list(self._samples)[1::2]  # ends with the newest when the length is even
-            if kept[-1] != self._samples[-1]:
-                kept.append(self._samples[-1])
-            self._samples = deque(kept)
-
-    def claim(self, through_seq: int) -> Stamp | None:
-        while self._samples and self._samples[0][0] <= through_seq:
-            self._floor = self._samples.popleft()
-        if self._floor is not None and self._floor[0] <= through_seq:
-            return self._floor[1]
-        return None
-
-    def __len__(self) -> int:
-        return len(self._samples) + (self._floor is not None)
-
-
-class Backoff:
-    """Exponential backoff with full jitter between ``initial_s`` and ``max_s``."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None):
-        self.initial_s, self.max_s = initial_s, max_s
-        self._next = initial_s
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = self._next
-        self._next = min(self.max_s, self._next * 2)
-        return self.initial_s + self._rng.random() * (ceiling - self.initial_s)
-
-    def reset(self) -> None:
-        self._next = self.initial_s
-
-
-class _ShardRefused(Exception):
-    """The shard broke the Ingest protocol; the stream is dropped and redone."""
-
-
-@dataclasses.dataclass(slots=True)
-class _Sent:
-    after_seq: int
-    through_seq: int
-    nbytes: int
-    epoch: int
-    sent_at: float
 
 
 @dataclasses.dataclass(slots=True)
@@ -264,28 +160,12 @@ class Shipper:
         self._metadata = token.metadata if token is not None else None
         self.stream = pb.StreamId(node_id=clock.node_id, log_id=log.log_id)
         self._claims = StableClaims(self.options.max_samples)
-        # Position and flow control.
-        self._acked_seq = 0
-        self._ever_acked = False
-        self._sent_seq = 0
-        self._epoch = 0                      # bumped by every rewind and reconnection
-        self._pending: deque[_Sent] = deque()  # batches sent on this call, awaiting their ack
-        self._inflight_bytes = 0
-        self._blocked_by = 0                 # bytes the next record needs in flight (0: unknown)
-        self._last_rewind_to = -1            # seq of the last rewind, until progress past it
-        self._hold_until = 0.0               # no sending before this (monotonic), after rewinds
-        self._rewind_backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
-        self._last_send_at = 0.0
-        self._frontier = Stamp.ZERO
+        self._stream = IngestStream(shard_id, self.options)  # position and flow control
         self._newest = Stamp.ZERO
-        self._connected = False
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
         # Counters; state() and metrics read them.
-        self.gaps: list[str] = []
-        self.gaps_total = 0
         self.reconnects_total = 0
-        self.rewinds_total = 0
         self.bytes_sent_total = 0
         self.records_sent_total = 0
         self.batches_sent_total = 0
@@ -354,44 +234,45 @@ class Shipper:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-        self._connected = False
+        self._stream.connected = False
 
     # -- state ------------------------------------------------------------------
 
     @property
     def acked_seq(self) -> int:
         """The shard's durable position for this stream, as last acked (0: unknown yet)."""
-        return self._acked_seq
+        return self._stream.acked_seq
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._stream.connected
 
     @property
     def frontier(self) -> Stamp:
-        return self._frontier
+        return self._stream.frontier
 
     def state(self) -> ShipperState:
+        stream = self._stream
         lag_seconds = None
-        if self._frontier != Stamp.ZERO:
-            lag_seconds = max(0.0, (time.time_ns() - self._frontier.wall_ns) / 1e9)
+        if stream.frontier != Stamp.ZERO:
+            lag_seconds = max(0.0, (time.time_ns() - stream.frontier.wall_ns) / 1e9)
         return ShipperState(
-            address=self.address, shard_id=self.shard_id, connected=self._connected,
-            acked_seq=self._acked_seq, sent_seq=self._sent_seq, frontier=self._frontier,
-            lag_records=max(0, self._log.last_seq - self._acked_seq), lag_seconds=lag_seconds,
-            gaps_total=self.gaps_total, gaps=tuple(self.gaps),
-            reconnects_total=self.reconnects_total, rewinds_total=self.rewinds_total,
+            address=self.address, shard_id=self.shard_id, connected=stream.connected,
+            acked_seq=stream.acked_seq, sent_seq=stream.sent_seq, frontier=stream.frontier,
+            lag_records=max(0, self._log.last_seq - stream.acked_seq), lag_seconds=lag_seconds,
+            gaps_total=stream.gaps_total, gaps=tuple(stream.gaps),
+            reconnects_total=self.reconnects_total, rewinds_total=stream.rewinds_total,
             bytes_sent_total=self.bytes_sent_total, records_sent_total=self.records_sent_total,
             batches_sent_total=self.batches_sent_total,
             heartbeats_sent_total=self.heartbeats_sent_total,
             hlc_rejections_total=self.hlc_rejections_total,
-            unroutable_total=self.unroutable_total, inflight_bytes=self._inflight_bytes,
+            unroutable_total=self.unroutable_total, inflight_bytes=stream.inflight_bytes,
             last_error=self.last_error)
 
     def __repr__(self) -> str:
         return (f"<Shipper shard {self.shard_id} {self.address} "
-                f"{'connected' if self._connected else 'down'} acked {self._acked_seq} "
-                f"sent {self._sent_seq} frontier {self._frontier}>")
+                f"{'connected' if self.connected else 'down'} acked {self.acked_seq} "
+                f"sent {self._stream.sent_seq} frontier {self.frontier}>")
 
     # -- stable stamps -------------------------------------------------------------
 
@@ -427,14 +308,14 @@ class Shipper:
                 if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason += (" (a batch exceeded the shard's message size limit: lower "
                                "max_batch_bytes or raise grpc.max_receive_message_length there)")
-            except (_ShardRefused, ConnectionError, TimeoutError, LogError,
+            except (ShardRefused, ConnectionError, TimeoutError, LogError,
                     grpc.aio.UsageError, asyncio.InvalidStateError) as e:
                 reason = f"{type(e).__name__}: {e}"
             except Exception as e:  # noqa: BLE001  a bug; keep the proxy serving and retry
                 logger.exception("shard %d: shipper failed", self.shard_id)
                 reason = f"{type(e).__name__}: {e}"
-            was_connected = self._connected
-            self._disconnected()
+            was_connected = self.connected
+            self._stream.disconnected()
             self.reconnects_total += 1
             self.last_error = reason
             if was_connected:
@@ -444,16 +325,9 @@ class Shipper:
             delay = backoff.next_delay()
             log = logger.warning if failures_in_row == 1 or failures_in_row % 50 == 0 else logger.debug
             log("shard %d at %s: %s; retrying in %.2fs (acked through seq %d, %d record(s) behind)",
-                self.shard_id, self.address, reason, delay, self._acked_seq,
-                max(0, self._log.last_seq - self._acked_seq))
+                self.shard_id, self.address, reason, delay, self.acked_seq,
+                max(0, self._log.last_seq - self.acked_seq))
             await asyncio.sleep(delay)
-
-    def _disconnected(self) -> None:
-        self._connected = False
-        self._pending.clear()
-        self._inflight_bytes = 0
-        self._blocked_by = 0
-        self._epoch += 1
 
     async def _session(self) -> None:
         assert self._channel is not None
@@ -486,29 +360,10 @@ class Shipper:
 
     def _resume(self, ack: pb.IngestAck) -> None:
         self._update_clock(ack)
-        durable = ack.durable_seq
-        if ack.error:
-            logger.warning("shard %d answered the hello with an error (%s); resuming after "
-                           "seq %d", self.shard_id, ack.error, durable)
-        if self._ever_acked and durable < self._acked_seq:
-            self.rewinds_total += 1
-            logger.warning("shard %d holds this stream only through seq %d, below the %d it "
-                           "acked before: it lost or wiped data; resending from seq %d",
-                           self.shard_id, durable, self._acked_seq, durable + 1)
-        if durable > self._log.last_seq:
-            logger.error("shard %d holds this stream through seq %d, but this LOG ends at "
-                         "seq %d; waiting for the LOG to pass it", self.shard_id, durable,
-                         self._log.last_seq)
-        self._set_acked(ack)
-        self._pending.clear()
-        self._inflight_bytes = 0
-        self._epoch += 1
-        self._sent_seq = durable
-        self._connected = True
+        self._stream.resume(ack, self._log.last_seq)
         self.registered.set()
-        self._last_send_at = 0.0
         logger.info("shipping to shard %d at %s: resuming after seq %d (frontier %s)",
-                    self.shard_id, self.address, durable, self._frontier)
+                    self.shard_id, self.address, ack.durable_seq, self.frontier)
 
     # -- acks ------------------------------------------------------------------------
 
@@ -520,66 +375,10 @@ class Shipper:
             self._on_ack(ack)
 
     def _on_ack(self, ack: pb.IngestAck) -> None:
-        if not self._pending:
-            raise _ShardRefused(f"an ack (durable seq {ack.durable_seq}) for no batch")
-        sent = self._pending.popleft()
-        self._inflight_bytes -= sent.nbytes
+        self._stream.on_ack(ack, time.monotonic())
         self._update_clock(ack)
-        previous = self._acked_seq
-        durable = ack.durable_seq
-        self._set_acked(ack)
         assert self._wake is not None
         self._wake.set()
-        if sent.epoch != self._epoch:
-            return  # a batch sent before a rewind: its refusal is expected
-        if ack.error or durable < sent.through_seq:
-            if ack.error:
-                reason = f"the shard refused ({sent.after_seq}, {sent.through_seq}]: {ack.error}"
-            else:
-                reason = (f"the shard acked ({sent.after_seq}, {sent.through_seq}] but holds "
-                          f"only through seq {durable}")
-            if durable < previous:
-                reason += f"; its durable position went back from {previous}: it lost or wiped data"
-            self._rewind(durable, reason)
-            return
-        if durable > self._last_rewind_to:
-            self._last_rewind_to = -1  # progress since the last rewind
-        if durable > self._sent_seq:
-            self._skip_ahead(durable)
-
-    def _skip_ahead(self, durable: int) -> None:
-        # The shard already holds more than was sent (it got it earlier).
-        logger.info("shard %d holds through seq %d, past what was sent; skipping ahead",
-                    self.shard_id, durable)
-        self._epoch += 1
-        self._sent_seq = durable
-
-    def _set_acked(self, ack: pb.IngestAck) -> None:
-        self._acked_seq = ack.durable_seq
-        self._ever_acked = True
-        if ack.frontier:
-            try:
-                self._frontier = Stamp.from_bytes(ack.frontier)
-            except ValueError as e:
-                logger.warning("shard %d sent a malformed frontier (%s)", self.shard_id, e)
-
-    def _rewind(self, durable: int, reason: str) -> None:
-        self.rewinds_total += 1
-        self._epoch += 1
-        self._sent_seq = durable
-        self._blocked_by = 0
-        delay = 0.0
-        if durable == self._last_rewind_to:
-            # Refused again at the same place without progress (e.g. the shard
-            # refuses our clock): resending at once would spin. Back off.
-            delay = self._rewind_backoff.next_delay()
-            self._hold_until = time.monotonic() + delay
-        else:
-            self._rewind_backoff.reset()
-        self._last_rewind_to = durable
-        log = logger.warning if delay == 0.0 or self.rewinds_total % 50 == 0 else logger.debug
-        log("shard %d: rewinding to resend from seq %d%s: %s", self.shard_id, durable + 1,
-            f" in {delay:.2f}s" if delay else "", reason)
 
     def _update_clock(self, ack: pb.IngestAck) -> None:
         if not ack.shard_stamp:
@@ -599,87 +398,46 @@ class Shipper:
     # -- sending ---------------------------------------------------------------------
 
     async def _write_batches(self, call: grpc.aio.StreamStreamCall) -> None:
-        opts = self.options
         assert self._wake is not None
         while True:
             self._wake.clear()
-            now = time.monotonic()
-            if self._pending and now - self._pending[0].sent_at > opts.ack_timeout_s:
-                raise TimeoutError(f"no ack for {opts.ack_timeout_s:g}s")
-            if now < self._hold_until:
-                await asyncio.sleep(self._hold_until - now)
-                continue
-            first_seq = self._log.first_seq
-            synced = self._log.synced_seq
-            if self._sent_seq + 1 < first_seq:
-                await self._send_gap(call, first_seq - 1)
-                continue
-            if synced > self._sent_seq:
-                if self._room():
-                    sent = await self._send_range(call, synced)
-                    if sent:
-                        continue
-            elif now - self._last_send_at >= opts.heartbeat_interval_s:
+            step = self._stream.next_step(time.monotonic(), self._log.first_seq, self._log.synced_seq)
+            if isinstance(step, SendRange):
+                if await self._send_range(call, step):
+                    continue
+                step = Wait(self.options.poll_interval_s)
+            if isinstance(step, SendGap):
+                batch = self._batch(step.after_seq, step.through_seq, claim=False)
+                batch.gap = True
+                await self._send(call, batch, 0)
+            elif isinstance(step, SendHeartbeat):
                 self._sample()
-                await self._send(call, self._batch(self._sent_seq, self._sent_seq), 0)
+                await self._send(call, self._batch(step.seq, step.seq), 0)
                 self.heartbeats_sent_total += 1
-                continue
-            wait_s = opts.poll_interval_s
-            if synced <= self._sent_seq:
-                wait_s = min(wait_s, max(0.0, self._last_send_at + opts.heartbeat_interval_s - now))
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait_s)
-            except TimeoutError:
-                pass
+            elif step.holding:
+                await asyncio.sleep(step.seconds)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), step.seconds)
+                except TimeoutError:
+                    pass
 
-    def _room(self) -> bool:
-        """Whether a batch may go out now without passing the in-flight bounds."""
-        if not self._pending:
-            return True
-        opts = self.options
-        need = max(1, self._blocked_by)
-        return (len(self._pending) < opts.max_inflight_batches
-                and self._inflight_bytes + need <= opts.max_inflight_bytes
-                and need <= opts.max_batch_bytes)
-
-    async def _send_gap(self, call: grpc.aio.StreamStreamCall, through_seq: int) -> None:
-        after = self._sent_seq
-        batch = self._batch(after, through_seq, claim=False)
-        batch.gap = True
-        gap = f"{after}..{through_seq}: the LOG was trimmed to seq {through_seq + 1} before shard {self.shard_id} held these"
-        self.gaps.append(gap)
-        del self.gaps[:-100]
-        self.gaps_total += 1
-        logger.error("shard %d needs LOG seqs %d..%d, but the LOG now starts at seq %d: "
-                     "sending a gap (restores past it are unproven until a baseline begun "
-                     "after it has ended)", self.shard_id, after + 1,
-                     through_seq, through_seq + 1)
-        await self._send(call, batch, 0)
-
-    async def _send_range(self, call: grpc.aio.StreamStreamCall, synced: int) -> bool:
+    async def _send_range(self, call: grpc.aio.StreamStreamCall, step: SendRange) -> bool:
         """Read and send the next batch; False if nothing could be sent now."""
-        opts = self.options
-        after = self._sent_seq
-        epoch = self._epoch
-        budget = min(opts.max_batch_bytes, opts.max_inflight_bytes - self._inflight_bytes)
-        limit = min(synced, after + opts.max_scan_records)
         assert self._executor is not None
-        self._reading = self._executor.submit(self._read_range, after + 1, limit, budget,
-                                              not self._pending)
+        self._reading = self._executor.submit(self._read_range, step.after_seq + 1, step.limit_seq,
+                                              step.budget, step.allow_oversize)
         try:
             got = await asyncio.wrap_future(self._reading)
         except LogGapError:
             return False  # trimmed meanwhile: the next round sends a gap
-        if epoch != self._epoch:
-            return False  # rewound meanwhile
-        self._blocked_by = got.blocked_by
-        if got.through_seq == after:
-            return False  # the next record waits for in-flight room
+        if not self._stream.range_read(step, got.through_seq, got.blocked_by):
+            return False
         if got.unroutable:
             self.unroutable_total += got.unroutable
         if got.newest > self._newest:
             self._newest = got.newest
-        batch = self._batch(after, got.through_seq)
+        batch = self._batch(step.after_seq, got.through_seq)
         batch.records.extend(got.records)
         await self._send(call, batch, got.nbytes)
         self.records_sent_total += len(got.records)
@@ -751,10 +509,6 @@ class Shipper:
     async def _send(self, call: grpc.aio.StreamStreamCall, batch: pb.IngestBatch,
                     nbytes: int) -> None:
         batch.sent_stamp = self._clock.now().to_bytes()
-        now = time.monotonic()
-        self._pending.append(_Sent(batch.after_seq, batch.through_seq, nbytes, self._epoch, now))
-        self._inflight_bytes += nbytes
-        self._sent_seq = batch.through_seq
-        self._last_send_at = now
+        self._stream.sent(batch.after_seq, batch.through_seq, nbytes, time.monotonic())
         self.batches_sent_total += 1
         await call.write(batch)

@@ -1,0 +1,139 @@
+"""The Ingest stream's sans-IO state machine, driven without gRPC, LOG or clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from logstore.pb import journal_pb2 as pb
+from nfsproxy.ship.stream import (IngestStream, SendGap, SendHeartbeat, SendRange, ShardRefused,
+                                  ShipperOptions, Wait)
+
+OPTIONS = ShipperOptions(max_inflight_batches=2, max_inflight_bytes=1000, max_batch_bytes=600,
+                         max_scan_records=100, heartbeat_interval_s=1.0, poll_interval_s=0.05,
+                         ack_timeout_s=10.0, backoff_initial_s=0.5, backoff_max_s=4.0)
+
+
+def ack(durable: int, error: str = "") -> pb.IngestAck:
+    return pb.IngestAck(durable_seq=durable, error=error)
+
+
+def resumed(durable: int = 0, options: ShipperOptions = OPTIONS) -> IngestStream:
+    stream = IngestStream(0, options)
+    stream.resume(ack(durable), log_last_seq=1000)
+    return stream
+
+
+def send(stream: IngestStream, through: int, nbytes: int, now: float = 0.0) -> SendRange:
+    step = stream.next_step(now, first_seq=1, synced_seq=through)
+    assert isinstance(step, SendRange)
+    assert stream.range_read(step, through, 0)
+    stream.sent(step.after_seq, through, nbytes, now)
+    return step
+
+
+def test_hello_resumes_after_the_shards_durable_position():
+    stream = resumed(41)
+    step = stream.next_step(0.0, first_seq=1, synced_seq=50)
+    assert step == SendRange(after_seq=41, limit_seq=50, budget=600, allow_oversize=True,
+                             epoch=stream.epoch)
+
+
+def test_acks_match_batches_in_order_and_free_room():
+    stream = resumed()
+    send(stream, 10, 400)
+    send(stream, 20, 400)
+    assert not stream.room()  # two batches in flight is the bound
+    stream.on_ack(ack(10), now=1.0)
+    assert stream.acked_seq == 10 and stream.inflight_bytes == 400 and stream.room()
+
+
+def test_an_ack_for_no_batch_breaks_the_protocol():
+    with pytest.raises(ShardRefused):
+        resumed().on_ack(ack(5), now=0.0)
+
+
+def test_a_refusal_rewinds_and_acks_of_batches_sent_before_it_are_ignored():
+    stream = resumed()
+    send(stream, 10, 100)
+    send(stream, 20, 100)
+    stream.on_ack(ack(0, error="refused: bad clock"), now=1.0)
+    assert stream.sent_seq == 0 and stream.rewinds_total == 1
+    stream.on_ack(ack(0, error="refused: the range does not follow"), now=1.0)
+    assert stream.rewinds_total == 1  # the second batch was sent before the rewind
+    assert stream.next_step(1.0, first_seq=1, synced_seq=20).after_seq == 0
+
+
+def test_refused_again_at_the_same_place_backs_off_instead_of_spinning():
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.on_ack(ack(0, error="refused"), now=1.0)
+    send(stream, 10, 100, now=1.0)
+    stream.on_ack(ack(0, error="refused"), now=2.0)
+    step = stream.next_step(2.0, first_seq=1, synced_seq=10)
+    assert isinstance(step, Wait) and step.holding and 0 < step.seconds <= OPTIONS.backoff_initial_s
+
+
+def test_a_shard_that_holds_less_than_it_acked_is_resent_from_its_position():
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.on_ack(ack(4), now=1.0)  # acked the batch but holds only through 4
+    assert stream.sent_seq == 4 and stream.rewinds_total == 1
+
+
+def test_a_shard_ahead_of_what_was_sent_skips_ahead():
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.on_ack(ack(30), now=1.0)
+    assert stream.sent_seq == 30
+
+
+def test_a_trimmed_log_is_a_marked_gap_never_a_skip():
+    stream = resumed(5)
+    step = stream.next_step(0.0, first_seq=20, synced_seq=40)
+    assert isinstance(step, SendGap) and (step.after_seq, step.through_seq) == (5, 19)
+    assert stream.gaps_total == 1 and "5..19" in stream.gaps[0]
+
+
+def test_idle_stream_heartbeats_at_its_position():
+    stream = resumed(7)
+    assert stream.next_step(5.0, first_seq=1, synced_seq=7) == SendHeartbeat(7)
+    stream.sent(7, 7, 0, now=5.0)
+    step = stream.next_step(5.4, first_seq=1, synced_seq=7)
+    assert isinstance(step, Wait) and not step.holding and step.seconds <= OPTIONS.poll_interval_s
+
+
+def test_an_overdue_ack_ends_the_stream():
+    stream = resumed()
+    send(stream, 10, 100, now=0.0)
+    with pytest.raises(TimeoutError):
+        stream.next_step(OPTIONS.ack_timeout_s + 1, first_seq=1, synced_seq=10)
+
+
+def test_a_read_after_a_rewind_is_not_sent():
+    stream = resumed()
+    send(stream, 10, 100)
+    step = stream.next_step(0.0, first_seq=1, synced_seq=20)
+    stream.on_ack(ack(0, error="refused"), now=0.0)
+    assert not stream.range_read(step, 20, 0)
+
+
+def test_a_record_too_big_for_the_room_left_waits_for_acks():
+    stream = resumed(options=dataclasses.replace(OPTIONS, max_inflight_batches=8))
+    send(stream, 10, 900)
+    step = stream.next_step(0.0, first_seq=1, synced_seq=20)
+    assert isinstance(step, SendRange) and step.budget == 100 and not step.allow_oversize
+    assert not stream.range_read(step, 10, blocked_by=300)  # nothing fitted
+    assert not stream.room()
+    stream.on_ack(ack(10), now=0.0)
+    assert stream.room()
+
+
+def test_reconnecting_forgets_what_was_in_flight():
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.disconnected()
+    assert not stream.connected and stream.inflight_bytes == 0 and not stream.pending
+    stream.resume(ack(10), log_last_seq=100)
+    assert stream.connected and stream.sent_seq == 10
