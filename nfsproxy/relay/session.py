@@ -13,7 +13,8 @@ flight waits for that one's reply and is stamped when it leaves
 (`nfsproxy.relay.conflict`), so stamp order is the NAS's order for conflicting calls.
 
 Flow control follows uvicorn: a peer whose write buffer passes the
-high-water mark pauses reading on the other side until it drains.
+high-water mark pauses reading on the other side until it drains; each
+connection's reasons to pause live in one `FlowControl`.
 
 A protocol error from a client closes that client alone. A NAS connection
 that fails or closes closes its client, which retries as it would against
@@ -33,6 +34,7 @@ from logstore.stamp import Stamp
 
 from nfsproxy.relay.capture import Capture
 from nfsproxy.relay.conflict import ConflictTable, claims_of
+from nfsproxy.relay.flow import FlowControl
 from logstore.hlc import HLC
 from nfsproxy.relay.journal import Journal, QuotaWait
 from nfsproxy.relay.limits import clamp_fsinfo_reply, max_message_bytes
@@ -46,6 +48,10 @@ from nfsproxy.wire.rpc import (AuthFlavor, RpcCall, RpcDecodeError, RpcMessageRe
 __all__ = ["BackendAddress", "Proxy", "ClientSession"]
 
 logger = logging.getLogger(__name__)
+
+# FlowControl reasons besides a NAS link (which is its own reason on its client).
+_HELD_FOR_LOG_SPACE = "held for LOG space"
+_CLIENT_FULL = "client write buffer full"
 
 #: How long a closed client's relayed mutations may take to be answered and journaled.
 DRAIN_TIMEOUT_S = 30.0
@@ -207,6 +213,7 @@ class _Peer(asyncio.Protocol):
     _COALESCE_BYTES = 256 << 10
 
     def __init__(self) -> None:
+        self.flow = FlowControl()
         self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -253,6 +260,7 @@ class ClientSession(_Peer):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.flow.attach(transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
         self.proxy.sessions.add(self)
@@ -266,7 +274,7 @@ class ClientSession(_Peer):
             # Calls queue behind a held one; past one message's worth, stop reading.
             # Reading on until then lets a client that hangs up be noticed (and its
             # held call dropped) instead of waiting for LOG space that may never come.
-            self.transport.pause_reading()
+            self.flow.pause(_HELD_FOR_LOG_SPACE)
 
     def _process(self) -> None:
         try:
@@ -384,7 +392,7 @@ class ClientSession(_Peer):
             return  # close() dropped the call and released its stamp
         self._send_call(link, call)
         self.held = False
-        self.transport.resume_reading()
+        self.flow.resume(_HELD_FOR_LOG_SPACE)
         self._process()
 
     def send(self, message: bytes | memoryview) -> None:
@@ -575,11 +583,11 @@ class ClientSession(_Peer):
 
     def pause_writing(self) -> None:
         for link in self.links.values():
-            link.pause_reading()
+            link.flow.pause(_CLIENT_FULL)
 
     def resume_writing(self) -> None:
         for link in self.links.values():
-            link.resume_reading()
+            link.flow.resume(_CLIENT_FULL)
 
 
 class BackendLink(_Peer):
@@ -592,7 +600,6 @@ class BackendLink(_Peer):
         self.reader = RpcMessageReader(session.proxy.max_message_bytes)
         self.queue: list[tuple[memoryview, int]] | None = []  # calls sent before the connection is up
         self.closed = False
-        self.paused = False
         session.proxy.spawn(self._connect())
 
     async def _connect(self) -> None:
@@ -613,8 +620,7 @@ class BackendLink(_Peer):
         queued, self.queue = self.queue, None
         for message, xid in queued:
             self.send(message, xid)
-        if self.paused:
-            transport.pause_reading()
+        self.flow.attach(transport)
 
     def send(self, message: memoryview, xid: int) -> None:
         """Send a call under `xid` (the NAS-side XID the session gave it)."""
@@ -635,22 +641,10 @@ class BackendLink(_Peer):
             self.session.backend_failed(self.where, e)
 
     def pause_writing(self) -> None:
-        if self.session.transport is not None:
-            self.session.transport.pause_reading()
+        self.session.flow.pause(self)  # this NAS connection's buffer is full
 
     def resume_writing(self) -> None:
-        if self.session.transport is not None and not self.session.closed:
-            self.session.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.paused = False
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.session.flow.resume(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_closed, self.closed = self.closed, True
