@@ -12,7 +12,7 @@ delivered, and proves it:
   first one ended nothing can be restored: the journal alone holds only
   changes. Refused, naming the valid range.
 * ``T`` must lie below the *consistent point*, the least frontier over every
-  shard and stream (recoveryd/status.py, ``overall``): only then
+  shard and stream (recoveryd/status.py, ``consistent_point_of``): only then
   does every shard provably hold every record stamped at or below ``T``.
   Refused, naming the valid range, unless the caller allows an *unproven*
   cut, which says so in every report.
@@ -35,7 +35,7 @@ from logstore.stamp import Stamp
 
 from ..frontier import restore_baseline
 from ..restore_service import predecessor
-from ..status import overall, report_gaps
+from ..status import consistent_point_of, report_gaps, shard_frontier_of
 from ..timespec import END_OF_NS, format_time
 from .errors import RestoreRefused, ShardError
 from .shards import Shards
@@ -121,12 +121,9 @@ def take_cut(shards: Shards, at: Stamp, allow_unproven: bool = False) -> Cut:
     if down:
         raise ShardError(down[0].error if len(down) == 1 else
                          f"{len(down)} shards do not answer: " + "; ".join(r.error for r in down))
-    view = overall(reports)
-    point = Stamp.parse(view["consistent_point"]["stamp"]) if view["consistent_point"] else None
-    frontiers = {}
-    for shard in view["shards"]:
-        frontiers[shard["address"]] = (Stamp.parse(shard["frontier"]["stamp"])
-                                       if shard["frontier"] else None)
+    consistent = consistent_point_of(reports)
+    point = consistent.stamp
+    frontiers = {r.address: shard_frontier_of(r) for r in reports}
 
     complete = complete_baselines(shards)
     if not complete:
@@ -140,7 +137,7 @@ def take_cut(shards: Shards, at: Stamp, allow_unproven: bool = False) -> Cut:
                  f"not passed the end of the first baseline {earliest} ({_iso(earliest)})")
     else:
         valid = (f"the earliest restorable moment is {_iso(earliest)} ({earliest}); nothing is "
-                 f"proven yet ({view['consistent_point_reason']})")
+                 f"proven yet ({consistent.reason})")
     if at < earliest:
         raise RestoreRefused(f"{_iso(at)} ({at}) is before the earliest restorable moment "
                              f"(the end of the first complete baseline); {valid}")
