@@ -42,7 +42,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -56,7 +56,8 @@ from .security import BearerToken, open_channel
 
 __all__ = ["ShardReport", "ProxyStatusError", "PROXY_STATUS_FILE", "DEFAULT_TIMEOUT_S",
            "fetch_status", "overall", "write_proxy_status", "read_proxy_status", "stamp_view",
-           "report_gaps", "complete_baselines"]
+           "report_gaps", "complete_baselines", "ConsistentPoint", "HeldBackBy",
+           "consistent_point_of", "shard_frontier_of"]
 
 PROXY_STATUS_FILE = "status.json"
 DEFAULT_TIMEOUT_S = 3.0
@@ -214,9 +215,7 @@ def _shard_view(report: ShardReport, now_ns: int) -> dict[str, Any]:
             "gaps": [str(g) for g in state.gaps], "records": pb.records,
             "updated_unix_ns": pb.updated_unix_ns,
         })
-    frontier = _stamp(status.frontier) if status.frontier else None
-    if frontier is None and streams:
-        frontier = min(_state(pb).frontier for pb in status.streams)
+    frontier = shard_frontier_of(report)
     lags = [s["lag_seconds"] for s in streams]
     return {
         "address": report.address, "up": True, "error": "",
@@ -238,6 +237,107 @@ def _proxy_stream(proxy_status: dict[str, Any] | None) -> StreamKey | None:
         return StreamKey(int(proxy_status["node_id"]), str(proxy_status["log_id"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeldBackBy:
+    """Where the consistent point is held back: a shard and one of its streams
+    (``stream`` None when the shard hides its streams from the caller)."""
+
+    address: str
+    shard_id: int
+    stream: StreamKey | None
+    known: bool = True          # the shard holds the stream at all
+    gap: Gap | None = None      # an unhealed gap in that stream holds it back
+
+
+class ConsistentPoint(NamedTuple):
+    """The consistent point as a value: the least frontier over every shard and
+    stream, lowered to the start of any unhealed gap. ``stamp`` is None while
+    nothing is proven (a shard down, no streams, a member not registered);
+    ``held_back_by`` says which (shard, stream) holds it where it is, and
+    ``reason`` says why in words, for people."""
+
+    stamp: Stamp | None
+    held_back_by: HeldBackBy | None
+    reason: str
+
+
+def consistent_point_of(reports: list[ShardReport],
+                        proxy_status: dict[str, Any] | None = None) -> ConsistentPoint:
+    """The consistent point over ``reports`` (every shard's ``ShardStatus``; a
+    down shard makes it unknown), counting the stream of ``proxy_status`` (a
+    proxy's status file) even if no shard has heard of it yet. The one place
+    it is computed: ``nfsj status`` renders it, restores and exports take it."""
+    down = [r for r in reports if not r.up]
+    if not reports:
+        return ConsistentPoint(None, None, "no shard was asked: pass --shard (or --log of a proxy "
+                                           "that ships to shards)")
+    if down:
+        names = ", ".join(r.address for r in down)
+        return ConsistentPoint(None, None, f"unknown: {len(down)} of {len(reports)} shard(s) down "
+                               f"({names}), and a shard that does not answer may be the one "
+                               "holding it back")
+    if any(r.status.streams_hidden for r in reports):
+        # Without stream keys neither the streams nor their gaps can be
+        # compared, so no point can be proven; the least shard frontier is
+        # only an upper bound (a gap may hold the point below it).
+        lowest = min(reports, key=lambda r: _stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO)
+        bound = _stamp(lowest.status.frontier) if lowest.status.frontier else Stamp.ZERO
+        return ConsistentPoint(None, HeldBackBy(lowest.address, lowest.status.shard_id, None), (
+            f"unknown: stream keys and gaps are hidden from callers without credentials "
+            f"(pass --token-file); it is at most {bound}, the frontier of shard "
+            f"{lowest.status.shard_id} ({lowest.address})"))
+    held: list[dict[StreamKey, StreamState]] = [
+        {StreamKey(pb.stream.node_id, pb.stream.log_id): _state(pb) for pb in r.status.streams}
+        for r in reports]
+    members = set().union(*held)
+    proxy_key = _proxy_stream(proxy_status)
+    if proxy_key is not None:
+        members.add(proxy_key)
+    expected = set().union(*(r.status.members for r in reports))
+    absent = sorted(expected - {key.node_id for key in members})
+    if absent:
+        return ConsistentPoint(None, None, f"nothing is proven yet: member node {absent[0]} has "
+                               "no stream on any shard (its proxy has not registered)")
+    if not members:
+        return ConsistentPoint(None, None, "nothing is proven yet: no shard holds any stream")
+    # A roster that knows every member at MAX: a shard lacking a
+    # member (the proxy's, say) then counts ZERO for it.
+    roster = {key: StreamState(frontier=Stamp.MAX) for key in members}
+    point = consistent_point([*held, roster])
+    held_back_by = None
+    for report, streams in zip(reports, held):
+        for key in sorted(members):
+            state = streams.get(key)
+            frontier = state.frontier if state is not None else Stamp.ZERO
+            if frontier == point and held_back_by is None:
+                held_back_by = HeldBackBy(report.address, report.status.shard_id, key, state is not None)
+    found = report_gaps(reports)
+    limited, gap = limit_by_gaps(point, [g for _, _, g in found], complete_baselines(reports))
+    if gap is not None:
+        where, key = next((r, k) for r, k, g in found if g is gap)
+        point = limited
+        held_back_by = HeldBackBy(where.address, where.status.shard_id, key, True, gap)
+    reason = _held_back_reason(point, held_back_by)
+    return ConsistentPoint(point if point != Stamp.ZERO else None, held_back_by, reason)
+
+
+def _held_back_view(by: HeldBackBy | None) -> dict[str, Any] | None:
+    if by is None:
+        return None
+    return {"address": by.address, "shard_id": by.shard_id,
+            "stream": str(by.stream) if by.stream is not None else None, "known": by.known,
+            "gap": _gap_view(by.stream, by.gap, None) if by.gap is not None else None}
+
+
+def shard_frontier_of(report: ShardReport) -> Stamp | None:
+    """A shard's frontier as it reports it (None: down, or no stream yet)."""
+    if report.status is None:
+        return None
+    if report.status.frontier:
+        return _stamp(report.status.frontier)
+    return min((_state(pb).frontier for pb in report.status.streams), default=None)
 
 
 def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = None, *,
@@ -262,67 +362,11 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
     down = [r for r in reports if not r.up]
     warnings = _warnings(reports)
 
-    point: Stamp | None = None
-    held_back_by = None
-    if not reports:
-        reason = "no shard was asked: pass --shard (or --log of a proxy that ships to shards)"
-    elif down:
-        names = ", ".join(r.address for r in down)
-        reason = (f"unknown: {len(down)} of {len(reports)} shard(s) down ({names}), "
-                  "and a shard that does not answer may be the one holding it back")
-    elif any(r.status.streams_hidden for r in reports):
-        # Without stream keys neither the streams nor their gaps can be
-        # compared, so no point can be proven; the least shard frontier is
-        # only an upper bound (a gap may hold the point below it).
-        lowest = min(reports, key=lambda r: _stamp(r.status.frontier) if r.status.frontier else Stamp.ZERO)
-        bound = _stamp(lowest.status.frontier) if lowest.status.frontier else Stamp.ZERO
-        held_back_by = {"address": lowest.address, "shard_id": lowest.status.shard_id,
-                        "stream": None, "known": True, "gap": None}
-        reason = (f"unknown: stream keys and gaps are hidden from callers without credentials "
-                  f"(pass --token-file); it is at most {bound}, the frontier of shard "
-                  f"{lowest.status.shard_id} ({lowest.address})")
-    else:
-        held: list[dict[StreamKey, StreamState]] = [
-            {StreamKey(pb.stream.node_id, pb.stream.log_id): _state(pb) for pb in r.status.streams}
-            for r in reports]
-        members = set().union(*held)
-        proxy_key = _proxy_stream(proxy_status)
-        if proxy_key is not None:
-            members.add(proxy_key)
-        expected = set().union(*(r.status.members for r in reports))
-        absent = sorted(expected - {key.node_id for key in members})
-        if absent:
-            point = Stamp.ZERO
-            reason = (f"nothing is proven yet: member node {absent[0]} has no stream on any "
-                      "shard (its proxy has not registered)")
-        elif not members:
-            reason = "nothing is proven yet: no shard holds any stream"
-            point = Stamp.ZERO
-        else:
-            # A roster that knows every member at MAX: a shard lacking a
-            # member (the proxy's, say) then counts ZERO for it.
-            roster = {key: StreamState(frontier=Stamp.MAX) for key in members}
-            point = consistent_point([*held, roster])
-            # Which (shard, stream) it is, for the reason.
-            for report, streams in zip(reports, held):
-                for key in sorted(members):
-                    state = streams.get(key)
-                    frontier = state.frontier if state is not None else Stamp.ZERO
-                    if frontier == point and held_back_by is None:
-                        held_back_by = {"address": report.address, "shard_id": report.status.shard_id,
-                                        "stream": str(key), "known": state is not None, "gap": None}
-            found = report_gaps(reports)
-            limited, gap = limit_by_gaps(point, [g for _, _, g in found], complete_baselines(reports))
-            if gap is not None:
-                where = next((r, k) for r, k, g in found if g is gap)
-                point = limited
-                held_back_by = {"address": where[0].address, "shard_id": where[0].status.shard_id,
-                                "stream": str(where[1]), "known": True, "gap": _gap_view(where[1], gap, None)}
-            reason = _held_back_reason(point, held_back_by)
+    point = consistent_point_of(reports, proxy_status)
     return {
-        "consistent_point": stamp_view(point) if point not in (None, Stamp.ZERO) else None,
-        "consistent_point_reason": reason,
-        "held_back_by": held_back_by,
+        "consistent_point": stamp_view(point.stamp),
+        "consistent_point_reason": point.reason,
+        "held_back_by": _held_back_view(point.held_back_by),
         "gaps": _gaps_view(reports),
         "shards": shards,
         "shards_up": len(reports) - len(down),
@@ -332,18 +376,18 @@ def overall(reports: list[ShardReport], proxy_status: dict[str, Any] | None = No
     }
 
 
-def _held_back_reason(point: Stamp, by: dict[str, Any] | None) -> str:
+def _held_back_reason(point: Stamp, by: HeldBackBy | None) -> str:
     if by is None:
         return ""
-    where = f"stream {by['stream']} on shard {by['shard_id']} ({by['address']})"
-    if not by["known"]:
+    where = f"stream {by.stream} on shard {by.shard_id} ({by.address})"
+    if not by.known:
         return f"nothing is proven yet: {where} has not received anything"
-    if by["gap"]:
-        gap = by["gap"]
-        return (f"held back by a gap in {where}: {gap['reason']} ({gap['cause']}, LOG seqs "
-                f"{gap['after_seq']}..{gap['through_seq']}); records stamped from {gap['from']['stamp']} "
-                f"through {gap['through']['stamp']} may be missing; a baseline started after "
-                f"{gap['through']['stamp']} makes later moments provable again (`nfsj baseline`)")
+    if by.gap is not None:
+        gap = by.gap
+        return (f"held back by a gap in {where}: {gap.reason} ({gap.cause}, LOG seqs "
+                f"{gap.after_seq}..{gap.through_seq}); records stamped from {gap.from_stamp} "
+                f"through {gap.through} may be missing; a baseline started after "
+                f"{gap.through} makes later moments provable again (`nfsj baseline`)")
     if point == Stamp.ZERO:
         return f"nothing is proven yet: {where} has no frontier"
     return f"held back by {where}"

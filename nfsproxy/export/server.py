@@ -254,7 +254,8 @@ async def start_export(opts: ExportOptions) -> RunningExport:
         loop = asyncio.get_running_loop()
         cut = await loop.run_in_executor(
             None, lambda: client.cut(at, allow_unproven=opts.allow_unproven))
-        tree = await loop.run_in_executor(None, cut_tree, client, cut)
+        # Files' sizes as of the cut: a READ must see the size its content has then.
+        tree = await loop.run_in_executor(None, lambda: client.tree(cut, file_sizes=True))
         # RestoreClient is thread-safe; it materialises each file once.
         handler = ExportHandler(tree, lambda fh, offset, count: client.read(cut, fh, offset, count),
                                 cut_id=_cut_id(cut))
@@ -264,30 +265,6 @@ async def start_export(opts: ExportOptions) -> RunningExport:
         _close_client(client)
         raise
     return RunningExport(server, cut, client)
-
-
-def cut_tree(client: Any, cut: Any) -> Any:
-    """The tree of `cut`, with every regular file's attributes as of the cut.
-
-    `RestoreClient.tree` leaves WRITE records out of its scan (they do not
-    change the namespace), so a file written after the baseline keeps the
-    size and mtime the baseline saw. A READ must see the size the content
-    has at the cut (what `RestoreClient.read` materialises), so the export
-    scans WRITE and COMMIT too, without data: the same scan and the same
-    `Tree` rules, a few more (small) records.
-    """
-    from logstore.pb.journal_pb2 import Op, ScanRequest
-    from recoveryd.restore import TREE_OPS
-    from recoveryd.tree import Tree
-
-    after, until = cut.window()
-    tree = Tree(baseline_id=cut.baseline.baseline_id)
-    ops = sorted(TREE_OPS | {Op.WRITE, Op.COMMIT})
-    for record in client.shards.scan(ScanRequest(after=after, until=until, with_data=False, ops=ops)):
-        tree.apply(record)
-    if tree.root is None:
-        return client.tree(cut)  # says why, in its own words
-    return tree
 
 
 def _cut_id(cut: Any) -> bytes:

@@ -55,7 +55,6 @@ from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
 
 from nfsproxy.wire import nfsacl
 from nfsproxy.nas.client import ClientError, NfsClient, NfsError, ProtocolError, RpcError, created_fh, sattr3
-from nfsproxy.export.server import cut_tree
 from nfsproxy.wire.nfs3 import Ftype3, Nfsstat3, StableHow
 from nfsproxy.daemon.address import resolve_backend
 from nfsproxy.daemon.config import ConfigError
@@ -144,7 +143,7 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
     when the caller already has the cut's tree. Returns a `PushResult`.
     """
     if tree is None:
-        tree = cut_tree(client, cut)  # with files' attributes as of the cut (see there)
+        tree = client.tree(cut, file_sizes=True)  # with files' attributes as of the cut
     src_parts = _split(path or b"")
     src_rel = b"/".join(src_parts)
     src_fh = tree.lookup(src_rel)

@@ -44,7 +44,7 @@ from logstore.pb.journal_pb2 import Attr, ScanRequest
 from logstore.stamp import Stamp
 from recoveryd.restore import Cut, RestoreClient, RestoreError, RestoreRefused
 from recoveryd.restore_service import predecessor
-from recoveryd.status import overall
+from recoveryd.status import consistent_point_of
 from recoveryd.timespec import format_time
 from recoveryd.tree import BLK, CHR, DIR, LNK, REG, show_name
 from recoveryd.verify import (Comparison, Described, Difference, Window, compare, describe_attr,
@@ -143,9 +143,8 @@ def consistent_point(client: RestoreClient) -> tuple[Stamp | None, str]:
     down = [r for r in reports if not r.up]
     if down:
         raise VerifyError("; ".join(r.error for r in down))
-    view = overall(reports)
-    point = view["consistent_point"]
-    return (Stamp.parse(point["stamp"]) if point else None), view.get("consistent_point_reason") or ""
+    point = consistent_point_of(reports)
+    return point.stamp, point.reason
 
 
 def _clean(path: bytes | str | None) -> bytes:

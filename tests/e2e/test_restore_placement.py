@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 
 from e2e.test_restore import scenario  # noqa: F401  (the recorded stack, a pytest fixture)
-from recoveryd import restore as restore_module
+from recoveryd.restore import local as restore_module
 from recoveryd.restore import RestoreClient, RestoreRefused, Shards
 
 pytestmark = pytest.mark.ganesha
 
 
 def restore_with_intruder(s, monkeypatch, dest: Path, path: str, intrude) -> None:
-    real_build = RestoreClient._build
+    real_build = restore_module._build
     real_lexists = os.path.lexists
 
-    def build_then_intrude(self, *args, **kwargs):
-        real_build(self, *args, **kwargs)
+    def build_then_intrude(*args, **kwargs):
+        real_build(*args, **kwargs)
         intrude(dest)
 
-    monkeypatch.setattr(RestoreClient, "_build", build_then_intrude)
+    monkeypatch.setattr(restore_module, "_build", build_then_intrude)
     monkeypatch.setattr(restore_module.os.path, "lexists",
                         lambda p: False if Path(p) == dest else real_lexists(p))
     with Shards(s.shards) as shards, RestoreClient(shards) as client:

@@ -203,7 +203,7 @@ def test_restore_sets_the_xattr_where_the_file_system_has_acls(tmp_path):
 def test_a_file_system_without_acls_is_warned_about_once_and_counted(tmp_path, monkeypatch, caplog):
     import errno
     import os
-    from recoveryd import restore
+    from recoveryd.restore import local as restore
     from recoveryd.tree import Node
 
     def refuse(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""`recoveryd.restore.rename_noreplace`: the restore's final move never replaces anything."""
+"""`recoveryd.restore.local.rename_noreplace`: the restore's final move never replaces anything."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from recoveryd import restore
+from recoveryd.restore import local as restore
 
 
 @pytest.fixture(params=["renameat2", "fallback"])

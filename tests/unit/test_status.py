@@ -24,8 +24,10 @@ from logstore.pb.journal_pb2 import (IngestBatch, Record, ShardStatus, ShippedRe
                                      StreamStatus)
 from logstore.stamp import Stamp
 from nfsproxy.cli import app
-from recoveryd.status import (PROXY_STATUS_FILE, ProxyStatusError, ShardReport, fetch_status,
-                              overall, read_proxy_status, write_proxy_status)
+from recoveryd.frontier import StreamKey
+from recoveryd.status import (PROXY_STATUS_FILE, ConsistentPoint, HeldBackBy, ProxyStatusError,
+                              ShardReport, consistent_point_of, fetch_status, overall,
+                              read_proxy_status, write_proxy_status)
 
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000_000_000
@@ -81,6 +83,33 @@ def test_consistent_point_is_the_least_frontier_with_lag_and_sizes() -> None:
     assert [x["stream"] for x in s0["streams"]] == ["1/L1", "2/L2"]
     assert s0["gaps"] == [] and view["warnings"] == []
     json.dumps(view)  # JSON-ready as is
+
+
+def test_the_consistent_point_is_a_value_that_status_renders() -> None:
+    a = shard(0, stream(1, "L1", durable_seq=10, frontier=st(T0 + 5 * S)),
+              stream(2, "L2", durable_seq=4, frontier=st(T0 + 3 * S, 2)))
+    b = shard(1, stream(1, "L1", durable_seq=10, frontier=st(T0 + 6 * S)),
+              stream(2, "L2", durable_seq=4, frontier=st(T0 + 4 * S, 2)))
+    reports = [up("h:1", a), up("h:2", b)]
+    point = consistent_point_of(reports)
+    stamp, held_back_by, reason = point
+    assert isinstance(point, ConsistentPoint) and stamp == st(T0 + 3 * S, 2)
+    assert held_back_by == HeldBackBy("h:1", 0, StreamKey(2, "L2"), known=True, gap=None)
+    view = overall(reports)
+    assert view["consistent_point"]["stamp"] == str(stamp)
+    assert view["consistent_point_reason"] == reason
+    assert view["held_back_by"]["stream"] == str(held_back_by.stream)
+    down = consistent_point_of([up("h:1", a), ShardReport("h:2", None, "UNAVAILABLE")])
+    assert down.stamp is None and down.held_back_by is None and "h:2" in down.reason
+
+
+def test_restores_take_the_value_never_a_rendering() -> None:
+    # The cut, export and history read the consistent point as a value; a
+    # rendering parsed back (Stamp.parse of status text) would drift from it.
+    root = Path(__file__).resolve().parents[2] / "recoveryd" / "restore"
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        assert "overall(" not in text and "Stamp.parse(" not in text, path.name
 
 
 def test_a_down_shard_makes_the_consistent_point_unknown() -> None:

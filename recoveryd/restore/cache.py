@@ -1,0 +1,101 @@
+"""The read cache: files materialised once per (cut, handle) into a private
+directory, read from there by offset, the least recently used evicted past a
+byte budget. What lets the read-only export answer READs at any offset
+without replaying a file's records for each of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Hashable
+
+from .errors import RestoreError
+
+__all__ = ["FileCache", "DEFAULT_CACHE_BYTES"]
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+class FileCache:
+    """Materialised files under ``cache_dir`` (default a new temporary one,
+    removed by ``close``), at most ``cache_bytes`` of them. Thread-safe; each
+    key is built once, however many readers ask for it at once."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self._own_cache_dir = cache_dir is None
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="nfsj-restore-cache-") if cache_dir is None
+                               else cache_dir)
+        self._cache_bytes = cache_bytes
+        self._cache: OrderedDict[Hashable, tuple[Path, int]] = OrderedDict()
+        self._cache_used = 0
+        self._lock = threading.Lock()
+        self._building: dict[Hashable, threading.Lock] = {}
+
+    def read(self, key: Hashable, offset: int, count: int, build: Callable[[int], int]) -> bytes:
+        """``count`` bytes at ``offset`` of the file ``key`` (fewer at the end);
+        ``build(fd)`` writes the whole file onto ``fd`` and returns its size,
+        once, when the cache does not hold it."""
+        for _ in range(3):
+            path = self._materialise(key, build)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # evicted meanwhile: build it again
+            try:
+                return os.pread(fd, count, offset)
+            finally:
+                os.close(fd)
+        raise RestoreError(f"the restore cache {self._cache_dir} is too small to hold one file")
+
+    def _materialise(self, key: Hashable, build: Callable[[int], int]) -> Path:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                return entry[0]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    return entry[0]
+            name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+            path = self._cache_dir / name
+            tmp = self._cache_dir / f"{name}.tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                size = build(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            os.replace(tmp, path)
+            with self._lock:
+                self._cache[key] = (path, size)
+                self._cache_used += size
+                self._building.pop(key, None)
+                while self._cache_used > self._cache_bytes and len(self._cache) > 1:
+                    old_key, (old_path, old_size) = next(iter(self._cache.items()))
+                    if old_key == key:
+                        break
+                    del self._cache[old_key]
+                    self._cache_used -= old_size
+                    old_path.unlink(missing_ok=True)
+            return path
+
+
+    def close(self) -> None:
+        """Drop every file (and the directory, if this cache made it)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_used = 0
+        if self._own_cache_dir:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""The restore client: one object that gives the past back, tying the pieces
+together (the shards, the cut, the tree builder, per-file replay, the read
+cache, the local writer and history) for the CLI, the read-only export,
+push-back and verify.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Callable, Iterator
+
+from logstore.pb.journal_pb2 import Attr, Record
+from logstore.stamp import Stamp
+
+from ..tree import Tree
+from .cache import DEFAULT_CACHE_BYTES, FileCache
+from .cut import Cut, cut_records, take_cut
+from .history import HistoryEntry, history
+from .local import RestoreProgress, RestoreSummary, restore_to_dir
+from .namespace import build_tree, clean_path, found, resolve_path
+from .replay import newest_attr, replay
+from .shards import Shards
+
+__all__ = ["RestoreClient"]
+
+#: Trees kept per client (a tree of a million objects is large).
+_TREES_KEPT = 4
+
+
+class RestoreClient:
+    """Rebuilds the export at a cut from every shard's records.
+
+    Thread-safe. ``read`` keeps materialised files in a private cache
+    directory (``cache_dir``, default a new temporary one) of at most
+    ``cache_bytes``; ``close()`` removes it.
+    """
+
+    def __init__(self, shards: Shards, *, cache_dir: str | os.PathLike[str] | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.shards = shards
+        self._cache = FileCache(cache_dir, cache_bytes)
+        self._lock = threading.Lock()
+        self._trees: OrderedDict[tuple, Tree] = OrderedDict()
+
+    # -- the cut --------------------------------------------------------------------------
+
+    def cut(self, at: Stamp, allow_unproven: bool = False) -> Cut:
+        """The cut at ``at``, or RestoreRefused naming the valid range."""
+        return take_cut(self.shards, at, allow_unproven)
+
+    # -- the namespace ----------------------------------------------------------------------
+
+    def tree(self, cut: Cut, *, file_sizes: bool = False) -> Tree:
+        """The namespace and attributes at ``cut`` (cached per cut; do not change
+        it). ``file_sizes``: every regular file's size and times as of the cut
+        too (``namespace.build_tree``)."""
+        key = (cut.key, file_sizes)
+        with self._lock:
+            tree = self._trees.get(key)
+            if tree is not None:
+                self._trees.move_to_end(key)
+                return tree
+        tree = build_tree(self.shards, cut, file_sizes=file_sizes)
+        with self._lock:
+            self._trees[key] = tree
+            while len(self._trees) > _TREES_KEPT:
+                self._trees.popitem(last=False)
+        return tree
+
+    def resolve(self, cut: Cut, path: bytes | str) -> tuple[bytes, int] | None:
+        """(handle, type) of what ``path`` named at ``cut`` (None: nothing),
+        reading only the records of the directories on the way when no tree
+        of the cut is at hand (``namespace.resolve_path``)."""
+        rel = clean_path(path)
+        with self._lock:
+            cached = self._trees.get((cut.key, False)) or self._trees.get((cut.key, True))
+        if cached is not None:
+            return found(cached, rel)
+        return resolve_path(self.shards, cut, rel, lambda: self.tree(cut))
+
+    # -- one file -----------------------------------------------------------------------------
+
+    def file_records(self, cut: Cut, fh: bytes, *, with_data: bool = True,
+                     until: Stamp | None = None) -> Iterator[Record]:
+        """Every record naming ``fh`` with a stamp in [baseline_id, at] (or up to
+        ``until``, below ``at``), in stamp order, from every shard (pieces of
+        other baselines left out)."""
+        return cut_records(self.shards, cut, fh, with_data=with_data, until=until)
+
+    def file_attr(self, cut: Cut, fh: bytes) -> Attr | None:
+        """The newest attributes of ``fh`` at ``cut`` from all its records (no data read)."""
+        return newest_attr(fh, self.file_records(cut, fh, with_data=False))
+
+    def write_file(self, cut: Cut, fh: bytes, fd: int,
+                   seen: Callable[[Record], None] | None = None) -> int:
+        """Replay ``fh``'s content at ``cut`` onto the open file ``fd``; returns its size.
+        ``seen`` is shown every record on the way (``Tree.apply``, say, to learn
+        the object's type in the same pass)."""
+        return replay(self.file_records(cut, fh), fh, fd, seen)[0]
+
+    def replay_file(self, cut: Cut, fh: bytes, fd: int) -> tuple[int, Attr | None]:
+        """``write_file``, also returning the file's newest attributes at ``cut``
+        (None if no record carried any): one pass over its records for both."""
+        return replay(self.file_records(cut, fh), fh, fd)
+
+    def read(self, cut: Cut, fh: bytes, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset`` of ``fh`` at ``cut`` (fewer at the end).
+
+        The file is materialised once per (cut, fh) into the private cache and
+        read from there."""
+        return self._cache.read((cut.key, fh), offset, count,
+                                lambda fd: self.write_file(cut, fh, fd))
+
+    # -- a whole tree, history -------------------------------------------------------------------
+
+    def restore_to_dir(self, cut: Cut, dest: str | os.PathLike[str], path: bytes | str | None = None,
+                       progress: Callable[[RestoreProgress], None] | None = None) -> RestoreSummary:
+        """Write the export (or the subtree at ``path``) as it was at ``cut`` to
+        ``dest`` (``local.restore_to_dir``)."""
+        return restore_to_dir(self, cut, dest, path, progress)
+
+    def history(self, path: bytes | str, since: Stamp | None = None,
+                until: Stamp | None = None) -> list[HistoryEntry]:
+        """What changed ``path`` with stamps in (since, until] (``history.history``)."""
+        return history(self, path, since, until)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop the read cache (and its directory, if this client made it)."""
+        self._cache.close()
+        with self._lock:
+            self._trees.clear()
+
+    def __enter__(self) -> RestoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
