@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import time
 from typing import Callable
 
@@ -36,12 +37,15 @@ from .conflict import ConflictTable, claims_of
 from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
+from .lockcalls import NasPorts, call_client, exchange, getport
+from .nlm import NLM_PROGRAM, NSM_PROGRAM, NSM_VERSION, TOWARD_CLIENT, LockRoutes, SmProc, \
+    decode_sm_notify, encode_sm_notify
 from .nfs3 import NFS_PROGRAM, Proc3
 from .stats import RelayStats
 from .xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
 from .routing import Route, answer_portmap, reject, route
-from .rpc import (AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
-                  frame_rpc_message, parse_message)
+from .rpc import (AcceptStat, AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
+                  NEED_DATA, encode_call, encode_reply, frame_rpc_message, parse_message)
 
 __all__ = ["BackendAddress", "Proxy", "ClientSession"]
 
@@ -49,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a closed client's relayed mutations may take to be answered and journaled.
 DRAIN_TIMEOUT_S = 30.0
+
+#: Routes whose NAS port is asked from the NAS's portmapper, per program version.
+_LOCK_ROUTES = (Route.NLM, Route.NSM)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,16 +96,32 @@ class Proxy:
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
         self.namespace_watchers: set[Callable[[Record], None]] = set()
+        #: Locking: which client a callback of the NAS is for, and where the NAS's NLM/NSM are.
+        self.lock_routes = LockRoutes()
+        self.nas_ports = NasPorts(backend.host)
+        self.nas_hosts: set[str] = {backend.host}  # the NAS's addresses (calls from it are callbacks)
+        #: This end of each callback connection the proxy opened: one that comes
+        #: back to the proxy itself is refused, not passed on again.
+        self.own_callbacks: set[tuple[str, int]] = set()
+        self._portmap_servers: list[asyncio.Server] = []
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, portmap: tuple[tuple[str, int], ...] = ()) -> None:
+        """Serve on `host`:`port`, and also on each `portmap` address (normally port 111,
+        where lock managers ask for NLM: the same service, answering GETPORT there)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: ClientSession(self), host, port,
                                                 reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        for pm_host, pm_port in portmap:
+            self._portmap_servers.append(await loop.create_server(
+                lambda: ClientSession(self), pm_host, pm_port, reuse_address=True))
+        self.nas_hosts |= await _addresses_of(self.backend.host)
         logger.info("proxy listening on %s:%d, NAS %s", host, self.port, self.backend)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop listening, close clients, wait for journal writes, cancel the rest."""
+        for server in self._portmap_servers:
+            server.close()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
@@ -183,6 +206,14 @@ class Proxy:
         return task
 
 
+async def _addresses_of(host: str) -> set[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {info[4][0] for info in infos}
+
+
 @dataclasses.dataclass(eq=False, slots=True)
 class _Settling:
     """One `settle_below` call: woken once every key in `blockers` is released."""
@@ -246,6 +277,10 @@ class ClientSession(_Peer):
         self.calls = XidTable(proxy.next_nas_xid)  # relayed calls not yet answered
         self.links: dict[Route, BackendLink] = {}
         self.peer = "?"
+        self.peer_host = "?"
+        self.peer_address: tuple[str, int] = ("?", 0)
+        self.local_host = "127.0.0.1"  # this end of the connection: the proxy as the client knows it
+        self.from_nas = False  # the NAS calling back (lock callbacks, SM_NOTIFY)
         self.closed = False
         self.held = False  # a call waits for LOG space; later calls wait behind it
 
@@ -255,6 +290,10 @@ class ClientSession(_Peer):
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        self.peer_host = host
+        self.local_host = transport.get_extra_info("sockname")[0]
+        self.peer_address = (host, port)
+        self.from_nas = host in self.proxy.nas_hosts
         self.proxy.sessions.add(self)
         self.proxy.stats.sessions_total += 1
         self.proxy.stats.sessions_open += 1
@@ -287,9 +326,74 @@ class ClientSession(_Peer):
         if where is Route.REJECT:
             self.send(reject(call))
         elif where is Route.PORTMAP:
-            self.send(answer_portmap(call, body, self.proxy.port))
+            self.send(answer_portmap(call, body, self.proxy.port, self.local_host))
+        elif where in _LOCK_ROUTES:
+            self._lock_call(where, call, body, message)
         else:
             self._relay(where, call, body, message)
+
+    # -- locking ---------------------------------------------------------------
+
+    def _lock_call(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
+        """NLM and NSM: a client's call goes to the NAS; the NAS's callbacks go to their client."""
+        if where is Route.NLM and call.proc in TOWARD_CLIENT:
+            host = self.proxy.lock_routes.client_for(call.proc, body)
+            # Copied: the read buffer moves on while the callback is out.
+            self.proxy.spawn(self._pass_callback(call, bytes(message), host))
+        elif where is Route.NSM and call.proc == SmProc.NOTIFY and self.from_nas:
+            self.proxy.spawn(self._pass_reboot(call, decode_sm_notify(body)[1]))
+        else:
+            if where is Route.NLM:
+                self.proxy.lock_routes.note_call(call.proc, body, self.peer_host, self.local_host)
+            self._relay(where, call, body, message)
+
+    async def _pass_callback(self, call: RpcCall, message: bytes, host: str | None) -> None:
+        """Pass the NAS's NLM callback to the client it is for; its reply goes back."""
+        stats = self.proxy.stats
+        # A client that reached the proxy from its own host (a guest behind NAT,
+        # say) names the proxy's portmapper: the callback comes back here.
+        if host is None or self.peer_address in self.proxy.own_callbacks:
+            why = "it names no lock a client asked for" if host is None else "it came back to the proxy"
+            logger.warning("NLM %s from %s not passed on: %s", call.proc, self.peer, why)
+            stats.lock_callback(call.prog, call.proc, "unrouted")
+            return self._refuse(call)
+        try:
+            reply = await call_client(host, call, memoryview(message), self.proxy.own_callbacks)
+        except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
+            logger.warning("NLM %s for client %s failed: %s", call.proc, host, e)
+            stats.lock_callback(call.prog, call.proc, "failed")
+            return self._refuse(call)
+        stats.lock_callback(call.prog, call.proc, "passed")
+        if self.transport is not None and not self.closed:
+            self._queue_out(reply, call.xid)
+
+    async def _pass_reboot(self, call: RpcCall, state: int) -> None:
+        """The NAS rebooted (SM_NOTIFY): tell each client that locked through the proxy
+        that the proxy, as that client knows it, did; then answer the NAS."""
+        clients = list(self.proxy.lock_routes.clients.items())
+        results = await asyncio.gather(*(self._notify(host, proxy_host, state)
+                                         for host, proxy_host in clients), return_exceptions=True)
+        for (host, _), result in zip(clients, results):
+            ok = not isinstance(result, BaseException)
+            if not ok:
+                logger.warning("SM_NOTIFY to client %s failed: %s", host, result)
+            self.proxy.stats.lock_callback(call.prog, call.proc, "passed" if ok else "failed")
+        if self.transport is not None and not self.closed:
+            self.send(encode_reply(RpcReply(call.xid)).getvalue())
+
+    async def _notify(self, host: str, proxy_host: str, state: int) -> None:
+        xid = self.proxy.next_nas_xid()
+        p = encode_call(RpcCall(xid, NSM_PROGRAM, NSM_VERSION, SmProc.NOTIFY))
+        p.raw(encode_sm_notify(proxy_host.encode(), state))
+        port = await getport(host, NSM_PROGRAM, NSM_VERSION)
+        if not port:
+            raise ConnectionError(f"{host} has no status monitor registered")
+        await exchange(host, port, p.getvalue(), xid, self.proxy.own_callbacks)
+
+    def _refuse(self, call: RpcCall) -> None:
+        self.send(encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.SYSTEM_ERR)).getvalue())
+
+    # -- relaying ----------------------------------------------------------------
 
     def _relay(self, where: Route, rpc_call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
@@ -304,9 +408,10 @@ class ClientSession(_Peer):
             return
         if pending is not None and pending.record is not None:
             pending.record.stamp = proxy.stamp_call(id(pending))
-        link = self.links.get(where)
+        key = (where, rpc_call.vers) if where in _LOCK_ROUTES else where
+        link = self.links.get(key)
         if link is None:
-            link = self.links[where] = BackendLink(self, where)
+            link = self.links[key] = BackendLink(self, where, rpc_call.prog, rpc_call.vers)
         if pending is not None and pending.record is not None and self._held_back(call, link):
             return
         if pending is not None and pending.record is not None and proxy.journal is not None \
@@ -587,10 +692,11 @@ class ClientSession(_Peer):
 class BackendLink(_Peer):
     """One connection to the NAS on behalf of one client session."""
 
-    def __init__(self, session: ClientSession, where: Route):
+    def __init__(self, session: ClientSession, where: Route, prog: int = 0, vers: int = 0):
         super().__init__()
         self.session = session
         self.where = where
+        self.prog, self.vers = prog, vers  # asked from the NAS's portmapper for lock routes
         self.reader = RpcMessageReader(session.proxy.max_message_bytes)
         self.queue: list[tuple[memoryview, int]] | None = []  # calls sent before the connection is up
         self.closed = False
@@ -598,12 +704,17 @@ class BackendLink(_Peer):
         session.proxy.spawn(self._connect())
 
     async def _connect(self) -> None:
-        backend = self.session.proxy.backend
+        proxy = self.session.proxy
+        backend = proxy.backend
         port = backend.mount_port if self.where is Route.MOUNT else backend.nfs_port
         loop = asyncio.get_running_loop()
         try:
+            if self.where in _LOCK_ROUTES:
+                port = await proxy.nas_ports.port(self.prog, self.vers)
             await loop.create_connection(lambda: self, backend.host, port)
-        except OSError as e:
+        except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
+            if self.where in _LOCK_ROUTES:
+                proxy.nas_ports.forget(self.prog, self.vers)
             self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 
