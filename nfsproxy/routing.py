@@ -31,7 +31,7 @@ from .rpc import (AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, decode_b
                   encode_reply, RPC_VERSION)
 from .xdr import BOOL, U32, VOID, Packer, String, xdr_struct, xf
 
-__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap", "universal_address"]
+__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap", "universal_address", "Rpcb"]
 
 from .nfs3 import NFS_PROGRAM
 from .nfsacl import NFSACL_PROGRAM, NFSACL_V3
@@ -83,7 +83,7 @@ def reject(call: RpcCall) -> bytes:
 
 
 def _mappings(port: int) -> tuple[Mapping, ...]:
-    return (Mapping(PMAP_PROG, PMAP_VERS, IPPROTO_TCP, port),
+    return (*(Mapping(PMAP_PROG, v, IPPROTO_TCP, port) for v in RPCBIND_VERSIONS),
             Mapping(NFS_PROGRAM, NFS_VERSION, IPPROTO_TCP, port),
             *(Mapping(MOUNT_PROG, v, IPPROTO_TCP, port) for v in MOUNT_VERSIONS),
             Mapping(NFSACL_PROGRAM, NFSACL_V3, IPPROTO_TCP, port),
