@@ -11,6 +11,7 @@ counters show it; a lock that stayed on a client would let both hold it).
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -106,3 +107,58 @@ def test_two_kernel_clients_exclude_each_other_through_the_proxy(
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="LOCK") >= 3
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="UNLOCK") >= 2
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="GRANTED_MSG") >= 1
+
+
+PEER = str(Path(__file__).with_name("nlm_peer.py"))
+
+
+def _peer(host, address: str, name: str, mode: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen(host.command([sys.executable, PEER, address, name, str(port), "lockfile",
+                                          mode]),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _expect(peer: subprocess.Popen, want: str, seen: list[str]) -> None:
+    for line in peer.stdout:
+        seen.append(line.rstrip())
+        if line.startswith(want):
+            return
+    raise AssertionError(f"expected {want!r}; the peer said:\n" + "\n".join(seen))
+
+
+def test_the_nas_callback_for_a_blocked_lock_reaches_the_client_that_waits(
+        host_pair, nas_host_factory, tmp_path: Path):
+    """Two client hosts (our own NLM codec) behind the proxy: when the holder lets go,
+    the NAS's NLM_GRANTED_MSG goes to the proxy, which passes it to the waiter alone."""
+    nas = nas_host_factory(_prepare)
+    proxy = ProxyProcess(nas, tmp_path / "log", launcher=host_pair.proxy.command(),
+                         listen="0.0.0.0:2049",
+                         extra=["--portmap", host_pair.proxy.address,
+                                "--metrics", f"127.0.0.1:{METRICS_PORT}"])
+    proxy.start()
+    holder = waiter = None
+    said: dict[str, list[str]] = {"holder": [], "waiter": []}
+    try:
+        holder = _peer(host_pair.proxy, "127.0.0.2", "peer-a", "hold", proxy.port)
+        _expect(holder, "held", said["holder"])
+        waiter = _peer(host_pair.proxy, "127.0.0.3", "peer-b", "wait", proxy.port)
+        _expect(waiter, "blocked", said["waiter"])
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        _expect(waiter, "granted by callback", said["waiter"])
+        _expect(holder, "callbacks", said["holder"])
+        assert waiter.wait(30) == 0, said["waiter"]
+        assert holder.wait(30) == 0, said["holder"]
+        samples = _scrape_in(host_pair.proxy, METRICS_PORT)
+    finally:
+        for peer in (holder, waiter):
+            if peer is not None and peer.poll() is None:
+                peer.kill()
+                peer.wait()
+        proxy.stop()
+    assert said["holder"][-1] == "callbacks 0", said["holder"]  # nothing for the holder
+    assert "callback GRANTED_MSG svid=8" in said["waiter"]
+    assert value(samples, "nfsj_proxy_lock_callbacks_total", procedure="GRANTED_MSG",
+                 outcome="passed") >= 1
+    assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="GRANTED_RES") >= 1
