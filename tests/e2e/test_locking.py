@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,40 +74,74 @@ def _prepare(export: Path) -> None:
         (export / name).write_text("")
 
 
-def test_two_kernel_clients_exclude_each_other_through_the_proxy(
-        host_pair, nas_host_factory, kernel_image, tmp_path: Path):
-    nas = nas_host_factory(_prepare)
-    proxy = ProxyProcess(nas, tmp_path / "log", launcher=host_pair.proxy.command(),
-                         listen="0.0.0.0:2049",
-                         extra=["--portmap", "0.0.0.0:111", "--metrics", f"127.0.0.1:{METRICS_PORT}"])
-    proxy.start()
-    try:
-        results = {}
+def _kernel_proxy(nas, host_pair, tmp_path: Path) -> ProxyProcess:
+    """The proxy as the guests' server: port 2049, and port 111 for their lock managers."""
+    return ProxyProcess(nas, tmp_path / "log", launcher=host_pair.proxy.command(),
+                        listen="0.0.0.0:2049",
+                        extra=["--portmap", "0.0.0.0:111", "--metrics", f"127.0.0.1:{METRICS_PORT}"])
 
-        def boot(name: str, script: str) -> None:
-            guest = Guest(kernel_image, tmp_path / name, launcher=host_pair.proxy.command())
-            results[name] = guest.run(script, [mount_line(proxy.port, "/mnt", options=LOCK_OPTIONS)],
-                                      before_mount=_before_mount(name))
 
-        threads = [threading.Thread(target=boot, args=args)
-                   for args in (("guest-a", HOLDER), ("guest-b", WAITER))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        samples = _scrape_in(host_pair.proxy, METRICS_PORT)
-    finally:
-        proxy.stop()
+def _boot(kernel_image, host_pair, tmp_path: Path, name: str, script: str, results: dict) -> threading.Thread:
+    def run() -> None:
+        guest = Guest(kernel_image, tmp_path / name, launcher=host_pair.proxy.command())
+        results[name] = guest.run(script, [mount_line(2049, "/mnt", options=LOCK_OPTIONS)],
+                                  before_mount=_before_mount(name))
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _assert_excluded(results: dict) -> None:
     for name in ("guest-a", "guest-b"):
         assert results[name].exit_code == 0, f"{name} failed:\n{results[name].console[-3000:]}"
     console = results["guest-b"].console
     assert "B: non-blocking try: exit 11" in console
     assert re.search(r"B: granted after A: released", console)
+
+
+def test_two_kernel_clients_exclude_each_other_through_the_proxy(
+        host_pair, nas_host_factory, kernel_image, tmp_path: Path):
+    nas = nas_host_factory(_prepare)
+    proxy = _kernel_proxy(nas, host_pair, tmp_path).start()
+    try:
+        results = {}
+        threads = [_boot(kernel_image, host_pair, tmp_path, name, script, results)
+                   for name, script in (("guest-a", HOLDER), ("guest-b", WAITER))]
+        for t in threads:
+            t.join()
+        samples = _scrape_in(host_pair.proxy, METRICS_PORT)
+    finally:
+        proxy.stop()
+    _assert_excluded(results)
     # Through the proxy: the lock calls, and the NAS's callback for the blocked one
     # (it cannot reach a guest behind qemu's NAT: the guest's own retry got the lock).
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="LOCK") >= 3
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="UNLOCK") >= 2
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="GRANTED_MSG") >= 1
+
+
+def test_a_held_lock_outlives_a_proxy_restart(host_pair, nas_host_factory, kernel_image, tmp_path: Path):
+    """The NAS holds locks for the proxy's address, not for its connections: a proxy
+    killed and restarted under a held lock leaves it held, and its owner's unlock
+    after the restart (over a new connection) frees it for the waiter."""
+    nas = nas_host_factory(_prepare)
+    proxy = _kernel_proxy(nas, host_pair, tmp_path).start()
+    results: dict = {}
+    threads = [_boot(kernel_image, host_pair, tmp_path, "guest-a", HOLDER, results)]
+    try:
+        state = nas.export_dir / "a-state"
+        deadline = time.monotonic() + 300
+        while "held" not in state.read_text() and threads[0].is_alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "held" in state.read_text(), "guest A never took the lock"
+        proxy.kill()
+        proxy = _kernel_proxy(nas, host_pair, tmp_path).start()
+        threads.append(_boot(kernel_image, host_pair, tmp_path, "guest-b", WAITER, results))
+        for t in threads:
+            t.join()
+    finally:
+        proxy.stop()
+    _assert_excluded(results)
 
 
 PEER = str(Path(__file__).with_name("nlm_peer.py"))
