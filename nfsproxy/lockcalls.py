@@ -1,24 +1,35 @@
-"""The proxy's own RPC calls for locking: the NAS's lock ports, and callbacks to clients.
+"""The proxy's own RPC calls for locking: the NAS's lock ports, callbacks to clients.
 
 A thin asyncio shell over `nfsproxy.nlm` and the RPC codec. The NAS's NLM and
 NSM listen wherever its portmapper says (`NasPorts`, cached, asked again when
-a connection fails). A callback from the NAS (NLM_GRANTED and friends,
-SM_NOTIFY) is passed to a client as a fresh call on a fresh connection to the
-port the client's own portmapper names (`call_client`); its reply goes back.
+a connection fails). A callback from the NAS (NLM_GRANTED and friends) is
+passed to its client as a fresh call on a fresh connection to the port the
+client's own portmapper names (`call_client`); the reply goes back. The NAS's
+SM_NOTIFY goes on to every client that locked through the proxy, and a
+client's SM_NOTIFY releases that client's locks on the NAS (`LockRelay`).
+SM_NOTIFY travels over UDP (`LockDatagrams`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import struct
+from typing import Callable
 
+from .nlm import (NLM_PROGRAM, NSM_PROGRAM, NSM_VERSION, LockOwner, LockRoutes, NlmProc, SmProc,
+                  decode_sm_notify, encode_sm_notify, encode_unlock)
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
-from .rpc import (NEED_DATA, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, decode_body,
-                  encode_call, frame_rpc_message, parse_message)
+from .routing import Route, answer_portmap, route
+from .rpc import (NEED_DATA, AcceptStat, AuthSys, RpcCall, RpcDecodeError, RpcMessageReader,
+                  RpcReply, decode_body, encode_call, encode_reply, parse_message)
 from .xdr import U32
 from .xid_table import framed_with_xid
 
-__all__ = ["NasPorts", "exchange", "getport", "call_client"]
+__all__ = ["NasPorts", "exchange", "getport", "call_client", "LockRelay", "LockDatagrams"]
+
+logger = logging.getLogger(__name__)
 
 #: How long one callback or portmapper exchange may take.
 CALL_TIMEOUT_S = 10.0
@@ -101,3 +112,132 @@ class NasPorts:
     def forget(self, prog: int, vers: int) -> None:
         """A connection to the cached port failed: ask the portmapper again next time."""
         self._ports.pop((prog, vers), None)
+
+
+def _with_xid(message: bytes | memoryview, xid: int) -> bytes:
+    return struct.pack(">I", xid) + bytes(message[4:])
+
+
+def _refusal(call: RpcCall) -> bytes:
+    return encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.SYSTEM_ERR)).getvalue()
+
+
+class LockRelay:
+    """The lock traffic that is more than a client call relayed to the NAS.
+
+    Each method returns the reply message (under the caller's XID) to send
+    back: a failure to reach a client is the NAS's SYSTEM_ERR, as if that
+    client were down.
+    """
+
+    def __init__(self, backend_host: str, stats, next_xid: Callable[[], int]):
+        self.routes = LockRoutes()
+        self.nas_ports = NasPorts(backend_host)
+        self.nas_hosts: set[str] = {backend_host}  # calls from these are the NAS's
+        #: This end of each call the proxy has out to a client: one that comes back
+        #: to the proxy itself (a client behind NAT on the proxy's host names the
+        #: proxy's portmapper) is refused, not passed on again.
+        self.own: set[tuple[str, int]] = set()
+        self.stats = stats
+        self.next_xid = next_xid
+
+    async def pass_callback(self, call: RpcCall, message: bytes, host: str | None,
+                            came_from: tuple[str, int]) -> bytes:
+        """The NAS's NLM callback (GRANTED, a *_RES) to the client `host` it is for."""
+        if host is None or came_from in self.own:
+            why = "it names no lock a client asked for" if host is None else "it came back to the proxy"
+            logger.warning("NLM %s from %s:%d not passed on: %s", call.proc, *came_from, why)
+            self.stats.lock_callback(call.prog, call.proc, "unrouted")
+            return _refusal(call)
+        try:
+            reply = await call_client(host, call, memoryview(message), self.own)
+        except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
+            logger.warning("NLM %s for client %s failed: %s", call.proc, host, e)
+            self.stats.lock_callback(call.prog, call.proc, "failed")
+            return _refusal(call)
+        self.stats.lock_callback(call.prog, call.proc, "passed")
+        return _with_xid(reply, call.xid)
+
+    async def nas_rebooted(self, call: RpcCall, state: int) -> bytes:
+        """SM_NOTIFY from the NAS: tell each client that locked through the proxy
+        that the proxy, under the address that client knows, rebooted."""
+        clients = list(self.routes.clients.items())
+        results = await asyncio.gather(*(self._notify(host, proxy_host, state)
+                                         for host, proxy_host in clients), return_exceptions=True)
+        for (host, _), result in zip(clients, results):
+            ok = not isinstance(result, BaseException)
+            if not ok:
+                logger.warning("SM_NOTIFY to client %s failed: %s", host, result)
+            self.stats.lock_callback(call.prog, call.proc, "passed" if ok else "failed")
+        return encode_reply(RpcReply(call.xid)).getvalue()
+
+    async def _notify(self, host: str, proxy_host: str, state: int) -> None:
+        port = await getport(host, NSM_PROGRAM, NSM_VERSION)
+        if not port:
+            raise ConnectionError(f"{host} has no status monitor registered")
+        xid = self.next_xid()
+        p = encode_call(RpcCall(xid, NSM_PROGRAM, NSM_VERSION, SmProc.NOTIFY))
+        p.raw(encode_sm_notify(proxy_host.encode(), state))
+        await exchange(host, port, p.getvalue(), xid, self.own)
+
+    async def client_rebooted(self, call: RpcCall, host: str, name: bytes) -> bytes:
+        """SM_NOTIFY from the client `name` at `host`: its locks died with it. The NAS
+        monitors the proxy, not that client, so the proxy unlocks them on the NAS."""
+        for owner, vers in self.routes.forget_client(host, name):
+            try:
+                await self._unlock(owner, vers)
+            except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
+                logger.warning("could not release a lock of rebooted client %s (%r): %s", host, name, e)
+                continue
+            self.stats.reboot_unlocks_total += 1
+        return encode_reply(RpcReply(call.xid)).getvalue()
+
+    async def _unlock(self, owner: LockOwner, vers: int) -> None:
+        port = await self.nas_ports.port(NLM_PROGRAM, vers)
+        xid = self.next_xid()
+        p = encode_call(RpcCall(xid, NLM_PROGRAM, vers, NlmProc.UNLOCK,
+                                auth_sys=AuthSys(0, owner.caller_name[:255], 0, 0, ())))
+        p.raw(encode_unlock(vers, owner, b"nfsj-reboot"))
+        await exchange(self.nas_ports.host, port, p.getvalue(), xid)
+
+
+class LockDatagrams(asyncio.DatagramProtocol):
+    """UDP beside the proxy's TCP ports: status monitors look up and send SM_NOTIFY
+    over UDP. Portmap questions are answered; SM_NOTIFY goes to `LockRelay`."""
+
+    def __init__(self, locks: LockRelay, port: int, spawn: Callable):
+        self.locks = locks
+        self.port = port  # where the proxy's services are (its main port)
+        self.spawn = spawn
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            call, body = parse_message(data)
+            if not isinstance(call, RpcCall):
+                return
+            where = route(call)
+            if where is Route.PORTMAP:
+                local = self.transport.get_extra_info("sockname")[0]
+                self._send(answer_portmap(call, body, self.port, local), addr)
+            elif where is Route.NSM and call.proc == SmProc.NOTIFY:
+                name, state = decode_sm_notify(body)
+                if addr[0] in self.locks.nas_hosts:
+                    self.spawn(self._reply(self.locks.nas_rebooted(call, state), addr))
+                else:
+                    self.spawn(self._reply(self.locks.client_rebooted(call, addr[0], name), addr))
+            else:
+                self._send(encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROG_UNAVAIL))
+                           .getvalue(), addr)
+        except RpcDecodeError as e:
+            logger.warning("UDP datagram from %s dropped: %s", addr[0], e)
+
+    async def _reply(self, answer, addr: tuple) -> None:
+        self._send(await answer, addr)
+
+    def _send(self, message: bytes, addr: tuple) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(message, addr)

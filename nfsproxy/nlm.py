@@ -11,11 +11,16 @@ monitor calls (NSM) go from client to server, but some come back:
 * the NAS's SM_NOTIFY (it rebooted) goes to every host it monitors: again
   the proxy, on behalf of every client that holds locks through it.
 
+And a client's own SM_NOTIFY (it rebooted, so its locks are void) cannot
+simply go on to the NAS: the NAS monitors the proxy's address, which stands
+for every client behind it. The proxy releases that client's locks itself.
+
 `LockRoutes` remembers, from the client calls it sees, which client host a
 lock owner or a *_MSG cookie belongs to, so such a callback can be sent on
-to the one client it is for. Its tables are bounded: a callback for an owner
-it has forgotten goes nowhere, and the client's own retry of a blocked lock
-(Linux: every 30 s) still gets the lock.
+to the one client it is for, and which owners each client locked with, so
+that they can be unlocked when it reboots. Its tables are bounded: a
+callback for an owner it has forgotten goes nowhere, and the client's own
+retry of a blocked lock (Linux: every 30 s) still gets the lock.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .xdr import I32, Packer, Unpacker, XdrError
 
 __all__ = ["NLM_PROGRAM", "NLM_VERSIONS", "NSM_PROGRAM", "NSM_VERSION", "NlmProc", "SmProc",
            "TOWARD_CLIENT", "LockOwner", "LockRoutes", "encode_sm_notify", "decode_sm_notify",
-           "PROCEDURE_NAMES"]
+           "encode_unlock", "PROCEDURE_NAMES"]
 
 NLM_PROGRAM: Final = 100021
 NLM_VERSIONS: Final = (1, 3, 4)
@@ -122,6 +127,20 @@ def _parse_lock_args(proc: NlmProc, body: memoryview) -> tuple[bytes, LockOwner]
     return cookie, LockOwner(caller, fh, oh, svid)
 
 
+def encode_unlock(vers: int, owner: LockOwner, cookie: bytes) -> bytes:
+    """NLM UNLOCK arguments that release every lock `owner` holds on its file
+    (offset 0, length 0: to the end of the file)."""
+    p = Packer()
+    p.var(cookie, MAXNETOBJ_SZ)
+    p.var(owner.caller_name, LM_MAXSTRLEN)
+    p.var(owner.fh, MAXNETOBJ_SZ)
+    p.var(owner.oh, MAXNETOBJ_SZ)
+    I32.pack(p, owner.svid)
+    for _ in range(2):
+        (p.u64 if vers == 4 else p.u32)(0)
+    return p.getvalue()
+
+
 def _parse_cookie(body: memoryview) -> bytes:
     try:
         return bytes(Unpacker(body).var(MAXNETOBJ_SZ))
@@ -170,6 +189,8 @@ class LockRoutes:
         self._cookies: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         #: client host -> the proxy's address as that client reached it
         self.clients: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: (client host, owner) -> the NLM version it locked with
+        self._lockers: collections.OrderedDict[tuple[str, LockOwner], int] = collections.OrderedDict()
 
     def _remember(self, table: collections.OrderedDict, key, host: str) -> None:
         table[key] = host
@@ -177,7 +198,8 @@ class LockRoutes:
         while len(table) > self.max_entries:
             table.popitem(last=False)
 
-    def note_call(self, proc: int, body: memoryview, client_host: str, proxy_host: str) -> None:
+    def note_call(self, proc: int, body: memoryview, client_host: str, proxy_host: str,
+                  vers: int = 4) -> None:
         """A client's NLM call on its way to the NAS. RpcDecodeError when malformed."""
         self._remember(self.clients, client_host, proxy_host)
         p = _proc(proc)
@@ -187,6 +209,14 @@ class LockRoutes:
         self._remember(self._owners, owner, client_host)
         if p in _MSG_CALLS:
             self._remember(self._cookies, cookie, client_host)
+        if p in (NlmProc.LOCK, NlmProc.LOCK_MSG):
+            self._remember(self._lockers, (client_host, owner), vers)
+
+    def forget_client(self, client_host: str, name: bytes) -> list[tuple[LockOwner, int]]:
+        """The client `name` at `client_host` rebooted: the owners (and their NLM
+        versions) it locked with, to be unlocked; forgotten here."""
+        gone = [key for key in self._lockers if key[0] == client_host and key[1].caller_name == name]
+        return [(key[1], self._lockers.pop(key)) for key in gone]
 
     def client_for(self, proc: int, body: memoryview) -> str | None:
         """The client host a NAS-to-client NLM call is for; None when unknown.

@@ -37,15 +37,14 @@ from .conflict import ConflictTable, claims_of
 from .hlc import HLC
 from .journal import Journal, QuotaWait
 from .limits import clamp_fsinfo_reply, max_message_bytes
-from .lockcalls import NasPorts, call_client, exchange, getport
-from .nlm import NLM_PROGRAM, NSM_PROGRAM, NSM_VERSION, TOWARD_CLIENT, LockRoutes, SmProc, \
-    decode_sm_notify, encode_sm_notify
+from .lockcalls import LockDatagrams, LockRelay
+from .nlm import TOWARD_CLIENT, SmProc, decode_sm_notify
 from .nfs3 import NFS_PROGRAM, Proc3
 from .stats import RelayStats
 from .xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
 from .routing import Route, answer_portmap, reject, route
-from .rpc import (AcceptStat, AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
-                  NEED_DATA, encode_call, encode_reply, frame_rpc_message, parse_message)
+from .rpc import (AuthFlavor, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply, NEED_DATA,
+                  frame_rpc_message, parse_message)
 
 __all__ = ["BackendAddress", "Proxy", "ClientSession"]
 
@@ -96,14 +95,10 @@ class Proxy:
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
         self.namespace_watchers: set[Callable[[Record], None]] = set()
-        #: Locking: which client a callback of the NAS is for, and where the NAS's NLM/NSM are.
-        self.lock_routes = LockRoutes()
-        self.nas_ports = NasPorts(backend.host)
-        self.nas_hosts: set[str] = {backend.host}  # the NAS's addresses (calls from it are callbacks)
-        #: This end of each callback connection the proxy opened: one that comes
-        #: back to the proxy itself is refused, not passed on again.
-        self.own_callbacks: set[tuple[str, int]] = set()
+        #: Locking: which client a callback of the NAS is for, where the NAS's NLM/NSM are.
+        self.locks = LockRelay(backend.host, self.stats, self.next_nas_xid)
         self._portmap_servers: list[asyncio.Server] = []
+        self._datagrams: list[asyncio.DatagramTransport] = []
 
     async def start(self, host: str, port: int, portmap: tuple[tuple[str, int], ...] = ()) -> None:
         """Serve on `host`:`port`, and also on each `portmap` address (normally port 111,
@@ -115,13 +110,25 @@ class Proxy:
         for pm_host, pm_port in portmap:
             self._portmap_servers.append(await loop.create_server(
                 lambda: ClientSession(self), pm_host, pm_port, reuse_address=True))
-        self.nas_hosts |= await _addresses_of(self.backend.host)
+        # Status monitors send SM_NOTIFY over UDP: the same ports serve it there.
+        for udp_host, udp_port in ((host, self.port), *portmap):
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: LockDatagrams(self.locks, self.port, self.spawn), (udp_host, udp_port))
+            except OSError as e:  # locking works without; only reboot notices are lost
+                logger.warning("no SM_NOTIFY over UDP on %s:%d (%s): status monitors' reboot "
+                               "notices will not reach the proxy there", udp_host, udp_port, e.strerror)
+                continue
+            self._datagrams.append(transport)
+        self.locks.nas_hosts |= await _addresses_of(self.backend.host)
         logger.info("proxy listening on %s:%d, NAS %s", host, self.port, self.backend)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop listening, close clients, wait for journal writes, cancel the rest."""
         for server in self._portmap_servers:
             server.close()
+        for transport in self._datagrams:
+            transport.close()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
@@ -293,7 +300,7 @@ class ClientSession(_Peer):
         self.peer_host = host
         self.local_host = transport.get_extra_info("sockname")[0]
         self.peer_address = (host, port)
-        self.from_nas = host in self.proxy.nas_hosts
+        self.from_nas = host in self.proxy.locks.nas_hosts
         self.proxy.sessions.add(self)
         self.proxy.stats.sessions_total += 1
         self.proxy.stats.sessions_open += 1
@@ -335,63 +342,26 @@ class ClientSession(_Peer):
     # -- locking ---------------------------------------------------------------
 
     def _lock_call(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
-        """NLM and NSM: a client's call goes to the NAS; the NAS's callbacks go to their client."""
+        """NLM and NSM: a client's call goes to the NAS; the NAS's callbacks go to their
+        client; SM_NOTIFY is handled by the proxy (`nfsproxy.lockcalls.LockRelay`)."""
+        locks = self.proxy.locks
         if where is Route.NLM and call.proc in TOWARD_CLIENT:
-            host = self.proxy.lock_routes.client_for(call.proc, body)
+            host = locks.routes.client_for(call.proc, body)
             # Copied: the read buffer moves on while the callback is out.
-            self.proxy.spawn(self._pass_callback(call, bytes(message), host))
-        elif where is Route.NSM and call.proc == SmProc.NOTIFY and self.from_nas:
-            self.proxy.spawn(self._pass_reboot(call, decode_sm_notify(body)[1]))
+            self._reply_later(locks.pass_callback(call, bytes(message), host, self.peer_address))
+        elif where is Route.NSM and call.proc == SmProc.NOTIFY:
+            name, state = decode_sm_notify(body)
+            self._reply_later(locks.nas_rebooted(call, state) if self.from_nas
+                              else locks.client_rebooted(call, self.peer_host, name))
         else:
             if where is Route.NLM:
-                self.proxy.lock_routes.note_call(call.proc, body, self.peer_host, self.local_host)
+                locks.routes.note_call(call.proc, body, self.peer_host, self.local_host, call.vers)
             self._relay(where, call, body, message)
 
-    async def _pass_callback(self, call: RpcCall, message: bytes, host: str | None) -> None:
-        """Pass the NAS's NLM callback to the client it is for; its reply goes back."""
-        stats = self.proxy.stats
-        # A client that reached the proxy from its own host (a guest behind NAT,
-        # say) names the proxy's portmapper: the callback comes back here.
-        if host is None or self.peer_address in self.proxy.own_callbacks:
-            why = "it names no lock a client asked for" if host is None else "it came back to the proxy"
-            logger.warning("NLM %s from %s not passed on: %s", call.proc, self.peer, why)
-            stats.lock_callback(call.prog, call.proc, "unrouted")
-            return self._refuse(call)
-        try:
-            reply = await call_client(host, call, memoryview(message), self.proxy.own_callbacks)
-        except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
-            logger.warning("NLM %s for client %s failed: %s", call.proc, host, e)
-            stats.lock_callback(call.prog, call.proc, "failed")
-            return self._refuse(call)
-        stats.lock_callback(call.prog, call.proc, "passed")
-        if self.transport is not None and not self.closed:
-            self._queue_out(reply, call.xid)
-
-    async def _pass_reboot(self, call: RpcCall, state: int) -> None:
-        """The NAS rebooted (SM_NOTIFY): tell each client that locked through the proxy
-        that the proxy, as that client knows it, did; then answer the NAS."""
-        clients = list(self.proxy.lock_routes.clients.items())
-        results = await asyncio.gather(*(self._notify(host, proxy_host, state)
-                                         for host, proxy_host in clients), return_exceptions=True)
-        for (host, _), result in zip(clients, results):
-            ok = not isinstance(result, BaseException)
-            if not ok:
-                logger.warning("SM_NOTIFY to client %s failed: %s", host, result)
-            self.proxy.stats.lock_callback(call.prog, call.proc, "passed" if ok else "failed")
-        if self.transport is not None and not self.closed:
-            self.send(encode_reply(RpcReply(call.xid)).getvalue())
-
-    async def _notify(self, host: str, proxy_host: str, state: int) -> None:
-        xid = self.proxy.next_nas_xid()
-        p = encode_call(RpcCall(xid, NSM_PROGRAM, NSM_VERSION, SmProc.NOTIFY))
-        p.raw(encode_sm_notify(proxy_host.encode(), state))
-        port = await getport(host, NSM_PROGRAM, NSM_VERSION)
-        if not port:
-            raise ConnectionError(f"{host} has no status monitor registered")
-        await exchange(host, port, p.getvalue(), xid, self.proxy.own_callbacks)
-
-    def _refuse(self, call: RpcCall) -> None:
-        self.send(encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.SYSTEM_ERR)).getvalue())
+    def _reply_later(self, answer) -> None:
+        async def send() -> None:
+            self.send(await answer)
+        self.proxy.spawn(send())
 
     # -- relaying ----------------------------------------------------------------
 
@@ -710,11 +680,11 @@ class BackendLink(_Peer):
         loop = asyncio.get_running_loop()
         try:
             if self.where in _LOCK_ROUTES:
-                port = await proxy.nas_ports.port(self.prog, self.vers)
+                port = await proxy.locks.nas_ports.port(self.prog, self.vers)
             await loop.create_connection(lambda: self, backend.host, port)
         except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
             if self.where in _LOCK_ROUTES:
-                proxy.nas_ports.forget(self.prog, self.vers)
+                proxy.locks.nas_ports.forget(self.prog, self.vers)
             self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 

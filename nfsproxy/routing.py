@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 
 from .mount import MOUNT_PROGRAM as MOUNT_PROG
-from .portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PMAPLIST, Mapping, PmapProc
+from .portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAP_VERS, PMAPLIST, Mapping, PmapProc
 from .rpc import (AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, decode_body,
                   encode_reply, RPC_VERSION)
 from .xdr import BOOL, U32, VOID, Packer, String, xdr_struct, xf
@@ -88,11 +88,16 @@ def _mappings(port: int) -> tuple[Mapping, ...]:
             *(Mapping(MOUNT_PROG, v, IPPROTO_TCP, port) for v in MOUNT_VERSIONS),
             Mapping(NFSACL_PROGRAM, NFSACL_V3, IPPROTO_TCP, port),
             *(Mapping(NLM_PROGRAM, v, IPPROTO_TCP, port) for v in NLM_VERSIONS),
-            Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_TCP, port))
+            Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_TCP, port),
+            # Status monitors send SM_NOTIFY over UDP (nfs-utils' sm-notify does).
+            Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_UDP, port))
 
 
-def _served(prog: int, vers: int, port: int) -> bool:
-    return any(m.prog == prog and m.vers == vers for m in _mappings(port))
+def _served(prog: int, vers: int, prot: int, port: int) -> bool:
+    return any(m.prog == prog and m.vers == vers and m.prot == prot for m in _mappings(port))
+
+
+_NETIDS = {b"tcp": IPPROTO_TCP, b"tcp6": IPPROTO_TCP, b"udp": IPPROTO_UDP, b"udp6": IPPROTO_UDP}
 
 
 @xdr_struct
@@ -127,7 +132,7 @@ def answer_portmap(call: RpcCall, body: memoryview, port: int, host: str = "127.
         encode_reply(header, p)
     elif call.proc == PmapProc.GETPORT:
         want = decode_body(Mapping.xdr, body)
-        found = want.prot == IPPROTO_TCP and _served(want.prog, want.vers, port)
+        found = _served(want.prog, want.vers, want.prot, port)
         encode_reply(header, p)
         U32.pack(p, port if found else 0)
     elif call.proc == PmapProc.DUMP:
@@ -150,7 +155,7 @@ def _answer_rpcbind(call: RpcCall, body: memoryview, port: int, host: str) -> by
         encode_reply(header, p)
     elif call.proc in (PmapProc.GETPORT, _RPCB_GETVERSADDR):  # GETADDR is procedure 3 too
         want = decode_body(Rpcb.xdr, body)
-        found = want.netid in (b"tcp", b"tcp6") and _served(want.prog, want.vers, port)
+        found = _served(want.prog, want.vers, _NETIDS.get(want.netid, -1), port)
         encode_reply(header, p)
         String().pack(p, universal_address(host, port) if found else b"")
     elif call.proc in (PmapProc.SET, PmapProc.UNSET):

@@ -60,6 +60,7 @@ class RelayStats:
         self.backend_latency: dict[tuple[int, int], LatencyHistogram] = {}
         #: NAS-to-client lock calls (NLM callbacks, SM_NOTIFY), by (program, procedure, outcome).
         self.lock_callbacks_total: dict[tuple[int, int, str], int] = {}
+        self.reboot_unlocks_total = 0  # locks of rebooted clients released on the NAS
 
     def call(self, key: tuple[int, int], nbytes: int) -> None:
         self.calls_total[key] = self.calls_total.get(key, 0) + 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from nfsproxy.nlm import (TOWARD_CLIENT, LockRoutes, NlmProc, decode_sm_notify, encode_sm_notify)
+from nfsproxy.nlm import (TOWARD_CLIENT, LockOwner, LockRoutes, NlmProc, decode_sm_notify,
+                          _parse_lock_args, encode_sm_notify, encode_unlock)
 from nfsproxy.rpc import RpcDecodeError
 from nfsproxy.xdr import Packer
 
@@ -101,3 +102,23 @@ def test_garbage_arguments_are_a_decode_error_never_a_crash(proc: NlmProc, body:
 def test_callbacks_are_the_server_to_client_procedures():
     assert NlmProc.GRANTED_RES not in TOWARD_CLIENT  # the client's answer to GRANTED_MSG
     assert {NlmProc.GRANTED, NlmProc.GRANTED_MSG, NlmProc.LOCK_RES} <= TOWARD_CLIENT
+
+
+def test_a_rebooted_client_gives_up_the_owners_it_locked_with_and_only_those():
+    routes = LockRoutes()
+    routes.note_call(NlmProc.LOCK, lock_args(NlmProc.LOCK), "127.0.0.1", "p", vers=4)
+    routes.note_call(NlmProc.LOCK, lock_args(NlmProc.LOCK, svid=9, v4=False), "127.0.0.1", "p", vers=3)
+    routes.note_call(NlmProc.LOCK, lock_args(NlmProc.LOCK, caller=b"guest-b"), "127.0.0.1", "p")
+    routes.note_call(NlmProc.UNLOCK, lock_args(NlmProc.UNLOCK, svid=5), "127.0.0.1", "p")
+    gone = routes.forget_client("127.0.0.1", b"guest-a")
+    assert sorted((owner.svid, vers) for owner, vers in gone) == [(7, 4), (9, 3)]
+    assert routes.forget_client("127.0.0.1", b"guest-a") == []
+    assert [o.caller_name for o, _ in routes.forget_client("127.0.0.1", b"guest-b")] == [b"guest-b"]
+
+
+@pytest.mark.parametrize("vers, range_bytes", [(4, 16), (1, 8)])
+def test_unlock_releases_the_owners_whole_file(vers: int, range_bytes: int):
+    owner = LockOwner(b"guest-a", b"\x01fh", b"7@guest-a", 7)
+    body = encode_unlock(vers, owner, b"ck")
+    assert body.endswith(b"\0" * range_bytes)
+    assert _parse_lock_args(NlmProc.UNLOCK, memoryview(body)) == (b"ck", owner)

@@ -129,6 +129,10 @@ def test_getport_points_what_we_serve_at_the_proxy(prog: int, vers: int):
     assert getport(prog, vers) == PROXY_PORT
 
 
+def test_getport_points_status_monitors_at_the_proxy_over_udp_too():
+    assert getport(NSM_PROGRAM, 1, IPPROTO_UDP) == PROXY_PORT
+
+
 @pytest.mark.parametrize("prog, vers, prot", [
     (NFS_PROGRAM, 3, IPPROTO_UDP),  # TCP only
     (MOUNT_PROGRAM, 3, IPPROTO_UDP),
@@ -161,6 +165,7 @@ def test_portmap_dump_lists_our_tcp_mappings():
         (NFSACL_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
         *((NLM_PROGRAM, v, IPPROTO_TCP, PROXY_PORT) for v in (1, 3, 4)),
         (NSM_PROGRAM, 1, IPPROTO_TCP, PROXY_PORT),
+        (NSM_PROGRAM, 1, IPPROTO_UDP, PROXY_PORT),  # SM_NOTIFY comes over UDP
     }
 
 
@@ -184,7 +189,7 @@ def test_rpcbind_getaddr_gives_the_proxy_as_the_caller_reached_it(vers: int, pro
 
 
 @pytest.mark.parametrize("prog, vers, netid", [
-    (NLM_PROGRAM, 4, b"udp"), (NLM_PROGRAM, 2, b"tcp"), (0x20000000, 1, b"tcp")])
+    (NLM_PROGRAM, 4, b"udp"), (NLM_PROGRAM, 2, b"tcp"), (0x20000000, 1, b"tcp"), (NSM_PROGRAM, 1, b"x")])
 def test_rpcbind_getaddr_for_anything_else_is_empty(prog: int, vers: int, netid: bytes):
     header, body = rpcbind(4, 3, rpcb_args(prog, vers, netid))
     assert header.success and decode_body(xdr.String(), body) == b""
