@@ -4,9 +4,10 @@ Run as a program inside a host (a network namespace), at its own address:
 
     python nlm_peer.py ADDRESS NAME SERVER_PORT FILE MODE
 
-It serves what a client host's lock manager serves: a portmapper on
-ADDRESS:111 naming its NLM callback port, and that NLM service, which prints
-every call it gets (`callback PROC svid=N`) and answers it. Then it asks the
+It serves what a client host's lock manager and status monitor serve: a
+portmapper on ADDRESS:111 naming its callback port, where NLM and NSM calls
+are printed (`callback PROC svid=N`, `callback NOTIFY mon_name=M`) and
+answered. Then it asks the
 NFS server at 127.0.0.1:SERVER_PORT (the proxy) for an exclusive lock on
 FILE of its /export (its handle looked up with our NFS client), as owner NAME:
 
@@ -15,7 +16,10 @@ FILE of its /export (its handle looked up with our NFS client), as owner NAME:
   more seconds and prints `callbacks N`;
 * MODE `wait`: a blocking lock; prints `blocked` when the server says so,
   then waits for the server's NLM_GRANTED_MSG, answers it with
-  NLM_GRANTED_RES as a client does, and prints `granted by callback`.
+  NLM_GRANTED_RES as a client does, and prints `granted by callback`;
+* MODE `reboot`: no lock; tells the server it rebooted as nfs-utils'
+  sm-notify does (portmap GETPORT for NSM over UDP at port 111 of the
+  server's address, then SM_NOTIFY naming NAME over UDP), prints `notified`.
 
 Every line is flushed at once; the exit status is 0 when all went as said.
 """
@@ -26,8 +30,8 @@ import asyncio
 import sys
 
 from nfsproxy.client import NfsClient
-from nfsproxy.nlm import NLM_PROGRAM, NlmProc
-from nfsproxy.portmap import PMAP_PROG, PmapProc
+from nfsproxy.nlm import NLM_PROGRAM, NSM_PROGRAM, NlmProc, SmProc, decode_sm_notify, encode_sm_notify
+from nfsproxy.portmap import IPPROTO_UDP, PMAP_PROG, PmapProc
 from nfsproxy.rpc import (NEED_DATA, AuthSys, RpcCall, RpcMessageReader, RpcReply, encode_call,
                           encode_reply, frame_rpc_message, parse_message)
 from nfsproxy.xdr import Packer, Unpacker
@@ -100,12 +104,15 @@ class Peer:
             if call.proc == PmapProc.GETPORT:
                 u = Unpacker(body)
                 prog, vers = u.u32(), u.u32()
-                p.u32(self.nlm_port if (prog, vers) == (NLM_PROGRAM, NLM4) else 0)
+                p.u32(self.nlm_port if (prog, vers) in ((NLM_PROGRAM, NLM4), (NSM_PROGRAM, 1)) else 0)
             return p.getvalue()
         return self._serve(reader, writer, answer)
 
     def _serve_nlm(self, reader, writer):
         def answer(call: RpcCall, body: memoryview) -> bytes:
+            if call.prog == NSM_PROGRAM:
+                say(f"callback NOTIFY mon_name={decode_sm_notify(body)[0].decode()}")
+                return encode_reply(RpcReply(call.xid)).getvalue()
             proc = NlmProc(call.proc)
             u = Unpacker(body)
             cookie = bytes(u.var(1024))
@@ -145,7 +152,45 @@ def stat_of(result: memoryview) -> int:
     return u.u32()
 
 
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.replies: asyncio.Queue = asyncio.Queue()
+
+    def datagram_received(self, data, addr):
+        self.replies.put_nowait(data)
+
+
+async def udp_call(address: str, server: tuple[str, int], message: bytes) -> memoryview:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_Datagram, local_addr=(address, 0),
+                                                              remote_addr=server)
+    try:
+        transport.sendto(message)
+        reply, body = parse_message(await asyncio.wait_for(protocol.replies.get(), 10))
+        assert isinstance(reply, RpcReply) and reply.success, reply
+        return body
+    finally:
+        transport.close()
+
+
+async def reboot(address: str, name: str) -> int:
+    p = encode_call(RpcCall(1, PMAP_PROG, 2, PmapProc.GETPORT))
+    for field in (NSM_PROGRAM, 1, IPPROTO_UDP, 0):
+        p.u32(field)
+    port = Unpacker(await udp_call(address, ("127.0.0.1", 111), p.getvalue())).u32()
+    if not port:
+        say("the server has no status monitor over UDP")
+        return 1
+    p = encode_call(RpcCall(2, NSM_PROGRAM, 1, SmProc.NOTIFY))
+    p.raw(encode_sm_notify(name.encode(), 3))
+    await udp_call(address, ("127.0.0.1", port), p.getvalue())
+    say("notified")
+    return 0
+
+
 async def main(address: str, name: str, server_port: int, fh: bytes, mode: str) -> int:
+    if mode == "reboot":
+        return await reboot(address, name)
     peer = Peer(address, name)
     await peer.serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", server_port, local_addr=(address, 0))

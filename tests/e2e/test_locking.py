@@ -10,6 +10,7 @@ counters show it; a lock that stayed on a client would let both hold it).
 
 from __future__ import annotations
 
+import queue
 import re
 import subprocess
 import sys
@@ -148,15 +149,30 @@ PEER = str(Path(__file__).with_name("nlm_peer.py"))
 
 
 def _peer(host, address: str, name: str, mode: str, port: int) -> subprocess.Popen:
-    return subprocess.Popen(host.command([sys.executable, PEER, address, name, str(port), "lockfile",
+    peer = subprocess.Popen(host.command([sys.executable, PEER, address, name, str(port), "lockfile",
                                           mode]),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    peer.lines = queue.Queue()
+
+    def read() -> None:
+        for line in peer.stdout:
+            peer.lines.put(line.rstrip())
+        peer.lines.put(None)
+    threading.Thread(target=read, daemon=True).start()
+    return peer
 
 
 def _expect(peer: subprocess.Popen, want: str, seen: list[str]) -> None:
-    for line in peer.stdout:
-        seen.append(line.rstrip())
+    """Read the peer's lines until one starts with `want` (a hang guard, not a timing claim)."""
+    while True:
+        try:
+            line = peer.lines.get(timeout=120)
+        except queue.Empty:
+            line = None
+        if line is None:
+            break
+        seen.append(line)
         if line.startswith(want):
             return
     raise AssertionError(f"expected {want!r}; the peer said:\n" + "\n".join(seen))
@@ -197,3 +213,65 @@ def test_the_nas_callback_for_a_blocked_lock_reaches_the_client_that_waits(
     assert value(samples, "nfsj_proxy_lock_callbacks_total", procedure="GRANTED_MSG",
                  outcome="passed") >= 1
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="GRANTED_RES") >= 1
+
+
+def _peer_proxy(nas, host_pair, tmp_path: Path) -> ProxyProcess:
+    """The proxy for `nlm_peer` clients: they own port 111 of their 127.0.0.x, so the
+    proxy answers port 111 only on its veth address and 127.0.0.1."""
+    return ProxyProcess(nas, tmp_path / "log", launcher=host_pair.proxy.command(),
+                        listen="0.0.0.0:2049",
+                        extra=["--portmap", host_pair.proxy.address, "--portmap", "127.0.0.1",
+                               "--metrics", f"127.0.0.1:{METRICS_PORT}"]).start()
+
+
+def test_a_rebooted_clients_locks_are_released_on_the_nas(host_pair, nas_host_factory, tmp_path: Path):
+    """The NAS monitors the proxy, not the clients behind it: when a client that died
+    holding a lock comes back and says so (SM_NOTIFY over UDP, as sm-notify sends
+    it), the proxy unlocks what it held, and the waiter is granted."""
+    nas = nas_host_factory(_prepare)
+    proxy = _peer_proxy(nas, host_pair, tmp_path)
+    holder = waiter = None
+    said: dict[str, list[str]] = {"holder": [], "waiter": [], "reboot": []}
+    try:
+        holder = _peer(host_pair.proxy, "127.0.0.2", "peer-a", "hold", proxy.port)
+        _expect(holder, "held", said["holder"])
+        holder.kill()  # dies holding the lock
+        holder.wait()
+        waiter = _peer(host_pair.proxy, "127.0.0.3", "peer-b", "wait", proxy.port)
+        _expect(waiter, "blocked", said["waiter"])
+        rebooted = _peer(host_pair.proxy, "127.0.0.2", "peer-a", "reboot", proxy.port)
+        _expect(rebooted, "notified", said["reboot"])
+        assert rebooted.wait(30) == 0, said["reboot"]
+        _expect(waiter, "granted by callback", said["waiter"])
+        assert waiter.wait(30) == 0, said["waiter"]
+        samples = _scrape_in(host_pair.proxy, METRICS_PORT)
+    finally:
+        for peer in (holder, waiter):
+            if peer is not None and peer.poll() is None:
+                peer.kill()
+                peer.wait()
+        proxy.stop()
+    assert value(samples, "nfsj_proxy_lock_reboot_unlocks_total") == 1
+
+
+def test_the_nas_reboot_notice_reaches_the_clients_that_lock_through_the_proxy(
+        host_pair, nas_host_factory, tmp_path: Path):
+    """The NAS's status monitor notifies the proxy (whose address it monitors); the
+    proxy tells each client behind it that its server, as that client knows it, rebooted."""
+    nas = nas_host_factory(_prepare)
+    proxy = _peer_proxy(nas, host_pair, tmp_path)
+    holder = None
+    said: list[str] = []
+    try:
+        holder = _peer(host_pair.proxy, "127.0.0.2", "peer-a", "hold", proxy.port)
+        _expect(holder, "held", said)
+        done = host_pair.nas.run(["sm-notify", "-f", "-d"], timeout_s=60)
+        _expect(holder, "callback NOTIFY", said)
+        samples = _scrape_in(host_pair.proxy, METRICS_PORT)
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        proxy.stop()
+    assert said[-1] == "callback NOTIFY mon_name=127.0.0.1", (said, done.stdout, done.stderr)
+    assert value(samples, "nfsj_proxy_lock_callbacks_total", procedure="NOTIFY", outcome="passed") == 1
