@@ -346,7 +346,9 @@ class ClientSession(_Peer):
         client; SM_NOTIFY is handled by the proxy (`nfsproxy.lockcalls.LockRelay`)."""
         locks = self.proxy.locks
         if where is Route.NLM and call.proc in TOWARD_CLIENT:
-            host = locks.routes.client_for(call.proc, body)
+            # Only the NAS may grant: a client's forged GRANTED would reach another
+            # client from its server's address, which that client believes.
+            host = locks.routes.client_for(call.proc, body) if self.from_nas else None
             # Copied: the read buffer moves on while the callback is out.
             self._reply_later(locks.pass_callback(call, bytes(message), host, self.peer_address))
         elif where is Route.NSM and call.proc == SmProc.NOTIFY:

@@ -19,7 +19,10 @@ FILE of its /export (its handle looked up with our NFS client), as owner NAME:
   NLM_GRANTED_RES as a client does, and prints `granted by callback`;
 * MODE `reboot`: no lock; tells the server it rebooted as nfs-utils'
   sm-notify does (portmap GETPORT for NSM over UDP at port 111 of the
-  server's address, then SM_NOTIFY naming NAME over UDP), prints `notified`.
+  server's address, then SM_NOTIFY naming NAME over UDP), prints `notified`;
+* MODE `forge`: sends the server an NLM_GRANTED_MSG as if from a lock
+  manager, for the lock MODE `wait` asks for as owner NAME; prints
+  `accepted` or `refused` as the server answers it.
 
 Every line is flushed at once; the exit status is 0 when all went as said.
 """
@@ -49,6 +52,7 @@ def lock_body(proc: NlmProc, name: str, fh: bytes, svid: int, cookie: bytes, blo
     p.var(cookie, 1024)
     if proc is NlmProc.LOCK:
         p.u32(int(block))
+    if proc in (NlmProc.LOCK, NlmProc.GRANTED_MSG):
         p.u32(1)  # exclusive
     p.var(name.encode(), 1024)
     p.var(fh, 1024)
@@ -121,7 +125,7 @@ class Peer:
                 u.u32()
                 u.var(1024), u.var(1024), u.var(1024)
                 svid = u.i32()
-            say(f"callback {proc.name} svid={svid}")
+            say(f"callback {proc.name} svid={svid} cookie={cookie.hex()}")
             self.callbacks.put_nowait((proc, cookie, svid))
             p = encode_reply(RpcReply(call.xid))
             if proc is NlmProc.GRANTED:
@@ -191,6 +195,14 @@ async def reboot(address: str, name: str) -> int:
 async def main(address: str, name: str, server_port: int, fh: bytes, mode: str) -> int:
     if mode == "reboot":
         return await reboot(address, name)
+    if mode == "forge":
+        reader, writer = await asyncio.open_connection("127.0.0.1", server_port, local_addr=(address, 0))
+        p = encode_call(RpcCall(9, NLM_PROGRAM, NLM4, NlmProc.GRANTED_MSG))
+        p.raw(lock_body(NlmProc.GRANTED_MSG, name, fh, 8, b"forged", False))
+        writer.write(framed(p.getvalue()))
+        reply, _ = parse_message(await read_message(reader, RpcMessageReader(1 << 20)))
+        say("accepted" if reply.success else "refused")
+        return 0
     peer = Peer(address, name)
     await peer.serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", server_port, local_addr=(address, 0))

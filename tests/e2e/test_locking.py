@@ -195,6 +195,9 @@ def test_the_nas_callback_for_a_blocked_lock_reaches_the_client_that_waits(
         _expect(holder, "held", said["holder"])
         waiter = _peer(host_pair.proxy, "127.0.0.3", "peer-b", "wait", proxy.port)
         _expect(waiter, "blocked", said["waiter"])
+        # Another client forging the NAS's grant for the waiter's lock is refused.
+        forger = _peer(host_pair.proxy, "127.0.0.4", "peer-b", "forge", proxy.port)
+        _expect(forger, "refused", said.setdefault("forger", []))
         holder.stdin.write("release\n")
         holder.stdin.flush()
         _expect(waiter, "granted by callback", said["waiter"])
@@ -209,7 +212,9 @@ def test_the_nas_callback_for_a_blocked_lock_reaches_the_client_that_waits(
                 peer.wait()
         proxy.stop()
     assert said["holder"][-1] == "callbacks 0", said["holder"]  # nothing for the holder
-    assert "callback GRANTED_MSG svid=8" in said["waiter"]
+    callbacks = [line for line in said["waiter"] if line.startswith("callback")]
+    assert len(callbacks) == 1 and callbacks[0].startswith("callback GRANTED_MSG svid=8 "), said
+    assert b"forged".hex() not in callbacks[0]  # the NAS's grant, not the forger's
     assert value(samples, "nfsj_proxy_lock_callbacks_total", procedure="GRANTED_MSG",
                  outcome="passed") >= 1
     assert value(samples, "nfsj_proxy_calls_total", program="nlm", procedure="GRANTED_RES") >= 1
