@@ -145,7 +145,8 @@ class LockRelay:
                             came_from: tuple[str, int]) -> bytes:
         """The NAS's NLM callback (GRANTED, a *_RES) to the client `host` it is for."""
         if host is None or came_from in self.own:
-            why = "it names no lock a client asked for" if host is None else "it came back to the proxy"
+            why = ("it is not from the NAS, or names no lock a client asked for" if host is None
+                   else "it came back to the proxy")
             logger.warning("NLM %s from %s:%d not passed on: %s", call.proc, *came_from, why)
             self.stats.lock_callback(call.prog, call.proc, "unrouted")
             return _refusal(call)
