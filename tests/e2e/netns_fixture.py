@@ -83,8 +83,8 @@ class Host:
         for proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.terminate()
-                try:
-                    proc.wait(10)
+                try:  # ganesha with NLM clients left can take 10 s to stop: not worth waiting
+                    proc.wait(3)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
