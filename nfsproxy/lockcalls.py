@@ -69,12 +69,13 @@ async def exchange(host: str, port: int, message: bytes | memoryview, xid: int,
     return await asyncio.wait_for(run(), timeout_s)
 
 
-async def getport(host: str, prog: int, vers: int, timeout_s: float = CALL_TIMEOUT_S) -> int:
+async def getport(host: str, prog: int, vers: int, timeout_s: float = CALL_TIMEOUT_S,
+                  pmap_port: int = PMAP_PORT) -> int:
     """Ask `host`'s portmapper where `prog`/`vers` listens over TCP (0: nowhere)."""
     xid = secrets.randbits(32)
     call = encode_call(RpcCall(xid, PMAP_PROG, PMAP_VERS, PmapProc.GETPORT))
     Mapping.xdr.pack(call, Mapping(prog, vers, IPPROTO_TCP, 0))
-    reply = await exchange(host, PMAP_PORT, call.getvalue(), xid, timeout_s=timeout_s)
+    reply = await exchange(host, pmap_port, call.getvalue(), xid, timeout_s=timeout_s)
     header, body = parse_message(reply)
     if not header.success:
         raise ConnectionError(f"{host}'s portmapper refused GETPORT: {header}")
@@ -94,15 +95,29 @@ async def call_client(host: str, call: RpcCall, message: memoryview,
 class NasPorts:
     """Where the NAS's lock manager and status monitor listen, as its portmapper says."""
 
-    def __init__(self, host: str):
+    def __init__(self, host: str, pmap_port: int = PMAP_PORT):
         self.host = host
+        self.pmap_port = pmap_port
         self._ports: dict[tuple[int, int], int] = {}
+
+    async def connect(self, prog: int, vers: int, protocol_factory) -> tuple:
+        """Connect to the NAS's `prog`/`vers`. A cached port that fails (the NAS's lock
+        manager restarted elsewhere) is forgotten and asked for again, once."""
+        loop = asyncio.get_running_loop()
+        cached = (prog, vers) in self._ports
+        try:
+            return await loop.create_connection(protocol_factory, self.host, await self.port(prog, vers))
+        except OSError:
+            self.forget(prog, vers)
+            if not cached:
+                raise
+        return await loop.create_connection(protocol_factory, self.host, await self.port(prog, vers))
 
     async def port(self, prog: int, vers: int) -> int:
         """The NAS's TCP port for `prog`/`vers`; ConnectionError when it has none."""
         found = self._ports.get((prog, vers))
         if found is None:
-            found = await getport(self.host, prog, vers)
+            found = await getport(self.host, prog, vers, pmap_port=self.pmap_port)
             if not found:
                 raise ConnectionError(f"the NAS {self.host} has no program {prog} v{vers} "
                                       "over TCP registered (is its lock manager on?)")

@@ -682,11 +682,10 @@ class BackendLink(_Peer):
         loop = asyncio.get_running_loop()
         try:
             if self.where in _LOCK_ROUTES:
-                port = await proxy.locks.nas_ports.port(self.prog, self.vers)
-            await loop.create_connection(lambda: self, backend.host, port)
+                await proxy.locks.nas_ports.connect(self.prog, self.vers, lambda: self)
+            else:
+                await loop.create_connection(lambda: self, backend.host, port)
         except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
-            if self.where in _LOCK_ROUTES:
-                proxy.locks.nas_ports.forget(self.prog, self.vers)
             self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 
