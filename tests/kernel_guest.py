@@ -305,11 +305,15 @@ class Guest:
     """Boots `image` to run one script per call; each run is a fresh boot."""
 
     def __init__(self, image: KernelImage, workdir: Path, *, memory_mib: int = 512,
-                 launcher: tuple[str, ...] = ()):
+                 launcher: tuple[str, ...] = (), netdev: str = "user,id=n0", mac: str | None = None):
         self.image = image
         self.workdir = Path(workdir)
         self.memory_mib = memory_mib
         self.launcher = tuple(launcher)  # a command prefix for qemu (e.g. into a network namespace)
+        # qemu's -netdev (id n0). The default, user-mode NAT, lets the guest call out
+        # but not be called; a tap device (on a bridge at 10.0.2.2) lets servers call back.
+        self.netdev = netdev
+        self.mac = mac
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._runs = 0
 
@@ -332,7 +336,8 @@ class Guest:
         argv = [*self.launcher, "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
                 "-nographic", "-no-reboot", "-kernel", str(self.image.vmlinux),
                 "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet",
-                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+                "-netdev", self.netdev,
+                "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else "")]
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout_s)

@@ -10,8 +10,9 @@ loopback and private /run and /var/lib/nfs (a mount namespace held open by a
 * `nas_host`: rpcbind, rpc.statd and ganesha with NLM on, bound to its veth
   address;
 * `proxy_host`: the proxy, answering port 111 itself (`--portmap`), and the
-  kernel guests' qemu, whose user-mode network puts the guests behind the
-  proxy host's loopback.
+  kernel guests' qemu: with user-mode networking the guests sit behind the
+  proxy host's loopback (and cannot be called back); on taps of a bridge
+  (`Host.tap_bridge`) they have their own addresses and can.
 
 `Host.command(argv)` prefixes a command to run inside a host. Needs root
 (CAP_NET_ADMIN, CAP_SYS_ADMIN); the tests that use it fail without.
@@ -67,6 +68,17 @@ class Host:
 
     def run(self, argv: list[str], timeout_s: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout_s)
+
+    def tap_bridge(self, address: str, taps: list[str]) -> None:
+        """A bridge at `address`/24 with a tap device per name, for qemu guests
+        (`-netdev tap,ifname=NAME`) that servers on this host can call back."""
+        _ip("-n", self.netns, "link", "add", "nfsjbr", "type", "bridge")
+        _ip("-n", self.netns, "addr", "add", f"{address}/24", "dev", "nfsjbr")
+        _ip("-n", self.netns, "link", "set", "nfsjbr", "up")
+        for tap in taps:
+            _ip("-n", self.netns, "tuntap", "add", "dev", tap, "mode", "tap")
+            _ip("-n", self.netns, "link", "set", tap, "master", "nfsjbr")
+            _ip("-n", self.netns, "link", "set", tap, "up")
 
     def wait_registered(self, program: str, timeout_s: float = 20.0) -> None:
         """Wait until this host's rpcbind lists `program` (a number)."""
