@@ -61,8 +61,9 @@ flock -n -E 11 -x /mnt/lockfile true 2>/tmp/err || rc=$?
 echo "B: non-blocking try: exit $rc, $(cat /tmp/err)"
 [ "$rc" = 11 ] && [ ! -s /tmp/err ]
 echo tried > /mnt/b-state
+t0=$(cut -d' ' -f1 /proc/uptime)
 flock -x /mnt/lockfile -c 'echo "B: granted after A: $(cat /mnt/a-state)"; grep -q released /mnt/a-state'
-echo "B: done"
+echo "B: done, blocked from $t0 to $(cut -d' ' -f1 /proc/uptime) s of uptime"
 """
 
 
