@@ -282,7 +282,7 @@ class ClientSession(_Peer):
         self.proxy = proxy
         self.reader = RpcMessageReader(proxy.max_message_bytes)
         self.calls = XidTable(proxy.next_nas_xid)  # relayed calls not yet answered
-        self.links: dict[Route, BackendLink] = {}
+        self.links: dict[Route | tuple[Route, int], BackendLink] = {}  # lock routes: per version
         self.peer = "?"
         self.peer_host = "?"
         self.peer_address: tuple[str, int] = ("?", 0)
