@@ -31,9 +31,10 @@ import pytest
 
 from nfsproxy.ganesha import Ganesha, GaneshaInstance
 
-__all__ = ["Host", "HostPair", "host_pair", "nas_host_ganesha"]
+__all__ = ["Host", "HostPair", "host_pair", "nas_host_factory", "nas_host_ganesha", "make_host_pair",
+           "remove_host_pair"]
 
-_SUBNETS = itertools.count(1)
+_PAIRS = itertools.count(1)
 
 
 class NetnsError(RuntimeError):
@@ -130,24 +131,26 @@ def _make_host(netns: str, veth: str, address: str) -> Host:
 
 
 def make_host_pair() -> HostPair:
-    """A NAS host and a proxy host joined by a veth pair (10.231.N.1 and .2)."""
-    n = (os.getpid() % 60) * 4 + next(_SUBNETS) % 4  # distinct per process and per pair
-    tag = f"{os.getpid() % 100000}x{n}"
+    """A NAS host and a proxy host joined by a veth pair (10.231.0.1 and .2: each pair
+    lives in namespaces of its own, so pairs made at once do not collide)."""
+    tag = f"{os.getpid() % 100000}x{next(_PAIRS)}"
     nas_ns, proxy_ns = f"nfsj-nas-{tag}", f"nfsj-px-{tag}"
-    subnet = f"10.231.{n}"
     made: list[str] = []
+    hosts: list[Host] = []
     try:
         for ns in (nas_ns, proxy_ns):
             _ip("netns", "add", ns)
             made.append(ns)
         _ip("link", "add", f"nj{tag}a", "type", "veth", "peer", "name", f"nj{tag}b")
-        nas = _make_host(nas_ns, f"nj{tag}a", f"{subnet}.1")
-        proxy = _make_host(proxy_ns, f"nj{tag}b", f"{subnet}.2")
+        hosts.append(_make_host(nas_ns, f"nj{tag}a", "10.231.0.1"))
+        hosts.append(_make_host(proxy_ns, f"nj{tag}b", "10.231.0.2"))
     except BaseException:
+        for host in hosts:
+            host.stop()
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         raise
-    return HostPair(nas, proxy)
+    return HostPair(*hosts)
 
 
 def remove_host_pair(pair: HostPair) -> None:

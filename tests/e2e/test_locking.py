@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.netns_fixture import host_pair, nas_host_factory  # noqa: F401  (fixtures)
 from e2e.proxy_fixture import ProxyProcess
 from e2e.test_metrics import value
 from kernel_guest import Guest, mount_line
