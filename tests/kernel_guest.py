@@ -56,15 +56,18 @@ _MODULES = (
 
 # Debian packages whose programs the guest runs, and those programs.
 _USERLAND_PACKAGES = ("nfs-common", "rpcbind", "libtirpc3", "libtirpc-common", "libnfsidmap1",
-                      "acl", "libacl1")
+                      "acl", "libacl1", "util-linux")
+# flock(1): busybox has none; on NFSv3 the kernel turns its flock(2) into an NLM lock.
 _USERLAND_PROGRAMS = ("sbin/mount.nfs", "sbin/rpc.statd", "sbin/rpcbind", "sbin/sm-notify",
-                      "usr/sbin/rpcinfo", "bin/setfacl", "bin/getfacl")
+                      "usr/sbin/rpcinfo", "bin/setfacl", "bin/getfacl", "usr/bin/flock")
 _USERLAND_LINKS = {"sbin/mount.nfs4": "mount.nfs", "sbin/umount.nfs": "mount.nfs",
                    "sbin/umount.nfs4": "mount.nfs"}
 _USERLAND_FILES = ("etc/netconfig",)
 _ETC = {
     "etc/hosts": "127.0.0.1 localhost\n",
-    "etc/passwd": "root:x:0:0:root:/:/bin/sh\nstatd:x:104:65534::/var/lib/nfs:/bin/false\n",
+    # rpcbind exits silently (its log is syslog) when its user is missing.
+    "etc/passwd": ("root:x:0:0:root:/:/bin/sh\nstatd:x:104:65534::/var/lib/nfs:/bin/false\n"
+                   "_rpc:x:105:65534::/run/rpcbind:/bin/false\n"),
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
     "etc/services": "sunrpc 111/tcp portmapper\nsunrpc 111/udp portmapper\nnfs 2049/tcp\n",
     "etc/protocols": "ip 0 IP\ntcp 6 TCP\nudp 17 UDP\n",
@@ -100,11 +103,11 @@ poweroff -f
 _EXIT = re.compile(r"nfsj-guest: exit (\d+)")
 
 #: Directories of the base initramfs.
-_DIRS = ("bin", "dev", "proc", "sys", "tmp", "run", "modules", "mnt", "etc", "var", "var/lib",
+_DIRS = ("bin", "dev", "proc", "sys", "tmp", "run", "run/rpcbind", "modules", "mnt", "etc", "var", "var/lib",
          "var/lib/nfs", "var/lib/nfs/sm", "var/lib/nfs/sm.bak")
 
 #: Bump when the initramfs's contents change, so that a cached one is rebuilt.
-_INITRD_FORMAT = 3
+_INITRD_FORMAT = 4
 
 
 class GuestUnavailable(RuntimeError):
@@ -301,31 +304,40 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class Guest:
     """Boots `image` to run one script per call; each run is a fresh boot."""
 
-    def __init__(self, image: KernelImage, workdir: Path, *, memory_mib: int = 512):
+    def __init__(self, image: KernelImage, workdir: Path, *, memory_mib: int = 512,
+                 launcher: tuple[str, ...] = (), netdev: str = "user,id=n0", mac: str | None = None):
         self.image = image
         self.workdir = Path(workdir)
         self.memory_mib = memory_mib
+        self.launcher = tuple(launcher)  # a command prefix for qemu (e.g. into a network namespace)
+        # qemu's -netdev (id n0). The default, user-mode NAT, lets the guest call out
+        # but not be called; a tap device (on a bridge at 10.0.2.2) lets servers call back.
+        self.netdev = netdev
+        self.mac = mac
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._runs = 0
 
-    def run(self, script: str, mounts: list[str] = (), *, timeout_s: float = 300.0) -> GuestResult:
-        """Run each mount command line (its mount point is made first), then `script`
-        with `sh -e`, then unmount; return the script's exit code and the console."""
+    def run(self, script: str, mounts: list[str] = (), *, timeout_s: float = 300.0,
+            before_mount: str = "") -> GuestResult:
+        """Run `before_mount` (shell lines), each mount command line (its mount point is
+        made first), then `script` with `sh -e`, then unmount; return the script's exit
+        code and the console."""
         self._runs += 1
         initrd = self.workdir / f"initrd-{self._runs}.cpio"
         mountpoints = [line.split()[-1] for line in mounts]
         extra = _Cpio()
-        extra.file("run/mounts.sh", "".join(f"mkdir -p {mp}\n{line}\n"
-                                            for mp, line in zip(mountpoints, mounts)).encode())
+        extra.file("run/mounts.sh", (before_mount + "\n" + "".join(
+            f"mkdir -p {mp}\n{line}\n" for mp, line in zip(mountpoints, mounts))).encode())
         extra.file("run/mountpoints", "\n".join(mountpoints).encode() + b"\n")
         extra.file("run/script.sh", script.encode())
         with open(initrd, "wb") as out:
             out.write(self.image.initrd.read_bytes())
             out.write(extra.finish())
-        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
+        argv = [*self.launcher, "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
                 "-nographic", "-no-reboot", "-kernel", str(self.image.vmlinux),
                 "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet",
-                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+                "-netdev", self.netdev,
+                "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else "")]
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout_s)

@@ -66,6 +66,10 @@ def proxy(
              "Needs --tls-key."),
     tls_key: Optional[str] = tls_key_option(),
     ingest_token_file: Optional[str] = ingest_token_file_option(),
+    portmap: list[str] = typer.Option([], "--portmap", metavar="HOST[:PORT]",
+                                      help="Also answer portmap/rpcbind here (port 111 by default; repeat "
+                                      "for more): clients' lock managers ask port 111 of the address they "
+                                      "mounted for NLM, which the proxy relays to the NAS."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
@@ -88,5 +92,5 @@ def proxy(
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
                         control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
                         ingest_token_file=ingest_token_file,
-                        drain_timeout_s=drain_timeout)
+                        drain_timeout_s=drain_timeout, portmap=list(portmap))
     run_event_loop(run_proxy(opts))

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from recoveryd.metrics import serve_metrics
 from recoveryd.verify import read_result
 
+from nfsproxy.wire.nlm import NLM_PROGRAM, NSM_PROGRAM, PROCEDURE_NAMES
 from nfsproxy.wire.programs import lookup
 
 __all__ = ["ProxyCollector", "serve_metrics"]
@@ -24,8 +25,10 @@ __all__ = ["ProxyCollector", "serve_metrics"]
 def procedure_name(prog: int, proc: int) -> tuple[str, str]:
     """(program, procedure) labels for a call key."""
     known = lookup(prog, 3, proc) or lookup(prog, 2, proc)
-    program = {100003: "nfs", 100005: "mount", 100000: "portmap"}.get(prog, str(prog))
-    return program, known.name if known else str(proc)
+    program = {100003: "nfs", 100005: "mount", 100000: "portmap", NLM_PROGRAM: "nlm",
+               NSM_PROGRAM: "nsm"}.get(prog, str(prog))
+    name = known.name if known else PROCEDURE_NAMES.get((prog, proc), str(proc))
+    return program, name
 
 
 class ProxyCollector(Collector):
@@ -53,7 +56,13 @@ class ProxyCollector(Collector):
             call_bytes.add_metric(procedure_name(*key), stats.call_bytes_total.get(key, 0))
         for key, n in list(stats.reply_bytes_total.items()):
             reply_bytes.add_metric(procedure_name(*key), n)
-        yield from (calls, call_bytes, reply_bytes)
+        callbacks = CounterMetricFamily(
+            "nfsj_proxy_lock_callbacks", "Lock calls of the NAS to a client (NLM callbacks, SM_NOTIFY), "
+            "by outcome: passed on, failed, unrouted (no client asked for that lock)",
+            labels=["program", "procedure", "outcome"])
+        for (prog, proc, outcome), n in list(stats.lock_callbacks_total.items()):
+            callbacks.add_metric([*procedure_name(prog, proc), outcome], n)
+        yield from (calls, call_bytes, reply_bytes, callbacks)
         yield _histogram("nfsj_proxy_client_latency_seconds",
                          "Call arrival to reply sent to the client (includes the journal's fsync in sync mode)",
                          stats.client_latency)
@@ -82,6 +91,8 @@ class ProxyCollector(Collector):
                  stats.retransmissions_absorbed_total),
                 ("nfsj_proxy_unmatched_replies", "NAS replies that answered no call in flight (dropped)",
                  stats.unmatched_replies_total),
+                ("nfsj_proxy_lock_reboot_unlocks", "Locks released on the NAS because their client "
+                 "rebooted (its SM_NOTIFY)", stats.reboot_unlocks_total),
                 ("nfsj_journal_records", "Records journaled (mutations, bindings, baseline pieces)",
                  self.running.proxy.journal.records_total),
                 ("nfsj_journal_failed_mutations", "Mutations the NAS refused (journaled as failed)",

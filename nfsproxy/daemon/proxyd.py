@@ -30,6 +30,7 @@ from recoveryd.status import write_proxy_status
 
 from nfsproxy.daemon.address import parse_hostport, resolve_backend
 from nfsproxy.daemon.config import ConfigError
+from nfsproxy.wire.portmap import PMAP_PORT
 from nfsproxy.daemon.control import start_control
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
 from nfsproxy.relay.journal import Journal, QuotaPolicy, gap_record
@@ -65,6 +66,8 @@ class ProxyOptions:
     # call (the shards' --ingest-tokens list it for this node id).
     ingest_token_file: str | None = None
     drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
+    # --portmap: also serve here (HOST:PORT, normally :111), where lock managers ask for NLM
+    portmap: list[str] = dataclasses.field(default_factory=list)
 
 
 def _node_id(log_dir: str, given: int | None) -> int:
@@ -187,15 +190,17 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         shipper.start()
     await _register_stream(opts.log_dir, shippers)
     try:
-        await proxy.start(opts.listen_host, opts.listen_port)
+        await proxy.start(opts.listen_host, opts.listen_port,
+                          tuple(parse_hostport(a, PMAP_PORT) for a in opts.portmap))
     except OSError as e:
         for shipper in shippers:
             await shipper.stop()
         await committer.close()
         log.close()
         _clear_running(opts.log_dir)
-        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} ({e.strerror}); "
-                          "pick a free port with --listen") from None
+        raise ConfigError(f"cannot listen on {opts.listen_host}:{opts.listen_port} "
+                          f"{' or '.join(opts.portmap)} ({e.strerror}); "
+                          "pick a free port with --listen (is an rpcbind on --portmap's port?)") from None
     retention = None
     if shippers:
         retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)

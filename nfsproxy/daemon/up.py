@@ -209,7 +209,8 @@ class Stack:
         lines = [
             "nfsj up: the stack is running" + (" (demo NAS: nfs-ganesha on a temp export)" if self.nas else ""),
             f"  NAS      {self.backend}",
-            # nolock: the proxy does not relay NLM yet, so locks stay on the client machine.
+            # nolock: the demo NAS shares this host, so a client's lock manager would ask
+            # the host's rpcbind (the NAS's NLM), not the proxy; locks stay on the client.
             f"  mount    mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock {shown}:{export} /mnt",
             f"  url      nfs://{shown}{export}?version=3&nfsport={port}&mountport={port}",
             f"  status   nfsj status {shards} --log {self.data / 'log'}",

@@ -213,6 +213,11 @@ class Ganesha:
     start_timeout_s: float = 30.0
     #: Serve NFSACL v3 (POSIX ACLs, program 100227) on the NFS port.
     nfsacl: bool = False
+    #: Serve NLM (v3 locking); it needs an rpc.statd registered with the host's rpcbind.
+    nlm: bool = False
+    #: A command prefix to run ganesha under (e.g. `nsenter` into another network
+    #: namespace, which brings its own rpcbind: none is started here then).
+    launcher: tuple[str, ...] = ()
 
     def config_text(self, nfs_port: int, mount_port: int) -> str:
         """The ganesha.conf for the given ports."""
@@ -230,7 +235,7 @@ NFS_CORE_PARAM {{
     MNT_Port = {mount_port};
     Bind_addr = {self.bind};
     Protocols = 3, 4;
-    Enable_NLM = false;
+    Enable_NLM = {"true" if self.nlm else "false"};
     Enable_RQUOTA = false;
     Enable_UDP = false;
 {"    Enable_NFSACL = true;" + chr(10) if self.nfsacl else ""}    mount_path_pseudo = true;
@@ -267,7 +272,7 @@ EXPORT {{
         export_dir.mkdir(parents=True, exist_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "recovery").mkdir(exist_ok=True)
-        started_rpcbind = ensure_rpcbind(workdir)
+        started_rpcbind = False if self.launcher else ensure_rpcbind(workdir)
 
         pick = self.nfs_port is None or self.mount_port is None
         # Another process may take a picked port before ganesha binds it: pick again.
@@ -299,7 +304,7 @@ EXPORT {{
         log.unlink(missing_ok=True)
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(
-                [binary, "-F", "-f", str(conf), "-L", str(log), "-p", str(pidfile)],
+                [*self.launcher, binary, "-F", "-f", str(conf), "-L", str(log), "-p", str(pidfile)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=workdir, start_new_session=True)
         inst = GaneshaInstance(

@@ -4,12 +4,15 @@ Sans-IO. One proxy port serves NFS, MOUNT and a portmapper answer; the NAS
 has NFS and MOUNT on separate ports. `route()` decides per call:
 
 * MOUNT (any version the NAS offers) goes to the NAS's MOUNT port;
-* NFSv3 and any program we do not journal (NLM, NFSACL, ...) go to the NAS's
+* NFSv3 and any other program we do not journal (NFSACL, ...) go to the NAS's
   NFS port untouched, so the NAS gives its own answer;
 * NFS versions other than 3 are refused with PROG_MISMATCH(3, 3): relaying
   them would let mutations past the journal unrecorded;
-* portmapper v2 is answered here, pointing NFS, MOUNT and NFSACL v3 at this
-  port.
+* NLM and NSM (locking, `nfsproxy.wire.nlm`) go to the NAS's lock manager and
+  status monitor, wherever the NAS's portmapper says they listen; their
+  calls from the NAS to a client are routed to that client by the relay;
+* portmapper v2, and rpcbind v3/v4 GETADDR, are answered here, pointing NFS,
+  MOUNT, NFSACL v3, NLM and NSM at this port.
 
 NFSACL is advertised whether or not the NAS serves it: its calls go to the
 NAS's NFS port, so a NAS without it answers PROG_UNAVAIL, which clients
@@ -24,21 +27,29 @@ import enum
 
 from nfsproxy.wire.mount import MOUNT_PROGRAM as MOUNT_PROG
 from nfsproxy.wire import portmap
-from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, Mapping
-from nfsproxy.wire.rpc import AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, encode_reply, RPC_VERSION
+from nfsproxy.wire.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
+from nfsproxy.wire.rpc import (AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, decode_body,
+                  encode_reply, RPC_VERSION)
+from nfsproxy.wire.xdr import BOOL, U32, VOID, Packer, String, xdr_struct, xf
 
-__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap"]
+__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap", "universal_address", "Rpcb"]
 
 from nfsproxy.wire.nfs3 import NFS_PROGRAM
 from nfsproxy.wire.nfsacl import NFSACL_PROGRAM, NFSACL_V3
+from nfsproxy.wire.nlm import NLM_PROGRAM, NLM_VERSIONS, NSM_PROGRAM, NSM_VERSION
 NFS_VERSION = 3
 MOUNT_VERSIONS = (1, 3)
+#: rpcbind versions answered (2 is the portmapper); 3 and 4 speak universal addresses.
+RPCBIND_VERSIONS = (2, 3, 4)
+_RPCB_GETVERSADDR = 9  # rpcbind v4
 
 
 class Route(enum.Enum):
     NFS = "nfs"
     MOUNT = "mount"
     PORTMAP = "portmap"
+    NLM = "nlm"
+    NSM = "nsm"
     REJECT = "reject"
 
 
@@ -48,7 +59,11 @@ def route(call: RpcCall) -> Route:
     if call.prog == MOUNT_PROG:
         return Route.MOUNT
     if call.prog == PMAP_PROG:
-        return Route.PORTMAP if call.vers == PMAP_VERS else Route.REJECT
+        return Route.PORTMAP if call.vers in RPCBIND_VERSIONS else Route.REJECT
+    if call.prog == NLM_PROGRAM:
+        return Route.NLM
+    if call.prog == NSM_PROGRAM:
+        return Route.NSM
     if call.prog == NFS_PROGRAM and call.vers != NFS_VERSION:
         return Route.REJECT
     return Route.NFS
@@ -60,7 +75,8 @@ def reject(call: RpcCall) -> bytes:
         reply = RpcReply(call.xid, ReplyStat.MSG_DENIED, None, mismatch=(RPC_VERSION, RPC_VERSION),
                          reject_stat=RejectStat.RPC_MISMATCH)
     elif call.prog == PMAP_PROG:
-        reply = RpcReply(call.xid, accept_stat=AcceptStat.PROG_MISMATCH, mismatch=(PMAP_VERS, PMAP_VERS))
+        reply = RpcReply(call.xid, accept_stat=AcceptStat.PROG_MISMATCH,
+                         mismatch=(RPCBIND_VERSIONS[0], RPCBIND_VERSIONS[-1]))
     else:
         reply = RpcReply(call.xid, accept_stat=AcceptStat.PROG_MISMATCH,
                          mismatch=(NFS_VERSION, NFS_VERSION))
@@ -68,15 +84,67 @@ def reject(call: RpcCall) -> bytes:
 
 
 def _mappings(port: int) -> tuple[Mapping, ...]:
-    return (Mapping(PMAP_PROG, PMAP_VERS, IPPROTO_TCP, port),
+    return (*(Mapping(PMAP_PROG, v, IPPROTO_TCP, port) for v in RPCBIND_VERSIONS),
             Mapping(NFS_PROGRAM, NFS_VERSION, IPPROTO_TCP, port),
             *(Mapping(MOUNT_PROG, v, IPPROTO_TCP, port) for v in MOUNT_VERSIONS),
-            Mapping(NFSACL_PROGRAM, NFSACL_V3, IPPROTO_TCP, port))
+            Mapping(NFSACL_PROGRAM, NFSACL_V3, IPPROTO_TCP, port),
+            *(Mapping(NLM_PROGRAM, v, IPPROTO_TCP, port) for v in NLM_VERSIONS),
+            Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_TCP, port),
+            # Status monitors send SM_NOTIFY over UDP (nfs-utils' sm-notify does).
+            Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_UDP, port))
 
 
-def answer_portmap(call: RpcCall, body: memoryview, port: int) -> bytes:
-    """Answer a portmapper v2 call: NFS v3, MOUNT and NFSACL v3 over TCP live on `port`.
+def _served(prog: int, vers: int, prot: int, port: int) -> bool:
+    return any(m.prog == prog and m.vers == vers and m.prot == prot for m in _mappings(port))
+
+
+_NETIDS = {b"tcp": IPPROTO_TCP, b"tcp6": IPPROTO_TCP, b"udp": IPPROTO_UDP, b"udp6": IPPROTO_UDP}
+
+
+@xdr_struct
+class Rpcb:
+    """rpcbind v3/v4 arguments (RFC 1833 section 2.1: struct rpcb)."""
+
+    prog: int = xf(U32)
+    vers: int = xf(U32)
+    netid: bytes = xf(String(255))
+    addr: bytes = xf(String(255))
+    owner: bytes = xf(String(255))
+
+
+def universal_address(host: str, port: int) -> bytes:
+    """RFC 5665 universal address of an IPv4 or IPv6 `host` and `port`."""
+    host = host.removeprefix("::ffff:") if "." in host else host
+    return f"{host}.{port >> 8}.{port & 0xFF}".encode()
+
+
+def answer_portmap(call: RpcCall, body: memoryview, port: int, host: str = "127.0.0.1") -> bytes:
+    """Answer a portmapper v2 or rpcbind v3/v4 call: NFS v3, MOUNT, NFSACL v3, NLM
+    and NSM over TCP live on `port`; `host` is this end of the caller's connection.
 
     Raises RpcDecodeError for malformed arguments.
     """
+    if call.vers != PMAP_VERS:
+        return _answer_rpcbind(call, body, port, host)
     return portmap.answer(call, body, _mappings(port))
+
+
+def _answer_rpcbind(call: RpcCall, body: memoryview, port: int, host: str) -> bytes:
+    p = Packer()
+    header = RpcReply(call.xid)
+    if call.proc == PmapProc.NULL:
+        decode_body(VOID, body)
+        encode_reply(header, p)
+    elif call.proc in (PmapProc.GETPORT, _RPCB_GETVERSADDR):  # GETADDR is procedure 3 too
+        want = decode_body(Rpcb.xdr, body)
+        found = _served(want.prog, want.vers, _NETIDS.get(want.netid, -1), port)
+        encode_reply(header, p)
+        String().pack(p, universal_address(host, port) if found else b"")
+    elif call.proc in (PmapProc.SET, PmapProc.UNSET):
+        decode_body(Rpcb.xdr, body)
+        encode_reply(header, p)
+        BOOL.pack(p, False)
+    else:
+        encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
+    return p.getvalue()
+

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import time
 from typing import Callable
 
@@ -38,6 +39,8 @@ from nfsproxy.relay.flow import FlowControl
 from logstore.hlc import HLC
 from nfsproxy.relay.journal import Journal, QuotaWait
 from nfsproxy.relay.limits import clamp_fsinfo_reply, max_message_bytes
+from nfsproxy.relay.locks import LockDatagrams, LockRelay
+from nfsproxy.wire.nlm import TOWARD_CLIENT, SmProc, decode_sm_notify
 from nfsproxy.wire.nfs3 import NFS_PROGRAM, Proc3
 from nfsproxy.relay.stats import RelayStats
 from nfsproxy.relay.xid_table import Call, XidTable, framed_with_xid, nas_xid_counter
@@ -55,6 +58,9 @@ _CLIENT_FULL = "client write buffer full"
 
 #: How long a closed client's relayed mutations may take to be answered and journaled.
 DRAIN_TIMEOUT_S = 30.0
+
+#: Routes whose NAS port is asked from the NAS's portmapper, per program version.
+_LOCK_ROUTES = (Route.NLM, Route.NSM)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,16 +101,40 @@ class Proxy:
         self._server: asyncio.Server | None = None
         #: Called with every successful RENAME/LINK record (a running baseline listens).
         self.namespace_watchers: set[Callable[[Record], None]] = set()
+        #: Locking: which client a callback of the NAS is for, where the NAS's NLM/NSM are.
+        self.locks = LockRelay(backend.host, self.stats, self.next_nas_xid)
+        self._portmap_servers: list[asyncio.Server] = []
+        self._datagrams: list[asyncio.DatagramTransport] = []
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, portmap: tuple[tuple[str, int], ...] = ()) -> None:
+        """Serve on `host`:`port`, and also on each `portmap` address (normally port 111,
+        where lock managers ask for NLM: the same service, answering GETPORT there)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: ClientSession(self), host, port,
                                                 reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        for pm_host, pm_port in portmap:
+            self._portmap_servers.append(await loop.create_server(
+                lambda: ClientSession(self), pm_host, pm_port, reuse_address=True))
+        # Status monitors send SM_NOTIFY over UDP: the same ports serve it there.
+        for udp_host, udp_port in ((host, self.port), *portmap):
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: LockDatagrams(self.locks, self.port, self.spawn), (udp_host, udp_port))
+            except OSError as e:  # locking works without; only reboot notices are lost
+                logger.warning("no SM_NOTIFY over UDP on %s:%d (%s): status monitors' reboot "
+                               "notices will not reach the proxy there", udp_host, udp_port, e.strerror)
+                continue
+            self._datagrams.append(transport)
+        self.locks.nas_hosts |= await _addresses_of(self.backend.host)
         logger.info("proxy listening on %s:%d, NAS %s", host, self.port, self.backend)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop listening, close clients, wait for journal writes, cancel the rest."""
+        for server in self._portmap_servers:
+            server.close()
+        for transport in self._datagrams:
+            transport.close()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
@@ -189,6 +219,14 @@ class Proxy:
         return task
 
 
+async def _addresses_of(host: str) -> set[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {info[4][0] for info in infos}
+
+
 @dataclasses.dataclass(eq=False, slots=True)
 class _Settling:
     """One `settle_below` call: woken once every key in `blockers` is released."""
@@ -251,8 +289,12 @@ class ClientSession(_Peer):
         self.proxy = proxy
         self.reader = RpcMessageReader(proxy.max_message_bytes)
         self.calls = XidTable(proxy.next_nas_xid)  # relayed calls not yet answered
-        self.links: dict[Route, BackendLink] = {}
+        self.links: dict[Route | tuple[Route, int], BackendLink] = {}  # lock routes: per version
         self.peer = "?"
+        self.peer_host = "?"
+        self.peer_address: tuple[str, int] = ("?", 0)
+        self.local_host = "127.0.0.1"  # this end of the connection: the proxy as the client knows it
+        self.from_nas = False  # the NAS calling back (lock callbacks, SM_NOTIFY)
         self.closed = False
         self.held = False  # a call waits for LOG space; later calls wait behind it
 
@@ -263,6 +305,10 @@ class ClientSession(_Peer):
         self.flow.attach(transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        self.peer_host = host
+        self.local_host = transport.get_extra_info("sockname")[0]
+        self.peer_address = (host, port)
+        self.from_nas = host in self.proxy.locks.nas_hosts
         self.proxy.sessions.add(self)
         self.proxy.stats.sessions_total += 1
         self.proxy.stats.sessions_open += 1
@@ -295,9 +341,39 @@ class ClientSession(_Peer):
         if where is Route.REJECT:
             self.send(reject(call))
         elif where is Route.PORTMAP:
-            self.send(answer_portmap(call, body, self.proxy.port))
+            self.send(answer_portmap(call, body, self.proxy.port, self.local_host))
+        elif where in _LOCK_ROUTES:
+            self._lock_call(where, call, body, message)
         else:
             self._relay(where, call, body, message)
+
+    # -- locking ---------------------------------------------------------------
+
+    def _lock_call(self, where: Route, call: RpcCall, body: memoryview, message: memoryview) -> None:
+        """NLM and NSM: a client's call goes to the NAS; the NAS's callbacks go to their
+        client; SM_NOTIFY is handled by the proxy (`nfsproxy.relay.locks.LockRelay`)."""
+        locks = self.proxy.locks
+        if where is Route.NLM and call.proc in TOWARD_CLIENT:
+            # Only the NAS may grant: a client's forged GRANTED would reach another
+            # client from its server's address, which that client believes.
+            host = locks.routes.client_for(call.proc, body) if self.from_nas else None
+            # Copied: the read buffer moves on while the callback is out.
+            self._reply_later(locks.pass_callback(call, bytes(message), host, self.peer_address))
+        elif where is Route.NSM and call.proc == SmProc.NOTIFY:
+            name, state = decode_sm_notify(body)
+            self._reply_later(locks.nas_rebooted(call, state) if self.from_nas
+                              else locks.client_rebooted(call, self.peer_host, name))
+        else:
+            if where is Route.NLM:
+                locks.routes.note_call(call.proc, body, self.peer_host, self.local_host, call.vers)
+            self._relay(where, call, body, message)
+
+    def _reply_later(self, answer) -> None:
+        async def send() -> None:
+            self.send(await answer)
+        self.proxy.spawn(send())
+
+    # -- relaying ----------------------------------------------------------------
 
     def _relay(self, where: Route, rpc_call: RpcCall, body: memoryview, message: memoryview) -> None:
         proxy = self.proxy
@@ -312,9 +388,10 @@ class ClientSession(_Peer):
             return
         if pending is not None and pending.record is not None:
             pending.record.stamp = proxy.stamp_call(id(pending))
-        link = self.links.get(where)
+        key = (where, rpc_call.vers) if where in _LOCK_ROUTES else where
+        link = self.links.get(key)
         if link is None:
-            link = self.links[where] = BackendLink(self, where)
+            link = self.links[key] = BackendLink(self, where, rpc_call.prog, rpc_call.vers)
         if pending is not None and pending.record is not None and self._held_back(call, link):
             return
         if pending is not None and pending.record is not None and proxy.journal is not None \
@@ -593,22 +670,27 @@ class ClientSession(_Peer):
 class BackendLink(_Peer):
     """One connection to the NAS on behalf of one client session."""
 
-    def __init__(self, session: ClientSession, where: Route):
+    def __init__(self, session: ClientSession, where: Route, prog: int = 0, vers: int = 0):
         super().__init__()
         self.session = session
         self.where = where
+        self.prog, self.vers = prog, vers  # asked from the NAS's portmapper for lock routes
         self.reader = RpcMessageReader(session.proxy.max_message_bytes)
         self.queue: list[tuple[memoryview, int]] | None = []  # calls sent before the connection is up
         self.closed = False
         session.proxy.spawn(self._connect())
 
     async def _connect(self) -> None:
-        backend = self.session.proxy.backend
+        proxy = self.session.proxy
+        backend = proxy.backend
         port = backend.mount_port if self.where is Route.MOUNT else backend.nfs_port
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(lambda: self, backend.host, port)
-        except OSError as e:
+            if self.where in _LOCK_ROUTES:
+                await proxy.locks.nas_ports.connect(self.prog, self.vers, lambda: self)
+            else:
+                await loop.create_connection(lambda: self, backend.host, port)
+        except (OSError, asyncio.TimeoutError, RpcDecodeError) as e:
             self.closed = True  # nothing will answer: the session must not drain for it
             self.session.backend_failed(self.where, e)
 

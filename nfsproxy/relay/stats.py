@@ -57,10 +57,17 @@ class RelayStats:
         self.reply_bytes_total: dict[tuple[int, int], int] = {}
         self.client_latency: dict[tuple[int, int], LatencyHistogram] = {}
         self.backend_latency: dict[tuple[int, int], LatencyHistogram] = {}
+        #: NAS-to-client lock calls (NLM callbacks, SM_NOTIFY), by (program, procedure, outcome).
+        self.lock_callbacks_total: dict[tuple[int, int, str], int] = {}
+        self.reboot_unlocks_total = 0  # locks of rebooted clients released on the NAS
 
     def call(self, key: tuple[int, int], nbytes: int) -> None:
         self.calls_total[key] = self.calls_total.get(key, 0) + 1
         self.call_bytes_total[key] = self.call_bytes_total.get(key, 0) + nbytes
+
+    def lock_callback(self, prog: int, proc: int, outcome: str) -> None:
+        key = (prog, proc, outcome)
+        self.lock_callbacks_total[key] = self.lock_callbacks_total.get(key, 0) + 1
 
     def backend_reply(self, key: tuple[int, int], nbytes: int, seconds: float) -> None:
         self.reply_bytes_total[key] = self.reply_bytes_total.get(key, 0) + nbytes

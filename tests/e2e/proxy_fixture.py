@@ -18,8 +18,11 @@ _SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
 class ProxyProcess:
     """`nfsj proxy` run as a subprocess, the way a user runs it."""
 
-    def __init__(self, nas, log_dir: Path, *, durability: str = "sync", extra: list[str] = ()):
+    def __init__(self, nas, log_dir: Path, *, durability: str = "sync", extra: list[str] = (),
+                 launcher: list[str] = (), listen: str = "127.0.0.1:0"):
         self.nas = nas
+        self.launcher = list(launcher)  # a command prefix (e.g. into another network namespace)
+        self.listen = listen
         self.log_dir = Path(log_dir)
         self.durability = durability
         self.extra = list(extra)
@@ -29,10 +32,10 @@ class ProxyProcess:
 
     @property
     def backend(self) -> str:
-        return f"127.0.0.1:{self.nas.nfs_port}:{self.nas.mount_port}:/export"
+        return f"{self.nas.host}:{self.nas.nfs_port}:{self.nas.mount_port}:/export"
 
     def start(self, timeout_s: float = 20.0) -> "ProxyProcess":
-        argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
+        argv = [*self.launcher, sys.executable, "-m", "nfsproxy", "proxy", "--listen", self.listen,
                 "--backend", self.backend, "--log", str(self.log_dir),
                 "--durability", self.durability, *self.extra]
         self.stderr = open(self.stderr_path, "ab")

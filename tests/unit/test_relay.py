@@ -13,11 +13,12 @@ from nfsproxy.wire import xdr
 from nfsproxy.wire.mount import MOUNT_PROGRAM
 from nfsproxy.wire.nfs3 import NFS_PROGRAM
 from nfsproxy.wire.portmap import (IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAPLIST, Mapping, PmapProc)
-from nfsproxy.relay.routing import Route, answer_portmap, reject, route
+from nfsproxy.relay.routing import Route, Rpcb, answer_portmap, reject, route
 from nfsproxy.wire.rpc import (AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcReply, decode_body, encode_call, parse_message)
 
 NLM_PROGRAM = 100021
+NSM_PROGRAM = 100024
 NFSACL_PROGRAM = 100227
 PROXY_PORT = 20490
 CRED = AuthSys(1, "client", 0, 0, ())
@@ -47,10 +48,13 @@ def parsed(reply_bytes: bytes) -> tuple[RpcReply, memoryview]:
     (MOUNT_PROGRAM, 2, Route.MOUNT),  # the NAS's MOUNT answers for the versions it has
     (MOUNT_PROGRAM, 99, Route.MOUNT),
     (PMAP_PROG, 2, Route.PORTMAP),
-    (PMAP_PROG, 3, Route.REJECT),  # rpcbind v3/v4: clients fall back to v2 on PROG_MISMATCH
-    (PMAP_PROG, 4, Route.REJECT),
+    (PMAP_PROG, 3, Route.PORTMAP),  # rpcbind v3/v4 GETADDR: the NAS's NLM callbacks ask it
+    (PMAP_PROG, 4, Route.PORTMAP),
+    (PMAP_PROG, 5, Route.REJECT),
     (NFSACL_PROGRAM, 3, Route.NFS),  # not journaled: the NAS gives its own answer
-    (NLM_PROGRAM, 4, Route.NFS),
+    (NLM_PROGRAM, 4, Route.NLM),
+    (NLM_PROGRAM, 1, Route.NLM),
+    (NSM_PROGRAM, 1, Route.NSM),
     (0x20000000, 1, Route.NFS),
 ])
 def test_route_by_program_and_version(prog: int, vers: int, expected: Route):
@@ -83,10 +87,10 @@ def test_other_nfs_versions_get_prog_mismatch_3_3(vers: int):
     assert bytes(body) == b""
 
 
-@pytest.mark.parametrize("vers", [3, 4])
-def test_rpcbind_versions_get_prog_mismatch_2_2(vers: int):
+@pytest.mark.parametrize("vers", [1, 5])
+def test_other_rpcbind_versions_get_prog_mismatch_2_4(vers: int):
     header, _ = parsed(reject(call(PMAP_PROG, vers, 3, xid=78)))
-    assert (header.xid, header.accept_stat, header.mismatch) == (78, AcceptStat.PROG_MISMATCH, (2, 2))
+    assert (header.xid, header.accept_stat, header.mismatch) == (78, AcceptStat.PROG_MISMATCH, (2, 4))
 
 
 @pytest.mark.parametrize("prog", [NFS_PROGRAM, PMAP_PROG, MOUNT_PROGRAM])
@@ -119,9 +123,14 @@ def getport(prog: int, vers: int, prot: int = IPPROTO_TCP) -> int:
 
 
 @pytest.mark.parametrize("prog, vers", [
-    (NFS_PROGRAM, 3), (MOUNT_PROGRAM, 3), (MOUNT_PROGRAM, 1), (PMAP_PROG, 2), (NFSACL_PROGRAM, 3)])
+    (NFS_PROGRAM, 3), (MOUNT_PROGRAM, 3), (MOUNT_PROGRAM, 1), (PMAP_PROG, 2), (NFSACL_PROGRAM, 3),
+    (NLM_PROGRAM, 4), (NLM_PROGRAM, 3), (NLM_PROGRAM, 1), (NSM_PROGRAM, 1)])
 def test_getport_points_what_we_serve_at_the_proxy(prog: int, vers: int):
     assert getport(prog, vers) == PROXY_PORT
+
+
+def test_getport_points_status_monitors_at_the_proxy_over_udp_too():
+    assert getport(NSM_PROGRAM, 1, IPPROTO_UDP) == PROXY_PORT
 
 
 @pytest.mark.parametrize("prog, vers, prot", [
@@ -129,7 +138,9 @@ def test_getport_points_what_we_serve_at_the_proxy(prog: int, vers: int):
     (MOUNT_PROGRAM, 3, IPPROTO_UDP),
     (NFS_PROGRAM, 4, IPPROTO_TCP),
     (NFS_PROGRAM, 2, IPPROTO_TCP),
-    (NLM_PROGRAM, 4, IPPROTO_TCP),
+    (NLM_PROGRAM, 4, IPPROTO_UDP),
+    (NLM_PROGRAM, 2, IPPROTO_TCP),
+    (NSM_PROGRAM, 2, IPPROTO_TCP),
     (NFSACL_PROGRAM, 3, IPPROTO_UDP),
     (NFSACL_PROGRAM, 2, IPPROTO_TCP),
 ])
@@ -147,12 +158,46 @@ def test_portmap_dump_lists_our_tcp_mappings():
     assert header.success
     mappings = decode_body(PMAPLIST, body)
     assert {(m.prog, m.vers, m.prot, m.port) for m in mappings} == {
-        (PMAP_PROG, 2, IPPROTO_TCP, PROXY_PORT),
+        *((PMAP_PROG, v, IPPROTO_TCP, PROXY_PORT) for v in (2, 3, 4)),
         (NFS_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
         (MOUNT_PROGRAM, 1, IPPROTO_TCP, PROXY_PORT),
         (MOUNT_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
         (NFSACL_PROGRAM, 3, IPPROTO_TCP, PROXY_PORT),
+        *((NLM_PROGRAM, v, IPPROTO_TCP, PROXY_PORT) for v in (1, 3, 4)),
+        (NSM_PROGRAM, 1, IPPROTO_TCP, PROXY_PORT),
+        (NSM_PROGRAM, 1, IPPROTO_UDP, PROXY_PORT),  # SM_NOTIFY comes over UDP
     }
+
+
+def rpcbind(vers: int, proc: int, args: bytes, host: str = "10.1.2.3") -> tuple[RpcReply, memoryview]:
+    message = encode_call(call(PMAP_PROG, vers, proc, xid=0xB1D)).getvalue() + args
+    c, body = parse_message(message)
+    return parsed(answer_portmap(c, body, PROXY_PORT, host))
+
+
+def rpcb_args(prog: int, vers: int, netid: bytes) -> bytes:
+    return xdr.encode(Rpcb.xdr, Rpcb(prog, vers, netid, b"", b""))
+
+
+@pytest.mark.parametrize("vers, proc", [(3, 3), (4, 3), (4, 9)])  # GETADDR, v4 GETVERSADDR
+def test_rpcbind_getaddr_gives_the_proxy_as_the_caller_reached_it(vers: int, proc: int):
+    header, body = rpcbind(vers, proc, rpcb_args(NLM_PROGRAM, 4, b"tcp"))
+    assert header.success and header.xid == 0xB1D
+    assert decode_body(xdr.String(), body) == b"10.1.2.3.%d.%d" % (PROXY_PORT >> 8, PROXY_PORT & 0xFF)
+    _, body = rpcbind(vers, proc, rpcb_args(NSM_PROGRAM, 1, b"tcp"), host="::ffff:10.9.8.7")
+    assert decode_body(xdr.String(), body).startswith(b"10.9.8.7.")
+
+
+@pytest.mark.parametrize("prog, vers, netid", [
+    (NLM_PROGRAM, 4, b"udp"), (NLM_PROGRAM, 2, b"tcp"), (0x20000000, 1, b"tcp"), (NSM_PROGRAM, 1, b"x")])
+def test_rpcbind_getaddr_for_anything_else_is_empty(prog: int, vers: int, netid: bytes):
+    header, body = rpcbind(4, 3, rpcb_args(prog, vers, netid))
+    assert header.success and decode_body(xdr.String(), body) == b""
+
+
+def test_rpcbind_malformed_arguments_raise_rpc_decode_error():
+    with pytest.raises(RpcDecodeError):
+        rpcbind(4, 3, b"\0" * 8)
 
 
 @pytest.mark.parametrize("proc", [PmapProc.SET, PmapProc.UNSET])
