@@ -68,7 +68,7 @@ from nfsproxy.wire.nfs3 import (COMMIT3args, CREATE3args, CREATE3resok, Createho
                    SETATTR3resok, SYMLINK3args, SYMLINK3resok, ACCESS3args, ACCESS3resok,
                    COMMIT3resok, Sattr3, SetAtime, SetMtime, Specdata3, StableHow,
                    Symlinkdata3, TimeHow, WRITE3args, WRITE3resok)
-from nfsproxy.wire.procedure import Procedure
+from nfsproxy.wire.programs import Procedure, lookup
 from nfsproxy.wire.rpc import (NEED_DATA, AuthSys, RpcCall, RpcDecodeError, RpcMessageReader,
                   RpcReply, decode_body, encode_call, frame_rpc_message, parse_message)
 
@@ -159,6 +159,10 @@ class MountError(ClientError):
         super().__init__(f"MOUNT {export!r}: {status.name}")
         self.status = status
         self.export = export
+
+
+def _nfs3(proc: Proc3) -> Procedure:
+    return lookup(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc)
 
 
 def _describe(p: Procedure) -> str:
@@ -444,7 +448,7 @@ class NfsClient:
 
     def call_message(self, proc: Proc3, args: Any, xid: int | None = None) -> bytes:
         """One NFSv3 call message (unframed), with `xid` or the next one of ours."""
-        procedure = nfs3.PROCEDURES[proc]
+        procedure = _nfs3(proc)
         p = encode_call(RpcCall(self._next_xid() if xid is None else xid, procedure.prog,
                                 procedure.vers, procedure.proc, cred=self._cred))
         procedure.args.pack(p, args)
@@ -466,11 +470,11 @@ class NfsClient:
     @staticmethod
     def decode_reply(proc: Proc3, body: memoryview) -> Any:
         """The decoded result (`*3res`, with `.status`) of a `proc` reply body."""
-        return decode_body(nfs3.PROCEDURES[proc].res, body)
+        return decode_body(_nfs3(proc).res, body)
 
     def _call(self, proc: Proc3, args: Any, context: str = "") -> Any:
         """An NFSv3 call: the resok body, or NfsError with the resfail body."""
-        res = self._rpc(self._nfs, nfs3.PROCEDURES[proc], args)
+        res = self._rpc(self._nfs, _nfs3(proc), args)
         if res.status is not Nfsstat3.NFS3_OK:
             raise NfsError(res.status, proc, res.body, context)
         return res.body
@@ -479,7 +483,7 @@ class NfsClient:
         # MOUNT is used twice per session; no point keeping its socket open.
         conn = _Connection(self.host, self.mount_port, self.timeout_s, self.privileged_port)
         try:
-            return self._rpc(conn, mount.PROCEDURES[proc], args)
+            return self._rpc(conn, lookup(mount.MOUNT_PROGRAM, mount.MOUNT_V3, proc), args)
         finally:
             conn.close()
 
@@ -511,7 +515,7 @@ class NfsClient:
 
     def null(self) -> None:
         """NULL: a round trip that does nothing (a liveness probe)."""
-        self._rpc(self._nfs, nfs3.PROCEDURES[Proc3.NULL], None)
+        self._rpc(self._nfs, _nfs3(Proc3.NULL), None)
 
     def getattr(self, fh: bytes) -> GETATTR3resok:
         """GETATTR; `.obj_attributes` is the `Fattr3`."""
@@ -619,7 +623,7 @@ class NfsClient:
         return self._acl_call(nfsacl.AclProc3.SETACL, args)
 
     def _acl_call(self, proc: nfsacl.AclProc3, args: Any) -> Any:
-        res = self._rpc(self._nfs, nfsacl.PROCEDURES[proc], args)
+        res = self._rpc(self._nfs, lookup(nfsacl.NFSACL_PROGRAM, nfsacl.NFSACL_V3, proc), args)
         if res.status is not Nfsstat3.NFS3_OK:
             raise NfsError(res.status, proc, res.body)
         return res.body

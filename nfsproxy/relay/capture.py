@@ -136,7 +136,7 @@ class Capture:
 
     def _begin_setacl(self, call: RpcCall, body: memoryview, stamp: bytes, client: str) -> Pending:
         proc = nfsacl.AclProc3.SETACL
-        args = decode_body(nfsacl.PROCEDURES[proc].args, body)
+        args = decode_body(lookup(call.prog, call.vers, proc).args, body)
         record = _new_record(call, Op.SETACL, stamp, client)
         record.fh = args.fh
         set_acl_fields(record, args.mask, args.acl.entries, args.default_acl.entries)

@@ -23,50 +23,26 @@ sends NFSACL on its NFS connection.
 
 from __future__ import annotations
 
-import enum
-
-from nfsproxy.wire.mount import MOUNT_PROGRAM as MOUNT_PROG
 from nfsproxy.wire import portmap
-from nfsproxy.wire.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
-from nfsproxy.wire.rpc import (AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, decode_body,
-                  encode_reply, RPC_VERSION)
-from nfsproxy.wire.xdr import BOOL, U32, VOID, Packer, String, xdr_struct, xf
-
-__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap", "universal_address", "Rpcb"]
-
+from nfsproxy.wire.mount import MOUNT_PROGRAM as MOUNT_PROG
 from nfsproxy.wire.nfs3 import NFS_PROGRAM
 from nfsproxy.wire.nfsacl import NFSACL_PROGRAM, NFSACL_V3
 from nfsproxy.wire.nlm import NLM_PROGRAM, NLM_VERSIONS, NSM_PROGRAM, NSM_VERSION
+from nfsproxy.wire.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAP_VERS, Mapping
+from nfsproxy.wire.programs import RPCBIND_VERSIONS, Route, route_of
+from nfsproxy.wire.rpc import AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, encode_reply, RPC_VERSION
+
+__all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap"]
+
 NFS_VERSION = 3
 MOUNT_VERSIONS = (1, 3)
-#: rpcbind versions answered (2 is the portmapper); 3 and 4 speak universal addresses.
-RPCBIND_VERSIONS = (2, 3, 4)
-_RPCB_GETVERSADDR = 9  # rpcbind v4
-
-
-class Route(enum.Enum):
-    NFS = "nfs"
-    MOUNT = "mount"
-    PORTMAP = "portmap"
-    NLM = "nlm"
-    NSM = "nsm"
-    REJECT = "reject"
 
 
 def route(call: RpcCall) -> Route:
+    """Where `call` goes: the programs table's route for its program and version."""
     if call.rpcvers != RPC_VERSION:
         return Route.REJECT
-    if call.prog == MOUNT_PROG:
-        return Route.MOUNT
-    if call.prog == PMAP_PROG:
-        return Route.PORTMAP if call.vers in RPCBIND_VERSIONS else Route.REJECT
-    if call.prog == NLM_PROGRAM:
-        return Route.NLM
-    if call.prog == NSM_PROGRAM:
-        return Route.NSM
-    if call.prog == NFS_PROGRAM and call.vers != NFS_VERSION:
-        return Route.REJECT
-    return Route.NFS
+    return route_of(call.prog, call.vers)
 
 
 def reject(call: RpcCall) -> bytes:
@@ -94,30 +70,6 @@ def _mappings(port: int) -> tuple[Mapping, ...]:
             Mapping(NSM_PROGRAM, NSM_VERSION, IPPROTO_UDP, port))
 
 
-def _served(prog: int, vers: int, prot: int, port: int) -> bool:
-    return any(m.prog == prog and m.vers == vers and m.prot == prot for m in _mappings(port))
-
-
-_NETIDS = {b"tcp": IPPROTO_TCP, b"tcp6": IPPROTO_TCP, b"udp": IPPROTO_UDP, b"udp6": IPPROTO_UDP}
-
-
-@xdr_struct
-class Rpcb:
-    """rpcbind v3/v4 arguments (RFC 1833 section 2.1: struct rpcb)."""
-
-    prog: int = xf(U32)
-    vers: int = xf(U32)
-    netid: bytes = xf(String(255))
-    addr: bytes = xf(String(255))
-    owner: bytes = xf(String(255))
-
-
-def universal_address(host: str, port: int) -> bytes:
-    """RFC 5665 universal address of an IPv4 or IPv6 `host` and `port`."""
-    host = host.removeprefix("::ffff:") if "." in host else host
-    return f"{host}.{port >> 8}.{port & 0xFF}".encode()
-
-
 def answer_portmap(call: RpcCall, body: memoryview, port: int, host: str = "127.0.0.1") -> bytes:
     """Answer a portmapper v2 or rpcbind v3/v4 call: NFS v3, MOUNT, NFSACL v3, NLM
     and NSM over TCP live on `port`; `host` is this end of the caller's connection.
@@ -125,26 +77,5 @@ def answer_portmap(call: RpcCall, body: memoryview, port: int, host: str = "127.
     Raises RpcDecodeError for malformed arguments.
     """
     if call.vers != PMAP_VERS:
-        return _answer_rpcbind(call, body, port, host)
+        return portmap.answer_rpcbind(call, body, _mappings(port), host)
     return portmap.answer(call, body, _mappings(port))
-
-
-def _answer_rpcbind(call: RpcCall, body: memoryview, port: int, host: str) -> bytes:
-    p = Packer()
-    header = RpcReply(call.xid)
-    if call.proc == PmapProc.NULL:
-        decode_body(VOID, body)
-        encode_reply(header, p)
-    elif call.proc in (PmapProc.GETPORT, _RPCB_GETVERSADDR):  # GETADDR is procedure 3 too
-        want = decode_body(Rpcb.xdr, body)
-        found = _served(want.prog, want.vers, _NETIDS.get(want.netid, -1), port)
-        encode_reply(header, p)
-        String().pack(p, universal_address(host, port) if found else b"")
-    elif call.proc in (PmapProc.SET, PmapProc.UNSET):
-        decode_body(Rpcb.xdr, body)
-        encode_reply(header, p)
-        BOOL.pack(p, False)
-    else:
-        encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
-    return p.getvalue()
-

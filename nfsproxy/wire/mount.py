@@ -7,7 +7,7 @@ decode to tuples. `Mountres3` is a union on `Mountstat3` with fields
 convention. File handles are bytes (copied on decode).
 
 None of these procedures changes the exported file system, so none is
-journaled: every `Procedure` here has `mutating=False`.
+journaled (`nfsproxy.wire.programs`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from nfsproxy.wire.procedure import Procedure
 from nfsproxy.wire.xdr import (I32, VOID, Array, Codec, Enum, LinkedList, Opaque, String, xdr_struct,
                   xdr_union, xf)
 
@@ -23,7 +22,7 @@ __all__ = [
     "MOUNT_PROGRAM", "MOUNT_V3", "MNTPATHLEN", "MNTNAMLEN", "FHSIZE3",
     "Mountstat3", "MountProc3", "FHANDLE3", "DIRPATH", "NAME",
     "Mountres3Ok", "Mountres3", "Mountbody", "MOUNTLIST", "Exportnode", "EXPORTS",
-    "PROCEDURES",
+    "CODECS",
 ]
 
 MOUNT_PROGRAM: Final = 100005
@@ -103,7 +102,7 @@ class Exportnode:
 EXPORTS: Codec = LinkedList(Exportnode.xdr)
 """exports: a tuple of Exportnode."""
 
-_CODECS: dict[MountProc3, tuple[Codec, Codec]] = {
+CODECS: Final[dict[MountProc3, tuple[Codec, Codec]]] = {
     MountProc3.NULL: (VOID, VOID),
     MountProc3.MNT: (DIRPATH, Mountres3.xdr),
     MountProc3.DUMP: (VOID, MOUNTLIST),
@@ -112,8 +111,3 @@ _CODECS: dict[MountProc3, tuple[Codec, Codec]] = {
     MountProc3.EXPORT: (VOID, EXPORTS),
 }
 
-PROCEDURES: Final[dict[MountProc3, Procedure]] = {
-    proc: Procedure(MOUNT_PROGRAM, MOUNT_V3, int(proc), proc.name, args, res, False)
-    for proc, (args, res) in _CODECS.items()
-}
-"""Every MOUNT v3 procedure, keyed by `MountProc3`."""

@@ -23,8 +23,9 @@ Representation choices, applied uniformly:
   content. Encoding accepts bytes or memoryviews.
 * RENAME3args' `from` is spelled `from_` (a Python keyword).
 
-`PROCEDURES` maps each `Proc3` to its `Procedure` (codecs and whether the
-proxy journals it).
+`CODECS` maps each `Proc3` to its argument and result codecs; `MUTATING`
+and `BINDERS` say which calls the proxy journals and which name handles.
+The one table of every program's procedures is `nfsproxy.wire.programs`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import enum
 from typing import Callable, Final
 
-from nfsproxy.wire.procedure import Procedure
 from nfsproxy.wire.xdr import (BOOL, U32, U64, VOID, Codec, Enum, FixedOpaque, LinkedList,
                   Opaque, Optional, String, xdr_struct, xdr_union, xf)
 
@@ -69,7 +69,7 @@ __all__ = [
     "FSINFO3args", "FSINFO3resok", "FSINFO3resfail", "FSINFO3res",
     "PATHCONF3args", "PATHCONF3resok", "PATHCONF3resfail", "PATHCONF3res",
     "COMMIT3args", "COMMIT3resok", "COMMIT3resfail", "COMMIT3res",
-    "PROCEDURES", "MUTATING",
+    "CODECS", "MUTATING",
 ]
 
 NFS_PROGRAM: Final = 100003
@@ -992,7 +992,7 @@ MUTATING: Final = frozenset({
 BINDERS: Final = frozenset({Proc3.LOOKUP, Proc3.READDIRPLUS})
 """Calls that change nothing but whose replies name handles (BIND records)."""
 
-_CODECS: dict[Proc3, tuple[Codec, Codec]] = {
+CODECS: Final[dict[Proc3, tuple[Codec, Codec]]] = {
     Proc3.NULL: (VOID, VOID),
     Proc3.GETATTR: (GETATTR3args.xdr, GETATTR3res.xdr),
     Proc3.SETATTR: (SETATTR3args.xdr, SETATTR3res.xdr),
@@ -1017,9 +1017,3 @@ _CODECS: dict[Proc3, tuple[Codec, Codec]] = {
     Proc3.COMMIT: (COMMIT3args.xdr, COMMIT3res.xdr),
 }
 
-PROCEDURES: Final[dict[Proc3, Procedure]] = {
-    proc: Procedure(NFS_PROGRAM, NFS_V3, int(proc), proc.name, args, res, proc in MUTATING,
-                    proc in BINDERS)
-    for proc, (args, res) in _CODECS.items()
-}
-"""Every NFSv3 procedure, keyed by `Proc3`."""

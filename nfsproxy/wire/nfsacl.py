@@ -24,14 +24,13 @@ from typing import Final
 from recoveryd.acl import AclTag
 
 from nfsproxy.wire.nfs3 import NFS_FH3, POST_OP_ATTR, Fattr3, Nfsstat3, _result
-from nfsproxy.wire.procedure import Procedure
 from nfsproxy.wire.xdr import U32, VOID, Array, Codec, Optional, Unpacker, xdr_struct, xf
 
 __all__ = [
     "NFSACL_PROGRAM", "NFSACL_V3", "NFS_ACL", "NFS_ACLCNT", "NFS_DFACL", "NFS_DFACLCNT",
     "NFS_ACL_DEFAULT", "NFS_ACL_MAX_ENTRIES", "AclTag", "AclProc3", "Aclent", "Acl",
     "GETACL3args", "GETACL3resok", "GETACL3res", "SETACL3args", "SETACL3resok", "SETACL3res",
-    "PROCEDURES", "Nfsstat3",
+    "CODECS", "MUTATING", "Nfsstat3",
 ]
 
 NFSACL_PROGRAM: Final = 100227
@@ -124,15 +123,12 @@ class SETACL3res:
     """SETACL reply; `body` is SETACL3resok, or the post-op attributes on failure."""
 
 
-_CODECS: dict[AclProc3, tuple[Codec, Codec]] = {
+MUTATING: Final = frozenset({AclProc3.SETACL})
+"""SETACL changes the object's ACLs: the proxy journals it."""
+
+CODECS: Final[dict[AclProc3, tuple[Codec, Codec]]] = {
     AclProc3.NULL: (VOID, VOID),
     AclProc3.GETACL: (GETACL3args.xdr, GETACL3res.xdr),
     AclProc3.SETACL: (SETACL3args.xdr, SETACL3res.xdr),
 }
 
-PROCEDURES: Final[dict[AclProc3, Procedure]] = {
-    proc: Procedure(NFSACL_PROGRAM, NFSACL_V3, int(proc), proc.name, args, res,
-                    proc is AclProc3.SETACL)
-    for proc, (args, res) in _CODECS.items()
-}
-"""Every NFSACL v3 procedure, keyed by `AclProc3`."""

@@ -4,7 +4,9 @@ Program 100000, version 2: enough for the proxy to answer GETPORT for the
 programs it serves on its one port. `pmaplist` decodes to a tuple of
 `Mapping`. CALLIT's `args` and `res` are opaque bodies of another program,
 kept as zero-copy memoryviews. `answer` is the one portmapper the proxy and
-the export both run: it answers from a fixed list of mappings.
+the export both run: it answers from a fixed list of mappings;
+`answer_rpcbind` does the same for rpcbind v3/v4 (RFC 1833), whose GETADDR
+Linux's lock manager asks.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import enum
 from collections.abc import Sequence
 from typing import Final
 
-from nfsproxy.wire.procedure import Procedure
 from nfsproxy.wire.rpc import AcceptStat, RpcCall, RpcReply, decode_body, encode_reply
-from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, LinkedList, Opaque, Packer, xdr_struct, xf
+from nfsproxy.wire.xdr import BOOL, U32, VOID, Codec, LinkedList, Opaque, Packer, String, xdr_struct, xf
 
 __all__ = [
     "PMAP_PROG", "PMAP_VERS", "PMAP_PORT", "IPPROTO_TCP", "IPPROTO_UDP", "PmapProc",
-    "Mapping", "PMAPLIST", "CallArgs", "CallResult", "PROCEDURES", "answer",
+    "Mapping", "PMAPLIST", "CallArgs", "CallResult", "CODECS", "answer", "answer_rpcbind", "Rpcb", "universal_address",
 ]
 
 PMAP_PROG: Final = 100000
@@ -73,7 +74,7 @@ class CallResult:
     res: memoryview = xf(Opaque())
 
 
-_CODECS: dict[PmapProc, tuple[Codec, Codec]] = {
+CODECS: Final[dict[PmapProc, tuple[Codec, Codec]]] = {
     PmapProc.NULL: (VOID, VOID),
     PmapProc.SET: (Mapping.xdr, BOOL),
     PmapProc.UNSET: (Mapping.xdr, BOOL),
@@ -82,11 +83,6 @@ _CODECS: dict[PmapProc, tuple[Codec, Codec]] = {
     PmapProc.CALLIT: (CallArgs.xdr, CallResult.xdr),
 }
 
-PROCEDURES: Final[dict[PmapProc, Procedure]] = {
-    proc: Procedure(PMAP_PROG, PMAP_VERS, int(proc), proc.name, args, res, False)
-    for proc, (args, res) in _CODECS.items()
-}
-"""Every portmapper v2 procedure, keyed by `PmapProc`."""
 
 
 def answer(call: RpcCall, body: memoryview | bytes, mappings: Sequence[Mapping]) -> bytes:
@@ -113,6 +109,54 @@ def answer(call: RpcCall, body: memoryview | bytes, mappings: Sequence[Mapping])
         PMAPLIST.pack(p, tuple(mappings))
     elif call.proc in (PmapProc.SET, PmapProc.UNSET):
         decode_body(Mapping.xdr, body)
+        encode_reply(header, p)
+        BOOL.pack(p, False)
+    else:
+        encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROC_UNAVAIL), p)
+    return p.getvalue()
+
+
+_NETIDS: Final = {b"tcp": IPPROTO_TCP, b"tcp6": IPPROTO_TCP, b"udp": IPPROTO_UDP, b"udp6": IPPROTO_UDP}
+_RPCB_GETVERSADDR: Final = 9  # rpcbind v4
+
+
+@xdr_struct
+class Rpcb:
+    """rpcbind v3/v4 arguments (RFC 1833 section 2.1: struct rpcb)."""
+
+    prog: int = xf(U32)
+    vers: int = xf(U32)
+    netid: bytes = xf(String(255))
+    addr: bytes = xf(String(255))
+    owner: bytes = xf(String(255))
+
+
+def universal_address(host: str, port: int) -> bytes:
+    """RFC 5665 universal address of an IPv4 or IPv6 `host` and `port`."""
+    host = host.removeprefix("::ffff:") if "." in host else host
+    return f"{host}.{port >> 8}.{port & 0xFF}".encode()
+
+
+def answer_rpcbind(call: RpcCall, body: memoryview | bytes, mappings: Sequence[Mapping], host: str) -> bytes:
+    """The encoded reply to rpcbind v3/v4 call `call`, served from `mappings`.
+
+    GETADDR (and v4's GETVERSADDR) answers the universal address of `host`
+    (this end of the caller's connection) at the mapping's port, or "".
+    Raises RpcDecodeError for malformed arguments.
+    """
+    p = Packer()
+    header = RpcReply(call.xid)
+    if call.proc == PmapProc.NULL:
+        decode_body(VOID, body)
+        encode_reply(header, p)
+    elif call.proc in (PmapProc.GETPORT, _RPCB_GETVERSADDR):  # GETADDR is procedure 3 too
+        want = decode_body(Rpcb.xdr, body)
+        prot = _NETIDS.get(want.netid, -1)
+        port = next((m.port for m in mappings if (m.prog, m.vers, m.prot) == (want.prog, want.vers, prot)), 0)
+        encode_reply(header, p)
+        String().pack(p, universal_address(host, port) if port else b"")
+    elif call.proc in (PmapProc.SET, PmapProc.UNSET):
+        decode_body(Rpcb.xdr, body)
         encode_reply(header, p)
         BOOL.pack(p, False)
     else:

@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e.test_restore import now_bound, wait_proven
 from e2e.treecompare import diff, snapshot
 from nfsproxy.wire import nfs3
+from nfsproxy.wire.programs import lookup
 from nfsproxy.nas.client import NfsClient, created_fh, sattr3
 from nfsproxy.wire.nfs3 import (CREATE3args, Createhow3, CreateMode, Diropargs3, Nfsstat3, Proc3,
                            REMOVE3args, RENAME3args, SETATTR3args, StableHow, WRITE3args)
@@ -67,7 +68,7 @@ class Wire:
     def encode(self, proc: Proc3, args: Any) -> tuple[int, bytes]:
         self.xid += 1
         p = encode_call(RpcCall(self.xid, nfs3.NFS_PROGRAM, 3, proc, cred=self.cred))
-        nfs3.PROCEDURES[proc].args.pack(p, args)
+        lookup(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc).args.pack(p, args)
         body = b"".join(bytes(part) for part in p.parts)
         return self.xid, frame_rpc_message(len(body)) + body
 
@@ -81,7 +82,7 @@ class Wire:
             self.reader.receive(data)
         header, body = parse_message(message)
         assert isinstance(header, RpcReply) and header.xid == xid and header.success, header
-        return decode_body(nfs3.PROCEDURES[proc].res, body)
+        return decode_body(lookup(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc).res, body)
 
     def close(self) -> None:
         self.sock.close()

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 from logstore.pb.journal_pb2 import AclEntry, Attr, Op, Record
 from logstore.stamp import Stamp
 from nfsproxy.wire import nfsacl, xdr
+from nfsproxy.wire.programs import lookup
 from nfsproxy.relay.capture import RPC_FAILURE_BASE, Capture
 from nfsproxy.relay.conflict import Claims, ConflictTable, claims_of
 from nfsproxy.wire.nfs3 import Fattr3, Ftype3, Nfsstat3, Specdata3
@@ -34,7 +35,7 @@ def _aclent(entries, flag: int = 0):
 
 
 def _setacl_roundtrip(res, *, mask: int = nfsacl.NFS_ACL | nfsacl.NFS_DFACL, reply: RpcReply | None = None):
-    proc = nfsacl.PROCEDURES[nfsacl.AclProc3.SETACL]
+    proc = lookup(nfsacl.NFSACL_PROGRAM, nfsacl.NFSACL_V3, nfsacl.AclProc3.SETACL)
     args = nfsacl.SETACL3args(FILE, mask, _aclent(ACCESS), _aclent(DEFAULT, nfsacl.NFS_ACL_DEFAULT))
     message = encode_call(RpcCall(9, nfsacl.NFSACL_PROGRAM, 3, 2, auth_sys=CRED)).getvalue() + \
         xdr.encode(proc.args, args)
@@ -235,7 +236,7 @@ def test_any_setacl_body_gives_a_record_or_a_clean_rejection(body):
                           st.integers(0, 7)), max_size=8),
        st.sampled_from([nfsacl.NFS_ACL, nfsacl.NFS_DFACL, nfsacl.NFS_ACL | nfsacl.NFS_DFACL]))
 def test_setacl_records_hold_exactly_the_parts_the_mask_names(entries, mask):
-    proc = nfsacl.PROCEDURES[nfsacl.AclProc3.SETACL]
+    proc = lookup(nfsacl.NFSACL_PROGRAM, nfsacl.NFSACL_V3, nfsacl.AclProc3.SETACL)
     acl = _aclent(entries)
     args = nfsacl.SETACL3args(FILE, mask, acl, _aclent(entries, nfsacl.NFS_ACL_DEFAULT))
     message = encode_call(RpcCall(5, nfsacl.NFSACL_PROGRAM, 3, 2)).getvalue() + xdr.encode(proc.args, args)

@@ -16,6 +16,7 @@ import pytest
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
 from nfsproxy.wire import nfs3, xdr
+from nfsproxy.wire.programs import lookup as procedure_of
 from nfsproxy.relay.capture import RPC_FAILURE_BASE, BindingCache, Capture, Pending
 from nfsproxy.nas.client import SERVER_TIME, nfstime3, sattr3
 from nfsproxy.wire.mount import MOUNT_PROGRAM
@@ -56,12 +57,12 @@ def wcc(after: Fattr3 | None) -> WccData:
 def call_message(proc: Proc3, args, xid: int, *, prog: int = NFS_PROGRAM, vers: int = 3,
                  auth: AuthSys | None = CRED) -> bytes:
     header = encode_call(RpcCall(xid, prog, vers, int(proc), auth_sys=auth)).getvalue()
-    body = xdr.encode(nfs3.PROCEDURES[proc].args, args) if args is not None else b""
+    body = xdr.encode(procedure_of(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc).args, args) if args is not None else b""
     return header + body
 
 
 def reply_message(xid: int, proc: Proc3, res) -> bytes:
-    return encode_reply(RpcReply(xid)).getvalue() + xdr.encode(nfs3.PROCEDURES[proc].res, res)
+    return encode_reply(RpcReply(xid)).getvalue() + xdr.encode(procedure_of(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc).res, res)
 
 
 class Driver:

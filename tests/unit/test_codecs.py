@@ -311,7 +311,7 @@ def test_only_nfs3_mutations_and_nfsacl_setacl_are_journaled():
 
 def test_lookup():
     write = lookup(100003, 3, 7)
-    assert write is nfs3.PROCEDURES[Proc3.WRITE]
+    assert write is lookup(nfs3.NFS_PROGRAM, nfs3.NFS_V3, Proc3.WRITE)
     assert write.name == "WRITE" and write.args is nfs3.WRITE3args.xdr
     assert write.res is nfs3.WRITE3res.xdr
     assert lookup(100003, 3, 22) is None
@@ -336,3 +336,16 @@ def test_a_failed_nfsacl_reply_without_attributes_decodes():
         assert bare.status is Nfsstat3.NFS3ERR_STALE and bare.body is None
         linux = decode(res.xdr, struct.pack(">II", Nfsstat3.NFS3ERR_STALE, 0))
         assert linux == bare
+
+
+def test_the_programs_table_says_where_each_call_goes():
+    from nfsproxy.wire.programs import Route, route_of
+    assert lookup(100003, 3, 7).route is Route.NFS
+    assert lookup(100005, 3, 1).route is Route.MOUNT
+    assert lookup(100000, 2, 3).route is Route.PORTMAP
+    assert lookup(100227, 3, 2).route is Route.NFS  # NFSACL rides the NFS port
+    assert route_of(100003, 4) is Route.REJECT  # would let mutations pass unjournaled
+    assert route_of(100005, 1) is Route.MOUNT
+    assert (route_of(100021, 4), route_of(100024, 1)) == (Route.NLM, Route.NSM)
+    assert route_of(100000, 5) is Route.REJECT
+    assert route_of(400000, 1) is Route.NFS  # unknown programs: the NAS answers

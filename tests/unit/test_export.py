@@ -23,6 +23,7 @@ import pytest
 from logstore.pb.journal_pb2 import Attr, Op, Record
 from logstore.stamp import Stamp
 from nfsproxy.wire import mount, nfs3
+from nfsproxy.wire.programs import lookup as procedure_of
 from nfsproxy.nas.client import NfsClient, NfsError, sattr3
 from nfsproxy.export.handler import RTMAX_BYTES, ExportHandler, cookieverf_for
 from nfsproxy.export.server import ExportServer
@@ -168,14 +169,14 @@ def _encode(codec, value) -> bytes:
 
 
 def nfs(handler: ExportHandler, proc: Proc3, args: Any) -> Any:
-    procedure = nfs3.PROCEDURES[proc]
+    procedure = procedure_of(nfs3.NFS_PROGRAM, nfs3.NFS_V3, proc)
     reply, reply_body = raw(handler, NFS_PROGRAM, 3, proc, _encode(procedure.args, args))
     assert reply.success, reply
     return decode_body(procedure.res, reply_body)
 
 
 def mnt(handler: ExportHandler, proc: MountProc3, args: Any = None) -> Any:
-    procedure = mount.PROCEDURES[proc]
+    procedure = procedure_of(mount.MOUNT_PROGRAM, mount.MOUNT_V3, proc)
     reply, body = raw(handler, MOUNT_PROGRAM, 3, proc, _encode(procedure.args, args))
     assert reply.success, reply
     return decode_body(procedure.res, body)

@@ -13,7 +13,8 @@ from nfsproxy.wire import xdr
 from nfsproxy.wire.mount import MOUNT_PROGRAM
 from nfsproxy.wire.nfs3 import NFS_PROGRAM
 from nfsproxy.wire.portmap import (IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAPLIST, Mapping, PmapProc)
-from nfsproxy.relay.routing import Route, Rpcb, answer_portmap, reject, route
+from nfsproxy.relay.routing import Route, answer_portmap, reject, route
+from nfsproxy.wire.portmap import Rpcb
 from nfsproxy.wire.rpc import (AcceptStat, AuthSys, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcReply, decode_body, encode_call, parse_message)
 

@@ -25,7 +25,7 @@ from nfsproxy.relay import session as relay
 from logstore.hlc import HLC
 from nfsproxy.relay.journal import Journal
 from nfsproxy.wire.nfs3 import NFS_PROGRAM, Diropargs3, Proc3, REMOVE3args
-from nfsproxy.wire.nfs3 import PROCEDURES as NFS3
+from nfsproxy.wire.nfs3 import CODECS as NFS3
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.wire.rpc import (NEED_DATA, AuthFlavor, AuthSys, OpaqueAuth, RpcCall, RpcMessageReader, RpcReply, encode_call,
                           encode_reply, frame_rpc_message, parse_message)
@@ -40,7 +40,7 @@ Answer = Callable[[RpcCall, memoryview], "bytes | None"]
 
 def remove_call(xid: int, name: str) -> bytes:
     p = encode_call(RpcCall(xid, NFS_PROGRAM, 3, Proc3.REMOVE, auth_sys=CRED))
-    NFS3[Proc3.REMOVE].args.pack(p, REMOVE3args(Diropargs3(ROOT, name)))
+    NFS3[Proc3.REMOVE][0].pack(p, REMOVE3args(Diropargs3(ROOT, name)))
     return p.getvalue()
 
 
