@@ -58,23 +58,28 @@ _BASELINE = int(Op.BASELINE)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL   # a restore never writes over a file
 
 Done = Callable[[bytes, int], None]
+Finished = Callable[[bytes, int, "Attr | None"], None]
 
 
 def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whole: bool,
                    done: Done | None = None, wrote: Callable[[int], None] | None = None,
                    file_records: Callable[[bytes], Iterable[Record]] | None = None,
-                   ) -> dict[bytes, tuple[int, Attr | None]]:
+                   finished: Finished | None = None) -> dict[bytes, tuple[int, Attr | None]]:
     """Make every file of ``targets`` (handle -> a local path that does not
     exist yet) with its contents at ``cut``; returns each one's (size, newest
     attributes). ``whole``: ``targets`` are every file of the cut's tree (then
     the whole window is streamed); ``wrote(n)`` is told of bytes
     as they are written and ``done(fh, size)`` of each file as it is
     finished; ``file_records(fh)`` gives one file's records on the per-file
-    path (default: ``cut_records``)."""
+    path (default: ``cut_records``). ``finished(fh, size, attr)`` runs once
+    per file after it is closed, on the thread that wrote it (to set its
+    attributes there, in parallel with the others'); it must be thread-safe."""
     done = done or (lambda fh, size: None)
     wrote = wrote or (lambda n: None)
+    finished = finished or (lambda fh, size, attr: None)
     if not whole and len(targets) < BULK_MIN_FILES:
-        return _per_file(file_records or (lambda fh: cut_records(shards, cut, fh)), targets, done, wrote)
+        return _per_file(file_records or (lambda fh: cut_records(shards, cut, fh)), targets, done,
+                         wrote, finished)
     after, until = cut.window()
     if whole:
         request = ScanRequest(after=after, until=until, with_data=True)
@@ -90,7 +95,7 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whol
     out: dict[bytes, tuple[int, Attr | None]] = {}
     with _Writers(targets) as writers:
         for part, records in batches:
-            out.update(_bulk(cut, part, records(), writers, wrote))
+            out.update(_bulk(cut, part, records(), writers, wrote, finished))
         writers.join()
     for fh, (size, _) in out.items():
         done(fh, size)
@@ -98,7 +103,8 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whol
 
 
 def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[bytes, Path],
-              done: Done, wrote: Callable[[int], None]) -> dict[bytes, tuple[int, Attr | None]]:
+              done: Done, wrote: Callable[[int], None],
+              finished: Finished) -> dict[bytes, tuple[int, Attr | None]]:
     lock = threading.Lock()  # the callbacks are the caller's, called from many threads
 
     def one(fh: bytes) -> tuple[int, Attr | None]:
@@ -107,6 +113,7 @@ def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[b
             out = replay(file_records(fh), fh, fd)
         finally:
             os.close(fd)
+        finished(fh, *out)
         with lock:
             wrote(out[0])
             done(fh, out[0])
@@ -117,7 +124,7 @@ def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[b
 
 
 def _bulk(cut: Cut, targets: dict[bytes, Path], records: Iterator[Record], writers: _Writers,
-          wrote: Callable[[int], None]) -> dict[bytes, tuple[int, Attr | None]]:
+          wrote: Callable[[int], None], finished: Finished) -> dict[bytes, tuple[int, Attr | None]]:
     """Replay ``records`` (stamp order) onto the files of ``targets``; records
     of other files and other baselines' pieces are passed over."""
     baseline_id = cut.baseline.baseline_id
@@ -134,8 +141,8 @@ def _bulk(cut: Cut, targets: dict[bytes, Path], records: Iterator[Record], write
         records.close()
     out = {}
     for fh, file in replays.items():
-        out[fh] = file.finish()
-        writers.close(fh)  # made now if no record wrote to it
+        size, attr = out[fh] = file.finish()
+        writers.close(fh, lambda fh=fh, size=size, attr=attr: finished(fh, size, attr))
     return out
 
 
@@ -151,6 +158,7 @@ class _Writers:
         self._paths = paths
         self._queues = [queue.Queue(_QUEUE_DEPTH) for _ in range(n)]
         self._owner: dict[bytes, queue.Queue] = {}
+        self._directories: dict[Path, int] = {}
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._work, args=(q,), daemon=True,
                                           name=f"nfsj-restore-write-{k}")
@@ -161,7 +169,12 @@ class _Writers:
     def out(self, fh: bytes) -> _QueuedOut:
         q = self._owner.get(fh)
         if q is None:
-            q = self._owner[fh] = self._queues[len(self._owner) % len(self._queues)]
+            # A directory's files to one thread: making entries in one
+            # directory takes its lock, so threads in different directories
+            # do not wait for each other.
+            directory = self._paths[fh].parent
+            k = self._directories.setdefault(directory, len(self._directories) % len(self._queues))
+            q = self._owner[fh] = self._queues[k]
         return _QueuedOut(self, q, fh)
 
     def put(self, q: queue.Queue, item: tuple) -> None:
@@ -169,8 +182,9 @@ class _Writers:
             raise self._error
         q.put(item)
 
-    def close(self, fh: bytes) -> None:
-        self.put(self._owner[fh], (fh, _CLOSE_OP, None, 0))
+    def close(self, fh: bytes, then: Callable[[], None]) -> None:
+        """Close ``fh``'s file (made now, empty, if nothing was written to it), then run ``then``."""
+        self.put(self._owner[fh], (fh, _CLOSE_OP, then, 0))
 
     def join(self) -> None:
         """Wait for every write; raises the first that failed."""
@@ -195,6 +209,7 @@ class _Writers:
                         os.ftruncate(files.fd(fh), number)
                     else:
                         files.release(fh)
+                        data()  # the file's `then`
                 except BaseException as e:  # noqa: BLE001  raised by the reader
                     self._error = self._error or e
         finally:

@@ -6,7 +6,6 @@ all and nothing that exists there is ever replaced.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["RestoreProgress", "RestoreSummary", "restore_to_dir", "check_dest", "rename_noreplace"]
 
 logger = logging.getLogger(__name__)
-
-#: Threads setting files' attributes after their contents.
-ATTR_WORKERS = 4
 
 
 @dataclasses.dataclass(slots=True)
@@ -214,8 +210,9 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
 def _write_files(client: RestoreClient, cut: Cut, tree: Tree, targets: dict[bytes, Path],
                  whole: bool, shown: dict[bytes, bytes], summary: RestoreSummary, state: RestoreProgress,
                  report: Callable[[RestoreProgress], None]) -> None:
-    """Every regular file's contents, then its ACLs and attributes (after the
-    bytes: writing changes the mtime)."""
+    """Every regular file made with its contents, then its ACLs and attributes
+    (after the bytes: writing changes the mtime), by the thread that wrote it.
+    ``whole``: they are all the cut's files."""
     def done(fh: bytes, size: int) -> None:
         state.files_done += 1
         state.current = show_name(b"/" + shown[fh])
@@ -225,24 +222,20 @@ def _write_files(client: RestoreClient, cut: Cut, tree: Tree, targets: dict[byte
         state.bytes_done += nbytes
         report(state)
 
-    written = write_contents(client.shards, cut, targets, whole=whole, done=done, wrote=wrote,
-                             file_records=lambda fh: client.file_records(cut, fh))
     inherited = _default_acl_at(next(iter(targets.values())).parent) if targets else False
     lock = threading.Lock()  # the summary's ACL counts
 
-    def finish(fh: bytes) -> int:
-        target, (size, attr), node = targets[fh], written[fh], tree.nodes[fh]
+    def finished(fh: bytes, size: int, attr: Attr | None) -> None:
+        target, node = targets[fh], tree.nodes[fh]
         if node.acl is not None and (node.acl or inherited):
             with lock:
                 _set_acls(target, node, summary, inherited=inherited)
         _set_attrs(target, attr or node.attr, REG, summary.owners)
-        return size
 
-    # Owner, mode and times are syscalls each: many files at once.
-    with concurrent.futures.ThreadPoolExecutor(ATTR_WORKERS, thread_name_prefix="nfsj-restore-attrs") as pool:
-        sizes = list(pool.map(finish, targets))
-    summary.files += len(sizes)
-    summary.bytes += sum(sizes)
+    written = write_contents(client.shards, cut, targets, whole=whole, done=done, wrote=wrote,
+                             file_records=lambda fh: client.file_records(cut, fh), finished=finished)
+    summary.files += len(written)
+    summary.bytes += sum(size for size, _ in written.values())
 
 
 def _default_acl_at(directory: Path) -> bool:
