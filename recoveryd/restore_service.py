@@ -5,6 +5,14 @@ access to the records one shard holds, for ``recoveryd.restore`` to merge.
   order, only the ``ops`` asked for (all when empty), ``data`` left out
   unless ``with_data``. A tree rebuild asks for namespace ops and baseline
   pieces without data, so a file written 10,000 times costs the wire nothing.
+  Without data, the records come from the operation index
+  (recoveryd/store.py): file data is never read.
+* ``ScanChunks``: the same records, serialized, many to a message, as stored
+  (the shard parses nothing): with data, the bulk path of a whole-tree
+  restore, which streams every record of the window in a few large messages.
+* ``FilesRecordChunks``: ``FileRecordChunks`` of many handles in one call,
+  each record once (a restore of a subtree: its files' records, and no other
+  file's).
 * ``FileRecords``: every record naming one handle (as ``fh``, ``dir_fh``,
   ``to_dir_fh`` or ``object_fh``) in the same window, through the per-file
   index (``ShardStore.file_records``).
@@ -44,14 +52,14 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, Op, Record,
-                                     RecordChunk, ScanRequest, ShardStatusRequest)
+from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, FilesRequest, Op,
+                                     Record, ScanRequest, ShardStatusRequest)
 from logstore.stamp import Stamp
 
 if TYPE_CHECKING:  # restore clients import this module for `predecessor`: no RocksDB for them
     from .store import ShardStore
 
-__all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor"]
+__all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor", "add_restore_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,7 @@ CHUNK_RECORDS = 256          # records read per executor call
 CHUNK_BYTES = 8 << 20        # ... or fewer once their data passes this
 RECORD_CHUNK_RECORDS = 4096  # records in one RecordChunk message
 RECORD_CHUNK_BYTES = 2 << 20 # ... or fewer once their bytes pass this
+SCAN_CHUNK_BYTES = 4 << 20   # a RecordChunk of ScanChunks with data (the bulk path)
 
 def predecessor(stamp: Stamp) -> Stamp | None:
     """The greatest stamp below `stamp` (None below ZERO): turns an inclusive
@@ -72,6 +81,57 @@ def predecessor(stamp: Stamp) -> Stamp | None:
     if wall:
         return Stamp(wall - 1, (1 << 32) - 1, (1 << 32) - 1)
     return None
+
+
+def add_restore_service(servicer: RestoreServicer, server) -> None:
+    """Serve ``servicer`` as the Restore service on ``server``, its chunk streams
+    as built: a RecordChunk on the wire is its stored records, each framed
+    (field 1, length), so the shard joins them (``_framed``) instead of
+    building a message and serializing it, which copies every byte twice."""
+    captured = _Handlers()
+    journal_pb2_grpc.add_RestoreServicer_to_server(servicer, captured)
+    handlers = dict(captured.handlers)
+    for name in _FRAMED:
+        handler = handlers[name]
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RESTORE_SERVICE, handlers),))
+    server.add_registered_method_handlers(RESTORE_SERVICE, handlers)
+
+
+#: Methods whose servicer yields RecordChunks in wire form.
+_FRAMED = ("ScanChunks", "FileRecordChunks", "FilesRecordChunks")
+
+
+class _Handlers:
+    """Takes the method handlers the generated code registers (a stand-in server)."""
+
+    handlers: dict = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = handlers
+
+
+def _framed(records: list[bytes]) -> bytes:
+    """``RecordChunk(records=records)`` serialized, by concatenation."""
+    parts = []
+    for raw in records:
+        parts.append(b"\x0a" + _varint(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class _BadRequest(ValueError):
@@ -113,9 +173,28 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
                 raise _BadRequest(f"unknown op(s) {bad}")
         except _BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        records = self._store.records(lo, hi)
+        if request.with_data:
+            records = self._store.records(lo, hi)
+        else:
+            records = self._store.op_records(ops, lo, hi)
         async for record in self._stream(records, ops, request.with_data, request.limit):
             yield record
+
+    async def ScanChunks(self, request: ScanRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
+            ops = frozenset(request.ops)
+            bad = [op for op in ops if op not in Op.values()]
+            if bad:
+                raise _BadRequest(f"unknown op(s) {bad}")
+        except _BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        values = self._store.op_values(ops, lo, hi, with_data=request.with_data)
+        async for chunk in self._chunks(_ValueReader(values, request.limit,
+                                                     SCAN_CHUNK_BYTES if request.with_data
+                                                     else RECORD_CHUNK_BYTES)):
+            yield chunk
 
     async def FileRecords(self, request: FileRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Record]:
         lo, hi = await _file_window(request, context)
@@ -124,17 +203,36 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
             yield record
 
     async def FileRecordChunks(self, request: FileRequest,
-                               context: grpc.aio.ServicerContext) -> AsyncIterator[RecordChunk]:
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         lo, hi = await _file_window(request, context)
-        loop = asyncio.get_running_loop()
         reader = _ChunkReader(self._store.file_record_values(request.fh, hi, lo=lo), request.with_data)
+        async for chunk in self._chunks(reader):
+            yield chunk
+
+    async def FilesRecordChunks(self, request: FilesRequest,
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
+            if not request.fhs or not all(request.fhs):
+                raise _BadRequest("fhs: name at least one file handle, none empty")
+        except _BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        values = self._store.files_record_values(list(request.fhs), hi, lo=lo)
+        if not request.with_data:
+            values = (_stripped(v) for v in values)
+        async for chunk in self._chunks(_ValueReader(values, 0, SCAN_CHUNK_BYTES)):
+            yield chunk
+
+    async def _chunks(self, reader) -> AsyncIterator[bytes]:
+        """A reader's chunks as RecordChunk messages in wire form (``add_restore_service``)."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
                 if chunk:
                     self.counters.records_total += len(chunk)
                     self.counters.bytes_total += sum(len(r) for r in chunk)
-                    yield RecordChunk(records=chunk)
+                    yield _framed(chunk)
                 if done:
                     return
         finally:
@@ -243,6 +341,45 @@ class _ChunkReader:
             self._values.close()
 
 
+def _stripped(raw: bytes) -> bytes:
+    record = Record.FromString(raw)
+    if not record.data:
+        return raw
+    record.ClearField("data")
+    return record.SerializeToString()
+
+
+class _ValueReader:
+    """Stored records gathered into RecordChunk payloads from executor threads."""
+
+    def __init__(self, values: Iterator[bytes], limit: int, chunk_bytes: int) -> None:
+        self._values = values
+        self._left = limit or -1   # records still to send (-1: no limit)
+        self._chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+
+    def next_chunk(self) -> tuple[list[bytes], bool]:
+        """The next serialized records to send, and whether the iterator is exhausted."""
+        out: list[bytes] = []
+        nbytes = 0
+        with self._lock:
+            if self._left == 0:
+                return out, True
+            for raw in self._values:
+                out.append(raw)
+                nbytes += len(raw)
+                self._left -= 1
+                if self._left == 0:
+                    return out, True
+                if len(out) >= RECORD_CHUNK_RECORDS or nbytes >= self._chunk_bytes:
+                    return out, False
+        return out, True
+
+    def close(self) -> None:
+        with self._lock:
+            self._values.close()
+
+
 @dataclasses.dataclass(slots=True)
 class _Found:
     begin: bytes
@@ -281,7 +418,7 @@ class _BaselineIndex:
         else:
             self._found.clear()
             self.full_scans += 1
-        for record in self._store.records(lo, None):
+        for record in self._store.op_records((Op.BASELINE_BEGIN, Op.BASELINE_END), lo, None):
             if record.op == Op.BASELINE_BEGIN:
                 found = self._found.setdefault(record.stamp, _Found(record.stamp))
                 found.begin = record.stamp

@@ -56,7 +56,7 @@ from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, Retir
                                      ShardStatusRequest, StreamStatus)
 
 from .frontier import BatchRefused, StreamKey, StreamState
-from .restore_service import RestoreServicer
+from .restore_service import RestoreServicer, add_restore_service
 from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
 from .store import RetireRefused, ShardStore, stream_id, stream_key, stream_status
 
@@ -479,7 +479,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                                restore_auth=auth if auth.enabled else None)
     journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
     restore = RestoreServicer(store, executor)
-    journal_pb2_grpc.add_RestoreServicer_to_server(restore, server)
+    add_restore_service(restore, server)
     servicer.baselines = restore.baselines
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

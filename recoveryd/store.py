@@ -11,6 +11,12 @@ seek plus an iterate upper bound:
   "multimap" prefix-seek case). ``fhkey8`` is ``fh_key(fh)``, the first 8
   bytes of blake2b(fh); a collision only costs a wasted read, since
   ``file_records`` checks the handle on the record itself;
+* ``p/<op u32>/<stamp16>``     -> the record without its ``data``: the operation
+  index, so that a scan of some ops (a namespace rebuild, the baseline
+  markers) reads neither the other ops nor any file data, and a scan of
+  every op without data reads no file data either. Added in format 2; a
+  format-1 store is indexed when it is opened (``_index_operations``) and
+  reads on as before;
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
   durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
   records it brought;
@@ -42,12 +48,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import os
 import struct
 import threading
 import time
 import uuid
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
@@ -62,7 +69,9 @@ __all__ = [
     "stream_status", "gap_pb", "FORMAT", "RetireRefused",
 ]
 
-FORMAT = 1  # m/format; bump (and migrate or refuse) when the key layout changes
+FORMAT = 2  # m/format; bump (and migrate or refuse) when the key layout changes
+#: Formats this version opens, migrating them to FORMAT (1: no operation index).
+_MIGRATES = frozenset({1})
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -70,6 +79,7 @@ _STAMP_BYTES = Stamp.BYTES
 
 _RECORD = b"r/"
 _FILE = b"f/"
+_OPERATION = b"p/"
 _STREAM = b"s/"
 _OWNER = b"o/"
 _RETIRED = b"x/"
@@ -81,6 +91,8 @@ _META_RECORDS = b"m/records"
 _META_BYTES = b"m/bytes"
 
 _MULTIGET_CHUNK = 256
+_INDEX_BATCH_BYTES = 4 << 20   # per WriteBatch when indexing a format-1 store
+_ALL_OPS = tuple(sorted(Op.values()))
 
 
 class StoreError(Exception):
@@ -145,6 +157,26 @@ def _stamp_or_zero(raw: bytes) -> Stamp:
 
 def _stream_row_key(key: StreamKey) -> bytes:
     return _STREAM + _U32.pack(key.node_id) + key.log_id.encode("utf-8")
+
+
+def _op_prefix(op: int) -> bytes:
+    return _OPERATION + _U32.pack(op) + b"/"
+
+
+def _without_data(record: Record, raw: bytes) -> bytes:
+    """The operation index's value: ``record`` (parsed from ``raw``) without its data.
+    Clears the field on ``record``."""
+    if not record.data:
+        return raw
+    record.ClearField("data")
+    return record.SerializeToString()
+
+
+class _Row(NamedTuple):
+    value: bytes          # the record as shipped
+    handles: set[bytes]   # the handles it names (the per-file index)
+    op: int
+    meta: bytes           # ... without its data (the operation index)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -230,6 +262,9 @@ class ShardStore:
                              f"not shard {self._shard_id}; give it --shard-id {owner} or use "
                              "another data directory")
         fmt = _U32.unpack(format_raw)[0] if format_raw else None
+        if fmt in _MIGRATES:
+            self._index_operations()
+            fmt = FORMAT
         if fmt != FORMAT:
             raise StoreError(f"{self._path} has store format {fmt}; this version reads "
                              f"format {FORMAT} only")
@@ -239,6 +274,22 @@ class ShardStore:
         self._node_id = _U32.unpack(node_raw)[0]
         self._records_total = _U64.unpack(records_raw)[0]
         self._bytes_total = _U64.unpack(bytes_raw)[0]
+
+    def _index_operations(self) -> None:
+        """Build the operation index of a format-1 store from its records, then
+        mark it format 2. Index entries are idempotent: a crash in between
+        leaves format 1, and the next open indexes again."""
+        wb, pending = WriteBatch(raw_mode=True), 0
+        for key, value in self._scan(_RECORD, _prefix_end(_RECORD)):
+            record = Record.FromString(value)
+            meta = _without_data(record, value)
+            wb.put(_op_prefix(record.op) + key[len(_RECORD):], meta)
+            pending += len(meta)
+            if pending >= _INDEX_BATCH_BYTES:
+                self._db.write(wb, self._write_opts)
+                wb, pending = WriteBatch(raw_mode=True), 0
+        wb.put(_META_FORMAT, _U32.pack(FORMAT))
+        self._db.write(wb, self._sync_opts())
 
     def _is_empty(self) -> bool:
         it = self._db.iter()
@@ -515,21 +566,22 @@ class ShardStore:
         present: list = []
         for i in range(0, len(keys), _MULTIGET_CHUNK):
             present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
-        for key, (value, _), have in zip(keys, rows.values(), present):
+        for key, row, have in zip(keys, rows.values(), present):
             held = have if have is not None else written.get(key)
-            if held is not None and held != value:
+            if held is not None and held != row.value:
                 raise _Conflict(f"a record under stamp {Stamp.from_bytes(key[len(_RECORD):])} is "
                                 "already held with different contents; refusing the batch")
         count = nbytes = 0
-        for key, (stamp, (value, handles)), have in zip(keys, rows.items(), present):
+        for key, (stamp, row), have in zip(keys, rows.items(), present):
             if have is not None or key in written:
                 continue
-            written[key] = value
-            wb.put(key, value)
-            for fh in handles:
+            written[key] = row.value
+            wb.put(key, row.value)
+            for fh in row.handles:
                 wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
+            wb.put(_op_prefix(row.op) + stamp, row.meta)
             count += 1
-            nbytes += len(value)
+            nbytes += len(row.value)
         return count, nbytes
 
     # -- reading ---------------------------------------------------------------
@@ -542,6 +594,50 @@ class ShardStore:
         self._check_open()
         for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi)):
             yield Record.FromString(value)
+
+    def op_records(self, ops: Iterable[int], lo: Stamp | None = None,
+                   hi: Stamp | None = None) -> Iterator[Record]:
+        """Records of ``ops`` (every op when empty) with ``lo < stamp <= hi``, in
+        stamp order, without their data, from the operation index alone."""
+        for value in self.op_values(ops, lo, hi, with_data=False):
+            yield Record.FromString(value)
+
+    def op_values(self, ops: Iterable[int], lo: Stamp | None = None, hi: Stamp | None = None, *,
+                  with_data: bool) -> Iterator[bytes]:
+        """``op_records`` serialized, as stored: without data from the operation
+        index; ``with_data``, the records as shipped (every op: one range of
+        ``r/``; some: the index's stamps, then the records by key)."""
+        self._check_open()
+        ops = sorted(set(ops))
+        if with_data and not ops:
+            for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi)):
+                yield value
+            return
+        scans = [self._op_scan(op, lo, hi) for op in ops or _ALL_OPS]
+        merged = heapq.merge(*scans) if len(scans) > 1 else scans[0]
+        try:
+            if not with_data:
+                for _, value in merged:
+                    yield value
+                return
+            keys: list[bytes] = []
+            for stamp, _ in merged:
+                keys.append(_RECORD + stamp)
+                if len(keys) == _MULTIGET_CHUNK:
+                    yield from (v for v in self._db.get(keys) if v is not None)
+                    keys = []
+            if keys:
+                yield from (v for v in self._db.get(keys) if v is not None)
+        finally:
+            for scan in scans:
+                scan.close()
+
+    def _op_scan(self, op: int, lo: Stamp | None, hi: Stamp | None) -> Iterator[tuple[bytes, bytes]]:
+        """(stamp, record without data) of one op, in stamp order."""
+        prefix = _op_prefix(op)
+        skip = len(prefix)
+        for key, value in self._scan(_after(prefix, lo), _through(prefix, hi)):
+            yield key[skip:], value
 
     def file_records(self, fh: bytes, hi: Stamp | None = None, *,
                      lo: Stamp | None = None) -> Iterator[Record]:
@@ -566,6 +662,22 @@ class ShardStore:
                 keys = []
         if keys:
             yield from self._fetch_naming(keys, fh)
+
+    def files_record_values(self, fhs: Iterable[bytes], hi: Stamp | None = None, *,
+                            lo: Stamp | None = None) -> Iterator[bytes]:
+        """Every record naming any of ``fhs`` with ``lo < stamp <= hi``, each once,
+        in stamp order, as stored, through the per-file index. Not parsed here:
+        a record found through another handle's colliding ``fh_key`` may be
+        among them (the reader matches handles on the records themselves)."""
+        self._check_open()
+        stamps: set[bytes] = set()
+        for fh in set(fhs):
+            prefix = _FILE + fh_key(fh) + b"/"
+            skip = len(prefix)
+            stamps.update(key[skip:] for key, _ in self._scan(_after(prefix, lo), _through(prefix, hi)))
+        keys = [_RECORD + stamp for stamp in sorted(stamps)]
+        for i in range(0, len(keys), _MULTIGET_CHUNK):
+            yield from (v for v in self._db.get(keys[i:i + _MULTIGET_CHUNK]) if v is not None)
 
     def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[tuple[Record, bytes]]:
         for value in self._db.get(keys):
@@ -636,13 +748,13 @@ def _sent_stamp(batch: IngestBatch) -> Stamp | None:
 
 
 def _parse_batch(batch: IngestBatch, node_id: int
-                 ) -> tuple[dict[bytes, tuple[bytes, set[bytes]]], Stamp | None, Stamp | None,
+                 ) -> tuple[dict[bytes, _Row], Stamp | None, Stamp | None,
                             tuple[GapMarker, ...]]:
     """Check a batch of stream node ``node_id``, index its records by stamp and
     pick out its gap markers; raises ValueError naming the fault."""
     stable = Stamp.from_bytes(batch.stable) if batch.stable else None
     newest = Stamp.from_bytes(batch.newest) if batch.newest else None
-    rows: dict[bytes, tuple[bytes, set[bytes]]] = {}
+    rows: dict[bytes, _Row] = {}
     markers: list[GapMarker] = []
     after, through = batch.after_seq, batch.through_seq
     for shipped in batch.records:
@@ -659,12 +771,15 @@ def _parse_batch(batch: IngestBatch, node_id: int
         if stamp.node_id != node_id:
             raise _ForeignStamp(f"record at seq {shipped.seq} is stamped {stamp} by node "
                                 f"{stamp.node_id}, not by this stream's node {node_id}")
-        if (held := rows.get(record.stamp)) is not None and held[0] != shipped.record:
+        if (held := rows.get(record.stamp)) is not None and held.value != shipped.record:
             raise ValueError(f"two different records under stamp {stamp} in one batch")
         if record.op == Op.GAP:
             markers.append(GapMarker(shipped.seq, stamp, record.gap_cause or "unknown",
                                      record.gap_reason))
-        rows.setdefault(record.stamp, (shipped.record, _handles(record)))
+        if record.stamp not in rows:
+            handles = _handles(record)
+            rows[record.stamp] = _Row(shipped.record, handles, record.op,
+                                      _without_data(record, shipped.record))
     return rows, stable, newest, tuple(markers)
 
 

@@ -347,6 +347,18 @@ class FileRequest(_message.Message):
     with_data: bool
     def __init__(self, fh: _Optional[bytes] = ..., after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ...) -> None: ...
 
+class FilesRequest(_message.Message):
+    __slots__ = ("fhs", "after", "until", "with_data")
+    FHS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WITH_DATA_FIELD_NUMBER: _ClassVar[int]
+    fhs: _containers.RepeatedScalarFieldContainer[bytes]
+    after: bytes
+    until: bytes
+    with_data: bool
+    def __init__(self, fhs: _Optional[_Iterable[bytes]] = ..., after: _Optional[bytes] = ..., until: _Optional[bytes] = ..., with_data: _Optional[bool] = ...) -> None: ...
+
 class RecordChunk(_message.Message):
     __slots__ = ("records",)
     RECORDS_FIELD_NUMBER: _ClassVar[int]

@@ -212,6 +212,16 @@ class RestoreStub:
                 request_serializer=logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
                 response_deserializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
                 _registered_method=True)
+        self.ScanChunks = channel.unary_stream(
+                '/nfsj.journal.v1.Restore/ScanChunks',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.ScanRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
+                _registered_method=True)
+        self.FilesRecordChunks = channel.unary_stream(
+                '/nfsj.journal.v1.Restore/FilesRecordChunks',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.FilesRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
+                _registered_method=True)
         self.Baselines = channel.unary_unary(
                 '/nfsj.journal.v1.Restore/Baselines',
                 request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
@@ -241,6 +251,21 @@ class RestoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScanChunks(self, request, context):
+        """Scan in chunks, records as stored (shards older than it answer
+        UNIMPLEMENTED). Without data it reads the operation index only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FilesRecordChunks(self, request, context):
+        """FileRecordChunks of many files at once (older shards: UNIMPLEMENTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Baselines(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -263,6 +288,16 @@ def add_RestoreServicer_to_server(servicer, server):
             'FileRecordChunks': grpc.unary_stream_rpc_method_handler(
                     servicer.FileRecordChunks,
                     request_deserializer=logstore_dot_pb_dot_journal__pb2.FileRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.SerializeToString,
+            ),
+            'ScanChunks': grpc.unary_stream_rpc_method_handler(
+                    servicer.ScanChunks,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.ScanRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.SerializeToString,
+            ),
+            'FilesRecordChunks': grpc.unary_stream_rpc_method_handler(
+                    servicer.FilesRecordChunks,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.FilesRequest.FromString,
                     response_serializer=logstore_dot_pb_dot_journal__pb2.RecordChunk.SerializeToString,
             ),
             'Baselines': grpc.unary_unary_rpc_method_handler(
@@ -351,6 +386,60 @@ class Restore:
             target,
             '/nfsj.journal.v1.Restore/FileRecordChunks',
             logstore_dot_pb_dot_journal__pb2.FileRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScanChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/ScanChunks',
+            logstore_dot_pb_dot_journal__pb2.ScanRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FilesRecordChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/FilesRecordChunks',
+            logstore_dot_pb_dot_journal__pb2.FilesRequest.SerializeToString,
             logstore_dot_pb_dot_journal__pb2.RecordChunk.FromString,
             options,
             channel_credentials,

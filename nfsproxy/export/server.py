@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import signal
+import threading
 from typing import Any
 
 from nfsproxy.export.handler import ExportHandler
@@ -264,7 +265,23 @@ async def start_export(opts: ExportOptions) -> RunningExport:
     except BaseException:
         _close_client(client)
         raise
+    _prefetch(client, cut, tree)
     return RunningExport(server, cut, client)
+
+
+def _prefetch(client: Any, cut: Any, tree: Any) -> None:
+    """Fill the read cache with every file's bytes in one bulk stream, beside
+    serving (a READ before it is done builds its file alone, as always)."""
+    from recoveryd.tree import REG
+
+    def fill() -> None:
+        try:
+            made = client.prefetch(cut, (fh for _, fh, node in tree.walk() if node.type == REG))
+            logger.info("read cache filled with %d files", made)
+        except Exception as e:  # noqa: BLE001  the cache stays as READs fill it
+            logger.info("read cache not filled ahead: %s", e)
+
+    threading.Thread(target=fill, name="nfsj-export-prefetch", daemon=True).start()
 
 
 def _cut_id(cut: Any) -> bytes:

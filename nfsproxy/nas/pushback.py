@@ -152,6 +152,7 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
                             f"{getattr(cut, 'at', cut)}; "
                             "nothing to push back")
     pusher = _Pusher(client, cut, nfs, tree, progress)
+    pusher.top = src_fh
     try:
         return _push(pusher, src_fh, src_parts, src_rel, into)
     except (NfsError, ClientError, OSError) as e:
@@ -225,6 +226,8 @@ class _Pusher:
         # (tree handle, NAS handle, path) of every directory made, parents first
         self.dir_attrs: list[tuple[bytes, bytes, bytes]] = []
         self.nas_has_nfsacl = True  # until it answers PROG_UNAVAIL/PROG_MISMATCH
+        self.top: bytes | None = None  # the tree handle pushed (for the prefetch)
+        self.prefetched = False
 
     # -- where ------------------------------------------------------------------
 
@@ -338,6 +341,11 @@ class _Pusher:
     def _write_content(self, fh: bytes, nas_fh: bytes, rel: bytes) -> None:
         # The content as RestoreClient materialises it has the file's size at
         # the cut (holes read as zeros), so it is written whole.
+        if not self.prefetched:
+            # Every file's bytes in one bulk stream from the shards, not one
+            # call per file (as far as the client's cache holds them).
+            self.prefetched = True
+            self.client.prefetch(self.cut, (f for _, f, n in self.tree.walk(self.top) if n.type == REG))
         for _ in range(_COMMIT_ATTEMPTS):
             verfs: set[bytes] = set()
             offset, need_commit = 0, False

@@ -66,9 +66,7 @@ class FileCache:
                 entry = self._cache.get(key)
                 if entry is not None:
                     return entry[0]
-            name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
-            path = self._cache_dir / name
-            tmp = self._cache_dir / f"{name}.tmp"
+            tmp, path = self._paths(key)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 size = build(fd)
@@ -77,20 +75,51 @@ class FileCache:
                 tmp.unlink(missing_ok=True)
                 raise
             os.close(fd)
-            os.replace(tmp, path)
-            with self._lock:
-                self._cache[key] = (path, size)
-                self._cache_used += size
-                self._building.pop(key, None)
-                while self._cache_used > self._cache_bytes and len(self._cache) > 1:
-                    old_key, (old_path, old_size) = next(iter(self._cache.items()))
-                    if old_key == key:
-                        break
-                    del self._cache[old_key]
-                    self._cache_used -= old_size
-                    old_path.unlink(missing_ok=True)
+            self._add(key, tmp, path, size)
             return path
 
+    # -- filled from outside (a bulk prefetch) -----------------------------------------
+
+    def holds(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._cache
+
+    @property
+    def budget(self) -> int:
+        """Bytes the cache may hold."""
+        return self._cache_bytes
+
+    def staging(self, key: Hashable) -> Path:
+        """Where to make the file of ``key`` (a path that does not exist) before ``add``."""
+        tmp = self._paths(key, ".bulk")[0]  # apart from a READ's own build of it
+        tmp.unlink(missing_ok=True)
+        return tmp
+
+    def add(self, key: Hashable, size: int) -> None:
+        """Take the file made at ``staging(key)`` into the cache."""
+        tmp, path = self._paths(key, ".bulk")
+        self._add(key, tmp, path, size)
+
+    def _paths(self, key: Hashable, suffix: str = ".tmp") -> tuple[Path, Path]:
+        name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+        return self._cache_dir / f"{name}{suffix}", self._cache_dir / name
+
+    def _add(self, key: Hashable, tmp: Path, path: Path, size: int) -> None:
+        os.replace(tmp, path)
+        with self._lock:
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cache_used -= old[1]
+            self._cache[key] = (path, size)
+            self._cache_used += size
+            self._building.pop(key, None)
+            while self._cache_used > self._cache_bytes and len(self._cache) > 1:
+                old_key, (old_path, old_size) = next(iter(self._cache.items()))
+                if old_key == key:
+                    break
+                del self._cache[old_key]
+                self._cache_used -= old_size
+                old_path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Drop every file (and the directory, if this cache made it)."""

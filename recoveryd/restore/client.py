@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from logstore.pb.journal_pb2 import Attr, Record
 from logstore.stamp import Stamp
 
-from ..tree import Tree
+from ..tree import REG, Tree
+from .bulk import write_contents
 from .cache import DEFAULT_CACHE_BYTES, FileCache
 from .cut import Cut, cut_records, take_cut
 from .history import HistoryEntry, history
@@ -112,6 +113,35 @@ class RestoreClient:
         read from there."""
         return self._cache.read((cut.key, fh), offset, count,
                                 lambda fd: self.write_file(cut, fh, fd))
+
+    def prefetch(self, cut: Cut, fhs: Iterable[bytes]) -> int:
+        """Materialise the regular files ``fhs`` at ``cut`` into the read cache
+        together, through the bulk path (``bulk.write_contents``), so that
+        ``read`` serves them from the cache: as many as fit in half the cache,
+        in the order given. Returns how many were made."""
+        tree = self._any_tree(cut)
+        every = {fh for _, fh, node in tree.walk() if node.type == REG}
+        chosen, total = [], 0
+        for fh in dict.fromkeys(fhs):
+            node = tree.nodes.get(fh)
+            if node is None or node.type != REG or self._cache.holds((cut.key, fh)):
+                continue
+            size = node.attr.size if node.attr is not None else 0
+            if total + size > self._cache.budget // 2:
+                break
+            chosen.append(fh)
+            total += size
+        targets = {fh: self._cache.staging((cut.key, fh)) for fh in chosen}
+        written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
+                                 file_records=lambda fh: self.file_records(cut, fh))
+        for fh, (size, _) in written.items():
+            self._cache.add((cut.key, fh), size)
+        return len(written)
+
+    def _any_tree(self, cut: Cut) -> Tree:
+        with self._lock:
+            tree = self._trees.get((cut.key, True)) or self._trees.get((cut.key, False))
+        return tree if tree is not None else self.tree(cut)
 
     # -- a whole tree, history -------------------------------------------------------------------
 

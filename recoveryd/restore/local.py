@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,6 +24,7 @@ from logstore.pb.journal_pb2 import Attr
 from ..acl import XATTR_ACCESS, XATTR_DEFAULT, to_xattr
 from ..timespec import format_time
 from ..tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, TYPE_NAMES, Tree, show_name
+from .bulk import write_contents
 from .cut import Cut
 from .errors import RestoreError, RestoreRefused
 from .namespace import clean_path
@@ -139,6 +141,9 @@ def restore_to_dir(client: RestoreClient, cut: Cut, dest: str | os.PathLike[str]
 def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path,
            summary: RestoreSummary, state: RestoreProgress, report: Callable[[RestoreProgress], None], *,
            single: bool = False) -> None:
+    """The namespace first (directories, empty files, links, symlinks, special
+    files), then every regular file's contents at once (``bulk``), then the
+    files' attributes, then the directories' bottom-up."""
     entries = list(tree.walk(start))
     files = {fh for _, fh, node in entries if node.type == REG}
     state.files_total = len(files)
@@ -146,6 +151,8 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
     state.phase = "files"
     report(state)
     first_path: dict[bytes, Path] = {}
+    shown: dict[bytes, bytes] = {}
+    links: list[tuple[bytes, Path]] = []
     dirs: list[tuple[Path, Any]] = []
     for rel, fh, node in entries:
         # Names are bytes; os.fsdecode gives the str that the OS turns back into exactly them.
@@ -157,23 +164,14 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
             summary.dirs += 1
             continue
         if fh in first_path:
-            os.link(first_path[fh], target, follow_symlinks=False)  # a symlink's own inode
+            if node.type == REG:
+                links.append((fh, target))  # once the file is made, with its contents
+            else:
+                os.link(first_path[fh], target, follow_symlinks=False)  # a symlink's own inode
             summary.hard_links += 1
             continue
-        state.current = show_name(b"/" + rel)
         if node.type == REG:
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                size, attr = client.replay_file(cut, fh, fd)
-            finally:
-                os.close(fd)
-            _set_acls(target, node, summary)
-            _set_attrs(target, attr or node.attr, REG, summary.owners)
-            summary.files += 1
-            summary.bytes += size
-            state.files_done += 1
-            state.bytes_done += size
-            report(state)
+            pass  # made with its contents
         elif node.type == LNK:
             os.symlink(node.symlink_target, target)
             _set_attrs(target, node.attr, LNK, summary.owners)
@@ -195,6 +193,11 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
                                    "in this cut)")
             continue
         first_path[fh] = target
+        shown[fh] = rel
+    _write_files(client, cut, tree, {fh: first_path[fh] for fh in files}, start == tree.root, shown,
+                 summary, state, report)
+    for fh, target in links:
+        os.link(first_path[fh], target)
     # Directories last and bottom-up: entries made inside a directory
     # change its mtime, so it is set after all of them.
     state.phase, state.current = "attributes", ""
@@ -202,6 +205,46 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
     for target, node in reversed(dirs):
         _set_acls(target, node, summary)
         _set_attrs(target, node.attr, DIR, summary.owners)
+
+
+def _write_files(client: RestoreClient, cut: Cut, tree: Tree, targets: dict[bytes, Path],
+                 whole: bool, shown: dict[bytes, bytes], summary: RestoreSummary, state: RestoreProgress,
+                 report: Callable[[RestoreProgress], None]) -> None:
+    """Every regular file made with its contents, then its ACLs and attributes
+    (after the bytes: writing changes the mtime), by the thread that wrote it.
+    ``whole``: they are all the cut's files."""
+    def done(fh: bytes, size: int) -> None:
+        state.files_done += 1
+        state.current = show_name(b"/" + shown[fh])
+        report(state)
+
+    def wrote(nbytes: int) -> None:
+        state.bytes_done += nbytes
+        report(state)
+
+    inherited = _default_acl_at(next(iter(targets.values())).parent) if targets else False
+    lock = threading.Lock()  # the summary's ACL counts
+
+    def finished(fh: bytes, size: int, attr: Attr | None) -> None:
+        target, node = targets[fh], tree.nodes[fh]
+        if node.acl is not None and (node.acl or inherited):
+            with lock:
+                _set_acls(target, node, summary, inherited=inherited)
+        _set_attrs(target, attr or node.attr, REG, summary.owners)
+
+    written = write_contents(client.shards, cut, targets, whole=whole, done=done, wrote=wrote,
+                             file_records=lambda fh: client.file_records(cut, fh), finished=finished)
+    summary.files += len(written)
+    summary.bytes += sum(size for size, _ in written.values())
+
+
+def _default_acl_at(directory: Path) -> bool:
+    """Whether what is made in ``directory`` may inherit ACLs (it has a default ACL)."""
+    try:
+        os.getxattr(directory, XATTR_DEFAULT)
+    except OSError:
+        return False  # none (ENODATA), or no ACLs on this file system
+    return True
 
 
 def check_dest(dest: str | os.PathLike[str]) -> None:
@@ -285,15 +328,19 @@ def _place(built: Path, dest: Path, *, over_empty_dir: bool) -> None:
 
 
 
-def _set_acls(path: Path, node: Any, summary: RestoreSummary) -> None:
+def _set_acls(path: Path, node: Any, summary: RestoreSummary, *, inherited: bool = True) -> None:
     """Set the POSIX ACLs the tree knows for ``node`` (before its mode: a chmod
     then rewrites the owner, mask and other entries as the NAS's mode says).
-    A file system without ACLs (EOPNOTSUPP) is warned about once and counted."""
+    A file system without ACLs (EOPNOTSUPP) is warned about once and counted.
+    ``inherited``: the object may have inherited ACLs where it was made (else
+    "no ACL" needs nothing done)."""
     for name, acl in ((XATTR_ACCESS, node.acl),
                       (XATTR_DEFAULT, node.default_acl if node.type == DIR else None)):
         if acl is None:
             continue  # not known
         if not acl:
+            if not inherited:
+                continue
             # None on the NAS; one may have been inherited from the destination's parent.
             with contextlib.suppress(OSError):
                 os.removexattr(path, name, follow_symlinks=False)

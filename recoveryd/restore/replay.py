@@ -18,18 +18,107 @@ stamp (nfsproxy/nas/baseline.py).
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from logstore.pb.journal_pb2 import Attr, Op, Record
 
 from ..tree import attr_key
 
-__all__ = ["DATA_OPS", "replay", "newest_attr"]
+__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "newest_attr", "pwrite_all"]
 
 #: Ops that change a regular file's bytes or size.
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
 # Plain ints for the per-record loops (an enum wrapper's attribute costs a call).
 _BASELINE, _WRITE, _SETATTR, _CREATE = int(Op.BASELINE), int(Op.WRITE), int(Op.SETATTR), int(Op.CREATE)
+
+
+class FileReplay:
+    """One file's replay, a record at a time: ``apply`` each record naming it in
+    stamp order, then ``finish``. What it decides goes to ``out`` (a
+    ``FileOut``: the file itself, or a queue to a writer thread); ``size`` is
+    the file's size when the replay starts (0: a new file).
+
+    The replay keeps the file's size itself, so that it never truncates a
+    file to the size it already has: on ext4 a truncate to 0 of a file that
+    is then written makes its close start writeback (``auto_da_alloc``),
+    which a restore of thousands of files must not pay per file."""
+
+    __slots__ = ("fh", "_out", "attr", "_key", "size")
+
+    def __init__(self, fh: bytes, out: FileOut, size: int = 0) -> None:
+        self.fh = fh
+        self._out = out
+        self.attr: Attr | None = None
+        self._key = (0, b"")
+        self.size = size
+
+    def apply(self, record: Record) -> int:
+        """Apply one record (records that do not name this file as ``fh`` change
+        nothing); returns the bytes it wrote."""
+        if not record.ok or record.fh != self.fh:
+            return 0
+        if record.HasField("attr"):
+            k = attr_key(record.attr, record.stamp)
+            if self.attr is None or k >= self._key or (record.op == _BASELINE and record.baseline_first):
+                self.attr, self._key = record.attr, k
+        op = record.op
+        if op == _BASELINE or op == _WRITE:
+            data = record.data  # a copy at each access: once
+            if op == _BASELINE and record.baseline_first:
+                self._truncate(0)
+            elif op == _WRITE and 0 < record.reply_count < len(data):
+                data = data[:record.reply_count]  # the NAS accepted only this much
+            if data:
+                self._write(data, record.offset)
+            return len(data)
+        if op == _SETATTR:
+            if record.set.HasField("size"):
+                self._truncate(record.set.size)
+        elif op == _CREATE:
+            if record.HasField("attr"):
+                self._truncate(record.attr.size)
+            elif record.set.HasField("size"):
+                self._truncate(record.set.size)
+        return 0
+
+    def finish(self) -> tuple[int, Attr | None]:
+        """The file's size and newest attributes (None if no record carried any);
+        the file is cut to the size of those attributes, the NAS's truth."""
+        if self.attr is not None:
+            self._truncate(self.attr.size)
+        return self.size, self.attr
+
+    def _truncate(self, size: int) -> None:
+        if size != self.size:
+            self._out.truncate(size)
+            self.size = size
+
+    def _write(self, data: bytes, offset: int) -> None:
+        self._out.write(data, offset)
+        self.size = max(self.size, offset + len(data))
+
+
+class FileOut(Protocol):
+    """Where a ``FileReplay`` puts one file's bytes."""
+
+    def truncate(self, size: int) -> None: ...
+
+    def write(self, data: bytes, offset: int) -> None: ...
+
+
+class FdOut:
+    """A ``FileOut`` writing straight to an open file descriptor."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def write(self, data: bytes, offset: int) -> None:
+        pwrite_all(self.fd, data, offset)
 
 
 def replay(records: Iterable[Record], fh: bytes, fd: int,
@@ -38,46 +127,16 @@ def replay(records: Iterable[Record], fh: bytes, fd: int,
     open file ``fd``; returns its size and newest attributes (None if no record
     carried any). ``seen`` is shown every record on the way (``Tree.apply``,
     say, to learn the object's type in the same pass)."""
-    attr: Attr | None = None
-    key = (0, b"")
+    file = FileReplay(fh, FdOut(fd), os.fstat(fd).st_size)
     for record in records:
         if seen is not None:
             seen(record)
-        if not record.ok:
-            continue
-        if record.fh == fh and record.HasField("attr"):
-            k = attr_key(record.attr, record.stamp)
-            if attr is None or k >= key or (record.op == _BASELINE and record.baseline_first):
-                attr, key = record.attr, k
-        if record.fh != fh or record.op not in DATA_OPS:
-            continue
-        op = record.op
-        if op == _BASELINE:
-            if record.baseline_first:
-                os.ftruncate(fd, 0)
-            if record.data:
-                _pwrite_all(fd, record.data, record.offset)
-        elif op == _WRITE:
-            data = record.data
-            if 0 < record.reply_count < len(data):
-                data = data[:record.reply_count]  # the NAS accepted only this much
-            if data:
-                _pwrite_all(fd, data, record.offset)
-        elif op == _SETATTR:
-            if record.set.HasField("size"):
-                os.ftruncate(fd, record.set.size)
-        elif op == _CREATE:
-            if record.HasField("attr"):
-                os.ftruncate(fd, record.attr.size)
-            elif record.set.HasField("size"):
-                os.ftruncate(fd, record.set.size)
-    if attr is not None:
-        os.ftruncate(fd, attr.size)
-        return attr.size, attr
-    return os.fstat(fd).st_size, None
+        file.apply(record)
+    return file.finish()
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite may write less than asked)."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -11,13 +11,17 @@ order; equal stamps are one record (a marker every shard holds).
 from __future__ import annotations
 
 import heapq
+import queue
+import threading
 from typing import Iterator, Sequence
 
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import BaselineInfo, FileRequest, Record, ScanRequest, ShardStatusRequest
+from logstore.pb.journal_pb2 import (BaselineInfo, FileRequest, FilesRequest, Record, ScanRequest,
+                                     ShardStatusRequest)
 
+from ..restore_service import RESTORE_SERVICE
 from ..security import BearerToken, open_channel
 from ..status import ShardReport
 from .errors import RestoreRefused, ShardError
@@ -57,8 +61,14 @@ class Shards:
                 raise ShardError(f"shard {len(self._channels)} ({address}): cannot connect: {e}") from None
             self._channels.append(channel)
         self._restore = [journal_pb2_grpc.RestoreStub(c) for c in self._channels]
+        # The chunk streams unparsed: their records are cut out of the message
+        # in place (``_records_in``), not copied into a RecordChunk first.
+        self._raw = [{name: c.unary_stream(f"/{RESTORE_SERVICE}/{name}",
+                                           request_serializer=kind.SerializeToString,
+                                           response_deserializer=None)
+                      for name, kind in _CHUNKED.items()} for c in self._channels]
         self._journal = [journal_pb2_grpc.JournalStub(c) for c in self._channels]
-        self._no_chunks: set[int] = set()   # shards without FileRecordChunks
+        self._unimplemented: set[tuple[int, str]] = set()   # (shard, chunked method it lacks)
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -107,33 +117,70 @@ class Shards:
                 raise self._error(k, e, "listing baselines") from None
         return out
 
-    def scan(self, request: ScanRequest) -> Iterator[Record]:
-        """Every shard's Scan merged in stamp order, equal stamps once."""
-        return _merge([self._stream(k, self._restore[k].Scan, request, "scanning records")
-                       for k in range(len(self))])
+    def scan(self, request: ScanRequest, *, prefetch: int = 0) -> Iterator[Record]:
+        """Every shard's Scan merged in stamp order, equal stamps once.
+
+        Asked as ``ScanChunks`` (many records to a message, as the shard
+        stores them); a shard that predates it is asked ``Scan``. With
+        ``prefetch``, each shard's stream is read by its own thread, up to
+        that many records ahead of the caller, so that every shard keeps
+        sending while the caller works on what came."""
+        streams = [self._chunked(k, "ScanChunks", "Scan", request, "scanning records")
+                   for k in range(len(self))]
+        if prefetch:
+            streams = [_ahead(s, prefetch) for s in streams]
+        return _merge(streams)
 
     def file_records(self, request: FileRequest) -> Iterator[Record]:
         """Every shard's FileRecords merged in stamp order, equal stamps once.
 
         Asked as ``FileRecordChunks`` (many records to a message); a shard
         that predates it is asked ``FileRecords``, one message per record."""
-        return _merge([self._file_stream(k, request) for k in range(len(self))])
+        return _merge([self._chunked(k, "FileRecordChunks", "FileRecords", request,
+                                     "reading a file's records") for k in range(len(self))])
 
-    def _file_stream(self, k: int, request: FileRequest) -> Iterator[Record]:
-        doing = "reading a file's records"
-        if k in self._no_chunks:
-            yield from self._stream(k, self._restore[k].FileRecords, request, doing)
+    def files_records(self, request: FilesRequest, *, prefetch: int = 0) -> Iterator[Record]:
+        """Every shard's records naming any of ``request.fhs``, merged in stamp
+        order, each once (``FilesRecordChunks``). A shard that predates it is
+        asked ``FileRecords`` file by file; records then come in stamp order
+        per file, not over all of them, each with its own file as ``fh``."""
+        streams = [self._files_stream(k, request) for k in range(len(self))]
+        if prefetch:
+            streams = [_ahead(s, prefetch) for s in streams]
+        return _merge(streams)
+
+    def _files_stream(self, k: int, request: FilesRequest) -> Iterator[Record]:
+        if (k, "FilesRecordChunks") not in self._unimplemented:
+            stream = self._chunked(k, "FilesRecordChunks", "", request, "reading files' records")
+            try:
+                yield from stream
+                return
+            except _Unimplemented:
+                pass
+            finally:
+                stream.close()
+        for fh in request.fhs:
+            one = FileRequest(fh=fh, after=request.after, until=request.until, with_data=request.with_data)
+            for record in self._chunked(k, "FileRecordChunks", "FileRecords", one, "reading a file's records"):
+                if record.fh == fh:
+                    yield record
+
+    def _chunked(self, k: int, chunked: str, plain: str, request, doing: str) -> Iterator[Record]:
+        stub = self._restore[k]
+        if (k, chunked) in self._unimplemented:
+            yield from self._stream(k, getattr(stub, plain), request, doing)
             return
-        call = self._restore[k].FileRecordChunks(request)
+        call = self._raw[k][chunked](request)
         try:
             for chunk in call:
-                for raw in chunk.records:
-                    yield Record.FromString(raw)
+                yield from _records_in(chunk, self.name(k))
         except grpc.RpcError as e:
             if e.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise self._error(k, e, doing) from None
-            self._no_chunks.add(k)  # an older recoveryd: it failed before sending anything
-            yield from self._stream(k, self._restore[k].FileRecords, request, doing)
+            self._unimplemented.add((k, chunked))  # an older recoveryd: it failed before sending anything
+            if not plain:
+                raise _Unimplemented() from None
+            yield from self._stream(k, getattr(stub, plain), request, doing)
         finally:
             call.cancel()
 
@@ -167,6 +214,88 @@ def _unavailable(details: str) -> str:
         return ("closed the connection (does it serve TLS? then pass --tls-ca, and --tls-cert/"
                 "--tls-key if it wants client certificates)")
     return "does not answer (is `nfsj recoveryd` running there?)"
+
+
+_CHUNKED = {"ScanChunks": ScanRequest, "FileRecordChunks": FileRequest,
+            "FilesRecordChunks": FilesRequest}
+
+
+def _records_in(chunk: bytes, shard: str) -> Iterator[Record]:
+    """The records of a RecordChunk in wire form (field 1, length-delimited,
+    repeated), each parsed from a slice of it."""
+    view = memoryview(chunk)
+    pos, end = 0, len(view)
+    parse = Record.FromString
+    while pos < end:
+        if view[pos] != 0x0A:
+            raise ShardError(f"{shard} sent a malformed record chunk (byte {pos})")
+        length, shift, pos = 0, 0, pos + 1
+        while True:
+            if pos >= end or shift > 63:
+                raise ShardError(f"{shard} sent a malformed record chunk (byte {pos})")
+            byte = view[pos]
+            length |= (byte & 0x7F) << shift
+            pos += 1
+            if byte < 0x80:
+                break
+            shift += 7
+        if pos + length > end:
+            raise ShardError(f"{shard} sent a truncated record chunk")
+        try:
+            yield parse(view[pos:pos + length])
+        except Exception:  # noqa: BLE001  google.protobuf.message.DecodeError
+            raise ShardError(f"{shard} sent a record that does not parse") from None
+        pos += length
+
+
+class _Unimplemented(Exception):
+    """A shard does not serve a call (an older recoveryd), and it has no plain form."""
+
+
+_BATCH = 256  # records handed over between threads at a time
+
+
+def _ahead(records: Iterator[Record], limit: int) -> Iterator[Record]:
+    """``records``, read by a thread of its own up to ``limit`` records ahead.
+    An error in the stream is raised here; closing this stops the thread."""
+    ready: queue.Queue = queue.Queue(max(1, limit // _BATCH))
+    stop = threading.Event()
+
+    def pump() -> None:
+        batch: list[Record] = []
+        try:
+            for record in records:
+                batch.append(record)
+                if len(batch) >= _BATCH:
+                    if not _put(ready, batch, stop):
+                        return
+                    batch = []
+            _put(ready, batch, stop)
+            _put(ready, None, stop)
+        except BaseException as e:  # noqa: BLE001  handed to the reader
+            _put(ready, e, stop)
+        finally:
+            records.close()
+
+    thread = threading.Thread(target=pump, name="nfsj-restore-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
+
+
+def _put(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _merge(streams: list[Iterator[Record]]) -> Iterator[Record]:

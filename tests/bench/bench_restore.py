@@ -21,6 +21,10 @@ What runs, on one disk (everything lives under one work directory):
    tree and the shards' files are in the page cache for both (nothing drops
    caches: this machine is shared). The restored tree is then compared with
    the source (paths, types, contents, modes, mtimes), untimed.
+   Then the same moment pushed back onto the NAS (`nfsj restore --to-nas
+   --into pushed`, through ganesha), and read through `nfsj export` (every
+   file read whole with our own NFS client, 1 MiB READs), each next to the
+   same reads of the NAS itself, in the same run.
 4. A file with 10,000 records: `hot/hot.bin`, made through the proxy after
    the baseline and written 10,000 times (small writes at varying offsets,
    our own NFS client). Time to first byte of `nfsj cat hot/hot.bin --at T2`
@@ -61,7 +65,7 @@ from e2e.treecompare import diff, snapshot  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
 from nfsproxy.nas.client import NfsClient, created_fh  # noqa: E402
 from nfsproxy.demo.ganesha import start_ganesha  # noqa: E402
-from nfsproxy.wire.nfs3 import StableHow  # noqa: E402
+from nfsproxy.wire.nfs3 import Ftype3, StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 from recoveryd.status import fetch_status, overall  # noqa: E402
 
@@ -74,6 +78,7 @@ FILES_PER_DIR = 100
 HOT_WRITES = 10_000
 TTFB_RUNS = 3
 HANG_S = 1800.0
+READ_BYTES = 1 * MiB
 
 
 # -- the machine --------------------------------------------------------------------------
@@ -192,6 +197,32 @@ def cat_ttfb(path: str, at: Stamp, shard_args: list[str], expect_bytes: int | No
     return t_first, t_all
 
 
+def read_tree(nfs_port: int, mount_port: int, top: str) -> int:
+    """Read every regular file under `top` of an NFS export whole; returns the bytes read."""
+    total = 0
+    with NfsClient("127.0.0.1", nfs_port, mount_port, "/export", timeout_s=120) as c:
+        c.mount()
+        stack = [c.lookup_path(top)]
+        while stack:
+            directory = stack.pop()
+            for entry in c.readdirplus(directory):
+                if entry.name in (b".", b".."):
+                    continue
+                fh = entry.name_handle or c.lookup(directory, entry.name).object
+                attrs = entry.name_attributes or c.getattr(fh).obj_attributes
+                if attrs.type is Ftype3.NF3DIR:
+                    stack.append(fh)
+                elif attrs.type is Ftype3.NF3REG:
+                    offset = 0
+                    while True:
+                        res = c.read(fh, offset, READ_BYTES)
+                        offset += len(res.data)
+                        if res.eof or not res.data:
+                            break
+                    total += offset
+    return total
+
+
 def cli_startup() -> float:
     t0 = time.perf_counter()
     subprocess.run([*NFSJ, "cat", "--help"], capture_output=True, check=True)
@@ -275,6 +306,36 @@ def main() -> None:
         say(f"  cp -a (same tree, same disk) {rates(t_cp)}   (+ sync {t_cp_sync:.2f}s)")
         say(f"  ratio restore / cp -a: throughput {t_cp / t_restore:.3f}x "
             f"(with sync: {(t_cp + t_cp_sync) / (t_restore + t_restore_sync):.3f}x)")
+
+        # -- push-back and export reads ----------------------------------------------------------
+        t0 = time.perf_counter()
+        nfsj("restore", "--at", str(t1), "--to-nas", "--nas",
+             f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export", "--into", "pushed", "--quiet",
+             *shard_args)
+        t_push = time.perf_counter() - t0
+        t_nas_read, nas_bytes = timed(read_tree, nas.nfs_port, nas.mount_port, "data")
+        exporting = subprocess.Popen([*NFSJ, "export", "--at", str(t1), "--listen", "127.0.0.1:0",
+                                      *shard_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        try:
+            t0 = time.perf_counter()
+            line = exporting.stdout.readline()
+            m = re.search(r" on [^ ]+:(\d+)$", line.strip())
+            if not m:
+                raise SystemExit(f"nfsj export did not start: {line!r} {exporting.stderr.read()}")
+            t_export_up = time.perf_counter() - t0
+            port = int(m.group(1))
+            t_export_read, export_bytes = timed(read_tree, port, port, "data")
+        finally:
+            exporting.terminate()
+            exporting.wait(timeout=60)
+        if nas_bytes != n_bytes or export_bytes != n_bytes:
+            raise SystemExit(f"read {nas_bytes} bytes from the NAS and {export_bytes} from the export, "
+                             f"expected {n_bytes}")
+        say(f"  nfsj restore --to-nas       {rates(t_push)}   (ratio to cp -a {t_cp / t_push:.3f}x)")
+        say(f"  read of the NAS (NFS, ours) {rates(t_nas_read)}")
+        say(f"  read of nfsj export         {rates(t_export_read)}   (ratio to the NAS "
+            f"{t_nas_read / t_export_read:.3f}x; the export started in {t_export_up:.2f}s)")
 
         # -- a file with 10,000 records ----------------------------------------------------------------
         rng = random.Random(2)

@@ -53,7 +53,7 @@ import pytest
 from e2e.proxy_fixture import ProxyProcess, read_log
 from e2e.shard_fixture import ShardProcess
 from e2e.test_acceptance import nfsj, now_bound, wait_proven
-from logstore.pb.journal_pb2 import FileRequest, Op, Record
+from logstore.pb.journal_pb2 import FileRequest, Op, Record, ScanRequest
 from logstore.stamp import Stamp
 from nfsproxy.nas.client import NfsClient, created_fh
 from nfsproxy.demo.ganesha import GaneshaInstance, start_ganesha
@@ -115,15 +115,12 @@ class CountingShards(Shards):
         self.file_requests: list[bytes] = []
         self._served_lock = threading.Lock()
 
-    def _stream(self, k, method, request, doing) -> Iterator[Record]:
-        if isinstance(request, FileRequest):
-            return super()._stream(k, method, request, doing)  # counted by _file_stream
-        return self._counted("scan", k, super()._stream(k, method, request, doing))
-
-    def _file_stream(self, k, request) -> Iterator[Record]:
+    def _chunked(self, k, chunked, plain, request, doing) -> Iterator[Record]:
+        if isinstance(request, ScanRequest):
+            return self._counted("scan", k, super()._chunked(k, chunked, plain, request, doing))
         if k == 0:
-            self.file_requests.append(request.fh)
-        return self._counted("file", k, super()._file_stream(k, request))
+            self.file_requests.extend([request.fh] if isinstance(request, FileRequest) else request.fhs)
+        return self._counted("file", k, super()._chunked(k, chunked, plain, request, doing))
 
     def _counted(self, kind, k, inner) -> Iterator[Record]:
         try:

@@ -60,6 +60,7 @@ from nfsproxy.wire.nfs3 import Ftype3
 from recoveryd.restore import RestoreClient, RestoreRefused, ShardError, Shards
 from recoveryd.status import fetch_status, overall
 from recoveryd.timespec import format_time
+from recoveryd.tree import REG
 
 ganesha = pytest.mark.ganesha  # the scenario's tests; the service contract tests need no NAS
 
@@ -549,6 +550,46 @@ def test_path_restores_a_subtree_reading_only_its_files(scenario, tmp_path):
         summary = client.restore_to_dir(cut, tmp_path / "lib", path="keep")
     assert sorted(read) == sorted({tree.lookup("keep/k1"), tree.lookup("keep/sub/k2")})
     assert summary.files == 2 and summary.dirs == 2
+
+
+class CallCounting(Shards):
+    """`Shards` that counts the Restore calls it makes, by method."""
+
+    def __init__(self, addresses):
+        super().__init__(addresses)
+        self.calls: list[str] = []
+
+    def _chunked(self, k, chunked, plain, request, doing):
+        self.calls.append(chunked)
+        return super()._chunked(k, chunked, plain, request, doing)
+
+
+@ganesha
+def test_a_whole_tree_restore_streams_every_file_in_bulk(scenario, tmp_path):
+    # A few large streams per shard, however many files: not a call per file.
+    s = scenario
+    with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t2)
+        summary = client.restore_to_dir(cut, tmp_path / "all")
+        calls = shards.calls
+    compare(s.truth2, tmp_path / "all")
+    assert summary.files > 1
+    assert calls == ["ScanChunks"] * (2 * len(s.shards)), calls  # the tree, then the contents
+
+
+@ganesha
+def test_prefetch_fills_the_read_cache_in_one_stream(scenario):
+    s = scenario
+    with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t1)
+        tree = client.tree(cut)
+        files = {rel: fh for rel, fh, node in tree.walk() if node.type == REG}
+        before = len(shards.calls)
+        assert client.prefetch(cut, files.values()) == len(set(files.values()))
+        contents = {rel: client.read(cut, fh, 0, 1 << 30) for rel, fh in files.items()}
+        calls = shards.calls[before:]
+    assert calls == ["ScanChunks"] * len(s.shards), calls
+    assert contents[b"data/sparse.bin"] == s.cat_truth1
 
 
 @ganesha

@@ -1,5 +1,6 @@
-"""A restore client asks a shard for a file's records in chunks, and a shard
-older than FileRecordChunks (UNIMPLEMENTED) in the old way, one per message."""
+"""A restore client asks a shard for a file's records, and for a scan, in chunks,
+and a shard older than FileRecordChunks or ScanChunks (UNIMPLEMENTED) in the
+old way, one per message."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from concurrent import futures
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import FileRequest, Op, Record
+from logstore.pb.journal_pb2 import FileRequest, Op, Record, ScanRequest
 from recoveryd.restore import Shards
 
 
@@ -22,6 +23,10 @@ class OldRestore(journal_pb2_grpc.RestoreServicer):
     def FileRecords(self, request, context):
         self.asked += 1
         yield from (r for r in self.records if request.fh in (r.fh, r.dir_fh))
+
+    def Scan(self, request, context):
+        self.asked += 1
+        yield from self.records
 
 
 def test_a_shard_without_chunks_is_asked_record_by_record():
@@ -37,6 +42,37 @@ def test_a_shard_without_chunks_is_asked_record_by_record():
             for _ in range(2):
                 assert list(shards.file_records(FileRequest(fh=b"F", with_data=True))) == records
             assert service.asked == 2
-            assert shards._no_chunks == {0}  # remembered: the second time asked no chunks first
+            assert shards._unimplemented == {(0, "FileRecordChunks")}  # remembered: asked once
+            assert list(shards.scan(ScanRequest(with_data=True))) == records
+            assert (0, "ScanChunks") in shards._unimplemented
     finally:
         server.stop(None)
+
+
+# -- chunks in wire form (sans-IO) ------------------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from logstore.pb.journal_pb2 import RecordChunk  # noqa: E402
+from recoveryd.restore.errors import ShardError  # noqa: E402
+from recoveryd.restore.shards import _records_in  # noqa: E402
+from recoveryd.restore_service import _framed  # noqa: E402
+
+records_st = st.lists(st.builds(Record, fh=st.binary(max_size=40), data=st.binary(max_size=3000),
+                                offset=st.integers(0, 1 << 40), op=st.sampled_from([Op.WRITE, Op.BASELINE])),
+                      max_size=20)
+
+
+@given(records_st)
+def test_a_framed_chunk_is_a_record_chunk_and_reads_back(records):
+    raw = [r.SerializeToString() for r in records]
+    assert _framed(raw) == RecordChunk(records=raw).SerializeToString()
+    assert list(_records_in(_framed(raw), "shard 0")) == records
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_records_or_a_clean_shard_error(chunk):
+    try:
+        list(_records_in(chunk, "shard 0"))
+    except ShardError as e:
+        assert "shard 0" in str(e)

@@ -308,3 +308,71 @@ def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path) -> None:
             assert s.bytes_total == sum(len(r.SerializeToString()) for r in s.records())
             for k in range(5):
                 assert len(list(s.file_records(b"F%d" % k))) == len([q for q in range(1, state.durable_seq + 1) if q % 5 == k])
+
+
+def mixed_records() -> list[Record]:
+    """Writes with data, creates and baseline pieces interleaved in stamp order."""
+    out = []
+    for i in range(1, 61):
+        if i % 3 == 0:
+            out.append(Record(stamp=stamp(i).to_bytes(), op=Op.CREATE, ok=True, dir_fh=b"D",
+                              name=b"n%d" % i, fh=b"C%d" % i))
+        elif i % 3 == 1:
+            out.append(write_record(i, b"W", data=os.urandom(1000)))
+        else:
+            out.append(Record(stamp=stamp(i).to_bytes(), op=Op.BASELINE, ok=True, fh=b"B%d" % i,
+                              baseline_first=True, data=os.urandom(500)))
+    return out
+
+
+def without_data(record: Record) -> Record:
+    copy = Record()
+    copy.CopyFrom(record)
+    copy.ClearField("data")
+    return copy
+
+
+def test_operation_index_gives_some_ops_without_reading_data(store: ShardStore) -> None:
+    records = mixed_records()
+    store.ingest(STREAM, batch(0, len(records), list(enumerate(records, 1))))
+    wanted = [r for r in records if r.op in (Op.CREATE, Op.BASELINE)]
+    assert list(store.op_records([Op.CREATE, Op.BASELINE])) == [without_data(r) for r in wanted]
+    assert list(store.op_records([])) == [without_data(r) for r in records]
+    assert list(store.op_records([Op.WRITE], stamp(10), stamp(20))) == [
+        without_data(r) for r in records if r.op == Op.WRITE and stamp(10) < Stamp.from_bytes(r.stamp) <= stamp(20)]
+    with_data = [Record.FromString(v) for v in store.op_values([Op.BASELINE], with_data=True)]
+    assert with_data == [r for r in records if r.op == Op.BASELINE]
+    assert [Record.FromString(v) for v in store.op_values([], stamp(5), with_data=True)] == records[5:]
+
+
+def test_a_format_1_store_is_indexed_when_opened(tmp_path: Path) -> None:
+    from rocksdict import Options, Rdict
+
+    records = mixed_records()
+    with ShardStore(tmp_path / "shard", 3) as s:
+        s.ingest(STREAM, batch(0, len(records), list(enumerate(records, 1))))
+    # Make it what format 1 wrote: no operation index.
+    db = Rdict(str(tmp_path / "shard"), Options(raw_mode=True))
+    try:
+        for key in [k for k, _ in db.items(from_key=b"p/") if k.startswith(b"p/")]:
+            del db[key]
+        db[b"m/format"] = (1).to_bytes(4, "big")
+    finally:
+        db.close()
+    with ShardStore(tmp_path / "shard", 3) as s:
+        assert list(s.op_records([Op.CREATE])) == [without_data(r) for r in records if r.op == Op.CREATE]
+        assert list(s.records()) == records  # the records themselves read on as before
+
+
+def test_many_files_records_come_each_once_in_stamp_order(store: ShardStore) -> None:
+    records = mixed_records()
+    rename = Record(stamp=stamp(70).to_bytes(), op=Op.RENAME, ok=True, dir_fh=b"D", name=b"n3",
+                    to_dir_fh=b"D", to_name=b"m3", object_fh=b"C3")
+    records.append(rename)
+    store.ingest(STREAM, batch(0, len(records), list(enumerate(records, 1))))
+    wanted = {b"C3", b"W", b"B2", b"D"}
+    got = [Record.FromString(v) for v in store.files_record_values([b"C3", b"W", b"B2", b"D", b"W"])]
+    expect = [r for r in records if wanted & {r.fh, r.dir_fh, r.to_dir_fh, r.object_fh}]
+    assert got == expect  # the RENAME names D and C3: sent once
+    got = [Record.FromString(v) for v in store.files_record_values([b"W"], stamp(30), lo=stamp(10))]
+    assert got == [r for r in records if r.fh == b"W" and stamp(10) < Stamp.from_bytes(r.stamp) <= stamp(30)]
