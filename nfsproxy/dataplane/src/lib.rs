@@ -4,6 +4,12 @@
 //! encoding, LOG append with group commit) runs here on its own threads and
 //! never takes the GIL per call; Python keeps the control plane and reaches
 //! this crate through the `nfsproxy._dataplane` extension module.
+//!
+//! Modules: `stamp` (the stamp type), `log` (the LOG writer: frame, segment,
+//! recovery, group commit; logstore/FORMAT.md).
+
+pub mod log;
+pub mod stamp;
 
 use pyo3::prelude::*;
 
