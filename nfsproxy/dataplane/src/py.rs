@@ -112,6 +112,13 @@ pub struct NativeLog {
     log: Arc<Log>,
 }
 
+impl NativeLog {
+    /// The LOG itself, for native code (the relay) that appends to it.
+    pub fn shared(&self) -> Arc<Log> {
+        self.log.clone()
+    }
+}
+
 #[pymethods]
 impl NativeLog {
     #[new]
@@ -224,7 +231,14 @@ impl NativeLog {
 /// The native group committer (`crate::log::GroupCommitter`).
 #[pyclass(module = "nfsproxy._dataplane", frozen)]
 pub struct NativeCommitter {
-    committer: GroupCommitter,
+    committer: Arc<GroupCommitter>,
+}
+
+impl NativeCommitter {
+    /// The committer itself, for native code (the relay) that journals through it.
+    pub fn shared(&self) -> Arc<GroupCommitter> {
+        self.committer.clone()
+    }
 }
 
 #[pymethods]
@@ -242,7 +256,7 @@ impl NativeCommitter {
         }
         let committer = GroupCommitter::start(log.log.clone(), durability, Duration::from_secs_f64(flush_interval_s))
             .map_err(log_err)?;
-        Ok(NativeCommitter { committer })
+        Ok(NativeCommitter { committer: Arc::new(committer) })
     }
 
     /// Append one record now; returns its seq. `urgent`: fsync at once
@@ -324,7 +338,14 @@ impl NativeCommitter {
 /// `(wall_ns, logical, node_id)` tuples.
 #[pyclass(module = "nfsproxy._dataplane", frozen, name = "HLC")]
 pub struct NativeHlc {
-    hlc: Hlc,
+    hlc: Arc<Hlc>,
+}
+
+impl NativeHlc {
+    /// The clock itself, for native code (the relay) that stamps with it.
+    pub fn shared(&self) -> Arc<Hlc> {
+        self.hlc.clone()
+    }
 }
 
 #[pymethods]
@@ -364,7 +385,7 @@ impl NativeHlc {
             persist_interval_ns: positive("persist_interval_ns", persist_interval_ns)?,
             forward_jump_threshold_ns: forward_jump_threshold_ns.map(|v| positive("forward_jump_threshold_ns", v)).transpose()?,
         };
-        Ok(NativeHlc { hlc: Hlc::new(node_id, opts).map_err(hlc_err)? })
+        Ok(NativeHlc { hlc: Arc::new(Hlc::new(node_id, opts).map_err(hlc_err)?) })
     }
 
     fn now(&self) -> PyResult<(u64, u32, u32)> {
