@@ -435,7 +435,26 @@ impl NativeHlc {
     }
 }
 
+/// Decode a serialized Record natively and encode it again (tests check
+/// that the Rust encoding parses in Python to the same Record).
+#[pyfunction]
+fn reencode_record(payload: &[u8]) -> PyResult<Vec<u8>> {
+    let record = crate::record::decode(payload).map_err(|e| PyValueError::new_err(format!("not a Record: {e}")))?;
+    Ok(crate::record::encode(&record))
+}
+
+/// The LOG frame's routing fields `(stamp, route_kind, route)` of a
+/// serialized Record, as the native writer computes them.
+#[pyfunction]
+fn record_routing(payload: &[u8]) -> PyResult<(Vec<u8>, u8, u32)> {
+    let record = crate::record::decode(payload).map_err(|e| PyValueError::new_err(format!("not a Record: {e}")))?;
+    let r = crate::record::routing(&record);
+    Ok((r.stamp.to_vec(), r.kind as u8, r.route))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(reencode_record, m)?)?;
+    m.add_function(wrap_pyfunction!(record_routing, m)?)?;
     let py = m.py();
     m.add_class::<NativeLog>()?;
     m.add_class::<NativeCommitter>()?;
