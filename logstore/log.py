@@ -159,9 +159,7 @@ class SegmentInfo:
 class Log:
     """An append-only, crash-safe LOG of opaque payloads in a directory.
 
-    Thread-safe: one thread may append while another syncs or reads (the
-    ``GroupCommitter`` appends on the event loop and fsyncs in a worker
-    thread). Only one process may have a LOG open; ``open`` fails otherwise.
+    Thread-safe: one thread may append while another syncs or reads. Only one process may have a LOG open; ``open`` fails otherwise.
     Use ``Log.open``, not the constructor.
     """
 

@@ -27,9 +27,9 @@ import enum
 import logging
 from collections import Counter, deque
 
-from logstore.commit import GroupCommitter
 from logstore.record import Op, Record, record_parts
 from logstore.segment import NO_STAMP
+from nfsproxy.native_log import NativeCommitter
 from nfsproxy.sharding import frame_route
 
 __all__ = ["QuotaPolicy", "QuotaWait", "Journal", "gap_record", "frame_fields"]
@@ -80,9 +80,9 @@ class _OpenGap:
 
 
 class Journal:
-    """Appends records to the LOG through a `GroupCommitter`."""
+    """Appends records to the LOG through the native group committer."""
 
-    def __init__(self, committer: GroupCommitter, policy: QuotaPolicy | str = QuotaPolicy.BLOCK,
+    def __init__(self, committer: NativeCommitter, policy: QuotaPolicy | str = QuotaPolicy.BLOCK,
                  *, gap_interval_s: float = 1.0):
         self.committer = committer
         self.policy = QuotaPolicy(policy)

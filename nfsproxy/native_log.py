@@ -4,8 +4,8 @@
 (``nfsproxy._dataplane.NativeLog``: append, roll, sync marks, recovery,
 trim) writes the format in logstore/FORMAT.md, and reads go through
 logstore's own ``LogCursor``, the Python reader the shippers use.
-``NativeCommitter`` has ``logstore.commit.GroupCommitter``'s interface over
-the native committer: one fsync thread shares fsyncs among all appends, and
+``NativeCommitter`` is the asyncio face of the native group committer
+(``logstore.commit.Durability`` says when an append counts): one fsync thread shares fsyncs among all appends, and
 durability reaches the event loop through an eventfd (``loop.add_reader``),
 never by polling and never taking a thread per record.
 """
@@ -272,7 +272,9 @@ def _parts(payload: Payload) -> tuple:
 
 
 class NativeCommitter:
-    """``logstore.commit.GroupCommitter``'s interface over the native committer.
+    """Asyncio group commit over the native committer: ``append`` (or
+    ``append_nowait``'s durable future) resolves per durability, plus RPO
+    accounting and the quota.
 
     All coroutines must run on one event loop. Does not own the LOG:
     ``close()`` syncs and stops the flusher; the caller closes the LOG after.

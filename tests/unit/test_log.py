@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from logstore import (
-    Durability, GroupCommitter, Log, LogClosedError, LogCorruptError, LogError, LogGapError,
-    Stamp,
+    Durability, Log, LogClosedError, LogCorruptError, LogError, LogGapError, Stamp,
 )
+from nfsproxy.native_log import NativeCommitter as GroupCommitter
 from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES, encode_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +27,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True, params=["python", "native"])
 def writer(request, monkeypatch) -> str:
-    """Every test runs against logstore's writer and the native one (the proxy's)."""
+    """Every test runs against logstore's writer and the native one (the proxy's);
+    group commit is native only."""
     if request.param == "native":
-        from nfsproxy.native_log import NativeCommitter, NativeLog
+        from nfsproxy.native_log import NativeLog
         monkeypatch.setitem(globals(), "Log", NativeLog)
-        monkeypatch.setitem(globals(), "GroupCommitter", NativeCommitter)
+    elif request.node.get_closest_marker("native_only"):
+        pytest.skip("group commit is native only")
     return request.param
 
 
@@ -187,6 +189,7 @@ def test_append_accepts_memoryview_and_bytearray(tmp_path):
         assert read_all(log) == [(1, b"2345"), (2, b"0123456789"), (3, b"")]
 
 
+@pytest.mark.native_only
 def test_append_of_parts_writes_one_record_without_joining(tmp_path):
     data = bytearray(b"D" * 5000)
     with Log.open(tmp_path, max_record_bytes=6000) as log:
@@ -456,6 +459,7 @@ def test_cursor_in_trimmed_segment_finishes_it_then_gap(tmp_path):
 # -- group commit --------------------------------------------------------------
 
 
+@pytest.mark.native_only
 def test_group_commit_shares_fsyncs(tmp_path):
     async def main():
         log = Log.open(tmp_path, segment_bytes=8192)
@@ -480,6 +484,7 @@ def test_group_commit_shares_fsyncs(tmp_path):
         assert_intact(log, 1, 200)
 
 
+@pytest.mark.native_only
 def test_group_commit_batches_appends_arriving_during_fsync(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -495,34 +500,19 @@ def test_group_commit_batches_appends_arriving_during_fsync(tmp_path):
     asyncio.run(main())
 
 
-class ManualClock:
-    def __init__(self):
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-def test_async_durability_tracks_the_rpo_window(tmp_path, writer):
+@pytest.mark.native_only
+def test_async_durability_tracks_the_rpo_window(tmp_path):
     async def main():
-        clock = ManualClock()
         with Log.open(tmp_path) as log:
-            if writer == "native":  # it measures ages with the real clock
-                committer = GroupCommitter(log, durability=Durability.ASYNC, flush_interval_s=3600)
-            else:
-                committer = GroupCommitter(log, durability=Durability.ASYNC,
-                                           flush_interval_s=3600, clock=clock)
+            committer = GroupCommitter(log, durability=Durability.ASYNC, flush_interval_s=3600)
             started = time.monotonic()
             assert await committer.append(b"abc") == 1
-            clock.now_s += 2.5
-            await asyncio.sleep(0.01 if writer == "native" else 0)
+            await asyncio.sleep(0.01)
             assert await committer.append(b"defg") == 2
             assert committer.unsynced_records == 2
             assert committer.unsynced_bytes == 7
-            if writer == "native":
-                assert 0.01 <= committer.oldest_unsynced_age_s <= time.monotonic() - started
-            else:
-                assert committer.oldest_unsynced_age_s == 2.5
+            # The age is the native clock's: between the sleep and all that elapsed.
+            assert 0.01 <= committer.oldest_unsynced_age_s <= time.monotonic() - started
             assert log.synced_seq == 0
             assert await committer.flush() == 2
             assert committer.fsyncs_total == 1
@@ -537,6 +527,7 @@ def test_async_durability_tracks_the_rpo_window(tmp_path, writer):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_async_durability_background_flusher_syncs(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -551,6 +542,7 @@ def test_async_durability_background_flusher_syncs(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_cancelled_appender_does_not_disturb_others(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -566,6 +558,7 @@ def test_cancelled_appender_does_not_disturb_others(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_quota_and_wait_for_space(tmp_path):
     async def main():
         with Log.open(tmp_path, segment_bytes=1024) as log:
@@ -597,7 +590,7 @@ def test_quota_and_wait_for_space(tmp_path):
 CHILD = textwrap.dedent("""
     import asyncio, hashlib, sys
     sys.path.insert(0, sys.argv[2])
-    from logstore import GroupCommitter, Log
+    from nfsproxy.native_log import NativeCommitter as GroupCommitter, NativeLog as Log
 
     def payload_for(seq):
         return hashlib.sha256(str(seq).encode()).digest() * (1 + seq % 40)
@@ -620,6 +613,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.native_only
 @pytest.mark.parametrize("run", range(4))
 def test_kill_9_loses_no_acknowledged_record(tmp_path, run):
     rng = random.Random(run)

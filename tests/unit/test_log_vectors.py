@@ -66,3 +66,19 @@ def test_python_writer_writes_the_vector_bytes(tmp_path):
                        route_kind=r["route_kind"], route=r["route"])
     written = (tmp_path / f"{1:020d}.seg").read_bytes()
     assert written == (VECTORS / "v2-two-segments" / "log" / f"{1:020d}.seg").read_bytes()
+
+
+def test_native_writer_writes_the_vector_bytes_and_python_reads_them(tmp_path):
+    """The proxy's native writer, through its binding: same bytes, same frames."""
+    from nfsproxy.native_log import NativeLog
+
+    expect = json.loads((VECTORS / "v2-two-segments" / "expect.json").read_text())
+    with NativeLog.open(tmp_path) as log:
+        for r in expect["records"][:3]:
+            log.append([bytes.fromhex(r["payload"])], stamp=bytes.fromhex(r["stamp"]),
+                       route_kind=r["route_kind"], route=r["route"])
+        assert frames_json(log) == expect["records"][:3]  # read while it is open
+    written = (tmp_path / f"{1:020d}.seg").read_bytes()
+    assert written == (VECTORS / "v2-two-segments" / "log" / f"{1:020d}.seg").read_bytes()
+    with Log.open(tmp_path) as log:
+        assert frames_json(log) == expect["records"][:3]
