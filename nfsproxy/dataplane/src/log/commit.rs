@@ -2,13 +2,18 @@
 //!
 //! How to call it (the relay, per record):
 //! ```ignore
-//! let committer = GroupCommitter::start(log.clone(), Durability::Sync, Duration::from_millis(10))?;
-//! let seq = committer.append(&[head, data], &routing, /* urgent: the reply waits */ true)?;
-//! let mut rx = committer.subscribe();            // tokio watch of SyncState, no polling
-//! rx.wait_for(|s| s.synced_seq >= seq || s.failed).await;  // then release the reply
+//! // Async: only urgent appends start an fsync at once; the rest within 10 ms.
+//! let committer = GroupCommitter::start(log.clone(), Durability::Async, Duration::from_millis(10))?;
+//! // Write-ahead: when the call arrives, before forwarding it to the NAS.
+//! let seq = committer.append(&[&head, &prefix, &data], &routing, reply_waits)?;
+//! // ... the NAS works while the flusher fsyncs ...
+//! committer.durable(seq).await?;   // when the reply is back: release it once durable
 //! ```
-//! Write-ahead: append when the call arrives (with `urgent` if its reply will
-//! wait), so the fsync runs while the NAS works; the reply waits on the watch.
+//! `reply_waits` is the durability mode's word on this reply: `strict`: all;
+//! `sync`: FILE_SYNC/DATA_SYNC WRITE, COMMIT, namespace and attribute calls,
+//! not UNSTABLE WRITE; `async`: none (then nobody awaits `durable`).
+//! `durable` waits on a tokio watch of the synced seq (`subscribe()`), never
+//! polls; `Durability::Sync` makes every append urgent (the Python proxy).
 //! From Python, `notify_fd()` is an eventfd the flusher bumps after every
 //! fsync round, for `loop.add_reader` (`nfsproxy._dataplane.NativeCommitter`).
 //!
@@ -176,6 +181,22 @@ impl GroupCommitter {
         }
     }
 
+    /// Resolves once `seq` is durable; `Err` if the LOG failed first. Asks
+    /// for an fsync at once if none is under way for it (a record appended
+    /// non-urgent whose reply turned out to wait).
+    pub async fn durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.shared.log.subscribe_synced();
+        if rx.borrow().synced_seq >= seq {
+            return Ok(());
+        }
+        self.request_sync();
+        let reached = rx.wait_for(|s| s.synced_seq >= seq || s.failed).await.map(|s| s.synced_seq >= seq);
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(LogError::Closed(self.failure().unwrap_or_else(|| "the LOG failed".into()))),
+        }
+    }
+
     /// The durability signal: a tokio watch of the synced seq (and failure).
     pub fn subscribe(&self) -> watch::Receiver<SyncState> {
         self.shared.log.subscribe_synced()
@@ -339,6 +360,39 @@ mod tests {
         assert!(c.fsyncs_total() < 400, "fsyncs {}", c.fsyncs_total());
         assert_eq!(c.unsynced().0, 0);
         c.close().unwrap();
+        log.close().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_ahead_appends_at_arrival_and_replies_wait_on_the_watch() {
+        let dir = scratch("ahead");
+        let log = Arc::new(Log::open(&dir, LogOptions::default()).unwrap());
+        let c = Arc::new(GroupCommitter::start(log.clone(), Durability::Async, Duration::from_secs(3600)).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let calls: Vec<_> = (0..64u32)
+                .map(|i| {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let reply_waits = i % 2 == 0; // e.g. FILE_SYNC vs UNSTABLE
+                        let seq = c.append(&[&i.to_be_bytes()], &Routing::default(), reply_waits).unwrap();
+                        tokio::task::yield_now().await; // the NAS round trip
+                        if reply_waits {
+                            c.durable(seq).await.unwrap();
+                            assert!(c.synced_seq() >= seq);
+                        }
+                        seq
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.unwrap();
+            }
+        });
+        assert_eq!(c.appends_total(), 64);
+        c.close().unwrap();
+        assert_eq!(log.synced_seq(), 64); // close flushed the non-urgent rest
         log.close().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
@@ -252,7 +252,7 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
 /// Err unless `bad` is a torn tail: damage past the sync mark, or (no mark)
 /// damage with nothing valid after it.
 fn judge_bad_frame(
-    path: &PathBuf,
+    path: &Path,
     data: &[u8],
     bad: &segment::BadFrame,
     expect_seq: u64,
@@ -260,7 +260,7 @@ fn judge_bad_frame(
     version: u8,
 ) -> Result<()> {
     let err = |reason: String| LogError::Corrupt {
-        path: path.clone(),
+        path: path.to_path_buf(),
         offset: bad.offset,
         reason,
         discontinuity: bad.discontinuity,
