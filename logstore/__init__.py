@@ -1,4 +1,7 @@
-"""The journal's durable LOG: stamps, framed segments, recovery, cursors, group commit.
+"""The journal's durable LOG: stamps, framed segments, recovery, cursors.
+
+The proxy writes the LOG through its native core (group commit included);
+this package specifies the format (FORMAT.md) and reads, recovers and checks it.
 
 The lowest layer of nfs-journal: it imports neither recoveryd nor nfsproxy.
 """
