@@ -109,7 +109,12 @@ struct State {
     persisted_bound_ns: Option<u64>,
 }
 
-/// A hybrid logical clock for one node; see the module doc.
+/// A hybrid logical clock for one node.
+///
+/// How to call it: `Hlc::new(node_id, HlcOptions { persist_path, ..Default::default() })?`,
+/// `now()?` to stamp a call on arrival, `update(clock_reading)?` with a
+/// shard's ack stamp (never a query bound), `check_physical()` from a timer.
+/// From Python the same clock is `nfsproxy.hlc.HLC(...).native`.
 pub struct Hlc {
     node_id: u32,
     physical_clock: PhysicalClock,

@@ -68,9 +68,13 @@ struct Shared {
     quota_bytes: AtomicU64,
 }
 
-/// Group commit in front of a `Log`, with RPO accounting and a quota; see
-/// the module doc for how to call it. Does not own the LOG: `close()` syncs
-/// and stops the flusher, the caller closes the LOG after.
+/// Group commit in front of a `Log`, with RPO accounting and a quota.
+///
+/// How to call it: `GroupCommitter::start(log, Durability::Async, interval)?`,
+/// then per record `append(&parts, &routing, reply_waits)?` when the call
+/// arrives and `durable(seq).await?` before releasing a reply that waits
+/// (module doc). Does not own the LOG: `close()` syncs and stops the
+/// flusher, the caller closes the LOG after.
 pub struct GroupCommitter {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,

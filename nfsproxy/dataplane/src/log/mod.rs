@@ -120,7 +120,8 @@ pub struct SegmentInfo {
 }
 
 /// What the durability signal carries: the highest seq known durable, and
-/// whether the LOG failed (then no more seqs will become durable).
+/// whether the LOG failed (then no more seqs will become durable). Read it
+/// from `Log::subscribe_synced()`: `rx.wait_for(|s| s.synced_seq >= seq || s.failed)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncState {
     pub synced_seq: u64,
@@ -177,8 +178,13 @@ struct State {
     failure: Option<String>,
 }
 
-/// An append-only, crash-safe LOG of payloads with routing fields. See the
-/// module doc for how to call it.
+/// An append-only, crash-safe LOG of payloads with routing fields.
+///
+/// How to call it: `Log::open(dir, LogOptions::default())?` (recovers a torn
+/// tail; `torn_tails()` lists what it cut, `mark_torn_tails` appends their
+/// GAP records), then `append(&parts, &routing)` from any thread, `sync()` or
+/// a `GroupCommitter` for durability, `subscribe_synced()` to wait for it,
+/// `trim(below_seq)` for retention, `close()` at a clean stop.
 pub struct Log {
     dir: PathBuf,
     opts: LogOptions,
