@@ -19,9 +19,8 @@ import time
 
 import grpc
 
-from logstore.commit import Durability, GroupCommitter
-from logstore.hlc import HLC
-from logstore.log import Log, TornTail
+from logstore.commit import Durability
+from logstore.log import TornTail
 from logstore.record import Record, record_parts
 
 from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
@@ -30,17 +29,20 @@ from recoveryd.status import write_proxy_status
 
 from nfsproxy.daemon.address import parse_hostport, resolve_backend
 from nfsproxy.daemon.config import ConfigError
-from nfsproxy.wire.portmap import PMAP_PORT
 from nfsproxy.daemon.control import start_control
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
-from nfsproxy.relay.journal import Journal, QuotaPolicy, gap_record
+from nfsproxy.native.clock import HLC
+from nfsproxy.native.log import NativeCommitter, NativeLog
+from nfsproxy.relay.journal import Journal, QuotaPolicy, frame_fields, gap_record
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
 from nfsproxy.ship.shipper import Shipper
+from nfsproxy.wire.portmap import PMAP_PORT
 
 __all__ = ["ProxyOptions", "run_proxy", "start_proxy"]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(slots=True)
 class ProxyOptions:
@@ -93,7 +95,7 @@ class RunningProxy:
     """A started proxy, its shippers and the LOG under them; `stop()` shuts
     them down in order."""
 
-    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log, *,
+    def __init__(self, proxy: Proxy, committer: NativeCommitter, log: NativeLog, *,
                  shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None):
         self.proxy, self.committer, self.log = proxy, committer, log
         self.shippers = shippers or []
@@ -163,13 +165,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     # The clock first: a torn tail's GAP record must be stamped after every record it lost.
     clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
-    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes,
+    log = NativeLog.open(opts.log_dir, segment_bytes=opts.segment_bytes,
                    torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
     unclean = _mark_running(opts.log_dir) and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
-        log.append(record_parts(unclean_stop_gap_record(clock)))
+        gap = unclean_stop_gap_record(clock)
+        log.append(record_parts(gap), **frame_fields(gap))
         log.sync()
-    committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
+    committer = NativeCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     journal = Journal(committer, opts.quota_policy)
     for torn in log.torn_tails:
         logger.warning("LOG recovery cut a torn tail (%s): marked as a gap", torn)

@@ -15,7 +15,7 @@ A sealed segment may go when all three hold:
 Only whole segments go, oldest first, and never the active one (``Log.trim``
 guarantees that too): the first segment that must stay keeps every later
 one. The decision is ``segments_to_trim``, sans-IO; ``RetentionLoop`` feeds
-it facts every few seconds and calls ``GroupCommitter.trim``, which wakes
+it facts every few seconds and calls the committer's ``trim``, which wakes
 appends waiting for quota space.
 
 The window is ``--log-retain``: ``1h`` (keep at least an hour), ``10G``
@@ -36,8 +36,9 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from logstore.commit import GroupCommitter
 from logstore.log import Log
+
+from nfsproxy.native.log import NativeCommitter, NativeLog
 
 __all__ = ["RetentionPolicy", "SegmentFacts", "parse_retention", "segments_to_trim",
            "segment_facts", "RetentionLoop", "DEFAULT_LOG_RETAIN"]
@@ -143,7 +144,7 @@ def segments_to_trim(segments: Sequence[SegmentFacts], min_acked_seq: int, now: 
     return segments[-1].last_seq + 1  # unreachable with a real LOG: its last segment is active
 
 
-def segment_facts(log: Log) -> list[SegmentFacts]:
+def segment_facts(log: Log | NativeLog) -> list[SegmentFacts]:
     """The LOG's segments as ``SegmentFacts`` (stats each file)."""
     facts = []
     for info in log.segments:
@@ -164,7 +165,7 @@ class RetentionLoop:
     retried on the next round; retention never stops the proxy.
     """
 
-    def __init__(self, committer: GroupCommitter, acked_seqs: Callable[[], Sequence[int]],
+    def __init__(self, committer: NativeCommitter, acked_seqs: Callable[[], Sequence[int]],
                  policy: RetentionPolicy, *, interval_s: float = 5.0,
                  wall_clock: Callable[[], float] = time.time):
         self.committer = committer

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from logstore.commit import GroupCommitter
+from nfsproxy.native.log import NativeCommitter as GroupCommitter
+from nfsproxy.native.log import NativeLog
 from logstore.log import Log
 from logstore.record import Op, parse_record
 from nfsproxy.nas.baseline import run_baseline
@@ -97,7 +98,7 @@ class Rig:
 
     async def scan(self, *, cancel_when: threading.Event | None = None):
         """Run a baseline; returns (its outcome, the proxy) once the LOG is closed."""
-        log = Log.open(str(self.log_dir))
+        log = NativeLog.open(str(self.log_dir))
         committer = GroupCommitter(log)
         proxy = Proxy(BackendAddress("127.0.0.1", self.nas.nfs_port, self.nas.mount_port, "/export"),
                       Journal(committer), HLC(7))

@@ -17,12 +17,24 @@ from pathlib import Path
 import pytest
 
 from logstore import (
-    Durability, GroupCommitter, Log, LogClosedError, LogCorruptError, LogError, LogGapError,
-    Stamp,
+    Durability, Log, LogClosedError, LogCorruptError, LogError, LogGapError, Stamp,
 )
-from logstore.segment import HEADER, HEADER_BYTES, frame_crc
+from nfsproxy.native.log import NativeCommitter as GroupCommitter
+from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES, encode_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def writer(request, monkeypatch) -> str:
+    """Every test runs against logstore's writer and the native one (the proxy's);
+    group commit is native only."""
+    if request.param == "native":
+        from nfsproxy.native.log import NativeLog
+        monkeypatch.setitem(globals(), "Log", NativeLog)
+    elif request.node.get_closest_marker("native_only"):
+        pytest.skip("group commit is native only")
+    return request.param
 
 
 def payload_for(seq: int) -> bytes:
@@ -51,7 +63,7 @@ def assert_intact(log: Log, first: int, last: int) -> None:
 def frame_offsets(path: str) -> list[int]:
     """Byte offset of every frame in a well-formed segment file."""
     data = Path(path).read_bytes()
-    offsets, pos = [], 0
+    offsets, pos = [], SEGMENT_HEADER_BYTES
     while pos < len(data):
         offsets.append(pos)
         pos += HEADER_BYTES + HEADER.unpack_from(data, pos)[0]
@@ -177,6 +189,7 @@ def test_append_accepts_memoryview_and_bytearray(tmp_path):
         assert read_all(log) == [(1, b"2345"), (2, b"0123456789"), (3, b"")]
 
 
+@pytest.mark.native_only
 def test_append_of_parts_writes_one_record_without_joining(tmp_path):
     data = bytearray(b"D" * 5000)
     with Log.open(tmp_path, max_record_bytes=6000) as log:
@@ -289,8 +302,8 @@ def newest_segment(directory: Path) -> str:
     pytest.param(b"\x00" * 5000, id="zeros"),
     pytest.param(b"\x07" * 10, id="short-garbage"),
     pytest.param(os.urandom(3000), id="random-garbage"),
-    pytest.param(HEADER.pack(100, 0xDEAD, 21), id="header-without-payload"),
-    pytest.param(HEADER.pack(3, 0xDEAD, 21) + b"abc", id="bad-crc"),
+    pytest.param(HEADER.pack(100, 0xDEAD, 21, NO_STAMP, 0, 0), id="header-without-payload"),
+    pytest.param(HEADER.pack(3, 0xDEAD, 21, NO_STAMP, 0, 0) + b"abc", id="bad-crc"),
 ])
 def test_torn_tail_is_truncated_and_reported(tmp_path, caplog, tail):
     with Log.open(tmp_path, segment_bytes=4096) as log:
@@ -326,10 +339,10 @@ def test_torn_first_frame_of_new_segment_leaves_it_empty(tmp_path):
     # As a crash leaves it: the last sync was before the roll, the new segment's first frame is torn.
     write_mark(tmp_path, previous.first_seq, previous.size_bytes, previous.last_seq)
     with open(newest.path, "r+b") as f:
-        f.truncate(HEADER_BYTES + 3)
+        f.truncate(SEGMENT_HEADER_BYTES + HEADER_BYTES + 3)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         assert log.last_seq == newest.first_seq - 1
-        assert os.path.getsize(newest.path) == 0
+        assert os.path.getsize(newest.path) == SEGMENT_HEADER_BYTES
         assert log.append(b"next") == newest.first_seq
         assert read_all(log)[-1] == (newest.first_seq, b"next")
 
@@ -363,7 +376,7 @@ def test_wellformed_frame_with_wrong_seq_is_corruption(tmp_path):
     with Log.open(tmp_path) as log:
         fill(log, 3)
     path = newest_segment(tmp_path)
-    append_bytes(path, HEADER.pack(1, frame_crc(7, b"x"), 7) + b"x")
+    append_bytes(path, encode_frame(7, b"x"))
     with pytest.raises(LogCorruptError, match="seq discontinuity: expected seq 4, found 7"):
         Log.open(tmp_path)
 
@@ -446,6 +459,7 @@ def test_cursor_in_trimmed_segment_finishes_it_then_gap(tmp_path):
 # -- group commit --------------------------------------------------------------
 
 
+@pytest.mark.native_only
 def test_group_commit_shares_fsyncs(tmp_path):
     async def main():
         log = Log.open(tmp_path, segment_bytes=8192)
@@ -470,6 +484,7 @@ def test_group_commit_shares_fsyncs(tmp_path):
         assert_intact(log, 1, 200)
 
 
+@pytest.mark.native_only
 def test_group_commit_batches_appends_arriving_during_fsync(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -485,26 +500,19 @@ def test_group_commit_batches_appends_arriving_during_fsync(tmp_path):
     asyncio.run(main())
 
 
-class ManualClock:
-    def __init__(self):
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
+@pytest.mark.native_only
 def test_async_durability_tracks_the_rpo_window(tmp_path):
     async def main():
-        clock = ManualClock()
         with Log.open(tmp_path) as log:
-            committer = GroupCommitter(log, durability=Durability.ASYNC,
-                                       flush_interval_s=3600, clock=clock)
+            committer = GroupCommitter(log, durability=Durability.ASYNC, flush_interval_s=3600)
+            started = time.monotonic()
             assert await committer.append(b"abc") == 1
-            clock.now_s += 2.5
+            await asyncio.sleep(0.01)
             assert await committer.append(b"defg") == 2
             assert committer.unsynced_records == 2
             assert committer.unsynced_bytes == 7
-            assert committer.oldest_unsynced_age_s == 2.5
+            # The age is the native clock's: between the sleep and all that elapsed.
+            assert 0.01 <= committer.oldest_unsynced_age_s <= time.monotonic() - started
             assert log.synced_seq == 0
             assert await committer.flush() == 2
             assert committer.fsyncs_total == 1
@@ -519,6 +527,7 @@ def test_async_durability_tracks_the_rpo_window(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_async_durability_background_flusher_syncs(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -533,6 +542,7 @@ def test_async_durability_background_flusher_syncs(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_cancelled_appender_does_not_disturb_others(tmp_path):
     async def main():
         with Log.open(tmp_path) as log:
@@ -548,6 +558,7 @@ def test_cancelled_appender_does_not_disturb_others(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.native_only
 def test_quota_and_wait_for_space(tmp_path):
     async def main():
         with Log.open(tmp_path, segment_bytes=1024) as log:
@@ -579,7 +590,7 @@ def test_quota_and_wait_for_space(tmp_path):
 CHILD = textwrap.dedent("""
     import asyncio, hashlib, sys
     sys.path.insert(0, sys.argv[2])
-    from logstore import GroupCommitter, Log
+    from nfsproxy.native.log import NativeCommitter as GroupCommitter, NativeLog as Log
 
     def payload_for(seq):
         return hashlib.sha256(str(seq).encode()).digest() * (1 + seq % 40)
@@ -602,6 +613,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.native_only
 @pytest.mark.parametrize("run", range(4))
 def test_kill_9_loses_no_acknowledged_record(tmp_path, run):
     rng = random.Random(run)

@@ -18,7 +18,8 @@ from typing import Callable
 
 import pytest
 
-from logstore.commit import GroupCommitter
+from nfsproxy.native.log import NativeCommitter as GroupCommitter
+from nfsproxy.native.log import NativeLog
 from logstore.log import Log, LogClosedError
 from logstore.stamp import Stamp
 from nfsproxy.relay import session as relay
@@ -141,7 +142,7 @@ class HeldJournal(Journal):
 
 async def started(tmp_path, answer: Answer, journal_class=Journal):
     nas = await ScriptedNas(answer).start()
-    log = Log.open(str(tmp_path / "log"))
+    log = NativeLog.open(str(tmp_path / "log"))
     committer = GroupCommitter(log, durability="sync")
     proxy = Proxy(BackendAddress("127.0.0.1", nas.port, nas.port, "/export"),
                   journal_class(committer), HLC(7))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from logstore.commit import GroupCommitter
+from nfsproxy.native.log import NativeCommitter as GroupCommitter
+from nfsproxy.native.log import NativeLog
 from logstore.log import Log
 from nfsproxy.ship.retention import (
     RetentionLoop, RetentionPolicy, SegmentFacts, parse_retention, segment_facts,
@@ -117,7 +118,7 @@ def age_segments(log: Log, age_s: float) -> None:
 
 def test_the_loop_trims_below_the_lowest_ack(tmp_path: Path):
     async def main() -> None:
-        log = Log.open(tmp_path / "log", segment_bytes=4 << 10)
+        log = NativeLog.open(tmp_path / "log", segment_bytes=4 << 10)
         committer = GroupCommitter(log)
         acked = [0, 0]
         loop = RetentionLoop(committer, lambda: acked, RetentionPolicy(HOUR, 0),
@@ -146,7 +147,7 @@ def test_the_loop_trims_below_the_lowest_ack(tmp_path: Path):
 
 def test_the_loop_keeps_the_window(tmp_path: Path):
     async def main() -> None:
-        log = Log.open(tmp_path / "log", segment_bytes=4 << 10)
+        log = NativeLog.open(tmp_path / "log", segment_bytes=4 << 10)
         committer = GroupCommitter(log)
         try:
             fill(log, 200)
@@ -173,7 +174,7 @@ def test_the_loop_keeps_the_window(tmp_path: Path):
 
 def test_a_trim_wakes_appends_waiting_for_quota(tmp_path: Path):
     async def main() -> None:
-        log = Log.open(tmp_path / "log", segment_bytes=4 << 10)
+        log = NativeLog.open(tmp_path / "log", segment_bytes=4 << 10)
         fill(log, 200)
         age_segments(log, HOUR)
         committer = GroupCommitter(log, quota_bytes=log.size_bytes // 2)
@@ -196,7 +197,7 @@ def test_a_trim_wakes_appends_waiting_for_quota(tmp_path: Path):
 
 def test_the_loop_runs_periodically_and_survives_failures(tmp_path: Path):
     async def main() -> None:
-        log = Log.open(tmp_path / "log", segment_bytes=4 << 10)
+        log = NativeLog.open(tmp_path / "log", segment_bytes=4 << 10)
         committer = GroupCommitter(log)
         fill(log, 200)
         age_segments(log, HOUR)

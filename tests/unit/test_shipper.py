@@ -25,7 +25,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from logstore.commit import GroupCommitter
+from nfsproxy.native.log import NativeCommitter as GroupCommitter
+from nfsproxy.native.log import NativeLog
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log
 from logstore.pb import journal_pb2 as pb
@@ -643,7 +644,7 @@ async def test_an_untrustworthy_shard_clock_is_refused_and_counted(log: Log, clo
 @run_async
 async def test_retention_trims_only_what_every_shard_acked(tmp_path: Path, clock: HLC,
                                                            proxy: Proxy):
-    log = Log.open(tmp_path / "log", segment_bytes=8 << 10)
+    log = NativeLog.open(tmp_path / "log", segment_bytes=8 << 10)
     committer = GroupCommitter(log)
     up = FakeShard(0)
     await up.start()
