@@ -10,10 +10,13 @@ Two sources, either may be missing:
   says how far the proxy's shippers got, so ``nfsj status`` can show lag
   growing even while every shard is down.
 
-``overall`` turns them into one plain dict (the ``--json`` output), with the
-consistent point: ``recoveryd.frontier.consistent_point`` over the streams of
-every shard. It is only known when every shard answered: a shard that is
-down may be the one holding it back, so then it is ``None`` and the reason
+``consistent_point_of`` computes the consistent point from them, as a value
+(stamp, held back by which shard and stream, and why): the one place it is
+computed, which restores and exports take as it is. ``overall`` renders it,
+with everything else, into one plain dict (the ``--json`` output). The point
+is ``recoveryd.frontier.consistent_point`` over the streams of every shard.
+It is only known when every shard answered: a shard that is down may be the
+one holding it back, so then it is ``None`` and the reason
 says which shard. It is never guessed. A gap no baseline has healed lowers
 it to the gap's start (``frontier.limit_by_gaps``, over the baselines every
 shard holds the END of), and ``gaps`` lists every gap. When a proxy status is given, that

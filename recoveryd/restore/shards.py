@@ -161,7 +161,8 @@ class Shards:
                 stream.close()
         for fh in request.fhs:
             one = FileRequest(fh=fh, after=request.after, until=request.until, with_data=request.with_data)
-            for record in self._chunked(k, "FileRecordChunks", "FileRecords", one, "reading a file's records"):
+            doing = "reading a file's records"
+            for record in self._chunked(k, "FileRecordChunks", "FileRecords", one, doing):
                 if record.fh == fh:
                     yield record
 
