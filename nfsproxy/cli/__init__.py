@@ -90,7 +90,7 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-from . import baseline, config, export, proxy, recoveryd, restore, retire, status, up, verify  # noqa: E402,F401  (register the subcommands)
+from . import baseline, cat, config, export, history, proxy, recoveryd, restore, retire, status, up, verify  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:
