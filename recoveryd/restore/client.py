@@ -21,7 +21,7 @@ from .cut import Cut, cut_records, take_cut
 from .history import HistoryEntry, history
 from .local import RestoreProgress, RestoreSummary, restore_to_dir
 from .namespace import build_tree, clean_path, found, resolve_path
-from .replay import newest_attr, replay
+from .replay import replay
 from .shards import Shards
 
 __all__ = ["RestoreClient"]
@@ -89,10 +89,6 @@ class RestoreClient:
         ``until``, below ``at``), in stamp order, from every shard (pieces of
         other baselines left out)."""
         return cut_records(self.shards, cut, fh, with_data=with_data, until=until)
-
-    def file_attr(self, cut: Cut, fh: bytes) -> Attr | None:
-        """The newest attributes of ``fh`` at ``cut`` from all its records (no data read)."""
-        return newest_attr(fh, self.file_records(cut, fh, with_data=False))
 
     def write_file(self, cut: Cut, fh: bytes, fd: int,
                    seen: Callable[[Record], None] | None = None) -> int:

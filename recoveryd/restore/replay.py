@@ -24,7 +24,7 @@ from logstore.pb.journal_pb2 import Attr, Op, Record
 
 from ..tree import attr_key
 
-__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "newest_attr", "pwrite_all"]
+__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "pwrite_all"]
 
 #: Ops that change a regular file's bytes or size.
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
@@ -141,21 +141,4 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def newest_attr(fh: bytes, records: Iterable[Record]) -> Attr | None:
-    """The newest attributes of ``fh`` any of ``records`` carries (None: none does)."""
-    attr, key = None, (0, b"")
-    for record in records:
-        if record.ok and record.fh == fh and record.HasField("attr"):
-            k = attr_key(record.attr, record.stamp)
-            if attr is None or k >= key or (record.op == Op.BASELINE and record.baseline_first):
-                attr, key = record.attr, k
-        for field, other in (("dir_attr", record.dir_fh), ("to_dir_attr", record.to_dir_fh)):
-            if record.ok and other == fh and record.HasField(field):
-                a = getattr(record, field)
-                k = attr_key(a, record.stamp)
-                if attr is None or k >= key:
-                    attr, key = a, k
-    return attr
 
