@@ -13,14 +13,18 @@
 
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+pub mod capture;
 pub mod framing;
 pub mod limits;
 pub mod link;
+pub mod lru;
+pub mod nfs3;
 pub mod outbox;
+pub mod record;
 pub mod routing;
 pub mod rpc;
 pub mod server;
@@ -93,10 +97,63 @@ impl Relay {
     }
 }
 
+/// Capture, sans-IO, for checking it against the Python relay's: `begin`
+/// takes a whole call message and gives a token (None: not watched),
+/// `complete` takes the token and the whole reply message and gives the LOG
+/// payloads of the records to journal. Bad arguments raise ValueError, as
+/// they close the sender's connection in the relay.
+#[pyclass(module = "nfsproxy._dataplane", frozen)]
+struct Capture {
+    capture: capture::Capture,
+    pending: Mutex<(u64, std::collections::HashMap<u64, (capture::Pending, Vec<u8>)>)>,
+}
+
+#[pymethods]
+impl Capture {
+    #[new]
+    #[pyo3(signature = (capacity=1 << 20))]
+    fn new(capacity: usize) -> Self {
+        Capture { capture: capture::Capture::new(capacity), pending: Mutex::new((0, Default::default())) }
+    }
+
+    fn begin(&self, message: &[u8], client: &str, stamp: &[u8]) -> PyResult<Option<u64>> {
+        let call = match rpc::parse(message) {
+            Ok(rpc::Header::Call(call)) => call,
+            Ok(_) => return Err(PyValueError::new_err("not a call")),
+            Err(e) => return Err(PyValueError::new_err(e.0)),
+        };
+        let Some(mut pending) = self.capture.begin(&call, message, client).map_err(|e| PyValueError::new_err(e.0))? else {
+            return Ok(None);
+        };
+        if let Some(record) = pending.record_mut() {
+            record.stamp = stamp.to_vec();
+        }
+        let mut guard = self.pending.lock().unwrap();
+        guard.0 += 1;
+        let token = guard.0;
+        guard.1.insert(token, (pending, message.to_vec()));
+        Ok(Some(token))
+    }
+
+    fn complete(&self, token: u64, reply: &[u8], bind_stamp: &[u8]) -> PyResult<Vec<Vec<u8>>> {
+        let (pending, call) = self.pending.lock().unwrap().1.remove(&token)
+            .ok_or_else(|| PyValueError::new_err("unknown token"))?;
+        let header = match rpc::parse(reply) {
+            Ok(rpc::Header::Reply(header)) => header,
+            Ok(_) => return Err(PyValueError::new_err("not a reply")),
+            Err(e) => return Err(PyValueError::new_err(e.0)),
+        };
+        let records = self.capture.complete(pending, &header, reply, &mut || bind_stamp.to_vec())
+            .map_err(|e| PyValueError::new_err(e.0))?;
+        Ok(records.into_iter().map(|(r, data)| r.encode_with_data(data.map(|d| &call[d]).unwrap_or(&[]))).collect())
+    }
+}
+
 /// The extension module `nfsproxy._dataplane`.
 #[pymodule]
 fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Relay>()?;
+    m.add_class::<Capture>()?;
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct CallHeader {
     pub vers: u32,
     pub proc_: u32,
     pub cred_flavor: u32,
+    /// Where the credential's body lies in the message.
+    pub cred: std::ops::Range<usize>,
     pub body: usize,
 }
 
@@ -58,6 +60,8 @@ pub struct ReplyHeader {
     pub xid: u32,
     /// MSG_ACCEPTED with SUCCESS: `body` holds the procedure's results.
     pub success: bool,
+    /// Otherwise the accept_stat, or 0x100 + the reject_stat of a denied call.
+    pub failure: u32,
     pub body: usize,
 }
 
@@ -82,36 +86,61 @@ pub fn parse(message: &[u8]) -> Result<Header, RpcError> {
 fn parse_call(r: &mut Reader, xid: u32) -> Result<CallHeader, RpcError> {
     let (rpcvers, prog, vers, proc_) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
     let cred_flavor = r.u32()?;
+    let cred_start = r.pos + 4;
     let cred = r.var(MAX_AUTH_BYTES)?;
+    let cred_range = cred_start..cred_start + cred.len();
     r.u32()?; // verifier flavor
     r.var(MAX_AUTH_BYTES)?;
     if cred_flavor == AUTH_SYS {
         check_auth_sys(cred)?;
     }
-    Ok(CallHeader { xid, rpcvers, prog, vers, proc_, cred_flavor, body: r.pos })
+    Ok(CallHeader { xid, rpcvers, prog, vers, proc_, cred_flavor, cred: cred_range, body: r.pos })
 }
 
 /// AUTH_SYS credentials (RFC 5531 appendix A) must decode exactly: the
 /// journal reads uid, gid and machine name from them.
 fn check_auth_sys(cred: &[u8]) -> Result<(), RpcError> {
-    let mut r = Reader::new(cred);
-    r.u32()?; // stamp
-    r.var(255)?; // machine name
-    r.u32()?; // uid
-    r.u32()?; // gid
-    let n = r.u32()? as usize;
-    if n > 16 {
-        return Err(RpcError(format!("bad RPC header: array of {n} over maximum 16")));
+    AuthSys::parse(cred).map(|_| ())
+}
+
+/// AUTH_SYS credentials: who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSys<'a> {
+    pub machine_name: &'a [u8],
+    pub uid: u32,
+    pub gid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl<'a> AuthSys<'a> {
+    fn parse(cred: &'a [u8]) -> Result<Self, RpcError> {
+        let mut r = Reader::new(cred);
+        r.u32()?; // stamp
+        let machine_name = r.var(255)?;
+        let (uid, gid) = (r.u32()?, r.u32()?);
+        let n = r.u32()? as usize;
+        if n > 16 {
+            return Err(RpcError(format!("bad RPC header: array of {n} over maximum 16")));
+        }
+        let gids = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+        r.done()?;
+        Ok(AuthSys { machine_name, uid, gid, gids })
     }
-    r.skip(4 * n)?;
-    r.done()?;
-    Ok(())
+
+    /// The AUTH_SYS credentials of a parsed call, if it has them.
+    pub fn of(call: &CallHeader, message: &'a [u8]) -> Option<Self> {
+        if call.cred_flavor != AUTH_SYS {
+            return None;
+        }
+        AuthSys::parse(&message[call.cred.clone()]).ok()
+    }
 }
 
 fn parse_reply(r: &mut Reader, xid: u32) -> Result<ReplyHeader, RpcError> {
     match r.u32()? {
         MSG_DENIED => {
-            match r.u32()? {
+            let reject_stat = r.u32()?;
+            match reject_stat {
                 RPC_MISMATCH => {
                     r.u32()?;
                     r.u32()?;
@@ -124,7 +153,7 @@ fn parse_reply(r: &mut Reader, xid: u32) -> Result<ReplyHeader, RpcError> {
                 }
                 v => return Err(RpcError(format!("{v} is not a valid RejectStat"))),
             }
-            Ok(ReplyHeader { xid, success: false, body: r.pos })
+            Ok(ReplyHeader { xid, success: false, failure: 0x100 + reject_stat, body: r.pos })
         }
         MSG_ACCEPTED => {
             r.u32()?;
@@ -137,7 +166,7 @@ fn parse_reply(r: &mut Reader, xid: u32) -> Result<ReplyHeader, RpcError> {
                 r.u32()?;
                 r.u32()?;
             }
-            Ok(ReplyHeader { xid, success: stat == SUCCESS, body: r.pos })
+            Ok(ReplyHeader { xid, success: stat == SUCCESS, failure: stat, body: r.pos })
         }
         v => Err(RpcError(format!("{v} is not a valid ReplyStat"))),
     }
@@ -209,12 +238,12 @@ pub mod tests {
         let mut m = Vec::new();
         accepted(9, 0, &mut m);
         m.extend_from_slice(b"RES!");
-        assert_eq!(parse(&m).unwrap(), Header::Reply(ReplyHeader { xid: 9, success: true, body: 24 }));
+        assert_eq!(parse(&m).unwrap(), Header::Reply(ReplyHeader { xid: 9, success: true, failure: 0, body: 24 }));
         assert_eq!(
             parse(&prog_mismatch(9, 3, 3)).unwrap(),
-            Header::Reply(ReplyHeader { xid: 9, success: false, body: 32 })
+            Header::Reply(ReplyHeader { xid: 9, success: false, failure: 2, body: 32 })
         );
-        assert_eq!(parse(&rpc_mismatch(9)).unwrap(), Header::Reply(ReplyHeader { xid: 9, success: false, body: 24 }));
+        assert_eq!(parse(&rpc_mismatch(9)).unwrap(), Header::Reply(ReplyHeader { xid: 9, success: false, failure: 0x100, body: 24 }));
     }
 
     #[test]
