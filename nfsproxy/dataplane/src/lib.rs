@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 pub mod capture;
+pub mod conflict;
 pub mod framing;
 pub mod limits;
 pub mod link;
