@@ -21,6 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 from logstore.log import Log, LogClosedError
@@ -75,18 +76,20 @@ class GroupCommitter:
 
     # -- appending ------------------------------------------------------------
 
-    async def append(self, payload: Payload) -> int:
+    async def append(self, payload: Payload, **routing: Any) -> int:
         """Append one record and return its seq; in ``sync`` durability, only
-        once it is durable. ``payload`` is as for ``Log.append`` (bytes-like, or
-        a list/tuple of parts); it is written before the first await, so the
-        caller may reuse its buffers as soon as this coroutine is suspended.
+        once it is durable. ``payload`` and ``routing`` (stamp, route_kind,
+        route) are as for ``Log.append``; the payload is written before the
+        first await, so the caller may reuse its buffers as soon as this
+        coroutine is suspended.
         """
-        seq, durable = self.append_nowait(payload)
+        seq, durable = self.append_nowait(payload, **routing)
         if durable is not None:
             await durable
         return seq
 
-    def append_nowait(self, payload: Payload) -> tuple[int, asyncio.Future[int] | None]:
+    def append_nowait(self, payload: Payload,
+                      **routing: Any) -> tuple[int, asyncio.Future[int] | None]:
         """Append one record now (on the loop's thread) without a coroutine.
 
         Returns its seq and, in ``sync`` durability, a future that resolves
@@ -96,7 +99,7 @@ class GroupCommitter:
         self._check_usable()
         self._start()
         nbytes = payload_parts(payload)[1]
-        seq = self._log.append(payload)
+        seq = self._log.append(payload, **routing)
         self.appends_total += 1
         self.appended_bytes_total += nbytes
         self._unsynced.append((seq, nbytes, self._clock()))

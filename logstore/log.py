@@ -7,24 +7,14 @@ Shippers resume from a seq; a seq is the LOG's only notion of position.
 On-disk format
 ==============
 
-A LOG is a directory::
-
-    LOCK                        flock()ed while a process has the LOG open
-    LOG_ID                      the LOG's identity (uuid), made when the LOG is created
-    SYNCED                      the sync mark: a position known to be durable
-    TORN                        torn tails cut by recovery, until their markers are synced
-    00000000000000000001.seg    segments, named after the first seq they hold,
-    00000000000000004097.seg    zero-padded to 20 digits: name order = seq order
-    ...
-
-A segment is a sequence of frames, nothing else (no file header)::
-
-    offset  size  field
-    0       4     payload_len   u32 big-endian
-    4       4     crc           u32 big-endian, CRC32C (Castagnoli) over bytes
-                                8..16 (the seq) followed by the payload
-    8       8     seq           u64 big-endian
-    16      len   payload       opaque (a serialized protobuf record)
+The byte layout (directory, segment header, frame, sync mark, torn-tail
+notes) is specified once, for every language that reads or writes a LOG,
+in ``logstore/FORMAT.md``; ``tests/vectors/`` holds LOGs with what they hold,
+checked by the Python reader and the native (Rust) writer alike. In short:
+segments are named after the first seq they hold (20 digits, ``.seg``), start
+with a 16-byte segment header, then hold back-to-back frames, each a 40-byte
+header (payload length, CRC32C, seq, the record's stamp and route) and the
+payload (a serialized protobuf record).
 
 Frame seqs are contiguous within a segment, the first equals the number in the
 file name, and each segment starts at the seq after the previous segment's last.
@@ -95,8 +85,9 @@ from dataclasses import dataclass
 import crc32c
 
 from logstore.segment import (
-    HEADER_BYTES, MAX_PAYLOAD_BYTES, LogCorruptError, LogError, Payload, Segment,
-    SegmentReader, find_valid_frame, parse_segment_name, payload_parts, scan_segment,
+    FORMAT_VERSION, HEADER_BYTES, MAX_PAYLOAD_BYTES, NO_STAMP, ROUTE_UNKNOWN, SEGMENT_HEADER,
+    SEGMENT_HEADER_BYTES, Frame, LogCorruptError, LogError, Payload, Segment, SegmentReader,
+    find_valid_frame, parse_segment_name, payload_parts, read_segment_version, scan_segment,
     segment_name,
 )
 
@@ -267,13 +258,16 @@ class Log:
 
     # -- writing --------------------------------------------------------------
 
-    def append(self, payload: Payload) -> int:
+    def append(self, payload: Payload, *, stamp: bytes = NO_STAMP,
+               route_kind: int = ROUTE_UNKNOWN, route: int = 0) -> int:
         """Write one record (not yet durable; see ``sync``) and return its seq.
 
         ``payload`` is a bytes-like object, or a list/tuple of them that form
         the record when concatenated (they are written as one frame, without
         being joined). It is written straight from the caller's buffers, which
-        must not change until this returns.
+        must not change until this returns. ``stamp`` (16 bytes), ``route_kind``
+        and ``route`` go into the frame header, so readers can route the
+        record without parsing it (``logstore/FORMAT.md``).
         """
         parts, nbytes = payload_parts(payload)
         if nbytes > self._max_record_bytes:
@@ -282,10 +276,11 @@ class Log:
         with self._lock:
             self._check_usable()
             segment = self._segments[-1]
-            if segment.size and segment.size + HEADER_BYTES + nbytes > self._segment_bytes:
+            if segment.has_frames and \
+                    segment.size + HEADER_BYTES + nbytes > self._segment_bytes:
                 segment = self._roll()
             seq = self._last_seq + 1
-            self._size_bytes += segment.append(seq, parts, nbytes)
+            self._size_bytes += segment.append(seq, parts, nbytes, stamp, route_kind, route)
             self._last_seq = seq
         return seq
 
@@ -304,6 +299,7 @@ class Log:
         self._synced_seq = max(self._synced_seq, old.last_seq)
         self._write_mark(old.base_seq, old.size, old.last_seq)
         self._segments.append(new)
+        self._size_bytes += new.size
         self._dir_dirty = True
         return new
 
@@ -583,6 +579,20 @@ class LogCursor:
         return self
 
     def __next__(self) -> tuple[int, memoryview]:
+        frame = self.next_frame()
+        return frame.seq, frame.payload
+
+    def frames(self) -> Iterator[Frame]:
+        """Like iterating the cursor, but each item is the whole ``Frame``, whose
+        routing fields (stamp, route) route a record without parsing it."""
+        while True:
+            try:
+                yield self.next_frame()
+            except StopIteration:
+                return
+
+    def next_frame(self) -> Frame:
+        """The next ``Frame``; raises ``StopIteration`` at the LOG's current end."""
         while True:
             if self._reader is None:
                 self._open_at(*self._log._locate(self.next_seq))
@@ -600,7 +610,7 @@ class LogCursor:
 
     def _open_at(self, segment: Segment, offset: int, start_seq: int) -> None:
         self._segment = segment
-        self._reader = SegmentReader(segment.path, offset, start_seq)
+        self._reader = SegmentReader(segment.path, offset, start_seq, segment.version)
 
     def _advance(self) -> None:
         assert self._segment is not None and self._reader is not None
@@ -608,7 +618,7 @@ class LogCursor:
         successor = self._log._successor(self._segment, expect)
         self._reader.close()
         self._reader = None
-        self._open_at(successor, 0, expect)
+        self._open_at(successor, successor.data_start, expect)
 
     def close(self) -> None:
         """Release the open segment file."""
@@ -659,6 +669,7 @@ def _recover(directory: str, dir_fd: int,
                    if (b := parse_segment_name(name)) is not None)
     if not bases:
         segment = Segment.create(directory, 1)
+        segment.datasync()
         os.fsync(dir_fd)
         return [segment], 0
     if bases[0] < 1:
@@ -674,17 +685,25 @@ def _recover(directory: str, dir_fd: int,
                                   f"{mark_seq}")
         synced_offset = mark_offset if mark_base == bases[-1] else 0
     active, truncated = _recover_newest(directory, dir_fd, bases[-1], synced_offset)
+    segments = sealed + [active]
+    if active.version != FORMAT_VERSION:
+        # Only the current version is written: a LOG from an older version
+        # goes on in a new segment, and its old segments stay readable.
+        active.seal()
+        segments.append(Segment.create(directory, active.last_seq + 1))
+        segments[-1].datasync()
     os.fsync(dir_fd)
-    return sealed + [active], truncated
+    return segments, truncated
 
 
 def _sealed_segment(directory: str, base: int) -> Segment:
     path = os.path.join(directory, segment_name(base))
     size = os.stat(path).st_size
-    if size == 0:
-        # The newest segment is the only one a crash can leave empty.
-        raise LogCorruptError(path, 0, "sealed segment is empty")
-    return Segment(path, base, size, last_seq=None, sealed=True)
+    version = read_segment_version(path)
+    if version is None or size <= SEGMENT_HEADER_BYTES and version == FORMAT_VERSION:
+        # The newest segment is the only one a crash can leave without frames.
+        raise LogCorruptError(path, 0, "sealed segment holds no frame")
+    return Segment(path, base, size, last_seq=None, sealed=True, version=version)
 
 
 def _recover_newest(directory: str, dir_fd: int, base: int,
@@ -695,8 +714,20 @@ def _recover_newest(directory: str, dir_fd: int, base: int,
         raise LogCorruptError(path, scan.file_size, f"the file ends here, but the LOG had "
                               f"synced it through offset {synced_offset}")
     truncated = 0
-    if scan.bad is not None:
-        _judge_bad_frame(path, scan.bad, scan.last_seq + 1, synced_offset)
+    size = scan.valid_end
+    if scan.version is None:
+        # The segment's header never reached the disk: nothing in it was synced.
+        if synced_offset:
+            raise LogCorruptError(path, 0, f"{scan.bad.reason if scan.bad else 'empty'}, yet "
+                                  f"the LOG had synced it through offset {synced_offset}")
+        truncated, size = scan.file_size, SEGMENT_HEADER_BYTES
+        if truncated:
+            logger.warning("%s: truncated torn tail of %d bytes at offset 0 after seq %d (%s)",
+                           path, truncated, scan.last_seq, "torn segment header")
+        if truncated > SEGMENT_HEADER_BYTES:  # frames may have been appended behind it
+            _note_torn(directory, dir_fd, TornTail(path, 0, truncated, scan.last_seq))
+    elif scan.bad is not None:
+        _judge_bad_frame(path, scan.bad, scan.last_seq + 1, synced_offset, scan.version)
         truncated = scan.file_size - scan.valid_end
         logger.warning("%s: truncated torn tail of %d bytes at offset %d after seq %d (%s)",
                        path, truncated, scan.valid_end, scan.last_seq, scan.bad.reason)
@@ -705,18 +736,20 @@ def _recover_newest(directory: str, dir_fd: int, base: int,
     try:
         if truncated:
             os.ftruncate(fd, scan.valid_end)
+        if scan.version is None:
+            os.pwrite(fd, SEGMENT_HEADER, 0)
         # Whatever survived is now durable, so synced_seq may start at last_seq.
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         raise
-    segment = Segment(path, base, scan.valid_end, last_seq=scan.last_seq, sealed=False,
-                      fd=fd, index=scan.index)
+    segment = Segment(path, base, size, last_seq=scan.last_seq, sealed=False,
+                      fd=fd, index=scan.index, version=scan.version or FORMAT_VERSION)
     return segment, truncated
 
 
 def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int,
-                     synced_offset: int | None) -> None:
+                     synced_offset: int | None, version: int) -> None:
     """Raise unless ``bad`` is a torn tail: damage past the sync mark, or (no
     mark) damage with nothing valid after it."""
     if bad.discontinuity:
@@ -726,7 +759,7 @@ def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int,
             raise LogCorruptError(path, bad.offset, f"{bad.reason}, inside the region the LOG "
                                   f"had synced (through offset {synced_offset})") from bad
         return
-    follower = find_valid_frame(path, bad.offset + 1, expect_seq)
+    follower = find_valid_frame(path, bad.offset + 1, expect_seq, version)
     if follower is not None:
         offset, seq = follower
         raise LogCorruptError(path, bad.offset, f"{bad.reason}, yet a valid frame "

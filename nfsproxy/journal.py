@@ -29,8 +29,10 @@ from collections import Counter, deque
 
 from logstore.commit import GroupCommitter
 from logstore.record import Op, Record, record_parts
+from logstore.segment import NO_STAMP
+from nfsproxy.sharding import frame_route
 
-__all__ = ["QuotaPolicy", "QuotaWait", "Journal", "gap_record"]
+__all__ = ["QuotaPolicy", "QuotaWait", "Journal", "gap_record", "frame_fields"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,13 @@ def gap_record(stamp: bytes, cause: str, reason: str, from_stamp: bytes = b"") -
     """A GAP record: records stamped at or below ``stamp`` may be missing."""
     return Record(op=Op.GAP, ok=True, stamp=stamp, gap_from=from_stamp, gap_cause=cause,
                   gap_reason=reason)
+
+
+def frame_fields(record: Record) -> dict:
+    """The routing fields ``Log.append`` puts in ``record``'s frame header."""
+    route_kind, route = frame_route(record)
+    stamp = record.stamp if len(record.stamp) == len(NO_STAMP) else NO_STAMP
+    return {"stamp": stamp, "route_kind": route_kind, "route": route}
 
 
 class _OpenGap:
@@ -137,7 +146,7 @@ class Journal:
         stamp = self._proxy.clock.now().to_bytes() if self._proxy is not None else gap.from_stamp
         record = gap_record(stamp, cause, reason, gap.from_stamp)
         try:
-            self.committer.append_nowait(record_parts(record))
+            self.committer.append_nowait(record_parts(record), **frame_fields(record))
         except Exception as e:  # noqa: BLE001  ENOSPC, or a LOG that failed: the stamp stays held
             logger.error("cannot write the GAP record yet (%s); retrying", e)
             return False
@@ -181,7 +190,8 @@ class Journal:
         if not self.fast_path_open:
             raise QuotaWait()
         try:
-            _, durable = self.committer.append_nowait(record_parts(record, data))
+            _, durable = self.committer.append_nowait(record_parts(record, data),
+                                                      **frame_fields(record))
         except OSError as e:
             self._write_failed(record, e)
             raise
@@ -206,7 +216,7 @@ class Journal:
             logger.warning("LOG back under quota; journaling resumed (a baseline closes the gap)")
             self.passthrough_active = False
         try:
-            seq = await self.committer.append(record_parts(record, data))
+            seq = await self.committer.append(record_parts(record, data), **frame_fields(record))
         except OSError as e:
             self._write_failed(record, e)
             raise

@@ -33,7 +33,7 @@ from .config import ConfigError
 from .control import start_control
 from .metrics import ProxyCollector, serve_metrics
 from .hlc import HLC
-from .journal import Journal, QuotaPolicy, gap_record
+from .journal import Journal, QuotaPolicy, frame_fields, gap_record
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
 from .mount import MOUNT_PROGRAM, MOUNT_V3
 from .relay import BackendAddress, Proxy
@@ -231,7 +231,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
                    torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
     unclean = _mark_running(opts.log_dir) and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
-        log.append(record_parts(unclean_stop_gap_record(clock)))
+        gap = unclean_stop_gap_record(clock)
+        log.append(record_parts(gap), **frame_fields(gap))
         log.sync()
     committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     journal = Journal(committer, opts.quota_policy)

@@ -36,9 +36,10 @@ from types import MappingProxyType
 import crc32c
 
 from logstore.record import Op, Record
+from logstore.segment import ROUTE_EVERY_SHARD, ROUTE_HANDLE, ROUTE_UNKNOWN
 
 __all__ = ["ROUTING_FIELD", "EVERY_SHARD", "UnroutableRecordError", "routing_handle",
-           "shard_of_handle", "shard_of", "shards_of", "belongs_to"]
+           "shard_of_handle", "shard_of", "shards_of", "belongs_to", "frame_route"]
 
 EVERY_SHARD = "*"  # ROUTING_FIELD value: the record goes to all shards
 
@@ -118,6 +119,22 @@ def shards_of(record: Record, n_shards: int) -> range:
         return range(n_shards)
     k = shard_of(record, n_shards)
     return range(k, k + 1)
+
+
+def frame_route(record: Record) -> tuple[int, int]:
+    """``(route_kind, route)`` for ``record``'s LOG frame header (logstore/FORMAT.md).
+
+    A shipper routes the frame without parsing the record: ``ROUTE_HANDLE``
+    frames go to shard ``route % n_shards`` (``route`` is the routing handle's
+    crc32c, as ``shard_of_handle`` computes), ``ROUTE_EVERY_SHARD`` frames to
+    all, ``ROUTE_UNKNOWN`` ones (an op without a rule) must be parsed.
+    """
+    field = ROUTING_FIELD.get(record.op)
+    if field is None:
+        return ROUTE_UNKNOWN, 0
+    if field == EVERY_SHARD:
+        return ROUTE_EVERY_SHARD, 0
+    return ROUTE_HANDLE, crc32c.crc32c(getattr(record, field))
 
 
 def belongs_to(record: Record, shard: int, n_shards: int) -> bool:

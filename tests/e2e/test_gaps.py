@@ -38,7 +38,7 @@ import crc32c
 import pytest
 
 from e2e.proxy_fixture import ProxyProcess
-from logstore.segment import HEADER, HEADER_BYTES
+from logstore.segment import HEADER, HEADER_BYTES, SEGMENT_HEADER_BYTES
 from logstore.stamp import Stamp
 from nfsproxy.client import NfsClient
 from nfsproxy.nfs3 import StableHow
@@ -264,7 +264,7 @@ def test_an_async_tail_lost_at_a_power_cut_is_a_gap(nas, shard, proxy_factory, t
     segment = sorted(log_dir.glob("*.seg"))[-1]
     base = int(segment.stem)
     data = bytearray(segment.read_bytes())
-    pos, seq = 0, base
+    pos, seq = SEGMENT_HEADER_BYTES, base
     while seq <= acked:
         pos += HEADER_BYTES + HEADER.unpack_from(data, pos)[0]
         seq += 1

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from logstore import Log, LogCorruptError, LogGapError, Stamp
-from logstore.segment import HEADER, HEADER_BYTES
+from logstore.segment import HEADER, HEADER_BYTES, SEGMENT_HEADER_BYTES
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -56,7 +56,7 @@ def unsync_from(directory: Path, path: Path, offset: int, seq: int) -> None:
 
 def frame_offsets(path: Path) -> list[int]:
     data = path.read_bytes()
-    offsets, pos = [], 0
+    offsets, pos = [], SEGMENT_HEADER_BYTES
     while pos < len(data):
         offsets.append(pos)
         pos += HEADER_BYTES + HEADER.unpack_from(data, pos)[0]

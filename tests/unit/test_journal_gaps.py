@@ -56,10 +56,10 @@ def test_a_gap_record_that_cannot_be_written_is_retried_and_the_stamp_stays_held
         real = committer.append_nowait
         failures = [OSError(errno.ENOSPC, "No space left on device")] * 3
 
-        def append_nowait(payload):
+        def append_nowait(payload, **routing):
             if failures:
                 raise failures.pop()
-            return real(payload)
+            return real(payload, **routing)
 
         committer.append_nowait = append_nowait
         record = Record(op=Op.WRITE, ok=True, fh=b"f", stamp=proxy.clock.now().to_bytes())
@@ -89,7 +89,7 @@ def test_passthrough_drops_close_together_share_one_gap_record(tmp_path):
     async def main():
         log, committer, journal, proxy = make(tmp_path, policy=QuotaPolicy.PASSTHROUGH,
                                               gap_interval_s=60.0)
-        committer.quota_bytes = 0
+        committer.quota_bytes = log.size_bytes  # the empty LOG: the next record goes over
         await journal.append(Record(op=Op.WRITE, ok=True, fh=b"f", stamp=proxy.clock.now().to_bytes()))
         stamps = [proxy.clock.now().to_bytes() for _ in range(5)]
         for i, stamp in enumerate(stamps):

@@ -20,7 +20,7 @@ from logstore import (
     Durability, GroupCommitter, Log, LogClosedError, LogCorruptError, LogError, LogGapError,
     Stamp,
 )
-from logstore.segment import HEADER, HEADER_BYTES, frame_crc
+from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES, encode_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def assert_intact(log: Log, first: int, last: int) -> None:
 def frame_offsets(path: str) -> list[int]:
     """Byte offset of every frame in a well-formed segment file."""
     data = Path(path).read_bytes()
-    offsets, pos = [], 0
+    offsets, pos = [], SEGMENT_HEADER_BYTES
     while pos < len(data):
         offsets.append(pos)
         pos += HEADER_BYTES + HEADER.unpack_from(data, pos)[0]
@@ -289,8 +289,8 @@ def newest_segment(directory: Path) -> str:
     pytest.param(b"\x00" * 5000, id="zeros"),
     pytest.param(b"\x07" * 10, id="short-garbage"),
     pytest.param(os.urandom(3000), id="random-garbage"),
-    pytest.param(HEADER.pack(100, 0xDEAD, 21), id="header-without-payload"),
-    pytest.param(HEADER.pack(3, 0xDEAD, 21) + b"abc", id="bad-crc"),
+    pytest.param(HEADER.pack(100, 0xDEAD, 21, NO_STAMP, 0, 0), id="header-without-payload"),
+    pytest.param(HEADER.pack(3, 0xDEAD, 21, NO_STAMP, 0, 0) + b"abc", id="bad-crc"),
 ])
 def test_torn_tail_is_truncated_and_reported(tmp_path, caplog, tail):
     with Log.open(tmp_path, segment_bytes=4096) as log:
@@ -326,10 +326,10 @@ def test_torn_first_frame_of_new_segment_leaves_it_empty(tmp_path):
     # As a crash leaves it: the last sync was before the roll, the new segment's first frame is torn.
     write_mark(tmp_path, previous.first_seq, previous.size_bytes, previous.last_seq)
     with open(newest.path, "r+b") as f:
-        f.truncate(HEADER_BYTES + 3)
+        f.truncate(SEGMENT_HEADER_BYTES + HEADER_BYTES + 3)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         assert log.last_seq == newest.first_seq - 1
-        assert os.path.getsize(newest.path) == 0
+        assert os.path.getsize(newest.path) == SEGMENT_HEADER_BYTES
         assert log.append(b"next") == newest.first_seq
         assert read_all(log)[-1] == (newest.first_seq, b"next")
 
@@ -363,7 +363,7 @@ def test_wellformed_frame_with_wrong_seq_is_corruption(tmp_path):
     with Log.open(tmp_path) as log:
         fill(log, 3)
     path = newest_segment(tmp_path)
-    append_bytes(path, HEADER.pack(1, frame_crc(7, b"x"), 7) + b"x")
+    append_bytes(path, encode_frame(7, b"x"))
     with pytest.raises(LogCorruptError, match="seq discontinuity: expected seq 4, found 7"):
         Log.open(tmp_path)
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logstore import Log, LogCorruptError
-from logstore.segment import HEADER, HEADER_BYTES
+from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES
 
 PAGE = 4096
 FATES = ("new", "zeros", "garbage")
@@ -172,7 +172,7 @@ def test_a_torn_tail_is_noted_until_a_marker_can_be_written(tmp_path):
         for seq in range(1, 4):
             log.append(payload_for(seq))
     with open(tmp_path / f"{1:020d}.seg", "ab") as f:
-        f.write(b"\x00" * 100 + HEADER.pack(3, 0, 4) + b"abc")
+        f.write(b"\x00" * 100 + HEADER.pack(3, 0, 4, NO_STAMP, 0, 0) + b"abc")
     # Cut, but opened without a marker: nothing is written, the note stays.
     import crc32c
     from logstore.log import _MARK, _MARK_MAGIC
@@ -182,7 +182,7 @@ def test_a_torn_tail_is_noted_until_a_marker_can_be_written(tmp_path):
     with Log.open(tmp_path) as log:
         assert log.last_seq == 3 and len(log.torn_tails) == 1
     with Log.open(tmp_path, torn_marker=lambda t: b"GAP " + str(t).encode()) as log:
-        assert log.last_seq == 4 and read_all(log)[-1][1].startswith(b"GAP 119 bytes")
+        assert log.last_seq == 4 and read_all(log)[-1][1].startswith(f"GAP {100 + HEADER_BYTES + 3} bytes".encode())
     assert not (tmp_path / "TORN").exists()
 
 
@@ -200,7 +200,7 @@ def test_corruption_inside_the_synced_region_is_refused(tmp_path, monkeypatch):
     assert synced == 9
     path = tmp_path / "crash" / f"{1:020d}.seg"
     blob = bytearray(path.read_bytes())
-    offsets, pos = [], 0
+    offsets, pos = [], SEGMENT_HEADER_BYTES
     while pos < len(blob):
         offsets.append(pos)
         pos += HEADER_BYTES + HEADER.unpack_from(blob, pos)[0]

@@ -1,0 +1,524 @@
+//! The durable LOG, native writer side: append with routing fields, segment
+//! roll, sync marks, recovery of a torn tail, trim; the format is
+//! logstore/FORMAT.md, the same bytes the Python reader (`logstore.log`) reads.
+//!
+//! How to call it:
+//! ```ignore
+//! let log = Arc::new(Log::open("/var/lib/nfsj/log", LogOptions::default())?);
+//! let seq = log.append(&[head, data], &Routing { stamp, kind: RouteKind::Handle, route })?;
+//! log.sync()?;                               // or let a GroupCommitter do it
+//! let mut rx = log.subscribe_synced();       // tokio watch of SyncState
+//! ```
+//! `Log` is `Sync`: any thread may append while another syncs. Only one
+//! process may have a LOG open (flock).
+
+pub mod commit;
+pub mod frame;
+mod mark;
+mod recover;
+pub mod segment;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+pub use commit::{Durability, GroupCommitter};
+pub use frame::{RouteKind, Routing, HEADER_BYTES};
+use segment::{data_start, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
+
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// NFSv3 WRITEs are at most a few MiB; a record much larger is a bug upstream.
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 16 << 20;
+/// A frame's payload is written from at most this many buffers (pwritev takes
+/// IOV_MAX = 1024, one is the header).
+pub const MAX_PARTS: usize = 1000;
+
+/// Every LOG failure.
+#[derive(Debug)]
+pub enum LogError {
+    Io { context: String, source: io::Error },
+    /// The LOG on disk is not what a writer of this format wrote, where a
+    /// crash cannot explain it.
+    Corrupt { path: PathBuf, offset: u64, reason: String, discontinuity: bool },
+    /// Closed, or failed (an fsync error) and must be reopened.
+    Closed(String),
+    /// A bad argument (record too large, too many parts, ...).
+    Invalid(String),
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Io { context, source } => write!(f, "{context}: {source}"),
+            LogError::Corrupt { path, offset, reason, .. } => write!(
+                f,
+                "{}: corrupt LOG frame at byte offset {offset}: {reason}",
+                path.display()
+            ),
+            LogError::Closed(why) | LogError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+pub type Result<T> = std::result::Result<T, LogError>;
+
+pub(crate) fn io_err(context: impl fmt::Display) -> impl FnOnce(io::Error) -> LogError {
+    let context = context.to_string();
+    move |source| LogError::Io { context, source }
+}
+
+/// How a LOG is opened.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    pub segment_bytes: u64,
+    pub max_record_bytes: u32,
+    /// How often the sync mark is fsynced (zero: with every sync).
+    pub mark_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            mark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A torn tail that recovery cut from the newest segment: records appended
+/// after `after_seq` that were never reported synced, and are now gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub truncated_bytes: u64,
+    pub after_seq: u64,
+}
+
+/// One segment as listed by `Log::segments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    /// `first_seq - 1` when empty.
+    pub last_seq: u64,
+    pub size_bytes: u64,
+    pub active: bool,
+    pub version: u8,
+}
+
+/// What the durability signal carries: the highest seq known durable, and
+/// whether the LOG failed (then no more seqs will become durable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncState {
+    pub synced_seq: u64,
+    pub failed: bool,
+}
+
+struct Segment {
+    path: PathBuf,
+    base_seq: u64,
+    /// Counts only complete frames: readers never read past it.
+    size: u64,
+    version: u8,
+    file: Option<File>,
+}
+
+impl Segment {
+    fn create(dir: &Path, base_seq: u64) -> Result<Segment> {
+        let path = dir.join(segment_name(base_seq));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err(format!("creating {}", path.display())))?;
+        file.write_all_at(&segment_header(), 0)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(Segment { path, base_seq, size: SEGMENT_HEADER_BYTES as u64, version: FORMAT_VERSION, file: Some(file) })
+    }
+
+    fn has_frames(&self) -> bool {
+        self.size > data_start(self.version)
+    }
+}
+
+
+struct State {
+    /// Ordered by base seq; the last one is active.
+    segments: Vec<Segment>,
+    last_seq: u64,
+    size_bytes: u64,
+    /// A segment was created since the last directory fsync.
+    dir_dirty: bool,
+    closed: bool,
+    failure: Option<String>,
+}
+
+/// An append-only, crash-safe LOG of payloads with routing fields. See the
+/// module doc for how to call it.
+pub struct Log {
+    dir: PathBuf,
+    opts: LogOptions,
+    dir_file: File,
+    lock_file: Mutex<Option<File>>,
+    mark_file: File,
+    state: Mutex<State>,
+    /// One sync at a time; holds when the mark was last fsynced.
+    sync_lock: Mutex<Option<Instant>>,
+    synced: watch::Sender<SyncState>,
+    trims: watch::Sender<u64>,
+    log_id: String,
+    torn_tails: Vec<TornTail>,
+    recovered_truncated_bytes: u64,
+}
+
+impl Log {
+    /// Open (creating if needed) the LOG in `dir` and recover it: a torn tail
+    /// of the newest segment is cut (and noted in TORN), damage a crash
+    /// cannot explain is `LogError::Corrupt` (logstore/FORMAT.md).
+    pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+        recover::open(dir.as_ref(), opts)
+    }
+
+    /// Write one record (not yet durable; see `sync`) and return its seq.
+    /// `parts` joined form the payload; they are written with one pwritev,
+    /// never joined in memory.
+    pub fn append(&self, parts: &[&[u8]], routing: &Routing) -> Result<u64> {
+        if parts.len() > MAX_PARTS {
+            return Err(LogError::Invalid(format!(
+                "a payload has at most {MAX_PARTS} parts, got {}",
+                parts.len()
+            )));
+        }
+        let nbytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if nbytes > self.opts.max_record_bytes as u64 {
+            return Err(LogError::Invalid(format!(
+                "record of {nbytes} bytes exceeds max_record_bytes ({})",
+                self.opts.max_record_bytes
+            )));
+        }
+        let mut st = self.state.lock().unwrap();
+        self.check_usable(&st)?;
+        let active = st.segments.last().unwrap();
+        if active.has_frames() && active.size + HEADER_BYTES as u64 + nbytes > self.opts.segment_bytes {
+            self.roll(&mut st)?;
+        }
+        let seq = st.last_seq + 1;
+        let header = frame::encode_header(seq, routing, parts);
+        let active = st.segments.last_mut().unwrap();
+        let file = active.file.as_ref().unwrap();
+        let mut buffers: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        buffers.push(&header);
+        buffers.extend_from_slice(parts);
+        if let Err(e) = pwritev_all(file, &buffers, active.size) {
+            // Cut back to the last complete frame, so the next append does not
+            // land behind a partial one.
+            let _ = file.set_len(active.size);
+            return Err(LogError::Io { context: format!("appending to {}", active.path.display()), source: e });
+        }
+        active.size += HEADER_BYTES as u64 + nbytes;
+        st.size_bytes += HEADER_BYTES as u64 + nbytes;
+        st.last_seq = seq;
+        Ok(seq)
+    }
+
+    fn roll(&self, st: &mut State) -> Result<()> {
+        // Fsync the old segment before its successor exists: recovery then
+        // only ever has to repair the newest segment.
+        let old = st.segments.last().unwrap();
+        let (old_base, old_size) = (old.base_seq, old.size);
+        let synced = old.file.as_ref().unwrap().sync_data();
+        self.durably(st, synced, "fdatasync of the active segment")?;
+        if st.dir_dirty {
+            // The old segment may be new itself: its records count as synced
+            // only once its directory entry is durable too.
+            let synced = self.dir_file.sync_all();
+            self.durably(st, synced, "fsync of the LOG directory")?;
+            st.dir_dirty = false;
+        }
+        let new = Segment::create(&self.dir, st.last_seq + 1)?;
+        st.segments.last_mut().unwrap().file = None; // sealed only now
+        self.write_mark(old_base, old_size, st.last_seq);
+        self.publish_synced(st.last_seq);
+        st.size_bytes += new.size;
+        st.segments.push(new);
+        st.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Make every record appended so far durable; return the synced seq.
+    /// Blocks for an fsync; appends from other threads go on meanwhile (the
+    /// next sync covers them). After a failed fsync the LOG refuses further
+    /// use: the kernel may have dropped the dirty pages.
+    pub fn sync(&self) -> Result<u64> {
+        let mut mark_synced_at = self.sync_lock.lock().unwrap();
+        let (file, position, dir_dirty) = {
+            let mut st = self.state.lock().unwrap();
+            self.check_usable(&st)?;
+            let target = st.last_seq;
+            if target <= self.synced_seq() && !st.dir_dirty {
+                return Ok(self.synced_seq());
+            }
+            // A private fd: a concurrent roll may close the segment's own.
+            let active = st.segments.last().unwrap();
+            let file = active.file.as_ref().unwrap().try_clone()
+                .map_err(io_err("dup of the active segment"))?;
+            let position = (active.base_seq, active.size, target);
+            let dir_dirty = std::mem::take(&mut st.dir_dirty);
+            (file, position, dir_dirty)
+        };
+        self.durably_unlocked(file.sync_data(), "fdatasync of the active segment")?;
+        if dir_dirty {
+            self.durably_unlocked(self.dir_file.sync_all(), "fsync of the LOG directory")?;
+        }
+        let target = position.2;
+        if target >= self.synced_seq() {
+            let _st = self.state.lock().unwrap();
+            self.write_mark(position.0, position.1, position.2);
+        }
+        let due = mark_synced_at.is_none_or(|at| at.elapsed() >= self.opts.mark_interval);
+        if due {
+            *mark_synced_at = Some(Instant::now());
+            self.durably_unlocked(self.mark_file.sync_data(), "fdatasync of the sync mark")?;
+        }
+        self.publish_synced(target);
+        Ok(self.synced_seq())
+    }
+
+    fn write_mark(&self, base_seq: u64, offset: u64, seq: u64) {
+        // Only positions already durable are written, so whatever version of
+        // the mark survives a crash is a lower bound of what was synced. A
+        // failed write leaves an older, still true, mark.
+        let _ = self.mark_file.write_all_at(&mark::encode(base_seq, offset, seq), 0);
+    }
+
+    fn publish_synced(&self, seq: u64) {
+        self.synced.send_if_modified(|s| {
+            let moved = seq > s.synced_seq;
+            s.synced_seq = s.synced_seq.max(seq);
+            moved
+        });
+    }
+
+    fn durably(&self, st: &mut State, r: io::Result<()>, what: &str) -> Result<()> {
+        r.map_err(|e| {
+            let why = format!("{}: {what} failed; the LOG must be reopened: {e}", self.dir.display());
+            st.failure = Some(why.clone());
+            self.synced.send_modify(|s| s.failed = true);
+            LogError::Closed(why)
+        })
+    }
+
+    fn durably_unlocked(&self, r: io::Result<()>, what: &str) -> Result<()> {
+        if r.is_err() {
+            let mut st = self.state.lock().unwrap();
+            return self.durably(&mut st, r, what);
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self, st: &State) -> Result<()> {
+        if st.closed {
+            return Err(LogError::Closed(format!("{}: the LOG is closed", self.dir.display())));
+        }
+        if let Some(why) = &st.failure {
+            return Err(LogError::Closed(format!("the LOG failed and must be reopened: {why}")));
+        }
+        Ok(())
+    }
+
+    /// Append (and sync) one GAP payload per torn tail noted by recovery,
+    /// then forget the notes. Until then they survive any number of crashes.
+    pub fn mark_torn_tails(&self, marker: impl Fn(&TornTail) -> (Vec<u8>, Routing)) -> Result<()> {
+        if self.torn_tails.is_empty() {
+            return Ok(());
+        }
+        for torn in &self.torn_tails {
+            let (payload, routing) = marker(torn);
+            self.append(&[&payload], &routing)?;
+        }
+        self.sync()?;
+        mark::forget_torn(&self.dir, &self.dir_file)
+    }
+
+    /// Delete whole sealed segments whose records are all below `below_seq`;
+    /// never the active one. Returns how many were deleted.
+    pub fn trim(&self, below_seq: u64) -> Result<usize> {
+        let mut st = self.state.lock().unwrap();
+        if st.closed {
+            return Err(LogError::Closed(format!("{}: the LOG is closed", self.dir.display())));
+        }
+        let mut deleted = 0;
+        while st.segments.len() > 1 && st.segments[1].base_seq <= below_seq {
+            let victim = st.segments.remove(0);
+            std::fs::remove_file(&victim.path).map_err(io_err(format!("removing {}", victim.path.display())))?;
+            st.size_bytes -= victim.size;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            // A power cut must not bring back a segment whose successor was
+            // trimmed: the LOG would have a hole.
+            self.dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?;
+            drop(st);
+            self.trims.send_modify(|n| *n += 1);
+        }
+        Ok(deleted)
+    }
+
+    /// Sync what was appended (unless the LOG failed), leave an exact mark,
+    /// release the directory. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let failed = {
+            let st = self.state.lock().unwrap();
+            if st.closed {
+                return Ok(());
+            }
+            st.failure.is_some()
+        };
+        let result = if failed {
+            Ok(())
+        } else {
+            self.sync().and_then(|_| {
+                let st = self.state.lock().unwrap();
+                let active = st.segments.last().unwrap();
+                // A clean stop leaves an exact mark: then any damage is corruption.
+                self.write_mark(active.base_seq, active.size, st.last_seq);
+                drop(st);
+                self.mark_file.sync_data().map_err(io_err("fdatasync of the sync mark"))
+            })
+        };
+        let _sync = self.sync_lock.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
+        st.closed = true;
+        if let Some(active) = st.segments.last_mut() {
+            active.file = None;
+        }
+        self.lock_file.lock().unwrap().take(); // releases the flock
+        result
+    }
+
+    /// A tokio watch of the durability state: wait on it for a seq to be
+    /// durable without polling (`rx.wait_for(|s| s.synced_seq >= seq || s.failed)`).
+    pub fn subscribe_synced(&self) -> watch::Receiver<SyncState> {
+        self.synced.subscribe()
+    }
+
+    /// A tokio watch that changes after every trim that deleted segments.
+    pub fn subscribe_trims(&self) -> watch::Receiver<u64> {
+        self.trims.subscribe()
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+    /// Lowest seq still held; equals `next_seq` when the LOG holds none.
+    pub fn first_seq(&self) -> u64 {
+        self.state.lock().unwrap().segments[0].base_seq
+    }
+    /// Highest seq appended (0 for a fresh LOG).
+    pub fn last_seq(&self) -> u64 {
+        self.state.lock().unwrap().last_seq
+    }
+    /// Highest seq known durable.
+    pub fn synced_seq(&self) -> u64 {
+        self.synced.borrow().synced_seq
+    }
+    /// Total bytes of all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.lock().unwrap().size_bytes
+    }
+    pub fn recovered_truncated_bytes(&self) -> u64 {
+        self.recovered_truncated_bytes
+    }
+    /// The LOG's identity (LOG_ID), made when it was created.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+    /// The torn tails recovery found noted (and not yet marked) at open.
+    pub fn torn_tails(&self) -> &[TornTail] {
+        &self.torn_tails
+    }
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().unwrap().closed
+    }
+    /// Why the LOG failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().unwrap().failure.clone()
+    }
+
+    /// The segments on disk, oldest first; the last one is active.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.state.lock().unwrap();
+        let n = st.segments.len();
+        st.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                path: s.path.clone(),
+                first_seq: s.base_seq,
+                last_seq: if i + 1 < n { st.segments[i + 1].base_seq - 1 } else { st.last_seq },
+                size_bytes: s.size,
+                active: i + 1 == n,
+                version: s.version,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// One vectored positional write of every buffer, looping on short writes.
+fn pwritev_all(file: &File, buffers: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = buffers
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+        .collect();
+    let mut first = 0;
+    while first < iov.len() {
+        let rest = &iov[first..];
+        // SAFETY: every iovec points into a live borrowed slice of its length.
+        let n = unsafe {
+            libc::pwritev(file.as_raw_fd(), rest.as_ptr(), rest.len() as libc::c_int, offset as libc::off_t)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("pwritev wrote nothing at offset {offset}")));
+        }
+        offset += n as u64;
+        let mut written = n as usize;
+        while first < iov.len() && written >= iov[first].iov_len {
+            written -= iov[first].iov_len;
+            first += 1;
+        }
+        if written > 0 {
+            let v = &mut iov[first];
+            // SAFETY: still inside the same slice.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(written) } as *mut libc::c_void;
+            v.iov_len -= written;
+        }
+    }
+    Ok(())
+}

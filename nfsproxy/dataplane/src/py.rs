@@ -1,0 +1,427 @@
+//! The Python face of the native core: `nfsproxy._dataplane.NativeLog`,
+//! `NativeCommitter` and `HLC`. Python wrappers (nfsproxy/native.py,
+//! nfsproxy/hlc.py) give them the interfaces of logstore's `Log`,
+//! `GroupCommitter` and `HLC`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use crate::hlc::{Hlc, HlcError, HlcOptions};
+use crate::log::{Durability, GroupCommitter, Log, LogError, LogOptions, RouteKind, Routing};
+use crate::stamp::Stamp;
+
+create_exception!(_dataplane, NativeLogError, PyException, "A native LOG failure.");
+create_exception!(_dataplane, NativeLogClosedError, NativeLogError, "The LOG is closed or failed.");
+create_exception!(
+    _dataplane,
+    NativeLogCorruptError,
+    NativeLogError,
+    "args: (path, offset, reason, discontinuity)"
+);
+create_exception!(
+    _dataplane,
+    NativeUntrustworthyStamp,
+    PyException,
+    "args: (remote (wall_ns, logical, node_id), physical_ns, offset_ns, max_offset_ns)"
+);
+
+fn log_err(e: LogError) -> PyErr {
+    match e {
+        LogError::Io { context, source } => match source.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, format!("{context}: {source}"))),
+            None => PyOSError::new_err(format!("{context}: {source}")),
+        },
+        LogError::Corrupt { path, offset, reason, discontinuity } => {
+            NativeLogCorruptError::new_err((path.to_string_lossy().into_owned(), offset, reason, discontinuity))
+        }
+        LogError::Closed(why) => NativeLogClosedError::new_err(why),
+        LogError::Invalid(why) => PyValueError::new_err(why),
+    }
+}
+
+fn hlc_err(e: HlcError) -> PyErr {
+    match e {
+        HlcError::Untrustworthy { remote, physical_ns, offset_ns, max_offset_ns } => NativeUntrustworthyStamp::new_err((
+            (remote.wall_ns, remote.logical, remote.node_id),
+            physical_ns,
+            offset_ns,
+            max_offset_ns,
+        )),
+        HlcError::Persist { ref source, .. } => {
+            let msg = e.to_string();
+            match source.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, msg)),
+                None => PyOSError::new_err(msg),
+            }
+        }
+        HlcError::CorruptBound { .. } | HlcError::Invalid(_) => PyValueError::new_err(e.to_string()),
+        HlcError::Clock(why) => PyException::new_err(why),
+    }
+}
+
+/// Buffers of a payload given as one bytes-like object or a list/tuple of them.
+fn payload_buffers(payload: &Bound<'_, PyAny>) -> PyResult<Vec<PyUntypedBuffer>> {
+    let one = |obj: &Bound<'_, PyAny>| -> PyResult<PyUntypedBuffer> {
+        let buf = PyUntypedBuffer::get(obj)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err("payload buffers must be contiguous"));
+        }
+        Ok(buf)
+    };
+    if let Ok(list) = payload.cast::<PyList>() {
+        return list.iter().map(|o| one(&o)).collect();
+    }
+    if let Ok(tuple) = payload.cast::<PyTuple>() {
+        return tuple.iter().map(|o| one(&o)).collect();
+    }
+    Ok(vec![one(payload)?])
+}
+
+fn slices(buffers: &[PyUntypedBuffer]) -> Vec<&[u8]> {
+    buffers
+        .iter()
+        // SAFETY: the buffer export keeps the memory alive and unmoved while
+        // `buffers` lives; we only read it.
+        .map(|b| unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) })
+        .collect()
+}
+
+fn routing(stamp: &[u8], route_kind: u8, route: u32) -> PyResult<Routing> {
+    let stamp: [u8; 16] = match stamp.len() {
+        0 => [0; 16],
+        16 => stamp.try_into().unwrap(),
+        n => return Err(PyValueError::new_err(format!("a frame's stamp is 16 bytes, got {n}"))),
+    };
+    let kind = RouteKind::from_u8(route_kind).ok_or_else(|| PyValueError::new_err(format!("unknown route_kind {route_kind}")))?;
+    Ok(Routing { stamp, kind, route })
+}
+
+/// Payloads this large are written with the GIL released.
+const DETACH_BYTES: usize = 64 << 10;
+
+/// The native LOG writer (`crate::log::Log`).
+#[pyclass(module = "nfsproxy._dataplane", frozen)]
+pub struct NativeLog {
+    log: Arc<Log>,
+}
+
+#[pymethods]
+impl NativeLog {
+    #[new]
+    #[pyo3(signature = (directory, *, segment_bytes=crate::log::DEFAULT_SEGMENT_BYTES, max_record_bytes=crate::log::DEFAULT_MAX_RECORD_BYTES, mark_interval_s=1.0))]
+    fn new(py: Python<'_>, directory: PathBuf, segment_bytes: u64, max_record_bytes: u32, mark_interval_s: f64) -> PyResult<Self> {
+        if mark_interval_s < 0.0 || !mark_interval_s.is_finite() {
+            return Err(PyValueError::new_err(format!("mark_interval_s must be >= 0, got {mark_interval_s}")));
+        }
+        let opts = LogOptions { segment_bytes, max_record_bytes, mark_interval: Duration::from_secs_f64(mark_interval_s) };
+        let log = py.detach(|| Log::open(&directory, opts)).map_err(log_err)?;
+        Ok(NativeLog { log: Arc::new(log) })
+    }
+
+    /// Append one record; returns its seq.
+    #[pyo3(signature = (payload, stamp=&[][..], route_kind=0, route=0))]
+    fn append(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, stamp: &[u8], route_kind: u8, route: u32) -> PyResult<u64> {
+        let routing = routing(stamp, route_kind, route)?;
+        let buffers = payload_buffers(payload)?;
+        let parts = slices(&buffers);
+        let nbytes: usize = parts.iter().map(|p| p.len()).sum();
+        if nbytes >= DETACH_BYTES {
+            py.detach(|| self.log.append(&parts, &routing)).map_err(log_err)
+        } else {
+            self.log.append(&parts, &routing).map_err(log_err)
+        }
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.log.sync()).map_err(log_err)
+    }
+
+    fn trim(&self, py: Python<'_>, below_seq: u64) -> PyResult<usize> {
+        py.detach(|| self.log.trim(below_seq)).map_err(log_err)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.log.close()).map_err(log_err)
+    }
+
+    /// Append one marker per noted torn tail: `markers` is a list of
+    /// `(payload, stamp, route_kind, route)`, one per `torn_tails` entry.
+    fn mark_torn_tails(&self, py: Python<'_>, markers: Vec<(Vec<u8>, Vec<u8>, u8, u32)>) -> PyResult<()> {
+        if markers.len() != self.log.torn_tails().len() {
+            return Err(PyValueError::new_err("one marker per torn tail"));
+        }
+        let markers = markers
+            .into_iter()
+            .map(|(p, s, k, r)| Ok((p, routing(&s, k, r)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| {
+            let it = std::sync::Mutex::new(markers.into_iter());
+            self.log.mark_torn_tails(|_| it.lock().unwrap().next().unwrap())
+        })
+        .map_err(log_err)
+    }
+
+    /// `[(path, first_seq, last_seq, size_bytes, active, version)]`, oldest first.
+    fn segments(&self) -> Vec<(String, u64, u64, u64, bool, u8)> {
+        self.log
+            .segments()
+            .into_iter()
+            .map(|s| (s.path.to_string_lossy().into_owned(), s.first_seq, s.last_seq, s.size_bytes, s.active, s.version))
+            .collect()
+    }
+
+    /// `[(segment path, offset, truncated_bytes, after_seq)]` noted at open.
+    #[getter]
+    fn torn_tails(&self) -> Vec<(String, u64, u64, u64)> {
+        self.log
+            .torn_tails()
+            .iter()
+            .map(|t| (t.segment.to_string_lossy().into_owned(), t.offset, t.truncated_bytes, t.after_seq))
+            .collect()
+    }
+
+    #[getter]
+    fn first_seq(&self) -> u64 {
+        self.log.first_seq()
+    }
+    #[getter]
+    fn last_seq(&self) -> u64 {
+        self.log.last_seq()
+    }
+    #[getter]
+    fn synced_seq(&self) -> u64 {
+        self.log.synced_seq()
+    }
+    #[getter]
+    fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+    #[getter]
+    fn recovered_truncated_bytes(&self) -> u64 {
+        self.log.recovered_truncated_bytes()
+    }
+    #[getter]
+    fn log_id(&self) -> String {
+        self.log.log_id().to_string()
+    }
+    #[getter]
+    fn closed(&self) -> bool {
+        self.log.is_closed()
+    }
+    #[getter]
+    fn failure(&self) -> Option<String> {
+        self.log.failure()
+    }
+}
+
+/// The native group committer (`crate::log::GroupCommitter`).
+#[pyclass(module = "nfsproxy._dataplane", frozen)]
+pub struct NativeCommitter {
+    committer: GroupCommitter,
+}
+
+#[pymethods]
+impl NativeCommitter {
+    #[new]
+    #[pyo3(signature = (log, durability="sync", flush_interval_s=0.01))]
+    fn new(log: &NativeLog, durability: &str, flush_interval_s: f64) -> PyResult<Self> {
+        let durability = match durability {
+            "sync" => Durability::Sync,
+            "async" => Durability::Async,
+            other => return Err(PyValueError::new_err(format!("durability must be 'sync' or 'async', got {other:?}"))),
+        };
+        if flush_interval_s < 0.0 || !flush_interval_s.is_finite() {
+            return Err(PyValueError::new_err(format!("flush_interval_s must be >= 0, got {flush_interval_s}")));
+        }
+        let committer = GroupCommitter::start(log.log.clone(), durability, Duration::from_secs_f64(flush_interval_s))
+            .map_err(log_err)?;
+        Ok(NativeCommitter { committer })
+    }
+
+    /// Append one record now; returns its seq. `urgent`: fsync at once
+    /// (always, in sync durability).
+    #[pyo3(signature = (payload, stamp=&[][..], route_kind=0, route=0, urgent=false))]
+    fn append(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, stamp: &[u8], route_kind: u8, route: u32, urgent: bool) -> PyResult<u64> {
+        let routing = routing(stamp, route_kind, route)?;
+        let buffers = payload_buffers(payload)?;
+        let parts = slices(&buffers);
+        let nbytes: usize = parts.iter().map(|p| p.len()).sum();
+        if nbytes >= DETACH_BYTES {
+            py.detach(|| self.committer.append(&parts, &routing, urgent)).map_err(log_err)
+        } else {
+            self.committer.append(&parts, &routing, urgent).map_err(log_err)
+        }
+    }
+
+    fn request_sync(&self) {
+        self.committer.request_sync();
+    }
+
+    /// Block (GIL released) until `seq` is durable: True, or False after `timeout_s`.
+    #[pyo3(signature = (seq, timeout_s=None))]
+    fn wait_synced(&self, py: Python<'_>, seq: u64, timeout_s: Option<f64>) -> PyResult<bool> {
+        let timeout = timeout_s.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        py.detach(|| self.committer.wait_synced(seq, timeout)).map_err(log_err)
+    }
+
+    /// An eventfd bumped after every fsync round: `loop.add_reader` it.
+    fn notify_fd(&self) -> i32 {
+        self.committer.notify_fd()
+    }
+
+    /// `(records, bytes, oldest age in seconds)` not yet known durable.
+    fn unsynced(&self) -> (u64, u64, f64) {
+        let (n, b, age) = self.committer.unsynced();
+        (n, b, age.as_secs_f64())
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.committer.close()).map_err(log_err)
+    }
+
+    #[getter]
+    fn synced_seq(&self) -> u64 {
+        self.committer.synced_seq()
+    }
+    #[getter]
+    fn appends_total(&self) -> u64 {
+        self.committer.appends_total()
+    }
+    #[getter]
+    fn appended_bytes_total(&self) -> u64 {
+        self.committer.appended_bytes_total()
+    }
+    #[getter]
+    fn fsyncs_total(&self) -> u64 {
+        self.committer.fsyncs_total()
+    }
+    #[getter]
+    fn failure(&self) -> Option<String> {
+        self.committer.failure()
+    }
+    #[getter]
+    fn get_quota_bytes(&self) -> Option<u64> {
+        self.committer.quota_bytes()
+    }
+    #[setter]
+    fn set_quota_bytes(&self, quota: Option<u64>) {
+        self.committer.set_quota_bytes(quota);
+    }
+    #[getter]
+    fn over_quota(&self) -> bool {
+        self.committer.over_quota()
+    }
+}
+
+/// The native hybrid logical clock (`crate::hlc::Hlc`); stamps are
+/// `(wall_ns, logical, node_id)` tuples.
+#[pyclass(module = "nfsproxy._dataplane", frozen, name = "HLC")]
+pub struct NativeHlc {
+    hlc: Hlc,
+}
+
+#[pymethods]
+impl NativeHlc {
+    #[new]
+    #[pyo3(signature = (node_id, *, physical_clock=None, max_offset_ns=crate::hlc::DEFAULT_MAX_OFFSET_NS as i64, persist_path=None, persist_interval_ns=crate::hlc::DEFAULT_PERSIST_INTERVAL_NS as i64, forward_jump_threshold_ns=None))]
+    fn new(
+        node_id: i64,
+        physical_clock: Option<Py<PyAny>>,
+        max_offset_ns: i64,
+        persist_path: Option<PathBuf>,
+        persist_interval_ns: i64,
+        forward_jump_threshold_ns: Option<i64>,
+    ) -> PyResult<Self> {
+        let node_id = u32::try_from(node_id).map_err(|_| PyValueError::new_err(format!("node_id {node_id} does not fit in u32")))?;
+        let positive = |name: &str, v: i64| -> PyResult<u64> {
+            if v <= 0 {
+                return Err(PyValueError::new_err(format!("{name} must be > 0, got {v}")));
+            }
+            Ok(v as u64)
+        };
+        let physical: crate::hlc::PhysicalClock = match physical_clock {
+            None => Box::new(crate::hlc::system_clock),
+            // A Python clock (tests drive the clock by hand); the GIL is taken per reading.
+            Some(f) => Box::new(move || {
+                Python::attach(|py| {
+                    f.call0(py)
+                        .and_then(|v| v.extract::<u64>(py))
+                        .map_err(|e| format!("the physical clock failed: {e}"))
+                })
+            }),
+        };
+        let opts = HlcOptions {
+            physical_clock: physical,
+            max_offset_ns: positive("max_offset_ns", max_offset_ns)?,
+            persist_path,
+            persist_interval_ns: positive("persist_interval_ns", persist_interval_ns)?,
+            forward_jump_threshold_ns: forward_jump_threshold_ns.map(|v| positive("forward_jump_threshold_ns", v)).transpose()?,
+        };
+        Ok(NativeHlc { hlc: Hlc::new(node_id, opts).map_err(hlc_err)? })
+    }
+
+    fn now(&self) -> PyResult<(u64, u32, u32)> {
+        let s = self.hlc.now().map_err(hlc_err)?;
+        Ok((s.wall_ns, s.logical, s.node_id))
+    }
+
+    fn update(&self, wall_ns: u64, logical: u32, node_id: u32) -> PyResult<()> {
+        self.hlc.update(Stamp { wall_ns, logical, node_id }).map_err(hlc_err)
+    }
+
+    fn check_physical(&self) -> PyResult<()> {
+        self.hlc.check_physical().map_err(hlc_err)
+    }
+
+    #[getter]
+    fn node_id(&self) -> u32 {
+        self.hlc.node_id()
+    }
+    #[getter]
+    fn max_offset_ns(&self) -> u64 {
+        self.hlc.max_offset_ns()
+    }
+    #[getter]
+    fn offset_ns(&self) -> u64 {
+        self.hlc.offset_ns()
+    }
+    #[getter]
+    fn rejections_total(&self) -> u64 {
+        self.hlc.rejections_total()
+    }
+    #[getter]
+    fn backward_jumps_total(&self) -> u64 {
+        self.hlc.backward_jumps_total()
+    }
+    #[getter]
+    fn max_backward_jump_ns(&self) -> u64 {
+        self.hlc.max_backward_jump_ns()
+    }
+    #[getter]
+    fn forward_jumps_total(&self) -> u64 {
+        self.hlc.forward_jumps_total()
+    }
+    #[getter]
+    fn persisted_bound_ns(&self) -> Option<u64> {
+        self.hlc.persisted_bound_ns()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<NativeLog>()?;
+    m.add_class::<NativeCommitter>()?;
+    m.add_class::<NativeHlc>()?;
+    m.add("NativeLogError", py.get_type::<NativeLogError>())?;
+    m.add("NativeLogClosedError", py.get_type::<NativeLogClosedError>())?;
+    m.add("NativeLogCorruptError", py.get_type::<NativeLogCorruptError>())?;
+    m.add("NativeUntrustworthyStamp", py.get_type::<NativeUntrustworthyStamp>())?;
+    Ok(())
+}

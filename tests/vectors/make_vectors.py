@@ -1,0 +1,179 @@
+"""Write the LOG format's cross-language test vectors (logstore/FORMAT.md).
+
+Each vector is a directory ``<name>/`` holding ``log/`` (a LOG directory as
+it lies on disk: segments, and a SYNCED mark where the case needs one) and
+``expect.json``, what every reader and every writer's recovery must make of
+it. The Python reader checks them in tests/unit/test_log_vectors.py, the
+native writer in nfsproxy/dataplane/tests/vectors.rs. The bytes are built
+here by hand from the specification, not by the LOG writer, so the vectors
+hold the writer to the spec rather than to itself.
+
+Run ``python3 tests/vectors/make_vectors.py`` to regenerate (deterministic).
+
+expect.json::
+
+    {"description": str,
+     "records": [{"seq", "stamp" (hex), "route_kind", "route", "payload" (hex)}],
+                             # what a reader sees after a successful open, in order;
+                             # for "corrupt", the frames before the damage
+     "open": {"outcome": "ok", "last_seq": int, "next_seq": int,
+              "torn": [{"segment": name, "offset", "truncated_bytes", "after_seq"}]}
+           | {"outcome": "corrupt", "segment": name, "offset": int}}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import crc32c
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from logstore.pb.journal_pb2 import Attr, Op, Record  # noqa: E402
+
+MAGIC = b"NJLOGSEG"
+SEGMENT_HEADER = struct.pack(">8sHHI", MAGIC, 2, 40, 0)
+MARK = struct.Struct(">4sQQQ")
+
+
+def stamp(wall_ns: int, logical: int, node_id: int) -> bytes:
+    return struct.pack(">QII", wall_ns, logical, node_id)
+
+
+def frame_v2(seq: int, payload: bytes, stamp_bytes: bytes = bytes(16), route_kind: int = 0,
+             route: int = 0) -> bytes:
+    covered = struct.pack(">Q16sIB3x", seq, stamp_bytes, route, route_kind)
+    return struct.pack(">II", len(payload), crc32c.crc32c(covered + payload)) + covered + payload
+
+
+def frame_v1(seq: int, payload: bytes) -> bytes:
+    covered = struct.pack(">Q", seq)
+    return struct.pack(">II", len(payload), crc32c.crc32c(covered + payload)) + covered + payload
+
+
+def mark(base_seq: int, offset: int, seq: int) -> bytes:
+    body = MARK.pack(b"NJSM", base_seq, offset, seq)
+    return body + struct.pack(">I", crc32c.crc32c(body))
+
+
+def name(base_seq: int) -> str:
+    return f"{base_seq:020d}.seg"
+
+
+def sample_records() -> list[tuple[bytes, int, int, bytes]]:
+    """(stamp, route_kind, route, payload) of a few real journal records."""
+    fh, dir_fh = b"\x01\x00\x07fh-file", b"\x01\x00\x07fh-dir"
+    write = Record(op=Op.WRITE, ok=True, stamp=stamp(1_700_000_000_000_000_001, 0, 3), fh=fh,
+                   offset=4096, data=b"hello, world\n" * 3, attr=Attr(type=1, size=4135))
+    create = Record(op=Op.CREATE, ok=True, stamp=stamp(1_700_000_000_000_000_001, 1, 3),
+                    dir_fh=dir_fh, name=b"caf\xc3\xa9-\xff.txt", fh=fh)
+    gap = Record(op=Op.GAP, ok=True, stamp=stamp(1_700_000_000_500_000_000, 0, 3),
+                 gap_cause="torn_tail", gap_reason="test vector")
+    return [
+        (write.stamp, 1, crc32c.crc32c(fh), write.SerializeToString()),
+        (create.stamp, 1, crc32c.crc32c(dir_fh), create.SerializeToString()),
+        (gap.stamp, 2, 0, gap.SerializeToString()),
+        (bytes(16), 0, 0, b""),  # no stamp, no route, empty payload
+        (stamp(1_700_000_001_000_000_000, 7, 0xFFFFFFFF), 1, 0xFFFFFFFF, bytes(range(256))),
+    ]
+
+
+def record_json(seq: int, st: bytes, kind: int, route: int, payload: bytes) -> dict:
+    return {"seq": seq, "stamp": st.hex(), "route_kind": kind, "route": route,
+            "payload": payload.hex()}
+
+
+class Vector:
+    def __init__(self, vector_name: str, description: str):
+        self.dir = HERE / vector_name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "log").mkdir(parents=True)
+        self.description = description
+
+    def file(self, file_name: str, data: bytes) -> None:
+        (self.dir / "log" / file_name).write_bytes(data)
+
+    def expect(self, records: list[dict], open_: dict) -> None:
+        body = {"description": self.description, "records": records, "open": open_}
+        (self.dir / "expect.json").write_text(json.dumps(body, indent=1) + "\n")
+
+
+def ok(records: list[dict], torn: list[dict] | None = None, next_seq: int | None = None) -> dict:
+    last = records[-1]["seq"] if records else 0
+    return {"outcome": "ok", "last_seq": last, "next_seq": next_seq or last + 1,
+            "torn": torn or []}
+
+
+def main() -> None:
+    samples = sample_records()
+
+    # Two sealed-and-active segments, every route kind, a clean stop (exact mark).
+    v = Vector("v2-two-segments", "two segments, every route kind, exact sync mark")
+    first = SEGMENT_HEADER + b"".join(frame_v2(i + 1, p, s, k, r)
+                                      for i, (s, k, r, p) in enumerate(samples[:3]))
+    second = SEGMENT_HEADER + b"".join(frame_v2(i + 4, p, s, k, r)
+                                       for i, (s, k, r, p) in enumerate(samples[3:]))
+    v.file(name(1), first)
+    v.file(name(4), second)
+    v.file("SYNCED", mark(4, len(second), 5))
+    records = [record_json(i + 1, s, k, r, p) for i, (s, k, r, p) in enumerate(samples)]
+    v.expect(records, ok(records))
+
+    # A torn tail past the mark: zeros, then a frame that was never synced.
+    v = Vector("v2-torn-tail", "damage after the sync mark is a torn tail, even with frames after it")
+    good = SEGMENT_HEADER + b"".join(frame_v2(i + 1, p, s, k, r)
+                                     for i, (s, k, r, p) in enumerate(samples[:3]))
+    tail = bytes(100) + frame_v2(4, b"never synced")
+    v.file(name(1), good + tail)
+    v.file("SYNCED", mark(1, len(good), 3))
+    records = [record_json(i + 1, s, k, r, p) for i, (s, k, r, p) in enumerate(samples[:3])]
+    v.expect(records, ok(records, [{"segment": name(1), "offset": len(good),
+                                    "truncated_bytes": len(tail), "after_seq": 3}]))
+
+    # Damage inside the synced region is corruption, never cut.
+    v = Vector("v2-corrupt-synced", "a CRC mismatch before the sync mark is corruption")
+    frames = [frame_v2(i + 1, p, s, k, r) for i, (s, k, r, p) in enumerate(samples)]
+    data = bytearray(SEGMENT_HEADER + b"".join(frames))
+    bad_at = len(SEGMENT_HEADER) + len(frames[0]) + len(frames[1])
+    data[bad_at + 45] ^= 0x41  # in frame 3's payload
+    v.file(name(1), bytes(data))
+    v.file("SYNCED", mark(1, len(data), 5))
+    records = [record_json(i + 1, s, k, r, p) for i, (s, k, r, p) in enumerate(samples[:2])]
+    v.expect(records, {"outcome": "corrupt", "segment": name(1), "offset": bad_at})
+
+    # A well-formed frame with the wrong seq is never a crash.
+    v = Vector("v2-seq-discontinuity", "a valid frame carrying the wrong seq is corruption")
+    data = SEGMENT_HEADER + frame_v2(1, b"one") + frame_v2(2, b"two") + frame_v2(7, b"seven")
+    v.file(name(1), data)
+    v.file("SYNCED", mark(1, 0, 0))
+    records = [record_json(1, bytes(16), 0, 0, b"one"), record_json(2, bytes(16), 0, 0, b"two")]
+    v.expect(records, {"outcome": "corrupt", "segment": name(1),
+                       "offset": len(SEGMENT_HEADER) + 2 * (40 + 3)})
+
+    # A segment whose header never reached the disk (created after the last sync).
+    v = Vector("v2-torn-segment-header", "the newest segment's header is garbage: a torn creation")
+    first = SEGMENT_HEADER + frame_v2(1, b"one") + frame_v2(2, b"two")
+    v.file(name(1), first)
+    v.file(name(3), b"\x5a" * 16 + frame_v2(3, b"three"))
+    v.file("SYNCED", mark(1, len(first), 2))
+    records = [record_json(1, bytes(16), 0, 0, b"one"), record_json(2, bytes(16), 0, 0, b"two")]
+    v.expect(records, ok(records, [{"segment": name(3), "offset": 0,
+                                    "truncated_bytes": 16 + 40 + 5, "after_seq": 2}]))
+
+    # Format version 1 (no segment header, 16-byte frame headers) is still read.
+    v = Vector("v1-legacy", "a version 1 LOG: read as is; a writer goes on in a new segment")
+    payloads = [b"alpha", b"", b"gamma" * 40]
+    data = b"".join(frame_v1(i + 1, p) for i, p in enumerate(payloads))
+    v.file(name(1), data)
+    v.file("SYNCED", mark(1, len(data), 3))
+    records = [record_json(i + 1, bytes(16), 0, 0, p) for i, p in enumerate(payloads)]
+    v.expect(records, ok(records))
+
+
+if __name__ == "__main__":
+    main()
