@@ -25,6 +25,8 @@ pub mod stamp;
 pub mod capture;
 pub mod conflict;
 pub mod framing;
+pub mod inflight;
+pub mod journal;
 pub mod limits;
 pub mod link;
 pub mod lru;

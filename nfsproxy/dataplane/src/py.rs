@@ -224,7 +224,8 @@ impl NativeLog {
 /// The native group committer (`crate::log::GroupCommitter`).
 #[pyclass(module = "nfsproxy._dataplane", frozen)]
 pub struct NativeCommitter {
-    committer: GroupCommitter,
+    /// Shared with the native relay, which appends to the same LOG.
+    pub(crate) committer: Arc<GroupCommitter>,
 }
 
 #[pymethods]
@@ -242,7 +243,7 @@ impl NativeCommitter {
         }
         let committer = GroupCommitter::start(log.log.clone(), durability, Duration::from_secs_f64(flush_interval_s))
             .map_err(log_err)?;
-        Ok(NativeCommitter { committer })
+        Ok(NativeCommitter { committer: Arc::new(committer) })
     }
 
     /// Append one record now; returns its seq. `urgent`: fsync at once
@@ -324,7 +325,8 @@ impl NativeCommitter {
 /// `(wall_ns, logical, node_id)` tuples.
 #[pyclass(module = "nfsproxy._dataplane", frozen, name = "HLC")]
 pub struct NativeHlc {
-    hlc: Hlc,
+    /// Shared with the native relay: the baseline and the relay take stamps from one clock.
+    pub(crate) hlc: Arc<Hlc>,
 }
 
 #[pymethods]
@@ -364,7 +366,7 @@ impl NativeHlc {
             persist_interval_ns: positive("persist_interval_ns", persist_interval_ns)?,
             forward_jump_threshold_ns: forward_jump_threshold_ns.map(|v| positive("forward_jump_threshold_ns", v)).transpose()?,
         };
-        Ok(NativeHlc { hlc: Hlc::new(node_id, opts).map_err(hlc_err)? })
+        Ok(NativeHlc { hlc: Arc::new(Hlc::new(node_id, opts).map_err(hlc_err)?) })
     }
 
     fn now(&self) -> PyResult<(u64, u32, u32)> {

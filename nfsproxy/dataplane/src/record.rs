@@ -9,6 +9,8 @@
 //! A WRITE's data is not part of the head: `encode_with_data` appends it as a
 //! second occurrence of field 33, as logstore.record.record_parts does.
 
+use crate::log::{RouteKind, Routing};
+
 /// Post-op attributes (message Attr).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attr {
@@ -52,6 +54,7 @@ pub struct AclEntry {
 /// Op numbers (enum Op): NFSv3 procedure numbers for journaled calls.
 pub mod op {
     pub const BIND: u32 = 100;
+    pub const GAP: u32 = 104;
     pub const SETACL: u32 = 120;
 }
 
@@ -92,6 +95,9 @@ pub struct Record {
     pub acl: Vec<AclEntry>,
     pub default_acl: Vec<AclEntry>,
     pub acl_mask: u32,
+    pub gap_from: Vec<u8>,
+    pub gap_cause: String,
+    pub gap_reason: String,
 }
 
 const VARINT: u32 = 0;
@@ -229,6 +235,9 @@ impl Record {
         }
         scalar(&mut o, 53, self.reply_count as u64);
         bytes(&mut o, 64, &self.object_fh);
+        bytes(&mut o, 65, &self.gap_from);
+        bytes(&mut o, 66, self.gap_cause.as_bytes());
+        bytes(&mut o, 67, self.gap_reason.as_bytes());
         for (f, list) in [(90, &self.acl), (91, &self.default_acl)] {
             for e in list {
                 nested(&mut o, f, &e.encode());
@@ -236,6 +245,24 @@ impl Record {
         }
         scalar(&mut o, 92, self.acl_mask as u64);
         o
+    }
+
+    /// The LOG frame's routing fields (nfsproxy/sharding.py's frame_route):
+    /// data and attribute records go by the object's handle, namespace
+    /// records by the directory's, GAP records to every shard.
+    pub fn routing(&self) -> Routing {
+        let stamp: [u8; 16] = self.stamp.as_slice().try_into().unwrap_or([0; 16]);
+        let handle: Option<&[u8]> = match self.op {
+            2 | 7 | 21 | op::SETACL | 101 => Some(&self.fh),
+            8..=14 | op::BIND => Some(&self.dir_fh),
+            15 => Some(&self.to_dir_fh),
+            _ => None,
+        };
+        match handle {
+            Some(h) => Routing { stamp, kind: RouteKind::Handle, route: crc32c::crc32c(h) },
+            None if matches!(self.op, op::GAP | 102 | 103) => Routing { stamp, kind: RouteKind::EveryShard, route: 0 },
+            None => Routing { stamp, kind: RouteKind::Unknown, route: 0 },
+        }
     }
 
     /// The LOG payload: the encoding, then `data` (when not empty) as field 33.
