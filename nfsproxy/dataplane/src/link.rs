@@ -2,9 +2,10 @@
 //!
 //! Calls go out through the link's outbox under their NAS XIDs; its reply
 //! task reads the NAS's replies, matches each to its call in the session's
-//! `XidTable`, and queues it for the client under the client's XID.
-//! A NAS that breaks the protocol or closes the connection ends the session:
-//! the client retries, as it would against the NAS itself.
+//! `XidTable`, completes and journals what capture watches, and queues the
+//! reply for the client under the client's XID: at once, or once its record
+//! is durable. A NAS that breaks the protocol or closes the connection ends
+//! the session: the client retries, as it would against the NAS itself.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,14 +16,16 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::framing::RecordReader;
+use crate::journal::Journal;
 use crate::limits::clamp_fsinfo;
+use crate::nfs3::proc3;
 use crate::outbox::{self, Outgoing, QUEUE_MESSAGES};
 use crate::routing::Route;
-use crate::rpc::{self, Header};
+use crate::rpc::{self, Header, ReplyHeader};
 use crate::server::Shared;
-use crate::session::Ending;
+use crate::session::{release, send_released, Ending};
 use crate::stats::{add, bump};
-use crate::xid::XidTable;
+use crate::xid::{Call, XidTable};
 
 /// Open a link to the NAS for `route`; its outbox is the returned queue.
 pub async fn open(
@@ -48,14 +51,20 @@ pub async fn open(
         let _end = guard;
         if let Err(why) = relay_replies(&shared, rd, &table, &to_client).await {
             bump(&shared.stats.backend_failures_total);
-            log::warn(&format!("NAS {route:?} connection ended ({why}); closing its client"));
+            eprintln!("nfsj data plane: NAS {route:?} connection ended ({why}); closing its client");
         }
     });
     Ok((tx, [writer, replies]))
 }
 
-/// Relay the NAS's replies until it closes or breaks the protocol (Err says why),
-/// or the client is gone (Ok).
+/// A reply for the client, and the LOG seq it waits for (None: it goes now).
+struct Answer {
+    out: Outgoing,
+    after_seq: Option<u64>,
+}
+
+/// Relay the NAS's replies until it closes or breaks the protocol (Err says
+/// why). A client that is gone gets nothing, but its replies are still journaled.
 async fn relay_replies(
     shared: &Shared,
     mut rd: OwnedReadHalf,
@@ -74,27 +83,51 @@ async fn relay_replies(
             Err(e) => return Err(e.to_string()),
         }
         while let Some(message) = reader.next_message().map_err(|e| e.to_string())? {
-            let Some(out) = answer(shared, table, message)? else { continue };
-            if to_client.send(out).await.is_err() {
-                return Ok(());
+            let Some(answer) = answer(shared, table, message)? else { continue };
+            match (answer.after_seq, &shared.journal) {
+                (Some(seq), Some(journal)) => reply_when_durable(journal, seq, answer.out, to_client.clone()),
+                _ => {
+                    let _ = to_client.send(answer.out).await;
+                }
             }
         }
     }
 }
 
+/// Send `out` once the LOG is durable through `seq`; if the LOG fails, the
+/// client gets no reply and its connection is closed (it retries).
+fn reply_when_durable(journal: &Journal, seq: u64, out: Outgoing, to_client: mpsc::Sender<Outgoing>) {
+    let mut synced = journal.committer.subscribe();
+    tokio::spawn(async move {
+        let state = synced.wait_for(|s| s.synced_seq >= seq || s.failed).await.map(|s| *s);
+        match state {
+            Ok(s) if !s.failed || s.synced_seq >= seq => {
+                let _ = to_client.send(out).await;
+            }
+            _ => eprintln!("nfsj data plane: the LOG failed; a client gets no reply and is closed"),
+        }
+        // Dropping `to_client` on failure alone does not close the client; the
+        // session ends when the LOG's failure fails its next append.
+    });
+}
+
 /// The client's copy of one NAS reply, or None when it answers no call of ours.
-fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Option<Outgoing>, String> {
+fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Option<Answer>, String> {
     let reply = match rpc::parse(&message).map_err(|e| e.to_string())? {
         Header::Reply(reply) => reply,
         Header::Call(_) => return Err("the NAS sent a CALL".into()),
     };
-    let Some(call) = table.lock().unwrap().take(reply.xid) else {
+    let Some(mut call) = table.lock().unwrap().take(reply.xid) else {
         // Every call has its own NAS XID: this reply answers nothing we sent.
         bump(&shared.stats.unmatched_replies_total);
         return Ok(None);
     };
     bump(&shared.stats.replies_total);
     add(&shared.stats.reply_bytes_total, message.len() as u64);
+    let (message, after_seq) = match (&shared.journal, call.pending.take()) {
+        (Some(journal), Some(pending)) => journal_reply(journal, &call, pending, &reply, message)?,
+        _ => (message, None),
+    };
     let message = if call.clamp_fsinfo && reply.success {
         let mut copy = message.to_vec();
         clamp_fsinfo(&mut copy, reply.body, shared.max_payload).map_err(|e| e.to_string())?;
@@ -102,12 +135,51 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     } else {
         message
     };
-    Ok(Some(Outgoing::with_xid(&message, call.client_xid)))
+    Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq }))
 }
 
-mod log {
-    /// The data plane logs to stderr, as the Python daemon's logging does.
-    pub fn warn(text: &str) {
-        eprintln!("nfsj data plane: {text}");
+/// Complete and journal a watched call's records; the reply to send (its
+/// verifier rewritten where durability says) and the seq it waits for.
+fn journal_reply(
+    journal: &Journal,
+    call: &Call,
+    pending: crate::capture::Pending,
+    reply: &ReplyHeader,
+    message: Bytes,
+) -> Result<(Bytes, Option<u64>), String> {
+    let token = call.token;
+    let lost = pending.record().cloned();
+    // The NAS applied it: calls held behind it may go (stamped now, after it).
+    for (t, held) in journal.release_conflicts(token) {
+        send_released(journal, t, held);
     }
+    let mut bind_stamp = || journal.stamp(token).map(|s| s.to_vec()).unwrap_or_default();
+    let records = match journal.capture.complete(pending, reply, &message, &mut bind_stamp) {
+        Ok(records) => records,
+        Err(e) => {
+            // Its outcome is unknown: a gap (the stamp stays held until Python marks it).
+            if let Some(record) = lost {
+                journal.lost(token, &record, "?");
+            }
+            return Err(format!("an undecodable reply ({})", e.0));
+        }
+    };
+    if records.is_empty() {
+        release(journal, token);
+        return Ok((message, None));
+    }
+    let waits = journal.waits(&records);
+    let appended = journal.append(&records, &call.message, waits);
+    journal.inflight.release(token); // in the LOG now (or it never will be)
+    let seq = appended.map_err(|e| format!("journaling failed ({e})"))?;
+    let record = &records[0].0;
+    let message = if journal.rewrites_verifier() && record.ok && matches!(record.op, proc3::WRITE | proc3::COMMIT) {
+        let mut copy = message.to_vec();
+        let at = copy.len() - 8; // WRITE3resok and COMMIT3resok end with the verifier
+        journal.verifier(&mut copy[at..]);
+        Bytes::from(copy)
+    } else {
+        message
+    };
+    Ok((message, waits.then_some(seq)))
 }

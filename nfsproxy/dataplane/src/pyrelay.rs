@@ -1,12 +1,16 @@
 //! The relay's Python classes: `Relay` (the native relay, started and
 //! stopped from Python) and `Capture` (sans-IO capture, for cross-checks).
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
+use crate::journal::{Durability, Journal};
+use crate::py::{NativeCommitter, NativeHlc};
 use crate::{capture, rpc, server, stats};
 
 /// The native relay: one port serving NFSv3, MOUNT and portmapper answers in
@@ -15,15 +19,23 @@ use crate::{capture, rpc, server, stats};
 struct Relay {
     server: Mutex<Option<server::Server>>,
     port: u16,
-    stats: std::sync::Arc<stats::Stats>,
+    stats: Arc<stats::Stats>,
+    journal: Option<Arc<Journal>>,
 }
 
 #[pymethods]
 impl Relay {
     /// Start relaying `listen` (HOST:PORT, port 0 picks one) to the NAS at
-    /// `backend_host` (NFS on `nfs_port`, MOUNT on `mount_port`).
+    /// `backend_host` (NFS on `nfs_port`, MOUNT on `mount_port`). With a
+    /// `committer` and a `clock` (the control plane's `NativeCommitter` and
+    /// `HLC`), mutations are journaled to that LOG with `durability`
+    /// ("async", "sync" or "strict"; the committer itself should run in
+    /// "async" mode, the relay says per record which ones are urgent).
     #[new]
-    #[pyo3(signature = (backend_host, nfs_port, mount_port, listen="127.0.0.1:0", threads=1, max_payload_bytes=4 << 20))]
+    #[pyo3(signature = (backend_host, nfs_port, mount_port, listen="127.0.0.1:0", threads=1,
+                        max_payload_bytes=4 << 20, committer=None, clock=None, durability="sync",
+                        drain_timeout_s=30.0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         backend_host: String,
@@ -32,17 +44,30 @@ impl Relay {
         listen: &str,
         threads: usize,
         max_payload_bytes: u32,
+        committer: Option<PyRef<'_, NativeCommitter>>,
+        clock: Option<PyRef<'_, NativeHlc>>,
+        durability: &str,
+        drain_timeout_s: f64,
     ) -> PyResult<Self> {
+        let durability = Durability::parse(durability)
+            .ok_or_else(|| PyValueError::new_err(format!("durability must be async, sync or strict, got {durability:?}")))?;
+        let journal = match (committer, clock) {
+            (Some(c), Some(h)) => Some(Arc::new(Journal::new(c.committer.clone(), h.hlc.clone(), durability, incarnation()))),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("journaling needs both a committer and a clock")),
+        };
         let config = server::Config {
             listen: listen.to_string(),
             backend: server::Backend { host: backend_host, nfs_port, mount_port },
             threads,
             max_payload_bytes,
+            journal: journal.clone(),
+            drain_timeout: Duration::from_secs_f64(drain_timeout_s.max(0.0)),
         };
         let server = py
             .detach(|| server::Server::start(config))
             .map_err(|e| PyOSError::new_err(format!("cannot listen on {listen}: {e}")))?;
-        Ok(Relay { port: server.port, stats: server.stats.clone(), server: Mutex::new(Some(server)) })
+        Ok(Relay { port: server.port, stats: server.stats.clone(), server: Mutex::new(Some(server)), journal })
     }
 
     /// The port clients connect to.
@@ -57,7 +82,62 @@ impl Relay {
         for (name, value) in self.stats.snapshot() {
             out.set_item(name, value)?;
         }
+        if let Some(j) = &self.journal {
+            out.set_item("records_total", j.records_total.load(Ordering::Relaxed))?;
+            out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
+            out.set_item("no_reply_gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
+            out.set_item("conflicts_held_now", j.conflicts.lock().unwrap().held_now)?;
+            out.set_item("bindings_known", j.capture.bindings.lock().unwrap().len())?;
+        }
         Ok(out)
+    }
+
+    /// How many stamps are taken and not yet in the LOG.
+    fn stamps_in_flight(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.inflight.len())
+    }
+
+    /// A stamp (16 bytes) below every stamp not yet in the LOG: heartbeats may carry it.
+    fn stable_stamp<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let j = self.journal()?;
+        let now = j.hlc.now().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &j.inflight.stable(now).to_bytes()))
+    }
+
+    /// Block (GIL released) until every call stamped below `stamp` (but the
+    /// one held under `own`) has its record in the LOG; False after `timeout_s`.
+    #[pyo3(signature = (stamp, own=None, timeout_s=3600.0))]
+    fn wait_settled(&self, py: Python<'_>, stamp: &[u8], own: Option<u64>, timeout_s: f64) -> PyResult<bool> {
+        let j = self.journal()?.clone();
+        let below: [u8; 16] = stamp.try_into().map_err(|_| PyValueError::new_err("a stamp is 16 bytes"))?;
+        Ok(py.detach(|| j.inflight.wait_settled(below, own, Duration::from_secs_f64(timeout_s.max(0.0)))))
+    }
+
+    /// Hold `stamp` in flight under `key` (the control plane's own keys: a
+    /// baseline's read, a gap not yet written); `release_stamp` lets it go.
+    fn hold_stamp(&self, key: u64, stamp: &[u8]) -> PyResult<()> {
+        let stamp: [u8; 16] = stamp.try_into().map_err(|_| PyValueError::new_err("a stamp is 16 bytes"))?;
+        self.journal()?.inflight.hold(key | PYTHON_KEYS, stamp);
+        Ok(())
+    }
+
+    fn release_stamp(&self, key: u64) -> PyResult<()> {
+        self.journal()?.inflight.release(key | PYTHON_KEYS);
+        Ok(())
+    }
+
+    /// Gaps the relay found (mutations whose reply never came), as
+    /// `(token, stamp, cause, reason)`; each stamp stays in flight until
+    /// `release_gap(token)`, once the control plane has marked the gap.
+    fn take_gaps<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyBytes>, String, String)>> {
+        Ok(self.journal()?.take_gaps().into_iter()
+            .map(|g| (g.token, PyBytes::new(py, &g.stamp), g.cause, g.reason))
+            .collect())
+    }
+
+    fn release_gap(&self, token: u64) -> PyResult<()> {
+        self.journal()?.inflight.release(token);
+        Ok(())
     }
 
     /// Stop accepting and close every connection; idempotent.
@@ -68,6 +148,23 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+impl Relay {
+    fn journal(&self) -> PyResult<&Arc<Journal>> {
+        self.journal.as_ref().ok_or_else(|| PyRuntimeError::new_err("this relay journals nothing"))
+    }
+}
+
+/// The control plane's keys for held stamps never meet the relay's tokens.
+const PYTHON_KEYS: u64 = 1 << 63;
+
+/// This run's incarnation: a restart that may have lost unsynced records
+/// gives clients other write verifiers.
+fn incarnation() -> [u8; 8] {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    seed.to_be_bytes()
 }
 
 /// Capture, sans-IO, for checking it against the Python relay's: `begin`

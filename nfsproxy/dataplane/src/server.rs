@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
+use crate::journal::Journal;
 use crate::limits::max_message_bytes;
 use crate::session;
 use crate::stats::{bump, Stats};
@@ -31,15 +32,21 @@ pub struct Shared {
     pub port: u16,
     pub nas_xids: NasXids,
     pub stats: Arc<Stats>,
+    /// None: relay only, journal nothing.
+    pub journal: Option<Arc<Journal>>,
+    /// How long a closed client's relayed mutations may take to be answered.
+    pub drain_timeout: Duration,
 }
 
 /// How to run a relay.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub listen: String,
     pub backend: Backend,
     pub threads: usize,
     pub max_payload_bytes: u32,
+    pub journal: Option<Arc<Journal>>,
+    pub drain_timeout: Duration,
 }
 
 /// A running relay; `stop` (or dropping it) closes every connection.
@@ -67,6 +74,8 @@ impl Server {
             port,
             nas_xids: NasXids::new(),
             stats: stats.clone(),
+            journal: config.journal,
+            drain_timeout: config.drain_timeout,
         });
         let stopping = Arc::new(Notify::new());
         runtime.spawn(accept(listener, shared, stopping.clone()));

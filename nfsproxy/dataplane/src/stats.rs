@@ -32,6 +32,8 @@ counters!(
     retransmissions_absorbed_total,
     unmatched_replies_total,
     session_panics_total,
+    conflict_holds_total,
+    journal_failures_total,
 );
 
 /// Add one to a counter.

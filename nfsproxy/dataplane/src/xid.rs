@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::capture::Pending;
 use crate::routing::Route;
 
 /// One client call on its way to the NAS, or waiting for its reply.
@@ -30,6 +31,20 @@ pub struct Call {
     pub route: Route,
     pub clamp_fsinfo: bool,
     pub retransmissions: u32,
+    /// What capture must complete (None: not watched), and its journal token.
+    pub pending: Option<Pending>,
+    pub token: u64,
+    /// Handed to the NAS link (a held mutation is not, yet).
+    pub sent: bool,
+}
+
+/// How a call is relayed: its route, and what the relay does with it.
+pub struct Admission {
+    pub route: Route,
+    pub clamp_fsinfo: bool,
+    pub keep_xid: bool,
+    pub pending: Option<Pending>,
+    pub token: u64,
 }
 
 /// What `admit` made of a call.
@@ -93,14 +108,8 @@ impl XidTable {
 
     /// Take a call in. Anything but a byte-identical copy of a call in flight
     /// (the same XID included) is a new call with a NAS XID of its own.
-    pub fn admit(
-        &mut self,
-        client_xid: u32,
-        message: Bytes,
-        route: Route,
-        clamp_fsinfo: bool,
-        keep_xid: bool,
-    ) -> Result<Admitted, XidInUse> {
+    pub fn admit(&mut self, client_xid: u32, message: Bytes, how: Admission) -> Result<Admitted, XidInUse> {
+        let Admission { route, clamp_fsinfo, keep_xid, pending, token } = how;
         let mut hash = None;
         if let Some(same) = self.by_client.get(&client_xid) {
             let h = self.hasher.hash_one(&message[..]);
@@ -146,8 +155,22 @@ impl XidTable {
             }
             (Some(_), None) => unreachable!("hashed whenever the XID is in flight"),
         }
-        self.by_nas.insert(nas_xid, Call { client_xid, nas_xid, message, route, clamp_fsinfo, retransmissions: 0 });
+        let call = Call { client_xid, nas_xid, message, route, clamp_fsinfo, retransmissions: 0, pending, token, sent: false };
+        self.by_nas.insert(nas_xid, call);
         Ok(Admitted::New(nas_xid))
+    }
+
+    pub fn get_mut(&mut self, nas_xid: u32) -> Option<&mut Call> {
+        self.by_nas.get_mut(&nas_xid)
+    }
+
+    pub fn get(&self, nas_xid: u32) -> Option<&Call> {
+        self.by_nas.get(&nas_xid)
+    }
+
+    /// Every call in flight, by NAS XID.
+    pub fn nas_xids(&self) -> Vec<u32> {
+        self.by_nas.keys().copied().collect()
     }
 
     /// The call a NAS reply answers, taken out of the table.
@@ -198,8 +221,12 @@ mod tests {
         XidTable::new(NasXids::starting_at(0xFFFF_FFF0))
     }
 
+    fn how(keep_xid: bool) -> Admission {
+        Admission { route: Route::Nfs, clamp_fsinfo: false, keep_xid, pending: None, token: 0 }
+    }
+
     fn admit(t: &mut XidTable, xid: u32, body: &[u8]) -> Admitted {
-        t.admit(xid, Bytes::copy_from_slice(body), Route::Nfs, false, false).unwrap()
+        t.admit(xid, Bytes::copy_from_slice(body), how(false)).unwrap()
     }
 
     #[test]
@@ -218,9 +245,9 @@ mod tests {
     #[test]
     fn a_kept_xid_in_flight_is_refused() {
         let mut t = table();
-        t.admit(9, Bytes::from_static(b"a"), Route::Nfs, false, true).unwrap();
-        assert_eq!(t.admit(9, Bytes::from_static(b"b"), Route::Nfs, false, true), Err(XidInUse(9)));
-        assert_eq!(t.admit(9, Bytes::from_static(b"a"), Route::Nfs, false, true), Ok(Admitted::Retransmission));
+        t.admit(9, Bytes::from_static(b"a"), how(true)).unwrap();
+        assert_eq!(t.admit(9, Bytes::from_static(b"b"), how(true)), Err(XidInUse(9)));
+        assert_eq!(t.admit(9, Bytes::from_static(b"a"), how(true)), Ok(Admitted::Retransmission));
     }
 
     #[test]
