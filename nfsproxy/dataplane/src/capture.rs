@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::lru::Lru;
 use crate::nfs3::{self, proc3, Nfs3Reader, NF3BLK, NF3CHR, NF3FIFO, NF3SOCK, NFS3_OK};
-use crate::record::{op, Attr, Record};
+use crate::capture_record::{op, Attr, Record};
 use crate::routing::{NFSACL_PROGRAM, NFSACL_VERSION, NFS_PROGRAM, NFS_VERSION};
 use crate::rpc::{AuthSys, CallHeader, ReplyHeader, RpcError};
 use crate::xdr::Reader;
@@ -223,7 +223,7 @@ fn new_record(call: &CallHeader, message: &[u8], op: u32, client: &str) -> Recor
     record
 }
 
-fn set_acl_fields(record: &mut Record, mask: u32, acl: Vec<crate::record::AclEntry>, default_acl: Vec<crate::record::AclEntry>) {
+fn set_acl_fields(record: &mut Record, mask: u32, acl: Vec<crate::capture_record::AclEntry>, default_acl: Vec<crate::capture_record::AclEntry>) {
     record.acl_mask = mask & (NFS_ACL | NFS_DFACL);
     if mask & NFS_ACL != 0 {
         record.acl = acl;

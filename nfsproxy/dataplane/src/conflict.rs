@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::capture::BindingCache;
 use crate::nfs3::proc3;
-use crate::record::{op, Record};
+use crate::capture_record::{op, Record};
 
 pub type Entry = (Vec<u8>, Vec<u8>);
 pub type Token = u64;

@@ -31,7 +31,7 @@ use crate::inflight::InFlight;
 use crate::log::{GroupCommitter, LogError};
 use crate::nfs3::proc3;
 use crate::outbox::Outgoing;
-use crate::record::{op, Record};
+use crate::capture_record::{op, Record};
 use crate::xid::XidTable;
 
 /// Which replies wait for their record to be durable.

@@ -33,7 +33,7 @@ pub mod lru;
 pub mod nfs3;
 pub mod outbox;
 mod pyrelay;
-pub mod record;
+pub mod capture_record;
 pub mod routing;
 pub mod rpc;
 pub mod server;

@@ -4,7 +4,7 @@
 //! length past the message, or trailing bytes are errors, and an error
 //! closes the connection of whoever sent it.
 
-use crate::record::{AclEntry, Attr, SetAttr};
+use crate::capture_record::{AclEntry, Attr, SetAttr};
 use crate::xdr::{Reader, Result, XdrError};
 
 pub const NFS3_FHSIZE: usize = 64;
