@@ -352,18 +352,19 @@ def test_restart_with_correct_clock_resumes_from_physical_time(tmp_path) -> None
     assert s > last and s == ClockStamp(T0 + 5 * S, 0, 1)
 
 
-def test_persistence_happens_once_per_interval(tmp_path, monkeypatch) -> None:
-    import logstore.hlc as hlc_mod
-
+def test_persistence_happens_once_per_interval(tmp_path) -> None:
+    # The clock is native: each write shows as a new bound, on disk and in
+    # persisted_bound_ns.
     writes = []
-    real_write = hlc_mod._write_bound
-    monkeypatch.setattr(hlc_mod, "_write_bound",
-                        lambda p, b: (writes.append(b), real_write(p, b)))
     manual = ManualClock(T0)
-    clock = HLC(1, physical_clock=manual, persist_path=str(tmp_path / "b"),
+    path = tmp_path / "b"
+    clock = HLC(1, physical_clock=manual, persist_path=str(path),
                 persist_interval_ns=1 * S)
     for _ in range(1000):  # 10 s of stamps, one every 10 ms
         clock.now()
+        if not writes or writes[-1] != clock.persisted_bound_ns:
+            writes.append(clock.persisted_bound_ns)
+            assert int(path.read_text()) == writes[-1]
         manual.advance(10 * MS)
     assert 9 <= len(writes) <= 11
     assert writes == sorted(writes)

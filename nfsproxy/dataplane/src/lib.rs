@@ -19,6 +19,7 @@
 
 pub mod hlc;
 pub mod log;
+pub mod record;
 mod py;
 pub mod stamp;
 

@@ -112,6 +112,13 @@ pub struct NativeLog {
     log: Arc<Log>,
 }
 
+impl NativeLog {
+    /// The LOG itself, for native code (the relay) that appends to it.
+    pub fn shared(&self) -> Arc<Log> {
+        self.log.clone()
+    }
+}
+
 #[pymethods]
 impl NativeLog {
     #[new]
@@ -224,8 +231,14 @@ impl NativeLog {
 /// The native group committer (`crate::log::GroupCommitter`).
 #[pyclass(module = "nfsproxy._dataplane", frozen)]
 pub struct NativeCommitter {
-    /// Shared with the native relay, which appends to the same LOG.
-    pub(crate) committer: Arc<GroupCommitter>,
+    committer: Arc<GroupCommitter>,
+}
+
+impl NativeCommitter {
+    /// The committer itself, for native code (the relay) that journals through it.
+    pub fn shared(&self) -> Arc<GroupCommitter> {
+        self.committer.clone()
+    }
 }
 
 #[pymethods]
@@ -325,8 +338,14 @@ impl NativeCommitter {
 /// `(wall_ns, logical, node_id)` tuples.
 #[pyclass(module = "nfsproxy._dataplane", frozen, name = "HLC")]
 pub struct NativeHlc {
-    /// Shared with the native relay: the baseline and the relay take stamps from one clock.
-    pub(crate) hlc: Arc<Hlc>,
+    hlc: Arc<Hlc>,
+}
+
+impl NativeHlc {
+    /// The clock itself, for native code (the relay) that stamps with it.
+    pub fn shared(&self) -> Arc<Hlc> {
+        self.hlc.clone()
+    }
 }
 
 #[pymethods]
@@ -416,7 +435,26 @@ impl NativeHlc {
     }
 }
 
+/// Decode a serialized Record natively and encode it again (tests check
+/// that the Rust encoding parses in Python to the same Record).
+#[pyfunction]
+fn reencode_record(payload: &[u8]) -> PyResult<Vec<u8>> {
+    let record = crate::record::decode(payload).map_err(|e| PyValueError::new_err(format!("not a Record: {e}")))?;
+    Ok(crate::record::encode(&record))
+}
+
+/// The LOG frame's routing fields `(stamp, route_kind, route)` of a
+/// serialized Record, as the native writer computes them.
+#[pyfunction]
+fn record_routing(payload: &[u8]) -> PyResult<(Vec<u8>, u8, u32)> {
+    let record = crate::record::decode(payload).map_err(|e| PyValueError::new_err(format!("not a Record: {e}")))?;
+    let r = crate::record::routing(&record);
+    Ok((r.stamp.to_vec(), r.kind as u8, r.route))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(reencode_record, m)?)?;
+    m.add_function(wrap_pyfunction!(record_routing, m)?)?;
     let py = m.py();
     m.add_class::<NativeLog>()?;
     m.add_class::<NativeCommitter>()?;

@@ -52,7 +52,7 @@ impl Relay {
         let durability = Durability::parse(durability)
             .ok_or_else(|| PyValueError::new_err(format!("durability must be async, sync or strict, got {durability:?}")))?;
         let journal = match (committer, clock) {
-            (Some(c), Some(h)) => Some(Arc::new(Journal::new(c.committer.clone(), h.hlc.clone(), durability, incarnation()))),
+            (Some(c), Some(h)) => Some(Arc::new(Journal::new(c.shared(), h.shared(), durability, incarnation()))),
             (None, None) => None,
             _ => return Err(PyValueError::new_err("journaling needs both a committer and a clock")),
         };
