@@ -15,10 +15,40 @@ use std::sync::Mutex;
 
 use crate::lru::Lru;
 use crate::nfs3::{self, proc3, Nfs3Reader, NF3BLK, NF3CHR, NF3FIFO, NF3SOCK, NFS3_OK};
-use crate::capture_record::{op, Attr, Record};
+use crate::record::{self, AclEntry, Attr, Record};
 use crate::routing::{NFSACL_PROGRAM, NFSACL_VERSION, NFS_PROGRAM, NFS_VERSION};
 use crate::rpc::{AuthSys, CallHeader, ReplyHeader, RpcError};
 use crate::xdr::Reader;
+
+/// Op numbers (enum Op in proto/journal.proto) beside the NFSv3 procedure
+/// numbers the mutations use.
+pub mod op {
+    pub const BIND: u32 = 100;
+    pub const GAP: u32 = 104;
+    pub const SETACL: u32 = 120;
+}
+
+/// A record's op as a procedure number (the prost field is the enum's i32).
+pub trait OpOf {
+    fn op3(&self) -> u32;
+}
+
+impl OpOf for Record {
+    fn op3(&self) -> u32 {
+        self.op as u32
+    }
+}
+
+/// The LOG payload of a record: its encoding, then `data` (when not empty)
+/// as a second occurrence of the data field, as logstore.record.record_parts writes it.
+pub fn payload(record: &Record, data: &[u8]) -> Vec<u8> {
+    let mut out = record::encode(record);
+    if !data.is_empty() {
+        out.extend_from_slice(&record::data_field_prefix(data.len()));
+        out.extend_from_slice(data);
+    }
+    out
+}
 
 /// Record.status for replies the RPC layer refused: base + accept_stat (or + 0x100 + reject_stat).
 pub const RPC_FAILURE_BASE: u32 = 0x10000;
@@ -184,7 +214,7 @@ impl Capture {
         let mut out = Vec::new();
         for (fh, dir_fh, name, attr) in found {
             if bindings.learn(&fh, &dir_fh, &name) {
-                let record = Record { stamp: stamp(), op: op::BIND, ok: true, fh, dir_fh, name, attr, ..Default::default() };
+                let record = Record { stamp: stamp(), op: op::BIND as i32, ok: true, fh, dir_fh, name, attr, ..Default::default() };
                 out.push((record, None));
             }
         }
@@ -198,22 +228,22 @@ impl Capture {
             return;
         }
         let mut b = self.bindings.lock().unwrap();
-        let created = matches!(r.op, proc3::CREATE | proc3::MKDIR | proc3::SYMLINK | proc3::MKNOD);
-        if matches!(r.op, proc3::REMOVE | proc3::RMDIR | proc3::RENAME) {
+        let created = matches!(r.op3(), proc3::CREATE | proc3::MKDIR | proc3::SYMLINK | proc3::MKNOD);
+        if matches!(r.op3(), proc3::REMOVE | proc3::RMDIR | proc3::RENAME) {
             b.unbind(&r.dir_fh, &r.name);
         }
         if created && !r.fh.is_empty() {
             b.learn(&r.fh, &r.dir_fh, &r.name);
-        } else if r.op == proc3::LINK {
+        } else if r.op3() == proc3::LINK {
             b.learn(&r.fh, &r.to_dir_fh, &r.to_name);
-        } else if r.op == proc3::RENAME && !r.object_fh.is_empty() {
+        } else if r.op3() == proc3::RENAME && !r.object_fh.is_empty() {
             b.learn(&r.object_fh, &r.to_dir_fh, &r.to_name);
         }
     }
 }
 
 fn new_record(call: &CallHeader, message: &[u8], op: u32, client: &str) -> Record {
-    let mut record = Record { op, client: client.to_string(), xid: call.xid, ..Default::default() };
+    let mut record = Record { op: op as i32, client: client.to_string(), xid: call.xid, ..Default::default() };
     if let Some(a) = AuthSys::of(call, message) {
         record.uid = a.uid;
         record.gid = a.gid;
@@ -223,7 +253,7 @@ fn new_record(call: &CallHeader, message: &[u8], op: u32, client: &str) -> Recor
     record
 }
 
-fn set_acl_fields(record: &mut Record, mask: u32, acl: Vec<crate::capture_record::AclEntry>, default_acl: Vec<crate::capture_record::AclEntry>) {
+fn set_acl_fields(record: &mut Record, mask: u32, acl: Vec<AclEntry>, default_acl: Vec<AclEntry>) {
     record.acl_mask = mask & (NFS_ACL | NFS_DFACL);
     if mask & NFS_ACL != 0 {
         record.acl = acl;
@@ -233,7 +263,7 @@ fn set_acl_fields(record: &mut Record, mask: u32, acl: Vec<crate::capture_record
         record.default_acl = default_acl
             .into_iter()
             .map(|mut e| {
-                e.tag &= !NFS_ACL_DEFAULT;
+                e.r#type &= !NFS_ACL_DEFAULT;
                 e
             })
             .collect();
@@ -325,7 +355,7 @@ fn reply_fields(rec: &mut Record, proc_: u32, r: &mut Reader) -> crate::xdr::Res
             *slot = a;
         }
     }
-    if rec.op == op::SETACL {
+    if rec.op3() == op::SETACL {
         // Post-op attributes either way; a failed reply may carry nothing at all (ganesha).
         if ok || r.remaining() > 0 {
             let a = r.post_op_attr()?;

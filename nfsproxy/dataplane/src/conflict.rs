@@ -18,7 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::capture::BindingCache;
 use crate::nfs3::proc3;
-use crate::capture_record::{op, Record};
+use crate::capture::{op, OpOf};
+use crate::record::Record;
 
 pub type Entry = (Vec<u8>, Vec<u8>);
 pub type Token = u64;
@@ -73,7 +74,7 @@ impl Claims {
     pub fn of(record: &Record, bindings: Option<&BindingCache>) -> Claims {
         let entry = |d: &[u8], n: &[u8]| (d.to_vec(), n.to_vec());
         let sets_size = record.set.as_ref().is_some_and(|s| s.size.is_some());
-        match record.op {
+        match record.op3() {
             proc3::WRITE => Claims {
                 fh: Some(record.fh.clone()),
                 written: Some((record.offset, record.offset.saturating_add(record.count as u64))),

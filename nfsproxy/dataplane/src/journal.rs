@@ -31,7 +31,8 @@ use crate::inflight::InFlight;
 use crate::log::{GroupCommitter, LogError};
 use crate::nfs3::proc3;
 use crate::outbox::Outgoing;
-use crate::capture_record::{op, Record};
+use crate::capture::{op, OpOf};
+use crate::record::{self, Record};
 use crate::xid::XidTable;
 
 /// Which replies wait for their record to be durable.
@@ -153,14 +154,14 @@ impl Journal {
     pub fn append(&self, records: &[Captured], call: &[u8], urgent: bool) -> Result<u64, LogError> {
         let mut seq = 0;
         for (record, data) in records {
-            let head = record.encode();
+            let head = record::encode(record);
             let data = data.clone().map(|d| &call[d]).unwrap_or(&[]);
-            let prefix = data_prefix(data.len());
+            let prefix = record::data_field_prefix(data.len());
             let parts: [&[u8]; 3] = [&head, &prefix, data];
             let parts = if data.is_empty() { &parts[..1] } else { &parts[..] };
-            seq = self.committer.append(parts, &record.routing(), urgent)?;
+            seq = self.committer.append(parts, &record::routing(record), urgent)?;
             self.records_total.fetch_add(1, Ordering::Relaxed);
-            if !record.ok && record.op != op::BIND {
+            if !record.ok && record.op3() != op::BIND {
                 self.failed_mutations_total.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -178,7 +179,7 @@ impl Journal {
             cause: "no_reply".into(),
             reason: format!(
                 "a {} from client {client} was relayed to the NAS, but its reply never came: its outcome is unknown",
-                op_name(record.op)
+                op_name(record.op3())
             ),
         });
     }
@@ -190,23 +191,11 @@ impl Journal {
 
 /// Does a successful reply with this record promise stability?
 fn promises(r: &Record) -> bool {
-    match r.op {
+    match r.op3() {
         op::BIND => false,
         proc3::WRITE => r.stable != 0,
         _ => true,
     }
-}
-
-fn data_prefix(len: usize) -> Vec<u8> {
-    // Field 33, length-delimited: key 33 << 3 | 2 = 266, a two-byte varint.
-    let mut out = vec![0x8a, 0x02];
-    let mut v = len as u64;
-    while v > 0x7F {
-        out.push((v as u8 & 0x7F) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out
 }
 
 fn op_name(op: u32) -> &'static str {
@@ -224,17 +213,5 @@ fn op_name(op: u32) -> &'static str {
         proc3::COMMIT => "COMMIT",
         op::SETACL => "SETACL",
         _ => "call",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_data_prefix_is_the_one_python_writes() {
-        // logstore.record: _DATA_TAG + _varint(len)
-        assert_eq!(data_prefix(3), vec![0x8a, 0x02, 0x03]);
-        assert_eq!(data_prefix(4096), vec![0x8a, 0x02, 0x80, 0x20]);
     }
 }

@@ -12,7 +12,7 @@
 //! The relay, one concept per module: `framing` (record marking), `xdr`,
 //! `rpc` (message headers), `routing` (where a call goes, portmapper
 //! answers), `limits` (the FSINFO clamp), `xid` (reply matching), `nfs3`,
-//! `record` and `capture` (calls and replies into records), `conflict`
+//! and `capture` (calls and replies into records), `conflict`
 //! (conflict holds), `stats`; the tokio shells `outbox` (coalesced writes),
 //! `session` (one client), `link` (one NAS connection) and `server`
 //! (listener and runtime); `pyrelay` (its Python classes).
@@ -34,7 +34,6 @@ pub mod lru;
 pub mod nfs3;
 pub mod outbox;
 mod pyrelay;
-pub mod capture_record;
 pub mod routing;
 pub mod rpc;
 pub mod server;

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::framing::RecordReader;
+use crate::capture::OpOf;
 use crate::journal::Journal;
 use crate::limits::clamp_fsinfo;
 use crate::nfs3::proc3;
@@ -173,7 +174,7 @@ fn journal_reply(
     journal.inflight.release(token); // in the LOG now (or it never will be)
     let seq = appended.map_err(|e| format!("journaling failed ({e})"))?;
     let record = &records[0].0;
-    let message = if journal.rewrites_verifier() && record.ok && matches!(record.op, proc3::WRITE | proc3::COMMIT) {
+    let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();
         let at = copy.len() - 8; // WRITE3resok and COMMIT3resok end with the verifier
         journal.verifier(&mut copy[at..]);

@@ -4,7 +4,7 @@
 //! length past the message, or trailing bytes are errors, and an error
 //! closes the connection of whoever sent it.
 
-use crate::capture_record::{AclEntry, Attr, SetAttr};
+use crate::record::{AclEntry, Attr, SetAttr};
 use crate::xdr::{Reader, Result, XdrError};
 
 pub const NFS3_FHSIZE: usize = 64;
@@ -94,7 +94,7 @@ impl<'a> Nfs3Reader<'a> for Reader<'a> {
 
     fn fattr(&mut self) -> Result<Attr> {
         Ok(Attr {
-            ftype: self.ftype()?,
+            r#type: self.ftype()?,
             mode: self.u32()?,
             nlink: self.u32()?,
             uid: self.u32()?,
@@ -162,7 +162,7 @@ impl<'a> Nfs3Reader<'a> for Reader<'a> {
         if n * 4 > self.remaining() {
             return Err(XdrError(format!("array of {n} cannot fit in {} bytes", self.remaining())));
         }
-        (0..n).map(|_| Ok(AclEntry { tag: self.u32()?, id: self.u32()?, perm: self.u32()? })).collect()
+        (0..n).map(|_| Ok(AclEntry { r#type: self.u32()?, id: self.u32()?, perm: self.u32()? })).collect()
     }
 }
 

@@ -215,7 +215,7 @@ impl Capture {
         };
         let records = self.capture.complete(pending, &header, reply, &mut || bind_stamp.to_vec())
             .map_err(|e| PyValueError::new_err(e.0))?;
-        Ok(records.into_iter().map(|(r, data)| r.encode_with_data(data.map(|d| &call[d]).unwrap_or(&[]))).collect())
+        Ok(records.into_iter().map(|(r, data)| capture::payload(&r, data.map(|d| &call[d]).unwrap_or(&[]))).collect())
     }
 }
 
