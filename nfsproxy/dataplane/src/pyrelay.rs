@@ -66,7 +66,10 @@ impl Relay {
         };
         let server = py
             .detach(|| server::Server::start(config))
-            .map_err(|e| PyOSError::new_err(format!("cannot listen on {listen}: {e}")))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, format!("cannot listen on {listen}: {e}"))),
+                None => PyOSError::new_err(format!("cannot listen on {listen}: {e}")),
+            })?;
         Ok(Relay { port: server.port, stats: server.stats.clone(), server: Mutex::new(Some(server)), journal })
     }
 
