@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from e2e.proxy_fixture import read_log
+from e2e.test_conflict_order import CASES, race
 from logstore.record import Op
 from logstore.stamp import Stamp
 from nfsproxy import _dataplane
@@ -132,3 +133,58 @@ def test_the_native_relay_journals_the_python_relays_records(nas, proxy_factory,
     stamps = [Stamp.from_bytes(r.stamp) for _, r in read_log(tmp_path / "native-log")]
     assert {s.node_id for s in stamps} == {7}
     assert len(set(stamps)) == len(stamps)
+
+
+@pytest.fixture
+def native(nas, tmp_path):
+    journaling = NativeJournaling(nas, tmp_path / "native-log")
+    yield journaling
+    journaling.stop()
+
+
+def test_conflicting_calls_keep_the_nas_order(nas, native):
+    """Two clients race conflicting calls (test_conflict_order's cases): the NAS
+    applies them in arrival order, and their stamps say the same order."""
+    reordered, _ = race(native.port, native.port, nas.export_dir, trials=20)
+    assert reordered == {case.name: 0 for case in CASES}
+    assert native.relay.counters()["conflict_holds_total"] > 0
+    native.stop()
+    by_trial: dict[tuple, dict[bytes, Stamp]] = {}
+    for _, r in read_log(native.log_dir):
+        if r.machine_name in (b"client-a", b"client-b"):
+            if r.op in (Op.WRITE, Op.SETATTR):
+                key = ("data", bytes(r.fh))
+            elif r.op == Op.RENAME:
+                key = ("entry", bytes(r.to_dir_fh), bytes(r.to_name))
+            else:
+                key = ("entry", bytes(r.dir_fh), bytes(r.name))
+            by_trial.setdefault(key, {})[bytes(r.machine_name)] = Stamp.from_bytes(r.stamp)
+    # A's call was applied first in every trial (the tree says so): its stamp is lower.
+    assert len(by_trial) == 20 * len(CASES)
+    assert all(s[b"client-a"] < s[b"client-b"] for s in by_trial.values())
+
+
+def test_sync_rewrites_write_verifiers_per_incarnation(nas, tmp_path):
+    """In sync durability, WRITE and COMMIT replies carry a verifier made from the
+    NAS's and the relay's incarnation: a new relay (a restart that may have lost
+    unsynced records) gives another one, so clients resend uncommitted writes."""
+    verifiers = []
+    for run in range(2):
+        native = NativeJournaling(nas, tmp_path / f"log{run}", "sync")
+        try:
+            with NfsClient("127.0.0.1", native.port, native.port, "/export", timeout_s=30.0) as c:
+                c.mount()
+                fh = created_fh(c, c.create(c.root, f"v{run}", 0o644), c.root, f"v{run}")
+                unstable = c.write(fh, 0, b"x" * 4096, stable=StableHow.UNSTABLE)
+                committed = c.commit(fh)
+                verifiers.append((bytes(unstable.verf), bytes(committed.verf)))
+        finally:
+            native.stop()
+    with NfsClient(nas.host, nas.nfs_port, nas.mount_port, nas.export_path, timeout_s=30.0) as direct:
+        direct.mount()
+        fh = direct.lookup(direct.root_fh, "v0").object
+        nas_verf = bytes(direct.write(fh, 0, b"y", stable=StableHow.UNSTABLE).verf)
+    (w0, c0), (w1, c1) = verifiers
+    assert w0 == c0 and w1 == c1, "one incarnation, one verifier: COMMIT confirms the WRITEs"
+    assert w0 != w1, "a new incarnation changes the verifier"
+    assert nas_verf not in (w0, w1)
