@@ -21,8 +21,8 @@ import time
 
 import grpc
 
-from logstore.commit import Durability, GroupCommitter
-from logstore.log import Log, TornTail
+from logstore.commit import Durability
+from logstore.log import TornTail
 from logstore.record import Record, record_parts
 
 from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
@@ -32,6 +32,7 @@ from recoveryd.status import write_proxy_status
 from .config import ConfigError
 from .control import start_control
 from .metrics import ProxyCollector, serve_metrics
+from .native_log import NativeCommitter, NativeLog
 from .hlc import HLC
 from .journal import Journal, QuotaPolicy, frame_fields, gap_record
 from .portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
@@ -159,7 +160,7 @@ class RunningProxy:
     """A started proxy, its shippers and the LOG under them; `stop()` shuts
     them down in order."""
 
-    def __init__(self, proxy: Proxy, committer: GroupCommitter, log: Log, *,
+    def __init__(self, proxy: Proxy, committer: NativeCommitter, log: NativeLog, *,
                  shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None):
         self.proxy, self.committer, self.log = proxy, committer, log
         self.shippers = shippers or []
@@ -229,14 +230,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     # The clock first: a torn tail's GAP record must be stamped after every record it lost.
     clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
-    log = Log.open(opts.log_dir, segment_bytes=opts.segment_bytes,
+    log = NativeLog.open(opts.log_dir, segment_bytes=opts.segment_bytes,
                    torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
     unclean = _mark_running(opts.log_dir) and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
         gap = unclean_stop_gap_record(clock)
         log.append(record_parts(gap), **frame_fields(gap))
         log.sync()
-    committer = GroupCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
+    committer = NativeCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     journal = Journal(committer, opts.quota_policy)
     for torn in log.torn_tails:
         logger.warning("LOG recovery cut a torn tail (%s): marked as a gap", torn)

@@ -24,6 +24,19 @@ stamps = st.builds(Stamp, u64, u32, u32)
 payloads = st.lists(st.binary(max_size=300), min_size=1, max_size=40)
 
 
+@pytest.fixture(scope="module", params=["python", "native"])
+def writer(request):
+    # (The state machine below is a unittest TestCase: it gets its own native twin.)
+    """Every test runs against logstore's writer and the native one (the proxy's)."""
+    global Log
+    python_log = Log
+    if request.param == "native":
+        from nfsproxy.native_log import NativeLog
+        Log = NativeLog
+    yield request.param
+    Log = python_log
+
+
 @contextmanager
 def temp_dir():
     # Hypothesis reruns the body many times; tmp_path would be shared between runs.
@@ -90,6 +103,7 @@ def test_stamp_parse_gives_a_stamp_or_value_error(text):
 # -- LOG -----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("writer")
 @SETTINGS
 @given(records=payloads, segment_bytes=st.integers(HEADER_BYTES + 1, 2048), data=st.data())
 def test_round_trip_across_rolls_and_reopen(records, segment_bytes, data):
@@ -103,6 +117,7 @@ def test_round_trip_across_rolls_and_reopen(records, segment_bytes, data):
             assert log.verify() == len(records)
 
 
+@pytest.mark.usefixtures("writer")
 @SETTINGS
 @given(records=st.lists(st.lists(st.binary(max_size=80), max_size=5), min_size=1, max_size=20),
        segment_bytes=st.integers(64, 1024))
@@ -116,6 +131,7 @@ def test_parts_are_stored_as_their_concatenation(records, segment_bytes):
                                         for seq, parts in enumerate(records, 1)]
 
 
+@pytest.mark.usefixtures("writer")
 @SETTINGS
 @given(records=payloads, segment_bytes=st.integers(64, 1024), data=st.data())
 def test_torn_last_frame_is_cut_at_any_point(records, segment_bytes, data):
@@ -134,6 +150,7 @@ def test_torn_last_frame_is_cut_at_any_point(records, segment_bytes, data):
             assert log.append(b"again") == len(records)
 
 
+@pytest.mark.usefixtures("writer")
 @SETTINGS
 @given(records=payloads, garbage=st.binary(min_size=1, max_size=600),
        segment_bytes=st.integers(64, 1024))
@@ -147,6 +164,7 @@ def test_garbage_after_the_last_frame_is_cut(records, garbage, segment_bytes):
             assert read_all(log, 1) == list(enumerate(records, 1))
 
 
+@pytest.mark.usefixtures("writer")
 @SETTINGS
 @given(records=st.lists(st.binary(max_size=100), min_size=2, max_size=30), data=st.data())
 def test_damage_before_a_valid_frame_is_never_truncated(records, data):
@@ -169,13 +187,14 @@ def test_damage_before_a_valid_frame_is_never_truncated(records, data):
 
 
 class LogMachine(RuleBasedStateMachine):
+    log_class = Log
     """A LOG against a list model, through appends, syncs, reopens, trims, reads."""
 
     @initialize(segment_bytes=st.integers(64, 1024))
     def open_log(self, segment_bytes):
         self.tmp = tempfile.TemporaryDirectory()
         self.segment_bytes = segment_bytes
-        self.log = Log.open(self.tmp.name, segment_bytes=segment_bytes)
+        self.log = self.log_class.open(self.tmp.name, segment_bytes=segment_bytes)
         self.model: dict[int, bytes] = {}
         self.first_seq = 1
         self.cursor = self.log.read(1)
@@ -195,7 +214,7 @@ class LogMachine(RuleBasedStateMachine):
     def reopen(self):
         self.cursor.close()
         self.log.close()
-        self.log = Log.open(self.tmp.name, segment_bytes=self.segment_bytes)
+        self.log = self.log_class.open(self.tmp.name, segment_bytes=self.segment_bytes)
         assert self.log.recovered_truncated_bytes == 0
         self.cursor = self.log.read(self.log.first_seq)
         self.cursor_seen = list(range(1, self.log.first_seq))
@@ -247,3 +266,17 @@ class LogMachine(RuleBasedStateMachine):
 LogMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
                                         deadline=None)
 test_log_machine = LogMachine.TestCase
+
+
+class NativeLogMachine(LogMachine):
+    """The same rules against the native writer (the proxy's)."""
+
+    @property
+    def log_class(self):
+        from nfsproxy.native_log import NativeLog
+        return NativeLog
+
+
+NativeLogMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
+                                        deadline=None)
+test_native_log_machine = NativeLogMachine.TestCase

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import errno
 
-from logstore import GroupCommitter, Log
 from logstore.hlc import HLC
 from logstore.record import Op, Record, parse_record
 from logstore.stamp import Stamp
 from nfsproxy.journal import Journal, QuotaPolicy
+from nfsproxy.native_log import NativeCommitter as GroupCommitter
+from nfsproxy.native_log import NativeLog as Log
 from nfsproxy.relay import BackendAddress, Proxy
 
 

@@ -43,6 +43,7 @@ fn log_err(e: LogError) -> PyErr {
         }
         LogError::Closed(why) => NativeLogClosedError::new_err(why),
         LogError::Invalid(why) => PyValueError::new_err(why),
+        LogError::Busy(why) => NativeLogError::new_err(why),
     }
 }
 
@@ -182,6 +183,19 @@ impl NativeLog {
             .into_iter()
             .map(|s| (s.path.to_string_lossy().into_owned(), s.first_seq, s.last_seq, s.size_bytes, s.active, s.version))
             .collect()
+    }
+
+    /// `(path, base_seq, version, offset, start_seq)` from which a reader
+    /// reaches `seq`, or None if the LOG does not hold it.
+    fn locate(&self, seq: u64) -> Option<(String, u64, u8, u64, u64)> {
+        self.log
+            .locate(seq)
+            .map(|(s, offset, start)| (s.path.to_string_lossy().into_owned(), s.first_seq, s.version, offset, start))
+    }
+
+    /// `(readable end, sealed)` of the segment starting at `base_seq`; None once trimmed.
+    fn extent(&self, base_seq: u64) -> Option<(u64, bool)> {
+        self.log.extent(base_seq)
     }
 
     /// `[(segment path, offset, truncated_bytes, after_seq)]` noted at open.

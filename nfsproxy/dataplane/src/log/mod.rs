@@ -51,6 +51,8 @@ pub enum LogError {
     Closed(String),
     /// A bad argument (record too large, too many parts, ...).
     Invalid(String),
+    /// Another process (or this one) has the LOG open.
+    Busy(String),
 }
 
 impl fmt::Display for LogError {
@@ -62,7 +64,7 @@ impl fmt::Display for LogError {
                 "{}: corrupt LOG frame at byte offset {offset}: {reason}",
                 path.display()
             ),
-            LogError::Closed(why) | LogError::Invalid(why) => f.write_str(why),
+            LogError::Closed(why) | LogError::Invalid(why) | LogError::Busy(why) => f.write_str(why),
         }
     }
 }
@@ -132,6 +134,8 @@ struct Segment {
     size: u64,
     version: u8,
     file: Option<File>,
+    /// Sparse `(seq, offset)` index of frames written or scanned in this process.
+    index: Vec<(u64, u64)>,
 }
 
 impl Segment {
@@ -146,7 +150,14 @@ impl Segment {
             .map_err(io_err(format!("creating {}", path.display())))?;
         file.write_all_at(&segment_header(), 0)
             .map_err(io_err(format!("writing {}", path.display())))?;
-        Ok(Segment { path, base_seq, size: SEGMENT_HEADER_BYTES as u64, version: FORMAT_VERSION, file: Some(file) })
+        Ok(Segment {
+            path,
+            base_seq,
+            size: SEGMENT_HEADER_BYTES as u64,
+            version: FORMAT_VERSION,
+            file: Some(file),
+            index: Vec::new(),
+        })
     }
 
     fn has_frames(&self) -> bool {
@@ -227,6 +238,9 @@ impl Log {
             // land behind a partial one.
             let _ = file.set_len(active.size);
             return Err(LogError::Io { context: format!("appending to {}", active.path.display()), source: e });
+        }
+        if active.index.last().is_none_or(|&(_, o)| active.size - o >= segment::INDEX_INTERVAL_BYTES) {
+            active.index.push((seq, active.size));
         }
         active.size += HEADER_BYTES as u64 + nbytes;
         st.size_bytes += HEADER_BYTES as u64 + nbytes;
@@ -458,22 +472,51 @@ impl Log {
         self.state.lock().unwrap().failure.clone()
     }
 
+    /// Where a reader starts to reach `seq`: the segment holding it and the
+    /// indexed frame nearest below it, `(segment, offset, start_seq)`; None if
+    /// the LOG does not hold `seq` (trimmed, or beyond the next seq).
+    pub fn locate(&self, seq: u64) -> Option<(SegmentInfo, u64, u64)> {
+        let st = self.state.lock().unwrap();
+        let first = st.segments[0].base_seq;
+        if seq < first || seq > st.last_seq + 1 {
+            return None;
+        }
+        let i = st.segments.partition_point(|s| s.base_seq <= seq) - 1;
+        let s = &st.segments[i];
+        let info = self.info(&st, i);
+        if seq == st.last_seq + 1 && i + 1 == st.segments.len() {
+            return Some((info, s.size, seq));
+        }
+        let j = s.index.partition_point(|&(q, _)| q <= seq);
+        let (start_seq, offset) = if j > 0 { s.index[j - 1] } else { (s.base_seq, data_start(s.version)) };
+        Some((info, offset, start_seq))
+    }
+
+    /// `(readable end, sealed)` of the segment starting at `base_seq`, as one
+    /// snapshot; None once it was trimmed.
+    pub fn extent(&self, base_seq: u64) -> Option<(u64, bool)> {
+        let st = self.state.lock().unwrap();
+        let i = st.segments.binary_search_by_key(&base_seq, |s| s.base_seq).ok()?;
+        Some((st.segments[i].size, i + 1 < st.segments.len() || st.closed))
+    }
+
+    fn info(&self, st: &State, i: usize) -> SegmentInfo {
+        let s = &st.segments[i];
+        let n = st.segments.len();
+        SegmentInfo {
+            path: s.path.clone(),
+            first_seq: s.base_seq,
+            last_seq: if i + 1 < n { st.segments[i + 1].base_seq - 1 } else { st.last_seq },
+            size_bytes: s.size,
+            active: i + 1 == n,
+            version: s.version,
+        }
+    }
+
     /// The segments on disk, oldest first; the last one is active.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         let st = self.state.lock().unwrap();
-        let n = st.segments.len();
-        st.segments
-            .iter()
-            .enumerate()
-            .map(|(i, s)| SegmentInfo {
-                path: s.path.clone(),
-                first_seq: s.base_seq,
-                last_seq: if i + 1 < n { st.segments[i + 1].base_seq - 1 } else { st.last_seq },
-                size_bytes: s.size,
-                active: i + 1 == n,
-                version: s.version,
-            })
-            .collect()
+        (0..st.segments.len()).map(|i| self.info(&st, i)).collect()
     }
 }
 

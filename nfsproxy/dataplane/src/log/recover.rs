@@ -18,10 +18,9 @@ const LOCK_NAME: &str = "LOCK";
 const ID_NAME: &str = "LOG_ID";
 
 pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
-    if opts.segment_bytes <= (SEGMENT_HEADER_BYTES + HEADER_BYTES) as u64 {
+    if opts.segment_bytes <= HEADER_BYTES as u64 {
         return Err(LogError::Invalid(format!(
-            "segment_bytes must exceed {}, got {}",
-            SEGMENT_HEADER_BYTES + HEADER_BYTES,
+            "segment_bytes must exceed {HEADER_BYTES}, got {}",
             opts.segment_bytes
         )));
     }
@@ -85,7 +84,7 @@ fn lock_directory(dir: &Path) -> Result<File> {
         .map_err(io_err("opening LOCK"))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(LogError::Invalid(format!(
+        return Err(LogError::Busy(format!(
             "{}: the LOG is already open (by this or another process)",
             dir.display()
         )));
@@ -187,7 +186,9 @@ fn sealed_segment(dir: &Path, base: u64) -> Result<Segment> {
     let size = std::fs::metadata(&path).map_err(io_err(format!("stat {}", path.display())))?.len();
     let version = segment::segment_version(&read_head(&path)?).map_err(|why| corrupt(&path, 0, why))?;
     match version {
-        Some(v) if size > segment::data_start(v) => Ok(Segment { path, base_seq: base, size, version: v, file: None }),
+        Some(v) if size > segment::data_start(v) => {
+            Ok(Segment { path, base_seq: base, size, version: v, file: None, index: Vec::new() })
+        }
         // The newest segment is the only one a crash can leave without frames.
         _ => Err(corrupt(&path, 0, "sealed segment holds no frame".into())),
     }
@@ -245,7 +246,7 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
     // Whatever survived is now durable, so the synced seq may start at last_seq.
     file.sync_all().map_err(io_err(format!("fsync of {}", path.display())))?;
     let version = scan.version.unwrap_or(FORMAT_VERSION);
-    Ok((Segment { path, base_seq: base, size, version, file: Some(file) }, scan.last_seq, truncated))
+    Ok((Segment { path, base_seq: base, size, version, file: Some(file), index: scan.index }, scan.last_seq, truncated))
 }
 
 /// Err unless `bad` is a torn tail: damage past the sync mark, or (no mark)

@@ -178,7 +178,12 @@ pub struct Scan {
     /// None: the segment header itself is torn.
     pub version: Option<u8>,
     pub bad: Option<BadFrame>,
+    /// Sparse `(seq, offset)` index, one entry per `INDEX_INTERVAL_BYTES`.
+    pub index: Vec<(u64, u64)>,
 }
+
+/// A sparse seq -> offset index lets a reader start near its seq instead of at 0.
+pub const INDEX_INTERVAL_BYTES: u64 = 64 << 10;
 
 /// Validate every frame of a segment image, stopping at the first bad one.
 pub fn scan(data: &[u8], base_seq: u64) -> Scan {
@@ -189,6 +194,7 @@ pub fn scan(data: &[u8], base_seq: u64) -> Scan {
         records: 0,
         version: None,
         bad,
+        index: Vec::new(),
     };
     let head = &data[..data.len().min(SEGMENT_HEADER_BYTES)];
     let version = match segment_version(head) {
@@ -213,6 +219,7 @@ pub fn scan(data: &[u8], base_seq: u64) -> Scan {
         records: 0,
         version: Some(version),
         bad: None,
+        index: Vec::new(),
     };
     loop {
         match next_frame(data, result.valid_end as usize, data.len(), version, result.last_seq + 1) {
@@ -222,6 +229,9 @@ pub fn scan(data: &[u8], base_seq: u64) -> Scan {
                 return result;
             }
             Ok(Some((h, at))) => {
+                if result.index.last().is_none_or(|&(_, o)| result.valid_end - o >= INDEX_INTERVAL_BYTES) {
+                    result.index.push((h.seq, result.valid_end));
+                }
                 result.valid_end = (at + h.payload_len as usize) as u64;
                 result.last_seq = h.seq;
                 result.records += 1;
