@@ -10,9 +10,10 @@ thread, the GIL released), and turns the gaps it reports (mutations whose
 reply never came) into GAP records through the ``Journal``, which stays the
 one place gaps are marked.
 
-Not native yet: the passthrough/block quota policy (the relay journals
-whatever the LOG takes), and the baseline's rename watch (a RENAME or LINK
-during a baseline scan is not reported to it).
+Over quota the relay applies the journal's policy itself (block: a
+mutation waits before it reaches the NAS; passthrough: records are dropped,
+each drop a gap marked here). Not native yet: the baseline's rename watch
+(a RENAME or LINK during a baseline scan is not reported to it).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class NativeProxy:
             self.backend.host, self.backend.nfs_port, self.backend.mount_port, listen=listen,
             threads=self.threads, max_payload_bytes=self.max_payload_bytes,
             committer=self.committer.native, clock=self.clock.native, durability=self.durability,
-            drain_timeout_s=self.drain_timeout_s)
+            drain_timeout_s=self.drain_timeout_s, quota_policy=self.journal.policy.value)
         self.port = self.relay.port
         self.stats, self.conflicts = _Counters(self.relay), _Conflicts(self.relay)
         self._gaps = asyncio.get_running_loop().create_task(self._collect_gaps())
@@ -116,10 +117,21 @@ class NativeProxy:
             await asyncio.sleep(GAP_POLL_S)
 
     def _mark_gaps(self) -> None:
+        journal = self.journal
         for token, stamp, cause, reason in self.relay.take_gaps():
-            logger.error("%s", reason)
-            self.journal.mark_gap(bytes(stamp), cause, reason)  # holds the gap's stamp itself
+            if cause == "quota_drop":
+                if not journal.passthrough_active:
+                    logger.error("LOG over quota (%d bytes): passthrough policy, records are NOT "
+                                 "journaled", self.committer.quota_bytes)
+                    journal.passthrough_active = True
+                journal.dropped_total += 1
+            else:
+                logger.error("%s", reason)
+            journal.mark_gap(bytes(stamp), cause, reason)  # holds the gap's stamp itself
             self.relay.release_gap(token)
+        if journal.passthrough_active and not self.committer.over_quota:
+            logger.warning("LOG back under quota; journaling resumed (a baseline closes the gap)")
+            journal.passthrough_active = False
 
     # -- stamps (the baseline and the journal's gaps) ---------------------------------
 

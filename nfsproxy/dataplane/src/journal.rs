@@ -54,6 +54,15 @@ impl Durability {
     }
 }
 
+/// What happens to mutations while the LOG is over its quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaPolicy {
+    /// A mutation waits before reaching the NAS until the LOG is under quota (fail closed).
+    Block,
+    /// Mutations go on unjournaled; each dropped record is a gap.
+    Passthrough,
+}
+
 /// A mutation held behind a conflicting one: where it goes once released.
 pub struct Held {
     pub table: Arc<Mutex<XidTable>>,
@@ -78,12 +87,14 @@ pub struct Journal {
     pub committer: Arc<GroupCommitter>,
     pub hlc: Arc<Hlc>,
     pub durability: Durability,
+    pub quota_policy: QuotaPolicy,
     incarnation: [u8; 8],
     next_token: AtomicU64,
     gaps: Mutex<Vec<Gap>>,
     pub records_total: AtomicU64,
     pub failed_mutations_total: AtomicU64,
     pub gaps_total: AtomicU64,
+    pub dropped_total: AtomicU64,
 }
 
 impl Journal {
@@ -96,12 +107,14 @@ impl Journal {
             committer,
             hlc,
             durability,
+            quota_policy: QuotaPolicy::Block,
             incarnation,
             next_token: AtomicU64::new(1),
             gaps: Mutex::new(Vec::new()),
             records_total: AtomicU64::new(0),
             failed_mutations_total: AtomicU64::new(0),
             gaps_total: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
         }
     }
 
@@ -171,17 +184,47 @@ impl Journal {
     /// A relayed mutation's outcome is unknown: a gap for Python to mark;
     /// its stamp stays held until Python has (`release_gap`).
     pub fn lost(&self, token: Token, record: &Record, client: &str) {
-        let Ok(stamp) = <[u8; 16]>::try_from(record.stamp.as_slice()) else { return };
+        let reason = format!(
+            "a {} from client {client} was relayed to the NAS, but its reply never came: its outcome is unknown",
+            op_name(record.op3())
+        );
+        self.gap(token, record, "no_reply", reason);
+    }
+
+    /// Under the passthrough policy, over quota: the records are not
+    /// journaled (a gap); true when that is so and `records` were dropped.
+    pub fn drop_over_quota(&self, token: Token, records: &[Captured]) -> bool {
+        if self.quota_policy != QuotaPolicy::Passthrough || !self.committer.over_quota() {
+            return false;
+        }
+        self.dropped_total.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let reason = "the LOG was over its quota (passthrough policy): records were not journaled";
+        match records.iter().map(|(r, _)| r).find(|r| r.stamp.len() == 16) {
+            Some(record) => self.gap(token, record, "quota_drop", reason.into()),
+            None => self.inflight.release(token),
+        }
+        true
+    }
+
+    /// A record the LOG could not write (ENOSPC, a failed LOG): a gap.
+    pub fn write_failed(&self, token: Token, record: &Record, error: &LogError) {
+        let reason = format!("the LOG could not write a {} record: {error}", op_name(record.op3()));
+        self.gap(token, record, "log_write_failed", reason);
+    }
+
+    /// Under the block policy, over quota: a mutation must wait before it reaches the NAS.
+    pub fn must_hold(&self) -> bool {
+        self.quota_policy == QuotaPolicy::Block && self.committer.over_quota()
+    }
+
+    fn gap(&self, token: Token, record: &Record, cause: &str, reason: String) {
+        let Ok(stamp) = <[u8; 16]>::try_from(record.stamp.as_slice()) else {
+            self.inflight.release(token);
+            return;
+        };
+        self.inflight.hold(token, stamp);
         self.gaps_total.fetch_add(1, Ordering::Relaxed);
-        self.gaps.lock().unwrap().push(Gap {
-            token,
-            stamp,
-            cause: "no_reply".into(),
-            reason: format!(
-                "a {} from client {client} was relayed to the NAS, but its reply never came: its outcome is unknown",
-                op_name(record.op3())
-            ),
-        });
+        self.gaps.lock().unwrap().push(Gap { token, stamp, cause: cause.into(), reason });
     }
 
     pub fn take_gaps(&self) -> Vec<Gap> {

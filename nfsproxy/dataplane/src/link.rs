@@ -169,10 +169,20 @@ fn journal_reply(
         release(journal, token);
         return Ok((message, None));
     }
+    if journal.drop_over_quota(token, &records) {
+        return Ok((message, None)); // its stamp stays held until Python marks the gap
+    }
     let waits = journal.waits(&records);
-    let appended = journal.append(&records, &call.message, waits);
-    journal.inflight.release(token); // in the LOG now (or it never will be)
-    let seq = appended.map_err(|e| format!("journaling failed ({e})"))?;
+    let seq = match journal.append(&records, &call.message, waits) {
+        Ok(seq) => seq,
+        Err(e) => {
+            // The NAS applied it and the LOG has no record of it: a gap; the client
+            // gets no reply (its connection closes) and retries.
+            journal.write_failed(token, &records[0].0, &e);
+            return Err(format!("journaling failed ({e})"));
+        }
+    };
+    journal.inflight.release(token); // in the LOG now
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();

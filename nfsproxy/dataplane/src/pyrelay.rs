@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::journal::{Durability, Journal};
+use crate::journal::{Durability, Journal, QuotaPolicy};
 use crate::py::{NativeCommitter, NativeHlc};
 use crate::{capture, rpc, server, stats};
 
@@ -34,7 +34,7 @@ impl Relay {
     #[new]
     #[pyo3(signature = (backend_host, nfs_port, mount_port, listen="127.0.0.1:0", threads=1,
                         max_payload_bytes=4 << 20, committer=None, clock=None, durability="sync",
-                        drain_timeout_s=30.0))]
+                        drain_timeout_s=30.0, quota_policy="block"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -48,11 +48,21 @@ impl Relay {
         clock: Option<PyRef<'_, NativeHlc>>,
         durability: &str,
         drain_timeout_s: f64,
+        quota_policy: &str,
     ) -> PyResult<Self> {
+        let quota_policy = match quota_policy {
+            "block" => QuotaPolicy::Block,
+            "passthrough" => QuotaPolicy::Passthrough,
+            other => return Err(PyValueError::new_err(format!("quota_policy must be block or passthrough, got {other:?}"))),
+        };
         let durability = Durability::parse(durability)
             .ok_or_else(|| PyValueError::new_err(format!("durability must be async, sync or strict, got {durability:?}")))?;
         let journal = match (committer, clock) {
-            (Some(c), Some(h)) => Some(Arc::new(Journal::new(c.shared(), h.shared(), durability, incarnation()))),
+            (Some(c), Some(h)) => {
+                let mut journal = Journal::new(c.shared(), h.shared(), durability, incarnation());
+                journal.quota_policy = quota_policy;
+                Some(Arc::new(journal))
+            }
             (None, None) => None,
             _ => return Err(PyValueError::new_err("journaling needs both a committer and a clock")),
         };
@@ -88,7 +98,8 @@ impl Relay {
         if let Some(j) = &self.journal {
             out.set_item("records_total", j.records_total.load(Ordering::Relaxed))?;
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
-            out.set_item("no_reply_gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
+            out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
+            out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
             out.set_item("conflicts_held_now", j.conflicts.lock().unwrap().held_now)?;
             out.set_item("bindings_known", j.capture.bindings.lock().unwrap().len())?;
         }
