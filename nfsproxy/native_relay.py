@@ -12,8 +12,10 @@ one place gaps are marked.
 
 Over quota the relay applies the journal's policy itself (block: a
 mutation waits before it reaches the NAS; passthrough: records are dropped,
-each drop a gap marked here). Not native yet: the baseline's rename watch
-(a RENAME or LINK during a baseline scan is not reported to it).
+each drop a gap marked here). While a baseline watches, the names that
+successful RENAMEs and LINKs make are collected natively and handed to its
+watchers every `GAP_POLL_S` and whenever it waits for calls to settle (the
+Python relay calls them as it journals).
 """
 
 from __future__ import annotations
@@ -68,6 +70,34 @@ class _Conflicts:
         return self._relay.counters().get("conflicts_held_now", 0)
 
 
+class _Move:
+    """What a namespace watcher reads of a RENAME or LINK record."""
+
+    __slots__ = ("to_dir_fh", "to_name")
+
+    def __init__(self, to_dir_fh: bytes, to_name: bytes):
+        self.to_dir_fh, self.to_name = to_dir_fh, to_name
+
+
+class _Watchers(set):
+    """`namespace_watchers`: the relay notes moves only while someone watches."""
+
+    def __init__(self, proxy: "NativeProxy"):
+        super().__init__()
+        self._proxy = proxy
+
+    def add(self, watcher) -> None:
+        super().add(watcher)
+        if self._proxy.relay is not None:
+            self._proxy.relay.watch_moves(True)
+
+    def discard(self, watcher) -> None:
+        self._proxy.forward_moves()
+        super().discard(watcher)
+        if not self and self._proxy.relay is not None:
+            self._proxy.relay.watch_moves(False)
+
+
 class NativeProxy:
     """Accepts clients and relays them to the NAS natively, journaling mutations."""
 
@@ -85,8 +115,8 @@ class NativeProxy:
         self.relay: _dataplane.Relay | None = None
         self.stats: _Counters | None = None
         self.conflicts: _Conflicts | None = None
-        #: Not fed natively yet (see the module docstring); kept so a baseline can register.
-        self.namespace_watchers: set[Callable[[Record], None]] = set()
+        #: Called with every successful RENAME/LINK (a running baseline listens).
+        self.namespace_watchers: set[Callable[[Record], None]] = _Watchers(self)
         self._gaps: asyncio.Task | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -114,7 +144,17 @@ class NativeProxy:
     async def _collect_gaps(self) -> None:
         while True:
             self._mark_gaps()
+            self.forward_moves()
             await asyncio.sleep(GAP_POLL_S)
+
+    def forward_moves(self) -> None:
+        """Hand the watchers the names RENAMEs and LINKs made since the last call."""
+        if self.relay is None:
+            return
+        moves = self.relay.take_moves()
+        for to_dir_fh, to_name in moves:
+            for watch in list(self.namespace_watchers):
+                watch(_Move(bytes(to_dir_fh), bytes(to_name)))
 
     def _mark_gaps(self) -> None:
         journal = self.journal
@@ -150,6 +190,7 @@ class NativeProxy:
     async def settle_below(self, stamp: bytes, own_key: int | None = None) -> None:
         """Wait until every call stamped below `stamp` (but `own_key`'s) has its reply."""
         own = None if own_key is None else (own_key & _KEY_MASK) | (1 << 63)
+        self.forward_moves()
         loop = asyncio.get_running_loop()
         while not await loop.run_in_executor(None, self.relay.wait_settled, bytes(stamp), own, 1.0):
             pass

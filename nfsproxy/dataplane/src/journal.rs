@@ -21,7 +21,7 @@
 //! (`take_gaps`), its stamp held until Python has marked it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::capture::{Capture, Captured};
@@ -95,6 +95,9 @@ pub struct Journal {
     pub failed_mutations_total: AtomicU64,
     pub gaps_total: AtomicU64,
     pub dropped_total: AtomicU64,
+    /// While a baseline runs: where successful RENAMEs and LINKs put a name.
+    pub watching_moves: AtomicBool,
+    moves: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Journal {
@@ -115,6 +118,8 @@ impl Journal {
             failed_mutations_total: AtomicU64::new(0),
             gaps_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            watching_moves: AtomicBool::new(false),
+            moves: Mutex::new(Vec::new()),
         }
     }
 
@@ -225,6 +230,23 @@ impl Journal {
         self.inflight.hold(token, stamp);
         self.gaps_total.fetch_add(1, Ordering::Relaxed);
         self.gaps.lock().unwrap().push(Gap { token, stamp, cause: cause.into(), reason });
+    }
+
+    /// Note the names successful RENAMEs and LINKs made, while a baseline watches.
+    pub fn note_moves(&self, records: &[Captured]) {
+        if !self.watching_moves.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut moves = self.moves.lock().unwrap();
+        for (r, _) in records {
+            if r.ok && matches!(r.op3(), proc3::RENAME | proc3::LINK) {
+                moves.push((r.to_dir_fh.clone(), r.to_name.clone()));
+            }
+        }
+    }
+
+    pub fn take_moves(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.moves.lock().unwrap())
     }
 
     pub fn take_gaps(&self) -> Vec<Gap> {

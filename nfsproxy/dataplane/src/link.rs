@@ -182,6 +182,7 @@ fn journal_reply(
             return Err(format!("journaling failed ({e})"));
         }
     };
+    journal.note_moves(&records);
     journal.inflight.release(token); // in the LOG now
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {

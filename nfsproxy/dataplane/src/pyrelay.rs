@@ -149,6 +149,19 @@ impl Relay {
             .collect())
     }
 
+    /// Start or stop noting where successful RENAMEs and LINKs put names (a baseline runs).
+    fn watch_moves(&self, on: bool) -> PyResult<()> {
+        self.journal()?.watching_moves.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `(to_dir_fh, to_name)` of the RENAMEs and LINKs journaled since the last call.
+    fn take_moves<'py>(&self, py: Python<'py>) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        Ok(self.journal()?.take_moves().into_iter()
+            .map(|(d, n)| (PyBytes::new(py, &d), PyBytes::new(py, &n)))
+            .collect())
+    }
+
     fn release_gap(&self, token: u64) -> PyResult<()> {
         self.journal()?.inflight.release(token);
         Ok(())
