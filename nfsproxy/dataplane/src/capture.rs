@@ -10,6 +10,7 @@
 //! a binding that is news is journaled as a BIND record. Nothing here reads a
 //! socket or a clock: stamps come from the caller.
 
+use crate::poison::LockAnyway;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -145,7 +146,7 @@ impl Capture {
                 let data = data.map(|d| call.body + d.start..call.body + d.end);
                 if matches!(p, proc3::REMOVE | proc3::RMDIR | proc3::RENAME) {
                     // Lets one object's history (per-file index) include its renames and removal.
-                    let bindings = self.bindings.lock().unwrap();
+                    let bindings = self.bindings.lock_anyway();
                     if let Some(named) = bindings.handle_of(&record.dir_fh, &record.name) {
                         record.object_fh = named.to_vec();
                     }
@@ -210,7 +211,7 @@ impl Capture {
     }
 
     fn bind(&self, found: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Option<Attr>)>, stamp: &mut dyn FnMut() -> Vec<u8>) -> Vec<Captured> {
-        let mut bindings = self.bindings.lock().unwrap();
+        let mut bindings = self.bindings.lock_anyway();
         let mut out = Vec::new();
         for (fh, dir_fh, name, attr) in found {
             if bindings.learn(&fh, &dir_fh, &name) {
@@ -227,7 +228,7 @@ impl Capture {
         if !r.ok {
             return;
         }
-        let mut b = self.bindings.lock().unwrap();
+        let mut b = self.bindings.lock_anyway();
         let created = matches!(r.op3(), proc3::CREATE | proc3::MKDIR | proc3::SYMLINK | proc3::MKNOD);
         if matches!(r.op3(), proc3::REMOVE | proc3::RMDIR | proc3::RENAME) {
             b.unbind(&r.dir_fh, &r.name);

@@ -4,6 +4,7 @@
 //! a stamp has its reply. Every path that takes a stamp releases it (reply,
 //! disconnect, abandoned held call, gap written).
 
+use crate::poison::LockAnyway;
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -19,19 +20,19 @@ pub struct InFlight {
 impl InFlight {
     /// Hold `stamp` (or an older one already held) under `token`.
     pub fn hold(&self, token: u64, stamp: [u8; 16]) {
-        let mut s = self.stamps.lock().unwrap();
+        let mut s = self.stamps.lock_anyway();
         let held = s.entry(token).or_insert(stamp);
         *held = (*held).min(stamp);
     }
 
     pub fn release(&self, token: u64) {
-        if self.stamps.lock().unwrap().remove(&token).is_some() {
+        if self.stamps.lock_anyway().remove(&token).is_some() {
             self.released.notify_all();
         }
     }
 
     pub fn len(&self) -> usize {
-        self.stamps.lock().unwrap().len()
+        self.stamps.lock_anyway().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,7 +41,7 @@ impl InFlight {
 
     /// The lowest stamp held, if any.
     pub fn lowest(&self) -> Option<Stamp> {
-        self.stamps.lock().unwrap().values().min().and_then(|s| Stamp::from_bytes(s))
+        self.stamps.lock_anyway().values().min().and_then(|s| Stamp::from_bytes(s))
     }
 
     /// A stamp below every stamp held; `now` when none is.
@@ -56,7 +57,7 @@ impl InFlight {
     /// false after `timeout`.
     pub fn wait_settled(&self, below: [u8; 16], own: Option<u64>, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut s = self.stamps.lock().unwrap();
+        let mut s = self.stamps.lock_anyway();
         loop {
             if !s.iter().any(|(t, st)| *st < below && Some(*t) != own) {
                 return true;
@@ -65,7 +66,7 @@ impl InFlight {
             if left.is_zero() {
                 return false;
             }
-            s = self.released.wait_timeout(s, left).unwrap().0;
+            s = self.released.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }

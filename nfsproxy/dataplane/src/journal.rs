@@ -20,6 +20,7 @@
 //! A mutation whose reply never comes is handed to Python as a gap
 //! (`take_gaps`), its stamp held until Python has marked it.
 
+use crate::poison::LockAnyway;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,13 +137,13 @@ impl Journal {
 
     /// Keep a conflicting mutation until `release_conflicts` frees it.
     pub fn hold_back(&self, token: Token, held: Held) {
-        self.held.lock().unwrap().insert(token, held);
+        self.held.lock_anyway().insert(token, held);
     }
 
     /// `token`'s reply is back (or it is abandoned): the held calls that may go now, in order.
     pub fn release_conflicts(&self, token: Token) -> Vec<(Token, Held)> {
-        let freed = self.conflicts.lock().unwrap().release(token);
-        let mut held = self.held.lock().unwrap();
+        let freed = self.conflicts.lock_anyway().release(token);
+        let mut held = self.held.lock_anyway();
         held.remove(&token); // abandoned while held
         freed.into_iter().filter_map(|t| held.remove(&t).map(|h| (t, h))).collect()
     }
@@ -229,7 +230,7 @@ impl Journal {
         };
         self.inflight.hold(token, stamp);
         self.gaps_total.fetch_add(1, Ordering::Relaxed);
-        self.gaps.lock().unwrap().push(Gap { token, stamp, cause: cause.into(), reason });
+        self.gaps.lock_anyway().push(Gap { token, stamp, cause: cause.into(), reason });
     }
 
     /// Note the names successful RENAMEs and LINKs made, while a baseline watches.
@@ -237,7 +238,7 @@ impl Journal {
         if !self.watching_moves.load(Ordering::Relaxed) {
             return;
         }
-        let mut moves = self.moves.lock().unwrap();
+        let mut moves = self.moves.lock_anyway();
         for (r, _) in records {
             if r.ok && matches!(r.op3(), proc3::RENAME | proc3::LINK) {
                 moves.push((r.to_dir_fh.clone(), r.to_name.clone()));
@@ -246,11 +247,11 @@ impl Journal {
     }
 
     pub fn take_moves(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        std::mem::take(&mut *self.moves.lock().unwrap())
+        std::mem::take(&mut *self.moves.lock_anyway())
     }
 
     pub fn take_gaps(&self) -> Vec<Gap> {
-        std::mem::take(&mut *self.gaps.lock().unwrap())
+        std::mem::take(&mut *self.gaps.lock_anyway())
     }
 }
 

@@ -33,6 +33,7 @@ pub mod link;
 pub mod lru;
 pub mod nfs3;
 pub mod outbox;
+pub mod poison;
 mod pyrelay;
 pub mod routing;
 pub mod rpc;

@@ -7,6 +7,7 @@
 //! is durable. A NAS that breaks the protocol or closes the connection ends
 //! the session: the client retries, as it would against the NAS itself.
 
+use crate::poison::LockAnyway;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -118,7 +119,7 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
         Header::Reply(reply) => reply,
         Header::Call(_) => return Err("the NAS sent a CALL".into()),
     };
-    let Some(mut call) = table.lock().unwrap().take(reply.xid) else {
+    let Some(mut call) = table.lock_anyway().take(reply.xid) else {
         // Every call has its own NAS XID: this reply answers nothing we sent.
         bump(&shared.stats.unmatched_replies_total);
         return Ok(None);

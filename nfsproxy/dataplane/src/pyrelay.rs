@@ -1,6 +1,7 @@
 //! The relay's Python classes: `Relay` (the native relay, started and
 //! stopped from Python) and `Capture` (sans-IO capture, for cross-checks).
 
+use crate::poison::LockAnyway;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,8 +101,8 @@ impl Relay {
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
             out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
             out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
-            out.set_item("conflicts_held_now", j.conflicts.lock().unwrap().held_now)?;
-            out.set_item("bindings_known", j.capture.bindings.lock().unwrap().len())?;
+            out.set_item("conflicts_held_now", j.conflicts.lock_anyway().held_now)?;
+            out.set_item("bindings_known", j.capture.bindings.lock_anyway().len())?;
         }
         Ok(out)
     }
@@ -225,7 +226,7 @@ impl Capture {
         if let Some(record) = pending.record_mut() {
             record.stamp = stamp.to_vec();
         }
-        let mut guard = self.pending.lock().unwrap();
+        let mut guard = self.pending.lock_anyway();
         guard.0 += 1;
         let token = guard.0;
         guard.1.insert(token, (pending, message.to_vec()));
@@ -233,7 +234,7 @@ impl Capture {
     }
 
     fn complete(&self, token: u64, reply: &[u8], bind_stamp: &[u8]) -> PyResult<Vec<Vec<u8>>> {
-        let (pending, call) = self.pending.lock().unwrap().1.remove(&token)
+        let (pending, call) = self.pending.lock_anyway().1.remove(&token)
             .ok_or_else(|| PyValueError::new_err("unknown token"))?;
         let header = match rpc::parse(reply) {
             Ok(rpc::Header::Reply(header)) => header,

@@ -15,6 +15,7 @@
 //! calls never reached the NAS and are dropped (the client retries them).
 //! One client's garbage, or a bug hit by one connection, closes that one only.
 
+use crate::poison::LockAnyway;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -187,7 +188,7 @@ impl Session {
             pending,
             token,
         };
-        let admitted = self.table.lock().unwrap().admit(call.xid, message.clone(), how);
+        let admitted = self.table.lock_anyway().admit(call.xid, message.clone(), how);
         let nas_xid = match admitted {
             Ok(Admitted::New(nas_xid)) => nas_xid,
             Ok(Admitted::Retransmission) => {
@@ -203,12 +204,12 @@ impl Session {
         let out = Outgoing::with_xid(&message, nas_xid);
         if let (Some(j), true) = (&journal, mutation) {
             let claims = {
-                let table = self.table.lock().unwrap();
+                let table = self.table.lock_anyway();
                 let record = table.get(nas_xid).and_then(|c| c.pending.as_ref()).and_then(|p| p.record());
-                let bindings = j.capture.bindings.lock().unwrap();
+                let bindings = j.capture.bindings.lock_anyway();
                 record.map(|r| Claims::of(r, Some(&bindings))).unwrap_or_default()
             };
-            if !j.conflicts.lock().unwrap().admit(token, claims) {
+            if !j.conflicts.lock_anyway().admit(token, claims) {
                 // Stamped when released: after the NAS applied the earlier call.
                 bump(&self.shared.stats.conflict_holds_total);
                 j.hold_back(token, Held { table: self.table.clone(), nas_xid, link, out });
@@ -220,7 +221,7 @@ impl Session {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             stamp_for_sending(j, &self.table, nas_xid, token).map_err(Some)?;
-        } else if let Some(c) = self.table.lock().unwrap().get_mut(nas_xid) {
+        } else if let Some(c) = self.table.lock_anyway().get_mut(nas_xid) {
             c.sent = true;
         }
         link.send(out).await.map_err(|_| None)
@@ -263,7 +264,7 @@ impl Session {
         if self.link_tasks.iter().all(|t| t.is_finished()) {
             return false;
         }
-        let table = self.table.lock().unwrap();
+        let table = self.table.lock_anyway();
         table.nas_xids().into_iter().any(|x| {
             table.get(x).is_some_and(|c| c.sent && c.pending.as_ref().is_some_and(|p| p.record().is_some()))
         })
@@ -273,7 +274,7 @@ impl Session {
     fn drop_unsent(&self) {
         let Some(journal) = &self.shared.journal else { return };
         let unsent: Vec<u64> = {
-            let mut table = self.table.lock().unwrap();
+            let mut table = self.table.lock_anyway();
             let xids: Vec<u32> = table.nas_xids().into_iter().filter(|&x| !table.get(x).unwrap().sent).collect();
             xids.into_iter().filter_map(|x| table.take(x)).map(|c| c.token).collect()
         };
@@ -284,7 +285,7 @@ impl Session {
 
     /// Forget every call: what was relayed and never answered is a gap.
     fn abandon(&self) {
-        let calls = self.table.lock().unwrap().clear();
+        let calls = self.table.lock_anyway().clear();
         let Some(journal) = &self.shared.journal else { return };
         let mut lost = 0;
         for call in calls {
@@ -312,7 +313,7 @@ impl Session {
 /// Stamp a mutation about to be sent (its stamp held in flight) and mark it sent.
 fn stamp_for_sending(journal: &Journal, table: &Mutex<XidTable>, nas_xid: u32, token: u64) -> Result<(), String> {
     let stamp = journal.stamp(token).map_err(|e| format!("the clock failed ({e})"))?;
-    let mut table = table.lock().unwrap();
+    let mut table = table.lock_anyway();
     if let Some(call) = table.get_mut(nas_xid) {
         if let Some(record) = call.pending.as_mut().and_then(|p| p.record_mut()) {
             record.stamp = stamp.to_vec();
@@ -333,7 +334,7 @@ pub fn release(journal: &Journal, token: u64) {
 /// Send a held mutation whose earlier conflicting calls are all answered,
 /// stamped now. One whose session is gone was dropped with it.
 pub fn send_released(journal: &Journal, token: u64, held: Held) {
-    if held.table.lock().unwrap().get(held.nas_xid).is_none() {
+    if held.table.lock_anyway().get(held.nas_xid).is_none() {
         release(journal, token);
         return;
     }
