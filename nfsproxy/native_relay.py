@@ -46,19 +46,37 @@ GAP_POLL_S = 0.05
 class _Counters:
     """``RelayStats``' fields, read from the relay's counters when asked."""
 
+    _BY_PROC = ("calls_total", "call_bytes_total", "reply_bytes_total", "client_latency",
+                "backend_latency")
+
     def __init__(self, relay: _dataplane.Relay):
         self._relay = relay
-        self.calls_total: dict = {}
-        self.call_bytes_total: dict = {}
-        self.reply_bytes_total: dict = {}
-        self.client_latency: dict[tuple[int, int], LatencyHistogram] = {}
-        self.backend_latency: dict[tuple[int, int], LatencyHistogram] = {}
 
-    def __getattr__(self, name: str) -> int:
+    def _by_proc(self) -> dict[str, dict]:
+        out: dict[str, dict] = {name: {} for name in self._BY_PROC}
+        for prog, proc, calls, call_bytes, reply_bytes, client, client_s, backend, backend_s \
+                in self._relay.proc_stats():
+            key = (prog, proc)
+            out["calls_total"][key] = calls
+            out["call_bytes_total"][key] = call_bytes
+            out["reply_bytes_total"][key] = reply_bytes
+            out["client_latency"][key] = _histogram(client, client_s)
+            out["backend_latency"][key] = _histogram(backend, backend_s)
+        return out
+
+    def __getattr__(self, name: str):
+        if name in self._BY_PROC:
+            return self._by_proc()[name]
         counters = self._relay.counters()
         if name in counters:
             return counters[name]
         raise AttributeError(name)
+
+
+def _histogram(counts: list[int], sum_s: float) -> LatencyHistogram:
+    h = LatencyHistogram()
+    h.counts, h.sum_s, h.count = list(counts), sum_s, sum(counts)
+    return h
 
 
 class _Conflicts:
@@ -98,13 +116,31 @@ class _Watchers(set):
             self._proxy.relay.watch_moves(False)
 
 
+class _JournalView:
+    """The `Journal`, as status and metrics read it: whether records are being
+    dropped over quota is the relay's own state (set before the reply goes
+    out, as the Python relay's journal sets it)."""
+
+    def __init__(self, journal: Journal, proxy: "NativeProxy"):
+        self._journal, self._proxy = journal, proxy
+
+    def __getattr__(self, name: str):
+        return getattr(self._journal, name)
+
+    @property
+    def passthrough_active(self) -> bool:
+        relay = self._proxy.relay
+        native = relay.counters().get("passthrough_active") if relay is not None else None
+        return bool(native) if native is not None else self._journal.passthrough_active
+
+
 class NativeProxy:
     """Accepts clients and relays them to the NAS natively, journaling mutations."""
 
     def __init__(self, backend, journal: Journal, clock: HLC, committer, *, durability: str,
                  threads: int = 1, max_payload_bytes: int = 4 << 20):
         self.backend = backend
-        self.journal = journal
+        self.journal = _JournalView(journal, self)
         self.clock = clock
         self.committer = committer
         self.durability = durability
@@ -157,7 +193,7 @@ class NativeProxy:
                 watch(_Move(bytes(to_dir_fh), bytes(to_name)))
 
     def _mark_gaps(self) -> None:
-        journal = self.journal
+        journal = self.journal._journal
         for token, stamp, cause, reason in self.relay.take_gaps():
             if cause == "quota_drop":
                 if not journal.passthrough_active:

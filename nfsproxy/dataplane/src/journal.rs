@@ -96,6 +96,8 @@ pub struct Journal {
     pub failed_mutations_total: AtomicU64,
     pub gaps_total: AtomicU64,
     pub dropped_total: AtomicU64,
+    /// Over quota under the passthrough policy: records are being dropped.
+    pub passthrough_active: AtomicBool,
     /// While a baseline runs: where successful RENAMEs and LINKs put a name.
     pub watching_moves: AtomicBool,
     moves: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
@@ -119,6 +121,7 @@ impl Journal {
             failed_mutations_total: AtomicU64::new(0),
             gaps_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            passthrough_active: AtomicBool::new(false),
             watching_moves: AtomicBool::new(false),
             moves: Mutex::new(Vec::new()),
         }
@@ -201,8 +204,10 @@ impl Journal {
     /// journaled (a gap); true when that is so and `records` were dropped.
     pub fn drop_over_quota(&self, token: Token, records: &[Captured]) -> bool {
         if self.quota_policy != QuotaPolicy::Passthrough || !self.committer.over_quota() {
+            self.passthrough_active.store(false, Ordering::Relaxed);
             return false;
         }
+        self.passthrough_active.store(true, Ordering::Relaxed);
         self.dropped_total.fetch_add(records.len() as u64, Ordering::Relaxed);
         let reason = "the LOG was over its quota (passthrough policy): records were not journaled";
         match records.iter().map(|(r, _)| r).find(|r| r.stamp.len() == 16) {

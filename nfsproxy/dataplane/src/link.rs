@@ -26,7 +26,7 @@ use crate::routing::Route;
 use crate::rpc::{self, Header, ReplyHeader};
 use crate::server::Shared;
 use crate::session::{release, send_released, Ending};
-use crate::stats::{add, bump};
+use crate::stats::{add, bump, Stats};
 use crate::xid::{Call, XidTable};
 
 /// Open a link to the NAS for `route`; its outbox is the returned queue.
@@ -63,6 +63,8 @@ pub async fn open(
 struct Answer {
     out: Outgoing,
     after_seq: Option<u64>,
+    proc_key: (u32, u32),
+    arrival: std::time::Instant,
 }
 
 /// Relay the NAS's replies until it closes or breaks the protocol (Err says
@@ -87,8 +89,9 @@ async fn relay_replies(
         while let Some(message) = reader.next_message().map_err(|e| e.to_string())? {
             let Some(answer) = answer(shared, table, message)? else { continue };
             match (answer.after_seq, &shared.journal) {
-                (Some(seq), Some(journal)) => reply_when_durable(journal, seq, answer.out, to_client.clone()),
+                (Some(seq), Some(journal)) => reply_when_durable(journal, seq, answer, to_client.clone(), shared.stats.clone()),
                 _ => {
+                    client_latency(&shared.stats, &answer);
                     let _ = to_client.send(answer.out).await;
                 }
             }
@@ -98,19 +101,26 @@ async fn relay_replies(
 
 /// Send `out` once the LOG is durable through `seq`; if the LOG fails, the
 /// client gets no reply and its connection is closed (it retries).
-fn reply_when_durable(journal: &Journal, seq: u64, out: Outgoing, to_client: mpsc::Sender<Outgoing>) {
+fn reply_when_durable(journal: &Journal, seq: u64, answer: Answer, to_client: mpsc::Sender<Outgoing>, stats: Arc<Stats>) {
     let mut synced = journal.committer.subscribe();
     tokio::spawn(async move {
         let state = synced.wait_for(|s| s.synced_seq >= seq || s.failed).await.map(|s| *s);
         match state {
             Ok(s) if !s.failed || s.synced_seq >= seq => {
-                let _ = to_client.send(out).await;
+                client_latency(&stats, &answer);
+                let _ = to_client.send(answer.out).await;
             }
             _ => eprintln!("nfsj data plane: the LOG failed; a client gets no reply and is closed"),
         }
         // Dropping `to_client` on failure alone does not close the client; the
         // session ends when the LOG's failure fails its next append.
     });
+}
+
+/// Call arrival to reply sent to the client.
+fn client_latency(stats: &Stats, answer: &Answer) {
+    let seconds = answer.arrival.elapsed().as_secs_f64();
+    stats.by_proc.with(answer.proc_key, |s| s.client_latency.observe(seconds));
 }
 
 /// The client's copy of one NAS reply, or None when it answers no call of ours.
@@ -126,6 +136,11 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     };
     bump(&shared.stats.replies_total);
     add(&shared.stats.reply_bytes_total, message.len() as u64);
+    let waited = call.arrival.elapsed().as_secs_f64();
+    shared.stats.by_proc.with(call.proc_key, |s| {
+        s.reply_bytes += message.len() as u64;
+        s.backend_latency.observe(waited);
+    });
     let (message, after_seq) = match (&shared.journal, call.pending.take()) {
         (Some(journal), Some(pending)) => journal_reply(journal, &call, pending, &reply, message)?,
         _ => (message, None),
@@ -137,7 +152,7 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     } else {
         message
     };
-    Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq }))
+    Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq, proc_key: call.proc_key, arrival: call.arrival }))
 }
 
 /// Complete and journal a watched call's records; the reply to send (its

@@ -101,10 +101,23 @@ impl Relay {
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
             out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
             out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
+            out.set_item("passthrough_active", j.passthrough_active.load(Ordering::Relaxed) as u64)?;
             out.set_item("conflicts_held_now", j.conflicts.lock_anyway().held_now)?;
             out.set_item("bindings_known", j.capture.bindings.lock_anyway().len())?;
         }
         Ok(out)
+    }
+
+    /// Per (program, procedure): (program, procedure, calls, call bytes, reply
+    /// bytes, client latency bucket counts, their sum in seconds, backend
+    /// latency bucket counts, their sum); buckets as nfsproxy.stats's.
+    #[allow(clippy::type_complexity)]
+    fn proc_stats(&self) -> Vec<(u32, u32, u64, u64, u64, Vec<u64>, f64, Vec<u64>, f64)> {
+        self.stats.by_proc.snapshot().into_iter()
+            .map(|((prog, proc_), s)| (prog, proc_, s.calls, s.call_bytes, s.reply_bytes,
+                s.client_latency.counts.to_vec(), s.client_latency.sum_s,
+                s.backend_latency.counts.to_vec(), s.backend_latency.sum_s))
+            .collect()
     }
 
     /// How many stamps are taken and not yet in the LOG.

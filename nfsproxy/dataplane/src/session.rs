@@ -158,6 +158,10 @@ impl Session {
         };
         bump(&self.shared.stats.calls_total);
         add(&self.shared.stats.call_bytes_total, message.len() as u64);
+        self.shared.stats.by_proc.with((call.prog, call.proc_), |s| {
+            s.calls += 1;
+            s.call_bytes += message.len() as u64;
+        });
         let route = routing::route(&call);
         let out = match route {
             Route::Reject => Outgoing::whole(routing::reject(&call)),
@@ -187,6 +191,7 @@ impl Session {
             keep_xid: call.cred_flavor == RPCSEC_GSS,
             pending,
             token,
+            proc_key: (call.prog, call.proc_),
         };
         let admitted = self.table.lock_anyway().admit(call.xid, message.clone(), how);
         let nas_xid = match admitted {

@@ -36,6 +36,9 @@ pub struct Call {
     pub token: u64,
     /// Handed to the NAS link (a held mutation is not, yet).
     pub sent: bool,
+    /// (program, procedure), for the per-procedure counters.
+    pub proc_key: (u32, u32),
+    pub arrival: std::time::Instant,
 }
 
 /// How a call is relayed: its route, and what the relay does with it.
@@ -45,6 +48,7 @@ pub struct Admission {
     pub keep_xid: bool,
     pub pending: Option<Pending>,
     pub token: u64,
+    pub proc_key: (u32, u32),
 }
 
 /// What `admit` made of a call.
@@ -109,7 +113,7 @@ impl XidTable {
     /// Take a call in. Anything but a byte-identical copy of a call in flight
     /// (the same XID included) is a new call with a NAS XID of its own.
     pub fn admit(&mut self, client_xid: u32, message: Bytes, how: Admission) -> Result<Admitted, XidInUse> {
-        let Admission { route, clamp_fsinfo, keep_xid, pending, token } = how;
+        let Admission { route, clamp_fsinfo, keep_xid, pending, token, proc_key } = how;
         let mut hash = None;
         if let Some(same) = self.by_client.get(&client_xid) {
             let h = self.hasher.hash_one(&message[..]);
@@ -155,7 +159,19 @@ impl XidTable {
             }
             (Some(_), None) => unreachable!("hashed whenever the XID is in flight"),
         }
-        let call = Call { client_xid, nas_xid, message, route, clamp_fsinfo, retransmissions: 0, pending, token, sent: false };
+        let call = Call {
+            client_xid,
+            nas_xid,
+            message,
+            route,
+            clamp_fsinfo,
+            retransmissions: 0,
+            pending,
+            token,
+            sent: false,
+            proc_key,
+            arrival: std::time::Instant::now(),
+        };
         self.by_nas.insert(nas_xid, call);
         Ok(Admitted::New(nas_xid))
     }
@@ -222,7 +238,7 @@ mod tests {
     }
 
     fn how(keep_xid: bool) -> Admission {
-        Admission { route: Route::Nfs, clamp_fsinfo: false, keep_xid, pending: None, token: 0 }
+        Admission { route: Route::Nfs, clamp_fsinfo: false, keep_xid, pending: None, token: 0, proc_key: (0, 0) }
     }
 
     fn admit(t: &mut XidTable, xid: u32, body: &[u8]) -> Admitted {
