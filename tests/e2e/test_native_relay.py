@@ -2,10 +2,10 @@
 
 The relay alone: framing, routing, portmapper answers, XID matching, the
 FSINFO clamp and the isolation of bad clients, with the clients the rest of
-the suite uses (nfs-rs, libnfs-utils, our codec client's raw layer). It does
-not journal yet (capture is the next step of the native data plane), so
-nothing here reads a LOG; the answers the relay makes itself are compared
-byte for byte with what the Python relay's sans-IO code makes.
+the suite uses (nfs-rs, libnfs-utils, our codec client's raw layer). The
+relay runs here without a journal (test_native_journal.py and
+test_native_plane.py cover it journaling); the answers it makes itself are
+compared byte for byte with what the Python relay's sans-IO code makes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.ganesha
 
 MiB = 1 << 20
 XID = 0x0BADC0DE
-#: Bad inputs the relay itself refuses; the other two are WRITEs whose
-#: arguments only capture decodes (not native yet).
+#: Bad inputs the relay refuses without a journal; the other two are WRITEs
+#: whose arguments only capture decodes (test_native_plane.py runs them all).
 RELAY_BAD_INPUTS = [b for b in BAD_INPUTS if not b.name.startswith("write_")]
 
 
