@@ -29,6 +29,7 @@ def _size(text: str | None) -> int | None:
 DEFAULT_LOG_RETAIN = "1h"
 DURABILITIES = ("sync", "async")
 QUOTA_POLICIES = ("block", "passthrough")
+DATA_PLANES = ("python", "native")
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -70,6 +71,11 @@ def proxy(
                                       help="Also answer portmap/rpcbind here (port 111 by default; repeat "
                                       "for more): clients' lock managers ask port 111 of the address they "
                                       "mounted for NLM, which the proxy relays to the NAS."),
+    data_plane: str = typer.Option("python", metavar="python|native",
+                                   help="Which relay serves clients: the Python one, or the native one "
+                                   "(Rust, on its own threads; needs the native LOG)."),
+    relay_threads: int = typer.Option(1, min=1, help="Threads of the native relay (client connections "
+                                      "are spread over them)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
@@ -92,5 +98,7 @@ def proxy(
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
                         control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
                         ingest_token_file=ingest_token_file,
-                        drain_timeout_s=drain_timeout, portmap=list(portmap))
+                        drain_timeout_s=drain_timeout, portmap=list(portmap),
+                        data_plane=_choice(data_plane, DATA_PLANES, "--data-plane"),
+                        relay_threads=relay_threads)
     run_event_loop(run_proxy(opts))

@@ -70,6 +70,8 @@ class ProxyOptions:
     drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
     # --portmap: also serve here (HOST:PORT, normally :111), where lock managers ask for NLM
     portmap: list[str] = dataclasses.field(default_factory=list)
+    data_plane: str = "python"  # --data-plane: python (nfsproxy.relay) or native (nfsproxy._dataplane)
+    relay_threads: int = 1  # --relay-threads: the native relay's threads
 
 
 def _node_id(log_dir: str, given: int | None) -> int:
@@ -181,7 +183,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         logger.warning("the proxy did not stop cleanly last time: calls it had relayed may have "
                        "changed the NAS without a record; marked as a gap (a baseline heals it)")
         journal.count_gap("unclean_stop", "unclean_stop: the previous run of this LOG did not stop cleanly")
-    proxy = Proxy(backend, journal, clock)
+    proxy = _data_plane(opts, backend, journal, clock, committer)
     journal.attach(proxy)
     proxy.drain_timeout_s = opts.drain_timeout_s
     # No shards: journal only, and nothing is ever trimmed.
@@ -229,6 +231,21 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+def _data_plane(opts: ProxyOptions, backend: BackendAddress, journal: Journal, clock: HLC, committer):
+    """The relay `--data-plane` names, journaling through `journal`'s LOG."""
+    if opts.data_plane != "native":
+        return Proxy(backend, journal, clock)
+    from nfsproxy.relay.native import NativeProxy
+    if opts.portmap:
+        raise ConfigError("--portmap (locking through the proxy) needs --data-plane python: "
+                          "the native relay does not relay NLM yet")
+    if getattr(committer, "native", None) is None or getattr(clock, "native", None) is None:
+        raise ConfigError("--data-plane native journals through the native LOG writer and clock, "
+                          "which this proxy's LOG does not use")
+    return NativeProxy(backend, journal, clock, committer, durability=opts.durability.value,
+                       threads=opts.relay_threads)
 
 
 #: Present while a proxy serves from a LOG directory. Found at start, it says

@@ -1,14 +1,24 @@
 """What the journaling proxy costs: NFSv3 writes direct to ganesha vs through it
 (a script, not a test).
 
-    python3 tests/bench/bench_proxy.py [--quick] [--rounds N]
+    python3 tests/bench/bench_proxy.py [--quick] [--rounds N] [--data-plane python|native|both]
+                                       [--relay-threads N]
 
-One fresh nfs-ganesha (FSAL VFS, loopback) serves every run. Three
+One fresh nfs-ganesha (FSAL VFS, loopback) serves every run. These
 configurations are measured side by side in one run:
 
 * direct - the client talks to ganesha;
 * async  - through `nfsj proxy --durability async` (reply after the LOG write);
-* sync   - through `nfsj proxy --durability sync` (reply after the LOG fsync).
+* sync   - through `nfsj proxy --durability sync` (reply after the LOG fsync);
+
+and with `--data-plane native` (or `both`) the native relay
+(`native_relay_proc.py`: nfsproxy._dataplane.Relay journaling to the native
+LOG writer with the native HLC):
+
+* n-relay  - the native relay journaling nothing (the relay's own cost);
+* n-async  - every reply at once;
+* n-sync   - UNSTABLE WRITE replies at once, the rest after their fsync;
+* n-strict - every reply after its record's fsync.
 
 Cases, all sequential writes to a new file:
 
@@ -74,7 +84,9 @@ from nfsproxy.demo.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa
 from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-CONFIGS = ("direct", "async", "sync")
+PYTHON_CONFIGS = ("async", "sync")
+NATIVE_CONFIGS = ("n-relay", "n-async", "n-sync", "n-strict")
+CONFIGS = ("direct", *PYTHON_CONFIGS)  # main() sets it from --data-plane
 _SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _FSYNC_EVENTS = ("syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync")
@@ -186,14 +198,20 @@ def _parse_perf(text: str) -> int | None:
 class Proxy:
     """`python -m nfsproxy proxy` with a fresh LOG, optionally under `perf stat`."""
 
-    def __init__(self, nas, workdir: Path, durability: str, use_perf: bool):
+    def __init__(self, nas, workdir: Path, durability: str, use_perf: bool, relay_threads: int = 1):
         self.log_dir = workdir / f"log-{durability}"
         shutil.rmtree(self.log_dir, ignore_errors=True)
         self.stderr_path = workdir / f"proxy-{durability}.stderr"
         self.perf_out = workdir / f"perf-{durability}.out"
-        argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
-                "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
-                "--log", str(self.log_dir), "--durability", durability]
+        if durability.startswith("n-"):
+            mode = durability.removeprefix("n-").replace("relay", "none")
+            argv = [sys.executable, str(HERE / "native_relay_proc.py"), "--log", str(self.log_dir),
+                    "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}", "--durability", mode,
+                    "--threads", str(relay_threads)]
+        else:
+            argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
+                    "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
+                    "--log", str(self.log_dir), "--durability", durability]
         self.use_perf = use_perf
         if use_perf:
             argv = ["perf", "stat", "-x,", "-e", ",".join(_FSYNC_EVENTS), "-o", str(self.perf_out),
@@ -249,6 +267,8 @@ class Proxy:
             raise RuntimeError(f"the proxy exited with status {rc}:\n"
                                f"{self.stderr_path.read_text()[-3000:]}")
         fsyncs = _parse_perf(self.perf_out.read_text()) if self.use_perf else None
+        if not self.log_dir.exists():  # the native relay alone journals nothing
+            return 0, 0, fsyncs
         log = Log.open(self.log_dir)
         try:
             records = max(0, log.last_seq - log.first_seq + 1)
@@ -272,9 +292,10 @@ class Proxy:
 # Running
 
 
-def run_one(case: Case, config: str, rnd: int, nas, workdir: Path, use_perf: bool) -> Run:
+def run_one(case: Case, config: str, rnd: int, nas, workdir: Path, use_perf: bool,
+            relay_threads: int = 1) -> Run:
     direct = NfsTarget("127.0.0.1", nas.nfs_port, nas.mount_port, "/export")
-    proxy = Proxy(nas, workdir, config, use_perf) if config != "direct" else None
+    proxy = Proxy(nas, workdir, config, use_perf, relay_threads) if config != "direct" else None
     path = f"/bench-r{rnd}-{case.key}-{config}"
     try:
         target = proxy.target if proxy else direct
@@ -335,7 +356,7 @@ def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds:
     out.append(f"Median of {rounds} interleaved round(s). ratio = proxied / direct, per median "
                "(throughput: below 1 is slower; latency: above 1 is slower).")
     out.append("")
-    hdr = f"{'case':<24} {'config':<7} {'median':>16} {'ratio':>6}   {'rounds':<34}"
+    hdr = f"{'case':<24} {'config':<8} {'median':>16} {'ratio':>6}   {'rounds':<34}"
     out.append(hdr)
     out.append("-" * len(hdr))
     for case in cases:
@@ -351,13 +372,13 @@ def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds:
                 med = _median(vals)
                 ratio = "" if config == "direct" else f"{med / base:6.2f}"
                 rnds = " ".join(f"{v:,.0f}" for v in vals)
-                out.append(f"{title if config == 'direct' else '':<24} {config:<7} "
+                out.append(f"{title if config == 'direct' else '':<24} {config:<8} "
                            f"{med:>11,.0f} {label.split()[-1]:<4} {ratio:>6}   {rnds:<34}")
     out.append("")
     out.append("Cost per unit written (medians). s/GiB: CPU seconds per GiB of client data; "
                "us/write: CPU microseconds per write call.")
     out.append("")
-    hdr = (f"{'case':<24} {'config':<7} {'proxy s/GiB':>11} {'us/write':>8} {'ganesha s/GiB':>13} "
+    hdr = (f"{'case':<24} {'config':<8} {'proxy s/GiB':>11} {'us/write':>8} {'ganesha s/GiB':>13} "
            f"{'client us/write':>15} {'LOG records':>11} {'LOG MiB':>8} {'fsyncs':>7} "
            f"{'rec/fsync':>9} {'other CPU':>9}")
     out.append(hdr)
@@ -372,7 +393,7 @@ def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds:
             log_mib = _median(None if r.log_bytes is None else r.log_bytes / MiB for r in rs)
             per_fsync = _median(r.log_records / r.fsyncs if r.fsyncs else None for r in rs)
             out.append(
-                f"{case.title if config == 'direct' else '':<24} {config:<7} "
+                f"{case.title if config == 'direct' else '':<24} {config:<8} "
                 f"{'-' if proxy is None else f'{proxy / gib:11.2f}':>11} "
                 f"{'-' if proxy is None else f'{proxy / rs[0].ops * 1e6:8.1f}':>8} "
                 f"{_median(r.nas_cpu_s for r in rs) / gib:13.2f} "
@@ -394,7 +415,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="an eighth of the data (a smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median shown)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, config)")
+    ap.add_argument("--data-plane", choices=("python", "native", "both"), default="python",
+                    help="which relays to measure beside direct (default: python)")
+    ap.add_argument("--relay-threads", type=int, default=1, help="the native relay's threads")
     args = ap.parse_args()
+    global CONFIGS
+    CONFIGS = ("direct", *({"python": PYTHON_CONFIGS, "native": NATIVE_CONFIGS,
+                            "both": PYTHON_CONFIGS + NATIVE_CONFIGS}[args.data_plane]))
     scale = 8 if args.quick else 1
     cases = [
         Case("4k-qd16", "4 KiB write QD16", 4 * KiB, 16, total_bytes=128 * MiB // scale),
@@ -431,9 +458,9 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             for case in cases:
                 for config in CONFIGS:
-                    run = run_one(case, config, rnd, nas, workdir, use_perf)
+                    run = run_one(case, config, rnd, nas, workdir, use_perf, args.relay_threads)
                     runs[case.key, config].append(run)
-                    print(f"round {rnd} {case.title:<17} {config:<6} {describe(case, run)}", flush=True)
+                    print(f"round {rnd} {case.title:<17} {config:<8} {describe(case, run)}", flush=True)
     finally:
         nas.stop()
         stop_rpcbind_if_started()

@@ -1,0 +1,288 @@
+//! The relay's side of journaling: stamps, conflict holds, LOG appends and
+//! which replies wait for durability.
+//!
+//! One `Journal` per relay, shared by its sessions. A watched call gets a
+//! token when it arrives; a mutation is stamped then (from the one HLC the
+//! Python control plane shares) unless it conflicts with one in flight, in
+//! which case it is held and stamped when released. Its records are appended
+//! to the native group committer when the reply is back, and the stamp is
+//! released once they are in the LOG. Durability says which replies wait for
+//! their record's fsync:
+//!
+//! * `Async`: none;
+//! * `Sync`: every reply but an UNSTABLE WRITE's (it promises nothing) and a
+//!   LOOKUP's or READDIRPLUS's (they change nothing); WRITE and COMMIT replies
+//!   carry a verifier made from the NAS's and this run's incarnation, so a
+//!   restart that may have lost unsynced records makes clients resend their
+//!   uncommitted writes (RFC 1813, 3.3.7);
+//! * `Strict`: every reply.
+//!
+//! A mutation whose reply never comes is handed to Python as a gap
+//! (`take_gaps`), its stamp held until Python has marked it.
+
+use crate::poison::LockAnyway;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::capture::{Capture, Captured};
+use crate::conflict::{ConflictTable, Token};
+use crate::hlc::Hlc;
+use crate::inflight::InFlight;
+use crate::log::{GroupCommitter, LogError};
+use crate::nfs3::proc3;
+use crate::outbox::Outgoing;
+use crate::capture::{op, OpOf};
+use crate::record::{self, Record};
+use crate::xid::XidTable;
+
+/// Which replies wait for their record to be durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Async,
+    Sync,
+    Strict,
+}
+
+impl Durability {
+    pub fn parse(text: &str) -> Option<Durability> {
+        match text {
+            "async" => Some(Durability::Async),
+            "sync" => Some(Durability::Sync),
+            "strict" => Some(Durability::Strict),
+            _ => None,
+        }
+    }
+}
+
+/// What happens to mutations while the LOG is over its quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaPolicy {
+    /// A mutation waits before reaching the NAS until the LOG is under quota (fail closed).
+    Block,
+    /// Mutations go on unjournaled; each dropped record is a gap.
+    Passthrough,
+}
+
+/// A mutation held behind a conflicting one: where it goes once released.
+pub struct Held {
+    pub table: Arc<Mutex<XidTable>>,
+    pub nas_xid: u32,
+    pub link: tokio::sync::mpsc::Sender<Outgoing>,
+    pub out: Outgoing,
+}
+
+/// A record that may be missing, for Python to mark as a gap.
+pub struct Gap {
+    pub token: Token,
+    pub stamp: [u8; 16],
+    pub cause: String,
+    pub reason: String,
+}
+
+pub struct Journal {
+    pub capture: Capture,
+    pub conflicts: Mutex<ConflictTable>,
+    held: Mutex<HashMap<Token, Held>>,
+    pub inflight: InFlight,
+    pub committer: Arc<GroupCommitter>,
+    pub hlc: Arc<Hlc>,
+    pub durability: Durability,
+    pub quota_policy: QuotaPolicy,
+    incarnation: [u8; 8],
+    next_token: AtomicU64,
+    gaps: Mutex<Vec<Gap>>,
+    pub records_total: AtomicU64,
+    pub failed_mutations_total: AtomicU64,
+    pub gaps_total: AtomicU64,
+    pub dropped_total: AtomicU64,
+    /// Over quota under the passthrough policy: records are being dropped.
+    pub passthrough_active: AtomicBool,
+    /// While a baseline runs: where successful RENAMEs and LINKs put a name.
+    pub watching_moves: AtomicBool,
+    moves: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl Journal {
+    pub fn new(committer: Arc<GroupCommitter>, hlc: Arc<Hlc>, durability: Durability, incarnation: [u8; 8]) -> Self {
+        Journal {
+            capture: Capture::default(),
+            conflicts: Mutex::new(ConflictTable::default()),
+            held: Mutex::new(HashMap::new()),
+            inflight: InFlight::default(),
+            committer,
+            hlc,
+            durability,
+            quota_policy: QuotaPolicy::Block,
+            incarnation,
+            next_token: AtomicU64::new(1),
+            gaps: Mutex::new(Vec::new()),
+            records_total: AtomicU64::new(0),
+            failed_mutations_total: AtomicU64::new(0),
+            gaps_total: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
+            passthrough_active: AtomicBool::new(false),
+            watching_moves: AtomicBool::new(false),
+            moves: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn token(&self) -> Token {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A stamp from the clock, held in flight under `token`.
+    pub fn stamp(&self, token: Token) -> Result<[u8; 16], String> {
+        let stamp = self.hlc.now().map_err(|e| e.to_string())?.to_bytes();
+        self.inflight.hold(token, stamp);
+        Ok(stamp)
+    }
+
+    /// Keep a conflicting mutation until `release_conflicts` frees it.
+    pub fn hold_back(&self, token: Token, held: Held) {
+        self.held.lock_anyway().insert(token, held);
+    }
+
+    /// `token`'s reply is back (or it is abandoned): the held calls that may go now, in order.
+    pub fn release_conflicts(&self, token: Token) -> Vec<(Token, Held)> {
+        let freed = self.conflicts.lock_anyway().release(token);
+        let mut held = self.held.lock_anyway();
+        held.remove(&token); // abandoned while held
+        freed.into_iter().filter_map(|t| held.remove(&t).map(|h| (t, h))).collect()
+    }
+
+    /// Does this mutation's reply wait for its record's fsync?
+    pub fn waits(&self, records: &[Captured]) -> bool {
+        match self.durability {
+            Durability::Async => false,
+            Durability::Strict => !records.is_empty(),
+            Durability::Sync => records.iter().any(|(r, _)| promises(r)),
+        }
+    }
+
+    /// Whether WRITE and COMMIT replies carry the rewritten verifier.
+    pub fn rewrites_verifier(&self) -> bool {
+        self.durability == Durability::Sync
+    }
+
+    /// The verifier clients see: the NAS's, changed by this run's incarnation.
+    pub fn verifier(&self, nas: &mut [u8]) {
+        for (b, i) in nas.iter_mut().zip(self.incarnation) {
+            *b ^= i;
+        }
+    }
+
+    /// Append `records` (their data from `call`); the seq of the last.
+    pub fn append(&self, records: &[Captured], call: &[u8], urgent: bool) -> Result<u64, LogError> {
+        let mut seq = 0;
+        for (record, data) in records {
+            let head = record::encode(record);
+            let data = data.clone().map(|d| &call[d]).unwrap_or(&[]);
+            let prefix = record::data_field_prefix(data.len());
+            let parts: [&[u8]; 3] = [&head, &prefix, data];
+            let parts = if data.is_empty() { &parts[..1] } else { &parts[..] };
+            seq = self.committer.append(parts, &record::routing(record), urgent)?;
+            self.records_total.fetch_add(1, Ordering::Relaxed);
+            if !record.ok && record.op3() != op::BIND {
+                self.failed_mutations_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(seq)
+    }
+
+    /// A relayed mutation's outcome is unknown: a gap for Python to mark;
+    /// its stamp stays held until Python has (`release_gap`).
+    pub fn lost(&self, token: Token, record: &Record, client: &str) {
+        let reason = format!(
+            "a {} from client {client} was relayed to the NAS, but its reply never came: its outcome is unknown",
+            op_name(record.op3())
+        );
+        self.gap(token, record, "no_reply", reason);
+    }
+
+    /// Under the passthrough policy, over quota: the records are not
+    /// journaled (a gap); true when that is so and `records` were dropped.
+    pub fn drop_over_quota(&self, token: Token, records: &[Captured]) -> bool {
+        if self.quota_policy != QuotaPolicy::Passthrough || !self.committer.over_quota() {
+            self.passthrough_active.store(false, Ordering::Relaxed);
+            return false;
+        }
+        self.passthrough_active.store(true, Ordering::Relaxed);
+        self.dropped_total.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let reason = "the LOG was over its quota (passthrough policy): records were not journaled";
+        match records.iter().map(|(r, _)| r).find(|r| r.stamp.len() == 16) {
+            Some(record) => self.gap(token, record, "quota_drop", reason.into()),
+            None => self.inflight.release(token),
+        }
+        true
+    }
+
+    /// A record the LOG could not write (ENOSPC, a failed LOG): a gap.
+    pub fn write_failed(&self, token: Token, record: &Record, error: &LogError) {
+        let reason = format!("the LOG could not write a {} record: {error}", op_name(record.op3()));
+        self.gap(token, record, "log_write_failed", reason);
+    }
+
+    /// Under the block policy, over quota: a mutation must wait before it reaches the NAS.
+    pub fn must_hold(&self) -> bool {
+        self.quota_policy == QuotaPolicy::Block && self.committer.over_quota()
+    }
+
+    fn gap(&self, token: Token, record: &Record, cause: &str, reason: String) {
+        let Ok(stamp) = <[u8; 16]>::try_from(record.stamp.as_slice()) else {
+            self.inflight.release(token);
+            return;
+        };
+        self.inflight.hold(token, stamp);
+        self.gaps_total.fetch_add(1, Ordering::Relaxed);
+        self.gaps.lock_anyway().push(Gap { token, stamp, cause: cause.into(), reason });
+    }
+
+    /// Note the names successful RENAMEs and LINKs made, while a baseline watches.
+    pub fn note_moves(&self, records: &[Captured]) {
+        if !self.watching_moves.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut moves = self.moves.lock_anyway();
+        for (r, _) in records {
+            if r.ok && matches!(r.op3(), proc3::RENAME | proc3::LINK) {
+                moves.push((r.to_dir_fh.clone(), r.to_name.clone()));
+            }
+        }
+    }
+
+    pub fn take_moves(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.moves.lock_anyway())
+    }
+
+    pub fn take_gaps(&self) -> Vec<Gap> {
+        std::mem::take(&mut *self.gaps.lock_anyway())
+    }
+}
+
+/// Does a successful reply with this record promise stability?
+fn promises(r: &Record) -> bool {
+    match r.op3() {
+        op::BIND => false,
+        proc3::WRITE => r.stable != 0,
+        _ => true,
+    }
+}
+
+fn op_name(op: u32) -> &'static str {
+    match op {
+        proc3::SETATTR => "SETATTR",
+        proc3::WRITE => "WRITE",
+        proc3::CREATE => "CREATE",
+        proc3::MKDIR => "MKDIR",
+        proc3::SYMLINK => "SYMLINK",
+        proc3::MKNOD => "MKNOD",
+        proc3::REMOVE => "REMOVE",
+        proc3::RMDIR => "RMDIR",
+        proc3::RENAME => "RENAME",
+        proc3::LINK => "LINK",
+        proc3::COMMIT => "COMMIT",
+        op::SETACL => "SETACL",
+        _ => "call",
+    }
+}
