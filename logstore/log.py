@@ -718,11 +718,11 @@ def _recover_newest(directory: str, dir_fd: int, base: int,
         if synced_offset:
             raise LogCorruptError(path, 0, f"{scan.bad.reason if scan.bad else 'empty'}, yet "
                                   f"the LOG had synced it through offset {synced_offset}")
-        truncated, size = scan.file_size, SEGMENT_HEADER_BYTES
-        if truncated:
+        size = SEGMENT_HEADER_BYTES
+        if scan.file_size > SEGMENT_HEADER_BYTES:  # frames may have been appended behind it
+            truncated = scan.file_size
             logger.warning("%s: truncated torn tail of %d bytes at offset 0 after seq %d (%s)",
                            path, truncated, scan.last_seq, "torn segment header")
-        if truncated > SEGMENT_HEADER_BYTES:  # frames may have been appended behind it
             _note_torn(directory, dir_fd, TornTail(path, 0, truncated, scan.last_seq))
     elif scan.bad is not None:
         _judge_bad_frame(path, scan.bad, scan.last_seq + 1, synced_offset, scan.version)

@@ -168,7 +168,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
     log = NativeLog.open(opts.log_dir, segment_bytes=opts.segment_bytes,
-                   torn_marker=lambda torn: record_parts(torn_gap_record(clock, torn)))
+                   torn_marker=lambda torn: torn_gap_record(clock, torn))
     unclean = _mark_running(opts.log_dir) and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
         gap = unclean_stop_gap_record(clock)

@@ -25,10 +25,13 @@ from logstore.log import (
     DEFAULT_MARK_INTERVAL_S, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES, LogClosedError,
     LogCursor, LogGapError, SegmentInfo, TornTail,
 )
+from logstore.record import Record
 from logstore.segment import (
-    HEADER_BYTES, MAX_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, LogCorruptError, LogError, Payload,
+    HEADER_BYTES, MAX_PAYLOAD_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES, LogCorruptError, LogError,
+    Payload,
 )
 from nfsproxy import _dataplane
+from nfsproxy.sharding import frame_route
 
 __all__ = ["NativeLog", "NativeCommitter"]
 
@@ -98,9 +101,13 @@ class NativeLog:
              segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
              verify_all: bool = False,
-             torn_marker: Callable[[TornTail], Payload] | None = None,
+             torn_marker: Callable[[TornTail], Payload | Record] | None = None,
              mark_interval_s: float = DEFAULT_MARK_INTERVAL_S) -> NativeLog:
-        """As ``logstore.log.Log.open``: open (creating) and recover the LOG."""
+        """As ``logstore.log.Log.open``: open (creating) and recover the LOG.
+
+        ``torn_marker`` may also return a ``Record``: then its frame carries
+        the record's stamp and route.
+        """
         if segment_bytes <= HEADER_BYTES:
             raise ValueError(f"segment_bytes must exceed {HEADER_BYTES}, got {segment_bytes}")
         if not 0 <= max_record_bytes <= MAX_PAYLOAD_BYTES:
@@ -115,8 +122,7 @@ class NativeLog:
             for torn in log.torn_tails:
                 logger.warning("%s: truncated torn tail (%s)", directory, torn)
             if torn_marker is not None and log.torn_tails:
-                markers = [(b"".join(bytes(p) for p in _parts(torn_marker(t))), b"", 0, 0)
-                           for t in log.torn_tails]
+                markers = [_marker(torn_marker(t)) for t in log.torn_tails]
                 with _native_errors():
                     native.mark_torn_tails(markers)
             if verify_all:
@@ -267,8 +273,13 @@ class NativeLog:
             raise LogClosedError(f"{self._directory}: the LOG is closed")
 
 
-def _parts(payload: Payload) -> tuple:
-    return tuple(payload) if isinstance(payload, (list, tuple)) else (payload,)
+def _marker(marker: Payload | Record) -> tuple[bytes, bytes, int, int]:
+    """``(payload, stamp, route_kind, route)`` of a torn tail's marker."""
+    if isinstance(marker, Record):
+        stamp = marker.stamp if len(marker.stamp) == len(NO_STAMP) else NO_STAMP
+        return (marker.SerializeToString(), stamp, *frame_route(marker))
+    parts = marker if isinstance(marker, (list, tuple)) else (marker,)
+    return b"".join(bytes(p) for p in parts), b"", 0, 0
 
 
 class NativeCommitter:

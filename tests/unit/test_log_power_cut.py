@@ -24,10 +24,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logstore import Log, LogCorruptError
+from nfsproxy import _dataplane
 from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES
 
 PAGE = 4096
 FATES = ("new", "zeros", "garbage")
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def writer(request, monkeypatch):
+    """Every power cut hits logstore's writer and the native one (the proxy's)."""
+    if request.param == "native":
+        from nfsproxy.native_log import NativeLog
+        monkeypatch.setitem(globals(), "Log", NativeLog)
+    yield request.param
+    _dataplane._set_fsync_observer(None)
 
 
 class PowerCut:
@@ -55,6 +66,7 @@ class PowerCut:
 
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
+        _dataplane._set_fsync_observer(record)  # the native writer's fsyncs
 
     def crash_copy(self, src: Path, dst: Path, rng: random.Random,
                    fates: tuple[str, ...] = FATES, keep_new_entries: bool | None = None) -> None:

@@ -82,3 +82,18 @@ def test_native_writer_writes_the_vector_bytes_and_python_reads_them(tmp_path):
     assert written == (VECTORS / "v2-two-segments" / "log" / f"{1:020d}.seg").read_bytes()
     with Log.open(tmp_path) as log:
         assert frames_json(log) == expect["records"][:3]
+
+
+def test_a_torn_tails_gap_record_carries_its_stamp_and_route(tmp_path):
+    """The proxy marks a torn tail with a GAP record: its frame says "every shard"."""
+    from logstore.record import Op, Record
+    from logstore.segment import ROUTE_EVERY_SHARD
+    from nfsproxy.native_log import NativeLog
+
+    directory, expect = load("v2-torn-tail", tmp_path)
+    gap = Record(op=Op.GAP, ok=True, stamp=bytes(range(16)), gap_cause="torn_tail")
+    with NativeLog.open(directory, torn_marker=lambda torn: gap) as log:
+        marker = frames_json(log)[-1]
+    assert marker == {"seq": len(expect["records"]) + 1, "stamp": bytes(range(16)).hex(),
+                      "route_kind": ROUTE_EVERY_SHARD, "route": 0,
+                      "payload": gap.SerializeToString().hex()}

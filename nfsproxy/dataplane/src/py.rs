@@ -466,7 +466,24 @@ fn record_routing(payload: &[u8]) -> PyResult<(Vec<u8>, u8, u32)> {
     Ok((r.stamp.to_vec(), r.kind as u8, r.route))
 }
 
+/// Tests only: call `observer(fd)` after every fsync the native LOG makes
+/// (None: stop). The power-cut tests build crash images from it.
+#[pyfunction]
+#[pyo3(signature = (observer))]
+fn _set_fsync_observer(observer: Option<Py<PyAny>>) {
+    crate::log::durable::set_observer(observer.map(|f| {
+        Box::new(move |fd: i32| {
+            Python::attach(|py| {
+                if let Err(e) = f.call1(py, (fd,)) {
+                    e.print(py);
+                }
+            })
+        }) as Box<dyn Fn(i32) + Send + Sync>
+    }));
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_set_fsync_observer, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_record, m)?)?;
     m.add_function(wrap_pyfunction!(record_routing, m)?)?;
     let py = m.py();

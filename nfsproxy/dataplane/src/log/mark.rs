@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{io_err, Result, TornTail};
+use super::{durable, io_err, Result, TornTail};
 
 pub const MARK_NAME: &str = "SYNCED";
 pub const TORN_NAME: &str = "TORN";
@@ -69,8 +69,8 @@ pub fn note_torn(dir: &Path, dir_file: &File, torn: &TornTail) -> Result<()> {
         .open(dir.join(TORN_NAME))
         .map_err(io_err("opening TORN"))?;
     f.write_all(format!("{line}\n").as_bytes()).map_err(io_err("writing TORN"))?;
-    f.sync_all().map_err(io_err("fsync of TORN"))?;
-    dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))
+    durable::sync_all(&f).map_err(io_err("fsync of TORN"))?;
+    durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))
 }
 
 /// The torn tails noted and not yet marked; lines a crash tore are skipped
@@ -104,5 +104,5 @@ pub fn forget_torn(dir: &Path, dir_file: &File) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err("removing TORN")(e)),
     }
-    dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))
+    durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))
 }

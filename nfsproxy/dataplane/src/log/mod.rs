@@ -13,6 +13,7 @@
 //! process may have a LOG open (flock).
 
 pub mod commit;
+pub mod durable;
 pub mod frame;
 mod mark;
 mod recover;
@@ -259,12 +260,12 @@ impl Log {
         // only ever has to repair the newest segment.
         let old = st.segments.last().unwrap();
         let (old_base, old_size) = (old.base_seq, old.size);
-        let synced = old.file.as_ref().unwrap().sync_data();
+        let synced = durable::sync_data(old.file.as_ref().unwrap());
         self.durably(st, synced, "fdatasync of the active segment")?;
         if st.dir_dirty {
             // The old segment may be new itself: its records count as synced
             // only once its directory entry is durable too.
-            let synced = self.dir_file.sync_all();
+            let synced = durable::sync_all(&self.dir_file);
             self.durably(st, synced, "fsync of the LOG directory")?;
             st.dir_dirty = false;
         }
@@ -299,9 +300,9 @@ impl Log {
             let dir_dirty = std::mem::take(&mut st.dir_dirty);
             (file, position, dir_dirty)
         };
-        self.durably_unlocked(file.sync_data(), "fdatasync of the active segment")?;
+        self.durably_unlocked(durable::sync_data(&file), "fdatasync of the active segment")?;
         if dir_dirty {
-            self.durably_unlocked(self.dir_file.sync_all(), "fsync of the LOG directory")?;
+            self.durably_unlocked(durable::sync_all(&self.dir_file), "fsync of the LOG directory")?;
         }
         let target = position.2;
         if target >= self.synced_seq() {
@@ -311,7 +312,7 @@ impl Log {
         let due = mark_synced_at.is_none_or(|at| at.elapsed() >= self.opts.mark_interval);
         if due {
             *mark_synced_at = Some(Instant::now());
-            self.durably_unlocked(self.mark_file.sync_data(), "fdatasync of the sync mark")?;
+            self.durably_unlocked(durable::sync_data(&self.mark_file), "fdatasync of the sync mark")?;
         }
         self.publish_synced(target);
         Ok(self.synced_seq())
@@ -390,7 +391,7 @@ impl Log {
         if deleted > 0 {
             // A power cut must not bring back a segment whose successor was
             // trimmed: the LOG would have a hole.
-            self.dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?;
+            durable::sync_all(&self.dir_file).map_err(io_err("fsync of the LOG directory"))?;
             drop(st);
             self.trims.send_modify(|n| *n += 1);
         }
@@ -416,7 +417,7 @@ impl Log {
                 // A clean stop leaves an exact mark: then any damage is corruption.
                 self.write_mark(active.base_seq, active.size, st.last_seq);
                 drop(st);
-                self.mark_file.sync_data().map_err(io_err("fdatasync of the sync mark"))
+                durable::sync_data(&self.mark_file).map_err(io_err("fdatasync of the sync mark"))
             })
         };
         let _sync = self.sync_lock.lock().unwrap();

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::mark::{self, Mark};
 use super::segment::{self, parse_segment_name, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
-use super::{io_err, Log, LogError, LogOptions, Result, Segment, State, SyncState, TornTail, HEADER_BYTES};
+use super::{durable, io_err, Log, LogError, LogOptions, Result, Segment, State, SyncState, TornTail, HEADER_BYTES};
 
 const LOCK_NAME: &str = "LOCK";
 const ID_NAME: &str = "LOG_ID";
@@ -39,7 +39,7 @@ pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
         .mode(0o644)
         .open(dir.join(mark::MARK_NAME))
         .map_err(io_err("opening the sync mark"))?;
-    dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?; // the mark's entry
+    durable::sync_all(&dir_file).map_err(io_err("fsync of the LOG directory"))?; // the mark's entry
     let torn_tails = mark::read_torn(dir)?;
     let size_bytes = segments.iter().map(|s| s.size).sum();
     Ok(Log {
@@ -67,7 +67,7 @@ fn make_durable_directory(dir: &Path) -> Result<()> {
     // The new directory's own entry must survive a crash too.
     let parent = std::path::absolute(dir).ok().and_then(|p| p.parent().map(Path::to_path_buf));
     if let Some(parent) = parent {
-        File::open(&parent).and_then(|f| f.sync_all()).map_err(io_err("fsync of the LOG's parent"))?;
+        File::open(&parent).and_then(|f| durable::sync_all(&f)).map_err(io_err("fsync of the LOG's parent"))?;
     }
     Ok(())
 }
@@ -110,9 +110,9 @@ fn log_identity(dir: &Path, dir_file: &File) -> Result<String> {
     let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = dir.join(format!("{ID_NAME}.tmp"));
     std::fs::write(&tmp, format!("{id}\n")).map_err(io_err("writing LOG_ID"))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync of LOG_ID"))?;
+    File::open(&tmp).and_then(|f| durable::sync_all(&f)).map_err(io_err("fsync of LOG_ID"))?;
     std::fs::rename(&tmp, &path).map_err(io_err("renaming LOG_ID"))?;
-    dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?;
+    durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))?;
     Ok(id)
 }
 
@@ -130,8 +130,8 @@ fn recover(dir: &Path, dir_file: &File, mark: Mark) -> Result<(Vec<Segment>, u64
     bases.sort_unstable();
     let Some(&newest) = bases.last() else {
         let segment = Segment::create(dir, 1)?;
-        segment.file.as_ref().unwrap().sync_data().map_err(io_err("fdatasync of a new segment"))?;
-        dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?;
+        durable::sync_data(segment.file.as_ref().unwrap()).map_err(io_err("fdatasync of a new segment"))?;
+        durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))?;
         return Ok((vec![segment], 0, 0));
     };
     if bases[0] < 1 {
@@ -158,10 +158,10 @@ fn recover(dir: &Path, dir_file: &File, mark: Mark) -> Result<(Vec<Segment>, u64
         // segment, and its old segments stay readable.
         segments.last_mut().unwrap().file = None;
         let new = Segment::create(dir, last_seq + 1)?;
-        new.file.as_ref().unwrap().sync_data().map_err(io_err("fdatasync of a new segment"))?;
+        durable::sync_data(new.file.as_ref().unwrap()).map_err(io_err("fdatasync of a new segment"))?;
         segments.push(new);
     }
-    dir_file.sync_all().map_err(io_err("fsync of the LOG directory"))?;
+    durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))?;
     Ok((segments, last_seq, truncated))
 }
 
@@ -216,10 +216,10 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
                 let why = bad.as_ref().map_or("empty".to_string(), |b| b.reason.clone());
                 return Err(corrupt(&path, 0, format!("{why}, yet the LOG had synced it through offset {l}")));
             }
-            truncated = scan.file_size;
             size = SEGMENT_HEADER_BYTES as u64;
-            if truncated > SEGMENT_HEADER_BYTES as u64 {
+            if scan.file_size > SEGMENT_HEADER_BYTES as u64 {
                 // Frames may have been appended behind it.
+                truncated = scan.file_size;
                 let torn = TornTail { segment: path.clone(), offset: 0, truncated_bytes: truncated, after_seq: scan.last_seq };
                 mark::note_torn(dir, dir_file, &torn)?;
             }
@@ -244,7 +244,7 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
         file.write_all_at(&segment_header(), 0).map_err(io_err(format!("writing {}", path.display())))?;
     }
     // Whatever survived is now durable, so the synced seq may start at last_seq.
-    file.sync_all().map_err(io_err(format!("fsync of {}", path.display())))?;
+    durable::sync_all(&file).map_err(io_err(format!("fsync of {}", path.display())))?;
     let version = scan.version.unwrap_or(FORMAT_VERSION);
     Ok((Segment { path, base_seq: base, size, version, file: Some(file), index: scan.index }, scan.last_seq, truncated))
 }
