@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from logstore.log import Log, LogCorruptError
-from nfsproxy.native_log import NativeLog
+from nfsproxy.native.log import NativeLog
 
 payloads = st.lists(st.binary(max_size=200), min_size=1, max_size=30)
 damages = st.sampled_from(["none", "truncate", "zeros", "flip", "garbage"])

@@ -35,7 +35,7 @@ FATES = ("new", "zeros", "garbage")
 def writer(request, monkeypatch):
     """Every power cut hits logstore's writer and the native one (the proxy's)."""
     if request.param == "native":
-        from nfsproxy.native_log import NativeLog
+        from nfsproxy.native.log import NativeLog
         monkeypatch.setitem(globals(), "Log", NativeLog)
     yield request.param
     _dataplane._set_fsync_observer(None)

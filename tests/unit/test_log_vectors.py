@@ -88,7 +88,7 @@ def test_a_torn_tails_gap_record_carries_its_stamp_and_route(tmp_path):
     """The proxy marks a torn tail with a GAP record: its frame says "every shard"."""
     from logstore.record import Op, Record
     from logstore.segment import ROUTE_EVERY_SHARD
-    from nfsproxy.native_log import NativeLog
+    from nfsproxy.native.log import NativeLog
 
     directory, expect = load("v2-torn-tail", tmp_path)
     gap = Record(op=Op.GAP, ok=True, stamp=bytes(range(16)), gap_cause="torn_tail")
