@@ -22,7 +22,7 @@ access to the records one shard holds, for ``recoveryd.restore`` to merge.
   serialized again.
 * ``Baselines``: the baselines whose ``BASELINE_BEGIN`` this shard holds,
   oldest first, with their ``BASELINE_END`` when held. Markers go to every
-  shard (nfsproxy/ship/sharding.py); a baseline is complete only when *every*
+  shard (logstore/sharding.py); a baseline is complete only when *every*
   shard holds its END, which the client decides.
 
 Blocking RocksDB reads run on the server's executor, a chunk of records at

@@ -31,7 +31,7 @@ from logstore.segment import (
     Payload,
 )
 from nfsproxy import _dataplane
-from nfsproxy.ship.sharding import frame_route
+from logstore.sharding import frame_route
 
 __all__ = ["NativeLog", "NativeCommitter"]
 

@@ -30,7 +30,7 @@ from collections import Counter, deque
 from logstore.record import Op, Record, record_parts
 from logstore.segment import NO_STAMP
 from nfsproxy.native.log import NativeCommitter
-from nfsproxy.ship.sharding import frame_route
+from logstore.sharding import frame_route
 
 __all__ = ["QuotaPolicy", "QuotaWait", "Journal", "gap_record", "frame_fields"]
 

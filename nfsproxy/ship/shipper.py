@@ -87,7 +87,7 @@ from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import parse_record
 from logstore.stamp import Stamp
 
-from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
+from logstore.sharding import UnroutableRecordError, belongs_to
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
 

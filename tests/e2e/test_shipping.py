@@ -41,7 +41,7 @@ from e2e.shard_fixture import ShardProcess
 from e2e.workload import connect, run_workload
 from logstore.record import Op, Record
 from logstore.stamp import Stamp
-from nfsproxy.ship.sharding import EVERY_SHARD, ROUTING_FIELD, shards_of
+from logstore.sharding import EVERY_SHARD, ROUTING_FIELD, shards_of
 from recoveryd.status import read_proxy_status
 
 pytestmark = [pytest.mark.ganesha, pytest.mark.timeout(900)]

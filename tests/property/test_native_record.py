@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from logstore.record import Op, Record
 from logstore.segment import NO_STAMP
 from nfsproxy import _dataplane
-from nfsproxy.ship.sharding import frame_route
+from logstore.sharding import frame_route
 
 _SCALARS = {
     F.TYPE_BYTES: st.binary(max_size=64),

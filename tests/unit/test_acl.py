@@ -18,7 +18,7 @@ from nfsproxy.relay.conflict import Claims, ConflictTable, claims_of
 from nfsproxy.wire.nfs3 import Fattr3, Ftype3, Nfsstat3, Specdata3
 from nfsproxy.nas.client import nfstime3
 from nfsproxy.wire.rpc import AcceptStat, AuthSys, RpcCall, RpcReply, encode_call, encode_reply, parse_message
-from nfsproxy.ship.sharding import routing_handle
+from logstore.sharding import routing_handle
 from recoveryd.acl import XATTR_ACCESS, Ace, aces, from_xattr, to_text, to_xattr
 from recoveryd.tree import DIR, REG, Tree
 

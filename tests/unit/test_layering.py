@@ -66,8 +66,8 @@ def test_the_check_sees_a_violation(tmp_path):
 #: their ConfigError, never a daemon.
 NFSPROXY_ALLOWED = {
     "wire": set(),
-    "native": {"ship.sharding"},  # a frame header carries the record's route
-    "relay": {"wire", "native", "ship.sharding"},  # a frame header carries the record's route
+    "native": set(),
+    "relay": {"wire", "native"},
     "ship": {"native"},
     "export": {"wire", "relay"},
     "nas": {"wire", "relay", "export", "daemon.config", "daemon.address"},

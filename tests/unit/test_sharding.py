@@ -1,4 +1,4 @@
-"""Unit tests of nfsproxy.ship.sharding: which shard stores which record."""
+"""Unit tests of logstore.sharding: which shard stores which record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import crc32c
 import pytest
 
 from logstore.record import Op, Record
-from nfsproxy.ship.sharding import (
+from logstore.sharding import (
     EVERY_SHARD, ROUTING_FIELD, UnroutableRecordError, belongs_to, routing_handle, shard_of,
     shard_of_handle, shards_of,
 )

@@ -36,7 +36,7 @@ from logstore.stamp import Stamp
 from nfsproxy.daemon.proxyd import ProxyOptions, start_proxy
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import RetentionLoop, RetentionPolicy
-from nfsproxy.ship.sharding import shards_of
+from logstore.sharding import shards_of
 from nfsproxy.ship.shipper import Backoff, Shipper, ShipperOptions, StableClaims
 from recoveryd.frontier import BatchRefused, StreamKey, StreamState, apply
 
