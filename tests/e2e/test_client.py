@@ -18,7 +18,7 @@ from nfsproxy.nas.client import (SERVER_TIME, MountError, NfsClient, NfsError, R
 from nfsproxy.wire.mount import Mountstat3
 from nfsproxy.wire.nfs3 import (ACCESS3_LOOKUP, ACCESS3_MODIFY, ACCESS3_READ, CreateMode, Ftype3,
                            NFS_PROGRAM, Nfsstat3, Nfstime3, StableHow)
-from nfsproxy.wire.procedure import Procedure
+from nfsproxy.wire.programs import Procedure
 from nfsproxy.wire.rpc import AcceptStat
 from nfsproxy.wire.xdr import VOID
 

@@ -26,7 +26,7 @@ from nfsproxy.wire.nfs3 import (COMMIT3args, CREATE3args, Createhow3, CreateMode
                            Ftype3, LINK3args, LOOKUP3args, MKDIR3args, MKNOD3args, Mknoddata3,
                            Nfstime3, Proc3, READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args,
                            SETATTR3args, Specdata3, StableHow, SYMLINK3args, Symlinkdata3, WRITE3args)
-from nfsproxy.wire.procedure import Procedure
+from nfsproxy.wire.programs import Procedure, lookup
 from nfsproxy.wire.rpc import RpcCall, RpcDecodeError, RpcReply, encode_call, parse_message
 
 pytestmark = pytest.mark.ganesha
@@ -84,7 +84,7 @@ def exchange(c: NfsClient, message: bytes) -> bytes:
 
 
 def acl_call(c: NfsClient, fh: bytes, entries, default=()) -> bytes:
-    proc: Procedure = nfsacl.PROCEDURES[nfsacl.AclProc3.SETACL]
+    proc: Procedure = lookup(nfsacl.NFSACL_PROGRAM, nfsacl.NFSACL_V3, nfsacl.AclProc3.SETACL)
     p = encode_call(RpcCall(0x5E7AC1, proc.prog, proc.vers, proc.proc, cred=c._cred))
     args = nfsacl.SETACL3args(fh, nfsacl.NFS_ACL | nfsacl.NFS_DFACL,
                               nfsacl.Acl(len(entries), tuple(entries)),
