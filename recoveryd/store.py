@@ -59,6 +59,7 @@ from typing import Iterable, Iterator, NamedTuple
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
+from logstore.record import is_data_tail
 from logstore.stamp import Stamp
 
 from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier,
@@ -760,10 +761,15 @@ def _parse_batch(batch: IngestBatch, node_id: int
     for shipped in batch.records:
         if not after < shipped.seq <= through:
             raise ValueError(f"record seq {shipped.seq} lies outside ({after}, {through}]")
-        try:
-            record = Record.FromString(shipped.record)
-        except Exception as e:  # google.protobuf.message.DecodeError
-            raise ValueError(f"record at seq {shipped.seq} does not parse: {e}") from None
+        raw = shipped.record
+        if shipped.data_at:
+            record, meta = _split_record(shipped, raw)
+        else:
+            try:
+                record = Record.FromString(raw)
+            except Exception as e:  # google.protobuf.message.DecodeError
+                raise ValueError(f"record at seq {shipped.seq} does not parse: {e}") from None
+            meta = None
         if len(record.stamp) != _STAMP_BYTES:
             raise ValueError(f"record at seq {shipped.seq} has a {len(record.stamp)}-byte stamp, "
                              f"not {_STAMP_BYTES}")
@@ -771,16 +777,48 @@ def _parse_batch(batch: IngestBatch, node_id: int
         if stamp.node_id != node_id:
             raise _ForeignStamp(f"record at seq {shipped.seq} is stamped {stamp} by node "
                                 f"{stamp.node_id}, not by this stream's node {node_id}")
-        if (held := rows.get(record.stamp)) is not None and held.value != shipped.record:
+        if (held := rows.get(record.stamp)) is not None and held.value != raw:
             raise ValueError(f"two different records under stamp {stamp} in one batch")
         if record.op == Op.GAP:
             markers.append(GapMarker(shipped.seq, stamp, record.gap_cause or "unknown",
                                      record.gap_reason))
         if record.stamp not in rows:
             handles = _handles(record)
-            rows[record.stamp] = _Row(shipped.record, handles, record.op,
-                                      _without_data(record, shipped.record))
+            rows[record.stamp] = _Row(raw, handles, record.op,
+                                      meta if meta is not None else _without_data(record, raw))
     return rows, stable, newest, tuple(markers)
+
+
+def _split_record(shipped, raw: bytes) -> tuple[Record, bytes]:
+    """(the record without its data, its bytes) from the shipper's split point
+    ``data_at``; raises ValueError when the side fields disagree with ``raw``.
+
+    Only the head is parsed, so the data is neither copied nor re-serialized.
+    Nothing the side fields say is taken on trust: the tail must be exactly
+    one data field, the head must parse (a cut inside a field truncates it)
+    and hold no data, and its stamp must be ``stamp``. Then ``raw`` parses
+    as the head plus that data (protobuf merges fields), so the handles and
+    op read from the head are the record's own.
+    """
+    at = shipped.data_at
+    if len(shipped.stamp) != _STAMP_BYTES:
+        raise ValueError(f"record at seq {shipped.seq} has a {len(shipped.stamp)}-byte side "
+                         f"stamp, not {_STAMP_BYTES}")
+    if at > len(raw) or not is_data_tail(raw, at):
+        raise ValueError(f"record at seq {shipped.seq}: its bytes from data_at {at} on are not "
+                         "one data field")
+    meta = raw[:at]
+    try:
+        record = Record.FromString(meta)
+    except Exception as e:  # google.protobuf.message.DecodeError
+        raise ValueError(f"record at seq {shipped.seq}: its bytes before data_at {at} do not "
+                         f"parse: {e}") from None
+    if record.data:
+        raise ValueError(f"record at seq {shipped.seq} holds data before data_at {at}")
+    if record.stamp != shipped.stamp:
+        raise ValueError(f"record at seq {shipped.seq}: its side stamp is not the stamp in its "
+                         "bytes")
+    return record, meta
 
 
 def _check_data_dir(path: str) -> None:

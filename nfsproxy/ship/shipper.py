@@ -82,9 +82,10 @@ from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log, LogCursor, LogError, LogGapError
+from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
 from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
-from logstore.record import parse_record
+from logstore.record import data_field_at, parse_record
 from logstore.stamp import Stamp
 
 from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
@@ -131,6 +132,16 @@ class _Range:
     newest: Stamp
     unroutable: int
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
+
+
+def shipped_record(frame: Frame, stamp: Stamp | None) -> pb.ShippedRecord:
+    """The frame as shipped: its bytes, plus the stamp and data split that let
+    the shard index it without parsing its data (proto/journal.proto)."""
+    raw = bytes(frame.payload)
+    at = data_field_at(raw) if stamp is not None else None
+    if at is None:
+        return pb.ShippedRecord(seq=frame.seq, record=raw)
+    return pb.ShippedRecord(seq=frame.seq, record=raw, stamp=stamp.to_bytes(), data_at=at)
 
 
 class Shipper:
@@ -460,27 +471,39 @@ class Shipper:
         newest = Stamp.ZERO
         while cursor.next_seq <= limit_seq and len(records) < opts.max_batch_records:
             try:
-                seq, payload = next(cursor)
+                frame = cursor.next_frame()
             except StopIteration:
                 break
-            mine, stamp, bad = self._route(seq, payload)
+            mine, stamp, bad = self._route(frame)
             unroutable += bad
             if mine:
-                size = len(payload)
+                size = len(frame.payload)
                 if nbytes + size > budget and not (allow_oversize and not records):
                     # It does not fit: the batch ends before it; the next read
                     # reopens the cursor at its seq.
                     blocked_by = size
                     break
-                records.append(pb.ShippedRecord(seq=seq, record=bytes(payload)))
+                records.append(shipped_record(frame, stamp))
                 nbytes += size
             if stamp is not None and stamp > newest:
                 newest = stamp
-            through = seq
+            through = frame.seq
         return _Range(through, records, nbytes, newest, unroutable, blocked_by)
 
-    def _route(self, seq: int, payload: memoryview) -> tuple[bool, Stamp | None, int]:
-        """(belongs to this shard, its stamp, 1 if it could not be routed)."""
+    def _route(self, frame: Frame) -> tuple[bool, Stamp | None, int]:
+        """(belongs to this shard, its stamp, 1 if it could not be routed).
+
+        A version-2 frame says both in its header; other frames (version 1,
+        or a writer that gave no route) are parsed.
+        """
+        if frame.route_kind == ROUTE_HANDLE and frame.stamp != NO_STAMP:
+            return (frame.route % self.n_shards == self.shard_id,
+                    Stamp.from_bytes(frame.stamp), 0)
+        if frame.route_kind == ROUTE_EVERY_SHARD and frame.stamp != NO_STAMP:
+            return True, Stamp.from_bytes(frame.stamp), 0
+        return self._route_parsed(frame.seq, frame.payload)
+
+    def _route_parsed(self, seq: int, payload: memoryview) -> tuple[bool, Stamp | None, int]:
         try:
             record = parse_record(payload)
         except DecodeError as e:

@@ -11,7 +11,7 @@ Configurations, measured in the same run on the same disk and interleaved
 within each of `--rounds` rounds (tables show the median):
 
 * plain       - a rocksdict loop: the same serialized records put under
-                `r/<stamp16>` keys, 512 per WriteBatch (the shipper's batch
+                `r/<stamp16>` keys, 4 MiB per WriteBatch (the shipper's batch
                 size), no fsync. The reference the target is stated against.
 * plain+sync  - the same with each WriteBatch fsynced (as the shard does).
 * 1 shard     - one real `nfsj recoveryd` subprocess, fed by the real
@@ -66,7 +66,8 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions  # noqa: E402
 from e2e.shard_fixture import ShardProcess  # noqa: E402
 from logstore.hlc import HLC  # noqa: E402
 from logstore.log import Log  # noqa: E402
-from logstore.record import Op, Record  # noqa: E402
+from logstore.record import Op, Record, record_parts  # noqa: E402
+from nfsproxy.relay.journal import frame_fields  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
 from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
@@ -76,7 +77,7 @@ from host import dist_version, filesystem, git_head, host_line, prewarm_memory  
 MiB = 1 << 20
 DATA_BYTES = 4096
 RECORDS_PER_FH = 100
-PLAIN_BATCH = ShipperOptions().max_batch_records
+PLAIN_BATCH_BYTES = ShipperOptions().max_batch_bytes  # the shipper's batches are sized by bytes
 NODE_ID = 0x0B0E
 HANG_S = 600.0
 
@@ -122,8 +123,10 @@ def write_log(log_dir: Path, n: int) -> tuple[list[tuple[bytes, bytes]], Stamp]:
                             fh=(i // RECORDS_PER_FH).to_bytes(8, "big") * 4,
                             offset=(i % RECORDS_PER_FH) * DATA_BYTES, count=DATA_BYTES, stable=0,
                             data=pool[start:start + DATA_BYTES], reply_count=DATA_BYTES)
-            payload = record.SerializeToString()
-            seq = log.append(payload)
+            # As the proxy journals it: data last, routing fields in the frame header.
+            data, record.data = record.data, b""
+            payload = b"".join(record_parts(record, data))
+            seq = log.append(payload, **frame_fields(record))
             assert seq == i + 1
             rows.append((b"r/" + stamp.to_bytes(), payload))
         log.sync()
@@ -144,11 +147,14 @@ def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> floa
     db = Rdict(str(db_dir), options)
     try:
         t0 = time.perf_counter()
-        for i in range(0, len(rows), PLAIN_BATCH):
-            wb = WriteBatch(raw_mode=True)
-            for key, value in rows[i:i + PLAIN_BATCH]:
-                wb.put(key, value)
-            db.write(wb, write_opts)
+        wb, nbytes = WriteBatch(raw_mode=True), 0
+        for key, value in rows:
+            if nbytes + len(value) > PLAIN_BATCH_BYTES and nbytes:
+                db.write(wb, write_opts)
+                wb, nbytes = WriteBatch(raw_mode=True), 0
+            wb.put(key, value)
+            nbytes += len(value)
+        db.write(wb, write_opts)
         return time.perf_counter() - t0
     finally:
         db.close()
@@ -329,7 +335,7 @@ def main() -> int:
         print(f"LOG: {args.records} WRITE records, {DATA_BYTES} B of data each, "
               f"{nbytes / args.records:.0f} B serialized on average, {nbytes / 1e6:.1f} MB; "
               f"a new fh every {RECORDS_PER_FH} records; shipper defaults: "
-              f"{ShipperOptions().max_batch_records} records/batch, "
+              f"{ShipperOptions().max_batch_bytes >> 20} MiB/batch, "
               f"{ShipperOptions().max_inflight_bytes >> 20} MiB in flight")
         print()
         log = Log.open(workdir / "log")
