@@ -82,12 +82,13 @@ from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log, LogCursor, LogError, LogGapError
-from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
+from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE
 from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
-from logstore.record import data_field_at, parse_record
+from logstore.record import parse_record
 from logstore.stamp import Stamp
 
+from nfsproxy.ship.frames import FrameWindow, ReadFrame
 from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
@@ -134,14 +135,14 @@ class _Range:
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
 
 
-def shipped_record(frame: Frame, stamp: Stamp | None) -> pb.ShippedRecord:
+def shipped_record(frame: ReadFrame, stamp: Stamp | None) -> pb.ShippedRecord:
     """The frame as shipped: its bytes, plus the stamp and data split that let
     the shard index it without parsing its data (proto/journal.proto)."""
-    raw = bytes(frame.payload)
-    at = data_field_at(raw) if stamp is not None else None
+    at = frame.data_at() if stamp is not None else None
     if at is None:
-        return pb.ShippedRecord(seq=frame.seq, record=raw)
-    return pb.ShippedRecord(seq=frame.seq, record=raw, stamp=stamp.to_bytes(), data_at=at)
+        return pb.ShippedRecord(seq=frame.seq, record=frame.payload)
+    return pb.ShippedRecord(seq=frame.seq, record=frame.payload, stamp=stamp.to_bytes(),
+                            data_at=at)
 
 
 class Shipper:
@@ -150,12 +151,15 @@ class Shipper:
     ``shard_id`` is the shard's index among ``n_shards`` (the k-th
     ``--shard``). ``stable_stamp`` is ``Proxy.stable_stamp``. ``start()``
     needs a running event loop; ``stop()`` ends the tasks and waits for any
-    LOG read in progress, so the LOG may be closed right after.
+    LOG read in progress, so the LOG may be closed right after. Shippers of
+    one LOG that share a ``window`` (``nfsproxy.ship.frames``) read each frame
+    once between them.
     """
 
     def __init__(self, address: str, *, shard_id: int, n_shards: int, log: Log, clock: HLC,
                  stable_stamp: Callable[[], Stamp], options: ShipperOptions | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, token=None):
+                 credentials: grpc.ChannelCredentials | None = None, token=None,
+                 window: FrameWindow | None = None):
         if not 0 <= shard_id < n_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, {n_shards})")
         self.address = address
@@ -175,6 +179,7 @@ class Shipper:
         self._newest = Stamp.ZERO
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
+        self._window = window  # frames other shippers of this LOG read (None: read alone)
         # Counters; state() and metrics read them.
         self.reconnects_total = 0
         self.bytes_sent_total = 0
@@ -458,39 +463,53 @@ class Shipper:
     def _read_range(self, from_seq: int, limit_seq: int, budget: int,
                     allow_oversize: bool) -> _Range | None:
         """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
-        cursor = self._cursor
-        if cursor is None or cursor.next_seq != from_seq:
-            if cursor is not None:
-                cursor.close()
-            self._cursor = None
-            cursor = self._cursor = self._log.read(from_seq)
         opts = self.options
         records: list[pb.ShippedRecord] = []
         nbytes = unroutable = blocked_by = 0
         through = from_seq - 1
         newest = Stamp.ZERO
-        while cursor.next_seq <= limit_seq and len(records) < opts.max_batch_records:
-            try:
-                frame = cursor.next_frame()
-            except StopIteration:
+        seq = from_seq
+        while seq <= limit_seq and len(records) < opts.max_batch_records:
+            frame = self._frame(seq)
+            if frame is None:
                 break
             mine, stamp, bad = self._route(frame)
             unroutable += bad
             if mine:
                 size = len(frame.payload)
                 if nbytes + size > budget and not (allow_oversize and not records):
-                    # It does not fit: the batch ends before it; the next read
-                    # reopens the cursor at its seq.
+                    # It does not fit: the batch ends before it.
                     blocked_by = size
                     break
                 records.append(shipped_record(frame, stamp))
                 nbytes += size
             if stamp is not None and stamp > newest:
                 newest = stamp
-            through = frame.seq
+            through = seq
+            seq += 1
         return _Range(through, records, nbytes, newest, unroutable, blocked_by)
 
-    def _route(self, frame: Frame) -> tuple[bool, Stamp | None, int]:
+    def _frame(self, seq: int) -> ReadFrame | None:
+        """LOG frame ``seq``: from the shared window if another shipper read it,
+        else from this shipper's cursor (None: past the LOG's end)."""
+        window = self._window
+        if window is not None and (frame := window.get(seq)) is not None:
+            return frame
+        cursor = self._cursor
+        if cursor is None or cursor.next_seq != seq:
+            if cursor is not None:
+                cursor.close()
+            self._cursor = None
+            cursor = self._cursor = self._log.read(seq)
+        try:
+            frame = ReadFrame(cursor.next_frame())
+        except StopIteration:
+            return None
+        if window is not None:
+            window.put(frame)
+        return frame
+
+    def _route(self, frame: ReadFrame) -> tuple[bool, Stamp | None, int]:
         """(belongs to this shard, its stamp, 1 if it could not be routed).
 
         A version-2 frame says both in its header; other frames (version 1,
@@ -503,7 +522,7 @@ class Shipper:
             return True, Stamp.from_bytes(frame.stamp), 0
         return self._route_parsed(frame.seq, frame.payload)
 
-    def _route_parsed(self, seq: int, payload: memoryview) -> tuple[bool, Stamp | None, int]:
+    def _route_parsed(self, seq: int, payload: bytes) -> tuple[bool, Stamp | None, int]:
         try:
             record = parse_record(payload)
         except DecodeError as e:
