@@ -49,9 +49,17 @@ Clocks: each batch's ``sent_stamp`` is ``clock.now()``; each ack's
 channel 2). ``newest`` is the newest record stamp the shipper has read from
 the LOG.
 
-Flow control: a batch holds at most ``max_batch_records`` of the shard's
-records and ``max_batch_bytes`` of their payloads (one larger record gets a
-batch of its own), and scans at most ``max_scan_records`` LOG records.
+Routing: a version-2 LOG frame's header carries the record's stamp and route,
+so a record is routed without parsing it; other frames are parsed. Each
+shipped record also carries its stamp and where its data starts
+(``data_field_at``), so the shard parses only the record without its data.
+Shippers of one LOG share a ``FrameWindow`` (``nfsproxy.ship.frames``) and
+so read each frame once between them.
+
+Flow control: a batch holds at most ``max_batch_bytes`` of the shard's
+payloads (one larger record gets a batch of its own) and
+``max_batch_records`` records (a bound for tiny records only), and scans at
+most ``max_scan_records`` LOG records.
 Unacked payload bytes stay under ``max_inflight_bytes`` (and batches under
 ``max_inflight_batches``); past that the shipper waits for acks. A shard
 that is down is retried with exponential backoff and jitter
@@ -135,14 +143,21 @@ class _Range:
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
 
 
+_STAMP_TAG = bytes([pb.Record.DESCRIPTOR.fields_by_name["stamp"].number << 3 | 2, Stamp.BYTES])
+_STAMP_AT = len(_STAMP_TAG) + Stamp.BYTES
+
+
 def shipped_record(frame: ReadFrame, stamp: Stamp | None) -> pb.ShippedRecord:
     """The frame as shipped: its bytes, plus the stamp and data split that let
     the shard index it without parsing its data (proto/journal.proto)."""
-    at = frame.data_at() if stamp is not None else None
+    raw = stamp.to_bytes() if stamp is not None else b""
+    # The stamp field serializes first: a header stamp that is not the
+    # record's own (a writer bug) gets no side fields, so the shard parses
+    # the record rather than refusing the batch again and again.
+    at = frame.data_at() if raw and frame.payload[:_STAMP_AT] == _STAMP_TAG + raw else None
     if at is None:
         return pb.ShippedRecord(seq=frame.seq, record=frame.payload)
-    return pb.ShippedRecord(seq=frame.seq, record=frame.payload, stamp=stamp.to_bytes(),
-                            data_at=at)
+    return pb.ShippedRecord(seq=frame.seq, record=frame.payload, stamp=raw, data_at=at)
 
 
 class Shipper:

@@ -825,3 +825,17 @@ def test_a_frame_window_keeps_the_newest_frames_within_its_bound():
     assert [seq for seq in range(1, 6) if window.get(seq) is not None] == [4, 5]
     window.put(ReadFrame(Frame(9, memoryview(b"y" * 1000))))  # larger than the bound: kept alone
     assert window.get(9) is not None and len(window) == 1
+
+
+def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
+    from logstore.record import record_parts
+    from logstore.segment import ROUTE_HANDLE, Frame
+    from nfsproxy.ship.frames import ReadFrame
+    from nfsproxy.ship.shipper import shipped_record
+
+    record = Record(stamp=S(5).to_bytes(), op=Op.WRITE, fh=b"f")
+    payload = memoryview(b"".join(record_parts(record, b"data")))
+    good = shipped_record(ReadFrame(Frame(1, payload, record.stamp, ROUTE_HANDLE, 1)), S(5))
+    assert (good.stamp, good.data_at) == (record.stamp, len(record.SerializeToString()))
+    bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)), S(6))
+    assert (bad.stamp, bad.data_at) == (b"", 0) and bad.record == bytes(payload)
