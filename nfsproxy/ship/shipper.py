@@ -136,7 +136,7 @@ class _Range:
     """A LOG range read for a batch (built in a worker thread)."""
 
     through_seq: int
-    records: list[pb.ShippedRecord]
+    batch: pb.IngestBatch  # the records, built in place (copying messages into a batch costs more than building them)
     nbytes: int
     newest: Stamp
     unroutable: int
@@ -147,17 +147,18 @@ _STAMP_TAG = bytes([pb.Record.DESCRIPTOR.fields_by_name["stamp"].number << 3 | 2
 _STAMP_AT = len(_STAMP_TAG) + Stamp.BYTES
 
 
-def shipped_record(frame: ReadFrame, stamp: Stamp | None) -> pb.ShippedRecord:
-    """The frame as shipped: its bytes, plus the stamp and data split that let
-    the shard index it without parsing its data (proto/journal.proto)."""
+def add_shipped(records, frame: ReadFrame, stamp: Stamp | None) -> pb.ShippedRecord:
+    """Add the frame as shipped to ``records`` (an IngestBatch's): its bytes,
+    plus the stamp and data split that let the shard index it without
+    parsing its data (proto/journal.proto)."""
     raw = stamp.to_bytes() if stamp is not None else b""
     # The stamp field serializes first: a header stamp that is not the
     # record's own (a writer bug) gets no side fields, so the shard parses
     # the record rather than refusing the batch again and again.
     at = frame.data_at() if raw and frame.payload[:_STAMP_AT] == _STAMP_TAG + raw else None
     if at is None:
-        return pb.ShippedRecord(seq=frame.seq, record=frame.payload)
-    return pb.ShippedRecord(seq=frame.seq, record=frame.payload, stamp=raw, data_at=at)
+        return records.add(seq=frame.seq, record=frame.payload)
+    return records.add(seq=frame.seq, record=frame.payload, stamp=raw, data_at=at)
 
 
 class Shipper:
@@ -468,10 +469,9 @@ class Shipper:
             self.unroutable_total += got.unroutable
         if got.newest > self._newest:
             self._newest = got.newest
-        batch = self._batch(step.after_seq, got.through_seq)
-        batch.records.extend(got.records)
+        batch = self._batch(step.after_seq, got.through_seq, batch=got.batch)
         await self._send(call, batch, got.nbytes)
-        self.records_sent_total += len(got.records)
+        self.records_sent_total += len(batch.records)
         self.bytes_sent_total += got.nbytes
         return True
 
@@ -479,7 +479,8 @@ class Shipper:
                     allow_oversize: bool) -> _Range | None:
         """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
         opts = self.options
-        records: list[pb.ShippedRecord] = []
+        batch = pb.IngestBatch()
+        records = batch.records
         nbytes = unroutable = blocked_by = 0
         through = from_seq - 1
         newest = Stamp.ZERO
@@ -496,13 +497,13 @@ class Shipper:
                     # It does not fit: the batch ends before it.
                     blocked_by = size
                     break
-                records.append(shipped_record(frame, stamp))
+                add_shipped(records, frame, stamp)
                 nbytes += size
             if stamp is not None and stamp > newest:
                 newest = stamp
             through = seq
             seq += 1
-        return _Range(through, records, nbytes, newest, unroutable, blocked_by)
+        return _Range(through, batch, nbytes, newest, unroutable, blocked_by)
 
     def _frame(self, seq: int) -> ReadFrame | None:
         """LOG frame ``seq``: from the shared window if another shipper read it,
@@ -553,8 +554,13 @@ class Shipper:
             logger.error("LOG seq %d: %s; shipping it to shard 0", seq, e)
             return self.shard_id == 0, stamp, 1
 
-    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True) -> pb.IngestBatch:
-        batch = pb.IngestBatch(stream=self.stream, after_seq=after_seq, through_seq=through_seq)
+    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True,
+               batch: pb.IngestBatch | None = None) -> pb.IngestBatch:
+        """The batch for ``(after_seq, through_seq]`` (``batch``: one holding its records)."""
+        if batch is None:
+            batch = pb.IngestBatch()
+        batch.stream.CopyFrom(self.stream)
+        batch.after_seq, batch.through_seq = after_seq, through_seq
         if claim:
             stable = self._claims.claim(through_seq)
             if stable is not None:

@@ -831,7 +831,10 @@ def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
     from logstore.record import record_parts
     from logstore.segment import ROUTE_HANDLE, Frame
     from nfsproxy.ship.frames import ReadFrame
-    from nfsproxy.ship.shipper import shipped_record
+    from nfsproxy.ship.shipper import add_shipped
+
+    def shipped_record(frame, stamp):
+        return add_shipped(pb.IngestBatch().records, frame, stamp)
 
     record = Record(stamp=S(5).to_bytes(), op=Op.WRITE, fh=b"f")
     payload = memoryview(b"".join(record_parts(record, b"data")))
