@@ -196,6 +196,7 @@ class Shipper:
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
         self._window = window  # frames other shippers of this LOG read (None: read alone)
+        self._held: ReadFrame | None = None  # read, but left out of the last batch for lack of room
         # Counters; state() and metrics read them.
         self.reconnects_total = 0
         self.bytes_sent_total = 0
@@ -494,8 +495,11 @@ class Shipper:
             if mine:
                 size = len(frame.payload)
                 if nbytes + size > budget and not (allow_oversize and not records):
-                    # It does not fit: the batch ends before it.
+                    # It does not fit: the batch ends before it, and the next
+                    # read starts with it (reopening the cursor would re-read
+                    # the LOG from the index point before it).
                     blocked_by = size
+                    self._held = frame
                     break
                 add_shipped(records, frame, stamp)
                 nbytes += size
@@ -508,6 +512,9 @@ class Shipper:
     def _frame(self, seq: int) -> ReadFrame | None:
         """LOG frame ``seq``: from the shared window if another shipper read it,
         else from this shipper's cursor (None: past the LOG's end)."""
+        held, self._held = self._held, None
+        if held is not None and held.seq == seq:
+            return held
         window = self._window
         if window is not None and (frame := window.get(seq)) is not None:
             return frame

@@ -842,3 +842,28 @@ def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
     assert (good.stamp, good.data_at) == (record.stamp, len(record.SerializeToString()))
     bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)), S(6))
     assert (bad.stamp, bad.data_at) == (b"", 0) and bad.record == bytes(payload)
+
+
+@run_async
+async def test_a_batch_cut_for_room_does_not_reopen_the_log(log: Log, clock: HLC, proxy: Proxy,
+                                                          monkeypatch):
+    """The record a full batch stopped before starts the next batch from
+    memory: reopening the LOG would re-read it from the index point before it
+    (every frame in between read and CRC-checked again)."""
+    shard = FakeShard()
+    await shard.start()
+    append_records(log, clock, 300, data_bytes=1000, ops=[Op.WRITE])
+    opened = []
+    real_read = log.read
+    monkeypatch.setattr(log, "read", lambda seq: opened.append(seq) or real_read(seq))
+    shipper = shipper_for(shard.address, log, proxy,
+                          options=dataclasses.replace(FAST, max_batch_bytes=10_000))
+    try:
+        shipper.start()
+        await eventually(caught_up(shard, log, clock))
+        assert len([b for b in shard.batches if b.records]) >= 25  # many batches cut for room
+        assert opened == [1]
+        assert sorted(shard.held(log, clock)) == list(range(1, 301))
+    finally:
+        await shipper.stop()
+        await shard.stop()
