@@ -184,6 +184,9 @@ class _Row(NamedTuple):
     meta: bytes           # ... without its data (the operation index)
 
 
+_OP_PREFIXES = {op: _op_prefix(op) for op in _ALL_OPS}
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The least key above every key starting with ``prefix`` (prefix never ends in 0xff here)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -577,14 +580,18 @@ class ShardStore:
                 raise _Conflict(f"a record under stamp {Stamp.from_bytes(key[len(_RECORD):])} is "
                                 "already held with different contents; refusing the batch")
         count = nbytes = 0
+        file_prefixes: dict[bytes, bytes] = {}  # a batch's records mostly name a few files
         for key, (stamp, row), have in zip(keys, rows.items(), present):
             if have is not None or key in written:
                 continue
             written[key] = row.value
             wb.put(key, row.value)
             for fh in row.handles:
-                wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
-            wb.put(_op_prefix(row.op) + stamp, row.meta)
+                prefix = file_prefixes.get(fh)
+                if prefix is None:
+                    prefix = file_prefixes[fh] = _FILE + fh_key(fh) + b"/"
+                wb.put(prefix + stamp, b"")
+            wb.put((_OP_PREFIXES.get(row.op) or _op_prefix(row.op)) + stamp, row.meta)
             count += 1
             nbytes += len(row.value)
         return count, nbytes
