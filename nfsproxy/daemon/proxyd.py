@@ -35,7 +35,6 @@ from nfsproxy.native.clock import HLC
 from nfsproxy.native.log import NativeCommitter, NativeLog
 from nfsproxy.relay.journal import Journal, QuotaPolicy, frame_fields, gap_record
 from nfsproxy.relay.session import BackendAddress, Proxy
-from nfsproxy.ship.frames import FrameWindow
 from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
 from nfsproxy.ship.shipper import Shipper
 from nfsproxy.wire.portmap import PMAP_PORT
@@ -186,10 +185,9 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     journal.attach(proxy)
     proxy.drain_timeout_s = opts.drain_timeout_s
     # No shards: journal only, and nothing is ever trimmed.
-    window = FrameWindow() if len(opts.shards) > 1 else None  # one LOG read for every shard
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
                         stable_stamp=proxy.stable_stamp, credentials=shard_credentials,
-                        token=ingest_token, window=window)
+                        token=ingest_token)
                 for k, address in enumerate(opts.shards)]
     for shipper in shippers:
         shipper.start()

@@ -53,8 +53,6 @@ Routing: a version-2 LOG frame's header carries the record's stamp and route,
 so a record is routed without parsing it; other frames are parsed. Each
 shipped record also carries its stamp and where its data starts
 (``data_field_at``), so the shard parses only the record without its data.
-Shippers of one LOG share a ``FrameWindow`` (``nfsproxy.ship.frames``) and
-so read each frame once between them.
 
 Flow control: a batch holds at most ``max_batch_bytes`` of the shard's
 payloads (one larger record gets a batch of its own) and
@@ -96,7 +94,7 @@ from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import parse_record
 from logstore.stamp import Stamp
 
-from nfsproxy.ship.frames import FrameWindow, ReadFrame
+from nfsproxy.ship.frames import ReadFrame
 from nfsproxy.ship.sharding import UnroutableRecordError, belongs_to
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
@@ -167,15 +165,12 @@ class Shipper:
     ``shard_id`` is the shard's index among ``n_shards`` (the k-th
     ``--shard``). ``stable_stamp`` is ``Proxy.stable_stamp``. ``start()``
     needs a running event loop; ``stop()`` ends the tasks and waits for any
-    LOG read in progress, so the LOG may be closed right after. Shippers of
-    one LOG that share a ``window`` (``nfsproxy.ship.frames``) read each frame
-    once between them.
+    LOG read in progress, so the LOG may be closed right after.
     """
 
     def __init__(self, address: str, *, shard_id: int, n_shards: int, log: Log, clock: HLC,
                  stable_stamp: Callable[[], Stamp], options: ShipperOptions | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, token=None,
-                 window: FrameWindow | None = None):
+                 credentials: grpc.ChannelCredentials | None = None, token=None):
         if not 0 <= shard_id < n_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, {n_shards})")
         self.address = address
@@ -195,7 +190,6 @@ class Shipper:
         self._newest = Stamp.ZERO
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
-        self._window = window  # frames other shippers of this LOG read (None: read alone)
         self._held: ReadFrame | None = None  # read, but left out of the last batch for lack of room
         # Counters; state() and metrics read them.
         self.reconnects_total = 0
@@ -510,14 +504,10 @@ class Shipper:
         return _Range(through, batch, nbytes, newest, unroutable, blocked_by)
 
     def _frame(self, seq: int) -> ReadFrame | None:
-        """LOG frame ``seq``: from the shared window if another shipper read it,
-        else from this shipper's cursor (None: past the LOG's end)."""
+        """LOG frame ``seq`` from this shipper's cursor (None: past the LOG's end)."""
         held, self._held = self._held, None
         if held is not None and held.seq == seq:
             return held
-        window = self._window
-        if window is not None and (frame := window.get(seq)) is not None:
-            return frame
         cursor = self._cursor
         if cursor is None or cursor.next_seq != seq:
             if cursor is not None:
@@ -528,8 +518,6 @@ class Shipper:
             frame = ReadFrame(cursor.next_frame())
         except StopIteration:
             return None
-        if window is not None:
-            window.put(frame)
         return frame
 
     def _route(self, frame: ReadFrame) -> tuple[bool, Stamp | None, int]:

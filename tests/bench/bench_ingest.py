@@ -18,8 +18,8 @@ within each of `--rounds` rounds (tables show the median):
 * 1 shard     - one real `nfsj recoveryd` subprocess, fed by the real
                 `nfsproxy.ship.shipper.Shipper` reading the LOG, with its
                 production defaults.
-* 2 shards    - two of them, one shipper each (each sends its shard's half;
-                they share one read of the LOG, a FrameWindow, as the proxy's do).
+* 2 shards    - two of them, one shipper each (each shipper reads the whole
+                LOG and sends its shard's half).
 
 End to end is timed from the shippers' start until every shipper's
 `acked_seq` reaches the LOG's end: every record is then fsynced in a shard's
@@ -70,7 +70,6 @@ from logstore.log import Log  # noqa: E402
 from logstore.record import Op, Record, record_parts  # noqa: E402
 from nfsproxy.relay.journal import frame_fields  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
-from nfsproxy.ship.frames import FrameWindow  # noqa: E402
 from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
 
@@ -164,9 +163,8 @@ def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> floa
 
 async def _ship(log: Log, addresses: list[str], top: Stamp) -> float:
     clock = HLC(NODE_ID)
-    window = FrameWindow() if len(addresses) > 1 else None  # as the proxy ships (proxyd)
     shippers = [Shipper(a, shard_id=k, n_shards=len(addresses), log=log, clock=clock,
-                        stable_stamp=lambda: top, window=window) for k, a in enumerate(addresses)]
+                        stable_stamp=lambda: top) for k, a in enumerate(addresses)]
     end = log.last_seq
     t0 = time.perf_counter()
     for s in shippers:

@@ -780,53 +780,6 @@ async def test_frames_are_routed_by_their_header_without_parsing(log: Log, clock
             await shard.stop()
 
 
-@run_async
-async def test_shippers_sharing_a_window_read_each_frame_once(log: Log, clock: HLC, proxy: Proxy):
-    """With a shared FrameWindow, frames one shipper read reach the other from
-    memory, and every record still reaches exactly its shard."""
-    from nfsproxy.ship.frames import FrameWindow
-
-    shards = [FakeShard(0), FakeShard(1)]
-    for shard in shards:
-        await shard.start()
-    seqs = append_records(log, clock, 400, data_bytes=64)
-    window = FrameWindow()
-    shippers = [Shipper(s.address, shard_id=k, n_shards=2, log=log, clock=proxy.clock,
-                        stable_stamp=proxy.stable_stamp, options=FAST, window=window)
-                for k, s in enumerate(shards)]
-    try:
-        for shipper in shippers:
-            shipper.start()
-        for shard in shards:
-            await eventually(caught_up(shard, log, clock))
-        payloads = log_payloads(log)
-        held = [shard.held(log, clock) for shard in shards]
-        for seq in seqs:
-            expect = list(shards_of(parse_record(payloads[seq]), 2))
-            assert [k for k in (0, 1) if seq in held[k]] == expect
-            assert held[expect[0]][seq] == payloads[seq]
-        assert len(window) == log.last_seq  # every frame was read, once
-        assert window.hits_total > 0
-        assert window.misses_total + window.hits_total >= 2 * log.last_seq
-    finally:
-        for shipper in shippers:
-            await shipper.stop()
-        for shard in shards:
-            await shard.stop()
-
-
-def test_a_frame_window_keeps_the_newest_frames_within_its_bound():
-    from logstore.segment import Frame
-    from nfsproxy.ship.frames import FrameWindow, ReadFrame
-
-    window = FrameWindow(max_bytes=250)
-    for seq in range(1, 6):
-        window.put(ReadFrame(Frame(seq, memoryview(b"x" * 100))))
-    assert [seq for seq in range(1, 6) if window.get(seq) is not None] == [4, 5]
-    window.put(ReadFrame(Frame(9, memoryview(b"y" * 1000))))  # larger than the bound: kept alone
-    assert window.get(9) is not None and len(window) == 1
-
-
 def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
     from logstore.record import record_parts
     from logstore.segment import ROUTE_HANDLE, Frame
