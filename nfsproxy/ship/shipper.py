@@ -145,11 +145,10 @@ _STAMP_TAG = bytes([pb.Record.DESCRIPTOR.fields_by_name["stamp"].number << 3 | 2
 _STAMP_AT = len(_STAMP_TAG) + Stamp.BYTES
 
 
-def add_shipped(records, frame: ReadFrame, stamp: Stamp | None) -> pb.ShippedRecord:
+def add_shipped(records, frame: ReadFrame, raw: bytes) -> pb.ShippedRecord:
     """Add the frame as shipped to ``records`` (an IngestBatch's): its bytes,
-    plus the stamp and data split that let the shard index it without
-    parsing its data (proto/journal.proto)."""
-    raw = stamp.to_bytes() if stamp is not None else b""
+    plus the stamp (``raw``, 16 bytes; empty: unknown) and data split that
+    let the shard index it without parsing its data (proto/journal.proto)."""
     # The stamp field serializes first: a header stamp that is not the
     # record's own (a writer bug) gets no side fields, so the shard parses
     # the record rather than refusing the batch again and again.
@@ -478,7 +477,7 @@ class Shipper:
         records = batch.records
         nbytes = unroutable = blocked_by = 0
         through = from_seq - 1
-        newest = Stamp.ZERO
+        newest = b""  # stamps as bytes: big-endian, so bytes order is stamp order
         seq = from_seq
         while seq <= limit_seq and len(records) < opts.max_batch_records:
             frame = self._frame(seq)
@@ -497,11 +496,12 @@ class Shipper:
                     break
                 add_shipped(records, frame, stamp)
                 nbytes += size
-            if stamp is not None and stamp > newest:
+            if stamp > newest:
                 newest = stamp
             through = seq
             seq += 1
-        return _Range(through, batch, nbytes, newest, unroutable, blocked_by)
+        return _Range(through, batch, nbytes, Stamp.from_bytes(newest) if newest else Stamp.ZERO,
+                      unroutable, blocked_by)
 
     def _frame(self, seq: int) -> ReadFrame | None:
         """LOG frame ``seq`` from this shipper's cursor (None: past the LOG's end)."""
@@ -520,28 +520,25 @@ class Shipper:
             return None
         return frame
 
-    def _route(self, frame: ReadFrame) -> tuple[bool, Stamp | None, int]:
-        """(belongs to this shard, its stamp, 1 if it could not be routed).
+    def _route(self, frame: ReadFrame) -> tuple[bool, bytes, int]:
+        """(belongs to this shard, its 16-byte stamp or b"", 1 if it could not be routed).
 
         A version-2 frame says both in its header; other frames (version 1,
         or a writer that gave no route) are parsed.
         """
         if frame.route_kind == ROUTE_HANDLE and frame.stamp != NO_STAMP:
-            return (frame.route % self.n_shards == self.shard_id,
-                    Stamp.from_bytes(frame.stamp), 0)
+            return frame.route % self.n_shards == self.shard_id, frame.stamp, 0
         if frame.route_kind == ROUTE_EVERY_SHARD and frame.stamp != NO_STAMP:
-            return True, Stamp.from_bytes(frame.stamp), 0
+            return True, frame.stamp, 0
         return self._route_parsed(frame.seq, frame.payload)
 
-    def _route_parsed(self, seq: int, payload: bytes) -> tuple[bool, Stamp | None, int]:
+    def _route_parsed(self, seq: int, payload: bytes) -> tuple[bool, bytes, int]:
         try:
             record = parse_record(payload)
         except DecodeError as e:
             logger.error("LOG seq %d is not a Record (%s); shipping it to shard 0", seq, e)
-            return self.shard_id == 0, None, 1
-        stamp = None
-        if len(record.stamp) == Stamp.BYTES:
-            stamp = Stamp.from_bytes(record.stamp)
+            return self.shard_id == 0, b"", 1
+        stamp = record.stamp if len(record.stamp) == Stamp.BYTES else b""
         try:
             return belongs_to(record, self.shard_id, self.n_shards), stamp, 0
         except UnroutableRecordError as e:

@@ -791,9 +791,11 @@ def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
 
     record = Record(stamp=S(5).to_bytes(), op=Op.WRITE, fh=b"f")
     payload = memoryview(b"".join(record_parts(record, b"data")))
-    good = shipped_record(ReadFrame(Frame(1, payload, record.stamp, ROUTE_HANDLE, 1)), S(5))
+    good = shipped_record(ReadFrame(Frame(1, payload, record.stamp, ROUTE_HANDLE, 1)),
+                          S(5).to_bytes())
     assert (good.stamp, good.data_at) == (record.stamp, len(record.SerializeToString()))
-    bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)), S(6))
+    bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)),
+                         S(6).to_bytes())
     assert (bad.stamp, bad.data_at) == (b"", 0) and bad.record == bytes(payload)
 
 
