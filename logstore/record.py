@@ -12,10 +12,13 @@ kernel's).
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError
+
 from logstore.pb.journal_pb2 import Attr, Op, Record, SetAttr
 from logstore.stamp import Stamp
 
-__all__ = ["Record", "Attr", "SetAttr", "Op", "record_parts", "parse_record", "record_stamp"]
+__all__ = ["Record", "Attr", "SetAttr", "Op", "record_parts", "parse_record", "record_stamp",
+           "data_field_at", "is_data_tail"]
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -53,3 +56,47 @@ def parse_record(payload: bytes | memoryview, seq: int = 0) -> Record:
 
 def record_stamp(record: Record) -> Stamp:
     return Stamp.from_bytes(record.stamp)
+
+
+def is_data_tail(raw: bytes, at: int) -> bool:
+    """Whether ``raw[at:]`` is empty or exactly one ``data`` field (tag, length, bytes)."""
+    end = len(raw)
+    if at == end:
+        return True
+    if raw[at:at + 2] != _DATA_TAG:
+        return False
+    # The length varint, inline: this runs once per shipped record.
+    i, value, shift = at + 2, 0, 0
+    while i < end and shift < 64:
+        b = raw[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return i + value == end
+        shift += 7
+    return False
+
+
+def data_field_at(raw: bytes) -> int | None:
+    """Where the ``data`` field that ends a serialized Record starts (``record_parts``
+    puts it last), so ``raw[:at]`` is the record without its data; None when
+    no data field ends it (no data, or data not last: parse to split it).
+
+    The field's tag may also occur inside another field's bytes (a name, a
+    handle, the data itself: any bytes a client sends), so a match counts
+    only if its length reaches exactly the end and ``raw[:at]`` parses
+    without data: a cut inside a field truncates that field and the parse
+    fails, so the match found is the record's own last field. Only the head
+    is parsed; the data is neither parsed nor copied.
+    """
+    at = raw.find(_DATA_TAG)
+    while at >= 0:
+        if is_data_tail(raw, at):
+            try:
+                head = Record.FromString(raw[:at])
+            except DecodeError:
+                head = None
+            if head is not None and not head.data:
+                return at
+        at = raw.find(_DATA_TAG, at + 1)
+    return None

@@ -14,9 +14,12 @@ seek plus an iterate upper bound:
 * ``p/<op u32>/<stamp16>``     -> the record without its ``data``: the operation
   index, so that a scan of some ops (a namespace rebuild, the baseline
   markers) reads neither the other ops nor any file data, and a scan of
-  every op without data reads no file data either. Added in format 2; a
-  format-1 store is indexed when it is opened (``_index_operations``) and
-  reads on as before;
+  every op without data reads no file data either. When the shipper says
+  where a record's data starts (``ShippedRecord.data_at``) the value is the
+  record's own bytes up to there and only they are parsed (``_split_record``
+  checks the split against the bytes); otherwise the record is parsed whole
+  and re-serialized without its data. Added in format 2; a format-1 store
+  is indexed when it is opened (``_index_operations``) and reads on as before;
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
   durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
   records it brought;
@@ -59,6 +62,7 @@ from typing import Iterable, Iterator, NamedTuple
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
+from logstore.record import is_data_tail
 from logstore.stamp import Stamp
 
 from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier,
@@ -93,6 +97,7 @@ _META_BYTES = b"m/bytes"
 _MULTIGET_CHUNK = 256
 _INDEX_BATCH_BYTES = 4 << 20   # per WriteBatch when indexing a format-1 store
 _ALL_OPS = tuple(sorted(Op.values()))
+_GAP = Op.GAP  # an attribute of the enum wrapper costs a lookup per use
 
 
 class StoreError(Exception):
@@ -177,6 +182,9 @@ class _Row(NamedTuple):
     handles: set[bytes]   # the handles it names (the per-file index)
     op: int
     meta: bytes           # ... without its data (the operation index)
+
+
+_OP_PREFIXES = {op: _op_prefix(op) for op in _ALL_OPS}
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -572,14 +580,18 @@ class ShardStore:
                 raise _Conflict(f"a record under stamp {Stamp.from_bytes(key[len(_RECORD):])} is "
                                 "already held with different contents; refusing the batch")
         count = nbytes = 0
+        file_prefixes: dict[bytes, bytes] = {}  # a batch's records mostly name a few files
         for key, (stamp, row), have in zip(keys, rows.items(), present):
             if have is not None or key in written:
                 continue
             written[key] = row.value
             wb.put(key, row.value)
             for fh in row.handles:
-                wb.put(_FILE + fh_key(fh) + b"/" + stamp, b"")
-            wb.put(_op_prefix(row.op) + stamp, row.meta)
+                prefix = file_prefixes.get(fh)
+                if prefix is None:
+                    prefix = file_prefixes[fh] = _FILE + fh_key(fh) + b"/"
+                wb.put(prefix + stamp, b"")
+            wb.put((_OP_PREFIXES.get(row.op) or _op_prefix(row.op)) + stamp, row.meta)
             count += 1
             nbytes += len(row.value)
         return count, nbytes
@@ -751,36 +763,81 @@ def _parse_batch(batch: IngestBatch, node_id: int
                  ) -> tuple[dict[bytes, _Row], Stamp | None, Stamp | None,
                             tuple[GapMarker, ...]]:
     """Check a batch of stream node ``node_id``, index its records by stamp and
-    pick out its gap markers; raises ValueError naming the fault."""
+    pick out its gap markers; raises ValueError naming the fault.
+
+    Runs once per record at the ingest rate: fields are read once into
+    locals and a Stamp is built only for what needs one (errors, gaps)."""
     stable = Stamp.from_bytes(batch.stable) if batch.stable else None
     newest = Stamp.from_bytes(batch.newest) if batch.newest else None
     rows: dict[bytes, _Row] = {}
     markers: list[GapMarker] = []
     after, through = batch.after_seq, batch.through_seq
+    node = _U32.pack(node_id)
     for shipped in batch.records:
-        if not after < shipped.seq <= through:
-            raise ValueError(f"record seq {shipped.seq} lies outside ({after}, {through}]")
-        try:
-            record = Record.FromString(shipped.record)
-        except Exception as e:  # google.protobuf.message.DecodeError
-            raise ValueError(f"record at seq {shipped.seq} does not parse: {e}") from None
-        if len(record.stamp) != _STAMP_BYTES:
-            raise ValueError(f"record at seq {shipped.seq} has a {len(record.stamp)}-byte stamp, "
+        seq = shipped.seq
+        if not after < seq <= through:
+            raise ValueError(f"record seq {seq} lies outside ({after}, {through}]")
+        raw = shipped.record
+        if shipped.data_at:
+            record, meta = _split_record(shipped, raw)
+        else:
+            try:
+                record = Record.FromString(raw)
+            except Exception as e:  # google.protobuf.message.DecodeError
+                raise ValueError(f"record at seq {seq} does not parse: {e}") from None
+            meta = None
+        key = record.stamp
+        if len(key) != _STAMP_BYTES:
+            raise ValueError(f"record at seq {seq} has a {len(key)}-byte stamp, "
                              f"not {_STAMP_BYTES}")
-        stamp = Stamp.from_bytes(record.stamp)
-        if stamp.node_id != node_id:
-            raise _ForeignStamp(f"record at seq {shipped.seq} is stamped {stamp} by node "
+        if key[12:] != node:
+            stamp = Stamp.from_bytes(key)
+            raise _ForeignStamp(f"record at seq {seq} is stamped {stamp} by node "
                                 f"{stamp.node_id}, not by this stream's node {node_id}")
-        if (held := rows.get(record.stamp)) is not None and held.value != shipped.record:
-            raise ValueError(f"two different records under stamp {stamp} in one batch")
-        if record.op == Op.GAP:
-            markers.append(GapMarker(shipped.seq, stamp, record.gap_cause or "unknown",
+        held = rows.get(key)
+        if held is not None and held.value != raw:
+            raise ValueError(f"two different records under stamp {Stamp.from_bytes(key)} in "
+                             "one batch")
+        op = record.op
+        if op == _GAP:
+            markers.append(GapMarker(seq, Stamp.from_bytes(key), record.gap_cause or "unknown",
                                      record.gap_reason))
-        if record.stamp not in rows:
-            handles = _handles(record)
-            rows[record.stamp] = _Row(shipped.record, handles, record.op,
-                                      _without_data(record, shipped.record))
+        if held is None:
+            rows[key] = _Row(raw, _handles(record), op,
+                             meta if meta is not None else _without_data(record, raw))
     return rows, stable, newest, tuple(markers)
+
+
+def _split_record(shipped, raw: bytes) -> tuple[Record, bytes]:
+    """(the record without its data, its bytes) from the shipper's split point
+    ``data_at``; raises ValueError when the side fields disagree with ``raw``.
+
+    Only the head is parsed, so the data is neither copied nor re-serialized.
+    Nothing the side fields say is taken on trust: the tail must be exactly
+    one data field, the head must parse (a cut inside a field truncates it)
+    and hold no data, and its stamp must be ``stamp``. Then ``raw`` parses
+    as the head plus that data (protobuf merges fields), so the handles and
+    op read from the head are the record's own.
+    """
+    at = shipped.data_at
+    if len(shipped.stamp) != _STAMP_BYTES:
+        raise ValueError(f"record at seq {shipped.seq} has a {len(shipped.stamp)}-byte side "
+                         f"stamp, not {_STAMP_BYTES}")
+    if at > len(raw) or not is_data_tail(raw, at):
+        raise ValueError(f"record at seq {shipped.seq}: its bytes from data_at {at} on are not "
+                         "one data field")
+    meta = raw[:at]
+    try:
+        record = Record.FromString(meta)
+    except Exception as e:  # google.protobuf.message.DecodeError
+        raise ValueError(f"record at seq {shipped.seq}: its bytes before data_at {at} do not "
+                         f"parse: {e}") from None
+    if record.data:
+        raise ValueError(f"record at seq {shipped.seq} holds data before data_at {at}")
+    if record.stamp != shipped.stamp:
+        raise ValueError(f"record at seq {shipped.seq}: its side stamp is not the stamp in its "
+                         "bytes")
+    return record, meta
 
 
 def _check_data_dir(path: str) -> None:

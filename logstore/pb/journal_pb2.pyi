@@ -207,12 +207,16 @@ class StreamId(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., log_id: _Optional[str] = ...) -> None: ...
 
 class ShippedRecord(_message.Message):
-    __slots__ = ("seq", "record")
+    __slots__ = ("seq", "record", "stamp", "data_at")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    STAMP_FIELD_NUMBER: _ClassVar[int]
+    DATA_AT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     record: bytes
-    def __init__(self, seq: _Optional[int] = ..., record: _Optional[bytes] = ...) -> None: ...
+    stamp: bytes
+    data_at: int
+    def __init__(self, seq: _Optional[int] = ..., record: _Optional[bytes] = ..., stamp: _Optional[bytes] = ..., data_at: _Optional[int] = ...) -> None: ...
 
 class IngestBatch(_message.Message):
     __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest")

@@ -49,9 +49,15 @@ Clocks: each batch's ``sent_stamp`` is ``clock.now()``; each ack's
 channel 2). ``newest`` is the newest record stamp the shipper has read from
 the LOG.
 
-Flow control: a batch holds at most ``max_batch_records`` of the shard's
-records and ``max_batch_bytes`` of their payloads (one larger record gets a
-batch of its own), and scans at most ``max_scan_records`` LOG records.
+Routing: a version-2 LOG frame's header carries the record's stamp and route,
+so a record is routed without parsing it; other frames are parsed. Each
+shipped record also carries its stamp and where its data starts
+(``data_field_at``), so the shard parses only the record without its data.
+
+Flow control: a batch holds at most ``max_batch_bytes`` of the shard's
+payloads (one larger record gets a batch of its own) and
+``max_batch_records`` records (a bound for tiny records only), and scans at
+most ``max_scan_records`` LOG records.
 Unacked payload bytes stay under ``max_inflight_bytes`` (and batches under
 ``max_inflight_batches``); past that the shipper waits for acks. A shard
 that is down is retried with exponential backoff and jitter
@@ -82,12 +88,14 @@ from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log, LogCursor, LogError, LogGapError
+from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE
 from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import parse_record
 from logstore.stamp import Stamp
 
 from logstore.sharding import UnroutableRecordError, belongs_to
+from nfsproxy.ship.frames import ReadFrame
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
 
@@ -126,11 +134,28 @@ class _Range:
     """A LOG range read for a batch (built in a worker thread)."""
 
     through_seq: int
-    records: list[pb.ShippedRecord]
+    batch: pb.IngestBatch  # the records, built in place (copying messages into a batch costs more than building them)
     nbytes: int
     newest: Stamp
     unroutable: int
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
+
+
+_STAMP_TAG = bytes([pb.Record.DESCRIPTOR.fields_by_name["stamp"].number << 3 | 2, Stamp.BYTES])
+_STAMP_AT = len(_STAMP_TAG) + Stamp.BYTES
+
+
+def add_shipped(records, frame: ReadFrame, raw: bytes) -> pb.ShippedRecord:
+    """Add the frame as shipped to ``records`` (an IngestBatch's): its bytes,
+    plus the stamp (``raw``, 16 bytes; empty: unknown) and data split that
+    let the shard index it without parsing its data (proto/journal.proto)."""
+    # The stamp field serializes first: a header stamp that is not the
+    # record's own (a writer bug) gets no side fields, so the shard parses
+    # the record rather than refusing the batch again and again.
+    at = frame.data_at() if raw and frame.payload[:_STAMP_AT] == _STAMP_TAG + raw else None
+    if at is None:
+        return records.add(seq=frame.seq, record=frame.payload)
+    return records.add(seq=frame.seq, record=frame.payload, stamp=raw, data_at=at)
 
 
 class Shipper:
@@ -164,6 +189,7 @@ class Shipper:
         self._newest = Stamp.ZERO
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
+        self._held: ReadFrame | None = None  # read, but left out of the last batch for lack of room
         # Counters; state() and metrics read them.
         self.reconnects_total = 0
         self.bytes_sent_total = 0
@@ -437,58 +463,82 @@ class Shipper:
             self.unroutable_total += got.unroutable
         if got.newest > self._newest:
             self._newest = got.newest
-        batch = self._batch(step.after_seq, got.through_seq)
-        batch.records.extend(got.records)
+        batch = self._batch(step.after_seq, got.through_seq, batch=got.batch)
         await self._send(call, batch, got.nbytes)
-        self.records_sent_total += len(got.records)
+        self.records_sent_total += len(batch.records)
         self.bytes_sent_total += got.nbytes
         return True
 
     def _read_range(self, from_seq: int, limit_seq: int, budget: int,
                     allow_oversize: bool) -> _Range | None:
         """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
+        opts = self.options
+        batch = pb.IngestBatch()
+        records = batch.records
+        nbytes = unroutable = blocked_by = 0
+        through = from_seq - 1
+        newest = b""  # stamps as bytes: big-endian, so bytes order is stamp order
+        seq = from_seq
+        while seq <= limit_seq and len(records) < opts.max_batch_records:
+            frame = self._frame(seq)
+            if frame is None:
+                break
+            mine, stamp, bad = self._route(frame)
+            unroutable += bad
+            if mine:
+                size = len(frame.payload)
+                if nbytes + size > budget and not (allow_oversize and not records):
+                    # It does not fit: the batch ends before it, and the next
+                    # read starts with it (reopening the cursor would re-read
+                    # the LOG from the index point before it).
+                    blocked_by = size
+                    self._held = frame
+                    break
+                add_shipped(records, frame, stamp)
+                nbytes += size
+            if stamp > newest:
+                newest = stamp
+            through = seq
+            seq += 1
+        return _Range(through, batch, nbytes, Stamp.from_bytes(newest) if newest else Stamp.ZERO,
+                      unroutable, blocked_by)
+
+    def _frame(self, seq: int) -> ReadFrame | None:
+        """LOG frame ``seq`` from this shipper's cursor (None: past the LOG's end)."""
+        held, self._held = self._held, None
+        if held is not None and held.seq == seq:
+            return held
         cursor = self._cursor
-        if cursor is None or cursor.next_seq != from_seq:
+        if cursor is None or cursor.next_seq != seq:
             if cursor is not None:
                 cursor.close()
             self._cursor = None
-            cursor = self._cursor = self._log.read(from_seq)
-        opts = self.options
-        records: list[pb.ShippedRecord] = []
-        nbytes = unroutable = blocked_by = 0
-        through = from_seq - 1
-        newest = Stamp.ZERO
-        while cursor.next_seq <= limit_seq and len(records) < opts.max_batch_records:
-            try:
-                seq, payload = next(cursor)
-            except StopIteration:
-                break
-            mine, stamp, bad = self._route(seq, payload)
-            unroutable += bad
-            if mine:
-                size = len(payload)
-                if nbytes + size > budget and not (allow_oversize and not records):
-                    # It does not fit: the batch ends before it; the next read
-                    # reopens the cursor at its seq.
-                    blocked_by = size
-                    break
-                records.append(pb.ShippedRecord(seq=seq, record=bytes(payload)))
-                nbytes += size
-            if stamp is not None and stamp > newest:
-                newest = stamp
-            through = seq
-        return _Range(through, records, nbytes, newest, unroutable, blocked_by)
+            cursor = self._cursor = self._log.read(seq)
+        try:
+            frame = ReadFrame(cursor.next_frame())
+        except StopIteration:
+            return None
+        return frame
 
-    def _route(self, seq: int, payload: memoryview) -> tuple[bool, Stamp | None, int]:
-        """(belongs to this shard, its stamp, 1 if it could not be routed)."""
+    def _route(self, frame: ReadFrame) -> tuple[bool, bytes, int]:
+        """(belongs to this shard, its 16-byte stamp or b"", 1 if it could not be routed).
+
+        A version-2 frame says both in its header; other frames (version 1,
+        or a writer that gave no route) are parsed.
+        """
+        if frame.route_kind == ROUTE_HANDLE and frame.stamp != NO_STAMP:
+            return frame.route % self.n_shards == self.shard_id, frame.stamp, 0
+        if frame.route_kind == ROUTE_EVERY_SHARD and frame.stamp != NO_STAMP:
+            return True, frame.stamp, 0
+        return self._route_parsed(frame.seq, frame.payload)
+
+    def _route_parsed(self, seq: int, payload: bytes) -> tuple[bool, bytes, int]:
         try:
             record = parse_record(payload)
         except DecodeError as e:
             logger.error("LOG seq %d is not a Record (%s); shipping it to shard 0", seq, e)
-            return self.shard_id == 0, None, 1
-        stamp = None
-        if len(record.stamp) == Stamp.BYTES:
-            stamp = Stamp.from_bytes(record.stamp)
+            return self.shard_id == 0, b"", 1
+        stamp = record.stamp if len(record.stamp) == Stamp.BYTES else b""
         try:
             return belongs_to(record, self.shard_id, self.n_shards), stamp, 0
         except UnroutableRecordError as e:
@@ -496,8 +546,13 @@ class Shipper:
             logger.error("LOG seq %d: %s; shipping it to shard 0", seq, e)
             return self.shard_id == 0, stamp, 1
 
-    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True) -> pb.IngestBatch:
-        batch = pb.IngestBatch(stream=self.stream, after_seq=after_seq, through_seq=through_seq)
+    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True,
+               batch: pb.IngestBatch | None = None) -> pb.IngestBatch:
+        """The batch for ``(after_seq, through_seq]`` (``batch``: one holding its records)."""
+        if batch is None:
+            batch = pb.IngestBatch()
+        batch.stream.CopyFrom(self.stream)
+        batch.after_seq, batch.through_seq = after_seq, through_seq
         if claim:
             stable = self._claims.claim(through_seq)
             if stable is not None:

@@ -33,7 +33,9 @@ DEFAULT_MAX_BATCH_BYTES = 4 << 20
 class ShipperOptions:
     """Tunables of one shipper; the defaults suit production."""
 
-    max_batch_records: int = 512
+    # Batches are sized by bytes (max_batch_bytes); the record count only
+    # bounds batches of tiny records.
+    max_batch_records: int = 8192
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_scan_records: int = 8192
     max_inflight_bytes: int = 16 << 20

@@ -720,3 +720,105 @@ async def test_start_proxy_without_shards_journals_only(tmp_path: Path):
         assert running.shippers == [] and running.retention is None
     finally:
         await running.stop()
+
+
+@run_async
+async def test_frames_are_routed_by_their_header_without_parsing(log: Log, clock: HLC,
+                                                                proxy: Proxy):
+    """A v2 frame's header (stamp, route) decides its shard; its payload is not
+    parsed, so a payload that is no Record still goes where the header says.
+    Frames without a route (version 1 style) are parsed as before."""
+    from logstore.record import record_parts
+    from logstore.segment import ROUTE_HANDLE
+    from nfsproxy.relay.journal import frame_fields
+
+    shards = [FakeShard(0), FakeShard(1)]
+    for shard in shards:
+        await shard.start()
+    rng = random.Random(5)
+    routed, bare = {}, {}
+    for _ in range(200):
+        record = make_record(rng, clock, data_bytes=100, op=Op.WRITE)
+        data, record.data = record.data, b""
+        payload = b"".join(record_parts(record, data))
+        routed[log.append(payload, **frame_fields(record))] = record
+        record.data = data
+    for _ in range(50):
+        record = make_record(rng, clock)
+        bare[log.append(record.SerializeToString())] = record
+    # Not a Record at all, but its header routes it to shard 1 with a stamp.
+    garbage = log.append(b"\xff\xff not a record", stamp=clock.now().to_bytes(),
+                         route_kind=ROUTE_HANDLE, route=7)
+    log.sync()
+    shippers = [shipper_for(s.address, log, proxy, shard_id=k, n_shards=2)
+                for k, s in enumerate(shards)]
+    try:
+        for shipper in shippers:
+            shipper.start()
+        for shard in shards:
+            await eventually(caught_up(shard, log, clock))
+        held = [shard.held(log, clock) for shard in shards]
+        for seq, record in {**routed, **bare}.items():
+            assert [k for k in (0, 1) if seq in held[k]] == list(shards_of(record, 2))
+        assert garbage in held[1] and garbage not in held[0]
+        assert all(s.unroutable_total == 0 for s in shippers)
+        # Records with their data last carry their stamp and data split.
+        shipped = {r.seq: r for shard in shards for b in shard.batches for r in b.records}
+        for seq, record in {**routed, **bare}.items():
+            head = record.__deepcopy__()
+            head.ClearField("data")
+            if seq in routed:
+                assert shipped[seq].data_at > 0
+            if shipped[seq].data_at:
+                assert shipped[seq].stamp == record.stamp
+                assert shipped[seq].record[:shipped[seq].data_at] == head.SerializeToString()
+        assert shipped[garbage].data_at == 0
+    finally:
+        for shipper in shippers:
+            await shipper.stop()
+        for shard in shards:
+            await shard.stop()
+
+
+def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
+    from logstore.record import record_parts
+    from logstore.segment import ROUTE_HANDLE, Frame
+    from nfsproxy.ship.frames import ReadFrame
+    from nfsproxy.ship.shipper import add_shipped
+
+    def shipped_record(frame, stamp):
+        return add_shipped(pb.IngestBatch().records, frame, stamp)
+
+    record = Record(stamp=S(5).to_bytes(), op=Op.WRITE, fh=b"f")
+    payload = memoryview(b"".join(record_parts(record, b"data")))
+    good = shipped_record(ReadFrame(Frame(1, payload, record.stamp, ROUTE_HANDLE, 1)),
+                          S(5).to_bytes())
+    assert (good.stamp, good.data_at) == (record.stamp, len(record.SerializeToString()))
+    bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)),
+                         S(6).to_bytes())
+    assert (bad.stamp, bad.data_at) == (b"", 0) and bad.record == bytes(payload)
+
+
+@run_async
+async def test_a_batch_cut_for_room_does_not_reopen_the_log(log: Log, clock: HLC, proxy: Proxy,
+                                                          monkeypatch):
+    """The record a full batch stopped before starts the next batch from
+    memory: reopening the LOG would re-read it from the index point before it
+    (every frame in between read and CRC-checked again)."""
+    shard = FakeShard()
+    await shard.start()
+    append_records(log, clock, 300, data_bytes=1000, ops=[Op.WRITE])
+    opened = []
+    real_read = log.read
+    monkeypatch.setattr(log, "read", lambda seq: opened.append(seq) or real_read(seq))
+    shipper = shipper_for(shard.address, log, proxy,
+                          options=dataclasses.replace(FAST, max_batch_bytes=10_000))
+    try:
+        shipper.start()
+        await eventually(caught_up(shard, log, clock))
+        assert len([b for b in shard.batches if b.records]) >= 25  # many batches cut for room
+        assert opened == [1]
+        assert sorted(shard.held(log, clock)) == list(range(1, 301))
+    finally:
+        await shipper.stop()
+        await shard.stop()

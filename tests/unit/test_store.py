@@ -376,3 +376,81 @@ def test_many_files_records_come_each_once_in_stamp_order(store: ShardStore) -> 
     assert got == expect  # the RENAME names D and C3: sent once
     got = [Record.FromString(v) for v in store.files_record_values([b"W"], stamp(30), lo=stamp(10))]
     assert got == [r for r in records if r.fh == b"W" and stamp(10) < Stamp.from_bytes(r.stamp) <= stamp(30)]
+
+
+# -- records shipped with their stamp and data split (ShippedRecord.stamp, data_at)
+
+
+def split_shipped(seq: int, rec: Record, **override) -> ShippedRecord:
+    """``record`` as the shipper sends a LOG payload written by ``record_parts``."""
+    from logstore.record import record_parts
+    head = Record()
+    head.CopyFrom(rec)
+    head.ClearField("data")
+    raw = b"".join(record_parts(head, rec.data))
+    fields = dict(seq=seq, record=raw, stamp=rec.stamp, data_at=len(head.SerializeToString()))
+    fields.update(override)
+    return ShippedRecord(**fields)
+
+
+def test_a_split_record_is_stored_and_indexed_as_a_parsed_one(store: ShardStore) -> None:
+    r1, r2 = write_record(1, b"A", data=b"d" * 5000), write_record(2, b"B")
+    r2.dir_fh, r2.object_fh = b"D", b"O"
+    b = batch(0, 2, stable=stamp(3))
+    b.records.extend([split_shipped(1, r1), split_shipped(2, r2)])
+    store.ingest(STREAM, b)
+    assert list(store.records()) == [r1, r2]
+    assert [r.stamp for r in store.file_records(b"A")] == [r1.stamp]
+    assert [r.stamp for r in store.file_records(b"O")] == [r2.stamp]
+    assert [r.stamp for r in store.file_records(b"D")] == [r2.stamp]
+    without = [Record.FromString(v) for v in store.op_values([Op.WRITE], with_data=False)]
+    assert [w.data for w in without] == [b"", b""]
+    assert [w.fh for w in without] == [b"A", b"B"]
+
+
+@pytest.mark.parametrize("fault", ["short_stamp", "other_stamp", "past_end", "mid_field",
+                                   "not_a_data_tail", "data_in_head"])
+def test_side_fields_that_disagree_with_the_record_refuse_the_batch(store: ShardStore,
+                                                                    fault: str) -> None:
+    r1 = write_record(1, b"A", data=b"d" * 300)
+    good = split_shipped(1, r1)
+    raw, at = good.record, good.data_at
+    bad = {
+        "short_stamp": dict(stamp=r1.stamp[:15]),
+        "other_stamp": dict(stamp=stamp(9).to_bytes()),
+        "past_end": dict(data_at=len(raw) + 1),
+        # a data field tag inside the fh's bytes: the head then ends mid-field
+        "mid_field": dict(record=_with_tag_in_fh(r1), data_at=_tag_in_fh_at(_with_tag_in_fh(r1))),
+        "not_a_data_tail": dict(data_at=at - 1),
+        "data_in_head": dict(record=_data_twice(r1), data_at=len(r1.SerializeToString())),
+    }[fault]
+    b = batch(0, 1, stable=stamp(2))
+    b.records.append(split_shipped(1, r1, **bad))
+    with pytest.raises(BatchRefused, match="malformed batch"):
+        store.ingest(STREAM, b)
+    assert list(store.records()) == [] and store.stream_state(STREAM) == StreamState()
+
+
+def _with_tag_in_fh(r: Record) -> bytes:
+    """``r`` as shipped, its fh ending in what looks like a data field that runs to the end."""
+    from logstore.record import record_parts
+    head = Record()
+    head.CopyFrom(r)
+    head.ClearField("data")
+    length = 200  # any 2-byte varint: the fh's size does not depend on it
+    for _ in range(2):
+        head.fh = b"A\x8a\x02" + bytes([length & 0x7F | 0x80, length >> 7])
+        raw = b"".join(record_parts(head, r.data))
+        length = len(raw) - (_tag_in_fh_at(raw) + 4)
+    assert 128 <= length < 1 << 14
+    return raw
+
+
+def _tag_in_fh_at(raw: bytes) -> int:
+    return raw.index(b"\x8a\x02")
+
+
+def _data_twice(r: Record) -> bytes:
+    """``r`` serialized with its data, then its data once more as a trailing field."""
+    from logstore.record import record_parts
+    return r.SerializeToString() + b"".join(record_parts(Record(), r.data))
