@@ -69,11 +69,15 @@ const MUTATIONS: [u32; 11] = [
     proc3::REMOVE, proc3::RMDIR, proc3::RENAME, proc3::LINK, proc3::COMMIT,
 ];
 
+/// A name a reply taught: (handle, directory handle, name, its attributes).
+type Binding = (Vec<u8>, Vec<u8>, Vec<u8>, Option<Attr>);
+
 /// What a watched call's reply must complete.
 #[derive(Debug)]
 pub enum Pending {
     /// A mutation: its record (stamped by the caller), and where a WRITE's data lies in the call.
-    Mutation { proc_: u32, record: Record, data: Option<Range<usize>> },
+    /// Boxed: a Record is large, and most calls in flight are not mutations.
+    Mutation { proc_: u32, record: Box<Record>, data: Option<Range<usize>> },
     Lookup { dir: Vec<u8>, name: Vec<u8> },
     ReaddirPlus { dir: Vec<u8> },
 }
@@ -81,14 +85,14 @@ pub enum Pending {
 impl Pending {
     pub fn record(&self) -> Option<&Record> {
         match self {
-            Pending::Mutation { record, .. } => Some(record),
+            Pending::Mutation { record, .. } => Some(&**record),
             _ => None,
         }
     }
 
     pub fn record_mut(&mut self) -> Option<&mut Record> {
         match self {
-            Pending::Mutation { record, .. } => Some(record),
+            Pending::Mutation { record, .. } => Some(&mut **record),
             _ => None,
         }
     }
@@ -124,7 +128,7 @@ impl Capture {
             let default_acl = r.acl().map_err(bad)?;
             r.done().map_err(bad)?;
             set_acl_fields(&mut record, mask, acl, default_acl);
-            return Ok(Some(Pending::Mutation { proc_: SETACL, record, data: None }));
+            return Ok(Some(Pending::Mutation { proc_: SETACL, record: Box::new(record), data: None }));
         }
         if call.prog != NFS_PROGRAM || call.vers != NFS_VERSION {
             return Ok(None);
@@ -151,7 +155,7 @@ impl Capture {
                         record.object_fh = named.to_vec();
                     }
                 }
-                Pending::Mutation { proc_: p, record, data }
+                Pending::Mutation { proc_: p, record: Box::new(record), data }
             }
             _ => return Ok(None),
         };
@@ -173,7 +177,7 @@ impl Capture {
                 Pending::Mutation { mut record, .. } => {
                     record.ok = false;
                     record.status = RPC_FAILURE_BASE + reply.failure;
-                    vec![(record, None)]
+                    vec![(*record, None)]
                 }
                 _ => vec![],
             });
@@ -187,7 +191,7 @@ impl Capture {
                 r.done().map_err(bad)?;
                 let data = if record.ok { data } else { None };
                 self.learn_from_mutation(&record);
-                Ok(vec![(record, data)])
+                Ok(vec![(*record, data)])
             }
             Pending::Lookup { dir, name } => {
                 let mut found = Vec::new();
@@ -210,7 +214,7 @@ impl Capture {
         }
     }
 
-    fn bind(&self, found: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Option<Attr>)>, stamp: &mut dyn FnMut() -> Vec<u8>) -> Vec<Captured> {
+    fn bind(&self, found: Vec<Binding>, stamp: &mut dyn FnMut() -> Vec<u8>) -> Vec<Captured> {
         let mut bindings = self.bindings.lock_anyway();
         let mut out = Vec::new();
         for (fh, dir_fh, name, attr) in found {
@@ -421,7 +425,7 @@ fn reply_fields(rec: &mut Record, proc_: u32, r: &mut Reader) -> crate::xdr::Res
     Ok(())
 }
 
-type Found = Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Option<Attr>)>;
+type Found = Vec<Binding>;
 
 fn readdirplus_entries(r: &mut Reader, dir: &[u8]) -> crate::xdr::Result<Found> {
     let mut found = Vec::new();

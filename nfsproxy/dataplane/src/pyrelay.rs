@@ -14,6 +14,11 @@ use crate::journal::{Durability, Journal, QuotaPolicy};
 use crate::py::{NativeCommitter, NativeHlc};
 use crate::{capture, rpc, server, stats};
 
+/// A gap the relay found: (token, stamp, cause, reason), as Python's Journal marks it.
+type GapRow<'py> = (u64, Bound<'py, PyBytes>, String, String);
+/// Calls begun through the binding and not yet completed, by ticket.
+type PendingCalls = std::collections::HashMap<u64, (capture::Pending, Vec<u8>)>;
+
 /// The native relay: one port serving NFSv3, MOUNT and portmapper answers in
 /// front of a NAS, on its own threads.
 #[pyclass(module = "nfsproxy._dataplane", frozen)]
@@ -157,7 +162,7 @@ impl Relay {
     /// Gaps the relay found (mutations whose reply never came), as
     /// `(token, stamp, cause, reason)`; each stamp stays in flight until
     /// `release_gap(token)`, once the control plane has marked the gap.
-    fn take_gaps<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyBytes>, String, String)>> {
+    fn take_gaps<'py>(&self, py: Python<'py>) -> PyResult<Vec<GapRow<'py>>> {
         Ok(self.journal()?.take_gaps().into_iter()
             .map(|g| (g.token, PyBytes::new(py, &g.stamp), g.cause, g.reason))
             .collect())
@@ -216,7 +221,7 @@ fn incarnation() -> [u8; 8] {
 #[pyclass(module = "nfsproxy._dataplane", frozen)]
 struct Capture {
     capture: capture::Capture,
-    pending: Mutex<(u64, std::collections::HashMap<u64, (capture::Pending, Vec<u8>)>)>,
+    pending: Mutex<(u64, PendingCalls)>,
 }
 
 #[pymethods]
