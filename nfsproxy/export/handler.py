@@ -65,8 +65,8 @@ from nfsproxy.wire.nfs3 import (ACCESS3_EXECUTE, ACCESS3_LOOKUP, ACCESS3_READ, F
 from nfsproxy.wire import portmap
 from nfsproxy.wire.programs import PROGRAMS
 from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PROG, PMAP_VERS, Mapping
-from nfsproxy.wire.rpc import (RPC_VERSION, AcceptStat, AuthFlavor, AuthStat, RejectStat, ReplyStat,
-                  RpcCall, RpcReply, decode_body, encode_reply)
+from nfsproxy.wire.rpc import (RPC_VERSION, AcceptStat, AuthFlavor, AuthStat, RejectStat,
+                  RpcCall, RpcReply, decode_body, encode_reply, refusal)
 from nfsproxy.wire.xdr import Codec
 
 __all__ = ["ExportHandler", "ExportObject", "ContentReader", "index_tree", "cookieverf_for",
@@ -258,10 +258,6 @@ def _reply(xid: int, codec: Codec, value: Any) -> bytes:
     return p.getvalue()
 
 
-def _accept_error(xid: int, accept_stat: AcceptStat, mismatch: tuple[int, int] | None = None) -> bytes:
-    return encode_reply(RpcReply(xid, accept_stat=accept_stat, mismatch=mismatch)).getvalue()
-
-
 _NO_WCC: Final = WccData(None, None)
 
 
@@ -302,25 +298,21 @@ class ExportHandler:
         """The encoded reply message to `call`. Raises RpcDecodeError for bad arguments."""
         xid = call.xid
         if call.rpcvers != RPC_VERSION:
-            return encode_reply(RpcReply(xid, ReplyStat.MSG_DENIED, None,
-                                         mismatch=(RPC_VERSION, RPC_VERSION),
-                                         reject_stat=RejectStat.RPC_MISMATCH)).getvalue()
+            return refusal(xid, RejectStat.RPC_MISMATCH)
         if call.cred.flavor not in _AUTH_FLAVORS:
-            return encode_reply(RpcReply(xid, ReplyStat.MSG_DENIED, None,
-                                         reject_stat=RejectStat.AUTH_ERROR,
-                                         auth_stat=AuthStat.AUTH_BADCRED)).getvalue()
+            return refusal(xid, AuthStat.AUTH_BADCRED)
         if call.prog == PMAP_PROG:
             if call.vers != PMAP_VERS:
-                return _accept_error(xid, AcceptStat.PROG_MISMATCH, (PMAP_VERS, PMAP_VERS))
+                return refusal(xid, AcceptStat.PROG_MISMATCH, (PMAP_VERS, PMAP_VERS))
             return portmap.answer(call, body, self.mappings())
         served = {NFS_PROGRAM: NFS_V3, MOUNT_PROGRAM: MOUNT_V3}.get(call.prog)
         if served is None:
-            return _accept_error(xid, AcceptStat.PROG_UNAVAIL)
+            return refusal(xid, AcceptStat.PROG_UNAVAIL)
         if call.vers != served:
-            return _accept_error(xid, AcceptStat.PROG_MISMATCH, (served, served))
+            return refusal(xid, AcceptStat.PROG_MISMATCH, (served, served))
         entry = self._dispatch.get((call.prog, call.vers, call.proc))
         if entry is None:
-            return _accept_error(xid, AcceptStat.PROC_UNAVAIL)
+            return refusal(xid, AcceptStat.PROC_UNAVAIL)
         args_codec, res_codec, method = entry
         args = decode_body(args_codec, body)
         return _reply(xid, res_codec, method(args))

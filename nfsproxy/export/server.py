@@ -30,8 +30,8 @@ from typing import Any
 
 from nfsproxy.export.handler import ExportHandler
 from nfsproxy.relay.limits import max_message_bytes
-from nfsproxy.wire.rpc import (NEED_DATA, AcceptStat, RpcCall, RpcDecodeError, RpcMessageReader, RpcReply,
-                  encode_reply, frame_rpc_message, parse_message)
+from nfsproxy.wire.rpc import (NEED_DATA, AcceptStat, RpcCall, RpcDecodeError, RpcMessageReader,
+                  frame_rpc_message, parse_message, refusal)
 
 __all__ = ["ExportServer", "ExportSession", "ExportOptions", "start_export", "run_export"]
 
@@ -202,7 +202,7 @@ class ExportSession(asyncio.Protocol):
 
 
 def _system_err(call: RpcCall) -> bytes:
-    return encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.SYSTEM_ERR)).getvalue()
+    return refusal(call.xid, AcceptStat.SYSTEM_ERR)
 
 
 # --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from nfsproxy.wire.nlm import (NLM_PROGRAM, NSM_PROGRAM, NSM_VERSION, LockOwner,
 from nfsproxy.wire.portmap import IPPROTO_TCP, PMAP_PORT, PMAP_PROG, PMAP_VERS, Mapping, PmapProc
 from nfsproxy.relay.routing import Route, answer_portmap, route
 from nfsproxy.wire.rpc import (NEED_DATA, AcceptStat, AuthSys, RpcCall, RpcDecodeError, RpcMessageReader,
-                  RpcReply, decode_body, encode_call, encode_reply, parse_message)
+                  RpcReply, decode_body, encode_call, encode_reply, parse_message, refusal)
 from nfsproxy.wire.xdr import U32
 from nfsproxy.relay.xid_table import framed_with_xid
 
@@ -135,7 +135,7 @@ def _with_xid(message: bytes | memoryview, xid: int) -> bytes:
 
 
 def _refusal(call: RpcCall) -> bytes:
-    return encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.SYSTEM_ERR)).getvalue()
+    return refusal(call.xid, AcceptStat.SYSTEM_ERR)
 
 
 class LockRelay:
@@ -247,8 +247,7 @@ class LockDatagrams(asyncio.DatagramProtocol):
                 else:
                     self.spawn(self._reply(self.locks.client_rebooted(call, addr[0], name), addr))
             else:
-                self._send(encode_reply(RpcReply(call.xid, accept_stat=AcceptStat.PROG_UNAVAIL))
-                           .getvalue(), addr)
+                self._send(refusal(call.xid, AcceptStat.PROG_UNAVAIL), addr)
         except RpcDecodeError as e:
             logger.warning("UDP datagram from %s dropped: %s", addr[0], e)
 

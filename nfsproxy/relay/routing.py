@@ -30,7 +30,7 @@ from nfsproxy.wire.nfsacl import NFSACL_PROGRAM, NFSACL_V3
 from nfsproxy.wire.nlm import NLM_PROGRAM, NLM_VERSIONS, NSM_PROGRAM, NSM_VERSION
 from nfsproxy.wire.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PROG, PMAP_VERS, Mapping
 from nfsproxy.wire.programs import RPCBIND_VERSIONS, Route, route_of
-from nfsproxy.wire.rpc import AcceptStat, RejectStat, RpcCall, RpcReply, ReplyStat, encode_reply, RPC_VERSION
+from nfsproxy.wire.rpc import AcceptStat, RejectStat, RpcCall, refusal, RPC_VERSION
 
 __all__ = ["Route", "route", "NFS_PROGRAM", "reject", "answer_portmap"]
 
@@ -48,15 +48,9 @@ def route(call: RpcCall) -> Route:
 def reject(call: RpcCall) -> bytes:
     """The RPC-level refusal for a call that `route` sent to REJECT."""
     if call.rpcvers != RPC_VERSION:
-        reply = RpcReply(call.xid, ReplyStat.MSG_DENIED, None, mismatch=(RPC_VERSION, RPC_VERSION),
-                         reject_stat=RejectStat.RPC_MISMATCH)
-    elif call.prog == PMAP_PROG:
-        reply = RpcReply(call.xid, accept_stat=AcceptStat.PROG_MISMATCH,
-                         mismatch=(RPCBIND_VERSIONS[0], RPCBIND_VERSIONS[-1]))
-    else:
-        reply = RpcReply(call.xid, accept_stat=AcceptStat.PROG_MISMATCH,
-                         mismatch=(NFS_VERSION, NFS_VERSION))
-    return encode_reply(reply).getvalue()
+        return refusal(call.xid, RejectStat.RPC_MISMATCH)
+    served = RPCBIND_VERSIONS if call.prog == PMAP_PROG else (NFS_VERSION,)
+    return refusal(call.xid, AcceptStat.PROG_MISMATCH, (served[0], served[-1]))
 
 
 def _mappings(port: int) -> tuple[Mapping, ...]:

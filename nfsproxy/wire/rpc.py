@@ -31,7 +31,7 @@ __all__ = [
     "RpcDecodeError", "NEED_DATA", "RpcMessageReader", "frame_rpc_message",
     "MsgType", "ReplyStat", "AcceptStat", "RejectStat", "AuthStat", "AuthFlavor",
     "OpaqueAuth", "AuthSys", "RpcCall", "RpcReply", "parse_message",
-    "encode_call", "encode_reply", "decode_body", "MAX_AUTH_BYTES",
+    "encode_call", "encode_reply", "refusal", "decode_body", "MAX_AUTH_BYTES",
 ]
 
 RPC_VERSION: Final = 2
@@ -350,6 +350,27 @@ def encode_reply(reply: RpcReply, p: Packer | None = None) -> Packer:
         p.u32(reply.mismatch[0])
         p.u32(reply.mismatch[1])
     return p
+
+
+def refusal(xid: int, stat: AcceptStat | RejectStat | AuthStat,
+            mismatch: tuple[int, int] | None = None) -> bytes:
+    """The whole reply to a call its receiver will not run, one rule for every
+    server here (relay, export, lock routes).
+
+    An AcceptStat gives an accepted reply (PROG_MISMATCH carries `mismatch`, the
+    versions served); RejectStat.RPC_MISMATCH a denied one naming RPC version 2;
+    an AuthStat a denied AUTH_ERROR.
+    """
+    if isinstance(stat, AcceptStat):
+        reply = RpcReply(xid, accept_stat=stat, mismatch=mismatch)
+    elif isinstance(stat, AuthStat):
+        reply = RpcReply(xid, ReplyStat.MSG_DENIED, None, reject_stat=RejectStat.AUTH_ERROR, auth_stat=stat)
+    elif stat is RejectStat.RPC_MISMATCH:
+        reply = RpcReply(xid, ReplyStat.MSG_DENIED, None, mismatch=(RPC_VERSION, RPC_VERSION),
+                         reject_stat=stat)
+    else:
+        raise ValueError(f"refusal: AUTH_ERROR is given by its AuthStat, not {stat!r}")
+    return encode_reply(reply).getvalue()
 
 
 def decode_body(codec, body: memoryview):

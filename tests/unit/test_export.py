@@ -526,6 +526,13 @@ def test_unknown_programs_versions_and_procedures_are_rejected(handler, prog, ve
     assert bytes(body) == b""
 
 
+def test_export_refuses_a_wrong_rpc_version_as_the_relay_does(handler):
+    from nfsproxy.relay.routing import reject
+
+    call = RpcCall(77, NFS_PROGRAM, 3, 0, rpcvers=3)
+    assert handler.handle(call, b"") == reject(call)
+
+
 def test_rpc_version_and_credentials(handler):
     reply, _ = raw(handler, NFS_PROGRAM, 3, 0, rpcvers=3)
     assert reply.reply_stat is ReplyStat.MSG_DENIED and reply.reject_stat is RejectStat.RPC_MISMATCH

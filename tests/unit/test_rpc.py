@@ -11,7 +11,7 @@ from nfsproxy.wire.programs import lookup
 from nfsproxy.wire.rpc import (LAST_FRAGMENT, NEED_DATA, AcceptStat, AuthFlavor, AuthStat, AuthSys,
                           OpaqueAuth, RejectStat, ReplyStat, RpcCall, RpcDecodeError,
                           RpcMessageReader, RpcReply, decode_body, encode_call, encode_reply,
-                          frame_rpc_message, parse_message)
+                          frame_rpc_message, parse_message, refusal)
 from nfsproxy.wire.xdr import encode
 
 
@@ -272,3 +272,28 @@ def test_decode_body_errors_are_rpc_decode_errors():
         decode_body(nfs3.GETATTR3args.xdr, memoryview(args + b"\0\0\0\0"))
     with pytest.raises(RpcDecodeError):
         decode_body(nfs3.GETATTR3args.xdr, memoryview(args[:-1]))
+
+
+# --------------------------------------------------------------------------
+# refusal(): the one rule every server here refuses calls by
+
+@pytest.mark.parametrize("stat, mismatch", [
+    (AcceptStat.PROG_UNAVAIL, None), (AcceptStat.PROC_UNAVAIL, None),
+    (AcceptStat.SYSTEM_ERR, None), (AcceptStat.PROG_MISMATCH, (3, 4)),
+])
+def test_refusal_accepted_round_trips(stat, mismatch):
+    reply, body = parse_message(refusal(9, stat, mismatch))
+    assert (reply.xid, reply.reply_stat, reply.accept_stat, reply.mismatch) == (
+        9, ReplyStat.MSG_ACCEPTED, stat, mismatch)
+    assert bytes(body) == b""
+
+
+def test_refusal_denied_names_rpc_version_2_or_the_auth_stat():
+    reply, _ = parse_message(refusal(10, RejectStat.RPC_MISMATCH))
+    assert (reply.reply_stat, reply.reject_stat, reply.mismatch) == (
+        ReplyStat.MSG_DENIED, RejectStat.RPC_MISMATCH, (2, 2))
+    reply, _ = parse_message(refusal(11, AuthStat.AUTH_BADCRED))
+    assert (reply.reject_stat, reply.auth_stat) == (RejectStat.AUTH_ERROR, AuthStat.AUTH_BADCRED)
+    with pytest.raises(ValueError):
+        refusal(12, RejectStat.AUTH_ERROR)
+
