@@ -3,7 +3,7 @@ ganesha vs through `nfsj proxy` shipping to 2 live shards, beside a bare byte
 relay (a script, not a test).
 
     python3 tests/bench/bench_proxy.py [--quick] [--rounds N] [--data-plane native|python|both]
-                                       [--keep]
+                                       [--cases KEY,...] [--keep]
 
 One fresh nfs-ganesha (FSAL VFS, loopback) serves every run, and two
 `nfsj recoveryd` shards run for the whole benchmark: every proxied run ships
