@@ -9,6 +9,9 @@ fsync among every record written while the previous one ran.
 * ``async``: an append resolves right after the write; a background flush
   follows within ``flush_interval_s``. The records not yet fsynced are the
   RPO window, which the committer measures.
+* ``strict``: appends resolve as in ``sync``; it tells the relay that every
+  mutation's reply waits for its record's fsync, an UNSTABLE WRITE's too
+  (``sync`` on the native data plane answers those at once, as NFS allows).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ __all__ = ["Durability"]
 
 
 class Durability(str, enum.Enum):
-    """When an append resolves: after the fsync, or after the write."""
+    """When an append resolves (after the fsync, or after the write), and which
+    replies the relay holds for it."""
 
     SYNC = "sync"
     ASYNC = "async"
+    STRICT = "strict"

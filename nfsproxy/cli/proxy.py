@@ -27,7 +27,7 @@ def _size(text: str | None) -> int | None:
 #: logstore.commit.Durability and nfsproxy.relay.journal.QuotaPolicy. Spelled here so
 #: that --help loads neither the LOG nor the relay (a unit test keeps them equal).
 DEFAULT_LOG_RETAIN = "1h"
-DURABILITIES = ("sync", "async")
+DURABILITIES = ("sync", "async", "strict")
 QUOTA_POLICIES = ("block", "passthrough")
 DATA_PLANES = ("python", "native")
 
@@ -43,8 +43,10 @@ def proxy(
     listen: str = typer.Option("0.0.0.0:2049", help="HOST:PORT to serve NFSv3, MOUNT and portmap GETPORT on."),
     backend: str = typer.Option(..., help="The NAS: HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT."),
     log: str = typer.Option(..., "--log", help="Directory of the LOG (created if missing)."),
-    durability: str = typer.Option("sync", metavar="sync|async",
-                                   help="sync: reply after fsync (RPO 0); async: reply at once."),
+    durability: str = typer.Option("sync", metavar="sync|async|strict",
+                                   help="sync: reply after fsync (RPO 0; the native plane answers "
+                                   "UNSTABLE writes at once, as NFS allows); strict: every reply after "
+                                   "its record's fsync; async: reply at once."),
     segment_size: str = typer.Option("64M", help="LOG segment size."),
     quota: str = typer.Option(None, help="LOG disk quota, e.g. 20G (default: none)."),
     quota_policy: str = typer.Option("block", metavar="block|passthrough",

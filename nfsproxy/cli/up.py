@@ -15,11 +15,15 @@ def up(
     data: str = typer.Option("nfsj-data", help="Directory for the LOG, the shards and logs."),
     shards: int = typer.Option(2, min=1, help="Number of recovery shards."),
     shard_base_port: int = typer.Option(7400, help="Shard k listens on 127.0.0.1:BASE+k."),
-    durability: str = typer.Option("sync", help="sync (RPO 0) or async."),
+    durability: str = typer.Option("sync", metavar="sync|async|strict",
+                                   help="The proxy's --durability: sync (RPO 0), strict or async."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C."""
     from nfsproxy.daemon.up import UpOptions, run_up
 
+    from .proxy import DURABILITIES, _choice
+
     setup_logging(verbose)
-    run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability))
+    run_up(UpOptions(backend, listen, data, shards, shard_base_port,
+                     _choice(durability, DURABILITIES, "--durability")))

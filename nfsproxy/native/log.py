@@ -298,8 +298,10 @@ class NativeCommitter:
         self._log = log
         self._durability = Durability(durability)
         with _native_errors():
-            self._native = _dataplane.NativeCommitter(log.native, self._durability.value,
-                                                      flush_interval_s)
+            # strict differs from sync in which replies wait, not in when appends resolve.
+            self._native = _dataplane.NativeCommitter(
+                log.native, "async" if self._durability is Durability.ASYNC else "sync",
+                flush_interval_s)
         self.quota_bytes = quota_bytes
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()  # seq order
         self._space_waiters: list[asyncio.Future[None]] = []

@@ -1,58 +1,76 @@
-"""What the journaling proxy costs: NFSv3 writes direct to ganesha vs through it
-(a script, not a test).
+"""What the journaling proxy costs in its deployment's shape: NFSv3 direct to
+ganesha vs through `nfsj proxy` shipping to 2 live shards, beside a bare byte
+relay (a script, not a test).
 
-    python3 tests/bench/bench_proxy.py [--quick] [--rounds N] [--data-plane python|native|both]
-                                       [--relay-threads N]
+    python3 tests/bench/bench_proxy.py [--quick] [--rounds N] [--data-plane native|python|both]
+                                       [--cases KEY,...] [--keep]
 
-One fresh nfs-ganesha (FSAL VFS, loopback) serves every run. These
-configurations are measured side by side in one run:
+One fresh nfs-ganesha (FSAL VFS, loopback) serves every run, and two
+`nfsj recoveryd` shards run for the whole benchmark: every proxied run ships
+its LOG to both, as in every real deployment. Configurations, measured side
+by side in one run:
 
-* direct - the client talks to ganesha;
-* async  - through `nfsj proxy --durability async` (reply after the LOG write);
-* sync   - through `nfsj proxy --durability sync` (reply after the LOG fsync);
+* direct    - the client talks to ganesha;
+* bare      - through `bare_relay.c` (compiled here with gcc into the work
+  directory): one thread, epoll, non-blocking sockets, one NAS connection per
+  client connection, no parsing and no journal. It is the floor any relay
+  has on this host (two more loopback hops and a process in between). It
+  forwards ganesha's MOUNT port on a port of its own as well, so the client
+  mounts through it too: every byte of the run crosses the relay, as with
+  the proxy, which serves MOUNT on its NFS port;
+* n-async, n-sync, n-strict - `nfsj proxy --data-plane native --durability
+  D --relay-threads 1 --shard S0 --shard S1`; n-sync-2t the same with
+  `--relay-threads 2`;
+* with `--data-plane python` or `both`: p-async, p-sync, p-strict, the same
+  with `--data-plane python` (whose sync holds every reply, like strict).
 
-and with `--data-plane native` (or `both`) the native relay
-(`native_relay_proc.py`: nfsproxy._dataplane.Relay journaling to the native
-LOG writer with the native HLC):
+Cases (each writes a new file; the metadata mix leaves none):
 
-* n-relay  - the native relay journaling nothing (the relay's own cost);
-* n-async  - every reply at once;
-* n-sync   - UNSTABLE WRITE replies at once, the rest after their fsync;
-* n-strict - every reply after its record's fsync.
-
-Cases, all sequential writes to a new file:
-
-* 4 KiB writes, 16 in flight (ops/s);
-* 1 MiB writes, 16 in flight (MiB/s);
-* 4 KiB writes, one at a time: p50 and p99 latency of each call.
+* 4 KiB UNSTABLE writes, 16 in flight (ops/s);
+* 4 KiB FILE_SYNC writes, 16 in flight (ops/s);
+* 4 KiB UNSTABLE writes, one at a time: p50 and p99 of each call;
+* 1 MiB UNSTABLE writes, 16 in flight (MiB/s);
+* metadata mix: CREATE, SETATTR (chmod) and REMOVE of one file after the
+  other, 16 files under way (calls/s);
+* 4 KiB UNSTABLE writes on 2 connections, 16 in flight on each (ops/s): a
+  native relay thread serves a connection, so this is where 2 relay threads
+  could beat 1 (on this 2-core host the client, ganesha and the shards share
+  those cores).
 
 The load comes from `libnfs_load.py` (libnfs's async C API through ctypes);
 its own CPU is reported too, to show that it stays small.
 
-Configurations are interleaved within each round (for each case: direct,
-async, sync), over `--rounds` rounds (3); tables show the median. The ratio
-column, proxied / direct, is the point: on a shared machine absolute figures
-drift with whatever else runs, while the configurations of one round see
-nearly the same machine. The `other CPU` column says how busy the machine
-was with processes other than client, proxy and ganesha.
+Configurations are interleaved within each round (for each case: every
+configuration in turn), over `--rounds` rounds; tables show the median. The
+ratios are the point: on a shared machine absolute figures drift with
+whatever else runs, while the configurations of one round see nearly the
+same machine. The `other CPU` column says how busy the machine was with
+processes other than client, relay, shards and ganesha.
 
-Every proxied run gets a fresh proxy and a fresh LOG, so its counters are its
-own:
+Every proxied run gets a fresh proxy and a fresh LOG (a new stream on the
+shards). A run's window is the load plus the drain after it: the time until
+the shards have acked every record (`nfsj_log_backlog_records` = 0; shown as
+`drain`), so the shipping of every record is inside its CPU figures. CPU is
+read per thread (/proc/PID/task/*/schedstat, nanoseconds) and split by
+thread name:
 
-* proxy CPU, from /proc/PID/stat (utime + stime) before and after the load,
-  per GiB and per write (clock ticks: 10 ms resolution);
-* LOG records and bytes, read after the proxy has stopped by opening the LOG
-  (`logstore.log.Log`);
-* fsyncs: fdatasync + fsync calls of the proxy process, counted by the kernel
-  (`perf stat -e syscalls:sys_enter_fdatasync,...` wrapping the proxy; in-kernel
-  counting, nothing per call in userspace). Shown as `-` when perf cannot.
+* relay  - the native relay's threads (`nfsj-relay`), or the bare relay;
+* fsync  - the group committer's fsync thread (`nfsj-fsync`);
+* main   - the proxy's Python event loop: shipping and control on the native
+  plane; on the Python plane the relay and journal too (one loop: no split);
+* ship   - the proxy's other threads: gRPC's and the shipper's LOG readers.
 
-Before the first run a few GiB of memory are touched and freed (see
-`prewarm_memory`: on a VM, never-touched guest pages make page-cache writes
-several times slower the first time). After each run the file is removed
-through NFS and the LOG directory deleted, so runs do not leave dirty pages
-behind for the next one. There are no thresholds; every number names its
-machine (benchmarks stay apart from the test run).
+`data plane` = relay + fsync on the native plane (main + fsync on the
+Python plane), per write and per GiB; `shipper` = main + ship on the
+native plane. fsyncs are the proxy process's fdatasync + fsync calls,
+counted in the kernel by `perf stat` around it (`-` without perf).
+
+The targets (issue 12) are printed beside the ratios; the last lines turn
+the measured data-plane CPU per write into what one 16-core proxy host
+would carry (cost per core times cores). Before the first run a few GiB of
+memory are touched and freed (see `prewarm_memory`). After each run the
+files are removed through NFS (direct) and the LOG directory deleted.
+There are no thresholds; every number names its machine.
 """
 
 from __future__ import annotations
@@ -69,27 +87,40 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
-from libnfs_load import (Connection, NfsTarget, library_path, write_latency_qd1,  # noqa: E402
-                         write_throughput)
+from e2e.shard_fixture import ShardProcess  # noqa: E402
+from libnfs_load import (Connection, NfsTarget, library_path, metadata_mix,  # noqa: E402
+                         write_latency_qd1, write_throughput)
 from logstore.log import Log  # noqa: E402
 from nfsproxy.demo.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
 from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-PYTHON_CONFIGS = ("async", "sync")
-NATIVE_CONFIGS = ("n-relay", "n-async", "n-sync", "n-strict")
-CONFIGS = ("direct", *PYTHON_CONFIGS)  # main() sets it from --data-plane
-_SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
+N_SHARDS = 2
+_SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),.* metrics (http://\S+)")
+_BARE = re.compile(r"bare relay: (\d+) -> (\d+)")
+_BACKLOG = re.compile(r"^nfsj_log_backlog_records (\S+)$", re.M)
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _FSYNC_EVENTS = ("syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync")
+DRAIN_TIMEOUT_S = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    kind: str  # direct | bare | proxy
+    plane: str = ""
+    durability: str = ""
+    relay_threads: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +129,23 @@ class Case:
     title: str
     block_bytes: int
     queue_depth: int
-    total_bytes: int = 0  # throughput cases
+    total_bytes: int = 0  # write cases
     n: int = 0  # latency case: timed calls
+    file_sync: bool = False
+    connections: int = 1
+    files: int = 0  # metadata mix
 
     @property
     def latency(self) -> bool:
         return self.n > 0
+
+    @property
+    def metadata(self) -> bool:
+        return self.files > 0
+
+    @property
+    def unit(self) -> str:
+        return "MiB/s" if self.block_bytes >= MiB else "op/s"
 
 
 @dataclasses.dataclass
@@ -113,27 +155,53 @@ class Run:
     config: str
     ops: int
     nbytes: int
-    elapsed_s: float
+    elapsed_s: float  # the load's own clock
+    window_s: float  # load + drain: what the CPU figures cover
     client_cpu_s: float
     nas_cpu_s: float
+    shards_cpu_s: float
     other_cpu_s: float
-    proxy_cpu_s: float | None = None
+    threads: dict[str, float] = dataclasses.field(default_factory=dict)  # category -> CPU s
+    drain_s: float | None = None
     latencies_s: list[float] | None = None
     log_records: int | None = None
-    log_bytes: int | None = None
     fsyncs: int | None = None
 
     @property
-    def ops_per_s(self) -> float:
-        return self.ops / self.elapsed_s
-
-    @property
-    def bytes_per_s(self) -> float:
-        return self.nbytes / self.elapsed_s
+    def rate(self) -> float:
+        return self.nbytes / MiB / self.elapsed_s if self.nbytes >= self.ops * MiB else self.ops / self.elapsed_s
 
     def pct(self, q: float) -> float:
         lat = sorted(self.latencies_s or ())
         return lat[min(len(lat) - 1, round(q * (len(lat) - 1)))]
+
+    @property
+    def relay_cpu_s(self) -> float | None:
+        return self.threads.get("relay") if self.threads else None
+
+    @property
+    def data_plane_cpu_s(self) -> float | None:
+        """The reply path: relay + fsync threads (native), event loop + fsync (Python)."""
+        if not self.threads:
+            return None
+        t = self.threads
+        if "relay" in t and t["relay"] > 0 and "main" not in t:  # the bare relay
+            return t["relay"]
+        if t.get("relay", 0.0) > 0:
+            return t["relay"] + t.get("fsync", 0.0)
+        return t.get("main", 0.0) + t.get("fsync", 0.0)
+
+    @property
+    def shipper_cpu_s(self) -> float | None:
+        """Shipping and control (native plane); None where it shares the relay's loop."""
+        t = self.threads
+        if not t or "main" not in t or t.get("relay", 0.0) <= 0:
+            return None
+        return t["main"] + t.get("ship", 0.0)
+
+    @property
+    def proxy_cpu_s(self) -> float | None:
+        return sum(self.threads.values()) if self.threads else None
 
 
 # --------------------------------------------------------------------------
@@ -152,10 +220,41 @@ def machine() -> list[str]:
 
 
 def process_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (all threads), in seconds."""
+    """utime + stime of a whole process (all threads, live and ended), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of `pid`: (name, CPU seconds on the CPU), from schedstat (ns)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        out[int(task.name)] = (name, on_cpu_ns / 1e9)
+    return out
+
+
+def thread_category(pid: int, tid: int, name: str) -> str:
+    if name.startswith("nfsj-relay"):
+        return "relay"
+    if name.startswith("nfsj-fsync"):
+        return "fsync"
+    return "main" if tid == pid else "ship"
+
+
+def split_cpu(pid: int, before: dict[int, tuple[str, float]],
+              after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU spent between two `thread_cpu_s` samples, by category (threads that
+    ended in between are lost: the proxy's threads live as long as it does)."""
+    out = {"relay": 0.0, "fsync": 0.0, "main": 0.0, "ship": 0.0}
+    for tid, (name, cpu) in after.items():
+        out[thread_category(pid, tid, name)] += cpu - before.get(tid, (name, 0.0))[1]
+    return out
 
 
 def machine_busy_s() -> float:
@@ -167,7 +266,7 @@ def machine_busy_s() -> float:
 
 
 # --------------------------------------------------------------------------
-# The proxy
+# fsync counting
 
 
 def perf_works() -> bool:
@@ -195,30 +294,88 @@ def _parse_perf(text: str) -> int | None:
     return total if seen == len(_FSYNC_EVENTS) else None
 
 
-class Proxy:
-    """`python -m nfsproxy proxy` with a fresh LOG, optionally under `perf stat`."""
+# --------------------------------------------------------------------------
+# The relays
 
-    def __init__(self, nas, workdir: Path, durability: str, use_perf: bool, relay_threads: int = 1):
-        self.log_dir = workdir / f"log-{durability}"
+
+class Relay:
+    """A relay process in front of the NAS: `target` is where clients go."""
+
+    pid: int
+    target: NfsTarget
+
+    def drain(self) -> float | None:
+        """Wait until everything journaled is shipped; the seconds it took."""
+        return None
+
+    def stop(self) -> tuple[int | None, int | None]:
+        """Stop; (LOG records, fsyncs)."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+
+def build_bare_relay(workdir: Path) -> Path:
+    exe = workdir / "bare_relay"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
+                    str(HERE / "bare_relay.c")], check=True)
+    return exe
+
+
+class BareRelay(Relay):
+    def __init__(self, exe: Path, nas, workdir: Path):
+        self.stderr_path = workdir / "bare.stderr"
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen([str(exe), "127.0.0.1", str(nas.nfs_port), str(nas.mount_port)],
+                                         stdout=subprocess.PIPE, stderr=err, text=True)
+        ports = {}
+        for line in self.proc.stdout:
+            if m := _BARE.match(line):
+                ports[int(m.group(2))] = int(m.group(1))
+            if line.startswith("bare relay: ready"):
+                break
+        if set(ports) != {nas.nfs_port, nas.mount_port}:
+            self.kill()
+            raise RuntimeError(f"the bare relay did not start: {self.stderr_path.read_text()}")
+        self.pid = self.proc.pid
+        self.target = NfsTarget("127.0.0.1", ports[nas.nfs_port], ports[nas.mount_port], "/export")
+
+    def stop(self) -> tuple[int | None, int | None]:
+        self.proc.terminate()
+        self.proc.communicate(timeout=30)
+        return None, None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+class Proxy(Relay):
+    """`python -m nfsproxy proxy` with a fresh LOG, shipping to the shards,
+    optionally under `perf stat`."""
+
+    def __init__(self, nas, workdir: Path, config: Config, shards: list[str], use_perf: bool):
+        self.log_dir = workdir / f"log-{config.name}"
         shutil.rmtree(self.log_dir, ignore_errors=True)
-        self.stderr_path = workdir / f"proxy-{durability}.stderr"
-        self.perf_out = workdir / f"perf-{durability}.out"
-        if durability.startswith("n-"):
-            mode = durability.removeprefix("n-").replace("relay", "none")
-            argv = [sys.executable, str(HERE / "native_relay_proc.py"), "--log", str(self.log_dir),
-                    "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}", "--durability", mode,
-                    "--threads", str(relay_threads)]
-        else:
-            argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
-                    "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
-                    "--log", str(self.log_dir), "--durability", durability]
+        self.stderr_path = workdir / f"proxy-{config.name}.stderr"
+        self.perf_out = workdir / f"perf-{config.name}.out"
+        argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
+                "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
+                "--log", str(self.log_dir), "--durability", config.durability,
+                "--data-plane", config.plane, "--relay-threads", str(config.relay_threads),
+                "--control", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+        for shard in shards:
+            argv += ["--shard", shard]
         self.use_perf = use_perf
         if use_perf:
             argv = ["perf", "stat", "-x,", "-e", ",".join(_FSYNC_EVENTS), "-o", str(self.perf_out),
                     "--", *argv]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
-                                         cwd=REPO)
+                                         cwd=REPO, env=env)
         line = self.proc.stdout.readline()
         m = _SERVING.search(line)
         if not m:
@@ -228,7 +385,8 @@ class Proxy:
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"proxy did not start: {line!r}\n{self.stderr_path.read_text()[-3000:]}")
-        self.port = int(m.group(1))
+        self.target = NfsTarget("127.0.0.1", int(m.group(1)), int(m.group(1)), "/export")
+        self.metrics_url = m.group(2)
         self.pid = self._proxy_pid()
 
     def _proxy_pid(self) -> int:
@@ -246,12 +404,24 @@ class Proxy:
         except OSError:
             return []
 
-    @property
-    def target(self) -> NfsTarget:
-        return NfsTarget("127.0.0.1", self.port, self.port, "/export")
+    def backlog(self) -> float:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            m = _BACKLOG.search(r.read().decode())
+        if not m:
+            raise RuntimeError("the proxy's metrics lack nfsj_log_backlog_records")
+        return float(m.group(1))
 
-    def stop(self) -> tuple[int | None, int | None, int | None]:
-        """SIGTERM the proxy; return (LOG records, LOG bytes, fsyncs) and delete the LOG."""
+    def drain(self) -> float:
+        t0 = time.perf_counter()
+        deadline = t0 + DRAIN_TIMEOUT_S
+        while self.backlog() > 0:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"the shards did not catch up within {DRAIN_TIMEOUT_S:.0f} s")
+            time.sleep(0.02)
+        return time.perf_counter() - t0
+
+    def stop(self) -> tuple[int | None, int | None]:
+        """SIGTERM the proxy; return (LOG records, fsyncs) and delete the LOG."""
         try:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -263,20 +433,18 @@ class Proxy:
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError("the proxy did not stop within 30 s of SIGTERM")
+        self.proc.stdout.close()
         if rc != 0:
             raise RuntimeError(f"the proxy exited with status {rc}:\n"
                                f"{self.stderr_path.read_text()[-3000:]}")
         fsyncs = _parse_perf(self.perf_out.read_text()) if self.use_perf else None
-        if not self.log_dir.exists():  # the native relay alone journals nothing
-            return 0, 0, fsyncs
         log = Log.open(self.log_dir)
         try:
             records = max(0, log.last_seq - log.first_seq + 1)
-            nbytes = log.size_bytes
         finally:
             log.close()
         shutil.rmtree(self.log_dir, ignore_errors=True)
-        return records, nbytes, fsyncs
+        return records, fsyncs
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -292,38 +460,84 @@ class Proxy:
 # Running
 
 
-def run_one(case: Case, config: str, rnd: int, nas, workdir: Path, use_perf: bool,
-            relay_threads: int = 1) -> Run:
-    direct = NfsTarget("127.0.0.1", nas.nfs_port, nas.mount_port, "/export")
-    proxy = Proxy(nas, workdir, config, use_perf, relay_threads) if config != "direct" else None
-    path = f"/bench-r{rnd}-{case.key}-{config}"
+@dataclasses.dataclass
+class Bench:
+    nas: object
+    shards: list[ShardProcess]
+    workdir: Path
+    bare_exe: Path
+    use_perf: bool
+
+    @property
+    def direct(self) -> NfsTarget:
+        return NfsTarget("127.0.0.1", self.nas.nfs_port, self.nas.mount_port, "/export")
+
+    def relay(self, config: Config) -> Relay | None:
+        if config.kind == "direct":
+            return None
+        if config.kind == "bare":
+            return BareRelay(self.bare_exe, self.nas, self.workdir)
+        return Proxy(self.nas, self.workdir, config, [s.address for s in self.shards], self.use_perf)
+
+    def shards_cpu_s(self) -> float:
+        return sum(process_cpu_s(s.proc.pid) for s in self.shards)
+
+
+def load(case: Case, target: NfsTarget, path: str):
+    """(ops, bytes, elapsed s, client CPU s, latencies or None)."""
+    if case.latency:
+        c0, t0 = time.process_time(), time.perf_counter()
+        lat = write_latency_qd1(target, path, case.block_bytes, case.n)
+        return case.n, case.n * case.block_bytes, time.perf_counter() - t0, time.process_time() - c0, lat
+    if case.metadata:
+        res = metadata_mix(target, path, case.files, case.queue_depth)
+        return res.ops, 0, res.elapsed_s, res.client_cpu_s, None
+    res = write_throughput(target, path, case.block_bytes, case.total_bytes, case.queue_depth,
+                           file_sync=case.file_sync, connections=case.connections)
+    return res.ops, res.ops * case.block_bytes, res.elapsed_s, res.client_cpu_s, None
+
+
+def cleanup(bench: Bench, case: Case, path: str) -> None:
+    if case.metadata:
+        return  # the mix removes what it creates
+    names = [path] if case.connections == 1 else [f"{path}-{k}" for k in range(case.connections)]
+    with Connection(bench.direct) as conn:  # not through a proxy: no record for the cleanup
+        for name in names:
+            conn.unlink(name)
+
+
+def run_one(bench: Bench, case: Case, config: Config, rnd: int) -> Run:
+    relay = bench.relay(config)
+    path = f"/bench-r{rnd}-{case.key}-{config.name}"
     try:
-        target = proxy.target if proxy else direct
-        p0 = process_cpu_s(proxy.pid) if proxy else 0.0
-        n0, m0, c0, t0 = process_cpu_s(nas.pid), machine_busy_s(), time.process_time(), time.perf_counter()
-        if case.latency:
-            lat = write_latency_qd1(target, path, case.block_bytes, case.n)
-            ops, client_cpu, latencies = case.n, None, lat
-        else:
-            res = write_throughput(target, path, case.block_bytes, case.total_bytes, case.queue_depth)
-            ops, client_cpu, latencies = res.ops, res.client_cpu_s, None
-        t1, c1, m1, n1 = time.perf_counter(), time.process_time(), machine_busy_s(), process_cpu_s(nas.pid)
-        p1 = process_cpu_s(proxy.pid) if proxy else 0.0
-        # The latency case's wall clock includes connecting and creating (it only
-        # scales `other CPU`); a throughput case's is the load generator's own.
-        elapsed = t1 - t0 if case.latency else res.elapsed_s
-        run = Run(config, ops, ops * case.block_bytes, elapsed,
-                  client_cpu if client_cpu is not None else c1 - c0, n1 - n0,
-                  max(0.0, (m1 - m0) - (n1 - n0) - (p1 - p0) - (c1 - c0)),
-                  proxy_cpu_s=(p1 - p0) if proxy else None, latencies_s=latencies)
-        if proxy:
-            run.log_records, run.log_bytes, run.fsyncs = proxy.stop()
-            proxy = None
+        target = relay.target if relay else bench.direct
+        pid = relay.pid if relay else None
+        th0 = thread_cpu_s(pid) if relay else {}
+        p0 = process_cpu_s(pid) if relay else 0.0
+        n0, s0, m0, w0 = (process_cpu_s(bench.nas.pid), bench.shards_cpu_s(), machine_busy_s(),
+                          time.perf_counter())
+        ops, nbytes, elapsed, client_cpu, latencies = load(case, target, path)
+        drain = relay.drain() if relay else None
+        w1, m1, s1, n1 = time.perf_counter(), machine_busy_s(), bench.shards_cpu_s(), process_cpu_s(bench.nas.pid)
+        p1 = process_cpu_s(pid) if relay else 0.0
+        threads = {}
+        if relay:
+            th1 = thread_cpu_s(pid)
+            threads = split_cpu(pid, th0, th1)
+            if isinstance(relay, BareRelay):  # one thread: all of it is the relay
+                threads = {"relay": sum(threads.values())}
+        # Machine-wide busy time in the window less what this process (client:
+        # process_time covers the load's own thread), ganesha, the shards and the relay used.
+        other = (m1 - m0) - (n1 - n0) - (s1 - s0) - (p1 - p0) - client_cpu
+        run = Run(config.name, ops, nbytes, elapsed, w1 - w0, client_cpu, n1 - n0, s1 - s0,
+                  max(0.0, other), threads=threads, drain_s=drain, latencies_s=latencies)
+        if relay:
+            run.log_records, run.fsyncs = relay.stop()
+            relay = None
     finally:
-        if proxy:
-            proxy.kill()
-    with Connection(direct) as conn:  # not through a proxy: no record for the cleanup
-        conn.unlink(path)
+        if relay:
+            relay.kill()
+    cleanup(bench, case, path)
     os.sync()  # start the next run with no dirty pages of this one in flight
     return run
 
@@ -332,13 +546,17 @@ def describe(case: Case, run: Run) -> str:
     if case.latency:
         head = f"p50 {run.pct(0.5) * 1e6:7.0f} us  p99 {run.pct(0.99) * 1e6:7.0f} us"
     else:
-        head = f"{run.ops_per_s:9,.0f} op/s {run.bytes_per_s / MiB:8,.1f} MiB/s"
+        head = f"{run.rate:9,.0f} {case.unit:<5}"
     extra = ""
-    if run.proxy_cpu_s is not None:
-        extra = (f"  proxy CPU {run.proxy_cpu_s:5.2f} s, LOG {run.log_records} records"
-                 f" {run.log_bytes / MiB:.1f} MiB, fsyncs {_fmt_int(run.fsyncs)}")
-    return (f"{head}  ganesha CPU {run.nas_cpu_s:5.2f} s  client CPU {run.client_cpu_s:5.2f} s"
-            f"  other CPU {run.other_cpu_s / run.elapsed_s:4.2f} cores{extra}")
+    if run.threads:
+        cats = " ".join(f"{k} {v:.2f}" for k, v in run.threads.items() if v)
+        extra = f"  relay process CPU s: {cats}"
+        if run.drain_s is not None:
+            extra += (f"; drain {run.drain_s:.2f} s, LOG {run.log_records} records, "
+                      f"fsyncs {_fmt_int(run.fsyncs)}")
+    return (f"{head}  ganesha CPU {run.nas_cpu_s:5.2f} s  shards CPU {run.shards_cpu_s:5.2f} s"
+            f"  client CPU {run.client_cpu_s:5.2f} s"
+            f"  other CPU {run.other_cpu_s / run.window_s:4.2f} cores{extra}")
 
 
 def _fmt_int(v: int | float | None) -> str:
@@ -350,125 +568,238 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def summarize(cases: list[Case], runs: dict[tuple[str, str], list[Run]], rounds: int) -> list[str]:
-    out = []
-    out.append("")
-    out.append(f"Median of {rounds} interleaved round(s). ratio = proxied / direct, per median "
-               "(throughput: below 1 is slower; latency: above 1 is slower).")
-    out.append("")
-    hdr = f"{'case':<24} {'config':<8} {'median':>16} {'ratio':>6}   {'rounds':<34}"
-    out.append(hdr)
-    out.append("-" * len(hdr))
+def _fmt(v: float | None, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:{width}{spec}}"
+
+
+# --------------------------------------------------------------------------
+# Targets (issue 12): (case key, metric, durabilities, what)
+
+
+def targets_for(case: Case, config: Config) -> list[tuple[str, str, float]]:
+    """(metric, against, bound): metric/against >= bound, or <= for latency."""
+    d = config.durability
+    if config.kind != "proxy":
+        return []
+    if case.key == "4k-qd16" and d in ("async", "sync"):
+        return [("rate", "direct", 0.90 if d == "async" else 0.85)]
+    if case.key == "4k-fsync-qd16" and d == "sync":
+        return [("rate", "direct", 0.85)]
+    if case.key == "4k-qd1" and d in ("async", "sync"):
+        return [("p50", "bare", 1.10 if d == "async" else 1.25)]
+    if case.key == "1m-qd16" and d in ("async", "sync"):
+        return [("rate", "direct-or-bare", 0.80)]
+    if case.key == "meta-qd16" and d == "sync":
+        return [("rate", "direct", 0.80)]
+    return []
+
+
+def summarize(cases: list[Case], configs: list[Config], runs: dict, rounds: int) -> list[str]:
+    out = ["", f"Median of {rounds} interleaved round(s). ×direct = config / direct; ×bare = config / "
+           "bare relay (throughput: below 1 is slower; latency: above 1 is slower). target: the "
+           "issue's bound and whether this run met it.", ""]
+    hdr = (f"{'case':<26} {'config':<10} {'median':>12} {'unit':<5} {'×direct':>7} {'×bare':>6}  "
+           f"{'target':<22} {'rounds':<24}")
+    out += [hdr, "-" * len(hdr)]
     for case in cases:
-        metrics = ([("p50 us", lambda r: r.pct(0.5) * 1e6), ("p99 us", lambda r: r.pct(0.99) * 1e6)]
-                   if case.latency else
-                   [("op/s" if case.block_bytes < MiB else "MiB/s",
-                     (lambda r: r.ops_per_s) if case.block_bytes < MiB else (lambda r: r.bytes_per_s / MiB))])
-        for label, fn in metrics:
-            title = case.title + (f" {label.split()[0]}" if case.latency else "")
-            base = _median(fn(r) for r in runs[case.key, "direct"])
-            for config in CONFIGS:
-                vals = [fn(r) for r in runs[case.key, config]]
+        metrics = ([("p50", "us", lambda r: r.pct(0.5) * 1e6), ("p99", "us", lambda r: r.pct(0.99) * 1e6)]
+                   if case.latency else [("rate", case.unit, lambda r: r.rate)])
+        for metric, unit, fn in metrics:
+            title = case.title + (f" {metric}" if case.latency else "")
+            direct = _median(fn(r) for r in runs[case.key, "direct"])
+            bare = _median(fn(r) for r in runs[case.key, "bare"])
+            for i, config in enumerate(configs):
+                vals = [fn(r) for r in runs[case.key, config.name]]
                 med = _median(vals)
-                ratio = "" if config == "direct" else f"{med / base:6.2f}"
+                x_direct = "" if config.kind == "direct" else f"{med / direct:7.2f}"
+                x_bare = "" if config.kind != "proxy" else f"{med / bare:6.2f}"
+                verdict = ""
+                for t_metric, against, bound in targets_for(case, config):
+                    if t_metric != metric:
+                        continue
+                    if against == "bare":
+                        ok = med / bare <= bound
+                        verdict = f"≤{bound:.2f}×bare {'met' if ok else 'MISSED'}"
+                    elif against == "direct-or-bare":
+                        ok = med / direct >= bound or med / bare >= 0.95
+                        verdict = f"≥{bound:.2f}×d|≥.95×bare {'met' if ok else 'MISSED'}"
+                    else:
+                        ok = med / direct >= bound
+                        verdict = f"≥{bound:.2f}×direct {'met' if ok else 'MISSED'}"
                 rnds = " ".join(f"{v:,.0f}" for v in vals)
-                out.append(f"{title if config == 'direct' else '':<24} {config:<8} "
-                           f"{med:>11,.0f} {label.split()[-1]:<4} {ratio:>6}   {rnds:<34}")
-    out.append("")
-    out.append("Cost per unit written (medians). s/GiB: CPU seconds per GiB of client data; "
-               "us/write: CPU microseconds per write call.")
-    out.append("")
-    hdr = (f"{'case':<24} {'config':<8} {'proxy s/GiB':>11} {'us/write':>8} {'ganesha s/GiB':>13} "
-           f"{'client us/write':>15} {'LOG records':>11} {'LOG MiB':>8} {'fsyncs':>7} "
-           f"{'rec/fsync':>9} {'other CPU':>9}")
-    out.append(hdr)
-    out.append("-" * len(hdr))
+                out.append(f"{title if i == 0 else '':<26} {config.name:<10} {med:>12,.0f} {unit:<5} "
+                           f"{x_direct:>7} {x_bare:>6}  {verdict:<22} {rnds:<24}")
+    out += ["", "CPU per unit (medians; the window is the load plus the drain until the shards "
+            "acked everything). us/op: CPU microseconds per call; s/GiB: CPU seconds per GiB written.",
+            "data plane = relay + fsync threads (native; the bare relay's process; the Python plane: "
+            "its event loop + fsync, which also ships). shipper = the native proxy's event loop + other "
+            "threads (gRPC, LOG reads).", ""]
+    hdr = (f"{'case':<26} {'config':<10} {'data us/op':>10} {'s/GiB':>6} {'relay':>6} {'fsync':>6} "
+           f"{'shipper':>7} {'proxy':>6} {'ganesha':>7} {'shards':>6} {'client':>6} {'LOG rec':>8} "
+           f"{'fsyncs':>7} {'drain s':>7} {'other':>6}")
+    out += [hdr, "(us/op unless s/GiB)".rjust(len(hdr)), "-" * len(hdr)]
     for case in cases:
-        for config in CONFIGS:
-            rs = runs[case.key, config]
+        for i, config in enumerate(configs):
+            rs = runs[case.key, config.name]
+            ops = rs[0].ops
             gib = rs[0].nbytes / GiB
-            proxy = _median(r.proxy_cpu_s for r in rs)
-            fsyncs = _median(r.fsyncs for r in rs)
-            records = _median(r.log_records for r in rs)
-            log_mib = _median(None if r.log_bytes is None else r.log_bytes / MiB for r in rs)
-            per_fsync = _median(r.log_records / r.fsyncs if r.fsyncs else None for r in rs)
+
+            def per_op(fn):
+                v = _median(fn(r) for r in rs)
+                return None if v is None else v / ops * 1e6
+
+            data = _median(r.data_plane_cpu_s for r in rs)
             out.append(
-                f"{case.title if config == 'direct' else '':<24} {config:<8} "
-                f"{'-' if proxy is None else f'{proxy / gib:11.2f}':>11} "
-                f"{'-' if proxy is None else f'{proxy / rs[0].ops * 1e6:8.1f}':>8} "
-                f"{_median(r.nas_cpu_s for r in rs) / gib:13.2f} "
-                f"{_median(r.client_cpu_s for r in rs) / rs[0].ops * 1e6:15.1f} "
-                f"{_fmt_int(records):>11} {'-' if log_mib is None else f'{log_mib:8.1f}':>8} "
-                f"{_fmt_int(fsyncs):>7} {'-' if per_fsync is None else f'{per_fsync:9.1f}':>9} "
-                f"{_median(r.other_cpu_s / r.elapsed_s for r in rs):6.2f} c")
-    out.append("")
-    out.append("other CPU: cores busy with anything but client, proxy and ganesha during the "
-               "load (other processes, kernel threads: loopback TCP softirqs, writeback).")
-    out.append("client us/write: the load generator's own CPU (Python + libnfs); for the QD1 case it "
-               "includes connect, mount and create.")
+                f"{case.title if i == 0 else '':<26} {config.name:<10} "
+                f"{_fmt(per_op(lambda r: r.data_plane_cpu_s), '.1f', 10)} "
+                f"{_fmt(None if data is None or not gib else data / gib, '.2f', 6)} "
+                f"{_fmt(per_op(lambda r: r.threads.get('relay') if r.threads else None), '.1f', 6)} "
+                f"{_fmt(per_op(lambda r: r.threads.get('fsync') if r.threads else None), '.1f', 6)} "
+                f"{_fmt(per_op(lambda r: r.shipper_cpu_s), '.1f', 7)} "
+                f"{_fmt(per_op(lambda r: r.proxy_cpu_s), '.1f', 6)} "
+                f"{_fmt(per_op(lambda r: r.nas_cpu_s), '.1f', 7)} "
+                f"{_fmt(per_op(lambda r: r.shards_cpu_s), '.1f', 6)} "
+                f"{_fmt(per_op(lambda r: r.client_cpu_s), '.1f', 6)} "
+                f"{_fmt_int(_median(r.log_records for r in rs)):>8} "
+                f"{_fmt_int(_median(r.fsyncs for r in rs)):>7} "
+                f"{_fmt(_median(r.drain_s for r in rs), '.2f', 7)} "
+                f"{_median(r.other_cpu_s / r.window_s for r in rs):5.2f}c")
+    out += ["", "other: cores busy with anything but client, relay, shards and ganesha in the window "
+            "(other processes, kernel threads: loopback TCP softirqs, writeback).",
+            "client: the load generator's own CPU (Python + libnfs); for the QD1 case it includes "
+            "connect, mount and create."]
+    out += cpu_targets(cases, configs, runs)
     return out
+
+
+def cpu_targets(cases: list[Case], configs: list[Config], runs: dict) -> list[str]:
+    """The CPU bounds and the 16-core arithmetic, from the medians."""
+    by_key = {c.key: c for c in cases}
+    out = ["", "Proxy CPU targets: data plane ≤ 10 us per 4 KiB write (4 KiB UNSTABLE QD16), "
+           "≤ 0.3 CPU-s per GiB (1 MiB QD16); shipper apart. One 16-core proxy host: 16 × what one "
+           "core carries at the measured data-plane cost (+ shipper where it is apart); the NIC's "
+           "and the kernel's softirq work outside the process are not in it.", ""]
+    for config in configs:
+        if config.kind != "proxy":
+            continue
+        small = runs.get(("4k-qd16", config.name))
+        big = runs.get(("1m-qd16", config.name))
+        parts = []
+        if small:
+            us = _median(r.data_plane_cpu_s for r in small) / small[0].ops * 1e6
+            ship = _median(r.shipper_cpu_s for r in small)
+            ship_us = None if ship is None else ship / small[0].ops * 1e6
+            total = us + (ship_us or 0.0)
+            per_core = 1e6 / total
+            parts.append(f"4 KiB: {us:.1f} us/write {'met' if us <= 10 else 'MISSED'} (shipper "
+                         f"{'-' if ship_us is None else f'{ship_us:.1f}'} us) -> "
+                         f"{per_core:,.0f} writes/s per core, ×16 = {16 * per_core:,.0f} writes/s "
+                         f"({16 * per_core * 4 * KiB / MiB:,.0f} MiB/s)")
+        if big and "1m-qd16" in by_key:
+            gib = big[0].nbytes / GiB
+            s_gib = _median(r.data_plane_cpu_s for r in big) / gib
+            ship = _median(r.shipper_cpu_s for r in big)
+            ship_gib = None if ship is None else ship / gib
+            parts.append(f"1 MiB: {s_gib:.2f} CPU-s/GiB {'met' if s_gib <= 0.3 else 'MISSED'} "
+                         f"(shipper {'-' if ship_gib is None else f'{ship_gib:.2f}'}) -> ×16 = "
+                         f"{16 / (s_gib + (ship_gib or 0.0)):,.1f} GiB/s")
+        if parts:
+            out.append(f"{config.name:<10} " + "; ".join(parts))
+    return out
+
+
+# --------------------------------------------------------------------------
+
+
+def configurations(data_plane: str) -> list[Config]:
+    configs = [Config("direct", "direct"), Config("bare", "bare")]
+    if data_plane in ("native", "both"):
+        configs += [Config(f"n-{d}", "proxy", "native", d) for d in ("async", "sync", "strict")]
+        configs.append(Config("n-sync-2t", "proxy", "native", "sync", relay_threads=2))
+    if data_plane in ("python", "both"):
+        configs += [Config(f"p-{d}", "proxy", "python", d) for d in ("async", "sync", "strict")]
+    return configs
+
+
+def bench_cases(scale: int) -> list[Case]:
+    return [
+        Case("4k-qd16", "4 KiB UNSTABLE QD16", 4 * KiB, 16, total_bytes=128 * MiB // scale),
+        Case("4k-fsync-qd16", "4 KiB FILE_SYNC QD16", 4 * KiB, 16, total_bytes=32 * MiB // scale,
+             file_sync=True),
+        Case("4k-qd1", "4 KiB UNSTABLE QD1", 4 * KiB, 1, n=2000 // scale),
+        Case("1m-qd16", "1 MiB UNSTABLE QD16", MiB, 16, total_bytes=512 * MiB // scale),
+        Case("meta-qd16", "meta CREATE+SETATTR+REMOVE", 0, 16, files=3000 // scale),
+        Case("4k-2conn", "4 KiB UNSTABLE 2 conn×QD16", 4 * KiB, 16, total_bytes=128 * MiB // scale,
+             connections=2),
+    ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="an eighth of the data (a smoke run)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median shown)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median shown)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, config)")
-    ap.add_argument("--data-plane", choices=("python", "native", "both"), default="python",
-                    help="which relays to measure beside direct (default: python)")
-    ap.add_argument("--relay-threads", type=int, default=1, help="the native relay's threads")
+    ap.add_argument("--data-plane", choices=("python", "native", "both"), default="native",
+                    help="which proxies to measure beside direct and the bare relay (default: native)")
+    ap.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
     args = ap.parse_args()
-    global CONFIGS
-    CONFIGS = ("direct", *({"python": PYTHON_CONFIGS, "native": NATIVE_CONFIGS,
-                            "both": PYTHON_CONFIGS + NATIVE_CONFIGS}[args.data_plane]))
-    scale = 8 if args.quick else 1
-    cases = [
-        Case("4k-qd16", "4 KiB write QD16", 4 * KiB, 16, total_bytes=128 * MiB // scale),
-        Case("1m-qd16", "1 MiB write QD16", MiB, 16, total_bytes=512 * MiB // scale),
-        Case("4k-qd1", "4 KiB write QD1", 4 * KiB, 1, n=2000 // scale),
-    ]
+    configs = configurations(args.data_plane)
+    cases = bench_cases(8 if args.quick else 1)
+    if args.cases:
+        cases = [c for c in cases if c.key in args.cases.split(",")]
     for line in machine():
         print(line)
     workdir = Path(tempfile.mkdtemp(prefix="nfsj-bench-"))
     use_perf = perf_works()
     print(f"software: nfs-journal {git_head(REPO)}; nfs-ganesha {dpkg_version('nfs-ganesha')} "
           f"(FSAL VFS); libnfs {dpkg_version('libnfs13')} ({library_path()}); "
-          f"proxy event loop: uvloop (nfsproxy.cli.run_event_loop)")
-    print(f"storage: ganesha export, LOG and work files in {workdir} ({filesystem(workdir)}); "
+          f"gcc {dpkg_version('gcc')} for the bare relay")
+    print(f"storage: ganesha export, LOG, shards and work files in {workdir} ({filesystem(workdir)}); "
           f"fsync counts: {'perf stat syscall tracepoints' if use_perf else 'unavailable (no usable perf)'}")
     for case in cases:
-        size = (f"{case.n} timed calls" if case.latency
-                else f"{case.total_bytes // MiB} MiB = {case.total_bytes // case.block_bytes} calls")
+        size = (f"{case.n} timed calls" if case.latency else
+                f"{case.files} files = {3 * case.files} calls" if case.metadata else
+                f"{case.total_bytes // MiB} MiB = {case.total_bytes // case.block_bytes} calls")
         print(f"case: {case.title}: {size}")
-    print(f"order: {args.rounds} round(s); per round, per case: {', '.join(CONFIGS)}", flush=True)
+    print(f"order: {args.rounds} round(s); per round, per case: {', '.join(c.name for c in configs)}",
+          flush=True)
 
     started = time.monotonic()
     warm_bytes = (512 if args.quick else 2048) * MiB
     print(f"prewarm: touched {warm_bytes // MiB} MiB of memory in "
           f"{prewarm_memory(warm_bytes):.2f} s (slow = never-touched guest pages; see prewarm_memory)")
+    bare_exe = build_bare_relay(workdir)
     nas = start_ganesha(workdir / "export", workdir / "ganesha")
-    runs: dict[tuple[str, str], list[Run]] = {(c.key, cfg): [] for c in cases for cfg in CONFIGS}
+    shards = [ShardProcess(workdir / f"shard{k}", k) for k in range(N_SHARDS)]
+    runs: dict[tuple[str, str], list[Run]] = {(c.key, cfg.name): [] for c in cases for cfg in configs}
     try:
-        print(f"ganesha: pid {nas.pid}, NFS port {nas.nfs_port}, MOUNT port {nas.mount_port}")
-        with Connection(NfsTarget("127.0.0.1", nas.nfs_port, nas.mount_port, "/export")) as c:
+        for shard in shards:
+            shard.start()
+        print(f"ganesha: pid {nas.pid}, NFS port {nas.nfs_port}, MOUNT port {nas.mount_port}; "
+              f"shards: {', '.join(f'{s.address} (pid {s.proc.pid})' for s in shards)}")
+        bench = Bench(nas, shards, workdir, bare_exe, use_perf)
+        with Connection(bench.direct) as c:
             print(f"ganesha wtmax: {c.writemax // KiB} KiB (1 MiB writes go as single WRITE calls "
                   f"when this is >= 1024)")
         print()
         for rnd in range(1, args.rounds + 1):
             for case in cases:
-                for config in CONFIGS:
-                    run = run_one(case, config, rnd, nas, workdir, use_perf, args.relay_threads)
-                    runs[case.key, config].append(run)
-                    print(f"round {rnd} {case.title:<17} {config:<8} {describe(case, run)}", flush=True)
+                for config in configs:
+                    run = run_one(bench, case, config, rnd)
+                    runs[case.key, config.name].append(run)
+                    print(f"round {rnd} {case.title:<26} {config.name:<10} {describe(case, run)}",
+                          flush=True)
     finally:
+        for shard in shards:
+            shard.stop()
         nas.stop()
         stop_rpcbind_if_started()
         if args.keep:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    for line in summarize(cases, runs, args.rounds):
+    for line in summarize(cases, configs, runs, args.rounds):
         print(line)
     print(f"\nwall time: {time.monotonic() - started:.0f} s")
     return 0

@@ -24,8 +24,10 @@ given the way its URL parser accepts them (`?nfsport=P&mountport=M`, parsed by
 connects to exactly those ports without asking a portmapper.
 
 Writes are sent as libnfs sends them for a file opened without O_SYNC:
-UNSTABLE, as a kernel client's buffered writes are. No COMMIT is timed
-(`nfs_close` happens after the clock stops).
+UNSTABLE, as a kernel client's buffered writes are; `file_sync=True` opens
+the file with O_SYNC, which libnfs turns into FILE_SYNC WRITEs. No COMMIT is
+timed (`nfs_close` happens after the clock stops). `metadata_mix` drives
+CREATE, SETATTR and REMOVE through the same async API, several files at once.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import time
 from typing import NamedTuple
 
 __all__ = ["NfsTarget", "NfsError", "ThroughputResult", "Connection", "write_throughput",
-           "write_latency_qd1", "library_path"]
+           "write_latency_qd1", "metadata_mix", "library_path"]
 
 _LIB_NAMES = ("libnfs.so.13", "libnfs.so")
 
@@ -127,6 +129,11 @@ def _load() -> ctypes.CDLL:
         "nfs_unlink": (c_int, [vp, ctypes.c_char_p]),
         "nfs_pwrite": (c_int, [vp, vp, u64, u64, vp]),
         "nfs_pwrite_async": (c_int, [vp, vp, u64, u64, vp, _NFS_CB, vp]),
+        "nfs_open": (c_int, [vp, ctypes.c_char_p, c_int, ctypes.POINTER(vp)]),
+        "nfs_creat_async": (c_int, [vp, ctypes.c_char_p, c_int, _NFS_CB, vp]),
+        "nfs_fchmod_async": (c_int, [vp, vp, c_int, _NFS_CB, vp]),
+        "nfs_close_async": (c_int, [vp, vp, _NFS_CB, vp]),
+        "nfs_unlink_async": (c_int, [vp, ctypes.c_char_p, _NFS_CB, vp]),
         "nfs_get_fd": (c_int, [vp]),
         "nfs_which_events": (c_int, [vp]),
         "nfs_service": (c_int, [vp, c_int]),
@@ -197,6 +204,15 @@ class Connection:
             raise NfsError(f"nfs_creat {path}: {os.strerror(-rc)}: {self.error()}")
         return fh.value
 
+    def open_sync(self, path: str) -> int:
+        """Open `path` for writing with O_SYNC: libnfs then sends its WRITEs as
+        FILE_SYNC (the nfsfh's is_sync); returns the nfsfh."""
+        fh = ctypes.c_void_p()
+        rc = self.lib.nfs_open(self.ctx, path.encode(), os.O_WRONLY | os.O_SYNC, ctypes.byref(fh))
+        if rc < 0:
+            raise NfsError(f"nfs_open {path}: {os.strerror(-rc)}: {self.error()}")
+        return fh.value
+
     def close_file(self, fh: int) -> None:
         rc = self.lib.nfs_close(self.ctx, fh)
         if rc < 0:
@@ -229,76 +245,212 @@ class Connection:
 
         The clock runs from the first call issued to the last completion.
         """
-        if count <= 0:
-            return 0.0, 0.0
-        lib, ctx = self.lib, self.ctx
-        pwrite_async, service, which_events = lib.nfs_pwrite_async, lib.nfs_service, lib.nfs_which_events
-        buf = ctypes.create_string_buffer(os.urandom(block_bytes), block_bytes)
-        buf_addr = ctypes.addressof(buf)
-        issued = 0
-        done = 0
-        failure: list[str] = []
+        return _pwrite_streams([(self, fh)], block_bytes, count, queue_depth, start_offset)
 
-        # The only Python that runs per write: count the completion, re-arm.
-        def on_write(err: int, _nfs, data, _private) -> None:
-            nonlocal issued, done
-            done += 1
-            if err < 0:
-                if not failure:
-                    failure.append(f"{os.strerror(-err)}: "
-                                   f"{ctypes.cast(data, ctypes.c_char_p).value!r}")
-                return
-            if issued < count and not failure:
-                rc = pwrite_async(ctx, fh, start_offset + issued * block_bytes, block_bytes,
-                                  buf_addr, callback, None)
-                if rc < 0:
-                    failure.append(f"nfs_pwrite_async: {self.error()}")
-                    return
-                issued += 1
 
-        callback = _NFS_CB(on_write)  # must outlive every call that names it
-        fd = lib.nfs_get_fd(ctx)
-        poller = select.poll()
-        events = which_events(ctx)
-        poller.register(fd, events)
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        for _ in range(min(queue_depth, count)):
-            if pwrite_async(ctx, fh, start_offset + issued * block_bytes, block_bytes,
-                            buf_addr, callback, None) < 0:
-                raise NfsError(f"nfs_pwrite_async: {self.error()}")
-            issued += 1
-        while done < issued:
-            want = which_events(ctx)
-            if want != events:
+class _Writer:
+    """One file's sequential writes on one connection, `queue_depth` in flight."""
+
+    def __init__(self, conn: Connection, fh: int, buf_addr: int, block_bytes: int, count: int,
+                 start_offset: int, failure: list[str]):
+        self.conn, self.fh, self.buf_addr = conn, fh, buf_addr
+        self.block_bytes, self.count, self.start_offset = block_bytes, count, start_offset
+        self.issued = self.done = 0
+        self.failure = failure
+        self.callback = _NFS_CB(self._on_write)  # must outlive every call that names it
+
+    def issue(self) -> bool:
+        lib = self.conn.lib
+        offset = self.start_offset + self.issued * self.block_bytes
+        if lib.nfs_pwrite_async(self.conn.ctx, self.fh, offset, self.block_bytes, self.buf_addr,
+                                self.callback, None) < 0:
+            self.failure.append(f"nfs_pwrite_async: {self.conn.error()}")
+            return False
+        self.issued += 1
+        return True
+
+    # The only Python that runs per write: count the completion, re-arm.
+    def _on_write(self, err: int, _nfs, data, _private) -> None:
+        self.done += 1
+        if err < 0:
+            if not self.failure:
+                self.failure.append(f"{os.strerror(-err)}: "
+                                    f"{ctypes.cast(data, ctypes.c_char_p).value!r}")
+            return
+        if self.issued < self.count and not self.failure:
+            self.issue()
+
+    @property
+    def busy(self) -> bool:
+        return self.done < self.issued
+
+
+def _serve(conns: list[Connection], busy, progress) -> None:
+    """Run libnfs's event loop over `conns` until `busy()` is false.
+
+    With nfs_set_timeout, libnfs wants nfs_service(0) now and then even when
+    idle: that is how its own timeouts fire.
+    """
+    poller = select.poll()
+    by_fd, events = {}, {}
+    for conn in conns:
+        fd = conn.lib.nfs_get_fd(conn.ctx)
+        by_fd[fd] = conn
+        events[fd] = conn.lib.nfs_which_events(conn.ctx)
+        poller.register(fd, events[fd])
+    while busy():
+        for fd, conn in by_fd.items():
+            want = conn.lib.nfs_which_events(conn.ctx)
+            if want != events[fd]:
                 poller.modify(fd, want)
-                events = want
-            # With nfs_set_timeout, libnfs wants nfs_service(0) now and then even
-            # when idle: that is how its own timeouts fire.
-            ready = poller.poll(100)
-            if service(ctx, ready[0][1] if ready else 0) < 0:
-                raise NfsError(f"nfs_service: {self.error()} ({done} of {count} writes done)")
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        if failure:
-            raise NfsError(f"write failed after {done} of {count}: {failure[0]}")
-        return elapsed, cpu
+                events[fd] = want
+        ready = dict(poller.poll(100))
+        for fd, conn in by_fd.items():
+            if conn.lib.nfs_service(conn.ctx, ready.get(fd, 0)) < 0:
+                raise NfsError(f"nfs_service: {conn.error()} ({progress()})")
+
+
+def _pwrite_streams(streams: list[tuple[Connection, int]], block_bytes: int, count: int,
+                    queue_depth: int, start_offset: int = 0) -> tuple[float, float]:
+    """`count` sequential writes to each (connection, file), `queue_depth` in
+    flight on each, all driven by one event loop; returns (elapsed_s, client_cpu_s)."""
+    if count <= 0:
+        return 0.0, 0.0
+    buf = ctypes.create_string_buffer(os.urandom(block_bytes), block_bytes)
+    failure: list[str] = []
+    writers = [_Writer(conn, fh, ctypes.addressof(buf), block_bytes, count, start_offset, failure)
+               for conn, fh in streams]
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    for w in writers:
+        for _ in range(min(queue_depth, count)):
+            if not w.issue():
+                raise NfsError(failure[0])
+    _serve([w.conn for w in writers], lambda: any(w.busy for w in writers),
+           lambda: f"{sum(w.done for w in writers)} of {count * len(writers)} writes done")
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    if failure:
+        raise NfsError(f"write failed after {sum(w.done for w in writers)}: {failure[0]}")
+    return elapsed, cpu
 
 
 def write_throughput(url_parts: NfsTarget | tuple, path: str, block_bytes: int, total_bytes: int,
-                     queue_depth: int) -> ThroughputResult:
+                     queue_depth: int, *, file_sync: bool = False,
+                     connections: int = 1) -> ThroughputResult:
     """Create `path` and write `total_bytes` to it sequentially in `block_bytes`
     calls, `queue_depth` in flight. Unpacks as (ops/s, bytes/s); the result also
     carries the op count, elapsed time and this process's CPU time.
+
+    `file_sync`: the writes are FILE_SYNC (the file opened with O_SYNC), not
+    UNSTABLE. `connections` > 1: that many connections (each its own TCP
+    connection, mount and file `path-K`), each writing `total_bytes / connections`
+    with `queue_depth` in flight, from one event loop.
     """
-    count = max(1, total_bytes // block_bytes)
-    with Connection(url_parts) as conn:
-        fh = conn.creat(path)
-        try:
-            elapsed, cpu = conn.pwrite_stream(fh, block_bytes, count, queue_depth)
-        finally:
+    count = max(1, total_bytes // block_bytes // connections)
+    conns: list[Connection] = []
+    streams: list[tuple[Connection, int]] = []
+    try:
+        for k in range(connections):
+            conn = Connection(url_parts)
+            conns.append(conn)
+            name = path if connections == 1 else f"{path}-{k}"
+            fh = conn.creat(name)
+            if file_sync:
+                conn.close_file(fh)
+                fh = conn.open_sync(name)
+            streams.append((conn, fh))
+        elapsed, cpu = _pwrite_streams(streams, block_bytes, count, queue_depth)
+    finally:
+        for conn, fh in streams:
             conn.close_file(fh)
-    return ThroughputResult(count / elapsed, count * block_bytes / elapsed, count, elapsed, cpu)
+        for conn in conns:
+            conn.close()
+    ops = count * connections
+    return ThroughputResult(ops / elapsed, ops * block_bytes / elapsed, ops, elapsed, cpu)
+
+
+class _MetadataChain:
+    """One slot of the metadata mix: CREATE a file, SETATTR its mode, REMOVE it, next file."""
+
+    def __init__(self, conn: Connection, names: list[bytes], failure: list[str]):
+        self.conn, self.names, self.failure = conn, names, failure
+        self.calls = 0  # CREATE, SETATTR and REMOVE replies
+        self.busy = False
+        self._name = b""
+        self._fh = None
+        lib = conn.lib
+        self._created, self._chmodded = _NFS_CB(self._on_create), _NFS_CB(self._on_chmod)
+        self._closed, self._removed = _NFS_CB(self._on_close), _NFS_CB(self._on_remove)
+        self._creat, self._fchmod = lib.nfs_creat_async, lib.nfs_fchmod_async
+        self._close, self._unlink = lib.nfs_close_async, lib.nfs_unlink_async
+
+    def next_file(self) -> None:
+        if not self.names or self.failure:
+            self.busy = False
+            return
+        self._name = self.names.pop()
+        self.busy = True
+        self._check(self._creat(self.conn.ctx, self._name, 0o644, self._created, None), "creat")
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc < 0 and not self.failure:
+            self.failure.append(f"nfs_{what}_async: {self.conn.error()}")
+            self.busy = False
+
+    def _ok(self, err: int, data, what: str) -> bool:
+        if err < 0:
+            if not self.failure:
+                self.failure.append(f"{what}: {os.strerror(-err)}: "
+                                    f"{ctypes.cast(data, ctypes.c_char_p).value!r}")
+            self.busy = False
+            return False
+        return True
+
+    def _on_create(self, err: int, _nfs, data, _private) -> None:
+        if self._ok(err, data, "create"):
+            self.calls += 1
+            self._fh = data
+            self._check(self._fchmod(self.conn.ctx, data, 0o600, self._chmodded, None), "fchmod")
+
+    def _on_chmod(self, err: int, _nfs, data, _private) -> None:
+        if self._ok(err, data, "setattr"):
+            self.calls += 1
+            # Frees the nfsfh; with nothing written it sends no call.
+            self._check(self._close(self.conn.ctx, self._fh, self._closed, None), "close")
+
+    def _on_close(self, err: int, _nfs, data, _private) -> None:
+        if self._ok(err, data, "close"):
+            self._check(self._unlink(self.conn.ctx, self._name, self._removed, None), "unlink")
+
+    def _on_remove(self, err: int, _nfs, data, _private) -> None:
+        if self._ok(err, data, "remove"):
+            self.calls += 1
+            self.next_file()
+
+
+def metadata_mix(url_parts: NfsTarget | tuple, prefix: str, files: int,
+                 queue_depth: int) -> ThroughputResult:
+    """`files` files, each CREATEd, SETATTRed (chmod) and REMOVEd in turn, with
+    `queue_depth` files under way at once; one op = one of those calls (three
+    per file). The files sit in the export's root, so libnfs sends no LOOKUP.
+    """
+    failure: list[str] = []
+    with Connection(url_parts) as conn:
+        names = [f"{prefix}-{i}".encode() for i in range(files)][::-1]
+        chains = [_MetadataChain(conn, names, failure) for _ in range(queue_depth)]
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for chain in chains:
+            chain.next_file()
+        _serve([conn], lambda: any(c.busy for c in chains),
+               lambda: f"{sum(c.calls for c in chains)} of {3 * files} calls done")
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    if failure:
+        raise NfsError(f"metadata mix failed: {failure[0]}")
+    ops = sum(c.calls for c in chains)
+    return ThroughputResult(ops / elapsed, 0.0, ops, elapsed, cpu)
 
 
 def write_latency_qd1(url_parts: NfsTarget | tuple, path: str, block_bytes: int = 4096,

@@ -89,6 +89,18 @@ def test_plain_parameters_are_still_checked():
     assert done.returncode == 2 and "'soon' is not a valid float" in done.stderr
     done = run_cli("proxy", "--backend", "h:/e", "--log", "/nonexistent/x", "--durability", "maybe")
     assert done.returncode == 2 and "--durability" in done.stderr and "sync, async" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["proxy", "--backend", "h:/e", "--log", "/nonexistent/x"], ["up"]])
+def test_durability_takes_strict_and_refuses_junk_in_one_line(command):
+    done = run_cli(*command, "--durability", "junk")
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    assert done.returncode == 2 and errors == [
+        "Error: Invalid value for --durability: 'junk' is not one of sync, async, strict"]
+    # strict gets past the option check: the proxy fails later, on its LOG directory.
+    done = run_cli("proxy", "--backend", "127.0.0.1:1:1:/e", "--log", "/proc/nfsj-no-such-dir",
+                   "--durability", "strict")
+    assert "--durability" not in done.stderr and "nfsj-no-such-dir" in done.stderr
     # Bounded numbers still go through typer's own checks.
     done = run_cli("recoveryd", "--listen", "127.0.0.1:0", "--data", "/nonexistent/x",
                    "--shard-id", "-1")
