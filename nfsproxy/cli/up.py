@@ -16,10 +16,14 @@ def up(
     shards: int = typer.Option(2, min=1, help="Number of recovery shards."),
     shard_base_port: int = typer.Option(7400, help="Shard k listens on 127.0.0.1:BASE+k."),
     durability: str = typer.Option("sync", help="sync (RPO 0) or async."),
+    data_plane: str = typer.Option("native", metavar="native|python",
+                                   help="The proxy's relay: native (Rust) or python."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C."""
+    from nfsproxy.cli.proxy import DATA_PLANES, _choice
     from nfsproxy.daemon.up import UpOptions, run_up
 
     setup_logging(verbose)
-    run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability))
+    run_up(UpOptions(backend, listen, data, shards, shard_base_port, durability,
+                     _choice(data_plane, DATA_PLANES, "--data-plane")))
