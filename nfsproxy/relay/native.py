@@ -142,6 +142,11 @@ class _JournalView:
         return self._journal.records_total + self._relay_counter("records_total")
 
     @property
+    def blocked_now(self) -> int:
+        """Mutations the relay holds under the block policy."""
+        return self._relay_counter("blocked_now")
+
+    @property
     def passthrough_active(self) -> bool:
         relay = self._proxy.relay
         native = relay.counters().get("passthrough_active") if relay is not None else None
