@@ -26,6 +26,7 @@ nothing), since ``consistent_point`` only sees the streams some shard knows.
 Proxy status file (``<LOG dir>/status.json``), keys::
 
     node_id, log_id             the proxy's stream (HLC node id, LOG identity)
+    data_plane                  the relay serving clients: native or python
     last_seq, synced_seq        the LOG's last and last fsynced sequence
     newest                      the newest stamp the proxy handed out (stamp text)
     shards: [ {address, connected, acked_seq, frontier, lag_records,

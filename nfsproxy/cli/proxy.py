@@ -29,13 +29,25 @@ def _size(text: str | None) -> int | None:
 DEFAULT_LOG_RETAIN = "1h"
 DURABILITIES = ("sync", "async", "strict")
 QUOTA_POLICIES = ("block", "passthrough")
-DATA_PLANES = ("python", "native")
+DATA_PLANES = ("native", "python")
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if value not in choices:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
     return value
+
+
+def data_plane_for(given: str | None, portmap: list[str]) -> str:
+    """The relay a proxy runs: `--data-plane` if given, else the native one, but
+    the Python one with `--portmap`, since only it relays NLM (locking)."""
+    if given is None:
+        return "python" if portmap else "native"
+    plane = _choice(given, DATA_PLANES, "--data-plane")
+    if plane == "native" and portmap:
+        raise typer.BadParameter("the native relay does not relay NLM, which --portmap is for: "
+                                 "use --data-plane python", param_hint="--data-plane")
+    return plane
 
 
 @app.command()
@@ -73,9 +85,10 @@ def proxy(
                                       help="Also answer portmap/rpcbind here (port 111 by default; repeat "
                                       "for more): clients' lock managers ask port 111 of the address they "
                                       "mounted for NLM, which the proxy relays to the NAS."),
-    data_plane: str = typer.Option("python", metavar="python|native",
-                                   help="Which relay serves clients: the Python one, or the native one "
-                                   "(Rust, on its own threads; needs the native LOG)."),
+    data_plane: Optional[str] = typer.Option(None, metavar="native|python",
+                                             help="Which relay serves clients: the native one (Rust, on "
+                                             "its own threads; the default) or the Python one (the "
+                                             "default with --portmap: only it relays NLM)."),
     relay_threads: int = typer.Option(1, min=1, help="Threads of the native relay (client connections "
                                       "are spread over them)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -101,6 +114,6 @@ def proxy(
                         control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
                         ingest_token_file=ingest_token_file,
                         drain_timeout_s=drain_timeout, portmap=list(portmap),
-                        data_plane=_choice(data_plane, DATA_PLANES, "--data-plane"),
+                        data_plane=data_plane_for(data_plane, portmap),
                         relay_threads=relay_threads)
     run_event_loop(run_proxy(opts))

@@ -103,6 +103,7 @@ def render(view: dict[str, Any]) -> str:
         lines.append("")
         extra = "".join(f", {label} {value}" for label, value in (
             ("stable", proxy.get("stable")),
+            ("data plane", proxy.get("data_plane")),
             ("gaps marked", sum((proxy.get("gaps_total") or {}).values()) or None),
             ("LOG size", _bytes(proxy["log_bytes"]) if isinstance(proxy.get("log_bytes"), int) else None),
         ) if value is not None)

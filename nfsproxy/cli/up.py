@@ -17,13 +17,15 @@ def up(
     shard_base_port: int = typer.Option(7400, help="Shard k listens on 127.0.0.1:BASE+k."),
     durability: str = typer.Option("sync", metavar="sync|async|strict",
                                    help="The proxy's --durability: sync (RPO 0), strict or async."),
+    data_plane: str = typer.Option("native", metavar="native|python",
+                                   help="The proxy's relay: native (Rust) or python."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C."""
+    from nfsproxy.cli.proxy import DATA_PLANES, DURABILITIES, _choice
     from nfsproxy.daemon.up import UpOptions, run_up
-
-    from .proxy import DURABILITIES, _choice
 
     setup_logging(verbose)
     run_up(UpOptions(backend, listen, data, shards, shard_base_port,
-                     _choice(durability, DURABILITIES, "--durability")))
+                     _choice(durability, DURABILITIES, "--durability"),
+                     _choice(data_plane, DATA_PLANES, "--data-plane")))

@@ -70,7 +70,8 @@ class ProxyOptions:
     drain_timeout_s: float = 30.0  # --drain-timeout: a closed client's relayed calls get this long
     # --portmap: also serve here (HOST:PORT, normally :111), where lock managers ask for NLM
     portmap: list[str] = dataclasses.field(default_factory=list)
-    data_plane: str = "python"  # --data-plane: python (nfsproxy.relay) or native (nfsproxy._dataplane)
+    # --data-plane: native (nfsproxy._dataplane) or python (nfsproxy.relay.session; NLM too)
+    data_plane: str = "native"
     relay_threads: int = 1  # --relay-threads: the native relay's threads
 
 
@@ -98,8 +99,10 @@ class RunningProxy:
     them down in order."""
 
     def __init__(self, proxy: Proxy, committer: NativeCommitter, log: NativeLog, *,
-                 shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None):
+                 shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None,
+                 data_plane: str = "native"):
         self.proxy, self.committer, self.log = proxy, committer, log
+        self.data_plane = data_plane
         self.shippers = shippers or []
         self.retention = retention
         self.control: grpc.aio.Server | None = None
@@ -112,6 +115,7 @@ class RunningProxy:
         """What `nfsj status --log DIR` shows about this proxy (written to status.json)."""
         return {
             "node_id": self.proxy.clock.node_id, "log_id": self.log.log_id,
+            "data_plane": self.data_plane,
             "last_seq": self.log.last_seq, "synced_seq": self.log.synced_seq,
             "newest": str(self.proxy.clock.now().to_stamp()),
             "stable": str(self.proxy.stable_stamp()), "control": self.control_address,
@@ -210,7 +214,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     if shippers:
         retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
         retention.start()
-    running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention)
+    running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention,
+                           data_plane=opts.data_plane)
     control_host, control_port = parse_hostport(opts.control)
     try:
         running.control, bound = await start_control(proxy, control_host, control_port,
@@ -235,12 +240,12 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
 
 def _data_plane(opts: ProxyOptions, backend: BackendAddress, journal: Journal, clock: HLC, committer):
     """The relay `--data-plane` names, journaling through `journal`'s LOG."""
-    if opts.data_plane != "native":
+    if opts.data_plane == "python":
         return Proxy(backend, journal, clock)
     from nfsproxy.relay.native import NativeProxy
     if opts.portmap:
         raise ConfigError("--portmap (locking through the proxy) needs --data-plane python: "
-                          "the native relay does not relay NLM yet")
+                          "the native relay does not relay NLM")
     if getattr(committer, "native", None) is None or getattr(clock, "native", None) is None:
         raise ConfigError("--data-plane native journals through the native LOG writer and clock, "
                           "which this proxy's LOG does not use")

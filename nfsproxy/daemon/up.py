@@ -48,6 +48,7 @@ class UpOptions:
     shards: int = 2
     shard_base_port: int = 7400
     durability: str = "sync"
+    data_plane: str = "native"  # the proxy's --data-plane
 
 
 class Child:
@@ -153,6 +154,7 @@ class Stack:
             self.shards.append(child)
         argv = ["proxy", "--listen", self.opts.listen, "--backend", self.backend,
                 "--log", str(self.data / "log"), "--durability", self.opts.durability,
+                "--data-plane", self.opts.data_plane,
                 "--ingest-token-file", str(proxy_token)]
         for child in self.shards:
             argv += ["--shard", f"127.0.0.1:{child.port}"]

@@ -124,13 +124,27 @@ class _Watchers(set):
 class _JournalView:
     """The `Journal`, as status and metrics read it: whether records are being
     dropped over quota is the relay's own state (set before the reply goes
-    out, as the Python relay's journal sets it)."""
+    out, as the Python relay's journal sets it), and the records it journals
+    count with those the `Journal` writes (baseline pieces)."""
 
     def __init__(self, journal: Journal, proxy: "NativeProxy"):
         self._journal, self._proxy = journal, proxy
 
     def __getattr__(self, name: str):
         return getattr(self._journal, name)
+
+    def _relay_counter(self, name: str) -> int:
+        relay = self._proxy.relay
+        return relay.counters().get(name, 0) if relay is not None else 0
+
+    @property
+    def records_total(self) -> int:
+        return self._journal.records_total + self._relay_counter("records_total")
+
+    @property
+    def blocked_now(self) -> int:
+        """Mutations the relay holds under the block policy."""
+        return self._relay_counter("blocked_now")
 
     @property
     def passthrough_active(self) -> bool:

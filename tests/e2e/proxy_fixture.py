@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-#: Which relay the proxies of the e2e tests run: NFSJ_DATA_PLANE=native|python.
-DATA_PLANE = os.environ.get("NFSJ_DATA_PLANE", "python")
+#: Which relay the proxies of the e2e tests run when a test does not choose
+#: (with --data-plane, or --portmap, which picks the Python one):
+#: NFSJ_DATA_PLANE=native|python; unset, nfsj's default (native).
+DATA_PLANE = os.environ.get("NFSJ_DATA_PLANE") or None
 _SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),")
 
 
@@ -40,7 +42,7 @@ class ProxyProcess:
         argv = [*self.launcher, sys.executable, "-m", "nfsproxy", "proxy", "--listen", self.listen,
                 "--backend", self.backend, "--log", str(self.log_dir),
                 "--durability", self.durability, *self.extra]
-        if DATA_PLANE != "python" and "--data-plane" not in self.extra:
+        if DATA_PLANE and not {"--data-plane", "--portmap"} & set(self.extra):
             argv += ["--data-plane", DATA_PLANE]
         self.stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True)

@@ -78,8 +78,11 @@ class Stack:
         self.nas.stop()
 
     def start_baseline(self) -> subprocess.Popen:
+        # Ctrl-C as in a terminal: a suite run in the background (`pytest &`)
+        # ignores SIGINT, and a child Python that inherits that ignores Ctrl-C.
         return subprocess.Popen([*NFSJ, "baseline", "--log", str(self.proxy.log_dir), "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def wait_baseline_begun(self, known: int = 0) -> None:
         """Until the shard holds the BEGIN of baseline number `known + 1`."""

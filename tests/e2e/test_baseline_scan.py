@@ -1,8 +1,8 @@
 """Every path through a baseline scan releases its stamps, made deterministic.
 
 The scan (`nfsproxy.nas.baseline.run_baseline`) runs in-process against the real
-ganesha, with a real `Proxy` (its clock and in-flight stamps) and a real
-LOG. Its NFS client is our own, with one hook: just before a chosen call on
+ganesha, with a real proxy of each data plane (its clock and in-flight stamps)
+and a real LOG. Its NFS client is our own, with one hook: just before a chosen call on
 a chosen object, the test acts on the NAS through a second client (removes
 the object) or makes the call fail. That puts the removal exactly between
 the listing and the read, which a racing client (test_baseline_faults.py)
@@ -28,7 +28,9 @@ from logstore.record import Op, parse_record
 from nfsproxy.nas.baseline import run_baseline
 from nfsproxy.nas.client import NfsClient, NfsError
 from logstore.hlc import HLC
+from nfsproxy.native.clock import HLC as NativeHLC
 from nfsproxy.relay.journal import Journal
+from nfsproxy.relay.native import NativeProxy
 from nfsproxy.wire.nfs3 import Nfsstat3, Proc3
 from nfsproxy.relay.session import BackendAddress, Proxy
 
@@ -62,8 +64,9 @@ class HookedClient(NfsClient):
 class Rig:
     """ganesha with a small tree, a second client on it, and a proxy's clock and LOG."""
 
-    def __init__(self, nas, tmp_path: Path):
+    def __init__(self, nas, tmp_path: Path, data_plane: str):
         self.nas = nas
+        self.data_plane = data_plane
         self.log_dir = tmp_path / "log"
         self.nfs = NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port, "/export")
         root = self.nfs.mount()
@@ -97,21 +100,30 @@ class Rig:
         return lambda: (self.nfs.rmdir if name == "d" else self.nfs.remove)(self.root, name)
 
     async def scan(self, *, cancel_when: threading.Event | None = None):
-        """Run a baseline; returns (its outcome, the proxy) once the LOG is closed."""
+        """Run a baseline; returns its outcome once the LOG is closed;
+        `nothing_in_flight` says whether the scan released every stamp it took."""
         log = NativeLog.open(str(self.log_dir))
         committer = GroupCommitter(log)
-        proxy = Proxy(BackendAddress("127.0.0.1", self.nas.nfs_port, self.nas.mount_port, "/export"),
-                      Journal(committer), HLC(7))
+        backend = BackendAddress("127.0.0.1", self.nas.nfs_port, self.nas.mount_port, "/export")
+        if self.data_plane == "python":
+            proxy = Proxy(backend, Journal(committer), HLC(7))
+        else:
+            proxy = NativeProxy(backend, Journal(committer), NativeHLC(7), committer, durability="sync")
+            await proxy.start("127.0.0.1", 0)
         task = asyncio.create_task(run_baseline(proxy, self.client, chunk_bytes=MiB))
         try:
             if cancel_when is not None:
                 await asyncio.to_thread(cancel_when.wait)
                 task.cancel()
             outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+            after = proxy.clock.now().to_stamp()
+            # The stable stamp (what heartbeats carry) passes a stamp taken after the scan.
+            self.nothing_in_flight = proxy.stable_stamp() > after
         finally:
+            await proxy.close()
             await committer.close()
             log.close()
-        return outcome, proxy
+        return outcome
 
     def records(self):
         log = Log.open(str(self.log_dir))
@@ -121,16 +133,15 @@ class Rig:
             log.close()
 
 
-@pytest.fixture
-def rig(nas, tmp_path):
-    r = Rig(nas, tmp_path)
+@pytest.fixture(params=["native", "python"])
+def rig(nas, tmp_path, request):
+    r = Rig(nas, tmp_path, request.param)
     yield r
     r.nfs.close()
 
 
-def assert_nothing_in_flight(proxy: Proxy) -> None:
-    after = proxy.clock.now().to_stamp()
-    assert proxy.stable_stamp() > after, "a stamp of the baseline is still in flight"
+def assert_nothing_in_flight(rig: Rig) -> None:
+    assert rig.nothing_in_flight, "a stamp of the baseline is still in flight"
 
 
 def pieces_of(records, fh: bytes):
@@ -146,10 +157,10 @@ def pieces_of(records, fh: bytes):
 ])
 def test_an_object_removed_before_it_is_read_is_skipped(rig, op, name, offset):
     rig.when(op, name, rig.remove(name), offset=offset)
-    outcome, proxy = asyncio.run(rig.scan())
+    outcome = asyncio.run(rig.scan())
     assert not isinstance(outcome, BaseException), f"the baseline failed: {outcome!r}"
     assert outcome.done and outcome.vanished == 1
-    assert_nothing_in_flight(proxy)
+    assert_nothing_in_flight(rig)
     records = rig.records()
     assert [r.op for r in records].count(Op.BASELINE_END) == 1
     kept = pieces_of(records, rig.fh[name])
@@ -170,9 +181,9 @@ def test_a_failing_read_fails_the_baseline_and_releases_every_stamp(rig, failure
     def fail():
         raise failure
     rig.when("read", "big", fail, offset=offset)
-    outcome, proxy = asyncio.run(rig.scan())
+    outcome = asyncio.run(rig.scan())
     assert outcome is failure
-    assert_nothing_in_flight(proxy)
+    assert_nothing_in_flight(rig)
     assert Op.BASELINE_END not in [r.op for r in rig.records()]
 
 
@@ -196,8 +207,8 @@ def test_a_cancelled_baseline_waits_for_its_nfs_call_and_releases_every_stamp(ri
         go_on.set()
         return await scan
 
-    outcome, proxy = asyncio.run(scenario())
+    outcome = asyncio.run(scenario())
     assert isinstance(outcome, asyncio.CancelledError), outcome
     assert not state["done_before_read_ended"], "the cancelled scan closed its client under a running call"
-    assert_nothing_in_flight(proxy)
+    assert_nothing_in_flight(rig)
     assert Op.BASELINE_END not in [r.op for r in rig.records()]

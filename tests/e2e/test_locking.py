@@ -11,6 +11,10 @@ Guests on taps can be called back (the NAS's grant of a blocked lock reaches
 the kernel through the proxy); guests behind qemu's user-mode NAT cannot, and
 get a blocked lock by their own retry (the restart test). Callbacks and
 reboot notices are also driven with our own NLM codec (tests/e2e/nlm_peer.py).
+
+Every proxy here is started with `--portmap` and no `--data-plane`, as the
+README says to lock through the proxy: that runs the Python data plane, the
+one that relays NLM (NFSJ_DATA_PLANE does not override it).
 """
 
 from __future__ import annotations

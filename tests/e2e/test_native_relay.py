@@ -3,8 +3,8 @@
 The relay alone: framing, routing, portmapper answers, XID matching, the
 FSINFO clamp and the isolation of bad clients, with the clients the rest of
 the suite uses (nfs-rs, libnfs-utils, our codec client's raw layer). The
-relay runs here without a journal (test_native_journal.py and
-test_native_plane.py cover it journaling); the answers it makes itself are
+relay runs here without a journal (test_native_journal.py and the rest
+of the suite, which runs the native plane, cover it journaling); the answers it makes itself are
 compared byte for byte with what the Python relay's sans-IO code makes.
 """
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.ganesha
 MiB = 1 << 20
 XID = 0x0BADC0DE
 #: Bad inputs the relay refuses without a journal; the other two are WRITEs
-#: whose arguments only capture decodes (test_native_plane.py runs them all).
+#: whose arguments only capture decodes (test_proxy_faults.py runs them all).
 RELAY_BAD_INPUTS = [b for b in BAD_INPUTS if not b.name.startswith("write_")]
 
 

@@ -31,6 +31,7 @@ import nfs_rs
 import pytest
 
 from e2e.proxy_fixture import read_log
+from e2e.test_metrics import _free_port, scrape, value
 from logstore.record import Op
 from nfsproxy.wire import nfs3, xdr
 from nfsproxy.nas.client import ClientError, NfsClient
@@ -441,7 +442,9 @@ def test_quota_passthrough_keeps_serving_and_stops_journaling(nas, proxy_factory
 
 def test_quota_block_holds_the_reply_of_a_write_past_the_quota(nas, proxy_factory):
     quota = 1 * MiB
-    proxy = proxy_factory(extra=["--quota", "1M", "--quota-policy", "block", "--segment-size", "1M"])
+    metrics_port = _free_port()
+    proxy = proxy_factory(extra=["--quota", "1M", "--quota-policy", "block", "--segment-size", "1M",
+                                 "--metrics", f"127.0.0.1:{metrics_port}"])
     chunks = [block(200 + i, CHUNK) for i in range(32)]  # 4 MiB, four times the quota
     # A long client timeout: the blocked call must be held by the proxy, not given up on by us.
     client, fh = open_through(proxy, "blocked.bin", timeout_s=300.0)
@@ -476,6 +479,7 @@ def test_quota_block_holds_the_reply_of_a_write_past_the_quota(nas, proxy_factor
         time.sleep(2.0)
         assert thread.is_alive() and len(acked) == blocked_at, "the blocked write returned"
         assert proxy.alive()
+        assert value(scrape(metrics_port), "nfsj_journal_blocked_calls") == 1
     finally:
         # Shutting the proxy down ends the wait: the held call fails, it is never acknowledged.
         proxy.stop()

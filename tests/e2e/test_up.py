@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -57,6 +58,8 @@ def test_up_runs_the_stack_and_stops_it(tmp_path):
                                  "--shard", f"127.0.0.1:{shard_base}", "--shard", f"127.0.0.1:{shard_base + 1}"],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
+        # The proxy runs nfsj's default data plane.
+        assert json.loads((tmp_path / "data" / "log" / "status.json").read_text())["data_plane"] == "native"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -96,6 +96,8 @@ pub struct Journal {
     pub failed_mutations_total: AtomicU64,
     pub gaps_total: AtomicU64,
     pub dropped_total: AtomicU64,
+    /// Mutations waiting now under the block policy (`wait_under_quota`).
+    pub blocked_now: AtomicU64,
     /// Over quota under the passthrough policy: records are being dropped.
     pub passthrough_active: AtomicBool,
     /// While a baseline runs: where successful RENAMEs and LINKs put a name.
@@ -121,6 +123,7 @@ impl Journal {
             failed_mutations_total: AtomicU64::new(0),
             gaps_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            blocked_now: AtomicU64::new(0),
             passthrough_active: AtomicBool::new(false),
             watching_moves: AtomicBool::new(false),
             moves: Mutex::new(Vec::new()),
@@ -224,8 +227,21 @@ impl Journal {
     }
 
     /// Under the block policy, over quota: a mutation must wait before it reaches the NAS.
-    pub fn must_hold(&self) -> bool {
+    fn must_hold(&self) -> bool {
         self.quota_policy == QuotaPolicy::Block && self.committer.over_quota()
+    }
+
+    /// Return once a mutation may reach the NAS: at once, or under the block
+    /// policy when the LOG is back under quota; counted in `blocked_now`
+    /// while it waits (also if its session ends meanwhile).
+    pub async fn wait_under_quota(&self) {
+        if !self.must_hold() {
+            return;
+        }
+        let _waiting = Blocked::count(&self.blocked_now);
+        while self.must_hold() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     fn gap(&self, token: Token, record: &Record, cause: &str, reason: String) {
@@ -284,5 +300,21 @@ fn op_name(op: u32) -> &'static str {
         proc3::COMMIT => "COMMIT",
         op::SETACL => "SETACL",
         _ => "call",
+    }
+}
+
+/// One mutation held by the block policy, counted while it lives.
+struct Blocked<'a>(&'a AtomicU64);
+
+impl<'a> Blocked<'a> {
+    fn count(now: &'a AtomicU64) -> Self {
+        now.fetch_add(1, Ordering::Relaxed);
+        Blocked(now)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -106,6 +106,7 @@ impl Relay {
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
             out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
             out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
+            out.set_item("blocked_now", j.blocked_now.load(Ordering::Relaxed))?;
             out.set_item("passthrough_active", j.passthrough_active.load(Ordering::Relaxed) as u64)?;
             out.set_item("conflicts_held_now", j.conflicts.lock_anyway().held_now)?;
             out.set_item("bindings_known", j.capture.bindings.lock_anyway().len())?;

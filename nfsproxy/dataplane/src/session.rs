@@ -220,11 +220,9 @@ impl Session {
                 j.hold_back(token, Held { table: self.table.clone(), nas_xid, link, out });
                 return Ok(());
             }
-            while j.must_hold() {
-                // Block policy: nothing reaches the NAS unjournaled; later calls of
-                // this client wait behind this one (the session reads no further).
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            // Block policy: nothing reaches the NAS unjournaled; later calls of
+            // this client wait behind this one (the session reads no further).
+            j.wait_under_quota().await;
             stamp_for_sending(j, &self.table, nas_xid, token).map_err(Some)?;
         } else if let Some(c) = self.table.lock_anyway().get_mut(nas_xid) {
             c.sent = true;

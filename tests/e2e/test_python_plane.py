@@ -1,11 +1,12 @@
 """A representative subset of the proxy's end-to-end tests, run against the
-native data plane (`nfsj proxy --data-plane native`) in the normal suite.
+Python data plane (`nfsj proxy --data-plane python`) in the normal suite.
 
-The whole e2e suite runs on the native plane with NFSJ_DATA_PLANE=native;
-this module keeps the native plane covered when it is not set: capture of
+The suite runs on the native plane, nfsj's default; the Python plane serves
+`--portmap` (NLM: test_locking.py) and the whole suite runs on it with
+NFSJ_DATA_PLANE=python. This module keeps it covered otherwise: capture of
 every mutation kind and of failures, binds, bad clients, XID reuse, a
 client gone with mutations in flight, both quota policies and the no-reply
-gap (byte names through baseline and export: test_native_plane_names.py).
+gap (byte names through baseline and export: test_python_plane_names.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from e2e.test_relay_matching import (  # noqa: F401
 
 
 @pytest.fixture(scope="module", autouse=True)
-def native_data_plane():
-    """Every proxy this module starts runs the native relay (before any module fixture starts one)."""
+def python_data_plane():
+    """Every proxy this module starts runs the Python relay (before any module fixture starts one)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(proxy_fixture, "DATA_PLANE", "native")
+        patch.setattr(proxy_fixture, "DATA_PLANE", "python")
         yield

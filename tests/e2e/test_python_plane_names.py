@@ -1,4 +1,4 @@
-"""test_byte_names on the native data plane (see test_native_plane.py): names
+"""test_byte_names on the Python data plane (see test_python_plane.py): names
 that are not UTF-8, relayed, journaled, baselined and served back by the
 point-in-time export exactly."""
 
@@ -11,8 +11,8 @@ from e2e.test_byte_names import stack, test_byte_names_are_relayed_journaled_and
 
 
 @pytest.fixture(scope="module", autouse=True)
-def native_data_plane():
-    """Every proxy this module starts runs the native relay."""
+def python_data_plane():
+    """Every proxy this module starts runs the Python relay."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(proxy_fixture, "DATA_PLANE", "native")
+        patch.setattr(proxy_fixture, "DATA_PLANE", "python")
         yield
