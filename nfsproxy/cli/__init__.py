@@ -2,29 +2,26 @@
 flags and calls one library function. Expected errors print one line that
 says what to do and exit 2; anything else is a bug and keeps its traceback.
 
-Start-up: every command module imports only typer and light modules at the
-top, and its heavy ones (gRPC, protobuf, RocksDB, the restore engine,
+Start-up: a run loads the module of its own command only (catalog.py: the
+other commands are neither imported nor built, and `nfsj --help` lists them
+from the catalog), every command module imports only typer and light modules
+at the top, and its heavy ones (gRPC, protobuf, RocksDB, the restore engine,
 uvloop, prometheus, rich) inside the command function, so `nfsj --help` and
 a quick command pay only for what they use (tests/unit/test_cli_startup.py
 keeps it so). Help is plain click formatting: rich's would cost ~100 ms.
 """
 
-from __future__ import annotations
-
-import datetime
-import json
-import logging
 import sys
-import time
 
 import typer
 
 from nfsproxy.daemon.config import ConfigError, default_map, load_config
 from . import plain_params
+from .catalog import LazyGroup
 
 plain_params.install()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"auto_envvar_prefix": "NFSJ"},
                   help="nfs-journal: continuous data protection for NAS/NFS.")
 
@@ -71,26 +68,12 @@ def run_event_loop(main) -> None:
 
 def setup_logging(verbose: bool) -> None:
     """Log to stderr, as text or JSON lines (`--log-format`), with UTC timestamps."""
-    handler = logging.StreamHandler(sys.stderr)
-    text = logging.Formatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s")
-    text.converter = time.gmtime
-    handler.setFormatter(_JsonFormatter() if _LOG_FORMAT[0] == "json" else text)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    from .logs import log_to_stderr
+
+    log_to_stderr(verbose, _LOG_FORMAT[0])
 
 
 _LOG_FORMAT = ["text"]
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(),
-                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-from . import baseline, cat, config, export, history, proxy, recoveryd, restore, retire, status, up, verify  # noqa: E402,F401  (register the subcommands)
 
 
 def main() -> None:

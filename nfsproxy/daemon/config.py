@@ -19,7 +19,6 @@ command taking that option (typically `shard`)::
 
 from __future__ import annotations
 
-import tomllib
 from typing import Any
 
 __all__ = ["load_config", "default_map", "ConfigError"]
@@ -30,6 +29,8 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str) -> dict[str, Any]:
+    import tomllib  # only when a file is given: `nfsj` without --config parses none
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 import typer.main
 
+from nfsproxy.cli.catalog import COMMANDS, short_help
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: What a help page or `nfsj status` must not load: each costs tens of ms.
 NEVER_FOR_HELP = ("grpc", "google.protobuf", "rocksdict", "uvloop", "prometheus_client", "rich",
                   "pydantic", "asyncio", "recoveryd.restore", "recoveryd.store", "logstore.log",
-                  "logstore.commit", "nfsproxy.relay.session", "nfsproxy.wire.nfs3", "crc32c")
-NEVER_FOR_STATUS = tuple(m for m in NEVER_FOR_HELP if m not in ("grpc", "google.protobuf", "asyncio"))
+                  "logstore.commit", "nfsproxy.relay.session", "nfsproxy.wire.nfs3", "crc32c",
+                  "nfsproxy._dataplane", "logging", "tomllib")
+NEVER_FOR_STATUS = tuple(m for m in NEVER_FOR_HELP
+                         if m not in ("grpc", "google.protobuf", "asyncio", "logging"))
 
 
 def imported(*args: str, env: dict | None = None) -> set[str]:
@@ -46,6 +50,36 @@ def test_status_loads_grpc_but_no_store_restore_engine_or_pydantic():
     modules = imported("status", "--shard", "127.0.0.1:1", "--timeout", "0.2", "--json")
     assert "grpc" in modules
     assert loaded(modules, NEVER_FOR_STATUS) == []
+
+
+def command_modules(modules: set[str]) -> set[str]:
+    return {m.removeprefix("nfsproxy.cli.") for m in modules
+            if m.startswith("nfsproxy.cli.") and m.removeprefix("nfsproxy.cli.") in COMMANDS}
+
+
+def test_a_run_loads_its_own_command_only():
+    assert command_modules(imported("--help")) == set()
+    assert command_modules(imported("status", "--shard", "127.0.0.1:1", "--timeout", "0.2")) == {"status"}
+    assert command_modules(imported("cat", "--help")) == {"cat"}
+    assert command_modules(imported("config", "--help")) == {"config"}
+
+
+def test_the_catalog_says_what_each_command_says_of_itself():
+    from nfsproxy.cli import app
+
+    group = typer.main.get_command(app)
+    assert list(group.commands) == list(COMMANDS)
+    for name, command in group.commands.items():
+        assert command.get_short_help_str(10_000) == short_help(name), name
+        assert command.name == name
+
+
+def test_config_options_are_checked_against_every_command(tmp_path):
+    # --config needs every command's options: the lazy group builds them all then.
+    config = tmp_path / "nfsj.toml"
+    config.write_text('[status]\ntimeout = 0.2\n[restore]\nnot_an_option = 1\n')
+    done = run_cli("--config", str(config), "status", "--shard", "127.0.0.1:1")
+    assert done.returncode == 2 and "not_an_option" in done.stderr
 
 
 def test_root_help_lists_every_command_and_each_help_every_option():
