@@ -14,11 +14,13 @@ seek plus an iterate upper bound:
 * ``p/<op u32>/<stamp16>``     -> the record without its ``data``: the operation
   index, so that a scan of some ops (a namespace rebuild, the baseline
   markers) reads neither the other ops nor any file data, and a scan of
-  every op without data reads no file data either. When the shipper says
-  where a record's data starts (``ShippedRecord.data_at``) the value is the
-  record's own bytes up to there and only they are parsed (``_split_record``
-  checks the split against the bytes); otherwise the record is parsed whole
-  and re-serialized without its data. Added in format 2; a format-1 store
+  every op without data reads no file data either. A record whose data
+  field ends it (as the proxy journals it) is split there
+  (``logstore.record.split_data``): the value is its own bytes up to there
+  and only they are parsed; otherwise the record is parsed whole and
+  re-serialized without its data. (Older shippers' ``ShippedRecord`` may
+  say where the data starts: ``_split_record`` checks that against the
+  bytes.) Added in format 2; a format-1 store
   is indexed when it is opened (``_index_operations``) and reads on as before;
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
   durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
