@@ -18,7 +18,7 @@ from logstore.pb.journal_pb2 import Attr, Op, Record, SetAttr
 from logstore.stamp import Stamp
 
 __all__ = ["Record", "Attr", "SetAttr", "Op", "record_parts", "parse_record", "record_stamp",
-           "data_field_at", "is_data_tail"]
+           "data_field_at", "split_data", "is_data_tail"]
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -89,14 +89,25 @@ def data_field_at(raw: bytes) -> int | None:
     fails, so the match found is the record's own last field. Only the head
     is parsed; the data is neither parsed nor copied.
     """
+    split = split_data(raw)
+    return None if split is None else len(split[1])
+
+
+def split_data(raw: bytes) -> tuple[Record, bytes] | None:
+    """``data_field_at`` with the head it found: ``(head parsed, head)`` where
+    ``head`` is ``raw[:at]``; None when no data field ends ``raw``.
+
+    A record from ``record_parts`` splits with one parse of its head, which
+    is what a reader that indexes it parses anyway."""
     at = raw.find(_DATA_TAG)
     while at >= 0:
         if is_data_tail(raw, at):
+            head_bytes = raw[:at]
             try:
-                head = Record.FromString(raw[:at])
+                head = Record.FromString(head_bytes)
             except DecodeError:
                 head = None
             if head is not None and not head.data:
-                return at
+                return head, head_bytes
         at = raw.find(_DATA_TAG, at + 1)
     return None

@@ -105,7 +105,9 @@ class Frame(NamedTuple):
 
     ``stamp`` is the record's 16-byte stamp (``NO_STAMP`` when the writer gave
     none, and for version 1 frames); ``route_kind``/``route`` say which shard
-    takes the record (``ROUTE_*``).
+    takes the record (``ROUTE_*``). ``whole`` is the frame as stored, header
+    and payload (version 2 only; None for version 1): a shipper sends it on
+    as it is (``logstore.shipped``).
     """
 
     seq: int
@@ -113,6 +115,7 @@ class Frame(NamedTuple):
     stamp: bytes = NO_STAMP
     route_kind: int = ROUTE_UNKNOWN
     route: int = 0
+    whole: memoryview | None = None
 
 
 def _frame_header(seq: int, nbytes: int, parts: Sequence[Buffer], stamp: bytes,
@@ -287,8 +290,10 @@ class SegmentReader:
         if pos + size + length > end:
             raise self._corrupt(
                 pos, f"frame of {length} payload bytes runs past the end of data at {end}")
-        payload = self._view(pos + size, length, end)
-        actual = frame_crc(header[_SEQ_AT:], payload)
+        # Header and payload in one view, so the frame can be sent on whole.
+        whole = self._view(pos, size + length, end)
+        payload = whole[size:]
+        actual = frame_crc(whole[_SEQ_AT:])
         if actual != crc:
             raise self._corrupt(pos, f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})")
         if routing and routing[2] not in _ROUTE_KINDS:
@@ -299,7 +304,7 @@ class SegmentReader:
         self.offset = pos + size + length
         self.expect_seq = seq + 1
         if routing:
-            return Frame(seq, payload, routing[0], routing[2], routing[1])
+            return Frame(seq, payload, routing[0], routing[2], routing[1], whole)
         return Frame(seq, payload)
 
     def close(self) -> None:

@@ -52,13 +52,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.pb import journal_pb2_grpc
+from logstore.shipped import ReceivedBatch, receive_batch
 from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, RetireRequest, ShardStatus,
                                      ShardStatusRequest, StreamStatus)
 
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer, add_restore_service
 from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
-from .store import RetireRefused, ShardStore, stream_id, stream_key, stream_status
+from .store import RetireRefused, ShardStore, shipped_size, stream_id, stream_key, stream_status
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
            "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "MAX_INGEST_MESSAGE_BYTES", "READ_AHEAD_BYTES",
@@ -158,9 +159,11 @@ class _ReadAhead:
             self._shard.release(held)
 
 
-def is_hello(batch: IngestBatch) -> bool:
+def is_hello(received: ReceivedBatch) -> bool:
     """An empty batch that only names its stream and asks where to resume."""
-    return batch.after_seq == batch.through_seq and not batch.records and not batch.gap
+    batch = received.batch
+    return (batch.after_seq == batch.through_seq and not batch.records and not received.frames
+            and not batch.gap)
 
 
 class JournalServicer(journal_pb2_grpc.JournalServicer):
@@ -196,7 +199,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             for name, delta in deltas.items():
                 setattr(self._counters, name, getattr(self._counters, name) + delta)
 
-    async def Ingest(self, request_iterator: AsyncIterator[IngestBatch],
+    async def Ingest(self, request_iterator: AsyncIterator[ReceivedBatch],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[IngestAck]:
         """One stream per call. Batches are read ahead while earlier ones are
         being written, and every batch that queued up meanwhile is written
@@ -210,14 +213,14 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             await self._refuse(context, peer, None, grpc.StatusCode.UNAUTHENTICATED,
                                "missing credentials: ingest needs a valid ingest token (nfsj proxy "
                                "--ingest-token-file FILE) or a client certificate")
-        queue: asyncio.Queue[tuple[IngestBatch, int] | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
+        queue: asyncio.Queue[ReceivedBatch | None] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
         budget = _ReadAhead(self._shard_budget)
         reader = loop.create_task(self._read_ahead(request_iterator, queue, budget))
         key: StreamKey | None = None
         self._count(streams_open=1)
         try:
             while (item := await queue.get()) is not None:
-                batch = item[0]
+                batch = item.batch
                 if key is None:
                     if not batch.HasField("stream") or not batch.stream.log_id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -226,9 +229,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                     key = stream_key(batch.stream)
                     await self._admit(context, peer, key, metadata, auth_context)
                     logger.info("stream %s: ingest from %s", key, peer)
-                    if is_hello(batch):
+                    if is_hello(item):
                         yield await loop.run_in_executor(self._executor, self._hello, key, batch)
-                        budget.release(item[1])
+                        budget.release(item.nbytes)
                         continue
                 group = [item]
                 while len(group) < _GROUP_BATCHES and not queue.empty():
@@ -237,14 +240,13 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                         break
                     group.append(more)
                 try:
-                    acks = await loop.run_in_executor(self._executor, self._handle_group, key,
-                                                      [b for b, _ in group])
+                    acks = await loop.run_in_executor(self._executor, self._handle_group, key, group)
                 except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
                     logger.exception("stream %s: storing %d batch(es) from (%d, ...] failed", key,
-                                     len(group), group[0][0].after_seq)
+                                     len(group), group[0].batch.after_seq)
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"shard {self._store.shard_id} could not store the batch: {e}")
-                budget.release(sum(size for _, size in group))
+                budget.release(sum(received.nbytes for received in group))
                 for ack in acks:
                     yield ack
         finally:
@@ -278,15 +280,14 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                        f" for stream {key}" if key is not None else "", why)
         await context.abort(code, why)
 
-    async def _read_ahead(self, request_iterator: AsyncIterator[IngestBatch],
-                          queue: asyncio.Queue[tuple[IngestBatch, int] | None],
+    async def _read_ahead(self, request_iterator: AsyncIterator[ReceivedBatch],
+                          queue: asyncio.Queue[ReceivedBatch | None],
                           budget: _ReadAhead) -> None:
         cancelled = False
         try:
-            async for batch in request_iterator:
-                size = batch.ByteSize()
-                await budget.acquire(size)
-                await queue.put((batch, size))
+            async for received in request_iterator:
+                await budget.acquire(received.nbytes)
+                await queue.put(received)
         except asyncio.CancelledError:
             cancelled = True  # the call is over: nobody reads the queue any more
             raise
@@ -294,11 +295,12 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             if not cancelled:
                 await queue.put(None)
 
-    def _handle_group(self, key: StreamKey, group: list[IngestBatch]) -> list[IngestAck]:
+    def _handle_group(self, key: StreamKey, group: list[ReceivedBatch]) -> list[IngestAck]:
         """Apply consecutive batches of one stream with one synced write (in the executor)."""
         acks: list[IngestAck | None] = [None] * len(group)
         accepted: list[int] = []
-        for i, batch in enumerate(group):
+        for i, received in enumerate(group):
+            batch = received.batch
             if batch.HasField("stream") and stream_key(batch.stream) != key:
                 self._count(refusals_total=1)
                 acks[i] = self._ack(key, self._store.stream_state(key),
@@ -319,15 +321,15 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             accepted.append(i)
         outcomes = self._store.ingest_many(key, [group[i] for i in accepted]) if accepted else []
         for i, outcome in zip(accepted, outcomes):
-            batch = group[i]
+            batch = group[i].batch
             if isinstance(outcome, BatchRefused):
                 self._count(refusals_total=1)
                 logger.warning("stream %s: refused batch (%d, %d]: %s", key, batch.after_seq,
                                batch.through_seq, outcome)
                 acks[i] = self._ack(key, outcome.state, f"refused: {outcome}")
             else:
-                self._count(batches_total=1, records_total=len(batch.records),
-                            bytes_total=sum(len(r.record) for r in batch.records))
+                records, nbytes = shipped_size(group[i])
+                self._count(batches_total=1, records_total=records, bytes_total=nbytes)
                 acks[i] = self._ack(key, outcome)
         return acks
 
@@ -354,7 +356,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
     def _ack(self, key: StreamKey, state: StreamState, error: str = "") -> IngestAck:
         return IngestAck(stream=stream_id(key), durable_seq=state.durable_seq,
                          frontier=state.frontier.to_bytes(), shard_stamp=self._hlc.now().to_bytes(),
-                         error=error, shard_id=self._store.shard_id)
+                         error=error, shard_id=self._store.shard_id, reads_frames=True)
 
     def _authenticated(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether the caller may see stream keys: it may restore (or Restore
@@ -477,7 +479,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                                                      thread_name_prefix=f"shard{store.shard_id}")
     servicer = JournalServicer(store, hlc, executor, ingest_auth=ingest_auth,
                                restore_auth=auth if auth.enabled else None)
-    journal_pb2_grpc.add_JournalServicer_to_server(servicer, server)
+    _add_journal_service(servicer, server)
     restore = RestoreServicer(store, executor)
     add_restore_service(restore, server)
     servicer.baselines = restore.baselines
@@ -525,6 +527,24 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     running.restore_counters = restore.counters  # read by recoveryd.metrics
     running.ingest_security = ingest_auth.describe()
     return running
+
+
+def _add_journal_service(servicer: JournalServicer, server: grpc.aio.Server) -> None:
+    """``journal_pb2_grpc.add_JournalServicer_to_server``, but Ingest's batches
+    are decoded by ``receive_batch``: their frames stay in the message's bytes."""
+    handlers = {
+        "Ingest": grpc.stream_stream_rpc_method_handler(
+            servicer.Ingest, request_deserializer=receive_batch,
+            response_serializer=IngestAck.SerializeToString),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status, request_deserializer=ShardStatusRequest.FromString,
+            response_serializer=ShardStatus.SerializeToString),
+        "Retire": grpc.unary_unary_rpc_method_handler(
+            servicer.Retire, request_deserializer=RetireRequest.FromString,
+            response_serializer=StreamStatus.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(JOURNAL_SERVICE, handlers),))
+    server.add_registered_method_handlers(JOURNAL_SERVICE, handlers)
 
 
 async def _watch_clock(hlc: HLC) -> None:

@@ -14,11 +14,13 @@ seek plus an iterate upper bound:
 * ``p/<op u32>/<stamp16>``     -> the record without its ``data``: the operation
   index, so that a scan of some ops (a namespace rebuild, the baseline
   markers) reads neither the other ops nor any file data, and a scan of
-  every op without data reads no file data either. When the shipper says
-  where a record's data starts (``ShippedRecord.data_at``) the value is the
-  record's own bytes up to there and only they are parsed (``_split_record``
-  checks the split against the bytes); otherwise the record is parsed whole
-  and re-serialized without its data. Added in format 2; a format-1 store
+  every op without data reads no file data either. A record whose data
+  field ends it (as the proxy journals it) is split there
+  (``logstore.record.split_data``): the value is its own bytes up to there
+  and only they are parsed; otherwise the record is parsed whole and
+  re-serialized without its data. (Older shippers' ``ShippedRecord`` may
+  say where the data starts: ``_split_record`` checks that against the
+  bytes.) Added in format 2; a format-1 store
   is indexed when it is opened (``_index_operations``) and reads on as before;
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
   durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
@@ -62,7 +64,9 @@ from typing import Iterable, Iterator, NamedTuple
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
-from logstore.record import is_data_tail
+from logstore.record import is_data_tail, split_data
+from logstore.segment import NO_STAMP as _NO_STAMP
+from logstore.shipped import ReceivedBatch, frames_size, iter_frames
 from logstore.stamp import Stamp
 
 from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier,
@@ -70,7 +74,7 @@ from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, app
 
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
-    "stream_status", "gap_pb", "FORMAT", "RetireRefused",
+    "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size",
 ]
 
 FORMAT = 2  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -486,7 +490,7 @@ class ShardStore:
                 self._streams[stream] = info
             return info.state
 
-    def ingest(self, stream: StreamKey, batch: IngestBatch) -> StreamState:
+    def ingest(self, stream: StreamKey, batch: IngestBatch | ReceivedBatch) -> StreamState:
         """Make ``batch`` durable and return the stream's new state.
 
         Raises ``BatchRefused`` (carrying the unchanged state) when the batch
@@ -500,7 +504,8 @@ class ShardStore:
             raise outcome
         return outcome
 
-    def ingest_many(self, stream: StreamKey, batches: list[IngestBatch]) -> list[StreamState | BatchRefused]:
+    def ingest_many(self, stream: StreamKey, batches: list[IngestBatch | ReceivedBatch]
+                    ) -> list[StreamState | BatchRefused]:
         """Group commit: apply consecutive batches of one stream with ONE synced write.
 
         Each batch is checked against the state the batches before it left
@@ -510,10 +515,12 @@ class ShardStore:
         raised) none does.
         """
         self._check_open()
+        frames_of = [b.frames for b in batches]  # read once: each read of the field copies
         parsed = []
-        for batch in batches:
+        batches = [b.batch if isinstance(b, ReceivedBatch) else b for b in batches]
+        for batch, frames in zip(batches, frames_of):
             try:
-                parsed.append(_parse_batch(batch, stream.node_id))
+                parsed.append(_parse_batch(batch, frames, stream.node_id))
             except _ForeignStamp as e:
                 self.node_refusals_total += 1
                 parsed.append(e)
@@ -752,6 +759,17 @@ def _one(key: bytes, value: bytes) -> WriteBatch:
     return wb
 
 
+def shipped_size(batch: IngestBatch | ReceivedBatch) -> tuple[int, int]:
+    """(records, bytes of serialized records) a batch carries, as frames or as records."""
+    if isinstance(batch, ReceivedBatch):
+        batch, frames = batch.batch, batch.frames
+    else:
+        frames = batch.frames
+    if frames:
+        return frames_size(frames)
+    return len(batch.records), sum(len(r.record) for r in batch.records)
+
+
 def _sent_stamp(batch: IngestBatch) -> Stamp | None:
     try:
         return Stamp.from_bytes(batch.sent_stamp) if batch.sent_stamp else None
@@ -759,11 +777,12 @@ def _sent_stamp(batch: IngestBatch) -> Stamp | None:
         return None
 
 
-def _parse_batch(batch: IngestBatch, node_id: int
+def _parse_batch(batch: IngestBatch, frames: bytes | memoryview, node_id: int
                  ) -> tuple[dict[bytes, _Row], Stamp | None, Stamp | None,
                             tuple[GapMarker, ...]]:
-    """Check a batch of stream node ``node_id``, index its records by stamp and
-    pick out its gap markers; raises ValueError naming the fault.
+    """Check a batch of stream node ``node_id`` (its frames given apart:
+    ``ReceivedBatch``), index its records by stamp and pick out its gap
+    markers; raises ValueError naming the fault.
 
     Runs once per record at the ingest rate: fields are read once into
     locals and a Stamp is built only for what needs one (errors, gaps)."""
@@ -771,6 +790,71 @@ def _parse_batch(batch: IngestBatch, node_id: int
     newest = Stamp.from_bytes(batch.newest) if batch.newest else None
     rows: dict[bytes, _Row] = {}
     markers: list[GapMarker] = []
+    if frames:
+        if batch.records:
+            raise ValueError("a batch carries its records as frames or as ShippedRecords, "
+                             "not both")
+        _parse_frames(batch, frames, node_id, rows, markers)
+    else:
+        _parse_shipped_records(batch, node_id, rows, markers)
+    return rows, stable, newest, tuple(markers)
+
+
+def _parse_frames(batch: IngestBatch, frames: bytes | memoryview, node_id: int,
+                  rows: dict[bytes, _Row], markers: list[GapMarker]) -> None:
+    """Index the records of ``batch.frames`` (``logstore.shipped``) into ``rows``.
+
+    Each frame's CRC is checked (it covers seq, stamp and record, as the
+    proxy's LOG wrote them); the record is split at its data field
+    (``split_data``) so only the part before it is parsed, and the stamp in
+    the record must be the frame's."""
+    after, through = batch.after_seq, batch.through_seq
+    node = _U32.pack(node_id)
+    for seq, key, start, end in iter_frames(frames, after):
+        if seq > through:
+            raise ValueError(f"record seq {seq} lies outside ({after}, {through}]")
+        raw = bytes(frames[start:end])  # RocksDB's raw mode takes bytes: the one copy
+        split = split_data(raw)
+        if split is None:
+            try:
+                record = Record.FromString(raw)
+            except Exception as e:  # google.protobuf.message.DecodeError
+                raise ValueError(f"record at seq {seq} does not parse: {e}") from None
+            meta = _without_data(record, raw)
+        else:
+            record, meta = split
+        if key == _NO_STAMP:  # a frame made for a record of a version 1 segment
+            key = record.stamp
+            if len(key) != _STAMP_BYTES:
+                raise ValueError(f"record at seq {seq} has a {len(key)}-byte stamp, "
+                                 f"not {_STAMP_BYTES}")
+        elif record.stamp != key:
+            raise ValueError(f"record at seq {seq}: the stamp in its frame header is not the "
+                             "stamp in its bytes")
+        _add_row(rows, markers, node, node_id, seq, key, raw, record, meta)
+
+
+def _add_row(rows: dict[bytes, _Row], markers: list[GapMarker], node: bytes, node_id: int,
+             seq: int, key: bytes, raw: bytes, record: Record, meta: bytes) -> None:
+    if key[12:] != node:
+        stamp = Stamp.from_bytes(key)
+        raise _ForeignStamp(f"record at seq {seq} is stamped {stamp} by node "
+                            f"{stamp.node_id}, not by this stream's node {node_id}")
+    held = rows.get(key)
+    if held is not None:
+        if held.value != raw:
+            raise ValueError(f"two different records under stamp {Stamp.from_bytes(key)} in "
+                             "one batch")
+    else:
+        rows[key] = _Row(raw, _handles(record), record.op, meta)
+    if record.op == _GAP:
+        markers.append(GapMarker(seq, Stamp.from_bytes(key), record.gap_cause or "unknown",
+                                 record.gap_reason))
+
+
+def _parse_shipped_records(batch: IngestBatch, node_id: int, rows: dict[bytes, _Row],
+                           markers: list[GapMarker]) -> None:
+    """Index the records of ``batch.records`` (older shippers' form) into ``rows``."""
     after, through = batch.after_seq, batch.through_seq
     node = _U32.pack(node_id)
     for shipped in batch.records:
@@ -790,22 +874,9 @@ def _parse_batch(batch: IngestBatch, node_id: int
         if len(key) != _STAMP_BYTES:
             raise ValueError(f"record at seq {seq} has a {len(key)}-byte stamp, "
                              f"not {_STAMP_BYTES}")
-        if key[12:] != node:
-            stamp = Stamp.from_bytes(key)
-            raise _ForeignStamp(f"record at seq {seq} is stamped {stamp} by node "
-                                f"{stamp.node_id}, not by this stream's node {node_id}")
-        held = rows.get(key)
-        if held is not None and held.value != raw:
-            raise ValueError(f"two different records under stamp {Stamp.from_bytes(key)} in "
-                             "one batch")
-        op = record.op
-        if op == _GAP:
-            markers.append(GapMarker(seq, Stamp.from_bytes(key), record.gap_cause or "unknown",
-                                     record.gap_reason))
-        if held is None:
-            rows[key] = _Row(raw, _handles(record), op,
-                             meta if meta is not None else _without_data(record, raw))
-    return rows, stable, newest, tuple(markers)
+        if meta is None:
+            meta = _without_data(record, raw)
+        _add_row(rows, markers, node, node_id, seq, key, raw, record, meta)
 
 
 def _split_record(shipped, raw: bytes) -> tuple[Record, bytes]:

@@ -219,7 +219,7 @@ class ShippedRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., record: _Optional[bytes] = ..., stamp: _Optional[bytes] = ..., data_at: _Optional[int] = ...) -> None: ...
 
 class IngestBatch(_message.Message):
-    __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest")
+    __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest", "frames")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class IngestBatch(_message.Message):
     SENT_STAMP_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     NEWEST_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     stream: StreamId
     after_seq: int
     through_seq: int
@@ -236,23 +237,26 @@ class IngestBatch(_message.Message):
     sent_stamp: bytes
     gap: bool
     newest: bytes
-    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShippedRecord, _Mapping]]] = ..., stable: _Optional[bytes] = ..., sent_stamp: _Optional[bytes] = ..., gap: _Optional[bool] = ..., newest: _Optional[bytes] = ...) -> None: ...
+    frames: bytes
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShippedRecord, _Mapping]]] = ..., stable: _Optional[bytes] = ..., sent_stamp: _Optional[bytes] = ..., gap: _Optional[bool] = ..., newest: _Optional[bytes] = ..., frames: _Optional[bytes] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("stream", "durable_seq", "frontier", "shard_stamp", "error", "shard_id")
+    __slots__ = ("stream", "durable_seq", "frontier", "shard_stamp", "error", "shard_id", "reads_frames")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRONTIER_FIELD_NUMBER: _ClassVar[int]
     SHARD_STAMP_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    READS_FRAMES_FIELD_NUMBER: _ClassVar[int]
     stream: StreamId
     durable_seq: int
     frontier: bytes
     shard_stamp: bytes
     error: str
     shard_id: int
-    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ...) -> None: ...
+    reads_frames: bool
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ..., reads_frames: _Optional[bool] = ...) -> None: ...
 
 class StreamGap(_message.Message):
     __slots__ = ("after_seq", "through_seq", "through", "cause", "reason")

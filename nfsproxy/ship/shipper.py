@@ -50,9 +50,13 @@ channel 2). ``newest`` is the newest record stamp the shipper has read from
 the LOG.
 
 Routing: a version-2 LOG frame's header carries the record's stamp and route,
-so a record is routed without parsing it; other frames are parsed. Each
-shipped record also carries its stamp and where its data starts
-(``data_field_at``), so the shard parses only the record without its data.
+so a record is routed without parsing it; other frames are parsed. A batch
+carries its records as their LOG frames, back to back, as the LOG stores
+them (``IngestBatch.frames``, ``logstore.shipped``): one buffer through
+gRPC, whose frame headers tell the shard each record's seq and stamp and
+whose CRCs it checks. Only a shard whose hello ack says ``reads_frames``
+gets them; one that does not (older than this format) would take a batch of
+frames for an empty range, so the shipper refuses to ship to it and says so.
 
 Flow control: a batch holds at most ``max_batch_bytes`` of the shard's
 payloads (one larger record gets a batch of its own) and
@@ -88,14 +92,14 @@ from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log, LogCursor, LogError, LogGapError
-from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE
+from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
+from logstore.shipped import frame_of
 from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import parse_record
 from logstore.stamp import Stamp
 
 from logstore.sharding import UnroutableRecordError, belongs_to
-from nfsproxy.ship.frames import ReadFrame
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
 
@@ -134,28 +138,16 @@ class _Range:
     """A LOG range read for a batch (built in a worker thread)."""
 
     through_seq: int
-    batch: pb.IngestBatch  # the records, built in place (copying messages into a batch costs more than building them)
-    nbytes: int
+    frames: bytes  # the shard's records, as LOG frames back to back (IngestBatch.frames)
+    records: int
+    nbytes: int    # of their payloads (flow control counts these)
     newest: Stamp
     unroutable: int
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
 
 
-_STAMP_TAG = bytes([pb.Record.DESCRIPTOR.fields_by_name["stamp"].number << 3 | 2, Stamp.BYTES])
-_STAMP_AT = len(_STAMP_TAG) + Stamp.BYTES
-
-
-def add_shipped(records, frame: ReadFrame, raw: bytes) -> pb.ShippedRecord:
-    """Add the frame as shipped to ``records`` (an IngestBatch's): its bytes,
-    plus the stamp (``raw``, 16 bytes; empty: unknown) and data split that
-    let the shard index it without parsing its data (proto/journal.proto)."""
-    # The stamp field serializes first: a header stamp that is not the
-    # record's own (a writer bug) gets no side fields, so the shard parses
-    # the record rather than refusing the batch again and again.
-    at = frame.data_at() if raw and frame.payload[:_STAMP_AT] == _STAMP_TAG + raw else None
-    if at is None:
-        return records.add(seq=frame.seq, record=frame.payload)
-    return records.add(seq=frame.seq, record=frame.payload, stamp=raw, data_at=at)
+class ShardTooOld(ConnectionError):
+    """The shard does not read IngestBatch.frames; shipping to it would lose records."""
 
 
 class Shipper:
@@ -189,7 +181,7 @@ class Shipper:
         self._newest = Stamp.ZERO
         self.registered = asyncio.Event()    # the shard durably knows this stream (hello acked)
         self._cursor: LogCursor | None = None  # used only inside _read_range (one at a time)
-        self._held: ReadFrame | None = None  # read, but left out of the last batch for lack of room
+        self._held: Frame | None = None  # read, but left out of the last batch for lack of room
         # Counters; state() and metrics read them.
         self.reconnects_total = 0
         self.bytes_sent_total = 0
@@ -385,6 +377,10 @@ class Shipper:
             call.cancel()
 
     def _resume(self, ack: pb.IngestAck) -> None:
+        if not ack.reads_frames:
+            raise ShardTooOld(f"shard {self.shard_id} at {self.address} does not read batches of "
+                              "LOG frames (it is older than this proxy): upgrade the shards "
+                              "before the proxies; nothing is shipped to it meanwhile")
         self._update_clock(ack)
         self._stream.resume(ack, self._log.last_seq)
         self.registered.set()
@@ -463,23 +459,23 @@ class Shipper:
             self.unroutable_total += got.unroutable
         if got.newest > self._newest:
             self._newest = got.newest
-        batch = self._batch(step.after_seq, got.through_seq, batch=got.batch)
+        batch = self._batch(step.after_seq, got.through_seq)
+        batch.frames = got.frames
         await self._send(call, batch, got.nbytes)
-        self.records_sent_total += len(batch.records)
+        self.records_sent_total += got.records
         self.bytes_sent_total += got.nbytes
         return True
 
     def _read_range(self, from_seq: int, limit_seq: int, budget: int,
                     allow_oversize: bool) -> _Range | None:
         """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
-        opts = self.options
-        batch = pb.IngestBatch()
-        records = batch.records
+        max_records = self.options.max_batch_records
+        frames: list[bytes | memoryview] = []  # views of the LOG's read buffers: no copy yet
         nbytes = unroutable = blocked_by = 0
         through = from_seq - 1
         newest = b""  # stamps as bytes: big-endian, so bytes order is stamp order
         seq = from_seq
-        while seq <= limit_seq and len(records) < opts.max_batch_records:
+        while seq <= limit_seq and len(frames) < max_records:
             frame = self._frame(seq)
             if frame is None:
                 break
@@ -487,23 +483,23 @@ class Shipper:
             unroutable += bad
             if mine:
                 size = len(frame.payload)
-                if nbytes + size > budget and not (allow_oversize and not records):
+                if nbytes + size > budget and not (allow_oversize and not frames):
                     # It does not fit: the batch ends before it, and the next
                     # read starts with it (reopening the cursor would re-read
                     # the LOG from the index point before it).
                     blocked_by = size
                     self._held = frame
                     break
-                add_shipped(records, frame, stamp)
+                frames.append(frame_of(frame, stamp))
                 nbytes += size
             if stamp > newest:
                 newest = stamp
             through = seq
             seq += 1
-        return _Range(through, batch, nbytes, Stamp.from_bytes(newest) if newest else Stamp.ZERO,
-                      unroutable, blocked_by)
+        return _Range(through, b"".join(frames), len(frames), nbytes,
+                      Stamp.from_bytes(newest) if newest else Stamp.ZERO, unroutable, blocked_by)
 
-    def _frame(self, seq: int) -> ReadFrame | None:
+    def _frame(self, seq: int) -> Frame | None:
         """LOG frame ``seq`` from this shipper's cursor (None: past the LOG's end)."""
         held, self._held = self._held, None
         if held is not None and held.seq == seq:
@@ -515,12 +511,11 @@ class Shipper:
             self._cursor = None
             cursor = self._cursor = self._log.read(seq)
         try:
-            frame = ReadFrame(cursor.next_frame())
+            return cursor.next_frame()
         except StopIteration:
             return None
-        return frame
 
-    def _route(self, frame: ReadFrame) -> tuple[bool, bytes, int]:
+    def _route(self, frame: Frame) -> tuple[bool, bytes, int]:
         """(belongs to this shard, its 16-byte stamp or b"", 1 if it could not be routed).
 
         A version-2 frame says both in its header; other frames (version 1,
@@ -546,11 +541,9 @@ class Shipper:
             logger.error("LOG seq %d: %s; shipping it to shard 0", seq, e)
             return self.shard_id == 0, stamp, 1
 
-    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True,
-               batch: pb.IngestBatch | None = None) -> pb.IngestBatch:
-        """The batch for ``(after_seq, through_seq]`` (``batch``: one holding its records)."""
-        if batch is None:
-            batch = pb.IngestBatch()
+    def _batch(self, after_seq: int, through_seq: int, *, claim: bool = True) -> pb.IngestBatch:
+        """The batch for ``(after_seq, through_seq]``, without records."""
+        batch = pb.IngestBatch()
         batch.stream.CopyFrom(self.stream)
         batch.after_seq, batch.through_seq = after_seq, through_seq
         if claim:

@@ -36,7 +36,9 @@ from logstore.stamp import Stamp
 from nfsproxy.daemon.proxyd import ProxyOptions, start_proxy
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import RetentionLoop, RetentionPolicy
+from logstore.segment import NO_STAMP
 from logstore.sharding import shards_of
+from logstore.shipped import iter_frames
 from nfsproxy.ship.shipper import Backoff, Shipper, ShipperOptions, StableClaims
 from recoveryd.frontier import BatchRefused, StreamKey, StreamState, apply
 
@@ -64,11 +66,20 @@ def _heartbeat(state: StreamState, stable: Stamp | None, newest: Stamp | None) -
     return dataclasses.replace(state, frontier=frontier, newest=seen)
 
 
-class FakeShard(pb_grpc.JournalServicer):
-    """An in-memory recovery shard: the Ingest contract of proto/journal.proto."""
+def shipped(batch: pb.IngestBatch) -> list[tuple[int, bytes, bytes]]:
+    """(seq, header stamp, record bytes) of each frame a batch carries."""
+    frames = batch.frames
+    return [(seq, stamp, frames[start:end])
+            for seq, stamp, start, end in iter_frames(frames, batch.after_seq)]
 
-    def __init__(self, shard_id: int = 0):
+
+class FakeShard(pb_grpc.JournalServicer):
+    """An in-memory recovery shard: the Ingest contract of proto/journal.proto.
+    ``reads_frames`` False plays a shard from before IngestBatch.frames."""
+
+    def __init__(self, shard_id: int = 0, reads_frames: bool = True):
         self.shard_id = shard_id
+        self.reads_frames = reads_frames
         self.clock = HLC(1000 + shard_id)
         self.streams: dict[StreamKey, StreamState] = {}
         self.records: dict[StreamKey, dict[int, bytes]] = {}
@@ -105,7 +116,7 @@ class FakeShard(pb_grpc.JournalServicer):
 
         async def pump() -> None:  # read eagerly, so "unacked" counts what the shipper sent
             async for batch in request_iterator:
-                nbytes = sum(len(r.record) for r in batch.records)
+                nbytes = sum(len(record) for _, _, record in shipped(batch))
                 self.unacked_bytes += nbytes
                 self.max_unacked_bytes = max(self.max_unacked_bytes, self.unacked_bytes)
                 await queue.put((batch, nbytes))
@@ -146,15 +157,15 @@ class FakeShard(pb_grpc.JournalServicer):
                             newest=newest, sent=Stamp.from_bytes(batch.sent_stamp))
             if new.durable_seq > state.durable_seq:
                 held = self.records.setdefault(key, {})
-                for r in batch.records:
-                    assert batch.after_seq < r.seq <= batch.through_seq
-                    held[r.seq] = r.record
+                for seq, _, record in shipped(batch):
+                    assert batch.after_seq < seq <= batch.through_seq
+                    held[seq] = record
             self.streams[key] = new
         except BatchRefused as e:
             new, error = e.state, str(e)
         return pb.IngestAck(stream=batch.stream, durable_seq=new.durable_seq,
                             frontier=new.frontier.to_bytes(), shard_stamp=self.clock.now().to_bytes(),
-                            error=error, shard_id=self.shard_id)
+                            error=error, shard_id=self.shard_id, reads_frames=self.reads_frames)
 
     # -- inspection
 
@@ -437,7 +448,7 @@ async def test_gap_when_the_log_was_trimmed_past_the_shard(log: Log, clock: HLC,
         assert gap.through == Stamp.from_bytes(gap_batch.sent_stamp)
         assert stream.frontier > gap.from_stamp  # not pinned: it moved on past the gap
         gaps = [b for b in shard.batches if b.gap]
-        assert [(b.after_seq, b.through_seq, len(b.records), b.stable) for b in gaps] == \
+        assert [(b.after_seq, b.through_seq, len(shipped(b)), b.stable) for b in gaps] == \
             [(0, first - 1, 0, b"")]
         assert shard.held(log, clock) == log_payloads(log)  # everything from first_seq on
         state = shipper.state()
@@ -574,7 +585,7 @@ async def test_unacked_bytes_stay_within_the_in_flight_bound(log: Log, clock: HL
         await eventually(caught_up(shard, log, clock))
         assert shard.max_unacked_bytes <= options.max_inflight_bytes
         assert shard.held(log, clock) == log_payloads(log)
-        sizes = [sum(len(r.record) for r in b.records) for b in shard.batches]
+        sizes = [sum(len(record) for _, _, record in shipped(b)) for b in shard.batches]
         assert max(sizes) <= options.max_batch_bytes
     finally:
         await shipper.stop()
@@ -594,8 +605,8 @@ async def test_a_record_larger_than_a_batch_goes_alone(log: Log, clock: HLC, pro
     try:
         await eventually(caught_up(shard, log, clock))
         assert shard.held(log, clock) == log_payloads(log)
-        big = [b for b in shard.batches if any(len(r.record) > 4 << 10 for r in b.records)]
-        assert len(big) == 1 and len(big[0].records) == 1
+        big = [b for b in shard.batches if any(len(r) > 4 << 10 for _, _, r in shipped(b))]
+        assert len(big) == 1 and len(shipped(big[0])) == 1
     finally:
         await shipper.stop()
         await shard.stop()
@@ -762,17 +773,11 @@ async def test_frames_are_routed_by_their_header_without_parsing(log: Log, clock
             assert [k for k in (0, 1) if seq in held[k]] == list(shards_of(record, 2))
         assert garbage in held[1] and garbage not in held[0]
         assert all(s.unroutable_total == 0 for s in shippers)
-        # Records with their data last carry their stamp and data split.
-        shipped = {r.seq: r for shard in shards for b in shard.batches for r in b.records}
-        for seq, record in {**routed, **bare}.items():
-            head = record.__deepcopy__()
-            head.ClearField("data")
-            if seq in routed:
-                assert shipped[seq].data_at > 0
-            if shipped[seq].data_at:
-                assert shipped[seq].stamp == record.stamp
-                assert shipped[seq].record[:shipped[seq].data_at] == head.SerializeToString()
-        assert shipped[garbage].data_at == 0
+        # Records cross as their LOG frames: the header's stamp where the writer gave one.
+        stamps = {seq: stamp for shard in shards for b in shard.batches
+                  for seq, stamp, _ in shipped(b)}
+        assert all(stamps[seq] == record.stamp for seq, record in routed.items())
+        assert all(stamps[seq] == NO_STAMP for seq in bare)
     finally:
         for shipper in shippers:
             await shipper.stop()
@@ -780,23 +785,22 @@ async def test_frames_are_routed_by_their_header_without_parsing(log: Log, clock
             await shard.stop()
 
 
-def test_a_header_stamp_that_is_not_the_records_own_gets_no_side_fields():
-    from logstore.record import record_parts
-    from logstore.segment import ROUTE_HANDLE, Frame
-    from nfsproxy.ship.frames import ReadFrame
-    from nfsproxy.ship.shipper import add_shipped
-
-    def shipped_record(frame, stamp):
-        return add_shipped(pb.IngestBatch().records, frame, stamp)
-
-    record = Record(stamp=S(5).to_bytes(), op=Op.WRITE, fh=b"f")
-    payload = memoryview(b"".join(record_parts(record, b"data")))
-    good = shipped_record(ReadFrame(Frame(1, payload, record.stamp, ROUTE_HANDLE, 1)),
-                          S(5).to_bytes())
-    assert (good.stamp, good.data_at) == (record.stamp, len(record.SerializeToString()))
-    bad = shipped_record(ReadFrame(Frame(1, payload, S(6).to_bytes(), ROUTE_HANDLE, 1)),
-                         S(6).to_bytes())
-    assert (bad.stamp, bad.data_at) == (b"", 0) and bad.record == bytes(payload)
+@run_async
+async def test_a_shard_that_does_not_read_frames_gets_nothing(log: Log, clock: HLC, proxy: Proxy):
+    """A shard from before IngestBatch.frames would take a batch of frames for
+    a range without records: the shipper ships nothing to it and says why."""
+    shard = FakeShard(reads_frames=False)
+    await shard.start()
+    append_records(log, clock, 20)
+    shipper = shipper_for(shard.address, log, proxy)
+    try:
+        shipper.start()
+        await eventually(lambda: "upgrade the shards before the proxies" in shipper.state().last_error)
+        assert [b for b in shard.batches if b.through_seq > b.after_seq] == []
+        assert shipper.acked_seq == 0 and not shipper.connected
+    finally:
+        await shipper.stop()
+        await shard.stop()
 
 
 @run_async
@@ -816,7 +820,7 @@ async def test_a_batch_cut_for_room_does_not_reopen_the_log(log: Log, clock: HLC
     try:
         shipper.start()
         await eventually(caught_up(shard, log, clock))
-        assert len([b for b in shard.batches if b.records]) >= 25  # many batches cut for room
+        assert len([b for b in shard.batches if b.frames]) >= 25  # many batches cut for room
         assert opened == [1]
         assert sorted(shard.held(log, clock)) == list(range(1, 301))
     finally:
