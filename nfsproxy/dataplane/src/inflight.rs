@@ -53,6 +53,13 @@ impl InFlight {
         }
     }
 
+    /// Run `f` holding the lock (a test poisons it).
+    #[cfg(test)]
+    pub(crate) fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _stamps = self.stamps.lock_anyway();
+        f()
+    }
+
     /// Block until no stamp below `below` is held (but `own`'s): true, or
     /// false after `timeout`.
     pub fn wait_settled(&self, below: [u8; 16], own: Option<u64>, timeout: Duration) -> bool {

@@ -274,6 +274,19 @@ impl Journal {
     pub fn take_gaps(&self) -> Vec<Gap> {
         std::mem::take(&mut *self.gaps.lock_anyway())
     }
+
+    /// Run `f` holding every lock of the journal (a test poisons them all).
+    #[cfg(test)]
+    pub(crate) fn with_every_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _locks = (
+            self.capture.bindings.lock_anyway(),
+            self.conflicts.lock_anyway(),
+            self.held.lock_anyway(),
+            self.gaps.lock_anyway(),
+            self.moves.lock_anyway(),
+        );
+        self.inflight.with_lock(f)
+    }
 }
 
 /// Does a successful reply with this record promise stability?

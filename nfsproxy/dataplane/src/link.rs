@@ -22,6 +22,7 @@ use crate::journal::Journal;
 use crate::limits::clamp_fsinfo;
 use crate::nfs3::proc3;
 use crate::outbox::{self, Outgoing, QUEUE_MESSAGES};
+use crate::record::Record;
 use crate::routing::Route;
 use crate::rpc::{self, Header, ReplyHeader};
 use crate::server::Shared;
@@ -142,7 +143,10 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
         s.backend_latency.observe(waited);
     });
     let (message, after_seq) = match (&shared.journal, call.pending.take()) {
-        (Some(journal), Some(pending)) => journal_reply(journal, &call, pending, &reply, message)?,
+        (Some(journal), Some(pending)) => {
+            let mut answering = Answering { journal, token: call.token, record: pending.record().cloned(), done: false };
+            journal_reply(&mut answering, &call, pending, &reply, message)?
+        }
         _ => (message, None),
     };
     let message = if call.clamp_fsinfo && reply.success {
@@ -155,17 +159,48 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq, proc_key: call.proc_key, arrival: call.arrival }))
 }
 
+/// A watched call taken out of its session's table for its reply, until its
+/// records are in the LOG. Out of the table, the session's own cleanup no
+/// longer sees it: should this reply task panic first, dropping this makes
+/// its mutation a gap (the outcome is unknown, as when no reply comes) and
+/// releases its stamps and the calls held behind it, so that no stamp stays
+/// in flight forever under the stable stamp.
+struct Answering<'a> {
+    journal: &'a Journal,
+    token: u64,
+    /// The mutation's record as the call made it (None: LOOKUP, READDIRPLUS).
+    record: Option<Record>,
+    /// Journaled, or settled by an error path of its own.
+    done: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if self.done || !std::thread::panicking() {
+            return;
+        }
+        match &self.record {
+            Some(record) => {
+                self.journal.lost(self.token, record, "?");
+                for (t, held) in self.journal.release_conflicts(self.token) {
+                    send_released(self.journal, t, held);
+                }
+            }
+            None => release(self.journal, self.token),
+        }
+    }
+}
+
 /// Complete and journal a watched call's records; the reply to send (its
 /// verifier rewritten where durability says) and the seq it waits for.
 fn journal_reply(
-    journal: &Journal,
+    answering: &mut Answering,
     call: &Call,
     pending: crate::capture::Pending,
     reply: &ReplyHeader,
     message: Bytes,
 ) -> Result<(Bytes, Option<u64>), String> {
-    let token = call.token;
-    let lost = pending.record().cloned();
+    let (journal, token) = (answering.journal, answering.token);
     // The NAS applied it: calls held behind it may go (stamped now, after it).
     for (t, held) in journal.release_conflicts(token) {
         send_released(journal, t, held);
@@ -175,23 +210,29 @@ fn journal_reply(
         Ok(records) => records,
         Err(e) => {
             // Its outcome is unknown: a gap (the stamp stays held until Python marks it).
-            if let Some(record) = lost {
-                journal.lost(token, &record, "?");
+            answering.done = true;
+            if let Some(record) = &answering.record {
+                journal.lost(token, record, "?");
             }
             return Err(format!("an undecodable reply ({})", e.0));
         }
     };
     if records.is_empty() {
+        answering.done = true;
         release(journal, token);
         return Ok((message, None));
     }
     if journal.drop_over_quota(token, &records) {
+        answering.done = true;
         return Ok((message, None)); // its stamp stays held until Python marks the gap
     }
+    #[cfg(test)]
+    crate::session::fault::on_reply(call.client_xid);
     let waits = journal.waits(&records);
     let seq = match journal.append(&records, &call.message, waits) {
         Ok(seq) => seq,
         Err(e) => {
+            answering.done = true;
             // The NAS applied it and the LOG has no record of it: a gap; the client
             // gets no reply (its connection closes) and retries.
             journal.write_failed(token, &records[0].0, &e);
@@ -200,6 +241,7 @@ fn journal_reply(
     };
     journal.note_moves(&records);
     journal.inflight.release(token); // in the LOG now
+    answering.done = true;
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();

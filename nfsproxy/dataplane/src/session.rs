@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::conflict::Claims;
 use crate::framing::RecordReader;
@@ -67,7 +67,8 @@ struct Session {
     to_client: mpsc::Sender<Outgoing>,
     links: HashMap<Route, mpsc::Sender<Outgoing>>,
     writer: JoinHandle<()>,
-    link_tasks: Vec<JoinHandle<()>>,
+    /// The NAS links' tasks, watched for panics (`watched`).
+    link_tasks: Vec<AbortHandle>,
     ending: Ending,
 }
 
@@ -156,6 +157,8 @@ impl Session {
             Ok(Header::Reply(_)) => return Err(Some(self.protocol_error("a client sent a REPLY".into()))),
             Err(e) => return Err(Some(self.protocol_error(e.to_string()))),
         };
+        #[cfg(test)]
+        fault::on_call(&self.shared, &self.table, call.xid);
         bump(&self.shared.stats.calls_total);
         add(&self.shared.stats.call_bytes_total, message.len() as u64);
         self.shared.stats.by_proc.with((call.prog, call.proc_), |s| {
@@ -237,7 +240,7 @@ impl Session {
         let opened = link::open(&self.shared, route, self.table.clone(), self.to_client.clone(), &self.ending).await;
         match opened {
             Ok((link, tasks)) => {
-                self.link_tasks.extend(tasks);
+                self.link_tasks.extend(tasks.into_iter().map(|t| watched(&self.shared, t)));
                 self.links.insert(route, link.clone());
                 Ok(link)
             }
@@ -313,6 +316,20 @@ impl Session {
     }
 }
 
+/// `task`'s abort handle; a panic in it is counted as the session's (it
+/// ends the session through its `EndOnDrop`, as any end of a task does).
+fn watched(shared: &Shared, task: JoinHandle<()>) -> AbortHandle {
+    let abort = task.abort_handle();
+    let stats = shared.stats.clone();
+    tokio::spawn(async move {
+        if matches!(task.await, Err(e) if e.is_panic()) {
+            bump(&stats.session_panics_total);
+            eprintln!("nfsj data plane: a NAS link task panicked; its client's connection is closed");
+        }
+    });
+    abort
+}
+
 /// Stamp a mutation about to be sent (its stamp held in flight) and mark it sent.
 fn stamp_for_sending(journal: &Journal, table: &Mutex<XidTable>, nas_xid: u32, token: u64) -> Result<(), String> {
     let stamp = journal.stamp(token).map_err(|e| format!("the clock failed ({e})"))?;
@@ -350,5 +367,32 @@ pub fn send_released(journal: &Journal, token: u64, held: Held) {
         runtime.spawn(async move {
             let _ = link.send(out).await;
         });
+    }
+}
+
+/// Test-only faults, keyed by client XID: a bug hit by one connection,
+/// in its session task (while holding every lock the sessions share, so
+/// they are left poisoned) or in its NAS link's reply task (after capture
+/// completed the call, before its records are in the LOG).
+#[cfg(test)]
+pub(crate) mod fault {
+    use super::*;
+
+    pub const PANIC_ON_CALL: u32 = 0xFA17_0001;
+    pub const PANIC_ON_REPLY: u32 = 0xFA17_0002;
+
+    pub fn on_call(shared: &Shared, table: &Mutex<XidTable>, xid: u32) {
+        if xid != PANIC_ON_CALL {
+            return;
+        }
+        let _table = table.lock_anyway();
+        match &shared.journal {
+            Some(journal) => journal.with_every_lock(|| panic!("fault injected into a session task")),
+            None => panic!("fault injected into a session task"),
+        }
+    }
+
+    pub fn on_reply(client_xid: u32) {
+        assert_ne!(client_xid, PANIC_ON_REPLY, "fault injected into a reply task");
     }
 }
