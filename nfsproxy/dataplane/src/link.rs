@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::framing::RecordReader;
 use crate::capture::OpOf;
-use crate::journal::Journal;
+use crate::journal::{Entry, Journal};
 use crate::limits::clamp_fsinfo;
 use crate::nfs3::proc3;
 use crate::outbox::{self, Outgoing, QUEUE_MESSAGES};
@@ -62,6 +62,8 @@ pub async fn open(
 /// A reply for the client, and the LOG seq it waits for (None: it goes now).
 struct Answer {
     out: Outgoing,
+    /// Its records, appended with the others read with it: their index in the batch.
+    entry: Option<usize>,
     after_seq: Option<u64>,
     proc_key: (u32, u32),
     arrival: std::time::Instant,
@@ -69,6 +71,9 @@ struct Answer {
 
 /// Relay the NAS's replies until it closes or breaks the protocol (Err says
 /// why). A client that is gone gets nothing, but its replies are still journaled.
+///
+/// The records of every reply one read brings are appended with one LOG
+/// write, before any of those replies is queued for the client.
 async fn relay_replies(
     shared: &Shared,
     mut rd: OwnedReadHalf,
@@ -76,6 +81,8 @@ async fn relay_replies(
     to_client: &mpsc::Sender<Outgoing>,
 ) -> Result<(), String> {
     let mut reader = RecordReader::new(shared.max_message);
+    let mut answers: Vec<Answer> = Vec::new();
+    let mut batch: Vec<Entry> = Vec::new();
     loop {
         let buf = reader.buffer();
         if buf.capacity() - buf.len() < 16 << 10 {
@@ -86,8 +93,25 @@ async fn relay_replies(
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),
         }
-        while let Some(message) = reader.next_message().map_err(|e| e.to_string())? {
-            let Some(answer) = answer(shared, table, message)? else { continue };
+        let mut broken = None;
+        loop {
+            match reader.next_message().map_err(|e| e.to_string()).and_then(|m| match m {
+                Some(message) => answer(shared, table, message, &mut batch).map(Some),
+                None => Ok(None),
+            }) {
+                Ok(Some(Some(answer))) => answers.push(answer),
+                Ok(Some(None)) => {}
+                Ok(None) => break,
+                Err(why) => {
+                    broken = Some(why);
+                    break;
+                }
+            }
+        }
+        if let Some(journal) = &shared.journal {
+            journal_batch(journal, &mut batch, &mut answers)?;
+        }
+        for answer in answers.drain(..) {
             match (answer.after_seq, &shared.journal) {
                 (Some(seq), Some(journal)) => reply_when_durable(journal, seq, answer, to_client.clone(), shared.stats.clone()),
                 _ => {
@@ -96,7 +120,40 @@ async fn relay_replies(
                 }
             }
         }
+        if let Some(why) = broken {
+            return Err(why);
+        }
     }
+}
+
+/// Append the records gathered in `batch` with one LOG write; then their
+/// stamps leave the in-flight set and each answer learns the seq it waits for.
+fn journal_batch(journal: &Journal, batch: &mut Vec<Entry>, answers: &mut [Answer]) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let seqs = match journal.append_batch(batch) {
+        Ok(seqs) => seqs,
+        Err(e) => {
+            // The NAS applied them and the LOG has no record of them: gaps; the
+            // client gets no reply (its connection closes) and retries.
+            for entry in batch.drain(..) {
+                journal.write_failed(entry.token, &entry.records[0].0, &e);
+            }
+            return Err(format!("journaling failed ({e})"));
+        }
+    };
+    for entry in batch.iter() {
+        journal.note_moves(&entry.records);
+        journal.inflight.release(entry.token); // in the LOG now
+    }
+    for answer in answers.iter_mut() {
+        if let Some(i) = answer.entry.take() {
+            answer.after_seq = batch[i].waits.then_some(seqs[i]);
+        }
+    }
+    batch.clear();
+    Ok(())
 }
 
 /// Send `out` once the LOG is durable through `seq`; if the LOG fails, the
@@ -123,8 +180,9 @@ fn client_latency(stats: &Stats, answer: &Answer) {
     stats.by_proc.with(answer.proc_key, |s| s.client_latency.observe(seconds));
 }
 
-/// The client's copy of one NAS reply, or None when it answers no call of ours.
-fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Option<Answer>, String> {
+/// The client's copy of one NAS reply, or None when it answers no call of
+/// ours; the records it completes join `batch`.
+fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes, batch: &mut Vec<Entry>) -> Result<Option<Answer>, String> {
     let reply = match rpc::parse(&message).map_err(|e| e.to_string())? {
         Header::Reply(reply) => reply,
         Header::Call(_) => return Err("the NAS sent a CALL".into()),
@@ -141,8 +199,8 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
         s.reply_bytes += message.len() as u64;
         s.backend_latency.observe(waited);
     });
-    let (message, after_seq) = match (&shared.journal, call.pending.take()) {
-        (Some(journal), Some(pending)) => journal_reply(journal, &call, pending, &reply, message)?,
+    let (message, entry) = match (&shared.journal, call.pending.take()) {
+        (Some(journal), Some(pending)) => journal_reply(journal, &call, pending, &reply, message, batch)?,
         _ => (message, None),
     };
     let message = if call.clamp_fsinfo && reply.success {
@@ -152,18 +210,25 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     } else {
         message
     };
-    Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq, proc_key: call.proc_key, arrival: call.arrival }))
+    Ok(Some(Answer {
+        out: Outgoing::with_xid(&message, call.client_xid),
+        entry,
+        after_seq: None,
+        proc_key: call.proc_key,
+        arrival: call.arrival,
+    }))
 }
 
-/// Complete and journal a watched call's records; the reply to send (its
-/// verifier rewritten where durability says) and the seq it waits for.
+/// Complete a watched call's records and add them to `batch`; the reply to
+/// send (its verifier rewritten where durability says) and its entry's index.
 fn journal_reply(
     journal: &Journal,
     call: &Call,
     pending: crate::capture::Pending,
     reply: &ReplyHeader,
     message: Bytes,
-) -> Result<(Bytes, Option<u64>), String> {
+    batch: &mut Vec<Entry>,
+) -> Result<(Bytes, Option<usize>), String> {
     let token = call.token;
     let lost = pending.record().cloned();
     // The NAS applied it: calls held behind it may go (stamped now, after it).
@@ -189,17 +254,6 @@ fn journal_reply(
         return Ok((message, None)); // its stamp stays held until Python marks the gap
     }
     let waits = journal.waits(&records);
-    let seq = match journal.append(&records, &call.message, waits) {
-        Ok(seq) => seq,
-        Err(e) => {
-            // The NAS applied it and the LOG has no record of it: a gap; the client
-            // gets no reply (its connection closes) and retries.
-            journal.write_failed(token, &records[0].0, &e);
-            return Err(format!("journaling failed ({e})"));
-        }
-    };
-    journal.note_moves(&records);
-    journal.inflight.release(token); // in the LOG now
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();
@@ -209,5 +263,6 @@ fn journal_reply(
     } else {
         message
     };
-    Ok((message, waits.then_some(seq)))
+    batch.push(Entry { token, records, call: call.message.clone(), waits });
+    Ok((message, Some(batch.len() - 1)))
 }
