@@ -6,6 +6,7 @@
 
 use crate::poison::LockAnyway;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,9 @@ use crate::stamp::Stamp;
 pub struct InFlight {
     stamps: Mutex<HashMap<u64, [u8; 16]>>,
     released: Condvar,
+    /// Threads in `wait_settled` (changed under `stamps`' lock): a release
+    /// notifies only when one waits, since every notify is a system call.
+    waiters: AtomicUsize,
 }
 
 impl InFlight {
@@ -26,7 +30,9 @@ impl InFlight {
     }
 
     pub fn release(&self, token: u64) {
-        if self.stamps.lock_anyway().remove(&token).is_some() {
+        let mut s = self.stamps.lock_anyway();
+        if s.remove(&token).is_some() && self.waiters.load(Ordering::Relaxed) > 0 {
+            drop(s);
             self.released.notify_all();
         }
     }
@@ -73,7 +79,9 @@ impl InFlight {
             if left.is_zero() {
                 return false;
             }
+            self.waiters.fetch_add(1, Ordering::Relaxed);
             s = self.released.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+            self.waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

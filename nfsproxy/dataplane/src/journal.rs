@@ -29,7 +29,9 @@ use crate::capture::{Capture, Captured};
 use crate::conflict::{ConflictTable, Token};
 use crate::hlc::Hlc;
 use crate::inflight::InFlight;
-use crate::log::{GroupCommitter, LogError};
+use bytes::Bytes;
+
+use crate::log::{Append, GroupCommitter, LogError};
 use crate::nfs3::proc3;
 use crate::outbox::Outgoing;
 use crate::capture::{op, OpOf};
@@ -70,6 +72,16 @@ pub struct Held {
     pub nas_xid: u32,
     pub link: tokio::sync::mpsc::Sender<Outgoing>,
     pub out: Outgoing,
+}
+
+/// One reply's records, gathered to be appended with the others read with it.
+pub struct Entry {
+    pub token: Token,
+    pub records: Vec<Captured>,
+    /// The call the records' data ranges point into.
+    pub call: Bytes,
+    /// Its reply waits for the records' fsync.
+    pub waits: bool,
 }
 
 /// A record that may be missing, for Python to mark as a gap.
@@ -175,22 +187,38 @@ impl Journal {
         }
     }
 
-    /// Append `records` (their data from `call`); the seq of the last.
-    pub fn append(&self, records: &[Captured], call: &[u8], urgent: bool) -> Result<u64, LogError> {
-        let mut seq = 0;
-        for (record, data) in records {
-            let head = record::encode(record);
-            let data = data.clone().map(|d| &call[d]).unwrap_or(&[]);
-            let prefix = record::data_field_prefix(data.len());
-            let parts: [&[u8]; 3] = [&head, &prefix, data];
-            let parts = if data.is_empty() { &parts[..1] } else { &parts[..] };
-            seq = self.committer.append(parts, &record::routing(record), urgent)?;
-            self.records_total.fetch_add(1, Ordering::Relaxed);
-            if !record.ok && record.op3() != op::BIND {
-                self.failed_mutations_total.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Append the records of several replies with one LOG write (their
+    /// fsync is asked for at once if any reply waits); the seq of each
+    /// entry's last record, in order.
+    pub fn append_batch(&self, entries: &[Entry]) -> Result<Vec<u64>, LogError> {
+        let records: Vec<(&Record, &[u8])> = entries
+            .iter()
+            .flat_map(|e| e.records.iter().map(move |(r, d)| (r, d.clone().map_or(&[][..], |d| &e.call[d]))))
+            .collect();
+        let heads: Vec<(Vec<u8>, Vec<u8>)> =
+            records.iter().map(|(r, data)| (record::encode(r), record::data_field_prefix(data.len()))).collect();
+        let parts: Vec<[&[u8]; 3]> =
+            records.iter().zip(&heads).map(|((_, data), (head, prefix))| [&head[..], &prefix[..], data]).collect();
+        let appends: Vec<Append> = records
+            .iter()
+            .zip(&parts)
+            .map(|((r, data), parts)| Append {
+                parts: if data.is_empty() { &parts[..1] } else { &parts[..] },
+                routing: record::routing(r),
+            })
+            .collect();
+        let urgent = entries.iter().any(|e| e.waits);
+        let last = self.committer.append_all(&appends, urgent)?;
+        let mut seq = last - appends.len() as u64;
+        let mut seqs = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += e.records.len() as u64;
+            seqs.push(seq);
+            self.records_total.fetch_add(e.records.len() as u64, Ordering::Relaxed);
+            let failed = e.records.iter().filter(|(r, _)| !r.ok && r.op3() != op::BIND).count();
+            self.failed_mutations_total.fetch_add(failed as u64, Ordering::Relaxed);
         }
-        Ok(seq)
+        Ok(seqs)
     }
 
     /// A relayed mutation's outcome is unknown: a gap for Python to mark;

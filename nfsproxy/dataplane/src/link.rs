@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::framing::RecordReader;
 use crate::capture::OpOf;
-use crate::journal::Journal;
+use crate::journal::{Entry, Journal};
 use crate::limits::clamp_fsinfo;
 use crate::nfs3::proc3;
 use crate::outbox::{self, Outgoing, QUEUE_MESSAGES};
@@ -63,6 +63,8 @@ pub async fn open(
 /// A reply for the client, and the LOG seq it waits for (None: it goes now).
 struct Answer {
     out: Outgoing,
+    /// Its records, appended with the others read with it: their index in the batch.
+    entry: Option<usize>,
     after_seq: Option<u64>,
     proc_key: (u32, u32),
     arrival: std::time::Instant,
@@ -70,6 +72,9 @@ struct Answer {
 
 /// Relay the NAS's replies until it closes or breaks the protocol (Err says
 /// why). A client that is gone gets nothing, but its replies are still journaled.
+///
+/// The records of every reply one read brings are appended with one LOG
+/// write, before any of those replies is queued for the client.
 async fn relay_replies(
     shared: &Shared,
     mut rd: OwnedReadHalf,
@@ -77,6 +82,9 @@ async fn relay_replies(
     to_client: &mpsc::Sender<Outgoing>,
 ) -> Result<(), String> {
     let mut reader = RecordReader::new(shared.max_message);
+    let mut answers: Vec<Answer> = Vec::new();
+    let mut unappended = Unappended { journal: shared.journal.as_deref(), entries: Vec::new() };
+    let batch = &mut unappended.entries;
     loop {
         let buf = reader.buffer();
         if buf.capacity() - buf.len() < 16 << 10 {
@@ -87,8 +95,25 @@ async fn relay_replies(
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),
         }
-        while let Some(message) = reader.next_message().map_err(|e| e.to_string())? {
-            let Some(answer) = answer(shared, table, message)? else { continue };
+        let mut broken = None;
+        loop {
+            match reader.next_message().map_err(|e| e.to_string()).and_then(|m| match m {
+                Some(message) => answer(shared, table, message, batch).map(Some),
+                None => Ok(None),
+            }) {
+                Ok(Some(Some(answer))) => answers.push(answer),
+                Ok(Some(None)) => {}
+                Ok(None) => break,
+                Err(why) => {
+                    broken = Some(why);
+                    break;
+                }
+            }
+        }
+        if let Some(journal) = &shared.journal {
+            journal_batch(journal, batch, &mut answers)?;
+        }
+        for answer in answers.drain(..) {
             match (answer.after_seq, &shared.journal) {
                 (Some(seq), Some(journal)) => reply_when_durable(journal, seq, answer, to_client.clone(), shared.stats.clone()),
                 _ => {
@@ -97,7 +122,63 @@ async fn relay_replies(
                 }
             }
         }
+        if let Some(why) = broken {
+            return Err(why);
+        }
     }
+}
+
+/// Records completed from replies and not yet in the LOG. Should the reply
+/// task panic before they are appended, dropping this makes each a gap and
+/// releases its stamps, as `Answering` does for the call being answered.
+struct Unappended<'a> {
+    journal: Option<&'a Journal>,
+    entries: Vec<Entry>,
+}
+
+impl Drop for Unappended<'_> {
+    fn drop(&mut self) {
+        let Some(journal) = self.journal else { return };
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in self.entries.drain(..) {
+            journal.lost(entry.token, &entry.records[0].0, "?");
+            for (t, held) in journal.release_conflicts(entry.token) {
+                send_released(journal, t, held);
+            }
+        }
+    }
+}
+
+/// Append the records gathered in `batch` with one LOG write; then their
+/// stamps leave the in-flight set and each answer learns the seq it waits for.
+fn journal_batch(journal: &Journal, batch: &mut Vec<Entry>, answers: &mut [Answer]) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let seqs = match journal.append_batch(batch) {
+        Ok(seqs) => seqs,
+        Err(e) => {
+            // The NAS applied them and the LOG has no record of them: gaps; the
+            // client gets no reply (its connection closes) and retries.
+            for entry in batch.drain(..) {
+                journal.write_failed(entry.token, &entry.records[0].0, &e);
+            }
+            return Err(format!("journaling failed ({e})"));
+        }
+    };
+    for entry in batch.iter() {
+        journal.note_moves(&entry.records);
+        journal.inflight.release(entry.token); // in the LOG now
+    }
+    for answer in answers.iter_mut() {
+        if let Some(i) = answer.entry.take() {
+            answer.after_seq = batch[i].waits.then_some(seqs[i]);
+        }
+    }
+    batch.clear();
+    Ok(())
 }
 
 /// Send `out` once the LOG is durable through `seq`; if the LOG fails, the
@@ -124,8 +205,9 @@ fn client_latency(stats: &Stats, answer: &Answer) {
     stats.by_proc.with(answer.proc_key, |s| s.client_latency.observe(seconds));
 }
 
-/// The client's copy of one NAS reply, or None when it answers no call of ours.
-fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Option<Answer>, String> {
+/// The client's copy of one NAS reply, or None when it answers no call of
+/// ours; the records it completes join `batch`.
+fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes, batch: &mut Vec<Entry>) -> Result<Option<Answer>, String> {
     let reply = match rpc::parse(&message).map_err(|e| e.to_string())? {
         Header::Reply(reply) => reply,
         Header::Call(_) => return Err("the NAS sent a CALL".into()),
@@ -142,10 +224,10 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
         s.reply_bytes += message.len() as u64;
         s.backend_latency.observe(waited);
     });
-    let (message, after_seq) = match (&shared.journal, call.pending.take()) {
+    let (message, entry) = match (&shared.journal, call.pending.take()) {
         (Some(journal), Some(pending)) => {
             let mut answering = Answering { journal, token: call.token, record: pending.record().cloned(), done: false };
-            journal_reply(&mut answering, &call, pending, &reply, message)?
+            journal_reply(&mut answering, &call, pending, &reply, message, batch)?
         }
         _ => (message, None),
     };
@@ -156,7 +238,13 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes) -> Result<Op
     } else {
         message
     };
-    Ok(Some(Answer { out: Outgoing::with_xid(&message, call.client_xid), after_seq, proc_key: call.proc_key, arrival: call.arrival }))
+    Ok(Some(Answer {
+        out: Outgoing::with_xid(&message, call.client_xid),
+        entry,
+        after_seq: None,
+        proc_key: call.proc_key,
+        arrival: call.arrival,
+    }))
 }
 
 /// A watched call taken out of its session's table for its reply, until its
@@ -191,15 +279,16 @@ impl Drop for Answering<'_> {
     }
 }
 
-/// Complete and journal a watched call's records; the reply to send (its
-/// verifier rewritten where durability says) and the seq it waits for.
+/// Complete a watched call's records and add them to `batch`; the reply to
+/// send (its verifier rewritten where durability says) and its entry's index.
 fn journal_reply(
     answering: &mut Answering,
     call: &Call,
     pending: crate::capture::Pending,
     reply: &ReplyHeader,
     message: Bytes,
-) -> Result<(Bytes, Option<u64>), String> {
+    batch: &mut Vec<Entry>,
+) -> Result<(Bytes, Option<usize>), String> {
     let (journal, token) = (answering.journal, answering.token);
     // The NAS applied it: calls held behind it may go (stamped now, after it).
     for (t, held) in journal.release_conflicts(token) {
@@ -229,19 +318,6 @@ fn journal_reply(
     #[cfg(test)]
     crate::session::fault::on_reply(call.client_xid);
     let waits = journal.waits(&records);
-    let seq = match journal.append(&records, &call.message, waits) {
-        Ok(seq) => seq,
-        Err(e) => {
-            answering.done = true;
-            // The NAS applied it and the LOG has no record of it: a gap; the client
-            // gets no reply (its connection closes) and retries.
-            journal.write_failed(token, &records[0].0, &e);
-            return Err(format!("journaling failed ({e})"));
-        }
-    };
-    journal.note_moves(&records);
-    journal.inflight.release(token); // in the LOG now
-    answering.done = true;
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();
@@ -251,5 +327,7 @@ fn journal_reply(
     } else {
         message
     };
-    Ok((message, waits.then_some(seq)))
+    batch.push(Entry { token, records, call: call.message.clone(), waits });
+    answering.done = true; // `Unappended` answers for it now
+    Ok((message, Some(batch.len() - 1)))
 }

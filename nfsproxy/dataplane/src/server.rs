@@ -184,9 +184,7 @@ mod tests {
 
     fn write_args() -> Vec<u8> {
         let mut body = Vec::new();
-        for v in [4u32] {
-            body.extend_from_slice(&v.to_be_bytes());
-        }
+        body.extend_from_slice(&4u32.to_be_bytes()); // the handle's length
         body.extend_from_slice(b"fh01");
         body.extend_from_slice(&0u64.to_be_bytes());
         for v in [5u32, 2, 5] {

@@ -118,6 +118,9 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
 impl Session {
     async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, reader: &mut RecordReader) -> Closed {
         let ending = self.ending.0.clone();
+        // One registration for the whole session, not one per read.
+        let ended = ending.notified();
+        tokio::pin!(ended);
         loop {
             let buf = reader.buffer();
             if buf.capacity() - buf.len() < 16 << 10 {
@@ -129,7 +132,7 @@ impl Session {
                     Ok(_) => {}
                     Err(e) => return Some(e.to_string()),
                 },
-                _ = ending.notified() => return None,
+                _ = &mut ended => return None,
             }
             loop {
                 match reader.next_message() {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Log, LogError, Result, Routing, SyncState};
+use super::{Append, Log, LogError, Result, Routing, SyncState};
 
 /// When an append counts as done: after its fsync, or after its write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub enum Durability {
 struct Flush {
     pending: bool,
     urgent: bool,
+    /// The flusher waits on `wake` (idle, or gathering a window): only then
+    /// does an append need to wake it, and only when it changes its plan.
+    waiting: bool,
     closing: bool,
     failure: Option<String>,
     /// (seq, bytes, appended at) of each record not yet known durable, oldest first.
@@ -64,6 +67,8 @@ struct Shared {
     appends_total: AtomicU64,
     appended_bytes_total: AtomicU64,
     fsyncs_total: AtomicU64,
+    /// Times an append woke the flusher (a futex wake and a context switch each).
+    wakes_total: AtomicU64,
     /// u64::MAX: no quota.
     quota_bytes: AtomicU64,
 }
@@ -93,6 +98,7 @@ impl GroupCommitter {
             flush: Mutex::new(Flush {
                 pending: false,
                 urgent: false,
+                waiting: false,
                 closing: false,
                 failure: None,
                 unsynced: VecDeque::new(),
@@ -107,6 +113,7 @@ impl GroupCommitter {
             appends_total: AtomicU64::new(0),
             appended_bytes_total: AtomicU64::new(0),
             fsyncs_total: AtomicU64::new(0),
+            wakes_total: AtomicU64::new(0),
             quota_bytes: AtomicU64::new(u64::MAX),
         });
         let worker = shared.clone();
@@ -120,7 +127,16 @@ impl GroupCommitter {
     /// Append one record now and return its seq. `urgent` asks for an fsync
     /// at once (its reply waits for it); in `Sync` durability every append is.
     pub fn append(&self, parts: &[&[u8]], routing: &Routing, urgent: bool) -> Result<u64> {
+        self.append_all(&[Append { parts, routing: *routing }], urgent)
+    }
+
+    /// Append `records` now, written together (`Log::append_all`); the seq
+    /// of the last. `urgent` as for `append`, for the whole batch.
+    pub fn append_all(&self, records: &[Append], urgent: bool) -> Result<u64> {
         let s = &self.shared;
+        if records.is_empty() {
+            return Ok(s.log.last_seq());
+        }
         {
             let f = s.flush.lock().unwrap();
             if let Some(why) = &f.failure {
@@ -130,20 +146,32 @@ impl GroupCommitter {
                 return Err(LogError::Closed("the group committer is closed".into()));
             }
         }
-        let nbytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let seq = s.log.append(parts, routing)?;
-        s.appends_total.fetch_add(1, Ordering::Relaxed);
-        s.appended_bytes_total.fetch_add(nbytes, Ordering::Relaxed);
+        let last = s.log.append_all(records)?;
+        let now = Instant::now();
         let mut f = s.flush.lock().unwrap();
-        f.unsynced.push_back((seq, nbytes, Instant::now()));
-        f.unsynced_bytes += nbytes;
-        f.pending = true;
-        if urgent || s.durability == Durability::Sync {
-            f.urgent = true;
+        let first = last + 1 - records.len() as u64;
+        let mut total = 0;
+        for (i, record) in records.iter().enumerate() {
+            let nbytes: u64 = record.parts.iter().map(|p| p.len() as u64).sum();
+            f.unsynced.push_back((first + i as u64, nbytes, now));
+            total += nbytes;
         }
+        f.unsynced_bytes += total;
+        let urgent = urgent || s.durability == Durability::Sync;
+        // Wake the flusher only to start a window or to cut one short: a
+        // busy flusher looks again when its fsync is done, and one already
+        // gathering a window flushes this record with it.
+        let wake = f.waiting && (!f.pending || (urgent && !f.urgent));
+        f.pending = true;
+        f.urgent |= urgent;
         drop(f);
-        s.wake.notify_one();
-        Ok(seq)
+        s.appends_total.fetch_add(records.len() as u64, Ordering::Relaxed);
+        s.appended_bytes_total.fetch_add(total, Ordering::Relaxed);
+        if wake {
+            s.wakes_total.fetch_add(1, Ordering::Relaxed);
+            s.wake.notify_one();
+        }
+        Ok(last)
     }
 
     /// Ask for an fsync of everything appended so far, now (without waiting).
@@ -233,6 +261,10 @@ impl GroupCommitter {
     pub fn failure(&self) -> Option<String> {
         self.shared.flush.lock().unwrap().failure.clone()
     }
+    /// Times an append woke the flusher thread.
+    pub fn wakes_total(&self) -> u64 {
+        self.shared.wakes_total.load(Ordering::Relaxed)
+    }
 
     /// `(records, bytes, age of the oldest)` appended but not known durable:
     /// the RPO window.
@@ -292,6 +324,7 @@ impl Shared {
     fn run(&self) {
         loop {
             let mut f = self.flush.lock().unwrap();
+            f.waiting = true;
             while !f.pending && !f.closing {
                 f = self.wake.wait(f).unwrap();
             }
@@ -299,6 +332,7 @@ impl Shared {
                 // Let a window of non-urgent records gather first.
                 f = self.wake.wait_timeout_while(f, self.flush_interval, |f| !f.urgent && !f.closing).unwrap().0;
             }
+            f.waiting = false;
             f.pending = false;
             f.urgent = false;
             let closing = f.closing;
@@ -397,6 +431,27 @@ mod tests {
         assert_eq!(c.appends_total(), 64);
         c.close().unwrap();
         assert_eq!(log.synced_seq(), 64); // close flushed the non-urgent rest
+        log.close().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn appends_wake_the_flusher_only_to_start_or_cut_short_a_window() {
+        let dir = scratch("wakes");
+        let log = Arc::new(Log::open(&dir, LogOptions::default()).unwrap());
+        let c = GroupCommitter::start(log.clone(), Durability::Async, Duration::from_secs(3600)).unwrap();
+        while !c.shared.flush.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        for i in 0..100u32 {
+            c.append(&[&i.to_be_bytes()], &Routing::default(), false).unwrap();
+        }
+        assert_eq!(c.wakes_total(), 1, "the first record starts the window; the rest join it");
+        let seq = c.append(&[b"urgent"], &Routing::default(), true).unwrap();
+        assert_eq!(c.wakes_total(), 2, "an urgent record cuts the window short");
+        assert!(c.wait_synced(seq, None).unwrap());
+        assert_eq!(log.synced_seq(), 101);
+        c.close().unwrap();
         log.close().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
