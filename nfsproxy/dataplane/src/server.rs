@@ -10,10 +10,16 @@ use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
 use crate::journal::Journal;
+
 use crate::limits::max_message_bytes;
 use crate::session;
 use crate::stats::{bump, Stats};
 use crate::xid::NasXids;
+
+// One connection's bug closes that connection only: tokio catches a panic in
+// a session's task, which needs the panic to unwind.
+#[cfg(panic = "abort")]
+compile_error!("the relay needs panic = \"unwind\": a panic in one connection must not abort the proxy");
 
 /// Where the NAS serves NFS and MOUNT.
 #[derive(Clone, Debug)]
@@ -183,8 +189,7 @@ mod tests {
     }
 
     fn write_args() -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&4u32.to_be_bytes()); // the handle's length
+        let mut body = 4u32.to_be_bytes().to_vec();
         body.extend_from_slice(b"fh01");
         body.extend_from_slice(&0u64.to_be_bytes());
         for v in [5u32, 2, 5] {
