@@ -52,6 +52,15 @@ def test_status_loads_grpc_but_no_store_restore_engine_or_pydantic():
     assert loaded(modules, NEVER_FOR_STATUS) == []
 
 
+def test_cat_loads_the_restore_client_but_no_server_tree_writer_or_bulk_path():
+    # It fails at the cut (no shard answers) after it has loaded what a cat runs.
+    modules = imported("cat", "f", "--at", "now", "--shard", "127.0.0.1:1")
+    assert "recoveryd.restore.client" in modules and "recoveryd.restore.replay" in modules
+    assert loaded(modules, ("recoveryd.restore_service", "recoveryd.store", "recoveryd.restore.bulk",
+                            "recoveryd.restore.local", "recoveryd.restore.history", "rocksdict",
+                            "nfsproxy._dataplane", "uvloop", "prometheus_client", "pydantic")) == []
+
+
 def command_modules(modules: set[str]) -> set[str]:
     return {m.removeprefix("nfsproxy.cli.") for m in modules
             if m.startswith("nfsproxy.cli.") and m.removeprefix("nfsproxy.cli.") in COMMANDS}
