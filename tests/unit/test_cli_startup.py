@@ -17,7 +17,7 @@ from nfsproxy.cli.catalog import COMMANDS, short_help
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: What a help page or `nfsj status` must not load: each costs tens of ms.
+#: What a help page or `nfsj status` must not load (grpc, protobuf, asyncio: tens of ms each).
 NEVER_FOR_HELP = ("grpc", "google.protobuf", "rocksdict", "uvloop", "prometheus_client", "rich",
                   "pydantic", "asyncio", "recoveryd.restore", "recoveryd.store", "logstore.log",
                   "logstore.commit", "nfsproxy.relay.session", "nfsproxy.wire.nfs3", "crc32c",
@@ -81,6 +81,13 @@ def test_the_catalog_says_what_each_command_says_of_itself():
     for name, command in group.commands.items():
         assert command.get_short_help_str(10_000) == short_help(name), name
         assert command.name == name
+
+
+def test_every_module_that_registers_a_command_is_in_the_catalog():
+    # A command missing from the catalog would never be loaded, so never run.
+    registering = {path.stem for path in (REPO / "nfsproxy" / "cli").glob("*.py")
+                   if re.search(r"^@app\.command|^app\.add_typer", path.read_text(), re.M)}
+    assert registering == {module for module, _ in COMMANDS.values()}
 
 
 def test_config_options_are_checked_against_every_command(tmp_path):
