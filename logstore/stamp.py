@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import ClassVar
 
-__all__ = ["Stamp"]
+__all__ = ["Stamp", "predecessor"]
 
 _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
@@ -99,6 +99,19 @@ def _check_field(name: str, value: object, maximum: int) -> None:
         raise TypeError(f"Stamp.{name} must be an int, got {type(value).__name__}")
     if not 0 <= value <= maximum:
         raise ValueError(f"Stamp.{name} must be in [0, {maximum}], got {value}")
+
+
+def predecessor(stamp: Stamp) -> Stamp | None:
+    """The greatest stamp below `stamp` (None below ZERO): turns an inclusive
+    lower bound into the exclusive one the shards' record scans take."""
+    wall, logical, node = stamp.wall_ns, stamp.logical, stamp.node_id
+    if node:
+        return Stamp(wall, logical, node - 1)
+    if logical:
+        return Stamp(wall, logical - 1, (1 << 32) - 1)
+    if wall:
+        return Stamp(wall - 1, (1 << 32) - 1, (1 << 32) - 1)
+    return None
 
 
 Stamp.ZERO = Stamp(0, 0, 0)

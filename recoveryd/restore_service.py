@@ -54,34 +54,22 @@ import grpc
 from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, FilesRequest, Op,
                                      Record, ScanRequest, ShardStatusRequest)
-from logstore.stamp import Stamp
+from logstore.stamp import Stamp, predecessor
 
-if TYPE_CHECKING:  # restore clients import this module for `predecessor`: no RocksDB for them
+from .security import RESTORE_SERVICE
+
+if TYPE_CHECKING:  # no RocksDB on import: the servicer is handed an open store
     from .store import ShardStore
 
 __all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor", "add_restore_service"]
 
 logger = logging.getLogger(__name__)
 
-RESTORE_SERVICE = "nfsj.journal.v1.Restore"
 CHUNK_RECORDS = 256          # records read per executor call
 CHUNK_BYTES = 8 << 20        # ... or fewer once their data passes this
 RECORD_CHUNK_RECORDS = 4096  # records in one RecordChunk message
 RECORD_CHUNK_BYTES = 2 << 20 # ... or fewer once their bytes pass this
 SCAN_CHUNK_BYTES = 4 << 20   # a RecordChunk of ScanChunks with data (the bulk path)
-
-def predecessor(stamp: Stamp) -> Stamp | None:
-    """The greatest stamp below `stamp` (None below ZERO): turns an inclusive
-    lower bound into the exclusive one ``ShardStore.records`` takes."""
-    wall, logical, node = stamp.wall_ns, stamp.logical, stamp.node_id
-    if node:
-        return Stamp(wall, logical, node - 1)
-    if logical:
-        return Stamp(wall, logical - 1, (1 << 32) - 1)
-    if wall:
-        return Stamp(wall - 1, (1 << 32) - 1, (1 << 32) - 1)
-    return None
-
 
 def add_restore_service(servicer: RestoreServicer, server) -> None:
     """Serve ``servicer`` as the Restore service on ``server``, its chunk streams

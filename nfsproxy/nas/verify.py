@@ -41,9 +41,8 @@ import time
 from typing import Any, Callable, Final
 
 from logstore.pb.journal_pb2 import Attr, ScanRequest
-from logstore.stamp import Stamp
+from logstore.stamp import Stamp, predecessor
 from recoveryd.restore import Cut, RestoreClient, RestoreError, RestoreRefused
-from recoveryd.restore_service import predecessor
 from recoveryd.status import consistent_point_of
 from recoveryd.timespec import format_time
 from recoveryd.tree import BLK, CHR, DIR, LNK, REG, show_name

@@ -19,21 +19,34 @@ One module per concept:
 * ``local``: the writer of a restore into a local directory;
 * ``history``: what changed a path, when, from whom;
 * ``client``: ``RestoreClient``, which ties them together.
+
+Each name below loads its module when first used: `nfsj cat` needs the cut,
+the path and one file's replay, not the tree writer, the bulk path or
+history (tests/unit/test_cli_startup.py).
 """
 
-from __future__ import annotations
+import sys
 
-from .cache import DEFAULT_CACHE_BYTES
-from .client import RestoreClient
-from .cut import Cut
-from .errors import RestoreError, RestoreRefused, ShardError
-from .history import HistoryEntry
-from .local import RestoreProgress, RestoreSummary, check_dest, rename_noreplace
-from .namespace import TREE_OPS
-from .shards import Shards
+_HOMES = {
+    "Shards": "shards", "RestoreClient": "client", "Cut": "cut", "RestoreError": "errors",
+    "RestoreRefused": "errors", "ShardError": "errors", "RestoreProgress": "local",
+    "RestoreSummary": "local", "HistoryEntry": "history", "TREE_OPS": "namespace",
+    "DEFAULT_CACHE_BYTES": "cache", "check_dest": "local", "rename_noreplace": "local",
+}
 
-__all__ = [
-    "Shards", "RestoreClient", "Cut", "RestoreError", "RestoreRefused", "ShardError",
-    "RestoreProgress", "RestoreSummary", "HistoryEntry", "TREE_OPS", "DEFAULT_CACHE_BYTES",
-    "check_dest", "rename_noreplace",
-]
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # The import statement's path, not importlib's: `python -X importtime` reports only that one.
+    home = f"{__name__}.{_HOMES[name]}"
+    __import__(home)
+    value = getattr(sys.modules[home], name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -9,20 +9,21 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from logstore.pb.journal_pb2 import Attr, Record
 from logstore.stamp import Stamp
 
 from ..tree import REG, Tree
-from .bulk import write_contents
 from .cache import DEFAULT_CACHE_BYTES, FileCache
 from .cut import Cut, cut_records, take_cut
-from .history import HistoryEntry, history
-from .local import RestoreProgress, RestoreSummary, restore_to_dir
 from .namespace import build_tree, clean_path, found, resolve_path
 from .replay import replay
 from .shards import Shards
+
+if TYPE_CHECKING:  # the bulk path, the tree writer and history load when used
+    from .history import HistoryEntry
+    from .local import RestoreProgress, RestoreSummary
 
 __all__ = ["RestoreClient"]
 
@@ -127,6 +128,8 @@ class RestoreClient:
                 break
             chosen.append(fh)
             total += size
+        from .bulk import write_contents
+
         targets = {fh: self._cache.staging((cut.key, fh)) for fh in chosen}
         written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
                                  file_records=lambda fh: self.file_records(cut, fh))
@@ -145,11 +148,15 @@ class RestoreClient:
                        progress: Callable[[RestoreProgress], None] | None = None) -> RestoreSummary:
         """Write the export (or the subtree at ``path``) as it was at ``cut`` to
         ``dest`` (``local.restore_to_dir``)."""
+        from .local import restore_to_dir
+
         return restore_to_dir(self, cut, dest, path, progress)
 
     def history(self, path: bytes | str, since: Stamp | None = None,
                 until: Stamp | None = None) -> list[HistoryEntry]:
         """What changed ``path`` with stamps in (since, until] (``history.history``)."""
+        from .history import history
+
         return history(self, path, since, until)
 
     # -- lifecycle ----------------------------------------------------------------------------------

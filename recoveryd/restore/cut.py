@@ -31,10 +31,9 @@ import dataclasses
 from typing import Any, Iterator
 
 from logstore.pb.journal_pb2 import BaselineInfo, FileRequest, Op, Record
-from logstore.stamp import Stamp
+from logstore.stamp import Stamp, predecessor
 
 from ..frontier import restore_baseline
-from ..restore_service import predecessor
 from ..status import consistent_point_of, report_gaps, shard_frontier_of
 from ..timespec import END_OF_NS, format_time
 from .errors import RestoreRefused, ShardError

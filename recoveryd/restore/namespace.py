@@ -23,9 +23,8 @@ import os
 from typing import Callable
 
 from logstore.pb.journal_pb2 import Op, Record, ScanRequest
-from logstore.stamp import Stamp
+from logstore.stamp import Stamp, predecessor
 
-from ..restore_service import predecessor
 from ..tree import DIR, NAMESPACE_OPS, Node, Tree, show_name
 from .cut import Cut, cut_records
 from .errors import RestoreError, RestoreRefused

@@ -21,8 +21,7 @@ from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import (BaselineInfo, FileRequest, FilesRequest, Record, ScanRequest,
                                      ShardStatusRequest)
 
-from ..restore_service import RESTORE_SERVICE
-from ..security import BearerToken, open_channel
+from ..security import RESTORE_SERVICE, BearerToken, open_channel
 from ..status import ShardReport
 from .errors import RestoreRefused, ShardError
 

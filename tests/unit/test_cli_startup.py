@@ -17,7 +17,7 @@ from nfsproxy.cli.catalog import COMMANDS, short_help
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: What a help page or `nfsj status` must not load: each costs tens of ms.
+#: What a help page or `nfsj status` must not load (grpc, protobuf, asyncio: tens of ms each).
 NEVER_FOR_HELP = ("grpc", "google.protobuf", "rocksdict", "uvloop", "prometheus_client", "rich",
                   "pydantic", "asyncio", "recoveryd.restore", "recoveryd.store", "logstore.log",
                   "logstore.commit", "nfsproxy.relay.session", "nfsproxy.wire.nfs3", "crc32c",
@@ -52,6 +52,15 @@ def test_status_loads_grpc_but_no_store_restore_engine_or_pydantic():
     assert loaded(modules, NEVER_FOR_STATUS) == []
 
 
+def test_cat_loads_the_restore_client_but_no_server_tree_writer_or_bulk_path():
+    # It fails at the cut (no shard answers) after it has loaded what a cat runs.
+    modules = imported("cat", "f", "--at", "now", "--shard", "127.0.0.1:1")
+    assert "recoveryd.restore.client" in modules and "recoveryd.restore.replay" in modules
+    assert loaded(modules, ("recoveryd.restore_service", "recoveryd.store", "recoveryd.restore.bulk",
+                            "recoveryd.restore.local", "recoveryd.restore.history", "rocksdict",
+                            "nfsproxy._dataplane", "uvloop", "prometheus_client", "pydantic")) == []
+
+
 def command_modules(modules: set[str]) -> set[str]:
     return {m.removeprefix("nfsproxy.cli.") for m in modules
             if m.startswith("nfsproxy.cli.") and m.removeprefix("nfsproxy.cli.") in COMMANDS}
@@ -72,6 +81,13 @@ def test_the_catalog_says_what_each_command_says_of_itself():
     for name, command in group.commands.items():
         assert command.get_short_help_str(10_000) == short_help(name), name
         assert command.name == name
+
+
+def test_every_module_that_registers_a_command_is_in_the_catalog():
+    # A command missing from the catalog would never be loaded, so never run.
+    registering = {path.stem for path in (REPO / "nfsproxy" / "cli").glob("*.py")
+                   if re.search(r"^@app\.command|^app\.add_typer", path.read_text(), re.M)}
+    assert registering == {module for module, _ in COMMANDS.values()}
 
 
 def test_config_options_are_checked_against_every_command(tmp_path):
