@@ -24,6 +24,7 @@ import socket
 
 from logstore.hlc import DEFAULT_MAX_OFFSET_NS, HLC
 
+from .heap import keep_freed_memory
 from .metrics import ShardCollector, serve_metrics
 from .security import SecurityError, TlsOptions
 from .server import JournalServer, ServeError, start_server
@@ -116,6 +117,7 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
 
 async def run_shard(opts: ShardOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
+    keep_freed_memory()
     running = await start_shard(opts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -841,13 +841,14 @@ def _add_row(rows: dict[bytes, _Row], markers: list[GapMarker], node: bytes, nod
         raise _ForeignStamp(f"record at seq {seq} is stamped {stamp} by node "
                             f"{stamp.node_id}, not by this stream's node {node_id}")
     held = rows.get(key)
+    op = record.op
     if held is not None:
         if held.value != raw:
             raise ValueError(f"two different records under stamp {Stamp.from_bytes(key)} in "
                              "one batch")
     else:
-        rows[key] = _Row(raw, _handles(record), record.op, meta)
-    if record.op == _GAP:
+        rows[key] = _Row(raw, _handles(record), op, meta)
+    if op == _GAP:
         markers.append(GapMarker(seq, Stamp.from_bytes(key), record.gap_cause or "unknown",
                                  record.gap_reason))
 
