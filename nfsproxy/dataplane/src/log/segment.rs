@@ -245,7 +245,8 @@ pub fn scan(data: &[u8], base_seq: u64) -> Scan {
 /// have destroyed the frame lengths.
 pub fn find_valid_frame(data: &[u8], start: usize, min_seq: u64, version: u8) -> Option<(u64, u64)> {
     let size = header_bytes(version);
-    let max_seq = min_seq + (data.len().saturating_sub(start) / size) as u64;
+    // Saturating: a segment named near the end of the seq space must not wrap the range empty.
+    let max_seq = min_seq.saturating_add((data.len().saturating_sub(start) / size) as u64);
     let mut o = start;
     while o + size <= data.len() {
         let h = decode_header(version, &data[o..o + size]);
@@ -273,6 +274,21 @@ mod tests {
         assert_eq!(parse_segment_name("00000000000000004097.seg"), Some(4097));
         assert_eq!(parse_segment_name("4097.seg"), None);
         assert_eq!(parse_segment_name("00000000000000004097.seg.tmp"), None);
+    }
+
+    /// Found by fuzzing (target log_segment): near the end of the seq space
+    /// the search's upper seq overflowed (a panic with overflow checks; in
+    /// release it wrapped, so a valid frame after damage went unseen and the
+    /// damage passed for a torn tail).
+    #[test]
+    fn the_torn_tail_search_near_the_last_seq_sees_a_valid_frame() {
+        let mut data = segment_header().to_vec();
+        data.extend_from_slice(&[0xff; 7]);
+        let at = data.len() as u64;
+        data.extend_from_slice(&encode_header(u64::MAX - 1, &Routing::default(), &[b"xy"]));
+        data.extend_from_slice(b"xy");
+        data.extend_from_slice(&[0xff; 100]);
+        assert_eq!(find_valid_frame(&data, 16, u64::MAX - 2, 2), Some((at, u64::MAX - 1)));
     }
 
     #[test]
