@@ -91,6 +91,8 @@ class ProxyCollector(Collector):
                  stats.retransmissions_absorbed_total),
                 ("nfsj_proxy_unmatched_replies", "NAS replies that answered no call in flight (dropped)",
                  stats.unmatched_replies_total),
+                ("nfsj_proxy_connection_panics", "Client connections closed by a bug (a panic in the "
+                 "native relay); other connections go on", stats.session_panics_total),
                 ("nfsj_proxy_lock_reboot_unlocks", "Locks released on the NAS because their client "
                  "rebooted (its SM_NOTIFY)", stats.reboot_unlocks_total),
                 ("nfsj_journal_records", "Records journaled (mutations, bindings, baseline pieces)",

@@ -50,6 +50,9 @@ class RelayStats:
         self.backend_failures_total = 0
         self.retransmissions_absorbed_total = 0
         self.unmatched_replies_total = 0
+        # The native plane's count of connection tasks that panicked (each closed
+        # its connection alone); the Python plane's errors end a session without one.
+        self.session_panics_total = 0
         self.failed_mutations_total = 0
         self.conflict_holds_total = 0  # mutations held behind a conflicting call in flight
         self.calls_total: dict[tuple[int, int], int] = {}
