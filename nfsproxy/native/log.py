@@ -297,11 +297,14 @@ class NativeCommitter:
             raise ValueError(f"flush_interval_s must be >= 0, got {flush_interval_s}")
         self._log = log
         self._durability = Durability(durability)
+        # Urgency is per append: this wrapper's own appends (baseline pieces,
+        # gap marks, the Python plane's records) ask for an fsync at once in
+        # sync and strict, while the native relay asks only for records whose
+        # reply waits. A committer in "sync" would fsync every append, an
+        # UNSTABLE write's too, whose reply promises nothing.
+        self._urgent = self._durability is not Durability.ASYNC
         with _native_errors():
-            # strict differs from sync in which replies wait, not in when appends resolve.
-            self._native = _dataplane.NativeCommitter(
-                log.native, "async" if self._durability is Durability.ASYNC else "sync",
-                flush_interval_s)
+            self._native = _dataplane.NativeCommitter(log.native, "async", flush_interval_s)
         self.quota_bytes = quota_bytes
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()  # seq order
         self._space_waiters: list[asyncio.Future[None]] = []
@@ -326,7 +329,8 @@ class NativeCommitter:
         self._start()
         with _native_errors():
             seq = self._native.append(payload, routing.get("stamp", b""),
-                                      routing.get("route_kind", 0), routing.get("route", 0))
+                                      routing.get("route_kind", 0), routing.get("route", 0),
+                                      self._urgent)
         if self._durability is Durability.ASYNC:
             return seq, None
         return seq, self._durable_future(seq)

@@ -48,3 +48,29 @@ def test_strict_replies_after_the_records_fsync(nas, proxy_factory, plane):
     journaled = {(r.offset, bytes(r.data)) for _, r in read_log(proxy.log_dir)
                  if r.op == Op.WRITE and bytes(r.fh) == fh}
     assert journaled == {(i * BLOCK, b) for i, b in enumerate(blocks)}
+
+
+def test_sync_does_not_fsync_for_each_unstable_write(nas, proxy_factory):
+    """`sync` on the native plane: an UNSTABLE WRITE's reply promises nothing,
+    so its record joins the next group commit instead of forcing an fsync of
+    its own; the COMMIT that makes the writes stable is answered only once
+    they are durable."""
+    metrics = _free_port()
+    proxy = proxy_factory(durability="sync",
+                          extra=["--data-plane", "native", "--metrics", f"127.0.0.1:{metrics}"])
+    blocks = [random.Random(i).randbytes(BLOCK) for i in range(WRITES)]
+    with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export", machine_name="nfsj-sync") as c:
+        root = c.mount()
+        fh = created_fh(c, c.create(root, "sync.bin", 0o644), root, "sync.bin")
+        before = scrape(metrics)
+        for i, block in enumerate(blocks):
+            c.write(fh, i * BLOCK, block, StableHow.UNSTABLE)
+        during = scrape(metrics)
+        c.commit(fh)
+        assert value(scrape(metrics), "nfsj_log_unsynced_records") == 0, "COMMIT answered before the writes were durable"
+    fsyncs = value(during, "nfsj_log_fsyncs_total") - value(before, "nfsj_log_fsyncs_total")
+    assert fsyncs <= WRITES * 3 // 4, f"{WRITES} UNSTABLE writes cost {fsyncs:.0f} fsyncs"
+    assert proxy.stop() == 0, proxy.stderr_text()
+    journaled = {(r.offset, bytes(r.data)) for _, r in read_log(proxy.log_dir)
+                 if r.op == Op.WRITE and bytes(r.fh) == fh}
+    assert journaled == {(i * BLOCK, b) for i, b in enumerate(blocks)}
