@@ -24,7 +24,7 @@ import socket
 
 from logstore.hlc import DEFAULT_MAX_OFFSET_NS, HLC
 
-from .heap import keep_freed_memory
+from .heap import keep_freed_memory, quiet_collector
 from .metrics import ShardCollector, serve_metrics
 from .security import SecurityError, TlsOptions
 from .server import JournalServer, ServeError, start_server
@@ -119,6 +119,7 @@ async def run_shard(opts: ShardOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
     keep_freed_memory()
     running = await start_shard(opts)
+    quiet_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -74,7 +74,7 @@ from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, app
 
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
-    "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size",
+    "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size", "ParsedGroup",
 ]
 
 FORMAT = 2  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -512,12 +512,24 @@ class ShardStore:
         (so a refused one makes the rest refuse too, as they no longer chain).
         Returns, per batch, its resulting state or the BatchRefused it earned;
         all accepted batches become durable together, or (on an I/O error,
-        raised) none does.
+        raised) none does. The same as ``apply_group(stream, parse_group(...))``.
         """
+        return self.apply_group(stream, self.parse_group(stream, batches))
+
+    def parse_group(self, stream: StreamKey, batches: list[IngestBatch | ReceivedBatch]
+                    ) -> ParsedGroup:
+        """The first half of ``ingest_many``: check and index the batches'
+        records and prepare their rows, reading no state and taking no lock.
+
+        It may run while an earlier group of the same stream is being
+        written (the caller's pipeline), which is why it reads nothing the
+        write changes: the rows are prepared for the common case (every
+        batch accepted, no record held yet) and ``apply_group`` checks that
+        case against the state of its own moment."""
         self._check_open()
         frames_of = [b.frames for b in batches]  # read once: each read of the field copies
-        parsed = []
         batches = [b.batch if isinstance(b, ReceivedBatch) else b for b in batches]
+        parsed: list = []
         for batch, frames in zip(batches, frames_of):
             try:
                 parsed.append(_parse_batch(batch, frames, stream.node_id))
@@ -526,39 +538,26 @@ class ShardStore:
                 parsed.append(e)
             except ValueError as e:
                 parsed.append(e)
+        return ParsedGroup(batches, parsed, _prepared_rows(parsed))
+
+    def apply_group(self, stream: StreamKey, group: ParsedGroup) -> list[StreamState | BatchRefused]:
+        """The second half of ``ingest_many``: check the parsed batches
+        against the stream's state and write the accepted ones with one
+        synced write. Groups of one stream must be applied in their order."""
         with self._write_lock:
             self._check_open()
             with self._mem_lock:
                 if stream in self._retired:
                     info = self._retired[stream]
                     return [BatchRefused(info.state, f"stream {stream} was retired "
-                                         "(nfsj retire); it may not ship again")] * len(batches)
+                                         "(nfsj retire); it may not ship again")] * len(group.batches)
                 old = self._streams.get(stream) or StreamInfo(StreamState())
-            wb = WriteBatch(raw_mode=True)
-            state, written, outcomes = old.state, {}, []
-            new_records = new_bytes = 0
-            for batch, item in zip(batches, parsed):
-                if isinstance(item, ValueError):
-                    outcomes.append(BatchRefused(state, f"malformed batch: {item}"))
-                    continue
-                rows, stable, newest, markers = item
-                try:
-                    new_state = apply(state, batch.after_seq, batch.through_seq, stable,
-                                      gap=batch.gap, newest=newest, markers=markers,
-                                      sent=_sent_stamp(batch))
-                except BatchRefused as refused:
-                    outcomes.append(refused)
-                    continue
-                try:
-                    n, nbytes = self._put_new(wb, rows, written)
-                except _Conflict as e:
-                    self.conflicts_total += 1
-                    outcomes.append(BatchRefused(state, str(e)))
-                    continue
-                state = new_state
-                new_records += n
-                new_bytes += nbytes
-                outcomes.append(state)
+            fast = self._apply_prepared(old.state, group)
+            if fast is not None:
+                state, outcomes, wb = fast
+                new_records, new_bytes = group.prepared.count, group.prepared.nbytes
+            else:
+                state, outcomes, wb, new_records, new_bytes = self._apply_each(old.state, group)
             if new_records == 0 and state == old.state:
                 return outcomes  # resends of what is already held: nothing to write
             info = StreamInfo(state, old.records + new_records, time.time_ns())
@@ -573,6 +572,60 @@ class ShardStore:
                 self._records_total, self._bytes_total = records_total, bytes_total
             return outcomes
 
+    def _apply_prepared(self, state: StreamState, group: ParsedGroup):
+        """``(state, outcomes, write batch)`` when every batch chains on and
+        none of its records is held yet, so the rows ``parse_group`` prepared
+        are exactly what to write; else None (``_apply_each`` decides batch
+        by batch)."""
+        prepared = group.prepared
+        if prepared is None:
+            return None
+        outcomes = []
+        for batch, (_, stable, newest, markers) in zip(group.batches, group.parsed):
+            try:
+                state = apply(state, batch.after_seq, batch.through_seq, stable, gap=batch.gap,
+                              newest=newest, markers=markers, sent=_sent_stamp(batch))
+            except BatchRefused:
+                return None
+            outcomes.append(state)
+        keys = prepared.keys
+        for i in range(0, len(keys), _MULTIGET_CHUNK):
+            if any(have is not None for have in self._db.get(keys[i:i + _MULTIGET_CHUNK])):
+                return None  # a resend of what is held: compare it row by row
+        return state, outcomes, prepared.batch
+
+    def _apply_each(self, state: StreamState, group: ParsedGroup):
+        """``(state, outcomes, write batch, records, bytes)``, batch by batch:
+        a batch that does not chain on, or holds a record already held with
+        other bytes, is refused; records already held are not written again."""
+        wb = WriteBatch(raw_mode=True)
+        written: dict[bytes, bytes] = {}
+        outcomes: list[StreamState | BatchRefused] = []
+        new_records = new_bytes = 0
+        for batch, item in zip(group.batches, group.parsed):
+            if isinstance(item, ValueError):
+                outcomes.append(BatchRefused(state, f"malformed batch: {item}"))
+                continue
+            rows, stable, newest, markers = item
+            try:
+                new_state = apply(state, batch.after_seq, batch.through_seq, stable,
+                                  gap=batch.gap, newest=newest, markers=markers,
+                                  sent=_sent_stamp(batch))
+            except BatchRefused as refused:
+                outcomes.append(refused)
+                continue
+            try:
+                n, nbytes = self._put_new(wb, rows, written)
+            except _Conflict as e:
+                self.conflicts_total += 1
+                outcomes.append(BatchRefused(state, str(e)))
+                continue
+            state = new_state
+            new_records += n
+            new_bytes += nbytes
+            outcomes.append(state)
+        return state, outcomes, wb, new_records, new_bytes
+
     def _put_new(self, wb: WriteBatch, rows, written: dict[bytes, bytes]) -> tuple[int, int]:
         """Add the records (and index entries) not yet held to `wb`; returns
         (count, bytes). Raises ``_Conflict`` (adding nothing) when a stamp is
@@ -586,22 +639,12 @@ class ShardStore:
             if held is not None and held != row.value:
                 raise _Conflict(f"a record under stamp {Stamp.from_bytes(key[len(_RECORD):])} is "
                                 "already held with different contents; refusing the batch")
-        count = nbytes = 0
-        file_prefixes: dict[bytes, bytes] = {}  # a batch's records mostly name a few files
+        new = {}
         for key, (stamp, row), have in zip(keys, rows.items(), present):
-            if have is not None or key in written:
-                continue
-            written[key] = row.value
-            wb.put(key, row.value)
-            for fh in row.handles:
-                prefix = file_prefixes.get(fh)
-                if prefix is None:
-                    prefix = file_prefixes[fh] = _FILE + fh_key(fh) + b"/"
-                wb.put(prefix + stamp, b"")
-            wb.put((_OP_PREFIXES.get(row.op) or _op_prefix(row.op)) + stamp, row.meta)
-            count += 1
-            nbytes += len(row.value)
-        return count, nbytes
+            if have is None and key not in written:
+                written[key] = row.value
+                new[stamp] = row
+        return _put_rows(wb, new)
 
     # -- reading ---------------------------------------------------------------
 
@@ -775,6 +818,57 @@ def _sent_stamp(batch: IngestBatch) -> Stamp | None:
         return Stamp.from_bytes(batch.sent_stamp) if batch.sent_stamp else None
     except ValueError:
         return None
+
+
+class PreparedRows(NamedTuple):
+    """A group's rows in a write batch, for when every batch is accepted and
+    no record is held yet (``ShardStore.parse_group``)."""
+
+    batch: WriteBatch
+    keys: list[bytes]   # the records' keys, to check that none is held
+    count: int
+    nbytes: int
+
+
+class ParsedGroup(NamedTuple):
+    """Batches of one stream, parsed (``ShardStore.parse_group``): per batch,
+    its index or the ValueError that refuses it; ``prepared`` is None when
+    some batch is malformed or two batches share a stamp."""
+
+    batches: list[IngestBatch]
+    parsed: list
+    prepared: PreparedRows | None
+
+
+def _prepared_rows(parsed: list) -> PreparedRows | None:
+    rows: dict[bytes, _Row] = {}
+    for item in parsed:
+        if isinstance(item, ValueError):
+            return None
+        batch_rows = item[0]
+        before = len(rows)
+        rows.update(batch_rows)
+        if len(rows) != before + len(batch_rows):
+            return None  # a stamp in two batches: ``_put_new`` compares their bytes
+    wb = WriteBatch(raw_mode=True)
+    count, nbytes = _put_rows(wb, rows)
+    return PreparedRows(wb, [_RECORD + stamp for stamp in rows], count, nbytes)
+
+
+def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row]) -> tuple[int, int]:
+    """Put each record and its index entries into ``wb``; (count, bytes)."""
+    nbytes = 0
+    file_prefixes: dict[bytes, bytes] = {}  # a batch's records mostly name a few files
+    for stamp, row in rows.items():
+        wb.put(_RECORD + stamp, row.value)
+        for fh in row.handles:
+            prefix = file_prefixes.get(fh)
+            if prefix is None:
+                prefix = file_prefixes[fh] = _FILE + fh_key(fh) + b"/"
+            wb.put(prefix + stamp, b"")
+        wb.put((_OP_PREFIXES.get(row.op) or _op_prefix(row.op)) + stamp, row.meta)
+        nbytes += len(row.value)
+    return len(rows), nbytes
 
 
 def _parse_batch(batch: IngestBatch, frames: bytes | memoryview, node_id: int

@@ -130,6 +130,32 @@ def test_duplicate_records_counted_once(store: ShardStore) -> None:
     assert stamps_of(store.file_records(b"A")) == [stamp(1), stamp(2)]
 
 
+def test_a_group_parsed_while_the_one_before_is_written_still_chains(store: ShardStore) -> None:
+    # The ingest pipeline parses group k+1 before group k is written: what
+    # parse_group prepared must be checked again when it is applied.
+    first = [(1, write_record(1, b"F")), (2, write_record(2, b"G"))]
+    group1 = store.parse_group(STREAM, [batch(0, 2, first)])
+    group2 = store.parse_group(STREAM, [batch(2, 3, [(3, write_record(3, b"F"))])])
+    resend = store.parse_group(STREAM, [batch(0, 2, first)])  # a rewind's resend, parsed early
+    [state1] = store.apply_group(STREAM, group1)
+    assert state1.durable_seq == 2 and store.records_total == 2
+    [again] = store.apply_group(STREAM, resend)
+    assert not isinstance(again, BatchRefused) and again.durable_seq == 2
+    assert store.records_total == 2  # held already: not counted (or written) twice
+    [state2] = store.apply_group(STREAM, group2)
+    assert state2.durable_seq == 3 and store.records_total == 3
+    assert [r.offset for r in store.file_records(b"F")] == [64, 192]
+
+
+def test_a_group_applied_out_of_order_is_refused_and_writes_nothing(store: ShardStore) -> None:
+    group1 = store.parse_group(STREAM, [batch(0, 1, [(1, write_record(1, b"F"))])])
+    group2 = store.parse_group(STREAM, [batch(1, 2, [(2, write_record(2, b"F"))])])
+    [refused] = store.apply_group(STREAM, group2)
+    assert isinstance(refused, BatchRefused) and store.records_total == 0
+    assert store.apply_group(STREAM, group1)[0].durable_seq == 1
+    assert store.apply_group(STREAM, group2)[0].durable_seq == 2
+
+
 def test_gap_is_remembered_with_its_stamps_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "shard"
     with ShardStore(path, 1) as s:
