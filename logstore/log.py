@@ -81,6 +81,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import crc32c
 
@@ -92,7 +93,7 @@ from logstore.segment import (
 )
 
 __all__ = [
-    "Log", "LogCursor", "LogError", "LogCorruptError", "LogGapError", "LogClosedError",
+    "Log", "LogCursor", "FrameSpan", "LogError", "LogCorruptError", "LogGapError", "LogClosedError",
     "SegmentInfo", "TornTail", "DEFAULT_SEGMENT_BYTES", "DEFAULT_MAX_RECORD_BYTES",
     "DEFAULT_MARK_INTERVAL_S",
 ]
@@ -556,6 +557,19 @@ class Log:
                                  f"{self._failure}")
 
 
+class FrameSpan(NamedTuple):
+    """Whole frames of one segment a cursor reads next (``LogCursor.span``):
+    the segment's path and open descriptor, its format version, the frames'
+    offsets and the seq the first one carries."""
+
+    path: str
+    fd: int
+    version: int
+    offset: int
+    end: int
+    expect_seq: int
+
+
 class LogCursor:
     """Iterator of ``(seq, payload)`` over a LOG, starting at a given seq.
 
@@ -605,6 +619,33 @@ class LogCursor:
             if frame[0] >= self.next_seq:  # below it: skipping from an index point
                 self.next_seq = frame[0] + 1
                 return frame
+
+    def span(self) -> FrameSpan | None:
+        """Where the cursor's next frames lie, for a reader that walks them
+        itself (a shipper's native walk, which then calls ``consumed``): whole
+        frames of one segment from ``offset`` to ``end``, the first carrying
+        ``expect_seq`` (below ``next_seq`` when the cursor started at an index
+        point before it). Moves on to the next segment when this one is sealed
+        and read; None at the LOG's current end."""
+        while True:
+            if self._reader is None:
+                self._open_at(*self._log._locate(self.next_seq))
+            assert self._segment is not None and self._reader is not None
+            end, sealed = self._log._extent(self._segment)
+            reader = self._reader
+            if reader.offset < end:
+                return FrameSpan(reader.path, reader.fileno(), reader.version, reader.offset, end,
+                                 reader.expect_seq)
+            if not sealed:
+                return None
+            self._advance()
+
+    def consumed(self, offset: int, next_seq: int) -> None:
+        """The frames of the last ``span`` before ``offset`` were read; the
+        frame there carries ``next_seq``."""
+        assert self._reader is not None
+        self._reader.skip_to(offset, next_seq)
+        self.next_seq = max(self.next_seq, next_seq)
 
     def _open_at(self, segment: Segment, offset: int, start_seq: int) -> None:
         self._segment = segment

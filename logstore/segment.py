@@ -307,6 +307,16 @@ class SegmentReader:
             return Frame(seq, payload, routing[0], routing[2], routing[1], whole)
         return Frame(seq, payload)
 
+    def fileno(self) -> int:
+        """The segment's open descriptor (valid until ``close``)."""
+        return self._file.fileno()
+
+    def skip_to(self, offset: int, expect_seq: int) -> None:
+        """Go on at ``offset``, where the frame carrying ``expect_seq`` starts:
+        another reader validated the frames before it (a shipper's native walk)."""
+        self.offset = offset
+        self.expect_seq = expect_seq
+
     def close(self) -> None:
         self._file.close()
         self._chunk = memoryview(b"")

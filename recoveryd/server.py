@@ -45,7 +45,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import AsyncIterator, Callable, NamedTuple
+from typing import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -59,7 +59,7 @@ from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, Retir
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer, add_restore_service
 from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
-from .store import ParsedGroup, RetireRefused, ShardStore, shipped_size, stream_id, stream_key, stream_status
+from .store import RetireRefused, ShardStore, shipped_size, stream_id, stream_key, stream_status
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
            "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "MAX_INGEST_MESSAGE_BYTES", "READ_AHEAD_BYTES",
@@ -159,21 +159,6 @@ class _ReadAhead:
             self._shard.release(held)
 
 
-def _write_outcome_unsent(writing: asyncio.Future) -> None:
-    if not writing.cancelled() and (e := writing.exception()) is not None:
-        logger.error("a group of batches whose call had ended failed to store: %s", e)
-
-
-class _PreparedGroup(NamedTuple):
-    """A group of batches ready to write: the acks of those refused already,
-    and the parse of the ``accepted`` ones (by index)."""
-
-    group: list[ReceivedBatch]
-    acks: list[IngestAck | None]
-    accepted: list[int]
-    parsed: ParsedGroup | None
-
-
 def is_hello(received: ReceivedBatch) -> bool:
     """An empty batch that only names its stream and asks where to resume."""
     batch = received.batch
@@ -232,22 +217,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         budget = _ReadAhead(self._shard_budget)
         reader = loop.create_task(self._read_ahead(request_iterator, queue, budget))
         key: StreamKey | None = None
-        # The group being written: a group already queued is parsed meanwhile
-        # (its parse needs the GIL, the write mostly does not); with none
-        # queued, the acks go out as soon as the write ends. Either way they
-        # go out before the next group's write starts, so they stay in order.
-        writing: asyncio.Future[list[IngestAck]] | None = None
-        written_bytes = 0
         self._count(streams_open=1)
         try:
-            while True:
-                if writing is not None and queue.empty():
-                    for ack in await self._written(context, key, writing):
-                        yield ack
-                    budget.release(written_bytes)
-                    writing = None
-                if (item := await queue.get()) is None:
-                    break
+            while (item := await queue.get()) is not None:
                 batch = item.batch
                 if key is None:
                     if not batch.HasField("stream") or not batch.stream.log_id:
@@ -267,38 +239,22 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                         queue.put_nowait(None)  # the end: seen again by the outer loop
                         break
                     group.append(more)
-                prepared = await loop.run_in_executor(self._executor, self._prepare_group, key,
-                                                      group)
-                if writing is not None:
-                    for ack in await self._written(context, key, writing):
-                        yield ack
-                    budget.release(written_bytes)
-                writing = loop.run_in_executor(self._executor, self._commit_group, key, prepared)
-                written_bytes = sum(received.nbytes for received in group)
-            if writing is not None:
-                for ack in await self._written(context, key, writing):
+                try:
+                    acks = await loop.run_in_executor(self._executor, self._handle_group, key, group)
+                except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
+                    logger.exception("stream %s: storing %d batch(es) from (%d, ...] failed", key,
+                                     len(group), group[0].batch.after_seq)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"shard {self._store.shard_id} could not store the batch: {e}")
+                budget.release(sum(received.nbytes for received in group))
+                for ack in acks:
                     yield ack
-                budget.release(written_bytes)
-                writing = None
         finally:
             reader.cancel()
             budget.close()
-            if writing is not None:  # the call ended first: the write goes on, unacked
-                writing.add_done_callback(_write_outcome_unsent)
             self._count(streams_open=-1)
             if key is not None:
                 logger.info("stream %s: ingest from %s ended", key, peer)
-
-    async def _written(self, context: grpc.aio.ServicerContext, key: StreamKey,
-                       writing: asyncio.Future[list[IngestAck]]) -> list[IngestAck]:
-        """The acks of the group being written; aborts the call when the store failed."""
-        try:
-            return await writing
-        except Exception as e:  # the store failed (disk full, I/O error): not the peer's fault
-            logger.exception("stream %s: storing a group of batches failed", key)
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"shard {self._store.shard_id} could not store the batch: {e}")
-            raise  # abort raises; this line is for readers and type checkers
 
     async def _admit(self, context: grpc.aio.ServicerContext, peer: str, key: StreamKey,
                      metadata, auth_context) -> None:
@@ -339,10 +295,8 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
             if not cancelled:
                 await queue.put(None)
 
-    def _prepare_group(self, key: StreamKey, group: list[ReceivedBatch]) -> _PreparedGroup:
-        """Refuse the batches that name another stream or carry a bad
-        ``sent_stamp``, and parse the rest (in the executor; state-free, so
-        it may run while the group before is written)."""
+    def _handle_group(self, key: StreamKey, group: list[ReceivedBatch]) -> list[IngestAck]:
+        """Apply consecutive batches of one stream with one synced write (in the executor)."""
         acks: list[IngestAck | None] = [None] * len(group)
         accepted: list[int] = []
         for i, received in enumerate(group):
@@ -365,13 +319,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                 acks[i] = self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
                 continue
             accepted.append(i)
-        parsed = self._store.parse_group(key, [group[i] for i in accepted]) if accepted else None
-        return _PreparedGroup(group, acks, accepted, parsed)
-
-    def _commit_group(self, key: StreamKey, prepared: _PreparedGroup) -> list[IngestAck]:
-        """Apply a prepared group with one synced write (in the executor); its acks, in order."""
-        group, acks, accepted = prepared.group, prepared.acks, prepared.accepted
-        outcomes = self._store.apply_group(key, prepared.parsed) if prepared.parsed else []
+        outcomes = self._store.ingest_many(key, [group[i] for i in accepted]) if accepted else []
         for i, outcome in zip(accepted, outcomes):
             batch = group[i].batch
             if isinstance(outcome, BatchRefused):

@@ -91,7 +91,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
-from logstore.log import Log, LogCursor, LogError, LogGapError
+from logstore.log import FrameSpan, Log, LogCorruptError, LogCursor, LogError, LogGapError
 from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
 from logstore.shipped import frame_of
 from logstore.pb import journal_pb2 as pb
@@ -100,6 +100,7 @@ from logstore.record import parse_record
 from logstore.stamp import Stamp
 
 from logstore.sharding import UnroutableRecordError, belongs_to
+from nfsproxy import _dataplane
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
 
@@ -144,6 +145,37 @@ class _Range:
     newest: Stamp
     unroutable: int
     blocked_by: int  # size of the record the batch stopped before for lack of room (0: none)
+
+
+class _Batch:
+    """A batch being read (``Shipper._read_range``): its frames and counts."""
+
+    __slots__ = ("seq", "budget", "allow_oversize", "max_records", "parts", "records", "nbytes",
+                 "through", "newest", "unroutable", "blocked_by")
+
+    def __init__(self, from_seq: int, budget: int, allow_oversize: bool, max_records: int):
+        self.seq = from_seq  # the next seq to read
+        self.budget, self.allow_oversize, self.max_records = budget, allow_oversize, max_records
+        self.parts: list[bytes | memoryview] = []  # no copy until the batch is joined
+        self.records = self.nbytes = self.unroutable = self.blocked_by = 0
+        self.through = from_seq - 1
+        self.newest = b""  # stamps as bytes: big-endian, so bytes order is stamp order
+
+    def add(self, frames: bytes | memoryview, records: int, nbytes: int, through: int,
+            newest: bytes) -> None:
+        if records:
+            self.parts.append(frames)
+            self.records += records
+            self.nbytes += nbytes
+        if through >= self.seq:
+            self.through, self.seq = through, through + 1
+        if newest > self.newest:
+            self.newest = newest
+
+    def done(self) -> _Range:
+        newest = Stamp.from_bytes(self.newest) if self.newest else Stamp.ZERO
+        return _Range(self.through, b"".join(self.parts), self.records, self.nbytes, newest,
+                      self.unroutable, self.blocked_by)
 
 
 class ShardTooOld(ConnectionError):
@@ -468,36 +500,73 @@ class Shipper:
 
     def _read_range(self, from_seq: int, limit_seq: int, budget: int,
                     allow_oversize: bool) -> _Range | None:
-        """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread)."""
-        max_records = self.options.max_batch_records
-        frames: list[bytes | memoryview] = []  # views of the LOG's read buffers: no copy yet
-        nbytes = unroutable = blocked_by = 0
-        through = from_seq - 1
-        newest = b""  # stamps as bytes: big-endian, so bytes order is stamp order
-        seq = from_seq
-        while seq <= limit_seq and len(frames) < max_records:
-            frame = self._frame(seq)
-            if frame is None:
+        """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread).
+
+        Version 2 frames are walked natively (``select_shard_frames``: checked,
+        routed by their headers and copied out without the GIL); a frame
+        without routing fields, a version 1 segment and a frame held back by
+        the last batch go through ``_frame`` and ``_route`` one at a time."""
+        batch = _Batch(from_seq, budget, allow_oversize, self.options.max_batch_records)
+        while batch.seq <= limit_seq and batch.records < batch.max_records:
+            if self._held is None and self._select(batch, limit_seq):
+                continue
+            if batch.blocked_by:
                 break
-            mine, stamp, bad = self._route(frame)
-            unroutable += bad
-            if mine:
-                size = len(frame.payload)
-                if nbytes + size > budget and not (allow_oversize and not frames):
-                    # It does not fit: the batch ends before it, and the next
-                    # read starts with it (reopening the cursor would re-read
-                    # the LOG from the index point before it).
-                    blocked_by = size
-                    self._held = frame
-                    break
-                frames.append(frame_of(frame, stamp))
-                nbytes += size
-            if stamp > newest:
-                newest = stamp
-            through = seq
-            seq += 1
-        return _Range(through, b"".join(frames), len(frames), nbytes,
-                      Stamp.from_bytes(newest) if newest else Stamp.ZERO, unroutable, blocked_by)
+            frame = self._frame(batch.seq)
+            if frame is None or not self._take(batch, frame):
+                break
+        return batch.done()
+
+    def _select(self, batch: _Batch, limit_seq: int) -> bool:
+        """Add the shard's frames natively from where the cursor is; False
+        when the next frame needs ``_frame`` (or the LOG ends there)."""
+        span = self._span(batch.seq)
+        if span is None or span.version < 2:
+            return False
+        try:
+            (frames, records, nbytes, offset, next_seq, through, newest, stop,
+             blocked_by) = _dataplane.select_shard_frames(
+                span.fd, span.path, span.offset, span.end, span.expect_seq, batch.seq, limit_seq,
+                self.shard_id, self.n_shards, max(0, batch.budget - batch.nbytes),
+                batch.max_records - batch.records, batch.allow_oversize and not batch.records)
+        except _dataplane.NativeLogCorruptError as e:
+            raise LogCorruptError(*e.args[:3], discontinuity=e.args[3]) from None
+        assert self._cursor is not None
+        self._cursor.consumed(offset, next_seq)
+        batch.add(frames, records, nbytes, through, newest)
+        if stop == "budget":
+            batch.blocked_by = blocked_by
+            return False
+        return stop == "done" and offset > span.offset
+
+    def _span(self, seq: int) -> FrameSpan | None:
+        """Where this shipper's cursor reads next, at ``seq``."""
+        cursor = self._cursor
+        if cursor is None or cursor.next_seq != seq:
+            if cursor is not None:
+                cursor.close()
+            self._cursor = None
+            cursor = self._cursor = self._log.read(seq)
+        return cursor.span()
+
+    def _take(self, batch: _Batch, frame: Frame) -> bool:
+        """Add ``frame`` (read by ``_frame``) to the batch if it is the
+        shard's; False when it does not fit (it is held for the next batch)."""
+        mine, stamp, bad = self._route(frame)
+        batch.unroutable += bad
+        if mine:
+            size = len(frame.payload)
+            if batch.nbytes + size > batch.budget and not (batch.allow_oversize and not batch.records):
+                # It does not fit: the batch ends before it, and the next
+                # read starts with it (reopening the cursor would re-read
+                # the LOG from the index point before it).
+                batch.blocked_by = size
+                self._held = frame
+                return False
+            batch.add(frame_of(frame, stamp), 1, size, frame.seq, stamp)
+        else:
+            batch.add(b"", 0, 0, frame.seq, stamp)
+        return True
 
     def _frame(self, seq: int) -> Frame | None:
         """LOG frame ``seq`` from this shipper's cursor (None: past the LOG's end)."""

@@ -31,9 +31,10 @@ from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import Log
 from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
-from logstore.record import Op, Record, parse_record
+from logstore.record import Op, Record, parse_record, record_parts
 from logstore.stamp import Stamp
 from nfsproxy.daemon.proxyd import ProxyOptions, start_proxy
+from nfsproxy.relay.journal import frame_fields
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import RetentionLoop, RetentionPolicy
 from logstore.segment import NO_STAMP
@@ -826,3 +827,54 @@ async def test_a_batch_cut_for_room_does_not_reopen_the_log(log: Log, clock: HLC
     finally:
         await shipper.stop()
         await shard.stop()
+
+
+# -- the native walk of LOG frames ------------------------------------------------------
+
+
+def _ranges(shipper: Shipper, budgets: list[int]) -> list:
+    """Every batch ``_read_range`` cuts the LOG into, as the stream would ask for them."""
+    out, after, oversize = [], 0, False
+    log = shipper._log
+    for budget in budgets:
+        if after >= log.last_seq:
+            break
+        got = shipper._read_range(after + 1, log.last_seq, budget, oversize)
+        out.append(got)
+        oversize = got.blocked_by > budget  # the next batch may hold it alone
+        after = got.through_seq
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_native_walk_cuts_the_same_batches_as_the_python_one(tmp_path: Path, seed: int,
+                                                                  monkeypatch) -> None:
+    """Routed, unrouted and every-shard frames over many small segments, with
+    budgets from below one record to many: both walks give the same batches,
+    frame for frame, for each shard."""
+    rng = random.Random(seed)
+    clock = HLC(7)
+    with Log.open(tmp_path / "log", segment_bytes=16 << 10) as log:
+        for _ in range(300):
+            record = make_record(rng, clock, data_bytes=rng.choice([0, 50, 700, 5000]))
+            if rng.random() < 0.2:
+                log.append(record.SerializeToString())  # no routing fields: parsed to route
+            else:
+                data, record.data = record.data, b""
+                log.append(b"".join(record_parts(record, data)), **frame_fields(record))
+        log.sync()
+        budgets = [rng.choice([10, 900, 4 << 10, 64 << 10, 1 << 20]) for _ in range(400)]
+        native, python = [], []
+        for shard_id in (0, 1):
+            options = dataclasses.replace(FAST, max_batch_records=rng.choice([3, 50, 8192]))
+            native.append(_ranges(Shipper("127.0.0.1:1", shard_id=shard_id, n_shards=2, log=log,
+                                          clock=clock, stable_stamp=lambda: Stamp.ZERO,
+                                          options=options), budgets))
+            with monkeypatch.context() as m:
+                m.setattr(Shipper, "_select", lambda self, batch, limit: False)
+                python.append(_ranges(Shipper("127.0.0.1:1", shard_id=shard_id, n_shards=2,
+                                              log=log, clock=clock,
+                                              stable_stamp=lambda: Stamp.ZERO,
+                                              options=options), budgets))
+        assert native == python
+        assert all(r[-1].through_seq == log.last_seq for r in native)

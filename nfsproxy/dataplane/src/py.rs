@@ -11,9 +11,11 @@ use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::hlc::{Hlc, HlcError, HlcOptions};
+use crate::log::segment::BadFrame;
+use crate::log::select::{select, Selection, Stop, Want};
 use crate::log::{Durability, GroupCommitter, Log, LogError, LogOptions, RouteKind, Routing};
 use crate::stamp::Stamp;
 
@@ -466,6 +468,110 @@ fn record_routing(payload: &[u8]) -> PyResult<(Vec<u8>, u8, u32)> {
     Ok((r.stamp.to_vec(), r.kind as u8, r.route))
 }
 
+/// Bytes read from a segment per step of `select_shard_frames`.
+const SELECT_READ_BYTES: u64 = 4 << 20;
+
+/// One shard's frames from a LOG segment (log::select): the frames of the
+/// segment open as `fd` (named `path` in errors) between `offset` and `end`
+/// (its readable end), from the frame that must carry `expect_seq`. The
+/// descriptor, not the path: a trim may have unlinked a segment its reader
+/// still finishes. Returns `(frames, records, nbytes,
+/// offset, next_seq, through_seq, newest, stop, blocked_by)`: the position
+/// after the frames consumed, and why it stopped ("done", "budget" with the
+/// size of the frame that did not fit, "unrouted"). Damage raises
+/// NativeLogCorruptError. Runs without the GIL.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (fd, path, offset, end, expect_seq, from_seq, limit_seq, shard_id, n_shards, budget, max_records, allow_oversize))]
+fn select_shard_frames(
+    py: Python<'_>,
+    fd: i32,
+    path: PathBuf,
+    offset: u64,
+    end: u64,
+    expect_seq: u64,
+    from_seq: u64,
+    limit_seq: u64,
+    shard_id: u32,
+    n_shards: u32,
+    budget: u64,
+    max_records: u32,
+    allow_oversize: bool,
+) -> PyResult<(Py<PyBytes>, u32, u64, u64, u64, u64, Py<PyBytes>, &'static str, u64)> {
+    let want = Want { from_seq, limit_seq, shard_id, n_shards, budget, max_records, allow_oversize };
+    let got = py.detach(|| select_from_file(fd, offset, end, expect_seq, want));
+    let got = got.map_err(|e| match e {
+        Ok(bad) => NativeLogCorruptError::new_err((path.to_string_lossy().into_owned(), bad.offset, bad.reason, bad.discontinuity)),
+        Err(io) => PyOSError::new_err(format!("{}: {io}", path.display())),
+    })?;
+    let (stop, blocked_by) = match got.stop {
+        Stop::Budget(size) => ("budget", size),
+        Stop::Unrouted => ("unrouted", 0),
+        _ => ("done", 0),
+    };
+    let newest = if got.newest == [0; 16] { &[][..] } else { &got.newest[..] };
+    Ok((
+        PyBytes::new(py, &got.frames).unbind(),
+        got.records,
+        got.nbytes,
+        got.offset,
+        got.next_seq,
+        got.through_seq,
+        PyBytes::new(py, newest).unbind(),
+        stop,
+        blocked_by,
+    ))
+}
+
+/// `log::select` over a file, a few MiB at a time; Err(Ok) for damage.
+fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: Want) -> Result<Selection, Result<BadFrame, std::io::Error>> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::FromRawFd;
+    if fd < 0 {
+        return Err(Err(std::io::Error::from_raw_os_error(libc::EBADF)));
+    }
+    // Borrowed: the caller's reader owns the descriptor and closes it.
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut total = Selection { frames: Vec::new(), records: 0, nbytes: 0, offset, next_seq: expect_seq, through_seq: 0, newest: [0; 16], stop: Stop::Done };
+    let mut need = 0u64;
+    while total.offset < end {
+        let len = (end - total.offset).min(SELECT_READ_BYTES.max(need));
+        let mut data = vec![0u8; len as usize];
+        file.read_exact_at(&mut data, total.offset).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Ok(BadFrame {
+                offset: total.offset,
+                reason: format!("file ends before the end of data this LOG wrote ({end})"),
+                discontinuity: false,
+            }),
+            _ => Err(e),
+        })?;
+        let at_end = total.offset + len == end;
+        let step = select(&data, total.offset, at_end, total.next_seq, &want);
+        let before = total.offset;
+        total.frames.extend_from_slice(&step.frames);
+        total.records += step.records;
+        total.nbytes += step.nbytes;
+        total.offset = step.offset;
+        total.next_seq = step.next_seq;
+        total.through_seq = total.through_seq.max(step.through_seq);
+        total.newest = total.newest.max(step.newest);
+        want.budget = want.budget.saturating_sub(step.nbytes);
+        want.max_records = want.max_records.saturating_sub(step.records);
+        want.allow_oversize &= total.records == 0;
+        match step.stop {
+            Stop::Bad(bad) => return Err(Ok(bad)),
+            Stop::Partial(more) => need = if step.offset == before { more } else { 0 },
+            Stop::Done if at_end || want.max_records == 0 || total.next_seq > want.limit_seq => return Ok(total),
+            Stop::Done => need = 0,
+            stop => {
+                total.stop = stop;
+                return Ok(total);
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Tests only: call `observer(fd)` after every fsync the native LOG makes
 /// (None: stop). The power-cut tests build crash images from it.
 #[pyfunction]
@@ -486,6 +592,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_set_fsync_observer, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_record, m)?)?;
     m.add_function(wrap_pyfunction!(record_routing, m)?)?;
+    m.add_function(wrap_pyfunction!(select_shard_frames, m)?)?;
     let py = m.py();
     m.add_class::<NativeLog>()?;
     m.add_class::<NativeCommitter>()?;

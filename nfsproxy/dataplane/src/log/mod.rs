@@ -18,6 +18,7 @@ pub mod frame;
 mod mark;
 mod recover;
 pub mod segment;
+pub mod select;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
