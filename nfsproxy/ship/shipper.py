@@ -50,7 +50,10 @@ channel 2). ``newest`` is the newest record stamp the shipper has read from
 the LOG.
 
 Routing: a version-2 LOG frame's header carries the record's stamp and route,
-so a record is routed without parsing it; other frames are parsed. A batch
+so a record is routed without parsing it; other frames are parsed. The
+version 2 frames are walked natively (``_dataplane.select_shard_frames``):
+checked, routed and the shard's copied out without the GIL, so N shippers
+reading the same LOG cost little more than one. A batch
 carries its records as their LOG frames, back to back, as the LOG stores
 them (``IngestBatch.frames``, ``logstore.shipped``): one buffer through
 gRPC, whose frame headers tell the shard each record's seq and stamp and

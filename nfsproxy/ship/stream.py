@@ -40,6 +40,14 @@ class ShipperOptions:
     max_scan_records: int = 8192
     max_inflight_bytes: int = 16 << 20
     max_inflight_batches: int = 64
+    # A range of fewer synced records than small_batch_records waits while a
+    # batch is in flight (Nagle's rule) and until it is linger_s old, so a
+    # steady stream of small writes ships a batch per shard round trip and
+    # linger, not one per LOG fsync (each batch costs the shard a synced
+    # write). It delays only the shard's copy: the LOG already holds them.
+    # A backlog goes out at once.
+    small_batch_records: int = 64
+    linger_s: float = 0.01
     sample_interval_s: float = 0.1
     heartbeat_interval_s: float = 0.2
     poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
@@ -51,9 +59,12 @@ class ShipperOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_records", "max_batch_bytes", "max_scan_records",
-                     "max_inflight_bytes", "max_inflight_batches", "max_samples"):
+                     "max_inflight_bytes", "max_inflight_batches", "small_batch_records",
+                     "max_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ShipperOptions.{name} must be >= 1")
+        if self.linger_s < 0:
+            raise ValueError("ShipperOptions.linger_s must be >= 0")
         if self.max_samples < 2:
             raise ValueError("ShipperOptions.max_samples must be >= 2")
 
@@ -196,6 +207,7 @@ class IngestStream:
         self.pending: deque[_Sent] = deque()  # batches sent on this call, awaiting their ack
         self.inflight_bytes = 0
         self.blocked_by = 0                  # bytes the next record needs in flight (0: unknown)
+        self._ready_since: float | None = None  # when records past sent_seq were first seen synced
         self.frontier = Stamp.ZERO
         self.connected = False
         self.last_send_at = 0.0
@@ -233,6 +245,7 @@ class IngestStream:
 
     def disconnected(self) -> None:
         self.connected = False
+        self._ready_since = None
         self.pending.clear()
         self.inflight_bytes = 0
         self.blocked_by = 0
@@ -312,7 +325,9 @@ class IngestStream:
         if self.sent_seq + 1 < first_seq:
             return self._gap(first_seq - 1)
         if synced_seq > self.sent_seq:
-            if self.room():
+            if self._ready_since is None:
+                self._ready_since = now
+            if self.room() and not self._lingers(now, synced_seq):
                 after = self.sent_seq
                 return SendRange(after, min(synced_seq, after + opts.max_scan_records),
                                  min(opts.max_batch_bytes, opts.max_inflight_bytes - self.inflight_bytes),
@@ -322,7 +337,17 @@ class IngestStream:
         wait_s = opts.poll_interval_s
         if synced_seq <= self.sent_seq:
             wait_s = min(wait_s, max(0.0, self.last_send_at + opts.heartbeat_interval_s - now))
+        elif self._ready_since is not None and not self.pending:
+            wait_s = min(wait_s, max(0.0, self._ready_since + opts.linger_s - now))
         return Wait(wait_s)
+
+    def _lingers(self, now: float, synced_seq: int) -> bool:
+        """Whether a small range waits (``ShipperOptions.small_batch_records``)."""
+        opts = self.options
+        if self.blocked_by or synced_seq - self.sent_seq >= opts.small_batch_records:
+            return False
+        assert self._ready_since is not None
+        return bool(self.pending) or now - self._ready_since < opts.linger_s
 
     def room(self) -> bool:
         """Whether a batch may go out now without passing the in-flight bounds."""
@@ -364,3 +389,4 @@ class IngestStream:
         self.inflight_bytes += nbytes
         self.sent_seq = through_seq
         self.last_send_at = now
+        self._ready_since = None

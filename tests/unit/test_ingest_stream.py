@@ -10,9 +10,12 @@ from logstore.pb import journal_pb2 as pb
 from nfsproxy.ship.stream import (IngestStream, SendGap, SendHeartbeat, SendRange, ShardRefused,
                                   ShipperOptions, Wait)
 
+# small_batch_records=1: these tests put batch after batch in flight (Nagle's
+# rule has its own tests below).
 OPTIONS = ShipperOptions(max_inflight_batches=2, max_inflight_bytes=1000, max_batch_bytes=600,
                          max_scan_records=100, heartbeat_interval_s=1.0, poll_interval_s=0.05,
-                         ack_timeout_s=10.0, backoff_initial_s=0.5, backoff_max_s=4.0)
+                         ack_timeout_s=10.0, backoff_initial_s=0.5, backoff_max_s=4.0,
+                         small_batch_records=1)
 
 
 def ack(durable: int, error: str = "") -> pb.IngestAck:
@@ -137,3 +140,36 @@ def test_reconnecting_forgets_what_was_in_flight():
     assert not stream.connected and stream.inflight_bytes == 0 and not stream.pending
     stream.resume(ack(10), log_last_seq=100)
     assert stream.connected and stream.sent_seq == 10
+
+
+def test_a_small_range_waits_for_the_batch_in_flight():
+    stream = resumed(options=dataclasses.replace(OPTIONS, small_batch_records=10, linger_s=0.0))
+    send(stream, 3, 100)  # nothing in flight: out at once, however small
+    step = stream.next_step(0.001, first_seq=1, synced_seq=8)
+    assert isinstance(step, Wait) and not step.holding  # 5 records, one batch in flight
+    stream.on_ack(ack(3), now=0.002)
+    assert send(stream, 8, 100, now=0.002).after_seq == 3  # acked: what gathered goes out
+
+
+def test_a_small_range_lingers_then_goes_out_alone():
+    stream = resumed(options=dataclasses.replace(OPTIONS, small_batch_records=10, linger_s=0.5))
+    step = stream.next_step(10.0, first_seq=1, synced_seq=2)
+    assert step == Wait(0.05)  # the poll interval: shorter than what is left of the linger
+    assert stream.next_step(10.49, first_seq=1, synced_seq=2) == Wait(pytest.approx(0.01))
+    assert send(stream, 4, 100, now=10.5).after_seq == 0  # lingered long enough, nothing in flight
+    assert isinstance(stream.next_step(10.5, first_seq=1, synced_seq=20), SendRange)  # a backlog
+
+
+def test_a_backlog_or_a_full_batch_does_not_wait():
+    stream = resumed(options=dataclasses.replace(OPTIONS, small_batch_records=10, linger_s=0.0))
+    send(stream, 3, 100)
+    assert send(stream, 13, 100).after_seq == 3  # 10 records: not small
+    assert isinstance(stream.next_step(0.0, first_seq=1, synced_seq=15), Wait)
+    stream.on_ack(ack(3), now=0.0)
+    stream.on_ack(ack(13), now=0.0)
+    step = stream.next_step(0.0, first_seq=1, synced_seq=15)
+    assert isinstance(step, SendRange)
+    # The read stopped at the budget: the rest is ready and goes out without waiting.
+    assert stream.range_read(step, 14, blocked_by=500)
+    stream.sent(step.after_seq, 14, 100, 0.0)
+    assert not isinstance(stream.next_step(0.0, first_seq=1, synced_seq=15), Wait)

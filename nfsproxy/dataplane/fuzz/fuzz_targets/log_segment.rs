@@ -1,10 +1,12 @@
 //! A LOG segment image as a crash may leave it: the segment header, every
-//! frame's validation (scan and frames), the torn-tail search, and the
-//! records the frames hold. Input: 1 byte of base seq, then the image.
+//! frame's validation (scan and frames), the torn-tail search, the records
+//! the frames hold, and a shipper's walk of them (select), which must stop
+//! where scan stops. Input: 1 byte of base seq, then the image.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use _dataplane::log::segment::{find_valid_frame, frames, scan};
+use _dataplane::log::segment::{data_start, find_valid_frame, frames, scan};
+use _dataplane::log::select::{select, Stop, Want};
 use _dataplane::record;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,5 +28,34 @@ fuzz_target!(|data: &[u8]| {
         if let Some(bad) = &s.bad {
             let _ = find_valid_frame(image, bad.offset as usize + 1, s.last_seq.wrapping_add(1), version);
         }
+        if version == 2 {
+            walk(image, base_seq, &s);
+        }
     }
 });
+
+/// One shard of one takes every routed frame: the walk ends where scan
+/// ended, at the same damage, unless a frame without a route stops it first.
+fn walk(image: &[u8], base_seq: u64, s: &_dataplane::log::segment::Scan) {
+    let start = data_start(2) as usize;
+    if image.len() < start {
+        return;
+    }
+    let want = Want {
+        from_seq: base_seq,
+        limit_seq: u64::MAX,
+        shard_id: 0,
+        n_shards: 1,
+        budget: u64::MAX,
+        max_records: u32::MAX,
+        allow_oversize: true,
+    };
+    let sel = select(&image[start..], start as u64, true, base_seq, &want);
+    assert!(sel.offset <= s.valid_end && sel.records as u64 <= s.records);
+    match &sel.stop {
+        Stop::Done => assert_eq!((sel.offset, sel.records as u64, s.bad.is_none()), (s.valid_end, s.records, true)),
+        Stop::Bad(bad) => assert_eq!((sel.offset, Some(bad.offset)), (s.valid_end, s.bad.as_ref().map(|b| b.offset))),
+        Stop::Unrouted => {}
+        other => panic!("an unlimited walk stopped for {other:?}"),
+    }
+}
