@@ -468,6 +468,9 @@ fn record_routing(payload: &[u8]) -> PyResult<(Vec<u8>, u8, u32)> {
     Ok((r.stamp.to_vec(), r.kind as u8, r.route))
 }
 
+/// What `select_shard_frames` returns (its docstring names the fields).
+type SelectedFrames = (Py<PyBytes>, u32, u64, u64, u64, u64, Py<PyBytes>, &'static str, u64);
+
 /// Bytes read from a segment per step of `select_shard_frames`.
 const SELECT_READ_BYTES: u64 = 4 << 20;
 
@@ -497,7 +500,7 @@ fn select_shard_frames(
     budget: u64,
     max_records: u32,
     allow_oversize: bool,
-) -> PyResult<(Py<PyBytes>, u32, u64, u64, u64, u64, Py<PyBytes>, &'static str, u64)> {
+) -> PyResult<SelectedFrames> {
     let want = Want { from_seq, limit_seq, shard_id, n_shards, budget, max_records, allow_oversize };
     let got = py.detach(|| select_from_file(fd, offset, end, expect_seq, want));
     let got = got.map_err(|e| match e {
