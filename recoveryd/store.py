@@ -59,7 +59,7 @@ import struct
 import threading
 import time
 import uuid
-from typing import Iterable, Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator, NamedTuple
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
@@ -68,6 +68,7 @@ from logstore.record import is_data_tail, split_data
 from logstore.segment import NO_STAMP as _NO_STAMP
 from logstore.shipped import ReceivedBatch, frames_size, iter_frames
 from logstore.stamp import Stamp
+from nfsproxy._dataplane import index_shipped_frames  # a compiled leaf (tests/unit/test_layering.py)
 
 from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, apply, shard_frontier,
                        stream_gaps)
@@ -183,7 +184,7 @@ def _without_data(record: Record, raw: bytes) -> bytes:
 
 class _Row(NamedTuple):
     value: bytes          # the record as shipped
-    handles: set[bytes]   # the handles it names (the per-file index)
+    handles: Collection[bytes]  # the distinct handles it names (the per-file index)
     op: int
     meta: bytes           # ... without its data (the operation index)
 
@@ -898,6 +899,30 @@ def _parse_batch(batch: IngestBatch, frames: bytes | memoryview, node_id: int
 def _parse_frames(batch: IngestBatch, frames: bytes | memoryview, node_id: int,
                   rows: dict[bytes, _Row], markers: list[GapMarker]) -> None:
     """Index the records of ``batch.frames`` (``logstore.shipped``) into ``rows``.
+
+    The native indexer (``_dataplane.index_shipped_frames``) checks and
+    splits a batch as ``_parse_frames_here`` does, several times faster;
+    on anything unusual it gives up and this module's own walk decides, so
+    the faults it names and the batches it accepts are this module's."""
+    indexed = index_shipped_frames(frames, batch.after_seq, batch.through_seq, node_id)
+    if indexed is None:
+        _parse_frames_here(batch, frames, node_id, rows, markers)
+        return
+    for seq, key, raw, head_len, op, handles, gap in indexed:
+        held = rows.get(key)
+        if held is not None:
+            if held.value != raw:
+                raise ValueError(f"two different records under stamp {Stamp.from_bytes(key)} in "
+                                 "one batch")
+            continue
+        rows[key] = _Row(raw, handles, op, raw[:head_len])
+        if gap is not None:
+            markers.append(GapMarker(seq, Stamp.from_bytes(key), gap[0] or "unknown", gap[1]))
+
+
+def _parse_frames_here(batch: IngestBatch, frames: bytes | memoryview, node_id: int,
+                       rows: dict[bytes, _Row], markers: list[GapMarker]) -> None:
+    """``_parse_frames`` in Python: the reference the native indexer follows.
 
     Each frame's CRC is checked (it covers seq, stamp and record, as the
     proxy's LOG wrote them); the record is split at its data field

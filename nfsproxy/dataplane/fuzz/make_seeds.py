@@ -114,7 +114,8 @@ def log_images() -> list[tuple[int, bytes]]:
 
 def main() -> None:
     root = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "seeds"
-    dirs = {t: root / t for t in ("client_calls", "nas_replies", "log_segment", "log_open")}
+    dirs = {t: root / t for t in ("client_calls", "nas_replies", "log_segment", "log_open",
+                                  "shipped_frames")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     pairs = exchanges()
@@ -135,6 +136,10 @@ def main() -> None:
         for flags in (0, 4, 5):
             offset = min(len(image), 0xffff)
             (dirs["log_open"] / f"vector-{i}-{flags}").write_bytes(bytes([flags]) + struct.pack(">H", offset) + image)
+        if image[:8] == b"NJLOGSEG" and len(image) >= 64:  # version 2: frames from byte 16
+            # after_seq = base - 1, the node of the first frame's stamp, then the frames.
+            node = image[16 + 28:16 + 32]
+            (dirs["shipped_frames"] / f"vector-{i}").write_bytes(bytes([min(base - 1, 0xff)]) + node + image[16:])
     print(f"seeds written under {root}: " + ", ".join(f"{t} {len(list(d.iterdir()))}" for t, d in dirs.items()))
 
 

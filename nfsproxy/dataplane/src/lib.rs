@@ -6,8 +6,9 @@
 //! this crate through the `nfsproxy._dataplane` extension module.
 //!
 //! Modules: `stamp` (the stamp type), `hlc` (the clock), `log` (the LOG
-//! writer: frame, segment, recovery, group commit; logstore/FORMAT.md), `py`
-//! (the Python classes).
+//! writer: frame, segment, recovery, group commit, a shipper's walk;
+//! logstore/FORMAT.md), `record` (the journal's Record), `shipped` (a batch of
+//! shipped frames as a shard indexes it), `py` (the Python classes).
 //!
 //! The relay, one concept per module: `framing` (record marking), `xdr`,
 //! `rpc` (message headers), `routing` (where a call goes, portmapper
@@ -20,6 +21,7 @@
 pub mod hlc;
 pub mod log;
 pub mod record;
+pub mod shipped;
 mod py;
 pub mod stamp;
 

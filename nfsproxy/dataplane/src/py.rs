@@ -575,6 +575,34 @@ fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: W
     Ok(total)
 }
 
+/// One record of a shard's batch as `index_shipped_frames` gives it:
+/// `(seq, stamp, record, head_len, op, handles, gap)`.
+type IndexedRecord = (u64, Py<PyBytes>, Py<PyBytes>, usize, i32, Py<PyTuple>, Option<(String, String)>);
+
+/// The records of a batch of shipped frames as a shard indexes them
+/// (crate::shipped): per record `(seq, stamp, record, head_len, op,
+/// handles, gap)`, where `record[:head_len]` is the record without its data
+/// and `gap` is `(cause, reason)` for GAP records; None when anything is
+/// unusual (the caller's reference path decides then).
+#[pyfunction]
+fn index_shipped_frames(py: Python<'_>, frames: &Bound<'_, PyAny>, after_seq: u64, through_seq: u64, node_id: u32) -> PyResult<Option<Vec<IndexedRecord>>> {
+    let buffers = payload_buffers(frames)?;
+    let [data] = slices(&buffers)[..] else {
+        return Err(PyValueError::new_err("frames must be one bytes-like object"));
+    };
+    let Some(records) = crate::shipped::index(data, after_seq, through_seq, node_id) else {
+        return Ok(None);
+    };
+    records
+        .into_iter()
+        .map(|r| {
+            let handles = PyTuple::new(py, r.handles.iter().map(|h| PyBytes::new(py, h)))?.unbind();
+            Ok((r.seq, PyBytes::new(py, &r.stamp).unbind(), PyBytes::new(py, r.raw).unbind(), r.head_len, r.op, handles, r.gap))
+        })
+        .collect::<PyResult<Vec<_>>>()
+        .map(Some)
+}
+
 /// Tests only: call `observer(fd)` after every fsync the native LOG makes
 /// (None: stop). The power-cut tests build crash images from it.
 #[pyfunction]
@@ -596,6 +624,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reencode_record, m)?)?;
     m.add_function(wrap_pyfunction!(record_routing, m)?)?;
     m.add_function(wrap_pyfunction!(select_shard_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(index_shipped_frames, m)?)?;
     let py = m.py();
     m.add_class::<NativeLog>()?;
     m.add_class::<NativeCommitter>()?;
