@@ -45,3 +45,29 @@ def test_batches_after_the_first_fault_in_almost_nothing():
     # or a 2 MiB huge page); with it, the first batch's memory serves the rest.
     assert _faults("default") > 1_000
     assert _faults("keep") < 100
+
+
+_COLLECTIONS = textwrap.dedent("""
+    import gc, sys
+    sys.path.insert(0, {repo!r})
+    import grpc, rocksdict  # a shard's imports: what a full collection would walk
+    if sys.argv[1] == "quiet":
+        from recoveryd.heap import quiet_collector
+        quiet_collector()
+    before = sum(s["collections"] for s in gc.get_stats())
+    for _ in range(20):  # batches of a thousand records' rows, as a shard indexes them
+        rows = {{i.to_bytes(16, "big"): (b"r", (i,), i, [i]) for i in range(1000)}}
+        del rows
+    print(sum(s["collections"] for s in gc.get_stats()) - before, gc.get_freeze_count())
+""").format(repo=str(REPO))
+
+
+def test_the_quiet_collector_freezes_startup_and_collects_rarely():
+    def run(mode: str) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _COLLECTIONS, mode], capture_output=True,
+                             text=True, check=True, timeout=120)
+        collections, frozen = out.stdout.split()
+        return int(collections), int(frozen)
+    default, quiet = run("default"), run("quiet")
+    assert default[0] >= 20 and default[1] == 0
+    assert quiet[0] <= 2 and quiet[1] > 10_000
