@@ -544,13 +544,17 @@ class Shipper:
 
     def _span(self, seq: int) -> FrameSpan | None:
         """Where this shipper's cursor reads next, at ``seq``."""
+        return self._cursor_at(seq).span()
+
+    def _cursor_at(self, seq: int) -> LogCursor:
+        """This shipper's cursor, reopened unless it is at ``seq``."""
         cursor = self._cursor
         if cursor is None or cursor.next_seq != seq:
             if cursor is not None:
                 cursor.close()
             self._cursor = None
             cursor = self._cursor = self._log.read(seq)
-        return cursor.span()
+        return cursor
 
     def _take(self, batch: _Batch, frame: Frame) -> bool:
         """Add ``frame`` (read by ``_frame``) to the batch if it is the
@@ -576,14 +580,8 @@ class Shipper:
         held, self._held = self._held, None
         if held is not None and held.seq == seq:
             return held
-        cursor = self._cursor
-        if cursor is None or cursor.next_seq != seq:
-            if cursor is not None:
-                cursor.close()
-            self._cursor = None
-            cursor = self._cursor = self._log.read(seq)
         try:
-            return cursor.next_frame()
+            return self._cursor_at(seq).next_frame()
         except StopIteration:
             return None
 

@@ -551,7 +551,11 @@ fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: W
         let at_end = total.offset + len == end;
         let step = select(&data, total.offset, at_end, total.next_seq, &want);
         let before = total.offset;
-        total.frames.extend_from_slice(&step.frames);
+        if total.frames.is_empty() {
+            total.frames = step.frames; // the usual single step: no second copy
+        } else {
+            total.frames.extend_from_slice(&step.frames);
+        }
         total.records += step.records;
         total.nbytes += step.nbytes;
         total.offset = step.offset;
