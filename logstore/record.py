@@ -18,7 +18,7 @@ from logstore.pb.journal_pb2 import Attr, Op, Record, SetAttr
 from logstore.stamp import Stamp
 
 __all__ = ["Record", "Attr", "SetAttr", "Op", "record_parts", "parse_record", "record_stamp",
-           "data_field_at", "split_data", "is_data_tail"]
+           "data_field_at", "split_data", "is_data_tail", "record_and_data"]
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -60,21 +60,24 @@ def record_stamp(record: Record) -> Stamp:
 
 def is_data_tail(raw: bytes, at: int) -> bool:
     """Whether ``raw[at:]`` is empty or exactly one ``data`` field (tag, length, bytes)."""
-    end = len(raw)
-    if at == end:
-        return True
+    return at == len(raw) or _data_start(raw, at, len(raw)) >= 0
+
+
+def _data_start(raw: bytes, at: int, end: int) -> int:
+    """Where the bytes of the ``data`` field at ``raw[at:end]`` start, if that
+    field runs exactly to ``end``; -1 if it does not."""
     if raw[at:at + 2] != _DATA_TAG:
-        return False
-    # The length varint, inline: this runs once per shipped record.
+        return -1
+    # The length varint, inline: this runs once per record.
     i, value, shift = at + 2, 0, 0
     while i < end and shift < 64:
         b = raw[i]
         i += 1
         value |= (b & 0x7F) << shift
         if b < 0x80:
-            return i + value == end
+            return i if i + value == end else -1
         shift += 7
-    return False
+    return -1
 
 
 def data_field_at(raw: bytes) -> int | None:
@@ -111,3 +114,25 @@ def split_data(raw: bytes) -> tuple[Record, bytes] | None:
                 return head, head_bytes
         at = raw.find(_DATA_TAG, at + 1)
     return None
+
+
+def record_and_data(buf: bytes, start: int, end: int) -> tuple[Record, bytes | memoryview]:
+    """The record serialized at ``buf[start:end]`` and its data: a record
+    whose ``data`` field ends it (as ``record_parts`` writes it, and as a
+    shard stores it) is parsed without its data, which comes back as a view
+    of ``buf``, not copied; any other record is parsed whole (its data, if
+    any, is then ``record.data``). Raises DecodeError as parsing does."""
+    view = memoryview(buf)
+    at = buf.find(_DATA_TAG, start, end)
+    while at >= 0:
+        data_start = _data_start(buf, at, end)
+        if data_start >= 0:
+            try:
+                head = Record.FromString(view[start:at])
+            except DecodeError:
+                head = None
+            if head is not None and not head.data:
+                return head, view[data_start:end]
+        at = buf.find(_DATA_TAG, at + 1, end)
+    record = Record.FromString(view[start:end])
+    return record, record.data

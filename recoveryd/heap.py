@@ -55,10 +55,13 @@ def keep_freed_memory() -> bool:
 _YOUNG_THRESHOLD = 50_000
 
 
-def quiet_collector() -> None:
+def quiet_collector(*, collect: bool = True) -> None:
     """Freeze the objects that exist now and collect the young generation
-    less often (the module docstring says why). Call once, after startup."""
-    gc.collect()
+    less often (the module docstring says why). Call once, after startup;
+    ``collect=False`` skips the collection first (a short-lived command's
+    garbage does not matter, the time to find it does)."""
+    if collect:
+        gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(_YOUNG_THRESHOLD, older, oldest)

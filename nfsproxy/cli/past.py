@@ -44,8 +44,14 @@ def parse_time_option(text: str, option: str) -> Stamp:
 
 def restore_client(shard: list[str] | None, tls_ca: str | None = None, tls_cert: str | None = None,
             tls_key: str | None = None, token_file: str | None = None) -> RestoreClient:
+    from recoveryd.heap import keep_freed_memory, quiet_collector
     from recoveryd.restore import RestoreClient, RestoreError, Shards
 
+    # A command reading the past moves megabyte messages through fresh
+    # buffers and builds a tree of many small objects: keep freed memory for
+    # the next message, and leave startup's objects out of the collector's walks.
+    keep_freed_memory()
+    quiet_collector(collect=False)
     if not shard:
         fail(_NO_SHARDS)
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)

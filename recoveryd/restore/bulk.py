@@ -38,7 +38,7 @@ from logstore.pb.journal_pb2 import Attr, FilesRequest, Op, Record, ScanRequest
 
 from .cut import Cut, cut_records
 from .replay import FileReplay, pwrite_all, replay
-from .shards import Shards
+from .shards import RecordData, Shards
 
 __all__ = ["write_contents", "BULK_MIN_FILES", "FILES_IN_FLIGHT", "FILES_PER_CALL", "WRITERS"]
 
@@ -50,7 +50,11 @@ FILES_PER_CALL = 4096
 #: Threads writing files on the bulk path, and files each keeps open.
 WRITERS = 4
 OPEN_FILES = 64
-_QUEUE_DEPTH = 64  # writes waiting per writer thread (they hold the records' data)
+#: A writer's work is handed over in batches: a handover wakes a thread,
+#: which costs more than a small write (tens of µs on a small VM).
+_BATCH_ITEMS = 64
+_BATCH_BYTES = 4 << 20
+_QUEUE_DEPTH = 4  # batches waiting per writer thread (they hold the records' data)
 #: Chunks each shard's reader may hold ready before it waits.
 _PREFETCH_RECORDS = 4096
 
@@ -83,7 +87,7 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whol
     after, until = cut.window()
     if whole:
         request = ScanRequest(after=after, until=until, with_data=True)
-        batches = [(targets, lambda: shards.scan(request, prefetch=_PREFETCH_RECORDS))]
+        batches = [(targets, lambda: shards.scan_apart(request, prefetch=_PREFETCH_RECORDS))]
     else:
         handles = list(targets)
         batches = []
@@ -91,7 +95,8 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whol
             part = FilesRequest(fhs=handles[i:i + FILES_PER_CALL], after=after, until=until,
                                 with_data=True)
             batches.append(({fh: targets[fh] for fh in part.fhs},
-                            lambda part=part: shards.files_records(part, prefetch=_PREFETCH_RECORDS)))
+                            lambda part=part: shards.files_records(part, prefetch=_PREFETCH_RECORDS,
+                                                                     apart=True)))
     out: dict[bytes, tuple[int, Attr | None]] = {}
     with _Writers(targets) as writers:
         for part, records in batches:
@@ -123,18 +128,19 @@ def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[b
         return dict(zip(targets, pool.map(one, targets)))
 
 
-def _bulk(cut: Cut, targets: dict[bytes, Path], records: Iterator[Record], writers: _Writers,
+def _bulk(cut: Cut, targets: dict[bytes, Path], records: Iterator[RecordData], writers: _Writers,
           wrote: Callable[[int], None], finished: Finished) -> dict[bytes, tuple[int, Attr | None]]:
-    """Replay ``records`` (stamp order) onto the files of ``targets``; records
-    of other files and other baselines' pieces are passed over."""
+    """Replay ``records`` (stamp order, each with its data apart) onto the
+    files of ``targets``; records of other files and other baselines' pieces
+    are passed over."""
     baseline_id = cut.baseline.baseline_id
     replays = {fh: FileReplay(fh, writers.out(fh)) for fh in targets}
     try:
-        for record in records:
+        for record, data in records:
             file = replays.get(record.fh)
             if file is None or (record.op == _BASELINE and record.baseline_id != baseline_id):
                 continue
-            written = file.apply(record)
+            written = file.apply(record, data)
             if written:
                 wrote(written)
     finally:
@@ -157,6 +163,7 @@ class _Writers:
     def __init__(self, paths: dict[bytes, Path], n: int = WRITERS) -> None:
         self._paths = paths
         self._queues = [queue.Queue(_QUEUE_DEPTH) for _ in range(n)]
+        self._batches = {id(q): _Batch() for q in self._queues}   # not yet handed over
         self._owner: dict[bytes, queue.Queue] = {}
         self._directories: dict[Path, int] = {}
         self._error: BaseException | None = None
@@ -177,10 +184,20 @@ class _Writers:
             q = self._owner[fh] = self._queues[k]
         return _QueuedOut(self, q, fh)
 
-    def put(self, q: queue.Queue, item: tuple) -> None:
+    def put(self, q: queue.Queue, item: tuple, nbytes: int = 0) -> None:
+        batch = self._batches[id(q)]
+        batch.items.append(item)
+        batch.nbytes += nbytes
+        if len(batch.items) >= _BATCH_ITEMS or batch.nbytes >= _BATCH_BYTES:
+            self._hand_over(q)
+
+    def _hand_over(self, q: queue.Queue) -> None:
         if self._error is not None:
             raise self._error
-        q.put(item)
+        batch = self._batches[id(q)]
+        if batch.items:
+            q.put(batch.items)
+            self._batches[id(q)] = _Batch()
 
     def close(self, fh: bytes, then: Callable[[], None]) -> None:
         """Close ``fh``'s file (made now, empty, if nothing was written to it), then run ``then``."""
@@ -189,6 +206,7 @@ class _Writers:
     def join(self) -> None:
         """Wait for every write; raises the first that failed."""
         for q in self._queues:
+            self._hand_over(q)
             q.put(None)
         for thread in self._threads:
             thread.join()
@@ -198,18 +216,18 @@ class _Writers:
     def _work(self, q: queue.Queue) -> None:
         files = _OpenFiles(self._paths)
         try:
-            while (item := q.get()) is not None:
+            while (batch := q.get()) is not None:
                 if self._error is not None:
-                    continue  # drain: the reader stops at its next put
-                fh, op, data, number = item
+                    continue  # drain: the reader stops at its next handover
                 try:
-                    if op == _WRITE_OP:
-                        pwrite_all(files.fd(fh), data, number)
-                    elif op == _TRUNCATE_OP:
-                        os.ftruncate(files.fd(fh), number)
-                    else:
-                        files.release(fh)
-                        data()  # the file's `then`
+                    for fh, op, data, number in batch:
+                        if op == _WRITE_OP:
+                            pwrite_all(files.fd(fh), data, number)
+                        elif op == _TRUNCATE_OP:
+                            os.ftruncate(files.fd(fh), number)
+                        else:
+                            files.release(fh)
+                            data()  # the file's `then`
                 except BaseException as e:  # noqa: BLE001  raised by the reader
                     self._error = self._error or e
         finally:
@@ -248,7 +266,17 @@ class _QueuedOut:
         self._writers.put(self._q, (self._fh, _TRUNCATE_OP, None, size))
 
     def write(self, data: bytes, offset: int) -> None:
-        self._writers.put(self._q, (self._fh, _WRITE_OP, data, offset))
+        self._writers.put(self._q, (self._fh, _WRITE_OP, data, offset), len(data))
+
+
+class _Batch:
+    """A writer's items not yet handed over, and the bytes they hold."""
+
+    __slots__ = ("items", "nbytes")
+
+    def __init__(self) -> None:
+        self.items: list[tuple] = []
+        self.nbytes = 0
 
 
 class _OpenFiles:

@@ -52,9 +52,10 @@ class FileReplay:
         self._key = (0, b"")
         self.size = size
 
-    def apply(self, record: Record) -> int:
+    def apply(self, record: Record, data: bytes | memoryview | None = None) -> int:
         """Apply one record (records that do not name this file as ``fh`` change
-        nothing); returns the bytes it wrote."""
+        nothing); returns the bytes it wrote. ``data``: the record's data, when
+        it came apart from the record (``Shards.scan_apart``)."""
         if not record.ok or record.fh != self.fh:
             return 0
         if record.HasField("attr"):
@@ -63,7 +64,8 @@ class FileReplay:
                 self.attr, self._key = record.attr, k
         op = record.op
         if op == _BASELINE or op == _WRITE:
-            data = record.data  # a copy at each access: once
+            if data is None:
+                data = record.data  # a copy at each access: once
             if op == _BASELINE and record.baseline_first:
                 self._truncate(0)
             elif op == _WRITE and 0 < record.reply_count < len(data):

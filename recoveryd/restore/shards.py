@@ -13,19 +13,23 @@ from __future__ import annotations
 import heapq
 import queue
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grpc
 
 from logstore.pb import journal_pb2_grpc
 from logstore.pb.journal_pb2 import (BaselineInfo, FileRequest, FilesRequest, Record, ScanRequest,
                                      ShardStatusRequest)
+from logstore.record import record_and_data
 
 from ..security import RESTORE_SERVICE, BearerToken, open_channel
 from ..status import ShardReport
 from .errors import RestoreRefused, ShardError
 
-__all__ = ["Shards", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES"]
+__all__ = ["Shards", "RecordData", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES"]
+
+#: A record parsed without its data, and its data (a view of the message it came in).
+RecordData = tuple[Record, "bytes | memoryview"]
 
 STATUS_TIMEOUT_S = 5.0
 BASELINES_TIMEOUT_S = 60.0
@@ -124,11 +128,19 @@ class Shards:
         ``prefetch``, each shard's stream is read by its own thread, up to
         that many records ahead of the caller, so that every shard keeps
         sending while the caller works on what came."""
-        streams = [self._chunked(k, "ScanChunks", "Scan", request, "scanning records")
+        return _merge(self._scans(request, prefetch, apart=False))
+
+    def scan_apart(self, request: ScanRequest, *, prefetch: int = 0) -> Iterator[RecordData]:
+        """``scan``, each record with its data apart: ``(record, data)``, the
+        record parsed without its data and the data a view of the message it
+        came in (``logstore.record.record_and_data``): a bulk reader's bytes
+        are not copied on their way to the file."""
+        return _merge(self._scans(request, prefetch, apart=True), key=_first_stamp)
+
+    def _scans(self, request: ScanRequest, prefetch: int, *, apart: bool) -> list[Iterator]:
+        streams = [self._chunked(k, "ScanChunks", "Scan", request, "scanning records", apart=apart)
                    for k in range(len(self))]
-        if prefetch:
-            streams = [_ahead(s, prefetch) for s in streams]
-        return _merge(streams)
+        return [_ahead(s, prefetch) for s in streams] if prefetch else streams
 
     def file_records(self, request: FileRequest) -> Iterator[Record]:
         """Every shard's FileRecords merged in stamp order, equal stamps once.
@@ -138,19 +150,22 @@ class Shards:
         return _merge([self._chunked(k, "FileRecordChunks", "FileRecords", request,
                                      "reading a file's records") for k in range(len(self))])
 
-    def files_records(self, request: FilesRequest, *, prefetch: int = 0) -> Iterator[Record]:
+    def files_records(self, request: FilesRequest, *, prefetch: int = 0,
+                      apart: bool = False) -> Iterator[Record] | Iterator[RecordData]:
         """Every shard's records naming any of ``request.fhs``, merged in stamp
         order, each once (``FilesRecordChunks``). A shard that predates it is
         asked ``FileRecords`` file by file; records then come in stamp order
-        per file, not over all of them, each with its own file as ``fh``."""
-        streams = [self._files_stream(k, request) for k in range(len(self))]
+        per file, not over all of them, each with its own file as ``fh``.
+        ``apart``: ``(record, data)`` pairs, as ``scan_apart`` gives."""
+        streams = [self._files_stream(k, request, apart) for k in range(len(self))]
         if prefetch:
             streams = [_ahead(s, prefetch) for s in streams]
-        return _merge(streams)
+        return _merge(streams, key=_first_stamp if apart else _stamp)
 
-    def _files_stream(self, k: int, request: FilesRequest) -> Iterator[Record]:
+    def _files_stream(self, k: int, request: FilesRequest, apart: bool) -> Iterator:
         if (k, "FilesRecordChunks") not in self._unimplemented:
-            stream = self._chunked(k, "FilesRecordChunks", "", request, "reading files' records")
+            stream = self._chunked(k, "FilesRecordChunks", "", request, "reading files' records",
+                                   apart=apart)
             try:
                 yield from stream
                 return
@@ -161,26 +176,28 @@ class Shards:
         for fh in request.fhs:
             one = FileRequest(fh=fh, after=request.after, until=request.until, with_data=request.with_data)
             doing = "reading a file's records"
-            for record in self._chunked(k, "FileRecordChunks", "FileRecords", one, doing):
-                if record.fh == fh:
-                    yield record
+            for item in self._chunked(k, "FileRecordChunks", "FileRecords", one, doing, apart=apart):
+                if (item[0] if apart else item).fh == fh:
+                    yield item
 
-    def _chunked(self, k: int, chunked: str, plain: str, request, doing: str) -> Iterator[Record]:
+    def _chunked(self, k: int, chunked: str, plain: str, request, doing: str, *,
+                 apart: bool = False) -> Iterator:
         stub = self._restore[k]
         if (k, chunked) in self._unimplemented:
-            yield from self._stream(k, getattr(stub, plain), request, doing)
+            yield from _plain(self._stream(k, getattr(stub, plain), request, doing), apart)
             return
         call = self._raw[k][chunked](request)
+        parse = _record_and_data if apart else _record
         try:
             for chunk in call:
-                yield from _records_in(chunk, self.name(k))
+                yield from _records_in(chunk, self.name(k), parse)
         except grpc.RpcError as e:
             if e.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise self._error(k, e, doing) from None
             self._unimplemented.add((k, chunked))  # an older recoveryd: it failed before sending anything
             if not plain:
                 raise _Unimplemented() from None
-            yield from self._stream(k, getattr(stub, plain), request, doing)
+            yield from _plain(self._stream(k, getattr(stub, plain), request, doing), apart)
         finally:
             call.cancel()
 
@@ -220,12 +237,24 @@ _CHUNKED = {"ScanChunks": ScanRequest, "FileRecordChunks": FileRequest,
             "FilesRecordChunks": FilesRequest}
 
 
-def _records_in(chunk: bytes, shard: str) -> Iterator[Record]:
+def _record(chunk: bytes, start: int, end: int) -> Record:
+    return Record.FromString(memoryview(chunk)[start:end])
+
+
+def _record_and_data(chunk: bytes, start: int, end: int) -> RecordData:
+    return record_and_data(chunk, start, end)
+
+
+def _plain(records: Iterator[Record], apart: bool) -> Iterator:
+    """A stream of whole records in the shape asked for."""
+    return ((r, r.data) for r in records) if apart else records
+
+
+def _records_in(chunk: bytes, shard: str, parse: Callable = _record) -> Iterator:
     """The records of a RecordChunk in wire form (field 1, length-delimited,
-    repeated), each parsed from a slice of it."""
+    repeated), each parsed by ``parse(chunk, start, end)`` from where it lies."""
     view = memoryview(chunk)
     pos, end = 0, len(view)
-    parse = Record.FromString
     while pos < end:
         if view[pos] != 0x0A:
             raise ShardError(f"{shard} sent a malformed record chunk (byte {pos})")
@@ -242,7 +271,7 @@ def _records_in(chunk: bytes, shard: str) -> Iterator[Record]:
         if pos + length > end:
             raise ShardError(f"{shard} sent a truncated record chunk")
         try:
-            yield parse(view[pos:pos + length])
+            yield parse(chunk, pos, pos + length)
         except Exception:  # noqa: BLE001  google.protobuf.message.DecodeError
             raise ShardError(f"{shard} sent a record that does not parse") from None
         pos += length
@@ -298,14 +327,23 @@ def _put(ready: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _merge(streams: list[Iterator[Record]]) -> Iterator[Record]:
+def _stamp(record: Record) -> bytes:
+    return record.stamp
+
+
+def _first_stamp(item: RecordData) -> bytes:
+    return item[0].stamp
+
+
+def _merge(streams: list[Iterator], key: Callable = _stamp) -> Iterator:
     last = None
     try:
-        for record in heapq.merge(*streams, key=lambda r: r.stamp):
-            if record.stamp == last:
+        for item in heapq.merge(*streams, key=key):
+            stamp = key(item)
+            if stamp == last:
                 continue  # BASELINE_BEGIN/END: one record held by every shard
-            last = record.stamp
-            yield record
+            last = stamp
+            yield item
     finally:
         for s in streams:
             s.close()

@@ -115,12 +115,12 @@ class CountingShards(Shards):
         self.file_requests: list[bytes] = []
         self._served_lock = threading.Lock()
 
-    def _chunked(self, k, chunked, plain, request, doing) -> Iterator[Record]:
+    def _chunked(self, k, chunked, plain, request, doing, **kw) -> Iterator[Record]:
         if isinstance(request, ScanRequest):
-            return self._counted("scan", k, super()._chunked(k, chunked, plain, request, doing))
+            return self._counted("scan", k, super()._chunked(k, chunked, plain, request, doing, **kw))
         if k == 0:
             self.file_requests.extend([request.fh] if isinstance(request, FileRequest) else request.fhs)
-        return self._counted("file", k, super()._chunked(k, chunked, plain, request, doing))
+        return self._counted("file", k, super()._chunked(k, chunked, plain, request, doing, **kw))
 
     def _counted(self, kind, k, inner) -> Iterator[Record]:
         try:

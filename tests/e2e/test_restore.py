@@ -560,9 +560,9 @@ class CallCounting(Shards):
         super().__init__(addresses)
         self.calls: list[str] = []
 
-    def _chunked(self, k, chunked, plain, request, doing):
+    def _chunked(self, k, chunked, plain, request, doing, **kw):
         self.calls.append(chunked)
-        return super()._chunked(k, chunked, plain, request, doing)
+        return super()._chunked(k, chunked, plain, request, doing, **kw)
 
 
 @ganesha

@@ -29,8 +29,8 @@ class Stream:
     def __init__(self, records: list[Record]) -> None:
         self.records = records
 
-    def scan(self, request, *, prefetch: int = 0):
-        yield from self.records
+    def scan_apart(self, request, *, prefetch: int = 0):
+        yield from ((r, r.data) for r in self.records)
 
 
 def piece(i: int, fh: bytes, data: bytes, offset: int = 0, *, first: bool = True,
@@ -95,9 +95,10 @@ class FilesStream(Stream):
         super().__init__(records)
         self.asked: list[list[bytes]] = []
 
-    def files_records(self, request, *, prefetch: int = 0):
+    def files_records(self, request, *, prefetch: int = 0, apart: bool = False):
+        assert apart
         self.asked.append(list(request.fhs))
-        yield from (r for r in self.records if r.fh in set(request.fhs))
+        yield from ((r, r.data) for r in self.records if r.fh in set(request.fhs))
 
 
 def test_some_files_are_asked_for_by_handle_in_parts(tmp_path, monkeypatch):

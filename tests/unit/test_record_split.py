@@ -1,11 +1,11 @@
-"""logstore.record.data_field_at: the split between a record and its trailing data field."""
+"""logstore.record: the split between a record and its trailing data field."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logstore.record import Op, Record, data_field_at, is_data_tail, record_parts
+from logstore.record import Op, Record, data_field_at, is_data_tail, record_and_data, record_parts
 
 TAG = b"\x8a\x02"  # the data field's tag
 # Bytes rich in the data tag and in varints, so false matches are common.
@@ -47,3 +47,28 @@ def test_a_fake_data_field_inside_a_name_is_not_taken() -> None:
         raw = b"".join(record_parts(head, data))
     assert is_data_tail(raw, raw.index(TAG))  # the fake one reaches the end too
     assert data_field_at(raw) == len(head.SerializeToString())
+
+
+@given(name=tricky, fh=tricky, data=tricky, before=tricky, after=tricky,
+       attr_size=st.one_of(st.none(), st.integers(0, 2**40)))
+def test_a_record_comes_apart_from_its_data_wherever_it_lies(name: bytes, fh: bytes, data: bytes,
+                                                             before: bytes, after: bytes,
+                                                             attr_size: int | None) -> None:
+    """What a bulk reader gets from a chunk of many records: the record as
+    parsed whole, less its data, and exactly its data, however it was
+    serialized, whatever lies around it."""
+    record = Record(stamp=bytes(range(16)), op=Op.WRITE, name=name, fh=fh)
+    if attr_size is None:
+        raw = b"".join(record_parts(record, data))      # data last: split, not copied
+    else:
+        record.attr.size = attr_size
+        record.data = data
+        raw = record.SerializeToString()               # data before attr: parsed whole
+        record.ClearField("data")
+    buf = before + raw + after
+    head, got = record_and_data(buf, len(before), len(before) + len(raw))
+    assert bytes(got) == data
+    head.ClearField("data")
+    assert head == record
+    if attr_size is None and data:
+        assert isinstance(got, memoryview) and got.obj is buf
