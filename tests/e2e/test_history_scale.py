@@ -125,8 +125,8 @@ class CountingShards(Shards):
     def _counted(self, kind, k, inner) -> Iterator[Record]:
         try:
             for record in inner:
-                with self._served_lock:
-                    self.served.append((kind, k, record))
+                with self._served_lock:  # a bulk reader's items are (record, data)
+                    self.served.append((kind, k, record if isinstance(record, Record) else record[0]))
                 yield record
         finally:
             inner.close()
