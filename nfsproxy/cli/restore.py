@@ -50,7 +50,7 @@ def restore_command(
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
     from recoveryd.restore import RestoreError, check_dest
 
-    from nfsproxy.nas.pushback import nas_target
+    from nfsproxy.nas.target import nas_target
 
     moment = parse_time_option(at, "--at")
     if to is not None and not to_nas:

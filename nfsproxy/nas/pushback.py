@@ -50,14 +50,12 @@ import logging
 import os
 from typing import Any, Callable, Final
 
-from recoveryd.restore import RestoreRefused
 from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
 
 from nfsproxy.wire import nfsacl
 from nfsproxy.nas.client import ClientError, NfsClient, NfsError, ProtocolError, RpcError, created_fh, sattr3
 from nfsproxy.wire.nfs3 import Ftype3, Nfsstat3, StableHow
-from nfsproxy.daemon.address import resolve_backend
-from nfsproxy.daemon.config import ConfigError
+from nfsproxy.nas.target import PushbackError, nas_target
 from nfsproxy.relay.session import BackendAddress
 from nfsproxy.wire.rpc import AcceptStat
 
@@ -75,11 +73,6 @@ _MKNOD_TYPES: Final = {FIFO: Ftype3.NF3FIFO, SOCK: Ftype3.NF3SOCK, CHR: Ftype3.N
                        BLK: Ftype3.NF3BLK}
 _TYPE_NAMES: Final = {REG: "file", DIR: "directory", LNK: "symlink", FIFO: "fifo", SOCK: "socket",
                       CHR: "character device", BLK: "block device"}
-
-
-class PushbackError(RestoreRefused):
-    """The push-back cannot start (or go on); the message is one line saying why
-    and what to do. A RestoreRefused, so every restore command reports it alike."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -432,31 +425,6 @@ class _Pusher:
 
 # --------------------------------------------------------------------------
 # The command line's part: `nfsj restore --to-nas --nas ... [--into SUBDIR]`
-
-
-def nas_target(*, to: str | None, to_nas: bool, nas: str | None,
-               into: str | None) -> BackendAddress | None:
-    """Check the restore target options; the NAS's address for --to-nas, else None.
-
-    Raises PushbackError (one line) for a wrong combination or a NAS address
-    that cannot be resolved.
-    """
-    if to_nas and to:
-        raise PushbackError("give one target: --to DIR (a local directory) or --to-nas")
-    if not to_nas:
-        if nas or into:
-            raise PushbackError(f"{'--nas' if nas else '--into'} goes with --to-nas")
-        if not to:
-            raise PushbackError("give a target: --to DIR (a local directory) or --to-nas --nas "
-                                "HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT")
-        return None
-    if not nas:
-        raise PushbackError("--to-nas needs the NAS: --nas HOST[:NFSPORT[:MOUNTPORT]]:/EXPORT "
-                            "(as the proxy's --backend)")
-    try:
-        return resolve_backend(nas)
-    except ConfigError as e:
-        raise PushbackError(str(e).replace("--backend", "--nas")) from None
 
 
 def connect_nas(address: BackendAddress, *, timeout_s: float = 30.0) -> NfsClient:

@@ -61,6 +61,15 @@ def test_cat_loads_the_restore_client_but_no_server_tree_writer_or_bulk_path():
                             "nfsproxy._dataplane", "uvloop", "prometheus_client", "pydantic")) == []
 
 
+def test_a_restore_to_a_directory_loads_no_nfs_client(tmp_path):
+    # It fails at the cut (no shard answers) after the target options were checked.
+    modules = imported("restore", "--at", "now", "--to", str(tmp_path / "out"), "--shard", "127.0.0.1:1")
+    assert "nfsproxy.nas.target" in modules
+    assert loaded(modules, ("nfsproxy.nas.pushback", "nfsproxy.nas.client", "nfsproxy.wire",
+                            "nfsproxy.relay", "nfsproxy.daemon.address", "recoveryd.store", "rocksdict",
+                            "nfsproxy._dataplane", "prometheus_client")) == []
+
+
 def command_modules(modules: set[str]) -> set[str]:
     return {m.removeprefix("nfsproxy.cli.") for m in modules
             if m.startswith("nfsproxy.cli.") and m.removeprefix("nfsproxy.cli.") in COMMANDS}
