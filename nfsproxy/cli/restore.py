@@ -96,8 +96,9 @@ def _push(client: RestoreClient, cut: Cut, nas, path: str | None, into: str | No
     from nfsproxy.nas.pushback import connect_nas, push_to_nas
 
     with Progress("push", items="objects", quiet=quiet) as shown, connect_nas(nas) as nfs:
-        result = push_to_nas(client, cut, nfs, path=path, into=into, progress=lambda n, b, rel: shown.update(
-            done_bytes=b, done_items=n, current=rel[-40:]))
+        result = push_to_nas(client, cut, nfs, path=path, into=into, connect=lambda: connect_nas(nas),
+                             progress=lambda n, b, rel: shown.update(done_bytes=b, done_items=n,
+                                                                     current=rel[-40:]))
         shown.finish(f"{shown.done_items} objects ({shown.done_bytes} bytes) onto {nas}")
     result.nas = str(nas)
     return result

@@ -7,11 +7,14 @@ client (`nfsproxy.nas.client.NfsClient`): MKDIR, CREATE GUARDED, WRITE in 1 MiB
 chunks (UNSTABLE, then one COMMIT per file, rewriting the file if the write
 verifier changed in between), SYMLINK, LINK for a second name of an object
 already pushed, MKNOD for FIFOs, sockets and devices. Attributes come last:
-SETATTR of owner, then mode and times, for each object after its content
-(writes change mtime), and for directories bottom-up once everything inside
-them exists (a new entry changes its directory's mtime). Objects are created
-owner-only (0700 directories, 0600 files) until then, so a read-only mode
-in the tree cannot stop its own restore.
+one SETATTR of owner, mode and times (owner first, on its own, when the mode
+has setuid or setgid bits, which a chown clears), for each object after its
+content (writes change mtime), and for directories bottom-up once
+everything inside them exists (a new entry changes its directory's mtime).
+Objects are created owner-only (0700 directories, 0600 files) until then,
+so a read-only mode in the tree cannot stop its own restore. Names are made
+in order by the caller's thread; with `connect`, files are filled (content,
+COMMIT, attributes) by several threads, each over its own connection.
 
 Where it goes (nothing live is ever overwritten):
 
@@ -45,9 +48,12 @@ with GARBAGE_ARGS), gets the objects without their ACLs: counted in
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
+import threading
 from typing import Any, Callable, Final
 
 from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
@@ -59,12 +65,16 @@ from nfsproxy.nas.target import PushbackError, nas_target
 from nfsproxy.relay.session import BackendAddress
 from nfsproxy.wire.rpc import AcceptStat
 
-__all__ = ["push_to_nas", "PushbackError", "PushResult", "CHUNK_BYTES", "nas_target", "connect_nas"]
+__all__ = ["push_to_nas", "PushbackError", "PushResult", "CHUNK_BYTES", "FILLERS", "nas_target",
+           "connect_nas"]
 
 logger = logging.getLogger(__name__)
 
 #: Bytes per WRITE (the Linux client's largest wsize).
 CHUNK_BYTES: Final = 1 << 20
+_CLEARED_BY_CHOWN: Final = 0o6000  # setuid, setgid
+#: Files filled at once, each over a connection of its own (push_to_nas's `connect`).
+FILLERS: Final = 8
 _COMMIT_ATTEMPTS: Final = 3
 _DIR_MODE_WHILE_FILLING: Final = 0o700
 _FILE_MODE_WHILE_FILLING: Final = 0o600
@@ -127,13 +137,18 @@ def _split(path: bytes | str) -> list[bytes]:
 
 def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | None = None,
                 into: bytes | str | None = None,
-                progress: Callable[..., None] | None = None, tree: Any = None) -> PushResult:
+                progress: Callable[..., None] | None = None, tree: Any = None,
+                connect: Callable[[], NfsClient] | None = None,
+                fillers: int = FILLERS) -> PushResult:
     """Write the tree as of `cut` (or the subtree at `path`) back onto the NAS.
 
     `client` is a `recoveryd.restore.RestoreClient`; `nfs` an `NfsClient` of
     the NAS's export (mounted here if it is not yet). `progress(files, bytes,
     current_path)` is called as objects are written. `tree` may be passed
-    when the caller already has the cut's tree. Returns a `PushResult`.
+    when the caller already has the cut's tree. `connect()` opens another
+    client of the same export: with it, `fillers` threads, each with its own
+    connection, fill the files (content, COMMIT, attributes) while the names
+    are made here, in order. Returns a `PushResult`.
     """
     if tree is None:
         tree = client.tree(cut, file_sizes=True)  # with files' attributes as of the cut
@@ -144,10 +159,16 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
         raise PushbackError(f"{show_name(b'/' + src_rel)} did not exist at the cut "
                             f"{getattr(cut, 'at', cut)}; "
                             "nothing to push back")
-    pusher = _Pusher(client, cut, nfs, tree, progress)
+    pusher = _Pusher(client, cut, nfs, tree, progress, _Fillers(nfs, connect, fillers))
     pusher.top = src_fh
     try:
-        return _push(pusher, src_fh, src_parts, src_rel, into)
+        with pusher.fillers:
+            return _push(pusher, src_fh, src_parts, src_rel, into)
+    except _FillFailed as e:
+        left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
+        if isinstance(e.error, PushbackError):
+            raise e.error from None
+        raise PushbackError(f"the NAS failed at {show_name(e.rel)}: {e.error}{left}") from None
     except (NfsError, ClientError, OSError) as e:
         where = f" at {show_name(pusher.current)}" if pusher.current else ""
         left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
@@ -182,7 +203,8 @@ def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[bytes], src_rel: byt
             pusher.push_children(src_fh, top_fh, target)
         else:
             pusher.push_object(src_fh, top_fh, src_parts[-1], target + b"/" + src_parts[-1])
-            pusher._setattr(top_fh, target, "mode", mode=0o755)  # a plain holder for one object
+            pusher.fillers.wait()
+            pusher._setattr(nfs, top_fh, target, "mode", mode=0o755)  # a plain holder for one object
         pusher.finish()
         return pusher.result
 
@@ -205,14 +227,85 @@ class _Exists(Exception):
     pass
 
 
+class _FillFailed(Exception):
+    """A file's filling failed on a filler thread."""
+
+    def __init__(self, rel: bytes, error: BaseException) -> None:
+        super().__init__(rel, error)
+        self.rel, self.error = rel, error
+
+
+class _Fillers:
+    """Threads that fill files made by the pusher, each with a connection of
+    its own (a blocking NFS client makes one call at a time, and a file's
+    WRITEs, COMMIT and SETATTRs are mostly waiting on the NAS). Without
+    `connect`, or with one filler, files are filled in the caller's thread
+    on `nfs`, in order."""
+
+    def __init__(self, nfs: NfsClient, connect: Callable[[], NfsClient] | None, n: int) -> None:
+        self._nfs = nfs
+        self._connect = connect if n > 1 else None
+        self._n = n
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._clients: list[NfsClient] = []
+        self._lock = threading.Lock()
+        self._pending: collections.deque[tuple[bytes, concurrent.futures.Future]] = collections.deque()
+
+    def submit(self, rel: bytes, fill: Callable[[NfsClient], None]) -> None:
+        """Run `fill(nfs)` for the file at `rel`, here or on a filler thread."""
+        if self._connect is None:
+            fill(self._nfs)
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._n, thread_name_prefix="nfsj-push-fill")
+        self._pending.append((rel, self._pool.submit(self._run, fill)))
+        while len(self._pending) > 4 * self._n:  # a bounded backlog; an error shows soon
+            self._settle(*self._pending.popleft())
+        while self._pending and self._pending[0][1].done():
+            self._settle(*self._pending.popleft())
+
+    def wait(self) -> None:
+        """Every file submitted so far filled; raises _FillFailed for the first that failed."""
+        while self._pending:
+            self._settle(*self._pending.popleft())
+
+    def _run(self, fill: Callable[[NfsClient], None]) -> None:
+        nfs = getattr(self._local, "nfs", None)
+        if nfs is None:
+            nfs = self._local.nfs = self._connect()
+            with self._lock:
+                self._clients.append(nfs)
+        fill(nfs)
+
+    @staticmethod
+    def _settle(rel: bytes, future: concurrent.futures.Future) -> None:
+        error = future.exception()
+        if error is not None:
+            raise _FillFailed(rel, error)
+
+    def __enter__(self) -> _Fillers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            for _, future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True)
+        for nfs in self._clients:
+            nfs.close()
+
+
 class _Pusher:
     def __init__(self, client: Any, cut: Any, nfs: NfsClient, tree: Any,
-                 progress: Callable[..., None] | None):
+                 progress: Callable[..., None] | None, fillers: _Fillers):
         self.client = client
         self.cut = cut
         self.nfs = nfs
         self.tree = tree
         self.progress = progress
+        self.fillers = fillers
+        self._lock = threading.Lock()  # the result and progress, updated by fillers too
         self.result = PushResult("")
         self.current = b""
         self.pushed: dict[bytes, bytes] = {}   # tree handle -> NAS handle (hard links)
@@ -321,24 +414,36 @@ class _Pusher:
                 return None
             return nas_fh
         if kind == REG:
-            self._write_content(fh, nas_fh, rel)
-            self.result.files += 1
-        elif kind == LNK:
-            self.result.symlinks += 1
-        else:
-            self.result.specials += 1
-        self._set_attrs(node, nas_fh, rel)
+            self._prefetch()
+            self.fillers.submit(rel, lambda nfs: self._fill(nfs, fh, node, nas_fh, rel))
+            return None
+        with self._lock:
+            if kind == LNK:
+                self.result.symlinks += 1
+            else:
+                self.result.specials += 1
+        self._set_attrs(self.nfs, node, nas_fh, rel)
         self._progress(rel)
         return None
 
-    def _write_content(self, fh: bytes, nas_fh: bytes, rel: bytes) -> None:
-        # The content as RestoreClient materialises it has the file's size at
-        # the cut (holes read as zeros), so it is written whole.
+    def _prefetch(self) -> None:
         if not self.prefetched:
             # Every file's bytes in one bulk stream from the shards, not one
             # call per file (as far as the client's cache holds them).
             self.prefetched = True
             self.client.prefetch(self.cut, (f for _, f, n in self.tree.walk(self.top) if n.type == REG))
+
+    def _fill(self, nfs: NfsClient, fh: bytes, node: Any, nas_fh: bytes, rel: bytes) -> None:
+        """A regular file's content, then its attributes (writes change mtime)."""
+        self._write_content(nfs, fh, nas_fh, rel)
+        with self._lock:
+            self.result.files += 1
+        self._set_attrs(nfs, node, nas_fh, rel)
+        self._progress(rel)
+
+    def _write_content(self, nfs: NfsClient, fh: bytes, nas_fh: bytes, rel: bytes) -> None:
+        # The content as RestoreClient materialises it has the file's size at
+        # the cut (holes read as zeros), so it is written whole.
         for _ in range(_COMMIT_ATTEMPTS):
             verfs: set[bytes] = set()
             offset, need_commit = 0, False
@@ -349,7 +454,7 @@ class _Pusher:
                 view = memoryview(data)
                 done = 0
                 while done < len(view):
-                    res = self.nfs.write(nas_fh, offset + done, view[done:], StableHow.UNSTABLE)
+                    res = nfs.write(nas_fh, offset + done, view[done:], StableHow.UNSTABLE)
                     if res.count == 0:
                         raise ProtocolError(f"{show_name(rel)}: WRITE at {offset + done} wrote nothing")
                     done += res.count
@@ -358,42 +463,53 @@ class _Pusher:
                 offset += len(data)
                 if len(data) < CHUNK_BYTES:
                     break
-            if not need_commit or verfs == {self.nfs.commit(nas_fh).verf}:
-                self.result.bytes += offset
+            if not need_commit or verfs == {nfs.commit(nas_fh).verf}:
+                with self._lock:
+                    self.result.bytes += offset
                 return
             logger.info("%s: the NAS's write verifier changed before COMMIT; writing it again",
                         show_name(rel))
         raise PushbackError(f"{show_name(rel)}: the NAS kept losing uncommitted writes (its write "
                             f"verifier changed {_COMMIT_ATTEMPTS} times); is it restarting?")
 
-    def _set_attrs(self, node: Any, nas_fh: bytes, rel: bytes) -> None:
+    def _set_attrs(self, nfs: NfsClient, node: Any, nas_fh: bytes, rel: bytes) -> None:
         attr = node.attr
         if attr is None:
-            self.result.warnings.append(f"{show_name(rel)}: no attributes at the cut; left as created")
+            self._warn(f"{show_name(rel)}: no attributes at the cut; left as created")
             return
         if node.type != LNK:
-            self._set_acls(node, nas_fh, rel)
-        # Owner first: a chown clears setuid/setgid bits, the mode after restores them.
-        self._setattr(nas_fh, rel, "owner", uid=attr.uid, gid=attr.gid)
+            self._set_acls(nfs, node, nas_fh, rel)
         mode = None if node.type == LNK else attr.mode & 0o7777  # a symlink's mode is meaningless
-        self._setattr(nas_fh, rel, "mode and times", mode=mode,
-                      atime=max(attr.atime_ns, 0), mtime=max(attr.mtime_ns, 0))
+        times = {"atime": max(attr.atime_ns, 0), "mtime": max(attr.mtime_ns, 0)}
+        if mode is not None and mode & _CLEARED_BY_CHOWN:
+            # Owner first: a chown clears setuid/setgid bits, the mode after restores them.
+            self._setattr(nfs, nas_fh, rel, "owner", uid=attr.uid, gid=attr.gid)
+            self._setattr(nfs, nas_fh, rel, "mode and times", mode=mode, **times)
+            return
+        self._setattr(nfs, nas_fh, rel, "owner, mode and times", uid=attr.uid, gid=attr.gid,
+                      mode=mode, **times)
 
-    def _set_acls(self, node: Any, nas_fh: bytes, rel: bytes) -> None:
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            self.result.warnings.append(message)
+
+    def _set_acls(self, nfs: NfsClient, node: Any, nas_fh: bytes, rel: bytes) -> None:
         """SETACL of the ACLs the tree knows (an object made here has none of its own)."""
         acl = node.acl or ()
         default = (node.default_acl or ()) if node.type == DIR else ()
         if not acl and not default:
             return
         if not self.nas_has_nfsacl:
-            self.result.acls_not_set += 1
+            with self._lock:
+                self.result.acls_not_set += 1
             return
         entries = tuple(nfsacl.Aclent(a.type, a.id, a.perm) for a in acl)
         dflt = tuple(nfsacl.Aclent(a.type | nfsacl.NFS_ACL_DEFAULT, a.id, a.perm) for a in default)
         try:
-            self.nfs.setacl(nas_fh, entries, dflt if node.type == DIR else None)
+            nfs.setacl(nas_fh, entries, dflt if node.type == DIR else None)
         except (RpcError, NfsError) as e:
-            self.result.acls_not_set += 1
+            with self._lock:
+                self.result.acls_not_set += 1
             if isinstance(e, RpcError) and e.reply.accept_stat in (AcceptStat.PROG_UNAVAIL,
                                                                     AcceptStat.PROG_MISMATCH):
                 self.nas_has_nfsacl = False
@@ -401,26 +517,30 @@ class _Pusher:
             else:
                 message = f"{show_name(rel)}: the NAS refused to set its POSIX ACLs ({e})"
             logger.warning("%s", message)
-            self.result.warnings.append(message)
+            self._warn(message)
             return
-        self.result.acls += 1
+        with self._lock:
+            self.result.acls += 1
 
-    def _setattr(self, nas_fh: bytes, rel: bytes, what: str, **attrs: Any) -> None:
+    def _setattr(self, nfs: NfsClient, nas_fh: bytes, rel: bytes, what: str, **attrs: Any) -> None:
         try:
-            self.nfs.setattr(nas_fh, sattr3(**attrs))
+            nfs.setattr(nas_fh, sattr3(**attrs))
         except NfsError as e:
             message = f"{show_name(rel)}: the NAS refused to set its {what} ({e.status.name})"
             logger.warning("%s", message)
-            self.result.warnings.append(message)
+            self._warn(message)
 
     def _progress(self, rel: bytes) -> None:
         if self.progress is not None:
-            self.progress(self.result.objects, self.result.bytes, show_name(rel))
+            with self._lock:
+                self.progress(self.result.objects, self.result.bytes, show_name(rel))
 
     def finish(self) -> None:
-        """Directory attributes, bottom-up (children were listed after their parents)."""
+        """Every file filled, then directory attributes, bottom-up (children
+        were listed after their parents)."""
+        self.fillers.wait()
         for fh, nas_fh, rel in reversed(self.dir_attrs):
-            self._set_attrs(self.tree.node(fh), nas_fh, rel)
+            self._set_attrs(self.nfs, self.tree.node(fh), nas_fh, rel)
 
 
 # --------------------------------------------------------------------------

@@ -156,6 +156,30 @@ def test_library_push_reports_progress_and_counts(restorable):
     assert calls and calls[-1][0] == result.objects
 
 
+def test_files_filled_over_many_connections_give_the_same_tree(restorable):
+    from recoveryd.restore import RestoreClient, Shards
+    r = restorable
+    nas = r.stack.nas
+    opened = []
+
+    def connect():
+        opened.append(NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port, "/export"))
+        return opened[-1]
+
+    with RestoreClient(Shards([s.address for s in r.stack.shards])) as client:
+        try:
+            cut = client.cut(r.at)
+            with NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port, "/export") as nfs:
+                result = push_to_nas(client, cut, nfs, into="many-fillers", connect=connect, fillers=3)
+        finally:
+            client.shards.close()
+    assert 1 < len(opened) <= 3
+    pushed = snapshot(nas.export_dir / "many-fillers", mtimes=True)
+    assert not diff(r.truth, pushed, names=("the truth at T", "pushed"))
+    assert {rel: e.mtime_ns for rel, e in pushed.items() if e.type == "reg"} == r.truth_mtimes
+    assert result.files == sum(1 for e in r.truth.values() if e.type == "reg") - result.hard_links
+
+
 def test_push_prints_plain_progress_lines_when_not_on_a_terminal(restorable, monkeypatch):
     r = restorable
     monkeypatch.setenv("NFSJ_PROGRESS_INTERVAL", "0")  # a line at every step
