@@ -75,6 +75,15 @@ __all__ = ["ExportHandler", "ExportObject", "ContentReader", "index_tree", "cook
 logger = logging.getLogger(__name__)
 
 ContentReader = Callable[[bytes, int, int], bytes]
+
+
+def _leading_handle(body: memoryview | bytes) -> bytes:
+    """The nfs_fh3 that starts a call's arguments (RFC 1813: opaque<64>), or
+    b"" when the body is too short to hold it (``handle`` then refuses it)."""
+    if len(body) < 4:
+        return b""
+    length = int.from_bytes(body[:4], "big")
+    return bytes(body[4:4 + length]) if length <= 64 and len(body) >= 4 + length else b""
 """`read(fh, offset, count) -> bytes`: up to `count` bytes of the file's content at the cut."""
 
 #: The largest READ we answer, and what FSINFO advertises (the Linux client's largest rsize).
@@ -270,9 +279,11 @@ class ExportHandler:
     nothing changes after construction except `port`.
     """
 
-    def __init__(self, tree: Any, read: ContentReader, *, cut_id: bytes = b"", port: int = 0):
+    def __init__(self, tree: Any, read: ContentReader, *, cut_id: bytes = b"", port: int = 0,
+                 ready: Callable[[bytes], bool] | None = None):
         self.root, self.objects = index_tree(tree)
         self.read = read
+        self.ready = ready
         self.port = port
         self.cookieverf = cookieverf_for(cut_id)
         self._fs_bytes = sum(o.attr.used for o in self.objects.values())
@@ -289,10 +300,18 @@ class ExportHandler:
 
     # -- entry points ----------------------------------------------------------
 
-    @staticmethod
-    def blocking(call: RpcCall) -> bool:
-        """True for calls whose answer reads file content (the shell runs them off the loop)."""
-        return call.prog == NFS_PROGRAM and call.vers == NFS_V3 and call.proc == Proc3.READ
+    def blocking(self, call: RpcCall, body: memoryview | bytes) -> bool:
+        """True for calls whose answer may wait for file content: READs of a
+        file that ``ready(handle)`` (given to the constructor) does not say is
+        at hand. The shell runs those off its loop; a READ of a file at hand
+        is a read of a local file, answered at once (a thread hop would cost
+        more than the read)."""
+        if not (call.prog == NFS_PROGRAM and call.vers == NFS_V3 and call.proc == Proc3.READ):
+            return False
+        if self.ready is None:
+            return True
+        obj = self.objects.get(_leading_handle(body))
+        return obj is not None and obj.type == Ftype3.NF3REG and not self.ready(obj.fh)
 
     def handle(self, call: RpcCall, body: memoryview | bytes) -> bytes:
         """The encoded reply message to `call`. Raises RpcDecodeError for bad arguments."""

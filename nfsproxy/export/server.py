@@ -127,7 +127,7 @@ class ExportSession(asyncio.Protocol):
             raise RpcDecodeError("a client sent a REPLY")
         self.server.calls_total += 1
         handler = self.server.handler
-        if handler.blocking(call):
+        if handler.blocking(call, body):
             future = self.server.submit(call, body)
             self.reads.add(future)
             future.add_done_callback(lambda f, call=call: self._read_done(call, f))
@@ -259,7 +259,7 @@ async def start_export(opts: ExportOptions) -> RunningExport:
         tree = await loop.run_in_executor(None, lambda: client.tree(cut, file_sizes=True))
         # RestoreClient is thread-safe; it materialises each file once.
         handler = ExportHandler(tree, lambda fh, offset, count: client.read(cut, fh, offset, count),
-                                cut_id=_cut_id(cut))
+                                cut_id=_cut_id(cut), ready=lambda fh: client.holds(cut, fh))
         server = ExportServer(handler)
         await server.start(opts.listen_host, opts.listen_port)
     except BaseException:

@@ -165,7 +165,6 @@ class _Writers:
         self._queues = [queue.Queue(_QUEUE_DEPTH) for _ in range(n)]
         self._batches = {id(q): _Batch() for q in self._queues}   # not yet handed over
         self._owner: dict[bytes, queue.Queue] = {}
-        self._directories: dict[Path, int] = {}
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._work, args=(q,), daemon=True,
                                           name=f"nfsj-restore-write-{k}")
@@ -176,12 +175,12 @@ class _Writers:
     def out(self, fh: bytes) -> _QueuedOut:
         q = self._owner.get(fh)
         if q is None:
-            # A directory's files to one thread: making entries in one
-            # directory takes its lock, so threads in different directories
-            # do not wait for each other.
-            directory = self._paths[fh].parent
-            k = self._directories.setdefault(directory, len(self._directories) % len(self._queues))
-            q = self._owner[fh] = self._queues[k]
+            # Files to threads in turn: neighbours in the stream (a
+            # baseline's files, one directory after another) go to different
+            # threads, so no one thread gets a directory's worth of work
+            # while the others wait. Threads meet only on a directory's lock
+            # while a file is made in it.
+            q = self._owner[fh] = self._queues[len(self._owner) % len(self._queues)]
         return _QueuedOut(self, q, fh)
 
     def put(self, q: queue.Queue, item: tuple, nbytes: int = 0) -> None:

@@ -37,6 +37,7 @@ class FileCache:
         self._cache_used = 0
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
+        self._promised: dict[Hashable, threading.Event] = {}   # a bulk fill is making these
 
     def read(self, key: Hashable, offset: int, count: int, build: Callable[[int], int]) -> bytes:
         """``count`` bytes at ``offset`` of the file ``key`` (fewer at the end);
@@ -60,6 +61,16 @@ class FileCache:
             if entry is not None:
                 self._cache.move_to_end(key)
                 return entry[0]
+            promised = self._promised.get(key)
+        if promised is not None:
+            # A bulk fill is on its way to this file: far cheaper to wait for
+            # it than to ask the shards for this one file alone.
+            promised.wait()
+            with self._lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    return entry[0]
+        with self._lock:
             building = self._building.setdefault(key, threading.Lock())
         with building:
             with self._lock:
@@ -100,6 +111,22 @@ class FileCache:
         tmp, path = self._paths(key, ".bulk")
         self._add(key, tmp, path, size)
 
+    def promise(self, keys: list[Hashable]) -> None:
+        """A bulk fill will ``add`` these: a read of one waits for it (or for
+        ``settle``) instead of building the file itself."""
+        with self._lock:
+            for key in keys:
+                if key not in self._cache:
+                    self._promised.setdefault(key, threading.Event())
+
+    def settle(self, keys: list[Hashable]) -> None:
+        """The bulk fill of ``keys`` is over (done or failed): a read of one it
+        did not add builds the file itself."""
+        with self._lock:
+            events = [self._promised.pop(key) for key in keys if key in self._promised]
+        for event in events:
+            event.set()
+
     def _paths(self, key: Hashable, suffix: str = ".tmp") -> tuple[Path, Path]:
         name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
         return self._cache_dir / f"{name}{suffix}", self._cache_dir / name
@@ -113,6 +140,9 @@ class FileCache:
             self._cache[key] = (path, size)
             self._cache_used += size
             self._building.pop(key, None)
+            promised = self._promised.pop(key, None)
+            if promised is not None:
+                promised.set()
             while self._cache_used > self._cache_bytes and len(self._cache) > 1:
                 old_key, (old_path, old_size) = next(iter(self._cache.items()))
                 if old_key == key:

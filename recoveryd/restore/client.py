@@ -111,11 +111,16 @@ class RestoreClient:
         return self._cache.read((cut.key, fh), offset, count,
                                 lambda fd: self.write_file(cut, fh, fd))
 
+    def holds(self, cut: Cut, fh: bytes) -> bool:
+        """Whether ``read`` of ``fh`` at ``cut`` is served from the cache now."""
+        return self._cache.holds((cut.key, fh))
+
     def prefetch(self, cut: Cut, fhs: Iterable[bytes]) -> int:
         """Materialise the regular files ``fhs`` at ``cut`` into the read cache
         together, through the bulk path (``bulk.write_contents``), so that
         ``read`` serves them from the cache: as many as fit in half the cache,
-        in the order given. Returns how many were made."""
+        in the order given. Returns how many were made. Meanwhile a ``read``
+        of one of them waits for it rather than fetching it alone."""
         tree = self._any_tree(cut)
         every = {fh for _, fh, node in tree.walk() if node.type == REG}
         chosen, total = [], 0
@@ -130,11 +135,17 @@ class RestoreClient:
             total += size
         from .bulk import write_contents
 
+        keys = [(cut.key, fh) for fh in chosen]
         targets = {fh: self._cache.staging((cut.key, fh)) for fh in chosen}
-        written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
-                                 file_records=lambda fh: self.file_records(cut, fh))
-        for fh, (size, _) in written.items():
-            self._cache.add((cut.key, fh), size)
+        self._cache.promise(keys)
+        try:
+            # Each file is readable as soon as it is written (``finished``),
+            # not when the last one is.
+            written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
+                                     file_records=lambda fh: self.file_records(cut, fh),
+                                     finished=lambda fh, size, attr: self._cache.add((cut.key, fh), size))
+        finally:
+            self._cache.settle(keys)
         return len(written)
 
     def _any_tree(self, cut: Cut) -> Tree:

@@ -330,11 +330,28 @@ def test_read_of_a_directory_or_a_fifo_and_a_failing_reader(handler, reader):
     assert res.status is Nfsstat3.NFS3ERR_IO and res.body.file_attributes.size == 5
 
 
+def _packed_read(handle: bytes) -> bytes:
+    return _encode(procedure_of(nfs3.NFS_PROGRAM, nfs3.NFS_V3, Proc3.READ).args,
+                   nfs3.READ3args(handle, 0, 10))
+
+
 def test_only_read_is_blocking(handler):
-    assert ExportHandler.blocking(RpcCall(1, NFS_PROGRAM, 3, Proc3.READ))
-    assert not ExportHandler.blocking(RpcCall(1, NFS_PROGRAM, 3, Proc3.GETATTR))
-    assert not ExportHandler.blocking(RpcCall(1, NFS_PROGRAM, 4, Proc3.READ))
-    assert not ExportHandler.blocking(RpcCall(1, MOUNT_PROGRAM, 3, Proc3.READ))
+    args = _packed_read(HELLO)
+    assert handler.blocking(RpcCall(1, NFS_PROGRAM, 3, Proc3.READ), args)
+    assert not handler.blocking(RpcCall(1, NFS_PROGRAM, 3, Proc3.GETATTR), args)
+    assert not handler.blocking(RpcCall(1, NFS_PROGRAM, 4, Proc3.READ), args)
+    assert not handler.blocking(RpcCall(1, MOUNT_PROGRAM, 3, Proc3.READ), args)
+
+
+def test_a_read_of_content_at_hand_is_answered_on_the_loop(tree, reader):
+    at_hand: set[bytes] = set()
+    handler = ExportHandler(tree, reader, cut_id=CUT, ready=lambda fh: fh in at_hand)
+    read = RpcCall(1, NFS_PROGRAM, 3, Proc3.READ)
+    assert handler.blocking(read, _packed_read(HELLO))          # not at hand yet: off the loop
+    at_hand.add(handler.objects[HELLO].fh)
+    assert not handler.blocking(read, _packed_read(HELLO))      # at hand: a local read
+    assert not handler.blocking(read, _packed_read(A))          # a directory: refused at once
+    assert not handler.blocking(read, b"\x00\x00")               # too short: refused at once
 
 
 # -- READDIR and READDIRPLUS --------------------------------------------------------------

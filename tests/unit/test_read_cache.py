@@ -1,0 +1,52 @@
+"""recoveryd.restore.cache.FileCache: files built once per key, and files a
+bulk fill has promised waited for rather than built alone."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from recoveryd.restore.cache import FileCache
+
+
+def builder(data: bytes, calls: list[bytes]):
+    def build(fd: int) -> int:
+        calls.append(data)
+        os.write(fd, data)
+        return len(data)
+    return build
+
+
+def test_a_file_is_built_once_and_read_at_any_offset(tmp_path):
+    cache, calls = FileCache(tmp_path), []
+    assert cache.read("k", 2, 3, builder(b"abcdefg", calls)) == b"cde"
+    assert cache.read("k", 5, 100, builder(b"other", calls)) == b"fg"
+    assert calls == [b"abcdefg"]
+
+
+def test_a_read_of_a_promised_file_waits_for_the_bulk_fill_instead_of_building_it(tmp_path):
+    cache, calls = FileCache(tmp_path), []
+    cache.promise(["k"])
+    got = []
+    reader = threading.Thread(target=lambda: got.append(cache.read("k", 0, 10, builder(b"alone", calls))))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive() and not calls   # waiting, not building
+    cache.staging("k").write_bytes(b"from bulk")
+    cache.add("k", len(b"from bulk"))
+    reader.join(10)
+    assert got == [b"from bulk"] and calls == []
+
+
+def test_a_promise_the_fill_did_not_keep_lets_the_read_build_the_file(tmp_path):
+    cache, calls = FileCache(tmp_path), []
+    cache.promise(["k", "j"])
+    got = []
+    reader = threading.Thread(target=lambda: got.append(cache.read("k", 0, 10, builder(b"alone", calls))))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()
+    cache.settle(["k", "j"])                 # the fill failed before reaching it
+    reader.join(10)
+    assert got == [b"alone"] and calls == [b"alone"]
+    assert cache.read("j", 0, 10, builder(b"jj", calls)) == b"jj"   # nothing left to wait for
