@@ -47,12 +47,12 @@ def cat_command(
         if kind and kind != REG:
             not_regular(kind)
         # One pass over the file's records: its bytes, and (from the same
-        # records) its type, for when the directory's records did not say.
-        own = Tree(baseline_id=cut.baseline.baseline_id)
+        # records) its type, when the directory's records did not say.
+        own = None if kind else Tree(baseline_id=cut.baseline.baseline_id)
         with tempfile.TemporaryFile(prefix="nfsj-cat-") as tmp:
-            client.write_file(cut, fh, tmp.fileno(), seen=own.apply)
-            node = own.node(fh)
-            if node is None or node.type != REG:
+            client.write_file(cut, fh, tmp.fileno(), seen=own.apply if own is not None else None)
+            node = own.node(fh) if own is not None else None
+            if own is not None and (node is None or node.type != REG):
                 not_regular(node.type if node is not None else 0)
             tmp.seek(0)
             try:
