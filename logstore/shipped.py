@@ -15,6 +15,8 @@ the CRC the proxy's LOG writer computed.
 CRC, or whose seq does not rise. ``receive_batch`` decodes an IngestBatch
 as gRPC hands it over, leaving the frames where they lie in the message's
 bytes (a protobuf parse would copy them, and each read of the field again).
+``serialize_batch`` is its mirror on the shipper's side: the frames are
+appended after the batch's other fields, not set into the message first.
 ``frame_of`` is the shipper's side for a frame that has no version 2 form
 on disk (a version 1 segment).
 """
@@ -29,8 +31,8 @@ import crc32c
 from .pb.journal_pb2 import IngestBatch
 from .segment import HEADER, HEADER_BYTES, NO_STAMP, ROUTE_UNKNOWN, Frame, encode_frame
 
-__all__ = ["ShippedFramesError", "ReceivedBatch", "receive_batch", "iter_frames", "frames_size",
-           "frame_of", "FRAME_HEADER_BYTES"]
+__all__ = ["ShippedFramesError", "ReceivedBatch", "receive_batch", "SentBatch", "serialize_batch",
+           "iter_frames", "frames_size", "frame_of", "FRAME_HEADER_BYTES"]
 
 FRAME_HEADER_BYTES = HEADER_BYTES
 # payload_len, crc, seq, stamp: the fields a shard reads (route is the shipper's).
@@ -55,6 +57,39 @@ class ReceivedBatch(NamedTuple):
 
 
 _FRAMES_KEY = IngestBatch.DESCRIPTOR.fields_by_name["frames"].number << 3 | 2  # length-delimited
+
+
+class SentBatch(NamedTuple):
+    """An IngestBatch to send: ``batch`` holds every field but the frames
+    (left empty), which are ``frames``."""
+
+    batch: IngestBatch
+    frames: bytes | memoryview
+
+
+def serialize_batch(message: IngestBatch | SentBatch) -> bytes:
+    """The wire form of a batch (a gRPC request serializer). A SentBatch's
+    frames follow its other fields as the frames field, the layout a
+    serializer writes and ``receive_batch`` reads, so its megabytes are copied
+    once, here, not into the message and again out of it."""
+    if isinstance(message, IngestBatch):
+        return message.SerializeToString()
+    batch, frames = message
+    if batch.frames:
+        raise ValueError("SentBatch.batch.frames must be empty: the frames go in SentBatch.frames")
+    head = batch.SerializeToString()
+    if not frames:
+        return head
+    return b"".join((head, _varint_bytes(_FRAMES_KEY), _varint_bytes(len(frames)), frames))
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def receive_batch(wire: bytes) -> ReceivedBatch:

@@ -96,9 +96,8 @@ from google.protobuf.message import DecodeError
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import FrameSpan, Log, LogCorruptError, LogCursor, LogError, LogGapError
 from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
-from logstore.shipped import frame_of
+from logstore.shipped import SentBatch, frame_of, serialize_batch
 from logstore.pb import journal_pb2 as pb
-from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.record import parse_record
 from logstore.stamp import Stamp
 
@@ -179,6 +178,10 @@ class _Batch:
         newest = Stamp.from_bytes(self.newest) if self.newest else Stamp.ZERO
         return _Range(self.through, b"".join(self.parts), self.records, self.nbytes, newest,
                       self.unroutable, self.blocked_by)
+
+
+#: Journal.Ingest's gRPC method path (proto/journal.proto).
+INGEST_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Journal'].full_name}/Ingest"
 
 
 class ShardTooOld(ConnectionError):
@@ -384,7 +387,11 @@ class Shipper:
 
     async def _session(self) -> None:
         assert self._channel is not None
-        call = pb_grpc.JournalStub(self._channel).Ingest(metadata=self._metadata)
+        # The stub's method, with a serializer that appends a batch's frames
+        # rather than copying them into the message (logstore.shipped).
+        call = self._channel.stream_stream(INGEST_METHOD, request_serializer=serialize_batch,
+                                           response_deserializer=pb.IngestAck.FromString)(
+            metadata=self._metadata)
         try:
             hello = self._batch(0, 0, claim=False)
             hello.sent_stamp = self._clock.now().to_bytes()
@@ -495,8 +502,7 @@ class Shipper:
         if got.newest > self._newest:
             self._newest = got.newest
         batch = self._batch(step.after_seq, got.through_seq)
-        batch.frames = got.frames
-        await self._send(call, batch, got.nbytes)
+        await self._send(call, batch, got.nbytes, got.frames)
         self.records_sent_total += got.records
         self.bytes_sent_total += got.nbytes
         return True
@@ -625,8 +631,8 @@ class Shipper:
         return batch
 
     async def _send(self, call: grpc.aio.StreamStreamCall, batch: pb.IngestBatch,
-                    nbytes: int) -> None:
+                    nbytes: int, frames: bytes = b"") -> None:
         batch.sent_stamp = self._clock.now().to_bytes()
         self._stream.sent(batch.after_seq, batch.through_seq, nbytes, time.monotonic())
         self.batches_sent_total += 1
-        await call.write(batch)
+        await call.write(SentBatch(batch, frames) if frames else batch)

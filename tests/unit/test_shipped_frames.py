@@ -22,7 +22,8 @@ from logstore.pb.journal_pb2 import IngestBatch, Op, Record, ShippedRecord, Stre
 from logstore.pb.journal_pb2_grpc import JournalStub
 from logstore.record import record_parts
 from logstore.segment import NO_STAMP, ROUTE_HANDLE, encode_frame
-from logstore.shipped import (ShippedFramesError, frames_size, iter_frames, receive_batch)
+from logstore.shipped import (SentBatch, ShippedFramesError, frames_size, iter_frames, receive_batch,
+                               serialize_batch)
 from logstore.stamp import Stamp
 from recoveryd.frontier import BatchRefused, StreamKey
 from recoveryd.server import start_server
@@ -135,6 +136,26 @@ def test_receive_batch_leaves_the_frames_in_the_message(frames, after, through, 
     rest.CopyFrom(sent)
     rest.ClearField("frames")
     assert got.batch == rest
+
+
+@given(frames=st.binary(max_size=3000), after=st.integers(0, 2**64 - 1), stable=st.binary(max_size=16),
+       log_id=st.text(max_size=16))
+def test_a_sent_batch_is_the_message_protobuf_would_write(frames, after, stable, log_id):
+    """serialize_batch appends the frames; what it writes is what a protobuf
+    serializer writes for the same message, and receive_batch reads it back."""
+    head = IngestBatch(stream=StreamId(node_id=3, log_id=log_id), after_seq=after, stable=stable,
+                       sent_stamp=b"s" * 16)
+    whole = IngestBatch()
+    whole.CopyFrom(head)
+    whole.frames = frames
+    wire = serialize_batch(SentBatch(head, frames))
+    assert wire == whole.SerializeToString()
+    got = receive_batch(wire)
+    assert bytes(got.frames) == frames and got.batch == head
+    assert serialize_batch(head) == head.SerializeToString()
+    if frames:
+        with pytest.raises(ValueError):
+            serialize_batch(SentBatch(whole, frames))   # frames given twice
 
 
 def test_receive_batch_parses_other_layouts_whole() -> None:
