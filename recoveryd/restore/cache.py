@@ -95,6 +95,11 @@ class FileCache:
         with self._lock:
             return key in self._cache
 
+    def expects(self, key: Hashable) -> bool:
+        """Whether the cache holds ``key`` or a bulk fill has promised it."""
+        with self._lock:
+            return key in self._cache or key in self._promised
+
     @property
     def budget(self) -> int:
         """Bytes the cache may hold."""
@@ -111,13 +116,17 @@ class FileCache:
         tmp, path = self._paths(key, ".bulk")
         self._add(key, tmp, path, size)
 
-    def promise(self, keys: list[Hashable]) -> None:
+    def promise(self, keys: list[Hashable]) -> list[Hashable]:
         """A bulk fill will ``add`` these: a read of one waits for it (or for
-        ``settle``) instead of building the file itself."""
+        ``settle``) instead of building the file itself. Returns the keys
+        promised now, in order: those the cache neither holds nor has been
+        promised already (the fill makes only these)."""
         with self._lock:
-            for key in keys:
-                if key not in self._cache:
-                    self._promised.setdefault(key, threading.Event())
+            fresh = [key for key in dict.fromkeys(keys)
+                     if key not in self._cache and key not in self._promised]
+            for key in fresh:
+                self._promised[key] = threading.Event()
+        return fresh
 
     def settle(self, keys: list[Hashable]) -> None:
         """The bulk fill of ``keys`` is over (done or failed): a read of one it

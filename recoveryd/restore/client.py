@@ -29,6 +29,8 @@ __all__ = ["RestoreClient"]
 
 #: Trees kept per client (a tree of a million objects is large).
 _TREES_KEPT = 4
+#: Bytes of a directory's files a cache miss brings at once (``read``).
+NEIGHBOURS_BYTES = 64 << 20
 
 
 class RestoreClient:
@@ -107,40 +109,62 @@ class RestoreClient:
         """``count`` bytes at ``offset`` of ``fh`` at ``cut`` (fewer at the end).
 
         The file is materialised once per (cut, fh) into the private cache and
-        read from there."""
+        read from there. When the cut's tree is at hand (an export, a
+        push-back), a file the cache lacks comes with the other files of its
+        directory not yet cached, in one bulk call (``NEIGHBOURS_BYTES`` at
+        most): whoever reads one file of a directory tends to read the rest."""
+        if not self._cache.expects((cut.key, fh)):
+            self._with_neighbours(cut, fh)
         return self._cache.read((cut.key, fh), offset, count,
                                 lambda fd: self.write_file(cut, fh, fd))
+
+    def _with_neighbours(self, cut: Cut, fh: bytes) -> None:
+        with self._lock:
+            tree = self._trees.get((cut.key, True)) or self._trees.get((cut.key, False))
+        node = tree.nodes.get(fh) if tree is not None else None
+        if node is None or not node.names:
+            return
+        directory = tree.nodes.get(min(node.names)[0])
+        if directory is None:
+            return
+        others = (f for f in directory.entries.values() if f != fh)
+        self.prefetch(cut, [fh, *others], budget=min(NEIGHBOURS_BYTES, self._cache.budget // 4))
 
     def holds(self, cut: Cut, fh: bytes) -> bool:
         """Whether ``read`` of ``fh`` at ``cut`` is served from the cache now."""
         return self._cache.holds((cut.key, fh))
 
-    def prefetch(self, cut: Cut, fhs: Iterable[bytes]) -> int:
+    def prefetch(self, cut: Cut, fhs: Iterable[bytes], *, budget: int | None = None) -> int:
         """Materialise the regular files ``fhs`` at ``cut`` into the read cache
         together, through the bulk path (``bulk.write_contents``), so that
-        ``read`` serves them from the cache: as many as fit in half the cache,
-        in the order given. Returns how many were made. Meanwhile a ``read``
-        of one of them waits for it rather than fetching it alone."""
+        ``read`` serves them from the cache: as many as fit in ``budget``
+        bytes (default: half the cache), in the order given, leaving out
+        those cached or on their way already. Returns how many were made.
+        Meanwhile a ``read`` of one of them waits for it rather than
+        fetching it alone."""
         tree = self._any_tree(cut)
-        every = {fh for _, fh, node in tree.walk() if node.type == REG}
+        budget = self._cache.budget // 2 if budget is None else budget
         chosen, total = [], 0
         for fh in dict.fromkeys(fhs):
             node = tree.nodes.get(fh)
-            if node is None or node.type != REG or self._cache.holds((cut.key, fh)):
+            if node is None or node.type != REG:
                 continue
             size = node.attr.size if node.attr is not None else 0
-            if total + size > self._cache.budget // 2:
+            if chosen and total + size > budget:
                 break
             chosen.append(fh)
             total += size
+        keys = self._cache.promise([(cut.key, fh) for fh in chosen])
+        if not keys:
+            return 0
+        chosen = [fh for _, fh in keys]
+        every = {fh for _, fh, node in tree.walk() if node.type == REG}
         from .bulk import write_contents
 
-        keys = [(cut.key, fh) for fh in chosen]
         targets = {fh: self._cache.staging((cut.key, fh)) for fh in chosen}
-        self._cache.promise(keys)
         try:
-            # Each file is readable as soon as it is written (``finished``),
-            # not when the last one is.
+            # A file is readable once its part of the stream is written
+            # (``finished``), not when the whole prefetch is.
             written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
                                      file_records=lambda fh: self.file_records(cut, fh),
                                      finished=lambda fh, size, attr: self._cache.add((cut.key, fh), size))

@@ -594,6 +594,29 @@ def test_prefetch_fills_the_read_cache_in_one_stream(scenario):
 
 
 @ganesha
+def test_a_read_the_cache_lacks_brings_its_directorys_files_in_one_call(scenario):
+    s = scenario
+    with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t1)
+        tree = client.tree(cut)
+        by_dir: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for rel, fh, node in tree.walk():
+            if node.type == REG:
+                by_dir.setdefault(rel.rpartition(b"/")[0], []).append((rel, fh))
+        directory, files = max(by_dir.items(), key=lambda item: len(item[1]))
+        assert len(files) > 1, "the scenario has a directory of several files"
+        before = len(shards.calls)
+        (first_rel, first_fh), *rest = files
+        contents = {first_rel: client.read(cut, first_fh, 0, 1 << 30)}
+        first = len(shards.calls)
+        assert first > before
+        contents.update({rel: client.read(cut, fh, 0, 1 << 30) for rel, fh in rest})
+        assert len(shards.calls) == first, shards.calls[first:]   # the rest came with the first
+    assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
+        {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
+
+
+@ganesha
 def test_library_read_serves_byte_ranges(scenario):
     s = scenario
     with Shards(s.shards) as shards, RestoreClient(shards) as client:

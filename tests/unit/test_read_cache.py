@@ -50,3 +50,14 @@ def test_a_promise_the_fill_did_not_keep_lets_the_read_build_the_file(tmp_path):
     reader.join(10)
     assert got == [b"alone"] and calls == [b"alone"]
     assert cache.read("j", 0, 10, builder(b"jj", calls)) == b"jj"   # nothing left to wait for
+
+
+def test_a_key_is_promised_to_one_fill_only(tmp_path):
+    cache = FileCache(tmp_path)
+    cache.staging("held").write_bytes(b"x")
+    cache.add("held", 1)
+    assert cache.promise(["a", "held", "b", "a"]) == ["a", "b"]
+    assert cache.promise(["b", "c"]) == ["c"]          # b is on its way already
+    assert cache.expects("a") and cache.expects("held") and not cache.expects("d")
+    cache.settle(["a", "b", "c"])
+    assert not cache.expects("a")
