@@ -6,6 +6,7 @@ push-back and verify.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # the bulk path, the tree writer and history load when used
     from .local import RestoreProgress, RestoreSummary
 
 __all__ = ["RestoreClient"]
+
+logger = logging.getLogger(__name__)
 
 #: Trees kept per client (a tree of a million objects is large).
 _TREES_KEPT = 4
@@ -110,25 +113,27 @@ class RestoreClient:
 
         The file is materialised once per (cut, fh) into the private cache and
         read from there. When the cut's tree is at hand (an export, a
-        push-back), a file the cache lacks comes with the other files of its
-        directory not yet cached, in one bulk call (``NEIGHBOURS_BYTES`` at
-        most): whoever reads one file of a directory tends to read the rest."""
+        push-back), a file the cache lacks is built alone, and the other
+        files of its directory not yet cached follow in one bulk fill in the
+        background (``NEIGHBOURS_BYTES`` at most): whoever reads one file of
+        a directory tends to read the rest."""
         if not self._cache.expects((cut.key, fh)):
-            self._with_neighbours(cut, fh)
+            self._neighbours_follow(cut, fh)
         return self._cache.read((cut.key, fh), offset, count,
                                 lambda fd: self.write_file(cut, fh, fd))
 
-    def _with_neighbours(self, cut: Cut, fh: bytes) -> None:
+    def _neighbours_follow(self, cut: Cut, fh: bytes) -> None:
         with self._lock:
             tree = self._trees.get((cut.key, True)) or self._trees.get((cut.key, False))
         node = tree.nodes.get(fh) if tree is not None else None
-        if node is None or not node.names:
-            return
-        directory = tree.nodes.get(min(node.names)[0])
+        directory = tree.nodes.get(min(node.names)[0]) if node is not None and node.names else None
         if directory is None:
             return
-        others = (f for f in directory.entries.values() if f != fh)
-        self.prefetch(cut, [fh, *others], budget=min(NEIGHBOURS_BYTES, self._cache.budget // 4))
+        others = [f for f in directory.entries.values() if f != fh]
+        fill = self._claim(cut, tree, others, min(NEIGHBOURS_BYTES, self._cache.budget // 4))
+        if fill is not None:
+            threading.Thread(target=self._fill_quietly, args=(cut, *fill), daemon=True,
+                             name="nfsj-restore-neighbours").start()
 
     def holds(self, cut: Cut, fh: bytes) -> bool:
         """Whether ``read`` of ``fh`` at ``cut`` is served from the cache now."""
@@ -143,7 +148,14 @@ class RestoreClient:
         Meanwhile a ``read`` of one of them waits for it rather than
         fetching it alone."""
         tree = self._any_tree(cut)
-        budget = self._cache.budget // 2 if budget is None else budget
+        fill = self._claim(cut, tree, fhs, self._cache.budget // 2 if budget is None else budget)
+        return 0 if fill is None else self._fill(cut, *fill)
+
+    def _claim(self, cut: Cut, tree: Tree, fhs: Iterable[bytes],
+               budget: int) -> tuple[list, bool] | None:
+        """Promise the regular files of ``fhs`` that fit in ``budget`` and are
+        neither cached nor promised; (their keys, whether they are every file
+        of the cut) for ``_fill``, or None when there are none."""
         chosen, total = [], 0
         for fh in dict.fromkeys(fhs):
             node = tree.nodes.get(fh)
@@ -156,21 +168,30 @@ class RestoreClient:
             total += size
         keys = self._cache.promise([(cut.key, fh) for fh in chosen])
         if not keys:
-            return 0
-        chosen = [fh for _, fh in keys]
+            return None
         every = {fh for _, fh, node in tree.walk() if node.type == REG}
+        return keys, {fh for _, fh in keys} == every
+
+    def _fill(self, cut: Cut, keys: list, whole: bool) -> int:
+        """Make the promised ``keys`` in one bulk fill; every promise is settled."""
         from .bulk import write_contents
 
-        targets = {fh: self._cache.staging((cut.key, fh)) for fh in chosen}
         try:
+            targets = {key[1]: self._cache.staging(key) for key in keys}
             # A file is readable once its part of the stream is written
-            # (``finished``), not when the whole prefetch is.
-            written = write_contents(self.shards, cut, targets, whole=set(chosen) == every,
+            # (``finished``), not when the whole fill is.
+            written = write_contents(self.shards, cut, targets, whole=whole,
                                      file_records=lambda fh: self.file_records(cut, fh),
                                      finished=lambda fh, size, attr: self._cache.add((cut.key, fh), size))
         finally:
             self._cache.settle(keys)
         return len(written)
+
+    def _fill_quietly(self, cut: Cut, keys: list, whole: bool) -> None:
+        try:
+            self._fill(cut, keys, whole)
+        except Exception as e:  # noqa: BLE001  each read then builds its file itself
+            logger.info("a directory's files were not fetched together: %s", e)
 
     def _any_tree(self, cut: Cut) -> Tree:
         with self._lock:

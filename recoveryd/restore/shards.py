@@ -187,7 +187,7 @@ class Shards:
             yield from _plain(self._stream(k, getattr(stub, plain), request, doing), apart)
             return
         call = self._raw[k][chunked](request)
-        parse = _record_and_data if apart else _record
+        parse = record_and_data if apart else _record
         try:
             for chunk in call:
                 yield from _records_in(chunk, self.name(k), parse)
@@ -239,10 +239,6 @@ _CHUNKED = {"ScanChunks": ScanRequest, "FileRecordChunks": FileRequest,
 
 def _record(chunk: bytes, start: int, end: int) -> Record:
     return Record.FromString(memoryview(chunk)[start:end])
-
-
-def _record_and_data(chunk: bytes, start: int, end: int) -> RecordData:
-    return record_and_data(chunk, start, end)
 
 
 def _plain(records: Iterator[Record], apart: bool) -> Iterator:

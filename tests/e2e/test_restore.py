@@ -43,6 +43,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -559,9 +560,11 @@ class CallCounting(Shards):
     def __init__(self, addresses):
         super().__init__(addresses)
         self.calls: list[str] = []
+        self.callers: list[str] = []   # the thread that made each call
 
     def _chunked(self, k, chunked, plain, request, doing, **kw):
         self.calls.append(chunked)
+        self.callers.append(threading.current_thread().name)
         return super()._chunked(k, chunked, plain, request, doing, **kw)
 
 
@@ -608,10 +611,14 @@ def test_a_read_the_cache_lacks_brings_its_directorys_files_in_one_call(scenario
         before = len(shards.calls)
         (first_rel, first_fh), *rest = files
         contents = {first_rel: client.read(cut, first_fh, 0, 1 << 30)}
-        first = len(shards.calls)
-        assert first > before
+        assert shards.calls[before:before + len(s.shards)] == ["FileRecordChunks"] * len(s.shards)
         contents.update({rel: client.read(cut, fh, 0, 1 << 30) for rel, fh in rest})
-        assert len(shards.calls) == first, shards.calls[first:]   # the rest came with the first
+        # The rest followed the first in one fill (the small-group path asks
+        # per file, several at once), each asked for once, none read alone later.
+        rest_calls = shards.calls[before + len(s.shards):]
+        assert len(rest_calls) == len(rest) * len(s.shards), rest_calls
+        reader = threading.current_thread().name
+        assert reader not in shards.callers[before + len(s.shards):]   # none asked by a read
     assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
         {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
 
