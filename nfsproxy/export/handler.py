@@ -75,6 +75,7 @@ __all__ = ["ExportHandler", "ExportObject", "ContentReader", "index_tree", "cook
 logger = logging.getLogger(__name__)
 
 ContentReader = Callable[[bytes, int, int], bytes]
+"""`read(fh, offset, count) -> bytes`: up to `count` bytes of the file's content at the cut."""
 
 
 def _leading_handle(body: memoryview | bytes) -> bytes:
@@ -84,7 +85,7 @@ def _leading_handle(body: memoryview | bytes) -> bytes:
         return b""
     length = int.from_bytes(body[:4], "big")
     return bytes(body[4:4 + length]) if length <= 64 and len(body) >= 4 + length else b""
-"""`read(fh, offset, count) -> bytes`: up to `count` bytes of the file's content at the cut."""
+
 
 #: The largest READ we answer, and what FSINFO advertises (the Linux client's largest rsize).
 RTMAX_BYTES: Final = 1 << 20

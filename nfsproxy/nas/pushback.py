@@ -165,9 +165,9 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
         with pusher.fillers:
             return _push(pusher, src_fh, src_parts, src_rel, into)
     except _FillFailed as e:
+        if not isinstance(e.error, (NfsError, ClientError, OSError)):
+            raise e.error from None  # a PushbackError, a shard's error: as the caller's thread raises them
         left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
-        if isinstance(e.error, PushbackError):
-            raise e.error from None
         raise PushbackError(f"the NAS failed at {show_name(e.rel)}: {e.error}{left}") from None
     except (NfsError, ClientError, OSError) as e:
         where = f" at {show_name(pusher.current)}" if pusher.current else ""

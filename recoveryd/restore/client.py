@@ -162,7 +162,7 @@ class RestoreClient:
             if node is None or node.type != REG:
                 continue
             size = node.attr.size if node.attr is not None else 0
-            if chosen and total + size > budget:
+            if total + size > budget:
                 break
             chosen.append(fh)
             total += size
