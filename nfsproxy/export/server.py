@@ -258,7 +258,8 @@ async def start_export(opts: ExportOptions) -> RunningExport:
         # Files' sizes as of the cut: a READ must see the size its content has then.
         tree = await loop.run_in_executor(None, lambda: client.tree(cut, file_sizes=True))
         # RestoreClient is thread-safe; it materialises each file once.
-        handler = ExportHandler(tree, lambda fh, offset, count: client.read(cut, fh, offset, count),
+        handler = ExportHandler(tree, lambda fh, offset, count: client.read(cut, fh, offset, count,
+                                                                             neighbours=True),
                                 cut_id=_cut_id(cut), ready=lambda fh: client.holds(cut, fh))
         server = ExportServer(handler)
         await server.start(opts.listen_host, opts.listen_port)

@@ -448,7 +448,7 @@ class _Pusher:
             verfs: set[bytes] = set()
             offset, need_commit = 0, False
             while True:
-                data = self.client.read(self.cut, fh, offset, CHUNK_BYTES)
+                data = self.client.read(self.cut, fh, offset, CHUNK_BYTES, neighbours=True)
                 if not data:
                     break
                 view = memoryview(data)

@@ -108,16 +108,18 @@ class RestoreClient:
         (None if no record carried any): one pass over its records for both."""
         return replay(self.file_records(cut, fh), fh, fd)
 
-    def read(self, cut: Cut, fh: bytes, offset: int, count: int) -> bytes:
+    def read(self, cut: Cut, fh: bytes, offset: int, count: int, *,
+             neighbours: bool = False) -> bytes:
         """``count`` bytes at ``offset`` of ``fh`` at ``cut`` (fewer at the end).
 
         The file is materialised once per (cut, fh) into the private cache and
-        read from there. When the cut's tree is at hand (an export, a
-        push-back), a file the cache lacks is built alone, and the other
-        files of its directory not yet cached follow in one bulk fill in the
-        background (``NEIGHBOURS_BYTES`` at most): whoever reads one file of
-        a directory tends to read the rest."""
-        if not self._cache.expects((cut.key, fh)):
+        read from there. ``neighbours`` (for readers of whole trees: an
+        export, a push-back): when the cut's tree is at hand, a file the
+        cache lacks is built alone, and the other files of its directory not
+        yet cached follow in one bulk fill in the background
+        (``NEIGHBOURS_BYTES`` at most), as whoever reads one file of a
+        directory there tends to read the rest."""
+        if neighbours and not self._cache.expects((cut.key, fh)):
             self._neighbours_follow(cut, fh)
         return self._cache.read((cut.key, fh), offset, count,
                                 lambda fd: self.write_file(cut, fh, fd))

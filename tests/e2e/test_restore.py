@@ -597,7 +597,7 @@ def test_prefetch_fills_the_read_cache_in_one_stream(scenario):
 
 
 @ganesha
-def test_a_read_the_cache_lacks_brings_its_directorys_files_in_one_call(scenario):
+def test_a_read_the_cache_lacks_brings_its_directorys_files_along(scenario):
     s = scenario
     with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
         cut = client.cut(s.t1)
@@ -610,15 +610,15 @@ def test_a_read_the_cache_lacks_brings_its_directorys_files_in_one_call(scenario
         assert len(files) > 1, "the scenario has a directory of several files"
         before = len(shards.calls)
         (first_rel, first_fh), *rest = files
-        contents = {first_rel: client.read(cut, first_fh, 0, 1 << 30)}
-        assert shards.calls[before:before + len(s.shards)] == ["FileRecordChunks"] * len(s.shards)
-        contents.update({rel: client.read(cut, fh, 0, 1 << 30) for rel, fh in rest})
-        # The rest followed the first in one fill (the small-group path asks
-        # per file, several at once), each asked for once, none read alone later.
-        rest_calls = shards.calls[before + len(s.shards):]
-        assert len(rest_calls) == len(rest) * len(s.shards), rest_calls
-        reader = threading.current_thread().name
-        assert reader not in shards.callers[before + len(s.shards):]   # none asked by a read
+        contents = {first_rel: client.read(cut, first_fh, 0, 1 << 30, neighbours=True)}
+        contents.update({rel: client.read(cut, fh, 0, 1 << 30, neighbours=True) for rel, fh in rest})
+        calls, callers = shards.calls[before:], shards.callers[before:]
+    # The first file was asked for by the read, once per shard; the rest
+    # followed it in a fill (the small-group path asks per file, several at
+    # once), each once, none of them by a read.
+    reader = threading.current_thread().name
+    assert calls == ["FileRecordChunks"] * (len(files) * len(s.shards)), calls
+    assert callers.count(reader) == len(s.shards), callers
     assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
         {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
 
