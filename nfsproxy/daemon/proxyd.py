@@ -136,6 +136,8 @@ class RunningProxy:
                 write_proxy_status(path, self.status())
             except OSError as e:
                 logger.warning("cannot write %s: %s", path, e)
+            except Exception:  # noqa: BLE001  a stale status file would mislead every reader
+                logger.exception("cannot gather the status for %s; trying again in %.0f s", path, interval_s)
             await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:

@@ -188,15 +188,19 @@ def test_rogue_peers_are_refused(nas, shard_factory, proxy_factory, tmp_path: Pa
     restore(shard_args, at, tmp_path / "restored", *auth)
     assert diff(truth, snapshot(tmp_path / "restored"), names=("NAS", "restore")) == []
 
-    # The proxy's LOG reached the shard whole: its shipper never skipped.
+    # The proxy's LOG reached the shard whole: its shipper never skipped. The
+    # proxy rewrites its status file once a second, so only a file written after
+    # the shard was asked can be held against the shard's answer.
+    view = status(shard_args, *auth)
+    held = {s["stream"]: s for s in view["shards"][0]["streams"]}
+    asked_ns = time.time_ns()
     deadline = time.monotonic() + 60
     while True:
         proxy_view = read_proxy_status(proxy.log_dir)
-        if proxy_view["shards"][0]["acked_seq"] == proxy_view["last_seq"]:
+        if (proxy_view["written_unix_ns"] > asked_ns
+                and proxy_view["shards"][0]["acked_seq"] == proxy_view["last_seq"]):
             break
-        assert time.monotonic() < deadline, proxy_view
+        assert time.monotonic() < deadline, (proxy_view, proxy.stderr_text())
         time.sleep(0.2)
-    view = status(shard_args, *auth)
-    held = {s["stream"]: s for s in view["shards"][0]["streams"]}
     assert held[f"{PROXY_NODE}/{real.log_id}"]["durable_seq"] <= proxy_view["last_seq"] < 10**6
     assert "refused an Ingest call" in shard.stderr_text()

@@ -218,6 +218,38 @@ def test_proxy_status_file_round_trip(tmp_path: Path) -> None:
     assert read_proxy_status(tmp_path)["last_seq"] == 121
 
 
+def test_the_proxy_goes_on_writing_its_status_after_a_gather_fails(tmp_path: Path, caplog) -> None:
+    # A status file that stops changing tells every reader an old story
+    # (lag, acked seqs, gaps) as if it were today's.
+    import asyncio
+    from types import SimpleNamespace
+
+    from nfsproxy.daemon.proxyd import RunningProxy
+
+    class Flaky(RunningProxy):
+        gathers = 0
+
+        def status(self) -> dict:
+            self.gathers += 1
+            if self.gathers == 1:
+                raise RuntimeError("deque mutated during iteration")
+            return {**proxy_status(), "last_seq": 100 + self.gathers}
+
+    running = Flaky.__new__(Flaky)
+    running.log = SimpleNamespace(directory=str(tmp_path))
+
+    async def run() -> None:
+        task = asyncio.create_task(running._write_status(interval_s=0.01))
+        while running.gathers < 3 and not task.done():
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception()  # the writer died with the first failure
+        task.cancel()
+
+    asyncio.run(run())
+    assert read_proxy_status(tmp_path)["last_seq"] >= 102
+    assert "deque mutated during iteration" in caplog.text
+
+
 def test_proxy_status_errors(tmp_path: Path) -> None:
     with pytest.raises(ProxyStatusError, match="no status.json"):
         read_proxy_status(tmp_path)
