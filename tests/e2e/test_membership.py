@@ -39,11 +39,16 @@ def write_files(proxy, files: dict[str, bytes]) -> None:
 
 
 def wait_shipped(proxy) -> int:
-    """Wait until every shard acked the proxy's whole LOG; returns its last seq."""
+    """Wait until every shard acked the proxy's whole LOG; returns its last seq.
+
+    Only a status file written after the call counts: the proxy rewrites it
+    once a second, and an older one may predate the records just written."""
+    asked_ns = time.time_ns()
     deadline = time.monotonic() + WAIT_S
     while True:
         view = read_proxy_status(proxy.log_dir)
-        if view["shards"] and all(s["acked_seq"] == view["last_seq"] for s in view["shards"]):
+        if view["written_unix_ns"] > asked_ns and view["shards"] and all(
+                s["acked_seq"] == view["last_seq"] for s in view["shards"]):
             return view["last_seq"]
         assert time.monotonic() < deadline, view
         time.sleep(0.2)

@@ -26,6 +26,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -213,6 +214,34 @@ struct State {
     failure: Option<String>,
 }
 
+/// What readers of the LOG's extent ask most often (the shipper on every
+/// batch, the status writer every second), copied out of `State` after each
+/// change. An append holds the state lock across its pwritev, and a roll
+/// across an fsync: a reader that took that lock while holding Python's GIL
+/// stalled every Python thread of the proxy meanwhile.
+#[derive(Default)]
+struct Published {
+    first_seq: AtomicU64,
+    last_seq: AtomicU64,
+    size_bytes: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Published {
+    fn of(st: &State) -> Published {
+        let published = Published::default();
+        published.update(st);
+        published
+    }
+
+    fn update(&self, st: &State) {
+        self.first_seq.store(st.segments[0].base_seq, Ordering::Release);
+        self.last_seq.store(st.last_seq, Ordering::Release);
+        self.size_bytes.store(st.size_bytes, Ordering::Release);
+        self.closed.store(st.closed, Ordering::Release);
+    }
+}
+
 /// An append-only, crash-safe LOG of payloads with routing fields.
 ///
 /// How to call it: `Log::open(dir, LogOptions::default())?` (recovers a torn
@@ -227,6 +256,7 @@ pub struct Log {
     lock_file: Mutex<Option<File>>,
     mark_file: File,
     state: Mutex<State>,
+    published: Published,
     /// One sync at a time; holds when the mark was last fsynced.
     sync_lock: Mutex<Option<Instant>>,
     synced: watch::Sender<SyncState>,
@@ -326,6 +356,7 @@ impl Log {
         active.size += run.bytes;
         st.size_bytes += run.bytes;
         st.last_seq += run.frames.len() as u64;
+        self.published.update(st);
         run.clear();
         Ok(())
     }
@@ -351,6 +382,7 @@ impl Log {
         st.size_bytes += new.size;
         st.segments.push(new);
         st.dir_dirty = true;
+        self.published.update(st);
         Ok(())
     }
 
@@ -462,6 +494,7 @@ impl Log {
             std::fs::remove_file(&victim.path).map_err(io_err(format!("removing {}", victim.path.display())))?;
             st.size_bytes -= victim.size;
             deleted += 1;
+            self.published.update(&st);
         }
         if deleted > 0 {
             // A power cut must not bring back a segment whose successor was
@@ -498,6 +531,7 @@ impl Log {
         let _sync = self.sync_lock.lock().unwrap();
         let mut st = self.state.lock().unwrap();
         st.closed = true;
+        self.published.update(&st);
         if let Some(active) = st.segments.last_mut() {
             active.file = None;
         }
@@ -521,11 +555,11 @@ impl Log {
     }
     /// Lowest seq still held; equals `next_seq` when the LOG holds none.
     pub fn first_seq(&self) -> u64 {
-        self.state.lock().unwrap().segments[0].base_seq
+        self.published.first_seq.load(Ordering::Acquire)
     }
     /// Highest seq appended (0 for a fresh LOG).
     pub fn last_seq(&self) -> u64 {
-        self.state.lock().unwrap().last_seq
+        self.published.last_seq.load(Ordering::Acquire)
     }
     /// Highest seq known durable.
     pub fn synced_seq(&self) -> u64 {
@@ -533,7 +567,7 @@ impl Log {
     }
     /// Total bytes of all segment files.
     pub fn size_bytes(&self) -> u64 {
-        self.state.lock().unwrap().size_bytes
+        self.published.size_bytes.load(Ordering::Acquire)
     }
     pub fn recovered_truncated_bytes(&self) -> u64 {
         self.recovered_truncated_bytes
@@ -547,7 +581,7 @@ impl Log {
         &self.torn_tails
     }
     pub fn is_closed(&self) -> bool {
-        self.state.lock().unwrap().closed
+        self.published.closed.load(Ordering::Acquire)
     }
     /// Why the LOG failed, if it did.
     pub fn failure(&self) -> Option<String> {
@@ -669,6 +703,27 @@ mod tests {
             out.extend(found.into_iter().map(|f| (f.seq, f.routing.stamp[0], f.payload)));
         }
         out
+    }
+
+    #[test]
+    fn its_extent_is_read_while_an_append_or_a_roll_holds_the_state() {
+        let dir = scratch("extent");
+        let log = std::sync::Arc::new(Log::open(&dir, LogOptions::default()).unwrap());
+        log.append(&[b"one"], &Routing::default()).unwrap();
+        log.append(&[b"two"], &Routing::default()).unwrap();
+        let held = log.state.lock().unwrap(); // as during a pwritev, or a roll's fsync
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = log.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((reader.first_seq(), reader.last_seq(), reader.size_bytes(), reader.is_closed()));
+        });
+        let seen = rx.recv_timeout(Duration::from_secs(30));
+        let size = held.size_bytes;
+        drop(held);
+        assert_eq!(seen, Ok((1, 2, size, false)), "the reader waited for the state lock");
+        log.close().unwrap();
+        assert!(log.is_closed());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::mark::{self, Mark};
 use super::segment::{self, parse_segment_name, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
-use super::{durable, io_err, Log, LogError, LogOptions, Result, Segment, State, SyncState, TornTail, HEADER_BYTES};
+use super::{durable, io_err, Log, LogError, LogOptions, Published, Result, Segment, State, SyncState, TornTail, HEADER_BYTES};
 
 const LOCK_NAME: &str = "LOCK";
 const ID_NAME: &str = "LOG_ID";
@@ -42,13 +42,15 @@ pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
     durable::sync_all(&dir_file).map_err(io_err("fsync of the LOG directory"))?; // the mark's entry
     let torn_tails = mark::read_torn(dir)?;
     let size_bytes = segments.iter().map(|s| s.size).sum();
+    let state = State { segments, last_seq, size_bytes, dir_dirty: false, closed: false, failure: None };
     Ok(Log {
         dir: dir.to_path_buf(),
         opts,
         dir_file,
         lock_file: Mutex::new(Some(lock_file)),
         mark_file,
-        state: Mutex::new(State { segments, last_seq, size_bytes, dir_dirty: false, closed: false, failure: None }),
+        published: Published::of(&state),
+        state: Mutex::new(state),
         sync_lock: Mutex::new(None),
         // Whatever survived recovery is durable.
         synced: watch::channel(SyncState { synced_seq: last_seq, failed: false }).0,
