@@ -1,10 +1,15 @@
 """A shard's durable store: records, the per-file index and stream state, in RocksDB.
 
-One RocksDB (through rocksdict, raw bytes) per shard. Every key is fixed-width
+One RocksDB (through rocksdict, raw bytes) per shard, with two column
+families: the records, and the rest (the default one). Every key is fixed-width
 big-endian after its prefix, so byte order is stamp order and every scan is a
 seek plus an iterate upper bound:
 
-* ``r/<stamp16>``              -> a serialized ``Record``, as shipped;
+* ``r/<stamp16>``              -> a serialized ``Record``, as shipped; in a
+  column family of its own (``records``), so that compaction moves its files
+  down the levels instead of rewriting them (``store_options``). Format 3;
+  a format-2 store's records are moved there when it is opened
+  (``_move_records``);
 * ``f/<fhkey8>/<stamp16>``     -> ``b""``: the per-file index, one entry under
   every handle a record names (``fh``, ``dir_fh``, ``to_dir_fh``,
   ``object_fh``), so one file's history is one prefix scan (RocksDB's
@@ -61,7 +66,7 @@ import time
 import uuid
 from typing import Collection, Iterable, Iterator, NamedTuple
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import ColumnFamily, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, StreamGap, StreamId, StreamStatus
 from logstore.record import is_data_tail, split_data
@@ -76,11 +81,16 @@ from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, app
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
     "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size", "ParsedGroup",
+    "store_options",
 ]
 
-FORMAT = 2  # m/format; bump (and migrate or refuse) when the key layout changes
-#: Formats this version opens, migrating them to FORMAT (1: no operation index).
-_MIGRATES = frozenset({1})
+FORMAT = 3  # m/format; bump (and migrate or refuse) when the key layout changes
+#: Formats this version opens, migrating them to FORMAT (1: no operation index;
+#: 2: records in the default column family).
+_MIGRATES = frozenset({1, 2})
+#: The column family of the records themselves (``r/<stamp>``); everything else
+#: (indexes, streams, meta) lives in the default one.
+_RECORDS_CF = "records"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -206,6 +216,23 @@ def _through(prefix: bytes, hi: Stamp | None) -> bytes:
     return _prefix_end(prefix) if hi is None else prefix + hi.to_bytes() + b"\0"
 
 
+def store_options() -> Options:
+    """The RocksDB options of a shard store (its column families take the defaults).
+
+    The records have a column family of their own. Their keys are stamps, so
+    each memtable flushed holds a range above the ones before it, and
+    compaction moves such files down the levels without rewriting them. Mixed
+    with the per-file index, whose keys lead with file handles, every file
+    overlapped every other and each byte of file data was rewritten at every
+    level.
+    """
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.increase_parallelism(max(2, os.cpu_count() or 2))
+    options.set_keep_log_file_num(5)
+    return options
+
+
 class ShardStore:
     """The RocksDB store of recovery shard ``shard_id`` at ``path`` (a directory).
 
@@ -234,17 +261,15 @@ class ShardStore:
         self.node_refusals_total = 0  # records refused: stamped by another node than the stream's
         _check_data_dir(self._path)
 
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        options.increase_parallelism(max(2, os.cpu_count() or 2))
-        options.set_keep_log_file_num(5)
         try:
-            self._db = Rdict(self._path, options)
+            self._db = Rdict(self._path, store_options())  # opens every column family it has
         except Exception as e:  # rocksdict raises a bare Exception for RocksDB errors
             if "lock" in str(e).lower():
                 raise StoreError(f"shard store {self._path} is in use by another process "
                                  f"(RocksDB LOCK held): {e}") from None
             raise StoreError(f"cannot open shard store {self._path}: {e}") from None
+        self._records: Rdict | None = None
+        self._records_cf: ColumnFamily | None = None
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync
         try:
@@ -253,7 +278,7 @@ class ShardStore:
             self._owners: dict[int, str] = self._load_owners()
             self._retired: dict[StreamKey, StreamInfo] = self._load_streams(_RETIRED)
         except BaseException:
-            self._db.close()
+            self._close_db()
             raise
 
     # -- opening ---------------------------------------------------------------
@@ -267,6 +292,7 @@ class ShardStore:
                 raise StoreError(f"{self._path} holds a RocksDB database that is not an "
                                  "nfs-journal shard store (no shard id); refusing to use it")
             self._create_meta()
+            self._open_records()
             return
         owner = _U32.unpack(shard_raw)[0]
         data_id = data_raw.decode("ascii") if data_raw else "?"
@@ -275,8 +301,16 @@ class ShardStore:
                              f"not shard {self._shard_id}; give it --shard-id {owner} or use "
                              "another data directory")
         fmt = _U32.unpack(format_raw)[0] if format_raw else None
-        if fmt in _MIGRATES:
+        if fmt in _MIGRATES or fmt == FORMAT:
+            # Only now, known to be a shard store: a store of another program
+            # is refused unchanged. A format-3 store without the column family
+            # was stopped between its meta and its first record.
+            self._open_records()
+        if fmt == 1:
             self._index_operations()
+            fmt = 2
+        if fmt == 2:
+            self._move_records()
             fmt = FORMAT
         if fmt != FORMAT:
             raise StoreError(f"{self._path} has store format {fmt}; this version reads "
@@ -288,16 +322,39 @@ class ShardStore:
         self._records_total = _U64.unpack(records_raw)[0]
         self._bytes_total = _U64.unpack(bytes_raw)[0]
 
+    def _open_records(self) -> None:
+        try:
+            self._records = self._db.get_column_family(_RECORDS_CF)
+        except Exception:  # rocksdict raises a bare Exception for a missing column family
+            self._records = self._db.create_column_family(_RECORDS_CF, Options(raw_mode=True))
+        self._records_cf = self._db.get_column_family_handle(_RECORDS_CF)
+
     def _index_operations(self) -> None:
         """Build the operation index of a format-1 store from its records, then
         mark it format 2. Index entries are idempotent: a crash in between
         leaves format 1, and the next open indexes again."""
         wb, pending = WriteBatch(raw_mode=True), 0
-        for key, value in self._scan(_RECORD, _prefix_end(_RECORD)):
+        for key, value in self._scan(_RECORD, _prefix_end(_RECORD), self._db):
             record = Record.FromString(value)
             meta = _without_data(record, value)
             wb.put(_op_prefix(record.op) + key[len(_RECORD):], meta)
             pending += len(meta)
+            if pending >= _INDEX_BATCH_BYTES:
+                self._db.write(wb, self._write_opts)
+                wb, pending = WriteBatch(raw_mode=True), 0
+        wb.put(_META_FORMAT, _U32.pack(2))
+        self._db.write(wb, self._sync_opts())
+
+    def _move_records(self) -> None:
+        """Move a format-2 store's records into their column family, then mark
+        it format 3. Each batch puts records there and deletes them here
+        atomically: a crash in between leaves format 2 with some records
+        moved, and the next open moves the rest."""
+        wb, pending = WriteBatch(raw_mode=True), 0
+        for key, value in self._scan(_RECORD, _prefix_end(_RECORD), self._db):
+            wb.put(key, value, self._records_cf)
+            wb.delete(key)
+            pending += len(value)
             if pending >= _INDEX_BATCH_BYTES:
                 self._db.write(wb, self._write_opts)
                 wb, pending = WriteBatch(raw_mode=True), 0
@@ -540,7 +597,7 @@ class ShardStore:
                 parsed.append(e)
             except ValueError as e:
                 parsed.append(e)
-        return ParsedGroup(batches, parsed, _prepared_rows(parsed))
+        return ParsedGroup(batches, parsed, _prepared_rows(parsed, self._records_cf))
 
     def apply_group(self, stream: StreamKey, group: ParsedGroup) -> list[StreamState | BatchRefused]:
         """The second half of ``ingest_many``: check the parsed batches
@@ -592,7 +649,7 @@ class ShardStore:
             outcomes.append(state)
         keys = prepared.keys
         for i in range(0, len(keys), _MULTIGET_CHUNK):
-            if any(have is not None for have in self._db.get(keys[i:i + _MULTIGET_CHUNK])):
+            if any(have is not None for have in self._records.get(keys[i:i + _MULTIGET_CHUNK])):
                 return None  # a resend of what is held: compare it row by row
         return state, outcomes, prepared.batch
 
@@ -635,7 +692,7 @@ class ShardStore:
         keys = [_RECORD + stamp for stamp in rows]
         present: list = []
         for i in range(0, len(keys), _MULTIGET_CHUNK):
-            present.extend(self._db.get(keys[i:i + _MULTIGET_CHUNK]))
+            present.extend(self._records.get(keys[i:i + _MULTIGET_CHUNK]))
         for key, row, have in zip(keys, rows.values(), present):
             held = have if have is not None else written.get(key)
             if held is not None and held != row.value:
@@ -646,7 +703,7 @@ class ShardStore:
             if have is None and key not in written:
                 written[key] = row.value
                 new[stamp] = row
-        return _put_rows(wb, new)
+        return _put_rows(wb, new, self._records_cf)
 
     # -- reading ---------------------------------------------------------------
 
@@ -656,7 +713,7 @@ class ShardStore:
         Reads one RocksDB snapshot (taken at the first ``next()``).
         """
         self._check_open()
-        for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi)):
+        for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi), self._records):
             yield Record.FromString(value)
 
     def op_records(self, ops: Iterable[int], lo: Stamp | None = None,
@@ -674,7 +731,7 @@ class ShardStore:
         self._check_open()
         ops = sorted(set(ops))
         if with_data and not ops:
-            for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi)):
+            for _, value in self._scan(_after(_RECORD, lo), _through(_RECORD, hi), self._records):
                 yield value
             return
         scans = [self._op_scan(op, lo, hi) for op in ops or _ALL_OPS]
@@ -688,10 +745,10 @@ class ShardStore:
             for stamp, _ in merged:
                 keys.append(_RECORD + stamp)
                 if len(keys) == _MULTIGET_CHUNK:
-                    yield from (v for v in self._db.get(keys) if v is not None)
+                    yield from (v for v in self._records.get(keys) if v is not None)
                     keys = []
             if keys:
-                yield from (v for v in self._db.get(keys) if v is not None)
+                yield from (v for v in self._records.get(keys) if v is not None)
         finally:
             for scan in scans:
                 scan.close()
@@ -741,20 +798,22 @@ class ShardStore:
             stamps.update(key[skip:] for key, _ in self._scan(_after(prefix, lo), _through(prefix, hi)))
         keys = [_RECORD + stamp for stamp in sorted(stamps)]
         for i in range(0, len(keys), _MULTIGET_CHUNK):
-            yield from (v for v in self._db.get(keys[i:i + _MULTIGET_CHUNK]) if v is not None)
+            yield from (v for v in self._records.get(keys[i:i + _MULTIGET_CHUNK]) if v is not None)
 
     def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[tuple[Record, bytes]]:
-        for value in self._db.get(keys):
+        for value in self._records.get(keys):
             if value is None:  # an index entry is written with its record; never expected
                 continue
             record = Record.FromString(value)
             if fh in _handles(record):  # an fh_key collision names another file
                 yield record, value
 
-    def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, start: bytes, end: bytes, db: Rdict | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Keys and values in ``[start, end)`` of ``db`` (the default column
+        family when None)."""
         read_opts = ReadOptions()
         read_opts.set_iterate_upper_bound(end)
-        it = self._db.iter(read_opts)
+        it = (self._db if db is None else db).iter(read_opts)
         try:
             it.seek(start)
             while it.valid():
@@ -778,7 +837,15 @@ class ShardStore:
             if self._closed:
                 return
             self._closed = True
-            self._db.close()
+            self._close_db()
+
+    def _close_db(self) -> None:
+        # The column family's view and handle keep RocksDB open (and its LOCK
+        # held) until they are gone.
+        if self._records is not None:
+            self._records.close()
+        self._records = self._records_cf = None
+        self._db.close()
 
     def __enter__(self) -> ShardStore:
         return self
@@ -842,7 +909,7 @@ class ParsedGroup(NamedTuple):
     prepared: PreparedRows | None
 
 
-def _prepared_rows(parsed: list) -> PreparedRows | None:
+def _prepared_rows(parsed: list, records_cf: ColumnFamily) -> PreparedRows | None:
     rows: dict[bytes, _Row] = {}
     for item in parsed:
         if isinstance(item, ValueError):
@@ -853,16 +920,17 @@ def _prepared_rows(parsed: list) -> PreparedRows | None:
         if len(rows) != before + len(batch_rows):
             return None  # a stamp in two batches: ``_put_new`` compares their bytes
     wb = WriteBatch(raw_mode=True)
-    count, nbytes = _put_rows(wb, rows)
+    count, nbytes = _put_rows(wb, rows, records_cf)
     return PreparedRows(wb, [_RECORD + stamp for stamp in rows], count, nbytes)
 
 
-def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row]) -> tuple[int, int]:
-    """Put each record and its index entries into ``wb``; (count, bytes)."""
+def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row], records_cf: ColumnFamily) -> tuple[int, int]:
+    """Put each record (into ``records_cf``) and its index entries into ``wb``;
+    (count, bytes)."""
     nbytes = 0
     file_prefixes: dict[bytes, bytes] = {}  # a batch's records mostly name a few files
     for stamp, row in rows.items():
-        wb.put(_RECORD + stamp, row.value)
+        wb.put(_RECORD + stamp, row.value, records_cf)
         for fh in row.handles:
             prefix = file_prefixes.get(fh)
             if prefix is None:

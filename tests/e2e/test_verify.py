@@ -198,13 +198,16 @@ def test_a_shard_that_lost_records_is_reported(stack):
     for shard in stack.shards:
         shard.stop()
         db = Rdict(str(shard.store_dir))
+        records = db.get_column_family("records")
         try:
-            doomed = [key for key, value in db.items(from_key=b"r/")
+            doomed = [key for key, value in records.items(from_key=b"r/")
                       if key.startswith(b"r/") and _is_write_of(value, REWRITTEN)]
             for key in doomed:
-                del db[key]
+                del records[key]
             lost += len(doomed)
         finally:
+            records.close()
+            del records
             db.close()
         shard.start()
     assert lost, "no WRITE of docs/f01 found on any shard"

@@ -371,23 +371,62 @@ def test_operation_index_gives_some_ops_without_reading_data(store: ShardStore) 
     assert [Record.FromString(v) for v in store.op_values([], stamp(5), with_data=True)] == records[5:]
 
 
+def as_older_format(path: Path, fmt: int, *, left_moved: int = 0) -> None:
+    """Make a current store what format ``fmt`` wrote: records in the default
+    column family (and, for format 1, no operation index). ``left_moved``
+    records stay in their column family, as a move stopped by a crash leaves them."""
+    from rocksdict import Options, Rdict
+
+    db = Rdict(str(path), Options(raw_mode=True))
+    try:
+        records = db.get_column_family("records")
+        moved = list(records.items())
+        for key, value in moved[left_moved:]:
+            db[key] = value
+            del records[key]
+        records.close()
+        del records
+        if not left_moved:
+            db.drop_column_family("records")
+        if fmt == 1:
+            for key in [k for k, _ in db.items(from_key=b"p/") if k.startswith(b"p/")]:
+                del db[key]
+        db[b"m/format"] = fmt.to_bytes(4, "big")
+    finally:
+        db.close()
+
+
 def test_a_format_1_store_is_indexed_when_opened(tmp_path: Path) -> None:
+    records = mixed_records()
+    with ShardStore(tmp_path / "shard", 3) as s:
+        s.ingest(STREAM, batch(0, len(records), list(enumerate(records, 1))))
+    as_older_format(tmp_path / "shard", 1)
+    with ShardStore(tmp_path / "shard", 3) as s:
+        assert list(s.op_records([Op.CREATE])) == [without_data(r) for r in records if r.op == Op.CREATE]
+        assert list(s.records()) == records  # the records themselves read on as before
+
+
+@pytest.mark.parametrize("left_moved", [0, 5], ids=["whole", "after-a-crash-mid-move"])
+def test_a_format_2_store_gets_its_records_column_family_when_opened(tmp_path: Path, left_moved) -> None:
     from rocksdict import Options, Rdict
 
     records = mixed_records()
     with ShardStore(tmp_path / "shard", 3) as s:
         s.ingest(STREAM, batch(0, len(records), list(enumerate(records, 1))))
-    # Make it what format 1 wrote: no operation index.
+    as_older_format(tmp_path / "shard", 2, left_moved=left_moved)
+    with ShardStore(tmp_path / "shard", 3) as s:
+        assert list(s.records()) == records
+        assert [Record.FromString(v) for v in s.op_values([], with_data=True)] == records
+        assert list(s.file_records(b"W")) == [r for r in records if b"W" in (r.fh, r.dir_fh)]
+        more = Record(stamp=stamp(500).to_bytes(), op=Op.WRITE, ok=True, fh=b"W", data=b"later")
+        s.ingest(STREAM, batch(len(records), len(records) + 1, [(len(records) + 1, more)]))
+        assert list(s.records())[-1] == more
     db = Rdict(str(tmp_path / "shard"), Options(raw_mode=True))
     try:
-        for key in [k for k, _ in db.items(from_key=b"p/") if k.startswith(b"p/")]:
-            del db[key]
-        db[b"m/format"] = (1).to_bytes(4, "big")
+        assert not [k for k, _ in db.items(from_key=b"r/") if k.startswith(b"r/")]  # none left behind
+        assert db[b"m/format"] == (3).to_bytes(4, "big")
     finally:
         db.close()
-    with ShardStore(tmp_path / "shard", 3) as s:
-        assert list(s.op_records([Op.CREATE])) == [without_data(r) for r in records if r.op == Op.CREATE]
-        assert list(s.records()) == records  # the records themselves read on as before
 
 
 def test_many_files_records_come_each_once_in_stamp_order(store: ShardStore) -> None:
