@@ -179,9 +179,9 @@ impl NativeLog {
     }
 
     /// `[(path, first_seq, last_seq, size_bytes, active, version)]`, oldest first.
-    fn segments(&self) -> Vec<(String, u64, u64, u64, bool, u8)> {
-        self.log
-            .segments()
+    fn segments(&self, py: Python<'_>) -> Vec<(String, u64, u64, u64, bool, u8)> {
+        // GIL released: the state lock is held across an append's pwritev.
+        py.detach(|| self.log.segments())
             .into_iter()
             .map(|s| (s.path.to_string_lossy().into_owned(), s.first_seq, s.last_seq, s.size_bytes, s.active, s.version))
             .collect()
@@ -189,15 +189,14 @@ impl NativeLog {
 
     /// `(path, base_seq, version, offset, start_seq)` from which a reader
     /// reaches `seq`, or None if the LOG does not hold it.
-    fn locate(&self, seq: u64) -> Option<(String, u64, u8, u64, u64)> {
-        self.log
-            .locate(seq)
+    fn locate(&self, py: Python<'_>, seq: u64) -> Option<(String, u64, u8, u64, u64)> {
+        py.detach(|| self.log.locate(seq))
             .map(|(s, offset, start)| (s.path.to_string_lossy().into_owned(), s.first_seq, s.version, offset, start))
     }
 
     /// `(readable end, sealed)` of the segment starting at `base_seq`; None once trimmed.
-    fn extent(&self, base_seq: u64) -> Option<(u64, bool)> {
-        self.log.extent(base_seq)
+    fn extent(&self, py: Python<'_>, base_seq: u64) -> Option<(u64, bool)> {
+        py.detach(|| self.log.extent(base_seq))
     }
 
     /// `[(segment path, offset, truncated_bytes, after_seq)]` noted at open.
