@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import grpc  # noqa: E402
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions  # noqa: E402
+from rocksdict import Rdict, WriteBatch, WriteOptions  # noqa: E402
 
 from e2e.shard_fixture import ShardProcess  # noqa: E402
 from logstore.hlc import HLC  # noqa: E402
@@ -72,6 +72,7 @@ from nfsproxy.relay.journal import frame_fields  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
 from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
+from recoveryd.store import store_options  # noqa: E402
 
 from host import dist_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
 
@@ -140,9 +141,7 @@ def write_log(log_dir: Path, n: int) -> tuple[list[tuple[bytes, bytes]], Stamp]:
 
 def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> float:
     """Batched puts of the records into a fresh rocksdict; returns seconds."""
-    options = Options(raw_mode=True)  # as recoveryd.store opens its RocksDB
-    options.create_if_missing(True)
-    options.increase_parallelism(max(2, os.cpu_count() or 2))
+    options = store_options()  # the shard store's database options, one column family
     write_opts = WriteOptions()
     write_opts.sync = sync
     db = Rdict(str(db_dir), options)
