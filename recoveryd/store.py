@@ -63,6 +63,7 @@ import os
 import struct
 import threading
 import time
+import logging
 import uuid
 from typing import Collection, Iterable, Iterator, NamedTuple
 
@@ -91,6 +92,8 @@ _MIGRATES = frozenset({1, 2})
 #: The column family of the records themselves (``r/<stamp>``); everything else
 #: (indexes, streams, meta) lives in the default one.
 _RECORDS_CF = "records"
+
+logger = logging.getLogger(__name__)
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -349,17 +352,24 @@ class ShardStore:
         """Move a format-2 store's records into their column family, then mark
         it format 3. Each batch puts records there and deletes them here
         atomically: a crash in between leaves format 2 with some records
-        moved, and the next open moves the rest."""
+        moved, and the next open moves the rest. It reads and writes every
+        record once: the shard serves only after it."""
+        logger.warning("%s: moving the records of a format-2 store into their column family "
+                       "(once; the shard serves when it is done)", self._path)
+        started, count, nbytes = time.monotonic(), 0, 0
         wb, pending = WriteBatch(raw_mode=True), 0
         for key, value in self._scan(_RECORD, _prefix_end(_RECORD), self._db):
             wb.put(key, value, self._records_cf)
             wb.delete(key)
             pending += len(value)
+            count, nbytes = count + 1, nbytes + len(value)
             if pending >= _INDEX_BATCH_BYTES:
                 self._db.write(wb, self._write_opts)
                 wb, pending = WriteBatch(raw_mode=True), 0
         wb.put(_META_FORMAT, _U32.pack(FORMAT))
         self._db.write(wb, self._sync_opts())
+        logger.warning("%s: moved %d records (%d bytes) in %.1f s; store format %d",
+                       self._path, count, nbytes, time.monotonic() - started, FORMAT)
 
     def _is_empty(self) -> bool:
         it = self._db.iter()
