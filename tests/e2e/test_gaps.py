@@ -71,8 +71,15 @@ def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = HANG_S,
         time.sleep(0.1)
 
 
-def now_bound() -> Stamp:
-    """A stamp above every stamp handed out so far (the proxy's HLC reads the same clock)."""
+def now_bound(past: Stamp | None = None) -> Stamp:
+    """A stamp above every stamp handed out so far (the proxy's HLC reads the same clock).
+
+    A proxy restarted after a kill starts its clock at the bound it had
+    persisted, up to a second ahead of the wall clock (logstore.hlc); pass
+    ``past``, a stamp it handed out since (a baseline's end), to wait until the
+    wall clock has passed that too."""
+    while past is not None and time.time_ns() <= past.wall_ns:
+        time.sleep(0.05)
     time.sleep(0.05)
     bound = Stamp(time.time_ns(), M32, M32)
     time.sleep(0.05)
@@ -177,7 +184,7 @@ def check_gap_lifecycle(stack: GapStack, cause: str, before_gap: Stamp, tmp_path
     (healed,) = [g for g in view["gaps"] if g["cause"] == cause][:1]
     assert healed["healed_by"]["stamp"] == str(end)
     assert view["held_back_by"] is None or view["held_back_by"]["gap"] is None
-    later = now_bound()
+    later = now_bound(past=end)
     stack.proven_past(later)
     done = stack.restore(later, tmp_path / "healed")
     assert done.returncode == 0, done.stderr

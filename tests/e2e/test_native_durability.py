@@ -56,8 +56,8 @@ def test_a_restart_makes_clients_resend_uncommitted_writes(nas, shard, proxy_fac
     assert (nas.export_dir / "unstable.bin").read_bytes() == b"".join(blocks)
 
     # The baseline heals the restart's gap; past it, a restore equals the NAS.
-    stack.baseline()
-    later = now_bound()
+    _, end = stack.baseline()
+    later = now_bound(past=end)
     stack.proven_past(later)
     assert stack.restore(later, tmp_path / "restored").returncode == 0
     assert (tmp_path / "restored" / "unstable.bin").read_bytes() == b"".join(blocks)
