@@ -86,11 +86,7 @@ async fn relay_replies(
     let mut unappended = Unappended { journal: shared.journal.as_deref(), entries: Vec::new() };
     let batch = &mut unappended.entries;
     loop {
-        let buf = reader.buffer();
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
-        match rd.read_buf(reader.buffer()).await {
+        match rd.read_buf(reader.read_buffer()).await {
             Ok(0) => return Err("closed by the NAS".into()),
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),

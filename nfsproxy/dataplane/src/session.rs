@@ -122,12 +122,8 @@ impl Session {
         let ended = ending.notified();
         tokio::pin!(ended);
         loop {
-            let buf = reader.buffer();
-            if buf.capacity() - buf.len() < 16 << 10 {
-                buf.reserve(64 << 10);
-            }
             tokio::select! {
-                read = rd.read_buf(reader.buffer()) => match read {
+                read = rd.read_buf(reader.read_buffer()) => match read {
                     Ok(0) => return None,
                     Ok(_) => {}
                     Err(e) => return Some(e.to_string()),
