@@ -1,15 +1,18 @@
-"""The shard process's heap: keep freed memory for the next batch.
+"""A daemon's heap: keep freed memory for the next batch.
 
-Every ingest batch brings a few MiB of fresh buffers (the gRPC message, a
-bytes object per record for RocksDB) that are freed once the batch is
-written. glibc's malloc returns freed memory at the top of its heap to the
+Every ingest batch brings a shard a few MiB of fresh buffers (the gRPC
+message, a bytes object per record for RocksDB) that are freed once the
+batch is written; a proxy's shippers read as much from the LOG for every
+batch they send. glibc's malloc returns freed memory at the top of its heap to the
 kernel as soon as more than 128 KiB lie free there (and, until it adapts,
 serves buffers of 128 KiB and more with their own mmap); so every batch
 faults its memory in again, each page (or huge page) zeroed by the kernel
 (measured on the 2-core test VM: 5.6 us per 4 KiB record held for a
-batch, 1.4 us with the heap kept; tests/unit/test_heap.py counts faults). A shard holds at
-most its read-ahead budget in batches (recoveryd.server), so keeping that
-much is bounded.
+batch, 1.4 us with the heap kept; tests/unit/test_heap.py counts faults; a
+proxy's shippers spent half as much CPU per GiB shipped with it). A shard
+holds at most its read-ahead budget in batches (recoveryd.server), a
+shipper its in-flight budget (nfsproxy.ship.stream), so keeping that much
+is bounded.
 
 The cyclic garbage collector is the other cost per batch: every record
 leaves a few container objects behind (its index row, tuples), so a batch

@@ -25,6 +25,7 @@ from logstore.record import Record, record_parts
 
 from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
                                 server_credentials)
+from recoveryd.heap import keep_freed_memory, quiet_collector
 from recoveryd.status import write_proxy_status
 
 from nfsproxy.daemon.address import parse_hostport, resolve_backend
@@ -349,7 +350,11 @@ def _shipper_status(shipper: Shipper) -> dict:
 async def run_proxy(opts: ProxyOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
     backend = resolve_backend(opts.backend)
+    # The shippers read megabytes of LOG frames per batch into fresh buffers
+    # and hand them to gRPC: the same heap and collector tuning as a shard's.
+    keep_freed_memory()
     running = await start_proxy(opts, backend)
+    quiet_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
