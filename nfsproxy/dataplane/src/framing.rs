@@ -86,14 +86,17 @@ impl RecordReader {
     }
 
     /// Room in `buf` for `total` bytes: its own allocation when no message
-    /// read into it is alive any more, for a large message a spare buffer
-    /// whose messages are all gone, else a new allocation.
+    /// read into it is alive any more; for a large message (or in a buffer
+    /// that came from the spares) a spare whose messages are all gone, else
+    /// a new allocation.
     fn make_room(&mut self, total: usize) {
         let additional = total - self.buf.len();
         if self.buf.try_reclaim(additional) {
             return;
         }
-        if total < LARGE_MESSAGE {
+        // A buffer from the spares stays among them, whatever it is asked for
+        // next: reserve() would move its bytes to an allocation no spare tracks.
+        if total < LARGE_MESSAGE && self.buf_allocation == 0 {
             self.buf.reserve(additional);
             return;
         }
@@ -314,5 +317,36 @@ mod tests {
         for (k, m) in held {
             assert_eq!(m, messages[k]);
         }
+    }
+
+    #[test]
+    fn small_messages_between_large_ones_keep_the_buffers_in_use() {
+        let mut rng = Rng::new(13);
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        for k in 0..30u8 {
+            messages.push(vec![k; LARGE_MESSAGE + rng.below(200 << 10) as usize]);
+            for _ in 0..20 + rng.below(80) {
+                messages.push(rng.some_bytes(3000));
+            }
+        }
+        let stream: Vec<u8> = messages.iter().flat_map(|m| framed(m, m.len().max(1))).collect();
+        let mut reader = RecordReader::new(1 << 30);
+        let (mut pos, mut got, mut held) = (0, 0, std::collections::VecDeque::new());
+        while pos < stream.len() {
+            read_into(&mut reader, &stream, &mut pos, 1 + rng.below(100 << 10) as usize);
+            while let Some(m) = reader.next_message().unwrap() {
+                assert_eq!(m, messages[got]);
+                got += 1;
+                if m.len() >= LARGE_MESSAGE {
+                    held.push_back(m); // the last few large calls are in flight
+                    if held.len() > 4 {
+                        held.pop_front();
+                    }
+                }
+            }
+        }
+        assert_eq!(got, messages.len());
+        assert!(reader.large_allocations <= 12, "{} buffers for 30 large messages",
+                reader.large_allocations);
     }
 }
