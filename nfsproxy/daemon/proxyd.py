@@ -23,9 +23,9 @@ from logstore.commit import Durability
 from logstore.log import TornTail
 from logstore.record import Record, record_parts
 
+from recoveryd.heap import keep_freed_memory, quiet_collector
 from recoveryd.security import (BearerToken, SecurityError, TlsOptions, channel_credentials,
                                 server_credentials)
-from recoveryd.heap import keep_freed_memory, quiet_collector
 from recoveryd.status import write_proxy_status
 
 from nfsproxy.daemon.address import parse_hostport, resolve_backend

@@ -3,7 +3,7 @@
 Each 1 MiB WRITE is read into a buffer, and each shipped batch reads MiBs of
 LOG frames and hands them to gRPC. Memory that the allocator gives back
 after every call or batch has to be faulted in (and zeroed) again for the
-next one: on the test VM that cost the relay a third and the shippers half
+next one: on the test VM that cost the relay a sixth and the shippers half
 of their CPU per GiB. Counted here as the proxy process's minor page
 faults per MiB written and shipped, once its first batches have grown the
 heap.
