@@ -11,13 +11,11 @@ heap.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from e2e.test_membership import wait_shipped
 from nfsproxy.nas.client import NfsClient, created_fh
 from nfsproxy.wire.nfs3 import StableHow
-from recoveryd.status import read_proxy_status
 
 pytestmark = pytest.mark.ganesha
 
@@ -29,19 +27,6 @@ def minor_faults(pid: int) -> int:
     # /proc/PID/stat: the command name may hold spaces, so count from its ')'.
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(fields[7])  # minflt, the 10th field of the whole line
-
-
-def wait_shipped(proxy, timeout_s: float = 120.0) -> None:
-    """Until a status written after this call shows every shard holding the whole LOG."""
-    asked_ns = time.time_ns()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = read_proxy_status(proxy.log_dir)
-        if view["written_unix_ns"] > asked_ns and view["shards"] and all(
-                s["acked_seq"] == view["last_seq"] for s in view["shards"]):
-            return
-        assert time.monotonic() < deadline, view
-        time.sleep(0.2)
 
 
 def test_megabytes_written_and_shipped_fault_in_few_pages(nas, shard_factory, proxy_factory):
