@@ -11,9 +11,10 @@ Positions
 A stream is this proxy's LOG as seen by one shard, named
 ``StreamId(node_id=<proxy HLC node id>, log_id=<LOG identity>)``. Each batch
 covers a LOG range ``(after_seq, through_seq]`` and carries exactly the
-records of that range that belong to the shard; a range holding none of
-them is still sent, so the shard's position (and frontier) moves on and
-contiguity is checked on ranges. Only records up to ``log.synced_seq`` are
+records of that range that belong to the shard. A range holding none of
+them is not sent on its own: it joins the shard's next batch, or goes out
+as the next heartbeat, so the shard's position (and frontier) moves on
+within ``heartbeat_interval_s`` and contiguity is checked on ranges. Only records up to ``log.synced_seq`` are
 shipped: a shard never holds a record the LOG could still lose in a crash.
 
 Every (re)connection starts with a *hello*: an empty batch ``(0, 0]``. The
@@ -39,9 +40,10 @@ await in between, ``H = stable_stamp()`` and *then* ``E = log.last_seq``.
 Every record stamped below ``H`` was in the LOG when ``H`` was taken, so at a
 seq ``<= E``. Hence a batch whose ``through_seq >= E`` may claim
 ``stable = H``; it carries the highest such ``H`` (``StableClaims``). When
-there is nothing to send, an empty batch ``(P, P]`` at the current position
-carries the newest claim every ``heartbeat_interval_s``: the heartbeat that
-moves an idle shard's frontier. A stable stamp is never a clock reading:
+there is nothing to send, a batch without records carries the newest claim
+every ``heartbeat_interval_s``: ``(P, P]`` at the current position P, or
+the range read since that held none of the shard's records. It is the
+heartbeat that moves an idle shard's frontier. A stable stamp is never a clock reading:
 it never moves a clock (logstore.hlc, channel 3).
 
 Clocks: each batch's ``sent_stamp`` is ``clock.now()``; each ack's
@@ -476,7 +478,7 @@ class Shipper:
                 await self._send(call, batch, 0)
             elif isinstance(step, SendHeartbeat):
                 self._sample()
-                await self._send(call, self._batch(step.seq, step.seq), 0)
+                await self._send(call, self._batch(step.after_seq, step.through_seq), 0)
                 self.heartbeats_sent_total += 1
             elif step.holding:
                 await asyncio.sleep(step.seconds)
@@ -489,18 +491,19 @@ class Shipper:
     async def _send_range(self, call: grpc.aio.StreamStreamCall, step: SendRange) -> bool:
         """Read and send the next batch; False if nothing could be sent now."""
         assert self._executor is not None
-        self._reading = self._executor.submit(self._read_range, step.after_seq + 1, step.limit_seq,
+        self._reading = self._executor.submit(self._read_range, step.read_from, step.limit_seq,
                                               step.budget, step.allow_oversize)
         try:
             got = await asyncio.wrap_future(self._reading)
         except LogGapError:
             return False  # trimmed meanwhile: the next round sends a gap
-        if not self._stream.range_read(step, got.through_seq, got.blocked_by):
-            return False
-        if got.unroutable:
+        if step.epoch == self._stream.epoch:
             self.unroutable_total += got.unroutable
-        if got.newest > self._newest:
-            self._newest = got.newest
+            if got.newest > self._newest:
+                self._newest = got.newest
+        if not self._stream.range_read(step, got.through_seq, got.blocked_by, records=got.records,
+                                       now=time.monotonic()):
+            return False
         batch = self._batch(step.after_seq, got.through_seq)
         await self._send(call, batch, got.nbytes, got.frames)
         self.records_sent_total += got.records

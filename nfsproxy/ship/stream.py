@@ -48,6 +48,11 @@ class ShipperOptions:
     # A backlog goes out at once.
     small_batch_records: int = 64
     linger_s: float = 0.01
+    # A range that holds none of the shard's records is not sent on its own:
+    # it waits for the shard's next record or for the heartbeat, whichever
+    # comes first. With N shards, most ranges hold nothing for most of
+    # them, and each batch costs the shard a synced write and both sides a
+    # gRPC message.
     sample_interval_s: float = 0.1
     heartbeat_interval_s: float = 0.2
     poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
@@ -150,21 +155,31 @@ class SendGap:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SendRange:
-    """Read LOG seqs ``after_seq + 1 .. limit_seq`` (at most ``budget`` payload bytes,
-    or one record of any size when ``allow_oversize``) and send them as a batch."""
+    """Read LOG seqs ``read_from .. limit_seq`` (at most ``budget`` payload bytes,
+    or one record of any size when ``allow_oversize``) and send them as a batch
+    over ``(after_seq, through]``: the seqs between ``after_seq`` and
+    ``read_from`` were read before and hold none of the shard's records."""
 
     after_seq: int
     limit_seq: int
     budget: int
     allow_oversize: bool
     epoch: int
+    read_from: int = 0  # 0: after_seq + 1
+
+    def __post_init__(self) -> None:
+        if not self.read_from:
+            object.__setattr__(self, "read_from", self.after_seq + 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SendHeartbeat:
-    """Send an empty batch at the current position, carrying the newest stable claim."""
+    """Send a batch without records over ``(after_seq, through_seq]`` (``(P, P]``
+    at an idle position P; a read range that held none of the shard's records
+    otherwise), carrying the newest stable claim."""
 
-    seq: int
+    after_seq: int
+    through_seq: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -207,7 +222,11 @@ class IngestStream:
         self.pending: deque[_Sent] = deque()  # batches sent on this call, awaiting their ack
         self.inflight_bytes = 0
         self.blocked_by = 0                  # bytes the next record needs in flight (0: unknown)
-        self._ready_since: float | None = None  # when records past sent_seq were first seen synced
+        self._ready_since: float | None = None  # when unread records were first seen synced
+        # (epoch, seq): (sent_seq, seq] was read and holds none of the shard's
+        # records; it goes out with the next batch or heartbeat. A new epoch
+        # (rewind, reconnection, skip) forgets it.
+        self._empty: tuple[int, int] = (-1, 0)
         self.frontier = Stamp.ZERO
         self.connected = False
         self.last_send_at = 0.0
@@ -324,27 +343,33 @@ class IngestStream:
             return Wait(self._hold_until - now, holding=True)
         if self.sent_seq + 1 < first_seq:
             return self._gap(first_seq - 1)
-        if synced_seq > self.sent_seq:
+        read = self._read_through()
+        if synced_seq > read:
             if self._ready_since is None:
                 self._ready_since = now
-            if self.room() and not self._lingers(now, synced_seq):
-                after = self.sent_seq
-                return SendRange(after, min(synced_seq, after + opts.max_scan_records),
+            if self.room() and not self._lingers(now, synced_seq, read):
+                return SendRange(self.sent_seq, min(synced_seq, read + opts.max_scan_records),
                                  min(opts.max_batch_bytes, opts.max_inflight_bytes - self.inflight_bytes),
-                                 not self.pending, self.epoch)
+                                 not self.pending, self.epoch, read + 1)
         elif now - self.last_send_at >= opts.heartbeat_interval_s:
-            return SendHeartbeat(self.sent_seq)
+            return SendHeartbeat(self.sent_seq, read)
         wait_s = opts.poll_interval_s
-        if synced_seq <= self.sent_seq:
+        if synced_seq <= read:
             wait_s = min(wait_s, max(0.0, self.last_send_at + opts.heartbeat_interval_s - now))
         elif self._ready_since is not None and not self.pending:
             wait_s = min(wait_s, max(0.0, self._ready_since + opts.linger_s - now))
         return Wait(wait_s)
 
-    def _lingers(self, now: float, synced_seq: int) -> bool:
+    def _read_through(self) -> int:
+        """The last seq read: ``sent_seq``, or the end of a range read since that
+        held none of the shard's records."""
+        epoch, seq = self._empty
+        return seq if epoch == self.epoch and seq > self.sent_seq else self.sent_seq
+
+    def _lingers(self, now: float, synced_seq: int, read: int) -> bool:
         """Whether a small range waits (``ShipperOptions.small_batch_records``)."""
         opts = self.options
-        if self.blocked_by or synced_seq - self.sent_seq >= opts.small_batch_records:
+        if self.blocked_by or synced_seq - read >= opts.small_batch_records:
             return False
         assert self._ready_since is not None
         return bool(self.pending) or now - self._ready_since < opts.linger_s
@@ -372,16 +397,27 @@ class IngestStream:
                      through_seq, through_seq + 1)
         return SendGap(after, through_seq, gap)
 
-    def range_read(self, step: SendRange, through_seq: int, blocked_by: int) -> bool:
-        """A LOG read for ``step`` ended at ``through_seq``; True if its batch should go out.
+    def range_read(self, step: SendRange, through_seq: int, blocked_by: int, *, records: int,
+                   now: float) -> bool:
+        """A LOG read for ``step`` ended at ``through_seq`` with ``records`` of
+        the shard's; True if its batch should go out.
 
-        False when the stream rewound meanwhile, or when the next record
-        waits for in-flight room (``blocked_by`` is its size).
+        False when the stream rewound meanwhile, when the next record waits
+        for in-flight room (``blocked_by`` is its size) and nothing was
+        read, or when the range holds none of the shard's records and the
+        heartbeat is not due (it is remembered and sent later).
         """
         if step.epoch != self.epoch:
             return False
         self.blocked_by = blocked_by
-        return through_seq != step.after_seq
+        if through_seq < step.read_from:
+            return False
+        if (not records and not blocked_by
+                and now - self.last_send_at < self.options.heartbeat_interval_s):
+            self._empty = (self.epoch, through_seq)
+            self._ready_since = None
+            return False
+        return True
 
     def sent(self, after_seq: int, through_seq: int, nbytes: int, now: float) -> None:
         """A batch over ``(after_seq, through_seq]`` with ``nbytes`` of payload went out."""

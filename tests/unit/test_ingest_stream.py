@@ -31,7 +31,7 @@ def resumed(durable: int = 0, options: ShipperOptions = OPTIONS) -> IngestStream
 def send(stream: IngestStream, through: int, nbytes: int, now: float = 0.0) -> SendRange:
     step = stream.next_step(now, first_seq=1, synced_seq=through)
     assert isinstance(step, SendRange)
-    assert stream.range_read(step, through, 0)
+    assert stream.range_read(step, through, 0, records=1, now=now)
     stream.sent(step.after_seq, through, nbytes, now)
     return step
 
@@ -101,7 +101,7 @@ def test_a_trimmed_log_is_a_marked_gap_never_a_skip():
 
 def test_idle_stream_heartbeats_at_its_position():
     stream = resumed(7)
-    assert stream.next_step(5.0, first_seq=1, synced_seq=7) == SendHeartbeat(7)
+    assert stream.next_step(5.0, first_seq=1, synced_seq=7) == SendHeartbeat(7, 7)
     stream.sent(7, 7, 0, now=5.0)
     step = stream.next_step(5.4, first_seq=1, synced_seq=7)
     assert isinstance(step, Wait) and not step.holding and step.seconds <= OPTIONS.poll_interval_s
@@ -119,7 +119,7 @@ def test_a_read_after_a_rewind_is_not_sent():
     send(stream, 10, 100)
     step = stream.next_step(0.0, first_seq=1, synced_seq=20)
     stream.on_ack(ack(0, error="refused"), now=0.0)
-    assert not stream.range_read(step, 20, 0)
+    assert not stream.range_read(step, 20, 0, records=3, now=0.0)
 
 
 def test_a_record_too_big_for_the_room_left_waits_for_acks():
@@ -127,7 +127,7 @@ def test_a_record_too_big_for_the_room_left_waits_for_acks():
     send(stream, 10, 900)
     step = stream.next_step(0.0, first_seq=1, synced_seq=20)
     assert isinstance(step, SendRange) and step.budget == 100 and not step.allow_oversize
-    assert not stream.range_read(step, 10, blocked_by=300)  # nothing fitted
+    assert not stream.range_read(step, 10, blocked_by=300, records=0, now=0.0)  # nothing fitted
     assert not stream.room()
     stream.on_ack(ack(10), now=0.0)
     assert stream.room()
@@ -170,6 +170,45 @@ def test_a_backlog_or_a_full_batch_does_not_wait():
     step = stream.next_step(0.0, first_seq=1, synced_seq=15)
     assert isinstance(step, SendRange)
     # The read stopped at the budget: the rest is ready and goes out without waiting.
-    assert stream.range_read(step, 14, blocked_by=500)
+    assert stream.range_read(step, 14, blocked_by=500, records=1, now=0.0)
     stream.sent(step.after_seq, 14, 100, 0.0)
     assert not isinstance(stream.next_step(0.0, first_seq=1, synced_seq=15), Wait)
+
+
+def test_a_range_without_the_shards_records_waits_for_its_next_record():
+    stream = resumed()
+    send(stream, 10, 100, now=0.0)
+    stream.on_ack(ack(10), now=0.1)
+    step = stream.next_step(0.1, first_seq=1, synced_seq=30)
+    assert (step.after_seq, step.read_from) == (10, 11)
+    assert not stream.range_read(step, 30, 0, records=0, now=0.1)  # nothing for this shard
+    assert isinstance(stream.next_step(0.1, first_seq=1, synced_seq=30), Wait)  # nothing new
+    step = stream.next_step(0.2, first_seq=1, synced_seq=35)
+    assert (step.after_seq, step.read_from) == (10, 31)  # reads on; the batch covers both
+    assert stream.range_read(step, 35, 0, records=2, now=0.2)
+
+
+def test_a_range_without_the_shards_records_goes_out_as_the_heartbeat():
+    stream = resumed()
+    send(stream, 10, 100, now=0.0)
+    stream.on_ack(ack(10), now=0.1)
+    step = stream.next_step(0.1, first_seq=1, synced_seq=30)
+    assert not stream.range_read(step, 30, 0, records=0, now=0.1)
+    wait = stream.next_step(0.5, first_seq=1, synced_seq=30)
+    assert isinstance(wait, Wait) and wait.seconds == pytest.approx(0.05)
+    assert stream.next_step(1.0, first_seq=1, synced_seq=30) == SendHeartbeat(10, 30)
+    # Once the heartbeat is due, a range read without the shard's records goes out at once.
+    stream.sent(10, 30, 0, now=1.0)
+    stream.on_ack(ack(30), now=1.0)
+    step = stream.next_step(2.5, first_seq=1, synced_seq=40)
+    assert stream.range_read(step, 40, 0, records=0, now=2.5)
+
+
+def test_a_rewind_forgets_a_range_read_without_the_shards_records():
+    stream = resumed()
+    send(stream, 10, 100, now=0.0)
+    step = stream.next_step(0.1, first_seq=1, synced_seq=30)
+    assert not stream.range_read(step, 30, 0, records=0, now=0.1)
+    stream.on_ack(ack(0, error="refused"), now=0.2)
+    step = stream.next_step(0.2, first_seq=1, synced_seq=30)
+    assert (step.after_seq, step.read_from) == (0, 1)  # everything is read again

@@ -495,6 +495,50 @@ async def test_heartbeats_move_the_frontier_only_past_calls_no_longer_in_flight(
 
 
 @run_async
+async def test_a_shard_that_none_of_the_records_belong_to_gets_heartbeats_only(
+        log: Log, clock: HLC, proxy: Proxy):
+    """Every wave of records is one file's, so it belongs to one of the two
+    shards; the other gets a batch per heartbeat, not one per wave, and is
+    still brought to the LOG's end."""
+    shards = [FakeShard(0), FakeShard(1)]
+    for shard in shards:
+        await shard.start()
+    heartbeat_s = 1.0
+    options = dataclasses.replace(FAST, heartbeat_interval_s=heartbeat_s, linger_s=0.0)
+    shippers = [shipper_for(s.address, log, proxy, shard_id=k, n_shards=2, options=options)
+                for k, s in enumerate(shards)]
+    fh = b"one-file"
+    probe = Record(stamp=clock.now().to_bytes(), op=Op.WRITE, ok=True, fh=fh, data=b"x")
+    (busy,) = shards_of(probe, 2)
+    busy_shard, idle_shard = shards[busy], shards[1 - busy]
+    try:
+        for shipper in shippers:
+            shipper.start()
+        started = time.monotonic()
+        waves = 40
+        for _ in range(waves):
+            for _ in range(5):
+                log.append(Record(stamp=clock.now().to_bytes(), op=Op.WRITE, ok=True, fh=fh,
+                                  data=b"x").SerializeToString())
+            log.sync()
+            await eventually(caught_up(busy_shard, log, clock))
+        elapsed = time.monotonic() - started
+        ranges = [b for b in idle_shard.batches if b.through_seq > b.after_seq]
+        # At most one per heartbeat interval, plus the first and one in progress.
+        assert len(ranges) <= 2 + elapsed / heartbeat_s, (len(ranges), elapsed)
+        assert len([b for b in busy_shard.batches if b.through_seq > b.after_seq]) >= waves
+        await eventually(caught_up(idle_shard, log, clock))
+        assert idle_shard.held(log, clock) == {}
+        newest = Stamp.from_bytes(parse_record(log_payloads(log)[log.last_seq]).stamp)
+        await eventually(lambda: idle_shard.state_of(log, clock).frontier > newest)
+    finally:
+        for shipper in shippers:
+            await shipper.stop()
+        for shard in shards:
+            await shard.stop()
+
+
+@run_async
 async def test_repeated_refusals_back_off_then_recover(log: Log, clock: HLC, proxy: Proxy, caplog):
     caplog.set_level(logging.DEBUG, logger="nfsproxy.ship.shipper")
     shard = FakeShard()
