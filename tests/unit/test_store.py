@@ -16,7 +16,7 @@ import pytest
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, ShippedRecord, StreamId
 from logstore.stamp import Stamp
 from recoveryd.frontier import BatchRefused, StreamKey, StreamState
-from recoveryd.store import ShardStore, StoreError, fh_key
+from recoveryd.store import ShardStore, StoreError, fh_key, supports_direct_io
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE = 11
@@ -290,12 +290,13 @@ _WRITER = textwrap.dedent("""
     from recoveryd.store import ShardStore
 
     store = ShardStore(sys.argv[1], 9)
+    data = b"d" * int(sys.argv[2])
     key = StreamKey(4, "L")
     seq = store.stream_state(key).durable_seq
     while True:
         records = [ShippedRecord(seq=seq + j, record=Record(
             stamp=Stamp(1_700_000_000_000_000_000 + seq + j, 0, 4).to_bytes(), op=Op.WRITE,
-            fh=b"F%d" % ((seq + j) % 5), data=b"d" * 4096).SerializeToString()) for j in range(1, 17)]
+            fh=b"F%d" % ((seq + j) % 5), data=data).SerializeToString()) for j in range(1, 17)]
         state = store.ingest(key, IngestBatch(stream=StreamId(node_id=4, log_id="L"), after_seq=seq,
                              through_seq=seq + 16, records=records))
         seq = state.durable_seq
@@ -303,16 +304,21 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path) -> None:
+# 16 records of 64 KiB a batch, 100 batches a round: 100 MiB, past the WAL
+# size at which RocksDB flushes and starts writing its WAL files over again.
+@pytest.mark.parametrize("data_bytes, batches", [(4096, (5, 40)), (64 << 10, (100, 110))],
+                         ids=["small", "past-recycled-wal-files"])
+def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: int,
+                                                   batches: tuple[int, int]) -> None:
     path = tmp_path / "shard"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     rng = random.Random(3)
     acked = 0
-    for round_ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
-                                text=True, env=env, cwd=REPO_ROOT)
+    for round_ in range(4 if data_bytes < 65536 else 2):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(data_bytes)],
+                                stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         try:
-            for _ in range(rng.randint(5, 40)):
+            for _ in range(rng.randint(*batches)):
                 line = proc.stdout.readline()
                 assert line, "the writer died"
                 acked = int(line)
@@ -334,6 +340,45 @@ def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path) -> None:
             assert s.bytes_total == sum(len(r.SerializeToString()) for r in s.records())
             for k in range(5):
                 assert len(list(s.file_records(b"F%d" % k))) == len([q for q in range(1, state.durable_seq + 1) if q % 5 == k])
+
+
+def test_a_store_keeps_its_writes_out_of_the_page_cache(tmp_path: Path) -> None:
+    """Flushes and compactions bypass the page cache where the file system
+    allows it, and WAL files are written over again (``store_options``), as
+    RocksDB itself recorded the options it opened with."""
+    with ShardStore(tmp_path / "shard", 3) as s:
+        s.ingest(STREAM, batch(0, 1, [(1, write_record(1, b"A"))]))
+    options = max((tmp_path / "shard").glob("OPTIONS-*")).read_text()
+    assert supports_direct_io(tmp_path / "shard")
+    assert "use_direct_io_for_flush_and_compaction=true" in options
+    assert "recycle_log_file_num=4" in options
+
+
+@pytest.fixture
+def ramfs(tmp_path: Path):
+    """A ramfs mount: a file system that refuses O_DIRECT (needs root)."""
+    where = tmp_path / "ramfs"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "ramfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount ramfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_store_where_direct_io_is_refused_writes_through_the_page_cache(ramfs: Path) -> None:
+    """O_DIRECT is asked of the file system first: asked to use it there,
+    RocksDB refuses to open the store ("Direct I/O is not supported")."""
+    path = ramfs / "shard"
+    assert not supports_direct_io(path)
+    with ShardStore(path, 3) as s:
+        s.ingest(STREAM, batch(0, 1, [(1, write_record(1, b"A"))]))
+        s._db.flush()
+        s.ingest(STREAM, batch(1, 2, [(2, write_record(2, b"A"))]))
+    with ShardStore(path, 3) as s:
+        assert stamps_of(s.records()) == [stamp(1), stamp(2)]
 
 
 def mixed_records() -> list[Record]:
