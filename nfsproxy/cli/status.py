@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import app, fail
+from . import app, fail, skip_teardown
 from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
 
@@ -50,6 +50,7 @@ def status_command(
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     view = overall(fetch_status(addresses, timeout, credentials=credentials, token=token),
                    proxy_status)
+    skip_teardown()  # the channels are closed: nothing is left to finish
     if as_json:
         typer.echo(json.dumps(view, indent=2, sort_keys=True))
     else:

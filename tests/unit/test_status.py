@@ -392,3 +392,16 @@ def test_round_trip_with_a_real_shard(live_shard: str, runner: CliRunner) -> Non
     result = runner.invoke(app, ["status", "--shard", live_shard, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["consistent_point"]["stamp"] == str(st(T0 + 3 * S, 5))
+
+
+def test_the_nfsj_command_ends_status_with_all_its_output_and_its_exit_code() -> None:
+    """`nfsj status` ends without the interpreter's teardown (``skip_teardown``);
+    what it printed into a pipe (block-buffered) still arrives whole, and a
+    shard that is down still makes it exit 1."""
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "nfsproxy", "status", "--shard", "127.0.0.1:1",
+                           "--json", "--timeout", "0.3"], capture_output=True, text=True, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60)
+    assert done.returncode == 1, done.stderr
+    view = json.loads(done.stdout)
+    assert view["shards_down"] == 1 and view["shards"][0]["address"] == "127.0.0.1:1"
