@@ -539,6 +539,32 @@ async def test_a_shard_that_none_of_the_records_belong_to_gets_heartbeats_only(
 
 
 @run_async
+async def test_a_steady_trickle_of_records_ships_a_batch_per_linger_not_per_log_sync(
+        log: Log, clock: HLC, proxy: Proxy):
+    """With the default options, records synced a few at a time wait up to
+    50 ms (README, "How it works") to travel together, as each batch costs
+    the shard a synced write: at most one batch per 50 ms, plus the first."""
+    shard = FakeShard()
+    await shard.start()
+    shipper = shipper_for(shard.address, log, proxy, options=ShipperOptions())
+    try:
+        shipper.start()
+        started = time.monotonic()
+        syncs = 60
+        for _ in range(syncs):
+            append_records(log, clock, 3)
+            await asyncio.sleep(0.002)
+        await eventually(caught_up(shard, log, clock))
+        elapsed = time.monotonic() - started
+        with_records = [b for b in shard.batches if b.frames]
+        assert len(with_records) <= 2 + elapsed / 0.05, (len(with_records), elapsed)
+        assert len(shard.held(log, clock)) == 3 * syncs
+    finally:
+        await shipper.stop()
+        await shard.stop()
+
+
+@run_async
 async def test_repeated_refusals_back_off_then_recover(log: Log, clock: HLC, proxy: Proxy, caplog):
     caplog.set_level(logging.DEBUG, logger="nfsproxy.ship.shipper")
     shard = FakeShard()
