@@ -264,6 +264,8 @@ def supports_direct_io(path: str | os.PathLike[str]) -> bool:
     question is put to an unnamed temporary file, which leaves nothing
     behind, even in a crash."""
     os.makedirs(path, exist_ok=True)
+    if not (hasattr(os, "O_TMPFILE") and hasattr(os, "O_DIRECT")):
+        return False  # not Linux: buffered, RocksDB's default
     try:
         fd = os.open(path, os.O_TMPFILE | os.O_WRONLY | os.O_DIRECT, 0o600)
     except OSError:

@@ -14,8 +14,9 @@ covers a LOG range ``(after_seq, through_seq]`` and carries exactly the
 records of that range that belong to the shard. A range holding none of
 them is not sent on its own: it joins the shard's next batch, or goes out
 as the next heartbeat, so the shard's position (and frontier) moves on
-within ``heartbeat_interval_s`` and contiguity is checked on ranges. Only records up to ``log.synced_seq`` are
-shipped: a shard never holds a record the LOG could still lose in a crash.
+within ``heartbeat_interval_s`` and contiguity is checked on ranges. Only
+records up to ``log.synced_seq`` are shipped: a shard never holds a record
+the LOG could still lose in a crash.
 
 Every (re)connection starts with a *hello*: an empty batch ``(0, 0]``. The
 shard answers with its durable position ``D`` for the stream, and shipping
@@ -43,8 +44,8 @@ seq ``<= E``. Hence a batch whose ``through_seq >= E`` may claim
 there is nothing to send, a batch without records carries the newest claim
 every ``heartbeat_interval_s``: ``(P, P]`` at the current position P, or
 the range read since that held none of the shard's records. It is the
-heartbeat that moves an idle shard's frontier. A stable stamp is never a clock reading:
-it never moves a clock (logstore.hlc, channel 3).
+heartbeat that moves an idle shard's frontier. A stable stamp is never a
+clock reading: it never moves a clock (logstore.hlc, channel 3).
 
 Clocks: each batch's ``sent_stamp`` is ``clock.now()``; each ack's
 ``shard_stamp`` updates the proxy clock (refusals are counted and logged,

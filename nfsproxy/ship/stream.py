@@ -50,12 +50,12 @@ class ShipperOptions:
     # -55% for 4 KiB FILE_SYNC writes, whose throughput rose 5-20%.
     small_batch_records: int = 1024
     linger_s: float = 0.05
+    sample_interval_s: float = 0.1
     # A range that holds none of the shard's records is not sent on its own:
     # it waits for the shard's next record or for the heartbeat, whichever
     # comes first. With N shards, most ranges hold nothing for most of
     # them, and each batch costs the shard a synced write and both sides a
     # gRPC message.
-    sample_interval_s: float = 0.1
     heartbeat_interval_s: float = 0.2
     poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
     hello_timeout_s: float = 10.0
