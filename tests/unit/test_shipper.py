@@ -260,6 +260,14 @@ def shipper_for(shard_address: str, log: Log, proxy: Proxy, *, shard_id: int = 0
                    stable_stamp=proxy.stable_stamp, options=options)
 
 
+async def stop_all(shippers: list[Shipper], shards: list[FakeShard]) -> None:
+    """Stop the shippers, then the shards they ship to."""
+    for shipper in shippers:
+        await shipper.stop()
+    for shard in shards:
+        await shard.stop()
+
+
 def caught_up(shard: FakeShard, log: Log, clock: HLC) -> Callable[[], bool]:
     return lambda: shard.state_of(log, clock).durable_seq == log.last_seq
 
@@ -371,10 +379,7 @@ async def test_every_record_reaches_exactly_its_shard(log: Log, clock: HLC, prox
             assert state.gaps_total == 0 and state.rewinds_total == 0
         assert shards[0].state_of(log, clock).newest == newest
     finally:
-        for shipper in shippers:
-            await shipper.stop()
-        for shard in shards:
-            await shard.stop()
+        await stop_all(shippers, shards)
 
 
 @run_async
@@ -532,10 +537,7 @@ async def test_a_shard_that_none_of_the_records_belong_to_gets_heartbeats_only(
         newest = Stamp.from_bytes(parse_record(log_payloads(log)[log.last_seq]).stamp)
         await eventually(lambda: idle_shard.state_of(log, clock).frontier > newest)
     finally:
-        for shipper in shippers:
-            await shipper.stop()
-        for shard in shards:
-            await shard.stop()
+        await stop_all(shippers, shards)
 
 
 @run_async
@@ -850,10 +852,7 @@ async def test_frames_are_routed_by_their_header_without_parsing(log: Log, clock
         assert all(stamps[seq] == record.stamp for seq, record in routed.items())
         assert all(stamps[seq] == NO_STAMP for seq in bare)
     finally:
-        for shipper in shippers:
-            await shipper.stop()
-        for shard in shards:
-            await shard.stop()
+        await stop_all(shippers, shards)
 
 
 @run_async
