@@ -6,9 +6,10 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
 
 * One ``Ingest`` call carries one stream, named by its first message.
   Every ``IngestBatch`` gets exactly one ``IngestAck``, in order, sent once
-  the batch is durable (fsynced) or refused. Batches of a call are applied one
-  at a time, in order; the blocking RocksDB write runs in a thread so the event
-  loop keeps serving other streams, Status and health.
+  the batch is durable (a synced WAL write, or a flush for a large group:
+  ``ShardStore``) or refused. Batches of a call are applied one at a time,
+  in order; the blocking RocksDB write runs in a thread so the event loop
+  keeps serving other streams, Status and health.
 * The first message may be a *hello*: an empty batch (``after_seq ==
   through_seq``, no records). It is not applied; its ack tells the shipper the
   durable position to resume from, whatever position the hello names.

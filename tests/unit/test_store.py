@@ -290,10 +290,11 @@ _WRITER = textwrap.dedent("""
     from recoveryd.store import ShardStore
 
     store = ShardStore(sys.argv[1], 9)
-    data = b"d" * int(sys.argv[2])
+    sizes = [int(n) for n in sys.argv[2].split(",")]  # data bytes per record, batch by batch
     key = StreamKey(4, "L")
     seq = store.stream_state(key).durable_seq
     while True:
+        data = b"d" * sizes[seq // 16 % len(sizes)]
         records = [ShippedRecord(seq=seq + j, record=Record(
             stamp=Stamp(1_700_000_000_000_000_000 + seq + j, 0, 4).to_bytes(), op=Op.WRITE,
             fh=b"F%d" % ((seq + j) % 5), data=data).SerializeToString()) for j in range(1, 17)]
@@ -304,18 +305,20 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-# 16 records of 64 KiB a batch, 100 batches a round: 100 MiB, past the WAL
-# size at which RocksDB flushes and starts writing its WAL files over again.
-@pytest.mark.parametrize("data_bytes, batches", [(4096, (5, 40)), (64 << 10, (100, 110))],
-                         ids=["small", "past-recycled-wal-files"])
-def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: int,
+# 16 records a batch. Of 4 KiB: every batch goes through the WAL. Of 64 KiB
+# (1 MiB a batch): every batch is flushed without the WAL, 100 MiB a round.
+# Alternating: WAL writes land between flushed ones.
+@pytest.mark.parametrize("data_bytes, batches", [("4096", (5, 40)), ("65536", (100, 110)),
+                                                 ("65536,4096,1,70000", (20, 60))],
+                         ids=["small", "flushed", "wal-and-flushed"])
+def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: str,
                                                    batches: tuple[int, int]) -> None:
     path = tmp_path / "shard"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     rng = random.Random(3)
     acked = 0
-    for round_ in range(4 if data_bytes < 65536 else 2):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(data_bytes)],
+    for round_ in range(4 if data_bytes == "4096" else 3):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), data_bytes],
                                 stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         try:
             for _ in range(rng.randint(*batches)):
@@ -344,14 +347,34 @@ def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: i
 
 def test_a_store_keeps_its_writes_out_of_the_page_cache(tmp_path: Path) -> None:
     """Flushes and compactions bypass the page cache where the file system
-    allows it, and WAL files are written over again (``store_options``), as
-    RocksDB itself recorded the options it opened with."""
+    allows it, and flushes are atomic across column families
+    (``store_options``), as RocksDB itself recorded the options it opened with."""
     with ShardStore(tmp_path / "shard", 3) as s:
         s.ingest(STREAM, batch(0, 1, [(1, write_record(1, b"A"))]))
     options = max((tmp_path / "shard").glob("OPTIONS-*")).read_text()
     assert supports_direct_io(tmp_path / "shard")
     assert "use_direct_io_for_flush_and_compaction=true" in options
-    assert "recycle_log_file_num=4" in options
+    assert "atomic_flush=true" in options
+
+
+def test_large_batches_are_written_once_not_through_the_wal_too(tmp_path: Path) -> None:
+    """Batches of a MiB or more of records are flushed to table files instead
+    of being written to the WAL and again at flush; small ones keep the WAL."""
+    path = tmp_path / "shard"
+    big = b"b" * (128 << 10)
+    with ShardStore(path, 3) as s:
+        seq = 0
+        for _ in range(16):  # 16 batches of 8 records of 128 KiB: 16 MiB
+            recs = [(seq + j, write_record(seq + j, b"F", data=big)) for j in range(1, 9)]
+            s.ingest(STREAM, batch(seq, seq + 8, recs))
+            seq += 8
+        wal = sum(f.stat().st_size for f in path.glob("*.log"))
+        assert wal < 1 << 20, f"{wal} bytes in the WAL after 16 MiB of large batches"
+        s.ingest(STREAM, batch(seq, seq + 1, [(seq + 1, write_record(seq + 1, b"F", data=b"s" * 4096))]))
+        assert sum(f.stat().st_size for f in path.glob("*.log")) > wal + 4096
+        assert s.stream_state(STREAM).durable_seq == seq + 1
+    with ShardStore(path, 3) as s:
+        assert [len(r.data) for r in s.file_records(b"F")] == [len(big)] * seq + [4096]
 
 
 @pytest.fixture
