@@ -47,11 +47,11 @@ it describes (the invariant ``recoveryd.frontier`` relies on). A small batch
 goes through the WAL with sync; one of ``UNLOGGED_WRITE_BYTES`` or more skips
 the WAL and every column family is flushed at once (``_write_group``). A
 record that arrives twice (its ``r/`` key already exists, or it repeats within
-a batch) is neither rewritten nor counted again: resends after a lost ack are harmless. A record under a
-stamp already held with *different* bytes is refused with its whole batch
-and counted (``conflicts_total``): the first write must not silently hide
-the second. A record whose stamp's node id is not its stream's is refused:
-a proxy stamps only with its own node id.
+a batch) is neither rewritten nor counted again: resends after a lost ack are
+harmless. A record under a stamp already held with *different* bytes is
+refused with its whole batch and counted (``conflicts_total``): the first
+write must not silently hide the second. A record whose stamp's node id is
+not its stream's is refused: a proxy stamps only with its own node id.
 
 Range reads follow the Restore API's convention (``ScanRequest``): stamps
 strictly above ``lo`` and at or below ``hi``; ``None`` means unbounded.
