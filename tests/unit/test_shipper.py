@@ -947,3 +947,34 @@ def test_the_native_walk_cuts_the_same_batches_as_the_python_one(tmp_path: Path,
                                               options=options), budgets))
         assert native == python
         assert all(r[-1].through_seq == log.last_seq for r in native)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_native_walk_matches_across_reads_of_many_mib(tmp_path: Path, seed: int,
+                                                          monkeypatch) -> None:
+    """The native walk reads a segment 4 MiB at a time: batches that span
+    several reads, and records larger than one read, come out as the Python
+    walk cuts them, frame for frame."""
+    rng = random.Random(seed)
+    clock = HLC(7)
+    with Log.open(tmp_path / "log") as log:
+        for _ in range(40):
+            record = make_record(rng, clock, data_bytes=rng.choice([50, 700 << 10, 3 << 20, 6 << 20]),
+                                 op=Op.WRITE)
+            data, record.data = record.data, b""
+            log.append(b"".join(record_parts(record, data)), **frame_fields(record))
+        log.sync()
+        budgets = [rng.choice([1 << 20, 5 << 20, 9 << 20, 20 << 20]) for _ in range(100)]
+        for shard_id in (0, 1):
+            walks = []
+            for native in (True, False):
+                with monkeypatch.context() as m:
+                    if not native:
+                        m.setattr(Shipper, "_select", lambda self, batch, limit: False)
+                    walks.append(_ranges(Shipper("127.0.0.1:1", shard_id=shard_id, n_shards=2,
+                                                 log=log, clock=clock,
+                                                 stable_stamp=lambda: Stamp.ZERO, options=FAST),
+                                         budgets))
+            assert walks[0] == walks[1]
+            assert walks[0][-1].through_seq == log.last_seq
+            assert any(len(r.frames) > 4 << 20 for r in walks[0])

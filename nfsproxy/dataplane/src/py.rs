@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::hlc::{Hlc, HlcError, HlcOptions};
 use crate::log::segment::BadFrame;
-use crate::log::select::{select, Selection, Stop, Want};
+use crate::log::select::{select, Stop, Want};
 use crate::log::{Durability, GroupCommitter, Log, LogError, LogOptions, RouteKind, Routing};
 use crate::stamp::Stamp;
 
@@ -501,6 +501,7 @@ fn select_shard_frames(
     allow_oversize: bool,
 ) -> PyResult<SelectedFrames> {
     let want = Want { from_seq, limit_seq, shard_id, n_shards, budget, max_records, allow_oversize };
+    // Same thread before and after `detach`: the frames picked still lie in its READ_BUFFER.
     let got = py.detach(|| select_from_file(fd, offset, end, expect_seq, want));
     let got = got.map_err(|e| match e {
         Ok(bad) => NativeLogCorruptError::new_err((path.to_string_lossy().into_owned(), bad.offset, bad.reason, bad.discontinuity)),
@@ -512,8 +513,17 @@ fn select_shard_frames(
         _ => ("done", 0),
     };
     let newest = if got.newest == [0; 16] { &[][..] } else { &got.newest[..] };
+    let len = got.gathered.as_ref().map_or(0, Vec::len) + got.spans.iter().map(|r| r.len()).sum::<usize>();
+    let frames = bytes_filled(py, len, |out| {
+        READ_BUFFER.with_borrow(|buffer| join_frames(out, got.gathered.as_ref(), buffer, &got.spans));
+    })?;
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        if buffer.len() as u64 > 2 * SELECT_READ_BYTES {
+            *buffer = Vec::new(); // a huge frame was read: do not keep its buffer
+        }
+    });
     Ok((
-        PyBytes::new(py, &got.frames).unbind(),
+        frames.unbind(),
         got.records,
         got.nbytes,
         got.offset,
@@ -525,8 +535,57 @@ fn select_shard_frames(
     ))
 }
 
+thread_local! {
+    /// Where `select_from_file` reads a segment: kept, so that the bytes are
+    /// not zeroed again for every batch, and so the frames it picked are
+    /// copied once, straight into the batch's bytes.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A bytes object of `len` bytes that `fill` writes, in memory not zeroed
+/// first. Allocated before `fill` runs, so a collection the allocation
+/// triggers never runs while `fill` holds a borrow.
+fn bytes_filled<'py>(py: Python<'py>, len: usize, fill: impl FnOnce(&mut [u8])) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) makes a bytes object whose
+    // n bytes its maker must fill before anyone else sees it. `fill` gets
+    // them as one slice and must write all of it (`join_frames` asserts
+    // so); if it panics, the object is dropped unseen.
+    unsafe {
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let data = pyo3::ffi::PyBytes_AsString(ptr) as *mut u8;
+        fill(std::slice::from_raw_parts_mut(data, len));
+        Ok(bytes)
+    }
+}
+
+/// `gathered` and then `spans` of `buffer`, back to back, into `out` (their exact length).
+fn join_frames(out: &mut [u8], gathered: Option<&Vec<u8>>, buffer: &[u8], spans: &[std::ops::Range<usize>]) {
+    let mut at = 0;
+    for part in gathered.map(Vec::as_slice).into_iter().chain(spans.iter().map(|r| &buffer[r.clone()])) {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    assert_eq!(at, out.len(), "the frames picked fill the batch exactly");
+}
+
+/// What `select_from_file` found: the position and counts, and the frames,
+/// in `gathered` (copied out of earlier reads) and then at `spans` of this
+/// thread's READ_BUFFER.
+struct FileSelection {
+    spans: Vec<std::ops::Range<usize>>,
+    gathered: Option<Vec<u8>>,
+    records: u32,
+    nbytes: u64,
+    offset: u64,
+    next_seq: u64,
+    through_seq: u64,
+    newest: [u8; 16],
+    stop: Stop,
+}
+
 /// `log::select` over a file, a few MiB at a time; Err(Ok) for damage.
-fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: Want) -> Result<Selection, Result<BadFrame, std::io::Error>> {
+fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: Want) -> Result<FileSelection, Result<BadFrame, std::io::Error>> {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::FromRawFd;
     if fd < 0 {
@@ -534,47 +593,57 @@ fn select_from_file(fd: i32, offset: u64, end: u64, expect_seq: u64, mut want: W
     }
     // Borrowed: the caller's reader owns the descriptor and closes it.
     let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    let mut total = Selection { frames: Vec::new(), records: 0, nbytes: 0, offset, next_seq: expect_seq, through_seq: 0, newest: [0; 16], stop: Stop::Done };
+    let mut total = FileSelection { spans: Vec::new(), gathered: None, records: 0, nbytes: 0, offset, next_seq: expect_seq, through_seq: 0, newest: [0; 16], stop: Stop::Done };
     let mut need = 0u64;
-    while total.offset < end {
-        let len = (end - total.offset).min(SELECT_READ_BYTES.max(need));
-        let mut data = vec![0u8; len as usize];
-        file.read_exact_at(&mut data, total.offset).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Ok(BadFrame {
-                offset: total.offset,
-                reason: format!("file ends before the end of data this LOG wrote ({end})"),
-                discontinuity: false,
-            }),
-            _ => Err(e),
-        })?;
-        let at_end = total.offset + len == end;
-        let step = select(&data, total.offset, at_end, total.next_seq, &want);
-        let before = total.offset;
-        if total.frames.is_empty() {
-            total.frames = step.frames; // the usual single step: no second copy
-        } else {
-            total.frames.extend_from_slice(&step.frames);
-        }
-        total.records += step.records;
-        total.nbytes += step.nbytes;
-        total.offset = step.offset;
-        total.next_seq = step.next_seq;
-        total.through_seq = total.through_seq.max(step.through_seq);
-        total.newest = total.newest.max(step.newest);
-        want.budget = want.budget.saturating_sub(step.nbytes);
-        want.max_records = want.max_records.saturating_sub(step.records);
-        want.allow_oversize &= total.records == 0;
-        match step.stop {
-            Stop::Bad(bad) => return Err(Ok(bad)),
-            Stop::Partial(more) => need = if step.offset == before { more } else { 0 },
-            Stop::Done if at_end || want.max_records == 0 || total.next_seq > want.limit_seq => return Ok(total),
-            Stop::Done => need = 0,
-            stop => {
-                total.stop = stop;
-                return Ok(total);
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        while total.offset < end {
+            let len = (end - total.offset).min(SELECT_READ_BYTES.max(need)) as usize;
+            if !total.spans.is_empty() {
+                // The usual batch takes one read; a longer one moves what the
+                // last read picked out of the buffer before it is read over.
+                let gathered = total.gathered.get_or_insert_with(Vec::new);
+                for r in total.spans.drain(..) {
+                    gathered.extend_from_slice(&buffer[r]);
+                }
+            }
+            if buffer.len() < len {
+                buffer.resize(len, 0);
+            }
+            let data = &mut buffer[..len];
+            file.read_exact_at(data, total.offset).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Ok(BadFrame {
+                    offset: total.offset,
+                    reason: format!("file ends before the end of data this LOG wrote ({end})"),
+                    discontinuity: false,
+                }),
+                _ => Err(e),
+            })?;
+            let at_end = total.offset + len as u64 == end;
+            let step = select(data, total.offset, at_end, total.next_seq, &want);
+            let before = total.offset;
+            total.spans = step.spans;
+            total.records += step.records;
+            total.nbytes += step.nbytes;
+            total.offset = step.offset;
+            total.next_seq = step.next_seq;
+            total.through_seq = total.through_seq.max(step.through_seq);
+            total.newest = total.newest.max(step.newest);
+            want.budget = want.budget.saturating_sub(step.nbytes);
+            want.max_records = want.max_records.saturating_sub(step.records);
+            want.allow_oversize &= total.records == 0;
+            match step.stop {
+                Stop::Bad(bad) => return Err(Ok(bad)),
+                Stop::Partial(more) => need = if step.offset == before { more } else { 0 },
+                Stop::Done if at_end || want.max_records == 0 || total.next_seq > want.limit_seq => return Ok(()),
+                Stop::Done => need = 0,
+                stop => {
+                    total.stop = stop;
+                    return Ok(());
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(total)
 }
 

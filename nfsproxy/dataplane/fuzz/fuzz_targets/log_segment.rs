@@ -52,6 +52,9 @@ fn walk(image: &[u8], base_seq: u64, s: &_dataplane::log::segment::Scan) {
     };
     let sel = select(&image[start..], start as u64, true, base_seq, &want);
     assert!(sel.offset <= s.valid_end && sel.records as u64 <= s.records);
+    // The ranges hold exactly the frames selected, headers and payloads.
+    let header = _dataplane::log::frame::header_bytes(2) as u64;
+    assert_eq!(sel.frames(&image[start..]).len() as u64, sel.nbytes + sel.records as u64 * header);
     match &sel.stop {
         Stop::Done => assert_eq!((sel.offset, sel.records as u64, s.bad.is_none()), (s.valid_end, s.records, true)),
         Stop::Bad(bad) => assert_eq!((sel.offset, Some(bad.offset)), (s.valid_end, s.bad.as_ref().map(|b| b.offset))),

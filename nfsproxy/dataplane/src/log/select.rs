@@ -1,7 +1,8 @@
 //! One shard's frames out of a region of a LOG segment, for its shipper
 //! (nfsproxy/ship/shipper.py): every frame validated as a reader validates
-//! it, routed by its header alone, and the shard's ones copied back to back
-//! as an ingest batch carries them (logstore/shipped.py).
+//! it, routed by its header alone, and the shard's ones named as byte
+//! ranges of the region, so the caller copies them once, back to back as an
+//! ingest batch carries them (logstore/shipped.py).
 //!
 //! How to call it: `select(&data, offset, at_end, expect_seq, &want)` walks
 //! `data`, the bytes of a segment from `offset` on, and says how far it got
@@ -10,6 +11,8 @@
 //! A frame without routing fields (no stamp, or route kind Unknown) stops
 //! the walk before it: only a parse of the record can route it, and the
 //! shipper does that in Python, one frame, then calls again.
+
+use std::ops::Range;
 
 use super::frame::{header_bytes, RouteKind};
 use super::segment::{next_frame, BadFrame};
@@ -51,8 +54,9 @@ pub enum Stop {
 /// How far a walk got: the frames selected and the position after them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
-    /// The shard's frames, header and payload, back to back.
-    pub frames: Vec<u8>,
+    /// Where the shard's frames, header and payload, lie in the `data`
+    /// walked; adjacent frames are one range.
+    pub spans: Vec<Range<usize>>,
     pub records: u32,
     /// Payload bytes of the selected frames.
     pub nbytes: u64,
@@ -67,6 +71,17 @@ pub struct Selection {
     pub stop: Stop,
 }
 
+impl Selection {
+    /// The selected frames of `data` (the bytes walked), back to back.
+    pub fn frames(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.spans.iter().map(|r| r.len()).sum());
+        for r in &self.spans {
+            out.extend_from_slice(&data[r.clone()]);
+        }
+        out
+    }
+}
+
 const NO_STAMP: [u8; 16] = [0; 16];
 
 /// Walk the version 2 frames in `data` (segment bytes from `offset`);
@@ -75,7 +90,7 @@ const NO_STAMP: [u8; 16] = [0; 16];
 pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Want) -> Selection {
     let size = header_bytes(2);
     let mut out = Selection {
-        frames: Vec::new(),
+        spans: Vec::new(),
         records: 0,
         nbytes: 0,
         offset,
@@ -123,7 +138,10 @@ pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Wa
                     out.stop = Stop::Budget(len);
                     return out;
                 }
-                out.frames.extend_from_slice(&data[pos..end]);
+                match out.spans.last_mut() {
+                    Some(last) if last.end == pos => last.end = end,
+                    _ => out.spans.push(pos..end),
+                }
                 out.records += 1;
                 out.nbytes += len;
             }
@@ -188,11 +206,12 @@ mod tests {
     fn each_shard_gets_its_frames_and_every_shard_the_common_ones() {
         let (data, frames) = region();
         let even = select(&data, 16, true, 1, &want(0));
-        assert_eq!(even.frames, [&frames[0][..], &frames[2], &frames[3]].concat());
+        assert_eq!(even.frames(&data), [&frames[0][..], &frames[2], &frames[3]].concat());
+        assert_eq!(even.spans.len(), 2, "frames 3 and 4 lie side by side: one range");
         assert_eq!((even.records, even.nbytes, even.through_seq, even.next_seq), (3, 17, 4, 5));
         assert_eq!((even.offset, even.newest, even.stop), (16 + data.len() as u64, [4; 16], Stop::Done));
         let odd = select(&data, 16, true, 1, &want(1));
-        assert_eq!(odd.frames, [&frames[1][..], &frames[2]].concat());
+        assert_eq!(odd.frames(&data), [&frames[1][..], &frames[2]].concat());
         assert_eq!((odd.through_seq, odd.newest), (4, [4; 16]));
     }
 
@@ -201,7 +220,7 @@ mod tests {
         let (data, frames) = region();
         let small = Want { budget: 5, ..want(0) };
         let got = select(&data, 0, true, 1, &small);
-        assert_eq!((got.frames, got.stop), (frames[0].clone(), Stop::Budget(3)));
+        assert_eq!((got.frames(&data), got.stop), (frames[0].clone(), Stop::Budget(3)));
         assert_eq!((got.through_seq, got.next_seq, got.offset), (2, 3, (frames[0].len() + frames[1].len()) as u64));
         let first = select(&data, 0, true, 1, &Want { budget: 1, allow_oversize: true, ..want(0) });
         assert_eq!((first.records, first.stop), (1, Stop::Budget(3)));
@@ -211,7 +230,7 @@ mod tests {
     fn limits_and_index_points_are_kept() {
         let (data, frames) = region();
         let got = select(&data, 0, true, 1, &Want { from_seq: 2, limit_seq: 3, ..want(0) });
-        assert_eq!(got.frames, frames[2]); // seq 1 passed over, seq 4 past the limit
+        assert_eq!(got.frames(&data), frames[2]); // seq 1 passed over, seq 4 past the limit
         assert_eq!((got.through_seq, got.next_seq, got.stop), (3, 4, Stop::Done));
         let few = select(&data, 0, true, 1, &Want { max_records: 1, ..want(0) });
         assert_eq!((few.records, few.next_seq), (1, 2));
