@@ -293,23 +293,28 @@ _WRITER = textwrap.dedent("""
     sizes = [int(n) for n in sys.argv[2].split(",")]  # data bytes per record, batch by batch
     key = StreamKey(4, "L")
     seq = store.stream_state(key).durable_seq
+    def batch(after):
+        data = b"d" * sizes[after // 16 % len(sizes)]
+        records = [ShippedRecord(seq=after + j, record=Record(
+            stamp=Stamp(1_700_000_000_000_000_000 + after + j, 0, 4).to_bytes(), op=Op.WRITE,
+            fh=b"F%d" % ((after + j) % 5), data=data).SerializeToString()) for j in range(1, 17)]
+        return IngestBatch(stream=StreamId(node_id=4, log_id="L"), after_seq=after,
+                           through_seq=after + 16, records=records)
+
     while True:
-        data = b"d" * sizes[seq // 16 % len(sizes)]
-        records = [ShippedRecord(seq=seq + j, record=Record(
-            stamp=Stamp(1_700_000_000_000_000_000 + seq + j, 0, 4).to_bytes(), op=Op.WRITE,
-            fh=b"F%d" % ((seq + j) % 5), data=data).SerializeToString()) for j in range(1, 17)]
-        state = store.ingest(key, IngestBatch(stream=StreamId(node_id=4, log_id="L"), after_seq=seq,
-                             through_seq=seq + 16, records=records))
+        # Two batches a group, as a shard that is behind writes them.
+        *_, state = store.ingest_many(key, [batch(seq), batch(seq + 16)])
         seq = state.durable_seq
         print(seq, flush=True)  # acknowledged: durable
 """)
 
 
-# 16 records a batch. Of 4 KiB: every batch goes through the WAL. Of 64 KiB
-# (1 MiB a batch): every batch is flushed without the WAL, 100 MiB a round.
-# Alternating: WAL writes land between flushed ones.
-@pytest.mark.parametrize("data_bytes, batches", [("4096", (5, 40)), ("65536", (100, 110)),
-                                                 ("65536,4096,1,70000", (20, 60))],
+# 16 records a batch, two batches a write. Of 4 KiB: every write goes through
+# the WAL. Of 64 KiB (2 MiB a write): every write is flushed without the WAL,
+# 100 MiB a round. Alternating 2 MiB and 64 KiB writes: WAL writes land
+# between flushed ones.
+@pytest.mark.parametrize("data_bytes, batches", [("4096", (3, 20)), ("65536", (50, 55)),
+                                                 ("65536,65536,4096,1", (10, 30))],
                          ids=["small", "flushed", "wal-and-flushed"])
 def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: str,
                                                    batches: tuple[int, int]) -> None:
@@ -317,7 +322,7 @@ def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: s
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     rng = random.Random(3)
     acked = 0
-    for round_ in range(4 if data_bytes == "4096" else 3):
+    for round_ in range(4 if data_bytes == "4096" else 6):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), data_bytes],
                                 stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         try:
@@ -360,21 +365,35 @@ def test_a_store_keeps_its_writes_out_of_the_page_cache(tmp_path: Path) -> None:
     assert "level0_file_num_compaction_trigger=16" in options
 
 
-def test_large_batches_are_written_once_not_through_the_wal_too(tmp_path: Path) -> None:
-    """Batches of a MiB or more of records are flushed to table files instead
-    of being written to the WAL and again at flush; small ones keep the WAL."""
+def test_a_shard_behind_writes_large_groups_once_not_through_the_wal_too(tmp_path: Path) -> None:
+    """Groups of several batches (a shard that is behind) holding a MiB or
+    more of records are flushed to table files instead of being written to
+    the WAL and again at flush; a single batch, however large, and small
+    groups keep the WAL."""
     path = tmp_path / "shard"
     big = b"b" * (128 << 10)
-    with ShardStore(path, 3) as s:
-        seq = 0
-        for _ in range(16):  # 16 batches of 8 records of 128 KiB: 16 MiB
+    seq = 0
+
+    def large(s: ShardStore, batches: int) -> None:
+        nonlocal seq
+        group = []
+        for _ in range(batches):  # 8 records of 128 KiB a batch: 1 MiB
             recs = [(seq + j, write_record(seq + j, b"F", data=big)) for j in range(1, 9)]
-            s.ingest(STREAM, batch(seq, seq + 8, recs))
+            group.append(batch(seq, seq + 8, recs))
             seq += 8
-        wal = sum(f.stat().st_size for f in path.glob("*.log"))
-        assert wal < 1 << 20, f"{wal} bytes in the WAL after 16 MiB of large batches"
+        assert not any(isinstance(o, BatchRefused) for o in s.ingest_many(STREAM, group))
+
+    def wal_bytes() -> int:
+        return sum(f.stat().st_size for f in path.glob("*.log"))
+
+    with ShardStore(path, 3) as s:
+        for _ in range(8):  # groups of 2 batches: 16 MiB
+            large(s, 2)
+        assert wal_bytes() < 1 << 20, f"{wal_bytes()} bytes in the WAL after 16 MiB of large groups"
+        before = wal_bytes()
+        large(s, 1)  # one batch: the shard keeps up
+        assert wal_bytes() > before + (1 << 20)
         s.ingest(STREAM, batch(seq, seq + 1, [(seq + 1, write_record(seq + 1, b"F", data=b"s" * 4096))]))
-        assert sum(f.stat().st_size for f in path.glob("*.log")) > wal + 4096
         assert s.stream_state(STREAM).durable_seq == seq + 1
     with ShardStore(path, 3) as s:
         assert [len(r.data) for r in s.file_records(b"F")] == [len(big)] * seq + [4096]
