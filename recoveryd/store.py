@@ -235,11 +235,11 @@ def _through(prefix: bytes, hi: Stamp | None) -> bytes:
 # (the index's memtable fills far slower than the records').
 _MAX_WAL_BYTES = 64 << 20
 #: An ingest write of at least this many bytes of records, of a shard that is
-#: behind, skips the WAL and is flushed instead (``ShardStore._write_group``). RocksDB's WAL costs a copy
-#: and a CRC32C per byte (in software: rocksdict's build has no SSE4.2 path),
-#: and every byte is written again at flush anyway; a flush costs about
-#: 0.6 ms of CPU whatever its size, against 0.04 ms for a small synced WAL
-#: write, so small writes keep the WAL.
+#: behind, skips the WAL and is flushed instead (``ShardStore._write_group``).
+#: RocksDB's WAL costs a copy and a CRC32C per byte (in software: rocksdict's
+#: build has no SSE4.2 path), and every byte is written again at flush anyway;
+#: a flush costs about 0.6 ms of CPU whatever its size, against 0.04 ms for a
+#: small synced WAL write, so small writes keep the WAL.
 UNLOGGED_WRITE_BYTES = 1 << 20
 # Each unlogged write leaves a small table file of index entries in L0 of the
 # default column family, and every L0 compaction there rewrote the whole
@@ -266,12 +266,12 @@ def store_options(path: str | os.PathLike[str]) -> Options:
     page cache as before.
 
     Large ingest writes of a shard that is behind skip the WAL and are
-    flushed at once (``UNLOGGED_WRITE_BYTES``). Flushes are atomic across the column
-    families, as RocksDB asks when some writes have no WAL: no flush, the
-    store's or one RocksDB starts itself (a full memtable), may make a
-    stream's state durable without the records it counts. RocksDB refuses
-    writes without the WAL when it recycles WAL files, so it does not
-    recycle them.
+    flushed at once (``UNLOGGED_WRITE_BYTES``). Flushes are atomic across
+    the column families, as RocksDB asks when some writes have no WAL: no
+    flush, the store's or one RocksDB starts itself (a full memtable), may
+    make a stream's state durable without the records it counts. RocksDB
+    refuses writes without the WAL when it recycles WAL files, so it does
+    not recycle them.
     """
     options = Options(raw_mode=True)
     options.create_if_missing(True)
@@ -355,7 +355,8 @@ class ShardStore:
         self._unlogged_opts.disable_wal = True
         self._flush_opts = CompactOptions()
         self._flush_opts.set_exclusive_manual_compaction(False)  # RocksDB's own compactions go on
-        self._failure: str | None = None  # a failed flush: RocksDB holds what it may not have made durable
+        # Set by a failed flush: RocksDB may hold records it did not make durable.
+        self._failure: str | None = None
         try:
             self._open_meta()
             self._streams: dict[StreamKey, StreamInfo] = self._load_streams()
