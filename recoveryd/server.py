@@ -6,8 +6,8 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
 
 * One ``Ingest`` call carries one stream, named by its first message.
   Every ``IngestBatch`` gets exactly one ``IngestAck``, in order, sent once
-  the batch is durable (a synced WAL write, or a flush for a large group:
-  ``ShardStore``) or refused. Batches of a call are applied one at a time,
+  the batch is durable (a synced WAL write, or, for a large group of a shard
+  that is behind, a flush: ``ShardStore``) or refused. Batches of a call are applied one at a time,
   in order; the blocking RocksDB write runs in a thread so the event loop
   keeps serving other streams, Status and health.
 * The first message may be a *hello*: an empty batch (``after_seq ==
