@@ -7,7 +7,11 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
 * One ``Ingest`` call carries one stream, named by its first message.
   Every ``IngestBatch`` gets exactly one ``IngestAck``, in order, sent once
   the batch is durable (a synced WAL write, or, for a large group of a shard
-  that is behind, a flush: ``ShardStore``) or refused. Batches of a call are applied one at a time,
+  that is behind, a flush: ``ShardStore``) or refused. A batch whose shipper
+  sets ``defer_durable`` is acked once it is held and readable
+  (``applied_seq``); a flush at most ``DEFERRED_FLUSH_S`` later makes it
+  durable, and every ack, heartbeats' too, says how far that has come
+  (``durable_seq``). Batches of a call are applied one at a time,
   in order; the blocking RocksDB write runs in a thread so the event loop
   keeps serving other streams, Status and health.
 * The first message may be a *hello*: an empty batch (``after_seq ==
@@ -46,6 +50,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -60,7 +65,8 @@ from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, Retir
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer, add_restore_service
 from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
-from .store import RetireRefused, ShardStore, shipped_size, stream_id, stream_key, stream_status
+from .store import (DEFERRED_FLUSH_S, RetireRefused, ShardStore, shipped_size, stream_id, stream_key,
+                    stream_status)
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
            "JOURNAL_SERVICE", "MAX_MESSAGE_BYTES", "MAX_INGEST_MESSAGE_BYTES", "READ_AHEAD_BYTES",
@@ -320,7 +326,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
                 acks[i] = self._ack(key, self._store.stream_state(key), f"refused: sent_stamp: {e}")
                 continue
             accepted.append(i)
-        outcomes = self._store.ingest_many(key, [group[i] for i in accepted]) if accepted else []
+        defer = all(group[i].batch.defer_durable for i in accepted)
+        outcomes = (self._store.ingest_many(key, [group[i] for i in accepted], defer=defer)
+                    if accepted else [])
         for i, outcome in zip(accepted, outcomes):
             batch = group[i].batch
             if isinstance(outcome, BatchRefused):
@@ -355,7 +363,8 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         return self._ack(key, state)
 
     def _ack(self, key: StreamKey, state: StreamState, error: str = "") -> IngestAck:
-        return IngestAck(stream=stream_id(key), durable_seq=state.durable_seq,
+        durable = min(state.durable_seq, self._store.durable_seq(key))
+        return IngestAck(stream=stream_id(key), durable_seq=durable, applied_seq=state.durable_seq,
                          frontier=state.frontier.to_bytes(), shard_stamp=self._hlc.now().to_bytes(),
                          error=error, shard_id=self._store.shard_id, reads_frames=True)
 
@@ -419,7 +428,7 @@ class JournalServer:
 
     def __init__(self, server: grpc.aio.Server, servicer: JournalServicer,
                  health_servicer: health.aio.HealthServicer, port: int,
-                 executor: concurrent.futures.ThreadPoolExecutor, clock_task: asyncio.Task,
+                 executor: concurrent.futures.ThreadPoolExecutor, tasks: list[asyncio.Task],
                  restore_auth: RestoreAuth | None = None, security: str = "plaintext") -> None:
         self.server = server
         self.servicer = servicer
@@ -428,7 +437,7 @@ class JournalServer:
         self.restore_auth = restore_auth
         self.security = security  # one line: transport and who may restore
         self._executor = executor
-        self._clock_task = clock_task
+        self._tasks = tasks
         self._stopped = False
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -438,7 +447,8 @@ class JournalServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        self._clock_task.cancel()
+        for task in self._tasks:
+            task.cancel()
         await self.server.stop(grace_s)
         # A cancelled call's write may still be running in a thread; it must
         # finish before the store closes.
@@ -522,8 +532,9 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                        "consistent point back (give --member NODE_ID for each proxy, or "
                        "--ingest-tokens)")
     security = f"{(tls or TlsOptions()).describe(server=True)}, {auth.describe()}"
-    clock_task = asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical")
-    running = JournalServer(server, servicer, health_servicer, bound, executor, clock_task,
+    tasks = [asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical"),
+             asyncio.create_task(_flush_deferred(store, executor), name="flush-deferred")]
+    running = JournalServer(server, servicer, health_servicer, bound, executor, tasks,
                             auth if auth.enabled else None, security)
     running.restore_counters = restore.counters  # read by recoveryd.metrics
     running.ingest_security = ingest_auth.describe()
@@ -546,6 +557,21 @@ def _add_journal_service(servicer: JournalServicer, server: grpc.aio.Server) -> 
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(JOURNAL_SERVICE, handlers),))
     server.add_registered_method_handlers(JOURNAL_SERVICE, handlers)
+
+
+async def _flush_deferred(store: ShardStore, executor: concurrent.futures.Executor) -> None:
+    # Deferred groups (IngestBatch.defer_durable) wait at most
+    # DEFERRED_FLUSH_S for a flush; then acks and heartbeats carry the new
+    # durable position, and the proxies may trim their LOGs.
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(DEFERRED_FLUSH_S / 5)
+        if store.flush_due(time.monotonic()):
+            try:
+                await loop.run_in_executor(executor, store.flush_deferred)
+            except Exception:  # the store refuses writes from now on and says why
+                logger.exception("shard %d: flushing deferred writes failed", store.shard_id)
+                return
 
 
 async def _watch_clock(hlc: HLC) -> None:

@@ -219,7 +219,7 @@ class ShippedRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., record: _Optional[bytes] = ..., stamp: _Optional[bytes] = ..., data_at: _Optional[int] = ...) -> None: ...
 
 class IngestBatch(_message.Message):
-    __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest", "frames")
+    __slots__ = ("stream", "after_seq", "through_seq", "records", "stable", "sent_stamp", "gap", "newest", "frames", "defer_durable")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class IngestBatch(_message.Message):
     GAP_FIELD_NUMBER: _ClassVar[int]
     NEWEST_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DEFER_DURABLE_FIELD_NUMBER: _ClassVar[int]
     stream: StreamId
     after_seq: int
     through_seq: int
@@ -238,10 +239,11 @@ class IngestBatch(_message.Message):
     gap: bool
     newest: bytes
     frames: bytes
-    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShippedRecord, _Mapping]]] = ..., stable: _Optional[bytes] = ..., sent_stamp: _Optional[bytes] = ..., gap: _Optional[bool] = ..., newest: _Optional[bytes] = ..., frames: _Optional[bytes] = ...) -> None: ...
+    defer_durable: bool
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShippedRecord, _Mapping]]] = ..., stable: _Optional[bytes] = ..., sent_stamp: _Optional[bytes] = ..., gap: _Optional[bool] = ..., newest: _Optional[bytes] = ..., frames: _Optional[bytes] = ..., defer_durable: _Optional[bool] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("stream", "durable_seq", "frontier", "shard_stamp", "error", "shard_id", "reads_frames")
+    __slots__ = ("stream", "durable_seq", "frontier", "shard_stamp", "error", "shard_id", "reads_frames", "applied_seq")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRONTIER_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,7 @@ class IngestAck(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     READS_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     stream: StreamId
     durable_seq: int
     frontier: bytes
@@ -256,7 +259,8 @@ class IngestAck(_message.Message):
     error: str
     shard_id: int
     reads_frames: bool
-    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ..., reads_frames: _Optional[bool] = ...) -> None: ...
+    applied_seq: int
+    def __init__(self, stream: _Optional[_Union[StreamId, _Mapping]] = ..., durable_seq: _Optional[int] = ..., frontier: _Optional[bytes] = ..., shard_stamp: _Optional[bytes] = ..., error: _Optional[str] = ..., shard_id: _Optional[int] = ..., reads_frames: _Optional[bool] = ..., applied_seq: _Optional[int] = ...) -> None: ...
 
 class StreamGap(_message.Message):
     __slots__ = ("after_seq", "through_seq", "through", "cause", "reason")

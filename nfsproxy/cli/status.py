@@ -112,10 +112,11 @@ def render(view: dict[str, Any]) -> str:
             f"proxy node {proxy.get('node_id')} LOG {proxy.get('log_id')}: last seq "
             f"{proxy.get('last_seq')}, synced {proxy.get('synced_seq')}, newest {proxy.get('newest')}"
             f"{extra} (status written {_seconds(proxy.get('age_seconds'))} ago)")
-        rows = [("SHIPPER", "CONNECTED", "ACKED", "FRONTIER", "LAG RECORDS", "LAG", "GAPS")]
+        rows = [("SHIPPER", "CONNECTED", "DURABLE", "HELD", "FRONTIER", "LAG RECORDS", "LAG", "GAPS")]
         for s in proxy.get("shards") or []:
             rows.append((str(s.get("address")), "yes" if s.get("connected") else "NO",
-                         str(s.get("acked_seq")), _frontier_text(s.get("frontier")),
+                         str(s.get("acked_seq")), str(s.get("applied_seq", "-")),
+                         _frontier_text(s.get("frontier")),
                          str(s.get("lag_records")), _seconds(s.get("lag_seconds")),
                          str(s.get("gaps_total"))))
         if len(rows) > 1:

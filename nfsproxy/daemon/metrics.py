@@ -130,7 +130,7 @@ class ProxyCollector(Collector):
                 ("nfsj_log_quota_bytes", "The LOG's disk quota (0: none)", quota),
                 ("nfsj_log_quota_used_ratio", "LOG size / quota (0 without a quota)",
                  log.size_bytes / quota if quota else 0.0),
-                ("nfsj_log_backlog_records", "Records in the LOG not yet acked by every shard", backlog),
+                ("nfsj_log_backlog_records", "Records in the LOG not yet durable on every shard", backlog),
                 ("nfsj_log_unsynced_records", "Records written but not yet fsynced", committer.unsynced_records),
                 ("nfsj_log_unsynced_bytes", "Bytes written but not yet fsynced", committer.unsynced_bytes),
                 ("nfsj_log_unsynced_age_seconds",
@@ -147,8 +147,13 @@ class ProxyCollector(Collector):
         gauges = {
             "connected": GaugeMetricFamily("nfsj_shipping_connected", "1 while the shard's stream is up",
                                            labels=["shard"]),
-            "lag_records": GaugeMetricFamily("nfsj_shipping_lag_records", "LOG records not yet acked by the shard",
+            "lag_records": GaugeMetricFamily("nfsj_shipping_lag_records",
+                                             "LOG records the shard has not made durable yet",
                                              labels=["shard"]),
+            "undurable": GaugeMetricFamily("nfsj_shipping_undurable_records",
+                                           "Records the shard holds but has not flushed yet (it does "
+                                           "within half a second; a crash before it: resent from the LOG)",
+                                           labels=["shard"]),
             "frontier_age": GaugeMetricFamily("nfsj_frontier_age_seconds",
                                               "Now minus the shard's frontier for this proxy (per-shard RPO)",
                                               labels=["shard"]),
@@ -174,6 +179,7 @@ class ProxyCollector(Collector):
             oldest = age if oldest is None else max(oldest, age)
             gauges["connected"].add_metric(label, 1 if st.connected else 0)
             gauges["lag_records"].add_metric(label, st.lag_records)
+            gauges["undurable"].add_metric(label, max(0, st.applied_seq - st.acked_seq))
             gauges["frontier_age"].add_metric(label, age)
             for field, family in counters.items():
                 family.add_metric(label, getattr(st, field))

@@ -343,6 +343,7 @@ async def _register_stream(log_dir: str, shippers: list[Shipper]) -> None:
 def _shipper_status(shipper: Shipper) -> dict:
     st = shipper.state()
     return {"address": st.address, "connected": st.connected, "acked_seq": st.acked_seq,
+            "applied_seq": st.applied_seq,
             "frontier": str(st.frontier), "lag_records": st.lag_records,
             "lag_seconds": st.lag_seconds, "gaps_total": st.gaps_total}
 

@@ -19,17 +19,25 @@ records up to ``log.synced_seq`` are shipped: a shard never holds a record
 the LOG could still lose in a crash.
 
 Every (re)connection starts with a *hello*: an empty batch ``(0, 0]``. The
-shard answers with its durable position ``D`` for the stream, and shipping
+shard answers with its position ``D`` for the stream, and shipping
 resumes at ``D + 1``. The shard answers every batch with one ack, in order;
-an ack that refuses a batch (``error``) or reports a durable position below
+an ack that refuses a batch (``error``) or reports a position below
 the batch's end (the shard lost or wiped data) *rewinds* the shipper to the
-ack's ``durable_seq``: it resends from there down the same path as normal
+ack's position: it resends from there down the same path as normal
 shipping, which is also how a wiped shard is rebuilt. Batches sent before a
 rewind are stale: their acks are matched and ignored. If the LOG was trimmed
 past what the shard needs (``D + 1 < log.first_seq``) the shipper sends a
 ``gap`` batch over the missing range, logs an error and counts it; the
 shard records a gap there (recoveryd/frontier.py): cuts past it are unproven
 until a baseline begun after it has ended. Nothing is ever skipped silently.
+
+Batches say ``defer_durable``: the shard acks a batch once it holds it
+(``applied_seq``, which paces the shipper) and makes it durable with a
+flush a moment later (``durable_seq``, at most ``DEFERRED_FLUSH_S`` behind
+in every later ack and heartbeat). The LOG is trimmed only below every
+shard's ``durable_seq`` (``acked_seq`` here, and the backlog metric counts
+from it), so a shard that crashes before its flush gets what it lost from
+the LOG again: its hello answers the position it had made durable.
 
 Stable stamps and heartbeats
 ----------------------------
@@ -121,6 +129,7 @@ class ShipperState:
     shard_id: int
     connected: bool
     acked_seq: int               # the shard's durable position, as last acked
+    applied_seq: int             # how far the shard holds the stream, durable or not yet
     sent_seq: int                # end of the last range sent on this connection
     frontier: Stamp              # the stream's frontier on the shard, as last acked
     lag_records: int             # log.last_seq - acked_seq
@@ -317,7 +326,8 @@ class Shipper:
             lag_seconds = max(0.0, (time.time_ns() - stream.frontier.wall_ns) / 1e9)
         return ShipperState(
             address=self.address, shard_id=self.shard_id, connected=stream.connected,
-            acked_seq=stream.acked_seq, sent_seq=stream.sent_seq, frontier=stream.frontier,
+            acked_seq=stream.acked_seq, applied_seq=stream.applied_seq, sent_seq=stream.sent_seq,
+            frontier=stream.frontier,
             lag_records=max(0, self._log.last_seq - stream.acked_seq), lag_seconds=lag_seconds,
             gaps_total=stream.gaps_total, gaps=tuple(stream.gaps),
             reconnects_total=self.reconnects_total, rewinds_total=stream.rewinds_total,
@@ -430,7 +440,7 @@ class Shipper:
         self._stream.resume(ack, self._log.last_seq)
         self.registered.set()
         logger.info("shipping to shard %d at %s: resuming after seq %d (frontier %s)",
-                    self.shard_id, self.address, ack.durable_seq, self.frontier)
+                    self.shard_id, self.address, self._stream.sent_seq, self.frontier)
 
     # -- acks ------------------------------------------------------------------------
 
@@ -626,6 +636,7 @@ class Shipper:
         batch = pb.IngestBatch()
         batch.stream.CopyFrom(self.stream)
         batch.after_seq, batch.through_seq = after_seq, through_seq
+        batch.defer_durable = True  # acked_seq (durable) bounds what the LOG may drop
         if claim:
             stable = self._claims.claim(through_seq)
             if stable is not None:

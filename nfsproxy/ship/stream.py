@@ -204,6 +204,12 @@ class _Sent:
     sent_at: float
 
 
+def _applied(ack: pb.IngestAck) -> int:
+    """The shard's position in ``ack``: ``applied_seq``, or ``durable_seq``
+    from shards that ack only what is durable (they leave it 0)."""
+    return max(ack.applied_seq, ack.durable_seq)
+
+
 class IngestStream:
     """The proxy's side of one Ingest stream to one shard.
 
@@ -217,7 +223,8 @@ class IngestStream:
     def __init__(self, shard_id: int, options: ShipperOptions):
         self.shard_id = shard_id
         self.options = options
-        self.acked_seq = 0
+        self.acked_seq = 0                   # durable on the shard: the LOG may drop it
+        self.applied_seq = 0                 # held by the shard, durable or not yet
         self.ever_acked = False
         self.sent_seq = 0
         self.epoch = 0                       # bumped by every rewind and reconnection
@@ -242,25 +249,33 @@ class IngestStream:
     # -- connection ------------------------------------------------------------------
 
     def resume(self, ack: pb.IngestAck, log_last_seq: int) -> None:
-        """The shard answered the hello: resume after its durable position."""
-        durable = ack.durable_seq
+        """The shard answered the hello: resume after its position.
+
+        A shard that restarted may hold less than it acked: what it had not
+        made durable yet (``applied_seq`` above ``durable_seq``) is resent
+        from this LOG, which kept it. Less than it acked durable means it
+        lost or wiped data."""
+        held = _applied(ack)
         if ack.error:
             logger.warning("shard %d answered the hello with an error (%s); resuming after "
-                           "seq %d", self.shard_id, ack.error, durable)
-        if self.ever_acked and durable < self.acked_seq:
+                           "seq %d", self.shard_id, ack.error, held)
+        if self.ever_acked and held < self.acked_seq:
             self.rewinds_total += 1
             logger.warning("shard %d holds this stream only through seq %d, below the %d it "
-                           "acked before: it lost or wiped data; resending from seq %d",
-                           self.shard_id, durable, self.acked_seq, durable + 1)
-        if durable > log_last_seq:
+                           "acked durable before: it lost or wiped data; resending from seq %d",
+                           self.shard_id, held, self.acked_seq, held + 1)
+        elif self.ever_acked and held < self.applied_seq:
+            logger.info("shard %d restarted before seqs %d..%d were durable there; resending "
+                        "them", self.shard_id, held + 1, self.applied_seq)
+        if held > log_last_seq:
             logger.error("shard %d holds this stream through seq %d, but this LOG ends at "
-                         "seq %d; waiting for the LOG to pass it", self.shard_id, durable,
+                         "seq %d; waiting for the LOG to pass it", self.shard_id, held,
                          log_last_seq)
         self._set_acked(ack)
         self.pending.clear()
         self.inflight_bytes = 0
         self.epoch += 1
-        self.sent_seq = durable
+        self.sent_seq = held
         self.connected = True
         self.last_send_at = 0.0
 
@@ -281,34 +296,36 @@ class IngestStream:
         sent = self.pending.popleft()
         self.inflight_bytes -= sent.nbytes
         previous = self.acked_seq
-        durable = ack.durable_seq
+        held = _applied(ack)
         self._set_acked(ack)
         if sent.epoch != self.epoch:
             return  # a batch sent before a rewind: its refusal is expected
-        if ack.error or durable < sent.through_seq:
+        if ack.error or held < sent.through_seq:
             if ack.error:
                 reason = f"the shard refused ({sent.after_seq}, {sent.through_seq}]: {ack.error}"
             else:
                 reason = (f"the shard acked ({sent.after_seq}, {sent.through_seq}] but holds "
-                          f"only through seq {durable}")
-            if durable < previous:
-                reason += f"; its durable position went back from {previous}: it lost or wiped data"
-            self._rewind(durable, reason, now)
+                          f"only through seq {held}")
+            if ack.durable_seq < previous:
+                reason += (f"; its durable position went back from {previous} to "
+                           f"{ack.durable_seq}: it lost or wiped data")
+            self._rewind(held, reason, now)
             return
-        if durable > self._last_rewind_to:
+        if held > self._last_rewind_to:
             self._last_rewind_to = -1  # progress since the last rewind
-        if durable > self.sent_seq:
-            self._skip_ahead(durable)
+        if held > self.sent_seq:
+            self._skip_ahead(held)
 
-    def _skip_ahead(self, durable: int) -> None:
+    def _skip_ahead(self, held: int) -> None:
         # The shard already holds more than was sent (it got it earlier).
         logger.info("shard %d holds through seq %d, past what was sent; skipping ahead",
-                    self.shard_id, durable)
+                    self.shard_id, held)
         self.epoch += 1
-        self.sent_seq = durable
+        self.sent_seq = held
 
     def _set_acked(self, ack: pb.IngestAck) -> None:
         self.acked_seq = ack.durable_seq
+        self.applied_seq = _applied(ack)
         self.ever_acked = True
         if ack.frontier:
             try:

@@ -212,3 +212,45 @@ def test_a_rewind_forgets_a_range_read_without_the_shards_records():
     stream.on_ack(ack(0, error="refused"), now=0.2)
     step = stream.next_step(0.2, first_seq=1, synced_seq=30)
     assert (step.after_seq, step.read_from) == (0, 1)  # everything is read again
+
+
+def held(applied: int, durable: int) -> pb.IngestAck:
+    """The ack of a shard that holds through ``applied``, durable through ``durable``."""
+    return pb.IngestAck(applied_seq=applied, durable_seq=durable)
+
+
+def test_a_deferred_ack_paces_by_what_the_shard_holds_and_trims_by_what_is_durable():
+    stream = resumed()
+    send(stream, 10, 100)
+    send(stream, 20, 100)
+    stream.on_ack(held(10, 0), now=1.0)
+    stream.on_ack(held(20, 0), now=1.0)
+    assert stream.rewinds_total == 0 and stream.sent_seq == 20 and not stream.pending
+    assert stream.acked_seq == 0  # nothing durable yet: the LOG keeps 1..20
+    step = stream.next_step(2.0, first_seq=1, synced_seq=20)
+    assert isinstance(step, SendHeartbeat) and (step.after_seq, step.through_seq) == (20, 20)
+    stream.sent(20, 20, 0, 2.0)
+    stream.on_ack(held(20, 20), now=2.0)  # the heartbeat's ack, after the shard's flush
+    assert stream.acked_seq == 20 and stream.rewinds_total == 0
+
+
+def test_a_shard_that_restarted_before_its_flush_is_resent_what_it_had_not_made_durable():
+    stream = resumed()
+    send(stream, 10, 100)
+    send(stream, 20, 100)
+    stream.on_ack(held(10, 10), now=1.0)
+    stream.on_ack(held(20, 10), now=1.0)
+    stream.disconnected()
+    stream.resume(held(10, 10), log_last_seq=20)  # its flush of 11..20 never happened
+    assert stream.rewinds_total == 0  # expected: nothing acked durable is missing
+    step = stream.next_step(2.0, first_seq=1, synced_seq=20)
+    assert isinstance(step, SendRange) and step.after_seq == 10
+
+
+def test_a_shard_that_lost_what_it_acked_durable_counts_as_a_rewind():
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.on_ack(held(10, 10), now=1.0)
+    stream.disconnected()
+    stream.resume(held(4, 4), log_last_seq=10)
+    assert stream.rewinds_total == 1 and stream.sent_seq == 4

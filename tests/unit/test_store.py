@@ -301,29 +301,39 @@ _WRITER = textwrap.dedent("""
         return IngestBatch(stream=StreamId(node_id=4, log_id="L"), after_seq=after,
                            through_seq=after + 16, records=records)
 
+    mode = sys.argv[3]
+    n = 0
     while True:
         # Two batches a group, as a shard that is behind writes them.
-        *_, state = store.ingest_many(key, [batch(seq), batch(seq + 16)])
+        n += 1
+        defer = mode == "deferred" or (mode == "deferred-and-wal" and n % 4)
+        *_, state = store.ingest_many(key, [batch(seq), batch(seq + 16)], defer=defer)
         seq = state.durable_seq
-        print(seq, flush=True)  # acknowledged: durable
+        if mode == "deferred" and n % 3 == 0:
+            store.flush_deferred()  # as the server does, DEFERRED_FLUSH_S after the first
+        print(store.durable_seq(key), flush=True)  # acknowledged: durable
 """)
 
 
 # 16 records a batch, two batches a write. Of 4 KiB: every write goes through
 # the WAL. Of 64 KiB (2 MiB a write): every write is flushed without the WAL,
 # 100 MiB a round. Alternating 2 MiB and 64 KiB writes: WAL writes land
-# between flushed ones.
-@pytest.mark.parametrize("data_bytes, batches", [("4096", (3, 20)), ("65536", (50, 55)),
-                                                 ("65536,65536,4096,1", (10, 30))],
-                         ids=["small", "flushed", "wal-and-flushed"])
+# between flushed ones. Deferred (as for a shipper that sets defer_durable):
+# no write goes through the WAL, a flush every third write makes them
+# durable; only what a flush made durable is acknowledged. Deferred and WAL:
+# every fourth write is a durable one, which must flush the deferred before it.
+@pytest.mark.parametrize("data_bytes, batches, mode", [
+    ("4096", (3, 20), "wal"), ("65536", (50, 55), "wal"), ("65536,65536,4096,1", (10, 30), "wal"),
+    ("4096,65536", (20, 60), "deferred"), ("4096", (20, 60), "deferred-and-wal")],
+    ids=["small", "flushed", "wal-and-flushed", "deferred", "deferred-and-wal"])
 def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: str,
-                                                   batches: tuple[int, int]) -> None:
+                                                   batches: tuple[int, int], mode: str) -> None:
     path = tmp_path / "shard"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     rng = random.Random(3)
     acked = 0
     for round_ in range(4 if data_bytes == "4096" else 6):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), data_bytes],
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), data_bytes, mode],
                                 stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         try:
             for _ in range(rng.randint(*batches)):
@@ -397,6 +407,48 @@ def test_a_shard_behind_writes_large_groups_once_not_through_the_wal_too(tmp_pat
         assert s.stream_state(STREAM).durable_seq == seq + 1
     with ShardStore(path, 3) as s:
         assert [len(r.data) for r in s.file_records(b"F")] == [len(big)] * seq + [4096]
+
+
+def test_a_deferred_group_is_held_at_once_and_durable_after_its_flush(tmp_path: Path) -> None:
+    """A deferred group (``defer=True``: the shipper keeps its records until
+    they are durable) is readable when ingest returns, goes nowhere near the
+    WAL, and counts as durable (``durable_seq``) only once a flush made it so:
+    the one due ``DEFERRED_FLUSH_S`` after it, or one a durable write forces."""
+    path = tmp_path / "shard"
+    other = StreamKey(NODE, "log-b")
+    data = b"w" * 4096
+    with ShardStore(path, 3) as s:
+        s.ingest(STREAM, batch(0, 1, [(1, write_record(1, b"F", data=data))]))
+        for seq in range(2, 200):
+            [state] = s.ingest_many(STREAM, [batch(seq - 1, seq, [(seq, write_record(seq, b"F", data=data))])],
+                                    defer=True)
+            assert state.durable_seq == seq
+        assert [r.offset for r in s.file_records(b"F")] == [i * 4096 for i in range(1, 200)]
+        assert s.durable_seq(STREAM) == 1
+        assert sum(f.stat().st_size for f in path.glob("*.log")) < 64 << 10  # 800 KiB held
+        assert not s.flush_due(time.monotonic())
+        assert s.flush_due(time.monotonic() + 0.6)
+        assert s.flush_deferred()
+        assert s.durable_seq(STREAM) == 199
+        assert not s.flush_deferred()  # nothing waits
+
+        s.ingest_many(STREAM, [batch(199, 200, [(200, write_record(200, b"F", data=data))])], defer=True)
+        assert s.durable_seq(STREAM) == 199
+        s.register(other)  # a durable write: WAL replay must not bring it back without seq 200
+        assert s.durable_seq(STREAM) == 200
+        assert s.durable_seq(other) == 0
+    with ShardStore(path, 3) as s:
+        assert s.stream_state(STREAM).durable_seq == 200
+        assert len(list(s.file_records(b"F"))) == 200
+
+
+def test_a_store_closed_with_deferred_groups_makes_them_durable_first(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    with ShardStore(path, 3) as s:
+        s.ingest_many(STREAM, [batch(0, 1, [(1, write_record(1, b"F"))])], defer=True)
+        assert s.durable_seq(STREAM) == 0
+    with ShardStore(path, 3) as s:
+        assert s.stream_state(STREAM).durable_seq == s.durable_seq(STREAM) == 1
 
 
 @pytest.fixture
