@@ -10,7 +10,8 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
   that is behind, a flush: ``ShardStore``) or refused. A batch whose shipper
   sets ``defer_durable`` is acked once it is held and readable
   (``applied_seq``); a flush at most ``DEFERRED_FLUSH_S`` later makes it
-  durable, and every ack, heartbeats' too, says how far that has come
+  durable, or sooner: a heartbeat (a batch without records: the stream went
+  quiet) is acked after one. Every ack says how far that has come
   (``durable_seq``). Batches of a call are applied one at a time,
   in order; the blocking RocksDB write runs in a thread so the event loop
   keeps serving other streams, Status and health.
@@ -329,6 +330,10 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         defer = all(group[i].batch.defer_durable for i in accepted)
         outcomes = (self._store.ingest_many(key, [group[i] for i in accepted], defer=defer)
                     if accepted else [])
+        if defer and _is_heartbeat(group[-1]):
+            # The stream went quiet: make what waits durable now, and say so
+            # in this ack, rather than DEFERRED_FLUSH_S after it came.
+            self._store.flush_deferred()
         for i, outcome in zip(accepted, outcomes):
             batch = group[i].batch
             if isinstance(outcome, BatchRefused):
@@ -539,6 +544,10 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     running.restore_counters = restore.counters  # read by recoveryd.metrics
     running.ingest_security = ingest_auth.describe()
     return running
+
+
+def _is_heartbeat(received: ReceivedBatch) -> bool:
+    return not received.frames and not received.batch.records and not received.batch.gap
 
 
 def _add_journal_service(servicer: JournalServicer, server: grpc.aio.Server) -> None:

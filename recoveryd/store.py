@@ -48,8 +48,9 @@ a small group, goes through the WAL with sync; a group of several batches
 holding ``UNLOGGED_WRITE_BYTES`` or more skips the WAL, and every column
 family is flushed at once (``_write_group``). A deferred group
 (``defer=True``, for a shipper that keeps its records until they are durable
-here) skips the WAL too, and is flushed with the others that came in
-``DEFERRED_FLUSH_S`` or ``DEFERRED_FLUSH_BYTES``; ``durable_seq`` says how far
+here) of ``DEFERRED_WRITE_BYTES`` or more, or any while others wait, skips
+the WAL too, and is flushed with the others that came in ``DEFERRED_FLUSH_S``
+or ``DEFERRED_FLUSH_BYTES``, or at the server's word; ``durable_seq`` says how far
 each stream is durable meanwhile. Flushes are atomic across the column
 families, so a crash loses whole groups from the end, never the stream's
 state without its records. A durable write while deferred ones wait flushes
@@ -96,7 +97,7 @@ __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
     "stream_status", "gap_pb", "FORMAT", "RetireRefused", "shipped_size", "ParsedGroup",
     "store_options", "supports_direct_io", "UNLOGGED_WRITE_BYTES", "DEFERRED_FLUSH_BYTES",
-    "DEFERRED_FLUSH_S",
+    "DEFERRED_FLUSH_S", "DEFERRED_WRITE_BYTES",
 ]
 
 FORMAT = 3  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -257,7 +258,12 @@ UNLOGGED_WRITE_BYTES = 1 << 20
 #: disk the NAS may share (through the proxy, 4 KiB writes: shard CPU per
 #: write 29 -> 13 us, FILE_SYNC +20%, the WAL off altogether as the bound).
 DEFERRED_FLUSH_BYTES = 32 << 20
-DEFERRED_FLUSH_S = 0.5
+DEFERRED_FLUSH_S = 1.0
+#: A smaller group is deferred only while others wait for their flush; alone
+#: it goes through the WAL: a flush costs 0.6-1.9 ms of CPU and a table file
+#: in each column family, about what the WAL costs for this many bytes, so a
+#: trickle of small batches does not flush each one.
+DEFERRED_WRITE_BYTES = 256 << 10
 # Each unlogged write leaves a small table file of index entries in L0 of the
 # default column family, and every L0 compaction there rewrote the whole
 # index below it: at RocksDB's trigger of 4 files, 11 times over, 1.37 s of
@@ -689,7 +695,8 @@ class ShardStore:
         (so a refused one makes the rest refuse too, as they no longer chain).
         Returns, per batch, its resulting state or the BatchRefused it earned;
         all accepted batches become durable together, or (on an I/O error,
-        raised) none does. With ``defer``, they are held and readable when
+        raised) none does. With ``defer``, a group of ``DEFERRED_WRITE_BYTES``
+        or more, or any while deferred ones wait, is held and readable when
         it returns and durable only by a later flush (``durable_seq``).
         The same as ``apply_group(stream, parse_group(...), defer=defer)``.
         """
@@ -748,7 +755,8 @@ class ShardStore:
             wb.put(_stream_row_key(stream), stream_status(stream, info).SerializeToString())
             wb.put(_META_RECORDS, _U64.pack(records_total))
             wb.put(_META_BYTES, _U64.pack(bytes_total))
-            if defer and self._sync:
+            if defer and self._sync and (new_bytes >= DEFERRED_WRITE_BYTES
+                                         or self._deferred_since is not None):
                 self._write_deferred(wb, new_bytes, stream, old.state.durable_seq)
             else:
                 self._write_group(wb, new_bytes, len(group.batches))

@@ -152,7 +152,7 @@ class ProxyCollector(Collector):
                                              labels=["shard"]),
             "undurable": GaugeMetricFamily("nfsj_shipping_undurable_records",
                                            "Records the shard holds but has not flushed yet (it does "
-                                           "within half a second; a crash before it: resent from the LOG)",
+                                           "within a second; a crash before it: resent from the LOG)",
                                            labels=["shard"]),
             "frontier_age": GaugeMetricFamily("nfsj_frontier_age_seconds",
                                               "Now minus the shard's frontier for this proxy (per-shard RPO)",

@@ -57,6 +57,13 @@ class ShipperOptions:
     # them, and each batch costs the shard a synced write and both sides a
     # gRPC message.
     heartbeat_interval_s: float = 0.2
+    # A shard that holds records it has not made durable yet flushes them
+    # when a heartbeat comes (the stream went quiet), and its ack says so:
+    # the shipper sends that heartbeat this long after its last batch, so
+    # a burst is durable, and the LOG may drop it, soon after it ends. A
+    # steady stream of small writes sends a batch every linger_s and so
+    # never waits this long: its shard flushes on its own clock.
+    quiet_heartbeat_s: float = 0.1
     poll_interval_s: float = 0.02    # how often an idle shipper looks at log.synced_seq
     hello_timeout_s: float = 10.0
     ack_timeout_s: float = 60.0
@@ -70,8 +77,8 @@ class ShipperOptions:
                      "max_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ShipperOptions.{name} must be >= 1")
-        if self.linger_s < 0:
-            raise ValueError("ShipperOptions.linger_s must be >= 0")
+        if self.linger_s < 0 or self.quiet_heartbeat_s < 0:
+            raise ValueError("ShipperOptions.linger_s and quiet_heartbeat_s must be >= 0")
         if self.max_samples < 2:
             raise ValueError("ShipperOptions.max_samples must be >= 2")
 
@@ -370,14 +377,22 @@ class IngestStream:
                 return SendRange(self.sent_seq, min(synced_seq, read + opts.max_scan_records),
                                  min(opts.max_batch_bytes, opts.max_inflight_bytes - self.inflight_bytes),
                                  not self.pending, self.epoch, read + 1)
-        elif now - self.last_send_at >= opts.heartbeat_interval_s:
+        elif now - self.last_send_at >= self._heartbeat_interval():
             return SendHeartbeat(self.sent_seq, read)
         wait_s = opts.poll_interval_s
         if synced_seq <= read:
-            wait_s = min(wait_s, max(0.0, self.last_send_at + opts.heartbeat_interval_s - now))
+            wait_s = min(wait_s, max(0.0, self.last_send_at + self._heartbeat_interval() - now))
         elif self._ready_since is not None and not self.pending:
             wait_s = min(wait_s, max(0.0, self._ready_since + opts.linger_s - now))
         return Wait(wait_s)
+
+    def _heartbeat_interval(self) -> float:
+        """How long after the last batch a heartbeat goes out: sooner while
+        the shard holds records it has not made durable (``quiet_heartbeat_s``)."""
+        opts = self.options
+        if self.applied_seq > self.acked_seq and not self.pending:
+            return min(opts.quiet_heartbeat_s, opts.heartbeat_interval_s)
+        return opts.heartbeat_interval_s
 
     def _read_through(self) -> int:
         """The last seq read: ``sent_seq``, or the end of a range read since that

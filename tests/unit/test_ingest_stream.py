@@ -254,3 +254,17 @@ def test_a_shard_that_lost_what_it_acked_durable_counts_as_a_rewind():
     stream.disconnected()
     stream.resume(held(4, 4), log_last_seq=10)
     assert stream.rewinds_total == 1 and stream.sent_seq == 4
+
+
+def test_a_quiet_stream_whose_shard_holds_undurable_records_heartbeats_sooner():
+    """The heartbeat is what makes such a shard flush and say so; without
+    undurable records the stream heartbeats at its usual interval."""
+    stream = resumed()
+    send(stream, 10, 100)
+    stream.on_ack(held(10, 0), now=0.0)
+    step = stream.next_step(OPTIONS.quiet_heartbeat_s, first_seq=1, synced_seq=10)
+    assert isinstance(step, SendHeartbeat) and (step.after_seq, step.through_seq) == (10, 10)
+    stream.sent(10, 10, 0, OPTIONS.quiet_heartbeat_s)
+    stream.on_ack(held(10, 10), now=OPTIONS.quiet_heartbeat_s)
+    step = stream.next_step(2 * OPTIONS.quiet_heartbeat_s, first_seq=1, synced_seq=10)
+    assert isinstance(step, Wait) and OPTIONS.heartbeat_interval_s > OPTIONS.quiet_heartbeat_s

@@ -26,7 +26,7 @@ from logstore.pb.journal_pb2 import (IngestAck, IngestBatch, Op, Record, ShardSt
 from logstore.pb.journal_pb2_grpc import JournalStub
 from logstore.stamp import Stamp
 from recoveryd.server import JOURNAL_SERVICE, JournalServer, start_server
-from recoveryd.store import ShardStore
+from recoveryd.store import DEFERRED_WRITE_BYTES, ShardStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE = 21
@@ -139,6 +139,37 @@ def test_batches_chain_and_acks_follow(shard: Shard, session: Session) -> None:
     assert shard.store.records_total == 3
     # the shard's clock moved past the proxy's sent stamps, and acks carry it
     assert ClockStamp.from_bytes(ack.shard_stamp) > s3
+
+
+def deferred(b: IngestBatch) -> IngestBatch:
+    b.defer_durable = True
+    return b
+
+
+def test_a_deferring_shipper_is_acked_what_the_shard_holds_and_told_when_it_is_durable(
+        shard: Shard, session: Session) -> None:
+    """With defer_durable, a large batch is acked once held (applied_seq) and made
+    durable by a later flush: at once when a heartbeat says the stream went
+    quiet, else within DEFERRED_FLUSH_S. A batch without the flag is acked
+    durable, as from shippers before it."""
+    session.send(hello())
+    s1, s2, s3 = now_stamp(), now_stamp(), now_stamp()
+    big = b"d" * DEFERRED_WRITE_BYTES  # smaller groups go through the WAL while none waits
+    ack = session.send(deferred(batch(0, 2, [(1, write_record(s1, data=big)), (2, write_record(s2))],
+                                      stable=s2)))
+    assert (ack.error, ack.applied_seq, ack.durable_seq, ack.frontier) == ("", 2, 0, s2.to_bytes())
+    assert [r.stamp for r in shard.store.file_records(b"F")] == [s1.to_bytes(), s2.to_bytes()]
+    ack = session.send(deferred(batch(2, 2, stable=s2)))  # a heartbeat
+    assert (ack.error, ack.applied_seq, ack.durable_seq) == ("", 2, 2)
+
+    ack = session.send(deferred(batch(2, 3, [(3, write_record(s3, data=big))], stable=s3)))
+    assert (ack.applied_seq, ack.durable_seq) == (3, 2)
+    deadline = time.monotonic() + 30
+    while shard.store.durable_seq(shard.store.streams().popitem()[0]) < 3:  # the shard's own clock
+        assert time.monotonic() < deadline, "no flush within 30 s"
+        time.sleep(0.05)
+    ack = session.send(batch(3, 4, [(4, write_record(now_stamp()))]))  # no flag: durable when acked
+    assert (ack.applied_seq, ack.durable_seq) == (4, 4)
 
 
 def test_non_chaining_batch_is_refused_and_the_stream_goes_on(shard: Shard, session: Session) -> None:

@@ -16,7 +16,8 @@ import pytest
 from logstore.pb.journal_pb2 import IngestBatch, Op, Record, ShippedRecord, StreamId
 from logstore.stamp import Stamp
 from recoveryd.frontier import BatchRefused, StreamKey, StreamState
-from recoveryd.store import ShardStore, StoreError, fh_key, supports_direct_io
+from recoveryd.store import (DEFERRED_FLUSH_S, DEFERRED_WRITE_BYTES, ShardStore, StoreError, fh_key,
+                             supports_direct_io)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE = 11
@@ -411,41 +412,51 @@ def test_a_shard_behind_writes_large_groups_once_not_through_the_wal_too(tmp_pat
 
 def test_a_deferred_group_is_held_at_once_and_durable_after_its_flush(tmp_path: Path) -> None:
     """A deferred group (``defer=True``: the shipper keeps its records until
-    they are durable) is readable when ingest returns, goes nowhere near the
-    WAL, and counts as durable (``durable_seq``) only once a flush made it so:
-    the one due ``DEFERRED_FLUSH_S`` after it, or one a durable write forces."""
+    they are durable) of DEFERRED_WRITE_BYTES or more is readable when ingest
+    returns, goes nowhere near the WAL, and counts as durable
+    (``durable_seq``) only once a flush made it so: the one due
+    ``DEFERRED_FLUSH_S`` after it, or one a durable write forces. Smaller
+    groups join it while it waits; alone they go through the WAL, durable
+    when ingest returns, so a trickle does not cost a flush a batch."""
     path = tmp_path / "shard"
     other = StreamKey(NODE, "log-b")
     data = b"w" * 4096
+
+    def put(seq: int, defer: bool = True, n: int = 1) -> StreamState:
+        recs = [(q, write_record(q, b"F", data=data)) for q in range(seq - n + 1, seq + 1)]
+        [state] = s.ingest_many(STREAM, [batch(seq - n, seq, recs)], defer=defer)
+        return state
+
     with ShardStore(path, 3) as s:
-        s.ingest(STREAM, batch(0, 1, [(1, write_record(1, b"F", data=data))]))
-        for seq in range(2, 200):
-            [state] = s.ingest_many(STREAM, [batch(seq - 1, seq, [(seq, write_record(seq, b"F", data=data))])],
-                                    defer=True)
-            assert state.durable_seq == seq
+        put(1, defer=False)
+        assert put(2).durable_seq == s.durable_seq(STREAM) == 2  # small and alone: the WAL
+        assert put(66, n=64).durable_seq == 66  # 256 KiB: deferred
+        for seq in range(67, 200):  # small ones join it
+            assert put(seq).durable_seq == seq
         assert [r.offset for r in s.file_records(b"F")] == [i * 4096 for i in range(1, 200)]
-        assert s.durable_seq(STREAM) == 1
-        assert sum(f.stat().st_size for f in path.glob("*.log")) < 64 << 10  # 800 KiB held
+        assert s.durable_seq(STREAM) == 2
+        assert sum(f.stat().st_size for f in path.glob("*.log")) < 64 << 10  # 788 KiB held
         assert not s.flush_due(time.monotonic())
-        assert s.flush_due(time.monotonic() + 0.6)
+        assert s.flush_due(time.monotonic() + DEFERRED_FLUSH_S)
         assert s.flush_deferred()
         assert s.durable_seq(STREAM) == 199
         assert not s.flush_deferred()  # nothing waits
 
-        s.ingest_many(STREAM, [batch(199, 200, [(200, write_record(200, b"F", data=data))])], defer=True)
+        put(263, n=64)
         assert s.durable_seq(STREAM) == 199
-        s.register(other)  # a durable write: WAL replay must not bring it back without seq 200
-        assert s.durable_seq(STREAM) == 200
+        s.register(other)  # a durable write: WAL replay must not bring it back without 200..263
+        assert s.durable_seq(STREAM) == 263
         assert s.durable_seq(other) == 0
     with ShardStore(path, 3) as s:
-        assert s.stream_state(STREAM).durable_seq == 200
-        assert len(list(s.file_records(b"F"))) == 200
+        assert s.stream_state(STREAM).durable_seq == 263
+        assert len(list(s.file_records(b"F"))) == 263
 
 
 def test_a_store_closed_with_deferred_groups_makes_them_durable_first(tmp_path: Path) -> None:
     path = tmp_path / "shard"
+    big = b"b" * DEFERRED_WRITE_BYTES
     with ShardStore(path, 3) as s:
-        s.ingest_many(STREAM, [batch(0, 1, [(1, write_record(1, b"F"))])], defer=True)
+        s.ingest_many(STREAM, [batch(0, 1, [(1, write_record(1, b"F", data=big))])], defer=True)
         assert s.durable_seq(STREAM) == 0
     with ShardStore(path, 3) as s:
         assert s.stream_state(STREAM).durable_seq == s.durable_seq(STREAM) == 1
