@@ -66,7 +66,7 @@ from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, Retir
 from .frontier import BatchRefused, StreamKey, StreamState
 from .restore_service import RestoreServicer, add_restore_service
 from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
-from .store import (DEFERRED_FLUSH_S, RetireRefused, ShardStore, shipped_size, stream_id, stream_key,
+from .store import (RetireRefused, ShardStore, shipped_size, stream_id, stream_key,
                     stream_status)
 
 __all__ = ["JournalServicer", "JournalServer", "IngestCounters", "ServeError", "SecurityError",
@@ -111,6 +111,9 @@ class IngestCounters:
 #: Batches read ahead of the one being written, and the most written together.
 _READ_AHEAD_BATCHES = 16
 _GROUP_BATCHES = 16
+#: How often the flush task looks whether deferred writes are due for a
+#: flush (``ShardStore.flush_due``): a backlog brings 32 MiB in about this.
+_FLUSH_CHECK_S = 0.05
 
 
 class _Budget:
@@ -570,11 +573,12 @@ def _add_journal_service(servicer: JournalServicer, server: grpc.aio.Server) -> 
 
 async def _flush_deferred(store: ShardStore, executor: concurrent.futures.Executor) -> None:
     # Deferred groups (IngestBatch.defer_durable) wait at most
-    # DEFERRED_FLUSH_S for a flush; then acks and heartbeats carry the new
-    # durable position, and the proxies may trim their LOGs.
+    # DEFERRED_FLUSH_S, or DEFERRED_FLUSH_BYTES of them, for a flush; then
+    # acks and heartbeats carry the new durable position, and the proxies may
+    # trim their LOGs. Ingest goes on while it runs.
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(DEFERRED_FLUSH_S / 5)
+        await asyncio.sleep(_FLUSH_CHECK_S)
         if store.flush_due(time.monotonic()):
             try:
                 await loop.run_in_executor(executor, store.flush_deferred)

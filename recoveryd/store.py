@@ -385,6 +385,10 @@ class ShardStore:
         self._deferred_bytes = 0
         self._deferred_since: float | None = None
         self._durable_seqs: dict[StreamKey, int] = {}
+        # A deferred flush runs without the write lock, one at a time
+        # (``flush_deferred``); while it runs, writes are deferred too.
+        self._flush_lock = threading.Lock()
+        self._flushing = False
         self.flushes_total = 0
         try:
             self._open_meta()
@@ -755,8 +759,7 @@ class ShardStore:
             wb.put(_stream_row_key(stream), stream_status(stream, info).SerializeToString())
             wb.put(_META_RECORDS, _U64.pack(records_total))
             wb.put(_META_BYTES, _U64.pack(bytes_total))
-            if defer and self._sync and (new_bytes >= DEFERRED_WRITE_BYTES
-                                         or self._deferred_since is not None):
+            if defer and self._sync and (new_bytes >= DEFERRED_WRITE_BYTES or self._deferring()):
                 self._write_deferred(wb, new_bytes, stream, old.state.durable_seq)
             else:
                 self._write_group(wb, new_bytes, len(group.batches))
@@ -787,16 +790,20 @@ class ShardStore:
         """Write ``wb`` durably (with the write lock held). Through the WAL,
         unless deferred writes wait: WAL replay after a crash would then bring
         back this write without the ones before it, so all are flushed."""
-        if self._deferred_since is None or not self._sync:
-            self._db.write(wb, self._write_opts)
-        else:
+        if self._deferring():
             self._write_and_flush(wb)
+        else:
+            self._db.write(wb, self._write_opts)
+
+    def _deferring(self) -> bool:
+        """Whether writes wait for a flush, or one is under way (write lock held)."""
+        return self._deferred_since is not None or self._flushing
 
     def _write_deferred(self, wb: WriteBatch, nbytes: int, stream: StreamKey,
                         durable_seq: int) -> None:
         """Write an ingest group of ``stream``, until now durable through
-        ``durable_seq``, without the WAL; a flush makes it durable, later
-        (``flush_due``) or now if enough waits (with the write lock held)."""
+        ``durable_seq``, without the WAL; a later flush makes it durable
+        (``flush_due``, ``flush_deferred``). With the write lock held."""
         wb.put(_FLUSH_KEY, b"", self._flusher_cf)  # what the flush compacts (``_flush``)
         self._db.write(wb, self._unlogged_opts)
         with self._mem_lock:
@@ -804,8 +811,6 @@ class ShardStore:
         if self._deferred_since is None:
             self._deferred_since = time.monotonic()
         self._deferred_bytes += nbytes
-        if self._deferred_bytes >= DEFERRED_FLUSH_BYTES:
-            self._flush()
 
     def _write_and_flush(self, wb: WriteBatch) -> None:
         wb.put(_FLUSH_KEY, b"", self._flusher_cf)
@@ -816,6 +821,13 @@ class ShardStore:
         """Make every write so far durable in table files, all column
         families in one commit (with the write lock held; the one-key
         ``flush`` family must hold a write since the last flush)."""
+        self._compact_flush()
+        self.flushes_total += 1
+        self._deferred_bytes, self._deferred_since = 0, None
+        with self._mem_lock:
+            self._durable_seqs.clear()
+
+    def _compact_flush(self) -> None:
         try:
             # The records, their index and the stream's state must become
             # durable together, but rocksdict flushes one column family at a
@@ -830,10 +842,6 @@ class ShardStore:
             self._failure = (f"shard store {self._path}: a flush failed, so records it holds may "
                              f"not be durable; restart the shard: {e}")
             raise StoreError(self._failure) from None
-        self.flushes_total += 1
-        self._deferred_bytes, self._deferred_since = 0, None
-        with self._mem_lock:
-            self._durable_seqs.clear()
 
     def durable_seq(self, stream: StreamKey) -> int:
         """How far ``stream`` is durable here: its position
@@ -846,18 +854,41 @@ class ShardStore:
 
     def flush_due(self, now: float) -> bool:
         """Whether deferred writes have waited ``DEFERRED_FLUSH_S`` at ``now``
-        (``time.monotonic()``): the caller then runs ``flush_deferred``."""
+        (``time.monotonic()``), or ``DEFERRED_FLUSH_BYTES`` of them: the
+        caller then runs ``flush_deferred``."""
         since = self._deferred_since
-        return since is not None and now - since >= DEFERRED_FLUSH_S
+        return since is not None and (now - since >= DEFERRED_FLUSH_S
+                                      or self._deferred_bytes >= DEFERRED_FLUSH_BYTES)
 
     def flush_deferred(self) -> bool:
-        """Make deferred writes durable (blocking: run it off the event
-        loop); False if none waited."""
-        with self._write_lock:
-            if self._deferred_since is None or self._closed:
-                return False
-            self._check_writable()
-            self._flush()
+        """Make the deferred writes so far durable (blocking: run it off the
+        event loop); False if none waited. Ingest goes on meanwhile: its
+        writes wait for the next flush (RocksDB switches every column
+        family's memtable at once, between two writes)."""
+        with self._flush_lock:
+            with self._write_lock:
+                if self._deferred_since is None or self._closed:
+                    return False
+                self._check_writable()
+                with self._mem_lock:  # how far this flush makes each stream durable
+                    covered = {k: self._streams[k].state.durable_seq for k in self._durable_seqs
+                               if k in self._streams}
+                self._deferred_bytes, self._deferred_since = 0, None
+                self._flushing = True
+            try:
+                self._compact_flush()
+            finally:
+                with self._write_lock:
+                    self._flushing = False
+            with self._write_lock, self._mem_lock:
+                self.flushes_total += 1
+                for key, seq in covered.items():
+                    if key not in self._durable_seqs:
+                        continue  # a flush under the write lock came since and took all
+                    if self._streams[key].state.durable_seq == seq:
+                        del self._durable_seqs[key]  # nothing written since
+                    else:
+                        self._durable_seqs[key] = max(self._durable_seqs[key], seq)
             return True
 
     def _check_writable(self) -> None:
@@ -1067,7 +1098,7 @@ class ShardStore:
     def close(self) -> None:
         """Close the store; idempotent. Finish or drop every iterator from
         ``records``/``file_records`` first: a live one keeps RocksDB open."""
-        with self._write_lock:
+        with self._flush_lock, self._write_lock:
             if self._closed:
                 return
             self._closed = True

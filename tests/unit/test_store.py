@@ -304,10 +304,17 @@ _WRITER = textwrap.dedent("""
 
     mode = sys.argv[3]
     n = 0
+    if mode == "deferred-flushed-aside":  # as the server's flush task: beside ingest
+        import threading, time
+        def flush():
+            while True:
+                store.flush_deferred()
+                time.sleep(0.002)
+        threading.Thread(target=flush, daemon=True).start()
     while True:
         # Two batches a group, as a shard that is behind writes them.
         n += 1
-        defer = mode == "deferred" or (mode == "deferred-and-wal" and n % 4)
+        defer = mode.startswith("deferred") and (mode != "deferred-and-wal" or n % 4)
         *_, state = store.ingest_many(key, [batch(seq), batch(seq + 16)], defer=defer)
         seq = state.durable_seq
         if mode == "deferred" and n % 3 == 0:
@@ -323,10 +330,12 @@ _WRITER = textwrap.dedent("""
 # no write goes through the WAL, a flush every third write makes them
 # durable; only what a flush made durable is acknowledged. Deferred and WAL:
 # every fourth write is a durable one, which must flush the deferred before it.
+# Deferred, flushed aside: a thread flushes while the writer goes on.
 @pytest.mark.parametrize("data_bytes, batches, mode", [
     ("4096", (3, 20), "wal"), ("65536", (50, 55), "wal"), ("65536,65536,4096,1", (10, 30), "wal"),
-    ("4096,65536", (20, 60), "deferred"), ("4096", (20, 60), "deferred-and-wal")],
-    ids=["small", "flushed", "wal-and-flushed", "deferred", "deferred-and-wal"])
+    ("4096,65536", (20, 60), "deferred"), ("4096", (20, 60), "deferred-and-wal"),
+    ("65536,4096", (20, 60), "deferred-flushed-aside")],
+    ids=["small", "flushed", "wal-and-flushed", "deferred", "deferred-and-wal", "deferred-flushed-aside"])
 def test_state_never_ahead_of_records_after_kill_9(tmp_path: Path, data_bytes: str,
                                                    batches: tuple[int, int], mode: str) -> None:
     path = tmp_path / "shard"
