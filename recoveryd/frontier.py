@@ -10,7 +10,7 @@ Definitions (README.md, "The guarantee"):
   must chain exactly (`apply` refuses anything else), so a shard never
   holds a later part of a stream without every earlier part.
 * A batch may carry a *stable* stamp ``H``: every record its proxy stamped
-  below ``H`` lies at or below ``through_seq``. When the batch is durable the
+  below ``H`` lies at or below ``through_seq``. When the batch is held the
   stream's *frontier* becomes ``H``: the shard holds every record of that
   proxy (for this shard) stamped below it.
 * A *gap* says the proxy's LOG may lack records: a ``gap`` batch (the LOG
@@ -93,7 +93,9 @@ class GapMarker:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamState:
-    """How far a shard durably holds one stream."""
+    """How far a shard holds one stream. ``durable_seq`` is its position: the
+    records through it are held, durable unless deferred writes still wait
+    for their flush (``ShardStore.durable_seq`` says how far is durable)."""
 
     durable_seq: int = 0
     frontier: Stamp = Stamp.ZERO   # below it, every record the proxy's LOG holds is held here

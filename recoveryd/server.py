@@ -17,7 +17,8 @@ Thin asyncio layer over ``ShardStore`` (durability) and ``recoveryd.frontier``
   keeps serving other streams, Status and health.
 * The first message may be a *hello*: an empty batch (``after_seq ==
   through_seq``, no records). It is not applied; its ack tells the shipper the
-  durable position to resume from, whatever position the hello names.
+  position to resume from (after a restart, what the shard had made
+  durable), whatever position the hello names.
 * A refused batch (it does not chain, it is malformed, or its ``sent_stamp``
   is more than max offset ahead of this shard's clock) is answered with
   ``error`` set and the stream's unchanged ``durable_seq``; nothing of it is
@@ -351,7 +352,7 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         return acks
 
     def _hello(self, key: StreamKey, batch: IngestBatch) -> IngestAck:
-        """Answer a hello (in the executor) with the stream's durable position.
+        """Answer a hello (in the executor) with the stream's position.
 
         A hello registers the stream durably before it is answered: from then
         on this shard's frontier counts the proxy even before any record

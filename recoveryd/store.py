@@ -29,7 +29,7 @@ seek plus an iterate upper bound:
   bytes.) Added in format 2; a format-1 store
   is indexed when it is opened (``_index_operations``) and reads on as before;
 * ``s/<node_id u32><log_id>``  -> a ``StreamStatus``: how far this shard
-  durably holds one proxy LOG (see ``recoveryd.frontier``) and how many
+  holds one proxy LOG (see ``recoveryd.frontier``) and how many
   records it brought;
 * ``o/<node_id u32>``          -> the identity that owns a proxy node id (utf-8,
   e.g. ``cert:proxy-a``): bound by the first authenticated registration, so
