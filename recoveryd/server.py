@@ -335,9 +335,9 @@ class JournalServicer(journal_pb2_grpc.JournalServicer):
         outcomes = (self._store.ingest_many(key, [group[i] for i in accepted], defer=defer)
                     if accepted else [])
         if defer and _is_heartbeat(group[-1]):
-            # The stream went quiet: make what waits durable now, and say so
-            # in this ack, rather than DEFERRED_FLUSH_S after it came.
-            self._store.flush_deferred()
+            # The stream went quiet: make what it has waiting durable now,
+            # and say so in this ack, rather than DEFERRED_FLUSH_S after it came.
+            self._store.flush_deferred(key)
         for i, outcome in zip(accepted, outcomes):
             batch = group[i].batch
             if isinstance(outcome, BatchRefused):

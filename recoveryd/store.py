@@ -860,14 +860,17 @@ class ShardStore:
         return since is not None and (now - since >= DEFERRED_FLUSH_S
                                       or self._deferred_bytes >= DEFERRED_FLUSH_BYTES)
 
-    def flush_deferred(self) -> bool:
+    def flush_deferred(self, stream: StreamKey | None = None) -> bool:
         """Make the deferred writes so far durable (blocking: run it off the
-        event loop); False if none waited. Ingest goes on meanwhile: its
-        writes wait for the next flush (RocksDB switches every column
-        family's memtable at once, between two writes)."""
+        event loop); False if none waited (with ``stream``: none of that
+        stream's, so a quiet stream does not flush a busy one's). Ingest
+        goes on meanwhile: its writes wait for the next flush (RocksDB
+        switches every column family's memtable at once, between two writes)."""
         with self._flush_lock:
             with self._write_lock:
                 if self._deferred_since is None or self._closed:
+                    return False
+                if stream is not None and stream not in self._durable_seqs:
                     return False
                 self._check_writable()
                 with self._mem_lock:  # how far this flush makes each stream durable

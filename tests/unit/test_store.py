@@ -447,6 +447,8 @@ def test_a_deferred_group_is_held_at_once_and_durable_after_its_flush(tmp_path: 
         assert sum(f.stat().st_size for f in path.glob("*.log")) < 64 << 10  # 788 KiB held
         assert not s.flush_due(time.monotonic())
         assert s.flush_due(time.monotonic() + DEFERRED_FLUSH_S)
+        assert not s.flush_deferred(other)  # a quiet stream flushes only its own
+        assert s.durable_seq(STREAM) == 2
         assert s.flush_deferred()
         assert s.durable_seq(STREAM) == 199
         assert not s.flush_deferred()  # nothing waits
