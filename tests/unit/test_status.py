@@ -202,7 +202,7 @@ def test_the_same_shard_twice_is_a_warning() -> None:
 def proxy_status(address: str = "127.0.0.1:1") -> dict:
     return {"node_id": 7, "log_id": "L7", "last_seq": 120, "synced_seq": 118,
             "newest": st(T0 + 60 * S, 7), "stable": str(st(T0 + 59 * S, 7)), "log_bytes": 3 << 20,
-            "shards": [{"address": address, "connected": False, "acked_seq": 40,
+            "shards": [{"address": address, "connected": False, "acked_seq": 40, "applied_seq": 45,
                         "frontier": str(st(T0 + 20 * S, 7)), "lag_records": 80,
                         "lag_seconds": 40.0, "gaps_total": 0}]}
 
@@ -325,7 +325,8 @@ def test_status_from_the_proxy_log_while_every_shard_is_down(runner: CliRunner, 
     assert "consistent point: none (unknown" in human.output
     assert "DOWN" in human.output and "proxy node 7 LOG L7" in human.output
     assert f"stable {st(T0 + 59 * S, 7)}, LOG size 3.0MiB" in human.output
-    assert re.search(rf"^{re.escape(dead)}\s+NO\s+40\s+{re.escape(str(st(T0 + 20 * S, 7)))}\s+80\s+40.0s",
+    # durable through 40, held through 45 (5 wait for the shard's flush)
+    assert re.search(rf"^{re.escape(dead)}\s+NO\s+40\s+45\s+{re.escape(str(st(T0 + 20 * S, 7)))}\s+80\s+40.0s",
                      human.output, re.M)
 
 
