@@ -64,6 +64,7 @@ def test_metrics_move_with_a_workload(nas, shard_factory, proxy_factory):
     assert value(after, "nfsj_shipping_sent_records_total") >= 41
     assert value(after, "nfsj_shipping_connected") == 2
     assert value(after, "nfsj_log_backlog_records") == 0
+    assert value(after, "nfsj_shipping_undurable_records") == 0  # once durable, nothing waits
     assert 0 <= value(after, "nfsj_consistent_point_age_seconds") < 3600
     assert value(after, "nfsj_hlc_rejections_total") == 0
 
