@@ -46,7 +46,10 @@ class ShardCollector(Collector):
                  "Records refused because their stamp is held with other bytes", store.conflicts_total),
                 ("nfsj_shard_foreign_stamp_batches",
                  "Batches refused because a record is stamped by another node than its stream's",
-                 store.node_refusals_total)):
+                 store.node_refusals_total),
+                ("nfsj_shard_flushes",
+                 "Flushes that made writes without the WAL durable (deferred or large groups)",
+                 store.flushes_total)):
             yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
         for name, doc, value in (
                 ("nfsj_shard_records", "Records held", store.records_total),
@@ -79,6 +82,9 @@ class ShardCollector(Collector):
                                 labels=["shard", "stream"])
         durable = GaugeMetricFamily("nfsj_shard_durable_seq", "A stream's durable LOG position here",
                                     labels=["shard", "stream"])
+        held = GaugeMetricFamily("nfsj_shard_held_seq",
+                                 "A stream's LOG position here, durable or waiting for a flush",
+                                 labels=["shard", "stream"])
         gaps = GaugeMetricFamily("nfsj_shard_gaps",
                                  "Gaps in a stream: stretches where the proxy LOG may lack records",
                                  labels=["shard", "stream"])
@@ -92,10 +98,11 @@ class ShardCollector(Collector):
             labels = [shard, str(key)]
             wall = state.frontier.wall_ns
             age.add_metric(labels, max(0.0, now_s - wall / 1e9) if wall else float("inf"))
-            durable.add_metric(labels, state.durable_seq)
+            durable.add_metric(labels, min(state.durable_seq, self.running.store.durable_seq(key)))
+            held.add_metric(labels, state.durable_seq)
             gaps.add_metric(labels, len(state.gaps))
             unhealed.add_metric(labels, sum(1 for g in state.gaps if healed_by(g, baselines) is None))
-        yield from (age, durable, gaps, unhealed)
+        yield from (age, durable, held, gaps, unhealed)
 
 
 def _one(family, label: str, value):

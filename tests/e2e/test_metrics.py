@@ -75,6 +75,9 @@ def test_metrics_move_with_a_workload(nas, shard_factory, proxy_factory):
         s = scrape(port)
         assert value(s, "nfsj_shard_streams_open") == 1
         assert value(s, "nfsj_frontier_age_seconds") < 3600
+        # the proxy's backlog is 0: every shard made what it holds durable
+        assert value(s, "nfsj_shard_durable_seq") == value(s, "nfsj_shard_held_seq") > 0
+        assert value(s, "nfsj_shard_flushes_total") >= 0
 
 
 def test_every_log_append_is_counted_once_as_a_journal_record(nas, proxy_factory):
