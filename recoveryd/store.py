@@ -804,8 +804,7 @@ class ShardStore:
         """Write an ingest group of ``stream``, until now durable through
         ``durable_seq``, without the WAL; a later flush makes it durable
         (``flush_due``, ``flush_deferred``). With the write lock held."""
-        wb.put(_FLUSH_KEY, b"", self._flusher_cf)  # what the flush compacts (``_flush``)
-        self._db.write(wb, self._unlogged_opts)
+        self._write_unlogged(wb)
         with self._mem_lock:
             self._durable_seqs.setdefault(stream, durable_seq)
         if self._deferred_since is None:
@@ -813,9 +812,12 @@ class ShardStore:
         self._deferred_bytes += nbytes
 
     def _write_and_flush(self, wb: WriteBatch) -> None:
-        wb.put(_FLUSH_KEY, b"", self._flusher_cf)
-        self._db.write(wb, self._unlogged_opts)
+        self._write_unlogged(wb)
         self._flush()
+
+    def _write_unlogged(self, wb: WriteBatch) -> None:
+        wb.put(_FLUSH_KEY, b"", self._flusher_cf)  # what the next flush compacts (``_flush``)
+        self._db.write(wb, self._unlogged_opts)
 
     def _flush(self) -> None:
         """Make every write so far durable in table files, all column
