@@ -45,7 +45,7 @@ class ShipperOptions:
     # steady stream of small writes ships a batch per shard round trip and
     # linger, not one per LOG fsync (each batch costs the shard a synced
     # write). It delays only the shard's copy: the LOG already holds them.
-    # A backlog goes out at once. Measured against 64 records and 10 ms (3
+    # A backlog goes out at once, its last, smaller batch included. Measured against 64 records and 10 ms (3
     # rounds, 2 shards): shard CPU -60% for a CREATE/SETATTR/REMOVE mix and
     # -55% for 4 KiB FILE_SYNC writes, whose throughput rose 5-20%.
     small_batch_records: int = 1024
@@ -239,6 +239,10 @@ class IngestStream:
         self.inflight_bytes = 0
         self.blocked_by = 0                  # bytes the next record needs in flight (0: unknown)
         self._ready_since: float | None = None  # when unread records were first seen synced
+        # A backlog is going out: its batches, its last small one included,
+        # go out at once (no linger), and when the stream runs dry the
+        # burst is over (``_heartbeat_interval``).
+        self._burst = False
         # (epoch, seq): (sent_seq, seq] was read and holds none of the shard's
         # records; it goes out with the next batch or heartbeat. A new epoch
         # (rewind, reconnection, skip) forgets it.
@@ -370,14 +374,18 @@ class IngestStream:
         if self.sent_seq + 1 < first_seq:
             return self._gap(first_seq - 1)
         read = self._read_through()
+        if self._burst and synced_seq <= read and not self.pending and not self._undurable():
+            self._burst = False  # the burst ended durable: nothing to hurry
         if synced_seq > read:
             if self._ready_since is None:
                 self._ready_since = now
-            if self.room() and not self._lingers(now, synced_seq, read):
+            if self.room() and (self._burst or not self._lingers(now, synced_seq, read)):
+                self._burst = self._burst or synced_seq - read >= opts.small_batch_records
                 return SendRange(self.sent_seq, min(synced_seq, read + opts.max_scan_records),
                                  min(opts.max_batch_bytes, opts.max_inflight_bytes - self.inflight_bytes),
                                  not self.pending, self.epoch, read + 1)
         elif now - self.last_send_at >= self._heartbeat_interval():
+            self._burst = False
             return SendHeartbeat(self.sent_seq, read)
         wait_s = opts.poll_interval_s
         if synced_seq <= read:
@@ -388,11 +396,20 @@ class IngestStream:
 
     def _heartbeat_interval(self) -> float:
         """How long after the last batch a heartbeat goes out: sooner while
-        the shard holds records it has not made durable (``quiet_heartbeat_s``)."""
+        the shard holds records it has not made durable (``quiet_heartbeat_s``),
+        and at once when those are the end of a backlog: nothing more is
+        coming, so waiting would only delay the flush that makes them durable
+        (a backlog of 60,000 4 KiB records: 0.09-0.11 s of its 0.9-1.3 s).
+        A trickle's batches linger, so they still wait; and only one heartbeat
+        per burst goes out at once, in case the shard keeps them undurable."""
         opts = self.options
-        if self.applied_seq > self.acked_seq and not self.pending:
-            return min(opts.quiet_heartbeat_s, opts.heartbeat_interval_s)
+        if self._undurable() and not self.pending:
+            return 0.0 if self._burst else min(opts.quiet_heartbeat_s, opts.heartbeat_interval_s)
         return opts.heartbeat_interval_s
+
+    def _undurable(self) -> bool:
+        """Whether the shard holds records it has not made durable yet."""
+        return self.applied_seq > self.acked_seq
 
     def _read_through(self) -> int:
         """The last seq read: ``sent_seq``, or the end of a range read since that

@@ -268,3 +268,39 @@ def test_a_quiet_stream_whose_shard_holds_undurable_records_heartbeats_sooner():
     stream.on_ack(held(10, 10), now=OPTIONS.quiet_heartbeat_s)
     step = stream.next_step(2 * OPTIONS.quiet_heartbeat_s, first_seq=1, synced_seq=10)
     assert isinstance(step, Wait) and OPTIONS.heartbeat_interval_s > OPTIONS.quiet_heartbeat_s
+
+
+NAGLE = dataclasses.replace(OPTIONS, small_batch_records=1024, max_scan_records=8192,
+                            max_inflight_bytes=1 << 20, max_batch_bytes=1 << 20)
+
+
+def test_the_end_of_a_backlog_is_made_durable_at_once_and_a_trickle_waits():
+    """A backlog's last batch is acked held but not durable: nothing more is
+    coming, so the heartbeat that makes the shard flush goes out at once.
+    A trickle's lingered batch waits ``quiet_heartbeat_s`` as before, and
+    a shard that stays undurable is not asked again at once."""
+    stream = resumed(options=NAGLE)
+    step = stream.next_step(0.0, first_seq=1, synced_seq=5000)  # a backlog: no linger
+    assert isinstance(step, SendRange)
+    assert stream.range_read(step, 5000, 0, records=5000, now=0.0)
+    stream.sent(0, 5000, 500_000, 0.0)
+    stream.on_ack(held(5000, 0), now=0.01)
+    step = stream.next_step(0.01, first_seq=1, synced_seq=5000)
+    assert isinstance(step, SendHeartbeat) and (step.after_seq, step.through_seq) == (5000, 5000)
+    stream.sent(5000, 5000, 0, 0.01)
+    stream.on_ack(held(5000, 0), now=0.02)  # the shard did not flush (yet)
+    step = stream.next_step(0.02, first_seq=1, synced_seq=5000)
+    assert isinstance(step, Wait) and step.seconds > 0
+
+    # A trickle next: 10 records linger, then go out.
+    assert isinstance(stream.next_step(1.0, first_seq=1, synced_seq=5010), Wait)
+    t = 1.0 + NAGLE.linger_s
+    step = stream.next_step(t, first_seq=1, synced_seq=5010)
+    assert isinstance(step, SendRange)
+    assert stream.range_read(step, 5010, 0, records=10, now=t)
+    stream.sent(5000, 5010, 1000, t)
+    stream.on_ack(held(5010, 5000), now=t)
+    for wait in (0.0, NAGLE.quiet_heartbeat_s / 2):
+        assert isinstance(stream.next_step(t + wait, first_seq=1, synced_seq=5010), Wait)
+    step = stream.next_step(t + NAGLE.quiet_heartbeat_s, first_seq=1, synced_seq=5010)
+    assert isinstance(step, SendHeartbeat)
