@@ -202,7 +202,7 @@ def test_frames_are_stored_and_indexed_as_shipped_records_are(tmp_path: Path) ->
             assert [w.data for w in without] == [b""] * 4
         held = [[kv for kv in [*s._scan(b"", b"\xff"), *s._scan(b"", b"\xff", s._records)]
                  if kv[0][:2] in (b"r/", b"f/", b"p/")] for s in stores]
-        assert held[0] == held[1] and len(held[0]) == 4 + 6 + 4  # records, handles named, ops
+        assert held[0] == held[1] and len(held[0]) == 4 + 5 + 4  # records, files named, ops
     finally:
         for s in stores:
             s.close()
