@@ -103,8 +103,8 @@ from .frontier import (BatchRefused, Gap, GapMarker, StreamKey, StreamState, app
 __all__ = [
     "ShardStore", "StoreError", "StreamInfo", "fh_key", "stream_key", "stream_id",
     "stream_status", "gap_pb", "FORMAT", "FILE_ENTRY_SPAN_NS", "RetireRefused", "shipped_size",
-    "ParsedGroup", "store_options", "supports_direct_io", "UNLOGGED_WRITE_BYTES", "DEFERRED_FLUSH_BYTES",
-    "DEFERRED_FLUSH_S", "DEFERRED_WRITE_BYTES",
+    "ParsedGroup", "store_options", "supports_direct_io", "UNLOGGED_WRITE_BYTES",
+    "DEFERRED_FLUSH_BYTES", "DEFERRED_FLUSH_S", "DEFERRED_WRITE_BYTES",
 ]
 
 FORMAT = 4  # m/format; bump (and migrate or refuse) when the key layout changes
@@ -486,9 +486,9 @@ class ShardStore:
 
     def _move_records(self) -> None:
         """Move a format-2 store's records into their column family, then mark
-        it format 3 (which reads as format 4). Each batch puts records there and deletes them here
-        atomically: a crash in between leaves format 2 with some records
-        moved, and the next open moves the rest. It reads and writes every
+        it format 3 (which reads as format 4). Each batch puts records there
+        and deletes them here atomically: a crash in between leaves format 2
+        with some records moved, and the next open moves the rest. It reads and writes every
         record once: the shard serves only after it."""
         logger.warning("%s: moving the records of a format-2 store into their column family "
                        "(once; the shard serves when it is done)", self._path)
