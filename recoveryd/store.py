@@ -85,7 +85,7 @@ import time
 import logging
 import mmap
 import uuid
-from typing import Collection, Iterable, Iterator, NamedTuple
+from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
 from rocksdict import (ColumnFamily, CompactOptions, Options, Rdict, ReadOptions, WriteBatch,
                        WriteOptions)
@@ -114,6 +114,8 @@ FORMAT = 4  # m/format; bump (and migrate or refuse) when the key layout changes
 #: older shard, which would read a packed entry as one stamp, refuses it).
 _MIGRATES = frozenset({1, 2, 3})
 #: How far apart (wall time) the stamps of one per-file index entry may lie.
+#: Part of the format: readers seek this far back, so lowering it without a
+#: format bump would make reads from ``lo`` miss stamps of older entries.
 FILE_ENTRY_SPAN_NS = 10_000_000_000
 #: At most this many stamps per per-file index entry (a 64 KiB value).
 _FILE_ENTRY_STAMPS = 4096
@@ -989,7 +991,7 @@ class ShardStore:
             if have is None and key not in written:
                 written[key] = row.value
                 new[stamp] = row
-        return _put_rows(wb, new, self._records_cf)
+        return _put_rows(wb, new, self._records_cf, held=self._db.get)
 
     # -- reading ---------------------------------------------------------------
 
@@ -1238,9 +1240,16 @@ def _prepared_rows(parsed: list, records_cf: ColumnFamily) -> PreparedRows | Non
     return PreparedRows(wb, [_RECORD + stamp for stamp in rows], count, nbytes)
 
 
-def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row], records_cf: ColumnFamily) -> tuple[int, int]:
+def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row], records_cf: ColumnFamily,
+              held: Callable[[list[bytes]], list[bytes | None]] | None = None) -> tuple[int, int]:
     """Put each record (into ``records_cf``), its operation index entry, and
-    the per-file index entries of them all into ``wb``; (count, bytes)."""
+    the per-file index entries of them all into ``wb``; (count, bytes).
+
+    With ``held`` (a multi-get), a per-file entry that exists under the same
+    key is merged in rather than overwritten: a resend into a store that lost
+    a record but kept the entry its stamp keys would otherwise drop the
+    entry's other stamps from the index. Resends take this path
+    (``_put_new``); a group none of whose records is held does not look."""
     nbytes = 0
     by_file: dict[bytes, list[bytes]] = {}  # a group's records mostly name a few files
     for stamp, row in rows.items():
@@ -1260,10 +1269,29 @@ def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row], records_cf: ColumnFamily)
             by_key[prefix] = sorted(set(by_key[prefix]).union(stamps))
         else:
             by_key[prefix] = stamps
-    for prefix, stamps in by_key.items():
-        for entry in _file_entries(stamps):
-            wb.put(prefix + entry[0], b"".join(entry) if len(entry) > 1 else b"")
+    entries = [(prefix, entry) for prefix, stamps in by_key.items()
+               for entry in _file_entries(stamps)]
+    if held is not None:
+        entries = _merge_held(entries, held)
+    for prefix, entry in entries:
+        wb.put(prefix + entry[0], b"".join(entry) if len(entry) > 1 else b"")
     return len(rows), nbytes
+
+
+def _merge_held(entries: list[tuple[bytes, list[bytes]]],
+                held: Callable[[list[bytes]], list[bytes | None]]
+                ) -> list[tuple[bytes, list[bytes]]]:
+    """``entries`` with the stamps of entries already stored under their keys
+    merged in (and cut again)."""
+    values = held([prefix + entry[0] for prefix, entry in entries])
+    out = []
+    for (prefix, entry), value in zip(entries, values):
+        if value is None:
+            out.append((prefix, entry))
+            continue
+        merged = set(entry).union(_entry_stamps(entry[0], value))
+        out.extend((prefix, piece) for piece in _file_entries(list(merged)))
+    return out
 
 
 def _file_entries(stamps: list[bytes]) -> Iterator[list[bytes]]:

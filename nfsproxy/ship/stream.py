@@ -240,9 +240,12 @@ class IngestStream:
         self.inflight_bytes = 0
         self.blocked_by = 0                  # bytes the next record needs in flight (0: unknown)
         self._ready_since: float | None = None  # when unread records were first seen synced
-        # A backlog is going out: its batches, its last small one included,
-        # go out at once (no linger), and when the stream runs dry the
-        # burst is over (``_heartbeat_interval``).
+        # A backlog: the stream was max_scan_records or more behind the LOG,
+        # last with the LOG synced through _backlog_end. Its ranges, the last
+        # small one included, go out at once (no linger), and while _burst
+        # the heartbeat that makes the shard flush it goes out as soon as the
+        # stream runs dry (``_heartbeat_interval``).
+        self._backlog_end = 0
         self._burst = False
         # (epoch, seq): (sent_seq, seq] was read and holds none of the shard's
         # records; it goes out with the next batch or heartbeat. A new epoch
@@ -375,13 +378,16 @@ class IngestStream:
         if self.sent_seq + 1 < first_seq:
             return self._gap(first_seq - 1)
         read = self._read_through()
-        if self._burst and synced_seq <= read and not self.pending and not self._undurable():
-            self._burst = False  # the burst ended durable: nothing to hurry
+        if synced_seq - read >= opts.max_scan_records:
+            self._backlog_end, self._burst = synced_seq, True
+        elif self._burst and synced_seq <= read and not self.pending and not self._undurable():
+            self._burst = False  # the backlog ended durable: nothing to hurry
         if synced_seq > read:
             if self._ready_since is None:
                 self._ready_since = now
-            if self.room() and (self._burst or not self._lingers(now, synced_seq, read)):
-                self._burst = self._burst or synced_seq - read >= opts.small_batch_records
+            if self.room() and (read < self._backlog_end or not self._lingers(now, synced_seq, read)):
+                if read >= self._backlog_end and synced_seq - read < opts.small_batch_records:
+                    self._burst = False  # a trickle's lingered range: the backlog is over
                 return SendRange(self.sent_seq, min(synced_seq, read + opts.max_scan_records),
                                  min(opts.max_batch_bytes, opts.max_inflight_bytes - self.inflight_bytes),
                                  not self.pending, self.epoch, read + 1)
@@ -398,11 +404,13 @@ class IngestStream:
     def _heartbeat_interval(self) -> float:
         """How long after the last batch a heartbeat goes out: sooner while
         the shard holds records it has not made durable (``quiet_heartbeat_s``),
-        and at once when those are the end of a backlog: nothing more is
-        coming, so waiting would only delay the flush that makes them durable
-        (a backlog of 60,000 4 KiB records: 0.09-0.11 s of its 0.9-1.3 s).
-        A trickle's batches linger, so they still wait; and only one heartbeat
-        per burst goes out at once, in case the shard keeps them undurable."""
+        and at once when those are the end of a backlog (a proxy's start, a
+        shard's return) that no trickle followed: nothing more is coming, so
+        waiting would only delay the flush that makes them durable (a backlog
+        of 60,000 4 KiB records: 0.09-0.11 s of its 0.9-1.3 s). Bursts of a
+        workload are no backlog (each would cost the shard a flush), and only
+        one heartbeat per backlog goes out at once, in case the shard keeps
+        them undurable."""
         opts = self.options
         if self._undurable() and not self.pending:
             return 0.0 if self._burst else min(opts.quiet_heartbeat_s, opts.heartbeat_interval_s)

@@ -274,33 +274,66 @@ NAGLE = dataclasses.replace(OPTIONS, small_batch_records=1024, max_scan_records=
                             max_inflight_bytes=1 << 20, max_batch_bytes=1 << 20)
 
 
-def test_the_end_of_a_backlog_is_made_durable_at_once_and_a_trickle_waits():
-    """A backlog's last batch is acked held but not durable: nothing more is
-    coming, so the heartbeat that makes the shard flush goes out at once.
-    A trickle's lingered batch waits ``quiet_heartbeat_s`` as before, and
-    a shard that stays undurable is not asked again at once."""
-    stream = resumed(options=NAGLE)
-    step = stream.next_step(0.0, first_seq=1, synced_seq=5000)  # a backlog: no linger
+def ship(stream: IngestStream, now: float, synced: int, nbytes: int = 1000) -> SendRange:
+    """The next step is a batch through ``synced`` (or its scan limit); send it."""
+    step = stream.next_step(now, first_seq=1, synced_seq=synced)
     assert isinstance(step, SendRange)
-    assert stream.range_read(step, 5000, 0, records=5000, now=0.0)
-    stream.sent(0, 5000, 500_000, 0.0)
-    stream.on_ack(held(5000, 0), now=0.01)
-    step = stream.next_step(0.01, first_seq=1, synced_seq=5000)
-    assert isinstance(step, SendHeartbeat) and (step.after_seq, step.through_seq) == (5000, 5000)
-    stream.sent(5000, 5000, 0, 0.01)
-    stream.on_ack(held(5000, 0), now=0.02)  # the shard did not flush (yet)
-    step = stream.next_step(0.02, first_seq=1, synced_seq=5000)
+    through = min(synced, step.limit_seq)
+    assert stream.range_read(step, through, 0, records=through - step.after_seq, now=now)
+    stream.sent(step.after_seq, through, nbytes, now)
+    return step
+
+
+def test_the_end_of_a_backlog_is_made_durable_at_once():
+    """A backlog (the stream max_scan_records or more behind) goes out without
+    lingering, its last small range included; once the shard holds it all but
+    has not made it durable, nothing more is coming, so the heartbeat that
+    makes it flush goes out at once, and only once."""
+    stream = resumed(options=NAGLE)
+    ship(stream, 0.0, 9000)                 # 8192 records: the scan limit
+    ship(stream, 0.0, 9000)                 # the last 808 go out at once, a batch in flight
+    stream.on_ack(held(8192, 0), now=0.01)
+    stream.on_ack(held(9000, 0), now=0.01)
+    step = stream.next_step(0.01, first_seq=1, synced_seq=9000)
+    assert isinstance(step, SendHeartbeat) and (step.after_seq, step.through_seq) == (9000, 9000)
+    stream.sent(9000, 9000, 0, 0.01)
+    stream.on_ack(held(9000, 0), now=0.02)  # the shard did not flush (yet)
+    step = stream.next_step(0.02, first_seq=1, synced_seq=9000)
     assert isinstance(step, Wait) and step.seconds > 0
 
-    # A trickle next: 10 records linger, then go out.
-    assert isinstance(stream.next_step(1.0, first_seq=1, synced_seq=5010), Wait)
-    t = 1.0 + NAGLE.linger_s
-    step = stream.next_step(t, first_seq=1, synced_seq=5010)
-    assert isinstance(step, SendRange)
-    assert stream.range_read(step, 5010, 0, records=10, now=t)
-    stream.sent(5000, 5010, 1000, t)
-    stream.on_ack(held(5010, 5000), now=t)
+
+def test_after_a_backlog_a_trickle_lingers_again():
+    """Once the backlog is out, a trickle's small ranges wait for the batch in
+    flight and the linger (Nagle's rule) even when acks are slow; the end of
+    a trickle waits the quiet interval."""
+    stream = resumed(options=NAGLE)
+    ship(stream, 0.0, 9000)
+    ship(stream, 0.0, 9000)
+    now = 0.001
+    for synced in range(9004, 9100, 4):     # 4 records a millisecond, acks far behind
+        assert isinstance(stream.next_step(now, first_seq=1, synced_seq=synced), Wait)
+        now += 0.001
+    stream.on_ack(held(8192, 0), now=now)
+    stream.on_ack(held(9000, 0), now=now)
+    t = 0.001 + NAGLE.linger_s  # the first of them was seen at 0.001
+    assert isinstance(stream.next_step(t - 0.001, first_seq=1, synced_seq=9100), Wait)
+    ship(stream, t, 9100)
+    stream.on_ack(held(9100, 0), now=t)
     for wait in (0.0, NAGLE.quiet_heartbeat_s / 2):
-        assert isinstance(stream.next_step(t + wait, first_seq=1, synced_seq=5010), Wait)
-    step = stream.next_step(t + NAGLE.quiet_heartbeat_s, first_seq=1, synced_seq=5010)
+        assert isinstance(stream.next_step(t + wait, first_seq=1, synced_seq=9100), Wait)
+    step = stream.next_step(t + NAGLE.quiet_heartbeat_s, first_seq=1, synced_seq=9100)
     assert isinstance(step, SendHeartbeat)
+
+
+def test_a_workloads_bursts_are_no_backlog():
+    """Bursts of a busy client (1,200 records every 50 ms, below the scan
+    limit) go out at once by size, but the end of each does not make the
+    shard flush at once: that waits for its own clock or a quiet stream."""
+    stream = resumed(options=NAGLE)
+    synced = 0
+    for burst in range(3):
+        now = burst * 0.05
+        synced += 1200
+        ship(stream, now, synced)
+        stream.on_ack(held(synced, 0), now=now + 0.005)
+        assert isinstance(stream.next_step(now + 0.005, first_seq=1, synced_seq=synced), Wait)

@@ -694,6 +694,21 @@ def test_a_groups_records_of_one_file_share_one_index_entry(store: ShardStore) -
     assert list(store.file_records(b"W", lo=stamp(150))) == [far[-1]]
 
 
+def test_a_resend_into_a_store_that_lost_a_record_keeps_the_files_other_entries(
+        store: ShardStore) -> None:
+    """The first record of a file's entry is lost from the records (a damaged
+    store, as nfsj verify's tests make one) while its entry stays; a resend
+    of the batch writes that record again, and its entry must keep the
+    stamps of the records still held rather than be overwritten."""
+    records = [write_record(i, b"W") for i in range(1, 6)]
+    store.ingest(STREAM, batch(0, 5, list(enumerate(records, 1))))
+    del store._records[b"r/" + records[0].stamp]
+    assert list(store.file_records(b"W")) == records[1:]
+    store.ingest(STREAM, batch(0, 5, list(enumerate(records, 1))))
+    assert list(store.file_records(b"W")) == records
+    assert len(file_index_entries(store)) == 1
+
+
 def test_a_format_3_stores_index_reads_on_beside_packed_entries(tmp_path: Path) -> None:
     """Format 3 indexed each record on its own (an empty value under its
     stamp): opened by this version it is marked format 4 (so an older shard,
