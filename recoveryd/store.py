@@ -78,6 +78,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import os
 import struct
 import threading
@@ -148,6 +149,7 @@ _META_RECORDS = b"m/records"
 _META_BYTES = b"m/bytes"
 
 _MULTIGET_CHUNK = 256
+_ABOVE_EVERY_STAMP = b"\xff" * (_STAMP_BYTES + 1)  # ends the merge in ``_file_stamps``
 _INDEX_BATCH_BYTES = 4 << 20   # per WriteBatch when indexing a format-1 store
 _ALL_OPS = tuple(sorted(Op.values()))
 _GAP = Op.GAP  # an attribute of the enum wrapper costs a lookup per use
@@ -1093,23 +1095,21 @@ class ShardStore:
         skip = len(prefix)
         above = b"" if lo is None else lo.to_bytes()
         through = None if hi is None else hi.to_bytes()
+        entries = ((key[skip:], value)
+                   for key, value in self._scan(_entries_from(prefix, lo), _through(prefix, hi)))
         pending: list[bytes] = []  # a heap
         last = b""
-        for key, value in self._scan(_entries_from(prefix, lo), _through(prefix, hi)):
-            least = key[skip:]
+        for least, value in itertools.chain(entries, [(_ABOVE_EVERY_STAMP, b"")]):
             while pending and pending[0] < least:
                 stamp = heapq.heappop(pending)
                 if stamp != last:
                     yield stamp
                     last = stamp
+            if least is _ABOVE_EVERY_STAMP:
+                break
             for stamp in _entry_stamps(least, value):
                 if stamp > above and (through is None or stamp <= through):
                     heapq.heappush(pending, stamp)
-        while pending:
-            stamp = heapq.heappop(pending)
-            if stamp != last:
-                yield stamp
-                last = stamp
 
     def _fetch_naming(self, keys: list[bytes], fh: bytes) -> Iterator[tuple[Record, bytes]]:
         for value in self._records.get(keys):
@@ -1266,7 +1266,7 @@ def _put_rows(wb: WriteBatch, rows: dict[bytes, _Row], records_cf: ColumnFamily,
     for fh, stamps in by_file.items():
         prefix = _FILE + fh_key(fh) + b"/"
         if prefix in by_key:
-            by_key[prefix] = sorted(set(by_key[prefix]).union(stamps))
+            by_key[prefix] = list(set(by_key[prefix]).union(stamps))  # _file_entries sorts
         else:
             by_key[prefix] = stamps
     entries = [(prefix, entry) for prefix, stamps in by_key.items()
