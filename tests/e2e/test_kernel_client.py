@@ -28,7 +28,7 @@ import pytest
 
 from e2e.test_acceptance import NFSJ, nfsj, now_bound, run_baseline, wait_proven
 from e2e.test_metrics import _free_port, scrape, value
-from e2e.test_up import _read_until
+from e2e.test_up import _read_until, free_port_run
 from e2e.treecompare import diff, snapshot
 from kernel_guest import HOST_FROM_GUEST, mount_line
 from nfsproxy.demo.ganesha import start_ganesha
@@ -199,7 +199,7 @@ def test_nconnect_spreads_one_client_over_four_connections_and_restores(
 
 @pytest.mark.ganesha
 def test_the_mount_line_nfsj_up_prints_works_in_the_kernel_client(guest, tmp_path: Path):
-    port, shard_base = _free_port(), _free_port() + 1000
+    port, shard_base = _free_port(), free_port_run(2)
     proc = subprocess.Popen([*NFSJ, "up", "--data", str(tmp_path / "data"),
                              "--listen", f"127.0.0.1:{port}", "--shard-base-port", str(shard_base)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
 import socket
@@ -22,6 +23,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``nfsj up``'s shard k
+    listens on BASE+k), below the ephemeral range: a base picked near a
+    free ephemeral port was sometimes taken by one of the suite's own
+    connections by the time a shard bound it ("the port is in use")."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        if all(_bindable(base + k) for k in range(count)):
+            return base
+    raise RuntimeError(f"no run of {count} free ports in 20000-32000")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float = 120.0) -> list[str]:
     lines, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -37,7 +60,7 @@ def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float = 120.0) 
 @pytest.mark.ganesha
 def test_up_runs_the_stack_and_stops_it(tmp_path):
     find_ganesha()
-    port, shard_base = _free_port(), _free_port() + 1000
+    port, shard_base = _free_port(), free_port_run(2)
     proc = subprocess.Popen([sys.executable, "-m", "nfsproxy", "up", "--data", str(tmp_path / "data"),
                              "--listen", f"127.0.0.1:{port}", "--shard-base-port", str(shard_base)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
