@@ -24,7 +24,7 @@ import socket
 
 from logstore.hlc import DEFAULT_MAX_OFFSET_NS, HLC
 
-from .heap import keep_freed_memory, quiet_collector
+from .heap import quiet_collector, warm_heap
 from .metrics import ShardCollector, serve_metrics
 from .security import SecurityError, TlsOptions
 from .server import JournalServer, ServeError, start_server
@@ -117,7 +117,7 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
 
 async def run_shard(opts: ShardOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
-    keep_freed_memory()
+    warm_heap()  # a restarted shard's backlog does not wait on fresh pages
     running = await start_shard(opts)
     quiet_collector()
     stop = asyncio.Event()
