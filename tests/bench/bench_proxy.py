@@ -509,22 +509,6 @@ def cleanup(bench: Bench, case: Case, path: str) -> None:
             conn.unlink(name)
 
 
-def warm_up(bench: Bench, case: Case, rnd: int) -> None:
-    """An untimed direct run of `case` at an eighth of its size, before its
-    configurations: the first run of a case otherwise pays ganesha's own
-    warm-up for it (measured: 1 MiB writes at 146 MiB/s first, 1,543 MiB/s
-    right after, both direct)."""
-    small = dataclasses.replace(
-        case, total_bytes=max(case.total_bytes // 8, case.block_bytes * case.queue_depth)
-        if case.total_bytes else 0, n=max(case.n // 8, 1) if case.n else 0,
-        files=max(case.files // 8, 1) if case.files else 0)
-    path = f"/bench-r{rnd}-{case.key}-warm-up"
-    os.sync()
-    load(small, bench.direct, path)
-    cleanup(bench, small, path)
-    os.sync()
-
-
 def run_one(bench: Bench, case: Case, config: Config, rnd: int) -> Run:
     # The previous run's dirty pages (its file on the NAS, its LOG, the shards'
     # files) are written back now, not inside this run's window: otherwise
@@ -808,12 +792,13 @@ def main() -> int:
                   f"when this is >= 1024)")
         print()
         for rnd in range(1, args.rounds + 1):
-            # Even rounds reverse the order, so no configuration always runs
-            # right after another's writeback (1 MiB: the page cache ganesha
-            # left dirty) and a median of 2 rounds sees each in both places.
+            # Even rounds reverse the order, so a median of 2 rounds sees each
+            # configuration early and late in its case: on a VM that reports
+            # free pages to its host, a run writing into pages freed long ago
+            # pays a host fault per page (1 MiB direct: 149 MiB/s first in
+            # its case, 1,678 MiB/s last, in one run).
             order = configs if rnd % 2 else configs[::-1]
             for case in cases:
-                warm_up(bench, case, rnd)
                 for config in order:
                     run = run_one(bench, case, config, rnd)
                     runs[case.key, config.name].append(run)
