@@ -42,11 +42,11 @@ its own CPU is reported too, to show that it stays small.
 
 Configurations are interleaved within each round (for each case: every
 configuration in turn, in reverse order in even rounds), over `--rounds`
-rounds; tables show the median. The
-ratios are the point: on a shared machine absolute figures drift with
-whatever else runs, while the configurations of one round see nearly the
-same machine. The `other CPU` column says how busy the machine was with
-processes other than client, relay, shards and ganesha.
+rounds; tables show the median. The ratios are the point: on a shared
+machine absolute figures drift with whatever else runs, while the
+configurations of one round see nearly the same machine. The `other CPU`
+column says how busy the machine was with processes other than client,
+relay, shards and ganesha.
 
 Every proxied run gets a fresh proxy and a fresh LOG (a new stream on the
 shards). A run's window is the load plus the drain after it: the time until
