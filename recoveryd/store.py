@@ -492,8 +492,8 @@ class ShardStore:
         """Move a format-2 store's records into their column family, then mark
         it format 3 (which reads as format 4). Each batch puts records there
         and deletes them here atomically: a crash in between leaves format 2
-        with some records moved, and the next open moves the rest. It reads and writes every
-        record once: the shard serves only after it."""
+        with some records moved, and the next open moves the rest. It reads
+        and writes every record once: the shard serves only after it."""
         logger.warning("%s: moving the records of a format-2 store into their column family "
                        "(once; the shard serves when it is done)", self._path)
         started, count, nbytes = time.monotonic(), 0, 0
