@@ -53,7 +53,12 @@ the mark names an older segment):
   ``recovered_truncated_bytes``;
 * damage before ``L``, a file shorter than ``L``, or a well-formed frame with
   the wrong seq anywhere, cannot be explained by a crash and raises
-  ``LogCorruptError`` naming the file and byte offset;
+  ``LogCorruptError`` naming the file and byte offset. A frame of an older
+  segment (a seq below the segment's base) counts as damage, not as a wrong
+  seq: the native writer writes new segments over trimmed ones (spares), and
+  a crash can stop it before it wrote over all the old bytes;
+* after a clean close (a close mark at exactly where the frames end), what
+  follows is a spare's older bytes: cut, and no torn tail;
 * without a readable mark (a LOG written before marks existed) damage with
   a valid frame after it is refused, as before.
 
@@ -88,8 +93,8 @@ import crc32c
 from logstore.segment import (
     FORMAT_VERSION, HEADER_BYTES, MAX_PAYLOAD_BYTES, NO_STAMP, ROUTE_UNKNOWN, SEGMENT_HEADER,
     SEGMENT_HEADER_BYTES, Frame, LogCorruptError, LogError, Payload, Segment, SegmentReader,
-    find_valid_frame, parse_segment_name, payload_parts, read_segment_version, scan_segment,
-    segment_name,
+    find_valid_frame, frame_seq_at, parse_segment_name, payload_parts, read_segment_version,
+    scan_segment, segment_name,
 )
 
 __all__ = [
@@ -111,6 +116,7 @@ _TORN_NAME = "TORN"
 # The sync mark: magic, segment base seq, byte offset in it, seq, CRC32C of the rest.
 _MARK = struct.Struct(">4sQQQI")
 _MARK_MAGIC = b"NJSM"
+_CLOSE_MARK_MAGIC = b"NJSC"  # a clean close's: the native writer's (FORMAT.md, "Spares")
 
 
 class LogGapError(LogError):
@@ -224,6 +230,11 @@ class Log:
             segments, truncated = _recover(directory, dir_fd, _read_mark(directory))
             mark_fd = os.open(os.path.join(directory, _MARK_NAME),
                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # What survived recovery is durable. A close mark must not outlive
+            # this open: appends after it would pass for a spare's older bytes.
+            newest = segments[-1]
+            os.pwrite(mark_fd, _encode_mark(newest.base_seq, newest.size, newest.last_seq), 0)
+            os.fdatasync(mark_fd)
             os.fsync(dir_fd)  # the mark's entry, should it be new
         except BaseException:
             for fd in (dir_fd, lock_fd):
@@ -346,8 +357,7 @@ class Log:
         fsync is rationed and done by ``sync`` outside the lock (see the
         module docstring).
         """
-        body = _MARK.pack(_MARK_MAGIC, base_seq, offset, seq, 0)[:-4]
-        os.pwrite(self._mark_fd, body + struct.pack(">I", crc32c.crc32c(body)), 0)
+        os.pwrite(self._mark_fd, _encode_mark(base_seq, offset, seq), 0)
 
     def _durably(self, fsync: Callable[[], None]) -> None:
         try:
@@ -700,10 +710,11 @@ def _lock_directory(directory: str) -> int:
 
 
 def _recover(directory: str, dir_fd: int,
-             mark: tuple[int, int, int] | None) -> tuple[list[Segment], int]:
+             mark: tuple[int, int, int, bool] | None) -> tuple[list[Segment], int]:
     """Load the segment list, repairing the newest segment's tail; returns
     ``(segments, truncated_bytes)``. Creates segment 1 in an empty directory.
-    ``mark`` is the sync mark ``(base_seq, offset, seq)`` (None: none readable)."""
+    ``mark`` is the sync mark ``(base_seq, offset, seq, closed)`` (None: none
+    readable)."""
     bases = sorted(b for name in os.listdir(directory)
                    if (b := parse_segment_name(name)) is not None)
     if not bases:
@@ -715,15 +726,16 @@ def _recover(directory: str, dir_fd: int,
         raise LogCorruptError(os.path.join(directory, segment_name(bases[0])), 0,
                               "segment names start at seq 1")
     sealed = [_sealed_segment(directory, base) for base in bases[:-1]]
-    synced_offset = None
+    synced_offset, closed = None, False
     if mark is not None:
-        mark_base, mark_offset, mark_seq = mark
+        mark_base, mark_offset, mark_seq, mark_closed = mark
         if mark_base > bases[-1]:
             raise LogCorruptError(os.path.join(directory, segment_name(mark_base)), mark_offset,
                                   f"segment missing, yet the LOG had synced it through seq "
                                   f"{mark_seq}")
         synced_offset = mark_offset if mark_base == bases[-1] else 0
-    active, truncated = _recover_newest(directory, dir_fd, bases[-1], synced_offset)
+        closed = mark_closed and mark_base == bases[-1]
+    active, truncated = _recover_newest(directory, dir_fd, bases[-1], synced_offset, closed)
     segments = sealed + [active]
     if active.version != FORMAT_VERSION:
         # Only the current version is written: a LOG from an older version
@@ -745,14 +757,16 @@ def _sealed_segment(directory: str, base: int) -> Segment:
     return Segment(path, base, size, last_seq=None, sealed=True, version=version)
 
 
-def _recover_newest(directory: str, dir_fd: int, base: int,
-                    synced_offset: int | None) -> tuple[Segment, int]:
+def _recover_newest(directory: str, dir_fd: int, base: int, synced_offset: int | None,
+                    closed: bool) -> tuple[Segment, int]:
+    """Repair the newest segment; ``closed``: the mark is a clean close's,
+    in this segment at ``synced_offset``."""
     path = os.path.join(directory, segment_name(base))
     scan = scan_segment(path, base)
     if synced_offset is not None and scan.file_size < synced_offset:
         raise LogCorruptError(path, scan.file_size, f"the file ends here, but the LOG had "
                               f"synced it through offset {synced_offset}")
-    truncated = 0
+    truncated = stale = 0
     size = scan.valid_end
     if scan.version is None:
         # The segment's header never reached the disk: nothing in it was synced.
@@ -765,15 +779,19 @@ def _recover_newest(directory: str, dir_fd: int, base: int,
             logger.warning("%s: truncated torn tail of %d bytes at offset 0 after seq %d (%s)",
                            path, truncated, scan.last_seq, "torn segment header")
             _note_torn(directory, dir_fd, TornTail(path, 0, truncated, scan.last_seq))
+    elif scan.bad is not None and not _judge_bad_frame(
+            path, scan.bad, (base, scan.last_seq + 1), synced_offset, closed, scan.version):
+        # A clean close ended the LOG here: what follows is a spare's older
+        # bytes. This writer does not write over them: cut, but no torn tail.
+        stale = scan.file_size - scan.valid_end
     elif scan.bad is not None:
-        _judge_bad_frame(path, scan.bad, scan.last_seq + 1, synced_offset, scan.version)
         truncated = scan.file_size - scan.valid_end
         logger.warning("%s: truncated torn tail of %d bytes at offset %d after seq %d (%s)",
                        path, truncated, scan.valid_end, scan.last_seq, scan.bad.reason)
         _note_torn(directory, dir_fd, TornTail(path, scan.valid_end, truncated, scan.last_seq))
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        if truncated:
+        if truncated or stale:
             os.ftruncate(fd, scan.valid_end)
         if scan.version is None:
             os.pwrite(fd, SEGMENT_HEADER, 0)
@@ -787,22 +805,28 @@ def _recover_newest(directory: str, dir_fd: int, base: int,
     return segment, truncated
 
 
-def _judge_bad_frame(path: str, bad: LogCorruptError, expect_seq: int,
-                     synced_offset: int | None, version: int) -> None:
-    """Raise unless ``bad`` is a torn tail: damage past the sync mark, or (no
-    mark) damage with nothing valid after it."""
-    if bad.discontinuity:
+def _judge_bad_frame(path: str, bad: LogCorruptError, seqs: tuple[int, int],
+                     synced_offset: int | None, closed: bool, version: int) -> bool:
+    """True if ``bad`` starts a torn tail: damage past the sync mark, or (no
+    mark) damage with nothing valid after it; False if it starts a spare's
+    older bytes right where a clean close (``closed``) ended the LOG; raises
+    for corruption. ``seqs`` is ``(base, expected)``: a frame with a seq
+    below the segment's base is a spare's older bytes, damage rather than a
+    discontinuity."""
+    base, expect_seq = seqs
+    if bad.discontinuity and frame_seq_at(path, bad.offset, version) >= base:
         raise bad
     if synced_offset is not None:
         if bad.offset < synced_offset:
             raise LogCorruptError(path, bad.offset, f"{bad.reason}, inside the region the LOG "
                                   f"had synced (through offset {synced_offset})") from bad
-        return
+        return not (closed and bad.offset == synced_offset)
     follower = find_valid_frame(path, bad.offset + 1, expect_seq, version)
     if follower is not None:
         offset, seq = follower
         raise LogCorruptError(path, bad.offset, f"{bad.reason}, yet a valid frame "
                               f"(seq {seq}) follows at offset {offset}") from bad
+    return True
 
 
 def _log_identity(directory: str, dir_fd: int) -> str:
@@ -828,21 +852,27 @@ def _log_identity(directory: str, dir_fd: int) -> str:
     return log_id
 
 
-def _read_mark(directory: str) -> tuple[int, int, int] | None:
-    """The sync mark ``(base_seq, offset, seq)``, or None if missing or torn."""
+def _encode_mark(base_seq: int, offset: int, seq: int) -> bytes:
+    body = _MARK.pack(_MARK_MAGIC, base_seq, offset, seq, 0)[:-4]
+    return body + struct.pack(">I", crc32c.crc32c(body))
+
+
+def _read_mark(directory: str) -> tuple[int, int, int, bool] | None:
+    """The sync mark ``(base_seq, offset, seq, closed)``, or None if missing;
+    ``(0, 0, 0, False)`` if empty or torn."""
     try:
         with open(os.path.join(directory, _MARK_NAME), "rb") as f:
             raw = f.read(_MARK.size)
     except FileNotFoundError:
         return None  # a LOG from before sync marks: recovery keeps the older, stricter rule
     if not raw:
-        return 0, 0, 0  # no sync was ever marked: nothing is known synced
+        return 0, 0, 0, False  # no sync was ever marked: nothing is known synced
     magic, base, offset, seq, crc = _MARK.unpack(raw.ljust(_MARK.size, b"\0"))
-    if magic != _MARK_MAGIC or crc != crc32c.crc32c(raw[:_MARK.size - 4]):
+    if magic not in (_MARK_MAGIC, _CLOSE_MARK_MAGIC) or crc != crc32c.crc32c(raw[:_MARK.size - 4]):
         logger.warning("%s: the sync mark is damaged; recovery trusts no part of the newest "
                        "segment as synced", directory)
-        return 0, 0, 0
-    return base, offset, seq
+        return 0, 0, 0, False
+    return base, offset, seq, magic == _CLOSE_MARK_MAGIC
 
 
 def _note_torn(directory: str, dir_fd: int, torn: TornTail) -> None:

@@ -419,6 +419,13 @@ def _starts_with_frame(path: str, base_seq: int, file_size: int) -> bool:
         reader.close()
 
 
+def frame_seq_at(path: str, offset: int, version: int = FORMAT_VERSION) -> int:
+    """The seq field of the frame header at ``offset`` (a whole header lies there)."""
+    with open(path, "rb") as f:
+        raw = os.pread(f.fileno(), _HEADERS[version].size, offset)
+    return _SEQ.unpack_from(raw, _SEQ_AT)[0]
+
+
 def find_valid_frame(path: str, start: int, min_seq: int,
                      version: int = FORMAT_VERSION) -> tuple[int, int] | None:
     """First ``(offset, seq)`` at or after ``start`` holding a well-formed frame

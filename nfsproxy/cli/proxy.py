@@ -27,6 +27,7 @@ def _size(text: str | None) -> int | None:
 #: logstore.commit.Durability and nfsproxy.relay.journal.QuotaPolicy. Spelled here so
 #: that --help loads neither the LOG nor the relay (a unit test keeps them equal).
 DEFAULT_LOG_RETAIN = "1h"
+DEFAULT_LOG_SPARES = 4  # nfsproxy.native.log.DEFAULT_SPARE_SEGMENTS, without loading the native module
 DURABILITIES = ("sync", "async", "strict")
 QUOTA_POLICIES = ("block", "passthrough")
 DATA_PLANES = ("native", "python")
@@ -71,6 +72,10 @@ def proxy(
     metrics: str = typer.Option("127.0.0.1:0", help="HOST:PORT for Prometheus /metrics (0: a free port, printed at start)."),
     log_retain: str = typer.Option(DEFAULT_LOG_RETAIN, help="Keep at least this much acked LOG: an age (1h), "
                                    "a size (10G), or both (1h,10G)."),
+    log_spares: int = typer.Option(DEFAULT_LOG_SPARES, min=0, metavar="N",
+                                   help="Trimmed LOG segments kept, while their pages are cached, to "
+                                   "write new segments over instead of growing new files: cheaper "
+                                   "LOG writes and fsyncs. 0: trimmed segments are deleted."),
     drain_timeout: float = typer.Option(30.0, metavar="SECONDS",
                                         help="How long a closed client's relayed mutations may wait for "
                                         "the NAS's replies; past it each is marked as a gap."),
@@ -111,6 +116,7 @@ def proxy(
         raise typer.BadParameter(str(e), param_hint="--log-retain") from None
     opts = ProxyOptions(host, port, backend, log, durability, _size(segment_size), _size(quota),
                         quota_policy, node_id, shards=list(shard), log_retain=log_retain,
+                        log_spares=log_spares,
                         control=control, metrics=metrics, tls=client_tls(tls_ca, tls_cert, tls_key),
                         ingest_token_file=ingest_token_file,
                         drain_timeout_s=drain_timeout, portmap=list(portmap),

@@ -33,7 +33,7 @@ from nfsproxy.daemon.config import ConfigError
 from nfsproxy.daemon.control import start_control
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
 from nfsproxy.native.clock import HLC
-from nfsproxy.native.log import NativeCommitter, NativeLog
+from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS, NativeCommitter, NativeLog
 from nfsproxy.relay.journal import Journal, QuotaPolicy, frame_fields, gap_record
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
@@ -59,6 +59,7 @@ class ProxyOptions:
     max_offset_ns: int = 500_000_000
     shards: list[str] = dataclasses.field(default_factory=list)  # shard k = shards[k], HOST:PORT
     log_retain: str = DEFAULT_LOG_RETAIN  # --log-retain: 1h, 10G or 1h,10G
+    log_spares: int = DEFAULT_SPARE_SEGMENTS  # --log-spares: trimmed segments kept to write over
     control: str = "127.0.0.1:0"  # --control: where `nfsj baseline` reaches this proxy
     metrics: str = "127.0.0.1:0"  # --metrics: Prometheus /metrics
     # --tls-ca/--tls-cert/--tls-key: TLS to the shards (mTLS with a cert). The
@@ -175,7 +176,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     clock = HLC(_node_id(opts.log_dir, opts.node_id), max_offset_ns=opts.max_offset_ns,
                 persist_path=os.path.join(opts.log_dir, "hlc.bound"))
     log = NativeLog.open(opts.log_dir, segment_bytes=opts.segment_bytes,
-                   torn_marker=lambda torn: torn_gap_record(clock, torn))
+                         spare_segments=opts.log_spares,
+                         torn_marker=lambda torn: torn_gap_record(clock, torn))
     unclean = _mark_running(opts.log_dir) and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
         gap = unclean_stop_gap_record(clock)

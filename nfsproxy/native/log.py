@@ -33,6 +33,8 @@ from logstore.segment import (
 from nfsproxy import _dataplane
 from logstore.sharding import frame_route
 
+DEFAULT_SPARE_SEGMENTS: int = _dataplane.DEFAULT_SPARE_SEGMENTS
+
 __all__ = ["NativeLog", "NativeCommitter"]
 
 logger = logging.getLogger(__name__)
@@ -59,26 +61,14 @@ def _native_errors():
 
 
 class _SegmentView:
-    """What ``LogCursor`` needs of a segment: where it is and how to read it.
+    """What ``LogCursor`` needs of a segment: where it is and how to read it."""
 
-    Holds the file open, so a cursor reading a segment that a trim deletes
-    can still learn its (final) size and finish it.
-    """
-
-    __slots__ = ("path", "base_seq", "version", "_fd")
+    __slots__ = ("path", "base_seq", "version")
 
     def __init__(self, path: str, base_seq: int, version: int):
         self.path = path
         self.base_seq = base_seq
         self.version = version
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def final_size(self) -> int:
-        return os.fstat(self._fd).st_size
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.close(self._fd)
 
     @property
     def data_start(self) -> int:
@@ -102,12 +92,17 @@ class NativeLog:
              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
              verify_all: bool = False,
              torn_marker: Callable[[TornTail], Payload | Record] | None = None,
-             mark_interval_s: float = DEFAULT_MARK_INTERVAL_S) -> NativeLog:
+             mark_interval_s: float = DEFAULT_MARK_INTERVAL_S,
+             spare_segments: int = DEFAULT_SPARE_SEGMENTS) -> NativeLog:
         """As ``logstore.log.Log.open``: open (creating) and recover the LOG.
 
         ``torn_marker`` may also return a ``Record``: then its frame carries
-        the record's stamp and route.
+        the record's stamp and route. ``spare_segments``: how many trimmed
+        segments to keep and write new segments over (logstore/FORMAT.md,
+        "Spares"); 0 deletes every trimmed segment.
         """
+        if spare_segments < 0:
+            raise ValueError(f"spare_segments must be >= 0, got {spare_segments}")
         if segment_bytes <= HEADER_BYTES:
             raise ValueError(f"segment_bytes must exceed {HEADER_BYTES}, got {segment_bytes}")
         if not 0 <= max_record_bytes <= MAX_PAYLOAD_BYTES:
@@ -116,7 +111,8 @@ class NativeLog:
         directory = os.fspath(directory)
         with _native_errors():
             native = _dataplane.NativeLog(
-                directory, segment_bytes=segment_bytes, max_record_bytes=max_record_bytes, mark_interval_s=mark_interval_s)
+                directory, segment_bytes=segment_bytes, max_record_bytes=max_record_bytes,
+                mark_interval_s=mark_interval_s, spare_segments=spare_segments)
         log = cls(native, directory)
         try:
             for torn in log.torn_tails:
@@ -191,8 +187,12 @@ class NativeLog:
     def _extent(self, segment: _SegmentView) -> tuple[int, bool]:
         self._check_open()
         extent = self._native.extent(segment.base_seq)
-        if extent is None:  # trimmed (so sealed) while read: the open file reads on
-            return segment.final_size(), True
+        if extent is None:
+            # Trimmed while read. The file may be a spare by now, written over
+            # by a new segment: it has nothing more to give. The cursor moves
+            # on to the successor, or raises LogGapError if it still needed
+            # records of the trimmed segment.
+            return 0, True
         return extent
 
     def _successor(self, finished: _SegmentView, expect_seq: int) -> _SegmentView:

@@ -3,7 +3,7 @@ ganesha vs through `nfsj proxy` shipping to 2 live shards, beside a bare byte
 relay (a script, not a test).
 
     python3 tests/bench/bench_proxy.py [--quick] [--rounds N] [--data-plane native|python|both]
-                                       [--cases KEY,...] [--keep]
+                                       [--cases KEY,...] [--fresh-log] [--log-spares N] [--keep]
 
 One fresh nfs-ganesha (FSAL VFS, loopback) serves every run, and two
 `nfsj recoveryd` shards run for the whole benchmark: every proxied run ships
@@ -48,8 +48,14 @@ configurations of one round see nearly the same machine. The `other CPU`
 column says how busy the machine was with processes other than client,
 relay, shards and ganesha.
 
-Every proxied run gets a fresh proxy and a fresh LOG (a new stream on the
-shards). A run's window is the load plus the drain after it: the time until
+Every proxied run gets a fresh proxy process. Each configuration keeps its
+LOG from run to run, as a restarted proxy does, and trims it as soon as the
+shards have acked it (`--log-retain 0`): so its proxy writes new segments
+over the ones it trimmed (spares, `--log-spares`), as a deployment past its
+retention window does, where every segment written replaces one trimmed.
+Before the first round each proxy configuration writes 320 MiB through
+itself, untimed, to reach that state. With `--fresh-log` every run gets a
+new LOG instead (the first minutes of a deployment). A run's window is the load plus the drain after it: the time until
 the shards have acked every record (`nfsj_log_backlog_records` = 0; shown as
 `drain`), so the shipping of every record is inside its CPU figures. CPU is
 read per thread (/proc/PID/task/*/schedstat, nanoseconds) and split by
@@ -70,7 +76,7 @@ The targets (issue 12) are printed beside the ratios; the last lines turn
 the measured data-plane CPU per write into what one 16-core proxy host
 would carry (cost per core times cores). Before the first run a few GiB of
 memory are touched and freed (see `prewarm_memory`). After each run the
-files are removed through NFS (direct) and the LOG directory deleted.
+files are removed through NFS (direct).
 Before each run the machine's dirty pages are written back (`sync`), so no
 run pays for the one before it. There are no thresholds; every number names
 its machine.
@@ -102,7 +108,6 @@ sys.path.insert(0, str(HERE))
 from e2e.shard_fixture import ShardProcess  # noqa: E402
 from libnfs_load import (Connection, NfsTarget, library_path, metadata_mix,  # noqa: E402
                          write_latency_qd1, write_throughput)
-from logstore.log import Log  # noqa: E402
 from nfsproxy.demo.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
 from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
@@ -112,6 +117,8 @@ N_SHARDS = 2
 _SERVING = re.compile(r"serving NFSv3\+MOUNT on [^ ]+:(\d+),.* metrics (http://\S+)")
 _BARE = re.compile(r"bare relay: (\d+) -> (\d+)")
 _BACKLOG = re.compile(r"^nfsj_log_backlog_records (\S+)$", re.M)
+_APPENDS = re.compile(r"^nfsj_log_appends(?:_total)? (\S+)$", re.M)
+PRIME_BYTES = 320 * MiB
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _FSYNC_EVENTS = ("syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync")
 DRAIN_TIMEOUT_S = 300.0
@@ -359,16 +366,19 @@ class Proxy(Relay):
     """`python -m nfsproxy proxy` with a fresh LOG, shipping to the shards,
     optionally under `perf stat`."""
 
-    def __init__(self, nas, workdir: Path, config: Config, shards: list[str], use_perf: bool):
+    def __init__(self, nas, workdir: Path, config: Config, shards: list[str], use_perf: bool,
+                 fresh_log: bool, log_args: list[str]):
         self.log_dir = workdir / f"log-{config.name}"
-        shutil.rmtree(self.log_dir, ignore_errors=True)
+        self.fresh_log = fresh_log
+        if fresh_log:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
         self.stderr_path = workdir / f"proxy-{config.name}.stderr"
         self.perf_out = workdir / f"perf-{config.name}.out"
         argv = [sys.executable, "-m", "nfsproxy", "proxy", "--listen", "127.0.0.1:0",
                 "--backend", f"127.0.0.1:{nas.nfs_port}:{nas.mount_port}:/export",
                 "--log", str(self.log_dir), "--durability", config.durability,
                 "--data-plane", config.plane, "--relay-threads", str(config.relay_threads),
-                "--control", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+                "--control", "127.0.0.1:0", "--metrics", "127.0.0.1:0", *log_args]
         for shard in shards:
             argv += ["--shard", shard]
         self.use_perf = use_perf
@@ -407,12 +417,15 @@ class Proxy(Relay):
         except OSError:
             return []
 
-    def backlog(self) -> float:
+    def metric(self, pattern: re.Pattern[str]) -> float:
         with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-            m = _BACKLOG.search(r.read().decode())
+            m = pattern.search(r.read().decode())
         if not m:
-            raise RuntimeError("the proxy's metrics lack nfsj_log_backlog_records")
+            raise RuntimeError(f"the proxy's metrics lack {pattern.pattern}")
         return float(m.group(1))
+
+    def backlog(self) -> float:
+        return self.metric(_BACKLOG)
 
     def drain(self) -> float:
         t0 = time.perf_counter()
@@ -424,7 +437,8 @@ class Proxy(Relay):
         return time.perf_counter() - t0
 
     def stop(self) -> tuple[int | None, int | None]:
-        """SIGTERM the proxy; return (LOG records, fsyncs) and delete the LOG."""
+        """SIGTERM the proxy; return (LOG records, fsyncs); delete a fresh LOG."""
+        records = int(self.metric(_APPENDS))
         try:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -441,12 +455,8 @@ class Proxy(Relay):
             raise RuntimeError(f"the proxy exited with status {rc}:\n"
                                f"{self.stderr_path.read_text()[-3000:]}")
         fsyncs = _parse_perf(self.perf_out.read_text()) if self.use_perf else None
-        log = Log.open(self.log_dir)
-        try:
-            records = max(0, log.last_seq - log.first_seq + 1)
-        finally:
-            log.close()
-        shutil.rmtree(self.log_dir, ignore_errors=True)
+        if self.fresh_log:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
         return records, fsyncs
 
     def kill(self) -> None:
@@ -470,6 +480,8 @@ class Bench:
     workdir: Path
     bare_exe: Path
     use_perf: bool
+    fresh_log: bool  # a new LOG for every run
+    log_args: list[str]  # the proxies' LOG options
 
     @property
     def direct(self) -> NfsTarget:
@@ -480,7 +492,25 @@ class Bench:
             return None
         if config.kind == "bare":
             return BareRelay(self.bare_exe, self.nas, self.workdir)
-        return Proxy(self.nas, self.workdir, config, [s.address for s in self.shards], self.use_perf)
+        return Proxy(self.nas, self.workdir, config, [s.address for s in self.shards], self.use_perf,
+                     self.fresh_log, self.log_args)
+
+    def prime(self, config: Config) -> float:
+        """Write PRIME_BYTES through the proxy of `config`, untimed, so its
+        LOG holds spares; returns the seconds it took."""
+        relay = self.relay(config)
+        t0 = time.perf_counter()
+        try:
+            write_throughput(relay.target, f"/prime-{config.name}", MiB, PRIME_BYTES, 16)
+            relay.drain()
+            relay.stop()
+            relay = None
+        finally:
+            if relay:
+                relay.kill()
+        with Connection(self.direct) as conn:
+            conn.unlink(f"/prime-{config.name}")
+        return time.perf_counter() - t0
 
     def shards_cpu_s(self) -> float:
         return sum(process_cpu_s(s.proc.pid) for s in self.shards)
@@ -751,7 +781,15 @@ def main() -> int:
     ap.add_argument("--data-plane", choices=("python", "native", "both"), default="native",
                     help="which proxies to measure beside direct and the bare relay (default: native)")
     ap.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
+    ap.add_argument("--fresh-log", action="store_true",
+                    help="a new LOG for every proxied run (default: each configuration keeps its "
+                    "LOG, trimmed once acked, and writes new segments over trimmed ones)")
+    ap.add_argument("--log-spares", type=int, default=None,
+                    help="the proxies' --log-spares (default: theirs)")
     args = ap.parse_args()
+    log_args = [] if args.fresh_log else ["--log-retain", "0"]
+    if args.log_spares is not None:
+        log_args += ["--log-spares", str(args.log_spares)]
     configs = configurations(args.data_plane)
     cases = bench_cases(8 if args.quick else 1)
     if args.cases:
@@ -772,6 +810,10 @@ def main() -> int:
         print(f"case: {case.title}: {size}")
     print(f"order: {args.rounds} round(s); per round, per case: {', '.join(c.name for c in configs)} "
           f"(reversed in even rounds)", flush=True)
+    print("LOG: " + ("a new one for every proxied run" if args.fresh_log else
+                     f"one per configuration, kept from run to run, proxies run with "
+                     f"{' '.join(log_args)}; each written with {PRIME_BYTES // MiB} MiB before "
+                     f"round 1 (untimed), so new segments are written over trimmed ones"))
 
     started = time.monotonic()
     warm_bytes = (512 if args.quick else 2048) * MiB
@@ -786,10 +828,14 @@ def main() -> int:
             shard.start()
         print(f"ganesha: pid {nas.pid}, NFS port {nas.nfs_port}, MOUNT port {nas.mount_port}; "
               f"shards: {', '.join(f'{s.address} (pid {s.proc.pid})' for s in shards)}")
-        bench = Bench(nas, shards, workdir, bare_exe, use_perf)
+        bench = Bench(nas, shards, workdir, bare_exe, use_perf, args.fresh_log, log_args)
         with Connection(bench.direct) as c:
             print(f"ganesha wtmax: {c.writemax // KiB} KiB (1 MiB writes go as single WRITE calls "
                   f"when this is >= 1024)")
+        if not args.fresh_log:
+            for config in configs:
+                if config.kind == "proxy":
+                    print(f"prime {config.name}: {bench.prime(config):.1f} s", flush=True)
         print()
         for rnd in range(1, args.rounds + 1):
             # Even rounds reverse the order, so a median of 2 rounds sees each

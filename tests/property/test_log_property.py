@@ -59,11 +59,14 @@ def newest_segment(directory: Path) -> Path:
     return sorted(directory.glob("*.seg"))[-1]
 
 
-def unsync_from(directory: Path, path: Path, offset: int, seq: int) -> None:
-    """Set the sync mark as if the last sync ended at ``offset`` (after ``seq``) of ``path``."""
+def unsync_from(directory: Path, path: Path, offset: int, seq: int, *,
+                closed: bool = False) -> None:
+    """Set the sync mark as if the last sync ended at ``offset`` (after ``seq``)
+    of ``path``, or (``closed``) a clean close did."""
     import crc32c
-    from logstore.log import _MARK, _MARK_MAGIC
-    body = _MARK.pack(_MARK_MAGIC, int(path.stem), offset, seq, 0)[:-4]
+    from logstore.log import _CLOSE_MARK_MAGIC, _MARK, _MARK_MAGIC
+    magic = _CLOSE_MARK_MAGIC if closed else _MARK_MAGIC
+    body = _MARK.pack(magic, int(path.stem), offset, seq, 0)[:-4]
     (directory / "SYNCED").write_bytes(body + crc32c.crc32c(body).to_bytes(4, "big"))
 
 
@@ -157,11 +160,37 @@ def test_torn_last_frame_is_cut_at_any_point(records, segment_bytes, data):
 def test_garbage_after_the_last_frame_is_cut(records, garbage, segment_bytes):
     with temp_dir() as directory:
         write_log(directory, records, segment_bytes)
-        with open(newest_segment(directory), "ab") as f:
+        path = newest_segment(directory)
+        size = path.stat().st_size
+        # As a crash after the last sync leaves it: a sync mark, not a close mark.
+        unsync_from(directory, path, size, len(records))
+        with open(path, "ab") as f:
             f.write(garbage)
         with Log.open(directory, segment_bytes=segment_bytes) as log:
             assert log.recovered_truncated_bytes == len(garbage)
             assert read_all(log, 1) == list(enumerate(records, 1))
+
+
+@pytest.mark.usefixtures("writer")
+@SETTINGS
+@given(records=payloads, garbage=st.binary(min_size=1, max_size=600), more=payloads,
+       segment_bytes=st.integers(64, 1024))
+def test_bytes_past_a_clean_close_are_never_records_nor_a_gap(records, garbage, more,
+                                                              segment_bytes):
+    with temp_dir() as directory:
+        write_log(directory, records, segment_bytes)
+        path = newest_segment(directory)
+        unsync_from(directory, path, path.stat().st_size, len(records), closed=True)
+        with open(path, "ab") as f:
+            f.write(garbage)  # what a spare held before it was written over
+        with Log.open(directory, segment_bytes=segment_bytes) as log:
+            assert log.recovered_truncated_bytes == 0 and not log.torn_tails
+            assert read_all(log, 1) == list(enumerate(records, 1))
+            for record in more:
+                log.append(record)
+        with Log.open(directory, segment_bytes=segment_bytes) as log:
+            assert not log.torn_tails
+            assert read_all(log, 1) == list(enumerate(records + more, 1))
 
 
 @pytest.mark.usefixtures("writer")

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def writer(request, monkeypatch) -> str:
         from nfsproxy.native.log import NativeLog
         monkeypatch.setitem(globals(), "Log", NativeLog)
     elif request.node.get_closest_marker("native_only"):
-        pytest.skip("group commit is native only")
+        pytest.skip("native only")
     return request.param
 
 
@@ -308,8 +309,11 @@ def newest_segment(directory: Path) -> str:
 def test_torn_tail_is_truncated_and_reported(tmp_path, caplog, tail):
     with Log.open(tmp_path, segment_bytes=4096) as log:
         fill(log, 20)
+        newest = log.segments[-1]
     path = newest_segment(tmp_path)
     size = os.path.getsize(path)
+    # As a crash after the last sync leaves it: a sync mark, not a close mark.
+    write_mark(tmp_path, newest.first_seq, newest.size_bytes, newest.last_seq)
     append_bytes(path, tail)
     with caplog.at_level(logging.WARNING, logger="logstore.log"):
         log = Log.open(tmp_path, segment_bytes=4096)
@@ -324,12 +328,52 @@ def test_torn_tail_is_truncated_and_reported(tmp_path, caplog, tail):
         assert_intact(log, 1, 21)
 
 
-def write_mark(directory: Path, base_seq: int, offset: int, seq: int) -> None:
-    """Set the sync mark as an earlier sync left it (logstore.log's SYNCED format)."""
-    from logstore.log import _MARK, _MARK_MAGIC
+def write_mark(directory: Path, base_seq: int, offset: int, seq: int, *,
+               closed: bool = False) -> None:
+    """Set the sync mark as an earlier sync left it, or (``closed``) as a
+    clean close leaves it (logstore/FORMAT.md, "Sync mark")."""
+    from logstore.log import _CLOSE_MARK_MAGIC, _MARK, _MARK_MAGIC
     import crc32c
-    body = _MARK.pack(_MARK_MAGIC, base_seq, offset, seq, 0)[:-4]
+    magic = _CLOSE_MARK_MAGIC if closed else _MARK_MAGIC
+    body = _MARK.pack(magic, base_seq, offset, seq, 0)[:-4]
     (directory / "SYNCED").write_bytes(body + crc32c.crc32c(body).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["close-mark", "sync-mark"])
+def test_a_spares_older_frames_past_the_end_are_cut_and_a_gap_only_after_a_crash(tmp_path,
+                                                                                 closed):
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        fill(log, 30)
+        newest = log.segments[-1]
+    assert newest.first_seq > 3
+    path = newest_segment(tmp_path)
+    # The bytes of an older segment this file held before it was written over.
+    append_bytes(path, encode_frame(2, payload_for(2)) + encode_frame(3, payload_for(3)))
+    write_mark(tmp_path, newest.first_seq, newest.size_bytes, newest.last_seq, closed=closed)
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        # After a crash, the LOG cannot tell where writing stopped: a gap.
+        assert len(log.torn_tails) == (0 if closed else 1)
+        assert_intact(log, 1, 30)
+        assert log.append(payload_for(31)) == 31
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        assert not log.torn_tails or not closed
+        assert_intact(log, 1, 31)
+
+
+def test_a_close_mark_does_not_outlive_the_next_open(tmp_path):
+    src = tmp_path / "log"
+    with Log.open(src, segment_bytes=1024) as log:
+        fill(log, 30)
+        newest = log.segments[-1]
+    write_mark(src, newest.first_seq, newest.size_bytes, newest.last_seq, closed=True)
+    with Log.open(src, segment_bytes=1024):
+        # What a crash right after this open leaves, with an append torn.
+        image = tmp_path / "image"
+        shutil.copytree(src, image)
+    append_bytes(newest_segment(image), b"\x07" * 100)
+    with Log.open(image, segment_bytes=1024) as log:
+        assert len(log.torn_tails) == 1, "appends after a clean close's mark are never a spare's"
+        assert_intact(log, 1, 30)
 
 
 def test_torn_first_frame_of_new_segment_leaves_it_empty(tmp_path):
@@ -445,12 +489,74 @@ def test_trim_everything_never_reuses_seqs(tmp_path):
         assert log.last_seq == 41 and log.next_seq == 42
 
 
-def test_cursor_in_trimmed_segment_finishes_it_then_gap(tmp_path):
+def test_cursor_in_trimmed_segment_ends_in_a_gap(tmp_path):
     with Log.open(tmp_path, segment_bytes=1024) as log:
         fill(log, 60)
         cursor = log.read(1)
         assert next(cursor)[0] == 1
         log.trim(log.segments[-1].first_seq)
+        with pytest.raises(LogGapError):
+            list(cursor)
+        cursor.close()
+
+
+@pytest.mark.native_only
+def test_a_trimmed_segment_is_kept_as_a_spare_and_a_new_segment_written_over_it(tmp_path):
+    log = Log.open(tmp_path, segment_bytes=1024, spare_segments=1)
+    with log:
+        fill(log, 60)
+        infos = log.segments
+        inode = os.stat(infos[0].path).st_ino
+        assert log.trim(infos[2].first_seq) == 2
+        spares = sorted(tmp_path.glob("*.spare"))
+        assert [os.stat(p).st_ino for p in spares] == [inode], "one spare kept, one deleted"
+        assert not any(os.path.exists(i.path) for i in infos[:2])
+        while len(log.segments) == len(infos) - 2:
+            fill(log, 1)
+        assert os.stat(log.segments[-1].path).st_ino == inode
+        assert not list(tmp_path.glob("*.spare"))
+        fill(log, 3)
+        assert_intact(log, infos[2].first_seq, log.last_seq)
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        assert not log.torn_tails
+        assert_intact(log, infos[2].first_seq, log.last_seq)
+
+
+@pytest.mark.native_only
+def test_a_spare_no_longer_cached_is_deleted_not_written_over(tmp_path):
+    with Log.open(tmp_path, segment_bytes=1024, spare_segments=1) as log:
+        fill(log, 60)
+        count = len(log.segments)
+        log.trim(log.segments[1].first_seq)
+        [spare] = tmp_path.glob("*.spare")
+        fd = os.open(spare, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # as memory pressure would
+        os.close(fd)
+        while len(log.segments) == count - 1:
+            fill(log, 1)
+        # Writing part of a page that is not cached reads it from disk first.
+        assert not spare.exists()
+        newest = log.segments[-1]
+        assert os.path.getsize(newest.path) == newest.size_bytes, "a new file, no older bytes"
+
+
+def test_the_cli_default_of_spares_is_the_logs():
+    from nfsproxy.cli.proxy import DEFAULT_LOG_SPARES
+    from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS
+    assert DEFAULT_LOG_SPARES == DEFAULT_SPARE_SEGMENTS
+
+
+@pytest.mark.native_only
+def test_a_cursor_never_reads_a_trimmed_segment_written_over(tmp_path):
+    with Log.open(tmp_path, segment_bytes=1024, spare_segments=1) as log:
+        fill(log, 60)
+        cursor = log.read(1)
+        assert next(cursor)[0] == 1
+        first = log.segments[0]
+        log.trim(log.segments[1].first_seq)
+        while os.path.exists(tmp_path / f"{first.first_seq:020d}.spare"):
+            fill(log, 1)
+        fill(log, 20)  # the spare, now the newest segment, written over past the cursor
         with pytest.raises(LogGapError):
             list(cursor)
         cursor.close()

@@ -5,8 +5,9 @@ each file (and each directory's entries) held at its last one. ``crash_copy``
 then builds the directory a power cut could leave: durable content intact;
 past it, the file may be any length up to what was written, and each page
 there may hold the new data, zeros or garbage (pages are written back in any
-order, and unwritten extents read as zeros); an entry never made durable by
-a directory fsync may be missing. Recovery must open every such copy, keep
+order, and unwritten extents read as zeros); a page written over since (a
+spare made a new segment) holds its old or its new data, sector by sector;
+an entry never made durable by a directory fsync may be missing. Recovery must open every such copy, keep
 every record reported synced, and refuse damage inside the synced region.
 """
 
@@ -28,6 +29,7 @@ from nfsproxy import _dataplane
 from logstore.segment import HEADER, HEADER_BYTES, NO_STAMP, SEGMENT_HEADER_BYTES
 
 PAGE = 4096
+SECTOR = 512
 FATES = ("new", "zeros", "garbage")
 
 
@@ -84,10 +86,17 @@ class PowerCut:
 
 
 def _crashed(durable: bytes, current: bytes, rng: random.Random, fates: tuple[str, ...]) -> bytes:
-    if not current.startswith(durable):  # rewritten in place (the sync mark): old or new
+    if len(current) <= SECTOR and not current.startswith(durable):
+        return rng.choice([durable, current])  # the sync mark: one sector, old or new
+    if len(current) < len(durable):  # cut short since: old length or new
         return rng.choice([durable, current])
+    same = next((i for i, (a, b) in enumerate(zip(durable, current)) if a != b), len(durable))
     length = rng.randint(len(durable), len(current))
     out = bytearray(current[:length])
+    for sector in range(same // SECTOR, len(durable) // SECTOR + 1):  # written over
+        lo, hi = sector * SECTOR, min((sector + 1) * SECTOR, len(durable))
+        if lo < hi and rng.random() < 0.5:
+            out[lo:hi] = durable[lo:hi]
     first_page = len(durable) // PAGE
     for page in range(first_page, (length + PAGE - 1) // PAGE):
         lo, hi = max(page * PAGE, len(durable)), min((page + 1) * PAGE, length)
@@ -99,7 +108,11 @@ def _crashed(durable: bytes, current: bytes, rng: random.Random, fates: tuple[st
     return bytes(out)
 
 
-def payload_for(seq: int) -> bytes:
+def payload_for(seq: int, uniform: bool = False) -> bytes:
+    """The record for ``seq``; ``uniform``: all of one length, so frames written
+    over a spare start where its older frames did (as 4 KiB WRITEs do)."""
+    if uniform:
+        return f"record {seq:09d} ".encode() * 40
     return (f"record {seq} ".encode() * (1 + seq * 37 % 90))[:1500]
 
 
@@ -108,15 +121,16 @@ def read_all(log: Log) -> list[tuple[int, bytes]]:
         return [(seq, bytes(p)) for seq, p in cursor]
 
 
-def assert_recovered(directory: Path, synced_seq: int, **open_args) -> Log:
+def assert_recovered(directory: Path, synced_seq: int, uniform: bool = False,
+                     **open_args) -> Log:
     """Open a crash copy: every record through ``synced_seq`` must be there, intact."""
     log = Log.open(directory, **open_args)
     records = read_all(log)
-    assert [seq for seq, _ in records] == list(range(1, log.last_seq + 1))
+    assert [seq for seq, _ in records] == list(range(log.first_seq, log.last_seq + 1))
     assert log.last_seq >= synced_seq
     for seq, payload in records:
         if not payload.startswith(b"GAP"):
-            assert payload == payload_for(seq), seq
+            assert payload == payload_for(seq, uniform), seq
     return log
 
 
@@ -237,16 +251,18 @@ def test_a_synced_file_cut_short_is_refused(tmp_path):
 
 # -- any power cut ----------------------------------------------------------------------
 
-ops = st.lists(st.one_of(st.integers(1, 40).map(lambda n: ("append", n)), st.just(("sync", 0))),
+ops = st.lists(st.one_of(st.integers(1, 40).map(lambda n: ("append", n)), st.just(("sync", 0)),
+                         st.just(("trim", 0))),
                min_size=1, max_size=25)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(ops=ops, segment_bytes=st.sampled_from([3000, 9000, 1 << 20]),
-       mark_interval_s=st.sampled_from([0.0, 3600.0]), seed=st.integers(0, 1 << 30))
+       mark_interval_s=st.sampled_from([0.0, 3600.0]), seed=st.integers(0, 1 << 30),
+       uniform=st.booleans())
 def test_any_power_cut_keeps_every_synced_record(monkeypatch, ops, segment_bytes,
-                                                 mark_interval_s, seed):
+                                                 mark_interval_s, seed, uniform):
     with temp_dir() as tmp, monkeypatch.context() as patch:
         cut = PowerCut(patch)
         src = tmp / "log"
@@ -256,12 +272,16 @@ def test_any_power_cut_keeps_every_synced_record(monkeypatch, ops, segment_bytes
             if op == "sync":
                 log.sync()
                 continue
+            if op == "trim":  # the native writer keeps spares and writes new segments over them
+                log.trim(log.segments[-1].first_seq)
+                continue
             for _ in range(n):
                 seq += 1
-                log.append(payload_for(seq))
+                log.append(payload_for(seq, uniform))
         synced = log.synced_seq
         cut.crash_copy(src, tmp / "crash", random.Random(seed))
         log.close()
-        with assert_recovered(tmp / "crash", synced, torn_marker=lambda t: b"GAP") as recovered:
+        with assert_recovered(tmp / "crash", synced, uniform,
+                              torn_marker=lambda t: b"GAP") as recovered:
             if recovered.recovered_truncated_bytes:
                 assert read_all(recovered)[-1][1] == b"GAP"

@@ -56,8 +56,8 @@ def frame_v1(seq: int, payload: bytes) -> bytes:
     return struct.pack(">II", len(payload), crc32c.crc32c(covered + payload)) + covered + payload
 
 
-def mark(base_seq: int, offset: int, seq: int) -> bytes:
-    body = MARK.pack(b"NJSM", base_seq, offset, seq)
+def mark(base_seq: int, offset: int, seq: int, closed: bool = False) -> bytes:
+    body = MARK.pack(b"NJSC" if closed else b"NJSM", base_seq, offset, seq)
     return body + struct.pack(">I", crc32c.crc32c(body))
 
 
@@ -164,6 +164,35 @@ def main() -> None:
     records = [record_json(1, bytes(16), 0, 0, b"one"), record_json(2, bytes(16), 0, 0, b"two")]
     v.expect(records, ok(records, [{"segment": name(3), "offset": 0,
                                     "truncated_bytes": 16 + 40 + 5, "after_seq": 2}]))
+
+    # Spares: a trimmed segment's file written over by a newer segment. Its
+    # older frames (seqs 1-6) lie past the newer ones (seqs 10 and 11).
+    older = SEGMENT_HEADER + b"".join(frame_v2(i, bytes([0x30 + i]) * 20) for i in range(1, 7))
+    newer = SEGMENT_HEADER + frame_v2(10, b"ten") + frame_v2(11, b"eleven")
+    on_frame = SEGMENT_HEADER + frame_v2(10, b"ten".ljust(20, b".")) + frame_v2(11, b"eleven".ljust(20, b"."))
+    assert len(on_frame) == len(SEGMENT_HEADER) + 2 * (40 + 20)  # ends where frame 3 starts
+    records = [record_json(10, bytes(16), 0, 0, b"ten"), record_json(11, bytes(16), 0, 0, b"eleven")]
+
+    v = Vector("v2-spare-closed", "a spare written over, then a clean close: the older bytes past "
+               "the close mark are no torn tail")
+    v.file(name(10), newer + older[len(newer):])
+    v.file("SYNCED", mark(10, len(newer), 11, closed=True))
+    v.expect(records, ok(records))
+
+    v = Vector("v2-spare-crash", "a spare written over, then a crash: an older segment's frame "
+               "past the sync mark is a torn tail, not a discontinuity")
+    v.file(name(10), on_frame + older[len(on_frame):])
+    v.file("SYNCED", mark(10, len(SEGMENT_HEADER) + 40 + 9, 10))
+    records3 = [record_json(10, bytes(16), 0, 0, b"ten".ljust(20, b".")),
+                record_json(11, bytes(16), 0, 0, b"eleven".ljust(20, b"."))]
+    v.expect(records3, ok(records3, [{"segment": name(10), "offset": len(on_frame),
+                                      "truncated_bytes": len(older) - len(on_frame),
+                                      "after_seq": 11}]))
+
+    v = Vector("v2-spare-synced", "an older segment's frame inside the synced region is corruption")
+    v.file(name(10), on_frame + older[len(on_frame):])
+    v.file("SYNCED", mark(10, len(older), 13))
+    v.expect(records3, {"outcome": "corrupt", "segment": name(10), "offset": len(on_frame)})
 
     # Format version 1 (no segment header, 16-byte frame headers) is still read.
     v = Vector("v1-legacy", "a version 1 LOG: read as is; a writer goes on in a new segment")

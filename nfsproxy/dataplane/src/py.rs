@@ -125,12 +125,20 @@ impl NativeLog {
 #[pymethods]
 impl NativeLog {
     #[new]
-    #[pyo3(signature = (directory, *, segment_bytes=crate::log::DEFAULT_SEGMENT_BYTES, max_record_bytes=crate::log::DEFAULT_MAX_RECORD_BYTES, mark_interval_s=1.0))]
-    fn new(py: Python<'_>, directory: PathBuf, segment_bytes: u64, max_record_bytes: u32, mark_interval_s: f64) -> PyResult<Self> {
+    #[pyo3(signature = (directory, *, segment_bytes=crate::log::DEFAULT_SEGMENT_BYTES, max_record_bytes=crate::log::DEFAULT_MAX_RECORD_BYTES, mark_interval_s=1.0, spare_segments=crate::log::DEFAULT_SPARE_SEGMENTS))]
+    fn new(
+        py: Python<'_>,
+        directory: PathBuf,
+        segment_bytes: u64,
+        max_record_bytes: u32,
+        mark_interval_s: f64,
+        spare_segments: usize,
+    ) -> PyResult<Self> {
         if mark_interval_s < 0.0 || !mark_interval_s.is_finite() {
             return Err(PyValueError::new_err(format!("mark_interval_s must be >= 0, got {mark_interval_s}")));
         }
-        let opts = LogOptions { segment_bytes, max_record_bytes, mark_interval: Duration::from_secs_f64(mark_interval_s) };
+        let mark_interval = Duration::from_secs_f64(mark_interval_s);
+        let opts = LogOptions { segment_bytes, max_record_bytes, mark_interval, spare_segments };
         let log = py.detach(|| Log::open(&directory, opts)).map_err(log_err)?;
         Ok(NativeLog { log: Arc::new(log) })
     }
@@ -701,6 +709,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeLog>()?;
     m.add_class::<NativeCommitter>()?;
     m.add_class::<NativeHlc>()?;
+    m.add("DEFAULT_SPARE_SEGMENTS", crate::log::DEFAULT_SPARE_SEGMENTS)?;
     m.add("NativeLogError", py.get_type::<NativeLogError>())?;
     m.add("NativeLogClosedError", py.get_type::<NativeLogClosedError>())?;
     m.add("NativeLogCorruptError", py.get_type::<NativeLogCorruptError>())?;

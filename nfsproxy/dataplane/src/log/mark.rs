@@ -10,12 +10,15 @@ use super::{durable, io_err, Result, TornTail};
 pub const MARK_NAME: &str = "SYNCED";
 pub const TORN_NAME: &str = "TORN";
 const MAGIC: &[u8; 4] = b"NJSM";
+/// A clean close's mark: nothing was appended after its position.
+const CLOSE_MAGIC: &[u8; 4] = b"NJSC";
 const MARK_BYTES: usize = 32;
 
-/// The 32 bytes of a mark for `(base_seq, offset, seq)`.
-pub fn encode(base_seq: u64, offset: u64, seq: u64) -> [u8; MARK_BYTES] {
+/// The 32 bytes of a mark for `(base_seq, offset, seq)`; `closed` for the
+/// mark a clean close leaves.
+pub fn encode(base_seq: u64, offset: u64, seq: u64, closed: bool) -> [u8; MARK_BYTES] {
     let mut m = [0u8; MARK_BYTES];
-    m[..4].copy_from_slice(MAGIC);
+    m[..4].copy_from_slice(if closed { CLOSE_MAGIC } else { MAGIC });
     m[4..12].copy_from_slice(&base_seq.to_be_bytes());
     m[12..20].copy_from_slice(&offset.to_be_bytes());
     m[20..28].copy_from_slice(&seq.to_be_bytes());
@@ -32,6 +35,8 @@ pub enum Mark {
     /// `(base_seq, offset, seq)`; `(0, 0, 0)` when empty or damaged (nothing
     /// in the newest segment is trusted as synced).
     At(u64, u64, u64),
+    /// `(base_seq, offset, seq)` left by a clean close: the LOG ends exactly there.
+    Closed(u64, u64, u64),
 }
 
 pub fn read(dir: &Path) -> Result<Mark> {
@@ -47,11 +52,13 @@ pub fn read(dir: &Path) -> Result<Mark> {
     let n = raw.len().min(MARK_BYTES);
     m[..n].copy_from_slice(&raw[..n]);
     let crc = u32::from_be_bytes(m[28..].try_into().unwrap());
-    if &m[..4] != MAGIC || crc != crc32c::crc32c(&m[..28]) {
+    let closed = &m[..4] == CLOSE_MAGIC;
+    if (&m[..4] != MAGIC && !closed) || crc != crc32c::crc32c(&m[..28]) {
         return Ok(Mark::At(0, 0, 0));
     }
     let be64 = |at: usize| u64::from_be_bytes(m[at..at + 8].try_into().unwrap());
-    Ok(Mark::At(be64(4), be64(12), be64(20)))
+    let (base, offset, seq) = (be64(4), be64(12), be64(20));
+    Ok(if closed { Mark::Closed(base, offset, seq) } else { Mark::At(base, offset, seq) })
 }
 
 /// Durably note a torn tail before it is cut.

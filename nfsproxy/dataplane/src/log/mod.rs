@@ -12,6 +12,7 @@
 //! `Log` is `Sync`: any thread may append while another syncs. Only one
 //! process may have a LOG open (flock).
 
+mod cache;
 pub mod commit;
 pub mod durable;
 pub mod frame;
@@ -34,9 +35,11 @@ use tokio::sync::watch;
 
 pub use commit::{Durability, GroupCommitter};
 pub use frame::{RouteKind, Routing, HEADER_BYTES};
-use segment::{data_start, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
+use segment::{data_start, segment_header, segment_name, spare_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Trimmed segments kept to be written over (`LogOptions::spare_segments`).
+pub const DEFAULT_SPARE_SEGMENTS: usize = 4;
 /// NFSv3 WRITEs are at most a few MiB; a record much larger is a bug upstream.
 pub const DEFAULT_MAX_RECORD_BYTES: u32 = 16 << 20;
 /// A frame's payload is written from at most this many buffers (pwritev takes
@@ -121,6 +124,11 @@ pub struct LogOptions {
     pub max_record_bytes: u32,
     /// How often the sync mark is fsynced (zero: with every sync).
     pub mark_interval: Duration,
+    /// How many trimmed segments to keep as spares, which new segments are
+    /// then written over instead of growing new files (as databases recycle
+    /// their WAL files): the writes land in pages the page cache already
+    /// holds, and an fdatasync has no file size to log. Zero: trim deletes.
+    pub spare_segments: usize,
 }
 
 impl Default for LogOptions {
@@ -129,6 +137,7 @@ impl Default for LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             mark_interval: Duration::from_secs(1),
+            spare_segments: DEFAULT_SPARE_SEGMENTS,
         }
     }
 }
@@ -173,6 +182,9 @@ struct Segment {
     file: Option<File>,
     /// Sparse `(seq, offset)` index of frames written or scanned in this process.
     index: Vec<(u64, u64)>,
+    /// The file may hold an older segment's bytes past `size` (it is a
+    /// spare written over): they are cut before the segment is sealed.
+    stale_tail: bool,
 }
 
 impl Segment {
@@ -194,6 +206,31 @@ impl Segment {
             version: FORMAT_VERSION,
             file: Some(file),
             index: Vec::new(),
+            stale_tail: false,
+        })
+    }
+
+    /// The segment starting at `base_seq`, made from the spare file `spare`:
+    /// renamed, its header written again, its old frames left to be written over.
+    fn recycle(dir: &Path, spare: &Path, base_seq: u64) -> Result<Segment> {
+        let path = dir.join(segment_name(base_seq));
+        std::fs::rename(spare, &path)
+            .map_err(io_err(format!("renaming {} to {}", spare.display(), path.display())))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        file.write_all_at(&segment_header(), 0)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(Segment {
+            path,
+            base_seq,
+            size: SEGMENT_HEADER_BYTES as u64,
+            version: FORMAT_VERSION,
+            file: Some(file),
+            index: Vec::new(),
+            stale_tail: true,
         })
     }
 
@@ -206,6 +243,8 @@ impl Segment {
 struct State {
     /// Ordered by base seq; the last one is active.
     segments: Vec<Segment>,
+    /// Spare files, oldest first (`LogOptions::spare_segments`).
+    spares: Vec<PathBuf>,
     last_seq: u64,
     size_bytes: u64,
     /// A segment was created since the last directory fsync.
@@ -366,8 +405,15 @@ impl Log {
         // only ever has to repair the newest segment.
         let old = st.segments.last().unwrap();
         let (old_base, old_size) = (old.base_seq, old.size);
-        let synced = durable::sync_data(old.file.as_ref().unwrap());
-        self.durably(st, synced, "fdatasync of the active segment")?;
+        let file = old.file.as_ref().unwrap();
+        let synced = if old.stale_tail {
+            // A sealed segment ends at its last frame; its new size must be
+            // durable before a successor exists.
+            file.set_len(old_size).and_then(|()| durable::sync_all(file))
+        } else {
+            durable::sync_data(file)
+        };
+        self.durably(st, synced, "fsync of the active segment")?;
         if st.dir_dirty {
             // The old segment may be new itself: its records count as synced
             // only once its directory entry is durable too.
@@ -375,15 +421,33 @@ impl Log {
             self.durably(st, synced, "fsync of the LOG directory")?;
             st.dir_dirty = false;
         }
-        let new = Segment::create(&self.dir, st.last_seq + 1)?;
-        st.segments.last_mut().unwrap().file = None; // sealed only now
-        self.write_mark(old_base, old_size, st.last_seq);
+        let new = match self.take_spare(st)? {
+            Some(spare) => Segment::recycle(&self.dir, &spare, st.last_seq + 1)?,
+            None => Segment::create(&self.dir, st.last_seq + 1)?,
+        };
+        let sealed = st.segments.last_mut().unwrap();
+        sealed.file = None; // sealed only now
+        sealed.stale_tail = false;
+        self.write_mark(old_base, old_size, st.last_seq, false);
         self.publish_synced(st.last_seq);
         st.size_bytes += new.size;
         st.segments.push(new);
         st.dir_dirty = true;
         self.published.update(st);
         Ok(())
+    }
+
+    /// The oldest spare still worth writing over (its pages cached); spares
+    /// no longer cached are deleted.
+    fn take_spare(&self, st: &mut State) -> Result<Option<PathBuf>> {
+        while !st.spares.is_empty() {
+            let spare = st.spares.remove(0);
+            if cache::mostly_cached(&spare) {
+                return Ok(Some(spare));
+            }
+            std::fs::remove_file(&spare).map_err(io_err(format!("removing {}", spare.display())))?;
+        }
+        Ok(None)
     }
 
     /// Make every record appended so far durable; return the synced seq.
@@ -414,7 +478,7 @@ impl Log {
         let target = position.2;
         if target >= self.synced_seq() {
             let _st = self.state.lock().unwrap();
-            self.write_mark(position.0, position.1, position.2);
+            self.write_mark(position.0, position.1, position.2, false);
         }
         let due = mark_synced_at.is_none_or(|at| at.elapsed() >= self.opts.mark_interval);
         if due {
@@ -425,11 +489,11 @@ impl Log {
         Ok(self.synced_seq())
     }
 
-    fn write_mark(&self, base_seq: u64, offset: u64, seq: u64) {
+    fn write_mark(&self, base_seq: u64, offset: u64, seq: u64, closed: bool) {
         // Only positions already durable are written, so whatever version of
         // the mark survives a crash is a lower bound of what was synced. A
         // failed write leaves an older, still true, mark.
-        let _ = self.mark_file.write_all_at(&mark::encode(base_seq, offset, seq), 0);
+        let _ = self.mark_file.write_all_at(&mark::encode(base_seq, offset, seq, closed), 0);
     }
 
     fn publish_synced(&self, seq: u64) {
@@ -481,8 +545,10 @@ impl Log {
         mark::forget_torn(&self.dir, &self.dir_file)
     }
 
-    /// Delete whole sealed segments whose records are all below `below_seq`;
-    /// never the active one. Returns how many were deleted.
+    /// Drop whole sealed segments whose records are all below `below_seq`;
+    /// never the active one. Each is deleted, or kept as a spare while fewer
+    /// than `spare_segments` are and its pages are cached. Returns how many
+    /// were dropped.
     pub fn trim(&self, below_seq: u64) -> Result<usize> {
         let mut st = self.state.lock().unwrap();
         if st.closed {
@@ -491,7 +557,16 @@ impl Log {
         let mut deleted = 0;
         while st.segments.len() > 1 && st.segments[1].base_seq <= below_seq {
             let victim = st.segments.remove(0);
-            std::fs::remove_file(&victim.path).map_err(io_err(format!("removing {}", victim.path.display())))?;
+            let keep = st.spares.len() < self.opts.spare_segments && victim.version == FORMAT_VERSION;
+            if keep && cache::mostly_cached(&victim.path) {
+                let spare = self.dir.join(spare_name(victim.base_seq));
+                std::fs::rename(&victim.path, &spare)
+                    .map_err(io_err(format!("renaming {} to {}", victim.path.display(), spare.display())))?;
+                st.spares.push(spare);
+            } else {
+                std::fs::remove_file(&victim.path)
+                    .map_err(io_err(format!("removing {}", victim.path.display())))?;
+            }
             st.size_bytes -= victim.size;
             deleted += 1;
             self.published.update(&st);
@@ -522,8 +597,9 @@ impl Log {
             self.sync().and_then(|_| {
                 let st = self.state.lock().unwrap();
                 let active = st.segments.last().unwrap();
-                // A clean stop leaves an exact mark: then any damage is corruption.
-                self.write_mark(active.base_seq, active.size, st.last_seq);
+                // A clean stop leaves an exact close mark: then any damage is
+                // corruption, and a spare's older bytes past it are no torn tail.
+                self.write_mark(active.base_seq, active.size, st.last_seq, true);
                 drop(st);
                 durable::sync_data(&self.mark_file).map_err(io_err("fdatasync of the sync mark"))
             })
@@ -693,8 +769,11 @@ mod tests {
         dir
     }
 
-    /// Every frame on disk, in seq order, as (seq, stamp's first byte, payload).
-    fn frames_on_disk(log: &Log) -> Vec<(u64, u8, Vec<u8>)> {
+    /// Frames as (seq, stamp's first byte, payload).
+    type Frames = Vec<(u64, u8, Vec<u8>)>;
+
+    /// Every frame on disk, in seq order.
+    fn frames_on_disk(log: &Log) -> Frames {
         let mut out = Vec::new();
         for s in log.segments() {
             let data = std::fs::read(&s.path).unwrap();
@@ -762,5 +841,115 @@ mod tests {
         assert_eq!(frames_on_disk(&log), expect);
         log.close().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    }
+
+    /// Appends 300-byte records up to `last` (seqs from `log.last_seq() + 1`).
+    fn fill(log: &Log, last: u64, expect: &mut Frames) {
+        while log.last_seq() < last {
+            let seq = log.last_seq() + 1;
+            let payload = vec![seq as u8; 300];
+            assert_eq!(log.append(&[&payload], &Routing::default()).unwrap(), seq);
+            expect.push((seq, 0, payload));
+        }
+    }
+
+    /// A LOG of small segments with one spare: 40 records, segments 1-3
+    /// trimmed (one kept as a spare), then written on until a new segment
+    /// reuses the spare's file. Returns the LOG, its options, the frames it
+    /// holds, and the spare's inode.
+    fn log_over_a_spare(dir: &Path) -> (Log, LogOptions, Frames, u64) {
+        let opts = LogOptions { segment_bytes: 4096, spare_segments: 1, ..LogOptions::default() };
+        let log = Log::open(dir, opts.clone()).unwrap();
+        let mut expect = Vec::new();
+        fill(&log, 40, &mut expect);
+        log.sync().unwrap();
+        let segments = log.segments();
+        assert!(segments.len() >= 4, "{segments:?}");
+        let victim = &segments[0];
+        let spare = dir.join(spare_name(victim.first_seq));
+        let spare_inode = inode(&victim.path);
+        assert_eq!(log.trim(segments[3].first_seq).unwrap(), 3);
+        assert!(!segments[1].path.exists() && !segments[2].path.exists(), "only one spare is kept");
+        assert_eq!(inode(&spare), spare_inode, "the first trimmed segment became the spare");
+        expect.retain(|&(seq, ..)| seq >= segments[3].first_seq);
+        let before = log.segments().len();
+        fill(&log, 52, &mut expect);
+        while log.segments().len() == before {
+            fill(&log, log.last_seq() + 1, &mut expect);
+        }
+        let newest = log.segments().pop().unwrap();
+        assert_eq!(inode(&newest.path), spare_inode, "the new segment is the spare, written over");
+        assert!(!spare.exists());
+        fill(&log, newest.first_seq + 1, &mut expect); // part of the old bytes written over
+        assert!(std::fs::metadata(&newest.path).unwrap().len() > newest.size_bytes + 300);
+        (log, opts, expect, spare_inode)
+    }
+
+    #[test]
+    fn a_trimmed_segment_is_written_over_by_a_new_one_and_cut_to_its_frames_when_sealed() {
+        let dir = scratch("spare");
+        let (log, opts, mut expect, _) = log_over_a_spare(&dir);
+        assert_eq!(frames_on_disk(&log), expect);
+        let over = log.segments().pop().unwrap();
+        let before = log.segments().len();
+        while log.segments().len() == before {
+            fill(&log, log.last_seq() + 1, &mut expect);
+        }
+        let sealed = log.segments().into_iter().find(|s| s.first_seq == over.first_seq).unwrap();
+        assert_eq!(std::fs::metadata(&sealed.path).unwrap().len(), sealed.size_bytes);
+        log.close().unwrap();
+        let log = Log::open(&dir, opts).unwrap();
+        assert_eq!(frames_on_disk(&log), expect);
+        assert!(log.torn_tails().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_a_clean_close_the_older_bytes_are_no_torn_tail_and_are_written_over() {
+        let dir = scratch("spare-close");
+        let (log, opts, mut expect, spare_inode) = log_over_a_spare(&dir);
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(&dir, opts.clone()).unwrap();
+        assert!(log.torn_tails().is_empty(), "{:?}", log.torn_tails());
+        assert_eq!(log.recovered_truncated_bytes(), 0);
+        assert_eq!(frames_on_disk(&log), expect);
+        let newest = log.segments().pop().unwrap();
+        assert_eq!(inode(&newest.path), spare_inode);
+        assert!(std::fs::metadata(&newest.path).unwrap().len() > newest.size_bytes, "kept to write over");
+        fill(&log, log.last_seq() + 2, &mut expect);
+        drop(log); // as a clean stop
+        let log = Log::open(&dir, opts).unwrap();
+        assert!(log.torn_tails().is_empty());
+        assert_eq!(frames_on_disk(&log), expect);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_crash_in_a_spare_written_over_is_a_torn_tail_never_corruption() {
+        let dir = scratch("spare-crash");
+        let (log, opts, expect, _) = log_over_a_spare(&dir);
+        log.sync().unwrap();
+        // What a kill -9 leaves: the files as they are, with no close.
+        let image = scratch("spare-crash-image");
+        std::fs::create_dir_all(&image).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), image.join(entry.file_name())).unwrap();
+        }
+        log.close().unwrap();
+        let reopened = Log::open(&image, opts).unwrap();
+        let newest = reopened.segments().pop().unwrap();
+        let torn = reopened.torn_tails().to_vec();
+        assert_eq!(torn.len(), 1, "an unclean stop in a spare is noted: a gap, never a silent pass");
+        assert_eq!((torn[0].offset, torn[0].after_seq), (newest.size_bytes, expect.last().unwrap().0));
+        assert_eq!(frames_on_disk(&reopened), expect);
+        assert_eq!(std::fs::metadata(&newest.path).unwrap().len(), newest.size_bytes);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&image);
     }
 }

@@ -5,13 +5,15 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
 use super::mark::{self, Mark};
-use super::segment::{self, parse_segment_name, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
+use super::segment::{
+    self, parse_segment_name, parse_spare_name, segment_header, segment_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES,
+};
 use super::{durable, io_err, Log, LogError, LogOptions, Published, Result, Segment, State, SyncState, TornTail, HEADER_BYTES};
 
 const LOCK_NAME: &str = "LOCK";
@@ -29,7 +31,7 @@ pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
     let lock_file = lock_directory(dir)?;
     let log_id = log_identity(dir, &dir_file)?;
     let mark = mark::read(dir)?;
-    let (segments, last_seq, truncated) = recover(dir, &dir_file, mark)?;
+    let (segments, spares, last_seq, truncated) = recover(dir, &dir_file, mark, opts.spare_segments)?;
     let mark_file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -39,10 +41,16 @@ pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
         .mode(0o644)
         .open(dir.join(mark::MARK_NAME))
         .map_err(io_err("opening the sync mark"))?;
+    // What survived recovery is durable. A close mark must not outlive this
+    // open: appends after it would pass for an older segment's bytes.
+    let newest = segments.last().unwrap();
+    let exact = mark::encode(newest.base_seq, newest.size, last_seq, false);
+    mark_file.write_all_at(&exact, 0).map_err(io_err("writing the sync mark"))?;
+    durable::sync_data(&mark_file).map_err(io_err("fdatasync of the sync mark"))?;
     durable::sync_all(&dir_file).map_err(io_err("fsync of the LOG directory"))?; // the mark's entry
     let torn_tails = mark::read_torn(dir)?;
     let size_bytes = segments.iter().map(|s| s.size).sum();
-    let state = State { segments, last_seq, size_bytes, dir_dirty: false, closed: false, failure: None };
+    let state = State { segments, spares, last_seq, size_bytes, dir_dirty: false, closed: false, failure: None };
     Ok(Log {
         dir: dir.to_path_buf(),
         opts,
@@ -122,27 +130,30 @@ fn corrupt(path: &Path, offset: u64, reason: String) -> LogError {
     LogError::Corrupt { path: path.to_path_buf(), offset, reason, discontinuity: false }
 }
 
-/// The segment list with the newest segment repaired: `(segments, last_seq,
-/// truncated_bytes)`. Creates segment 1 in an empty directory.
-fn recover(dir: &Path, dir_file: &File, mark: Mark) -> Result<(Vec<Segment>, u64, u64)> {
-    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+/// The segment list with the newest segment repaired, and the spare files:
+/// `(segments, spares, last_seq, truncated_bytes)`. Creates segment 1 in an
+/// empty directory.
+fn recover(dir: &Path, dir_file: &File, mark: Mark, keep_spares: usize) -> Result<(Vec<Segment>, Vec<PathBuf>, u64, u64)> {
+    let names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_err(format!("listing {}", dir.display())))?
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().and_then(parse_segment_name)))
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
         .collect();
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     bases.sort_unstable();
+    let spares = keep_some_spares(dir, &names, keep_spares)?;
     let Some(&newest) = bases.last() else {
         let segment = Segment::create(dir, 1)?;
         durable::sync_data(segment.file.as_ref().unwrap()).map_err(io_err("fdatasync of a new segment"))?;
         durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))?;
-        return Ok((vec![segment], 0, 0));
+        return Ok((vec![segment], spares, 0, 0));
     };
     if bases[0] < 1 {
         return Err(corrupt(&dir.join(segment_name(bases[0])), 0, "segment names start at seq 1".into()));
     }
     let mut segments = bases[..bases.len() - 1].iter().map(|&b| sealed_segment(dir, b)).collect::<Result<Vec<_>>>()?;
-    let synced_offset = match mark {
-        Mark::Missing => None,
-        Mark::At(base, offset, seq) => {
+    let (synced_offset, closed) = match mark {
+        Mark::Missing => (None, false),
+        Mark::At(base, offset, seq) | Mark::Closed(base, offset, seq) => {
             if base > newest {
                 return Err(corrupt(
                     &dir.join(segment_name(base)),
@@ -150,10 +161,11 @@ fn recover(dir: &Path, dir_file: &File, mark: Mark) -> Result<(Vec<Segment>, u64
                     format!("segment missing, yet the LOG had synced it through seq {seq}"),
                 ));
             }
-            Some(if base == newest { offset } else { 0 })
+            let here = base == newest;
+            (Some(if here { offset } else { 0 }), here && matches!(mark, Mark::Closed(..)))
         }
     };
-    let (active, last_seq, truncated) = recover_newest(dir, dir_file, newest, synced_offset)?;
+    let (active, last_seq, truncated) = recover_newest(dir, dir_file, newest, synced_offset, closed)?;
     segments.push(active);
     if segments.last().unwrap().version != FORMAT_VERSION {
         // Only the current version is written: an older LOG goes on in a new
@@ -164,7 +176,19 @@ fn recover(dir: &Path, dir_file: &File, mark: Mark) -> Result<(Vec<Segment>, u64
         segments.push(new);
     }
     durable::sync_all(dir_file).map_err(io_err("fsync of the LOG directory"))?;
-    Ok((segments, last_seq, truncated))
+    Ok((segments, spares, last_seq, truncated))
+}
+
+/// The spare files to write new segments over, oldest first; deletes those
+/// beyond `keep` (the option may have been lowered since they were kept).
+fn keep_some_spares(dir: &Path, names: &[String], keep: usize) -> Result<Vec<PathBuf>> {
+    let mut spares: Vec<(u64, PathBuf)> =
+        names.iter().filter_map(|n| parse_spare_name(n).map(|b| (b, dir.join(n)))).collect();
+    spares.sort_unstable();
+    for (_, extra) in spares.drain(keep.min(spares.len())..) {
+        std::fs::remove_file(&extra).map_err(io_err(format!("removing {}", extra.display())))?;
+    }
+    Ok(spares.into_iter().map(|(_, p)| p).collect())
 }
 
 fn read_head(path: &Path) -> Result<Vec<u8>> {
@@ -189,14 +213,22 @@ fn sealed_segment(dir: &Path, base: u64) -> Result<Segment> {
     let version = segment::segment_version(&read_head(&path)?).map_err(|why| corrupt(&path, 0, why))?;
     match version {
         Some(v) if size > segment::data_start(v) => {
-            Ok(Segment { path, base_seq: base, size, version: v, file: None, index: Vec::new() })
+            Ok(Segment { path, base_seq: base, size, version: v, file: None, index: Vec::new(), stale_tail: false })
         }
         // The newest segment is the only one a crash can leave without frames.
         _ => Err(corrupt(&path, 0, "sealed segment holds no frame".into())),
     }
 }
 
-fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<u64>) -> Result<(Segment, u64, u64)> {
+/// Repairs the newest segment. `closed`: the mark is a clean close's, in
+/// this segment at `synced_offset`.
+fn recover_newest(
+    dir: &Path,
+    dir_file: &File,
+    base: u64,
+    synced_offset: Option<u64>,
+    closed: bool,
+) -> Result<(Segment, u64, u64)> {
     let path = dir.join(segment_name(base));
     let data = std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
     let scan = segment::scan(&data, base);
@@ -227,20 +259,30 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
             }
         }
         (Some(version), Some(bad)) => {
-            judge_bad_frame(&path, &data, bad, scan.last_seq + 1, synced_offset, *version)?;
+            let end = MarkedEnd { synced_offset, closed };
+            if !judge_bad_frame(&path, &data, bad, (base, scan.last_seq + 1), end, *version)? {
+                // A spare's older bytes past a clean close: kept, to be written over.
+                return finish_newest(path, base, scan, size, 0);
+            }
             truncated = scan.file_size - scan.valid_end;
             let torn = TornTail { segment: path.clone(), offset: scan.valid_end, truncated_bytes: truncated, after_seq: scan.last_seq };
             mark::note_torn(dir, dir_file, &torn)?;
         }
         (Some(_), None) => {}
     }
+    finish_newest(path, base, scan, size, truncated)
+}
+
+/// Opens the newest segment for appending at `size`, after `truncated` bytes
+/// were cut from its end, and makes what is left durable.
+fn finish_newest(path: PathBuf, base: u64, scan: segment::Scan, size: u64, truncated: u64) -> Result<(Segment, u64, u64)> {
     let file = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&path)
         .map_err(io_err(format!("opening {}", path.display())))?;
     if truncated > 0 {
-        file.set_len(scan.valid_end).map_err(io_err(format!("truncating {}", path.display())))?;
+        file.set_len(scan.file_size - truncated).map_err(io_err(format!("truncating {}", path.display())))?;
     }
     if scan.version.is_none() {
         file.write_all_at(&segment_header(), 0).map_err(io_err(format!("writing {}", path.display())))?;
@@ -248,26 +290,42 @@ fn recover_newest(dir: &Path, dir_file: &File, base: u64, synced_offset: Option<
     // Whatever survived is now durable, so the synced seq may start at last_seq.
     durable::sync_all(&file).map_err(io_err(format!("fsync of {}", path.display())))?;
     let version = scan.version.unwrap_or(FORMAT_VERSION);
-    Ok((Segment { path, base_seq: base, size, version, file: Some(file), index: scan.index }, scan.last_seq, truncated))
+    let stale_tail = scan.file_size - truncated > size;
+    let segment = Segment { path, base_seq: base, size, version, file: Some(file), index: scan.index, stale_tail };
+    Ok((segment, scan.last_seq, truncated))
 }
 
-/// Err unless `bad` is a torn tail: damage past the sync mark, or (no mark)
-/// damage with nothing valid after it.
+/// Where the sync mark says the newest segment's durable part ends.
+#[derive(Clone, Copy)]
+struct MarkedEnd {
+    /// None: no mark file (a LOG from before marks).
+    synced_offset: Option<u64>,
+    /// The mark is a clean close's, in this segment.
+    closed: bool,
+}
+
+/// Ok(true) if `bad` starts a torn tail: damage past the sync mark, or (no
+/// mark) damage with nothing valid after it; Ok(false) if it starts a spare's
+/// older bytes right where a clean close ended the LOG; Err for corruption.
+/// A frame of an older segment (a seq below the segment's base, left in a
+/// spare) counts as damage, not as a discontinuity: no crash writes a wrong
+/// seq, but a crash can stop the writer before it wrote over the old bytes.
 fn judge_bad_frame(
     path: &Path,
     data: &[u8],
     bad: &segment::BadFrame,
-    expect_seq: u64,
-    synced_offset: Option<u64>,
+    (base, expect_seq): (u64, u64),
+    MarkedEnd { synced_offset, closed }: MarkedEnd,
     version: u8,
-) -> Result<()> {
+) -> Result<bool> {
+    let stale = bad.discontinuity && segment::frame_seq(data, bad.offset as usize, version) < base;
     let err = |reason: String| LogError::Corrupt {
         path: path.to_path_buf(),
         offset: bad.offset,
         reason,
-        discontinuity: bad.discontinuity,
+        discontinuity: bad.discontinuity && !stale,
     };
-    if bad.discontinuity {
+    if bad.discontinuity && !stale {
         return Err(err(bad.reason.clone()));
     }
     match synced_offset {
@@ -275,13 +333,13 @@ fn judge_bad_frame(
             "{}, inside the region the LOG had synced (through offset {l})",
             bad.reason
         ))),
-        Some(_) => Ok(()),
+        Some(l) => Ok(!(closed && bad.offset == l)),
         None => match segment::find_valid_frame(data, bad.offset as usize + 1, expect_seq, version) {
             Some((offset, seq)) => Err(err(format!(
                 "{}, yet a valid frame (seq {seq}) follows at offset {offset}",
                 bad.reason
             ))),
-            None => Ok(()),
+            None => Ok(true),
         },
     }
 }

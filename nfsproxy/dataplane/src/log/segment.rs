@@ -36,6 +36,23 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// File name a trimmed segment keeps while it waits, as a spare, to be
+/// written over by a new segment; not a segment name, so no reader lists it.
+pub fn spare_name(base_seq: u64) -> String {
+    format!("{base_seq:020}.spare")
+}
+
+/// Base seq in a spare's file name, or None if `name` is not a spare.
+pub fn parse_spare_name(name: &str) -> Option<u64> {
+    parse_segment_name(&format!("{}.seg", name.strip_suffix(".spare")?))
+}
+
+/// The seq field of the frame header at `offset` (the caller knows a whole
+/// header lies there).
+pub fn frame_seq(data: &[u8], offset: usize, version: u8) -> u64 {
+    decode_header(version, &data[offset..offset + header_bytes(version)]).seq
+}
+
 /// Offset of the first frame in a segment of format `version`.
 pub fn data_start(version: u8) -> u64 {
     if version == 1 {
@@ -274,6 +291,10 @@ mod tests {
         assert_eq!(parse_segment_name("00000000000000004097.seg"), Some(4097));
         assert_eq!(parse_segment_name("4097.seg"), None);
         assert_eq!(parse_segment_name("00000000000000004097.seg.tmp"), None);
+        assert_eq!(spare_name(4097), "00000000000000004097.spare");
+        assert_eq!(parse_spare_name("00000000000000004097.spare"), Some(4097));
+        assert_eq!(parse_spare_name("00000000000000004097.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000004097.spare"), None);
     }
 
     /// Found by fuzzing (target log_segment): near the end of the seq space
