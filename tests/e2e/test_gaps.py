@@ -337,6 +337,67 @@ def test_a_proxy_killed_with_a_call_at_the_nas_is_a_gap(nas, shard, proxy_factor
     assert (tmp_path / "after" / "victim").exists() == (nas.export_dir / "victim").exists()
 
 
+SPARES = ["--segment-size", "256K", "--log-spares", "2"]
+
+
+def write_over_a_spare(stack: GapStack, log_dir: Path) -> None:
+    """Write through the proxy until its newest segment is a trimmed one's
+    file written over (the LOG trimmed as soon as the shard acks)."""
+    spares: set[int] = set()
+
+    def newest_is_a_spare() -> bool:
+        spares.update(p.stat().st_ino for p in log_dir.glob("*.spare"))
+        stack.write_file(f"fill-{len(spares)}-{time.monotonic_ns()}", os.urandom(300 * KiB))
+        spares.update(p.stat().st_ino for p in log_dir.glob("*.spare"))
+        newest = sorted(log_dir.glob("*.seg"))[-1]
+        return newest.stat().st_ino in spares
+    wait_for("the newest LOG segment to be a spare written over", newest_is_a_spare)
+
+
+def same_tree(restored: Path, export: Path) -> None:
+    names = sorted(p.name for p in export.iterdir())
+    assert sorted(p.name for p in restored.iterdir()) == names
+    for name in names:
+        assert (restored / name).read_bytes() == (export / name).read_bytes(), name
+
+
+def test_a_proxy_killed_while_writing_over_a_spare_is_a_gap(nas, shard, proxy_factory, tmp_path):
+    # The spare's older frames lie past the last record written: recovery
+    # cannot tell where the kill stopped the writer, so it notes a torn tail.
+    log_dir = tmp_path / "log-spare-killed"
+    stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir, log_retain="0", extra=SPARES)
+    stack.write_file("first", b"before\n")
+    stack.baseline()
+    stack.proven_past(now_bound())
+    before_gap = now_bound()
+    write_over_a_spare(stack, log_dir)
+    stack.proxy.kill()
+    stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
+    assert "torn tail" in stack.proxy.stderr_text()
+    check_gap_lifecycle(stack, "torn_tail", before_gap, tmp_path)
+    later = now_bound()
+    stack.proven_past(later)
+    assert stack.restore(later, tmp_path / "after").returncode == 0
+    same_tree(tmp_path / "after", nas.export_dir)
+
+
+def test_a_clean_stop_over_a_spare_marks_no_gap(nas, shard, proxy_factory, tmp_path):
+    log_dir = tmp_path / "log-spare-clean"
+    stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir, log_retain="0", extra=SPARES)
+    stack.write_file("first", b"before\n")
+    stack.baseline()
+    write_over_a_spare(stack, log_dir)
+    assert stack.proxy.stop() == 0
+    stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
+    write_over_a_spare(stack, log_dir)  # and on, over the older bytes kept past the close
+    later = now_bound()
+    view = stack.proven_past(later)
+    assert view["gaps"] == [], view["gaps"]
+    assert "torn tail" not in stack.proxy.stderr_text()
+    assert stack.restore(later, tmp_path / "restored").returncode == 0
+    same_tree(tmp_path / "restored", nas.export_dir)
+
+
 def test_a_clean_stop_marks_no_gap(nas, shard, proxy_factory, tmp_path):
     log_dir = tmp_path / "log-clean"
     stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir)
