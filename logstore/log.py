@@ -820,7 +820,16 @@ def _judge_bad_frame(path: str, bad: LogCorruptError, seqs: tuple[int, int],
         if bad.offset < synced_offset:
             raise LogCorruptError(path, bad.offset, f"{bad.reason}, inside the region the LOG "
                                   f"had synced (through offset {synced_offset})") from bad
-        return not (closed and bad.offset == synced_offset)
+        if not (closed and bad.offset == synced_offset):
+            return True
+        # A spare's frames are all older: one of this segment's was never written over.
+        found = find_valid_frame(path, bad.offset, base, version, next_seq=expect_seq)
+        if found is not None:
+            offset, seq = found
+            raise LogCorruptError(path, bad.offset, f"a frame of this segment (seq {seq}, at "
+                                  f"offset {offset}) lies past the clean close at offset "
+                                  f"{synced_offset}") from bad
+        return False
     follower = find_valid_frame(path, bad.offset + 1, expect_seq, version)
     if follower is not None:
         offset, seq = follower

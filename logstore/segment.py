@@ -427,9 +427,12 @@ def frame_seq_at(path: str, offset: int, version: int = FORMAT_VERSION) -> int:
 
 
 def find_valid_frame(path: str, start: int, min_seq: int,
-                     version: int = FORMAT_VERSION) -> tuple[int, int] | None:
+                     version: int = FORMAT_VERSION, *,
+                     next_seq: int | None = None) -> tuple[int, int] | None:
     """First ``(offset, seq)`` at or after ``start`` holding a well-formed frame
-    with ``seq >= min_seq``, or None.
+    with ``seq >= min_seq``, or None. Seqs go up to ``next_seq`` (default
+    ``min_seq``) plus the number of frames that fit after ``start``: the
+    highest a frame there could carry, were the frames before it in sequence.
 
     Tells a torn tail (nothing good after the damage: a crash) from corruption
     (good frames after the damage: never caused by a crash). Considers every
@@ -443,7 +446,7 @@ def find_valid_frame(path: str, start: int, min_seq: int,
     # carry a seq beyond max_seq. All candidate seqs share their leading bytes;
     # searching for those (in C) skips garbage far faster than testing each offset.
     header = _HEADERS[version]
-    max_seq = min_seq + n // header.size
+    max_seq = (min_seq if next_seq is None else next_seq) + n // header.size
     prefix = os.path.commonprefix([_SEQ.pack(min_seq), _SEQ.pack(max_seq)])
     o = 0
     while (hit := data.find(prefix, o + _SEQ_AT)) >= 0 and hit + _SEQ.size <= n:

@@ -360,6 +360,19 @@ def test_a_spares_older_frames_past_the_end_are_cut_and_a_gap_only_after_a_crash
         assert_intact(log, 1, 31)
 
 
+def test_a_frame_of_the_segment_itself_past_a_clean_close_is_corruption(tmp_path):
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        fill(log, 30)
+        newest = log.segments[-1]
+    path = newest_segment(tmp_path)
+    # No spare holds it (its frames are all older): not what a writer left.
+    append_bytes(path, b"\x00" * 7 + encode_frame(newest.first_seq, b"x"))
+    write_mark(tmp_path, newest.first_seq, newest.size_bytes, newest.last_seq, closed=True)
+    with pytest.raises(LogCorruptError, match="lies past the clean close") as info:
+        Log.open(tmp_path, segment_bytes=1024)
+    assert info.value.offset == newest.size_bytes
+
+
 def test_a_close_mark_does_not_outlive_the_next_open(tmp_path):
     src = tmp_path / "log"
     with Log.open(src, segment_bytes=1024) as log:

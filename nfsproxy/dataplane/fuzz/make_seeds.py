@@ -112,6 +112,15 @@ def log_images() -> list[tuple[int, bytes]]:
     return out
 
 
+def spare_image() -> tuple[bytes, int]:
+    """A segment starting at seq 9 written over a spare: frames 9 and 10 of
+    uniform size over the older frames 1-6; and where frame 10 ends."""
+    from logstore.segment import SEGMENT_HEADER, encode_frame
+    older = SEGMENT_HEADER + b"".join(encode_frame(q, bytes([0x30 + q]) * 20) for q in range(1, 7))
+    newer = SEGMENT_HEADER + b"".join(encode_frame(q, b"new".ljust(20, b".")) for q in (9, 10))
+    return newer + older[len(newer):], len(newer)
+
+
 def main() -> None:
     root = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "seeds"
     dirs = {t: root / t for t in ("client_calls", "nas_replies", "log_segment", "log_open",
@@ -140,6 +149,10 @@ def main() -> None:
             # after_seq = base - 1, the node of the first frame's stamp, then the frames.
             node = image[16 + 28:16 + 32]
             (dirs["shipped_frames"] / f"vector-{i}").write_bytes(bytes([min(base - 1, 0xff)]) + node + image[16:])
+    # A spare written over (LOG from seq 9): a sync mark, a close mark, at the end of frame 10.
+    image, end = spare_image()
+    for flags in (16 | 4, 16 | 8 | 4):
+        (dirs["log_open"] / f"spare-{flags}").write_bytes(bytes([flags]) + struct.pack(">H", end) + image)
     print(f"seeds written under {root}: " + ", ".join(f"{t} {len(list(d.iterdir()))}" for t, d in dirs.items()))
 
 

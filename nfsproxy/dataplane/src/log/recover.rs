@@ -333,7 +333,16 @@ fn judge_bad_frame(
             "{}, inside the region the LOG had synced (through offset {l})",
             bad.reason
         ))),
-        Some(l) => Ok(!(closed && bad.offset == l)),
+        Some(l) if closed && bad.offset == l => match segment::find_frame_between(data, l as usize, (base, expect_seq), version) {
+            // A spare's frames are all older: this one was never written over.
+            // (Frames with seqs past the range could only ever be reached as
+            // discontinuities: corruption, found by a later open.)
+            Some((offset, seq)) => Err(err(format!(
+                "a frame of this segment (seq {seq}, at offset {offset}) lies past the clean close at offset {l}"
+            ))),
+            None => Ok(false),
+        },
+        Some(_) => Ok(true),
         None => match segment::find_valid_frame(data, bad.offset as usize + 1, expect_seq, version) {
             Some((offset, seq)) => Err(err(format!(
                 "{}, yet a valid frame (seq {seq}) follows at offset {offset}",

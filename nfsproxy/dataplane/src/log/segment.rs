@@ -261,9 +261,18 @@ pub fn scan(data: &[u8], base_seq: u64) -> Scan {
 /// `seq >= min_seq`, or None. Considers every byte offset, because damage may
 /// have destroyed the frame lengths.
 pub fn find_valid_frame(data: &[u8], start: usize, min_seq: u64, version: u8) -> Option<(u64, u64)> {
+    find_frame_between(data, start, (min_seq, min_seq), version)
+}
+
+/// First `(offset, seq)` at or after `start` holding a well-formed frame with
+/// a seq from `lowest` up to `next` plus the number of frames that fit after
+/// `start` (the highest seq a frame there could carry, were the frames
+/// before it written in sequence), or None.
+pub fn find_frame_between(data: &[u8], start: usize, (lowest, next): (u64, u64), version: u8) -> Option<(u64, u64)> {
     let size = header_bytes(version);
+    let min_seq = lowest;
     // Saturating: a segment named near the end of the seq space must not wrap the range empty.
-    let max_seq = min_seq.saturating_add((data.len().saturating_sub(start) / size) as u64);
+    let max_seq = next.saturating_add((data.len().saturating_sub(start) / size) as u64);
     let mut o = start;
     while o + size <= data.len() {
         let h = decode_header(version, &data[o..o + size]);
