@@ -27,7 +27,7 @@ def _size(text: str | None) -> int | None:
 #: logstore.commit.Durability and nfsproxy.relay.journal.QuotaPolicy. Spelled here so
 #: that --help loads neither the LOG nor the relay (a unit test keeps them equal).
 DEFAULT_LOG_RETAIN = "1h"
-DEFAULT_LOG_SPARES = 4  # nfsproxy.native.log.DEFAULT_SPARE_SEGMENTS, without loading the native module
+DEFAULT_LOG_SPARES = 4  # nfsproxy.native.log.DEFAULT_SPARE_SEGMENTS
 DURABILITIES = ("sync", "async", "strict")
 QUOTA_POLICIES = ("block", "passthrough")
 DATA_PLANES = ("native", "python")

@@ -553,12 +553,6 @@ def test_a_spare_no_longer_cached_is_deleted_not_written_over(tmp_path):
         assert os.path.getsize(newest.path) == newest.size_bytes, "a new file, no older bytes"
 
 
-def test_the_cli_default_of_spares_is_the_logs():
-    from nfsproxy.cli.proxy import DEFAULT_LOG_SPARES
-    from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS
-    assert DEFAULT_LOG_SPARES == DEFAULT_SPARE_SEGMENTS
-
-
 @pytest.mark.native_only
 def test_a_cursor_never_reads_a_trimmed_segment_written_over(tmp_path):
     with Log.open(tmp_path, segment_bytes=1024, spare_segments=1) as log:
