@@ -70,6 +70,27 @@ echo "B: done, blocked from $t0 to $(cut -d' ' -f1 /proc/uptime) s of uptime"
 """
 
 
+# In the two-client test A lets go only once the host has seen B's blocking
+# LOCK reach the proxy, so the NAS grants it by NLM_GRANTED_MSG. Let go on B's
+# "tried" alone, A could release before B's blocking call left B's kernel;
+# B's lock was then granted at once, with no callback (seen once, on a loaded
+# CI host).
+HOLDER_UNTIL_B_BLOCKS = HOLDER.replace("grep -q tried /mnt/b-state", "grep -q blocked /mnt/go")
+
+
+def _release_once_b_blocks(nas, host, threads: list[threading.Thread]) -> None:
+    """Tell A to let go (the file `go`) once the proxy has relayed three NLM
+    LOCKs: A's, B's non-blocking try, and B's blocking one."""
+    while any(t.is_alive() for t in threads):
+        samples = _scrape_in(host, METRICS_PORT)
+        locks = sum(v for (n, ls), v in samples.items() if n == "nfsj_proxy_calls_total"
+                    and ("program", "nlm") in ls and ("procedure", "LOCK") in ls)
+        if locks >= 3:
+            (nas.export_dir / "go").write_text("blocked\n")
+            return
+        time.sleep(0.2)
+
+
 def _scrape_in(host, port: int) -> dict:
     done = host.run([sys.executable, "-c", "import sys, urllib.request; "
                      "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
@@ -80,7 +101,7 @@ def _scrape_in(host, port: int) -> dict:
 
 
 def _prepare(export: Path) -> None:
-    for name in ("lockfile", "a-state", "b-state"):
+    for name in ("lockfile", "a-state", "b-state", "go"):
         (export / name).write_text("")
 
 
@@ -133,9 +154,10 @@ def test_two_kernel_clients_exclude_each_other_through_the_proxy(
             results[name] = guest.run(script, [mount_line(2049, "/mnt", options=LOCK_OPTIONS)],
                                       before_mount=readdress + _before_mount(name))
         threads = [threading.Thread(target=boot, args=args)
-                   for args in (("guest-a", HOLDER), ("guest-b", WAITER))]
+                   for args in (("guest-a", HOLDER_UNTIL_B_BLOCKS), ("guest-b", WAITER))]
         for t in threads:
             t.start()
+        _release_once_b_blocks(nas, host_pair.proxy, threads)
         for t in threads:
             t.join()
         samples = _scrape_in(host_pair.proxy, METRICS_PORT)
