@@ -123,10 +123,14 @@ class ProxyCollector(Collector):
         for name, doc, value in (
                 ("nfsj_log_appends", "Records appended to the LOG", committer.appends_total),
                 ("nfsj_log_fsyncs", "LOG fsyncs (group commits)", committer.fsyncs_total),
-                ("nfsj_log_appended_bytes", "Bytes appended to the LOG", committer.appended_bytes_total)):
+                ("nfsj_log_appended_bytes", "Bytes appended to the LOG", committer.appended_bytes_total),
+                ("nfsj_log_recycled_segments", "New LOG segments written over spares instead of "
+                 "new files", log.recycled_segments)):
             yield CounterMetricFamily(name, doc, value=value)
         for name, doc, value in (
                 ("nfsj_log_size_bytes", "Bytes the LOG holds on disk", log.size_bytes),
+                ("nfsj_log_spare_segments", "Trimmed LOG segments kept, pages cached, to write new "
+                 "segments over (not in nfsj_log_size_bytes)", log.spare_segments),
                 ("nfsj_log_quota_bytes", "The LOG's disk quota (0: none)", quota),
                 ("nfsj_log_quota_used_ratio", "LOG size / quota (0 without a quota)",
                  log.size_bytes / quota if quota else 0.0),

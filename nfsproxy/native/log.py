@@ -233,6 +233,16 @@ class NativeLog:
         return self._native.size_bytes
 
     @property
+    def spare_segments(self) -> int:
+        """Trimmed segments kept to write new segments over (not in ``size_bytes``)."""
+        return self._native.spare_segments
+
+    @property
+    def recycled_segments(self) -> int:
+        """New segments written over spares since open."""
+        return self._native.recycled_segments
+
+    @property
     def recovered_truncated_bytes(self) -> int:
         return self._native.recovered_truncated_bytes
 

@@ -387,6 +387,7 @@ def test_a_clean_stop_over_a_spare_marks_no_gap(nas, shard, proxy_factory, tmp_p
     stack.write_file("first", b"before\n")
     stack.baseline()
     write_over_a_spare(stack, log_dir)
+    assert stack.metric("nfsj_log_recycled_segments_total") >= 1
     assert stack.proxy.stop() == 0
     stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
     write_over_a_spare(stack, log_dir)  # and on, over the older bytes kept past the close

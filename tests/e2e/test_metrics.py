@@ -60,6 +60,9 @@ def test_metrics_move_with_a_workload(nas, shard_factory, proxy_factory):
     assert value(after, "nfsj_log_appends_total") >= 41  # 20 CREATE + 20 WRITE + MKDIR (+ COMMITs)
     assert value(after, "nfsj_log_fsyncs_total") >= 1
     assert value(after, "nfsj_log_appended_bytes_total") >= 20 * len(payload)
+    # The LOG is retained for an hour: nothing trimmed, so no spares yet.
+    assert value(after, "nfsj_log_spare_segments") == 0
+    assert value(after, "nfsj_log_recycled_segments_total") == 0
     assert value(after, "nfsj_journal_records_total") >= 41
     assert value(after, "nfsj_shipping_sent_records_total") >= 41
     assert value(after, "nfsj_shipping_connected") == 2

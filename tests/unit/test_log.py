@@ -524,10 +524,12 @@ def test_a_trimmed_segment_is_kept_as_a_spare_and_a_new_segment_written_over_it(
         spares = sorted(tmp_path.glob("*.spare"))
         assert [os.stat(p).st_ino for p in spares] == [inode], "one spare kept, one deleted"
         assert not any(os.path.exists(i.path) for i in infos[:2])
+        assert (log.spare_segments, log.recycled_segments) == (1, 0)
         while len(log.segments) == len(infos) - 2:
             fill(log, 1)
         assert os.stat(log.segments[-1].path).st_ino == inode
         assert not list(tmp_path.glob("*.spare"))
+        assert (log.spare_segments, log.recycled_segments) == (0, 1)
         fill(log, 3)
         assert_intact(log, infos[2].first_seq, log.last_seq)
     with Log.open(tmp_path, segment_bytes=1024) as log:

@@ -238,6 +238,14 @@ impl NativeLog {
         self.log.recovered_truncated_bytes()
     }
     #[getter]
+    fn spare_segments(&self) -> u64 {
+        self.log.spare_segments()
+    }
+    #[getter]
+    fn recycled_segments(&self) -> u64 {
+        self.log.recycled_segments()
+    }
+    #[getter]
     fn log_id(&self) -> String {
         self.log.log_id().to_string()
     }

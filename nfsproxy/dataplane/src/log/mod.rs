@@ -264,6 +264,7 @@ struct Published {
     last_seq: AtomicU64,
     size_bytes: AtomicU64,
     closed: AtomicBool,
+    spares: AtomicU64,
 }
 
 impl Published {
@@ -277,6 +278,7 @@ impl Published {
         self.first_seq.store(st.segments[0].base_seq, Ordering::Release);
         self.last_seq.store(st.last_seq, Ordering::Release);
         self.size_bytes.store(st.size_bytes, Ordering::Release);
+        self.spares.store(st.spares.len() as u64, Ordering::Release);
         self.closed.store(st.closed, Ordering::Release);
     }
 }
@@ -300,6 +302,8 @@ pub struct Log {
     sync_lock: Mutex<Option<Instant>>,
     synced: watch::Sender<SyncState>,
     trims: watch::Sender<u64>,
+    /// New segments made from spares, since open.
+    recycled: AtomicU64,
     log_id: String,
     torn_tails: Vec<TornTail>,
     recovered_truncated_bytes: u64,
@@ -422,7 +426,10 @@ impl Log {
             st.dir_dirty = false;
         }
         let new = match self.take_spare(st)? {
-            Some(spare) => Segment::recycle(&self.dir, &spare, st.last_seq + 1)?,
+            Some(spare) => {
+                self.recycled.fetch_add(1, Ordering::Relaxed);
+                Segment::recycle(&self.dir, &spare, st.last_seq + 1)?
+            }
             None => Segment::create(&self.dir, st.last_seq + 1)?,
         };
         let sealed = st.segments.last_mut().unwrap();
@@ -644,6 +651,16 @@ impl Log {
     /// Total bytes of all segment files.
     pub fn size_bytes(&self) -> u64 {
         self.published.size_bytes.load(Ordering::Acquire)
+    }
+
+    /// Spare files kept to write new segments over (not in `size_bytes`).
+    pub fn spare_segments(&self) -> u64 {
+        self.published.spares.load(Ordering::Acquire)
+    }
+
+    /// New segments written over spares since open.
+    pub fn recycled_segments(&self) -> u64 {
+        self.recycled.load(Ordering::Relaxed)
     }
     pub fn recovered_truncated_bytes(&self) -> u64 {
         self.recovered_truncated_bytes

@@ -63,6 +63,7 @@ pub(super) fn open(dir: &Path, opts: LogOptions) -> Result<Log> {
         // Whatever survived recovery is durable.
         synced: watch::channel(SyncState { synced_seq: last_seq, failed: false }).0,
         trims: watch::channel(0).0,
+        recycled: Default::default(),
         log_id,
         torn_tails,
         recovered_truncated_bytes: truncated,
