@@ -197,17 +197,7 @@ impl Segment {
             .mode(0o644)
             .open(&path)
             .map_err(io_err(format!("creating {}", path.display())))?;
-        file.write_all_at(&segment_header(), 0)
-            .map_err(io_err(format!("writing {}", path.display())))?;
-        Ok(Segment {
-            path,
-            base_seq,
-            size: SEGMENT_HEADER_BYTES as u64,
-            version: FORMAT_VERSION,
-            file: Some(file),
-            index: Vec::new(),
-            stale_tail: false,
-        })
+        Segment::headed(path, base_seq, file, false)
     }
 
     /// The segment starting at `base_seq`, made from the spare file `spare`:
@@ -221,6 +211,11 @@ impl Segment {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
+        Segment::headed(path, base_seq, file, true)
+    }
+
+    /// A new active segment in `file`, once its segment header is written.
+    fn headed(path: PathBuf, base_seq: u64, file: File, stale_tail: bool) -> Result<Segment> {
         file.write_all_at(&segment_header(), 0)
             .map_err(io_err(format!("writing {}", path.display())))?;
         Ok(Segment {
@@ -230,7 +225,7 @@ impl Segment {
             version: FORMAT_VERSION,
             file: Some(file),
             index: Vec::new(),
-            stale_tail: true,
+            stale_tail,
         })
     }
 
