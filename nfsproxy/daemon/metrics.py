@@ -189,10 +189,32 @@ class ProxyCollector(Collector):
                 family.add_metric(label, getattr(st, field))
         yield from gauges.values()
         yield from counters.values()
+        yield from self._shared_reader()
         if oldest is not None:
             yield GaugeMetricFamily("nfsj_consistent_point_age_seconds",
                                     "Now minus the oldest shard frontier this proxy has seen: the effective RPO",
                                     value=oldest)
+
+    def _shared_reader(self) -> Iterator:
+        fanout = self.running.fanout
+        if fanout is None:
+            return
+        served = GaugeMetricFamily("nfsj_shipping_shared_reader",
+                                   "1 while the shard's batches come from the shippers' shared LOG "
+                                   "reader (0: its shipper reads that part of the LOG alone)",
+                                   labels=["shard"])
+        for shipper in self.running.shippers:
+            served.add_metric([str(shipper.shard_id)], 1 if fanout.is_served(shipper.shard_id) else 0)
+        yield served
+        stats = fanout.stats()
+        yield CounterMetricFamily("nfsj_shipping_shared_reads", "LOG regions the shared reader read "
+                                  "and walked once for every shard", value=stats["reads_total"])
+        yield CounterMetricFamily("nfsj_shipping_shared_evictions", "Shard queues the shared reader "
+                                  "emptied because the frames kept passed its memory cap",
+                                  value=stats["evictions_total"])
+        yield GaugeMetricFamily("nfsj_shipping_shared_kept_bytes", "Bytes of LOG regions the shared "
+                                "reader keeps for shards that have not taken their frames yet",
+                                value=stats["kept_bytes"])
 
     def _clock(self) -> Iterator:
         clock = self.running.proxy.clock

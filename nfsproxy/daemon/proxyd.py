@@ -37,6 +37,7 @@ from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS, NativeCommitter, NativeL
 from nfsproxy.relay.journal import Journal, QuotaPolicy, frame_fields, gap_record
 from nfsproxy.relay.session import BackendAddress, Proxy
 from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
+from nfsproxy.ship.fanout import LogFanout, shared_reader
 from nfsproxy.ship.shipper import Shipper
 from nfsproxy.wire.portmap import PMAP_PORT
 
@@ -102,8 +103,9 @@ class RunningProxy:
 
     def __init__(self, proxy: Proxy, committer: NativeCommitter, log: NativeLog, *,
                  shippers: list[Shipper] | None = None, retention: RetentionLoop | None = None,
-                 data_plane: str = "native"):
+                 data_plane: str = "native", fanout: LogFanout | None = None):
         self.proxy, self.committer, self.log = proxy, committer, log
+        self.fanout = fanout
         self.data_plane = data_plane
         self.shippers = shippers or []
         self.retention = retention
@@ -153,6 +155,8 @@ class RunningProxy:
             await self.retention.stop()
         for shipper in self.shippers:  # they read the LOG: stop them before it closes
             await shipper.stop()
+        if self.fanout is not None:
+            self.fanout.close()
         await self.committer.close()
         self.log.close()
         _clear_running(self.log.directory)  # every relayed call was answered or marked
@@ -196,9 +200,10 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     journal.attach(proxy)
     proxy.drain_timeout_s = opts.drain_timeout_s
     # No shards: journal only, and nothing is ever trimmed.
+    fanout = shared_reader(log, len(opts.shards))
     shippers = [Shipper(address, shard_id=k, n_shards=len(opts.shards), log=log, clock=clock,
                         stable_stamp=proxy.stable_stamp, credentials=shard_credentials,
-                        token=ingest_token)
+                        token=ingest_token, fanout=fanout)
                 for k, address in enumerate(opts.shards)]
     for shipper in shippers:
         shipper.start()
@@ -209,6 +214,8 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     except OSError as e:
         for shipper in shippers:
             await shipper.stop()
+        if fanout is not None:
+            fanout.close()
         await committer.close()
         log.close()
         _clear_running(opts.log_dir)
@@ -220,7 +227,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
         retention.start()
     running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention,
-                           data_plane=opts.data_plane)
+                           data_plane=opts.data_plane, fanout=fanout)
     control_host, control_port = parse_hostport(opts.control)
     try:
         running.control, bound = await start_control(proxy, control_host, control_port,

@@ -62,9 +62,12 @@ the LOG.
 
 Routing: a version-2 LOG frame's header carries the record's stamp and route,
 so a record is routed without parsing it; other frames are parsed. The
-version 2 frames are walked natively (``_dataplane.select_shard_frames``):
-checked, routed and the shard's copied out without the GIL, so N shippers
-reading the same LOG cost little more than one. A batch
+version 2 frames are walked natively, checked, routed and the shard's
+copied out without the GIL. With more than one shard, the shippers share one
+reader (``nfsproxy.ship.fanout``): it walks each region once and queues every
+frame for its shards, so N shards cost one walk of the LOG, not N; a shipper
+whose next seq its queue does not hold walks that part alone
+(``_dataplane.select_shard_frames``), as a single shard's always does. A batch
 carries its records as their LOG frames, back to back, as the LOG stores
 them (``IngestBatch.frames``, ``logstore.shipped``): one buffer through
 gRPC, whose frame headers tell the shard each record's seq and stamp and
@@ -114,6 +117,7 @@ from logstore.stamp import Stamp
 
 from logstore.sharding import UnroutableRecordError, belongs_to
 from nfsproxy import _dataplane
+from nfsproxy.ship.fanout import LogFanout
 from nfsproxy.ship.stream import (Backoff, IngestStream, SendGap, SendHeartbeat, SendRange,
                                   ShardRefused, ShipperOptions, StableClaims, Wait)
 
@@ -211,7 +215,8 @@ class Shipper:
 
     def __init__(self, address: str, *, shard_id: int, n_shards: int, log: Log, clock: HLC,
                  stable_stamp: Callable[[], Stamp], options: ShipperOptions | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, token=None):
+                 credentials: grpc.ChannelCredentials | None = None, token=None,
+                 fanout: LogFanout | None = None):
         if not 0 <= shard_id < n_shards:
             raise ValueError(f"shard_id {shard_id} is not in [0, {n_shards})")
         self.address = address
@@ -219,6 +224,7 @@ class Shipper:
         self.n_shards = n_shards
         self.options = options or ShipperOptions()
         self._log = log
+        self._fanout = fanout  # the reader shared with the other shards' shippers, if any
         self._clock = clock
         self._stable_stamp = stable_stamp
         self._credentials = credentials
@@ -296,9 +302,7 @@ class Shipper:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._cursor is not None:
-            self._cursor.close()
-            self._cursor = None
+        self._close_cursor()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -530,6 +534,15 @@ class Shipper:
         without routing fields, a version 1 segment and a frame held back by
         the last batch go through ``_frame`` and ``_route`` one at a time."""
         batch = _Batch(from_seq, budget, allow_oversize, self.options.max_batch_records)
+        if self._fanout is not None and self._held is None:
+            got = self._fanout.take(self.shard_id, from_seq, limit_seq, budget, batch.max_records,
+                                    allow_oversize)
+            if not isinstance(got, int):
+                self._close_cursor()  # not needed while the shared reader serves this shard
+                frames, records, nbytes, through, newest, batch.blocked_by = got
+                batch.add(frames, records, nbytes, through, newest)
+                return batch.done()
+            limit_seq = min(limit_seq, got)  # alone up to the shared reader, to attach there
         while batch.seq <= limit_seq and batch.records < batch.max_records:
             if self._held is None and self._select(batch, limit_seq):
                 continue
@@ -570,11 +583,14 @@ class Shipper:
         """This shipper's cursor, reopened unless it is at ``seq``."""
         cursor = self._cursor
         if cursor is None or cursor.next_seq != seq:
-            if cursor is not None:
-                cursor.close()
-            self._cursor = None
+            self._close_cursor()
             cursor = self._cursor = self._log.read(seq)
         return cursor
+
+    def _close_cursor(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
 
     def _take(self, batch: _Batch, frame: Frame) -> bool:
         """Add ``frame`` (read by ``_frame``) to the batch if it is the

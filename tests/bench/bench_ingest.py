@@ -19,8 +19,9 @@ within each of `--rounds` rounds (tables show the median):
 * 1 shard     - one real `nfsj recoveryd` subprocess, fed by the real
                 `nfsproxy.ship.shipper.Shipper` reading the LOG, with its
                 production defaults.
-* 2 shards    - two of them, one shipper each (each shipper reads the whole
-                LOG and sends its shard's half).
+* 2 shards    - two of them, one shipper each, sharing one reader of the LOG
+                (`nfsproxy.ship.fanout`) as a proxy's shippers do; each sends
+                its shard's half. `--alone`: each shipper reads the whole LOG.
 
 End to end is timed from the shippers' start until every shipper's
 `acked_seq` reaches the LOG's end: every record is then fsynced in a shard's
@@ -71,6 +72,7 @@ from logstore.log import Log  # noqa: E402
 from logstore.record import Op, Record, record_parts  # noqa: E402
 from nfsproxy.relay.journal import frame_fields  # noqa: E402
 from logstore.stamp import Stamp  # noqa: E402
+from nfsproxy.ship.fanout import shared_reader  # noqa: E402
 from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
 from recoveryd.store import store_options  # noqa: E402
@@ -164,10 +166,11 @@ def run_plain(rows: list[tuple[bytes, bytes]], db_dir: Path, sync: bool) -> floa
         db.close()
 
 
-async def _ship(log: Log, addresses: list[str], top: Stamp) -> float:
+async def _ship(log: Log, addresses: list[str], top: Stamp, shared: bool) -> float:
     clock = HLC(NODE_ID)
+    fanout = shared_reader(log, len(addresses)) if shared else None
     shippers = [Shipper(a, shard_id=k, n_shards=len(addresses), log=log, clock=clock,
-                        stable_stamp=lambda: top) for k, a in enumerate(addresses)]
+                        stable_stamp=lambda: top, fanout=fanout) for k, a in enumerate(addresses)]
     end = log.last_seq
     t0 = time.perf_counter()
     for s in shippers:
@@ -182,10 +185,12 @@ async def _ship(log: Log, addresses: list[str], top: Stamp) -> float:
     finally:
         for s in shippers:
             await s.stop()
+        if fanout is not None:
+            fanout.close()
 
 
 def run_shards(log: Log, n_shards: int, workdir: Path, top: Stamp, n_records: int,
-               profile_dir: Path | None = None) -> tuple[float, float, float]:
+               profile_dir: Path | None = None, shared: bool = True) -> tuple[float, float, float]:
     """Ship the LOG to `n_shards` fresh `nfsj recoveryd`; returns (seconds, shard CPU-seconds,
     this process's CPU-seconds: the shippers, the LOG reads, gRPC's client side)."""
     shards = [ShardProcess(workdir / f"shard{k}", k) for k in range(n_shards)]
@@ -199,7 +204,7 @@ def run_shards(log: Log, n_shards: int, workdir: Path, top: Stamp, n_records: in
             spies = [start_py_spy(shards[0].proc.pid, profile_dir / "shard.txt", native=True),
                      start_py_spy(os.getpid(), profile_dir / "shipper.txt", native=False)]
             time.sleep(1.0)  # py-spy attaches
-        elapsed = asyncio.run(_ship(log, [s.address for s in shards], top))
+        elapsed = asyncio.run(_ship(log, [s.address for s in shards], top, shared))
         cpu = sum(process_cpu_s(s.proc.pid) - c for s, c in zip(shards, cpu0))
         own = process_cpu_s(os.getpid()) - own0
         for spy in spies:
@@ -325,6 +330,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of all configurations (3)")
     ap.add_argument("--dir", type=Path, default=None,
                     help="work directory (default: a new one under $TMPDIR); it is deleted after")
+    ap.add_argument("--alone", action="store_true",
+                    help="each shipper reads the whole LOG itself (no shared reader)")
     ap.add_argument("--profile", action="store_true",
                     help="one more 1-shard run under py-spy: where the time goes")
     args = ap.parse_args()
@@ -358,7 +365,7 @@ def main() -> int:
                 shutil.rmtree(workdir / "plain")
                 for n in (1, 2):
                     name = f"{n} shard{'s' if n > 1 else ''}"
-                    got[name], cpu, own = run_shards(log, n, workdir, top, args.records)
+                    got[name], cpu, own = run_shards(log, n, workdir, top, args.records, shared=not args.alone)
                     cpus[name].append(cpu)
                     own_cpus[name].append(own)
                 for c in configs:

@@ -36,6 +36,7 @@ pub mod lru;
 pub mod nfs3;
 pub mod outbox;
 pub mod poison;
+mod pyfanout;
 mod pyrelay;
 pub mod routing;
 pub mod rpc;
@@ -55,5 +56,6 @@ use pyo3::prelude::*;
 fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::register(m)?;
+    pyfanout::register(m)?;
     pyrelay::register(m)
 }

@@ -561,7 +561,7 @@ thread_local! {
 /// A bytes object of `len` bytes that `fill` writes, in memory not zeroed
 /// first. Allocated before `fill` runs, so a collection the allocation
 /// triggers never runs while `fill` holds a borrow.
-fn bytes_filled<'py>(py: Python<'py>, len: usize, fill: impl FnOnce(&mut [u8])) -> PyResult<Bound<'py, PyBytes>> {
+pub(crate) fn bytes_filled<'py>(py: Python<'py>, len: usize, fill: impl FnOnce(&mut [u8])) -> PyResult<Bound<'py, PyBytes>> {
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) makes a bytes object whose
     // n bytes its maker must fill before anyone else sees it. `fill` gets
     // them as one slice and must write all of it (`join_frames` asserts

@@ -1,12 +1,14 @@
 //! A LOG segment image as a crash may leave it: the segment header, every
 //! frame's validation (scan and frames), the torn-tail search, the records
 //! the frames hold, and a shipper's walk of them (select), which must stop
-//! where scan stops. Input: 1 byte of base seq, then the image.
+//! where scan stops, and the shared reader's walk for every shard at once
+//! (walk), which must find for each shard what its own walk finds. Input: 1
+//! byte of base seq, then the image.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 use _dataplane::log::segment::{data_start, find_valid_frame, frames, scan};
-use _dataplane::log::select::{select, Stop, Want};
+use _dataplane::log::select::{select, walk as walk_all, Stop, Want};
 use _dataplane::record;
 
 fuzz_target!(|data: &[u8]| {
@@ -60,5 +62,19 @@ fn walk(image: &[u8], base_seq: u64, s: &_dataplane::log::segment::Scan) {
         Stop::Bad(bad) => assert_eq!((sel.offset, Some(bad.offset)), (s.valid_end, s.bad.as_ref().map(|b| b.offset))),
         Stop::Unrouted => {}
         other => panic!("an unlimited walk stopped for {other:?}"),
+    }
+    every_shard(&image[start..], start as u64, base_seq);
+}
+
+/// The walk for every shard of three stops where each shard's own walk
+/// stops, and gives each shard the same frames.
+fn every_shard(data: &[u8], offset: u64, base_seq: u64) {
+    let all = walk_all(data, offset, true, base_seq, base_seq, u64::MAX, 3);
+    for shard_id in 0..3 {
+        let want = Want { from_seq: base_seq, limit_seq: u64::MAX, shard_id, n_shards: 3, budget: u64::MAX, max_records: u32::MAX, allow_oversize: true };
+        let own = select(data, offset, true, base_seq, &want);
+        assert_eq!((own.offset, own.next_seq, &own.stop), (all.offset, all.next_seq, &all.stop));
+        let mine: Vec<u8> = all.frames.iter().filter(|f| f.route.includes(shard_id)).flat_map(|f| data[f.span.clone()].to_vec()).collect();
+        assert_eq!(mine, own.frames(data));
     }
 }

@@ -15,6 +15,7 @@
 mod cache;
 pub mod commit;
 pub mod durable;
+pub mod fanout;
 pub mod frame;
 mod mark;
 mod recover;

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::frame::{header_bytes, RouteKind};
+use super::frame::{header_bytes, RouteKind, Routing};
 use super::segment::{next_frame, BadFrame};
 
 /// What the shipper wants from the region.
@@ -84,6 +84,95 @@ impl Selection {
 
 const NO_STAMP: [u8; 16] = [0; 16];
 
+/// Which shards a frame belongs to, from its header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Shard(u32),
+    EveryShard,
+}
+
+impl Route {
+    /// None: the frame carries no route (or no stamp); only a parse of its
+    /// record can route it.
+    pub fn of(routing: &Routing, n_shards: u32) -> Option<Route> {
+        match routing.kind {
+            _ if routing.stamp == NO_STAMP => None,
+            RouteKind::Handle => Some(Route::Shard(routing.route % n_shards.max(1))),
+            RouteKind::EveryShard => Some(Route::EveryShard),
+            RouteKind::Unknown => None,
+        }
+    }
+
+    pub fn includes(self, shard_id: u32) -> bool {
+        match self {
+            Route::Shard(s) => s == shard_id,
+            Route::EveryShard => true,
+        }
+    }
+}
+
+/// A frame a walk for every shard found (`walk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walked {
+    /// Header and payload, in the `data` walked.
+    pub span: Range<usize>,
+    pub seq: u64,
+    pub payload_len: u64,
+    pub stamp: [u8; 16],
+    pub route: Route,
+}
+
+/// How far a walk for every shard got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// Every frame at or above `from_seq` consumed, in LOG order.
+    pub frames: Vec<Walked>,
+    /// The segment offset of the first frame not consumed.
+    pub offset: u64,
+    /// The seq that frame must carry.
+    pub next_seq: u64,
+    /// Never `Budget`: a walk for every shard has none.
+    pub stop: Stop,
+}
+
+/// Walk the version 2 frames in `data` (segment bytes from `offset`) for
+/// every shard at once, up to `limit_seq`: `select` with no shard, budget
+/// or record count. Frames below `from_seq` are validated and passed over.
+pub fn walk(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, from_seq: u64, limit_seq: u64, n_shards: u32) -> Walk {
+    let size = header_bytes(2);
+    let mut out = Walk { frames: Vec::new(), offset, next_seq: expect_seq, stop: Stop::Done };
+    let mut pos = 0usize;
+    while pos < data.len() && out.next_seq <= limit_seq {
+        if !at_end {
+            if let Some(need) = cut_short(&data[pos..], size) {
+                out.stop = Stop::Partial(need);
+                return out;
+            }
+        }
+        let (h, payload_at) = match next_frame(data, pos, data.len(), 2, out.next_seq) {
+            Ok(Some(found)) => found,
+            Ok(None) => break,
+            Err(mut bad) => {
+                bad.offset += offset;
+                out.stop = Stop::Bad(bad);
+                return out;
+            }
+        };
+        let end = payload_at + h.payload_len as usize;
+        if h.seq >= from_seq {
+            let Some(route) = Route::of(&h.routing, n_shards) else {
+                out.stop = Stop::Unrouted;
+                return out;
+            };
+            out.frames.push(Walked { span: pos..end, seq: h.seq, payload_len: h.payload_len as u64, stamp: h.routing.stamp, route });
+        }
+        pos = end;
+        out.offset = offset + pos as u64;
+        out.next_seq = h.seq + 1;
+    }
+    out
+}
+
 /// Walk the version 2 frames in `data` (segment bytes from `offset`);
 /// `at_end` says `data` reaches the region's end, so a frame cut short
 /// there is damage rather than a short read.
@@ -122,16 +211,11 @@ pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Wa
         let end = payload_at + h.payload_len as usize;
         if h.seq >= want.from_seq {
             let stamp = h.routing.stamp;
-            let mine = match h.routing.kind {
-                _ if stamp == NO_STAMP => None,
-                RouteKind::Handle => Some(h.routing.route % want.n_shards.max(1) == want.shard_id),
-                RouteKind::EveryShard => Some(true),
-                RouteKind::Unknown => None,
-            };
-            let Some(mine) = mine else {
+            let Some(route) = Route::of(&h.routing, want.n_shards) else {
                 out.stop = Stop::Unrouted;
                 return out;
             };
+            let mine = route.includes(want.shard_id);
             if mine {
                 let len = h.payload_len as u64;
                 if out.nbytes + len > want.budget && !(want.allow_oversize && out.records == 0) {
@@ -171,7 +255,7 @@ fn cut_short(rest: &[u8], header: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::frame::{encode_header, Routing};
+    use crate::log::frame::encode_header;
 
     fn frame(seq: u64, kind: RouteKind, route: u32, stamp: u8, payload: &[u8]) -> Vec<u8> {
         let routing = Routing { stamp: [stamp; 16], kind, route };
@@ -234,6 +318,21 @@ mod tests {
         assert_eq!((got.through_seq, got.next_seq, got.stop), (3, 4, Stop::Done));
         let few = select(&data, 0, true, 1, &Want { max_records: 1, ..want(0) });
         assert_eq!((few.records, few.next_seq), (1, 2));
+    }
+
+    #[test]
+    fn a_walk_for_every_shard_names_each_frame_and_its_route() {
+        let (data, frames) = region();
+        let got = walk(&data, 16, true, 1, 2, 3, 2);
+        let routes: Vec<_> = got.frames.iter().map(|f| (f.seq, f.route)).collect();
+        assert_eq!(routes, [(2, Route::Shard(1)), (3, Route::EveryShard)], "seq 1 passed over, seq 4 past the limit");
+        assert_eq!(&data[got.frames[0].span.clone()], &frames[1][..]);
+        assert_eq!((got.offset, got.next_seq, got.stop), (16 + (frames[0].len() + frames[1].len() + frames[2].len()) as u64, 4, Stop::Done));
+        let cut = walk(&data[..frames[0].len() + 5], 0, false, 1, 1, u64::MAX, 2);
+        assert_eq!((cut.frames.len(), cut.stop), (1, Stop::Partial(frames[1].len() as u64)));
+        let unrouted = [frame(1, RouteKind::Handle, 4, 1, b"a"), frame(2, RouteKind::Unknown, 0, 2, b"b")].concat();
+        let got = walk(&unrouted, 0, true, 1, 1, u64::MAX, 2);
+        assert_eq!((got.frames.len(), got.next_seq, got.stop), (1, 2, Stop::Unrouted));
     }
 
     #[test]
