@@ -543,6 +543,75 @@ mod tests {
         check(&data, &want(1, 7), &past);
     }
 
+    /// Random interleavings of three shards with random budgets, limits,
+    /// rewinds, reads of random length and a small cap: every batch is what
+    /// the shard's own walk of its range finds, and every shard gets to the end.
+    #[test]
+    fn any_interleaving_gives_each_shard_its_own_frames() {
+        let data = region(1, 300, by_handle);
+        for seed in 0..200 {
+            let mut rng = crate::testrand::Rng::new(seed);
+            let mut fanout = Fanout::new(3, [1, 2_000, 20_000, 1 << 30][rng.below(4) as usize]);
+            let mut from = [1u64; 3];
+            let mut steps = 0;
+            while from.iter().any(|&f| f <= 300) {
+                steps += 1;
+                assert!(steps < 100_000, "seed {seed}: no progress");
+                let shard = rng.below(3) as usize;
+                if from[shard] > 300 {
+                    continue;
+                }
+                if rng.below(50) == 0 {
+                    from[shard] = 1 + rng.below(from[shard]); // a rewind
+                }
+                let w = Want {
+                    budget: [1, 100, 1_000, 1 << 20][rng.below(4) as usize],
+                    max_records: 1 + rng.below(20) as u32,
+                    limit_seq: (from[shard] + rng.below(60)).min(300),
+                    allow_oversize: rng.below(2) == 0,
+                    ..want(shard as u32, from[shard])
+                };
+                let got = match take_in_pieces(&mut fanout, &data, &w, &mut rng) {
+                    Ok(got) => got,
+                    Err(until) => {
+                        assert!(until >= w.from_seq, "seed {seed}");
+                        let own = alone(&data, &Want { limit_seq: w.limit_seq.min(until), ..w });
+                        from[shard] = own.through_seq.max(own.next_seq - 1).max(w.from_seq - 1) + 1;
+                        continue;
+                    }
+                };
+                check(&data, &w, &got);
+                if got.through_seq < w.from_seq {
+                    assert!(got.blocked_by > w.budget && !w.allow_oversize, "seed {seed}: {got:?} for {w:?}");
+                }
+                from[shard] = got.through_seq + 1;
+            }
+        }
+    }
+
+    /// `take_filling`, but each read walks a random part of the region and
+    /// some reads find the reader stuck.
+    fn take_in_pieces(fanout: &mut Fanout, data: &[u8], want: &Want, rng: &mut crate::testrand::Rng) -> Result<Batch, u64> {
+        let mut may_fill = true;
+        loop {
+            match fanout.take(want, may_fill) {
+                Take::Alone(until) => return Err(until),
+                Take::Batch(b) => return Ok(b),
+                Take::Fill(pos) => {
+                    if rng.below(40) == 0 {
+                        fanout.stuck_at(pos);
+                        may_fill = false;
+                        continue;
+                    }
+                    let limit = want.limit_seq.min(pos + rng.below(30));
+                    let w = walk(data, 0, true, 1, pos, limit, fanout.n_shards());
+                    may_fill = w.next_seq > pos;
+                    fanout.push(want.shard_id, pos, data.to_vec(), &w);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_stale_read_is_dropped() {
         let data = region(1, 10, by_handle);
