@@ -278,23 +278,33 @@ class _Unimplemented(Exception):
 
 
 _BATCH = 256  # records handed over between threads at a time
+#: ... or fewer once the data apart from them (RecordData) passes this: what
+#: a reader holds ahead is bounded in bytes, not only in records. Each view
+#: of data holds the whole message it came in, and a bulk restore's records
+#: are files (4,096 records of 100 KiB held 400 MiB per shard: fresh memory,
+#: faulted in page by page, for nothing the writers could take sooner).
+_BATCH_BYTES = 1 << 20
 
 
-def _ahead(records: Iterator[Record], limit: int) -> Iterator[Record]:
-    """``records``, read by a thread of its own up to ``limit`` records ahead.
-    An error in the stream is raised here; closing this stops the thread."""
+def _ahead(records: Iterator, limit: int) -> Iterator:
+    """``records``, read by a thread of its own up to ``limit`` records ahead
+    (and, for RecordData, about ``limit / _BATCH`` MiB of data). An error in
+    the stream is raised here; closing this stops the thread."""
     ready: queue.Queue = queue.Queue(max(1, limit // _BATCH))
     stop = threading.Event()
 
     def pump() -> None:
-        batch: list[Record] = []
+        batch: list = []
+        nbytes = 0
         try:
             for record in records:
                 batch.append(record)
-                if len(batch) >= _BATCH:
+                if type(record) is tuple:
+                    nbytes += len(record[1])
+                if len(batch) >= _BATCH or nbytes >= _BATCH_BYTES:
                     if not _put(ready, batch, stop):
                         return
-                    batch = []
+                    batch, nbytes = [], 0
             _put(ready, batch, stop)
             _put(ready, None, stop)
         except BaseException as e:  # noqa: BLE001  handed to the reader

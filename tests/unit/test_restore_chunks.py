@@ -4,12 +4,13 @@ old way, one per message."""
 
 from __future__ import annotations
 
+import time
 from concurrent import futures
 
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import FileRequest, Op, Record, ScanRequest
+from logstore.pb.journal_pb2 import FileRequest, Op, Record, RecordChunk, ScanRequest
 from recoveryd.restore import Shards
 
 
@@ -49,11 +50,51 @@ def test_a_shard_without_chunks_is_asked_record_by_record():
         server.stop(None)
 
 
+class EndlessScan(journal_pb2_grpc.RestoreServicer):
+    """ScanChunks of 4 MiB: 16 WRITE records of 256 KiB each, as a bulk
+    restore of large files gets them; counts the chunks handed to gRPC."""
+
+    CHUNKS = 64
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def ScanChunks(self, request, context):
+        data = b"d" * (256 << 10)
+        for k in range(self.CHUNKS):
+            records = [Record(stamp=(k * 16 + i + 1).to_bytes(16, "big"), op=Op.WRITE, ok=True,
+                              fh=b"F", data=data) for i in range(16)]
+            self.sent += 1
+            yield RecordChunk(records=[r.SerializeToString() for r in records])
+
+
+def test_a_reader_ahead_holds_megabytes_not_thousands_of_large_records():
+    """A bulk restore reads each shard ahead of its writers, up to thousands
+    of records; with records of 256 KiB that must not mean a gigabyte held
+    (each one's data keeps its whole message alive)."""
+    service = EndlessScan()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    journal_pb2_grpc.add_RestoreServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Shards([f"127.0.0.1:{port}"]) as shards:
+            records = shards.scan_apart(ScanRequest(with_data=True), prefetch=4096)
+            next(records)
+            settled, last = 0, -1
+            while settled < 20:  # the reader stopped pulling (no deadline: pytest-timeout guards)
+                time.sleep(0.05)
+                settled, last = (settled + 1, last) if service.sent == last else (0, service.sent)
+            assert service.sent <= 16, f"{service.sent * 4} MiB read ahead"
+            assert sum(1 for _ in records) == EndlessScan.CHUNKS * 16 - 1
+    finally:
+        server.stop(None)
+
+
 # -- chunks in wire form (sans-IO) ------------------------------------------------------
 
 from hypothesis import given, strategies as st  # noqa: E402
 
-from logstore.pb.journal_pb2 import RecordChunk  # noqa: E402
 from recoveryd.restore.errors import ShardError  # noqa: E402
 from recoveryd.restore.shards import _records_in  # noqa: E402
 from recoveryd.restore_service import _framed  # noqa: E402
