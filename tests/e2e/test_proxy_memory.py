@@ -29,9 +29,13 @@ def minor_faults(pid: int) -> int:
     return int(fields[7])  # minflt, the 10th field of the whole line
 
 
-def test_megabytes_written_and_shipped_fault_in_few_pages(nas, shard_factory, proxy_factory):
-    shard = shard_factory(0)
-    proxy = proxy_factory(extra=["--shard", shard.address])
+@pytest.mark.parametrize("n_shards", [1, 2])
+def test_megabytes_written_and_shipped_fault_in_few_pages(nas, shard_factory, proxy_factory,
+                                                           n_shards):
+    """With two shards the shippers share one reader of the LOG, which keeps
+    what it read for both: its regions must be memory used again too."""
+    shards = [shard_factory(k) for k in range(n_shards)]
+    proxy = proxy_factory(extra=[a for s in shards for a in ("--shard", s.address)])
     block = bytes(range(256)) * (MiB // 256)
     with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export", machine_name="nfsj-memory") as c:
         root = c.mount()
