@@ -154,13 +154,12 @@ fn read_and_walk(fd: i32, mut buffer: Vec<u8>, (offset, end, read_bytes): (u64, 
     let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let mut len = end.saturating_sub(offset).min(read_bytes) as usize;
     loop {
-        // Stale bytes are fine: the read overwrites all `len` of them.
-        if buffer.len() >= len {
-            buffer.truncate(len);
-        } else {
+        // A reused buffer keeps its length: its stale bytes past `len` are
+        // never read, and zeroing them again for every read costs a memset.
+        if buffer.len() < len {
             buffer.resize(len, 0);
         }
-        if let Err(e) = file.read_exact_at(&mut buffer, offset) {
+        if let Err(e) = file.read_exact_at(&mut buffer[..len], offset) {
             if e.kind() != std::io::ErrorKind::UnexpectedEof {
                 return Err(e);
             }
@@ -169,7 +168,7 @@ fn read_and_walk(fd: i32, mut buffer: Vec<u8>, (offset, end, read_bytes): (u64, 
             return Ok((buffer, Walk { frames: Vec::new(), offset, next_seq: expect_seq, stop }));
         }
         let at_end = offset + len as u64 == end;
-        let walked = walk(&buffer, offset, at_end, expect_seq, from_seq, limit_seq, n_shards);
+        let walked = walk(&buffer[..len], offset, at_end, expect_seq, from_seq, limit_seq, n_shards);
         match walked.stop {
             Stop::Partial(need) if walked.offset == offset => len = need.min(end - offset) as usize,
             _ => return Ok((buffer, walked)),

@@ -149,8 +149,10 @@ pub struct Fanout {
     stats: FanoutStats,
 }
 
-/// Read buffers kept for reuse: a buffer new to the process faults its
-/// pages in, which costs more than the read.
+/// Read buffers kept for reuse, at least: a buffer new to the process
+/// faults its pages in, which costs more than the read. Up to as many as
+/// fill the cap are kept, so once the reader has needed that many at once
+/// (shards apart by that much), it never faults a page in again.
 const SPARE_BUFFERS: usize = 4;
 /// Bytes per read (`read_bytes`), larger for a larger cap; a frame larger is read whole.
 const MIN_READ_BYTES: u64 = 64 << 10;
@@ -283,13 +285,14 @@ impl Fanout {
         batch
     }
 
-    /// A buffer to read `len` bytes into: for a large read, one no longer
-    /// pointed into when there is one (its bytes are stale, not zeroed).
+    /// A buffer to read `len` bytes into: for a large read, one of
+    /// `read_bytes` (all alike, so any fits the next), no longer pointed into
+    /// when there is one (its bytes are stale, not zeroed).
     pub fn buffer(&mut self, len: usize) -> Vec<u8> {
         if len < SMALL_READ_BYTES {
             return Vec::with_capacity(len); // a small region should not pin a large buffer
         }
-        self.spare.pop().unwrap_or_default()
+        self.spare.pop().unwrap_or_else(|| vec![0; len.max(self.read_bytes() as usize)])
     }
 
     /// The region read from seq `read_from` for shard `reader`'s ask
@@ -372,7 +375,8 @@ impl Fanout {
     }
 
     fn recycle(&mut self, buffer: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && (SMALL_READ_BYTES..=SPARE_BUFFER_BYTES).contains(&buffer.capacity()) {
+        let keep = SPARE_BUFFERS.max((self.cap_bytes / self.read_bytes()) as usize);
+        if self.spare.len() < keep && (SMALL_READ_BYTES..=SPARE_BUFFER_BYTES).contains(&buffer.capacity()) {
             self.spare.push(buffer);
         }
     }
