@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(routes, [(2, Route::Shard(1)), (3, Route::EveryShard)], "seq 1 passed over, seq 4 past the limit");
         assert_eq!(&data[got.frames[0].span.clone()], &frames[1][..]);
         assert_eq!((got.offset, got.next_seq, got.stop), (16 + (frames[0].len() + frames[1].len() + frames[2].len()) as u64, 4, Stop::Done));
-        let cut = walk(&data[..frames[0].len() + 5], 0, false, 1, 1, u64::MAX, 2);
+        let cut = walk(&data[..frames[0].len() + 41], 0, false, 1, 1, u64::MAX, 2);
         assert_eq!((cut.frames.len(), cut.stop), (1, Stop::Partial(frames[1].len() as u64)));
         let unrouted = [frame(1, RouteKind::Handle, 4, 1, b"a"), frame(2, RouteKind::Unknown, 0, 2, b"b")].concat();
         let got = walk(&unrouted, 0, true, 1, 1, u64::MAX, 2);
