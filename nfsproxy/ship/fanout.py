@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: Read regions kept for shards that have not taken their frames yet.
 DEFAULT_FANOUT_BYTES = 64 << 20
 
+#: ``take``'s answer for "read the LOG yourself, as far as you like".
+_ALONE = (1 << 64) - 1
+
 #: ``(frames, records, nbytes, through_seq, newest, blocked_by)``, as
 #: ``_dataplane.select_shard_frames`` names them.
 FanoutBatch = tuple[bytes, int, int, int, bytes, int]
@@ -63,6 +66,8 @@ class LogFanout:
         """Shard ``shard_id``'s next batch from LOG seq ``from_seq`` on, as
         ``select_shard_frames`` would select it with the same limits; or an
         int: read the LOG yourself, up to that seq at most."""
+        if self._closed:
+            return _ALONE
         may_fill = True
         while True:
             kind, got = self._native.take(shard_id, from_seq, limit_seq, budget, max_records,
@@ -83,6 +88,7 @@ class LogFanout:
                 "batches_total": batches, "evictions_total": evictions}
 
     def close(self) -> None:
+        """Stop reading; shippers still asking are sent to read alone."""
         with self._reading:
             self._closed = True
             self._native.reset()

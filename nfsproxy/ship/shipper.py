@@ -529,10 +529,13 @@ class Shipper:
                     allow_oversize: bool) -> _Range | None:
         """Read LOG records ``from_seq..limit_seq`` for one batch (in the worker thread).
 
-        Version 2 frames are walked natively (``select_shard_frames``: checked,
-        routed by their headers and copied out without the GIL); a frame
-        without routing fields, a version 1 segment and a frame held back by
-        the last batch go through ``_frame`` and ``_route`` one at a time."""
+        With a shared reader, the batch comes from this shard's queue there;
+        where the queue does not hold ``from_seq``, this shipper reads alone,
+        up to the seq the reader answers. Alone, version 2 frames are walked
+        natively (``select_shard_frames``: checked, routed by their headers
+        and copied out without the GIL); a frame without routing fields, a
+        version 1 segment and a frame held back by the last batch go through
+        ``_frame`` and ``_route`` one at a time."""
         batch = _Batch(from_seq, budget, allow_oversize, self.options.max_batch_records)
         if self._fanout is not None and self._held is None:
             got = self._fanout.take(self.shard_id, from_seq, limit_seq, budget, batch.max_records,

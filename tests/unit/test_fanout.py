@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,66 @@ def test_batches_through_the_shared_reader_hold_what_each_shards_own_walk_finds(
             after[k] = got.through_seq
         assert fanout.stats()["batches_total"] > 0
         fanout.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shippers_on_threads_while_the_log_grows_each_get_their_own_frames(
+        tmp_path: Path, seed: int) -> None:
+    """Three shippers' reads on threads of their own, as a proxy runs them,
+    while records are appended and synced: every batch holds what the shard's
+    own walk of its range finds, rewinds and small caps included."""
+    rng = random.Random(seed)
+    clock = HLC(7)
+    n_shards, total = 3, 1500
+    errors: list[str] = []
+    with Log.open(tmp_path / "log", segment_bytes=rng.choice([16 << 10, 128 << 10])) as log:
+        append_routed(log, clock, 200, rng=rng, unrouted=rng.choice([0.0, 0.01]))
+        fanout = LogFanout(log, n_shards, cap_bytes=rng.choice([8 << 10, 64 << 10, 64 << 20]))
+        appended = threading.Event()
+
+        def append() -> None:
+            more = random.Random(seed + 1000)
+            while log.last_seq < total:
+                append_routed(log, clock, more.randrange(1, 30), rng=more)
+                time.sleep(0.0005)
+            appended.set()
+
+        def ship(k: int) -> None:
+            r = random.Random(seed * 10 + k)
+            shipper = reader(log, k, n_shards, fanout,
+                             dataclasses.replace(FAST, max_batch_records=r.choice([3, 50, 8192])))
+            after, oversize = 0, False
+            try:
+                while not (appended.is_set() and after >= log.synced_seq):
+                    synced = log.synced_seq
+                    if after >= synced:
+                        time.sleep(0.0005)
+                        continue
+                    if r.random() < 0.02:
+                        after = r.randrange(0, after + 1)  # a rewind
+                    budget = r.choice([10, 900, 4 << 10, 64 << 10, 1 << 20])
+                    limit = min(synced, after + r.choice([5, 100, 10_000]))
+                    got = shipper._read_range(after + 1, limit, budget, oversize)
+                    if got.through_seq <= after:
+                        assert got.records == 0 and got.blocked_by > budget and not oversize
+                        oversize = True
+                        continue
+                    assert got.through_seq <= limit
+                    assert got.frames == alone_frames(log, k, n_shards, after + 1, got.through_seq)
+                    assert got.nbytes <= budget or (oversize and got.records == 1)
+                    oversize, after = False, got.through_seq
+            except BaseException as e:  # noqa: BLE001  reported by the test thread
+                errors.append(f"shard {k}: {e!r}")
+
+        threads = [threading.Thread(target=ship, args=(k,)) for k in range(n_shards)]
+        threads.append(threading.Thread(target=append))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        fanout.close()
+    assert not errors, errors
+    assert fanout.stats()["batches_total"] > 0
 
 
 def test_shards_in_step_take_every_batch_from_one_read_of_the_log(tmp_path: Path) -> None:
@@ -254,6 +316,17 @@ async def test_a_shard_down_has_its_queue_emptied_at_the_cap_and_catches_up_alon
         finally:
             await stop_all(shippers, shards)
             fanout.close()
+
+
+def test_a_closed_reader_sends_every_shard_to_read_alone(tmp_path: Path) -> None:
+    with Log.open(tmp_path / "log") as log:
+        append_routed(log, HLC(7), 30, rng=random.Random(8))
+        fanout = LogFanout(log, 2)
+        fanout.close()
+        for k in range(2):
+            got = reader(log, k, 2, fanout)._read_range(1, log.last_seq, 1 << 20, False)
+            assert got.through_seq == log.last_seq
+            assert got.frames == alone_frames(log, k, 2, 1, log.last_seq)
 
 
 def test_the_native_reader_refuses_nothing_it_cannot_serve() -> None:

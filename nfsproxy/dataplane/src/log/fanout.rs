@@ -13,7 +13,9 @@
 //! Memory: queued frames hold the regions read (`Chunk`s) they lie in; when
 //! the regions kept pass `cap_bytes`, the queue whose oldest frame is oldest
 //! (a shard that is down, or slower than the rest) is emptied, and its
-//! window starts at the reader's position.
+//! window starts at the reader's position; and a shard asking for its batch
+//! is served what it has rather than read for. So what is kept stays under
+//! the cap plus one read (and a frame larger than a read).
 //!
 //! How to call it (sans-IO; `pyfanout.rs` reads the file):
 //! ```ignore
@@ -154,6 +156,8 @@ pub struct Fanout {
 /// fill the cap are kept, so once the reader has needed that many at once
 /// (shards apart by that much), it never faults a page in again.
 const SPARE_BUFFERS: usize = 4;
+/// How far past the reader a shard may ask before the reader starts again there.
+const JUMP_RECORDS: u64 = 8192;
 /// Bytes per read (`read_bytes`), larger for a larger cap; a frame larger is read whole.
 const MIN_READ_BYTES: u64 = 64 << 10;
 const MAX_READ_BYTES: u64 = 4 << 20;
@@ -215,6 +219,11 @@ impl Fanout {
             return Take::Alone(u64::MAX);
         }
         let pos = match self.pos {
+            // Far ahead of the reader (a caught-up shard while another works
+            // through a backlog): walking the backlog first would keep this
+            // shard waiting for records it does not need; the reader starts
+            // again here, and the others read alone up to here.
+            Some(pos) if from > pos.saturating_add(JUMP_RECORDS) => self.start_at(from),
             Some(pos) if self.stuck != Some(pos) || from <= pos => pos,
             _ => self.start_at(from), // first ask, or past where the reader is stuck
         };
@@ -233,7 +242,13 @@ impl Fanout {
             return Take::Alone(u64::MAX);
         }
         q.served = true;
-        let room = q.nbytes < want.budget && (q.frames.len() as u64) < want.max_records as u64;
+        // Its frames hold the regions they lie in: a shard whose frames are
+        // sparse (a few small records between another shard's large ones)
+        // would hold region after region for one batch. So past the cap it
+        // takes what it has, unless it has nothing.
+        let room = q.nbytes <= want.budget
+            && (q.frames.len() as u64) < want.max_records as u64
+            && (self.kept_bytes < self.cap_bytes || q.frames.is_empty());
         if may_fill && pos <= want.limit_seq && room && self.stuck != Some(pos) {
             return Take::Fill(pos);
         }
@@ -352,6 +367,8 @@ impl Fanout {
             q.served = false;
         });
         self.pos = None;
+        self.stuck = None;
+        self.newest = [0; 16];
         self.release();
     }
 
@@ -382,16 +399,21 @@ impl Fanout {
     }
 
     /// Empty the queue holding the oldest frame until the kept regions fit
-    /// the cap again; never the reading shard's: what it keeps is its own
-    /// next batch.
+    /// the cap again; never the reading shard's (it takes what it has once
+    /// past the cap, see `take`), nor one whose frames are all newer than
+    /// its: emptying that one would free no region.
     fn evict_over_cap(&mut self, reader: usize) {
         let pos = self.pos.unwrap_or(0);
+        let readers_oldest = self.queues[reader].frames.front().map_or(u64::MAX, |f| f.seq);
         while self.kept_bytes > self.cap_bytes {
             let oldest = (0..self.queues.len())
                 .filter(|&s| s != reader)
                 .filter_map(|s| self.queues[s].frames.front().map(|f| (f.seq, s)))
                 .min();
-            let Some((_, shard)) = oldest else { break };
+            let Some((seq, shard)) = oldest else { break };
+            if seq > readers_oldest {
+                break;
+            }
             self.queues[shard].restart(pos);
             self.stats.evictions += 1;
             self.release();
@@ -614,6 +636,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_shard_with_sparse_frames_does_not_hold_region_after_region() {
+        // Shard 1 has one small frame in every 20; each read here keeps a whole copy of the region.
+        let data = region(1, 200, |seq| if seq % 20 == 0 { (RouteKind::Handle, 1) } else { (RouteKind::Handle, 0) });
+        let cap = data.len() as u64;
+        let mut fanout = Fanout::new(2, cap);
+        let mut rng = crate::testrand::Rng::new(7);
+        let w = Want { n_shards: 2, ..want(1, 1) };
+        let got = take_in_pieces(&mut fanout, &data, &w, &mut rng).expect("served");
+        assert!(got.records >= 1);
+        assert!(fanout.stats().kept_bytes <= cap + data.len() as u64, "{:?}", fanout.stats());
+    }
+
+    #[test]
+    fn a_shard_far_ahead_of_the_reader_starts_it_again_where_it_asks() {
+        let data = region(1, 50, by_handle);
+        let mut fanout = Fanout::new(3, 64 << 20);
+        assert!(take_filling(&mut fanout, &data, &Want { limit_seq: 20, ..want(0, 1) }).is_ok());
+        let far = 21 + JUMP_RECORDS + 1;
+        assert!(matches!(fanout.take(&want(1, far), true), Take::Fill(seq) if seq == far), "no walk of what lies between");
+        assert_eq!(take_filling(&mut fanout, &data, &want(0, 21)).unwrap_err(), far - 1, "the one behind reads alone up to it");
     }
 
     #[test]
