@@ -36,8 +36,8 @@ from nfsproxy.native.clock import HLC
 from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS, NativeCommitter, NativeLog
 from nfsproxy.relay.journal import Journal, QuotaPolicy, frame_fields, gap_record
 from nfsproxy.relay.session import BackendAddress, Proxy
-from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
 from nfsproxy.ship.fanout import LogFanout, shared_reader
+from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN, RetentionLoop, parse_retention
 from nfsproxy.ship.shipper import Shipper
 from nfsproxy.wire.portmap import PMAP_PORT
 

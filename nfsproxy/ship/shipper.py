@@ -545,7 +545,7 @@ class Shipper:
                 frames, records, nbytes, through, newest, batch.blocked_by = got
                 batch.add(frames, records, nbytes, through, newest)
                 return batch.done()
-            limit_seq = min(limit_seq, got)  # alone up to the shared reader, to attach there
+            limit_seq = min(limit_seq, got)  # alone up to where its queue there starts
         while batch.seq <= limit_seq and batch.records < batch.max_records:
             if self._held is None and self._select(batch, limit_seq):
                 continue
