@@ -25,6 +25,7 @@ from logstore.record import parse_record, record_parts
 from logstore.sharding import shards_of
 from logstore.stamp import Stamp
 from nfsproxy import _dataplane
+from nfsproxy.native.log import NativeLog
 from nfsproxy.relay.journal import frame_fields
 from nfsproxy.relay.session import Proxy
 from nfsproxy.ship.fanout import LogFanout
@@ -316,6 +317,44 @@ async def test_a_shard_down_has_its_queue_emptied_at_the_cap_and_catches_up_alon
         finally:
             await stop_all(shippers, shards)
             fanout.close()
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["python-log", "native-log"])
+def test_a_log_trimmed_and_written_over_under_the_reader_gives_no_other_frames(
+        tmp_path: Path, native: bool) -> None:
+    """A size-bounded retention trims past both shards and the reader's
+    position, and new segments are written over the trimmed ones (the
+    native LOG keeps them as spares): after the gap the stream sends, each
+    shard's batches are still what its own walk of the LOG finds."""
+    rng = random.Random(9)
+    clock = HLC(7)
+    opened = (NativeLog.open(tmp_path / "log", segment_bytes=64 << 10, spare_segments=2)
+              if native else Log.open(tmp_path / "log", segment_bytes=64 << 10))
+    with opened as log:
+        append_routed(log, clock, 300, rng=rng)
+        fanout = LogFanout(log, 2)
+        shippers = [reader(log, k, 2, fanout) for k in range(2)]
+        after = [0, 0]
+
+        def read(k: int, records: int) -> None:
+            got = shippers[k]._read_range(after[k] + 1, min(log.synced_seq, after[k] + records),
+                                          1 << 20, False)
+            assert got.frames == alone_frames(log, k, 2, after[k] + 1, got.through_seq)
+            after[k] = got.through_seq
+
+        read(0, 150)
+        read(1, 20)
+        log.trim(200)
+        trimmed_to = log.first_seq
+        assert trimmed_to > 151
+        append_routed(log, clock, 300, rng=rng)
+        for k in range(2):
+            after[k] = trimmed_to - 1  # the gap batch the stream sends over what was trimmed
+            while after[k] < log.synced_seq:
+                read(k, 50)
+        if native:
+            assert log.recycled_segments > 0, "new segments were written over trimmed ones"
+        fanout.close()
 
 
 def test_a_closed_reader_sends_every_shard_to_read_alone(tmp_path: Path) -> None:

@@ -480,6 +480,8 @@ mod tests {
         assert_eq!((got.records, got.nbytes), (own.records, own.nbytes));
         assert!(got.nbytes <= want.budget || got.records == 1 && want.allow_oversize);
         assert!(got.records <= want.max_records && got.through_seq <= want.limit_seq);
+        // Stamps here are seqs: the newest stamp claimed lies within what the batch covers.
+        assert!(got.newest <= (got.through_seq as u128).to_be_bytes(), "newest past seq {}", got.through_seq);
     }
 
     #[test]
