@@ -4,7 +4,9 @@ old way, one per message."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -30,24 +32,30 @@ class OldRestore(journal_pb2_grpc.RestoreServicer):
         yield from self.records
 
 
-def test_a_shard_without_chunks_is_asked_record_by_record():
-    records = [Record(stamp=bytes([0] * 15 + [k]), op=Op.WRITE, ok=True, fh=b"F", data=b"x" * k)
-               for k in range(1, 6)]
-    service = OldRestore(records)
+@contextlib.contextmanager
+def serving(service: journal_pb2_grpc.RestoreServicer) -> Iterator[str]:
+    """A real gRPC server on loopback for ``service``; its address."""
     server = grpc.server(futures.ThreadPoolExecutor(2))
     journal_pb2_grpc.add_RestoreServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with Shards([f"127.0.0.1:{port}"]) as shards:
-            for _ in range(2):
-                assert list(shards.file_records(FileRequest(fh=b"F", with_data=True))) == records
-            assert service.asked == 2
-            assert shards._unimplemented == {(0, "FileRecordChunks")}  # remembered: asked once
-            assert list(shards.scan(ScanRequest(with_data=True))) == records
-            assert (0, "ScanChunks") in shards._unimplemented
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(None)
+
+
+def test_a_shard_without_chunks_is_asked_record_by_record():
+    records = [Record(stamp=bytes([0] * 15 + [k]), op=Op.WRITE, ok=True, fh=b"F", data=b"x" * k)
+               for k in range(1, 6)]
+    service = OldRestore(records)
+    with serving(service) as address, Shards([address]) as shards:
+        for _ in range(2):
+            assert list(shards.file_records(FileRequest(fh=b"F", with_data=True))) == records
+        assert service.asked == 2
+        assert shards._unimplemented == {(0, "FileRecordChunks")}  # remembered: asked once
+        assert list(shards.scan(ScanRequest(with_data=True))) == records
+        assert (0, "ScanChunks") in shards._unimplemented
 
 
 class EndlessScan(journal_pb2_grpc.RestoreServicer):
@@ -73,22 +81,15 @@ def test_a_reader_ahead_holds_megabytes_not_thousands_of_large_records():
     of records; with records of 256 KiB that must not mean a gigabyte held
     (each one's data keeps its whole message alive)."""
     service = EndlessScan()
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    journal_pb2_grpc.add_RestoreServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with Shards([f"127.0.0.1:{port}"]) as shards:
-            records = shards.scan_apart(ScanRequest(with_data=True), prefetch=4096)
-            next(records)
-            settled, last = 0, -1
-            while settled < 20:  # the reader stopped pulling (no deadline: pytest-timeout guards)
-                time.sleep(0.05)
-                settled, last = (settled + 1, last) if service.sent == last else (0, service.sent)
-            assert service.sent <= 16, f"{service.sent * 4} MiB read ahead"
-            assert sum(1 for _ in records) == EndlessScan.CHUNKS * 16 - 1
-    finally:
-        server.stop(None)
+    with serving(service) as address, Shards([address]) as shards:
+        records = shards.scan_apart(ScanRequest(with_data=True), prefetch=4096)
+        next(records)
+        settled, last = 0, -1
+        while settled < 20:  # the reader stopped pulling (no deadline: pytest-timeout guards)
+            time.sleep(0.05)
+            settled, last = (settled + 1, last) if service.sent == last else (0, service.sent)
+        assert service.sent <= 16, f"{service.sent * 4} MiB read ahead"
+        assert sum(1 for _ in records) == EndlessScan.CHUNKS * 16 - 1
 
 
 # -- chunks in wire form (sans-IO) ------------------------------------------------------

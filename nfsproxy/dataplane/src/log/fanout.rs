@@ -455,18 +455,7 @@ mod tests {
     /// Take for `want`, filling from `data` (seqs 1.. from offset 0) whenever
     /// asked; Err: read alone up to this seq.
     fn take_filling(fanout: &mut Fanout, data: &[u8], want: &Want) -> Result<Batch, u64> {
-        let mut may_fill = true;
-        loop {
-            match fanout.take(want, may_fill) {
-                Take::Alone(until) => return Err(until),
-                Take::Batch(b) => return Ok(b),
-                Take::Fill(pos) => {
-                    let w = walk(data, 0, true, 1, pos, want.limit_seq, fanout.n_shards());
-                    may_fill = w.next_seq > pos;
-                    fanout.push(want.shard_id, pos, data.to_vec(), &w);
-                }
-            }
-        }
+        take_reading(fanout, data, want, None)
     }
 
     fn alone(data: &[u8], want: &Want) -> Selection {
@@ -620,18 +609,26 @@ mod tests {
     /// `take_filling`, but each read walks a random part of the region and
     /// some reads find the reader stuck.
     fn take_in_pieces(fanout: &mut Fanout, data: &[u8], want: &Want, rng: &mut crate::testrand::Rng) -> Result<Batch, u64> {
+        take_reading(fanout, data, want, Some(rng))
+    }
+
+    /// `take_filling`, and with `rng`, `take_in_pieces`.
+    fn take_reading(fanout: &mut Fanout, data: &[u8], want: &Want, mut rng: Option<&mut crate::testrand::Rng>) -> Result<Batch, u64> {
         let mut may_fill = true;
         loop {
             match fanout.take(want, may_fill) {
                 Take::Alone(until) => return Err(until),
                 Take::Batch(b) => return Ok(b),
                 Take::Fill(pos) => {
-                    if rng.below(40) == 0 {
-                        fanout.stuck_at(pos);
-                        may_fill = false;
-                        continue;
+                    let mut limit = want.limit_seq;
+                    if let Some(rng) = rng.as_deref_mut() {
+                        if rng.below(40) == 0 {
+                            fanout.stuck_at(pos);
+                            may_fill = false;
+                            continue;
+                        }
+                        limit = limit.min(pos + rng.below(30));
                     }
-                    let limit = want.limit_seq.min(pos + rng.below(30));
                     let w = walk(data, 0, true, 1, pos, limit, fanout.n_shards());
                     may_fill = w.next_seq > pos;
                     fanout.push(want.shard_id, pos, data.to_vec(), &w);

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::frame::{header_bytes, RouteKind, Routing};
+use super::frame::{header_bytes, FrameHeader, RouteKind, Routing};
 use super::segment::{next_frame, BadFrame};
 
 /// What the shipper wants from the region.
@@ -139,26 +139,17 @@ pub struct Walk {
 /// every shard at once, up to `limit_seq`: `select` with no shard, budget
 /// or record count. Frames below `from_seq` are validated and passed over.
 pub fn walk(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, from_seq: u64, limit_seq: u64, n_shards: u32) -> Walk {
-    let size = header_bytes(2);
     let mut out = Walk { frames: Vec::new(), offset, next_seq: expect_seq, stop: Stop::Done };
     let mut pos = 0usize;
     while pos < data.len() && out.next_seq <= limit_seq {
-        if !at_end {
-            if let Some(need) = cut_short(&data[pos..], size) {
-                out.stop = Stop::Partial(need);
-                return out;
-            }
-        }
-        let (h, payload_at) = match next_frame(data, pos, data.len(), 2, out.next_seq) {
+        let (h, end) = match frame_at(data, pos, offset, at_end, out.next_seq) {
             Ok(Some(found)) => found,
             Ok(None) => break,
-            Err(mut bad) => {
-                bad.offset += offset;
-                out.stop = Stop::Bad(bad);
+            Err(stop) => {
+                out.stop = stop;
                 return out;
             }
         };
-        let end = payload_at + h.payload_len as usize;
         if h.seq >= from_seq {
             let Some(route) = Route::of(&h.routing, n_shards) else {
                 out.stop = Stop::Unrouted;
@@ -177,7 +168,6 @@ pub fn walk(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, from_seq: u
 /// `at_end` says `data` reaches the region's end, so a frame cut short
 /// there is damage rather than a short read.
 pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Want) -> Selection {
-    let size = header_bytes(2);
     let mut out = Selection {
         spans: Vec::new(),
         records: 0,
@@ -193,22 +183,14 @@ pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Wa
         if out.records >= want.max_records || out.next_seq > want.limit_seq {
             return out;
         }
-        if !at_end {
-            if let Some(need) = cut_short(&data[pos..], size) {
-                out.stop = Stop::Partial(need);
-                return out;
-            }
-        }
-        let (h, payload_at) = match next_frame(data, pos, data.len(), 2, out.next_seq) {
+        let (h, end) = match frame_at(data, pos, offset, at_end, out.next_seq) {
             Ok(Some(found)) => found,
             Ok(None) => break,
-            Err(mut bad) => {
-                bad.offset += offset;
-                out.stop = Stop::Bad(bad);
+            Err(stop) => {
+                out.stop = stop;
                 return out;
             }
         };
-        let end = payload_at + h.payload_len as usize;
         if h.seq >= want.from_seq {
             let stamp = h.routing.stamp;
             let Some(route) = Route::of(&h.routing, want.n_shards) else {
@@ -239,6 +221,25 @@ pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Wa
         out.next_seq = h.seq + 1;
     }
     out
+}
+
+/// The version 2 frame at `pos` of `data` (segment bytes from `offset`),
+/// which must carry `expect_seq`: its header and where it ends; None past
+/// the last frame; or why a walk stops there (cut short by the read, or damaged).
+fn frame_at(data: &[u8], pos: usize, offset: u64, at_end: bool, expect_seq: u64) -> Result<Option<(FrameHeader, usize)>, Stop> {
+    if !at_end {
+        if let Some(need) = cut_short(&data[pos..], header_bytes(2)) {
+            return Err(Stop::Partial(need));
+        }
+    }
+    match next_frame(data, pos, data.len(), 2, expect_seq) {
+        Ok(Some((h, payload_at))) => Ok(Some((h, payload_at + h.payload_len as usize))),
+        Ok(None) => Ok(None),
+        Err(mut bad) => {
+            bad.offset += offset;
+            Err(Stop::Bad(bad))
+        }
+    }
 }
 
 /// Bytes needed for the whole frame at the start of `rest` when `rest`
