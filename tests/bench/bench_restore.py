@@ -22,10 +22,10 @@ What runs, on one disk (everything lives under one work directory):
    the ratio is of the means. Both start after a `sync`; the source
    tree and the shards' files are in the page cache for both (nothing drops
    caches: this machine is shared). Right before each timed run, twice the
-   tree's size of memory (at least 2 GiB) is touched and freed
-   (`prewarm_memory`): on a VM that hands freed guest memory back to its
-   host (free page reporting), the first touch of such a page is a host
-   fault, and measured here that made `cp -a` of 1 GiB take anywhere from
+   tree's size of memory (at least 2 GiB, at most half the free memory) is
+   touched and freed (`prewarm_memory`): on a VM that hands freed guest
+   memory back to its host (free page reporting), the first touch of such a
+   page is a host fault, and measured here that made `cp -a` of 1 GiB take anywhere from
    0.42 to 3.1 s depending on what had been freed before it, so the ratio
    measured the VM. Warmed, `cp -a` copies at page-cache speed, as on a
    machine without that feature. The restored tree is then compared with
@@ -290,7 +290,8 @@ def main() -> None:
         # Twice, in both orders: the first to write a tree onto this disk pays
         # for cold file-system metadata (block groups, inode tables) that the
         # second finds warm, so one order alone favours whichever goes second.
-        warm_bytes = max(2 * GiB, 2 * n_bytes)
+        free_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        warm_bytes = min(max(2 * GiB, 2 * n_bytes), free_bytes // 2)
         warmed: list[float] = []
 
         def ready() -> None:
