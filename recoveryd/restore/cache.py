@@ -40,7 +40,7 @@ class FileCache:
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
         self._promised: dict[Hashable, threading.Event] = {}   # a bulk fill is making these
-        self._made_dirs: set[Path] = set()
+        self._dirs: dict[Path, bool] = {}   # subdirectory -> made here (removed by ``close``)
 
     def read(self, key: Hashable, offset: int, count: int, build: Callable[[int], int]) -> bytes:
         """``count`` bytes at ``offset`` of the file ``key`` (fewer at the end);
@@ -145,9 +145,14 @@ class FileCache:
         # its directory's lock, and with one directory the threads filling
         # the cache queued on it (5% of a push-back's samples spinning there).
         directory = self._cache_dir / name[:_SPREAD_CHARS]
-        if directory not in self._made_dirs:
-            directory.mkdir(exist_ok=True)
-            self._made_dirs.add(directory)
+        if directory not in self._dirs:
+            with self._lock:
+                if directory not in self._dirs:
+                    try:
+                        directory.mkdir()
+                        self._dirs[directory] = True
+                    except FileExistsError:  # the caller's, in a directory it gave
+                        self._dirs[directory] = False
         return directory / f"{name}{suffix}", directory / name
 
     def _add(self, key: Hashable, tmp: Path, path: Path, size: int) -> None:
@@ -171,9 +176,22 @@ class FileCache:
                 old_path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Drop every file (and the directory, if this cache made it)."""
+        """Drop every file (and the directory, if this cache made it). In a
+        directory the caller gave, only what the cache made goes: its files
+        and the subdirectories it made, if nothing else is in them."""
         with self._lock:
+            paths = [path for path, _ in self._cache.values()]
+            made = [directory for directory, ours in self._dirs.items() if ours]
             self._cache.clear()
             self._cache_used = 0
+            self._dirs.clear()
         if self._own_cache_dir:
             shutil.rmtree(self._cache_dir, ignore_errors=True)
+            return
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for directory in made:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # not empty: a file still being built when the cache closed

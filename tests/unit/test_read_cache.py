@@ -61,3 +61,16 @@ def test_a_key_is_promised_to_one_fill_only(tmp_path):
     assert cache.expects("a") and cache.expects("held") and not cache.expects("d")
     cache.settle(["a", "b", "c"])
     assert not cache.expects("a")
+
+
+def test_close_leaves_a_callers_directory_as_it_found_it(tmp_path):
+    mine = tmp_path / "ab"              # a name the cache could pick for a subdirectory of its own
+    mine.mkdir()
+    (mine / "keep").write_bytes(b"the caller's")
+    cache = FileCache(tmp_path, cache_bytes=8)
+    for k in range(40):                 # built, evicted past the budget, built again
+        assert cache.read(f"k{k}", 0, 3, builder(b"abc", [])) == b"abc"
+    cache.staging("bulk").write_bytes(b"xy")
+    cache.add("bulk", 2)
+    cache.close()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["ab", "ab/keep"]
