@@ -215,6 +215,9 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("nfsj_shipping_shared_kept_bytes", "Bytes of LOG regions the shared "
                                 "reader keeps for shards that have not taken their frames yet",
                                 value=stats["kept_bytes"])
+        yield CounterMetricFamily("nfsj_shipping_shared_buffers_allocated", "Read buffers the shared "
+                                  "reader allocated: fresh memory; it keeps up to its cap's worth "
+                                  "and uses them again", value=stats["buffers_allocated_total"])
 
     def _clock(self) -> Iterator:
         clock = self.running.proxy.clock

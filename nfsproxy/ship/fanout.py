@@ -82,10 +82,13 @@ class LogFanout:
 
     def stats(self) -> dict[str, int]:
         """Shards whose last batch it served, bytes kept queued, regions read,
-        batches served, and queues emptied for holding past the cap."""
-        served, kept_bytes, fills, batches, evictions = self._native.stats()
+        batches served, queues emptied for holding past the cap, and read
+        buffers allocated (each is fresh memory; up to the cap's worth are
+        kept and used again)."""
+        served, kept_bytes, fills, batches, evictions, allocated = self._native.stats()
         return {"served": served, "kept_bytes": kept_bytes, "reads_total": fills,
-                "batches_total": batches, "evictions_total": evictions}
+                "batches_total": batches, "evictions_total": evictions,
+                "buffers_allocated_total": allocated}
 
     def close(self) -> None:
         """Stop reading; shippers still asking are sent to read alone."""

@@ -71,6 +71,7 @@ def test_metrics_move_with_a_workload(nas, shard_factory, proxy_factory):
     assert value(after, "nfsj_shipping_shared_reader") >= 1  # a shard that fell behind once reads alone until the next write
     assert value(after, "nfsj_shipping_shared_evictions_total") == 0
     assert value(after, "nfsj_shipping_shared_kept_bytes") >= 0
+    assert value(after, "nfsj_shipping_shared_buffers_allocated_total") <= 16  # at most the cap's worth (small writes: none)
     assert value(after, "nfsj_log_backlog_records") == 0
     assert value(after, "nfsj_shipping_undurable_records") == 0  # once durable, nothing waits
     assert 0 <= value(after, "nfsj_consistent_point_age_seconds") < 3600

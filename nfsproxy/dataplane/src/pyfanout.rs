@@ -134,12 +134,13 @@ impl ShardFanout {
         self.state.lock_anyway().reset();
     }
 
-    /// `(served, kept_bytes, fills, batches, evictions)`: shards whose last
-    /// batch it served, bytes of regions kept for them, regions read,
-    /// batches served, and queues emptied for holding past `cap_bytes`.
-    fn stats(&self) -> (u32, u64, u64, u64, u64) {
+    /// `(served, kept_bytes, fills, batches, evictions, buffers_allocated)`:
+    /// shards whose last batch it served, bytes of regions kept for them,
+    /// regions read, batches served, queues emptied for holding past
+    /// `cap_bytes`, and large read buffers allocated (not reused).
+    fn stats(&self) -> (u32, u64, u64, u64, u64, u64) {
         let s = self.state.lock_anyway().stats();
-        (s.served, s.kept_bytes, s.fills, s.batches, s.evictions)
+        (s.served, s.kept_bytes, s.fills, s.batches, s.evictions, s.buffers_allocated)
     }
 }
 

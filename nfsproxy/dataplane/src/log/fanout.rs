@@ -127,6 +127,8 @@ pub struct FanoutStats {
     pub batches: u64,
     /// Queues emptied for holding frames too long (the memory cap).
     pub evictions: u64,
+    /// Large read buffers allocated (fresh memory; reused ones are not counted).
+    pub buffers_allocated: u64,
 }
 
 /// The shared reader's state (see the module docs).
@@ -307,7 +309,11 @@ impl Fanout {
         if len < SMALL_READ_BYTES {
             return Vec::with_capacity(len); // a small region should not pin a large buffer
         }
-        self.spare.pop().unwrap_or_else(|| vec![0; len.max(self.read_bytes() as usize)])
+        if let Some(buffer) = self.spare.pop() {
+            return buffer;
+        }
+        self.stats.buffers_allocated += 1;
+        vec![0; len.max(self.read_bytes() as usize)]
     }
 
     /// The region read from seq `read_from` for shard `reader`'s ask
@@ -471,6 +477,22 @@ mod tests {
         assert!(got.records <= want.max_records && got.through_seq <= want.limit_seq);
         // Stamps here are seqs: the newest stamp claimed lies within what the batch covers.
         assert!(got.newest <= (got.through_seq as u128).to_be_bytes(), "newest past seq {}", got.through_seq);
+    }
+
+    #[test]
+    fn a_buffer_used_again_is_not_counted_as_allocated() {
+        let mut fanout = Fanout::new(2, 64 << 20);
+        let len = fanout.read_bytes() as usize;
+        let first = fanout.buffer(len);
+        assert_eq!(fanout.stats().buffers_allocated, 1);
+        fanout.recycle(first);
+        let again = fanout.buffer(len);
+        assert_eq!(fanout.stats().buffers_allocated, 1, "the spare was used again");
+        let second = fanout.buffer(len);
+        assert_eq!(fanout.stats().buffers_allocated, 2, "none spare: a new one");
+        drop((again, second));
+        let _small = fanout.buffer(SMALL_READ_BYTES - 1);
+        assert_eq!(fanout.stats().buffers_allocated, 2, "small reads are not pooled or counted");
     }
 
     #[test]
