@@ -15,16 +15,14 @@ import pytest
 
 from e2e.test_membership import wait_shipped
 from e2e.test_metrics import _free_port, scrape, value
-from nfsproxy.ship.fanout import DEFAULT_FANOUT_BYTES
 from nfsproxy.nas.client import NfsClient, created_fh
+from nfsproxy.ship.fanout import DEFAULT_FANOUT_BYTES
 from nfsproxy.wire.nfs3 import StableHow
 
 pytestmark = pytest.mark.ganesha
 
 MiB = 1 << 20
 PAGES_PER_MiB = MiB // 4096
-
-
 #: The shared LOG reader's read size at its default cap (``Fanout::read_bytes``).
 READER_BUFFER_BYTES = 4 * MiB
 
