@@ -24,7 +24,7 @@ import crc32c
 
 __all__ = [
     "HEADER", "HEADER_BYTES", "HEADER_V1", "SEGMENT_HEADER", "SEGMENT_HEADER_BYTES",
-    "FORMAT_VERSION", "ROUTE_UNKNOWN", "ROUTE_HANDLE", "ROUTE_EVERY_SHARD", "NO_STAMP",
+    "FORMAT_VERSION", "ROUTE_UNKNOWN", "ROUTE_HANDLE", "ROUTE_EVERY_SHARD", "ROUTE_INTENT", "NO_STAMP",
     "Frame", "LogError", "LogCorruptError", "Segment", "SegmentReader",
     "ScanResult", "Buffer", "Payload", "frame_crc", "encode_frame", "payload_parts",
     "segment_name", "parse_segment_name", "scan_segment", "find_valid_frame",
@@ -49,7 +49,8 @@ NO_STAMP = bytes(16)
 ROUTE_UNKNOWN = 0  # the writer gave no route: parse the record to route it
 ROUTE_HANDLE = 1  # route is crc32c(routing file handle); shard = route % n_shards
 ROUTE_EVERY_SHARD = 2  # the record goes to every shard (route is 0)
-_ROUTE_KINDS = (ROUTE_UNKNOWN, ROUTE_HANDLE, ROUTE_EVERY_SHARD)
+ROUTE_INTENT = 3  # a write-ahead intent: stays in this LOG, no shard gets it (route is 0)
+_ROUTE_KINDS = (ROUTE_UNKNOWN, ROUTE_HANDLE, ROUTE_EVERY_SHARD, ROUTE_INTENT)
 _SEQ = struct.Struct(">Q")
 _SEQ_AT = 8  # the seq's offset in a frame header, in both versions
 _NAME = re.compile(r"([0-9]{20})\.seg")

@@ -28,6 +28,9 @@ from .store import stream_id
 
 __all__ = ["RetireError", "RetireOutcome", "parse_stream", "log_end", "retire"]
 
+#: A running (or crashed) proxy's mark in its LOG directory (nfsproxy/daemon/proxyd.py).
+RUNNING_MARK = "RUNNING"
+
 
 class RetireError(Exception):
     """The stream cannot be retired; the message says which shard and why."""
@@ -58,6 +61,12 @@ def log_end(log_dir: str) -> tuple[StreamKey, int]:
 
     if not os.path.isdir(log_dir):
         raise RetireError(f"{log_dir} is not a directory")
+    if os.path.exists(os.path.join(log_dir, RUNNING_MARK)):
+        # Its next start marks the unclean stop's gap and rebuilds the records
+        # of write-ahead intents the crash left alone; retired first, it never would.
+        raise RetireError(f"the proxy did not stop cleanly on {log_dir}: start `nfsj proxy` on this "
+                          "LOG once (it marks the gap and rebuilds what the stop left), stop it, "
+                          "then retire it")
     node_id = _node_id(log_dir)
     try:
         log = Log.open(log_dir)

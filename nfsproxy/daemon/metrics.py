@@ -102,7 +102,13 @@ class ProxyCollector(Collector):
                 ("nfsj_journal_dropped_records", "Records NOT journaled under the passthrough quota policy",
                  self.running.proxy.journal.dropped_total),
                 ("nfsj_journal_gap_records", "GAP records written to the LOG",
-                 self.running.proxy.journal.gap_records_total)):
+                 self.running.proxy.journal.gap_records_total),
+                ("nfsj_journal_intents", "Write-ahead intents appended (sync durability: a reply "
+                 "that promises anything waits for its intent's fsync, not its record's)",
+                 self.running.proxy.journal.intents_total),
+                ("nfsj_journal_intents_rebuilt", "Records rebuilt at start from write-ahead intents "
+                 "an unclean stop left without one (outcome unknown, replayed as applied)",
+                 self.running.proxy.journal.intents_rebuilt)):
             yield CounterMetricFamily(name, doc, value=value)
         journal = self.running.proxy.journal
         gaps = CounterMetricFamily("nfsj_journal_gaps", "Records that may be missing from the journal, by cause "

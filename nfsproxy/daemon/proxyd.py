@@ -31,6 +31,7 @@ from recoveryd.status import write_proxy_status
 from nfsproxy.daemon.address import parse_hostport, resolve_backend
 from nfsproxy.daemon.config import ConfigError
 from nfsproxy.daemon.control import start_control
+from nfsproxy.daemon.intents import rebuild_orphans
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
 from nfsproxy.native.clock import HLC
 from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS, NativeCommitter, NativeLog
@@ -182,11 +183,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     log = NativeLog.open(opts.log_dir, segment_bytes=opts.segment_bytes,
                          spare_segments=opts.log_spares,
                          torn_marker=lambda torn: torn_gap_record(clock, torn))
-    unclean = _mark_running(opts.log_dir) and not log.torn_tails
+    last_start = _last_run_start(opts.log_dir)
+    rebuilt = rebuild_orphans(log, last_start) if last_start is not None else 0
+    unclean = last_start is not None and not log.torn_tails
     if unclean:  # a torn tail's GAP record already spans the same stamps
-        gap = unclean_stop_gap_record(clock)
+        gap = unclean_stop_gap_record(clock, rebuilt)
         log.append(record_parts(gap), **frame_fields(gap))
         log.sync()
+    _mark_running(opts.log_dir, log.next_seq)
     committer = NativeCommitter(log, durability=opts.durability, quota_bytes=opts.quota_bytes)
     journal = Journal(committer, opts.quota_policy)
     for torn in log.torn_tails:
@@ -196,6 +200,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         logger.warning("the proxy did not stop cleanly last time: calls it had relayed may have "
                        "changed the NAS without a record; marked as a gap (a baseline heals it)")
         journal.count_gap("unclean_stop", "unclean_stop: the previous run of this LOG did not stop cleanly")
+    journal.intents_rebuilt = rebuilt
     proxy = _data_plane(opts, backend, journal, clock, committer)
     journal.attach(proxy)
     proxy.drain_timeout_s = opts.drain_timeout_s
@@ -224,7 +229,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
                           "pick a free port with --listen (is an rpcbind on --portmap's port?)") from None
     retention = None
     if shippers:
-        retention = RetentionLoop(committer, lambda: [s.acked_seq for s in shippers], retain)
+        retention = RetentionLoop(committer, lambda: _trim_bounds(shippers, proxy), retain)
         retention.start()
     running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention,
                            data_plane=opts.data_plane, fanout=fanout)
@@ -250,6 +255,17 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     return running
 
 
+def _trim_bounds(shippers: list[Shipper], proxy) -> list[int]:
+    """What retention may trim through: every shard's acked seq, and short of
+    the oldest write-ahead intent whose record is not durable yet (a crash
+    would leave it to rebuild that record from)."""
+    bounds = [s.acked_seq for s in shippers]
+    floor = proxy.intent_floor()
+    if floor is not None:
+        bounds.append(floor - 1)
+    return bounds
+
+
 def _data_plane(opts: ProxyOptions, backend: BackendAddress, journal: Journal, clock: HLC, committer):
     """The relay `--data-plane` names, journaling through `journal`'s LOG."""
     if opts.data_plane == "python":
@@ -265,25 +281,36 @@ def _data_plane(opts: ProxyOptions, backend: BackendAddress, journal: Journal, c
                        threads=opts.relay_threads)
 
 
-#: Present while a proxy serves from a LOG directory. Found at start, it says
-#: the last run did not stop cleanly (kill -9, a crash, power loss): calls it
-#: had relayed may have changed the NAS while their records never reached the
-#: LOG, so the start marks a gap instead of passing over them in silence.
+#: Present while a proxy serves from a LOG directory, holding the LOG seq its
+#: run started at. Found at start, it says the last run did not stop cleanly
+#: (kill -9, a crash, power loss): calls it had relayed may have changed the
+#: NAS while their records never reached the LOG, so the start marks a gap
+#: instead of passing over them in silence, and rebuilds the records of that
+#: run's write-ahead intents that have none (``nfsproxy.daemon.intents``).
 RUNNING_MARK = "RUNNING"
 
 
-def _mark_running(log_dir: str) -> bool:
-    """Durably note that a proxy serves from `log_dir`; True if the note was
-    already there (the previous run did not stop cleanly)."""
-    path = os.path.join(log_dir, RUNNING_MARK)
-    was_there = os.path.exists(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+def _last_run_start(log_dir: str) -> int | None:
+    """None if the last run stopped cleanly; else the LOG seq it started at
+    (0 when the mark does not say: search the whole LOG)."""
     try:
+        with open(os.path.join(log_dir, RUNNING_MARK), encoding="ascii", errors="replace") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else 0
+
+
+def _mark_running(log_dir: str, start_seq: int) -> None:
+    """Durably note that a proxy serves from `log_dir`, from LOG seq `start_seq` on."""
+    path = os.path.join(log_dir, RUNNING_MARK)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{start_seq}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     _fsync_dir(log_dir)
-    return was_there
 
 
 def _clear_running(log_dir: str) -> None:
@@ -303,12 +330,16 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def unclean_stop_gap_record(clock: HLC) -> Record:
+def unclean_stop_gap_record(clock: HLC, rebuilt: int = 0) -> Record:
     """The GAP record for a run that did not stop cleanly: it spans from the
-    shards' frontier (below every stamp then in flight) to now."""
-    return gap_record(clock.now().to_bytes(), "unclean_stop",
-                      "the proxy did not stop cleanly: calls it had relayed to the NAS when it "
-                      "stopped may have changed the NAS without a record")
+    shards' frontier (below every stamp then in flight) to now. ``rebuilt``
+    records were rebuilt from write-ahead intents, their outcome unknown."""
+    reason = ("the proxy did not stop cleanly: calls it had relayed to the NAS when it "
+              "stopped may have changed the NAS without a record")
+    if rebuilt:
+        reason += (f"; {rebuilt} record(s) were rebuilt from their write-ahead intents, "
+                   "replayed as applied (the NAS's reply to them is unknown)")
+    return gap_record(clock.now().to_bytes(), "unclean_stop", reason)
 
 
 def torn_gap_record(clock: HLC, torn: TornTail) -> Record:

@@ -128,6 +128,14 @@ class NativeLog:
             raise
         return log
 
+    def orphan_intents(self, from_seq: int) -> list[tuple[int, bytes, bytes]]:
+        """``(seq, stamp, payload)`` of every write-ahead intent from ``from_seq``
+        on that no record with its stamp followed, in LOG order: after an
+        unclean stop, the mutations whose replies may have gone out while
+        their records were lost (logstore/FORMAT.md, "Intents")."""
+        with _native_errors():
+            return self._native.orphan_intents(from_seq)
+
     # -- writing --------------------------------------------------------------
 
     def append(self, payload: Payload, *, stamp: bytes = b"", route_kind: int = 0,

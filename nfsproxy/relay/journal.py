@@ -93,6 +93,8 @@ class Journal:
         self.passthrough_active = False
         self.gaps_total: Counter[str] = Counter()   # records that may be missing, by cause
         self.gap_records_total = 0                  # GAP records written
+        self.intents_total = 0                      # write-ahead intents (the native relay's own count)
+        self.intents_rebuilt = 0                    # records rebuilt from orphaned intents at start
         self.gaps: deque[str] = deque(maxlen=100)   # "stamp cause: reason", newest last
         self._proxy = None        # hold/release/clock/spawn: see attach()
         self._open: _OpenGap | None = None

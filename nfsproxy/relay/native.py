@@ -142,6 +142,11 @@ class _JournalView:
         return self._journal.records_total + self._relay_counter("records_total")
 
     @property
+    def intents_total(self) -> int:
+        """Write-ahead intents the relay appended."""
+        return self._relay_counter("intents_total")
+
+    @property
     def blocked_now(self) -> int:
         """Mutations the relay holds under the block policy."""
         return self._relay_counter("blocked_now")
@@ -254,6 +259,11 @@ class NativeProxy:
 
     def stamps_in_flight(self) -> int:
         return self.relay.stamps_in_flight() if self.relay is not None else 0
+
+    def intent_floor(self) -> int | None:
+        """The lowest LOG seq retention must keep: a write-ahead intent whose
+        record is not durable yet (None: no bound)."""
+        return self.relay.intent_floor() if self.relay is not None else None
 
     def stable_stamp(self) -> Stamp:
         if self.relay is None:

@@ -202,6 +202,10 @@ class Proxy:
         """How many stamps are taken and not yet released (calls awaiting reply or LOG)."""
         return len(self._inflight)
 
+    def intent_floor(self) -> int | None:
+        """None: this relay writes no intents ahead (its replies wait for their records)."""
+        return None
+
     def stable_stamp(self) -> Stamp:
         """A stamp below every stamp not yet in the LOG: heartbeats may carry it."""
         now = self.clock.now()

@@ -109,7 +109,7 @@ from google.protobuf.message import DecodeError
 
 from logstore.hlc import HLC, ClockStamp, UntrustworthyStampError
 from logstore.log import FrameSpan, Log, LogCorruptError, LogCursor, LogError, LogGapError
-from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, Frame
+from logstore.segment import NO_STAMP, ROUTE_EVERY_SHARD, ROUTE_HANDLE, ROUTE_INTENT, Frame
 from logstore.shipped import SentBatch, frame_of, serialize_batch
 from logstore.pb import journal_pb2 as pb
 from logstore.record import parse_record
@@ -634,6 +634,8 @@ class Shipper:
             return frame.route % self.n_shards == self.shard_id, frame.stamp, 0
         if frame.route_kind == ROUTE_EVERY_SHARD and frame.stamp != NO_STAMP:
             return True, frame.stamp, 0
+        if frame.route_kind == ROUTE_INTENT:
+            return False, b"", 0
         return self._route_parsed(frame.seq, frame.payload)
 
     def _route_parsed(self, seq: int, payload: bytes) -> tuple[bool, bytes, int]:

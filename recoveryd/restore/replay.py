@@ -6,7 +6,9 @@ A baseline piece that starts the file truncates it, pieces and WRITEs are
 written at their offsets (a WRITE only as far as the NAS accepted it), SETATTR
 sizes and CREATEs truncate, and at the end the file gets the size of its
 newest post-op attributes (the NAS's truth; ``recoveryd.tree.attr_key``
-orders them).
+orders them), unless a change without attributes came after them: NFSv3
+replies may omit post-op attributes, and a record rebuilt from its
+write-ahead intent has none. Then the size the replay made stands.
 
 A record stamped *before* a baseline piece but applied by the NAS *after* the
 piece's read (a call still in flight when the baseline read the file) is
@@ -30,6 +32,7 @@ __all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "pwrite_all"]
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
 # Plain ints for the per-record loops (an enum wrapper's attribute costs a call).
 _BASELINE, _WRITE, _SETATTR, _CREATE = int(Op.BASELINE), int(Op.WRITE), int(Op.SETATTR), int(Op.CREATE)
+_SIZING = frozenset({_BASELINE, _WRITE, _SETATTR, _CREATE})
 
 
 class FileReplay:
@@ -43,7 +46,7 @@ class FileReplay:
     is then written makes its close start writeback (``auto_da_alloc``),
     which a restore of thousands of files must not pay per file."""
 
-    __slots__ = ("fh", "_out", "attr", "_key", "size")
+    __slots__ = ("fh", "_out", "attr", "_key", "size", "_attr_stale")
 
     def __init__(self, fh: bytes, out: FileOut, size: int = 0) -> None:
         self.fh = fh
@@ -51,6 +54,7 @@ class FileReplay:
         self.attr: Attr | None = None
         self._key = (0, b"")
         self.size = size
+        self._attr_stale = False  # a change without attributes came after ``attr``
 
     def apply(self, record: Record, data: bytes | memoryview | None = None) -> int:
         """Apply one record (records that do not name this file as ``fh`` change
@@ -58,11 +62,13 @@ class FileReplay:
         it came apart from the record (``Shards.scan_apart``)."""
         if not record.ok or record.fh != self.fh:
             return 0
+        op = record.op
         if record.HasField("attr"):
             k = attr_key(record.attr, record.stamp)
-            if self.attr is None or k >= self._key or (record.op == _BASELINE and record.baseline_first):
-                self.attr, self._key = record.attr, k
-        op = record.op
+            if self.attr is None or k >= self._key or (op == _BASELINE and record.baseline_first):
+                self.attr, self._key, self._attr_stale = record.attr, k, False
+        elif op in _SIZING:
+            self._attr_stale = True
         if op == _BASELINE or op == _WRITE:
             if data is None:
                 data = record.data  # a copy at each access: once
@@ -86,7 +92,7 @@ class FileReplay:
     def finish(self) -> tuple[int, Attr | None]:
         """The file's size and newest attributes (None if no record carried any);
         the file is cut to the size of those attributes, the NAS's truth."""
-        if self.attr is not None:
+        if self.attr is not None and not self._attr_stale:
             self._truncate(self.attr.size)
         return self.size, self.attr
 

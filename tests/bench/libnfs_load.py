@@ -454,9 +454,10 @@ def metadata_mix(url_parts: NfsTarget | tuple, prefix: str, files: int,
 
 
 def write_latency_qd1(url_parts: NfsTarget | tuple, path: str, block_bytes: int = 4096,
-                      n: int = 1000, *, warmup: int = 20) -> list[float]:
+                      n: int = 1000, *, warmup: int = 20, file_sync: bool = False) -> list[float]:
     """Create `path`, then time `n` sequential writes one at a time (after
     `warmup` untimed ones); returns each call's latency in seconds.
+    `file_sync`: FILE_SYNC writes (as `write_throughput`'s), not UNSTABLE.
 
     Each timed call is one `nfs_pwrite`, whose wait loop (poll + service)
     runs inside libnfs: the clock brackets one ctypes call and no Python
@@ -469,6 +470,9 @@ def write_latency_qd1(url_parts: NfsTarget | tuple, path: str, block_bytes: int 
         buf = ctypes.create_string_buffer(os.urandom(block_bytes), block_bytes)
         addr = ctypes.addressof(buf)
         fh = conn.creat(path)
+        if file_sync:
+            conn.close_file(fh)
+            fh = conn.open_sync(path)
         clock = time.perf_counter
         try:
             for i in range(warmup + n):

@@ -105,13 +105,17 @@ def proxy(proxy_factory):
     return proxy_factory()
 
 
-def read_log(log_dir: Path):
-    """Every record in a LOG directory, as (seq, Record), in LOG order."""
+def read_log(log_dir: Path, *, intents: bool = False):
+    """Every record in a LOG directory, as (seq, Record), in LOG order; with
+    ``intents``, the write-ahead intents instead (logstore/FORMAT.md, "Intents")."""
     from logstore.log import Log
     from logstore.record import parse_record
+    from logstore.segment import ROUTE_INTENT
     log = Log.open(str(log_dir))
     try:
-        return [(seq, parse_record(payload, seq)) for seq, payload in log.read(log.first_seq)]
+        with log.read(log.first_seq) as cursor:
+            return [(f.seq, parse_record(f.payload, f.seq)) for f in cursor.frames()
+                    if (f.route_kind == ROUTE_INTENT) == intents]
     finally:
         log.close()
 

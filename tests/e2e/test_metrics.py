@@ -107,4 +107,7 @@ def test_every_log_append_is_counted_once_as_a_journal_record(nas, proxy_factory
     after = scrape(port)
     appends = value(after, "nfsj_log_appends_total")
     assert appends >= 3 + 12  # MKDIR, CREATE, WRITE, then at least one baseline piece per file
-    assert value(after, "nfsj_journal_records_total") + value(after, "nfsj_journal_gap_records_total") == appends
+    assert (value(after, "nfsj_journal_records_total") + value(after, "nfsj_journal_gap_records_total")
+            + value(after, "nfsj_journal_intents_total")) == appends
+    assert value(after, "nfsj_journal_intents_total") >= 2, "MKDIR and CREATE are written ahead (sync durability)"
+    assert value(after, "nfsj_journal_intents_rebuilt_total") == 0

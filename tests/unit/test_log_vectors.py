@@ -97,3 +97,19 @@ def test_a_torn_tails_gap_record_carries_its_stamp_and_route(tmp_path):
     assert marker == {"seq": len(expect["records"]) + 1, "stamp": bytes(range(16)).hex(),
                       "route_kind": ROUTE_EVERY_SHARD, "route": 0,
                       "payload": gap.SerializeToString().hex()}
+
+
+def test_the_native_writer_finds_the_orphan_intents_specified(tmp_path):
+    """After an unclean stop the proxy rebuilds the records of orphaned intents
+    (logstore/FORMAT.md, "Intents"): the native scan finds exactly the vector's."""
+    from nfsproxy.native.log import NativeLog
+
+    cases = [name for name in CASES if "orphans" in json.loads((VECTORS / name / "expect.json").read_text())]
+    assert cases
+    for name in cases:
+        directory, expect = load(name, tmp_path / name)
+        with NativeLog.open(directory) as log:
+            found = [{"seq": seq, "stamp": bytes(st).hex(), "payload": bytes(p).hex()}
+                     for seq, st, p in log.orphan_intents(0)]
+            assert found == expect["orphans"], name
+            assert log.orphan_intents(expect["orphans"][-1]["seq"] + 1) == [], "intents before from_seq are settled"

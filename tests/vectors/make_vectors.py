@@ -18,7 +18,10 @@ expect.json::
                              # for "corrupt", the frames before the damage
      "open": {"outcome": "ok", "last_seq": int, "next_seq": int,
               "torn": [{"segment": name, "offset", "truncated_bytes", "after_seq"}]}
-           | {"outcome": "corrupt", "segment": name, "offset": int}}
+           | {"outcome": "corrupt", "segment": name, "offset": int},
+     "orphans": [{"seq", "stamp" (hex), "payload" (hex)}]}
+                             # write-ahead intents no record followed (FORMAT.md,
+                             # "Intents"); only where the vector has intents
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ class Vector:
     def file(self, file_name: str, data: bytes) -> None:
         (self.dir / "log" / file_name).write_bytes(data)
 
-    def expect(self, records: list[dict], open_: dict) -> None:
+    def expect(self, records: list[dict], open_: dict, orphans: list[dict] | None = None) -> None:
         body = {"description": self.description, "records": records, "open": open_}
+        if orphans is not None:
+            body["orphans"] = orphans
         (self.dir / "expect.json").write_text(json.dumps(body, indent=1) + "\n")
 
 
@@ -193,6 +198,31 @@ def main() -> None:
     v.file(name(10), on_frame + older[len(on_frame):])
     v.file("SYNCED", mark(10, len(older), 13))
     v.expect(records3, {"outcome": "corrupt", "segment": name(10), "offset": len(on_frame)})
+
+    # Write-ahead intents (route_kind 3): two answered by their records (one in
+    # the next segment), one left an orphan by a crash, one answered by a GAP.
+    v = Vector("v2-intents", "write-ahead intents: an intent no frame with its stamp follows is an orphan")
+    fh = b"\x01\x00\x07fh-file"
+    calls = [Record(op=Op.WRITE, stamp=stamp(1_700_000_002_000_000_000, i, 3), fh=fh, offset=4096 * i,
+                    stable=2, data=bytes([0x41 + i]) * 8) for i in range(4)]
+    done = [Record(op=Op.WRITE, ok=True, stamp=c.stamp, fh=fh, offset=c.offset, stable=2, data=c.data,
+                   reply_count=8) for c in calls]
+    gap = Record(op=Op.GAP, ok=True, stamp=calls[3].stamp, gap_cause="no_reply")
+    rows = [(calls[0].stamp, 3, 0, calls[0].SerializeToString()),
+            (calls[1].stamp, 3, 0, calls[1].SerializeToString()),
+            (done[0].stamp, 1, crc32c.crc32c(fh), done[0].SerializeToString()),
+            (calls[2].stamp, 3, 0, calls[2].SerializeToString()),
+            (calls[3].stamp, 3, 0, calls[3].SerializeToString()),
+            (done[1].stamp, 1, crc32c.crc32c(fh), done[1].SerializeToString()),
+            (gap.stamp, 2, 0, gap.SerializeToString())]
+    first = SEGMENT_HEADER + b"".join(frame_v2(i + 1, p, s, k, r) for i, (s, k, r, p) in enumerate(rows[:4]))
+    second = SEGMENT_HEADER + b"".join(frame_v2(i + 5, p, s, k, r) for i, (s, k, r, p) in enumerate(rows[4:]))
+    v.file(name(1), first)
+    v.file(name(5), second)
+    v.file("SYNCED", mark(5, len(second), 7))
+    records = [record_json(i + 1, s, k, r, p) for i, (s, k, r, p) in enumerate(rows)]
+    v.expect(records, ok(records), [{"seq": 4, "stamp": calls[2].stamp.hex(),
+                                     "payload": calls[2].SerializeToString().hex()}])
 
     # Format version 1 (no segment header, 16-byte frame headers) is still read.
     v = Vector("v1-legacy", "a version 1 LOG: read as is; a writer goes on in a new segment")

@@ -11,11 +11,15 @@
 //!
 //! * `Async`: none;
 //! * `Sync`: every reply but an UNSTABLE WRITE's (it promises nothing) and a
-//!   LOOKUP's or READDIRPLUS's (they change nothing); WRITE and COMMIT replies
-//!   carry a verifier made from the NAS's and this run's incarnation, so a
-//!   restart that may have lost unsynced records makes clients resend their
-//!   uncommitted writes (RFC 1813, 3.3.7);
-//! * `Strict`: every reply.
+//!   LOOKUP's or READDIRPLUS's (they change nothing), written ahead: the
+//!   call's intent is appended (and its fsync asked for) when it is sent, and
+//!   the reply waits for the intent, so the fsync overlaps the NAS's work; the
+//!   record follows at the reply, fsynced a moment later (`crate::intent`,
+//!   `log::orphans`). WRITE and COMMIT replies carry a verifier made from the
+//!   NAS's and this run's incarnation, so a restart that may have lost
+//!   unsynced records makes clients resend their uncommitted writes (RFC
+//!   1813, 3.3.7);
+//! * `Strict`: every reply, for its record itself.
 //!
 //! A mutation whose reply never comes is handed to Python as a gap
 //! (`take_gaps`), its stamp held until Python has marked it.
@@ -29,9 +33,10 @@ use crate::capture::{Capture, Captured};
 use crate::conflict::{ConflictTable, Token};
 use crate::hlc::Hlc;
 use crate::inflight::InFlight;
+use crate::intent::Intents;
 use bytes::Bytes;
 
-use crate::log::{Append, GroupCommitter, LogError};
+use crate::log::{Append, GroupCommitter, LogError, RouteKind, Routing};
 use crate::nfs3::proc3;
 use crate::outbox::Outgoing;
 use crate::capture::{op, OpOf};
@@ -97,6 +102,8 @@ pub struct Journal {
     pub conflicts: Mutex<ConflictTable>,
     held: Mutex<HashMap<Token, Held>>,
     pub inflight: InFlight,
+    /// Write-ahead intents whose records are not yet durable: the LOG keeps them.
+    pub intents: Intents,
     pub committer: Arc<GroupCommitter>,
     pub hlc: Arc<Hlc>,
     pub durability: Durability,
@@ -105,6 +112,8 @@ pub struct Journal {
     next_token: AtomicU64,
     gaps: Mutex<Vec<Gap>>,
     pub records_total: AtomicU64,
+    /// Write-ahead intents appended (`append_intent`).
+    pub intents_total: AtomicU64,
     pub failed_mutations_total: AtomicU64,
     pub gaps_total: AtomicU64,
     pub dropped_total: AtomicU64,
@@ -124,6 +133,7 @@ impl Journal {
             conflicts: Mutex::new(ConflictTable::default()),
             held: Mutex::new(HashMap::new()),
             inflight: InFlight::default(),
+            intents: Intents::default(),
             committer,
             hlc,
             durability,
@@ -132,6 +142,7 @@ impl Journal {
             next_token: AtomicU64::new(1),
             gaps: Mutex::new(Vec::new()),
             records_total: AtomicU64::new(0),
+            intents_total: AtomicU64::new(0),
             failed_mutations_total: AtomicU64::new(0),
             gaps_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
@@ -175,6 +186,31 @@ impl Journal {
         }
     }
 
+    /// Does this mutation, as its call made it, get a write-ahead intent?
+    /// In sync durability a reply that promises anything waits for its
+    /// intent's fsync instead of its record's, so the fsync overlaps the
+    /// NAS's work. Strict waits for the record itself, so it writes none;
+    /// nor does passthrough over quota, which journals nothing.
+    pub fn writes_ahead(&self, record: &Record) -> bool {
+        self.durability == Durability::Sync
+            && promises(record)
+            && !(self.quota_policy == QuotaPolicy::Passthrough && self.committer.over_quota())
+    }
+
+    /// Append a stamped mutation's intent (its record as the call made it,
+    /// `data` a WRITE's) and ask for its fsync now; its seq.
+    pub fn append_intent(&self, token: Token, record: &Record, data: &[u8]) -> Result<u64, LogError> {
+        let head = record::encode(record);
+        let prefix = record::data_field_prefix(data.len());
+        let parts = [&head[..], &prefix[..], data];
+        let parts = if data.is_empty() { &parts[..1] } else { &parts[..] };
+        let routing = Routing { stamp: record::routing(record).stamp, kind: RouteKind::Intent, route: 0 };
+        let seq = self.committer.append(parts, &routing, true)?;
+        self.intents.written(token, seq);
+        self.intents_total.fetch_add(1, Ordering::Relaxed);
+        Ok(seq)
+    }
+
     /// Whether WRITE and COMMIT replies carry the rewritten verifier.
     pub fn rewrites_verifier(&self) -> bool {
         self.durability == Durability::Sync
@@ -214,6 +250,7 @@ impl Journal {
         for e in entries {
             seq += e.records.len() as u64;
             seqs.push(seq);
+            self.intents.recorded(e.token, seq);
             self.records_total.fetch_add(e.records.len() as u64, Ordering::Relaxed);
             let failed = e.records.iter().filter(|(r, _)| !r.ok && r.op3() != op::BIND).count();
             self.failed_mutations_total.fetch_add(failed as u64, Ordering::Relaxed);
@@ -243,7 +280,10 @@ impl Journal {
         let reason = "the LOG was over its quota (passthrough policy): records were not journaled";
         match records.iter().map(|(r, _)| r).find(|r| r.stamp.len() == 16) {
             Some(record) => self.gap(token, record, "quota_drop", reason.into()),
-            None => self.inflight.release(token),
+            None => {
+                self.intents.forget(token);
+                self.inflight.release(token);
+            }
         }
         true
     }
@@ -273,6 +313,7 @@ impl Journal {
     }
 
     fn gap(&self, token: Token, record: &Record, cause: &str, reason: String) {
+        self.intents.forget(token);
         let Ok(stamp) = <[u8; 16]>::try_from(record.stamp.as_slice()) else {
             self.inflight.release(token);
             return;
@@ -301,6 +342,11 @@ impl Journal {
 
     pub fn take_gaps(&self) -> Vec<Gap> {
         std::mem::take(&mut *self.gaps.lock_anyway())
+    }
+
+    /// The lowest seq a trim must keep for write-ahead intents; None: no bound.
+    pub fn intent_floor(&self) -> Option<u64> {
+        self.intents.floor(self.committer.synced_seq())
     }
 
     /// Run `f` holding every lock of the journal (a test poisons them all).

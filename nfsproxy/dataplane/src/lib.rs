@@ -29,6 +29,7 @@ pub mod capture;
 pub mod conflict;
 pub mod framing;
 pub mod inflight;
+pub mod intent;
 pub mod journal;
 pub mod limits;
 pub mod link;

@@ -170,7 +170,9 @@ fn journal_batch(journal: &Journal, batch: &mut Vec<Entry>, answers: &mut [Answe
     }
     for answer in answers.iter_mut() {
         if let Some(i) = answer.entry.take() {
-            answer.after_seq = batch[i].waits.then_some(seqs[i]);
+            if batch[i].waits {
+                answer.after_seq = Some(seqs[i]);
+            }
         }
     }
     batch.clear();
@@ -237,7 +239,8 @@ fn answer(shared: &Shared, table: &Mutex<XidTable>, message: Bytes, batch: &mut 
     Ok(Some(Answer {
         out: Outgoing::with_xid(&message, call.client_xid),
         entry,
-        after_seq: None,
+        // Written ahead: the reply waits for its intent, not its record.
+        after_seq: call.intent_seq,
         proc_key: call.proc_key,
         arrival: call.arrival,
     }))
@@ -313,7 +316,8 @@ fn journal_reply(
     }
     #[cfg(test)]
     crate::session::fault::on_reply(call.client_xid);
-    let waits = journal.waits(&records);
+    // Written ahead, the record's fsync need not be hurried: the reply waits for the intent's.
+    let waits = call.intent_seq.is_none() && journal.waits(&records);
     let record = &records[0].0;
     let message = if journal.rewrites_verifier() && record.ok && matches!(record.op3(), proc3::WRITE | proc3::COMMIT) {
         let mut copy = message.to_vec();

@@ -186,6 +186,15 @@ impl NativeLog {
         .map_err(log_err)
     }
 
+    /// `[(seq, stamp, payload)]` of every write-ahead intent from `from_seq`
+    /// on that no record followed, in LOG order (an unclean stop's orphans;
+    /// `log::orphans`).
+    #[allow(clippy::type_complexity)]
+    fn orphan_intents<'py>(&self, py: Python<'py>, from_seq: u64) -> PyResult<Vec<(u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let found = py.detach(|| crate::log::orphans::orphans(&self.log, from_seq)).map_err(log_err)?;
+        Ok(found.into_iter().map(|o| (o.seq, PyBytes::new(py, &o.stamp), PyBytes::new(py, &o.payload))).collect())
+    }
+
     /// `[(path, first_seq, last_seq, size_bytes, active, version)]`, oldest first.
     fn segments(&self, py: Python<'_>) -> Vec<(String, u64, u64, u64, bool, u8)> {
         // GIL released: the state lock is held across an append's pwritev.

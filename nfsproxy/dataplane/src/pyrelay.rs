@@ -103,6 +103,7 @@ impl Relay {
         }
         if let Some(j) = &self.journal {
             out.set_item("records_total", j.records_total.load(Ordering::Relaxed))?;
+            out.set_item("intents_total", j.intents_total.load(Ordering::Relaxed))?;
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
             out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
             out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
@@ -124,6 +125,12 @@ impl Relay {
                 s.client_latency.counts.to_vec(), s.client_latency.sum_s,
                 s.backend_latency.counts.to_vec(), s.backend_latency.sum_s))
             .collect()
+    }
+
+    /// The lowest LOG seq a trim must keep: a write-ahead intent whose
+    /// record is not durable yet (`intent`); None when there is none.
+    fn intent_floor(&self) -> PyResult<Option<u64>> {
+        Ok(self.journal()?.intent_floor())
     }
 
     /// How many stamps are taken and not yet in the LOG.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::journal::Journal;
 
@@ -42,6 +42,8 @@ pub struct Shared {
     pub journal: Option<Arc<Journal>>,
     /// How long a closed client's relayed mutations may take to be answered.
     pub drain_timeout: Duration,
+    /// True once the relay stops: sessions read no more calls and drain.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// How to run a relay.
@@ -58,7 +60,8 @@ pub struct Config {
 /// A running relay; `stop` (or dropping it) closes every connection.
 pub struct Server {
     runtime: Option<Runtime>,
-    stopping: Arc<Notify>,
+    stopping: watch::Sender<bool>,
+    drain_timeout: Duration,
     pub port: u16,
     pub stats: Arc<Stats>,
 }
@@ -73,6 +76,7 @@ impl Server {
         let listener = runtime.block_on(TcpListener::bind(config.listen.as_str()))?;
         let port = listener.local_addr()?.port();
         let stats = Arc::new(Stats::default());
+        let (stopping, stop_signal) = watch::channel(false);
         let shared = Arc::new(Shared {
             max_message: max_message_bytes(config.max_payload_bytes as usize),
             max_payload: config.max_payload_bytes,
@@ -82,18 +86,26 @@ impl Server {
             stats: stats.clone(),
             journal: config.journal,
             drain_timeout: config.drain_timeout,
+            stopping: stop_signal,
         });
-        let stopping = Arc::new(Notify::new());
-        runtime.spawn(accept(listener, shared, stopping.clone()));
-        Ok(Server { runtime: Some(runtime), stopping, port, stats })
+        runtime.spawn(accept(listener, shared));
+        Ok(Server { runtime: Some(runtime), stopping, drain_timeout: config.drain_timeout, port, stats })
     }
 
-    /// Stop accepting and close every session (calls in flight get no reply).
+    /// Stop accepting, let every session finish the calls it has relayed
+    /// (their replies journaled and sent; a client's calls not yet read are
+    /// never read), up to the drain timeout, then close every connection.
+    /// A routine restart so leaves no gap; what is still unanswered then is one.
     pub fn stop(&mut self) {
-        self.stopping.notify_one();
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(2));
+        let Some(runtime) = self.runtime.take() else { return };
+        let _ = self.stopping.send(true);
+        let deadline = std::time::Instant::now() + self.drain_timeout + Duration::from_secs(1);
+        while self.stats.sessions_open.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        runtime.shutdown_timeout(Duration::from_secs(2));
     }
 }
 
@@ -103,11 +115,12 @@ impl Drop for Server {
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<Notify>) {
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.clone();
     loop {
         let client = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopping.notified() => return,
+            _ = stopping.wait_for(|s| *s) => return,
         };
         match client {
             Ok((stream, _)) => {

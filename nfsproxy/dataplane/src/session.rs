@@ -13,6 +13,8 @@
 //! NAS, so the links stay open until their replies are journaled or the
 //! drain timeout passes; what is still unanswered then becomes a gap. Held
 //! calls never reached the NAS and are dropped (the client retries them).
+//! A stopping relay ends every session the same way, but its clients stay
+//! connected for the replies of what was relayed.
 //! One client's garbage, or a bug hit by one connection, closes that one only.
 
 use crate::poison::LockAnyway;
@@ -26,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::capture::Pending;
 use crate::conflict::Claims;
 use crate::framing::RecordReader;
 use crate::journal::{Held, Journal};
@@ -108,37 +111,48 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
         ending,
     };
     let mut reader = RecordReader::new(session.shared.max_message);
-    if let Some(why) = session.run(&mut rd, &mut reader).await {
+    let end = session.run(&mut rd, &mut reader).await;
+    if let End::Closed(Some(why)) = &end {
         eprintln!("nfsj data plane: closing client {peer}: {why}");
     }
     drop(rd);
-    session.drain().await;
+    session.drain(end == End::Stopping).await;
+}
+
+/// Why a session stops reading calls.
+#[derive(Debug, PartialEq)]
+enum End {
+    Closed(Closed),
+    /// The relay stops: the client is still there for the replies in flight.
+    Stopping,
 }
 
 impl Session {
-    async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, reader: &mut RecordReader) -> Closed {
+    async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, reader: &mut RecordReader) -> End {
         let ending = self.ending.0.clone();
         // One registration for the whole session, not one per read.
         let ended = ending.notified();
         tokio::pin!(ended);
+        let mut stopping = self.shared.stopping.clone();
         loop {
             tokio::select! {
                 read = rd.read_buf(reader.read_buffer()) => match read {
-                    Ok(0) => return None,
+                    Ok(0) => return End::Closed(None),
                     Ok(_) => {}
-                    Err(e) => return Some(e.to_string()),
+                    Err(e) => return End::Closed(Some(e.to_string())),
                 },
-                _ = &mut ended => return None,
+                _ = &mut ended => return End::Closed(None),
+                _ = stopping.wait_for(|s| *s) => return End::Stopping,
             }
             loop {
                 match reader.next_message() {
                     Ok(Some(message)) => {
                         if let Err(closed) = self.on_call(message).await {
-                            return closed;
+                            return End::Closed(closed);
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return Some(self.protocol_error(e.to_string())),
+                    Err(e) => return End::Closed(Some(self.protocol_error(e.to_string()))),
                 }
             }
         }
@@ -250,10 +264,13 @@ impl Session {
         }
     }
 
-    /// The client is gone: close it, and give relayed mutations until the
-    /// drain timeout to be answered and journaled.
-    async fn drain(&mut self) {
-        self.writer.abort();
+    /// The client is gone, or the relay stops: give relayed mutations until
+    /// the drain timeout to be answered and journaled. A client that is
+    /// still there (`stopping`) gets their replies meanwhile.
+    async fn drain(&mut self, stopping: bool) {
+        if !stopping {
+            self.writer.abort();
+        }
         self.drop_unsent();
         let deadline = Instant::now() + self.shared.drain_timeout;
         while self.mutations_in_flight() && Instant::now() < deadline {
@@ -329,21 +346,27 @@ fn watched(shared: &Shared, task: JoinHandle<()>) -> AbortHandle {
     abort
 }
 
-/// Stamp a mutation about to be sent (its stamp held in flight) and mark it sent.
+/// Stamp a mutation about to be sent (its stamp held in flight), write its
+/// intent ahead where durability says, and mark it sent.
 fn stamp_for_sending(journal: &Journal, table: &Mutex<XidTable>, nas_xid: u32, token: u64) -> Result<(), String> {
     let stamp = journal.stamp(token).map_err(|e| format!("the clock failed ({e})"))?;
     let mut table = table.lock_anyway();
-    if let Some(call) = table.get_mut(nas_xid) {
-        if let Some(record) = call.pending.as_mut().and_then(|p| p.record_mut()) {
-            record.stamp = stamp.to_vec();
+    let Some(call) = table.get_mut(nas_xid) else { return Ok(()) };
+    if let Some(Pending::Mutation { record, data, .. }) = &mut call.pending {
+        record.stamp = stamp.to_vec();
+        if journal.writes_ahead(record) {
+            let data = data.clone().map_or(&[][..], |d| &call.message[d]);
+            let seq = journal.append_intent(token, record, data).map_err(|e| format!("journaling failed ({e})"))?;
+            call.intent_seq = Some(seq);
         }
-        call.sent = true;
     }
+    call.sent = true;
     Ok(())
 }
 
 /// A call leaves without a record: its stamp and the calls held behind it go.
 pub fn release(journal: &Journal, token: u64) {
+    journal.intents.forget(token);
     journal.inflight.release(token);
     for (t, held) in journal.release_conflicts(token) {
         send_released(journal, t, held);

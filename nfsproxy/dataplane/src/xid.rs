@@ -36,6 +36,8 @@ pub struct Call {
     pub token: u64,
     /// Handed to the NAS link (a held mutation is not, yet).
     pub sent: bool,
+    /// The LOG seq of its write-ahead intent: its reply waits for that fsync.
+    pub intent_seq: Option<u64>,
     /// (program, procedure), for the per-procedure counters.
     pub proc_key: (u32, u32),
     pub arrival: std::time::Instant,
@@ -169,6 +171,7 @@ impl XidTable {
             pending,
             token,
             sent: false,
+            intent_seq: None,
             proc_key,
             arrival: std::time::Instant::now(),
         };

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use _dataplane::log::orphans::orphans;
 use _dataplane::log::segment::frames;
 use _dataplane::log::{Log, LogError, LogOptions, RouteKind, Routing};
 use serde_json::{json, Value};
@@ -20,7 +21,12 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn copy_log(name: &str) -> (PathBuf, Value) {
-    let dir = scratch(name);
+    copy_log_as(name, name)
+}
+
+/// `name`'s LOG copied into the scratch directory `scratch_name`.
+fn copy_log_as(name: &str, scratch_name: &str) -> (PathBuf, Value) {
+    let dir = scratch(scratch_name);
     for entry in std::fs::read_dir(vectors().join(name).join("log")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
@@ -127,4 +133,25 @@ fn native_writer_writes_the_vector_bytes() {
         std::fs::read(vectors().join("v2-two-segments/log").join(name)).unwrap()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn orphan_intents_are_the_ones_specified() {
+    let mut checked = 0;
+    for name in case_names() {
+        // Its own copy: the other tests open the same vectors meanwhile.
+        let (dir, expect) = copy_log_as(&name, &format!("orphans-{name}"));
+        if let Some(want) = expect.get("orphans") {
+            let log = Log::open(&dir, LogOptions::default()).unwrap();
+            let found: Vec<Value> = orphans(&log, 0)
+                .unwrap()
+                .iter()
+                .map(|o| json!({"seq": o.seq, "stamp": hex(&o.stamp), "payload": hex(&o.payload)}))
+                .collect();
+            assert_eq!(&Value::Array(found), want, "{name}");
+            checked += 1;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(checked >= 1, "a vector holds intents");
 }

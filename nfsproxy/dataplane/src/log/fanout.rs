@@ -342,6 +342,7 @@ impl Fanout {
                     }
                 }
                 Route::EveryShard => self.queues.iter_mut().for_each(queue_for),
+                Route::Nowhere => {}
             }
         }
         self.pos = Some(walk.next_seq);

@@ -23,6 +23,11 @@ pub enum RouteKind {
     Handle = 1,
     /// The record goes to every shard.
     EveryShard = 2,
+    /// A write-ahead intent: the call a record will complete, written when
+    /// the call arrives so its fsync overlaps the NAS's work. It stays in
+    /// this LOG (no shard gets it); recovery after an unclean stop turns an
+    /// intent whose record never became durable into that record.
+    Intent = 3,
 }
 
 impl RouteKind {
@@ -31,6 +36,7 @@ impl RouteKind {
             0 => Some(RouteKind::Unknown),
             1 => Some(RouteKind::Handle),
             2 => Some(RouteKind::EveryShard),
+            3 => Some(RouteKind::Intent),
             _ => None,
         }
     }

@@ -18,6 +18,7 @@ pub mod durable;
 pub mod fanout;
 pub mod frame;
 mod mark;
+pub mod orphans;
 mod recover;
 pub mod segment;
 pub mod select;

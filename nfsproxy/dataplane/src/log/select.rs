@@ -89,6 +89,8 @@ const NO_STAMP: [u8; 16] = [0; 16];
 pub enum Route {
     Shard(u32),
     EveryShard,
+    /// A write-ahead intent: never shipped.
+    Nowhere,
 }
 
 impl Route {
@@ -96,6 +98,7 @@ impl Route {
     /// record can route it.
     pub fn of(routing: &Routing, n_shards: u32) -> Option<Route> {
         match routing.kind {
+            RouteKind::Intent => Some(Route::Nowhere),
             _ if routing.stamp == NO_STAMP => None,
             RouteKind::Handle => Some(Route::Shard(routing.route % n_shards.max(1))),
             RouteKind::EveryShard => Some(Route::EveryShard),
@@ -107,6 +110,7 @@ impl Route {
         match self {
             Route::Shard(s) => s == shard_id,
             Route::EveryShard => true,
+            Route::Nowhere => false,
         }
     }
 }
@@ -155,7 +159,9 @@ pub fn walk(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, from_seq: u
                 out.stop = Stop::Unrouted;
                 return out;
             };
-            out.frames.push(Walked { span: pos..end, seq: h.seq, payload_len: h.payload_len as u64, stamp: h.routing.stamp, route });
+            if route != Route::Nowhere {
+                out.frames.push(Walked { span: pos..end, seq: h.seq, payload_len: h.payload_len as u64, stamp: h.routing.stamp, route });
+            }
         }
         pos = end;
         out.offset = offset + pos as u64;
@@ -211,7 +217,7 @@ pub fn select(data: &[u8], offset: u64, at_end: bool, expect_seq: u64, want: &Wa
                 out.records += 1;
                 out.nbytes += len;
             }
-            if stamp > out.newest {
+            if stamp > out.newest && route != Route::Nowhere {
                 out.newest = stamp;
             }
             out.through_seq = h.seq;
