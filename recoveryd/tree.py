@@ -163,6 +163,8 @@ class Tree:
         elif op in (Op.BASELINE_BEGIN, Op.BASELINE_END, Op.GAP):
             return
         self.applied += 1
+        if op in (Op.WRITE, Op.SETATTR) and not record.HasField("attr"):
+            self._resized(record)
         self._attributes(record)
 
     def _baseline(self, r: Record) -> None:
@@ -220,6 +222,24 @@ class Tree:
             return
         self._unbind(r.dir_fh, r.name)
         self._bind(r.to_dir_fh, r.to_name, fh)
+
+    def _resized(self, r: Record) -> None:
+        """A WRITE or a size-setting SETATTR that came back without post-op
+        attributes still moves the file's size: NFSv3 lets a NAS omit them,
+        and a record rebuilt from its write-ahead intent has none (the file's
+        replay, ``recoveryd.restore.replay``, keeps the size it made)."""
+        node = self.nodes.get(r.fh)
+        if node is None or node.attr is None:
+            return
+        if r.op == Op.WRITE:
+            size = max(node.attr.size, r.offset + (r.reply_count or r.count))
+        elif r.set.HasField("size"):
+            size = r.set.size
+        else:
+            return
+        if size != node.attr.size:
+            node.attr = _copy(node.attr)
+            node.attr.size = size
 
     def _attributes(self, r: Record) -> None:
         for field, fh in (("attr", r.fh), ("dir_attr", r.dir_fh), ("to_dir_attr", r.to_dir_fh)):

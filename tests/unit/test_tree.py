@@ -315,3 +315,19 @@ def test_names_are_bytes_and_paths_too(feed):
     assert feed.tree.nodes[b"l"].symlink_target == b"\xfe/x"
     assert show_name(b"/caf\xe9/-\n\\\xff") == "/caf\\xe9/-\\n\\\\\\xff"
     assert show_name("caf\udce9 ✓\t") == "caf\\xe9 ✓\\t"
+
+
+# -- sizes from changes without post-op attributes ----------------------------------
+
+def test_a_write_without_attributes_still_moves_the_size(feed):
+    """NFSv3 lets a NAS omit post-op attributes, and a record rebuilt from its
+    write-ahead intent has none: the file's size still follows the write."""
+    feed.piece(b"f", ROOT, b"f", size=100, ctime_ns=1)
+    feed(Op.WRITE, fh=b"f", offset=100, count=50)
+    assert feed.tree.nodes[b"f"].attr.size == 150
+    feed(Op.WRITE, fh=b"f", offset=0, count=10)  # inside the file: no change
+    assert feed.tree.nodes[b"f"].attr.size == 150
+    feed(Op.SETATTR, fh=b"f", set={"size": 20})
+    assert feed.tree.nodes[b"f"].attr.size == 20
+    feed(Op.WRITE, fh=b"f", offset=0, count=5, attr=Attr(type=REG, size=5, ctime_ns=9))
+    assert feed.tree.nodes[b"f"].attr.size == 5, "attributes that came back are the NAS's truth"
