@@ -279,6 +279,18 @@ impl Session {
         for task in &self.link_tasks {
             task.abort();
         }
+        if stopping {
+            self.flush_replies(deadline).await;
+        }
+    }
+
+    /// Let the client writer send what is queued, and the replies still
+    /// waiting for their fsync, then close the connection: once every
+    /// sender is gone the writer drains its queue and ends.
+    async fn flush_replies(&mut self, deadline: Instant) {
+        drop(std::mem::replace(&mut self.to_client, mpsc::channel(1).0));
+        let left = deadline.saturating_duration_since(Instant::now()).max(std::time::Duration::from_secs(1));
+        let _ = tokio::time::timeout(left, &mut self.writer).await;
     }
 
     /// True while a relayed mutation may still get its reply (a link is up).
