@@ -149,7 +149,10 @@ class ProxyCollector(Collector):
                 ("nfsj_journal_passthrough_active",
                  "1 while the LOG is over quota under the passthrough policy (records are being dropped)",
                  1 if journal.passthrough_active else 0),
-                ("nfsj_journal_blocked_calls", "Calls held under the block quota policy", journal.blocked_now)):
+                ("nfsj_journal_blocked_calls", "Calls held under the block quota policy", journal.blocked_now),
+                ("nfsj_journal_intents_kept", "Write-ahead intents whose records are not known durable "
+                 "yet; retention keeps the LOG from the oldest (a value that stays up: a NAS call "
+                 "that never ends)", journal.intents_kept)):
             yield GaugeMetricFamily(name, doc, value=value)
 
     def _shipping(self) -> Iterator:

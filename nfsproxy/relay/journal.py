@@ -95,6 +95,7 @@ class Journal:
         self.gap_records_total = 0                  # GAP records written
         self.intents_total = 0                      # write-ahead intents (the native relay's own count)
         self.intents_rebuilt = 0                    # records rebuilt from orphaned intents at start
+        self.intents_kept = 0                       # intents not yet settled (the native relay's own)
         self.gaps: deque[str] = deque(maxlen=100)   # "stamp cause: reason", newest last
         self._proxy = None        # hold/release/clock/spawn: see attach()
         self._open: _OpenGap | None = None

@@ -147,6 +147,11 @@ class _JournalView:
         return self._relay_counter("intents_total")
 
     @property
+    def intents_kept(self) -> int:
+        """Write-ahead intents whose records are not known durable yet."""
+        return self._relay_counter("intents_kept")
+
+    @property
     def blocked_now(self) -> int:
         """Mutations the relay holds under the block policy."""
         return self._relay_counter("blocked_now")

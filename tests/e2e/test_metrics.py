@@ -111,3 +111,4 @@ def test_every_log_append_is_counted_once_as_a_journal_record(nas, proxy_factory
             + value(after, "nfsj_journal_intents_total")) == appends
     assert value(after, "nfsj_journal_intents_total") >= 2, "MKDIR and CREATE are written ahead (sync durability)"
     assert value(after, "nfsj_journal_intents_rebuilt_total") == 0
+    assert value(after, "nfsj_journal_intents_kept") == 0, "every record is durable: no intent is kept"

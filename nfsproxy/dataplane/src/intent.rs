@@ -36,11 +36,20 @@ impl Intents {
     }
 
     /// `token`'s record is in the LOG at `record_seq`: its intent is needed
-    /// until that is durable.
-    pub fn recorded(&self, token: Token, record_seq: u64) {
+    /// until that is durable. The LOG is durable through `synced_seq`: the
+    /// oldest intents no longer needed go now, so that the set stays small
+    /// whether or not anyone asks for the floor (a proxy with no shards
+    /// never trims).
+    pub fn recorded(&self, token: Token, record_seq: u64, synced_seq: u64) {
         let mut inner = self.inner.lock_anyway();
         if let Some(seq) = inner.by_token.remove(&token) {
             inner.needed.insert(seq, Some(record_seq));
+        }
+        while let Some(entry) = inner.needed.first_entry() {
+            if !entry.get().is_some_and(|r| r <= synced_seq) {
+                break;
+            }
+            entry.remove();
         }
     }
 
@@ -51,6 +60,11 @@ impl Intents {
         if let Some(seq) = inner.by_token.remove(&token) {
             inner.needed.remove(&seq);
         }
+    }
+
+    /// How many intents are kept: those whose records are not known durable yet.
+    pub fn kept(&self) -> usize {
+        self.inner.lock_anyway().needed.len()
     }
 
     /// The lowest intent seq the LOG must keep, given that it is durable
@@ -72,7 +86,7 @@ mod tests {
         intents.written(1, 10);
         intents.written(2, 11);
         assert_eq!(intents.floor(0), Some(10));
-        intents.recorded(1, 15);
+        intents.recorded(1, 15, 0);
         assert_eq!(intents.floor(14), Some(10), "its record is not durable yet");
         assert_eq!(intents.floor(15), Some(11));
         intents.forget(2);
@@ -85,18 +99,30 @@ mod tests {
         intents.written(1, 5);
         for (token, seq) in (2..100).zip(6..) {
             intents.written(token, seq);
-            intents.recorded(token, seq + 1000);
+            intents.recorded(token, seq + 1000, 0);
         }
         assert_eq!(intents.floor(u64::MAX), Some(5));
-        intents.recorded(1, 2000);
+        intents.recorded(1, 2000, 0);
         assert_eq!(intents.floor(1999), Some(5));
         assert_eq!(intents.floor(2000), None);
     }
 
     #[test]
+    fn intents_whose_records_are_durable_do_not_pile_up_unasked() {
+        let intents = Intents::default();
+        for token in 0..10_000u64 {
+            let seq = 2 * token + 1;
+            intents.written(token, seq);
+            // Each record lands after its intent; the one before it is durable by then.
+            intents.recorded(token, seq + 1, seq.saturating_sub(1));
+        }
+        assert!(intents.kept() <= 2, "{} intents kept", intents.kept());
+    }
+
+    #[test]
     fn unknown_tokens_change_nothing() {
         let intents = Intents::default();
-        intents.recorded(7, 3);
+        intents.recorded(7, 3, 0);
         intents.forget(8);
         assert_eq!(intents.floor(0), None);
     }

@@ -247,10 +247,11 @@ impl Journal {
         let last = self.committer.append_all(&appends, urgent)?;
         let mut seq = last - appends.len() as u64;
         let mut seqs = Vec::with_capacity(entries.len());
+        let synced = self.committer.synced_seq();
         for e in entries {
             seq += e.records.len() as u64;
             seqs.push(seq);
-            self.intents.recorded(e.token, seq);
+            self.intents.recorded(e.token, seq, synced);
             self.records_total.fetch_add(e.records.len() as u64, Ordering::Relaxed);
             let failed = e.records.iter().filter(|(r, _)| !r.ok && r.op3() != op::BIND).count();
             self.failed_mutations_total.fetch_add(failed as u64, Ordering::Relaxed);

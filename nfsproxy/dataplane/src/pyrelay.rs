@@ -104,6 +104,8 @@ impl Relay {
         if let Some(j) = &self.journal {
             out.set_item("records_total", j.records_total.load(Ordering::Relaxed))?;
             out.set_item("intents_total", j.intents_total.load(Ordering::Relaxed))?;
+            j.intent_floor(); // lets go of the intents the LOG's syncs settled
+            out.set_item("intents_kept", j.intents.kept())?;
             out.set_item("failed_mutations_total", j.failed_mutations_total.load(Ordering::Relaxed))?;
             out.set_item("gaps_total", j.gaps_total.load(Ordering::Relaxed))?;
             out.set_item("dropped_total", j.dropped_total.load(Ordering::Relaxed))?;
