@@ -29,6 +29,11 @@ pub struct Backend {
     pub mount_port: u16,
 }
 
+/// The longest a stop waits for relayed calls: service managers kill a
+/// process that takes longer than their stop timeout (30 s in deploy/), and
+/// the LOG must still be synced and closed after it.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
+
 /// What every session of one relay shares.
 pub struct Shared {
     pub backend: Backend,
@@ -94,12 +99,13 @@ impl Server {
 
     /// Stop accepting, let every session finish the calls it has relayed
     /// (their replies journaled and sent; a client's calls not yet read are
-    /// never read), up to the drain timeout, then close every connection.
-    /// A routine restart so leaves no gap; what is still unanswered then is one.
+    /// never read), up to the drain timeout but at most `STOP_DRAIN`, then
+    /// close every connection. A routine restart so leaves no gap; what is
+    /// still unanswered then is one (marked before the LOG closes).
     pub fn stop(&mut self) {
         let Some(runtime) = self.runtime.take() else { return };
         let _ = self.stopping.send(true);
-        let deadline = std::time::Instant::now() + self.drain_timeout + Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + self.drain_timeout.min(STOP_DRAIN);
         while self.stats.sessions_open.load(std::sync::atomic::Ordering::Relaxed) > 0
             && std::time::Instant::now() < deadline
         {
