@@ -6,9 +6,9 @@ A baseline piece that starts the file truncates it, pieces and WRITEs are
 written at their offsets (a WRITE only as far as the NAS accepted it), SETATTR
 sizes and CREATEs truncate, and at the end the file gets the size of its
 newest post-op attributes (the NAS's truth; ``recoveryd.tree.attr_key``
-orders them), unless a change without attributes came after them: NFSv3
-replies may omit post-op attributes, and a record rebuilt from its
-write-ahead intent has none. Then the size the replay made stands.
+orders them), moved by any WRITE or size-setting SETATTR or CREATE without
+attributes that came after them: NFSv3 replies may omit post-op
+attributes, and a record rebuilt from its write-ahead intent has none.
 
 A record stamped *before* a baseline piece but applied by the NAS *after* the
 piece's read (a call still in flight when the baseline read the file) is
@@ -32,7 +32,6 @@ __all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "pwrite_all"]
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
 # Plain ints for the per-record loops (an enum wrapper's attribute costs a call).
 _BASELINE, _WRITE, _SETATTR, _CREATE = int(Op.BASELINE), int(Op.WRITE), int(Op.SETATTR), int(Op.CREATE)
-_SIZING = frozenset({_BASELINE, _WRITE, _SETATTR, _CREATE})
 
 
 class FileReplay:
@@ -46,7 +45,7 @@ class FileReplay:
     is then written makes its close start writeback (``auto_da_alloc``),
     which a restore of thousands of files must not pay per file."""
 
-    __slots__ = ("fh", "_out", "attr", "_key", "size", "_attr_stale")
+    __slots__ = ("fh", "_out", "attr", "_key", "size", "_attr_size")
 
     def __init__(self, fh: bytes, out: FileOut, size: int = 0) -> None:
         self.fh = fh
@@ -54,7 +53,7 @@ class FileReplay:
         self.attr: Attr | None = None
         self._key = (0, b"")
         self.size = size
-        self._attr_stale = False  # a change without attributes came after ``attr``
+        self._attr_size = 0  # ``attr``'s size, moved by changes without attributes after it
 
     def apply(self, record: Record, data: bytes | memoryview | None = None) -> int:
         """Apply one record (records that do not name this file as ``fh`` change
@@ -63,12 +62,11 @@ class FileReplay:
         if not record.ok or record.fh != self.fh:
             return 0
         op = record.op
-        if record.HasField("attr"):
+        has_attr = record.HasField("attr")
+        if has_attr:
             k = attr_key(record.attr, record.stamp)
             if self.attr is None or k >= self._key or (op == _BASELINE and record.baseline_first):
-                self.attr, self._key, self._attr_stale = record.attr, k, False
-        elif op in _SIZING:
-            self._attr_stale = True
+                self.attr, self._key, self._attr_size = record.attr, k, record.attr.size
         if op == _BASELINE or op == _WRITE:
             if data is None:
                 data = record.data  # a copy at each access: once
@@ -78,22 +76,28 @@ class FileReplay:
                 data = data[:record.reply_count]  # the NAS accepted only this much
             if data:
                 self._write(data, record.offset)
+                if op == _WRITE and not has_attr:
+                    self._attr_size = max(self._attr_size, record.offset + len(data))
             return len(data)
         if op == _SETATTR:
             if record.set.HasField("size"):
                 self._truncate(record.set.size)
+                if not has_attr:
+                    self._attr_size = record.set.size
         elif op == _CREATE:
-            if record.HasField("attr"):
+            if has_attr:
                 self._truncate(record.attr.size)
             elif record.set.HasField("size"):
                 self._truncate(record.set.size)
+                self._attr_size = record.set.size
         return 0
 
     def finish(self) -> tuple[int, Attr | None]:
         """The file's size and newest attributes (None if no record carried any);
-        the file is cut to the size of those attributes, the NAS's truth."""
-        if self.attr is not None and not self._attr_stale:
-            self._truncate(self.attr.size)
+        the file is cut to the size of those attributes, the NAS's truth, as
+        changes without attributes since moved it."""
+        if self.attr is not None:
+            self._truncate(self._attr_size)
         return self.size, self.attr
 
     def _truncate(self, size: int) -> None:

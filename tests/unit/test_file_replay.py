@@ -49,3 +49,18 @@ def test_newer_attributes_count_again(tmp_path):
                write(2, 100, b"b" * 100),
                write(3, 0, b"c" * 10, Attr(type=1, size=150, ctime_ns=3))]
     assert replayed(tmp_path, records) == b"c" * 10 + b"a" * 90 + b"b" * 50
+
+
+def test_a_trailing_hole_the_attributes_tell_survives_a_later_write_without_them(tmp_path):
+    """A baseline reads no bytes from a trailing hole; only its attributes tell
+    the size. A later WRITE without attributes inside the file leaves it."""
+    piece = Record(op=Op.BASELINE, ok=True, stamp=stamp(1), fh=b"f", offset=0, data=b"a" * 10,
+                   baseline_first=True)
+    piece.attr.CopyFrom(Attr(type=1, size=100, ctime_ns=1))
+    assert replayed(tmp_path, [piece, write(2, 0, b"b" * 5)]) == b"b" * 5 + b"a" * 5 + bytes(90)
+
+
+def test_a_setattr_without_attributes_sets_the_size(tmp_path):
+    records = [write(1, 0, b"a" * 100, Attr(type=1, size=100, ctime_ns=1)),
+               Record(op=Op.SETATTR, ok=True, stamp=stamp(2), fh=b"f", set={"size": 30})]
+    assert replayed(tmp_path, records) == b"a" * 30
