@@ -33,6 +33,8 @@ Cases (each writes a new file; the metadata mix leaves none):
   for its write-ahead intent's fsync, which overlaps the NAS's work; in
   `strict` for its record's, after it);
 * 1 MiB UNSTABLE writes, 16 in flight (MiB/s);
+* 1 MiB FILE_SYNC writes, 16 in flight (MiB/s): too large to be written
+  ahead (an intent holds its WRITE's data), so `sync` answers them as `strict`;
 * metadata mix: CREATE, SETATTR (chmod) and REMOVE of one file after the
   other, 16 files under way (calls/s);
 * 4 KiB UNSTABLE writes on 2 connections, 16 in flight on each (ops/s): a
@@ -770,6 +772,8 @@ def bench_cases(scale: int) -> list[Case]:
         Case("4k-qd1", "4 KiB UNSTABLE QD1", 4 * KiB, 1, n=2000 // scale),
         Case("4k-fsync-qd1", "4 KiB FILE_SYNC QD1", 4 * KiB, 1, n=1000 // scale, file_sync=True),
         Case("1m-qd16", "1 MiB UNSTABLE QD16", MiB, 16, total_bytes=512 * MiB // scale),
+        Case("1m-fsync-qd16", "1 MiB FILE_SYNC QD16", MiB, 16, total_bytes=256 * MiB // scale,
+             file_sync=True),
         Case("meta-qd16", "meta CREATE+SETATTR+REMOVE", 0, 16, files=3000 // scale),
         Case("4k-2conn", "4 KiB UNSTABLE 2 conn×QD16", 4 * KiB, 16, total_bytes=128 * MiB // scale,
              connections=2),

@@ -239,18 +239,21 @@ def test_a_failed_log_write_enospc_is_a_gap_or_keeps_the_call_from_the_nas(nas, 
         stack.baseline()
         stack.proven_past(now_bound())
         before_gap = now_bound()
-        # Fill the disk until only a little is left: a 1 MiB record no longer fits, a gap record does.
+        # Fill the disk until only a little is left: the WRITE's record (strict)
+        # or intent (sync: at most 64 KiB are written ahead) no longer fits,
+        # a gap record does.
+        room, size = (256 * KiB, MiB) if durability == "strict" else (16 * KiB, 64 * KiB)
         filler = mount / "filler"
         with open(filler, "wb") as f:
             with contextlib.suppress(OSError):
                 while True:
                     f.write(b"\xff" * 64 * KiB)
                     f.flush()
-        os.truncate(filler, filler.stat().st_size - 256 * KiB)
+        os.truncate(filler, filler.stat().st_size - room)
         with pytest.raises(Exception):  # the proxy closes the client: no reply without a record
             with stack.client(timeout_s=10.0) as c:
                 fh = c.create(c.mount(), "lost", 0o644).obj
-                c.write(bytes(fh), 0, os.urandom(MiB), StableHow.FILE_SYNC)
+                c.write(bytes(fh), 0, os.urandom(size), StableHow.FILE_SYNC)
         assert stack.proxy.alive(), stack.proxy.stderr_text()
         filler.unlink()  # room again, for the baseline that heals the gap
         if durability == "sync":

@@ -110,3 +110,19 @@ def test_strict_and_async_write_nothing_ahead(nas, proxy_factory):
         proxy.stop()
         assert read_log(proxy.log_dir, intents=True) == [], durability
         assert [r.op for _, r in read_log(proxy.log_dir) if r.op in (Op.CREATE, Op.WRITE)] == [Op.CREATE, Op.WRITE]
+
+
+def test_a_large_file_sync_write_is_not_written_ahead(nas, proxy_factory):
+    """A WRITE's intent holds its data, so a large one would reach the LOG
+    twice: past 64 KiB its reply waits for its record instead, as in strict."""
+    from nfsproxy.nas.client import NfsClient
+    proxy = proxy_factory(extra=["--data-plane", "native"])
+    with NfsClient("127.0.0.1", proxy.port, proxy.port, "/export") as c:
+        fh = bytes(c.create(c.mount(), "large.bin", 0o644).obj)
+        c.write(fh, 0, b"s" * (64 * 1024), StableHow.FILE_SYNC)
+        c.write(fh, 64 * 1024, b"L" * (64 * 1024 + 1), StableHow.FILE_SYNC)
+    proxy.stop()
+    ahead = [(r.offset, len(r.data)) for _, r in read_log(proxy.log_dir, intents=True) if r.op == Op.WRITE]
+    assert ahead == [(0, 64 * 1024)]
+    written = [(r.offset, len(r.data)) for _, r in read_log(proxy.log_dir) if r.op == Op.WRITE]
+    assert written == [(0, 64 * 1024), (64 * 1024, 64 * 1024 + 1)]

@@ -43,6 +43,12 @@ use crate::capture::{op, OpOf};
 use crate::record::{self, Record};
 use crate::xid::XidTable;
 
+/// The largest WRITE written ahead. Its intent holds its data, written to
+/// the LOG a second time with its record: measured on 1 MiB FILE_SYNC writes
+/// at 16 in flight, that cost 0.46 CPU-s per GiB and a quarter of the
+/// throughput, where the overlap saves one fsync's latency per call.
+pub const WRITE_AHEAD_MAX_DATA: usize = 64 << 10;
+
 /// Which replies wait for their record to be durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -186,14 +192,17 @@ impl Journal {
         }
     }
 
-    /// Does this mutation, as its call made it, get a write-ahead intent?
-    /// In sync durability a reply that promises anything waits for its
-    /// intent's fsync instead of its record's, so the fsync overlaps the
-    /// NAS's work. Strict waits for the record itself, so it writes none;
-    /// nor does passthrough over quota, which journals nothing.
-    pub fn writes_ahead(&self, record: &Record) -> bool {
+    /// Does this mutation, as its call made it (`data_len` bytes of WRITE
+    /// data), get a write-ahead intent? In sync durability a reply that
+    /// promises anything waits for its intent's fsync instead of its
+    /// record's, so the fsync overlaps the NAS's work. Strict waits for the
+    /// record itself, so it writes none; nor does passthrough over quota,
+    /// which journals nothing; nor a WRITE of more than `WRITE_AHEAD_MAX_DATA`,
+    /// whose data would cost the LOG twice more than the overlap saves.
+    pub fn writes_ahead(&self, record: &Record, data_len: usize) -> bool {
         self.durability == Durability::Sync
             && promises(record)
+            && data_len <= WRITE_AHEAD_MAX_DATA
             && !(self.quota_policy == QuotaPolicy::Passthrough && self.committer.over_quota())
     }
 

@@ -366,8 +366,8 @@ fn stamp_for_sending(journal: &Journal, table: &Mutex<XidTable>, nas_xid: u32, t
     let Some(call) = table.get_mut(nas_xid) else { return Ok(()) };
     if let Some(Pending::Mutation { record, data, .. }) = &mut call.pending {
         record.stamp = stamp.to_vec();
-        if journal.writes_ahead(record) {
-            let data = data.clone().map_or(&[][..], |d| &call.message[d]);
+        let data = data.clone().map_or(&[][..], |d| &call.message[d]);
+        if journal.writes_ahead(record, data.len()) {
             let seq = journal.append_intent(token, record, data).map_err(|e| format!("journaling failed ({e})"))?;
             call.intent_seq = Some(seq);
         }
