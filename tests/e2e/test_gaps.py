@@ -39,7 +39,7 @@ import crc32c
 import pytest
 
 from e2e.proxy_fixture import ProxyProcess
-from logstore.segment import HEADER, HEADER_BYTES, SEGMENT_HEADER_BYTES
+from logstore.segment import HEADER, HEADER_BYTES, SEGMENT_HEADER_BYTES, scan_segment
 from logstore.stamp import Stamp
 from nfsproxy.nas.client import NfsClient
 from nfsproxy.wire.nfs3 import StableHow
@@ -372,20 +372,9 @@ def write_over_a_spare(stack: GapStack, log_dir: Path, *, older_bytes_past_the_e
         newest = sorted(log_dir.glob("*.seg"))[-1]
         if newest.stat().st_ino not in spares:
             return False
-        return not older_bytes_past_the_end or _end_of_frames(newest) < newest.stat().st_size
+        return (not older_bytes_past_the_end
+                or scan_segment(str(newest), int(newest.stem)).valid_end < newest.stat().st_size)
     wait_for("the newest LOG segment to be a spare written over", newest_is_a_spare)
-
-
-def _end_of_frames(segment: Path) -> int:
-    """Where the segment's own frames (seqs from its base on, in order) end."""
-    data = segment.read_bytes()
-    pos, expect = SEGMENT_HEADER_BYTES, int(segment.stem)
-    while pos + HEADER_BYTES <= len(data):
-        length, _crc, seq, *_ = HEADER.unpack_from(data, pos)
-        if seq != expect:
-            break
-        pos, expect = pos + HEADER_BYTES + length, expect + 1
-    return pos
 
 
 def same_tree(restored: Path, export: Path) -> None:
