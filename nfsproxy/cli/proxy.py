@@ -31,6 +31,7 @@ DEFAULT_LOG_SPARES = 4  # nfsproxy.native.log.DEFAULT_SPARE_SEGMENTS
 DURABILITIES = ("sync", "async", "strict")
 QUOTA_POLICIES = ("block", "passthrough")
 DATA_PLANES = ("native", "python")
+DEFAULT_HEAL_DELAY_S = 60.0  # nfsproxy.daemon.heal.DEFAULT_HEAL_DELAY_S
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -96,6 +97,13 @@ def proxy(
                                              "default with --portmap: only it relays NLM)."),
     relay_threads: int = typer.Option(1, min=1, help="Threads of the native relay (client connections "
                                       "are spread over them)."),
+    heal: bool = typer.Option(True, "--heal/--no-heal",
+                              help="After any gap (an unclean stop, a lost reply, a LOG range trimmed "
+                              "before a shard held it), run a baseline of its own so restores past the "
+                              "gap are proven again. --no-heal: an operator runs `nfsj baseline`."),
+    heal_delay: float = typer.Option(DEFAULT_HEAL_DELAY_S, min=0.0, metavar="SECONDS",
+                                     help="How long after the latest gap that baseline starts (a "
+                                     "burst of gaps gets one)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Relay NFS to the NAS and journal every mutation."""
@@ -121,5 +129,5 @@ def proxy(
                         ingest_token_file=ingest_token_file,
                         drain_timeout_s=drain_timeout, portmap=list(portmap),
                         data_plane=data_plane_for(data_plane, portmap),
-                        relay_threads=relay_threads)
+                        relay_threads=relay_threads, heal=heal, heal_delay_s=heal_delay)
     run_event_loop(run_proxy(opts))

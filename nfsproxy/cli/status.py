@@ -112,6 +112,9 @@ def render(view: dict[str, Any]) -> str:
             f"proxy node {proxy.get('node_id')} LOG {proxy.get('log_id')}: last seq "
             f"{proxy.get('last_seq')}, synced {proxy.get('synced_seq')}, newest {proxy.get('newest')}"
             f"{extra} (status written {_seconds(proxy.get('age_seconds'))} ago)")
+        heal = _heal_text(proxy.get("heal"))
+        if heal:
+            lines.append(heal)
         rows = [("SHIPPER", "CONNECTED", "DURABLE", "HELD", "FRONTIER", "LAG RECORDS", "LAG", "GAPS")]
         for s in proxy.get("shards") or []:
             rows.append((str(s.get("address")), "yes" if s.get("connected") else "NO",
@@ -151,3 +154,14 @@ def _bytes(value: int | None) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     return str(value)
+
+
+def _heal_text(heal: dict | None) -> str:
+    """The proxy's own baseline after gaps (nfsproxy.daemon.heal), when one is owed."""
+    if not heal or not heal.get("owed"):
+        return ""
+    if not heal.get("enabled"):
+        return "heal: a gap waits for a baseline begun after it; this proxy runs none (--no-heal): run `nfsj baseline`"
+    due = heal.get("due_in_s")
+    when = "now" if not due else f"in {_seconds(due)}"
+    return f"heal: a gap waits for a baseline begun after it; this proxy begins one {when}"

@@ -6,7 +6,8 @@ is told so (a progress message without a baseline id, its `current` saying
 why it waits), waits for the first to end and then takes its own. A
 baseline whose caller goes away (the RPC is cancelled: Ctrl-C, a killed
 client, a lost connection) is stopped, and the next one starts only once
-it has stopped and released its stamps.
+it has stopped and released its stamps. The proxy's own baselines, which
+heal gaps (``nfsproxy.daemon.heal``), take the same turn (``heal``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from logstore.pb import journal_pb2 as pb
 from logstore.pb import journal_pb2_grpc as pb_grpc
 from logstore.stamp import Stamp
 
+from nfsproxy.daemon.heal import Healer
 from nfsproxy.nas.baseline import BaselineProgress, run_baseline
 from nfsproxy.nas.client import NfsClient
 from nfsproxy.relay.session import Proxy
@@ -32,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 class ControlService(pb_grpc.ControlServicer):
-    def __init__(self, proxy: Proxy):
+    def __init__(self, proxy: Proxy, healer: Healer | None = None):
         self.proxy = proxy
+        self.healer = healer
         self._one_at_a_time = asyncio.Lock()
         self._running: BaselineProgress | None = None  # the latest progress of the one running
 
@@ -53,6 +56,20 @@ class ControlService(pb_grpc.ControlServicer):
             # stops its scan before the lock lets the next baseline in.
             async for update in run:
                 yield update
+
+    async def heal(self) -> bool | None:
+        """Run the proxy's own baseline to heal the gaps seen so far, in its
+        turn; None if none was due by then (a baseline begun after them
+        ended meanwhile), else whether it ended."""
+        async with self._one_at_a_time:
+            if self.healer is None or not self.healer.due():
+                return None
+            logger.warning("healing gaps: this proxy begins a baseline of its own")
+            ended = False
+            async with contextlib.aclosing(self._run()) as run:
+                async for update in run:
+                    ended = update.done and not update.error
+            return ended
 
     def _busy_notice(self) -> str:
         running = self._running
@@ -74,6 +91,7 @@ class ControlService(pb_grpc.ControlServicer):
             updates.put_nowait(None if t.cancelled() or t.exception() is None else t.exception())
 
         self._running = BaselineProgress()
+        mark = self.healer.began() if self.healer is not None else None
         task = asyncio.create_task(run_baseline(self.proxy, self._client, progress=report))
         task.add_done_callback(finished)
         try:
@@ -88,6 +106,8 @@ class ControlService(pb_grpc.ControlServicer):
                     yield pb.BaselineProgress(files=item.files, bytes=item.bytes, dirs=item.dirs,
                                               current=item.current, done=item.done,
                                               baseline_id=item.baseline_id, end=item.end)
+                if item.done and mark is not None:
+                    self.healer.ended(mark)
                 if item.done:
                     logger.info("baseline done: %d files, %d bytes, %d objects removed before "
                                 "they were read (skipped)", item.files, item.bytes, item.vanished)
@@ -104,19 +124,24 @@ class ControlService(pb_grpc.ControlServicer):
 
 
 async def start_control(proxy: Proxy, host: str, port: int, *,
-                        credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
+                        credentials: grpc.ServerCredentials | None = None,
+                        healer: Healer | None = None) -> tuple[grpc.aio.Server, int]:
     """Serve Control on host:port (0 picks a free port); returns the server and its port.
 
     ``credentials``: serve TLS (recoveryd.security.server_credentials; the
     proxy passes its own certificate, and requires client certificates when
-    it has a CA). None: plaintext.
+    it has a CA). None: plaintext. ``healer``: started here, to run its
+    baselines in the same turn as the ones asked for.
     """
     server = grpc.aio.server()
-    pb_grpc.add_ControlServicer_to_server(ControlService(proxy), server)
+    service = ControlService(proxy, healer)
+    pb_grpc.add_ControlServicer_to_server(service, server)
     address = f"{host}:{port}"
     bound = (server.add_secure_port(address, credentials) if credentials is not None
              else server.add_insecure_port(address))
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
+    if healer is not None:
+        healer.start(service.heal)
     return server, bound

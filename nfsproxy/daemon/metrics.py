@@ -43,6 +43,7 @@ class ProxyCollector(Collector):
         yield from self._shipping()
         yield from self._clock()
         yield from self._verify()
+        yield from self._heal()
 
     def _relay(self) -> Iterator:
         stats = self.running.proxy.stats
@@ -256,6 +257,20 @@ class ProxyCollector(Collector):
             if isinstance(value, int) and not isinstance(value, bool):
                 family.add_metric([], value * scale)
             yield family
+
+
+    def _heal(self) -> Iterator:
+        """The proxy's own baselines after gaps (nfsproxy.daemon.heal); none without shards."""
+        healer = self.running.healer
+        if healer is None:
+            return
+        yield GaugeMetricFamily("nfsj_heal_owed", "1 while a gap this proxy saw waits for a baseline "
+                                "begun after it (restores past the gap are unproven until it ends)",
+                                value=1 if healer.plan.owed else 0)
+        yield CounterMetricFamily("nfsj_heal_baselines", "Baselines this proxy began on its own to heal gaps",
+                                  value=healer.baselines_total)
+        yield CounterMetricFamily("nfsj_heal_failures", "Of those, the ones that failed (tried again later)",
+                                  value=healer.failures_total)
 
 
 def _histogram(name: str, doc: str, table) -> HistogramMetricFamily:

@@ -31,6 +31,7 @@ from recoveryd.status import write_proxy_status
 from nfsproxy.daemon.address import parse_hostport, resolve_backend
 from nfsproxy.daemon.config import ConfigError
 from nfsproxy.daemon.control import start_control
+from nfsproxy.daemon.heal import DEFAULT_HEAL_DELAY_S, Healer
 from nfsproxy.daemon.intents import rebuild_orphans
 from nfsproxy.daemon.metrics import ProxyCollector, serve_metrics
 from nfsproxy.native.clock import HLC
@@ -77,6 +78,8 @@ class ProxyOptions:
     # --data-plane: native (nfsproxy._dataplane) or python (nfsproxy.relay.session; NLM too)
     data_plane: str = "native"
     relay_threads: int = 1  # --relay-threads: the native relay's threads
+    heal: bool = True  # --heal/--no-heal: a baseline of its own after any gap (nfsproxy.daemon.heal)
+    heal_delay_s: float = DEFAULT_HEAL_DELAY_S  # --heal-delay: after the latest gap
 
 
 def _node_id(log_dir: str, given: int | None) -> int:
@@ -114,6 +117,7 @@ class RunningProxy:
         self.control_address = ""
         self.control_tls = False
         self.metrics_address = ""
+        self.healer: Healer | None = None
         self._status_task: asyncio.Task | None = None
 
     def status(self) -> dict:
@@ -131,6 +135,7 @@ class RunningProxy:
             "gaps_total": dict(self.proxy.journal.gaps_total),
             "gaps": list(self.proxy.journal.gaps),
             "unmarked_gaps": self.proxy.journal.unmarked_gaps,
+            "heal": None if self.healer is None else self.healer.status(),
             "shards": [_shipper_status(s) for s in self.shippers],
         }
 
@@ -148,6 +153,8 @@ class RunningProxy:
     async def stop(self) -> None:
         if self._status_task is not None:
             self._status_task.cancel()
+        if self.healer is not None:
+            await self.healer.stop()
         if self.control is not None:
             await self.control.stop(grace=1.0)
         await self.proxy.close()
@@ -233,10 +240,14 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
         retention.start()
     running = RunningProxy(proxy, committer, log, shippers=shippers, retention=retention,
                            data_plane=opts.data_plane, fanout=fanout)
+    if shippers:  # without shards nothing is restored, so there is nothing to prove
+        running.healer = Healer(opts.log_dir, opts.heal_delay_s, lambda: _gaps_seen(proxy, shippers),
+                                lambda: proxy.journal.passthrough_active, enabled=opts.heal)
     control_host, control_port = parse_hostport(opts.control)
     try:
         running.control, bound = await start_control(proxy, control_host, control_port,
-                                                     credentials=control_credentials)
+                                                     credentials=control_credentials,
+                                                     healer=running.healer)
     except (OSError, RuntimeError) as e:
         await running.stop()
         raise ConfigError(f"cannot serve the control API on {opts.control} ({e}); "
@@ -253,6 +264,12 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
     write_proxy_status(os.path.join(log.directory, "status.json"), running.status())
     running._status_task = asyncio.get_running_loop().create_task(running._write_status())
     return running
+
+
+def _gaps_seen(proxy, shippers: list[Shipper]) -> int:
+    """Every gap this proxy has counted: its journal's, and LOG ranges its
+    shippers found trimmed before a shard held them."""
+    return sum(proxy.journal.gaps_total.values()) + sum(s.state().gaps_total for s in shippers)
 
 
 def _trim_bounds(shippers: list[Shipper], proxy) -> list[int]:

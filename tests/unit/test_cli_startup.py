@@ -128,6 +128,7 @@ def test_root_help_lists_every_command_and_each_help_every_option():
 def test_constants_spelled_in_the_cli_match_their_homes():
     from logstore.commit import Durability
     from nfsproxy.cli import proxy, status
+    from nfsproxy.daemon.heal import DEFAULT_HEAL_DELAY_S
     from nfsproxy.relay.journal import QuotaPolicy
     from nfsproxy.native.log import DEFAULT_SPARE_SEGMENTS
     from nfsproxy.ship.retention import DEFAULT_LOG_RETAIN
@@ -136,6 +137,7 @@ def test_constants_spelled_in_the_cli_match_their_homes():
     assert status.DEFAULT_TIMEOUT_S == DEFAULT_TIMEOUT_S
     assert proxy.DEFAULT_LOG_RETAIN == DEFAULT_LOG_RETAIN
     assert proxy.DEFAULT_LOG_SPARES == DEFAULT_SPARE_SEGMENTS
+    assert proxy.DEFAULT_HEAL_DELAY_S == DEFAULT_HEAL_DELAY_S
     assert set(proxy.DURABILITIES) == {d.value for d in Durability}
     assert set(proxy.QUOTA_POLICIES) == {q.value for q in QuotaPolicy}
 

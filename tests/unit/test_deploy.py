@@ -1072,6 +1072,8 @@ def test_alerts_and_dashboard_cover_the_brief():
         "NfsjShippingGaps": ("increase(nfsj_shipping_gaps_total[15m]) > 0", None),
         "NfsjVerifyDifferences": ("nfsj_verify_differences > 0", None),
         "NfsjVerifyNotRun": ("time() - nfsj_verify_last_run_timestamp_seconds > 3 * 3600", "10m"),
+        "NfsjUnhealedGap": ("nfsj_shard_unhealed_gaps > 0", "1h"),
+        "NfsjHealFailed": ("increase(nfsj_heal_failures_total[1h]) > 0", None),
     }
     for alert, (expr, duration) in expected.items():
         assert alert in names, f"no alert {alert}"
