@@ -101,13 +101,13 @@ class ControlService(pb_grpc.ControlServicer):
                     logger.error("baseline failed: %s", item)
                     yield pb.BaselineProgress(error=f"baseline failed: {item}", done=True)
                     return
+                if item.done and mark is not None:
+                    self.healer.ended(mark)  # before the yield: a caller gone there must not undo it
                 if item.done or last_sent is None or item.current != last_sent:
                     last_sent = item.current
                     yield pb.BaselineProgress(files=item.files, bytes=item.bytes, dirs=item.dirs,
                                               current=item.current, done=item.done,
                                               baseline_id=item.baseline_id, end=item.end)
-                if item.done and mark is not None:
-                    self.healer.ended(mark)
                 if item.done:
                     logger.info("baseline done: %d files, %d bytes, %d objects removed before "
                                 "they were read (skipped)", item.files, item.bytes, item.vanished)

@@ -11,10 +11,12 @@ snapshot by itself; this proxy likewise runs a baseline ``delay_s`` after the
 latest gap it saw (a burst of gaps gets one baseline, after it ends), unless
 a baseline that began after that gap has ended by then, whoever asked for it.
 
-A heal still owed survives a restart: HEAL beside the LOG says so, and a
-proxy that finds it owes one again. Under the passthrough quota policy no
-heal starts while mutations are being dropped: the baseline would be
-dropped too.
+A heal still owed survives a restart: HEAL beside the LOG says so (written
+as soon as a gap is on record, and once more after a stop has marked its
+last ones), and a proxy that finds it owes one again. No heal starts while
+the LOG is over its quota: the baseline would be held back (block policy)
+or dropped (passthrough). A steady trickle of gaps postpones the heal at
+most ``MAX_POSTPONE`` delays past the first one it owes.
 
 ``HealPlan`` is the bookkeeping alone (no I/O, no clock of its own);
 ``Healer`` runs it on the event loop.
@@ -38,6 +40,9 @@ DEFAULT_HEAL_DELAY_S = 60.0
 HEAL_FILE = "HEAL"
 #: A heal whose baseline failed is tried again after at least this long.
 RETRY_S = 60.0
+#: New gaps push the heal back by the delay each, to at most this many
+#: delays after the first gap it owes (a flapping client's gaps never end).
+MAX_POSTPONE = 10
 
 
 class HealPlan:
@@ -53,6 +58,7 @@ class HealPlan:
         self._newest = 1 if owed else 0  # number of the newest gap
         self._healed = 0            # gaps before this number are healed
         self.due_at = now + delay_s if owed else None
+        self._owed_since = now if owed else None
 
     @property
     def owed(self) -> bool:
@@ -65,8 +71,11 @@ class HealPlan:
         if total <= self._seen_total:
             return False
         self._seen_total = total
+        if not self.owed:
+            self._owed_since = now
         self._newest += 1
-        self.due_at = now + self.delay_s
+        assert self._owed_since is not None
+        self.due_at = min(now + self.delay_s, self._owed_since + MAX_POSTPONE * self.delay_s)
         return True
 
     def due(self, now: float) -> bool:
@@ -81,7 +90,7 @@ class HealPlan:
         """The baseline that began at ``mark`` completed (it has an END)."""
         self._healed = max(self._healed, mark)
         if not self.owed:
-            self.due_at = None
+            self.due_at = self._owed_since = None
 
     def failed(self, now: float) -> None:
         """The proxy's own baseline failed: try again later."""
@@ -94,21 +103,22 @@ class Healer:
     a baseline through ``run_baseline`` (which takes the control API's
     one-at-a-time lock and reports to ``began``/``ended``) when one is due.
 
-    ``gaps_total()``: every gap this proxy has counted (its journal's, its
-    shippers'); ``dropping()``: whether the passthrough policy drops
-    mutations now."""
+    ``gaps_total()``: the gaps this proxy has on record (GAP records in its
+    LOG, ranges its shippers found trimmed); ``over_quota()``: whether the
+    LOG is over its quota."""
 
     def __init__(self, log_dir: str, delay_s: float, gaps_total: Callable[[], int],
-                 dropping: Callable[[], bool], *, enabled: bool = True,
+                 over_quota: Callable[[], bool], *, enabled: bool = True,
                  poll_s: float = 1.0, clock: Callable[[], float] | None = None) -> None:
         self.enabled = enabled
         self._path = os.path.join(log_dir, HEAL_FILE)
         self._clock = clock or asyncio.get_running_loop().time
         self.plan = HealPlan(delay_s, owed=os.path.exists(self._path), now=self._clock())
         self._gaps_total = gaps_total
-        self._dropping = dropping
+        self._over_quota = over_quota
         self._poll_s = poll_s
         self._task: asyncio.Task | None = None
+        self._healing: asyncio.Task | None = None
         self._marked = self.plan.owed
         self.baselines_total = 0    # baselines this proxy began on its own to heal gaps
         self.failures_total = 0
@@ -119,9 +129,20 @@ class Healer:
         self._task = asyncio.get_running_loop().create_task(self._run(run_baseline))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop watching, and any heal under way (its baseline then has no END)."""
+        for task in (self._task, self._healing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def settle(self) -> None:
+        """Count the gaps marked since the last look (a stopping proxy's
+        last ones), so that HEAL says whether the next start owes a heal."""
+        try:
+            self.plan.saw_gaps(self._gaps_total(), self._clock())
+        except Exception:  # noqa: BLE001  stopping anyway; the alert still sees the gap
+            logger.exception("healing gaps: cannot count the gaps this stop marked")
+        self._keep_mark()
 
     def began(self) -> int:
         """A baseline begins (any: asked for or the proxy's own)."""
@@ -142,28 +163,44 @@ class Healer:
 
     def due(self) -> bool:
         """Whether a heal should start now (asked again once the lock is held)."""
-        return self.enabled and self.plan.due(self._clock()) and not self._dropping()
+        return self.enabled and self.plan.due(self._clock()) and not self._over_quota()
 
     async def _run(self, run_baseline: Callable[[], Awaitable[bool | None]]) -> None:
         while True:
-            if self.plan.saw_gaps(self._gaps_total(), self._clock()):
-                if self.enabled:
-                    logger.warning("a gap was marked: this proxy runs a baseline to heal it in %.0f s "
-                                   "unless one begins sooner (restores past the gap are unproven "
-                                   "until it ends)", self.plan.delay_s)
-                else:
-                    logger.warning("a gap was marked: restores past it are unproven until a baseline "
-                                   "begun after it ends; run `nfsj baseline` (--no-heal)")
-            self._keep_mark()
-            if self.due():
-                outcome = await run_baseline()
-                if outcome is not None:
-                    self.baselines_total += 1
-                if outcome is False:
-                    self.failures_total += 1
-                    self.plan.failed(self._clock())
-                self._keep_mark()
+            try:
+                self._look(run_baseline)
+            except Exception:  # noqa: BLE001  a bad look must not end the watch
+                logger.exception("healing gaps: looking for gaps failed; looking again")
             await asyncio.sleep(self._poll_s)
+
+    def _look(self, run_baseline: Callable[[], Awaitable[bool | None]]) -> None:
+        """Count new gaps, keep HEAL, and start a heal when one is due. The
+        heal runs in a task of its own, so gaps keep being counted (and
+        written down) while its baseline takes hours."""
+        if self.plan.saw_gaps(self._gaps_total(), self._clock()):
+            if self.enabled:
+                logger.warning("a gap is on record: this proxy begins a baseline to heal it %.0f s "
+                               "after the latest one, unless one begins sooner (restores past the "
+                               "gap are unproven until it ends)", self.plan.delay_s)
+            else:
+                logger.warning("a gap is on record: restores past it are unproven until a baseline "
+                               "begun after it ends; run `nfsj baseline` (--no-heal)")
+        self._keep_mark()
+        if (self._healing is None or self._healing.done()) and self.due():
+            self._healing = asyncio.get_running_loop().create_task(self._heal(run_baseline))
+
+    async def _heal(self, run_baseline: Callable[[], Awaitable[bool | None]]) -> None:
+        try:
+            outcome = await run_baseline()
+        except Exception:  # noqa: BLE001  counted as a failure, tried again later
+            logger.exception("healing gaps: the baseline could not run")
+            outcome = False
+        if outcome is not None:
+            self.baselines_total += 1
+        if outcome is False:
+            self.failures_total += 1
+            self.plan.failed(self._clock())
+        self._keep_mark()
 
     def _keep_mark(self) -> None:
         """HEAL exists exactly while a heal is owed (best effort: without it,

@@ -159,6 +159,8 @@ class RunningProxy:
             await self.control.stop(grace=1.0)
         await self.proxy.close()
         await self.proxy.journal.close()
+        if self.healer is not None:
+            self.healer.settle()  # the gaps a stop marks (late replies) are owed at the next start
         if self.retention is not None:
             await self.retention.stop()
         for shipper in self.shippers:  # they read the LOG: stop them before it closes
@@ -242,7 +244,7 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
                            data_plane=opts.data_plane, fanout=fanout)
     if shippers:  # without shards nothing is restored, so there is nothing to prove
         running.healer = Healer(opts.log_dir, opts.heal_delay_s, lambda: _gaps_seen(proxy, shippers),
-                                lambda: proxy.journal.passthrough_active, enabled=opts.heal)
+                                lambda: committer.over_quota, enabled=opts.heal)
     control_host, control_port = parse_hostport(opts.control)
     try:
         running.control, bound = await start_control(proxy, control_host, control_port,
@@ -267,9 +269,12 @@ async def start_proxy(opts: ProxyOptions, backend: BackendAddress) -> RunningPro
 
 
 def _gaps_seen(proxy, shippers: list[Shipper]) -> int:
-    """Every gap this proxy has counted: its journal's, and LOG ranges its
-    shippers found trimmed before a shard held them."""
-    return sum(proxy.journal.gaps_total.values()) + sum(s.state().gaps_total for s in shippers)
+    """The gaps this proxy has put on record: GAP records in its LOG, and LOG
+    ranges its shippers found trimmed before a shard held them. A gap counts
+    once its GAP record is written, as that stamp is the gap's end: a
+    baseline begun after the count begins after it (one marked but not yet
+    written may end later than the baseline's BEGIN, which then heals none)."""
+    return proxy.journal.gap_records_total + sum(s.state().gaps_total for s in shippers)
 
 
 def _trim_bounds(shippers: list[Shipper], proxy) -> list[int]:

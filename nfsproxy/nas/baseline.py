@@ -142,11 +142,17 @@ class _Scan:
             raise
 
     async def _journal(self, record: Record, key: int, data: memoryview | bytes | None = None) -> None:
-        """Append `record` (stamped under `key`) and release its stamp."""
+        """Append `record` (stamped under `key`) and release its stamp. A
+        record the quota dropped (passthrough) ends the baseline: an END
+        after it would stand for an image the journal does not hold."""
         try:
-            await self.proxy.journal.append(record, data)
+            seq = await self.proxy.journal.append(record, data)
         finally:
             self._release(key)
+        if seq is None:
+            raise RuntimeError("the LOG is over its quota (passthrough policy) and dropped the "
+                               "baseline's records; free LOG space (--quota, --log-retain) and run "
+                               "it again")
 
     def _vanished(self, path: bytes) -> None:
         self.state.vanished += 1

@@ -213,6 +213,11 @@ def test_a_passthrough_quota_drop_is_a_gap(nas, shard, proxy_factory, tmp_path):
     shard.stop()
     stack.write_file("big", os.urandom(3 * MiB))
     assert stack.metric("nfsj_journal_passthrough_active") == 1
+    # A baseline now would have its records dropped: it fails and says why,
+    # rather than end as if the journal held the image.
+    dropped = nfsj("baseline", "--log", str(stack.proxy.log_dir), "--quiet")
+    assert dropped.returncode != 0 and "over its quota" in dropped.stdout + dropped.stderr, \
+        dropped.stdout + dropped.stderr
     shard.start()
     # Back under the quota once retention trims what the shard acked.
     wait_for("the LOG back under its quota", lambda: stack.metric("nfsj_log_quota_used_ratio") < 1)

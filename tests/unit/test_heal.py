@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nfsproxy.daemon.heal import HEAL_FILE, RETRY_S, Healer, HealPlan
+from nfsproxy.daemon.heal import HEAL_FILE, MAX_POSTPONE, RETRY_S, Healer, HealPlan
 
 
 def test_a_gap_makes_a_baseline_due_after_the_delay():
@@ -48,6 +48,18 @@ def test_an_older_baseline_ending_late_heals_no_newer_gap():
     assert not plan.owed
 
 
+def test_a_steady_trickle_of_gaps_postpones_the_heal_only_so_long():
+    plan = HealPlan(10.0)
+    for k in range(1, 100):  # a new gap every 5 s, forever
+        plan.saw_gaps(k, 5.0 * k)
+        if plan.due(5.0 * k):
+            break
+    assert 5.0 * k == 5.0 + MAX_POSTPONE * 10.0
+    plan.ended(plan.began())
+    plan.saw_gaps(1000, 1000.0)  # the next gap starts a new wait
+    assert not plan.due(1009.0) and plan.due(1010.0)
+
+
 def test_a_failed_heal_is_tried_again_later():
     plan = HealPlan(5.0)
     plan.saw_gaps(1, 0.0)
@@ -69,9 +81,9 @@ class _Clock:
         return self.now
 
 
-def _healer(tmp_path: Path, gaps: list[int], *, dropping: list[bool] | None = None,
+def _healer(tmp_path: Path, gaps: list[int], *, over_quota: list[bool] | None = None,
             enabled: bool = True, delay_s: float = 10.0, clock: _Clock | None = None) -> Healer:
-    return Healer(str(tmp_path), delay_s, lambda: gaps[0], lambda: bool(dropping and dropping[0]),
+    return Healer(str(tmp_path), delay_s, lambda: gaps[0], lambda: bool(over_quota and over_quota[0]),
                   enabled=enabled, poll_s=0.001, clock=clock or _Clock())
 
 
@@ -131,11 +143,11 @@ def test_a_heal_owed_before_a_restart_is_owed_after_it(tmp_path):
 
 def test_no_heal_starts_while_mutations_are_dropped_or_when_disabled(tmp_path):
     async def main() -> None:
-        for enabled, dropping in ((True, [True]), (False, [False])):
+        for enabled, over_quota in ((True, [True]), (False, [False])):
             d = tmp_path / str(enabled)
             d.mkdir()
             clock, runs = _Clock(), []
-            healer = _healer(d, [1], dropping=dropping, enabled=enabled, clock=clock)
+            healer = _healer(d, [1], over_quota=over_quota, enabled=enabled, clock=clock)
 
             async def run_baseline(healer=healer, runs=runs, clock=clock) -> bool:
                 runs.append(clock.now)
@@ -147,8 +159,8 @@ def test_no_heal_starts_while_mutations_are_dropped_or_when_disabled(tmp_path):
             clock.now = 100.0
             await _settle()
             assert runs == [] and healer.plan.owed and (d / HEAL_FILE).exists()
-            if enabled:  # the passthrough policy stops dropping: the heal goes ahead
-                dropping[0] = False
+            if enabled:  # the LOG is back under its quota: the heal goes ahead
+                over_quota[0] = False
                 await _settle()
                 assert runs == [100.0]
             await healer.stop()
@@ -175,6 +187,78 @@ def test_a_failed_heal_counts_and_waits(tmp_path):
         clock.now = RETRY_S
         await _settle()
         assert seen == [0.0, RETRY_S] and not healer.plan.owed and healer.baselines_total == 2
+        await healer.stop()
+
+    asyncio.run(main())
+
+
+def test_gaps_keep_being_counted_and_written_down_while_a_heal_runs(tmp_path):
+    async def main() -> None:
+        clock, gaps, release = _Clock(), [1], asyncio.Event()
+        healer = _healer(tmp_path, gaps, clock=clock, delay_s=0.0)
+        marks = []
+
+        async def run_baseline() -> bool:
+            marks.append(healer.began())
+            await release.wait()   # a baseline of hours
+            healer.ended(marks[-1])
+            return True
+
+        healer.start(run_baseline)
+        await _settle()
+        assert len(marks) == 1
+        gaps[0] = 2   # a gap after its BEGIN: this baseline does not heal it
+        await _settle()
+        assert healer.plan.began() > marks[0]
+        release.set()
+        await _settle()
+        await _settle()
+        assert len(marks) == 2 and healer.baselines_total == 2 and not healer.plan.owed, \
+            "the gap after the first BEGIN got a baseline of its own"
+        await healer.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stop_writes_down_the_gaps_it_marked_last(tmp_path):
+    async def main() -> None:
+        gaps = [0]
+        healer = _healer(tmp_path, gaps, delay_s=3600.0)
+        healer.start(lambda: asyncio.sleep(0, result=True))
+        await _settle()
+        await healer.stop()
+        gaps[0] = 1   # marked by the stop itself (a reply that never came)
+        assert not (tmp_path / HEAL_FILE).exists()
+        healer.settle()
+        assert (tmp_path / HEAL_FILE).exists()
+
+    asyncio.run(main())
+    async def restarted() -> bool:
+        return Healer(str(tmp_path), 1.0, lambda: 0, lambda: False).plan.owed
+    assert asyncio.run(restarted())
+
+
+def test_the_watch_survives_a_failing_look(tmp_path):
+    async def main() -> None:
+        calls = [0]
+
+        def gaps_total() -> int:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise RuntimeError("a shipper's state could not be read")
+            return 1
+
+        runs = []
+        healer = Healer(str(tmp_path), 0.0, gaps_total, lambda: False, poll_s=0.001, clock=_Clock())
+
+        async def run_baseline() -> bool:
+            runs.append(1)
+            healer.ended(healer.began())
+            return True
+
+        healer.start(run_baseline)
+        await _settle()
+        assert calls[0] > 2 and runs == [1]
         await healer.stop()
 
     asyncio.run(main())
