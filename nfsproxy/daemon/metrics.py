@@ -258,7 +258,6 @@ class ProxyCollector(Collector):
                 family.add_metric([], value * scale)
             yield family
 
-
     def _heal(self) -> Iterator:
         """The proxy's own baselines after gaps (nfsproxy.daemon.heal); none without shards."""
         healer = self.running.healer
