@@ -162,6 +162,8 @@ def _heal_text(heal: dict | None) -> str:
         return ""
     if not heal.get("enabled"):
         return "heal: a gap waits for a baseline begun after it; this proxy runs none (--no-heal): run `nfsj baseline`"
+    if heal.get("over_quota"):
+        return "heal: a gap waits for a baseline begun after it; this proxy begins one once the LOG is under its quota"
     due = heal.get("due_in_s")
     when = "now" if not due else f"in {_seconds(due)}"
     return f"heal: a gap waits for a baseline begun after it; this proxy begins one {when}"

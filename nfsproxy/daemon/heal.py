@@ -50,52 +50,59 @@ class HealPlan:
 
     Gaps are numbered in the order they are seen (``saw_gaps``); a baseline
     heals every gap seen before it began (``began`` gives that number,
-    ``ended`` takes it back when the baseline completed)."""
+    ``ended`` takes it back when the baseline completed). A heal is due
+    ``delay_s`` after the latest gap still owed, at most ``MAX_POSTPONE``
+    delays after the oldest, and never sooner than a failed one's retry."""
 
     def __init__(self, delay_s: float, *, owed: bool = False, now: float = 0.0) -> None:
         self.delay_s = delay_s
         self._seen_total = 0        # gaps counted so far (the callers' running total)
         self._newest = 1 if owed else 0  # number of the newest gap
-        self._healed = 0            # gaps before this number are healed
-        self.due_at = now + delay_s if owed else None
-        self._owed_since = now if owed else None
+        self._owed: dict[int, float] = {1: now} if owed else {}  # gaps not yet healed: when seen
+        self._retry_at: float | None = None
 
     @property
     def owed(self) -> bool:
         """Whether some gap waits for a baseline begun after it."""
-        return self._healed < self._newest
+        return bool(self._owed)
+
+    @property
+    def due_at(self) -> float | None:
+        """When the next heal is due (None: none is owed)."""
+        if not self._owed:
+            return None
+        seen = self._owed.values()
+        at = min(max(seen) + self.delay_s, min(seen) + MAX_POSTPONE * self.delay_s)
+        return at if self._retry_at is None else max(at, self._retry_at)
 
     def saw_gaps(self, total: int, now: float) -> bool:
-        """``total`` gaps counted so far; True when some are new (the heal
-        then waits ``delay_s`` from now)."""
+        """``total`` gaps counted so far; True when some are new."""
         if total <= self._seen_total:
             return False
         self._seen_total = total
-        if not self.owed:
-            self._owed_since = now
         self._newest += 1
-        assert self._owed_since is not None
-        self.due_at = min(now + self.delay_s, self._owed_since + MAX_POSTPONE * self.delay_s)
+        self._owed[self._newest] = now
         return True
 
     def due(self, now: float) -> bool:
         """Whether the proxy should start its own baseline now."""
-        return self.owed and self.due_at is not None and now >= self.due_at
+        at = self.due_at
+        return at is not None and now >= at
 
     def began(self) -> int:
         """A baseline begins: the mark it heals up to when it ends."""
         return self._newest
 
     def ended(self, mark: int) -> None:
-        """The baseline that began at ``mark`` completed (it has an END)."""
-        self._healed = max(self._healed, mark)
-        if not self.owed:
-            self.due_at = self._owed_since = None
+        """The baseline that began at ``mark`` completed (it has an END): the
+        gaps seen after it began are owed, timed from when they were seen."""
+        self._owed = {n: seen for n, seen in self._owed.items() if n > mark}
+        self._retry_at = None
 
     def failed(self, now: float) -> None:
-        """The proxy's own baseline failed: try again later."""
+        """The proxy's own baseline failed: no heal again before a retry interval."""
         if self.owed:
-            self.due_at = now + max(self.delay_s, RETRY_S)
+            self._retry_at = now + max(self.delay_s, RETRY_S)
 
 
 class Healer:
@@ -159,6 +166,7 @@ class Healer:
         due_at = self.plan.due_at
         return {"enabled": self.enabled, "owed": self.plan.owed,
                 "due_in_s": None if due_at is None or not self.enabled else max(0.0, due_at - self._clock()),
+                "over_quota": bool(self.plan.owed and self._over_quota()),
                 "baselines_total": self.baselines_total, "failures_total": self.failures_total}
 
     def due(self) -> bool:

@@ -159,12 +159,14 @@ class RunningProxy:
             await self.control.stop(grace=1.0)
         await self.proxy.close()
         await self.proxy.journal.close()
-        if self.healer is not None:
-            self.healer.settle()  # the gaps a stop marks (late replies) are owed at the next start
         if self.retention is not None:
             await self.retention.stop()
         for shipper in self.shippers:  # they read the LOG: stop them before it closes
             await shipper.stop()
+        if self.healer is not None:
+            # The gaps this stop marked (late replies, a range trimmed under
+            # a rewinding shard) are owed a heal at the next start.
+            self.healer.settle()
         if self.fanout is not None:
             self.fanout.close()
         await self.committer.close()

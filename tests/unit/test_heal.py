@@ -68,6 +68,32 @@ def test_a_failed_heal_is_tried_again_later():
     assert not plan.due(5.0 + RETRY_S - 1) and plan.due(5.0 + RETRY_S)
 
 
+def test_a_gap_after_a_failed_heal_does_not_cut_its_retry_short():
+    plan = HealPlan(0.0)
+    plan.saw_gaps(1, 0.0)
+    plan.failed(0.0)
+    plan.saw_gaps(2, 1.0)   # a NAS outage: lost replies while its baselines fail
+    assert not plan.due(RETRY_S - 1) and plan.due(RETRY_S)
+    plan.ended(plan.began())
+    plan.saw_gaps(3, 100.0)
+    assert plan.due(100.0), "a baseline that ended clears the retry"
+
+
+def test_gaps_seen_during_a_baseline_are_owed_from_when_they_were_seen():
+    plan = HealPlan(60.0)
+    plan.saw_gaps(1, 0.0)
+    mark = plan.began()     # at 60, for hours
+    plan.saw_gaps(2, 5000.0)
+    plan.ended(mark)        # at 7000
+    assert plan.owed and not plan.due(5059.0) and plan.due(5060.0)
+    plan = HealPlan(60.0)
+    plan.saw_gaps(1, 0.0)
+    mark = plan.began()
+    plan.saw_gaps(2, 6990.0)
+    plan.ended(mark)        # the cap counts from the gap still owed, not the healed one
+    assert not plan.due(7000.0) and plan.due(7050.0)
+
+
 def test_a_heal_owed_at_start_is_due_after_the_delay():
     plan = HealPlan(30.0, owed=True, now=100.0)
     assert plan.owed and not plan.due(129.0) and plan.due(130.0)
