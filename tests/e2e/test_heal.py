@@ -6,6 +6,7 @@ when the proxy stops is owed when it starts again."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -101,3 +102,34 @@ def test_a_heal_owed_at_a_clean_stop_is_owed_at_the_next_start(nas, shard, proxy
     unclean_stop_gap(stack, healed=True)
     assert stack.metric("nfsj_heal_baselines_total") == 1
     wait_for("HEAL gone", lambda: not (log_dir / HEAL_FILE).exists())
+
+
+@pytest.mark.parametrize("plane", ["native", "python"])
+def test_a_gap_a_clean_stop_marks_is_healed_after_the_next_start(nas, shard, proxy_factory, tmp_path,
+                                                                 plane):
+    """A call still at the NAS when the proxy stops becomes a gap at the stop
+    itself (after the drain), the last thing before the LOG closes: HEAL must
+    say so, or the next start owes nothing."""
+    log_dir = tmp_path / "log"
+    base = ["--data-plane", plane, "--drain-timeout", "1"]
+    stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir, extra=[*base, "--heal-delay", "3600"])
+    stack.write_file("before", b"before the stop\n")
+    stack.baseline()
+    c = stack.client(timeout_s=2.0)
+    root = c.mount()
+    os.kill(nas.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(Exception):  # the NAS is frozen: no reply
+            c.create(root, "unanswered", 0o644)
+        assert stack.proxy.stop() == 0, stack.proxy.stderr_text()[-3000:]
+    finally:
+        os.kill(nas.pid, signal.SIGCONT)
+        c.close()
+    assert (log_dir / HEAL_FILE).exists(), "the stop's own gap is owed a heal"
+    stack.proxy = proxy_factory(extra=[*stack.extra[:-2], "--heal-delay", "0"], log_dir=log_dir)
+    assert stack.metric("nfsj_journal_gaps_total", 'cause="unclean_stop"') == 0
+    def healed():
+        gaps = [g for g in stack.status()["gaps"] if g["cause"] == "no_reply"]
+        return gaps and gaps[0]["healed_by"] is not None
+    wait_for("the stop's no_reply gap healed by the proxy's own baseline", healed)
+    assert stack.metric("nfsj_heal_baselines_total") == 1
