@@ -153,6 +153,16 @@ class GapStack:
         return wait_for(f"a {cause} gap in `nfsj status`", probe)
 
 
+@contextlib.contextmanager
+def frozen(nas):
+    """The NAS stopped (SIGSTOP) for the block: calls relayed to it get no reply."""
+    os.kill(nas.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(nas.pid, signal.SIGCONT)
+
+
 def check_gap_lifecycle(stack: GapStack, cause: str, before_gap: Stamp, tmp_path: Path) -> None:
     """The common second half: status, metric, refusal, healing by a new baseline."""
     view, gap = stack.gap_shown(cause)
@@ -314,14 +324,11 @@ def test_a_mutation_whose_nas_reply_never_came_is_a_gap(nas, shard, proxy_factor
     before_gap = now_bound()
     c = stack.client(timeout_s=2.0)
     root = c.mount()
-    os.kill(nas.pid, signal.SIGSTOP)
-    try:
+    with frozen(nas):
         with pytest.raises(Exception):  # the NAS is frozen: no reply
             c.create(root, "unanswered", 0o644)
         c.close()  # the client gives up; the proxy waits --drain-timeout, then marks the gap
         stack.gap_shown("no_reply")
-    finally:
-        os.kill(nas.pid, signal.SIGCONT)
     check_gap_lifecycle(stack, "no_reply", before_gap, tmp_path)
 
 
@@ -336,16 +343,12 @@ def test_a_proxy_killed_with_a_call_at_the_nas_is_a_gap(nas, shard, proxy_factor
     stack.baseline()
     stack.proven_past(now_bound())
     before_gap = now_bound()
-    c = stack.client(timeout_s=2.0)
-    root = c.mount()
-    os.kill(nas.pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(Exception):  # the NAS is frozen: no reply
-            c.remove(root, "victim")
-        stack.proxy.kill()  # SIGKILL, with the REMOVE relayed and unanswered
-    finally:
-        os.kill(nas.pid, signal.SIGCONT)
-        c.close()
+    with stack.client(timeout_s=2.0) as c:
+        root = c.mount()
+        with frozen(nas):
+            with pytest.raises(Exception):  # the NAS is frozen: no reply
+                c.remove(root, "victim")
+            stack.proxy.kill()  # SIGKILL, with the REMOVE relayed and unanswered
     stack.proxy = proxy_factory(extra=stack.extra, log_dir=log_dir)
     assert "did not stop cleanly" in stack.proxy.stderr_text()
     check_gap_lifecycle(stack, "unclean_stop", before_gap, tmp_path)

@@ -6,11 +6,10 @@ when the proxy stops is owed when it starts again."""
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
-from e2e.test_gaps import GapStack, nfsj, now_bound, wait_for
+from e2e.test_gaps import GapStack, frozen, nfsj, now_bound, wait_for
 from e2e.treecompare import diff, snapshot
 from logstore.stamp import Stamp
 from nfsproxy.daemon.heal import HEAL_FILE
@@ -115,16 +114,12 @@ def test_a_gap_a_clean_stop_marks_is_healed_after_the_next_start(nas, shard, pro
     stack = GapStack(nas, shard, proxy_factory, log_dir=log_dir, extra=[*base, "--heal-delay", "3600"])
     stack.write_file("before", b"before the stop\n")
     stack.baseline()
-    c = stack.client(timeout_s=2.0)
-    root = c.mount()
-    os.kill(nas.pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(Exception):  # the NAS is frozen: no reply
-            c.create(root, "unanswered", 0o644)
-        assert stack.proxy.stop() == 0, stack.proxy.stderr_text()[-3000:]
-    finally:
-        os.kill(nas.pid, signal.SIGCONT)
-        c.close()
+    with stack.client(timeout_s=2.0) as c:
+        root = c.mount()
+        with frozen(nas):
+            with pytest.raises(Exception):  # the NAS is frozen: no reply
+                c.create(root, "unanswered", 0o644)
+            assert stack.proxy.stop() == 0, stack.proxy.stderr_text()[-3000:]
     assert (log_dir / HEAL_FILE).exists(), "the stop's own gap is owed a heal"
     stack.proxy = proxy_factory(extra=[*stack.extra[:-2], "--heal-delay", "0"], log_dir=log_dir)
     assert stack.metric("nfsj_journal_gaps_total", 'cause="unclean_stop"') == 0
