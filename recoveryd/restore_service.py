@@ -45,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
+import itertools
 import logging
 import threading
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
@@ -52,13 +54,14 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, FileRequest, FilesRequest, Op,
-                                     Record, ScanRequest, ShardStatusRequest)
+from logstore.pb.journal_pb2 import (BaselineInfo, BaselineList, BulkRequest, BulkTicket, FileRequest,
+                                     FilesRequest, Op, Record, ScanRequest, ShardStatusRequest)
 from logstore.stamp import Stamp, predecessor
 
 from .security import RESTORE_SERVICE
 
 if TYPE_CHECKING:  # no RocksDB on import: the servicer is handed an open store
+    from .bulk_server import BulkServer
     from .store import ShardStore
 
 __all__ = ["RestoreServicer", "RESTORE_SERVICE", "CHUNK_RECORDS", "predecessor", "add_restore_service"]
@@ -106,11 +109,17 @@ class _Handlers:
 
 def _framed(records: list[bytes]) -> bytes:
     """``RecordChunk(records=records)`` serialized, by concatenation."""
+    return b"".join(chunk_parts(records))
+
+
+def chunk_parts(records: list[bytes]) -> list[bytes]:
+    """``RecordChunk(records=records)`` serialized, in pieces: each record's
+    tag and length, then the record itself (not copied)."""
     parts = []
     for raw in records:
         parts.append(b"\x0a" + _varint(len(raw)))
         parts.append(raw)
-    return b"".join(parts)
+    return parts
 
 
 def _varint(n: int) -> bytes:
@@ -137,10 +146,17 @@ def _bound(raw: bytes, what: str) -> Stamp | None:
 
 @dataclasses.dataclass
 class ServedCounters:
-    """What restore clients read from this shard (nfsj_restore_served_*)."""
+    """What restore clients read from this shard (nfsj_restore_served_*),
+    counted by the event loop and by bulk streams' threads."""
 
     records_total: int = 0
     bytes_total: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def add(self, records: int, nbytes: int) -> None:
+        with self._lock:
+            self.records_total += records
+            self.bytes_total += nbytes
 
 
 class RestoreServicer(journal_pb2_grpc.RestoreServicer):
@@ -151,6 +167,7 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         self._executor = executor
         self._baselines = _BaselineIndex(store)
         self.counters = ServedCounters()
+        self.bulk: BulkServer | None = None   # the shard's bulk port, when it serves one
 
     async def Scan(self, request: ScanRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Record]:
         try:
@@ -171,18 +188,22 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
     async def ScanChunks(self, request: ScanRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
-            lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
-            ops = frozenset(request.ops)
-            bad = [op for op in ops if op not in Op.values()]
-            if bad:
-                raise _BadRequest(f"unknown op(s) {bad}")
+            values = self._scan_values(request)
         except _BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        values = self._store.op_values(ops, lo, hi, with_data=request.with_data)
         async for chunk in self._chunks(_ValueReader(values, request.limit,
                                                      SCAN_CHUNK_BYTES if request.with_data
                                                      else RECORD_CHUNK_BYTES)):
             yield chunk
+
+    def _scan_values(self, request: ScanRequest) -> Iterator[bytes]:
+        """ScanChunks' records as stored (raises _BadRequest); ``limit`` is the caller's."""
+        lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
+        ops = frozenset(request.ops)
+        bad = [op for op in ops if op not in Op.values()]
+        if bad:
+            raise _BadRequest(f"unknown op(s) {bad}")
+        return self._store.op_values(ops, lo, hi, with_data=request.with_data)
 
     async def FileRecords(self, request: FileRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Record]:
         lo, hi = await _file_window(request, context)
@@ -200,16 +221,39 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
     async def FilesRecordChunks(self, request: FilesRequest,
                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
-            lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
-            if not request.fhs or not all(request.fhs):
-                raise _BadRequest("fhs: name at least one file handle, none empty")
+            values = self._files_values(request)
         except _BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        values = self._store.files_record_values(list(request.fhs), hi, lo=lo)
-        if not request.with_data:
-            values = (_stripped(v) for v in values)
         async for chunk in self._chunks(_ValueReader(values, 0, SCAN_CHUNK_BYTES)):
             yield chunk
+
+    def _files_values(self, request: FilesRequest) -> Iterator[bytes]:
+        """FilesRecordChunks' records as stored (raises _BadRequest)."""
+        lo, hi = _bound(request.after, "after"), _bound(request.until, "until")
+        if not request.fhs or not all(request.fhs):
+            raise _BadRequest("fhs: name at least one file handle, none empty")
+        values = self._store.files_record_values(list(request.fhs), hi, lo=lo)
+        return values if request.with_data else (_stripped(v) for v in values)
+
+    async def OpenBulk(self, request: BulkRequest, context: grpc.aio.ServicerContext) -> BulkTicket:
+        """A ticket for the records of ``request`` on the bulk port (bulk_server.py)."""
+        if self.bulk is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this shard serves no bulk port")
+        which = request.WhichOneof("what")
+        try:
+            if which == "scan":
+                # Checked now, read when the connection comes.
+                self._scan_values(request.scan).close()
+                scan = request.scan
+                opener = lambda: _limited(self._scan_values(scan), scan.limit)  # noqa: E731
+            elif which == "files":
+                self._files_values(request.files).close()
+                opener = functools.partial(self._files_values, request.files)
+            else:
+                raise _BadRequest("what: ask for a scan or for files")
+        except _BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return BulkTicket(ticket=self.bulk.admit(opener), port=self.bulk.port, tls=self.bulk.tls)
 
     async def _chunks(self, reader) -> AsyncIterator[bytes]:
         """A reader's chunks as RecordChunk messages in wire form (``add_restore_service``)."""
@@ -218,8 +262,7 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
             while True:
                 chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
                 if chunk:
-                    self.counters.records_total += len(chunk)
-                    self.counters.bytes_total += sum(len(r) for r in chunk)
+                    self.counters.add(len(chunk), sum(len(r) for r in chunk))
                     yield _framed(chunk)
                 if done:
                     return
@@ -237,8 +280,7 @@ class RestoreServicer(journal_pb2_grpc.RestoreServicer):
         try:
             while True:
                 chunk, done = await loop.run_in_executor(self._executor, reader.next_chunk)
-                self.counters.records_total += len(chunk)
-                self.counters.bytes_total += sum(r.ByteSize() for r in chunk)
+                self.counters.add(len(chunk), sum(r.ByteSize() for r in chunk))
                 for record in chunk:
                     yield record
                 if done:
@@ -327,6 +369,20 @@ class _ChunkReader:
     def close(self) -> None:
         with self._lock:
             self._values.close()
+
+
+def _limited(values: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """At most ``limit`` of ``values`` (0: all); closing it closes them."""
+    if not limit:
+        return values
+    return _closing_islice(values, limit)
+
+
+def _closing_islice(values: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    try:
+        yield from itertools.islice(values, limit)
+    finally:
+        values.close()
 
 
 def _stripped(raw: bytes) -> bytes:

@@ -80,6 +80,7 @@ import grpc
 
 __all__ = [
     "TlsOptions", "SecurityError", "server_credentials", "channel_credentials", "open_channel",
+    "server_ssl_context", "client_ssl_context",
     "RestoreAuth", "BearerToken", "TokenEntry", "parse_tokens", "RESTORE_SERVICE",
     "MIN_TOKEN_CHARS", "IngestAuth", "Admission",
 ]
@@ -183,6 +184,31 @@ def server_credentials(opts: TlsOptions | None) -> grpc.ServerCredentials | None
     # certificate that chains to `ca` and is valid now.
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                        require_client_auth=opts.require_client_cert)
+
+
+def server_ssl_context(opts: TlsOptions | None) -> ssl.SSLContext | None:
+    """``server_credentials`` for a plain socket (the bulk port): the same
+    certificate, and the same client certificate check. None: plaintext."""
+    if server_credentials(opts) is None:   # every check, and its one-line errors
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(opts.cert, opts.key)
+    if opts.require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=opts.ca)
+    return context
+
+
+def client_ssl_context(opts: TlsOptions | None) -> ssl.SSLContext | None:
+    """``channel_credentials`` for a plain socket (the bulk port): verify the
+    server (host name included) against ``ca`` or the system's roots, present
+    ``cert``/``key`` when given. None: plaintext."""
+    if channel_credentials(opts) is None:
+        return None
+    context = ssl.create_default_context(cafile=opts.ca)
+    if opts.cert:
+        context.load_cert_chain(opts.cert, opts.key)
+    return context
 
 
 def channel_credentials(opts: TlsOptions | None) -> grpc.ChannelCredentials | None:

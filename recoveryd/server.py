@@ -65,8 +65,10 @@ from logstore.pb.journal_pb2 import (BaselineList, IngestAck, IngestBatch, Retir
                                      ShardStatusRequest, StreamStatus)
 
 from .frontier import BatchRefused, StreamKey, StreamState
+from .bulk_server import BulkServer
 from .restore_service import RestoreServicer, add_restore_service
-from .security import IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials
+from .security import (IngestAuth, RestoreAuth, SecurityError, TlsOptions, server_credentials,
+                       server_ssl_context)
 from .store import (RetireRefused, ShardStore, shipped_size, stream_id, stream_key,
                     stream_status)
 
@@ -438,13 +440,15 @@ class JournalServer:
     def __init__(self, server: grpc.aio.Server, servicer: JournalServicer,
                  health_servicer: health.aio.HealthServicer, port: int,
                  executor: concurrent.futures.ThreadPoolExecutor, tasks: list[asyncio.Task],
-                 restore_auth: RestoreAuth | None = None, security: str = "plaintext") -> None:
+                 restore_auth: RestoreAuth | None = None, security: str = "plaintext",
+                 bulk: BulkServer | None = None) -> None:
         self.server = server
         self.servicer = servicer
         self.health = health_servicer
         self.port = port
         self.restore_auth = restore_auth
         self.security = security  # one line: transport and who may restore
+        self.bulk = bulk          # the bulk port (bulk_server.py), when served
         self._executor = executor
         self._tasks = tasks
         self._stopped = False
@@ -459,6 +463,8 @@ class JournalServer:
         for task in self._tasks:
             task.cancel()
         await self.server.stop(grace_s)
+        if self.bulk is not None:   # its streams read the store, which closes next
+            await asyncio.get_running_loop().run_in_executor(None, self.bulk.stop)
         # A cancelled call's write may still be running in a thread; it must
         # finish before the store closes.
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
@@ -468,8 +474,10 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
                        workers: int = 8, tls: TlsOptions | None = None,
                        restore_tokens: str | None = None,
                        restore_identities: tuple[str, ...] | list[str] = (),
-                       ingest_tokens: str | None = None) -> JournalServer:
-    """Serve Journal, Restore and grpc.health.v1 on ``host:port`` (port 0: any free port).
+                       ingest_tokens: str | None = None, bulk_port: int | None = 0) -> JournalServer:
+    """Serve Journal, Restore and grpc.health.v1 on ``host:port`` (port 0: any free port),
+    and the bulk port (bulk_server.py) on ``host:bulk_port`` (0: any free
+    port; None: none, restores then read through gRPC alone).
 
     ``tls``: serve TLS, and with ``tls.require_client_cert`` only to clients
     whose certificate chains to ``tls.ca`` (mTLS). ``restore_tokens`` (a
@@ -516,6 +524,13 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     if bound == 0:
         executor.shutdown(wait=False)
         raise ServeError(f"cannot listen on {address}")
+    if bulk_port is not None:
+        try:
+            restore.bulk = BulkServer(host, bulk_port, restore.counters, tls=server_ssl_context(tls))
+        except OSError as e:
+            executor.shutdown(wait=False)
+            raise ServeError(f"cannot serve the bulk port on {host}:{bulk_port} ({e.strerror or e}); "
+                             "pick a free one with --bulk-port, or --no-bulk") from None
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(JOURNAL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -544,7 +559,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     tasks = [asyncio.create_task(_watch_clock(hlc), name="hlc-check-physical"),
              asyncio.create_task(_flush_deferred(store, executor), name="flush-deferred")]
     running = JournalServer(server, servicer, health_servicer, bound, executor, tasks,
-                            auth if auth.enabled else None, security)
+                            auth if auth.enabled else None, security, restore.bulk)
     running.restore_counters = restore.counters  # read by recoveryd.metrics
     running.ingest_security = ingest_auth.describe()
     return running

@@ -63,6 +63,9 @@ class ShardOptions:
     # besides those (--member).
     ingest_tokens: str | None = None
     members: tuple[int, ...] = ()
+    # The bulk port restores read large ranges from (bulk_server.py): 0 any
+    # free port (OpenBulk tells clients which), None none.
+    bulk_port: int | None = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -106,7 +109,7 @@ async def start_shard(opts: ShardOptions) -> RunningShard:
         server = await start_server(store, hlc, opts.listen_host, opts.listen_port, tls=opts.tls,
                                     restore_tokens=opts.restore_tokens,
                                     restore_identities=opts.restore_identities,
-                                    ingest_tokens=opts.ingest_tokens)
+                                    ingest_tokens=opts.ingest_tokens, bulk_port=opts.bulk_port)
     except BaseException:
         store.close()
         raise
@@ -130,8 +133,11 @@ async def run_shard(opts: ShardOptions) -> None:
     except OSError as e:
         await running.stop()
         raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
+    bulk = running.server.bulk
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
           f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
+    logger.info("shard %d: %s", opts.shard_id,
+                f"bulk port {bulk.port}" + (" (TLS)" if bulk.tls else "") if bulk else "no bulk port")
     logger.info("shard %d: %s; %s", opts.shard_id, running.server.security,
                 running.server.ingest_security)
     try:

@@ -377,6 +377,24 @@ class RecordChunk(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class BulkRequest(_message.Message):
+    __slots__ = ("scan", "files")
+    SCAN_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    scan: ScanRequest
+    files: FilesRequest
+    def __init__(self, scan: _Optional[_Union[ScanRequest, _Mapping]] = ..., files: _Optional[_Union[FilesRequest, _Mapping]] = ...) -> None: ...
+
+class BulkTicket(_message.Message):
+    __slots__ = ("ticket", "port", "tls")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    ticket: bytes
+    port: int
+    tls: bool
+    def __init__(self, ticket: _Optional[bytes] = ..., port: _Optional[int] = ..., tls: _Optional[bool] = ...) -> None: ...
+
 class BaselineInfo(_message.Message):
     __slots__ = ("baseline_id", "end", "files", "bytes")
     BASELINE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -227,6 +227,11 @@ class RestoreStub:
                 request_serializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
                 response_deserializer=logstore_dot_pb_dot_journal__pb2.BaselineList.FromString,
                 _registered_method=True)
+        self.OpenBulk = channel.unary_unary(
+                '/nfsj.journal.v1.Restore/OpenBulk',
+                request_serializer=logstore_dot_pb_dot_journal__pb2.BulkRequest.SerializeToString,
+                response_deserializer=logstore_dot_pb_dot_journal__pb2.BulkTicket.FromString,
+                _registered_method=True)
 
 
 class RestoreServicer:
@@ -272,6 +277,14 @@ class RestoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenBulk(self, request, context):
+        """A ticket for a bulk stream (shards older than it answer UNIMPLEMENTED,
+        shards serving no bulk port FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RestoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -304,6 +317,11 @@ def add_RestoreServicer_to_server(servicer, server):
                     servicer.Baselines,
                     request_deserializer=logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.FromString,
                     response_serializer=logstore_dot_pb_dot_journal__pb2.BaselineList.SerializeToString,
+            ),
+            'OpenBulk': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBulk,
+                    request_deserializer=logstore_dot_pb_dot_journal__pb2.BulkRequest.FromString,
+                    response_serializer=logstore_dot_pb_dot_journal__pb2.BulkTicket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -468,6 +486,33 @@ class Restore:
             '/nfsj.journal.v1.Restore/Baselines',
             logstore_dot_pb_dot_journal__pb2.ShardStatusRequest.SerializeToString,
             logstore_dot_pb_dot_journal__pb2.BaselineList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBulk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nfsj.journal.v1.Restore/OpenBulk',
+            logstore_dot_pb_dot_journal__pb2.BulkRequest.SerializeToString,
+            logstore_dot_pb_dot_journal__pb2.BulkTicket.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,7 @@ def restore_client(shard: list[str] | None, tls_ca: str | None = None, tls_cert:
             tls_key: str | None = None, token_file: str | None = None) -> RestoreClient:
     from recoveryd.heap import keep_freed_memory, quiet_collector
     from recoveryd.restore import RestoreClient, RestoreError, Shards
+    from recoveryd.security import TlsOptions
 
     # A command reading the past moves megabyte messages through fresh
     # buffers and builds a tree of many small objects: keep freed memory for
@@ -56,7 +57,8 @@ def restore_client(shard: list[str] | None, tls_ca: str | None = None, tls_cert:
         fail(_NO_SHARDS)
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
-        return RestoreClient(Shards(shard, credentials=credentials, token=token))
+        tls = TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca)   # the bulk port's TLS
+        return RestoreClient(Shards(shard, credentials=credentials, token=token, tls=tls))
     except RestoreError as e:
         fail(str(e))
 

@@ -25,6 +25,8 @@ def recoveryd(
     restore_identity: Optional[list[str]] = restore_identity_option(),
     ingest_tokens: Optional[str] = ingest_tokens_option(),
     member: Optional[list[int]] = member_option(),
+    bulk_port: int = typer.Option(0, "--bulk-port", min=0, max=65535, help="Port (on the --listen host) restores stream large reads from, past gRPC's copies; 0: any free port, which clients learn from the shard. Open it where clients reach the shard, or restores fall back to gRPC, slower."),
+    no_bulk: bool = typer.Option(False, "--no-bulk", help="Serve no bulk port: restores read through gRPC alone."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Receive journal records from proxies and keep them in RocksDB."""
@@ -37,7 +39,8 @@ def recoveryd(
     opts = ShardOptions(host, port, data, shard_id, metrics=metrics,
                         tls=server_tls(tls_ca, tls_cert, tls_key), restore_tokens=restore_tokens,
                         restore_identities=tuple(restore_identity or ()),
-                        ingest_tokens=ingest_tokens, members=tuple(member or ()))
+                        ingest_tokens=ingest_tokens, members=tuple(member or ()),
+                        bulk_port=None if no_bulk else bulk_port)
     try:
         run_event_loop(run_shard(opts))
     except (StoreError, ServeError, SecurityError) as e:

@@ -11,6 +11,7 @@ order; equal stamps are one record (a marker every shard holds).
 from __future__ import annotations
 
 import heapq
+import logging
 import queue
 import threading
 from typing import Callable, Iterator, Sequence
@@ -18,13 +19,16 @@ from typing import Callable, Iterator, Sequence
 import grpc
 
 from logstore.pb import journal_pb2_grpc
-from logstore.pb.journal_pb2 import (BaselineInfo, FileRequest, FilesRequest, Record, ScanRequest,
-                                     ShardStatusRequest)
+from logstore.pb.journal_pb2 import (BaselineInfo, BulkRequest, FileRequest, FilesRequest, Record,
+                                     ScanRequest, ShardStatusRequest)
 from logstore.record import record_and_data
 
-from ..security import RESTORE_SERVICE, BearerToken, open_channel
+from ..security import RESTORE_SERVICE, BearerToken, TlsOptions, client_ssl_context, open_channel
 from ..status import ShardReport
+from .bulk_stream import BulkUnavailable, open_stream
 from .errors import RestoreRefused, ShardError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Shards", "RecordData", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES"]
 
@@ -43,11 +47,18 @@ class Shards:
     text, for private networks). ``token``: a bearer token sent with every
     call, for shards that want one to restore (recoveryd/security.py). Close
     it (or use it as a context manager).
+
+    Reads with data go to each shard's bulk port (``bulk_stream``) when it
+    serves one and it can be reached; else, and with ``bulk`` False,
+    through gRPC. Over TLS the bulk port is verified as the channel is,
+    which needs the files behind ``credentials``: ``tls``. Given
+    ``credentials`` without ``tls``, reads stay on gRPC.
     """
 
     def __init__(self, addresses: Sequence[str], *, credentials: grpc.ChannelCredentials | None = None,
                  token: BearerToken | None = None,
-                 status_timeout_s: float = STATUS_TIMEOUT_S) -> None:
+                 status_timeout_s: float = STATUS_TIMEOUT_S, tls: TlsOptions | None = None,
+                 bulk: bool = True) -> None:
         self.addresses = list(addresses)
         if not self.addresses:
             raise RestoreRefused("no shards given: name every recovery shard (--shard HOST:PORT, "
@@ -72,6 +83,9 @@ class Shards:
                       for name, kind in _CHUNKED.items()} for c in self._channels]
         self._journal = [journal_pb2_grpc.JournalStub(c) for c in self._channels]
         self._unimplemented: set[tuple[int, str]] = set()   # (shard, chunked method it lacks)
+        self._bulk_tls = client_ssl_context(tls) if tls is not None else None
+        self._bulk = bulk and (credentials is None or self._bulk_tls is not None)
+        self._no_bulk: dict[int, str] = {}   # shard -> why it is read through gRPC
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -182,12 +196,20 @@ class Shards:
 
     def _chunked(self, k: int, chunked: str, plain: str, request, doing: str, *,
                  apart: bool = False) -> Iterator:
+        parse = record_and_data if apart else _record
+        chunks = self._open_bulk(k, chunked, request, doing)
+        if chunks is not None:
+            try:
+                for chunk in chunks:
+                    yield from _records_in(chunk, self.name(k), parse)
+            finally:
+                chunks.close()
+            return
         stub = self._restore[k]
         if (k, chunked) in self._unimplemented:
             yield from _plain(self._stream(k, getattr(stub, plain), request, doing), apart)
             return
         call = self._raw[k][chunked](request)
-        parse = record_and_data if apart else _record
         try:
             for chunk in call:
                 yield from _records_in(chunk, self.name(k), parse)
@@ -200,6 +222,36 @@ class Shards:
             yield from _plain(self._stream(k, getattr(stub, plain), request, doing), apart)
         finally:
             call.cancel()
+
+    def _open_bulk(self, k: int, chunked: str, request, doing: str) -> Iterator[bytearray] | None:
+        """The D frames of shard ``k``'s bulk stream for ``request``, or None:
+        read it through gRPC (no data asked for, no bulk port, not reachable)."""
+        which = _BULK_KINDS.get(chunked)
+        if which is None or not request.with_data or not self._bulk or k in self._no_bulk:
+            return None
+        try:
+            ticket = self._restore[k].OpenBulk(BulkRequest(**{which: request}),
+                                               timeout=self.status_timeout_s)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION):
+                self._no_bulk[k] = "it serves no bulk port"
+                return None
+            raise self._error(k, e, doing) from None
+        if ticket.tls and self._bulk_tls is None:
+            self._no_bulk[k] = "its bulk port speaks TLS and this client has no TLS files for it"
+            return None
+        try:
+            return open_stream(_host(self.addresses[k]), ticket.port, ticket.ticket, self.name(k),
+                               tls=self._bulk_tls if ticket.tls else None)
+        except BulkUnavailable as e:
+            self._no_bulk[k] = str(e)
+            logger.warning("%s: %s; reading through gRPC (slower): open that port to this "
+                           "client, or pin it with recoveryd --bulk-port", self.name(k), e)
+            return None
+
+    def bulk_status(self) -> dict[int, str]:
+        """Shards read through gRPC for data, and why (reasons learnt so far)."""
+        return dict(self._no_bulk)
 
     def _stream(self, k: int, method, request, doing: str) -> Iterator[Record]:
         call = method(request)
@@ -235,6 +287,15 @@ def _unavailable(details: str) -> str:
 
 _CHUNKED = {"ScanChunks": ScanRequest, "FileRecordChunks": FileRequest,
             "FilesRecordChunks": FilesRequest}
+#: The chunked calls a bulk stream can stand for, and BulkRequest's field for each.
+_BULK_KINDS = {"ScanChunks": "scan", "FilesRecordChunks": "files"}
+
+
+def _host(address: str) -> str:
+    """The host of a gRPC target ``HOST:PORT`` (``[v6]:PORT`` too), as dialled."""
+    target = address.split("///", 1)[-1]
+    host = target.rpartition(":")[0] or target
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _record(chunk: bytes, start: int, end: int) -> Record:
