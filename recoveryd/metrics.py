@@ -63,6 +63,10 @@ class ShardCollector(Collector):
                     ("nfsj_restore_served_records", "Records streamed to restore clients", restore.records_total),
                     ("nfsj_restore_served_bytes", "Record bytes streamed to restore clients", restore.bytes_total)):
                 yield _one(CounterMetricFamily(name, doc, labels=["shard"]), shard, value)
+        bulk = getattr(self.running.server, "bulk", None)
+        if bulk is not None:
+            yield _one(GaugeMetricFamily("nfsj_restore_bulk_streams", "Bulk streams being served now",
+                                         labels=["shard"]), shard, bulk.streams)
         auth = getattr(self.running.server, "restore_auth", None)
         if auth is not None:  # Restore needs credentials (recoveryd/security.py)
             refused = CounterMetricFamily("nfsj_restore_refused_calls",

@@ -39,6 +39,7 @@ def export_command(
     (nolock: there is no lock manager; nothing here can change).
     """
     from recoveryd.restore import RestoreError
+    from recoveryd.security import TlsOptions
     from recoveryd.timespec import parse_time
 
     from nfsproxy.export.server import ExportOptions, run_export
@@ -56,7 +57,8 @@ def export_command(
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
         run_event_loop(run_export(ExportOptions(at, host, port, list(shard), allow_unproven,
-                                                credentials=credentials, token=token)))
+                                                credentials=credentials, token=token,
+                                                tls=TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca))))
     except RestoreError as e:
         fail(str(e))
     except OSError as e:

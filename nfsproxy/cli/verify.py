@@ -73,6 +73,7 @@ def verify_command(
 ) -> None:
     """Compare the journal at the consistent point with the live NAS; exit 1 on any difference."""
     from recoveryd.restore import RestoreClient, RestoreError, Shards
+    from recoveryd.security import TlsOptions
     from recoveryd.verify import write_result
 
     from nfsproxy.nas.client import ClientError
@@ -89,7 +90,8 @@ def verify_command(
         fail(str(e).replace("--backend", "--nas"))
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
-        shards = Shards(shard, credentials=credentials, token=token)
+        shards = Shards(shard, credentials=credentials, token=token,
+                        tls=TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca))
     except RestoreError as e:
         fail(str(e))
     client = RestoreClient(shards)

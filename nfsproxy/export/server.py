@@ -218,6 +218,7 @@ class ExportOptions:
     allow_unproven: bool = False
     credentials: Any = None  # grpc.ChannelCredentials for TLS/mTLS to the shards (None: plaintext)
     token: Any = None        # recoveryd.security.BearerToken for shards that want one to restore
+    tls: Any = None          # recoveryd.security.TlsOptions behind credentials (the bulk port's TLS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -250,7 +251,8 @@ async def start_export(opts: ExportOptions) -> RunningExport:
     from recoveryd.timespec import parse_time
 
     at = parse_time(opts.at)
-    client = RestoreClient(Shards(list(opts.shards), credentials=opts.credentials, token=opts.token))
+    client = RestoreClient(Shards(list(opts.shards), credentials=opts.credentials, token=opts.token,
+                                         tls=opts.tls))
     try:
         loop = asyncio.get_running_loop()
         cut = await loop.run_in_executor(

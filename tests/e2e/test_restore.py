@@ -582,6 +582,33 @@ def test_a_whole_tree_restore_streams_every_file_in_bulk(scenario, tmp_path):
 
 
 @ganesha
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-port", "grpc"])
+def test_contents_come_from_the_bulk_port_or_through_grpc_alike(scenario, bulk, tmp_path):
+    # The bulk port is the fast path; gRPC is what a client that cannot reach
+    # it falls back to. Both must give the NAS's tree, and with the port
+    # reachable no shard may have been read the slow way.
+    s = scenario
+    with Shards(s.shards, bulk=bulk) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t2)
+        client.restore_to_dir(cut, tmp_path / "all")
+        subtree = client.restore_to_dir(cut, tmp_path / "data", path=b"data")
+        fell_back = shards.bulk_status()
+    compare(s.truth2, tmp_path / "all")
+    assert subtree.files > 1
+    assert fell_back == {}, fell_back
+
+
+@ganesha
+def test_the_cli_restores_through_the_bulk_port(scenario, tmp_path):
+    s = scenario
+    done = nfsj("restore", "--at", str(s.t1), "--to", str(tmp_path / "r"), *shard_args(s.shards))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "reading through gRPC" not in err, err
+    compare(s.truth1, tmp_path / "r")
+
+
+@ganesha
 def test_prefetch_fills_the_read_cache_in_one_stream(scenario):
     s = scenario
     with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
