@@ -171,7 +171,13 @@ class BulkServer:
             conn.settimeout(HELLO_TIMEOUT_S)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                sock = stream.conn = self._tls.wrap_socket(conn, server_side=True)
+                # Wrapped first, shaken hands after: wrapping moves the
+                # descriptor, and stop() must reach a handshake that hangs.
+                sock = stream.conn = self._tls.wrap_socket(conn, server_side=True,
+                                                           do_handshake_on_connect=False)
+                if self._stopping:
+                    return
+                sock.do_handshake()
             ticket = parse_hello(_recv_exact(sock, HELLO_BYTES))
             opener = self.tickets.take(ticket, time.monotonic())
             if self._stopping:

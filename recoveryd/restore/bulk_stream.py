@@ -9,15 +9,17 @@ gRPC instead. From the first frame on, the records are being used, so a
 failure is the restore's: ``ShardError``. A stream is complete only when its
 end frame came and its counts match what was read.
 
-Each D frame is read straight into a buffer of its own (``recv_into``, one
-copy); the records parsed from it are views of that buffer, so a file's
-bytes go from the socket to its ``pwrite`` without another copy.
+Each D frame is read straight into a buffer of its own (one copy, and on a
+plain socket one ``recv``); the records parsed from it are views of that
+buffer, so a file's bytes go from the socket to its ``pwrite`` without
+another copy.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from typing import Iterator
 
 from ..bulk_wire import (DATA, END, ERROR, HEADER_BYTES, BulkWireError, hello, parse_end,
@@ -36,7 +38,7 @@ class BulkUnavailable(Exception):
 
 
 def open_stream(host: str, port: int, ticket: bytes, shard: str, *,
-                tls: ssl.SSLContext | None = None) -> Iterator[bytearray]:
+                tls: ssl.SSLContext | None = None) -> Iterator[bytes | bytearray]:
     """The D frames' payloads (RecordChunks in wire form) of the bulk stream
     ``ticket`` admits, on ``host:port``; the first is read before this returns."""
     try:
@@ -48,7 +50,15 @@ def open_stream(host: str, port: int, ticket: bytes, shard: str, *,
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.sendall(hello(ticket))
-        sock.settimeout(READ_TIMEOUT_S)
+        if tls is None:
+            # Blocking, so that recv(n, MSG_WAITALL) waits for a whole frame:
+            # one buffer, made by recv and never zeroed first. The kernel's
+            # receive timeout stands in for the socket's.
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                            struct.pack("ll", int(READ_TIMEOUT_S), 0))
+        else:
+            sock.settimeout(READ_TIMEOUT_S)
         reader = _Frames(sock, shard)
         first = reader.next()
     except (OSError, BulkWireError, ShardError) as e:   # ssl.SSLError is an OSError
@@ -60,7 +70,7 @@ def open_stream(host: str, port: int, ticket: bytes, shard: str, *,
     return _chunks(reader, first)
 
 
-def _chunks(reader: _Frames, first: bytearray | None) -> Iterator[bytearray]:
+def _chunks(reader: _Frames, first: bytes | bytearray | None) -> Iterator[bytes | bytearray]:
     try:
         chunk = first
         while chunk is not None:
@@ -78,18 +88,15 @@ class _Frames:
         self._shard = shard
         self._frames = 0
         self._bytes = 0
-        self._header = bytearray(HEADER_BYTES)
 
-    def next(self) -> bytearray | None:
+    def next(self) -> bytes | bytearray | None:
         """The next D payload; None at a good end. Raises ShardError."""
         try:
-            self._read_into(memoryview(self._header))
-            kind, length = parse_header(self._header)
-            payload = bytearray(length)
-            self._read_into(memoryview(payload))
+            kind, length = parse_header(self._read(HEADER_BYTES))
+            payload = self._read(length)
         except BulkWireError as e:
             raise ShardError(f"{self._shard} sent a malformed bulk stream: {e}") from None
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):   # BlockingIOError: SO_RCVTIMEO ran out
             raise ShardError(f"{self._shard} sent nothing for {READ_TIMEOUT_S:.0f} s "
                              "on its bulk stream") from None
         except OSError as e:
@@ -108,14 +115,31 @@ class _Frames:
                              f"bytes were sent, but {self._frames} of {self._bytes} came")
         return None
 
-    def _read_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            n = self._sock.recv_into(view[got:])
-            if n == 0:
-                raise ShardError(f"{self._shard}'s bulk stream was cut short (the connection "
-                                 "closed before its end)")
-            got += n
+    def _read(self, n: int) -> bytes | bytearray:
+        """Exactly ``n`` bytes: in one piece from a plain socket (MSG_WAITALL),
+        read into one buffer from a TLS one (whose recv takes no flags)."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            buf = bytearray(n)
+            view, got = memoryview(buf), 0
+            while got < n:
+                got += self._check(self._sock.recv_into(view[got:]))
+            return buf
+        first = self._sock.recv(n, socket.MSG_WAITALL)
+        if len(first) == n:
+            return first
+        pieces = [first]
+        got = self._check(len(first))
+        while got < n:   # a signal, or the timeout, cut the wait short
+            piece = self._sock.recv(n - got, socket.MSG_WAITALL)
+            got += self._check(len(piece))
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def _check(self, n: int) -> int:
+        if n == 0:
+            raise ShardError(f"{self._shard}'s bulk stream was cut short (the connection "
+                             "closed before its end)")
+        return n
 
     def close(self) -> None:
         self._sock.close()

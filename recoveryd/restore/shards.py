@@ -84,8 +84,11 @@ class Shards:
         self._journal = [journal_pb2_grpc.JournalStub(c) for c in self._channels]
         self._unimplemented: set[tuple[int, str]] = set()   # (shard, chunked method it lacks)
         self._bulk_tls = client_ssl_context(tls) if tls is not None else None
-        self._bulk = bulk and (credentials is None or self._bulk_tls is not None)
+        self._bulk = bulk
         self._no_bulk: dict[int, str] = {}   # shard -> why it is read through gRPC
+        if credentials is not None and self._bulk_tls is None:
+            self._no_bulk = dict.fromkeys(range(len(self.addresses)),
+                                          "its TLS files were not given for the bulk port")
 
     def __len__(self) -> int:
         return len(self.addresses)
