@@ -16,9 +16,15 @@ gRPC port wants them) whenever the gRPC port does, so its bytes are no
 less protected than a ScanChunks answer.
 
 Each connection runs on a thread of its own, which reads the store and
-sends; at most ``MAX_STREAMS`` at once (more are refused with a reason). A
-client that stops reading for ``SEND_TIMEOUT_S`` is dropped, so no stream
-holds a RocksDB iterator for ever. ``stop`` ends every stream before the
+sends; at most ``MAX_STREAMS`` ticketed streams at once, and
+``MAX_PENDING`` connections that have not yet shown a ticket, each given
+``HELLO_TIMEOUT_S`` in all for its handshake and hello (more are refused
+with a reason, and the client reads through gRPC). A ticketed client that
+stops reading is waited for, as gRPC's flow control waits: a restore merges
+every shard's stream in stamp order, so it leaves one shard's stream unread
+for as long as it writes a run of another's (one large file's records).
+TCP keepalive finds a client that is gone. ``stop`` cuts every connection
+off and waits for every thread (each closes its store iterator) before the
 store may close.
 """
 
@@ -35,18 +41,20 @@ from typing import Callable, Iterator
 
 from .bulk_wire import (DATA, END, END_BYTES, ERROR, HELLO_BYTES, BulkWireError, end_payload, error_payload,
                         header, parse_hello)
-from .restore_service import ServedCounters, chunk_parts
+from .restore_service import SCAN_CHUNK_BYTES, ServedCounters, chunk_parts
 
-__all__ = ["BulkServer", "Tickets", "TICKET_TTL_S", "MAX_STREAMS", "FRAME_BYTES", "SEND_TIMEOUT_S"]
+__all__ = ["BulkServer", "Tickets", "TICKET_TTL_S", "MAX_STREAMS", "MAX_PENDING", "FRAME_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 TICKET_TTL_S = 30.0
 MAX_STREAMS = 16
-#: Records gathered into one D frame (one sendmsg).
-FRAME_BYTES = 4 << 20
+MAX_PENDING = 64
+#: Records gathered into one D frame (one sendmsg): ScanChunks' message size.
+FRAME_BYTES = SCAN_CHUNK_BYTES
 HELLO_TIMEOUT_S = 10.0
-SEND_TIMEOUT_S = 120.0
+#: Keepalive: a peer silent this long is probed, and dropped after the probes.
+_KEEPIDLE_S, _KEEPINTVL_S, _KEEPCNT = 60, 10, 6
 _IOV_MAX = 1024   # pieces handed to one sendmsg (Linux's IOV_MAX)
 
 Opener = Callable[[], Iterator[bytes]]
@@ -75,6 +83,7 @@ class Tickets:
         return None if found is None else found[1]
 
     def __len__(self) -> int:
+        """Tickets held: issued, not yet used, not yet dropped as expired."""
         return len(self._open)
 
     def _drop_expired(self, now: float) -> None:
@@ -84,8 +93,9 @@ class Tickets:
 
 @dataclasses.dataclass
 class _Stream:
-    conn: socket.socket     # the TLS socket once the handshake is done
+    conn: socket.socket     # the TLS socket once wrapped
     thread: threading.Thread | None = None
+    ticketed: bool = False  # showed a good ticket: counts against MAX_STREAMS
 
 
 class BulkServer:
@@ -95,14 +105,13 @@ class BulkServer:
 
     def __init__(self, host: str, port: int, counters: ServedCounters, *,
                  tls: ssl.SSLContext | None = None, max_streams: int = MAX_STREAMS,
-                 send_timeout_s: float = SEND_TIMEOUT_S) -> None:
+                 max_pending: int = MAX_PENDING) -> None:
         self._tls = tls
         self._counters = counters
         self._max_streams = max_streams
-        self._send_timeout_s = send_timeout_s
+        self._max_pending = max_pending
         self.tickets = Tickets()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=64)
+        self._listener = _listen(host, port)
         self.port: int = self._listener.getsockname()[1]
         self._streams: dict[int, _Stream] = {}
         self._lock = threading.Lock()
@@ -116,27 +125,33 @@ class BulkServer:
 
     @property
     def streams(self) -> int:
-        """Streams being served now."""
+        """Ticketed streams being served now."""
+        return sum(1 for stream in list(self._streams.values()) if stream.ticketed)
+
+    @property
+    def connections(self) -> int:
+        """Connections open now, ticketed or not yet."""
         return len(self._streams)
 
     def admit(self, opener: Opener) -> bytes:
         """A ticket whose connection gets the records ``opener()`` gives."""
         return self.tickets.issue(opener, time.monotonic())
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop accepting, cut every stream off and wait for their threads (which
-        close their store iterators): after this the store may close."""
+    def stop(self) -> None:
+        """Stop accepting, cut every connection off and wait for their threads
+        (each closes its store iterator): after this the store may close. A
+        stream between two records stops at the next; one inside a store read
+        stops when the read returns."""
         self._stopping = True
         _shut(self._listener)
         self._listener.close()
-        self._accepting.join(timeout_s)
+        self._accepting.join()
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:
             _shut(stream.conn)
         for stream in streams:
-            if stream.thread is not None:
-                stream.thread.join(timeout_s)
+            stream.thread.join()
 
     def _accept(self) -> None:
         while not self._stopping:
@@ -150,26 +165,41 @@ class BulkServer:
             self._start(conn)
 
     def _start(self, conn: socket.socket) -> None:
+        key = conn.fileno()
         with self._lock:
-            if self._stopping or len(self._streams) >= self._max_streams:
-                busy = True
-            else:
-                busy = False
-                stream = self._streams[conn.fileno()] = _Stream(conn)
+            pending = len(self._streams) - sum(1 for s in self._streams.values() if s.ticketed)
+            busy = self._stopping or pending >= self._max_pending
+            if not busy:
+                stream = self._streams[key] = _Stream(conn)
                 stream.thread = threading.Thread(target=self._serve, args=(stream,), daemon=True,
-                                                 name=f"bulk-{conn.fileno()}")
+                                                 name=f"bulk-{key}")
         if busy:
-            _refuse(conn, f"the shard serves {self._max_streams} bulk streams already; try again")
+            _refuse(conn, f"the shard has {self._max_pending} bulk connections waiting for "
+                          "their tickets; try again")
             return
-        stream.thread.start()
+        try:
+            stream.thread.start()
+        except RuntimeError as e:   # no thread to be had: this client reads through gRPC
+            with self._lock:
+                self._streams.pop(key, None)
+            _refuse(conn, f"the shard cannot serve a bulk stream now ({e})")
+
+    def _admit(self, stream: _Stream) -> bool:
+        """Count ``stream`` as ticketed, unless MAX_STREAMS are already."""
+        with self._lock:
+            if self.streams >= self._max_streams:
+                return False
+            stream.ticketed = True
+            return True
 
     def _serve(self, stream: _Stream) -> None:
         sock = conn = stream.conn
         key = conn.fileno()
         peer = _peer(conn)
+        deadline = time.monotonic() + HELLO_TIMEOUT_S   # for the handshake and hello together
         try:
             conn.settimeout(HELLO_TIMEOUT_S)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(conn)
             if self._tls is not None:
                 # Wrapped first, shaken hands after: wrapping moves the
                 # descriptor, and stop() must reach a handshake that hangs.
@@ -178,14 +208,18 @@ class BulkServer:
                 if self._stopping:
                     return
                 sock.do_handshake()
-            ticket = parse_hello(_recv_exact(sock, HELLO_BYTES))
+            ticket = parse_hello(_recv_exact(sock, HELLO_BYTES, deadline))
             opener = self.tickets.take(ticket, time.monotonic())
             if self._stopping:
                 return
             if opener is None:
                 _send_error(sock, "unknown, used or expired ticket: ask OpenBulk for another")
                 return
-            sock.settimeout(self._send_timeout_s)
+            if not self._admit(stream):
+                _send_error(sock, f"the shard serves {self._max_streams} bulk streams already; "
+                                  "try again")
+                return
+            sock.settimeout(None)   # a reader the merge holds back is waited for
             values = opener()
             try:
                 self._send(sock, values)
@@ -210,6 +244,8 @@ class BulkServer:
         batch: list[bytes] = []
         nbytes = 0
         for value in values:
+            if self._stopping:
+                raise OSError("the shard is stopping")
             batch.append(value)
             nbytes += len(value)
             if nbytes >= FRAME_BYTES:
@@ -245,14 +281,39 @@ def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
             views[at] = views[at][sent:]
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     out = bytearray()
     while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BulkWireError(f"no hello within {HELLO_TIMEOUT_S:.0f} s")
+        sock.settimeout(left)
         got = sock.recv(n - len(out))
         if not got:
             raise BulkWireError("the client closed before its hello")
         out += got
     return bytes(out)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket where gRPC would listen for ``host``: ``::`` (or an
+    empty host) on IPv6 and IPv4 both, a name on its first address's family."""
+    if host in ("", "::", "[::]"):
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("::", port), family=socket.AF_INET6,
+                                        dualstack_ipv6=True, backlog=64)
+        host = "0.0.0.0"
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=64)
+
+
+def _tune(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", _KEEPIDLE_S), ("TCP_KEEPINTVL", _KEEPINTVL_S),
+                          ("TCP_KEEPCNT", _KEEPCNT)):
+        if hasattr(socket, option):   # Linux names; elsewhere the system's defaults
+            conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _send_error(sock: socket.socket, text: str) -> None:
@@ -274,8 +335,11 @@ def _refuse(conn: socket.socket, text: str) -> None:
 
 
 def _shut(sock: socket.socket) -> None:
+    """Shut the connection under ``sock`` down: socket.socket's own shutdown,
+    never SSLSocket's, which drops the TLS state first (a thread then inside
+    sendall would send the rest of its frame in clear)."""
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
 

@@ -21,8 +21,8 @@ endian) | payload``:
   message;
 * ``E``: the end: ``frames (8 bytes) | bytes (8 bytes)``, the number of
   ``D`` frames and of their payload bytes. Only this makes a stream
-  complete: a connection that closes before it was cut short, and the
-  client says so rather than restoring less than the journal holds;
+  complete: a connection that closes before its end frame was cut short,
+  and the client says so rather than restoring less than the journal holds;
 * ``X``: the shard refuses or failed: UTF-8 text, one line. Nothing follows.
 """
 
@@ -42,9 +42,9 @@ HELLO_BYTES = len(MAGIC) + 1 + TICKET_BYTES
 HEADER_BYTES = 5
 END_BYTES = 16
 DATA, END, ERROR = b"D"[0], b"E"[0], b"X"[0]
-#: A frame longer than this is refused unread: a D frame is a few MiB of
-#: records (one record is at most an NFS write and its header).
-MAX_FRAME_BYTES = 512 << 20
+#: A frame longer than this is refused unread: a D frame is 4 MiB of records
+#: and at most one more (a record is at most an ingest message, 64 MiB).
+MAX_FRAME_BYTES = 128 << 20
 MAX_ERROR_BYTES = 4096
 
 _HEADER = struct.Struct(">BI")

@@ -192,10 +192,13 @@ def server_ssl_context(opts: TlsOptions | None) -> ssl.SSLContext | None:
     if server_credentials(opts) is None:   # every check, and its one-line errors
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(opts.cert, opts.key)
-    if opts.require_client_cert:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=opts.ca)
+    try:
+        context.load_cert_chain(opts.cert, opts.key)
+        if opts.require_client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=opts.ca)
+    except ssl.SSLError as e:
+        raise SecurityError(f"TLS for the bulk port: {e.reason or e}") from None
     return context
 
 

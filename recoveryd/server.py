@@ -493,6 +493,7 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
     for TLS or token settings that cannot work.
     """
     credentials = server_credentials(tls)
+    bulk_tls = server_ssl_context(tls) if bulk_port is not None else None
     mtls = credentials is not None and tls is not None and tls.require_client_cert
     auth = RestoreAuth(restore_tokens, restore_identities, verified_client_certs=mtls)
     ingest_auth = IngestAuth(ingest_tokens, verified_client_certs=mtls, members=store.members)
@@ -526,12 +527,18 @@ async def start_server(store: ShardStore, hlc: HLC, host: str, port: int, *,
         raise ServeError(f"cannot listen on {address}")
     if bulk_port is not None:
         try:
-            restore.bulk = BulkServer(host, bulk_port, restore.counters, tls=server_ssl_context(tls))
+            restore.bulk = BulkServer(host, bulk_port, restore.counters, tls=bulk_tls)
         except OSError as e:
             executor.shutdown(wait=False)
             raise ServeError(f"cannot serve the bulk port on {host}:{bulk_port} ({e.strerror or e}); "
                              "pick a free one with --bulk-port, or --no-bulk") from None
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        if restore.bulk is not None:
+            restore.bulk.stop()
+        executor.shutdown(wait=False)
+        raise
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(JOURNAL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"

@@ -133,11 +133,13 @@ async def run_shard(opts: ShardOptions) -> None:
     except OSError as e:
         await running.stop()
         raise ServeError(f"cannot serve metrics on {opts.metrics} ({e.strerror}); pick a free port with --metrics") from None
-    bulk = running.server.bulk
     print(f"nfsj recoveryd: shard {opts.shard_id} serving on {opts.listen_host}:{running.port}, "
           f"data {opts.data_dir}, metrics http://{metrics_host}:{metrics_port}/metrics", flush=True)
-    logger.info("shard %d: %s", opts.shard_id,
-                f"bulk port {bulk.port}" + (" (TLS)" if bulk.tls else "") if bulk else "no bulk port")
+    bulk = running.server.bulk
+    if bulk is None:
+        logger.info("shard %d: no bulk port (restores read through gRPC)", opts.shard_id)
+    else:
+        logger.info("shard %d: bulk port %d%s", opts.shard_id, bulk.port, " (TLS)" if bulk.tls else "")
     logger.info("shard %d: %s; %s", opts.shard_id, running.server.security,
                 running.server.ingest_security)
     try:

@@ -14,6 +14,7 @@ import heapq
 import logging
 import queue
 import threading
+import time
 from typing import Callable, Iterator, Sequence
 
 import grpc
@@ -28,14 +29,19 @@ from ..status import ShardReport
 from .bulk_stream import BulkUnavailable, open_stream
 from .errors import RestoreRefused, ShardError
 
-logger = logging.getLogger(__name__)
+__all__ = ["Shards", "RecordData", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES",
+           "BULK_RETRY_S"]
 
-__all__ = ["Shards", "RecordData", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES"]
+logger = logging.getLogger(__name__)
 
 #: A record parsed without its data, and its data (a view of the message it came in).
 RecordData = tuple[Record, "bytes | memoryview"]
 
 STATUS_TIMEOUT_S = 5.0
+#: OpenBulk is a lookup and a ticket; past this the data is read through gRPC.
+BULK_OPEN_TIMEOUT_S = 30.0
+#: A bulk port that failed for a reason that may pass (busy, unreachable) is tried again after this.
+BULK_RETRY_S = 60.0
 BASELINES_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 512 << 20
 
@@ -85,7 +91,10 @@ class Shards:
         self._unimplemented: set[tuple[int, str]] = set()   # (shard, chunked method it lacks)
         self._bulk_tls = client_ssl_context(tls) if tls is not None else None
         self._bulk = bulk
+        self._secure = credentials is not None
         self._no_bulk: dict[int, str] = {}   # shard -> why it is read through gRPC
+        self._bulk_retry_at: dict[int, float] = {}   # ... until then (absent: for good)
+        self._warned_bulk: set[int] = set()
         if credentials is not None and self._bulk_tls is None:
             self._no_bulk = dict.fromkeys(range(len(self.addresses)),
                                           "its TLS files were not given for the bulk port")
@@ -226,20 +235,28 @@ class Shards:
         finally:
             call.cancel()
 
-    def _open_bulk(self, k: int, chunked: str, request, doing: str) -> Iterator[bytearray] | None:
+    def _open_bulk(self, k: int, chunked: str, request, doing: str) -> Iterator[bytes] | None:
         """The D frames of shard ``k``'s bulk stream for ``request``, or None:
         read it through gRPC (no data asked for, no bulk port, not reachable)."""
         which = _BULK_KINDS.get(chunked)
-        if which is None or not request.with_data or not self._bulk or k in self._no_bulk:
+        if which is None or not request.with_data or not self._bulk or self._bulk_off(k):
             return None
         try:
             ticket = self._restore[k].OpenBulk(BulkRequest(**{which: request}),
-                                               timeout=self.status_timeout_s)
+                                               timeout=BULK_OPEN_TIMEOUT_S)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION):
                 self._no_bulk[k] = "it serves no bulk port"
                 return None
+            if e.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._bulk_later(k, "it did not hand out a bulk ticket in time")
+                return None
             raise self._error(k, e, doing) from None
+        if self._secure and not ticket.tls:
+            # Over TLS, never in clear: a shard behind something that ends
+            # TLS in front of it says so truthfully.
+            self._no_bulk[k] = "its bulk port speaks no TLS, and its gRPC channel does"
+            return None
         if ticket.tls and self._bulk_tls is None:
             self._no_bulk[k] = "its bulk port speaks TLS and this client has no TLS files for it"
             return None
@@ -247,10 +264,29 @@ class Shards:
             return open_stream(_host(self.addresses[k]), ticket.port, ticket.ticket, self.name(k),
                                tls=self._bulk_tls if ticket.tls else None)
         except BulkUnavailable as e:
-            self._no_bulk[k] = str(e)
-            logger.warning("%s: %s; reading through gRPC (slower): open that port to this "
-                           "client, or pin it with recoveryd --bulk-port", self.name(k), e)
+            self._bulk_later(k, str(e))
             return None
+
+    def _bulk_off(self, k: int) -> bool:
+        """Shard ``k`` is read through gRPC: for good, or until its retry time."""
+        if k not in self._no_bulk:
+            return False
+        retry = self._bulk_retry_at.get(k)
+        if retry is not None and time.monotonic() >= retry:
+            del self._no_bulk[k], self._bulk_retry_at[k]
+            return False
+        return True
+
+    def _bulk_later(self, k: int, why: str) -> None:
+        """Read shard ``k`` through gRPC for BULK_RETRY_S (it may be busy, or
+        its port closed to this client), and say so once."""
+        if k not in self._warned_bulk:
+            self._warned_bulk.add(k)
+            hint = ("open that port to this client, or pin it with recoveryd --bulk-port"
+                    if "cannot reach" in why else "the next read tries it again")
+            logger.warning("%s: %s; reading through gRPC (slower): %s", self.name(k), why, hint)
+        self._no_bulk[k] = why
+        self._bulk_retry_at[k] = time.monotonic() + BULK_RETRY_S
 
     def bulk_status(self) -> dict[int, str]:
         """Shards read through gRPC for data, and why (reasons learnt so far)."""

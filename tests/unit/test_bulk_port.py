@@ -33,7 +33,7 @@ from recoveryd.bulk_wire import (DATA, END, END_BYTES, ERROR, HEADER_BYTES, HELL
                                  parse_hello)
 from recoveryd.restore import ShardError, Shards
 from recoveryd.restore.bulk_stream import BulkUnavailable, open_stream
-from recoveryd.restore_service import ServedCounters
+from recoveryd.restore_service import ServedCounters, chunk_parts
 from recoveryd.security import BearerToken, TlsOptions, open_channel, server_ssl_context
 from recoveryd.server import ServeError
 from test_security import GOOD, Shard, client, mtls, pki, standard_tokens, tls  # noqa: F401  (pki: a fixture)
@@ -494,12 +494,28 @@ def test_clients_that_misbehave_do_not_stop_the_next_one(shard, records):
         silent.close()
 
 
-def test_a_busy_bulk_port_refuses_with_a_reason_and_the_reader_is_told():
-    server = BulkServer("127.0.0.1", 0, ServedCounters(), max_streams=1)
-    occupant = socket.create_connection(("127.0.0.1", server.port))   # silent: holds the one slot
+def test_connections_without_a_ticket_are_few_and_refused_with_a_reason():
+    # Anyone can connect: those who have shown no ticket get a few slots of
+    # their own, and never take a ticketed reader's.
+    server = BulkServer("127.0.0.1", 0, ServedCounters(), max_pending=1)
+    occupant = socket.create_connection(("127.0.0.1", server.port))   # silent
     try:
-        wait_until(lambda: server.streams == 1)
-        assert "1 bulk streams already" in refusal(server.port, b"")
+        wait_until(lambda: server.connections == 1)
+        assert "waiting for their tickets" in refusal(server.port, b"")
+        with pytest.raises(BulkUnavailable):
+            open_stream("127.0.0.1", server.port, server.admit(opener_of([b"r"])), "shard 0")
+    finally:
+        occupant.close()
+        server.stop()
+
+
+def test_a_busy_bulk_port_refuses_a_ticket_with_a_reason():
+    server = BulkServer("127.0.0.1", 0, ServedCounters(), max_streams=1)
+    records = Endless()
+    occupant = stalled_reader(server, records)   # a ticketed stream, held
+    try:
+        assert server.streams == 1
+        assert "1 bulk streams already" in refusal(server.port, hello(server.admit(opener_of([b"r"]))))
         with pytest.raises(BulkUnavailable):
             open_stream("127.0.0.1", server.port, server.admit(opener_of([b"r"])), "shard 0")
     finally:
@@ -644,7 +660,7 @@ def test_stop_cuts_off_a_stream_blocked_sending_and_closes_its_iterator():
     sock = stalled_reader(server, records)
     try:
         assert server.streams == 1 and not records.closed.is_set()
-        stopping = threading.Thread(target=server.stop, kwargs={"timeout_s": 30})
+        stopping = threading.Thread(target=server.stop)
         stopping.start()
         stopping.join(60)
         assert not stopping.is_alive()
@@ -654,23 +670,39 @@ def test_stop_cuts_off_a_stream_blocked_sending_and_closes_its_iterator():
         sock.close()
 
 
-def test_stop_cuts_off_a_client_that_never_sent_its_hello():
+def stop_within(server: BulkServer, seconds: float) -> bool:
+    """Whether ``server.stop()`` returned within ``seconds`` (a hang check)."""
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    stopping.join(seconds)
+    return not stopping.is_alive()
+
+
+def test_stop_cuts_off_a_client_that_never_sent_its_hello(monkeypatch):
+    monkeypatch.setattr(bulk_server, "HELLO_TIMEOUT_S", 60.0)   # long enough to tell
     server = BulkServer("127.0.0.1", 0, ServedCounters())
     with socket.create_connection(("127.0.0.1", server.port)):
-        wait_until(lambda: server.streams == 1)
-        server.stop(timeout_s=30)
-        assert server.streams == 0
+        wait_until(lambda: server.connections == 1)
+        assert server.streams == 0   # no ticket shown: not a stream yet
+        assert stop_within(server, 20)
+        assert server.connections == 0
 
 
-def test_a_client_that_stops_reading_is_dropped_and_its_iterator_closed():
-    server = BulkServer("127.0.0.1", 0, ServedCounters(), send_timeout_s=0.5)
-    records = Endless()
-    sock = stalled_reader(server, records)
+def test_a_reader_held_back_by_the_merge_gets_its_whole_stream(monkeypatch):
+    """A restore merges every shard's stream in stamp order, so it leaves one
+    stream unread while it writes a long run of another shard's records: the
+    shard must wait for it as gRPC's flow control does, not drop it (no
+    timeout of the hello's, or any other, may end a ticketed stream)."""
+    monkeypatch.setattr(bulk_server, "HELLO_TIMEOUT_S", 0.5)
+    values = [bytes([k]) * (1 << 20) for k in range(12)]   # 3 frames
+    server = BulkServer("127.0.0.1", 0, ServedCounters())
     try:
-        assert records.closed.wait(60)   # no stop: the send timeout ended it
-        wait_until(lambda: server.streams == 0)
+        chunks = open_stream("127.0.0.1", server.port, server.admit(opener_of(values)), "shard 0")
+        first = next(chunks)
+        time.sleep(2.0)   # held back, past every timeout the hello had
+        got = [first, *chunks]
+        assert b"".join(got) == b"".join(chunk_parts(values))
     finally:
-        sock.close()
         server.stop()
 
 
@@ -759,6 +791,24 @@ def test_stop_cuts_off_a_client_stuck_in_the_tls_handshake(pki, monkeypatch):
     server = BulkServer("127.0.0.1", 0, ServedCounters(),
                         tls=server_ssl_context(TlsOptions(pki.server.cert, pki.server.key)))
     with socket.create_connection(("127.0.0.1", server.port)):   # TCP only: no ClientHello
-        wait_until(lambda: server.streams == 1)
-        server.stop(timeout_s=2)
-        assert server.streams == 0
+        wait_until(lambda: server.connections == 1)
+        assert stop_within(server, 20)
+        assert server.connections == 0
+
+
+def test_a_busy_bulk_port_is_tried_again_later(started, records, monkeypatch):
+    # Busy is a passing state: one refusal must not send a long-lived reader
+    # (nfsj export) through gRPC for the rest of its life.
+    shard = started(held=records)
+    bulk = shard.server.bulk
+    monkeypatch.setattr(bulk, "_max_streams", 0)   # every ticket refused as busy
+    with Shards([shard.address]) as shards:
+        assert pairs(shards.scan_apart(ScanRequest(with_data=True))) == expected(records)
+        assert "bulk streams already" in shards.bulk_status()[0]
+        monkeypatch.setattr(bulk, "_max_streams", 16)
+        assert pairs(shards.scan_apart(ScanRequest(with_data=True))) == expected(records)
+        assert shards.bulk_status()[0]   # not yet: it waits BULK_RETRY_S
+        shards._bulk_retry_at[0] = 0.0   # its retry time has come
+        opened = streams_opened(shard, monkeypatch)
+        assert pairs(shards.scan_apart(ScanRequest(with_data=True))) == expected(records)
+        assert shards.bulk_status() == {} and len(opened) == 1
