@@ -43,7 +43,8 @@ def parse_time_option(text: str, option: str) -> Stamp:
 
 
 def restore_client(shard: list[str] | None, tls_ca: str | None = None, tls_cert: str | None = None,
-            tls_key: str | None = None, token_file: str | None = None) -> RestoreClient:
+            tls_key: str | None = None, token_file: str | None = None, *,
+            bulk: bool = True) -> RestoreClient:
     from recoveryd.heap import keep_freed_memory, quiet_collector
     from recoveryd.restore import RestoreClient, RestoreError, Shards
     from recoveryd.security import TlsOptions
@@ -58,7 +59,7 @@ def restore_client(shard: list[str] | None, tls_ca: str | None = None, tls_cert:
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     try:
         tls = TlsOptions(cert=tls_cert, key=tls_key, ca=tls_ca)   # the bulk port's TLS
-        return RestoreClient(Shards(shard, credentials=credentials, token=token, tls=tls))
+        return RestoreClient(Shards(shard, credentials=credentials, token=token, tls=tls, bulk=bulk))
     except RestoreError as e:
         fail(str(e))
 

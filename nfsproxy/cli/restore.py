@@ -46,6 +46,9 @@ def restore_command(
     tls_key: Optional[str] = tls_key_option(),
     token_file: Optional[str] = token_file_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar or lines) on stderr."),
+    bulk: bool = typer.Option(True, "--bulk/--no-bulk",
+                              help="Read file contents from the shards' bulk ports (the default) "
+                                   "or through gRPC alone (slower; for a network that blocks them)."),
 ) -> None:
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
     from recoveryd.restore import RestoreError, check_dest
@@ -58,7 +61,7 @@ def restore_command(
             check_dest(to)  # before asking any shard anything
         except RestoreError as e:
             fail(str(e))
-    client = restore_client(shard, tls_ca, tls_cert, tls_key, token_file)
+    client = restore_client(shard, tls_ca, tls_cert, tls_key, token_file, bulk=bulk)
     try:
         nas_address = nas_target(to=to, to_nas=to_nas, nas=nas, into=into)
         cut = client.cut(moment, allow_unproven=allow_unproven)

@@ -29,7 +29,9 @@ What runs, on one disk (everything lives under one work directory):
    0.42 to 3.1 s depending on what had been freed before it, so the ratio
    measured the VM. Warmed, `cp -a` copies at page-cache speed, as on a
    machine without that feature. The restored tree is then compared with
-   the source (paths, types, contents, modes, mtimes), untimed.
+   the source (paths, types, contents, modes, mtimes), untimed. Then the
+   same restore with its contents read through gRPC (`--no-bulk`) next to
+   it through the shards' bulk ports, in both orders, with the shards' CPU.
    Then the same moment pushed back onto the NAS (`nfsj restore --to-nas
    --into pushed`, through ganesha), and read through `nfsj export` (every
    file read whole with our own NFS client, 1 MiB READs), each next to the
@@ -117,6 +119,12 @@ def nfsj(*args: str, timeout_s: float = HANG_S) -> subprocess.CompletedProcess:
     if done.returncode != 0:
         raise SystemExit(f"nfsj {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def now_bound() -> Stamp:
@@ -298,10 +306,14 @@ def main() -> None:
             sync()
             warmed.append(prewarm_memory(warm_bytes))
 
-        def restore(dest: Path) -> tuple[float, float]:
+        def restore(dest: Path, *flags: str) -> tuple[float, float]:
             ready()
-            t, _ = timed(nfsj, "restore", "--at", str(t1), "--to", str(dest), "--quiet", *shard_args)
+            t, _ = timed(nfsj, "restore", "--at", str(t1), "--to", str(dest), "--quiet", *flags,
+                         *shard_args)
             return t, sync()
+
+        def shards_cpu() -> float:
+            return sum(process_cpu(s.proc.pid) for s in shards)
 
         def copy(dest: Path) -> tuple[float, float]:
             ready()
@@ -339,6 +351,21 @@ def main() -> None:
             f"(with sync: {with_sync:.3f}x); restore first: "
             f"{runs['cp'][0][0] / runs['restore'][0][0]:.3f}x, restore second: "
             f"{runs['cp'][1][0] / runs['restore'][1][0]:.3f}x")
+
+        # The same restore with contents read through gRPC instead of the
+        # shards' bulk ports, in both orders: what the bulk port buys.
+        paths: dict[str, list[tuple[float, float]]] = {"bulk port": [], "gRPC": []}
+        for k, order in enumerate((("gRPC", "bulk port"), ("bulk port", "gRPC"))):
+            for how in order:
+                before = shards_cpu()
+                t, _ = restore(work / f"via-{how.replace(' ', '-')}-{k}",
+                               *(["--no-bulk"] if how == "gRPC" else []))
+                paths[how].append((t, shards_cpu() - before))
+        for how, done in paths.items():
+            say(f"  nfsj restore, contents via {how:9s} {', '.join(f'{t:.2f}s' for t, _ in done)}; "
+                f"shards' CPU {', '.join(f'{c:.2f}s' for _, c in done)}")
+        bulk_t, grpc_t = (sum(t for t, _ in paths[h]) / 2 for h in ("bulk port", "gRPC"))
+        say(f"  bulk port / gRPC: throughput {grpc_t / bulk_t:.3f}x")
 
         # -- push-back and export reads ----------------------------------------------------------
         t0 = time.perf_counter()

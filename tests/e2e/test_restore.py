@@ -599,9 +599,11 @@ def test_contents_come_from_the_bulk_port_or_through_grpc_alike(scenario, bulk, 
 
 
 @ganesha
-def test_the_cli_restores_through_the_bulk_port(scenario, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--no-bulk"]], ids=["bulk-port", "no-bulk"])
+def test_the_cli_restores_through_the_bulk_port_or_without_it(scenario, flags, tmp_path):
     s = scenario
-    done = nfsj("restore", "--at", str(s.t1), "--to", str(tmp_path / "r"), *shard_args(s.shards))
+    done = nfsj("restore", "--at", str(s.t1), "--to", str(tmp_path / "r"), *flags,
+                *shard_args(s.shards))
     err = done.stderr.decode()
     assert done.returncode == 0, err
     assert "reading through gRPC" not in err, err
