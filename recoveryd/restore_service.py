@@ -20,6 +20,10 @@ access to the records one shard holds, for ``recoveryd.restore`` to merge.
   (``RecordChunk``): a file written 10,000 times is a few messages, not
   10,000, and records with data go out as stored, not parsed and
   serialized again.
+* ``OpenBulk``: a ticket for the records a ``ScanChunks`` or
+  ``FilesRecordChunks`` request names, served on the shard's bulk port
+  (bulk_server.py) rather than through gRPC; the request is checked here,
+  where the call was authorized, and read when the ticket's connection comes.
 * ``Baselines``: the baselines whose ``BASELINE_BEGIN`` this shard holds,
   oldest first, with their ``BASELINE_END`` when held. Markers go to every
   shard (logstore/sharding.py); a baseline is complete only when *every*
