@@ -25,7 +25,7 @@ def recoveryd(
     restore_identity: Optional[list[str]] = restore_identity_option(),
     ingest_tokens: Optional[str] = ingest_tokens_option(),
     member: Optional[list[int]] = member_option(),
-    bulk_port: int = typer.Option(0, "--bulk-port", min=0, max=65535, help="Port (on the --listen host) restores stream large reads from, past gRPC's copies; 0: any free port, which clients learn from the shard. Open it where clients reach the shard, or restores fall back to gRPC, slower."),
+    bulk_port: int = typer.Option(0, "--bulk-port", min=0, max=65535, help="Port (on the --listen host) restores stream large reads from, past gRPC's copies; 0: any free port, which clients learn from the shard. Open it where clients reach the shard, or restores fall back to gRPC, which costs both ends more CPU."),
     no_bulk: bool = typer.Option(False, "--no-bulk", help="Serve no bulk port: restores read through gRPC alone."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

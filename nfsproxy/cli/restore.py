@@ -48,7 +48,7 @@ def restore_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar or lines) on stderr."),
     bulk: bool = typer.Option(True, "--bulk/--no-bulk",
                               help="Read file contents from the shards' bulk ports (the default) "
-                                   "or through gRPC alone (slower; for a network that blocks them)."),
+                                   "or through gRPC alone (more CPU on both ends; for a network that blocks the ports)."),
 ) -> None:
     """Rebuild the export (or a subtree) as it was at TIME into a local directory."""
     from recoveryd.restore import RestoreError, check_dest

@@ -284,7 +284,7 @@ class Shards:
             self._warned_bulk.add(k)
             hint = ("open that port to this client, or pin it with recoveryd --bulk-port"
                     if "cannot reach" in why else "the next read tries it again")
-            logger.warning("%s: %s; reading through gRPC (slower): %s", self.name(k), why, hint)
+            logger.warning("%s: %s; reading through gRPC (more CPU on both ends): %s", self.name(k), why, hint)
         self._no_bulk[k] = why
         self._bulk_retry_at[k] = time.monotonic() + BULK_RETRY_S
 
