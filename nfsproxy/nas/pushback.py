@@ -5,9 +5,9 @@ from the Restore API (`RestoreClient.tree`), reads each file's content
 through it (`RestoreClient.read`) and recreates everything with our NFS
 client (`nfsproxy.nas.client.NfsClient`): MKDIR, CREATE GUARDED, WRITE in 1 MiB
 chunks (UNSTABLE, then one COMMIT per file, rewriting the file if the write
-verifier changed in between), SYMLINK, LINK for a second name of an object
-already pushed, MKNOD for FIFOs, sockets and devices. Attributes come last:
-one SETATTR of owner, mode and times (owner first, on its own, when the mode
+verifier changed in between; a file of one WRITE is written FILE_SYNC,
+with no COMMIT), SYMLINK, LINK for a second name of an object already
+pushed, MKNOD for FIFOs, sockets and devices. Attributes come last: one SETATTR of owner, mode and times (owner first, on its own, when the mode
 has setuid or setgid bits, which a chown clears), for each object after its
 content (writes change mtime), and for directories bottom-up once
 everything inside them exists (a new entry changes its directory's mtime).
@@ -451,10 +451,15 @@ class _Pusher:
                 data = self.client.read(self.cut, fh, offset, CHUNK_BYTES, neighbours=True)
                 if not data:
                     break
+                # A file that is one WRITE is written FILE_SYNC: the NAS syncs
+                # it as a COMMIT would, and the COMMIT's round trip is saved
+                # (most files of a tree are smaller than a WRITE).
+                stable = StableHow.FILE_SYNC if offset == 0 and len(data) < CHUNK_BYTES \
+                    else StableHow.UNSTABLE
                 view = memoryview(data)
                 done = 0
                 while done < len(view):
-                    res = nfs.write(nas_fh, offset + done, view[done:], StableHow.UNSTABLE)
+                    res = nfs.write(nas_fh, offset + done, view[done:], stable)
                     if res.count == 0:
                         raise ProtocolError(f"{show_name(rel)}: WRITE at {offset + done} wrote nothing")
                     done += res.count

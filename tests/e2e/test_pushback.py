@@ -196,3 +196,47 @@ def test_push_prints_plain_progress_lines_when_not_on_a_terminal(restorable, mon
         assert not diff(r.truth, snapshot(target, mtimes=True), names=("the truth at T", "pushed"))
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+class CountingNfs(NfsClient):
+    """An NfsClient that counts its COMMITs and the stability of its WRITEs."""
+
+    def __init__(self, *args, counts: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counts = counts
+
+    def write(self, fh, offset, data, stable, *args, **kwargs):
+        self.counts[stable.name] = self.counts.get(stable.name, 0) + 1
+        return super().write(fh, offset, data, stable, *args, **kwargs)
+
+    def commit(self, *args, **kwargs):
+        self.counts["COMMIT"] = self.counts.get("COMMIT", 0) + 1
+        return super().commit(*args, **kwargs)
+
+
+def test_a_file_of_one_write_is_pushed_file_sync_without_a_commit(restorable):
+    # Most files of a tree are smaller than one WRITE: each is written
+    # FILE_SYNC, and no COMMIT round trip follows. Larger files keep
+    # UNSTABLE WRITEs and one COMMIT each.
+    from recoveryd.restore import RestoreClient, Shards
+    r = restorable
+    nas = r.stack.nas
+    counts: dict = {}
+
+    def connect():
+        return CountingNfs("127.0.0.1", nas.nfs_port, nas.mount_port, "/export", counts=counts)
+
+    with RestoreClient(Shards([s.address for s in r.stack.shards])) as client:
+        try:
+            cut = client.cut(r.at)
+            with connect() as nfs:
+                push_to_nas(client, cut, nfs, into="file-sync", connect=connect, fillers=2)
+        finally:
+            client.shards.close()
+    pushed = snapshot(nas.export_dir / "file-sync", mtimes=True)
+    assert not diff(r.truth, pushed, names=("the truth at T", "pushed"))
+    files = [e for e in r.truth.values() if e.type == "reg"]
+    small = sum(1 for e in files if e.nlink == 1 and 0 < e.size < (1 << 20))   # one name: one write
+    large = sum(1 for e in files if e.size >= (1 << 20))
+    assert small and counts.get("FILE_SYNC", 0) >= small, counts
+    assert counts.get("COMMIT", 0) <= large, counts
