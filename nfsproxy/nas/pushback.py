@@ -7,8 +7,9 @@ client (`nfsproxy.nas.client.NfsClient`): MKDIR, CREATE GUARDED, WRITE in 1 MiB
 chunks (UNSTABLE, then one COMMIT per file, rewriting the file if the write
 verifier changed in between; a file of one WRITE is written FILE_SYNC,
 with no COMMIT), SYMLINK, LINK for a second name of an object already
-pushed, MKNOD for FIFOs, sockets and devices. Attributes come last: one SETATTR of owner, mode and times (owner first, on its own, when the mode
-has setuid or setgid bits, which a chown clears), for each object after its
+pushed, MKNOD for FIFOs, sockets and devices. Attributes come last: one
+SETATTR of owner, mode and times (owner first, on its own, when the mode has
+setuid or setgid bits, which a chown clears), for each object after its
 content (writes change mtime), and for directories bottom-up once
 everything inside them exists (a new entry changes its directory's mtime).
 Objects are created owner-only (0700 directories, 0600 files) until then,
