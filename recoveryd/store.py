@@ -294,11 +294,15 @@ def store_options(path: str | os.PathLike[str]) -> Options:
     take the defaults).
 
     The records have a column family of their own. Their keys are stamps, so
-    each memtable flushed holds a range above the ones before it, and
-    compaction moves such files down the levels without rewriting them. Mixed
-    with the per-file index, whose keys lead with file handles, every file
-    overlapped every other and each byte of file data was rewritten at every
-    level.
+    each memtable flushed mostly holds a range above the ones before it.
+    Mixed with the per-file index, whose keys lead with file handles, every
+    file overlapped every other and each byte of file data was rewritten at
+    every level. Apart, consecutive flushes still overlap at their edges (the
+    LOG's order is not quite stamp order), so compaction does rewrite some
+    records: measured, 166 MB of a 544 MiB ingest of 1 MiB writes, 12% of
+    the shard's CPU. The family keeps RocksDB's default L0 trigger (4 files):
+    it is made with default options, and a family keeps the options it was
+    made with.
 
     A shard writes far more than it reads, so what it writes stays out of
     the page cache: flushes and compactions use direct I/O where the file
