@@ -77,7 +77,8 @@ from nfsproxy.ship.shipper import Shipper, ShipperOptions  # noqa: E402
 from recoveryd.status import fetch_status  # noqa: E402
 from recoveryd.store import store_options  # noqa: E402
 
-from host import dist_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
+from host import (dist_version, filesystem, git_head, host_line, prewarm_memory,  # noqa: E402  (tests/bench is the script's directory)
+                  process_cpu_s)
 
 MiB = 1 << 20
 DATA_BYTES = 4096
@@ -100,12 +101,6 @@ def machine(workdir: Path) -> list[str]:
         f"protobuf {dist_version('protobuf')}",
         f"code: {git_head(REPO)}",
     ]
-
-
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------

@@ -115,7 +115,8 @@ from libnfs_load import (Connection, NfsTarget, library_path, metadata_mix,  # n
                          write_latency_qd1, write_throughput)
 from nfsproxy.demo.ganesha import start_ganesha, stop_rpcbind_if_started  # noqa: E402
 
-from host import dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
+from host import (dpkg_version, filesystem, git_head, host_line, prewarm_memory,  # noqa: E402  (tests/bench is the script's directory)
+                  process_cpu_s)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 N_SHARDS = 2
@@ -232,13 +233,6 @@ def machine() -> list[str]:
 
 # --------------------------------------------------------------------------
 # CPU accounting
-
-
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (all threads, live and ended), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:

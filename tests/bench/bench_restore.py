@@ -80,7 +80,8 @@ from nfsproxy.wire.nfs3 import Ftype3, StableHow  # noqa: E402
 from recoveryd.restore import RestoreClient, Shards  # noqa: E402
 from recoveryd.status import fetch_status, overall  # noqa: E402
 
-from host import dist_version, dpkg_version, filesystem, git_head, host_line, prewarm_memory  # noqa: E402  (tests/bench is the script's directory)
+from host import (dist_version, dpkg_version, filesystem, git_head, host_line,  # noqa: E402  (tests/bench is the script's directory)
+                  prewarm_memory, process_cpu_s)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 M32 = (1 << 32) - 1
@@ -119,12 +120,6 @@ def nfsj(*args: str, timeout_s: float = HANG_S) -> subprocess.CompletedProcess:
     if done.returncode != 0:
         raise SystemExit(f"nfsj {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def now_bound() -> Stamp:
@@ -313,7 +308,7 @@ def main() -> None:
             return t, sync()
 
         def shards_cpu() -> float:
-            return sum(process_cpu(s.proc.pid) for s in shards)
+            return sum(process_cpu_s(s.proc.pid) for s in shards)
 
         def copy(dest: Path) -> tuple[float, float]:
             ready()

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["host_line", "filesystem", "git_head", "dist_version", "dpkg_version", "prewarm_memory",
+__all__ = ["process_cpu_s", "host_line", "filesystem", "git_head", "dist_version", "dpkg_version", "prewarm_memory",
            "free_page_reporting"]
 
 
@@ -123,3 +123,10 @@ def prewarm_memory(nbytes: int) -> float:
     finally:
         area.close()
     return time.perf_counter() - t0
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (all threads, live and ended), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
