@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from . import app, fail, skip_teardown
-from .security_options import (client_security, tls_ca_option, tls_cert_option, tls_key_option,
+from .security_options import (client_security, client_tls, tls_ca_option, tls_cert_option, tls_key_option,
                                token_file_option)
 
 #: recoveryd.status.DEFAULT_TIMEOUT_S, spelled here so that --help loads no gRPC.
@@ -50,6 +50,7 @@ def status_command(
     credentials, token = client_security(tls_ca, tls_cert, tls_key, token_file)
     view = overall(fetch_status(addresses, timeout, credentials=credentials, token=token),
                    proxy_status)
+    _probe_bulk(view, credentials, token, client_tls(tls_ca, tls_cert, tls_key))
     skip_teardown()  # the channels are closed: nothing is left to finish
     if as_json:
         typer.echo(json.dumps(view, indent=2, sort_keys=True))
@@ -57,6 +58,30 @@ def status_command(
         typer.echo(render(view))
     if view["shards_down"]:
         raise typer.Exit(1)
+
+
+def _probe_bulk(view: dict[str, Any], credentials, token, tls) -> None:
+    """Set each up shard's ``bulk`` ("" when its bulk port served a stream to
+    this host, else why restores here would read it through gRPC; None when
+    not asked: the shard is down, or refuses these credentials to restore),
+    and warn of every shard whose port did not serve."""
+    up = [s for s in view["shards"] if s["up"]]
+    for s in view["shards"]:
+        s["bulk"] = None
+    if not up:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recoveryd.restore.shards import Shards
+
+    with Shards([s["address"] for s in up], credentials=credentials, token=token, tls=tls) as shards:
+        with ThreadPoolExecutor(len(up)) as pool:
+            found = list(pool.map(shards.probe_bulk, range(len(up))))
+    for s, why in zip(up, found):
+        s["bulk"] = why
+        if why:
+            view["warnings"].append(f"{s['address']}: restores from this host read file contents "
+                                    f"through gRPC, with more CPU on both ends: {why}")
 
 
 # -- human form ------------------------------------------------------------------
@@ -75,17 +100,18 @@ def render(view: dict[str, Any]) -> str:
     if view["shards"]:
         lines.append("")
         rows = [("SHARD", "ADDRESS", "STATE", "FRONTIER", "FRONTIER TIME", "AGE", "LAG",
-                 "RECORDS", "BYTES", "GAPS")]
+                 "RECORDS", "BYTES", "GAPS", "BULK")]
         for s in view["shards"]:
             if not s["up"]:
-                rows.append(("-", s["address"], "DOWN", "-", "-", "-", "-", "-", "-", "-"))
+                rows.append(("-", s["address"], "DOWN", "-", "-", "-", "-", "-", "-", "-", "-"))
                 continue
             frontier = s["frontier"]
             rows.append((str(s["shard_id"]), s["address"], "up",
                          frontier["stamp"] if frontier else "-",
                          (frontier["time"] or "-") if frontier else "-",
                          _seconds(s["frontier_age_seconds"]), _seconds(s["lag_seconds"]),
-                         str(s["records"]), _bytes(s["bytes"]), str(len(s["gaps"]))))
+                         str(s["records"]), _bytes(s["bytes"]), str(len(s["gaps"])),
+                         _bulk_text(s.get("bulk"))))
         lines.extend(_table(rows))
         for s in view["shards"]:
             if not s["up"]:
@@ -125,6 +151,10 @@ def render(view: dict[str, Any]) -> str:
         if len(rows) > 1:
             lines.extend(_table(rows))
     return "\n".join(lines)
+
+
+def _bulk_text(why: str | None) -> str:
+    return "-" if why is None else ("NO" if why else "ok")
 
 
 def _frontier_text(text: object) -> str:

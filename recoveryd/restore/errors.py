@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RestoreError", "RestoreRefused", "ShardError"]
+__all__ = ["RestoreError", "RestoreRefused", "ShardError", "ShardRefusedClient"]
 
 
 class RestoreError(Exception):
@@ -18,3 +18,8 @@ class ShardError(RestoreError):
     """A shard did not answer or failed a call; the message names it."""
 
 
+
+
+class ShardRefusedClient(ShardError):
+    """A shard refused this client's credentials (no token, a wrong one, a
+    certificate it does not accept)."""

@@ -27,7 +27,7 @@ from logstore.record import record_and_data
 from ..security import RESTORE_SERVICE, BearerToken, TlsOptions, client_ssl_context, open_channel
 from ..status import ShardReport
 from .bulk_stream import BulkUnavailable, open_stream
-from .errors import RestoreRefused, ShardError
+from .errors import RestoreRefused, ShardError, ShardRefusedClient
 
 __all__ = ["Shards", "RecordData", "STATUS_TIMEOUT_S", "BASELINES_TIMEOUT_S", "MAX_MESSAGE_BYTES",
            "BULK_RETRY_S"]
@@ -119,7 +119,9 @@ class Shards:
             why = "refused the call"
         else:
             why = f"failed: {code.name if code else 'error'}"
-        return ShardError(f"{self.name(k)} {why} while {doing}" + (f": {details}" if details else ""))
+        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        return (ShardRefusedClient if refused else ShardError)(
+            f"{self.name(k)} {why} while {doing}" + (f": {details}" if details else ""))
 
     def status(self) -> list[ShardReport]:
         """Every shard's ``Journal.Status``, asked at once; a shard that fails is
@@ -235,7 +237,29 @@ class Shards:
         finally:
             call.cancel()
 
-    def _open_bulk(self, k: int, chunked: str, request, doing: str) -> Iterator[bytes] | None:
+    def probe_bulk(self, k: int) -> str | None:
+        """Whether shard ``k``'s bulk port serves this client: "" when a stream
+        (of no records) came through it in full, else why reads with data
+        from that shard would go through gRPC; None when the shard refuses
+        this client's credentials (it may not restore at all). Warns of nothing."""
+        nothing = ScanRequest(until=bytes(16), with_data=True)   # no record is stamped at zero
+        try:
+            chunks = self._open_bulk(k, "ScanChunks", nothing, "probing its bulk port", warn=False)
+            if chunks is None:
+                return self._no_bulk.get(k) or "this client reads it through gRPC"
+            try:
+                for _ in chunks:
+                    pass
+            finally:
+                chunks.close()
+        except ShardRefusedClient:
+            return None
+        except ShardError as e:
+            return str(e)
+        return ""
+
+    def _open_bulk(self, k: int, chunked: str, request, doing: str, *,
+                   warn: bool = True) -> Iterator[bytes] | None:
         """The D frames of shard ``k``'s bulk stream for ``request``, or None:
         read it through gRPC (no data asked for, no bulk port, not reachable)."""
         which = _BULK_KINDS.get(chunked)
@@ -249,7 +273,7 @@ class Shards:
                 self._no_bulk[k] = "it serves no bulk port"
                 return None
             if e.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                self._bulk_later(k, "it did not hand out a bulk ticket in time")
+                self._bulk_later(k, "it did not hand out a bulk ticket in time", warn)
                 return None
             raise self._error(k, e, doing) from None
         if self._secure and not ticket.tls:
@@ -264,7 +288,7 @@ class Shards:
             return open_stream(_host(self.addresses[k]), ticket.port, ticket.ticket, self.name(k),
                                tls=self._bulk_tls if ticket.tls else None)
         except BulkUnavailable as e:
-            self._bulk_later(k, str(e))
+            self._bulk_later(k, str(e), warn)
             return None
 
     def _bulk_off(self, k: int) -> bool:
@@ -277,10 +301,10 @@ class Shards:
             return False
         return True
 
-    def _bulk_later(self, k: int, why: str) -> None:
+    def _bulk_later(self, k: int, why: str, warn: bool = True) -> None:
         """Read shard ``k`` through gRPC for BULK_RETRY_S (it may be busy, or
         its port closed to this client), and say so once."""
-        if k not in self._warned_bulk:
+        if warn and k not in self._warned_bulk:
             self._warned_bulk.add(k)
             hint = ("open that port to this client, or pin it with recoveryd --bulk-port"
                     if "cannot reach" in why else "the next read tries it again")

@@ -101,6 +101,11 @@ def test_tls_stack(nas, shard_factory, proxy_factory, tmp_path: Path):
         assert time.monotonic() < deadline, f"records did not arrive: {done.stdout}\n{done.stderr}"
         time.sleep(0.2)
     assert all(s["up"] for s in view["shards"])
+    # This operator may not restore: its bulk ports are not asked, and no warning says they fail.
+    assert [s["bulk"] for s in view["shards"]] == [None, None] and view["warnings"] == [], view
+    # The restore admin's certificate: both bulk ports serve it, over mTLS.
+    view = json.loads(nfsj("status", *shard_args, *admin, "--json").stdout)
+    assert [s["bulk"] for s in view["shards"]] == ["", ""] and view["warnings"] == [], view
 
     # Without a client certificate the shards do not even answer the handshake.
     done = nfsj("status", *shard_args, "--tls-ca", pki.ca, "--json")

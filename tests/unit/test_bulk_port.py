@@ -10,6 +10,7 @@ for a shard, or a client, that misbehaves.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -397,6 +398,33 @@ def test_a_bulk_port_out_of_reach_is_read_through_grpc(started, records):
     assert list(why) == [0] and f"cannot reach its bulk port 127.0.0.1:{port}" in why[0]
 
 
+def test_a_probe_says_which_bulk_ports_serve_this_client_and_why_not(started, records):
+    """``nfsj status`` asks this: a stream of nothing through each port, and
+    the reason a restore here would read through gRPC."""
+    served, closed, none = started(), started(), started(bulk_port=None)
+    port = closed.server.bulk.port
+    closed.server.bulk.stop()
+    with Shards([served.address, closed.address, none.address]) as shards:
+        found = [shards.probe_bulk(k) for k in range(3)]
+    assert found[0] == ""
+    assert f"cannot reach its bulk port 127.0.0.1:{port}" in found[1]
+    assert found[2] == "it serves no bulk port"
+    with serving(BeforeBulk(records)) as address, Shards([address]) as shards:
+        assert shards.probe_bulk(0) == "it serves no bulk port"
+
+
+def test_a_probe_sends_no_record_and_warns_of_nothing(shard, started, caplog):
+    counters: ServedCounters = shard.server.restore_counters
+    before = counters.records_total
+    closed = started()
+    closed.server.bulk.stop()
+    with caplog.at_level(logging.WARNING, logger="recoveryd.restore"), \
+            Shards([shard.address, closed.address]) as shards:
+        assert shards.probe_bulk(0) == "" and shards.probe_bulk(1)
+    assert counters.records_total == before
+    assert not [r for r in caplog.records if r.name.startswith("recoveryd.restore")]
+
+
 def test_a_bulk_port_that_is_taken_stops_the_shard_with_a_reason(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         with pytest.raises(ServeError, match="--bulk-port"):
@@ -413,6 +441,9 @@ def test_bulk_reads_need_the_restore_credentials_as_grpc_reads_do(started, tmp_p
     with Shards([shard.address]) as shards:   # no token: refused, not read another way
         with pytest.raises(ShardError, match="refused the call"):
             list(shards.scan_apart(ScanRequest(with_data=True)))
+        assert shards.probe_bulk(0) is None   # not a bulk port's failure: this client may not restore
+    with Shards([shard.address], token=BearerToken(GOOD)) as shards:
+        assert shards.probe_bulk(0) == ""
 
 
 # -- tickets and clients the bulk port turns away ------------------------------------------

@@ -6,6 +6,8 @@ shipped over gRPC Ingest, and `fetch_status` / `nfsj status` reading it back.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
@@ -341,12 +344,12 @@ def test_fetch_status_reports_unreachable_shards_as_down() -> None:
 # -- a real shard -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def live_shard(tmp_path: Path):
+@contextlib.contextmanager
+def recoveryd(data: Path, *extra: str, shard_id: int = 3) -> Iterator[str]:
     """`nfsj recoveryd` on a free port; yields its address."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfsproxy", "recoveryd", "--listen", "127.0.0.1:0",
-         "--data", str(tmp_path / "shard"), "--shard-id", "3"],
+         "--data", str(data), "--shard-id", str(shard_id), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -363,6 +366,12 @@ def live_shard(tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def live_shard(tmp_path: Path) -> Iterator[str]:
+    with recoveryd(tmp_path / "shard") as address:
+        yield address
 
 
 def test_round_trip_with_a_real_shard(live_shard: str, runner: CliRunner) -> None:
@@ -392,7 +401,29 @@ def test_round_trip_with_a_real_shard(live_shard: str, runner: CliRunner) -> Non
 
     result = runner.invoke(app, ["status", "--shard", live_shard, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["consistent_point"]["stamp"] == str(st(T0 + 3 * S, 5))
+    view = json.loads(result.output)
+    assert view["consistent_point"]["stamp"] == str(st(T0 + 3 * S, 5))
+    assert view["shards"][0]["bulk"] == "" and view["warnings"] == []   # its bulk port served
+    human = runner.invoke(app, ["status", "--shard", live_shard])
+    assert re.search(r"^SHARD .* BULK$", human.output, re.M)
+    assert re.search(rf"^3\s+{re.escape(live_shard)}\s+up\s.*\sok$", human.output, re.M)
+
+
+def test_status_names_a_shard_whose_bulk_port_this_host_cannot_use(tmp_path: Path, runner: CliRunner) -> None:
+    """Restores from this host would read that shard's file contents through
+    gRPC, with more CPU on both ends: status says so and why, and it is no
+    failure (the shard is up, restores work)."""
+    with recoveryd(tmp_path / "a") as served, recoveryd(tmp_path / "b", "--no-bulk", shard_id=4) as unserved:
+        result = runner.invoke(app, ["status", "--shard", served, "--shard", unserved, "--json"])
+        human = runner.invoke(app, ["status", "--shard", served, "--shard", unserved])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    assert [s["bulk"] for s in view["shards"]] == ["", "it serves no bulk port"]
+    assert view["warnings"] == [f"{unserved}: restores from this host read file contents through gRPC, "
+                                "with more CPU on both ends: it serves no bulk port"]
+    assert human.exit_code == 0
+    assert re.search(rf"^4\s+{re.escape(unserved)}\s+up\s.*\sNO$", human.output, re.M)
+    assert f"warning: {unserved}: restores from this host" in human.output
 
 
 def test_the_nfsj_command_ends_status_with_all_its_output_and_its_exit_code() -> None:
