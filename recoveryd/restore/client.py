@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -49,6 +50,7 @@ class RestoreClient:
         self.shards = shards
         self._cache = FileCache(cache_dir, cache_bytes)
         self._lock = threading.Lock()
+        self._regular: weakref.WeakKeyDictionary[Tree, frozenset[bytes]] = weakref.WeakKeyDictionary()
         self._trees: OrderedDict[tuple, Tree] = OrderedDict()
 
     # -- the cut --------------------------------------------------------------------------
@@ -171,8 +173,19 @@ class RestoreClient:
         keys = self._cache.promise([(cut.key, fh) for fh in chosen])
         if not keys:
             return None
-        every = {fh for _, fh, node in tree.walk() if node.type == REG}
-        return keys, {fh for _, fh in keys} == every
+        return keys, {fh for _, fh in keys} == self._regular_files(tree)
+
+    def _regular_files(self, tree: Tree) -> frozenset[bytes]:
+        """Every regular file of ``tree`` (a cached tree), found once per
+        tree: a directory's fill asks, and walking the whole tree for each
+        directory read would cost the square of its size."""
+        with self._lock:
+            every = self._regular.get(tree)
+        if every is None:
+            every = frozenset(fh for _, fh, node in tree.walk() if node.type == REG)
+            with self._lock:
+                self._regular[tree] = every
+        return every
 
     def _fill(self, cut: Cut, keys: list, whole: bool) -> int:
         """Make the promised ``keys`` in one bulk fill; every promise is settled."""

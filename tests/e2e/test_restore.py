@@ -62,7 +62,7 @@ from nfsproxy.wire.nfs3 import Ftype3
 from recoveryd.restore import RestoreClient, RestoreRefused, ShardError, Shards
 from recoveryd.status import fetch_status, overall
 from recoveryd.timespec import format_time
-from recoveryd.tree import REG
+from recoveryd.tree import REG, Tree
 
 ganesha = pytest.mark.ganesha  # the scenario's tests; the service contract tests need no NAS
 
@@ -648,6 +648,32 @@ def test_a_read_the_cache_lacks_brings_its_directorys_files_along(scenario):
     reader = threading.current_thread().name
     assert calls == ["FileRecordChunks"] * (len(files) * len(s.shards)), calls
     assert callers.count(reader) == len(s.shards), callers
+    assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
+        {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
+
+
+@ganesha
+def test_reading_a_tree_file_by_file_walks_the_tree_once_not_once_per_directory(scenario, monkeypatch):
+    """Each directory's first read claims its neighbours for a fill, which
+    asks whether that is every file of the cut: answered from the tree's
+    regular files, found once (a walk per directory was quadratic)."""
+    s = scenario
+    walks = []
+    real_walk = Tree.walk
+
+    def counted(tree, fh=None, prefix=b""):
+        walks.append(fh)
+        return real_walk(tree, fh, prefix)
+
+    with Shards(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t1)
+        files = [(rel, fh) for rel, fh, node in client.tree(cut).walk() if node.type == REG]
+        directories = {rel.rpartition(b"/")[0] for rel, _ in files}
+        assert len(directories) >= 3, "the scenario has files in several directories"
+        monkeypatch.setattr(Tree, "walk", counted)
+        contents = {rel: client.read(cut, fh, 0, 1 << 30, neighbours=True) for rel, fh in files}
+    whole_tree = [fh for fh in walks if fh is None]
+    assert len(whole_tree) <= 1, f"{len(whole_tree)} walks of the whole tree for {len(directories)} directories"
     assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
         {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
 
