@@ -51,6 +51,8 @@ class RestoreClient:
         self._cache = FileCache(cache_dir, cache_bytes)
         self._lock = threading.Lock()
         self._regular: weakref.WeakKeyDictionary[Tree, frozenset[bytes]] = weakref.WeakKeyDictionary()
+        self._directories: weakref.WeakKeyDictionary[
+            Tree, dict[bytes, tuple[list[bytes], dict[bytes, int]]]] = weakref.WeakKeyDictionary()
         self._trees: OrderedDict[tuple, Tree] = OrderedDict()
 
     # -- the cut --------------------------------------------------------------------------
@@ -130,10 +132,16 @@ class RestoreClient:
         with self._lock:
             tree = self._trees.get((cut.key, True)) or self._trees.get((cut.key, False))
         node = tree.nodes.get(fh) if tree is not None else None
-        directory = tree.nodes.get(min(node.names)[0]) if node is not None and node.names else None
-        if directory is None:
+        if node is None or not node.names:
             return
-        others = [f for f in directory.entries.values() if f != fh]
+        files, place = self._directory_files(tree, min(node.names)[0])
+        at = place.get(fh)
+        if at is None:
+            return
+        # The files after this one in name order first (readers of a
+        # directory go through it in that order), then those before it.
+        n = len(files)
+        others = (files[k % n] for k in range(at + 1, at + n))
         fill = self._claim(cut, tree, others, min(NEIGHBOURS_BYTES, self._cache.budget // 4))
         if fill is not None:
             threading.Thread(target=self._fill_quietly, args=(cut, *fill), daemon=True,
@@ -160,20 +168,37 @@ class RestoreClient:
         """Promise the regular files of ``fhs`` that fit in ``budget`` and are
         neither cached nor promised; (their keys, whether they are every file
         of the cut) for ``_fill``, or None when there are none."""
-        chosen, total = [], 0
-        for fh in dict.fromkeys(fhs):
+        chosen: dict[bytes, None] = {}
+        total = 0
+        for fh in fhs:   # lazily: a directory's neighbours go on past what one fill takes
             node = tree.nodes.get(fh)
-            if node is None or node.type != REG:
+            if fh in chosen or node is None or node.type != REG or self._cache.expects((cut.key, fh)):
                 continue
             size = node.attr.size if node.attr is not None else 0
             if total + size > budget:
                 break
-            chosen.append(fh)
+            chosen[fh] = None
             total += size
         keys = self._cache.promise([(cut.key, fh) for fh in chosen])
         if not keys:
             return None
         return keys, {fh for _, fh in keys} == self._regular_files(tree)
+
+    def _directory_files(self, tree: Tree, dir_fh: bytes) -> tuple[list[bytes], dict[bytes, int]]:
+        """The regular files of directory ``dir_fh`` in ``tree`` (a cached
+        tree), in name order, and each one's place there; found once per
+        directory, as a reader misses the cache once per fill of it."""
+        with self._lock:
+            known = self._directories.setdefault(tree, {}).get(dir_fh)
+        if known is None:
+            directory = tree.nodes.get(dir_fh)
+            entries = directory.entries if directory is not None else {}
+            files = [fh for _, fh in sorted(entries.items())
+                     if (node := tree.nodes.get(fh)) is not None and node.type == REG]
+            known = files, {fh: k for k, fh in enumerate(files)}
+            with self._lock:
+                self._directories[tree][dir_fh] = known
+        return known
 
     def _regular_files(self, tree: Tree) -> frozenset[bytes]:
         """Every regular file of ``tree`` (a cached tree), found once per

@@ -653,6 +653,23 @@ def test_a_read_the_cache_lacks_brings_its_directorys_files_along(scenario):
 
 
 @ganesha
+def test_a_prefetch_budget_is_spent_on_files_not_cached_yet(scenario):
+    """Files cached (or on their way) already are left out before they count
+    against the budget: a directory larger than one fill is fetched fill by
+    fill, not file by file once the first fill is in."""
+    s = scenario
+    with CallCounting(s.shards) as shards, RestoreClient(shards) as client:
+        cut = client.cut(s.t1)
+        tree = client.tree(cut)
+        big, small = tree.lookup("data/grow.bin"), tree.lookup("data/sparse.bin")
+        assert tree.nodes[big].attr.size > tree.nodes[small].attr.size > 0
+        assert client.prefetch(cut, [big]) == 1
+        assert client.prefetch(cut, [big, small], budget=tree.nodes[small].attr.size) == 1
+        assert client.holds(cut, small)
+        assert client.read(cut, small, 0, 1 << 30) == s.cat_truth1
+
+
+@ganesha
 def test_reading_a_tree_file_by_file_walks_the_tree_once_not_once_per_directory(scenario, monkeypatch):
     """Each directory's first read claims its neighbours for a fill, which
     asks whether that is every file of the cut: answered from the tree's
