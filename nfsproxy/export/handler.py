@@ -460,8 +460,14 @@ class ExportHandler:
         eof = a.offset + len(data) >= size or len(data) < want
         return READ3res(Nfsstat3.NFS3_OK, READ3resok(obj.attr, len(data), eof, data))
 
-    def _listing(self, d: ExportObject) -> list[tuple[bytes, bytes]]:
-        return [(b".", d.fh), (b"..", d.parent), *((n, d.entries[n]) for n in d.names)]
+    @staticmethod
+    def _entry(d: ExportObject, i: int) -> tuple[bytes, bytes]:
+        """Entry ``i`` of ``d``'s listing (``.``, ``..``, then its names): a
+        page of a huge directory costs its own entries, not the directory's."""
+        if i >= 2:
+            name = d.names[i - 2]
+            return name, d.entries[name]
+        return (b".", d.fh) if i == 0 else (b"..", d.parent)
 
     def _start(self, d: ExportObject, cookie: int, cookieverf: bytes) -> int | None:
         """The index of the first entry to list after `cookie`, or None for a bad cookie."""
@@ -482,17 +488,17 @@ class ExportHandler:
         start = self._start(d, a.cookie, a.cookieverf)
         if start is None:
             return READDIR3res(Nfsstat3.NFS3ERR_BAD_COOKIE, READDIR3resfail(d.attr))
-        listing = self._listing(d)
+        listed = len(d.names) + 2
         used = _DIR_REPLY_OVERHEAD
         entries: list[Entry3] = []
-        for i in range(start, len(listing)):
-            name, fh = listing[i]
+        for i in range(start, listed):
+            name, fh = self._entry(d, i)
             cost = _entry_bytes(len(name))
             if used + cost > a.count:
                 break
             used += cost
             entries.append(Entry3(self.objects[fh].attr.fileid, name, i + 1))
-        eof = start + len(entries) == len(listing)
+        eof = start + len(entries) == listed
         if not entries and not eof:
             return READDIR3res(Nfsstat3.NFS3ERR_TOOSMALL, READDIR3resfail(d.attr))
         return READDIR3res(Nfsstat3.NFS3_OK,
@@ -507,11 +513,11 @@ class ExportHandler:
         start = self._start(d, a.cookie, a.cookieverf)
         if start is None:
             return READDIRPLUS3res(Nfsstat3.NFS3ERR_BAD_COOKIE, READDIRPLUS3resfail(d.attr))
-        listing = self._listing(d)
+        listed = len(d.names) + 2
         used, dir_used = _DIR_REPLY_OVERHEAD, 0
         entries: list[Entryplus3] = []
-        for i in range(start, len(listing)):
-            name, fh = listing[i]
+        for i in range(start, listed):
+            name, fh = self._entry(d, i)
             name_len = len(name)
             cost = _entryplus_bytes(name_len, len(fh))
             dir_cost = _entry_bytes(name_len)
@@ -524,7 +530,7 @@ class ExportHandler:
             dir_used += dir_cost
             attr = self.objects[fh].attr
             entries.append(Entryplus3(attr.fileid, name, i + 1, attr, fh))
-        eof = start + len(entries) == len(listing)
+        eof = start + len(entries) == listed
         if not entries and not eof:
             return READDIRPLUS3res(Nfsstat3.NFS3ERR_TOOSMALL, READDIRPLUS3resfail(d.attr))
         return READDIRPLUS3res(Nfsstat3.NFS3_OK, READDIRPLUS3resok(

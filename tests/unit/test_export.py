@@ -11,6 +11,8 @@ walk the tree with our blocking `NfsClient`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import hashlib
 import socket
@@ -390,6 +392,37 @@ def test_readdir_pages_a_large_directory_within_count(handler, count):
     res = nfs(handler, Proc3.READDIR, nfs3.READDIR3args(MANY, 0, bytes(8), count))
     p = _encode(nfs3.READDIR3res.xdr, res)
     assert len(p) <= count
+
+
+class CountedNames(tuple):
+    """A directory's names that count how many are looked at."""
+
+    looked = 0
+
+    def __getitem__(self, i):
+        CountedNames.looked += 1
+        return super().__getitem__(i)
+
+    def __iter__(self):
+        for name in super().__iter__():
+            CountedNames.looked += 1
+            yield name
+
+
+@pytest.mark.parametrize("proc, args", [
+    (Proc3.READDIR, lambda cookie, verf: nfs3.READDIR3args(MANY, cookie, verf, 1024)),
+    (Proc3.READDIRPLUS, lambda cookie, verf: nfs3.READDIRPLUS3args(MANY, cookie, verf, 1024, 2048)),
+])
+def test_a_page_of_a_directory_looks_at_its_own_entries_only(handler, monkeypatch, proc, args):
+    """A listing of E entries in pages of p must not cost E per page (E²/p
+    for the whole directory, on the loop every client of the export waits on)."""
+    d = handler.objects[MANY]
+    monkeypatch.setitem(handler.objects, MANY, dataclasses.replace(d, names=CountedNames(d.names)))
+    CountedNames.looked = 0
+    page = ok(nfs(handler, proc, args(102, cookieverf_for(CUT))))
+    listed = len(page.reply.entries)
+    assert 0 < listed < N_MANY // 4
+    assert CountedNames.looked <= listed + 1, f"{CountedNames.looked} names looked at for {listed} listed"
 
 
 def test_readdir_resumes_at_any_cookie_and_checks_the_verifier(handler):
