@@ -192,6 +192,20 @@ def _in_window(path: bytes, sides: tuple[Mapping[bytes, Described], ...], window
     return False
 
 
+def _below(path: bytes, tops: set[bytes]) -> bool:
+    """Whether ``path`` lies below one of ``tops`` (b"", the root, is above
+    every path): its ancestors are looked up, so many scattered missing
+    paths cost each path its depth, not the number reported before it."""
+    if b"" in tops:
+        return True
+    at = path.find(b"/")
+    while at != -1:
+        if path[:at] in tops:
+            return True
+        at = path.find(b"/", at + 1)
+    return False
+
+
 def compare(journal: Mapping[bytes, Described], nas: Mapping[bytes, Described], window: Window,
             paths: Iterable[bytes] | None = None) -> Comparison:
     """Compare the two sides at ``paths`` (default: every path either side has).
@@ -202,16 +216,16 @@ def compare(journal: Mapping[bytes, Described], nas: Mapping[bytes, Described], 
     """
     out = Comparison()
     wanted = sorted(set(journal) | set(nas) if paths is None else set(paths))
-    missing_tops: list[bytes] = []
+    missing_tops: set[bytes] = set()
     for path in wanted:
         j, n = journal.get(path), nas.get(path)
         if _in_window(path, (journal, nas), window):
             out.skipped += 1
             continue
         if j is None or n is None:
-            if any(path.startswith(top + b"/") or not top for top in missing_tops):
+            if _below(path, missing_tops):
                 continue  # below a directory already reported missing
-            missing_tops.append(path)
+            missing_tops.add(path)
             out.checked += 1
             here = n if j is None else j
             where = "on the NAS but not in the journal" if j is None else "in the journal but not on the NAS"

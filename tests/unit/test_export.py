@@ -11,9 +11,8 @@ walk the tree with our blocking `NfsClient`.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 import hashlib
 import socket
 import struct

@@ -68,6 +68,25 @@ def test_a_missing_directory_is_reported_once_at_its_top():
     assert [str(x) for x in result.differences] == ["/docs: dir in the journal but not on the NAS"]
 
 
+def test_a_missing_path_is_hidden_only_by_a_missing_ancestor_not_by_a_name_it_begins_with():
+    j, n = sides()
+    j[b"docs-old"] = d(b"fh-old", DIR, (ROOT, b"docs-old"), mode=0o755)
+    j[b"docs-old/x"] = d(b"fh-x", REG, (b"fh-old", b"x"))
+    for p in (b"docs", b"docs/a", b"docs/link"):
+        del n[p]
+    result = compare(j, n, Window())
+    assert [str(x) for x in result.differences] == ["/docs: dir in the journal but not on the NAS",
+                                                    "/docs-old: dir in the journal but not on the NAS"]
+
+
+def test_scattered_missing_files_are_each_reported():
+    j, n = sides()
+    for k in range(300):
+        j[b"docs/gone%03d" % k] = d(b"fh-g%d" % k, REG, (b"fh-docs", b"gone%03d" % k))
+    result = compare(j, n, Window())
+    assert len(result.differences) == 300 and all("not on the NAS" in str(x) for x in result.differences)
+
+
 def test_a_replaced_object_is_a_difference():
     j, n = sides()
     n[b"b"] = dataclasses.replace(n[b"b"], fh=b"fh-new")
