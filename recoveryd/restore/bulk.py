@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 from logstore.pb.journal_pb2 import Attr, FilesRequest, Op, Record, ScanRequest
 
 from .cut import Cut, cut_records
-from .replay import FileReplay, pwrite_all, replay
+from .replay import BufferOut, FileReplay, pwrite_all, replay
 from .shards import RecordData, Shards
 
 __all__ = ["write_contents", "BULK_MIN_FILES", "FILES_IN_FLIGHT", "FILES_PER_CALL", "WRITERS"]
@@ -61,16 +61,18 @@ _PREFETCH_RECORDS = 4096
 _BASELINE = int(Op.BASELINE)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL   # a restore never writes over a file
 
+#: Where a file is made: a path that does not exist yet, or a buffer in memory.
+Target = Path | BufferOut
 Done = Callable[[bytes, int], None]
 Finished = Callable[[bytes, int, "Attr | None"], None]
 
 
-def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whole: bool,
+def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Target], *, whole: bool,
                    done: Done | None = None, wrote: Callable[[int], None] | None = None,
                    file_records: Callable[[bytes], Iterable[Record]] | None = None,
                    finished: Finished | None = None) -> dict[bytes, tuple[int, Attr | None]]:
     """Make every file of ``targets`` (handle -> a local path that does not
-    exist yet) with its contents at ``cut``; returns each one's (size, newest
+    exist yet, or a ``BufferOut`` to hold it in memory) with its contents at ``cut``; returns each one's (size, newest
     attributes). ``whole``: ``targets`` are every file of the cut's tree (then
     the whole window is streamed); ``wrote(n)`` is told of bytes
     as they are written and ``done(fh, size)`` of each file as it is
@@ -107,17 +109,24 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Path], *, whol
     return out
 
 
-def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[bytes, Path],
+def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[bytes, Target],
               done: Done, wrote: Callable[[int], None],
               finished: Finished) -> dict[bytes, tuple[int, Attr | None]]:
     lock = threading.Lock()  # the callbacks are the caller's, called from many threads
 
     def one(fh: bytes) -> tuple[int, Attr | None]:
-        fd = os.open(targets[fh], _CREATE, 0o600)
-        try:
-            out = replay(file_records(fh), fh, fd)
-        finally:
-            os.close(fd)
+        target = targets[fh]
+        if isinstance(target, BufferOut):
+            file = FileReplay(fh, target)
+            for record in file_records(fh):
+                file.apply(record)
+            out = file.finish()
+        else:
+            fd = os.open(target, _CREATE, 0o600)
+            try:
+                out = replay(file_records(fh), fh, fd)
+            finally:
+                os.close(fd)
         finished(fh, *out)
         with lock:
             wrote(out[0])
@@ -128,7 +137,7 @@ def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[b
         return dict(zip(targets, pool.map(one, targets)))
 
 
-def _bulk(cut: Cut, targets: dict[bytes, Path], records: Iterator[RecordData], writers: _Writers,
+def _bulk(cut: Cut, targets: dict[bytes, Target], records: Iterator[RecordData], writers: _Writers,
           wrote: Callable[[int], None], finished: Finished) -> dict[bytes, tuple[int, Attr | None]]:
     """Replay ``records`` (stamp order, each with its data apart) onto the
     files of ``targets``; records of other files and other baselines' pieces
@@ -160,8 +169,9 @@ class _Writers:
     so its bytes land in the order the replay decided, while other files are
     written beside it (a write's syscall runs without the GIL)."""
 
-    def __init__(self, paths: dict[bytes, Path], n: int = WRITERS) -> None:
+    def __init__(self, paths: dict[bytes, Target], n: int = WRITERS) -> None:
         self._paths = paths
+        self._memory = {fh: out for fh, out in paths.items() if isinstance(out, BufferOut)}
         self._queues = [queue.Queue(_QUEUE_DEPTH) for _ in range(n)]
         self._batches = {id(q): _Batch() for q in self._queues}   # not yet handed over
         self._owner: dict[bytes, queue.Queue] = {}
@@ -214,13 +224,17 @@ class _Writers:
 
     def _work(self, q: queue.Queue) -> None:
         files = _OpenFiles(self._paths)
+        memory = self._memory
         try:
             while (batch := q.get()) is not None:
                 if self._error is not None:
                     continue  # drain: the reader stops at its next handover
                 try:
                     for fh, op, data, number in batch:
-                        if op == _WRITE_OP:
+                        buffer = memory.get(fh)
+                        if buffer is not None:
+                            _to_buffer(buffer, op, data, number)
+                        elif op == _WRITE_OP:
                             pwrite_all(files.fd(fh), data, number)
                         elif op == _TRUNCATE_OP:
                             os.ftruncate(files.fd(fh), number)
@@ -243,6 +257,15 @@ class _Writers:
                 q.put(None)
             for thread in self._threads:
                 thread.join()
+
+
+def _to_buffer(buffer: BufferOut, op: int, data, number: int) -> None:
+    if op == _WRITE_OP:
+        buffer.write(data, number)
+    elif op == _TRUNCATE_OP:
+        buffer.truncate(number)
+    else:
+        data()  # the file's `then`: nothing to close
 
 
 def _drain(q: queue.Queue) -> None:
@@ -282,7 +305,7 @@ class _OpenFiles:
     """Write descriptors of many files, each made on first use, at most
     OPEN_FILES open, the least recently used closed."""
 
-    def __init__(self, paths: dict[bytes, Path]) -> None:
+    def __init__(self, paths: dict[bytes, Target]) -> None:
         self._paths = paths
         self._open: OrderedDict[bytes, int] = OrderedDict()
         self._made: set[bytes] = set()

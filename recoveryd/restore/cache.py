@@ -1,7 +1,11 @@
-"""The read cache: files materialised once per (cut, handle) into a private
-directory, read from there by offset, the least recently used evicted past a
-byte budget. What lets the read-only export answer READs at any offset
-without replaying a file's records for each of them.
+"""The read cache: files materialised once per (cut, handle), read from there
+by offset, the least recently used evicted past a byte budget. What lets
+the read-only export and a push-back answer READs at any offset without
+replaying a file's records for each of them.
+
+A bulk fill's files up to MEMORY_FILE_BYTES are held in memory while the
+memory budget lasts, the rest in a private directory: a tree of small
+files costs no file made, written, read back and deleted per file.
 """
 
 from __future__ import annotations
@@ -16,27 +20,36 @@ from pathlib import Path
 from typing import Callable, Hashable
 
 from .errors import RestoreError
+from .replay import BufferOut
 
-__all__ = ["FileCache", "DEFAULT_CACHE_BYTES"]
+__all__ = ["FileCache", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BYTES", "MEMORY_FILE_BYTES"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
+#: Of the cache's budget, how much a bulk fill may hold in memory ...
+DEFAULT_MEMORY_BYTES = 256 << 20
+#: ... in files of at most this size.
+MEMORY_FILE_BYTES = 4 << 20
 #: Files go into subdirectories named by the first hex digits of their name (256 of them).
 _SPREAD_CHARS = 2
 
 
 class FileCache:
     """Materialised files under ``cache_dir`` (default a new temporary one,
-    removed by ``close``), at most ``cache_bytes`` of them. Thread-safe; each
-    key is built once, however many readers ask for it at once."""
+    removed by ``close``) and in memory (at most ``memory_bytes``), at most
+    ``cache_bytes`` of them in all. Thread-safe; each key is built once,
+    however many readers ask for it at once."""
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         self._own_cache_dir = cache_dir is None
         self._cache_dir = Path(tempfile.mkdtemp(prefix="nfsj-restore-cache-") if cache_dir is None
                                else cache_dir)
         self._cache_bytes = cache_bytes
-        self._cache: OrderedDict[Hashable, tuple[Path, int]] = OrderedDict()
+        self._cache: OrderedDict[Hashable, tuple[Path | bytearray, int]] = OrderedDict()
         self._cache_used = 0
+        self._memory_bytes = memory_bytes
+        self._memory_used = 0   # held in memory, and set aside for buffers being filled
+        self._staged: dict[Hashable, tuple[BufferOut, int]] = {}   # (buffer, bytes set aside)
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
         self._promised: dict[Hashable, threading.Event] = {}   # a bulk fill is making these
@@ -48,6 +61,8 @@ class FileCache:
         once, when the cache does not hold it."""
         for _ in range(3):
             path = self._materialise(key, build)
+            if not isinstance(path, Path):
+                return bytes(memoryview(path)[offset:offset + count])
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -58,7 +73,7 @@ class FileCache:
                 os.close(fd)
         raise RestoreError(f"the restore cache {self._cache_dir} is too small to hold one file")
 
-    def _materialise(self, key: Hashable, build: Callable[[int], int]) -> Path:
+    def _materialise(self, key: Hashable, build: Callable[[int], int]) -> Path | bytearray:
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
@@ -108,14 +123,30 @@ class FileCache:
         """Bytes the cache may hold."""
         return self._cache_bytes
 
-    def staging(self, key: Hashable) -> Path:
-        """Where to make the file of ``key`` (a path that does not exist) before ``add``."""
+    def staging(self, key: Hashable, size: int | None = None) -> Path | BufferOut:
+        """Where to make the file of ``key`` before ``add``: a buffer in
+        memory when ``size`` (what the file is expected to hold) is small and
+        the memory budget has room for it, else a path that does not exist."""
+        if size is not None and size <= MEMORY_FILE_BYTES:
+            with self._lock:
+                if self._memory_used + size <= self._memory_bytes and key not in self._staged:
+                    self._memory_used += size
+                    out = BufferOut()
+                    self._staged[key] = (out, size)
+                    return out
         tmp = self._paths(key, ".bulk")[0]  # apart from a READ's own build of it
         tmp.unlink(missing_ok=True)
         return tmp
 
     def add(self, key: Hashable, size: int) -> None:
         """Take the file made at ``staging(key)`` into the cache."""
+        with self._lock:
+            staged = self._staged.pop(key, None)
+            if staged is not None:
+                self._memory_used -= staged[1]
+        if staged is not None:
+            self._keep(key, staged[0].buf, size)
+            return
         tmp, path = self._paths(key, ".bulk")
         self._add(key, tmp, path, size)
 
@@ -136,6 +167,10 @@ class FileCache:
         did not add builds the file itself."""
         with self._lock:
             events = [self._promised.pop(key) for key in keys if key in self._promised]
+            for key in keys:   # buffers of files the fill did not finish
+                staged = self._staged.pop(key, None)
+                if staged is not None:
+                    self._memory_used -= staged[1]
         for event in events:
             event.set()
 
@@ -157,33 +192,47 @@ class FileCache:
 
     def _add(self, key: Hashable, tmp: Path, path: Path, size: int) -> None:
         os.replace(tmp, path)
+        self._keep(key, path, size)
+
+    def _keep(self, key: Hashable, entry: Path | bytearray, size: int) -> None:
+        """``key`` is in the cache now (``entry``: its file, or its bytes in
+        memory); the least recently used go past the budget."""
         with self._lock:
             old = self._cache.pop(key, None)
             if old is not None:
-                self._cache_used -= old[1]
-            self._cache[key] = (path, size)
+                self._forget(*old)
+            self._cache[key] = (entry, size)
             self._cache_used += size
+            if not isinstance(entry, Path):
+                self._memory_used += size
             self._building.pop(key, None)
             promised = self._promised.pop(key, None)
             if promised is not None:
                 promised.set()
             while self._cache_used > self._cache_bytes and len(self._cache) > 1:
-                old_key, (old_path, old_size) = next(iter(self._cache.items()))
+                old_key = next(iter(self._cache))
                 if old_key == key:
                     break
-                del self._cache[old_key]
-                self._cache_used -= old_size
-                old_path.unlink(missing_ok=True)
+                self._forget(*self._cache.pop(old_key))
+
+    def _forget(self, entry: Path | bytearray, size: int) -> None:
+        self._cache_used -= size
+        if isinstance(entry, Path):
+            entry.unlink(missing_ok=True)
+        else:
+            self._memory_used -= size
 
     def close(self) -> None:
         """Drop every file (and the directory, if this cache made it). In a
         directory the caller gave, only what the cache made goes: its files
         and the subdirectories it made, if nothing else is in them."""
         with self._lock:
-            paths = [path for path, _ in self._cache.values()]
+            paths = [path for path, _ in self._cache.values() if isinstance(path, Path)]
             made = [directory for directory, ours in self._dirs.items() if ours]
             self._cache.clear()
             self._cache_used = 0
+            self._memory_used = 0
+            self._staged.clear()
             self._dirs.clear()
         if self._own_cache_dir:
             shutil.rmtree(self._cache_dir, ignore_errors=True)

@@ -217,7 +217,8 @@ class RestoreClient:
         from .bulk import write_contents
 
         try:
-            targets = {key[1]: self._cache.staging(key) for key in keys}
+            nodes = self._any_tree(cut).nodes
+            targets = {key[1]: self._cache.staging(key, _size(nodes.get(key[1]))) for key in keys}
             # A file is readable once its part of the stream is written
             # (``finished``), not when the whole fill is.
             written = write_contents(self.shards, cut, targets, whole=whole,
@@ -268,3 +269,8 @@ class RestoreClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _size(node) -> int | None:
+    """A file's size at the cut as its tree knows it (None: not known)."""
+    return node.attr.size if node is not None and node.attr is not None else None

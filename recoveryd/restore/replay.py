@@ -26,7 +26,7 @@ from logstore.pb.journal_pb2 import Attr, Op, Record
 
 from ..tree import attr_key
 
-__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "replay", "pwrite_all"]
+__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "BufferOut", "replay", "pwrite_all"]
 
 #: Ops that change a regular file's bytes or size.
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
@@ -131,6 +131,29 @@ class FdOut:
 
     def write(self, data: bytes, offset: int) -> None:
         pwrite_all(self.fd, data, offset)
+
+
+class BufferOut:
+    """A ``FileOut`` in memory: the file's bytes in ``buf``, holes as zeros,
+    as a file written and truncated the same way would read."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def truncate(self, size: int) -> None:
+        if size < len(self.buf):
+            del self.buf[size:]
+        else:
+            self.buf.extend(bytes(size - len(self.buf)))
+
+    def write(self, data: bytes, offset: int) -> None:
+        if not data:
+            return   # as pwrite: writing nothing extends nothing
+        if offset > len(self.buf):
+            self.buf.extend(bytes(offset - len(self.buf)))
+        self.buf[offset:offset + len(data)] = data
 
 
 def replay(records: Iterable[Record], fh: bytes, fd: int,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+
+from hypothesis import given, strategies as st
 
 from logstore.record import Attr, Op, Record
-from recoveryd.restore.replay import replay
+from recoveryd.restore.replay import BufferOut, FdOut, replay
 
 
 def stamp(n: int) -> bytes:
@@ -64,3 +67,21 @@ def test_a_setattr_without_attributes_sets_the_size(tmp_path):
     records = [write(1, 0, b"a" * 100, Attr(type=1, size=100, ctime_ns=1)),
                Record(op=Op.SETATTR, ok=True, stamp=stamp(2), fh=b"f", set={"size": 30})]
     assert replayed(tmp_path, records) == b"a" * 30
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("write"), st.binary(min_size=0, max_size=64), st.integers(0, 200)),
+    st.tuples(st.just("truncate"), st.just(b""), st.integers(0, 300))), max_size=20))
+def test_a_buffer_reads_as_a_file_written_and_truncated_the_same_way(steps):
+    """BufferOut (a fill held in memory) and FdOut (a file) end with the same bytes."""
+    buffer = BufferOut()
+    fd, path = tempfile.mkstemp()
+    try:
+        file = FdOut(fd)
+        for op, data, n in steps:
+            for out in (buffer, file):
+                out.write(data, n) if op == "write" else out.truncate(n)
+        assert bytes(buffer.buf) == os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+        os.unlink(path)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 from recoveryd.restore.cache import FileCache
+from recoveryd.restore.replay import BufferOut
 
 
 def builder(data: bytes, calls: list[bytes]):
@@ -74,3 +76,43 @@ def test_close_leaves_a_callers_directory_as_it_found_it(tmp_path):
     cache.add("bulk", 2)
     cache.close()
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["ab", "ab/keep"]
+
+
+def test_small_files_of_a_fill_are_held_in_memory_within_its_budget(tmp_path):
+    cache = FileCache(tmp_path, memory_bytes=10)
+    small, other, big = cache.staging("s", 6), cache.staging("o", 6), cache.staging("b", 10 << 20)
+    assert isinstance(small, BufferOut)
+    assert isinstance(other, Path) and isinstance(big, Path)   # over the memory budget; too large
+    small.write(b"abcdef", 0)
+    cache.add("s", 6)
+    other.write_bytes(b"ghijkl")
+    cache.add("o", 6)
+    assert cache.read("s", 2, 3, builder(b"never", [])) == b"cde"
+    assert cache.read("o", 4, 9, builder(b"never", [])) == b"kl"
+    assert not any(p.is_file() and p.read_bytes() == b"abcdef" for p in tmp_path.rglob("*"))
+
+
+def test_memory_set_aside_for_a_fill_that_failed_is_given_back(tmp_path):
+    cache = FileCache(tmp_path, memory_bytes=10)
+    cache.promise(["a"])
+    assert isinstance(cache.staging("a", 10), BufferOut)
+    assert isinstance(cache.staging("b", 1), Path)    # all of it set aside for "a"
+    cache.settle(["a"])                                # the fill never finished "a"
+    assert isinstance(cache.staging("c", 10), BufferOut)
+
+
+def test_files_in_memory_are_evicted_past_the_budget_like_files_on_disk(tmp_path):
+    cache = FileCache(tmp_path, cache_bytes=8, memory_bytes=8)
+    for k in "ab":
+        out = cache.staging(k, 4)
+        assert isinstance(out, BufferOut), k
+        out.write(k.encode() * 4, 0)
+        cache.add(k, 4)
+    third = cache.staging("c", 4)
+    assert isinstance(third, Path)                     # the memory is held until something goes
+    third.write_bytes(b"cccc")
+    cache.add("c", 4)                                  # ... which "a" does now
+    assert not cache.holds("a") and cache.holds("b") and cache.holds("c")
+    assert isinstance(cache.staging("d", 4), BufferOut)   # its memory given back
+    calls: list[bytes] = []
+    assert cache.read("a", 0, 4, builder(b"AAAA", calls)) == b"AAAA" and calls == [b"AAAA"]
