@@ -2,7 +2,9 @@
 
 `push_to_nas(client, cut, nfs, path=..., into=...)` takes the tree of a cut
 from the Restore API (`RestoreClient.tree`), reads each file's content
-through it (`RestoreClient.read`) and recreates everything with our NFS
+through it (`RestoreClient.read`; a read-ahead fetches the contents in bulk
+fills, in the order the files are pushed, a bounded amount ahead, and each
+file leaves the read cache once written) and recreates everything with our NFS
 client (`nfsproxy.nas.client.NfsClient`): MKDIR, CREATE GUARDED, WRITE in 1 MiB
 chunks (UNSTABLE, then one COMMIT per file, rewriting the file if the write
 verifier changed in between; a file of one WRITE is written FILE_SYNC,
@@ -55,7 +57,7 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, Iterator
 
 from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
 
@@ -76,6 +78,10 @@ CHUNK_BYTES: Final = 1 << 20
 _CLEARED_BY_CHOWN: Final = 0o6000  # setuid, setgid
 #: Files filled at once, each over a connection of its own (push_to_nas's `connect`).
 FILLERS: Final = 8
+#: The contents are fetched FILL_BYTES a bulk fill, at most READ_AHEAD_BYTES
+#: ahead of the fillers (held in the read cache until written).
+FILL_BYTES: Final = 64 << 20
+READ_AHEAD_BYTES: Final = 192 << 20
 _COMMIT_ATTEMPTS: Final = 3
 _DIR_MODE_WHILE_FILLING: Final = 0o700
 _FILE_MODE_WHILE_FILLING: Final = 0o600
@@ -174,6 +180,9 @@ def push_to_nas(client: Any, cut: Any, nfs: NfsClient, *, path: bytes | str | No
         where = f" at {show_name(pusher.current)}" if pusher.current else ""
         left = f"; {pusher.result.target} on the NAS is incomplete" if pusher.result.target else ""
         raise PushbackError(f"the NAS failed{where}: {e}{left}") from None
+    finally:
+        if pusher.ahead is not None:
+            pusher.ahead.stop()
 
 
 def _push(pusher: "_Pusher", src_fh: bytes, src_parts: list[bytes], src_rel: bytes,
@@ -297,6 +306,69 @@ class _Fillers:
             nfs.close()
 
 
+class _ReadAhead:
+    """The files' contents fetched in bulk, in the order they are pushed,
+    FILL_BYTES a fill, at most READ_AHEAD_BYTES ahead of what the fillers
+    have written (which they drop from the read cache as they go): a tree of
+    any size streams through bounded memory, and a filler finds its file
+    fetched or on its way, not to be fetched alone."""
+
+    def __init__(self, client: Any, cut: Any, files: list[tuple[bytes, int]]) -> None:
+        self._client, self._cut = client, cut
+        self._cond = threading.Condition()
+        self._consumed = 0
+        self._stopped = False
+        batches = _batches(files, FILL_BYTES)
+        first = next(batches, None)
+        if first is not None:   # on its way before the first filler asks for it
+            client.prefetch(cut, first[0], budget=first[1], wait=False)
+        self._thread = threading.Thread(target=self._run, args=(batches, first[1] if first else 0),
+                                        daemon=True, name="nfsj-push-read-ahead")
+        self._thread.start()
+
+    def consumed(self, nbytes: int) -> None:
+        with self._cond:
+            self._consumed += nbytes
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self, batches: Iterator[tuple[list[bytes], int]], fetched: int) -> None:
+        try:
+            for batch, nbytes in batches:
+                with self._cond:
+                    room = max(0, READ_AHEAD_BYTES - nbytes)
+                    self._cond.wait_for(lambda: self._stopped or fetched - self._consumed <= room)
+                    if self._stopped:
+                        return
+                self._client.prefetch(self._cut, batch, budget=nbytes, wait=False)
+                fetched += nbytes
+        except Exception as e:  # noqa: BLE001  each read then fetches its file itself
+            logger.info("the push-back's read-ahead stopped: %s", e)
+
+
+def _batches(files: list[tuple[bytes, int]], most: int) -> Iterator[tuple[list[bytes], int]]:
+    """``files`` (handle, size) in runs of at most ``most`` bytes (a larger file alone)."""
+    batch: list[bytes] = []
+    nbytes = 0
+    for fh, size in files:
+        if batch and nbytes + size > most:
+            yield batch, nbytes
+            batch, nbytes = [], 0
+        batch.append(fh)
+        nbytes += size
+    if batch:
+        yield batch, nbytes
+
+
+def _size(node: Any) -> int:
+    return node.attr.size if node is not None and node.attr is not None else 0
+
+
 class _Pusher:
     def __init__(self, client: Any, cut: Any, nfs: NfsClient, tree: Any,
                  progress: Callable[..., None] | None, fillers: _Fillers):
@@ -314,7 +386,7 @@ class _Pusher:
         self.dir_attrs: list[tuple[bytes, bytes, bytes]] = []
         self.nas_has_nfsacl = True  # until it answers PROG_UNAVAIL/PROG_MISMATCH
         self.top: bytes | None = None  # the tree handle pushed (for the prefetch)
-        self.prefetched = False
+        self.ahead: _ReadAhead | None = None
 
     # -- where ------------------------------------------------------------------
 
@@ -428,15 +500,19 @@ class _Pusher:
         return None
 
     def _prefetch(self) -> None:
-        if not self.prefetched:
-            # Every file's bytes in one bulk stream from the shards, not one
-            # call per file (as far as the client's cache holds them).
-            self.prefetched = True
-            self.client.prefetch(self.cut, (f for _, f, n in self.tree.walk(self.top) if n.type == REG))
+        if self.ahead is None:
+            files = dict.fromkeys(f for _, f, n in self.tree.walk(self.top) if n.type == REG)
+            self.ahead = _ReadAhead(self.client, self.cut,
+                                    [(f, _size(self.tree.node(f))) for f in files])
 
     def _fill(self, nfs: NfsClient, fh: bytes, node: Any, nas_fh: bytes, rel: bytes) -> None:
         """A regular file's content, then its attributes (writes change mtime)."""
-        self._write_content(nfs, fh, nas_fh, rel)
+        try:
+            self._write_content(nfs, fh, nas_fh, rel)
+        finally:
+            self.client.forget(self.cut, fh)
+            if self.ahead is not None:
+                self.ahead.consumed(_size(node))
         with self._lock:
             self.result.files += 1
         self._set_attrs(nfs, node, nas_fh, rel)
@@ -449,7 +525,9 @@ class _Pusher:
             verfs: set[bytes] = set()
             offset, need_commit = 0, False
             while True:
-                data = self.client.read(self.cut, fh, offset, CHUNK_BYTES, neighbours=True)
+                # Not its directory's other files as well: the read-ahead brings
+                # them, paced; a file it has not reached yet is fetched alone.
+                data = self.client.read(self.cut, fh, offset, CHUNK_BYTES)
                 if not data:
                     break
                 # A file that is one WRITE is written FILE_SYNC: the NAS syncs

@@ -190,6 +190,13 @@ class FileCache:
                         self._dirs[directory] = False
         return directory / f"{name}{suffix}", directory / name
 
+    def drop(self, key: Hashable) -> None:
+        """Forget ``key``'s file (a later read builds it again)."""
+        with self._lock:
+            entry = self._cache.pop(key, None)
+            if entry is not None:
+                self._forget(*entry)
+
     def _add(self, key: Hashable, tmp: Path, path: Path, size: int) -> None:
         os.replace(tmp, path)
         self._keep(key, path, size)

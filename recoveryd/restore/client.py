@@ -151,17 +151,31 @@ class RestoreClient:
         """Whether ``read`` of ``fh`` at ``cut`` is served from the cache now."""
         return self._cache.holds((cut.key, fh))
 
-    def prefetch(self, cut: Cut, fhs: Iterable[bytes], *, budget: int | None = None) -> int:
+    def prefetch(self, cut: Cut, fhs: Iterable[bytes], *, budget: int | None = None,
+                 wait: bool = True) -> int:
         """Materialise the regular files ``fhs`` at ``cut`` into the read cache
         together, through the bulk path (``bulk.write_contents``), so that
         ``read`` serves them from the cache: as many as fit in ``budget``
         bytes (default: half the cache), in the order given, leaving out
-        those cached or on their way already. Returns how many were made.
+        those cached or on their way already. Returns how many were made;
+        with ``wait=False``, how many are on their way, made by a thread of
+        their own (if that fill fails, each read builds its file itself).
         Meanwhile a ``read`` of one of them waits for it rather than
         fetching it alone."""
         tree = self._any_tree(cut)
         fill = self._claim(cut, tree, fhs, self._cache.budget // 2 if budget is None else budget)
-        return 0 if fill is None else self._fill(cut, *fill)
+        if fill is None:
+            return 0
+        if wait:
+            return self._fill(cut, *fill)
+        threading.Thread(target=self._fill_quietly, args=(cut, *fill), daemon=True,
+                         name="nfsj-restore-prefetch").start()
+        return len(fill[0])
+
+    def forget(self, cut: Cut, fh: bytes) -> None:
+        """Drop ``fh`` at ``cut`` from the read cache (a reader done with it:
+        its memory or disk goes to the files still to come)."""
+        self._cache.drop((cut.key, fh))
 
     def _claim(self, cut: Cut, tree: Tree, fhs: Iterable[bytes],
                budget: int) -> tuple[list, bool] | None:

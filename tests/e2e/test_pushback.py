@@ -180,6 +180,35 @@ def test_files_filled_over_many_connections_give_the_same_tree(restorable):
     assert result.files == sum(1 for e in r.truth.values() if e.type == "reg") - result.hard_links
 
 
+def test_contents_stream_ahead_of_the_fillers_in_bounded_fills(restorable, monkeypatch):
+    """The files' contents come in bulk fills of at most FILL_BYTES, at most
+    READ_AHEAD_BYTES ahead of what is written, and are dropped from the read
+    cache once written: the fillers find them there, not fetched alone."""
+    from e2e.test_restore import CallCounting
+    from nfsproxy.nas import pushback
+    from recoveryd.restore import RestoreClient
+    r = restorable
+    nas = r.stack.nas
+    biggest = max(e.size for e in r.truth.values() if e.type == "reg")
+    monkeypatch.setattr(pushback, "FILL_BYTES", 64 << 10)   # tens of the small files a fill
+    monkeypatch.setattr(pushback, "READ_AHEAD_BYTES", 2 * biggest)
+    with CallCounting([s.address for s in r.stack.shards]) as shards, RestoreClient(shards) as client:
+        cut = client.cut(r.at)
+        with NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port, "/export") as nfs:
+            result = push_to_nas(client, cut, nfs, into="read-ahead", fillers=3,
+                                 connect=lambda: NfsClient("127.0.0.1", nas.nfs_port, nas.mount_port,
+                                                           "/export"))
+        held = client._cache._cache_used   # noqa: SLF001  what the push left in the read cache
+    pushed = snapshot(nas.export_dir / "read-ahead", mtimes=True)
+    assert not diff(r.truth, pushed, names=("the truth at T", "pushed"))
+    fills = [c for c in shards.calls if c == "FilesRecordChunks"]
+    alone = [who for c, who in zip(shards.calls, shards.callers)
+             if c == "FileRecordChunks" and who.startswith("nfsj-push-fill")]
+    assert len(fills) >= 2 * len(r.stack.shards), shards.calls     # several fills, not one
+    assert len(alone) <= len(r.stack.shards) * max(1, result.files // 10), alone
+    assert held == 0
+
+
 def test_push_prints_plain_progress_lines_when_not_on_a_terminal(restorable, monkeypatch):
     r = restorable
     monkeypatch.setenv("NFSJ_PROGRESS_INTERVAL", "0")  # a line at every step
