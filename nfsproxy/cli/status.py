@@ -8,8 +8,8 @@ from typing import Any, Optional
 import typer
 
 from . import app, fail, skip_teardown
-from .security_options import (client_security, client_tls, tls_ca_option, tls_cert_option, tls_key_option,
-                               token_file_option)
+from .security_options import (client_security, client_tls, tls_ca_option, tls_cert_option,
+                               tls_key_option, token_file_option)
 
 #: recoveryd.status.DEFAULT_TIMEOUT_S, spelled here so that --help loads no gRPC.
 DEFAULT_TIMEOUT_S = 3.0

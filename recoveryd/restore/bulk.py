@@ -72,9 +72,10 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Target], *, wh
                    file_records: Callable[[bytes], Iterable[Record]] | None = None,
                    finished: Finished | None = None) -> dict[bytes, tuple[int, Attr | None]]:
     """Make every file of ``targets`` (handle -> a local path that does not
-    exist yet, or a ``BufferOut`` to hold it in memory) with its contents at ``cut``; returns each one's (size, newest
-    attributes). ``whole``: ``targets`` are every file of the cut's tree (then
-    the whole window is streamed); ``wrote(n)`` is told of bytes
+    exist yet, or a ``BufferOut`` to hold it in memory) with its contents at
+    ``cut``; returns each one's (size, newest attributes). ``whole``:
+    ``targets`` are every file of the cut's tree (then the whole window is
+    streamed); ``wrote(n)`` is told of bytes
     as they are written and ``done(fh, size)`` of each file as it is
     finished; ``file_records(fh)`` gives one file's records on the per-file
     path (default: ``cut_records``). ``finished(fh, size, attr)`` runs once

@@ -40,7 +40,8 @@ class FileCache:
     however many readers ask for it at once."""
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         self._own_cache_dir = cache_dir is None
         self._cache_dir = Path(tempfile.mkdtemp(prefix="nfsj-restore-cache-") if cache_dir is None
                                else cache_dir)

@@ -690,7 +690,8 @@ def test_reading_a_tree_file_by_file_walks_the_tree_once_not_once_per_directory(
         monkeypatch.setattr(Tree, "walk", counted)
         contents = {rel: client.read(cut, fh, 0, 1 << 30, neighbours=True) for rel, fh in files}
     whole_tree = [fh for fh in walks if fh is None]
-    assert len(whole_tree) <= 1, f"{len(whole_tree)} walks of the whole tree for {len(directories)} directories"
+    assert len(whole_tree) <= 1, \
+        f"{len(whole_tree)} walks of the whole tree for {len(directories)} directories"
     assert {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()} == \
         {rel: s.truth1[os.fsdecode(rel)].sha256 for rel, _ in files}
 
