@@ -43,6 +43,8 @@ from typing import Any, Callable, Final
 from logstore.pb.journal_pb2 import Attr, ScanRequest
 from logstore.stamp import Stamp, predecessor
 from recoveryd.restore import Cut, RestoreClient, RestoreError, RestoreRefused
+from recoveryd.restore.bulk import write_contents
+from recoveryd.restore.replay import BufferOut
 from recoveryd.status import consistent_point_of
 from recoveryd.timespec import format_time
 from recoveryd.tree import BLK, CHR, DIR, LNK, REG, show_name
@@ -60,6 +62,10 @@ MARGIN_NS: Final = 1_000_000_000
 #: How long to wait for the consistent point to pass the end of the NAS read.
 WAIT_S: Final = 120.0
 _READ_BYTES: Final = 1 << 20
+#: The journal's side of files up to FILL_BYTES is replayed in memory, in
+#: bulk fills of at most FILL_BYTES and FILES_PER_FILL files.
+FILL_BYTES: Final = 64 << 20
+FILES_PER_FILL: Final = 4096
 _M32: Final = (1 << 32) - 1
 _POLL_S: Final = 0.1
 #: The content "hash" of a file that went away while it was read: equal to no hash.
@@ -236,17 +242,46 @@ class _Verify:
     def _journal_files(self, cut: Cut, journal: dict[bytes, Described], nas: dict[bytes, Described],
                        paths: list[bytes] | None) -> None:
         """The regular files that are regular files on the NAS too: their own newest
-        attributes (a tree holds no WRITEs) and content, from one replay each."""
+        attributes (a tree holds no WRITEs) and content. Files up to
+        FILL_BYTES are replayed in memory, many to a bulk fill (a few
+        streams per shard, not a call per file); larger ones one by one
+        through a temporary file."""
         todo = [p for p in (journal if paths is None else paths)
                 if p in journal and p in nas and journal[p].type == REG and nas[p].type == REG]
         self._phase("journal", len(todo))
+        by_fh: dict[bytes, list[bytes]] = {}
         for p in todo:
+            by_fh.setdefault(journal[p].fh, []).append(p)   # hard links: one replay
+        # A tree knows a file's size as of its last attributes (WRITEs after
+        # them are not in it); the NAS's size guards against one grown since.
+        sizes = {fh: max(journal[ps[0]].size, nas[ps[0]].size) for fh, ps in by_fh.items()}
+        small = [(fh, size) for fh, size in sizes.items()
+                 if fh not in self.journal_files and size <= FILL_BYTES]
+        for batch in _fills(small, FILL_BYTES):
+            self._journal_fill(cut, batch)
+            for fh in batch:
+                self._settle(journal, by_fh.pop(fh))
+        for ps in by_fh.values():
+            self._settle(journal, ps, cut)
+
+    def _settle(self, journal: dict[bytes, Described], paths: list[bytes], cut: Cut | None = None) -> None:
+        for p in paths:
             journal[p] = self._journal_file(cut, journal[p])
             self._step(p)
 
-    def _journal_file(self, cut: Cut, d: Described) -> Described:
-        done = self.journal_files.get(d.fh)  # hard links: one replay
+    def _journal_fill(self, cut: Cut, fhs: list[bytes]) -> None:
+        buffers = {fh: BufferOut() for fh in fhs}
+        made = write_contents(self.client.shards, cut, buffers, whole=False,
+                              file_records=lambda fh: self.client.file_records(cut, fh))
+        for fh, (_, attr) in made.items():
+            data = buffers.pop(fh).buf
+            self.journal_files[fh] = (attr, hashlib.sha256(data).hexdigest())
+            self.state.bytes_done += len(data)
+
+    def _journal_file(self, cut: Cut | None, d: Described) -> Described:
+        done = self.journal_files.get(d.fh)
         if done is None:
+            assert cut is not None, "a file the fills made is settled without a cut"
             with tempfile.TemporaryFile(prefix="nfsj-verify-") as tmp:
                 _, attr = self.client.replay_file(cut, d.fh, tmp.fileno())
                 tmp.seek(0)
@@ -393,6 +428,19 @@ class _Verify:
         self.state.done += 1
         self.state.current = show_name(b"/" + rel)
         self.report(self.state)
+
+
+def _fills(files: list[tuple[bytes, int]], most: int) -> list[list[bytes]]:
+    """``files`` (handle, size) in runs of at most ``most`` bytes and FILES_PER_FILL files."""
+    out: list[list[bytes]] = [[]]
+    nbytes = 0
+    for fh, size in files:
+        if out[-1] and (nbytes + size > most or len(out[-1]) >= FILES_PER_FILL):
+            out.append([])
+            nbytes = 0
+        out[-1].append(fh)
+        nbytes += size
+    return [batch for batch in out if batch]
 
 
 def _changed(a: Described | None, b: Described | None) -> bool:

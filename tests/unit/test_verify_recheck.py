@@ -117,6 +117,13 @@ class FakeClient:
         os.write(fd, f.data)
         return len(f.data), self._attr(f)
 
+    def file_records(self, cut: Cut, fh: bytes):
+        """The file as one WRITE with its attributes (what a bulk fill replays)."""
+        f = next(f for f in self.files.values() if f.fh == fh)
+        r = Record(op=Op.WRITE, ok=True, fh=fh, offset=0, data=f.data, stamp=Stamp(2000, 0, 1).to_bytes())
+        r.attr.CopyFrom(self._attr(f))
+        return iter([r])
+
 
 @pytest.fixture(autouse=True)
 def proven(monkeypatch):
@@ -196,3 +203,22 @@ def test_sample_reads_only_the_sampled_files():
     nas = FakeNas(journal_files())
     report = run(nas, FakeClient(journal_files(), [[]]), sample=1, rng=random.Random(1))
     assert report.ok and report.checked == 1 and sum(nas.reads.values()) == 1
+
+
+def test_the_journals_side_replays_small_files_in_memory_fills_and_large_ones_alone(monkeypatch):
+    """Files up to FILL_BYTES come through bulk fills (replayed in memory from
+    their records), not through a replay each; a larger one is replayed alone.
+    A content difference is found either way."""
+    def files() -> dict[bytes, File]:
+        return {b"a": File(b"fh-a", b"alpha"), b"b": File(b"fh-b", b"bravo, a longer one")}
+
+    monkeypatch.setattr(verify_module, "FILL_BYTES", len(b"alpha"))   # "b" is over it
+    client = FakeClient(files(), [[], []])
+    alone: list[bytes] = []
+    real_replay = client.replay_file
+    client.replay_file = lambda cut, fh, fd: alone.append(fh) or real_replay(cut, fh, fd)
+    nas_files = files()
+    nas_files[b"a"] = dataclasses.replace(nas_files[b"a"], data=b"ALPHA")
+    report = run(FakeNas(nas_files), client)
+    assert set(alone) == {b"fh-b"}, alone
+    assert [d.path for d in report.differences] == [b"a"]
