@@ -59,6 +59,7 @@ import os
 import threading
 from typing import Any, Callable, Final, Iterator
 
+from recoveryd.restore.bulk import fills
 from recoveryd.tree import BLK, CHR, DIR, FIFO, LNK, REG, SOCK, show_name
 
 from nfsproxy.wire import nfsacl
@@ -318,7 +319,7 @@ class _ReadAhead:
         self._cond = threading.Condition()
         self._consumed = 0
         self._stopped = False
-        batches = _batches(files, FILL_BYTES)
+        batches = fills(files, FILL_BYTES)
         first = next(batches, None)
         if first is not None:   # on its way before the first filler asks for it
             client.prefetch(cut, first[0], budget=first[1], wait=False)
@@ -349,20 +350,6 @@ class _ReadAhead:
                 fetched += nbytes
         except Exception as e:  # noqa: BLE001  each read then fetches its file itself
             logger.info("the push-back's read-ahead stopped: %s", e)
-
-
-def _batches(files: list[tuple[bytes, int]], most: int) -> Iterator[tuple[list[bytes], int]]:
-    """``files`` (handle, size) in runs of at most ``most`` bytes (a larger file alone)."""
-    batch: list[bytes] = []
-    nbytes = 0
-    for fh, size in files:
-        if batch and nbytes + size > most:
-            yield batch, nbytes
-            batch, nbytes = [], 0
-        batch.append(fh)
-        nbytes += size
-    if batch:
-        yield batch, nbytes
 
 
 def _size(node: Any) -> int:

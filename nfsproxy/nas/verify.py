@@ -43,7 +43,7 @@ from typing import Any, Callable, Final
 from logstore.pb.journal_pb2 import Attr, ScanRequest
 from logstore.stamp import Stamp, predecessor
 from recoveryd.restore import Cut, RestoreClient, RestoreError, RestoreRefused
-from recoveryd.restore.bulk import write_contents
+from recoveryd.restore.bulk import fills, write_contents
 from recoveryd.restore.replay import BufferOut
 from recoveryd.status import consistent_point_of
 from recoveryd.timespec import format_time
@@ -257,7 +257,7 @@ class _Verify:
         sizes = {fh: max(journal[ps[0]].size, nas[ps[0]].size) for fh, ps in by_fh.items()}
         small = [(fh, size) for fh, size in sizes.items()
                  if fh not in self.journal_files and size <= FILL_BYTES]
-        for batch in _fills(small, FILL_BYTES):
+        for batch, _ in fills(small, FILL_BYTES, FILES_PER_FILL):
             self._journal_fill(cut, batch)
             for fh in batch:
                 self._settle(journal, by_fh.pop(fh))
@@ -281,7 +281,7 @@ class _Verify:
     def _journal_file(self, cut: Cut | None, d: Described) -> Described:
         done = self.journal_files.get(d.fh)
         if done is None:
-            assert cut is not None, "a file the fills made is settled without a cut"
+            assert cut is not None, "a file no fill made is replayed from its cut"
             with tempfile.TemporaryFile(prefix="nfsj-verify-") as tmp:
                 _, attr = self.client.replay_file(cut, d.fh, tmp.fileno())
                 tmp.seek(0)
@@ -428,19 +428,6 @@ class _Verify:
         self.state.done += 1
         self.state.current = show_name(b"/" + rel)
         self.report(self.state)
-
-
-def _fills(files: list[tuple[bytes, int]], most: int) -> list[list[bytes]]:
-    """``files`` (handle, size) in runs of at most ``most`` bytes and FILES_PER_FILL files."""
-    out: list[list[bytes]] = [[]]
-    nbytes = 0
-    for fh, size in files:
-        if out[-1] and (nbytes + size > most or len(out[-1]) >= FILES_PER_FILL):
-            out.append([])
-            nbytes = 0
-        out[-1].append(fh)
-        nbytes += size
-    return [batch for batch in out if batch]
 
 
 def _changed(a: Described | None, b: Described | None) -> bool:

@@ -40,7 +40,7 @@ from .cut import Cut, cut_records
 from .replay import BufferOut, FileReplay, pwrite_all, replay
 from .shards import RecordData, Shards
 
-__all__ = ["write_contents", "BULK_MIN_FILES", "FILES_IN_FLIGHT", "FILES_PER_CALL", "WRITERS"]
+__all__ = ["write_contents", "fills", "BULK_MIN_FILES", "FILES_IN_FLIGHT", "FILES_PER_CALL", "WRITERS"]
 
 #: Fewer files than this (and not all) are replayed file by file, FILES_IN_FLIGHT at once.
 BULK_MIN_FILES = 16
@@ -108,6 +108,23 @@ def write_contents(shards: Shards, cut: Cut, targets: dict[bytes, Target], *, wh
     for fh, (size, _) in out.items():
         done(fh, size)
     return out
+
+
+def fills(files: Iterable[tuple[bytes, int]], most: int,
+          most_files: int = FILES_PER_CALL) -> Iterator[tuple[list[bytes], int]]:
+    """``files`` (handle, size), in order, in runs for one bulk fill each: at
+    most ``most`` bytes (a larger file alone) and ``most_files`` files; each
+    run with its bytes."""
+    run: list[bytes] = []
+    nbytes = 0
+    for fh, size in files:
+        if run and (nbytes + size > most or len(run) >= most_files):
+            yield run, nbytes
+            run, nbytes = [], 0
+        run.append(fh)
+        nbytes += size
+    if run:
+        yield run, nbytes
 
 
 def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[bytes, Target],

@@ -111,3 +111,11 @@ def test_some_files_are_asked_for_by_handle_in_parts(tmp_path, monkeypatch):
     assert [len(part) for part in stream.asked] == [7, 7, 6]
     assert sorted(os.listdir(tmp_path)) == sorted(fh.decode() for fh in wanted)
     assert (tmp_path / "F13").read_bytes() == b"13" * 100
+
+
+def test_fills_are_runs_in_order_bounded_by_bytes_and_files():
+    files = [(b"a", 40), (b"b", 50), (b"c", 20), (b"big", 500), (b"d", 1), (b"e", 1), (b"f", 1)]
+    assert list(bulk.fills(files, 100, most_files=2)) == [
+        ([b"a", b"b"], 90), ([b"c"], 20), ([b"big"], 500), ([b"d", b"e"], 2), ([b"f"], 1)]
+    assert list(bulk.fills([], 100)) == []
+    assert [n for _, n in bulk.fills(files, 1 << 30)] == [sum(size for _, size in files)]
