@@ -123,6 +123,11 @@ class Node:
     def is_dir(self) -> bool:
         return self.type == DIR
 
+    @property
+    def size(self) -> int | None:
+        """The size its newest attributes give (None: it has none)."""
+        return self.attr.size if self.attr is not None else None
+
 
 class Tree:
     """The namespace and attributes rebuilt from records applied in stamp order."""

@@ -352,10 +352,6 @@ class _ReadAhead:
             logger.info("the push-back's read-ahead stopped: %s", e)
 
 
-def _size(node: Any) -> int:
-    return node.attr.size if node is not None and node.attr is not None else 0
-
-
 class _Pusher:
     def __init__(self, client: Any, cut: Any, nfs: NfsClient, tree: Any,
                  progress: Callable[..., None] | None, fillers: _Fillers):
@@ -490,7 +486,7 @@ class _Pusher:
         if self.ahead is None:
             files = dict.fromkeys(f for _, f, n in self.tree.walk(self.top) if n.type == REG)
             self.ahead = _ReadAhead(self.client, self.cut,
-                                    [(f, _size(self.tree.node(f))) for f in files])
+                                    [(f, self.tree.node(f).size or 0) for f in files])
 
     def _fill(self, nfs: NfsClient, fh: bytes, node: Any, nas_fh: bytes, rel: bytes) -> None:
         """A regular file's content, then its attributes (writes change mtime)."""
@@ -499,7 +495,7 @@ class _Pusher:
         finally:
             self.client.forget(self.cut, fh)
             if self.ahead is not None:
-                self.ahead.consumed(_size(node))
+                self.ahead.consumed(node.size or 0)
         with self._lock:
             self.result.files += 1
         self._set_attrs(nfs, node, nas_fh, rel)

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 from logstore.pb.journal_pb2 import Attr, FilesRequest, Op, Record, ScanRequest
 
 from .cut import Cut, cut_records
-from .replay import BufferOut, FileReplay, pwrite_all, replay
+from .replay import BufferOut, FileReplay, pwrite_all, replay, replay_onto
 from .shards import RecordData, Shards
 
 __all__ = ["write_contents", "fills", "BULK_MIN_FILES", "FILES_IN_FLIGHT", "FILES_PER_CALL", "WRITERS"]
@@ -135,10 +135,7 @@ def _per_file(file_records: Callable[[bytes], Iterable[Record]], targets: dict[b
     def one(fh: bytes) -> tuple[int, Attr | None]:
         target = targets[fh]
         if isinstance(target, BufferOut):
-            file = FileReplay(fh, target)
-            for record in file_records(fh):
-                file.apply(record)
-            out = file.finish()
+            out = replay_onto(file_records(fh), fh, target)
         else:
             fd = os.open(target, _CREATE, 0o600)
             try:

@@ -188,7 +188,7 @@ class RestoreClient:
             node = tree.nodes.get(fh)
             if fh in chosen or node is None or node.type != REG or self._cache.expects((cut.key, fh)):
                 continue
-            size = node.attr.size if node.attr is not None else 0
+            size = node.size or 0
             if total + size > budget:
                 break
             chosen[fh] = None
@@ -232,7 +232,8 @@ class RestoreClient:
 
         try:
             nodes = self._any_tree(cut).nodes
-            targets = {key[1]: self._cache.staging(key, _size(nodes.get(key[1]))) for key in keys}
+            targets = {key[1]: self._cache.staging(key, node.size if (node := nodes.get(key[1])) else None)
+                       for key in keys}
             # A file is readable once its part of the stream is written
             # (``finished``), not when the whole fill is.
             written = write_contents(self.shards, cut, targets, whole=whole,
@@ -283,8 +284,3 @@ class RestoreClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _size(node) -> int | None:
-    """A file's size at the cut as its tree knows it (None: not known)."""
-    return node.attr.size if node is not None and node.attr is not None else None

@@ -147,7 +147,7 @@ def _build(client: RestoreClient, cut: Cut, tree: Tree, start: bytes, root: Path
     entries = list(tree.walk(start))
     files = {fh for _, fh, node in entries if node.type == REG}
     state.files_total = len(files)
-    state.bytes_hint = sum(tree.nodes[fh].attr.size for fh in files if tree.nodes[fh].attr)
+    state.bytes_hint = sum(tree.nodes[fh].size or 0 for fh in files)
     state.phase = "files"
     report(state)
     first_path: dict[bytes, Path] = {}

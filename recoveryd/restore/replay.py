@@ -26,7 +26,8 @@ from logstore.pb.journal_pb2 import Attr, Op, Record
 
 from ..tree import attr_key
 
-__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "BufferOut", "replay", "pwrite_all"]
+__all__ = ["DATA_OPS", "FileReplay", "FileOut", "FdOut", "BufferOut", "replay", "replay_onto",
+           "pwrite_all"]
 
 #: Ops that change a regular file's bytes or size.
 DATA_OPS = frozenset({Op.BASELINE, Op.WRITE, Op.SETATTR, Op.CREATE})
@@ -162,7 +163,13 @@ def replay(records: Iterable[Record], fh: bytes, fd: int,
     open file ``fd``; returns its size and newest attributes (None if no record
     carried any). ``seen`` is shown every record on the way (``Tree.apply``,
     say, to learn the object's type in the same pass)."""
-    file = FileReplay(fh, FdOut(fd), os.fstat(fd).st_size)
+    return replay_onto(records, fh, FdOut(fd), os.fstat(fd).st_size, seen)
+
+
+def replay_onto(records: Iterable[Record], fh: bytes, out: FileOut, size: int = 0,
+                seen: Callable[[Record], None] | None = None) -> tuple[int, Attr | None]:
+    """``replay`` onto any ``FileOut`` (``size``: what it holds now)."""
+    file = FileReplay(fh, out, size)
     for record in records:
         if seen is not None:
             seen(record)
